@@ -1,0 +1,390 @@
+//! Agent configuration, flowing one way: sources (dev defaults, config files and dirs, `-hcl`
+//! fragments, flags) -> one merged raw config -> a validated `RuntimeConfig` with a sub-struct
+//! per subsystem. Nothing reads raw config after this module.
+//!
+//! Unknown keys are reported as warnings naming the source and the key, never ignored
+//! silently; a value of the wrong type, or an invalid one, is an error naming the source.
+
+pub mod raw;
+pub mod sources;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::raft::RaftTuning;
+use crate::types::duration::parse_go_duration;
+use raw::RawConfig;
+use sources::{Format, Source};
+
+/// Where config comes from, in the order the sources were given.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    pub dev: bool,
+    /// `-config-file` and `-config-dir` arguments, in command-line order.
+    pub paths: Vec<ConfigPath>,
+    pub hcl_fragments: Vec<String>,
+    pub format: Option<String>,
+    /// Flag values as a JSON object of config keys, merged last.
+    pub flags: Value,
+}
+
+#[derive(Clone, Debug)]
+pub enum ConfigPath {
+    File(PathBuf),
+    Dir(PathBuf),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Ports {
+    pub http: Option<u16>,
+    pub dns: Option<u16>,
+    pub grpc: Option<u16>,
+    pub serf_lan: Option<u16>,
+    pub serf_wan: Option<u16>,
+    pub server: Option<u16>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Limits {
+    pub kv_max_value_size: usize,
+    pub txn_max_req_len: usize,
+    pub txn_max_ops: usize,
+    pub http_max_body_size: usize,
+    #[serde(serialize_with = "serialize_duration")]
+    pub http_body_timeout: Duration,
+    pub http_max_conns_per_client: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct QueryLimits {
+    #[serde(serialize_with = "serialize_duration")]
+    pub default_query_time: Duration,
+    #[serde(serialize_with = "serialize_duration")]
+    pub max_query_time: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RaftConfig {
+    pub multiplier: u32,
+    pub snapshot_threshold: u64,
+    pub trailing_logs: u64,
+}
+
+impl RaftConfig {
+    pub fn tuning(&self) -> RaftTuning {
+        RaftTuning {
+            multiplier: self.multiplier,
+            snapshot_threshold: self.snapshot_threshold,
+            trailing_logs: self.trailing_logs,
+        }
+    }
+}
+
+/// The validated configuration every subsystem reads.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RuntimeConfig {
+    pub dev_mode: bool,
+    pub datacenter: String,
+    pub primary_datacenter: String,
+    pub node_name: String,
+    /// Configured node id; when absent the agent uses the one persisted in the data dir.
+    #[serde(rename = "NodeID")]
+    pub node_id: Option<String>,
+    pub node_meta: BTreeMap<String, String>,
+    pub data_dir: Option<PathBuf>,
+    pub server_mode: bool,
+    pub bootstrap_expect: u32,
+    pub bind_addr: IpAddr,
+    pub advertise_addr: IpAddr,
+    pub client_addrs: Vec<IpAddr>,
+    pub ports: Ports,
+    pub limits: Limits,
+    pub query: QueryLimits,
+    pub raft: RaftConfig,
+    pub log_level: String,
+    pub log_json: bool,
+    pub ui_enabled: bool,
+    /// Pretty-print every HTTP response (Consul does in dev mode).
+    pub always_pretty: bool,
+}
+
+fn serialize_duration<S: serde::Serializer>(
+    duration: &Duration,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&crate::types::duration::format_go_duration(*duration))
+}
+
+/// Consul's `-dev` source: one in-memory server on loopback with fast Raft timing.
+fn dev_defaults() -> Value {
+    json!({
+        "dev_mode": true,
+        "server": true,
+        "bootstrap": true,
+        "bind_addr": "127.0.0.1",
+        "client_addr": "127.0.0.1",
+        "ports": {"grpc": 8502},
+        "performance": {"raft_multiplier": 1},
+        "log_level": "debug",
+        "ui_config": {"enabled": true},
+        "enable_debug": true,
+    })
+}
+
+/// A loaded configuration and the warnings to log once logging is up.
+pub struct Loaded {
+    pub config: RuntimeConfig,
+    pub warnings: Vec<String>,
+}
+
+/// Loads, merges and validates every source.
+pub fn load(options: &LoadOptions) -> Result<Loaded, String> {
+    let forced = options.format.as_deref().map(Format::parse).transpose()?;
+    let mut sources = Vec::new();
+    if options.dev {
+        sources.push(Source {
+            name: "dev defaults".into(),
+            value: dev_defaults(),
+        });
+    }
+    for path in &options.paths {
+        match path {
+            ConfigPath::File(file) => sources.push(sources::read_file(file, forced)?),
+            ConfigPath::Dir(dir) => {
+                for file in sources::dir_files(dir, forced)? {
+                    sources.push(sources::read_file(&file, forced)?);
+                }
+            }
+        }
+    }
+    for (position, fragment) in options.hcl_fragments.iter().enumerate() {
+        let name = format!("-hcl fragment {}", position + 1);
+        sources.push(sources::parse_text(&name, fragment, Format::Hcl)?);
+    }
+    if options.flags.as_object().is_some_and(|flags| !flags.is_empty()) {
+        sources.push(Source {
+            name: "command-line flags".into(),
+            value: options.flags.clone(),
+        });
+    }
+
+    // Check each source on its own first, so warnings and type errors name their source.
+    let mut warnings = Vec::new();
+    let mut merged = json!({});
+    for source in sources {
+        let mut unknown = Vec::new();
+        serde_ignored::deserialize::<_, _, RawConfig>(&source.value, |path| {
+            unknown.push(path.to_string())
+        })
+        .map_err(|error| format!("{}: {error}", source.name))?;
+        warnings.extend(
+            unknown
+                .into_iter()
+                .map(|key| format!("{}: unknown config key {key:?} ignored", source.name)),
+        );
+        sources::merge(&mut merged, source.value);
+    }
+    let raw: RawConfig = serde_json::from_value(merged).map_err(|error| error.to_string())?;
+    let mut config = build(raw)?;
+    if config.advertise_addr.is_unspecified() {
+        warnings.push(
+            "bind_addr is unspecified and no advertise_addr is set; advertising 127.0.0.1"
+                .to_string(),
+        );
+        config.advertise_addr = IpAddr::from([127, 0, 0, 1]);
+    }
+    Ok(Loaded { config, warnings })
+}
+
+fn parse_ip(key: &str, text: &str) -> Result<IpAddr, String> {
+    text.trim()
+        .parse()
+        .map_err(|_| format!("{key}: {text:?} is not an IP address"))
+}
+
+/// A port value: -1 disables the listener, 0..=65535 is a port.
+fn port(key: &str, value: Option<i32>, default: i32) -> Result<Option<u16>, String> {
+    match value.unwrap_or(default) {
+        -1 => Ok(None),
+        port => u16::try_from(port)
+            .map(Some)
+            .map_err(|_| format!("ports.{key}: {port} is not a valid port (use -1 to disable)")),
+    }
+}
+
+fn duration(key: &str, value: Option<&str>, default: Duration) -> Result<Duration, String> {
+    value.map_or(Ok(default), |text| {
+        parse_go_duration(text).map_err(|error| format!("{key}: {error}"))
+    })
+}
+
+fn size(key: &str, value: Option<u64>, default: usize) -> Result<usize, String> {
+    match value {
+        None => Ok(default),
+        Some(0) => Err(format!("{key}: must be greater than zero")),
+        Some(value) => usize::try_from(value).map_err(|_| format!("{key}: {value} is too large")),
+    }
+}
+
+fn valid_datacenter(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+fn default_node_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "concord".to_string())
+}
+
+fn build(raw: RawConfig) -> Result<RuntimeConfig, String> {
+    let dev_mode = raw.dev_mode.unwrap_or(false);
+    let datacenter = raw.datacenter.unwrap_or_else(|| "dc1".into());
+    if !valid_datacenter(&datacenter) {
+        return Err(format!(
+            "datacenter: {datacenter:?} must be lowercase letters, digits, '-' or '_'"
+        ));
+    }
+    let data_dir = raw.data_dir.map(PathBuf::from);
+    if data_dir.is_none() && !dev_mode {
+        return Err("data_dir: required unless -dev is set (use -data-dir)".into());
+    }
+    let bootstrap_expect = match (raw.bootstrap.unwrap_or(false), raw.bootstrap_expect) {
+        (true, Some(expect)) if expect > 1 => {
+            return Err("bootstrap and bootstrap_expect cannot both be set".into())
+        }
+        (true, _) => 1,
+        (false, expect) => expect.unwrap_or(0),
+    };
+    let server_mode = raw.server.unwrap_or(false);
+    if bootstrap_expect > 0 && !server_mode {
+        return Err("bootstrap_expect: only a server can bootstrap (set -server)".into());
+    }
+    let bind_addr = parse_ip("bind_addr", raw.bind_addr.as_deref().unwrap_or("0.0.0.0"))?;
+    let advertise_addr = match raw.advertise_addr.as_deref() {
+        Some(text) => parse_ip("advertise_addr", text)?,
+        None => bind_addr,
+    };
+    let client_addrs = raw
+        .client_addr
+        .as_deref()
+        .unwrap_or("127.0.0.1")
+        .split_whitespace()
+        .map(|text| parse_ip("client_addr", text))
+        .collect::<Result<Vec<_>, _>>()?;
+    if client_addrs.is_empty() {
+        return Err("client_addr: at least one address is required".into());
+    }
+    let raw_ports = raw.ports.unwrap_or_default();
+    let ports = Ports {
+        http: port("http", raw_ports.http, 8500)?,
+        dns: port("dns", raw_ports.dns, 8600)?,
+        grpc: port("grpc", raw_ports.grpc, -1)?,
+        serf_lan: port("serf_lan", raw_ports.serf_lan, 8301)?,
+        serf_wan: port("serf_wan", raw_ports.serf_wan, 8302)?,
+        server: port("server", raw_ports.server, 8300)?,
+    };
+    let raw_limits = raw.limits.unwrap_or_default();
+    let limits = Limits {
+        kv_max_value_size: size(
+            "limits.kv_max_value_size",
+            raw_limits.kv_max_value_size,
+            512 * 1024,
+        )?,
+        txn_max_req_len: size(
+            "limits.txn_max_req_len",
+            raw_limits.txn_max_req_len,
+            512 * 1024,
+        )?,
+        txn_max_ops: 128,
+        http_max_body_size: size(
+            "limits.http_max_body_size",
+            raw_limits.http_max_body_size,
+            4 * 1024 * 1024,
+        )?,
+        http_body_timeout: duration(
+            "limits.http_body_timeout",
+            raw_limits.http_body_timeout.as_deref(),
+            Duration::from_secs(30),
+        )?,
+        http_max_conns_per_client: raw_limits.http_max_conns_per_client.unwrap_or(200),
+    };
+    let query = QueryLimits {
+        default_query_time: duration(
+            "default_query_time",
+            raw.default_query_time.as_deref(),
+            Duration::from_secs(300),
+        )?,
+        max_query_time: duration(
+            "max_query_time",
+            raw.max_query_time.as_deref(),
+            Duration::from_secs(600),
+        )?,
+    };
+    let multiplier = raw
+        .performance
+        .and_then(|performance| performance.raft_multiplier)
+        .unwrap_or(5);
+    if !(1..=10).contains(&multiplier) {
+        return Err(format!(
+            "performance.raft_multiplier: {multiplier} must be between 1 and 10"
+        ));
+    }
+    let log_level = raw
+        .log_level
+        .unwrap_or_else(|| "info".into())
+        .to_ascii_lowercase();
+    if !["trace", "debug", "info", "warn", "err", "error"].contains(&log_level.as_str()) {
+        return Err(format!(
+            "log_level: {log_level:?} must be one of trace, debug, info, warn, error"
+        ));
+    }
+    Ok(RuntimeConfig {
+        dev_mode,
+        primary_datacenter: raw
+            .primary_datacenter
+            .unwrap_or_else(|| datacenter.clone()),
+        datacenter,
+        node_name: raw.node_name.unwrap_or_else(default_node_name),
+        node_id: raw.node_id,
+        node_meta: raw.node_meta.unwrap_or_default(),
+        data_dir,
+        server_mode,
+        bootstrap_expect,
+        bind_addr,
+        advertise_addr,
+        client_addrs,
+        ports,
+        limits,
+        query,
+        raft: RaftConfig {
+            multiplier,
+            snapshot_threshold: raw.raft_snapshot_threshold.unwrap_or(16384),
+            trailing_logs: raw.raft_trailing_logs.unwrap_or(10240),
+        },
+        log_level,
+        log_json: raw.log_json.unwrap_or(false),
+        ui_enabled: raw
+            .ui_config
+            .and_then(|ui| ui.enabled)
+            .unwrap_or(dev_mode),
+        always_pretty: dev_mode,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,71 @@
+//! The raw config: every key concord understands, exactly as written in Consul's JSON and HCL
+//! config files (snake_case), all optional. Merging and validation happen in `config`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct RawConfig {
+    pub datacenter: Option<String>,
+    pub primary_datacenter: Option<String>,
+    pub data_dir: Option<String>,
+    pub node_name: Option<String>,
+    pub node_id: Option<String>,
+    pub node_meta: Option<BTreeMap<String, String>>,
+    pub server: Option<bool>,
+    pub bootstrap: Option<bool>,
+    pub bootstrap_expect: Option<u32>,
+    pub bind_addr: Option<String>,
+    pub client_addr: Option<String>,
+    pub advertise_addr: Option<String>,
+    pub log_level: Option<String>,
+    pub log_json: Option<bool>,
+    pub ports: Option<RawPorts>,
+    pub limits: Option<RawLimits>,
+    pub performance: Option<RawPerformance>,
+    pub raft_snapshot_threshold: Option<u64>,
+    pub raft_trailing_logs: Option<u64>,
+    pub default_query_time: Option<String>,
+    pub max_query_time: Option<String>,
+    pub disable_update_check: Option<bool>,
+    pub ui_config: Option<RawUi>,
+    pub enable_debug: Option<bool>,
+    /// Set by `-dev`; not a Consul config key, but carried with the other sources so that
+    /// flags, files and dev defaults go through one merge.
+    pub dev_mode: Option<bool>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct RawPorts {
+    pub http: Option<i32>,
+    pub https: Option<i32>,
+    pub dns: Option<i32>,
+    pub grpc: Option<i32>,
+    pub grpc_tls: Option<i32>,
+    pub serf_lan: Option<i32>,
+    pub serf_wan: Option<i32>,
+    pub server: Option<i32>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct RawLimits {
+    pub kv_max_value_size: Option<u64>,
+    pub txn_max_req_len: Option<u64>,
+    pub http_max_conns_per_client: Option<u32>,
+    /// concord's own: the largest request body any endpoint reads (other than KV values and
+    /// transactions, which have their own limits).
+    pub http_max_body_size: Option<u64>,
+    /// concord's own: how long a client may take to send a request body.
+    pub http_body_timeout: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct RawPerformance {
+    pub raft_multiplier: Option<u32>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct RawUi {
+    pub enabled: Option<bool>,
+}

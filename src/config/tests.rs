@@ -1,0 +1,113 @@
+//! Config loading: the merge order, flags winning, warnings for unknown keys, validation
+//! errors, and a golden file of a full configuration.
+
+use std::path::Path;
+
+use serde_json::json;
+
+use super::*;
+
+fn testdata(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("src/config/testdata")
+        .join(name)
+}
+
+fn full_options() -> LoadOptions {
+    LoadOptions {
+        dev: false,
+        paths: vec![ConfigPath::Dir(testdata("dir"))],
+        hcl_fragments: vec!["log_level = \"warn\"".into()],
+        format: None,
+        flags: json!({"node_name": "from-flag", "client_addr": "127.0.0.1 ::1"}),
+    }
+}
+
+#[test]
+fn full_config_matches_golden_file() {
+    let loaded = load(&full_options()).expect("load");
+    let rendered = serde_json::to_string_pretty(&loaded.config).expect("render") + "\n";
+    let golden_path = testdata("full.golden.json");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&golden_path, &rendered).expect("write golden");
+    }
+    let golden = std::fs::read_to_string(&golden_path).expect("golden file exists");
+    assert_eq!(
+        rendered, golden,
+        "runtime config changed; rerun with UPDATE_GOLDEN=1 if intended"
+    );
+}
+
+#[test]
+fn later_files_and_flags_win_and_maps_merge() {
+    let config = load(&full_options()).expect("load").config;
+    assert_eq!(config.ports.http, Some(9500)); // 20-override.hcl beats 10-base.json
+    assert_eq!(config.ports.dns, None); // -1 disables
+    assert_eq!(config.node_name, "from-flag");
+    assert_eq!(config.node_meta.len(), 2);
+    assert_eq!(config.log_level, "warn");
+    assert_eq!(config.query.max_query_time, Duration::from_secs(120));
+    assert_eq!(config.limits.kv_max_value_size, 1024 * 1024);
+}
+
+#[test]
+fn unknown_keys_are_warnings_naming_file_and_key() {
+    let warnings = load(&full_options()).expect("load").warnings;
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("10-base.json") && w.contains("unknown_thing")),
+        "{warnings:?}"
+    );
+}
+
+#[test]
+fn dev_mode_needs_no_data_dir_and_uses_consul_dev_ports() {
+    let config = load(&LoadOptions {
+        dev: true,
+        ..LoadOptions::default()
+    })
+    .expect("load")
+    .config;
+    assert!(config.dev_mode && config.server_mode);
+    assert_eq!(config.bootstrap_expect, 1);
+    assert_eq!(config.ports.http, Some(8500));
+    assert_eq!(config.ports.dns, Some(8600));
+    assert_eq!(config.ports.grpc, Some(8502));
+    assert_eq!(config.raft.multiplier, 1);
+}
+
+#[test]
+fn invalid_values_are_errors_naming_the_key() {
+    let cases = [
+        (json!({"data_dir": "/x", "ports": {"http": 70000}}), "ports.http"),
+        (json!({"data_dir": "/x", "datacenter": "East"}), "datacenter"),
+        (json!({"data_dir": "/x", "max_query_time": "soon"}), "max_query_time"),
+        (json!({"data_dir": "/x", "bind_addr": "nowhere"}), "bind_addr"),
+        (json!({"data_dir": "/x", "limits": {"kv_max_value_size": 0}}), "kv_max_value_size"),
+        (json!({}), "data_dir"),
+    ];
+    for (flags, key) in cases {
+        let error = load(&LoadOptions {
+            flags: flags.clone(),
+            ..LoadOptions::default()
+        })
+        .err()
+        .unwrap_or_else(|| panic!("{flags} loaded"));
+        assert!(error.contains(key), "{error} should name {key}");
+    }
+}
+
+#[test]
+fn wrong_types_name_the_source() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("bad.json");
+    std::fs::write(&file, r#"{"server": "yes", "data_dir": "/x"}"#).expect("write");
+    let error = load(&LoadOptions {
+        paths: vec![ConfigPath::File(file)],
+        ..LoadOptions::default()
+    })
+    .err()
+    .expect("type error");
+    assert!(error.contains("bad.json"), "{error}");
+}

@@ -1,0 +1,278 @@
+//! The Raft log in sled: entries keyed by big-endian index, plus the vote, the committed log id
+//! and the last purged log id.
+//!
+//! Durability: `append` writes the batch, then hands openraft's callback to a flusher task
+//! that fsyncs (`sled::Db::flush_async`) and only then reports the entries as flushed, which is
+//! what lets openraft acknowledge them. Callbacks that queue up while one flush runs are all
+//! answered by the next flush, in order: group commit without reordering.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::{Entry, ErrorSubject, ErrorVerb, StorageIOError, Vote};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use super::{LogId, NodeId, StorageError, TypeConfig};
+
+/// Bumped if the encoding of stored entries ever changes; checked on every read.
+const FORMAT_VERSION: u8 = 1;
+
+const VOTE_KEY: &[u8] = b"vote";
+const COMMITTED_KEY: &[u8] = b"committed";
+const LAST_PURGED_KEY: &[u8] = b"last_purged";
+
+#[derive(Clone)]
+pub struct LogStore {
+    db: sled::Db,
+    logs: sled::Tree,
+    meta: sled::Tree,
+    path: PathBuf,
+    flusher: mpsc::UnboundedSender<LogFlushed<TypeConfig>>,
+}
+
+pub(super) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut bytes = vec![FORMAT_VERSION];
+    // Serialising plain owned data into a Vec cannot fail.
+    bincode::serialize_into(&mut bytes, value).unwrap_or_default();
+    bytes
+}
+
+pub(super) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    match bytes.split_first() {
+        Some((&FORMAT_VERSION, rest)) => bincode::deserialize(rest).map_err(|e| e.to_string()),
+        Some((version, _)) => Err(format!("unknown storage format version {version}")),
+        None => Err("empty record".into()),
+    }
+}
+
+fn io_error(
+    subject: ErrorSubject<NodeId>,
+    verb: ErrorVerb,
+    path: &Path,
+    error: impl std::fmt::Display,
+) -> StorageError {
+    StorageIOError::new(
+        subject,
+        verb,
+        &std::io::Error::other(format!("{}: {error}", path.display())),
+    )
+    .into()
+}
+
+impl LogStore {
+    /// Opens the log trees and checks that the stored metadata and the last entry decode, so a
+    /// damaged database is reported at start-up rather than on first use.
+    pub fn open(db: sled::Db, path: &Path) -> Result<LogStore, String> {
+        let logs = db.open_tree("logs").map_err(|e| e.to_string())?;
+        let meta = db.open_tree("meta").map_err(|e| e.to_string())?;
+        for key in [VOTE_KEY, COMMITTED_KEY, LAST_PURGED_KEY] {
+            if let Some(bytes) = meta.get(key).map_err(|e| e.to_string())? {
+                decode::<serde::de::IgnoredAny>(&bytes).map_err(|error| {
+                    format!("corrupt {} record: {error}", String::from_utf8_lossy(key))
+                })?;
+            }
+        }
+        if let Some((_, bytes)) = logs.last().map_err(|e| e.to_string())? {
+            decode::<Entry<TypeConfig>>(&bytes)
+                .map_err(|error| format!("corrupt last log entry: {error}"))?;
+        }
+        let (flusher, requests) = mpsc::unbounded_channel();
+        tokio::spawn(flush_loop(db.clone(), requests));
+        Ok(LogStore {
+            db,
+            logs,
+            meta,
+            path: path.to_path_buf(),
+            flusher,
+        })
+    }
+
+    fn read_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
+        let read_error = |error: String| {
+            io_error(ErrorSubject::Store, ErrorVerb::Read, &self.path, error)
+        };
+        match self.meta.get(key).map_err(|e| read_error(e.to_string()))? {
+            Some(bytes) => Ok(Some(decode(&bytes).map_err(read_error)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes one metadata record and fsyncs it before returning.
+    async fn write_meta<T: Serialize>(&self, key: &[u8], value: &T) -> Result<(), StorageError> {
+        let write_error =
+            |error: String| io_error(ErrorSubject::Store, ErrorVerb::Write, &self.path, error);
+        self.meta
+            .insert(key, encode(value))
+            .map_err(|e| write_error(e.to_string()))?;
+        self.db
+            .flush_async()
+            .await
+            .map_err(|e| write_error(e.to_string()))?;
+        Ok(())
+    }
+
+    fn last_entry_id(&self) -> Result<Option<LogId>, StorageError> {
+        match self.logs.last() {
+            Ok(Some((_, bytes))) => decode::<Entry<TypeConfig>>(&bytes)
+                .map(|entry| Some(entry.log_id))
+                .map_err(|error| io_error(ErrorSubject::Logs, ErrorVerb::Read, &self.path, error)),
+            Ok(None) => Ok(None),
+            Err(error) => Err(io_error(
+                ErrorSubject::Logs,
+                ErrorVerb::Read,
+                &self.path,
+                error,
+            )),
+        }
+    }
+
+    /// Removes every entry whose index is within `range`, in one atomic batch.
+    fn remove_range(&self, range: impl RangeBounds<u64>) -> Result<(), StorageError> {
+        let start = bound_key(range.start_bound());
+        let end = bound_key(range.end_bound());
+        let mut batch = sled::Batch::default();
+        for item in self.logs.range::<Vec<u8>, _>((start, end)) {
+            let (key, _) = item.map_err(|error| {
+                io_error(ErrorSubject::Logs, ErrorVerb::Delete, &self.path, error)
+            })?;
+            batch.remove(key);
+        }
+        self.logs
+            .apply_batch(batch)
+            .map_err(|error| io_error(ErrorSubject::Logs, ErrorVerb::Delete, &self.path, error))
+    }
+}
+
+fn index_key(index: u64) -> Vec<u8> {
+    index.to_be_bytes().to_vec()
+}
+
+fn bound_key(bound: Bound<&u64>) -> Bound<Vec<u8>> {
+    match bound {
+        Bound::Included(index) => Bound::Included(index_key(*index)),
+        Bound::Excluded(index) => Bound::Excluded(index_key(*index)),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+async fn flush_loop(db: sled::Db, mut requests: mpsc::UnboundedReceiver<LogFlushed<TypeConfig>>) {
+    while let Some(first) = requests.recv().await {
+        let mut waiting = vec![first];
+        while let Ok(next) = requests.try_recv() {
+            waiting.push(next);
+        }
+        let result = db.flush_async().await.map(|_| ());
+        for callback in waiting {
+            let outcome = match &result {
+                Ok(()) => Ok(()),
+                Err(error) => Err(std::io::Error::other(error.to_string())),
+            };
+            callback.log_io_completed(outcome);
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError> {
+        let start = bound_key(range.start_bound());
+        let end = bound_key(range.end_bound());
+        self.logs
+            .range::<Vec<u8>, _>((start, end))
+            .map(|item| {
+                let (_, bytes) = item.map_err(|error| {
+                    io_error(ErrorSubject::Logs, ErrorVerb::Read, &self.path, error)
+                })?;
+                decode(&bytes).map_err(|error| {
+                    io_error(ErrorSubject::Logs, ErrorVerb::Read, &self.path, error)
+                })
+            })
+            .collect()
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged_log_id: Option<LogId> = self.read_meta(LAST_PURGED_KEY)?;
+        let last_log_id = self.last_entry_id()?.or(last_purged_log_id);
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> LogStore {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
+        self.write_meta(VOTE_KEY, vote).await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
+        self.read_meta(VOTE_KEY)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // The committed id lets a restarted node re-apply its log at once, before any election.
+        // It need not be fsynced here: losing it only delays re-applying until the next commit.
+        self.meta
+            .insert(COMMITTED_KEY, encode(&committed))
+            .map_err(|error| io_error(ErrorSubject::Store, ErrorVerb::Write, &self.path, error))?;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.read_meta::<Option<LogId>>(COMMITTED_KEY)?.flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut batch = sled::Batch::default();
+        for entry in entries {
+            batch.insert(index_key(entry.log_id.index), encode(&entry));
+        }
+        self.logs
+            .apply_batch(batch)
+            .map_err(|error| io_error(ErrorSubject::Logs, ErrorVerb::Write, &self.path, error))?;
+        if let Err(unsent) = self.flusher.send(callback) {
+            // The flusher only stops when the runtime shuts down; flush inline then.
+            let result = self.db.flush_async().await.map(|_| ());
+            unsent
+                .0
+                .log_io_completed(result.map_err(|e| std::io::Error::other(e.to_string())));
+        }
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.remove_range(log_id.index..)?;
+        self.db
+            .flush_async()
+            .await
+            .map_err(|error| io_error(ErrorSubject::Logs, ErrorVerb::Delete, &self.path, error))?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // Record the purge point durably first: a crash between the two steps leaves extra
+        // entries below it, which are harmless, never a gap above it.
+        self.write_meta(LAST_PURGED_KEY, &log_id).await?;
+        self.remove_range(..=log_id.index)
+    }
+}

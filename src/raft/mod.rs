@@ -1,0 +1,125 @@
+//! openraft wiring: the type configuration, the sled-backed log store and state machine, the
+//! network, and the Raft configuration derived from the agent's config.
+//!
+//! Architecture invariant: Raft is the only writer of the state store. Everything that changes
+//! replicated state is a `types::Command` in a log entry, flushed to disk on a quorum before the
+//! write is acknowledged, then applied by the state machine in log order.
+
+mod log_store;
+mod network;
+mod state_machine;
+#[cfg(test)]
+mod storage_suite;
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use log_store::LogStore;
+pub use network::Network;
+pub use state_machine::StateMachine;
+
+use crate::state::Store;
+use crate::types::{Command, CommandResult};
+
+openraft::declare_raft_types!(
+    /// Concord's Raft type configuration.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResult,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type NodeId = u64;
+pub type LogId = openraft::LogId<NodeId>;
+pub type StorageError = openraft::StorageError<NodeId>;
+
+/// Raft tuning, from the agent's runtime config.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RaftTuning {
+    /// Consul's `performance.raft_multiplier`: scales every timeout.
+    pub multiplier: u32,
+    /// Entries between snapshots (Consul's `raft_snapshot_threshold`).
+    pub snapshot_threshold: u64,
+    /// Entries kept in the log after a snapshot (Consul's `raft_trailing_logs`).
+    pub trailing_logs: u64,
+}
+
+impl RaftTuning {
+    pub fn openraft_config(&self) -> anyhow::Result<Arc<openraft::Config>> {
+        let multiplier = u64::from(self.multiplier.max(1));
+        let config = openraft::Config {
+            cluster_name: "concord".into(),
+            heartbeat_interval: 50 * multiplier,
+            election_timeout_min: 200 * multiplier,
+            election_timeout_max: 400 * multiplier,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_threshold),
+            max_in_snapshot_log_to_keep: self.trailing_logs,
+            ..Default::default()
+        };
+        Ok(Arc::new(config.validate()?))
+    }
+}
+
+/// The files of one server's Raft storage.
+pub struct RaftStorage {
+    pub log_store: LogStore,
+    pub state_machine: StateMachine,
+}
+
+/// Where the Raft database lives inside a data dir.
+pub fn database_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("raft").join("raft.db")
+}
+
+/// Opens (or creates) the Raft storage under `data_dir` and restores the state store from the
+/// latest snapshot. A database that cannot be opened or decoded is an error naming the file;
+/// it is never reset.
+pub async fn open_storage(data_dir: &Path, store: Arc<Store>) -> anyhow::Result<RaftStorage> {
+    let path = database_path(data_dir);
+    let db = open_database(&path)?;
+    let log_store = LogStore::open(db.clone(), &path)
+        .map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))?;
+    let state_machine = StateMachine::open(db, &path, store)
+        .map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))?;
+    Ok(RaftStorage {
+        log_store,
+        state_machine,
+    })
+}
+
+fn open_database(path: &Path) -> anyhow::Result<sled::Db> {
+    std::fs::create_dir_all(path)
+        .map_err(|error| anyhow::anyhow!("cannot create {}: {error}", path.display()))?;
+    sled::Config::new()
+        .path(path)
+        // sled's default cache is 1 GiB; the state store already holds the working set in
+        // memory, so the Raft database needs only a small cache for recent log entries.
+        .cache_capacity(16 * 1024 * 1024)
+        // Durability comes from the explicit flush before each append is acknowledged; the
+        // periodic background flush would only add idle wake-ups.
+        .flush_every_ms(None)
+        .open()
+        .map_err(|error| {
+            anyhow::anyhow!(
+                "cannot open Raft database {}: {error}; refusing to start rather than reset it",
+                path.display()
+            )
+        })
+}
+
+/// Raft node ids are u64; concord derives one from the node's UUID so it is stable across
+/// restarts and the same on every server that knows the node.
+pub fn node_id_from_uuid(uuid: &str) -> NodeId {
+    let hex: String = uuid.chars().filter(char::is_ascii_hexdigit).take(16).collect();
+    u64::from_str_radix(&hex, 16).unwrap_or(1).max(1)
+}
+
+/// How long a write may take before the HTTP edge gives up waiting (the write may still commit).
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);

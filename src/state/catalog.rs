@@ -1,0 +1,358 @@
+//! The catalog tables: nodes, their services and checks, with per-node and per-service-name
+//! indexes so a blocking query on one service wakes only for changes to that service.
+
+use imbl::OrdSet;
+
+use super::Tables;
+use crate::types::{Check, DeregisterRequest, Node, RaftIndexes, RegisterRequest, Service};
+
+pub const NODES_TOPIC: &str = "nodes";
+pub const SERVICES_TOPIC: &str = "services";
+pub const CHECKS_TOPIC: &str = "checks";
+
+pub fn service_topic(name: &str) -> String {
+    format!("service/{name}")
+}
+
+pub fn node_topic(name: &str) -> String {
+    format!("node/{name}")
+}
+
+impl Tables {
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.values()
+    }
+
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.get(name)
+    }
+
+    /// Services registered on one node, ordered by service id.
+    pub fn node_services<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Service> + 'a {
+        self.services
+            .range((node.to_string(), String::new())..)
+            .take_while(move |((owner, _), _)| owner == node)
+            .map(|(_, service)| service)
+    }
+
+    /// Every instance of a service name with its node, ordered by (node, service id).
+    pub fn service_nodes<'a>(
+        &'a self,
+        name: &str,
+    ) -> impl Iterator<Item = (&'a Node, &'a Service)> + 'a {
+        self.service_instances
+            .get(name)
+            .into_iter()
+            .flat_map(|keys| keys.iter())
+            .filter_map(|key| {
+                let service = self.services.get(key)?;
+                Some((self.nodes.get(&key.0)?, service))
+            })
+    }
+
+    /// Every service instance in the catalog.
+    pub fn all_services(&self) -> impl Iterator<Item = &Service> {
+        self.services.values()
+    }
+
+    /// Checks on one node, node-level and service-level.
+    pub fn node_checks<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Check> + 'a {
+        self.checks
+            .range((node.to_string(), String::new())..)
+            .take_while(move |((owner, _), _)| owner == node)
+            .map(|(_, check)| check)
+    }
+
+    /// Index for a blocking read of one service name's instances.
+    pub fn service_index(&self, name: &str) -> u64 {
+        self.service_index
+            .get(name)
+            .copied()
+            .unwrap_or(self.table_index.services)
+    }
+
+    /// Index for a blocking read of one node and what is registered on it.
+    pub fn node_index(&self, name: &str) -> u64 {
+        self.node_index
+            .get(name)
+            .copied()
+            .unwrap_or(self.table_index.nodes)
+    }
+}
+
+/// Registers a node and optionally a service and checks, as one atomic change.
+pub(super) fn register(
+    tables: &mut Tables,
+    index: u64,
+    request: &RegisterRequest,
+    touched: &mut Vec<String>,
+) -> Result<(), String> {
+    // Validate everything before changing anything, so a failed register changes nothing.
+    let node_name = &request.node.name;
+    if !request.node.id.is_empty() {
+        if let Some(other) = tables
+            .nodes
+            .values()
+            .find(|other| other.id == request.node.id && &other.name != node_name)
+        {
+            return Err(format!(
+                "failed inserting node: node ID {:?} for node {:?} aliases existing node {:?}",
+                request.node.id, node_name, other.name
+            ));
+        }
+    }
+    let node_known = tables.nodes.contains_key(node_name);
+    if request.skip_node_update && !node_known && request.node.address.is_empty() {
+        return Err(format!("node {node_name:?} is not registered"));
+    }
+    for check in &request.checks {
+        let own_service = request
+            .service
+            .as_ref()
+            .is_some_and(|service| service.id == check.service_id);
+        if !check.service_id.is_empty()
+            && !own_service
+            && !tables
+                .services
+                .contains_key(&(node_name.clone(), check.service_id.clone()))
+        {
+            return Err(format!(
+                "Unknown service ID {:?} for check ID {:?}",
+                check.service_id, check.check_id
+            ));
+        }
+    }
+
+    if !request.skip_node_update || !node_known {
+        upsert_node(tables, index, &request.node, touched);
+    }
+    if let Some(service) = &request.service {
+        upsert_service(tables, index, node_name, service, touched);
+    }
+    for check in &request.checks {
+        upsert_check(tables, index, node_name, check, touched);
+    }
+    Ok(())
+}
+
+pub(super) fn deregister(
+    tables: &mut Tables,
+    index: u64,
+    request: &DeregisterRequest,
+    touched: &mut Vec<String>,
+) -> Result<(), String> {
+    let node = &request.node;
+    if !tables.nodes.contains_key(node) {
+        // Consul treats deregistering an unknown node as a no-op.
+        return Ok(());
+    }
+    if let Some(check_id) = &request.check_id {
+        remove_check(tables, index, node, check_id, touched);
+    }
+    if let Some(service_id) = &request.service_id {
+        remove_service(tables, index, node, service_id, touched);
+    }
+    if request.check_id.is_none() && request.service_id.is_none() {
+        let service_ids: Vec<String> = tables
+            .node_services(node)
+            .map(|service| service.id.clone())
+            .collect();
+        for service_id in service_ids {
+            remove_service(tables, index, node, &service_id, touched);
+        }
+        let check_ids: Vec<String> = tables
+            .node_checks(node)
+            .map(|check| check.check_id.clone())
+            .collect();
+        for check_id in check_ids {
+            remove_check(tables, index, node, &check_id, touched);
+        }
+        tables.nodes.remove(node);
+        touch_node(tables, index, node, touched);
+        tables.table_index.nodes = index;
+        touched.push(NODES_TOPIC.into());
+    }
+    Ok(())
+}
+
+fn touch_node(tables: &mut Tables, index: u64, node: &str, touched: &mut Vec<String>) {
+    tables.node_index.insert(node.to_string(), index);
+    touched.push(node_topic(node));
+}
+
+fn touch_service(tables: &mut Tables, index: u64, name: &str, touched: &mut Vec<String>) {
+    tables.service_index.insert(name.to_string(), index);
+    touched.push(service_topic(name));
+}
+
+/// Services whose health a node-level change affects.
+fn services_on(tables: &Tables, node: &str) -> Vec<String> {
+    let mut names: Vec<String> = tables
+        .node_services(node)
+        .map(|service| service.name.clone())
+        .collect();
+    names.dedup();
+    names
+}
+
+fn upsert_node(tables: &mut Tables, index: u64, node: &Node, touched: &mut Vec<String>) {
+    let previous = tables.nodes.get(&node.name);
+    let mut next = node.clone();
+    next.indexes = previous.map_or(RaftIndexes::default(), |previous| previous.indexes);
+    if previous == Some(&next) {
+        return; // Unchanged: Consul does not bump the index of an identical registration.
+    }
+    next.indexes = RaftIndexes {
+        create: previous.map_or(index, |previous| previous.indexes.create),
+        modify: index,
+    };
+    tables.nodes.insert(node.name.clone(), next);
+    tables.table_index.nodes = index;
+    touched.push(NODES_TOPIC.into());
+    touch_node(tables, index, &node.name, touched);
+    // Node address changes show in every service query that returns the node.
+    for name in services_on(tables, &node.name) {
+        touch_service(tables, index, &name, touched);
+    }
+}
+
+fn upsert_service(
+    tables: &mut Tables,
+    index: u64,
+    node: &str,
+    service: &Service,
+    touched: &mut Vec<String>,
+) {
+    let key = (node.to_string(), service.id.clone());
+    let previous = tables.services.get(&key).cloned();
+    let mut next = service.clone();
+    next.indexes = previous
+        .as_ref()
+        .map_or(RaftIndexes::default(), |previous| previous.indexes);
+    if previous.as_ref() == Some(&next) {
+        return;
+    }
+    next.indexes = RaftIndexes {
+        create: previous
+            .as_ref()
+            .map_or(index, |previous| previous.indexes.create),
+        modify: index,
+    };
+    if let Some(previous) = &previous {
+        if previous.name != service.name {
+            unlink_instance(tables, &previous.name, &key);
+            touch_service(tables, index, &previous.name, touched);
+        }
+    }
+    tables
+        .service_instances
+        .entry(service.name.clone())
+        .or_insert_with(OrdSet::new)
+        .insert(key.clone());
+    tables.services.insert(key, next);
+    tables.table_index.services = index;
+    touched.push(SERVICES_TOPIC.into());
+    touch_service(tables, index, &service.name, touched);
+    touch_node(tables, index, node, touched);
+}
+
+fn unlink_instance(tables: &mut Tables, name: &str, key: &(String, String)) {
+    if let Some(keys) = tables.service_instances.get_mut(name) {
+        keys.remove(key);
+        if keys.is_empty() {
+            tables.service_instances.remove(name);
+        }
+    }
+}
+
+fn upsert_check(
+    tables: &mut Tables,
+    index: u64,
+    node: &str,
+    check: &Check,
+    touched: &mut Vec<String>,
+) {
+    let mut next = check.clone();
+    next.node = node.to_string();
+    if let Some(service) = tables
+        .services
+        .get(&(node.to_string(), check.service_id.clone()))
+    {
+        next.service_name = service.name.clone();
+        next.service_tags = service.tags.clone();
+    }
+    let key = (node.to_string(), check.check_id.clone());
+    let previous = tables.checks.get(&key);
+    next.indexes = previous.map_or(RaftIndexes::default(), |previous| previous.indexes);
+    if previous == Some(&next) {
+        return;
+    }
+    next.indexes = RaftIndexes {
+        create: previous.map_or(index, |previous| previous.indexes.create),
+        modify: index,
+    };
+    let affected = if next.service_id.is_empty() {
+        services_on(tables, node)
+    } else {
+        vec![next.service_name.clone()]
+    };
+    tables.checks.insert(key, next);
+    tables.table_index.checks = index;
+    touched.push(CHECKS_TOPIC.into());
+    touch_node(tables, index, node, touched);
+    for name in affected {
+        touch_service(tables, index, &name, touched);
+    }
+}
+
+fn remove_check(
+    tables: &mut Tables,
+    index: u64,
+    node: &str,
+    check_id: &str,
+    touched: &mut Vec<String>,
+) {
+    let Some(check) = tables
+        .checks
+        .remove(&(node.to_string(), check_id.to_string()))
+    else {
+        return;
+    };
+    let affected = if check.service_id.is_empty() {
+        services_on(tables, node)
+    } else {
+        vec![check.service_name.clone()]
+    };
+    tables.table_index.checks = index;
+    touched.push(CHECKS_TOPIC.into());
+    touch_node(tables, index, node, touched);
+    for name in affected {
+        touch_service(tables, index, &name, touched);
+    }
+}
+
+fn remove_service(
+    tables: &mut Tables,
+    index: u64,
+    node: &str,
+    service_id: &str,
+    touched: &mut Vec<String>,
+) {
+    let key = (node.to_string(), service_id.to_string());
+    let Some(service) = tables.services.remove(&key) else {
+        return;
+    };
+    let check_ids: Vec<String> = tables
+        .node_checks(node)
+        .filter(|check| check.service_id == service_id)
+        .map(|check| check.check_id.clone())
+        .collect();
+    for check_id in check_ids {
+        remove_check(tables, index, node, &check_id, touched);
+    }
+    unlink_instance(tables, &service.name, &key);
+    tables.table_index.services = index;
+    touched.push(SERVICES_TOPIC.into());
+    touch_service(tables, index, &service.name, touched);
+    touch_node(tables, index, node, touched);
+}

@@ -1,0 +1,267 @@
+//! The KV table: reads with Consul's index rules, and the one implementation of every KV verb,
+//! used by single-key writes and transactions alike.
+
+use std::ops::Bound;
+
+use super::Tables;
+use crate::types::{KvEntry, KvOp, RaftIndexes, TxnError, TxnOutcome, TxnResult};
+
+/// The watch topic of one key; prefix watches use the same form with the prefix.
+pub fn topic(key: &str) -> String {
+    format!("kv/{key}")
+}
+
+impl Tables {
+    pub fn kv_get(&self, key: &str) -> Option<&KvEntry> {
+        self.kv.get(key)
+    }
+
+    /// Entries whose key starts with `prefix`, in lexicographic order.
+    pub fn kv_list<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = &'a KvEntry> + 'a {
+        self.kv
+            .range::<_, str>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(move |(key, _)| key.starts_with(prefix))
+            .map(|(_, entry)| entry)
+    }
+
+    /// The index a blocking read of `key` (or of everything under it, with `recurse`) reports:
+    /// the highest ModifyIndex among live entries and tombstones it covers, so deletes count,
+    /// falling back to the KV table's index when nothing was ever there.
+    pub fn kv_index(&self, key: &str, recurse: bool) -> u64 {
+        let highest = if recurse {
+            let live = self.kv_list(key).map(|entry| entry.indexes.modify).max();
+            let dead = self
+                .tombstones
+                .range::<_, str>((Bound::Included(key), Bound::Unbounded))
+                .take_while(|(dead_key, _)| dead_key.starts_with(key))
+                .map(|(_, index)| *index)
+                .max();
+            live.max(dead)
+        } else {
+            let live = self.kv.get(key).map(|entry| entry.indexes.modify);
+            live.max(self.tombstones.get(key).copied())
+        };
+        highest.unwrap_or(self.table_index.kv)
+    }
+
+    pub fn tombstone_count(&self) -> usize {
+        self.tombstones.len()
+    }
+}
+
+/// Applies one KV write outside a transaction. `Ok(false)` is a CAS mismatch.
+pub(super) fn apply_single(
+    tables: &mut Tables,
+    index: u64,
+    op: &KvOp,
+    touched: &mut Vec<String>,
+) -> Result<bool, String> {
+    match apply_op(tables, index, op, touched) {
+        Ok(_) => Ok(true),
+        Err(OpFailure::Mismatch(_)) => Ok(false),
+        Err(OpFailure::Invalid(what)) => Err(what),
+    }
+}
+
+/// Applies every op or none: the ops run against a copy of the tables (an O(1) clone of the
+/// persistent maps), which replaces the original only if all of them succeeded.
+pub(super) fn apply_txn(
+    tables: &mut Tables,
+    index: u64,
+    ops: &[KvOp],
+    touched: &mut Vec<String>,
+) -> TxnOutcome {
+    let mut working = tables.clone();
+    let mut working_touched = Vec::new();
+    let mut results = Vec::new();
+    let mut errors = Vec::new();
+    for (op_index, op) in ops.iter().enumerate() {
+        match apply_op(&mut working, index, op, &mut working_touched) {
+            Ok(Some(result)) => results.extend(result),
+            Ok(None) => {}
+            Err(OpFailure::Mismatch(what) | OpFailure::Invalid(what)) => {
+                errors.push(TxnError { op_index, what })
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return TxnOutcome::RolledBack(errors);
+    }
+    *tables = working;
+    touched.extend(working_touched);
+    TxnOutcome::Committed(results)
+}
+
+/// Runs a read-only transaction against a snapshot, without Raft.
+pub fn read_txn(tables: &Tables, ops: &[KvOp]) -> TxnOutcome {
+    let mut scratch = tables.clone();
+    apply_txn(&mut scratch, tables.last_index, ops, &mut Vec::new())
+}
+
+pub(super) fn reap_tombstones(tables: &mut Tables, up_to_index: u64) {
+    let reaped: Vec<String> = tables
+        .tombstones
+        .iter()
+        .filter(|(_, index)| **index <= up_to_index)
+        .map(|(key, _)| key.clone())
+        .collect();
+    for key in reaped {
+        tables.tombstones.remove(&key);
+    }
+}
+
+enum OpFailure {
+    /// A condition did not hold (CAS index, existence); not an error of the request.
+    Mismatch(String),
+    Invalid(String),
+}
+
+/// The results one op contributes to a transaction's `Results`.
+type OpResults = Option<Vec<TxnResult>>;
+
+fn apply_op(
+    tables: &mut Tables,
+    index: u64,
+    op: &KvOp,
+    touched: &mut Vec<String>,
+) -> Result<OpResults, OpFailure> {
+    match op {
+        KvOp::Set { key, value, flags } => {
+            let entry = set(tables, index, key, value, *flags, touched);
+            Ok(Some(vec![without_value(entry)]))
+        }
+        KvOp::Cas {
+            key,
+            value,
+            flags,
+            index: expected,
+        } => {
+            let current = tables.kv.get(key).map(|entry| entry.indexes.modify);
+            let holds = match (*expected, current) {
+                (0, None) => true,
+                (0, Some(_)) => false,
+                (expected, Some(modify)) => expected == modify,
+                (_, None) => false,
+            };
+            if !holds {
+                return Err(OpFailure::Mismatch(format!(
+                    "failed to set key {key:?}, index is stale"
+                )));
+            }
+            let entry = set(tables, index, key, value, *flags, touched);
+            Ok(Some(vec![without_value(entry)]))
+        }
+        KvOp::Get { key } => match tables.kv.get(key) {
+            Some(entry) => Ok(Some(vec![with_value(entry.clone())])),
+            None => Err(OpFailure::Mismatch(format!("key {key:?} doesn't exist"))),
+        },
+        KvOp::GetOrEmpty { key } => Ok(tables
+            .kv
+            .get(key)
+            .map(|entry| vec![with_value(entry.clone())])),
+        KvOp::GetTree { prefix } => Ok(Some(
+            tables
+                .kv_list(prefix)
+                .cloned()
+                .map(with_value)
+                .collect::<Vec<_>>(),
+        )),
+        KvOp::CheckIndex {
+            key,
+            index: expected,
+        } => match tables.kv.get(key) {
+            Some(entry) if entry.indexes.modify == *expected => {
+                Ok(Some(vec![without_value(entry.clone())]))
+            }
+            Some(_) => Err(OpFailure::Mismatch(format!(
+                "current modify index {} != {expected}",
+                tables.kv.get(key).map_or(0, |entry| entry.indexes.modify)
+            ))),
+            None => Err(OpFailure::Mismatch(format!("key {key:?} doesn't exist"))),
+        },
+        KvOp::CheckNotExists { key } => match tables.kv.get(key) {
+            Some(_) => Err(OpFailure::Mismatch(format!("key {key:?} exists"))),
+            None => Ok(None),
+        },
+        KvOp::Delete { key } => {
+            delete(tables, index, key, touched);
+            Ok(None)
+        }
+        KvOp::DeleteTree { prefix } => {
+            let keys: Vec<String> = tables
+                .kv_list(prefix)
+                .map(|entry| entry.key.clone())
+                .collect();
+            for key in keys {
+                delete(tables, index, &key, touched);
+            }
+            Ok(None)
+        }
+        KvOp::DeleteCas {
+            key,
+            index: expected,
+        } => match tables.kv.get(key) {
+            Some(entry) if entry.indexes.modify == *expected => {
+                delete(tables, index, key, touched);
+                Ok(None)
+            }
+            Some(_) => Err(OpFailure::Mismatch(format!(
+                "failed to delete key {key:?}, index is stale"
+            ))),
+            // Deleting an absent key with a CAS index is an error in Consul's txn API.
+            None if *expected == 0 => Err(OpFailure::Invalid(
+                "delete-cas requires a non-zero index".into(),
+            )),
+            None => Err(OpFailure::Mismatch(format!("key {key:?} doesn't exist"))),
+        },
+    }
+}
+
+fn set(
+    tables: &mut Tables,
+    index: u64,
+    key: &str,
+    value: &[u8],
+    flags: u64,
+    touched: &mut Vec<String>,
+) -> KvEntry {
+    let previous = tables.kv.get(key);
+    let entry = KvEntry {
+        key: key.to_string(),
+        value: value.to_vec(),
+        flags,
+        lock_index: previous.map_or(0, |entry| entry.lock_index),
+        session: previous.map_or_else(String::new, |entry| entry.session.clone()),
+        indexes: RaftIndexes {
+            create: previous.map_or(index, |entry| entry.indexes.create),
+            modify: index,
+        },
+    };
+    tables.kv.insert(key.to_string(), entry.clone());
+    tables.tombstones.remove(key);
+    tables.table_index.kv = index;
+    touched.push(topic(key));
+    entry
+}
+
+fn delete(tables: &mut Tables, index: u64, key: &str, touched: &mut Vec<String>) {
+    if tables.kv.remove(key).is_some() {
+        tables.tombstones.insert(key.to_string(), index);
+        tables.table_index.kv = index;
+        touched.push(topic(key));
+    }
+}
+
+fn with_value(entry: KvEntry) -> TxnResult {
+    TxnResult {
+        entry,
+        with_value: true,
+    }
+}
+
+fn without_value(entry: KvEntry) -> TxnResult {
+    TxnResult {
+        entry,
+        with_value: false,
+    }
+}

@@ -1,0 +1,186 @@
+//! The in-memory state store: indexed tables of nodes, services, checks and KV entries, applied
+//! from the Raft log and read by every protocol edge.
+//!
+//! Readers never wait for writers: the tables are persistent maps (`imbl`), so a reader clones
+//! one `Arc<Tables>` and keeps a consistent view for as long as it likes, while the single
+//! writer (the Raft state machine) clones the tables in O(1), applies a batch of commands and
+//! publishes the result with one pointer swap. A Raft snapshot is just one more reader.
+//!
+//! Architecture invariant: `apply` is deterministic. It reads no clock, config, randomness or
+//! I/O; every write takes the Raft index, which becomes CreateIndex/ModifyIndex. This module
+//! knows nothing of HTTP, Raft, or sled.
+
+pub mod catalog;
+pub mod kv;
+pub mod watch;
+
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use imbl::{OrdMap, OrdSet};
+use serde::{Deserialize, Serialize};
+
+use crate::types::{Check, Command, CommandResult, KvEntry, Node, Service};
+pub use watch::{Match, WatchGuard, WatchRegistry};
+
+/// The last Raft index that changed each table; it answers list queries that have no finer
+/// index and is what blocking queries see for an empty result.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableIndexes {
+    pub nodes: u64,
+    pub services: u64,
+    pub checks: u64,
+    pub kv: u64,
+}
+
+/// One consistent version of every table.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Tables {
+    nodes: OrdMap<String, Node>,
+    /// Keyed by (node name, service id).
+    services: OrdMap<(String, String), Service>,
+    /// Service name -> the (node, service id) keys of its instances.
+    service_instances: OrdMap<String, OrdSet<(String, String)>>,
+    /// Keyed by (node name, check id).
+    checks: OrdMap<(String, String), Check>,
+    kv: OrdMap<String, KvEntry>,
+    /// Deleted keys and the index that deleted them, so a blocking read of a prefix sees
+    /// deletes. Reaped through Raft (`Command::ReapTombstones`).
+    tombstones: OrdMap<String, u64>,
+    /// Last index that changed anything about a service name's instances, removal included.
+    service_index: OrdMap<String, u64>,
+    /// Last index that changed a node or anything registered on it, removal included.
+    node_index: OrdMap<String, u64>,
+    table_index: TableIndexes,
+    /// Raft index of the last applied command.
+    last_index: u64,
+}
+
+impl Tables {
+    pub fn last_index(&self) -> u64 {
+        self.last_index
+    }
+
+    pub fn table_index(&self) -> TableIndexes {
+        self.table_index
+    }
+
+    /// Applies one command at `index`, recording the watch topics it touched.
+    fn apply(&mut self, index: u64, command: &Command, touched: &mut Vec<String>) -> CommandResult {
+        self.last_index = self.last_index.max(index);
+        match command {
+            Command::Kv(op) => match kv::apply_single(self, index, op, touched) {
+                Ok(applied) => CommandResult::Kv(applied),
+                // A read verb sent as a single write is harmless; it changes nothing.
+                Err(_) => CommandResult::Kv(false),
+            },
+            Command::Txn(ops) => CommandResult::Txn(kv::apply_txn(self, index, ops, touched)),
+            Command::CatalogRegister(request) => {
+                CommandResult::Catalog(catalog::register(self, index, request, touched))
+            }
+            Command::CatalogDeregister(request) => {
+                CommandResult::Catalog(catalog::deregister(self, index, request, touched))
+            }
+            Command::ReapTombstones { up_to_index } => {
+                kv::reap_tombstones(self, *up_to_index);
+                CommandResult::Done
+            }
+        }
+    }
+}
+
+/// Why a snapshot could not be restored.
+#[derive(Debug, thiserror::Error)]
+#[error("state snapshot is corrupt: {0}")]
+pub struct RestoreError(String);
+
+/// The shared handle: the current tables plus the watch registry.
+pub struct Store {
+    current: RwLock<Arc<Tables>>,
+    /// Serialises writers so that two batches never race to publish.
+    writer: Mutex<()>,
+    watches: Arc<WatchRegistry>,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Store::new()
+    }
+}
+
+impl Store {
+    pub fn new() -> Store {
+        Store {
+            current: RwLock::new(Arc::new(Tables::default())),
+            writer: Mutex::new(()),
+            watches: Arc::new(WatchRegistry::default()),
+        }
+    }
+
+    /// A consistent, immutable view of every table; cheap (one `Arc` clone).
+    pub fn snapshot(&self) -> Arc<Tables> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Registers a blocking query's interest in `topics` (see `watch`).
+    pub fn watch(&self, topics: &[(String, Match)]) -> WatchGuard {
+        self.watches.watch(topics)
+    }
+
+    pub fn watch_count(&self) -> usize {
+        self.watches.len()
+    }
+
+    /// Applies committed log entries in order, publishes the new tables once, then wakes the
+    /// blocking queries whose topics changed. An entry without a command (a Raft blank or
+    /// membership entry) only advances `last_index` and yields `CommandResult::Done`.
+    pub fn apply_batch<'a>(
+        &self,
+        entries: impl IntoIterator<Item = (u64, Option<&'a Command>)>,
+    ) -> Vec<CommandResult> {
+        let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut tables = (*self.snapshot()).clone();
+        let mut touched = Vec::new();
+        let results = entries
+            .into_iter()
+            .map(|(index, command)| match command {
+                Some(command) => tables.apply(index, command, &mut touched),
+                None => {
+                    tables.last_index = tables.last_index.max(index);
+                    CommandResult::Done
+                }
+            })
+            .collect();
+        self.publish(tables);
+        touched.sort_unstable();
+        touched.dedup();
+        self.watches.notify(&touched);
+        results
+    }
+
+    fn publish(&self, tables: Tables) {
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(tables);
+    }
+
+    /// Serialises one consistent version of every table.
+    pub fn encode(tables: &Tables) -> Vec<u8> {
+        // Encoding plain owned data into a Vec cannot fail.
+        bincode::serialize(tables).unwrap_or_default()
+    }
+
+    /// Replaces every table with a decoded snapshot and wakes every blocking query, since any
+    /// answer may have changed (indexes may even go backwards, as in Consul).
+    pub fn restore(&self, bytes: &[u8]) -> Result<(), RestoreError> {
+        let tables: Tables =
+            bincode::deserialize(bytes).map_err(|error| RestoreError(error.to_string()))?;
+        let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        self.publish(tables);
+        self.watches.notify_all();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,295 @@
+//! Synchronous tests of the state store and the FSM's command semantics; no runtime, no I/O.
+
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::types::*;
+
+fn set(key: &str, value: &str) -> Command {
+    Command::Kv(KvOp::Set {
+        key: key.into(),
+        value: value.as_bytes().to_vec(),
+        flags: 0,
+    })
+}
+
+fn apply(store: &Store, index: u64, command: Command) -> CommandResult {
+    store.apply_batch([(index, Some(&command))]).remove(0)
+}
+
+fn node(name: &str) -> Node {
+    Node {
+        id: String::new(),
+        name: name.into(),
+        address: "10.0.0.1".into(),
+        datacenter: "dc1".into(),
+        tagged_addresses: BTreeMap::new(),
+        meta: BTreeMap::new(),
+        indexes: RaftIndexes::default(),
+    }
+}
+
+fn service(id: &str, name: &str) -> Service {
+    Service {
+        id: id.into(),
+        name: name.into(),
+        port: 80,
+        ..Service::default()
+    }
+}
+
+fn register(node_name: &str, svc: Option<Service>) -> Command {
+    Command::CatalogRegister(RegisterRequest {
+        node: node(node_name),
+        skip_node_update: false,
+        service: svc,
+        checks: Vec::new(),
+    })
+}
+
+#[test]
+fn set_assigns_create_and_modify_indexes() {
+    let store = Store::new();
+    apply(&store, 5, set("a", "1"));
+    apply(&store, 9, set("a", "2"));
+    let tables = store.snapshot();
+    let entry = tables.kv_get("a").expect("key a");
+    assert_eq!(entry.indexes, RaftIndexes { create: 5, modify: 9 });
+    assert_eq!(entry.value, b"2");
+    assert_eq!(tables.last_index(), 9);
+}
+
+#[test]
+fn cas_zero_creates_only_when_absent_and_cas_index_must_match() {
+    let store = Store::new();
+    let cas = |index| {
+        Command::Kv(KvOp::Cas {
+            key: "k".into(),
+            value: b"v".to_vec(),
+            flags: 0,
+            index,
+        })
+    };
+    assert_eq!(apply(&store, 2, cas(0)), CommandResult::Kv(true));
+    assert_eq!(apply(&store, 3, cas(0)), CommandResult::Kv(false));
+    assert_eq!(apply(&store, 4, cas(7)), CommandResult::Kv(false));
+    assert_eq!(apply(&store, 5, cas(2)), CommandResult::Kv(true));
+    assert_eq!(store.snapshot().kv_get("k").unwrap().indexes.modify, 5);
+}
+
+#[test]
+fn delete_leaves_a_tombstone_that_raises_the_prefix_index() {
+    let store = Store::new();
+    apply(&store, 2, set("app/a", "1"));
+    apply(&store, 3, set("app/b", "1"));
+    apply(&store, 4, set("other", "1"));
+    apply(&store, 6, Command::Kv(KvOp::Delete { key: "app/b".into() }));
+    let tables = store.snapshot();
+    assert!(tables.kv_get("app/b").is_none());
+    assert_eq!(tables.kv_index("app/", true), 6);
+    assert_eq!(tables.kv_index("app/a", false), 2);
+    assert_eq!(tables.kv_index("app/b", false), 6);
+    apply(&store, 7, Command::ReapTombstones { up_to_index: 6 });
+    assert_eq!(store.snapshot().kv_index("app/", true), 2);
+}
+
+#[test]
+fn delete_tree_removes_only_the_prefix() {
+    let store = Store::new();
+    for (index, key) in ["a/1", "a/2", "ab", "b"].iter().enumerate() {
+        apply(&store, index as u64 + 1, set(key, "x"));
+    }
+    apply(&store, 9, Command::Kv(KvOp::DeleteTree { prefix: "a/".into() }));
+    let tables = store.snapshot();
+    let keys: Vec<_> = tables.kv_list("").map(|entry| entry.key.as_str()).collect();
+    assert_eq!(keys, ["ab", "b"]);
+}
+
+#[test]
+fn failed_transaction_changes_nothing() {
+    let store = Store::new();
+    apply(&store, 2, set("x", "old"));
+    let outcome = apply(
+        &store,
+        3,
+        Command::Txn(vec![
+            KvOp::Set {
+                key: "x".into(),
+                value: b"new".to_vec(),
+                flags: 0,
+            },
+            KvOp::Set {
+                key: "y".into(),
+                value: b"new".to_vec(),
+                flags: 0,
+            },
+            KvOp::CheckNotExists { key: "x".into() },
+        ]),
+    );
+    match outcome {
+        CommandResult::Txn(TxnOutcome::RolledBack(errors)) => {
+            assert_eq!(errors.len(), 1);
+            assert_eq!(errors[0].op_index, 2);
+        }
+        other => panic!("expected rollback, got {other:?}"),
+    }
+    let tables = store.snapshot();
+    assert_eq!(tables.kv_get("x").unwrap().value, b"old");
+    assert!(tables.kv_get("y").is_none());
+}
+
+#[test]
+fn committed_transaction_returns_values_only_for_reads() {
+    let store = Store::new();
+    apply(&store, 2, set("r", "read-me"));
+    let outcome = apply(
+        &store,
+        3,
+        Command::Txn(vec![
+            KvOp::Set {
+                key: "w".into(),
+                value: b"1".to_vec(),
+                flags: 3,
+            },
+            KvOp::Get { key: "r".into() },
+        ]),
+    );
+    let CommandResult::Txn(TxnOutcome::Committed(results)) = outcome else {
+        panic!("expected commit");
+    };
+    assert_eq!(results.len(), 2);
+    assert!(!results[0].with_value);
+    assert_eq!(results[0].entry.flags, 3);
+    assert!(results[1].with_value);
+    assert_eq!(results[1].entry.value, b"read-me");
+}
+
+#[test]
+fn catalog_register_and_deregister_keep_per_service_indexes() {
+    let store = Store::new();
+    apply(&store, 10, register("n1", Some(service("web-1", "web"))));
+    apply(&store, 11, register("n2", Some(service("db-1", "db"))));
+    let tables = store.snapshot();
+    assert_eq!(tables.service_index("web"), 10);
+    assert_eq!(tables.service_index("db"), 11);
+    assert_eq!(tables.service_nodes("web").count(), 1);
+
+    apply(
+        &store,
+        12,
+        Command::CatalogDeregister(DeregisterRequest {
+            node: "n1".into(),
+            service_id: Some("web-1".into()),
+            check_id: None,
+        }),
+    );
+    let tables = store.snapshot();
+    assert_eq!(tables.service_nodes("web").count(), 0);
+    // The removal raises web's index so a blocking query on web sees it; db is untouched.
+    assert_eq!(tables.service_index("web"), 12);
+    assert_eq!(tables.service_index("db"), 11);
+    assert!(tables.node("n1").is_some());
+}
+
+#[test]
+fn identical_registration_does_not_bump_indexes() {
+    let store = Store::new();
+    apply(&store, 3, register("n1", Some(service("web-1", "web"))));
+    apply(&store, 4, register("n1", Some(service("web-1", "web"))));
+    let tables = store.snapshot();
+    assert_eq!(tables.node("n1").unwrap().indexes.modify, 3);
+    assert_eq!(tables.service_index("web"), 3);
+}
+
+#[test]
+fn deregistering_a_node_removes_its_services_and_checks() {
+    let store = Store::new();
+    let mut request = RegisterRequest {
+        node: node("n1"),
+        skip_node_update: false,
+        service: Some(service("web-1", "web")),
+        checks: vec![Check {
+            node: "n1".into(),
+            check_id: "c1".into(),
+            name: "c1".into(),
+            status: HealthStatus::Passing,
+            notes: String::new(),
+            output: String::new(),
+            service_id: "web-1".into(),
+            service_name: String::new(),
+            service_tags: Vec::new(),
+            check_type: String::new(),
+            interval: String::new(),
+            timeout: String::new(),
+            indexes: RaftIndexes::default(),
+        }],
+    };
+    apply(&store, 2, Command::CatalogRegister(request.clone()));
+    let tables = store.snapshot();
+    let check = tables.node_checks("n1").next().expect("check");
+    assert_eq!(check.service_name, "web");
+
+    request.checks[0].service_id = "missing".into();
+    let result = apply(&store, 3, Command::CatalogRegister(request));
+    assert!(matches!(result, CommandResult::Catalog(Err(_))));
+
+    apply(
+        &store,
+        4,
+        Command::CatalogDeregister(DeregisterRequest {
+            node: "n1".into(),
+            service_id: None,
+            check_id: None,
+        }),
+    );
+    let tables = store.snapshot();
+    assert!(tables.node("n1").is_none());
+    assert_eq!(tables.all_services().count(), 0);
+    assert_eq!(tables.node_checks("n1").count(), 0);
+    assert_eq!(tables.service_index("web"), 4);
+}
+
+#[test]
+fn snapshot_restore_round_trips_every_table() {
+    let store = Store::new();
+    apply(&store, 2, set("a", "1"));
+    apply(&store, 3, register("n1", Some(service("web-1", "web"))));
+    apply(&store, 4, Command::Kv(KvOp::Delete { key: "a".into() }));
+    let bytes = Store::encode(&store.snapshot());
+
+    let restored = Store::new();
+    restored.restore(&bytes).expect("restore");
+    assert_eq!(Store::encode(&restored.snapshot()), bytes);
+    assert_eq!(restored.snapshot().kv_index("a", false), 4);
+    assert!(restored.restore(&bytes[..bytes.len() / 2]).is_err());
+}
+
+#[test]
+fn apply_is_deterministic() {
+    let commands = vec![
+        (2, set("a", "1")),
+        (3, register("n1", Some(service("s1", "web")))),
+        (4, Command::Kv(KvOp::DeleteTree { prefix: "".into() })),
+        (5, set("b", "2")),
+    ];
+    let first = Store::new();
+    let second = Store::new();
+    first.apply_batch(commands.iter().map(|(index, command)| (*index, Some(command))));
+    for (index, command) in &commands {
+        second.apply_batch([(*index, Some(command))]);
+    }
+    assert_eq!(
+        Store::encode(&first.snapshot()),
+        Store::encode(&second.snapshot())
+    );
+}
+
+#[test]
+fn readers_keep_their_snapshot_while_writes_continue() {
+    let store = Store::new();
+    apply(&store, 2, set("a", "1"));
+    let before = store.snapshot();
+    apply(&store, 3, set("a", "2"));
+    assert_eq!(before.kv_get("a").unwrap().value, b"1");
+    assert_eq!(store.snapshot().kv_get("a").unwrap().value, b"2");
+}

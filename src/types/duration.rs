@@ -1,0 +1,108 @@
+//! Go duration strings (`"10s"`, `"1m30s"`, `"250ms"`), the form Consul uses for every
+//! duration in config files, query parameters and JSON bodies.
+
+use std::time::Duration;
+
+/// Parses a Go duration. A bare number is rejected, as Go's `time.ParseDuration` does, except
+/// `"0"`. Negative durations are rejected: nothing in concord accepts them.
+pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if text.is_empty() {
+        return Err("empty duration".into());
+    }
+    let mut total = 0f64;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if number_len == 0 {
+            return Err(format!("invalid duration {text:?}"));
+        }
+        let number: f64 = rest[..number_len]
+            .parse()
+            .map_err(|_| format!("invalid duration {text:?}"))?;
+        rest = &rest[number_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let unit_seconds = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" | "μs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            "" => return Err(format!("missing unit in duration {text:?}")),
+            unit => return Err(format!("unknown unit {unit:?} in duration {text:?}")),
+        };
+        rest = &rest[unit_len..];
+        total += number * unit_seconds;
+    }
+    Duration::try_from_secs_f64(total).map_err(|_| format!("duration {text:?} is out of range"))
+}
+
+/// Formats a duration the way Go prints one (`"1m30s"`, `"250ms"`, `"0s"`).
+pub fn format_go_duration(duration: Duration) -> String {
+    let nanos = duration.as_nanos();
+    if nanos == 0 {
+        return "0s".into();
+    }
+    if nanos < 1_000_000_000 {
+        return match nanos {
+            n if n % 1_000_000 == 0 => format!("{}ms", n / 1_000_000),
+            n if n % 1_000 == 0 => format!("{}µs", n / 1_000),
+            n => format!("{n}ns"),
+        };
+    }
+    let seconds = duration.as_secs();
+    let fraction = duration.subsec_nanos();
+    let (hours, minutes, seconds) = (seconds / 3600, (seconds / 60) % 60, seconds % 60);
+    let mut out = String::new();
+    if hours > 0 {
+        out.push_str(&format!("{hours}h"));
+    }
+    if hours > 0 || minutes > 0 {
+        out.push_str(&format!("{minutes}m"));
+    }
+    if fraction == 0 {
+        out.push_str(&format!("{seconds}s"));
+    } else {
+        let fractional = format!("{:09}", fraction);
+        out.push_str(&format!("{seconds}.{}s", fractional.trim_end_matches('0')));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_go_forms() {
+        assert_eq!(parse_go_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_go_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_go_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_go_duration("1.5h"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_go_duration("0"), Ok(Duration::ZERO));
+    }
+
+    #[test]
+    fn rejects_malformed_durations() {
+        for bad in ["", "10", "s", "10x", "-5s", "1e9s", "abc"] {
+            assert!(parse_go_duration(bad).is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn formats_like_go() {
+        assert_eq!(format_go_duration(Duration::from_secs(90)), "1m30s");
+        assert_eq!(format_go_duration(Duration::from_secs(3600)), "1h0m0s");
+        assert_eq!(format_go_duration(Duration::from_millis(250)), "250ms");
+        assert_eq!(format_go_duration(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(format_go_duration(Duration::ZERO), "0s");
+    }
+}

@@ -1,0 +1,184 @@
+//! The domain model: catalog nodes, services and checks, KV entries, and the versioned
+//! `Command` enum that is the only thing ever written to the Raft log.
+//!
+//! These are concord's own types, not Consul's JSON: the wire shapes live in `api` with explicit
+//! conversions. Everything here is plain data that encodes with bincode, so no field uses
+//! `skip_serializing_if` or untagged enums (bincode is not self-describing).
+//!
+//! Architecture invariant: this module imports nothing else from the crate and no transport.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub mod duration;
+pub mod txn;
+
+pub use txn::{KvOp, TxnError, TxnOutcome, TxnResult};
+
+/// Consul's health states, in the order a list of checks aggregates them (worst wins).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum HealthStatus {
+    Passing,
+    Warning,
+    Critical,
+    Maintenance,
+}
+
+impl HealthStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthStatus::Passing => "passing",
+            HealthStatus::Warning => "warning",
+            HealthStatus::Critical => "critical",
+            HealthStatus::Maintenance => "maintenance",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<HealthStatus> {
+        match text {
+            "passing" => Some(HealthStatus::Passing),
+            "warning" => Some(HealthStatus::Warning),
+            "critical" => Some(HealthStatus::Critical),
+            "maintenance" => Some(HealthStatus::Maintenance),
+            _ => None,
+        }
+    }
+}
+
+/// The Raft indexes every stored object carries. `create` is the index of the write that made
+/// the object, `modify` of the last write that changed it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftIndexes {
+    pub create: u64,
+    pub modify: u64,
+}
+
+/// A catalog node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    pub id: String,
+    pub name: String,
+    pub address: String,
+    pub datacenter: String,
+    pub tagged_addresses: BTreeMap<String, String>,
+    pub meta: BTreeMap<String, String>,
+    pub indexes: RaftIndexes,
+}
+
+/// An address a service can also be reached at (`TaggedAddresses` entries of a service).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceAddress {
+    pub address: String,
+    pub port: u16,
+}
+
+/// DNS SRV weights of a service instance by health state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Weights {
+    pub passing: u32,
+    pub warning: u32,
+}
+
+impl Default for Weights {
+    fn default() -> Self {
+        Weights {
+            passing: 1,
+            warning: 1,
+        }
+    }
+}
+
+/// One service instance registered on a node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    pub id: String,
+    pub name: String,
+    /// "" for a typical service, otherwise `connect-proxy`, `mesh-gateway`, ...
+    pub kind: String,
+    pub tags: Vec<String>,
+    pub address: String,
+    pub port: u16,
+    pub meta: BTreeMap<String, String>,
+    pub tagged_addresses: BTreeMap<String, ServiceAddress>,
+    pub weights: Weights,
+    pub enable_tag_override: bool,
+    pub indexes: RaftIndexes,
+}
+
+/// A health check as the catalog stores it. Node-level checks have an empty `service_id`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Check {
+    pub node: String,
+    pub check_id: String,
+    pub name: String,
+    pub status: HealthStatus,
+    pub notes: String,
+    pub output: String,
+    pub service_id: String,
+    pub service_name: String,
+    pub service_tags: Vec<String>,
+    pub check_type: String,
+    pub interval: String,
+    pub timeout: String,
+    pub indexes: RaftIndexes,
+}
+
+/// One KV entry.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvEntry {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub flags: u64,
+    pub lock_index: u64,
+    pub session: String,
+    pub indexes: RaftIndexes,
+}
+
+/// A catalog registration: the node, and optionally one service and any number of checks.
+/// Indexes inside are ignored on input; the state store assigns them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    pub node: Node,
+    pub skip_node_update: bool,
+    pub service: Option<Service>,
+    pub checks: Vec<Check>,
+}
+
+/// A catalog deregistration. With neither id set the whole node goes, with its services and
+/// checks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeregisterRequest {
+    pub node: String,
+    pub service_id: Option<String>,
+    pub check_id: Option<String>,
+}
+
+/// Every change to replicated state, as written to the Raft log.
+///
+/// Versioning: bincode encodes a variant by its position, so variants are only ever appended
+/// and a variant's fields never change; a new shape gets a new variant and the old one stays
+/// decodable for logs and snapshots already on disk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// One KV operation outside a transaction (PUT / DELETE on `/v1/kv`).
+    Kv(KvOp),
+    /// An atomic list of KV operations (`/v1/txn`).
+    Txn(Vec<KvOp>),
+    CatalogRegister(RegisterRequest),
+    CatalogDeregister(DeregisterRequest),
+    /// Drop KV tombstones with an index at or below this one. The leader decides when; every
+    /// replica applies the same cut, so the FSM stays deterministic.
+    ReapTombstones { up_to_index: u64 },
+}
+
+/// What applying a command produced. Business failures (a CAS mismatch, a rolled-back
+/// transaction, a missing node) are values here, never errors.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandResult {
+    /// `true`/`false` of a single KV write or delete.
+    Kv(bool),
+    Txn(TxnOutcome),
+    Catalog(Result<(), String>),
+    Done,
+}

@@ -1,0 +1,58 @@
+//! KV operations, shared by single KV writes and transactions, and transaction outcomes.
+
+use serde::{Deserialize, Serialize};
+
+use super::KvEntry;
+
+/// One KV verb of Consul's transaction API. Single-key HTTP writes use the same verbs so there
+/// is exactly one implementation of each.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvOp {
+    Set { key: String, value: Vec<u8>, flags: u64 },
+    /// Write only if the key's ModifyIndex equals `index` (0: only if absent).
+    Cas { key: String, value: Vec<u8>, flags: u64, index: u64 },
+    Get { key: String },
+    GetOrEmpty { key: String },
+    GetTree { prefix: String },
+    CheckIndex { key: String, index: u64 },
+    CheckNotExists { key: String },
+    Delete { key: String },
+    DeleteTree { prefix: String },
+    DeleteCas { key: String, index: u64 },
+}
+
+impl KvOp {
+    /// True for verbs that only read, so a transaction made of them can skip Raft.
+    pub fn is_read(&self) -> bool {
+        matches!(
+            self,
+            KvOp::Get { .. }
+                | KvOp::GetOrEmpty { .. }
+                | KvOp::GetTree { .. }
+                | KvOp::CheckIndex { .. }
+                | KvOp::CheckNotExists { .. }
+        )
+    }
+}
+
+/// One entry of a successful transaction's `Results`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnResult {
+    pub entry: KvEntry,
+    /// Whether the value is returned (only `get`, `get-or-empty` and `get-tree` return values).
+    pub with_value: bool,
+}
+
+/// Why a transaction rolled back, pointing at the failing operation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnError {
+    pub op_index: usize,
+    pub what: String,
+}
+
+/// The outcome of a transaction: all of it applied, or none of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnOutcome {
+    Committed(Vec<TxnResult>),
+    RolledBack(Vec<TxnError>),
+}
