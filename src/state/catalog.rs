@@ -50,9 +50,11 @@ impl Tables {
             })
     }
 
-    /// Every service instance in the catalog.
-    pub fn all_services(&self) -> impl Iterator<Item = &Service> {
-        self.services.values()
+    /// Every service instance in the catalog, with the name of its node.
+    pub fn all_services(&self) -> impl Iterator<Item = (&str, &Service)> {
+        self.services
+            .iter()
+            .map(|((node, _), service)| (node.as_str(), service))
     }
 
     /// Checks on one node, node-level and service-level.

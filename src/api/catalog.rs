@@ -1,0 +1,341 @@
+//! Catalog wire shapes: `Node`, `ServiceNode`, `AgentService`, `HealthCheck`, and the bodies of
+//! `/v1/catalog/register` and `/v1/catalog/deregister`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use crate::types::{
+    Check, DeregisterRequest, HealthStatus, Node, RaftIndexes, RegisterRequest, Service,
+    ServiceAddress, Weights,
+};
+
+/// Go encodes a nil map as `null`; Consul's empty maps usually are nil.
+fn string_map(map: &BTreeMap<String, String>) -> Value {
+    if map.is_empty() {
+        Value::Null
+    } else {
+        json!(map)
+    }
+}
+
+fn service_addresses(map: &BTreeMap<String, ServiceAddress>) -> Value {
+    if map.is_empty() {
+        return Value::Null;
+    }
+    Value::Object(
+        map.iter()
+            .map(|(name, address)| {
+                (
+                    name.clone(),
+                    json!({"Address": address.address, "Port": address.port}),
+                )
+            })
+            .collect::<Map<_, _>>(),
+    )
+}
+
+pub fn node(node: &Node) -> Value {
+    json!({
+        "ID": node.id,
+        "Node": node.name,
+        "Address": node.address,
+        "Datacenter": node.datacenter,
+        "TaggedAddresses": string_map(&node.tagged_addresses),
+        "Meta": string_map(&node.meta),
+        "CreateIndex": node.indexes.create,
+        "ModifyIndex": node.indexes.modify,
+    })
+}
+
+/// The shape of a service in `/v1/catalog/node/*` and `/v1/agent/services`.
+pub fn agent_service(service: &Service, datacenter: &str) -> Value {
+    let mut value = json!({
+        "ID": service.id,
+        "Service": service.name,
+        "Tags": service.tags,
+        "Meta": string_map(&service.meta),
+        "Port": service.port,
+        "Address": service.address,
+        "TaggedAddresses": service_addresses(&service.tagged_addresses),
+        "Weights": {"Passing": service.weights.passing, "Warning": service.weights.warning},
+        "EnableTagOverride": service.enable_tag_override,
+        "Datacenter": datacenter,
+        "CreateIndex": service.indexes.create,
+        "ModifyIndex": service.indexes.modify,
+    });
+    if !service.kind.is_empty() {
+        value["Kind"] = Value::String(service.kind.clone());
+    }
+    value
+}
+
+/// The shape of one instance in `/v1/catalog/service/:name`.
+pub fn service_node(node: &Node, service: &Service) -> Value {
+    json!({
+        "ID": node.id,
+        "Node": node.name,
+        "Address": node.address,
+        "Datacenter": node.datacenter,
+        "TaggedAddresses": string_map(&node.tagged_addresses),
+        "NodeMeta": string_map(&node.meta),
+        "ServiceKind": service.kind,
+        "ServiceID": service.id,
+        "ServiceName": service.name,
+        "ServiceTags": service.tags,
+        "ServiceAddress": service.address,
+        "ServiceTaggedAddresses": service_addresses(&service.tagged_addresses),
+        "ServiceWeights": {"Passing": service.weights.passing, "Warning": service.weights.warning},
+        "ServiceMeta": service.meta,
+        "ServicePort": service.port,
+        "ServiceSocketPath": "",
+        "ServiceEnableTagOverride": service.enable_tag_override,
+        "ServiceProxy": {"MeshGateway": {}, "Expose": {}},
+        "ServiceConnect": {},
+        "CreateIndex": service.indexes.create,
+        "ModifyIndex": service.indexes.modify,
+    })
+}
+
+pub fn health_check(check: &Check) -> Value {
+    json!({
+        "Node": check.node,
+        "CheckID": check.check_id,
+        "Name": check.name,
+        "Status": check.status.as_str(),
+        "Notes": check.notes,
+        "Output": check.output,
+        "ServiceID": check.service_id,
+        "ServiceName": check.service_name,
+        "ServiceTags": check.service_tags,
+        "Type": check.check_type,
+        "Interval": check.interval,
+        "Timeout": check.timeout,
+        "ExposedPort": 0,
+        "Definition": {},
+        "CreateIndex": check.indexes.create,
+        "ModifyIndex": check.indexes.modify,
+    })
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct RegisterIn {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub node: String,
+    pub address: String,
+    pub datacenter: String,
+    pub tagged_addresses: BTreeMap<String, String>,
+    pub node_meta: BTreeMap<String, String>,
+    pub service: Option<ServiceIn>,
+    pub check: Option<CheckIn>,
+    pub checks: Vec<CheckIn>,
+    pub skip_node_update: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ServiceIn {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub service: String,
+    pub kind: String,
+    pub tags: Vec<String>,
+    pub address: String,
+    pub port: u16,
+    pub meta: BTreeMap<String, String>,
+    pub tagged_addresses: BTreeMap<String, ServiceAddressIn>,
+    pub weights: Option<WeightsIn>,
+    pub enable_tag_override: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ServiceAddressIn {
+    pub address: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct WeightsIn {
+    pub passing: u32,
+    pub warning: u32,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct CheckIn {
+    pub node: String,
+    #[serde(rename = "CheckID")]
+    pub check_id: String,
+    pub name: String,
+    pub status: String,
+    pub notes: String,
+    pub output: String,
+    #[serde(rename = "ServiceID")]
+    pub service_id: String,
+    #[serde(rename = "Type")]
+    pub check_type: String,
+    pub interval: String,
+    pub timeout: String,
+}
+
+/// The node and datacenter a registration is checked against.
+pub struct RegisterContext<'a> {
+    pub datacenter: &'a str,
+}
+
+impl RegisterIn {
+    /// Validates and converts; errors are Consul's 400 messages.
+    pub fn into_request(self, context: &RegisterContext) -> Result<RegisterRequest, String> {
+        if self.node.is_empty() {
+            return Err("Must provide node".into());
+        }
+        if self.address.is_empty() && !self.skip_node_update {
+            return Err("Must provide address if SkipNodeUpdate is not set".into());
+        }
+        if !self.datacenter.is_empty() && self.datacenter != context.datacenter {
+            return Err(format!("No path to datacenter {:?}", self.datacenter));
+        }
+        let service = self.service.map(ServiceIn::into_service).transpose()?;
+        let mut checks = Vec::new();
+        for check in self.check.into_iter().chain(self.checks) {
+            checks.push(check.into_check(&self.node)?);
+        }
+        Ok(RegisterRequest {
+            node: Node {
+                id: self.id,
+                name: self.node,
+                address: self.address,
+                datacenter: context.datacenter.to_string(),
+                tagged_addresses: self.tagged_addresses,
+                meta: self.node_meta,
+                indexes: RaftIndexes::default(),
+            },
+            skip_node_update: self.skip_node_update,
+            service,
+            checks,
+        })
+    }
+}
+
+impl ServiceIn {
+    fn into_service(self) -> Result<Service, String> {
+        if self.service.is_empty() {
+            return Err("Must provide service name (Service.Service) with Service".into());
+        }
+        let weights = match self.weights {
+            Some(weights) if weights.passing == 0 => {
+                return Err("Passing must be greater than 0".into())
+            }
+            Some(weights) => Weights {
+                passing: weights.passing,
+                warning: weights.warning,
+            },
+            None => Weights::default(),
+        };
+        Ok(Service {
+            id: if self.id.is_empty() {
+                self.service.clone()
+            } else {
+                self.id
+            },
+            name: self.service,
+            kind: self.kind,
+            tags: self.tags,
+            address: self.address,
+            port: self.port,
+            meta: self.meta,
+            tagged_addresses: self
+                .tagged_addresses
+                .into_iter()
+                .map(|(name, address)| {
+                    (
+                        name,
+                        ServiceAddress {
+                            address: address.address,
+                            port: address.port,
+                        },
+                    )
+                })
+                .collect(),
+            weights,
+            enable_tag_override: self.enable_tag_override,
+            indexes: RaftIndexes::default(),
+        })
+    }
+}
+
+impl CheckIn {
+    fn into_check(self, node: &str) -> Result<Check, String> {
+        if !self.node.is_empty() && self.node != node {
+            return Err(format!(
+                "Check node {:?} does not match registration node {node:?}",
+                self.node
+            ));
+        }
+        if self.name.is_empty() && self.check_id.is_empty() {
+            return Err("Must provide a check Name or CheckID".into());
+        }
+        let status = if self.status.is_empty() {
+            HealthStatus::Critical
+        } else {
+            HealthStatus::parse(&self.status)
+                .filter(|status| *status != HealthStatus::Maintenance)
+                .ok_or_else(|| format!("Invalid check status {:?}", self.status))?
+        };
+        Ok(Check {
+            node: node.to_string(),
+            check_id: if self.check_id.is_empty() {
+                self.name.clone()
+            } else {
+                self.check_id
+            },
+            name: if self.name.is_empty() {
+                "".to_string()
+            } else {
+                self.name
+            },
+            status,
+            notes: self.notes,
+            output: self.output,
+            service_id: self.service_id,
+            service_name: String::new(),
+            service_tags: Vec::new(),
+            check_type: self.check_type,
+            interval: self.interval,
+            timeout: self.timeout,
+            indexes: RaftIndexes::default(),
+        })
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct DeregisterIn {
+    pub node: String,
+    pub datacenter: String,
+    #[serde(rename = "ServiceID")]
+    pub service_id: Option<String>,
+    #[serde(rename = "CheckID")]
+    pub check_id: Option<String>,
+}
+
+impl DeregisterIn {
+    pub fn into_request(self, context: &RegisterContext) -> Result<DeregisterRequest, String> {
+        if self.node.is_empty() {
+            return Err("Must provide node".into());
+        }
+        if !self.datacenter.is_empty() && self.datacenter != context.datacenter {
+            return Err(format!("No path to datacenter {:?}", self.datacenter));
+        }
+        Ok(DeregisterRequest {
+            node: self.node,
+            service_id: self.service_id.filter(|id| !id.is_empty()),
+            check_id: self.check_id.filter(|id| !id.is_empty()),
+        })
+    }
+}

@@ -1,0 +1,151 @@
+//! The HTTP client the CLI uses to talk to an agent, honouring `-http-addr`,
+//! `CONSUL_HTTP_ADDR` and `CONSUL_HTTP_TOKEN` like Consul's own CLI.
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{HeaderMap, Method, Request, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+pub struct Client {
+    /// `http://host:port`, without a trailing slash.
+    base: String,
+    token: Option<String>,
+    inner: hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>,
+}
+
+pub struct Response {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Response {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).trim_end().to_string()
+    }
+
+    /// The body as JSON, or an error carrying the agent's own message for non-2xx answers.
+    pub fn json(&self) -> Result<serde_json::Value, String> {
+        if !self.status.is_success() {
+            return Err(format!(
+                "Unexpected response code: {} ({})",
+                self.status.as_u16(),
+                self.text()
+            ));
+        }
+        serde_json::from_slice(&self.body).map_err(|error| format!("invalid JSON from agent: {error}"))
+    }
+
+    pub fn index(&self) -> u64 {
+        self.headers
+            .get("X-Consul-Index")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// Normalises `127.0.0.1:8500`, `http://host:port` or `host:port/` to `http://host:port`.
+pub fn normalize_address(address: &str) -> Result<String, String> {
+    let address = address.trim().trim_end_matches('/');
+    if let Some(rest) = address.strip_prefix("https://") {
+        return Err(format!(
+            "https://{rest}: HTTPS to the agent is not supported yet; use http://"
+        ));
+    }
+    if address.starts_with("unix://") {
+        return Err(format!("{address}: unix sockets are not supported yet"));
+    }
+    let with_scheme = if address.starts_with("http://") {
+        address.to_string()
+    } else {
+        format!("http://{address}")
+    };
+    with_scheme
+        .parse::<hyper::Uri>()
+        .map_err(|error| format!("invalid HTTP address {address:?}: {error}"))?;
+    Ok(with_scheme)
+}
+
+impl Client {
+    /// Builds a client from the `-http-addr` flag, else `CONSUL_HTTP_ADDR`, else the default.
+    pub fn from_flags(http_addr: Option<&str>, token: Option<&str>) -> Result<Client, String> {
+        let address = http_addr
+            .map(str::to_string)
+            .or_else(|| std::env::var("CONSUL_HTTP_ADDR").ok())
+            .unwrap_or_else(|| "127.0.0.1:8500".to_string());
+        let token = token
+            .map(str::to_string)
+            .or_else(|| std::env::var("CONSUL_HTTP_TOKEN").ok())
+            .filter(|token| !token.is_empty());
+        Ok(Client {
+            base: normalize_address(&address)?,
+            token,
+            inner: hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+                .build_http(),
+        })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Response, String> {
+        let uri = format!("{}{}", self.base, path_and_query);
+        let mut builder = Request::builder().method(method).uri(&uri);
+        if let Some(token) = &self.token {
+            builder = builder.header("X-Consul-Token", token);
+        }
+        let request = builder
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|error| format!("invalid request to {uri}: {error}"))?;
+        let response = self.inner.request(request).await.map_err(|error| {
+            format!("Error querying agent at {}: {error} (is the agent running?)", self.base)
+        })?;
+        let (parts, body) = response.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(|error| format!("Error reading response from {}: {error}", self.base))?
+            .to_bytes();
+        Ok(Response {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+
+    pub async fn get(&self, path_and_query: &str) -> Result<Response, String> {
+        self.request(Method::GET, path_and_query, None).await
+    }
+
+    pub async fn put(&self, path_and_query: &str, body: Vec<u8>) -> Result<Response, String> {
+        self.request(Method::PUT, path_and_query, Some(body)).await
+    }
+
+    pub async fn delete(&self, path_and_query: &str) -> Result<Response, String> {
+        self.request(Method::DELETE, path_and_query, None).await
+    }
+}
+
+/// Percent-encodes a KV key or other path segment, keeping `/` as Consul's CLI does.
+pub fn encode_path(path: &str) -> String {
+    const KEEP: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'/')
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(path, KEEP).to_string()
+}
+
+/// Percent-encodes a query parameter value.
+pub fn encode_query(value: &str) -> String {
+    percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC).to_string()
+}

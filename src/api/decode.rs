@@ -1,0 +1,137 @@
+//! Request decoding that accepts what Consul accepts: Go's JSON decoder matches field names
+//! case-insensitively, and Consul also takes snake_case spellings (`tagged_addresses`). This
+//! rewrites every known field name, however spelled, to its canonical PascalCase before serde
+//! sees it. Keys inside free-form maps (`Meta`, `NodeMeta`, ...) are user data and kept as
+//! written.
+
+use serde_json::{Map, Value};
+
+/// Canonical field names, matched ignoring case and underscores.
+const FIELDS: &[&str] = &[
+    "Address",
+    "CheckID",
+    "Checks",
+    "Check",
+    "Datacenter",
+    "Definition",
+    "DeregisterCriticalServiceAfter",
+    "EnableTagOverride",
+    "Errors",
+    "Flags",
+    "HTTP",
+    "ID",
+    "Index",
+    "Interval",
+    "KV",
+    "Key",
+    "Kind",
+    "Meta",
+    "Name",
+    "Node",
+    "NodeMeta",
+    "Notes",
+    "Output",
+    "Passing",
+    "Port",
+    "Service",
+    "ServiceID",
+    "ServiceName",
+    "ServiceTags",
+    "Session",
+    "SkipNodeUpdate",
+    "Status",
+    "TCP",
+    "TaggedAddresses",
+    "Tags",
+    "Timeout",
+    "Type",
+    "Value",
+    "Verb",
+    "Warning",
+    "Weights",
+];
+
+/// Fields whose object value is a map of user-chosen keys.
+const FREE_FORM_MAPS: &[&str] = &["Meta", "NodeMeta", "TaggedAddresses", "Header"];
+
+fn fold(name: &str) -> String {
+    name.chars()
+        .filter(|c| *c != '_' && *c != '-')
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+fn canonical_name(name: &str) -> String {
+    let folded = fold(name);
+    FIELDS
+        .iter()
+        .find(|field| fold(field) == folded)
+        .map_or_else(|| name.to_string(), |field| field.to_string())
+}
+
+/// Rewrites field names throughout `value` to their canonical spelling.
+pub fn canonicalize(value: Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(key, value)| {
+                    let key = canonical_name(&key);
+                    let value = if FREE_FORM_MAPS.contains(&key.as_str()) {
+                        keep_keys(value)
+                    } else {
+                        canonicalize(value)
+                    };
+                    (key, value)
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.into_iter().map(canonicalize).collect()),
+        other => other,
+    }
+}
+
+/// Keeps a free-form map's own keys but canonicalises objects inside it (a service's tagged
+/// addresses are `{name: {Address, Port}}`).
+fn keep_keys(value: Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(key, value)| (key, canonicalize(value)))
+                .collect::<Map<_, _>>(),
+        ),
+        other => other,
+    }
+}
+
+/// Parses a JSON request body with Consul's field-name leniency.
+pub fn from_slice<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    let value: Value =
+        serde_json::from_slice(bytes).map_err(|error| format!("Request decode failed: {error}"))?;
+    serde_json::from_value(canonicalize(value))
+        .map_err(|error| format!("Request decode failed: {error}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn any_case_and_snake_case_become_pascal_case_but_meta_keys_stay() {
+        let input = json!({
+            "node": "n1",
+            "tagged_addresses": {"lan_ipv4": "10.0.0.1"},
+            "service": {"service": "web", "meta": {"owner_team": "x"}, "enable_tag_override": true},
+            "checks": [{"checkid": "c", "service_id": "web"}]
+        });
+        assert_eq!(
+            canonicalize(input),
+            json!({
+                "Node": "n1",
+                "TaggedAddresses": {"lan_ipv4": "10.0.0.1"},
+                "Service": {"Service": "web", "Meta": {"owner_team": "x"}, "EnableTagOverride": true},
+                "Checks": [{"CheckID": "c", "ServiceID": "web"}]
+            })
+        );
+    }
+}

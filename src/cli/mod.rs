@@ -1,0 +1,234 @@
+//! `concord <command>`: the agent itself, and client commands that speak only the HTTP API,
+//! with Consul's command names, Go-style flags, output and exit codes.
+
+mod agent;
+mod catalog;
+mod goflags;
+mod kv;
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use clap::{ArgMatches, Command};
+
+use crate::api::client::{encode_query, Client};
+use crate::api::{human_version, CONCORD_VERSION};
+use goflags::{get_bool, get_str, value};
+
+/// What a client command returns: `Ok(())`, or the message to print before exiting 1.
+pub type CommandResult = Result<(), String>;
+
+/// The flags every HTTP client command accepts.
+fn with_http_flags(command: Command) -> Command {
+    command
+        .arg(value(
+            "http-addr",
+            "Address of the agent's HTTP API (env CONSUL_HTTP_ADDR; default 127.0.0.1:8500)",
+        ))
+        .arg(value("token", "ACL token (env CONSUL_HTTP_TOKEN)"))
+        .arg(value("datacenter", "Datacenter to query (default: the agent's)"))
+        .arg(goflags::boolean("stale", "Allow any server to answer reads"))
+}
+
+fn client(matches: &ArgMatches) -> Result<Client, String> {
+    Client::from_flags(get_str(matches, "http-addr"), get_str(matches, "token"))
+}
+
+/// Query parameters implied by the shared flags, starting with `&`.
+fn shared_query(matches: &ArgMatches) -> String {
+    let mut query = String::new();
+    if let Some(dc) = get_str(matches, "datacenter") {
+        query.push_str(&format!("&dc={}", encode_query(dc)));
+    }
+    if get_bool(matches, "stale") {
+        query.push_str("&stale");
+    }
+    query
+}
+
+fn command_tree() -> Command {
+    Command::new("concord")
+        .about("A service-mesh control plane that speaks Consul's protocols")
+        .disable_version_flag(true)
+        .subcommand_required(true)
+        .arg_required_else_help(true)
+        .subcommand(agent::command())
+        .subcommand(
+            Command::new("version")
+                .about("Prints the version")
+                .arg(value("format", "Output format: pretty or json")),
+        )
+        .subcommand(with_http_flags(
+            Command::new("members")
+                .about("Lists the members of the cluster")
+                .arg(goflags::boolean("detailed", "Show all member tags")),
+        ))
+        .subcommand(with_http_flags(
+            Command::new("leave").about("Gracefully leaves the cluster and shuts the agent down"),
+        ))
+        .subcommand(kv::command())
+        .subcommand(catalog::command())
+}
+
+/// Parses arguments and runs the chosen command.
+pub fn main() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|arg| arg == "--version" || arg == "-version" || arg == "-v") {
+        print_version(false);
+        return ExitCode::SUCCESS;
+    }
+    let tree = command_tree();
+    let args = goflags::normalize(&tree, args);
+    let matches = match tree.try_get_matches_from(args) {
+        Ok(matches) => matches,
+        Err(error) => {
+            let _ = error.print();
+            return if error.use_stderr() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("Error starting the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match matches.subcommand() {
+            Some(("agent", sub)) => agent::run(sub).await,
+            Some(("version", sub)) => {
+                print_version(get_str(sub, "format") == Some("json"));
+                Ok(())
+            }
+            Some(("members", sub)) => members(sub).await,
+            Some(("leave", sub)) => leave(sub).await,
+            Some(("kv", sub)) => kv::run(sub).await,
+            Some(("catalog", sub)) => catalog::run(sub).await,
+            _ => Err("unknown command".to_string()),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("{message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_version(json: bool) {
+    if json {
+        let body = serde_json::json!({
+            "Version": crate::api::CONSUL_COMPAT_VERSION,
+            "Revision": format!("concord-{CONCORD_VERSION}"),
+            "Prerelease": "",
+            "FIPS": "",
+            "BuildDate": "1970-01-01T00:00:00Z",
+            "RPC": {"Default": 2, "Min": 2, "Max": 3},
+        });
+        println!("{}", serde_json::to_string_pretty(&body).unwrap_or_default());
+    } else {
+        println!("Consul v{}", human_version());
+        println!("concord v{CONCORD_VERSION}");
+        println!("Revision concord-{CONCORD_VERSION}");
+        println!(
+            "Protocol 2 spoken by default, understands 2 to 3 (agent will automatically use \
+             protocol >2 when speaking to compatible agents)"
+        );
+    }
+}
+
+/// Prints rows as columns separated by two spaces, like Consul's `columnize`.
+pub fn print_table(rows: &[Vec<String>]) {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|column| {
+            rows.iter()
+                .filter_map(|row| row.get(column))
+                .map(|cell| cell.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(column, cell)| format!("{cell:<width$}", width = widths[column]))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+}
+
+async fn members(matches: &ArgMatches) -> CommandResult {
+    let client = client(matches)?;
+    let response = client.get("/v1/agent/members").await?;
+    let members = response.json()?;
+    let detailed = get_bool(matches, "detailed");
+    let mut rows = vec![if detailed {
+        vec!["Node", "Address", "Status", "Tags"]
+    } else {
+        vec![
+            "Node", "Address", "Status", "Type", "Build", "Protocol", "DC", "Partition",
+            "Segment",
+        ]
+    }
+    .into_iter()
+    .map(String::from)
+    .collect::<Vec<_>>()];
+    for member in members.as_array().into_iter().flatten() {
+        let text = |value: &serde_json::Value| value.as_str().unwrap_or_default().to_string();
+        let tags = &member["Tags"];
+        let address = format!("{}:{}", text(&member["Addr"]), member["Port"]);
+        let status = match member["Status"].as_u64() {
+            Some(1) => "alive",
+            Some(2) => "leaving",
+            Some(3) => "left",
+            Some(4) => "failed",
+            _ => "none",
+        };
+        if detailed {
+            let tags = tags
+                .as_object()
+                .map(|tags| {
+                    tags.iter()
+                        .map(|(key, value)| format!("{key}={}", value.as_str().unwrap_or_default()))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default();
+            rows.push(vec![text(&member["Name"]), address, status.into(), tags]);
+        } else {
+            let kind = if text(&tags["role"]) == "consul" { "server" } else { "client" };
+            let build = text(&tags["build"]);
+            let build = build.split('+').next().unwrap_or_default().to_string();
+            rows.push(vec![
+                text(&member["Name"]),
+                address,
+                status.into(),
+                kind.into(),
+                build,
+                text(&tags["vsn"]),
+                text(&tags["dc"]),
+                "default".into(),
+                "<all>".into(),
+            ]);
+        }
+    }
+    print_table(&rows);
+    Ok(())
+}
+
+async fn leave(matches: &ArgMatches) -> CommandResult {
+    let client = client(matches)?;
+    let response = client.put("/v1/agent/leave", Vec::new()).await?;
+    if !response.status.is_success() {
+        return Err(format!("Error leaving: {}", response.text()));
+    }
+    println!("Graceful leave complete");
+    Ok(())
+}

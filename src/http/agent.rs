@@ -1,0 +1,131 @@
+//! `/v1/agent/*` and `/v1/status/*`: what this agent is, its members, leaving, and the Raft
+//! leader and peers.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::response::Response;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::params::Call;
+use super::reply;
+use super::AppState;
+use crate::acl::Access;
+use crate::api::{human_version, CONCORD_VERSION, CONSUL_COMPAT_VERSION};
+
+/// This agent's gossip member entry. Until gossip lands the pool has one member: this agent.
+fn local_member(state: &AppState) -> Value {
+    let config = &state.config;
+    let role = if config.server_mode { "consul" } else { "node" };
+    let mut tags = json!({
+        "role": role,
+        "dc": config.datacenter,
+        "id": state.node_id,
+        "vsn": "2",
+        "vsn_min": "2",
+        "vsn_max": "3",
+        "build": human_version(),
+        "segment": "",
+    });
+    if config.server_mode {
+        tags["port"] = json!(config.ports.server.unwrap_or(8300).to_string());
+        tags["expect"] = json!(config.bootstrap_expect.to_string());
+        if let Some(grpc) = config.ports.grpc {
+            tags["grpc_port"] = json!(grpc.to_string());
+        }
+    }
+    json!({
+        "Name": config.node_name,
+        "Addr": config.advertise_addr.to_string(),
+        "Port": config.ports.serf_lan.unwrap_or(8301),
+        "Tags": tags,
+        "Status": 1,
+        "ProtocolMin": 1,
+        "ProtocolMax": 5,
+        "ProtocolCur": 2,
+        "DelegateMin": 2,
+        "DelegateMax": 5,
+        "DelegateCur": 4,
+    })
+}
+
+pub async fn self_info(
+    State(state): State<Arc<AppState>>,
+    call: Call,
+) -> Result<Response, ApiError> {
+    state
+        .authorizer
+        .authorize(call.token().as_deref(), Access::AgentRead)?;
+    let config = &state.config;
+    let body = json!({
+        "Config": {
+            "Datacenter": config.datacenter,
+            "PrimaryDatacenter": config.primary_datacenter,
+            "NodeName": config.node_name,
+            "NodeID": state.node_id,
+            "Revision": format!("concord-{CONCORD_VERSION}"),
+            "Server": config.server_mode,
+            "Version": CONSUL_COMPAT_VERSION,
+            "BuildDate": "1970-01-01T00:00:00Z",
+            "BindAddr": config.bind_addr.to_string(),
+        },
+        // The runtime config holds no secrets yet; when it does (ACL tokens, gossip keys),
+        // they are redacted here.
+        "DebugConfig": serde_json::to_value(config.as_ref()).unwrap_or(Value::Null),
+        "Coord": Value::Null,
+        "Member": local_member(&state),
+        "Stats": {
+            "agent": {"check_monitors": "0", "services": "0"},
+            "build": {"version": CONSUL_COMPAT_VERSION, "revision": format!("concord-{CONCORD_VERSION}"), "prerelease": ""},
+            "raft": {"state": if state.rpc.is_leader() { "Leader" } else { "Follower" }},
+        },
+        "Meta": config.node_meta,
+        "xDS": Value::Null,
+    });
+    Ok(reply::json(&body, call.pretty(&state)))
+}
+
+pub async fn version(State(state): State<Arc<AppState>>, call: Call) -> Response {
+    let body = json!({
+        "SHA": format!("concord-{CONCORD_VERSION}"),
+        "BuildDate": "1970-01-01T00:00:00Z",
+        "HumanVersion": human_version(),
+        "FIPS": "",
+    });
+    reply::json(&body, call.pretty(&state))
+}
+
+pub async fn members(
+    State(state): State<Arc<AppState>>,
+    call: Call,
+) -> Result<Response, ApiError> {
+    state
+        .authorizer
+        .authorize(call.token().as_deref(), Access::NodeRead(""))?;
+    if call.has("wan") && !state.config.server_mode {
+        return Ok(reply::json(&json!([]), call.pretty(&state)));
+    }
+    Ok(reply::json(&json!([local_member(&state)]), call.pretty(&state)))
+}
+
+/// Graceful leave: answers, then shuts the agent down.
+pub async fn leave(
+    State(state): State<Arc<AppState>>,
+    call: Call,
+) -> Result<Response, ApiError> {
+    state
+        .authorizer
+        .authorize(call.token().as_deref(), Access::AgentWrite)?;
+    tracing::info!("leave requested over HTTP; shutting down");
+    state.shutdown.cancel();
+    Ok(reply::json(&Value::Null, false))
+}
+
+pub async fn leader(State(state): State<Arc<AppState>>, call: Call) -> Response {
+    reply::json(&Value::String(state.rpc.leader_address()), call.pretty(&state))
+}
+
+pub async fn peers(State(state): State<Arc<AppState>>, call: Call) -> Response {
+    reply::json(&json!(state.rpc.peer_addresses()), call.pretty(&state))
+}

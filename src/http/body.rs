@@ -1,0 +1,47 @@
+//! Reading request bodies with an explicit size limit and a deadline, so an oversized or slow
+//! body gets a clear 413 or 408 instead of tying up the agent.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::HeaderMap;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Bytes;
+
+use super::error::ApiError;
+
+/// Reads the whole body; `limit_name` is the config key that sets `limit`, named in the error.
+pub async fn read(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+    limit_name: &str,
+    timeout: Duration,
+) -> Result<Bytes, ApiError> {
+    let too_large = |size: Option<u64>| {
+        let size = size.map_or_else(String::new, |size| format!("({size} bytes) "));
+        ApiError::PayloadTooLarge(format!(
+            "Request body {size}too large, max size: {limit} bytes. See {limit_name}."
+        ))
+    };
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if let Some(size) = declared {
+        if size > limit as u64 {
+            return Err(too_large(Some(size)));
+        }
+    }
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Err(_) => Err(ApiError::RequestTimeout(format!(
+            "Request body not received within {}s (limits.http_body_timeout)",
+            timeout.as_secs()
+        ))),
+        Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => Err(too_large(None)),
+        Ok(Err(error)) => Err(ApiError::BadRequest(format!(
+            "Failed to read request body: {error}"
+        ))),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}

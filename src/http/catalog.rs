@@ -1,0 +1,231 @@
+//! `/v1/catalog/*`: register and deregister through Raft; list nodes, services, the instances
+//! of one service, and what one node runs, each blocking on exactly what it read.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::response::Response;
+use serde_json::{json, Map, Value};
+
+use super::error::ApiError;
+use super::params::Call;
+use super::reply::{self, Reply};
+use super::AppState;
+use crate::acl::Access;
+use crate::api::catalog::{self as wire, DeregisterIn, RegisterContext, RegisterIn};
+use crate::api::decode;
+use crate::state::catalog::{node_topic, service_topic, NODES_TOPIC, SERVICES_TOPIC};
+use crate::state::Match;
+use crate::types::{Command, CommandResult};
+
+async fn read_body(state: &AppState, call: &Call, body: Body) -> Result<Vec<u8>, ApiError> {
+    let limits = &state.config.limits;
+    Ok(super::body::read(
+        body,
+        &call.headers,
+        limits.http_max_body_size,
+        "limits.http_max_body_size",
+        limits.http_body_timeout,
+    )
+    .await?
+    .to_vec())
+}
+
+fn catalog_result(result: CommandResult) -> Result<(), ApiError> {
+    match result {
+        CommandResult::Catalog(Ok(())) => Ok(()),
+        CommandResult::Catalog(Err(message)) => Err(ApiError::Internal(message)),
+        other => Err(ApiError::Internal(format!(
+            "unexpected catalog result {other:?}"
+        ))),
+    }
+}
+
+pub async fn register(
+    State(state): State<Arc<AppState>>,
+    call: Call,
+    body: Body,
+) -> Result<Response, ApiError> {
+    call.check_datacenter(&state)?;
+    let bytes = read_body(&state, &call, body).await?;
+    let input: RegisterIn = decode::from_slice(&bytes).map_err(ApiError::BadRequest)?;
+    let context = RegisterContext {
+        datacenter: &state.config.datacenter,
+    };
+    let request = input
+        .into_request(&context)
+        .map_err(ApiError::BadRequest)?;
+    let token = call.token();
+    state
+        .authorizer
+        .authorize(token.as_deref(), Access::NodeWrite(&request.node.name))?;
+    if let Some(service) = &request.service {
+        state
+            .authorizer
+            .authorize(token.as_deref(), Access::ServiceWrite(&service.name))?;
+    }
+    let (_, result) = state.rpc.write(Command::CatalogRegister(request)).await?;
+    catalog_result(result)?;
+    Ok(reply::json(&Value::Bool(true), call.pretty(&state)))
+}
+
+pub async fn deregister(
+    State(state): State<Arc<AppState>>,
+    call: Call,
+    body: Body,
+) -> Result<Response, ApiError> {
+    call.check_datacenter(&state)?;
+    let bytes = read_body(&state, &call, body).await?;
+    let input: DeregisterIn = decode::from_slice(&bytes).map_err(ApiError::BadRequest)?;
+    let context = RegisterContext {
+        datacenter: &state.config.datacenter,
+    };
+    let request = input
+        .into_request(&context)
+        .map_err(ApiError::BadRequest)?;
+    state
+        .authorizer
+        .authorize(call.token().as_deref(), Access::NodeWrite(&request.node))?;
+    let (_, result) = state.rpc.write(Command::CatalogDeregister(request)).await?;
+    catalog_result(result)?;
+    Ok(reply::json(&Value::Bool(true), call.pretty(&state)))
+}
+
+pub async fn datacenters(State(state): State<Arc<AppState>>, call: Call) -> Response {
+    reply::json(&json!([state.config.datacenter]), call.pretty(&state))
+}
+
+pub async fn nodes(State(state): State<Arc<AppState>>, call: Call) -> Result<Response, ApiError> {
+    let options = call.read_options(&state)?;
+    state
+        .authorizer
+        .authorize(call.token().as_deref(), Access::NodeRead(""))?;
+    let topics = vec![(NODES_TOPIC.to_string(), Match::Exact)];
+    reply::blocking(&state, &options, topics, |tables| {
+        let nodes = tables.nodes().map(wire::node).collect();
+        Ok((
+            tables.table_index().nodes,
+            Reply::Json(Value::Array(options.filter_list(nodes))),
+        ))
+    })
+    .await
+}
+
+pub async fn services(
+    State(state): State<Arc<AppState>>,
+    call: Call,
+) -> Result<Response, ApiError> {
+    let options = call.read_options(&state)?;
+    state
+        .authorizer
+        .authorize(call.token().as_deref(), Access::ServiceRead(""))?;
+    let topics = vec![(SERVICES_TOPIC.to_string(), Match::Exact)];
+    reply::blocking(&state, &options, topics, |tables| {
+        // The filter applies to each instance (as a ServiceNode); the answer is the union of
+        // the matching instances' tags per service name.
+        let mut names: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (node_name, service) in tables.all_services() {
+            if let Some(filter) = &options.filter {
+                let node = tables.node(node_name);
+                let matches = node.is_some_and(|node| filter.matches(&wire::service_node(node, service)));
+                if !matches {
+                    continue;
+                }
+            }
+            names
+                .entry(service.name.clone())
+                .or_default()
+                .extend(service.tags.iter().cloned());
+        }
+        let body: Map<String, Value> = names
+            .into_iter()
+            .map(|(name, tags)| (name, Value::from(tags.into_iter().collect::<Vec<_>>())))
+            .collect();
+        Ok((tables.table_index().services, Reply::Json(Value::Object(body))))
+    })
+    .await
+}
+
+pub async fn service(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    call: Call,
+) -> Result<Response, ApiError> {
+    let options = call.read_options(&state)?;
+    state
+        .authorizer
+        .authorize(call.token().as_deref(), Access::ServiceRead(&name))?;
+    let tags: Vec<String> = call.all("tag").map(str::to_string).collect();
+    let topics = vec![(service_topic(&name), Match::Exact)];
+    reply::blocking(&state, &options, topics, |tables| {
+        let instances = tables
+            .service_nodes(&name)
+            .filter(|(_, service)| tags.iter().all(|tag| service.tags.contains(tag)))
+            .map(|(node, service)| wire::service_node(node, service))
+            .collect();
+        Ok((
+            tables.service_index(&name),
+            Reply::Json(Value::Array(options.filter_list(instances))),
+        ))
+    })
+    .await
+}
+
+pub async fn node(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    call: Call,
+) -> Result<Response, ApiError> {
+    let options = call.read_options(&state)?;
+    state
+        .authorizer
+        .authorize(call.token().as_deref(), Access::NodeRead(&name))?;
+    let datacenter = state.config.datacenter.clone();
+    let topics = vec![(node_topic(&name), Match::Exact)];
+    reply::blocking(&state, &options, topics, |tables| {
+        let body = match tables.node(&name) {
+            None => Value::Null,
+            Some(node) => {
+                let services: Map<String, Value> = tables
+                    .node_services(&name)
+                    .map(|service| (service.id.clone(), wire::agent_service(service, &datacenter)))
+                    .filter(|(_, service)| {
+                        options.filter.as_ref().is_none_or(|filter| filter.matches(service))
+                    })
+                    .collect();
+                json!({"Node": wire::node(node), "Services": services})
+            }
+        };
+        Ok((tables.node_index(&name), Reply::Json(body)))
+    })
+    .await
+}
+
+pub async fn node_services(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    call: Call,
+) -> Result<Response, ApiError> {
+    let options = call.read_options(&state)?;
+    state
+        .authorizer
+        .authorize(call.token().as_deref(), Access::NodeRead(&name))?;
+    let datacenter = state.config.datacenter.clone();
+    let topics = vec![(node_topic(&name), Match::Exact)];
+    reply::blocking(&state, &options, topics, |tables| {
+        let body = match tables.node(&name) {
+            None => Value::Null,
+            Some(node) => {
+                let services = tables
+                    .node_services(&name)
+                    .map(|service| wire::agent_service(service, &datacenter))
+                    .collect();
+                json!({"Node": wire::node(node), "Services": options.filter_list(services)})
+            }
+        };
+        Ok((tables.node_index(&name), Reply::Json(body)))
+    })
+    .await
+}

@@ -1,0 +1,61 @@
+//! The HTTP API on port 8500: Consul's paths, JSON shapes, headers and status codes.
+//!
+//! Architecture invariant: handlers translate, they do not decide. Each one parses the request,
+//! passes the authorization seam (`acl`), reads a state snapshot or writes through `rpc`, and
+//! shapes the answer with `api`. Errors become responses in exactly one place (`error`).
+
+mod agent;
+mod body;
+mod catalog;
+pub mod error;
+mod kv;
+mod params;
+mod reply;
+mod txn;
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use axum::routing::{get, put};
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+
+use crate::acl::Authorizer;
+use crate::config::RuntimeConfig;
+use crate::rpc::Rpc;
+
+/// Everything a handler may use.
+pub struct AppState {
+    pub rpc: Rpc,
+    pub config: Arc<RuntimeConfig>,
+    pub authorizer: Authorizer,
+    pub node_id: String,
+    /// Cancelled when the agent shuts down; blocking queries return early on it.
+    pub shutdown: CancellationToken,
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route(
+            "/v1/kv/",
+            get(kv::get_root).put(kv::put_root).delete(kv::delete_root),
+        )
+        .route("/v1/kv/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
+        .route("/v1/txn", put(txn::apply))
+        .route("/v1/catalog/register", put(catalog::register))
+        .route("/v1/catalog/deregister", put(catalog::deregister))
+        .route("/v1/catalog/datacenters", get(catalog::datacenters))
+        .route("/v1/catalog/nodes", get(catalog::nodes))
+        .route("/v1/catalog/services", get(catalog::services))
+        .route("/v1/catalog/service/{name}", get(catalog::service))
+        .route("/v1/catalog/node/{node}", get(catalog::node))
+        .route("/v1/catalog/node-services/{node}", get(catalog::node_services))
+        .route("/v1/status/leader", get(agent::leader))
+        .route("/v1/status/peers", get(agent::peers))
+        .route("/v1/agent/self", get(agent::self_info))
+        .route("/v1/agent/version", get(agent::version))
+        .route("/v1/agent/members", get(agent::members))
+        .route("/v1/agent/leave", put(agent::leave))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "404 page not found") })
+        .with_state(state)
+}

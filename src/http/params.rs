@@ -1,0 +1,184 @@
+//! Query parameters and the options every read shares: blocking (`index`, `wait`),
+//! consistency (`stale`, `consistent`), `dc`, `pretty`, `filter`, and the ACL token.
+//!
+//! Parameters are parsed from the raw query string because Consul repeats some (`?tag=a&tag=b`)
+//! and uses others without a value (`?recurse`).
+
+use std::time::Duration;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::HeaderMap;
+use percent_encoding::percent_decode_str;
+use rand::Rng;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::api::filter::Filter;
+use crate::rpc::Consistency;
+use crate::types::duration::parse_go_duration;
+
+/// The decoded query string plus the request headers.
+pub struct Call {
+    pairs: Vec<(String, String)>,
+    pub headers: HeaderMap,
+}
+
+fn decode(text: &str) -> String {
+    percent_decode_str(&text.replace('+', " "))
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+impl Call {
+    pub fn parse(query: Option<&str>, headers: HeaderMap) -> Call {
+        let pairs = query
+            .unwrap_or("")
+            .split('&')
+            .filter(|pair| !pair.is_empty())
+            .map(|pair| match pair.split_once('=') {
+                Some((key, value)) => (decode(key), decode(value)),
+                None => (decode(pair), String::new()),
+            })
+            .collect();
+        Call { pairs, headers }
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.pairs.iter().any(|(key, _)| key == name)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.pairs
+            .iter()
+            .filter(move |(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// A numeric parameter; a malformed value is a 400 naming the parameter.
+    pub fn number(&self, name: &str) -> Result<Option<u64>, ApiError> {
+        self.get(name)
+            .map(|text| {
+                text.parse::<u64>().map_err(|_| {
+                    ApiError::BadRequest(format!("Invalid {name} value {text:?}: not a number"))
+                })
+            })
+            .transpose()
+    }
+
+    /// The ACL token: `?token=`, then `X-Consul-Token`, then `Authorization: Bearer`.
+    pub fn token(&self) -> Option<String> {
+        if let Some(token) = self.get("token") {
+            return Some(token.to_string());
+        }
+        if let Some(token) = self
+            .headers
+            .get("X-Consul-Token")
+            .and_then(|v| v.to_str().ok())
+        {
+            return Some(token.to_string());
+        }
+        self.headers
+            .get("Authorization")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(|token| token.trim().to_string())
+    }
+
+    /// Rejects a `?dc=` naming a datacenter this agent cannot reach.
+    pub fn check_datacenter(&self, state: &AppState) -> Result<(), ApiError> {
+        match self.get("dc") {
+            Some(dc) if !dc.is_empty() && dc != state.config.datacenter => {
+                Err(ApiError::Internal(format!("No path to datacenter {dc:?}")))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub fn pretty(&self, state: &AppState) -> bool {
+        state.config.always_pretty || self.has("pretty")
+    }
+
+    /// Parses the options a read endpoint shares.
+    pub fn read_options(&self, state: &AppState) -> Result<ReadOptions, ApiError> {
+        self.check_datacenter(state)?;
+        let index = self
+            .get("index")
+            .map(|text| {
+                text.parse::<u64>()
+                    .map_err(|_| ApiError::BadRequest("Invalid index".into()))
+            })
+            .transpose()?
+            .unwrap_or(0);
+        let limits = &state.config.query;
+        let wait = match self.get("wait") {
+            Some(text) => parse_go_duration(text)
+                .map_err(|_| ApiError::BadRequest("Invalid wait time".into()))?,
+            None => limits.default_query_time,
+        };
+        let wait = wait.min(limits.max_query_time);
+        // Consul adds up to wait/16 of random jitter so that many watchers of one thing do
+        // not all come back at the same instant.
+        let jitter_ms = (wait.as_millis() / 16) as u64;
+        let wait = wait + Duration::from_millis(rand::thread_rng().gen_range(0..=jitter_ms));
+        let consistency = match (self.has("stale"), self.has("consistent")) {
+            (true, true) => {
+                return Err(ApiError::BadRequest(
+                    "Cannot specify ?stale with ?consistent, conflicting semantics.".into(),
+                ))
+            }
+            (true, false) => Consistency::Stale,
+            (false, true) => Consistency::Consistent,
+            (false, false) => Consistency::Leader,
+        };
+        let filter = match self.get("filter") {
+            Some(expression) if !expression.trim().is_empty() => Some(
+                Filter::parse(expression).map_err(|error| ApiError::BadRequest(error.to_string()))?,
+            ),
+            _ => None,
+        };
+        Ok(ReadOptions {
+            index,
+            wait,
+            consistency,
+            pretty: self.pretty(state),
+            filter,
+        })
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Call {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Call, Self::Rejection> {
+        Ok(Call::parse(parts.uri.query(), parts.headers.clone()))
+    }
+}
+
+/// Options shared by every read endpoint.
+pub struct ReadOptions {
+    /// Block until the result's index exceeds this (0: answer at once).
+    pub index: u64,
+    /// How long to block at most, jitter included.
+    pub wait: Duration,
+    pub consistency: Consistency,
+    pub pretty: bool,
+    pub filter: Option<Filter>,
+}
+
+impl ReadOptions {
+    /// Keeps the elements of a JSON list the filter matches.
+    pub fn filter_list(&self, items: Vec<serde_json::Value>) -> Vec<serde_json::Value> {
+        match &self.filter {
+            Some(filter) => items.into_iter().filter(|item| filter.matches(item)).collect(),
+            None => items,
+        }
+    }
+}

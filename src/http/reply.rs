@@ -1,0 +1,115 @@
+//! Answering reads: the blocking-query loop and the response headers every read carries
+//! (`X-Consul-Index`, `X-Consul-KnownLeader`, `X-Consul-LastContact`,
+//! `X-Consul-Effective-Consistency`).
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::error::ApiError;
+use super::params::ReadOptions;
+use super::AppState;
+use crate::rpc::LeaderContact;
+use crate::state::{Match, Tables};
+
+/// What a read produced, before headers.
+pub enum Reply {
+    Json(Value),
+    /// A raw value (`/v1/kv/<key>?raw`).
+    Raw(Vec<u8>),
+    /// 404 with an empty body, as Consul answers a missing KV key.
+    NotFound,
+}
+
+/// Serialises JSON the way Consul does: minified, or indented with `?pretty`.
+pub fn json_body(value: &Value, pretty: bool) -> Vec<u8> {
+    let mut body = if pretty {
+        serde_json::to_vec_pretty(value)
+    } else {
+        serde_json::to_vec(value)
+    }
+    .unwrap_or_default();
+    if pretty {
+        body.push(b'\n');
+    }
+    body
+}
+
+/// A JSON response with no index headers (writes and agent endpoints).
+pub fn json(value: &Value, pretty: bool) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        json_body(value, pretty),
+    )
+        .into_response()
+}
+
+fn with_headers(
+    reply: Reply,
+    index: u64,
+    contact: LeaderContact,
+    options: &ReadOptions,
+    state: &AppState,
+) -> Response {
+    let mut response = match reply {
+        Reply::Json(value) => json(&value, options.pretty),
+        Reply::Raw(bytes) => ([(header::CONTENT_TYPE, "text/plain")], bytes).into_response(),
+        Reply::NotFound => StatusCode::NOT_FOUND.into_response(),
+    };
+    let headers = response.headers_mut();
+    // Never 0, so that a client passing the index back blocks instead of spinning.
+    headers.insert("X-Consul-Index", HeaderValue::from(index.max(1)));
+    headers.insert(
+        "X-Consul-KnownLeader",
+        HeaderValue::from_static(if contact.known_leader { "true" } else { "false" }),
+    );
+    headers.insert(
+        "X-Consul-LastContact",
+        HeaderValue::from(contact.last_contact_ms),
+    );
+    headers.insert(
+        "X-Consul-Effective-Consistency",
+        HeaderValue::from_static(options.consistency.header_value()),
+    );
+    headers.insert(
+        "X-Consul-Default-ACL-Policy",
+        HeaderValue::from_static(state.authorizer.default_policy()),
+    );
+    response
+}
+
+/// Answers a read, blocking first when the client passed `?index=`: the read runs against a
+/// snapshot; while its index is not past the client's, the handler waits for a change to one
+/// of `topics` (registered before reading, so no change is missed) or for the wait to run out,
+/// then reads again.
+pub async fn blocking<F>(
+    state: &AppState,
+    options: &ReadOptions,
+    topics: Vec<(String, Match)>,
+    read: F,
+) -> Result<Response, ApiError>
+where
+    F: Fn(&Tables) -> Result<(u64, Reply), ApiError>,
+{
+    let store = state.rpc.store();
+    let contact = state.rpc.read_barrier(options.consistency).await?;
+    let deadline = Instant::now() + options.wait;
+    loop {
+        let guard = (options.index > 0).then(|| store.watch(&topics));
+        let (index, reply) = read(&store.snapshot())?;
+        let Some(guard) = guard else {
+            return Ok(with_headers(reply, index, contact, options, state));
+        };
+        if index > options.index || Instant::now() >= deadline {
+            return Ok(with_headers(reply, index, contact, options, state));
+        }
+        tokio::select! {
+            _ = guard.changed() => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = state.shutdown.cancelled() => {
+                return Ok(with_headers(reply, index, contact, options, state));
+            }
+        }
+    }
+}

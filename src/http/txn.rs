@@ -1,0 +1,105 @@
+//! `PUT /v1/txn`: an atomic list of KV operations. Read-only transactions are answered from a
+//! local snapshot; anything that writes goes through Raft as one command.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::HeaderValue;
+use axum::response::Response;
+
+use super::error::ApiError;
+use super::params::Call;
+use super::reply;
+use super::AppState;
+use crate::acl::Access;
+use crate::api::decode;
+use crate::api::kv::{txn_errors, txn_results, TxnOpIn};
+use crate::state::kv::read_txn;
+use crate::types::{Command, CommandResult, KvOp, TxnOutcome};
+
+pub async fn apply(
+    State(state): State<Arc<AppState>>,
+    call: Call,
+    body: Body,
+) -> Result<Response, ApiError> {
+    call.check_datacenter(&state)?;
+    let limits = &state.config.limits;
+    let bytes = super::body::read(
+        body,
+        &call.headers,
+        limits.txn_max_req_len,
+        "limits.txn_max_req_len",
+        limits.http_body_timeout,
+    )
+    .await?;
+    let ops_in: Vec<TxnOpIn> = decode::from_slice(&bytes).map_err(ApiError::BadRequest)?;
+    if ops_in.len() > limits.txn_max_ops {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "Transaction contains too many operations ({} > {})",
+            ops_in.len(),
+            limits.txn_max_ops
+        )));
+    }
+    let token = call.token();
+    let mut ops = Vec::with_capacity(ops_in.len());
+    for (position, op) in ops_in.into_iter().enumerate() {
+        let Some(kv) = op.kv else {
+            let what = if op.node.is_some() || op.service.is_some() || op.check.is_some() {
+                "only KV operations are supported in transactions so far"
+            } else {
+                "operation has no KV, Node, Service or Check member"
+            };
+            return Err(ApiError::BadRequest(format!("operation {position}: {what}")));
+        };
+        let op = kv
+            .into_op()
+            .map_err(|what| ApiError::BadRequest(format!("operation {position}: {what}")))?;
+        let access = match &op {
+            op if op.is_read() => Access::KeyRead(op_key(op)),
+            op => Access::KeyWrite(op_key(op)),
+        };
+        state.authorizer.authorize(token.as_deref(), access)?;
+        ops.push(op);
+    }
+    let pretty = call.pretty(&state);
+    let (index, outcome) = if ops.iter().all(KvOp::is_read) {
+        let options = call.read_options(&state)?;
+        state.rpc.read_barrier(options.consistency).await?;
+        let tables = state.rpc.store().snapshot();
+        (tables.last_index(), read_txn(&tables, &ops))
+    } else {
+        match state.rpc.write(Command::Txn(ops)).await? {
+            (index, CommandResult::Txn(outcome)) => (index, outcome),
+            (_, other) => {
+                return Err(ApiError::Internal(format!(
+                    "unexpected transaction result {other:?}"
+                )))
+            }
+        }
+    };
+    match outcome {
+        TxnOutcome::Committed(results) => {
+            let mut response = reply::json(&txn_results(&results), pretty);
+            response
+                .headers_mut()
+                .insert("X-Consul-Index", HeaderValue::from(index.max(1)));
+            Ok(response)
+        }
+        TxnOutcome::RolledBack(errors) => Err(ApiError::Conflict(txn_errors(&errors))),
+    }
+}
+
+fn op_key(op: &KvOp) -> &str {
+    match op {
+        KvOp::Set { key, .. }
+        | KvOp::Cas { key, .. }
+        | KvOp::Get { key }
+        | KvOp::GetOrEmpty { key }
+        | KvOp::CheckIndex { key, .. }
+        | KvOp::CheckNotExists { key }
+        | KvOp::Delete { key }
+        | KvOp::DeleteCas { key, .. } => key,
+        KvOp::GetTree { prefix } | KvOp::DeleteTree { prefix } => prefix,
+    }
+}

@@ -1,0 +1,123 @@
+//! Duties of the Raft leader: keep this server's node, its `serfHealth` check and the `consul`
+//! service in the catalog, and reap KV tombstones once they are older than the tombstone TTL.
+//!
+//! The tombstone cut is chosen here (with a clock) and replicated as a command, so the FSM
+//! stays deterministic.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::RuntimeConfig;
+use crate::rpc::Rpc;
+use crate::types::{
+    Check, Command, CommandResult, HealthStatus, Node, RaftIndexes, RegisterRequest, Service,
+};
+
+/// How long a deleted key's tombstone is kept (Consul's TombstoneTTL).
+const TOMBSTONE_TTL: Duration = Duration::from_secs(15 * 60);
+/// How often the leader records the KV index and reaps (Consul's granularity).
+const TOMBSTONE_GRANULARITY: Duration = Duration::from_secs(30);
+
+fn self_registration(config: &RuntimeConfig, node_id: &str) -> RegisterRequest {
+    let address = config.advertise_addr.to_string();
+    let mut meta = config.node_meta.clone();
+    meta.insert("consul-network-segment".into(), String::new());
+    let tagged_addresses = BTreeMap::from([
+        ("lan".to_string(), address.clone()),
+        ("lan_ipv4".to_string(), address.clone()),
+        ("wan".to_string(), address.clone()),
+        ("wan_ipv4".to_string(), address.clone()),
+    ]);
+    RegisterRequest {
+        node: Node {
+            id: node_id.to_string(),
+            name: config.node_name.clone(),
+            address,
+            datacenter: config.datacenter.clone(),
+            tagged_addresses,
+            meta,
+            indexes: RaftIndexes::default(),
+        },
+        skip_node_update: false,
+        service: config.server_mode.then(|| Service {
+            id: "consul".into(),
+            name: "consul".into(),
+            port: config.ports.server.unwrap_or(8300),
+            ..Service::default()
+        }),
+        checks: vec![Check {
+            node: config.node_name.clone(),
+            check_id: "serfHealth".into(),
+            name: "Serf Health Status".into(),
+            status: HealthStatus::Passing,
+            notes: String::new(),
+            output: "Agent alive and reachable".into(),
+            service_id: String::new(),
+            service_name: String::new(),
+            service_tags: Vec::new(),
+            check_type: String::new(),
+            interval: String::new(),
+            timeout: String::new(),
+            indexes: RaftIndexes::default(),
+        }],
+    }
+}
+
+pub async fn run(rpc: Rpc, config: Arc<RuntimeConfig>, node_id: String, shutdown: CancellationToken) {
+    let mut metrics = rpc.raft().metrics();
+    let mut registered_as_leader = false;
+    let mut kv_index_history: VecDeque<(Instant, u64)> = VecDeque::new();
+    let mut tick = tokio::time::interval(TOMBSTONE_GRANULARITY);
+    loop {
+        let leader = rpc.is_leader();
+        if !leader {
+            registered_as_leader = false;
+            kv_index_history.clear();
+        }
+        if leader && !registered_as_leader {
+            let request = self_registration(&config, &node_id);
+            match rpc.write(Command::CatalogRegister(request)).await {
+                Ok((_, CommandResult::Catalog(Ok(())))) => {
+                    registered_as_leader = true;
+                    tracing::info!(node = %config.node_name, "registered this server in the catalog");
+                }
+                Ok((_, result)) => tracing::warn!(?result, "self-registration was refused"),
+                Err(error) => tracing::warn!(%error, "self-registration failed; will retry"),
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = metrics.changed() => if changed.is_err() { return },
+            _ = tick.tick() => {
+                if leader {
+                    reap_tombstones(&rpc, &mut kv_index_history).await;
+                }
+            }
+        }
+    }
+}
+
+/// Records the current KV index, and reaps tombstones at or below the newest index recorded
+/// at least `TOMBSTONE_TTL` ago.
+async fn reap_tombstones(rpc: &Rpc, history: &mut VecDeque<(Instant, u64)>) {
+    let tables = rpc.store().snapshot();
+    history.push_back((Instant::now(), tables.table_index().kv));
+    let mut cut = None;
+    while let Some((recorded, index)) = history.front().copied() {
+        if recorded.elapsed() < TOMBSTONE_TTL {
+            break;
+        }
+        cut = Some(index);
+        history.pop_front();
+    }
+    if let Some(up_to_index) = cut {
+        if tables.tombstone_count() > 0 {
+            if let Err(error) = rpc.write(Command::ReapTombstones { up_to_index }).await {
+                tracing::warn!(%error, "tombstone reaping failed; will retry");
+            }
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! Wires one agent together and owns its lifetime: data dir and node id, Raft storage and
+//! the Raft node, the HTTP listeners, the leader's duties, and graceful shutdown on SIGINT,
+//! SIGTERM or `PUT /v1/agent/leave`.
+//!
+//! Architecture invariant: one `CancellationToken` reaches every task; nothing outlives `run`.
+
+mod leader;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use openraft::BasicNode;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::acl::Authorizer;
+use crate::config::RuntimeConfig;
+use crate::http::{self, AppState};
+use crate::raft::{self, node_id_from_uuid, Network, Raft};
+use crate::rpc::Rpc;
+use crate::state::Store;
+
+/// Reads the node id persisted in the data dir, or makes and persists one. A file that exists
+/// but does not hold a UUID is an error: silently replacing it would give the node a new
+/// identity.
+fn resolve_node_id(config: &RuntimeConfig, data_dir: &Path) -> anyhow::Result<String> {
+    if let Some(id) = &config.node_id {
+        uuid::Uuid::parse_str(id).with_context(|| format!("node_id {id:?} is not a UUID"))?;
+        return Ok(id.to_lowercase());
+    }
+    let path = data_dir.join("node-id");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let id = text.trim();
+            uuid::Uuid::parse_str(id).with_context(|| {
+                format!(
+                    "{} is corrupt (expected a UUID); refusing to start with a new node identity",
+                    path.display()
+                )
+            })?;
+            Ok(id.to_string())
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let id = uuid::Uuid::new_v4().to_string();
+            std::fs::write(&path, &id)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            Ok(id)
+        }
+        Err(error) => Err(error).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// The data dir, and in dev mode the temporary directory that backs it (removed on drop).
+fn prepare_data_dir(config: &RuntimeConfig) -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
+    match &config.data_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create data dir {}", dir.display()))?;
+            Ok((dir.clone(), None))
+        }
+        None => {
+            let temp = tempfile::Builder::new()
+                .prefix("concord-dev-")
+                .tempdir()
+                .context("cannot create a temporary data dir for -dev")?;
+            Ok((temp.path().to_path_buf(), Some(temp)))
+        }
+    }
+}
+
+/// Runs the agent until it is asked to stop.
+pub async fn run(config: RuntimeConfig) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let config = Arc::new(config);
+    if !config.server_mode {
+        bail!(
+            "client agents join servers over gossip, which this release does not have yet; \
+             run a server (-server -bootstrap-expect=1) or -dev"
+        );
+    }
+    if config.bootstrap_expect > 1 {
+        bail!(
+            "bootstrap_expect = {} needs the multi-server cluster, which this release does not \
+             have yet; use -bootstrap-expect=1",
+            config.bootstrap_expect
+        );
+    }
+    let (data_dir, temp_dir) = prepare_data_dir(&config)?;
+    let node_id = resolve_node_id(&config, &data_dir)?;
+
+    let store = Arc::new(Store::new());
+    let storage = raft::open_storage(&data_dir, store.clone()).await?;
+    let raft_id = node_id_from_uuid(&node_id);
+    let server_address = SocketAddr::new(
+        config.advertise_addr,
+        config.ports.server.unwrap_or(8300),
+    );
+    let raft = Raft::new(
+        raft_id,
+        config.raft.tuning().openraft_config()?,
+        Network,
+        storage.log_store,
+        storage.state_machine,
+    )
+    .await
+    .context("cannot start Raft")?;
+    if config.bootstrap_expect == 1 && !raft.is_initialized().await? {
+        let members = BTreeMap::from([(raft_id, BasicNode::new(server_address))]);
+        raft.initialize(members)
+            .await
+            .context("cannot bootstrap the Raft cluster")?;
+        tracing::info!(node_id = %node_id, "bootstrapped a new single-server cluster");
+    }
+
+    let shutdown = CancellationToken::new();
+    let rpc = Rpc::new(raft.clone(), store, raft_id);
+    let state = Arc::new(AppState {
+        rpc: rpc.clone(),
+        config: config.clone(),
+        authorizer: Authorizer,
+        node_id: node_id.clone(),
+        shutdown: shutdown.clone(),
+    });
+
+    let mut tasks = JoinSet::new();
+    if let Some(port) = config.ports.http {
+        for address in &config.client_addrs {
+            let address = SocketAddr::new(*address, port);
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen for HTTP on {address}"))?;
+            let app = http::router(state.clone());
+            let stop = shutdown.clone();
+            tracing::info!(%address, "HTTP API listening");
+            tasks.spawn(async move {
+                let served = axum::serve(listener, app)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await;
+                if let Err(error) = served {
+                    tracing::error!(%error, "HTTP server failed");
+                }
+            });
+        }
+    }
+    tasks.spawn(leader::run(rpc, config.clone(), node_id, shutdown.clone()));
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        node = %config.node_name,
+        datacenter = %config.datacenter,
+        data_dir = %data_dir.display(),
+        "agent started"
+    );
+
+    wait_for_stop(&shutdown).await;
+    shutdown.cancel();
+    tracing::info!("shutting down");
+    let drained = tokio::time::timeout(Duration::from_secs(10), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("tasks did not stop within 10s; aborting them");
+        tasks.abort_all();
+    }
+    if let Err(error) = raft.shutdown().await {
+        tracing::warn!(%error, "Raft did not shut down cleanly");
+    }
+    drop(temp_dir);
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+async fn wait_for_stop(shutdown: &CancellationToken) {
+    let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(signal) => signal,
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGTERM");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = shutdown.cancelled() => {}
+            }
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("caught SIGINT"),
+        _ = terminate.recv() => tracing::info!("caught SIGTERM"),
+        _ = shutdown.cancelled() => {}
+    }
+}
