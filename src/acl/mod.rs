@@ -31,7 +31,11 @@ impl Authorizer {
         "allow"
     }
 
-    pub fn authorize(&self, _token: Option<&str>, _access: Access<'_>) -> Result<(), PermissionDenied> {
+    pub fn authorize(
+        &self,
+        _token: Option<&str>,
+        _access: Access<'_>,
+    ) -> Result<(), PermissionDenied> {
         Ok(())
     }
 }

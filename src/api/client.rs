@@ -34,7 +34,8 @@ impl Response {
                 self.text()
             ));
         }
-        serde_json::from_slice(&self.body).map_err(|error| format!("invalid JSON from agent: {error}"))
+        serde_json::from_slice(&self.body)
+            .map_err(|error| format!("invalid JSON from agent: {error}"))
     }
 
     pub fn index(&self) -> u64 {
@@ -82,8 +83,7 @@ impl Client {
         Ok(Client {
             base: normalize_address(&address)?,
             token,
-            inner: hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-                .build_http(),
+            inner: hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http(),
         })
     }
 
@@ -106,7 +106,10 @@ impl Client {
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|error| format!("invalid request to {uri}: {error}"))?;
         let response = self.inner.request(request).await.map_err(|error| {
-            format!("Error querying agent at {}: {error} (is the agent running?)", self.base)
+            format!(
+                "Error querying agent at {}: {error} (is the agent running?)",
+                self.base
+            )
         })?;
         let (parts, body) = response.into_parts();
         let body = body

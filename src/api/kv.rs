@@ -60,9 +60,9 @@ impl TxnKvIn {
     /// Converts to a domain op; the error is Consul's message for the operation.
     pub fn into_op(self) -> Result<KvOp, String> {
         let value = match &self.value {
-            Some(text) => base64_engine()
-                .decode(text)
-                .map_err(|error| format!("failed to decode base64 value of {:?}: {error}", self.key))?,
+            Some(text) => base64_engine().decode(text).map_err(|error| {
+                format!("failed to decode base64 value of {:?}: {error}", self.key)
+            })?,
             None => Vec::new(),
         };
         let key = self.key;

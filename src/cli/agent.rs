@@ -44,12 +44,27 @@ enum Kind {
 pub fn command() -> Command {
     let mut command = Command::new("agent")
         .about("Runs a concord agent")
-        .arg(boolean("dev", "Development mode: one in-memory server on loopback"))
-        .arg(repeated("config-file", "A JSON or HCL config file (repeatable)"))
-        .arg(repeated("config-dir", "A directory of .json/.hcl config files (repeatable)"))
-        .arg(value("config-format", "Force the config format: json or hcl"))
+        .arg(boolean(
+            "dev",
+            "Development mode: one in-memory server on loopback",
+        ))
+        .arg(repeated(
+            "config-file",
+            "A JSON or HCL config file (repeatable)",
+        ))
+        .arg(repeated(
+            "config-dir",
+            "A directory of .json/.hcl config files (repeatable)",
+        ))
+        .arg(value(
+            "config-format",
+            "Force the config format: json or hcl",
+        ))
         .arg(repeated("hcl", "An HCL config fragment (repeatable)"))
-        .arg(repeated("node-meta", "Node metadata as key:value (repeatable)"));
+        .arg(repeated(
+            "node-meta",
+            "Node metadata as key:value (repeatable)",
+        ));
     for (flag, key, _) in VALUE_FLAGS {
         command = command.arg(value(flag, key));
     }
@@ -66,10 +81,9 @@ pub fn load_options(matches: &ArgMatches) -> Result<LoadOptions, String> {
         if let Some(text) = get_str(matches, flag) {
             let value = match kind {
                 Kind::Text => Value::String(text.to_string()),
-                Kind::Number => text
-                    .parse::<i64>()
-                    .map(Value::from)
-                    .map_err(|_| format!("invalid value {text:?} for flag -{flag}: not a number"))?,
+                Kind::Number => text.parse::<i64>().map(Value::from).map_err(|_| {
+                    format!("invalid value {text:?} for flag -{flag}: not a number")
+                })?,
             };
             merge(&mut flags, flag_value(key, value));
         }
@@ -80,7 +94,11 @@ pub fn load_options(matches: &ArgMatches) -> Result<LoadOptions, String> {
         }
     }
     let mut node_meta = Map::new();
-    for pair in matches.get_many::<String>("node-meta").into_iter().flatten() {
+    for pair in matches
+        .get_many::<String>("node-meta")
+        .into_iter()
+        .flatten()
+    {
         let (key, value) = pair
             .split_once(':')
             .ok_or_else(|| format!("invalid -node-meta {pair:?}: expected key:value"))?;
@@ -97,7 +115,14 @@ pub fn load_options(matches: &ArgMatches) -> Result<LoadOptions, String> {
         let indices = matches.indices_of(name).into_iter().flatten();
         for (index, path) in indices.zip(values) {
             let path = std::path::PathBuf::from(path);
-            paths.push((index, if dir { ConfigPath::Dir(path) } else { ConfigPath::File(path) }));
+            paths.push((
+                index,
+                if dir {
+                    ConfigPath::Dir(path)
+                } else {
+                    ConfigPath::File(path)
+                },
+            ));
         }
     }
     paths.sort_by_key(|(index, _)| *index);

@@ -17,10 +17,16 @@ pub fn command() -> Command {
         .subcommand(with_http_flags(
             Command::new("nodes")
                 .about("Lists all nodes in the catalog")
-                .arg(boolean("detailed", "Show full node ids, tagged addresses and meta"))
+                .arg(boolean(
+                    "detailed",
+                    "Show full node ids, tagged addresses and meta",
+                ))
                 .arg(value("service", "Only nodes running this service"))
                 .arg(value("filter", "Filter expression"))
-                .arg(value("near", "Sort by distance to this node (accepted, not yet used)")),
+                .arg(value(
+                    "near",
+                    "Sort by distance to this node (accepted, not yet used)",
+                )),
         ))
         .subcommand(with_http_flags(
             Command::new("services")
@@ -108,7 +114,11 @@ async fn nodes(matches: &ArgMatches) -> CommandResult {
         let id = text(&node["ID"]);
         let mut row = vec![
             text(&node["Node"]),
-            if detailed { id } else { id.chars().take(8).collect() },
+            if detailed {
+                id
+            } else {
+                id.chars().take(8).collect()
+            },
             text(&node["Address"]),
             text(&node["Datacenter"]),
         ];
@@ -130,10 +140,17 @@ async fn services(matches: &ArgMatches) -> CommandResult {
             let path = format!("/v1/catalog/node/{}?{query}", encode_path(node));
             let body = client.get(&path).await?.json()?;
             if body.is_null() {
-                return Err(format!("Error listing services for node: No node {node:?} found"));
+                return Err(format!(
+                    "Error listing services for node: No node {node:?} found"
+                ));
             }
             let mut found: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-            for service in body["Services"].as_object().into_iter().flatten().map(|(_, s)| s) {
+            for service in body["Services"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(_, s)| s)
+            {
                 let tags = found.entry(text(&service["Service"])).or_default();
                 for tag in service["Tags"].as_array().into_iter().flatten() {
                     tags.push(text(tag));
@@ -142,7 +159,10 @@ async fn services(matches: &ArgMatches) -> CommandResult {
             found.into_iter().collect()
         }
         None => {
-            let body = client.get(&format!("/v1/catalog/services?{query}")).await?.json()?;
+            let body = client
+                .get(&format!("/v1/catalog/services?{query}"))
+                .await?
+                .json()?;
             body.as_object()
                 .into_iter()
                 .flatten()

@@ -139,7 +139,15 @@ mod tests {
     fn equals_form_and_values_starting_with_dash_are_kept() {
         assert_eq!(
             run(&["concord", "kv", "put", "-flags=-1", "-base64=false", "k"]),
-            ["concord", "kv", "put", "--flags=-1", "--base64=false", "--", "k"]
+            [
+                "concord",
+                "kv",
+                "put",
+                "--flags=-1",
+                "--base64=false",
+                "--",
+                "k"
+            ]
         );
     }
 

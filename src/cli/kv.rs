@@ -19,7 +19,10 @@ pub fn command() -> Command {
                 .about("Reads a key, or keys under a prefix")
                 .arg(boolean("recurse", "Read every key under the prefix"))
                 .arg(boolean("keys", "List keys (not values) under the prefix"))
-                .arg(value("separator", "With -keys, list only up to this separator"))
+                .arg(value(
+                    "separator",
+                    "With -keys, list only up to this separator",
+                ))
                 .arg(boolean("detailed", "Show all fields of each entry"))
                 .arg(boolean("base64", "Print values base64-encoded"))
                 .arg(Arg::new("key")),
@@ -28,8 +31,14 @@ pub fn command() -> Command {
             Command::new("put")
                 .about("Writes a key: data inline, @file, or - for stdin")
                 .arg(boolean("cas", "Check-and-set against -modify-index"))
-                .arg(value("modify-index", "The ModifyIndex the key must have for -cas"))
-                .arg(value("flags", "Unsigned integer flags to store with the key"))
+                .arg(value(
+                    "modify-index",
+                    "The ModifyIndex the key must have for -cas",
+                ))
+                .arg(value(
+                    "flags",
+                    "Unsigned integer flags to store with the key",
+                ))
                 .arg(boolean("base64", "The data is base64-encoded"))
                 .arg(value("acquire", "Acquire the lock with this session"))
                 .arg(value("release", "Release the lock held by this session"))
@@ -42,7 +51,10 @@ pub fn command() -> Command {
                 .about("Deletes a key, or every key under a prefix")
                 .arg(boolean("recurse", "Delete every key under the prefix"))
                 .arg(boolean("cas", "Check-and-set against -modify-index"))
-                .arg(value("modify-index", "The ModifyIndex the key must have for -cas"))
+                .arg(value(
+                    "modify-index",
+                    "The ModifyIndex the key must have for -cas",
+                ))
                 .arg(Arg::new("key")),
         ))
         .subcommand(with_http_flags(
@@ -133,7 +145,9 @@ async fn get(matches: &ArgMatches) -> CommandResult {
             Err(format!("Error! No key exists at: {key}"))
         };
     }
-    let body = response.json().map_err(|error| format!("Error querying Consul agent: {error}"))?;
+    let body = response
+        .json()
+        .map_err(|error| format!("Error querying Consul agent: {error}"))?;
     let items = body.as_array().cloned().unwrap_or_default();
     if keys {
         for item in items {
@@ -183,8 +197,7 @@ fn modify_index(matches: &ArgMatches) -> Result<Option<u64>, String> {
     if !get_bool(matches, "cas") {
         return Ok(None);
     }
-    let text = get_str(matches, "modify-index")
-        .ok_or("Must specify -modify-index with -cas!")?;
+    let text = get_str(matches, "modify-index").ok_or("Must specify -modify-index with -cas!")?;
     text.parse()
         .map(Some)
         .map_err(|_| format!("Error! Invalid -modify-index {text:?}"))
@@ -196,7 +209,8 @@ async fn put(matches: &ArgMatches) -> CommandResult {
     let mut data = read_data(get_str(matches, "data"))?;
     if get_bool(matches, "base64") {
         let text = String::from_utf8_lossy(&data).trim().to_string();
-        data = decode_base64(&text).map_err(|error| format!("Error! Cannot base 64 decode data: {error}"))?;
+        data = decode_base64(&text)
+            .map_err(|error| format!("Error! Cannot base 64 decode data: {error}"))?;
     }
     let mut path = format!("/v1/kv/{}?", encode_path(key));
     if let Some(flags) = get_str(matches, "flags") {
@@ -210,7 +224,9 @@ async fn put(matches: &ArgMatches) -> CommandResult {
         path.push_str(&format!("&cas={index}"));
     }
     let session = get_str(matches, "session");
-    if let Some(acquire) = get_str(matches, "acquire").or(session.filter(|_| get_bool(matches, "acquire"))) {
+    if let Some(acquire) =
+        get_str(matches, "acquire").or(session.filter(|_| get_bool(matches, "acquire")))
+    {
         path.push_str(&format!("&acquire={}", encode_query(acquire)));
     }
     if let Some(release) = get_str(matches, "release") {
@@ -268,7 +284,11 @@ async fn delete(matches: &ArgMatches) -> CommandResult {
 async fn export(matches: &ArgMatches) -> CommandResult {
     let client = client(matches)?;
     let prefix = get_str(matches, "prefix").unwrap_or("");
-    let path = format!("/v1/kv/{}?recurse{}", encode_path(prefix), shared_query(matches));
+    let path = format!(
+        "/v1/kv/{}?recurse{}",
+        encode_path(prefix),
+        shared_query(matches)
+    );
     let response = client.get(&path).await?;
     let entries = if response.status == 404 {
         Vec::new()
@@ -300,8 +320,12 @@ async fn import(matches: &ArgMatches) -> CommandResult {
         .map_err(|error| format!("Error! Cannot unmarshal data: {error}"))?;
     let prefix = get_str(matches, "prefix").unwrap_or("");
     for entry in entries.iter().filter(|entry| entry.key.starts_with(prefix)) {
-        let value = decode_base64(&entry.value)
-            .map_err(|error| format!("Error! Cannot base 64 decode value of {}: {error}", entry.key))?;
+        let value = decode_base64(&entry.value).map_err(|error| {
+            format!(
+                "Error! Cannot base 64 decode value of {}: {error}",
+                entry.key
+            )
+        })?;
         let path = format!(
             "/v1/kv/{}?flags={}{}",
             encode_path(&entry.key),

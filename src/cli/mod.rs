@@ -26,8 +26,14 @@ fn with_http_flags(command: Command) -> Command {
             "Address of the agent's HTTP API (env CONSUL_HTTP_ADDR; default 127.0.0.1:8500)",
         ))
         .arg(value("token", "ACL token (env CONSUL_HTTP_TOKEN)"))
-        .arg(value("datacenter", "Datacenter to query (default: the agent's)"))
-        .arg(goflags::boolean("stale", "Allow any server to answer reads"))
+        .arg(value(
+            "datacenter",
+            "Datacenter to query (default: the agent's)",
+        ))
+        .arg(goflags::boolean(
+            "stale",
+            "Allow any server to answer reads",
+        ))
 }
 
 fn client(matches: &ArgMatches) -> Result<Client, String> {
@@ -73,7 +79,10 @@ fn command_tree() -> Command {
 /// Parses arguments and runs the chosen command.
 pub fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
-    if args.get(1).is_some_and(|arg| arg == "--version" || arg == "-version" || arg == "-v") {
+    if args
+        .get(1)
+        .is_some_and(|arg| arg == "--version" || arg == "-version" || arg == "-v")
+    {
         print_version(false);
         return ExitCode::SUCCESS;
     }
@@ -90,7 +99,10 @@ pub fn main() -> ExitCode {
             };
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("Error starting the async runtime: {error}");
@@ -130,7 +142,10 @@ fn print_version(json: bool) {
             "BuildDate": "1970-01-01T00:00:00Z",
             "RPC": {"Default": 2, "Min": 2, "Max": 3},
         });
-        println!("{}", serde_json::to_string_pretty(&body).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&body).unwrap_or_default()
+        );
     } else {
         println!("Consul v{}", human_version());
         println!("concord v{CONCORD_VERSION}");
@@ -173,7 +188,14 @@ async fn members(matches: &ArgMatches) -> CommandResult {
         vec!["Node", "Address", "Status", "Tags"]
     } else {
         vec![
-            "Node", "Address", "Status", "Type", "Build", "Protocol", "DC", "Partition",
+            "Node",
+            "Address",
+            "Status",
+            "Type",
+            "Build",
+            "Protocol",
+            "DC",
+            "Partition",
             "Segment",
         ]
     }
@@ -203,7 +225,11 @@ async fn members(matches: &ArgMatches) -> CommandResult {
                 .unwrap_or_default();
             rows.push(vec![text(&member["Name"]), address, status.into(), tags]);
         } else {
-            let kind = if text(&tags["role"]) == "consul" { "server" } else { "client" };
+            let kind = if text(&tags["role"]) == "consul" {
+                "server"
+            } else {
+                "client"
+            };
             let build = text(&tags["build"]);
             let build = build.split('+').next().unwrap_or_default().to_string();
             rows.push(vec![

@@ -171,7 +171,11 @@ pub fn load(options: &LoadOptions) -> Result<Loaded, String> {
         let name = format!("-hcl fragment {}", position + 1);
         sources.push(sources::parse_text(&name, fragment, Format::Hcl)?);
     }
-    if options.flags.as_object().is_some_and(|flags| !flags.is_empty()) {
+    if options
+        .flags
+        .as_object()
+        .is_some_and(|flags| !flags.is_empty())
+    {
         sources.push(Source {
             name: "command-line flags".into(),
             value: options.flags.clone(),
@@ -355,9 +359,7 @@ fn build(raw: RawConfig) -> Result<RuntimeConfig, String> {
     }
     Ok(RuntimeConfig {
         dev_mode,
-        primary_datacenter: raw
-            .primary_datacenter
-            .unwrap_or_else(|| datacenter.clone()),
+        primary_datacenter: raw.primary_datacenter.unwrap_or_else(|| datacenter.clone()),
         datacenter,
         node_name: raw.node_name.unwrap_or_else(default_node_name),
         node_id: raw.node_id,
@@ -378,10 +380,7 @@ fn build(raw: RawConfig) -> Result<RuntimeConfig, String> {
         },
         log_level,
         log_json: raw.log_json.unwrap_or(false),
-        ui_enabled: raw
-            .ui_config
-            .and_then(|ui| ui.enabled)
-            .unwrap_or(dev_mode),
+        ui_enabled: raw.ui_config.and_then(|ui| ui.enabled).unwrap_or(dev_mode),
         always_pretty: dev_mode,
     })
 }

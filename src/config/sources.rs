@@ -143,8 +143,12 @@ mod tests {
 
     #[test]
     fn hcl_and_json_parse_to_the_same_shape() {
-        let hcl = parse_text("a.hcl", "datacenter = \"east\"\nports { http = 1 }", Format::Hcl)
-            .expect("hcl");
+        let hcl = parse_text(
+            "a.hcl",
+            "datacenter = \"east\"\nports { http = 1 }",
+            Format::Hcl,
+        )
+        .expect("hcl");
         let json = parse_text(
             "a.json",
             r#"{"datacenter": "east", "ports": {"http": 1}}"#,
@@ -156,7 +160,9 @@ mod tests {
 
     #[test]
     fn errors_name_the_source() {
-        let error = parse_text("bad.json", "{", Format::Json).err().expect("error");
+        let error = parse_text("bad.json", "{", Format::Json)
+            .err()
+            .expect("error");
         assert!(error.starts_with("bad.json:"), "{error}");
     }
 }

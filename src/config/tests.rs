@@ -80,11 +80,26 @@ fn dev_mode_needs_no_data_dir_and_uses_consul_dev_ports() {
 #[test]
 fn invalid_values_are_errors_naming_the_key() {
     let cases = [
-        (json!({"data_dir": "/x", "ports": {"http": 70000}}), "ports.http"),
-        (json!({"data_dir": "/x", "datacenter": "East"}), "datacenter"),
-        (json!({"data_dir": "/x", "max_query_time": "soon"}), "max_query_time"),
-        (json!({"data_dir": "/x", "bind_addr": "nowhere"}), "bind_addr"),
-        (json!({"data_dir": "/x", "limits": {"kv_max_value_size": 0}}), "kv_max_value_size"),
+        (
+            json!({"data_dir": "/x", "ports": {"http": 70000}}),
+            "ports.http",
+        ),
+        (
+            json!({"data_dir": "/x", "datacenter": "East"}),
+            "datacenter",
+        ),
+        (
+            json!({"data_dir": "/x", "max_query_time": "soon"}),
+            "max_query_time",
+        ),
+        (
+            json!({"data_dir": "/x", "bind_addr": "nowhere"}),
+            "bind_addr",
+        ),
+        (
+            json!({"data_dir": "/x", "limits": {"kv_max_value_size": 0}}),
+            "kv_max_value_size",
+        ),
         (json!({}), "data_dir"),
     ];
     for (flags, key) in cases {

@@ -96,24 +96,21 @@ pub async fn version(State(state): State<Arc<AppState>>, call: Call) -> Response
     reply::json(&body, call.pretty(&state))
 }
 
-pub async fn members(
-    State(state): State<Arc<AppState>>,
-    call: Call,
-) -> Result<Response, ApiError> {
+pub async fn members(State(state): State<Arc<AppState>>, call: Call) -> Result<Response, ApiError> {
     state
         .authorizer
         .authorize(call.token().as_deref(), Access::NodeRead(""))?;
     if call.has("wan") && !state.config.server_mode {
         return Ok(reply::json(&json!([]), call.pretty(&state)));
     }
-    Ok(reply::json(&json!([local_member(&state)]), call.pretty(&state)))
+    Ok(reply::json(
+        &json!([local_member(&state)]),
+        call.pretty(&state),
+    ))
 }
 
 /// Graceful leave: answers, then shuts the agent down.
-pub async fn leave(
-    State(state): State<Arc<AppState>>,
-    call: Call,
-) -> Result<Response, ApiError> {
+pub async fn leave(State(state): State<Arc<AppState>>, call: Call) -> Result<Response, ApiError> {
     state
         .authorizer
         .authorize(call.token().as_deref(), Access::AgentWrite)?;
@@ -123,7 +120,10 @@ pub async fn leave(
 }
 
 pub async fn leader(State(state): State<Arc<AppState>>, call: Call) -> Response {
-    reply::json(&Value::String(state.rpc.leader_address()), call.pretty(&state))
+    reply::json(
+        &Value::String(state.rpc.leader_address()),
+        call.pretty(&state),
+    )
 }
 
 pub async fn peers(State(state): State<Arc<AppState>>, call: Call) -> Response {

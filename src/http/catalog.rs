@@ -54,9 +54,7 @@ pub async fn register(
     let context = RegisterContext {
         datacenter: &state.config.datacenter,
     };
-    let request = input
-        .into_request(&context)
-        .map_err(ApiError::BadRequest)?;
+    let request = input.into_request(&context).map_err(ApiError::BadRequest)?;
     let token = call.token();
     state
         .authorizer
@@ -66,7 +64,10 @@ pub async fn register(
             .authorizer
             .authorize(token.as_deref(), Access::ServiceWrite(&service.name))?;
     }
-    let (_, result) = state.rpc.write(Command::CatalogRegister(request)).await?;
+    let (_, result) = state
+        .rpc
+        .write(Command::CatalogRegister(Box::new(request)))
+        .await?;
     catalog_result(result)?;
     Ok(reply::json(&Value::Bool(true), call.pretty(&state)))
 }
@@ -82,9 +83,7 @@ pub async fn deregister(
     let context = RegisterContext {
         datacenter: &state.config.datacenter,
     };
-    let request = input
-        .into_request(&context)
-        .map_err(ApiError::BadRequest)?;
+    let request = input.into_request(&context).map_err(ApiError::BadRequest)?;
     state
         .authorizer
         .authorize(call.token().as_deref(), Access::NodeWrite(&request.node))?;
@@ -129,7 +128,8 @@ pub async fn services(
         for (node_name, service) in tables.all_services() {
             if let Some(filter) = &options.filter {
                 let node = tables.node(node_name);
-                let matches = node.is_some_and(|node| filter.matches(&wire::service_node(node, service)));
+                let matches =
+                    node.is_some_and(|node| filter.matches(&wire::service_node(node, service)));
                 if !matches {
                     continue;
                 }
@@ -143,7 +143,10 @@ pub async fn services(
             .into_iter()
             .map(|(name, tags)| (name, Value::from(tags.into_iter().collect::<Vec<_>>())))
             .collect();
-        Ok((tables.table_index().services, Reply::Json(Value::Object(body))))
+        Ok((
+            tables.table_index().services,
+            Reply::Json(Value::Object(body)),
+        ))
     })
     .await
 }
@@ -190,9 +193,17 @@ pub async fn node(
             Some(node) => {
                 let services: Map<String, Value> = tables
                     .node_services(&name)
-                    .map(|service| (service.id.clone(), wire::agent_service(service, &datacenter)))
+                    .map(|service| {
+                        (
+                            service.id.clone(),
+                            wire::agent_service(service, &datacenter),
+                        )
+                    })
                     .filter(|(_, service)| {
-                        options.filter.as_ref().is_none_or(|filter| filter.matches(service))
+                        options
+                            .filter
+                            .as_ref()
+                            .is_none_or(|filter| filter.matches(service))
                     })
                     .collect();
                 json!({"Node": wire::node(node), "Services": services})

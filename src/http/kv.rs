@@ -124,7 +124,12 @@ pub async fn put_root(
     write(&state, String::new(), call, body).await
 }
 
-async fn write(state: &AppState, key: String, call: Call, body: Body) -> Result<Response, ApiError> {
+async fn write(
+    state: &AppState,
+    key: String,
+    call: Call,
+    body: Body,
+) -> Result<Response, ApiError> {
     call.check_datacenter(state)?;
     if key.is_empty() {
         return Err(ApiError::BadRequest("Missing key name".into()));

@@ -40,7 +40,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/kv/",
             get(kv::get_root).put(kv::put_root).delete(kv::delete_root),
         )
-        .route("/v1/kv/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
+        .route(
+            "/v1/kv/{*key}",
+            get(kv::get).put(kv::put).delete(kv::delete),
+        )
         .route("/v1/txn", put(txn::apply))
         .route("/v1/catalog/register", put(catalog::register))
         .route("/v1/catalog/deregister", put(catalog::deregister))
@@ -49,7 +52,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/catalog/services", get(catalog::services))
         .route("/v1/catalog/service/{name}", get(catalog::service))
         .route("/v1/catalog/node/{node}", get(catalog::node))
-        .route("/v1/catalog/node-services/{node}", get(catalog::node_services))
+        .route(
+            "/v1/catalog/node-services/{node}",
+            get(catalog::node_services),
+        )
         .route("/v1/status/leader", get(agent::leader))
         .route("/v1/status/peers", get(agent::peers))
         .route("/v1/agent/self", get(agent::self_info))

@@ -140,7 +140,8 @@ impl Call {
         };
         let filter = match self.get("filter") {
             Some(expression) if !expression.trim().is_empty() => Some(
-                Filter::parse(expression).map_err(|error| ApiError::BadRequest(error.to_string()))?,
+                Filter::parse(expression)
+                    .map_err(|error| ApiError::BadRequest(error.to_string()))?,
             ),
             _ => None,
         };
@@ -177,7 +178,10 @@ impl ReadOptions {
     /// Keeps the elements of a JSON list the filter matches.
     pub fn filter_list(&self, items: Vec<serde_json::Value>) -> Vec<serde_json::Value> {
         match &self.filter {
-            Some(filter) => items.into_iter().filter(|item| filter.matches(item)).collect(),
+            Some(filter) => items
+                .into_iter()
+                .filter(|item| filter.matches(item))
+                .collect(),
             None => items,
         }
     }

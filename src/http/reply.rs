@@ -62,7 +62,11 @@ fn with_headers(
     headers.insert("X-Consul-Index", HeaderValue::from(index.max(1)));
     headers.insert(
         "X-Consul-KnownLeader",
-        HeaderValue::from_static(if contact.known_leader { "true" } else { "false" }),
+        HeaderValue::from_static(if contact.known_leader {
+            "true"
+        } else {
+            "false"
+        }),
     );
     headers.insert(
         "X-Consul-LastContact",

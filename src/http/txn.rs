@@ -50,7 +50,9 @@ pub async fn apply(
             } else {
                 "operation has no KV, Node, Service or Check member"
             };
-            return Err(ApiError::BadRequest(format!("operation {position}: {what}")));
+            return Err(ApiError::BadRequest(format!(
+                "operation {position}: {what}"
+            )));
         };
         let op = kv
             .into_op()

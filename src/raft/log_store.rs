@@ -14,7 +14,11 @@ use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{Entry, ErrorSubject, ErrorVerb, StorageIOError, Vote};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::sync::Arc;
+
 use tokio::sync::mpsc;
+
+use super::progress::ProgressMarker;
 
 use super::{LogId, NodeId, StorageError, TypeConfig};
 
@@ -31,8 +35,12 @@ pub struct LogStore {
     logs: sled::Tree,
     meta: sled::Tree,
     path: PathBuf,
-    flusher: mpsc::UnboundedSender<LogFlushed<TypeConfig>>,
+    flusher: mpsc::UnboundedSender<FlushRequest>,
+    progress: Arc<ProgressMarker>,
 }
+
+/// An append waiting for its flush: openraft's callback and the last index it wrote.
+type FlushRequest = (LogFlushed<TypeConfig>, u64);
 
 pub(super) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     let mut bytes = vec![FORMAT_VERSION];
@@ -66,35 +74,45 @@ fn io_error(
 impl LogStore {
     /// Opens the log trees and checks that the stored metadata and the last entry decode, so a
     /// damaged database is reported at start-up rather than on first use.
-    pub fn open(db: sled::Db, path: &Path) -> Result<LogStore, String> {
+    pub fn open(
+        db: sled::Db,
+        path: &Path,
+        progress: Arc<ProgressMarker>,
+    ) -> Result<LogStore, String> {
         let logs = db.open_tree("logs").map_err(|e| e.to_string())?;
         let meta = db.open_tree("meta").map_err(|e| e.to_string())?;
-        for key in [VOTE_KEY, COMMITTED_KEY, LAST_PURGED_KEY] {
-            if let Some(bytes) = meta.get(key).map_err(|e| e.to_string())? {
-                decode::<serde::de::IgnoredAny>(&bytes).map_err(|error| {
+        let check = |key: &[u8], decodes: fn(&[u8]) -> Result<(), String>| -> Result<(), String> {
+            match meta.get(key).map_err(|e| e.to_string())? {
+                Some(bytes) => decodes(&bytes).map_err(|error| {
                     format!("corrupt {} record: {error}", String::from_utf8_lossy(key))
-                })?;
+                }),
+                None => Ok(()),
             }
-        }
+        };
+        check(VOTE_KEY, |bytes| decode::<Vote<NodeId>>(bytes).map(drop))?;
+        check(COMMITTED_KEY, |bytes| {
+            decode::<Option<LogId>>(bytes).map(drop)
+        })?;
+        check(LAST_PURGED_KEY, |bytes| decode::<LogId>(bytes).map(drop))?;
         if let Some((_, bytes)) = logs.last().map_err(|e| e.to_string())? {
             decode::<Entry<TypeConfig>>(&bytes)
                 .map_err(|error| format!("corrupt last log entry: {error}"))?;
         }
         let (flusher, requests) = mpsc::unbounded_channel();
-        tokio::spawn(flush_loop(db.clone(), requests));
+        tokio::spawn(flush_loop(db.clone(), requests, progress.clone()));
         Ok(LogStore {
             db,
             logs,
             meta,
             path: path.to_path_buf(),
             flusher,
+            progress,
         })
     }
 
     fn read_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
-        let read_error = |error: String| {
-            io_error(ErrorSubject::Store, ErrorVerb::Read, &self.path, error)
-        };
+        let read_error =
+            |error: String| io_error(ErrorSubject::Store, ErrorVerb::Read, &self.path, error);
         match self.meta.get(key).map_err(|e| read_error(e.to_string()))? {
             Some(bytes) => Ok(Some(decode(&bytes).map_err(read_error)?)),
             None => Ok(None),
@@ -113,6 +131,13 @@ impl LogStore {
             .await
             .map_err(|e| write_error(e.to_string()))?;
         Ok(())
+    }
+
+    /// The highest index the database holds: the last entry, or the purge point.
+    pub fn last_durable_index(&self) -> Result<u64, StorageError> {
+        let last_purged: Option<LogId> = self.read_meta(LAST_PURGED_KEY)?;
+        let last = self.last_entry_id()?.or(last_purged);
+        Ok(last.map_or(0, |log_id| log_id.index))
     }
 
     fn last_entry_id(&self) -> Result<Option<LogId>, StorageError> {
@@ -159,14 +184,23 @@ fn bound_key(bound: Bound<&u64>) -> Bound<Vec<u8>> {
     }
 }
 
-async fn flush_loop(db: sled::Db, mut requests: mpsc::UnboundedReceiver<LogFlushed<TypeConfig>>) {
+async fn flush_loop(
+    db: sled::Db,
+    mut requests: mpsc::UnboundedReceiver<FlushRequest>,
+    progress: Arc<ProgressMarker>,
+) {
     while let Some(first) = requests.recv().await {
         let mut waiting = vec![first];
         while let Ok(next) = requests.try_recv() {
             waiting.push(next);
         }
         let result = db.flush_async().await.map(|_| ());
-        for callback in waiting {
+        if result.is_ok() {
+            if let Some(last) = waiting.iter().map(|(_, index)| *index).max() {
+                progress.record(last);
+            }
+        }
+        for (callback, _) in waiting {
             let outcome = match &result {
                 Ok(()) => Ok(()),
                 Err(error) => Err(std::io::Error::other(error.to_string())),
@@ -244,18 +278,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         let mut batch = sled::Batch::default();
+        let mut last_index = 0;
         for entry in entries {
+            last_index = entry.log_id.index;
             batch.insert(index_key(entry.log_id.index), encode(&entry));
         }
         self.logs
             .apply_batch(batch)
             .map_err(|error| io_error(ErrorSubject::Logs, ErrorVerb::Write, &self.path, error))?;
-        if let Err(unsent) = self.flusher.send(callback) {
+        if let Err(unsent) = self.flusher.send((callback, last_index)) {
             // The flusher only stops when the runtime shuts down; flush inline then.
             let result = self.db.flush_async().await.map(|_| ());
-            unsent
-                .0
-                .log_io_completed(result.map_err(|e| std::io::Error::other(e.to_string())));
+            let (callback, _) = unsent.0;
+            callback.log_io_completed(result.map_err(|e| std::io::Error::other(e.to_string())));
         }
         Ok(())
     }
@@ -266,6 +301,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .flush_async()
             .await
             .map_err(|error| io_error(ErrorSubject::Logs, ErrorVerb::Delete, &self.path, error))?;
+        // Conflicting entries were removed on purpose; the durable end moves back with them.
+        self.progress.record(log_id.index.saturating_sub(1));
         Ok(())
     }
 

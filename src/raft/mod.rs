@@ -5,8 +5,13 @@
 //! replicated state is a `types::Command` in a log entry, flushed to disk on a quorum before the
 //! write is acknowledged, then applied by the state machine in log order.
 
+// openraft's storage traits fix `StorageError` (about 224 bytes) as the error type, so the
+// helpers that feed them return it too rather than boxing and unboxing at every call.
+#![allow(clippy::result_large_err)]
+
 mod log_store;
 mod network;
+mod progress;
 mod state_machine;
 #[cfg(test)]
 mod storage_suite;
@@ -84,10 +89,25 @@ pub fn database_path(data_dir: &Path) -> PathBuf {
 pub async fn open_storage(data_dir: &Path, store: Arc<Store>) -> anyhow::Result<RaftStorage> {
     let path = database_path(data_dir);
     let db = open_database(&path)?;
-    let log_store = LogStore::open(db.clone(), &path)
+    let (progress, acknowledged) =
+        progress::ProgressMarker::open(&data_dir.join("raft").join("progress"))
+            .map_err(|error| anyhow::anyhow!("{error}; refusing to start"))?;
+    let log_store = LogStore::open(db.clone(), &path, Arc::new(progress))
         .map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))?;
     let state_machine = StateMachine::open(db, &path, store)
         .map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))?;
+    let durable = log_store
+        .last_durable_index()
+        .map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))?
+        .max(state_machine.snapshot_index());
+    if durable < acknowledged {
+        anyhow::bail!(
+            "{}: the Raft log ends at index {durable} but index {acknowledged} was durably \
+             written before; the database is damaged. Refusing to start rather than lose \
+             acknowledged writes (restore from a snapshot or another server)",
+            path.display()
+        );
+    }
     Ok(RaftStorage {
         log_store,
         state_machine,
@@ -117,7 +137,11 @@ fn open_database(path: &Path) -> anyhow::Result<sled::Db> {
 /// Raft node ids are u64; concord derives one from the node's UUID so it is stable across
 /// restarts and the same on every server that knows the node.
 pub fn node_id_from_uuid(uuid: &str) -> NodeId {
-    let hex: String = uuid.chars().filter(char::is_ascii_hexdigit).take(16).collect();
+    let hex: String = uuid
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(16)
+        .collect();
     u64::from_str_radix(&hex, 16).unwrap_or(1).max(1)
 }
 

@@ -70,6 +70,11 @@ impl StateMachine {
         Ok(machine)
     }
 
+    /// The last log index covered by the restored snapshot (0 without one).
+    pub fn snapshot_index(&self) -> u64 {
+        self.last_applied.map_or(0, |log_id| log_id.index)
+    }
+
     fn read_stored(&self) -> Result<Option<StoredSnapshot>, StorageError> {
         let read_error = |error: String| snapshot_error(&self.path, ErrorVerb::Read, error);
         match self

@@ -66,7 +66,12 @@ fn self_registration(config: &RuntimeConfig, node_id: &str) -> RegisterRequest {
     }
 }
 
-pub async fn run(rpc: Rpc, config: Arc<RuntimeConfig>, node_id: String, shutdown: CancellationToken) {
+pub async fn run(
+    rpc: Rpc,
+    config: Arc<RuntimeConfig>,
+    node_id: String,
+    shutdown: CancellationToken,
+) {
     let mut metrics = rpc.raft().metrics();
     let mut registered_as_leader = false;
     let mut kv_index_history: VecDeque<(Instant, u64)> = VecDeque::new();
@@ -79,7 +84,7 @@ pub async fn run(rpc: Rpc, config: Arc<RuntimeConfig>, node_id: String, shutdown
         }
         if leader && !registered_as_leader {
             let request = self_registration(&config, &node_id);
-            match rpc.write(Command::CatalogRegister(request)).await {
+            match rpc.write(Command::CatalogRegister(Box::new(request))).await {
                 Ok((_, CommandResult::Catalog(Ok(())))) => {
                     registered_as_leader = true;
                     tracing::info!(node = %config.node_name, "registered this server in the catalog");

@@ -55,7 +55,9 @@ fn resolve_node_id(config: &RuntimeConfig, data_dir: &Path) -> anyhow::Result<St
 }
 
 /// The data dir, and in dev mode the temporary directory that backs it (removed on drop).
-fn prepare_data_dir(config: &RuntimeConfig) -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
+fn prepare_data_dir(
+    config: &RuntimeConfig,
+) -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
     match &config.data_dir {
         Some(dir) => {
             std::fs::create_dir_all(dir)
@@ -95,10 +97,8 @@ pub async fn run(config: RuntimeConfig) -> anyhow::Result<()> {
     let store = Arc::new(Store::new());
     let storage = raft::open_storage(&data_dir, store.clone()).await?;
     let raft_id = node_id_from_uuid(&node_id);
-    let server_address = SocketAddr::new(
-        config.advertise_addr,
-        config.ports.server.unwrap_or(8300),
-    );
+    let server_address =
+        SocketAddr::new(config.advertise_addr, config.ports.server.unwrap_or(8300));
     let raft = Raft::new(
         raft_id,
         config.raft.tuning().openraft_config()?,
@@ -175,17 +175,18 @@ pub async fn run(config: RuntimeConfig) -> anyhow::Result<()> {
 }
 
 async fn wait_for_stop(shutdown: &CancellationToken) {
-    let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(signal) => signal,
-        Err(error) => {
-            tracing::warn!(%error, "cannot listen for SIGTERM");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = shutdown.cancelled() => {}
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = shutdown.cancelled() => {}
+                }
+                return;
             }
-            return;
-        }
-    };
+        };
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("caught SIGINT"),
         _ = terminate.recv() => tracing::info!("caught SIGTERM"),

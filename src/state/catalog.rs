@@ -1,8 +1,6 @@
 //! The catalog tables: nodes, their services and checks, with per-node and per-service-name
 //! indexes so a blocking query on one service wakes only for changes to that service.
 
-use imbl::OrdSet;
-
 use super::Tables;
 use crate::types::{Check, DeregisterRequest, Node, RaftIndexes, RegisterRequest, Service};
 
@@ -249,7 +247,7 @@ fn upsert_service(
     tables
         .service_instances
         .entry(service.name.clone())
-        .or_insert_with(OrdSet::new)
+        .or_default()
         .insert(key.clone());
     tables.services.insert(key, next);
     tables.table_index.services = index;

@@ -39,12 +39,12 @@ fn service(id: &str, name: &str) -> Service {
 }
 
 fn register(node_name: &str, svc: Option<Service>) -> Command {
-    Command::CatalogRegister(RegisterRequest {
+    Command::CatalogRegister(Box::new(RegisterRequest {
         node: node(node_name),
         skip_node_update: false,
         service: svc,
         checks: Vec::new(),
-    })
+    }))
 }
 
 #[test]
@@ -54,7 +54,13 @@ fn set_assigns_create_and_modify_indexes() {
     apply(&store, 9, set("a", "2"));
     let tables = store.snapshot();
     let entry = tables.kv_get("a").expect("key a");
-    assert_eq!(entry.indexes, RaftIndexes { create: 5, modify: 9 });
+    assert_eq!(
+        entry.indexes,
+        RaftIndexes {
+            create: 5,
+            modify: 9
+        }
+    );
     assert_eq!(entry.value, b"2");
     assert_eq!(tables.last_index(), 9);
 }
@@ -83,7 +89,13 @@ fn delete_leaves_a_tombstone_that_raises_the_prefix_index() {
     apply(&store, 2, set("app/a", "1"));
     apply(&store, 3, set("app/b", "1"));
     apply(&store, 4, set("other", "1"));
-    apply(&store, 6, Command::Kv(KvOp::Delete { key: "app/b".into() }));
+    apply(
+        &store,
+        6,
+        Command::Kv(KvOp::Delete {
+            key: "app/b".into(),
+        }),
+    );
     let tables = store.snapshot();
     assert!(tables.kv_get("app/b").is_none());
     assert_eq!(tables.kv_index("app/", true), 6);
@@ -99,7 +111,13 @@ fn delete_tree_removes_only_the_prefix() {
     for (index, key) in ["a/1", "a/2", "ab", "b"].iter().enumerate() {
         apply(&store, index as u64 + 1, set(key, "x"));
     }
-    apply(&store, 9, Command::Kv(KvOp::DeleteTree { prefix: "a/".into() }));
+    apply(
+        &store,
+        9,
+        Command::Kv(KvOp::DeleteTree {
+            prefix: "a/".into(),
+        }),
+    );
     let tables = store.snapshot();
     let keys: Vec<_> = tables.kv_list("").map(|entry| entry.key.as_str()).collect();
     assert_eq!(keys, ["ab", "b"]);
@@ -224,13 +242,17 @@ fn deregistering_a_node_removes_its_services_and_checks() {
             indexes: RaftIndexes::default(),
         }],
     };
-    apply(&store, 2, Command::CatalogRegister(request.clone()));
+    apply(
+        &store,
+        2,
+        Command::CatalogRegister(Box::new(request.clone())),
+    );
     let tables = store.snapshot();
     let check = tables.node_checks("n1").next().expect("check");
     assert_eq!(check.service_name, "web");
 
     request.checks[0].service_id = "missing".into();
-    let result = apply(&store, 3, Command::CatalogRegister(request));
+    let result = apply(&store, 3, Command::CatalogRegister(Box::new(request)));
     assert!(matches!(result, CommandResult::Catalog(Err(_))));
 
     apply(
@@ -274,7 +296,11 @@ fn apply_is_deterministic() {
     ];
     let first = Store::new();
     let second = Store::new();
-    first.apply_batch(commands.iter().map(|(index, command)| (*index, Some(command))));
+    first.apply_batch(
+        commands
+            .iter()
+            .map(|(index, command)| (*index, Some(command))),
+    );
     for (index, command) in &commands {
         second.apply_batch([(*index, Some(command))]);
     }

@@ -165,7 +165,10 @@ mod tests {
     #[test]
     fn dropping_the_guard_unregisters() {
         let registry = Arc::new(WatchRegistry::default());
-        let guard = registry.watch(&[("nodes".into(), Match::Exact), ("kv/".into(), Match::Prefix)]);
+        let guard = registry.watch(&[
+            ("nodes".into(), Match::Exact),
+            ("kv/".into(), Match::Prefix),
+        ]);
         assert_eq!(registry.len(), 2);
         drop(guard);
         assert!(registry.is_empty());

@@ -165,11 +165,14 @@ pub enum Command {
     Kv(KvOp),
     /// An atomic list of KV operations (`/v1/txn`).
     Txn(Vec<KvOp>),
-    CatalogRegister(RegisterRequest),
+    /// Boxed: a registration is much larger than every other command.
+    CatalogRegister(Box<RegisterRequest>),
     CatalogDeregister(DeregisterRequest),
     /// Drop KV tombstones with an index at or below this one. The leader decides when; every
     /// replica applies the same cut, so the FSM stays deterministic.
-    ReapTombstones { up_to_index: u64 },
+    ReapTombstones {
+        up_to_index: u64,
+    },
 }
 
 /// What applying a command produced. Business failures (a CAS mismatch, a rolled-back

@@ -8,17 +8,44 @@ use super::KvEntry;
 /// is exactly one implementation of each.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KvOp {
-    Set { key: String, value: Vec<u8>, flags: u64 },
+    Set {
+        key: String,
+        value: Vec<u8>,
+        flags: u64,
+    },
     /// Write only if the key's ModifyIndex equals `index` (0: only if absent).
-    Cas { key: String, value: Vec<u8>, flags: u64, index: u64 },
-    Get { key: String },
-    GetOrEmpty { key: String },
-    GetTree { prefix: String },
-    CheckIndex { key: String, index: u64 },
-    CheckNotExists { key: String },
-    Delete { key: String },
-    DeleteTree { prefix: String },
-    DeleteCas { key: String, index: u64 },
+    Cas {
+        key: String,
+        value: Vec<u8>,
+        flags: u64,
+        index: u64,
+    },
+    Get {
+        key: String,
+    },
+    GetOrEmpty {
+        key: String,
+    },
+    GetTree {
+        prefix: String,
+    },
+    CheckIndex {
+        key: String,
+        index: u64,
+    },
+    CheckNotExists {
+        key: String,
+    },
+    Delete {
+        key: String,
+    },
+    DeleteTree {
+        prefix: String,
+    },
+    DeleteCas {
+        key: String,
+        index: u64,
+    },
 }
 
 impl KvOp {

@@ -1,1 +1,11 @@
-fn main() {}
+//! Black-box integration tests: each starts the real `concord` binary and speaks only HTTP
+//! (and the CLI) to it. One test binary keeps the 2-core build fast.
+
+mod blocking;
+mod catalog;
+mod cli;
+mod durability;
+mod kv;
+mod lifecycle;
+mod support;
+mod txn;

@@ -1,0 +1,212 @@
+//! Catalog register/deregister and the shapes of every list endpoint, including `?tag`,
+//! `?filter` and the agent's own registration.
+
+use serde_json::json;
+
+use crate::support::{json, Agent, AgentOptions};
+
+#[tokio::test]
+async fn register_list_and_deregister() {
+    let agent = Agent::start(AgentOptions::default()).await;
+    let client = agent.client();
+
+    // The agent registered itself and, as a server, the consul service.
+    let services = json(&client.get("/v1/catalog/services").await.unwrap());
+    assert_eq!(services["consul"], json!([]));
+    let own = json(&client.get("/v1/catalog/node/test-node").await.unwrap());
+    assert_eq!(own["Node"]["Node"], "test-node");
+    assert_eq!(own["Services"]["consul"]["Port"], 8300);
+
+    let registration = json!({
+        "Datacenter": "dc1",
+        "Node": "web-host",
+        "Address": "10.1.2.3",
+        "TaggedAddresses": {"wan": "198.51.100.1"},
+        "NodeMeta": {"rack": "r1"},
+        "Service": {
+            "ID": "web-1", "Service": "web", "Tags": ["v1", "primary"], "Port": 8080,
+            "Meta": {"version": "1"}, "Weights": {"Passing": 3, "Warning": 1}
+        },
+        "Check": {"CheckID": "web-1-alive", "Name": "alive", "Status": "passing", "ServiceID": "web-1"}
+    });
+    let response = client
+        .put("/v1/catalog/register", registration.to_string().into())
+        .await
+        .unwrap();
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(json(&response), json!(true));
+    // snake_case and lower-case field names register too.
+    let second = json!({
+        "node": "web-host-2", "address": "10.1.2.4",
+        "service": {"id": "web-2", "service": "web", "tags": ["v2"], "port": 8081, "enable_tag_override": true}
+    });
+    let response = client
+        .put("/v1/catalog/register", second.to_string().into())
+        .await
+        .unwrap();
+    assert_eq!(response.status, 200, "{}", response.text());
+
+    let nodes = json(&client.get("/v1/catalog/nodes").await.unwrap());
+    let names: Vec<&str> = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["Node"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["test-node", "web-host", "web-host-2"]);
+    let web_host = &nodes[1];
+    assert_eq!(web_host["Address"], "10.1.2.3");
+    assert_eq!(web_host["Datacenter"], "dc1");
+    assert_eq!(web_host["Meta"]["rack"], "r1");
+    assert_eq!(web_host["TaggedAddresses"]["wan"], "198.51.100.1");
+
+    let services = json(&client.get("/v1/catalog/services").await.unwrap());
+    assert_eq!(services["web"], json!(["primary", "v1", "v2"]));
+
+    let instances = json(&client.get("/v1/catalog/service/web").await.unwrap());
+    let instances = instances.as_array().unwrap();
+    assert_eq!(instances.len(), 2);
+    let first = &instances[0];
+    for field in [
+        "ID",
+        "Node",
+        "Address",
+        "Datacenter",
+        "TaggedAddresses",
+        "NodeMeta",
+        "ServiceKind",
+        "ServiceID",
+        "ServiceName",
+        "ServiceTags",
+        "ServiceAddress",
+        "ServiceWeights",
+        "ServiceMeta",
+        "ServicePort",
+        "ServiceEnableTagOverride",
+        "ServiceProxy",
+        "ServiceConnect",
+        "CreateIndex",
+        "ModifyIndex",
+    ] {
+        assert!(
+            first.get(field).is_some(),
+            "ServiceNode lacks {field}: {first}"
+        );
+    }
+    assert_eq!(first["ServiceID"], "web-1");
+    assert_eq!(first["ServicePort"], 8080);
+    assert_eq!(first["ServiceWeights"], json!({"Passing": 3, "Warning": 1}));
+    assert_eq!(instances[1]["ServiceEnableTagOverride"], true);
+
+    let tagged = json(&client.get("/v1/catalog/service/web?tag=v2").await.unwrap());
+    assert_eq!(tagged.as_array().unwrap().len(), 1);
+    assert_eq!(tagged[0]["ServiceID"], "web-2");
+    let filtered = json(
+        &client
+            .get("/v1/catalog/service/web?filter=ServicePort%20%3D%3D%208080")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(filtered.as_array().unwrap().len(), 1);
+    let by_meta = json(
+        &client
+            .get("/v1/catalog/nodes?filter=Meta.rack%20%3D%3D%20r1")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(by_meta.as_array().unwrap().len(), 1);
+    let by_tag = json(
+        &client
+            .get("/v1/catalog/services?filter=%22v2%22%20in%20ServiceTags")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(by_tag["web"], json!(["v2"]));
+
+    let node = json(&client.get("/v1/catalog/node/web-host").await.unwrap());
+    assert_eq!(node["Services"]["web-1"]["Service"], "web");
+    assert_eq!(node["Services"]["web-1"]["Tags"], json!(["v1", "primary"]));
+    let node_services = json(
+        &client
+            .get("/v1/catalog/node-services/web-host")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(node_services["Services"][0]["ID"], "web-1");
+    assert_eq!(
+        json(&client.get("/v1/catalog/node/nowhere").await.unwrap()),
+        serde_json::Value::Null
+    );
+
+    let deregister = json!({"Node": "web-host", "ServiceID": "web-1"});
+    let response = client
+        .put("/v1/catalog/deregister", deregister.to_string().into())
+        .await
+        .unwrap();
+    assert_eq!(json(&response), json!(true));
+    let remaining = json(&client.get("/v1/catalog/service/web").await.unwrap());
+    assert_eq!(remaining.as_array().unwrap().len(), 1);
+    assert!(json(&client.get("/v1/catalog/node/web-host").await.unwrap())["Node"].is_object());
+
+    let whole_node = json!({"Node": "web-host-2"});
+    client
+        .put("/v1/catalog/deregister", whole_node.to_string().into())
+        .await
+        .unwrap();
+    assert_eq!(
+        json(&client.get("/v1/catalog/service/web").await.unwrap()),
+        json!([])
+    );
+    assert!(json(&client.get("/v1/catalog/services").await.unwrap())
+        .get("web")
+        .is_none());
+    assert_eq!(
+        json(&client.get("/v1/catalog/datacenters").await.unwrap()),
+        json!(["dc1"])
+    );
+}
+
+#[tokio::test]
+async fn invalid_registrations_are_rejected_and_change_nothing() {
+    let agent = Agent::start(AgentOptions::default()).await;
+    let client = agent.client();
+    let cases = [
+        (json!({"Address": "10.0.0.1"}), 400, "Must provide node"),
+        (json!({"Node": "n"}), 400, "Must provide address"),
+        (
+            json!({"Node": "n", "Address": "a", "Service": {"Port": 1}}),
+            400,
+            "service name",
+        ),
+        (
+            json!({"Node": "n", "Address": "a", "Datacenter": "mars"}),
+            400,
+            "No path to datacenter",
+        ),
+        (
+            json!({"Node": "n", "Address": "a", "Check": {"Name": "c", "Status": "sideways"}}),
+            400,
+            "Invalid check status",
+        ),
+        (
+            json!({"Node": "n", "Address": "a", "Check": {"Name": "c", "ServiceID": "ghost"}}),
+            500,
+            "Unknown service",
+        ),
+        (json!("not an object"), 400, "decode"),
+    ];
+    for (body, status, message) in cases {
+        let response = client
+            .put("/v1/catalog/register", body.to_string().into())
+            .await
+            .unwrap();
+        assert_eq!(response.status, status, "{body}: {}", response.text());
+        assert!(
+            response.text().contains(message),
+            "{body}: {}",
+            response.text()
+        );
+    }
+    let nodes = json(&client.get("/v1/catalog/nodes").await.unwrap());
+    assert_eq!(nodes.as_array().unwrap().len(), 1, "{nodes}");
+}

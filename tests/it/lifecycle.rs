@@ -1,0 +1,195 @@
+//! Agent lifecycle: dev mode's temporary data dir, clean shutdown on signals and on leave,
+//! config files with unknown keys, refusing bad config, and refusing a corrupt data dir.
+
+use std::time::Duration;
+
+use crate::support::{cli, json, Agent, AgentOptions, BINARY};
+
+fn dev_data_dir(log: &str) -> std::path::PathBuf {
+    let line = log
+        .lines()
+        .find(|line| line.contains("agent started"))
+        .expect("started line");
+    let start = line.find("data_dir=").expect("data_dir field") + "data_dir=".len();
+    std::path::PathBuf::from(line[start..].split_whitespace().next().unwrap())
+}
+
+#[tokio::test]
+async fn dev_agent_serves_and_removes_its_temporary_data_dir_on_sigterm() {
+    let mut agent = Agent::start(AgentOptions::default()).await;
+    let client = agent.client();
+    assert_eq!(
+        client.put("/v1/kv/x", b"1".to_vec()).await.unwrap().status,
+        200
+    );
+    let data_dir = dev_data_dir(&agent.log());
+    assert!(data_dir.join("raft").exists());
+    let members = json(&client.get("/v1/agent/members").await.unwrap());
+    assert_eq!(members[0]["Name"], "test-node");
+    assert_eq!(members[0]["Tags"]["role"], "consul");
+    let own = json(&client.get("/v1/agent/self").await.unwrap());
+    assert_eq!(own["Config"]["NodeName"], "test-node");
+    assert_eq!(own["Config"]["Datacenter"], "dc1");
+    assert_eq!(own["Config"]["Server"], true);
+    let version = json(&client.get("/v1/agent/version").await.unwrap());
+    assert!(version["HumanVersion"]
+        .as_str()
+        .unwrap()
+        .contains("concord"));
+    let peers = json(&client.get("/v1/status/peers").await.unwrap());
+    assert_eq!(peers.as_array().unwrap().len(), 1);
+
+    agent.signal("TERM");
+    assert_eq!(
+        agent.wait_exit(Duration::from_secs(20)).await,
+        Some(0),
+        "{}",
+        agent.log()
+    );
+    assert!(
+        !data_dir.exists(),
+        "dev data dir {} survived",
+        data_dir.display()
+    );
+    assert!(agent.log().contains("shutdown complete"));
+}
+
+#[tokio::test]
+async fn leave_shuts_the_agent_down() {
+    let mut agent = Agent::start(AgentOptions::default()).await;
+    let (code, stdout, stderr) = cli(&agent, &["leave"], None);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("Graceful leave complete"));
+    assert_eq!(agent.wait_exit(Duration::from_secs(20)).await, Some(0));
+}
+
+#[tokio::test]
+async fn config_dir_is_loaded_and_unknown_keys_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("a.json"),
+        r#"{"datacenter": "east", "node_meta": {"team": "core"}, "no_such_key": 1}"#,
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("b.hcl"), "node_meta { zone = \"z1\" }\n").unwrap();
+    let agent = Agent::start(AgentOptions {
+        extra_args: vec!["-config-dir".into(), dir.path().display().to_string()],
+        ..AgentOptions::default()
+    })
+    .await;
+    let client = agent.client();
+    let node = json(&client.get("/v1/catalog/node/test-node").await.unwrap());
+    assert_eq!(node["Node"]["Datacenter"], "east");
+    assert_eq!(node["Node"]["Meta"]["team"], "core");
+    assert_eq!(node["Node"]["Meta"]["zone"], "z1");
+    let log = agent.log();
+    assert!(
+        log.contains("a.json") && log.contains("no_such_key"),
+        "{log}"
+    );
+    assert_eq!(
+        json(&client.get("/v1/catalog/datacenters").await.unwrap()),
+        serde_json::json!(["east"])
+    );
+    let wrong_dc = client.get("/v1/kv/x?dc=dc1").await.unwrap();
+    assert_eq!(wrong_dc.status, 500);
+}
+
+fn run_agent(args: &[&str]) -> (i32, String) {
+    let output = std::process::Command::new(BINARY)
+        .arg("agent")
+        .args(args)
+        .output()
+        .expect("run agent");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn invalid_config_refuses_to_start_naming_the_problem() {
+    let (code, text) = run_agent(&["-server"]);
+    assert_ne!(code, 0);
+    assert!(text.contains("data_dir"), "{text}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, r#"{"ports": {"http": "eighty"}}"#).unwrap();
+    let (code, text) = run_agent(&["-dev", "-config-file", bad.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(text.contains("bad.json"), "{text}");
+
+    let (code, text) = run_agent(&["-dev", "-hcl", "log_level = \"loud\""]);
+    assert_ne!(code, 0);
+    assert!(text.contains("log_level"), "{text}");
+}
+
+#[tokio::test]
+async fn corrupt_data_dir_refuses_to_start_and_is_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let options = || AgentOptions {
+        dev: false,
+        data_dir: Some(data_dir.clone()),
+        extra_args: Vec::new(),
+    };
+    let mut agent = Agent::start(options()).await;
+    let client = agent.client();
+    for n in 0..20 {
+        client
+            .put(&format!("/v1/kv/k{n}"), vec![b'v'; 100])
+            .await
+            .unwrap();
+    }
+    agent.signal("TERM");
+    agent.wait_exit(Duration::from_secs(20)).await;
+
+    // A damaged node-id file.
+    let node_id = data_dir.join("node-id");
+    let original = std::fs::read(&node_id).unwrap();
+    std::fs::write(&node_id, b"garbage").unwrap();
+    let mut agent = Agent::spawn(options());
+    assert_ne!(agent.wait_exit(Duration::from_secs(20)).await, Some(0));
+    assert!(agent.log().contains("node-id"), "{}", agent.log());
+    assert_eq!(
+        std::fs::read(&node_id).unwrap(),
+        b"garbage",
+        "the file was reset"
+    );
+    std::fs::write(&node_id, original).unwrap();
+
+    // Damaged Raft database files: overwrite the middle of every file in it.
+    let database = data_dir.join("raft").join("raft.db");
+    for entry in walk(&database) {
+        let mut bytes = std::fs::read(&entry).unwrap();
+        if bytes.len() > 64 {
+            let middle = bytes.len() / 2;
+            let end = (middle + 4096).min(bytes.len());
+            bytes[middle..end].iter_mut().for_each(|byte| *byte ^= 0xA5);
+            std::fs::write(&entry, &bytes).unwrap();
+        }
+    }
+    let mut agent = Agent::spawn(options());
+    let code = agent.wait_exit(Duration::from_secs(20)).await;
+    assert_ne!(
+        code,
+        Some(0),
+        "started on a corrupt database:\n{}",
+        agent.log()
+    );
+    let log = agent.log();
+    assert!(log.contains("raft.db") && log.contains("damaged"), "{log}");
+}
+
+fn walk(path: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(path).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}

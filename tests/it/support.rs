@@ -1,0 +1,210 @@
+//! Test support: start the real `concord` binary on free loopback ports with its own data
+//! dir, talk to it over HTTP, and wait for conditions with a deadline (never a fixed sleep).
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use concord::api::client::{Client, Response};
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_concord");
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `limit`.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("free port")
+}
+
+/// A running agent. Killed when dropped.
+pub struct Agent {
+    pub child: Child,
+    pub http_port: u16,
+    pub log_path: PathBuf,
+    _workdir: Option<tempfile::TempDir>,
+}
+
+pub struct AgentOptions {
+    pub dev: bool,
+    pub data_dir: Option<PathBuf>,
+    pub extra_args: Vec<String>,
+}
+
+impl Default for AgentOptions {
+    fn default() -> Self {
+        AgentOptions {
+            dev: true,
+            data_dir: None,
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+impl Agent {
+    /// Starts `concord agent` and waits until it has a leader and serves the HTTP API.
+    pub async fn start(options: AgentOptions) -> Agent {
+        let agent = Agent::spawn(options);
+        agent.wait_ready().await;
+        agent
+    }
+
+    /// Starts `concord agent` without waiting for it.
+    pub fn spawn(options: AgentOptions) -> Agent {
+        let workdir = tempfile::tempdir().expect("tempdir");
+        let data_dir = options
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| workdir.path().join("data"));
+        let http_port = free_port();
+        let log_path = workdir.path().join("agent.log");
+        let mut command = Command::new(BINARY);
+        command.arg("agent");
+        if options.dev {
+            command.arg("-dev");
+        } else {
+            command.args(["-server", "-bootstrap-expect=1", "-bind", "127.0.0.1"]);
+            command.arg("-data-dir").arg(&data_dir);
+        }
+        command
+            .args(["-http-port", &http_port.to_string()])
+            .args(["-node", "test-node"])
+            .args(&options.extra_args)
+            .stdout(Stdio::from(std::fs::File::create(&log_path).expect("log")))
+            .stderr(Stdio::from(
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&log_path)
+                    .expect("log"),
+            ));
+        let child = command.spawn().expect("spawn concord");
+        // The data dir must outlive the workdir only when the caller owns it.
+        let keep_workdir = Some(workdir);
+        Agent {
+            child,
+            http_port,
+            log_path,
+            _workdir: keep_workdir,
+        }
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.http_port)
+    }
+
+    pub fn client(&self) -> Client {
+        Client::from_flags(Some(&self.address()), None).expect("client")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub async fn wait_ready(&self) {
+        let client = self.client();
+        eventually(
+            "agent to elect a leader and serve HTTP",
+            Duration::from_secs(20),
+            || async {
+                let response = client.get("/v1/status/leader").await.ok()?;
+                let leader = response.text();
+                (response.status == 200 && leader != "\"\"").then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// Waits for the process to exit and returns its status code.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent did not exit:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the CLI against `agent` and returns (exit code, stdout, stderr).
+pub fn cli(agent: &Agent, args: &[&str], stdin: Option<&[u8]>) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(BINARY)
+        .args(args)
+        .env("CONSUL_HTTP_ADDR", agent.address())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn cli");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input)
+            .expect("write stdin");
+    }
+    drop(child.stdin.take());
+    let output = child.wait_with_output().expect("cli output");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+pub fn json(response: &Response) -> serde_json::Value {
+    serde_json::from_slice(&response.body).unwrap_or_else(|error| {
+        panic!(
+            "response {} is not JSON ({error}): {}",
+            response.status,
+            response.text()
+        )
+    })
+}
+
+pub fn header(response: &Response, name: &str) -> String {
+    response
+        .headers
+        .get(name)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
