@@ -59,7 +59,6 @@ pub struct Limits {
     pub http_max_body_size: usize,
     #[serde(serialize_with = "serialize_duration")]
     pub http_body_timeout: Duration,
-    pub http_max_conns_per_client: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -325,7 +324,6 @@ fn build(raw: RawConfig) -> Result<RuntimeConfig, String> {
             raw_limits.http_body_timeout.as_deref(),
             Duration::from_secs(30),
         )?,
-        http_max_conns_per_client: raw_limits.http_max_conns_per_client.unwrap_or(200),
     };
     let query = QueryLimits {
         default_query_time: duration(

@@ -52,7 +52,6 @@ pub struct RawPorts {
 pub struct RawLimits {
     pub kv_max_value_size: Option<u64>,
     pub txn_max_req_len: Option<u64>,
-    pub http_max_conns_per_client: Option<u32>,
     /// concord's own: the largest request body any endpoint reads (other than KV values and
     /// transactions, which have their own limits).
     pub http_max_body_size: Option<u64>,

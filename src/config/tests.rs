@@ -126,3 +126,22 @@ fn wrong_types_name_the_source() {
     .expect("type error");
     assert!(error.contains("bad.json"), "{error}");
 }
+
+#[test]
+fn shipped_examples_load_cleanly_and_agree() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let load_one = |name: &str| {
+        load(&LoadOptions {
+            paths: vec![ConfigPath::File(examples.join(name))],
+            ..LoadOptions::default()
+        })
+        .unwrap_or_else(|error| panic!("{name}: {error}"))
+    };
+    let hcl = load_one("server.hcl");
+    let json = load_one("server.json");
+    assert!(hcl.warnings.is_empty(), "{:?}", hcl.warnings);
+    assert!(json.warnings.is_empty(), "{:?}", json.warnings);
+    assert_eq!(hcl.config, json.config);
+    assert!(hcl.config.server_mode);
+    assert_eq!(hcl.config.bootstrap_expect, 1);
+}

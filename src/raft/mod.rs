@@ -9,6 +9,8 @@
 // helpers that feed them return it too rather than boxing and unboxing at every call.
 #![allow(clippy::result_large_err)]
 
+#[cfg(test)]
+mod log_bounds;
 mod log_store;
 mod network;
 mod progress;

@@ -12,7 +12,12 @@ fn persistent(data_dir: &std::path::Path) -> AgentOptions {
     AgentOptions {
         dev: false,
         data_dir: Some(data_dir.to_path_buf()),
-        extra_args: Vec::new(),
+        // Small snapshot settings so restarts restore from a snapshot plus a log tail, and
+        // the log is purged behind it.
+        extra_args: vec![
+            "-hcl".into(),
+            "raft_snapshot_threshold = 40\nraft_trailing_logs = 5".into(),
+        ],
     }
 }
 
@@ -22,7 +27,7 @@ async fn restart_keeps_every_write() {
     let data_dir = dir.path().join("data");
     let mut agent = Agent::start(persistent(&data_dir)).await;
     let client = agent.client();
-    for n in 0..50 {
+    for n in 0..150 {
         let response = client
             .put(&format!("/v1/kv/keep/{n:03}"), format!("v{n}").into())
             .await
@@ -51,7 +56,7 @@ async fn restart_keeps_every_write() {
     let client = agent.client();
     let after = json(&client.get("/v1/kv/keep/?recurse").await.unwrap());
     assert_eq!(before, after, "KV changed across restart");
-    assert_eq!(after.as_array().unwrap().len(), 49);
+    assert_eq!(after.as_array().unwrap().len(), 149);
     let db = json(&client.get("/v1/catalog/service/db").await.unwrap());
     assert_eq!(db[0]["Node"], "db-host");
     assert_eq!(

@@ -259,3 +259,41 @@ async fn consistent_and_stale_reads_report_their_mode() {
     let pretty = client.get("/v1/kv/k?pretty").await.unwrap();
     assert!(pretty.text().contains("\n  {"), "{}", pretty.text());
 }
+
+#[tokio::test]
+async fn slow_request_body_times_out_with_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let agent = Agent::start(AgentOptions {
+        extra_args: vec![
+            "-hcl".into(),
+            "limits { http_body_timeout = \"300ms\" }".into(),
+        ],
+        ..AgentOptions::default()
+    })
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(agent.address())
+        .await
+        .unwrap();
+    let request = "PUT /v1/kv/slow HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\npartial";
+    stream.write_all(request.as_bytes()).await.unwrap();
+    // The body never completes; the agent must answer on its own, well before this limit.
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let mut buffer = [0u8; 1024];
+        loop {
+            let n = stream.read(&mut buffer).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buffer[..n]);
+            if answer.windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "agent kept waiting for the body");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert_eq!(agent.client().get("/v1/kv/slow").await.unwrap().status, 404);
+}
