@@ -1,1 +1,1224 @@
-fn main() {}
+//! KV benchmark for a single `concord agent -dev` server, driven over its HTTP API from this
+//! process. Each section spawns its own fresh agent (on a free 127.0.0.1 port, with `TMPDIR`
+//! pointed at a scratch directory this binary removes) and stops it afterwards:
+//!
+//! * `start`: spawn to the first `PUT /v1/kv/probe` answering `true`, five times (median, max);
+//! * `rss`: the agent's VmRSS 3 s after it first serves;
+//! * `put`: 64 HTTP/1.1 connections writing unique 256-byte keys with 1 KiB values for 10 s;
+//! * `seq`: 3,000 sequential durable PUTs over one connection (p50/p99/max);
+//! * `get`: 64 connections reading 1,000 preloaded keys at random for 10 s (default consistency);
+//! * `watch`: 10,000 blocking queries on distinct keys, each on its own connection: the agent's
+//!   RSS growth, then write-to-wake latency for 500 sampled watchers woken one at a time.
+//!
+//! Run everything with `cargo bench --bench kv`, or a subset with
+//! `CONCORD_BENCH=put,get cargo bench --bench kv`. The client shares the machine's cores with
+//! the agent, so every load section also reports how many cores each side used;
+//! `CONCORD_BENCH_CLIENT=raw` swaps the hyper client for a leaner hand-written HTTP/1.1 one, as
+//! a check that client overhead is not what limits a figure. `cargo test`
+//! builds this target but skips the work (it only runs when cargo passes `--bench`). All
+//! traffic goes to 127.0.0.1, and every loop is bounded in both count and time.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::Path;
+use std::pin::Pin;
+use std::process::Stdio;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::{header, Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, watch, Barrier, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_concord");
+const SECTIONS: &[&str] = &["start", "rss", "put", "seq", "get", "watch"];
+
+const KEY_BYTES: usize = 256;
+const VALUE_BYTES: usize = 1024;
+const LOAD_CONNECTIONS: usize = 64;
+const LOAD_DURATION: Duration = Duration::from_secs(10);
+/// Upper bound on requests per load worker, far above what 10 s allows.
+const MAX_OPS_PER_WORKER: u64 = 5_000_000;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+const START_RUNS: usize = 5;
+const SEQUENTIAL_PUTS: u64 = 3_000;
+const GET_KEYS: usize = 1_000;
+const WATCHERS: usize = 10_000;
+const WAKE_SAMPLES: usize = 500;
+const CONNECT_PARALLELISM: usize = 256;
+/// Linux `CLK_TCK`, the unit of utime/stime in /proc/<pid>/stat (100 on every mainstream kernel).
+const CLOCK_TICKS_PER_SEC: f64 = 100.0;
+
+fn main() -> Result<()> {
+    if !std::env::args().any(|arg| arg == "--bench") {
+        println!("benches/kv.rs: skipped (run it with `cargo bench --bench kv`)");
+        return Ok(());
+    }
+    let selected: Vec<String> = match std::env::var("CONCORD_BENCH") {
+        Ok(list) if !list.trim().is_empty() && list.trim() != "all" => list
+            .split(',')
+            .map(|name| name.trim().to_lowercase())
+            .filter(|name| !name.is_empty())
+            .collect(),
+        _ => SECTIONS.iter().map(|name| name.to_string()).collect(),
+    };
+    if let Some(unknown) = selected
+        .iter()
+        .find(|name| !SECTIONS.contains(&name.as_str()))
+    {
+        bail!("unknown section {unknown:?} in CONCORD_BENCH; known: {SECTIONS:?}");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot build the tokio runtime")?;
+    runtime.block_on(run(selected))
+}
+
+async fn run(selected: Vec<String>) -> Result<()> {
+    print_machine();
+    let mut table = Table::default();
+    for section in SECTIONS {
+        if !selected.iter().any(|name| name == section) {
+            continue;
+        }
+        println!("\n== {section} ==");
+        let outcome = match *section {
+            "start" => bench_start(&mut table).await,
+            "rss" => bench_idle_rss(&mut table).await,
+            "put" => bench_put(&mut table).await,
+            "seq" => bench_sequential(&mut table).await,
+            "get" => bench_get(&mut table).await,
+            _ => bench_watch(&mut table).await,
+        };
+        if let Err(error) = outcome {
+            println!("section {section} failed: {error:#}");
+            let first_line = format!("{error:#}")
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string();
+            table.row(section, format!("FAILED: {first_line}"), "-", Some(false));
+        }
+    }
+    table.print();
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sections
+
+async fn bench_start(table: &mut Table) -> Result<()> {
+    let mut times = Vec::with_capacity(START_RUNS);
+    for run in 0..START_RUNS {
+        let mut agent = Agent::spawn().await?;
+        let serving = agent.wait_serving().await?;
+        let ms = millis(serving);
+        println!("run {run}: first PUT /v1/kv/probe = true after {ms:.1} ms");
+        times.push(ms);
+        agent.stop().await;
+    }
+    let stats = Stats::new(times);
+    table.row(
+        "start-to-serving median (ms)",
+        format!("{:.1}", stats.pct(0.5)),
+        "<= 100",
+        Some(stats.pct(0.5) <= 100.0),
+    );
+    table.row(
+        "start-to-serving max (ms)",
+        format!("{:.1}", stats.max()),
+        "-",
+        None,
+    );
+    Ok(())
+}
+
+async fn bench_idle_rss(table: &mut Table) -> Result<()> {
+    let mut agent = Agent::spawn().await?;
+    agent.wait_serving().await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss = agent.rss_mb()?;
+    println!(
+        "VmRSS 3 s after serving: {rss:.1} MB, threads {}",
+        agent.threads()
+    );
+    table.row(
+        "idle RSS (MB)",
+        format!("{rss:.1}"),
+        "<= 25",
+        Some(rss <= 25.0),
+    );
+    agent.stop().await;
+    Ok(())
+}
+
+async fn bench_put(table: &mut Table) -> Result<()> {
+    let mut agent = Agent::spawn().await?;
+    agent.wait_serving().await?;
+    let value = value_bytes(VALUE_BYTES);
+    let load = run_load(
+        &agent,
+        LOAD_CONNECTIONS,
+        move |worker, n, _rng| {
+            let path = format!("/v1/kv/{}", padded_key(&format!("bench/{worker:02}/"), n));
+            (Method::PUT, path, value.clone())
+        },
+        |response| response.status == StatusCode::OK && response.body.trim_ascii() == b"true",
+    )
+    .await?;
+    load.print("PUT");
+    table.row(
+        "PUT throughput, 64 conns (writes/s)",
+        format!("{:.0}", load.rate()),
+        ">= 10,000",
+        Some(load.rate() >= 10_000.0),
+    );
+    load.rows(table, "PUT");
+    agent.stop().await;
+    Ok(())
+}
+
+async fn bench_sequential(table: &mut Table) -> Result<()> {
+    let mut agent = Agent::spawn().await?;
+    agent.wait_serving().await?;
+    let value = value_bytes(VALUE_BYTES);
+    let mut conn = Conn::connect(agent.addr).await?;
+    let mut latencies = Vec::with_capacity(SEQUENTIAL_PUTS as usize);
+    let cpu = CpuMeter::start(agent.pid);
+    let started = Instant::now();
+    for n in 0..SEQUENTIAL_PUTS {
+        let path = format!("/v1/kv/{}", padded_key("seq/", n));
+        let sent = Instant::now();
+        let response = conn.request(Method::PUT, &path, value.clone()).await?;
+        latencies.push(millis(sent.elapsed()));
+        if response.status != StatusCode::OK || response.body.trim_ascii() != b"true" {
+            bail!("sequential PUT {n} answered {}", response.status);
+        }
+    }
+    let elapsed = started.elapsed();
+    let cpu = cpu.finish();
+    let stats = Stats::new(latencies);
+    println!(
+        "{SEQUENTIAL_PUTS} PUTs in {:.2} s: p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, max {:.3} ms, \
+         mean {:.3} ms; agent CPU {:.2} cores, client {:.2} cores",
+        elapsed.as_secs_f64(),
+        stats.pct(0.5),
+        stats.pct(0.9),
+        stats.pct(0.99),
+        stats.max(),
+        stats.mean(),
+        cpu.agent,
+        cpu.client
+    );
+    table.row(
+        "sequential PUT p50 (ms)",
+        format!("{:.3}", stats.pct(0.5)),
+        "<= 0.3",
+        Some(stats.pct(0.5) <= 0.3),
+    );
+    table.row(
+        "sequential PUT p99 / max (ms)",
+        format!("{:.3} / {:.3}", stats.pct(0.99), stats.max()),
+        "-",
+        None,
+    );
+    drop(conn);
+    agent.stop().await;
+    Ok(())
+}
+
+async fn bench_get(table: &mut Table) -> Result<()> {
+    let mut agent = Agent::spawn().await?;
+    agent.wait_serving().await?;
+    let value = value_bytes(VALUE_BYTES);
+    let keys: Vec<String> = (0..GET_KEYS as u64)
+        .map(|n| padded_key("get/", n))
+        .collect();
+    let preload_started = Instant::now();
+    preload(
+        agent.addr,
+        keys.iter()
+            .map(|key| (key.clone(), value.clone()))
+            .collect(),
+    )
+    .await?;
+    println!(
+        "preloaded {GET_KEYS} keys in {:.2} s",
+        preload_started.elapsed().as_secs_f64()
+    );
+    let paths: Arc<Vec<String>> =
+        Arc::new(keys.iter().map(|key| format!("/v1/kv/{key}")).collect());
+    let load = run_load(
+        &agent,
+        LOAD_CONNECTIONS,
+        move |_worker, _n, rng| {
+            let path = paths[rng.gen_range(0..paths.len())].clone();
+            (Method::GET, path, Bytes::new())
+        },
+        |response| response.status == StatusCode::OK && response.index.is_some(),
+    )
+    .await?;
+    load.print("GET");
+    table.row(
+        "GET throughput, 64 conns (reads/s)",
+        format!("{:.0}", load.rate()),
+        ">= 60,000",
+        Some(load.rate() >= 60_000.0),
+    );
+    load.rows(table, "GET");
+    agent.stop().await;
+    Ok(())
+}
+
+/// What a watcher task reports when its blocking query returns: its number, when, and status.
+type Woken = (usize, Instant, u16);
+
+async fn bench_watch(table: &mut Table) -> Result<()> {
+    let mut agent = Agent::spawn().await?;
+    agent.wait_serving().await?;
+    let addr = agent.addr;
+    let small = Bytes::from_static(b"watched-value-00");
+    let preload_started = Instant::now();
+    preload(
+        addr,
+        (0..WATCHERS)
+            .map(|i| (format!("w/{i}"), small.clone()))
+            .collect(),
+    )
+    .await?;
+    println!(
+        "preloaded {WATCHERS} keys in {:.2} s",
+        preload_started.elapsed().as_secs_f64()
+    );
+    let indexes = modify_indexes(addr).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_before = agent.rss_mb()?;
+    let threads_before = agent.threads();
+    println!("agent before watchers: VmRSS {rss_before:.1} MB, threads {threads_before}");
+
+    let (submitted_tx, mut submitted_rx) = mpsc::unbounded_channel::<Result<(), String>>();
+    let (woken_tx, mut woken_rx) = mpsc::unbounded_channel::<Woken>();
+    let connect_slots = Arc::new(Semaphore::new(CONNECT_PARALLELISM));
+    let mut watchers = JoinSet::new();
+    let (go_tx, go_rx) = watch::channel(false);
+    let opened = Instant::now();
+    for i in 0..WATCHERS {
+        let key = format!("w/{i}");
+        let index = *indexes
+            .get(&key)
+            .ok_or_else(|| anyhow!("preloaded key {key} missing from the recurse read"))?;
+        let path = format!("/v1/kv/{key}?index={index}&wait=5m");
+        let slots = connect_slots.clone();
+        let submitted = submitted_tx.clone();
+        let woken = woken_tx.clone();
+        let mut go = go_rx.clone();
+        watchers.spawn(async move {
+            let slot = slots.acquire().await;
+            let mut conn = match Conn::connect_retrying(addr).await {
+                Ok(conn) => conn,
+                Err(error) => {
+                    let _ = submitted.send(Err(format!("{error:#}")));
+                    return;
+                }
+            };
+            drop(slot);
+            let _ = submitted.send(Ok(()));
+            // Phase two: every connection is open; send the blocking query.
+            if go.wait_for(|go| *go).await.is_err() {
+                return;
+            }
+            let slot = slots.acquire().await;
+            if let Err(error) = conn.send(Method::GET, &path, Bytes::new()).await {
+                let _ = submitted.send(Err(format!("{error:#}")));
+                return;
+            }
+            drop(slot);
+            let _ = submitted.send(Ok(()));
+            let answer = tokio::time::timeout(Duration::from_secs(330), conn.receive()).await;
+            let status = match answer {
+                Ok(Ok(answer)) => answer.status.as_u16(),
+                _ => 0,
+            };
+            let _ = woken.send((i, Instant::now(), status));
+            drop(conn);
+        });
+    }
+    drop(submitted_tx);
+    drop(woken_tx);
+
+    // Phase one: open every connection, idle, to separate their cost from the queries'.
+    let (connected, failed) = count_reports(&mut submitted_rx, WATCHERS).await;
+    println!(
+        "{connected} connections open ({} failed) in {:.2} s",
+        failed.len(),
+        opened.elapsed().as_secs_f64()
+    );
+    if let Some(error) = failed.first() {
+        println!("first connect failure: {error}");
+    }
+    let rss_connected = agent.settled_rss_mb().await?;
+    println!(
+        "agent with {connected} idle connections: VmRSS {rss_connected:.1} MB (+{:.1} MB)",
+        rss_connected - rss_before
+    );
+    let sending = Instant::now();
+    go_tx.send_replace(true);
+    let (submitted, failed) = count_reports(&mut submitted_rx, connected).await;
+    println!(
+        "{submitted} blocking queries sent ({} failed) in {:.2} s",
+        failed.len(),
+        sending.elapsed().as_secs_f64()
+    );
+    if let Some(error) = failed.first() {
+        println!("first send failure: {error}");
+    }
+    let rss_after = agent.settled_rss_mb().await?;
+    let threads_after = agent.threads();
+    let mut premature = 0usize;
+    while woken_rx.try_recv().is_ok() {
+        premature += 1;
+    }
+    let growth = rss_after - rss_before;
+    println!(
+        "agent with {submitted} watchers: VmRSS {rss_after:.1} MB (+{growth:.1} MB in all, {:.2} \
+         KB per watcher: {:.1} MB for the idle connections, {:.1} MB more once the queries were \
+         in flight), threads {threads_after}; {premature} returned before any write",
+        growth * 1024.0 / submitted.max(1) as f64,
+        rss_connected - rss_before,
+        rss_after - rss_connected
+    );
+    table.row(
+        "10k watchers: agent RSS growth (MB)",
+        format!("{growth:.1}"),
+        "<= 50",
+        Some(growth <= 50.0 && submitted == WATCHERS),
+    );
+    table.row(
+        "  of which 10k idle connections (MB)",
+        format!("{:.1}", rss_connected - rss_before),
+        "-",
+        None,
+    );
+
+    let mut writer = Conn::connect(addr).await?;
+    let mut rng = StdRng::seed_from_u64(7);
+    let sample = rand::seq::index::sample(&mut rng, WATCHERS, WAKE_SAMPLES);
+    let mut wake = Vec::with_capacity(WAKE_SAMPLES);
+    let mut after_ack = Vec::with_capacity(WAKE_SAMPLES);
+    let mut woke_before_ack = 0usize;
+    let mut stray = 0usize;
+    let mut missed = 0usize;
+    let value = Bytes::from_static(b"watched-value-01");
+    for i in sample.iter() {
+        while woken_rx.try_recv().is_ok() {
+            stray += 1;
+        }
+        let path = format!("/v1/kv/w/{i}");
+        let written = Instant::now();
+        let response = writer.request(Method::PUT, &path, value.clone()).await?;
+        let acknowledged = Instant::now();
+        if response.status != StatusCode::OK {
+            bail!("waking PUT {path} answered {}", response.status);
+        }
+        let give_up = written + Duration::from_secs(5);
+        loop {
+            match tokio::time::timeout_at(give_up.into(), woken_rx.recv()).await {
+                Ok(Some((id, at, status))) if id == i => {
+                    if status != 200 {
+                        println!("watcher {i} returned status {status}");
+                    }
+                    wake.push(millis(at.duration_since(written)));
+                    let (sign, gap) = match at.checked_duration_since(acknowledged) {
+                        Some(gap) => (1.0, gap),
+                        None => {
+                            woke_before_ack += 1;
+                            (-1.0, acknowledged.duration_since(at))
+                        }
+                    };
+                    after_ack.push(sign * millis(gap));
+                    break;
+                }
+                Ok(Some(_)) => stray += 1,
+                _ => {
+                    missed += 1;
+                    break;
+                }
+            }
+        }
+    }
+    let wake = Stats::new(wake);
+    let after_ack = Stats::new(after_ack);
+    println!(
+        "woke {} of {WAKE_SAMPLES} sampled watchers ({missed} missed, {stray} other watchers \
+         returned): write-to-wake p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+        wake.len(),
+        wake.pct(0.5),
+        wake.pct(0.99),
+        wake.max()
+    );
+    println!(
+        "watcher return minus PUT ack: p50 {:.3} ms, p99 {:.3} ms ({woke_before_ack} watchers \
+         returned before the PUT's own answer)",
+        after_ack.pct(0.5),
+        after_ack.pct(0.99)
+    );
+    table.row(
+        "wake latency p50 / p99 / max (ms)",
+        format!(
+            "{:.2} / {:.2} / {:.2}",
+            wake.pct(0.5),
+            wake.pct(0.99),
+            wake.max()
+        ),
+        "p99 <= 10",
+        Some(wake.pct(0.99) <= 10.0 && missed == 0),
+    );
+    table.row(
+        "watcher return - PUT ack p99 (ms)",
+        format!("{:.2}", after_ack.pct(0.99)),
+        "-",
+        None,
+    );
+    let closing = Instant::now();
+    watchers.shutdown().await;
+    drop(writer);
+    println!(
+        "dropped the watchers in {:.2} s",
+        closing.elapsed().as_secs_f64()
+    );
+    agent.stop().await;
+    Ok(())
+}
+
+/// Counts `expected` watcher reports (successes, and failures with their errors), waiting at
+/// most two minutes in all.
+async fn count_reports(
+    reports: &mut mpsc::UnboundedReceiver<Result<(), String>>,
+    expected: usize,
+) -> (usize, Vec<String>) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut ok = 0usize;
+    let mut failed = Vec::new();
+    while ok + failed.len() < expected {
+        match tokio::time::timeout_at(deadline.into(), reports.recv()).await {
+            Ok(Some(Ok(()))) => ok += 1,
+            Ok(Some(Err(error))) => failed.push(error),
+            _ => break,
+        }
+    }
+    (ok, failed)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The agent process
+
+struct Agent {
+    child: Child,
+    pid: u32,
+    addr: SocketAddr,
+    spawned: Instant,
+    /// Holds the agent's TMPDIR (its dev data dir lives inside) and its log.
+    scratch: tempfile::TempDir,
+}
+
+impl Agent {
+    async fn spawn() -> Result<Agent> {
+        let scratch = tempfile::Builder::new()
+            .prefix("concord-bench-")
+            .tempdir()
+            .context("cannot create a scratch dir")?;
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+            .local_addr()?
+            .port();
+        let log = File::create(scratch.path().join("agent.log"))?;
+        let spawned = Instant::now();
+        let child = Command::new(BINARY)
+            .args([
+                "agent",
+                "-dev",
+                "-http-port",
+                &port.to_string(),
+                "-node",
+                "bench",
+            ])
+            .env("TMPDIR", scratch.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {BINARY}"))?;
+        let pid = child
+            .id()
+            .ok_or_else(|| anyhow!("the agent exited at once"))?;
+        Ok(Agent {
+            child,
+            pid,
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            spawned,
+            scratch,
+        })
+    }
+
+    /// Polls `PUT /v1/kv/probe` until it answers `true`; returns the time since the spawn.
+    async fn wait_serving(&mut self) -> Result<Duration> {
+        let deadline = self.spawned + READY_TIMEOUT;
+        let mut conn: Option<Conn> = None;
+        while Instant::now() < deadline {
+            if conn.is_none() {
+                conn = Conn::connect(self.addr).await.ok();
+            }
+            if let Some(open) = conn.as_mut() {
+                let put = open.request(Method::PUT, "/v1/kv/probe", Bytes::from_static(b"1"));
+                match tokio::time::timeout(Duration::from_secs(2), put).await {
+                    Ok(Ok(response))
+                        if response.status == StatusCode::OK
+                            && response.body.trim_ascii() == b"true" =>
+                    {
+                        return Ok(self.spawned.elapsed());
+                    }
+                    Ok(Ok(_)) => {}
+                    _ => conn = None,
+                }
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                bail!(
+                    "the agent exited during start-up ({status}):\n{}",
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        bail!(
+            "the agent did not serve within {READY_TIMEOUT:?}:\n{}",
+            self.log_tail()
+        )
+    }
+
+    fn log_tail(&self) -> String {
+        let log =
+            std::fs::read_to_string(self.scratch.path().join("agent.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    fn rss_mb(&self) -> Result<f64> {
+        proc_status_kb(self.pid, "VmRSS")
+            .map(|kb| kb as f64 / 1024.0)
+            .ok_or_else(|| anyhow!("cannot read VmRSS of pid {}", self.pid))
+    }
+
+    fn threads(&self) -> u64 {
+        proc_status_kb(self.pid, "Threads").unwrap_or(0)
+    }
+
+    /// RSS once it has stopped moving: at least 2 s, then until two readings 500 ms apart
+    /// differ by under 0.25 MB, at most 15 s.
+    async fn settled_rss_mb(&self) -> Result<f64> {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut last = self.rss_mb()?;
+        for _ in 0..26 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let now = self.rss_mb()?;
+            if (now - last).abs() < 0.25 {
+                return Ok(now);
+            }
+            last = now;
+        }
+        Ok(last)
+    }
+
+    /// Asks the agent to leave (so its dev data dir is cleaned up), then kills it if needed.
+    async fn stop(mut self) {
+        if let Ok(mut conn) = Conn::connect(self.addr).await {
+            let leave = conn.request(Method::PUT, "/v1/agent/leave", Bytes::new());
+            let _ = tokio::time::timeout(Duration::from_secs(2), leave).await;
+        }
+        match tokio::time::timeout(Duration::from_secs(15), self.child.wait()).await {
+            Ok(Ok(_)) => {}
+            _ => {
+                println!("agent {} did not leave in 15 s; killing it", self.pid);
+                let _ = self.child.kill().await;
+            }
+        }
+    }
+}
+
+fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|line| {
+        let rest = line.strip_prefix(field)?.strip_prefix(':')?;
+        rest.trim().trim_end_matches("kB").trim().parse().ok()
+    })
+}
+
+/// utime + stime of a process, in clock ticks, from /proc/<pid>/stat.
+fn cpu_ticks(stat_path: &Path) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(stat_path) else {
+        return 0;
+    };
+    let Some(close) = stat.rfind(')') else {
+        return 0;
+    };
+    // After "pid (comm)" come the fields from #3 (state); utime and stime are #14 and #15.
+    let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    let field = |n: usize| -> u64 { fields.get(n - 3).and_then(|v| v.parse().ok()).unwrap_or(0) };
+    field(14) + field(15)
+}
+
+struct CpuMeter {
+    started: Instant,
+    agent_path: std::path::PathBuf,
+    agent: u64,
+    client: u64,
+}
+
+struct CpuUse {
+    agent: f64,
+    client: f64,
+}
+
+impl CpuMeter {
+    fn start(pid: u32) -> CpuMeter {
+        let agent_path = std::path::PathBuf::from(format!("/proc/{pid}/stat"));
+        CpuMeter {
+            started: Instant::now(),
+            agent: cpu_ticks(&agent_path),
+            client: cpu_ticks(Path::new("/proc/self/stat")),
+            agent_path,
+        }
+    }
+
+    /// Cores used by each side since `start`.
+    fn finish(self) -> CpuUse {
+        let seconds = self.started.elapsed().as_secs_f64().max(1e-9);
+        let cores = |ticks: u64| ticks as f64 / CLOCK_TICKS_PER_SEC / seconds;
+        CpuUse {
+            agent: cores(cpu_ticks(&self.agent_path).saturating_sub(self.agent)),
+            client: cores(cpu_ticks(Path::new("/proc/self/stat")).saturating_sub(self.client)),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP
+
+/// Which HTTP/1.1 client the bench drives the agent with (`CONCORD_BENCH_CLIENT`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ClientKind {
+    /// `hyper::client::conn::http1`: a request/response dispatch task per connection.
+    Hyper,
+    /// A minimal client: one buffer write per request, `Content-Length` framed responses read
+    /// on the calling task. Cheaper per request, so it leaves more of the shared cores to the
+    /// agent.
+    Raw,
+}
+
+static CLIENT: OnceLock<ClientKind> = OnceLock::new();
+
+fn client_kind() -> ClientKind {
+    *CLIENT.get_or_init(|| match std::env::var("CONCORD_BENCH_CLIENT").as_deref() {
+        Ok("raw") => ClientKind::Raw,
+        _ => ClientKind::Hyper,
+    })
+}
+
+type Pending = Pin<Box<dyn Future<Output = hyper::Result<hyper::Response<Incoming>>> + Send>>;
+
+/// One HTTP/1.1 connection to the agent, with at most one request in flight.
+enum Conn {
+    Hyper {
+        sender: SendRequest<Full<Bytes>>,
+        /// Aborted on drop, which closes the connection.
+        driver: JoinHandle<()>,
+        pending: Option<Pending>,
+    },
+    Raw {
+        stream: TcpStream,
+        buffer: Vec<u8>,
+    },
+}
+
+struct Answer {
+    status: StatusCode,
+    index: Option<u64>,
+    body: Bytes,
+}
+
+fn hyper_request(method: Method, path: &str, body: Bytes) -> Request<Full<Bytes>> {
+    let mut request = Request::new(Full::new(body));
+    *request.method_mut() = method;
+    *request.uri_mut() = path.parse().unwrap_or_default();
+    request
+        .headers_mut()
+        .insert(header::HOST, header::HeaderValue::from_static("127.0.0.1"));
+    request
+}
+
+/// Largest response head the raw client accepts, and the largest body.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+const MAX_BODY_BYTES: usize = 256 * 1024 * 1024;
+
+impl Conn {
+    async fn connect(addr: SocketAddr) -> Result<Conn> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(match client_kind() {
+            ClientKind::Raw => Conn::Raw {
+                stream,
+                buffer: Vec::with_capacity(8 * 1024),
+            },
+            ClientKind::Hyper => {
+                let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+                let driver = tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+                Conn::Hyper {
+                    sender,
+                    driver,
+                    pending: None,
+                }
+            }
+        })
+    }
+
+    async fn connect_retrying(addr: SocketAddr) -> Result<Conn> {
+        let mut last = None;
+        for _ in 0..50 {
+            match Conn::connect(addr).await {
+                Ok(conn) => return Ok(conn),
+                Err(error) => last = Some(error),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(last.unwrap_or_else(|| anyhow!("no connect attempt")))
+    }
+
+    /// Sends a request; once this returns, the request is on its way (hyper: handed to the
+    /// connection's driver; raw: written to the socket).
+    async fn send(&mut self, method: Method, path: &str, body: Bytes) -> Result<()> {
+        match self {
+            Conn::Hyper {
+                sender, pending, ..
+            } => {
+                sender.ready().await?;
+                *pending = Some(Box::pin(
+                    sender.send_request(hyper_request(method, path, body)),
+                ));
+            }
+            Conn::Raw { stream, .. } => {
+                let mut wire = format!(
+                    "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                )
+                .into_bytes();
+                wire.extend_from_slice(&body);
+                stream.write_all(&wire).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for the answer to the request `send` sent.
+    async fn receive(&mut self) -> Result<Answer> {
+        match self {
+            Conn::Hyper { pending, .. } => {
+                let response = pending
+                    .take()
+                    .ok_or_else(|| anyhow!("no request in flight"))?
+                    .await?;
+                let status = response.status();
+                let index = response
+                    .headers()
+                    .get("X-Consul-Index")
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(|value| value.parse().ok());
+                let body = response.into_body().collect().await?.to_bytes();
+                Ok(Answer {
+                    status,
+                    index,
+                    body,
+                })
+            }
+            Conn::Raw { stream, buffer } => read_raw_response(stream, buffer).await,
+        }
+    }
+
+    async fn request(&mut self, method: Method, path: &str, body: Bytes) -> Result<Answer> {
+        let exchange = async {
+            self.send(method, path, body).await?;
+            self.receive().await
+        };
+        match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
+            Ok(answer) => answer,
+            Err(_) => bail!("{path}: no answer within {REQUEST_TIMEOUT:?}"),
+        }
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Conn::Hyper { driver, .. } = self {
+            driver.abort();
+        }
+    }
+}
+
+/// Reads one `Content-Length` framed HTTP/1.1 response (what the agent's hyper server sends
+/// for every answer here); bytes past it stay in `buffer`.
+async fn read_raw_response(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Result<Answer> {
+    let head_end = loop {
+        if let Some(at) = buffer.windows(4).position(|window| window == b"\r\n\r\n") {
+            break at + 4;
+        }
+        if buffer.len() > MAX_HEAD_BYTES {
+            bail!("response head over {MAX_HEAD_BYTES} bytes");
+        }
+        if stream.read_buf(buffer).await? == 0 {
+            bail!("connection closed before a response head");
+        }
+    };
+    let head = std::str::from_utf8(&buffer[..head_end]).context("response head is not UTF-8")?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse::<u16>().ok())
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .ok_or_else(|| anyhow!("bad status line {status_line:?}"))?;
+    let mut length = None;
+    let mut index = None;
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            length = value.parse::<usize>().ok();
+        } else if name.eq_ignore_ascii_case("x-consul-index") {
+            index = value.parse::<u64>().ok();
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            bail!("unexpected Transfer-Encoding {value:?}");
+        }
+    }
+    let length = length.ok_or_else(|| anyhow!("response without Content-Length"))?;
+    if length > MAX_BODY_BYTES {
+        bail!("response body of {length} bytes");
+    }
+    let end = head_end + length;
+    while buffer.len() < end {
+        buffer.reserve(end - buffer.len());
+        if stream.read_buf(buffer).await? == 0 {
+            bail!("connection closed inside a response body");
+        }
+    }
+    let body = Bytes::copy_from_slice(&buffer[head_end..end]);
+    buffer.drain(..end);
+    Ok(Answer {
+        status,
+        index,
+        body,
+    })
+}
+
+/// Writes `entries` over `LOAD_CONNECTIONS` connections.
+async fn preload(addr: SocketAddr, entries: Vec<(String, Bytes)>) -> Result<()> {
+    let entries = Arc::new(entries);
+    let mut workers = JoinSet::new();
+    for worker in 0..LOAD_CONNECTIONS {
+        let entries = entries.clone();
+        workers.spawn(async move {
+            let mut conn = Conn::connect(addr).await?;
+            for (key, value) in entries.iter().skip(worker).step_by(LOAD_CONNECTIONS) {
+                let answer = conn
+                    .request(Method::PUT, &format!("/v1/kv/{key}"), value.clone())
+                    .await?;
+                if answer.body.trim_ascii() != b"true" {
+                    bail!("preload PUT {key} answered {}", answer.status);
+                }
+            }
+            Ok(())
+        });
+    }
+    while let Some(done) = workers.join_next().await {
+        done??;
+    }
+    Ok(())
+}
+
+/// The ModifyIndex of every key under `w/`, from one recursive read.
+async fn modify_indexes(addr: SocketAddr) -> Result<HashMap<String, u64>> {
+    let mut conn = Conn::connect(addr).await?;
+    let answer = conn
+        .request(Method::GET, "/v1/kv/w/?recurse", Bytes::new())
+        .await?;
+    let pairs: Vec<serde_json::Value> =
+        serde_json::from_slice(&answer.body).context("the recurse read is not a JSON array")?;
+    Ok(pairs
+        .iter()
+        .filter_map(|pair| {
+            Some((
+                pair.get("Key")?.as_str()?.to_string(),
+                pair.get("ModifyIndex")?.as_u64()?,
+            ))
+        })
+        .collect())
+}
+
+struct Load {
+    ok: u64,
+    errors: u64,
+    elapsed: Duration,
+    latency: Stats,
+    cpu: CpuUse,
+}
+
+impl Load {
+    fn rate(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Agent CPU time per successful request, in microseconds.
+    fn agent_us_per_op(&self) -> f64 {
+        self.cpu.agent * self.elapsed.as_secs_f64() * 1e6 / self.ok.max(1) as f64
+    }
+
+    /// The table rows every load section reports.
+    fn rows(&self, table: &mut Table, what: &str) {
+        table.row(
+            &format!("{what} latency p50 / p99 (ms)"),
+            format!(
+                "{:.2} / {:.2}",
+                self.latency.pct(0.5),
+                self.latency.pct(0.99)
+            ),
+            "-",
+            None,
+        );
+        table.row(
+            &format!("{what} CPU: agent / bench client (cores)"),
+            format!("{:.2} / {:.2}", self.cpu.agent, self.cpu.client),
+            "-",
+            None,
+        );
+        table.row(
+            &format!("{what} agent CPU per request (us)"),
+            format!("{:.0}", self.agent_us_per_op()),
+            "-",
+            None,
+        );
+    }
+
+    fn print(&self, what: &str) {
+        println!(
+            "{what}: {} ok, {} errors in {:.2} s = {:.0}/s; latency p50 {:.3} ms, p90 {:.3} ms, \
+             p99 {:.3} ms, max {:.3} ms; CPU agent {:.2} cores ({:.0} us per request), bench \
+             client {:.2} cores",
+            self.ok,
+            self.errors,
+            self.elapsed.as_secs_f64(),
+            self.rate(),
+            self.latency.pct(0.5),
+            self.latency.pct(0.9),
+            self.latency.pct(0.99),
+            self.latency.max(),
+            self.cpu.agent,
+            self.agent_us_per_op(),
+            self.cpu.client
+        );
+    }
+}
+
+/// Runs `connections` workers, each on its own connection, issuing `make`'s requests back to
+/// back for `LOAD_DURATION`; counts the answers `accept` likes.
+async fn run_load<M, A>(agent: &Agent, connections: usize, make: M, accept: A) -> Result<Load>
+where
+    M: Fn(usize, u64, &mut StdRng) -> (Method, String, Bytes) + Send + Sync + 'static,
+    A: Fn(&Answer) -> bool + Send + Sync + Copy + 'static,
+{
+    let make = Arc::new(make);
+    let start = Arc::new(Barrier::new(connections + 1));
+    let mut workers = JoinSet::new();
+    for worker in 0..connections {
+        let make = make.clone();
+        let start = start.clone();
+        let addr = agent.addr;
+        workers.spawn(async move {
+            let connected = Conn::connect(addr).await;
+            start.wait().await;
+            let mut conn = connected?;
+            let deadline = Instant::now() + LOAD_DURATION;
+            let mut rng = StdRng::seed_from_u64(worker as u64);
+            let mut latencies = Vec::with_capacity(1 << 16);
+            let mut errors = 0u64;
+            for n in 0..MAX_OPS_PER_WORKER {
+                if Instant::now() >= deadline {
+                    break;
+                }
+                let (method, path, body) = make(worker, n, &mut rng);
+                let sent = Instant::now();
+                match conn.request(method, &path, body).await {
+                    Ok(answer) if accept(&answer) => latencies.push(millis(sent.elapsed())),
+                    Ok(_) => errors += 1,
+                    Err(_) => {
+                        errors += 1;
+                        conn = Conn::connect(addr).await?;
+                    }
+                }
+            }
+            Ok::<_, anyhow::Error>((latencies, errors))
+        });
+    }
+    start.wait().await;
+    let cpu = CpuMeter::start(agent.pid);
+    let started = Instant::now();
+    let mut all = Vec::new();
+    let mut errors = 0;
+    while let Some(done) = workers.join_next().await {
+        let (latencies, failed) = done??;
+        all.extend(latencies);
+        errors += failed;
+    }
+    let elapsed = started.elapsed();
+    let cpu = cpu.finish();
+    Ok(Load {
+        ok: all.len() as u64,
+        errors,
+        elapsed,
+        latency: Stats::new(all),
+        cpu,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+/// `prefix` followed by `n`, zero-padded so the key is exactly `KEY_BYTES` long.
+fn padded_key(prefix: &str, n: u64) -> String {
+    let width = KEY_BYTES.saturating_sub(prefix.len());
+    format!("{prefix}{n:0>width$}")
+}
+
+fn value_bytes(len: usize) -> Bytes {
+    let mut rng = StdRng::seed_from_u64(42);
+    (0..len)
+        .map(|_| rng.sample(rand::distributions::Alphanumeric))
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+fn millis(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+/// Sorted samples, for nearest-rank percentiles.
+struct Stats(Vec<f64>);
+
+impl Stats {
+    fn new(mut samples: Vec<f64>) -> Stats {
+        samples.sort_by(f64::total_cmp);
+        Stats(samples)
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn pct(&self, quantile: f64) -> f64 {
+        if self.0.is_empty() {
+            return f64::NAN;
+        }
+        let rank = (quantile * self.0.len() as f64).ceil() as usize;
+        self.0[rank.clamp(1, self.0.len()) - 1]
+    }
+
+    fn max(&self) -> f64 {
+        self.0.last().copied().unwrap_or(f64::NAN)
+    }
+
+    fn mean(&self) -> f64 {
+        self.0.iter().sum::<f64>() / self.0.len().max(1) as f64
+    }
+}
+
+#[derive(Default)]
+struct Table {
+    rows: Vec<[String; 4]>,
+}
+
+impl Table {
+    fn row(&mut self, metric: &str, value: String, target: &str, pass: Option<bool>) {
+        let verdict = match pass {
+            Some(true) => "ok",
+            Some(false) => "MISS",
+            None => "",
+        };
+        self.rows
+            .push([metric.into(), value, target.into(), verdict.into()]);
+    }
+
+    fn print(&self) {
+        let header = ["metric", "value", "target", ""].map(String::from);
+        let mut widths = [0usize; 4];
+        for row in std::iter::once(&header).chain(&self.rows) {
+            for (width, cell) in widths.iter_mut().zip(row) {
+                *width = (*width).max(cell.len());
+            }
+        }
+        let line = |row: &[String; 4]| {
+            let cells: Vec<String> = row
+                .iter()
+                .zip(widths)
+                .map(|(cell, width)| format!("{cell:<width$}"))
+                .collect();
+            println!("| {} |", cells.join(" | "));
+        };
+        println!("\n== summary ==");
+        line(&header);
+        let rule: Vec<String> = widths.iter().map(|width| "-".repeat(*width)).collect();
+        println!("|-{}-|", rule.join("-|-"));
+        self.rows.iter().for_each(line);
+    }
+}
+
+fn print_machine() {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("model name")?.split(':').nth(1))
+        .map(str::trim)
+        .unwrap_or("unknown");
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let memory = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))
+        .map(str::trim)
+        .unwrap_or("unknown");
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    println!("== machine ==");
+    println!("nproc: {cores}");
+    println!("model name: {model}");
+    println!("MemTotal: {memory}");
+    println!("agent TMPDIR parent: {}", std::env::temp_dir().display());
+    println!("agent: {BINARY}");
+    println!(
+        "bench client: {:?} HTTP/1.1 (CONCORD_BENCH_CLIENT=hyper|raw), tokio with {cores} workers",
+        client_kind()
+    );
+    println!("MB below = MiB (VmRSS kB / 1024); latencies are client-observed round trips");
+}

@@ -52,14 +52,18 @@ pub struct Rpc {
     raft: Raft,
     store: Arc<Store>,
     node_id: NodeId,
+    /// Kept so every read can look at the leader without cloning the whole metrics struct.
+    metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, openraft::BasicNode>>,
 }
 
 impl Rpc {
     pub fn new(raft: Raft, store: Arc<Store>, node_id: NodeId) -> Rpc {
+        let metrics = raft.metrics();
         Rpc {
             raft,
             store,
             node_id,
+            metrics,
         }
     }
 
@@ -106,15 +110,14 @@ impl Rpc {
     }
 
     pub fn leader_contact(&self) -> LeaderContact {
-        let metrics = self.raft.metrics().borrow().clone();
         LeaderContact {
-            known_leader: metrics.current_leader.is_some(),
+            known_leader: self.metrics.borrow().current_leader.is_some(),
             last_contact_ms: 0,
         }
     }
 
     pub fn is_leader(&self) -> bool {
-        self.raft.metrics().borrow().current_leader == Some(self.node_id)
+        self.metrics.borrow().current_leader == Some(self.node_id)
     }
 
     /// The server RPC address of the current leader, `""` when there is none.

@@ -2,6 +2,7 @@
 //! used by single-key writes and transactions alike.
 
 use std::ops::Bound;
+use std::sync::Arc;
 
 use super::Tables;
 use crate::types::{KvEntry, KvOp, RaftIndexes, TxnError, TxnOutcome, TxnResult};
@@ -13,7 +14,7 @@ pub fn topic(key: &str) -> String {
 
 impl Tables {
     pub fn kv_get(&self, key: &str) -> Option<&KvEntry> {
-        self.kv.get(key)
+        self.kv.get(key).map(|entry| &**entry)
     }
 
     /// Entries whose key starts with `prefix`, in lexicographic order.
@@ -21,7 +22,7 @@ impl Tables {
         self.kv
             .range::<_, str>((Bound::Included(prefix), Bound::Unbounded))
             .take_while(move |(key, _)| key.starts_with(prefix))
-            .map(|(_, entry)| entry)
+            .map(|(_, entry)| &**entry)
     }
 
     /// The index a blocking read of `key` (or of everything under it, with `recurse`) reports:
@@ -38,7 +39,7 @@ impl Tables {
                 .max();
             live.max(dead)
         } else {
-            let live = self.kv.get(key).map(|entry| entry.indexes.modify);
+            let live = self.kv_get(key).map(|entry| entry.indexes.modify);
             live.max(self.tombstones.get(key).copied())
         };
         highest.unwrap_or(self.table_index.kv)
@@ -99,7 +100,7 @@ pub fn read_txn(tables: &Tables, ops: &[KvOp]) -> TxnOutcome {
 }
 
 pub(super) fn reap_tombstones(tables: &mut Tables, up_to_index: u64) {
-    let reaped: Vec<String> = tables
+    let reaped: Vec<Arc<str>> = tables
         .tombstones
         .iter()
         .filter(|(_, index)| **index <= up_to_index)
@@ -128,7 +129,7 @@ fn apply_op(
     match op {
         KvOp::Set { key, value, flags } => {
             let entry = set(tables, index, key, value, *flags, touched);
-            Ok(Some(vec![without_value(entry)]))
+            Ok(Some(vec![without_value(&entry)]))
         }
         KvOp::Cas {
             key,
@@ -136,7 +137,7 @@ fn apply_op(
             flags,
             index: expected,
         } => {
-            let current = tables.kv.get(key).map(|entry| entry.indexes.modify);
+            let current = tables.kv_get(key).map(|entry| entry.indexes.modify);
             let holds = match (*expected, current) {
                 (0, None) => true,
                 (0, Some(_)) => false,
@@ -149,15 +150,14 @@ fn apply_op(
                 )));
             }
             let entry = set(tables, index, key, value, *flags, touched);
-            Ok(Some(vec![without_value(entry)]))
+            Ok(Some(vec![without_value(&entry)]))
         }
-        KvOp::Get { key } => match tables.kv.get(key) {
+        KvOp::Get { key } => match tables.kv_get(key) {
             Some(entry) => Ok(Some(vec![with_value(entry.clone())])),
             None => Err(OpFailure::Mismatch(format!("key {key:?} doesn't exist"))),
         },
         KvOp::GetOrEmpty { key } => Ok(tables
-            .kv
-            .get(key)
+            .kv_get(key)
             .map(|entry| vec![with_value(entry.clone())])),
         KvOp::GetTree { prefix } => Ok(Some(
             tables
@@ -169,17 +169,17 @@ fn apply_op(
         KvOp::CheckIndex {
             key,
             index: expected,
-        } => match tables.kv.get(key) {
+        } => match tables.kv_get(key) {
             Some(entry) if entry.indexes.modify == *expected => {
-                Ok(Some(vec![without_value(entry.clone())]))
+                Ok(Some(vec![without_value(entry)]))
             }
             Some(_) => Err(OpFailure::Mismatch(format!(
                 "current modify index {} != {expected}",
-                tables.kv.get(key).map_or(0, |entry| entry.indexes.modify)
+                tables.kv_get(key).map_or(0, |entry| entry.indexes.modify)
             ))),
             None => Err(OpFailure::Mismatch(format!("key {key:?} doesn't exist"))),
         },
-        KvOp::CheckNotExists { key } => match tables.kv.get(key) {
+        KvOp::CheckNotExists { key } => match tables.kv_get(key) {
             Some(_) => Err(OpFailure::Mismatch(format!("key {key:?} exists"))),
             None => Ok(None),
         },
@@ -200,7 +200,7 @@ fn apply_op(
         KvOp::DeleteCas {
             key,
             index: expected,
-        } => match tables.kv.get(key) {
+        } => match tables.kv_get(key) {
             Some(entry) if entry.indexes.modify == *expected => {
                 delete(tables, index, key, touched);
                 Ok(None)
@@ -224,8 +224,8 @@ fn set(
     value: &[u8],
     flags: u64,
     touched: &mut Vec<String>,
-) -> KvEntry {
-    let previous = tables.kv.get(key);
+) -> Arc<KvEntry> {
+    let previous = tables.kv_get(key);
     let entry = KvEntry {
         key: key.to_string(),
         value: value.to_vec(),
@@ -237,7 +237,8 @@ fn set(
             modify: index,
         },
     };
-    tables.kv.insert(key.to_string(), entry.clone());
+    let entry = Arc::new(entry);
+    tables.kv.insert(Arc::from(key), entry.clone());
     tables.tombstones.remove(key);
     tables.table_index.kv = index;
     touched.push(topic(key));
@@ -246,7 +247,7 @@ fn set(
 
 fn delete(tables: &mut Tables, index: u64, key: &str, touched: &mut Vec<String>) {
     if tables.kv.remove(key).is_some() {
-        tables.tombstones.insert(key.to_string(), index);
+        tables.tombstones.insert(Arc::from(key), index);
         tables.table_index.kv = index;
         touched.push(topic(key));
     }
@@ -259,9 +260,17 @@ fn with_value(entry: KvEntry) -> TxnResult {
     }
 }
 
-fn without_value(entry: KvEntry) -> TxnResult {
+/// A result that reports an entry's metadata; its value is not returned, so not copied.
+fn without_value(entry: &KvEntry) -> TxnResult {
     TxnResult {
-        entry,
+        entry: KvEntry {
+            key: entry.key.clone(),
+            value: Vec::new(),
+            flags: entry.flags,
+            lock_index: entry.lock_index,
+            session: entry.session.clone(),
+            indexes: entry.indexes,
+        },
         with_value: false,
     }
 }

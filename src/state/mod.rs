@@ -42,10 +42,12 @@ pub struct Tables {
     service_instances: OrdMap<String, OrdSet<(String, String)>>,
     /// Keyed by (node name, check id).
     checks: OrdMap<(String, String), Check>,
-    kv: OrdMap<String, KvEntry>,
+    /// Keys and entries sit behind `Arc` so that the copy-on-write of a B-tree node clones
+    /// pointers, not 1 KiB values: a write copies a few nodes of 64 entries each.
+    kv: OrdMap<Arc<str>, Arc<KvEntry>>,
     /// Deleted keys and the index that deleted them, so a blocking read of a prefix sees
     /// deletes. Reaped through Raft (`Command::ReapTombstones`).
-    tombstones: OrdMap<String, u64>,
+    tombstones: OrdMap<Arc<str>, u64>,
     /// Last index that changed anything about a service name's instances, removal included.
     service_index: OrdMap<String, u64>,
     /// Last index that changed a node or anything registered on it, removal included.
