@@ -1,10 +1,15 @@
 //! The Raft log in sled: entries keyed by big-endian index, plus the vote, the committed log id
 //! and the last purged log id.
 //!
-//! Durability: `append` writes the batch, then hands openraft's callback to a flusher task
-//! that fsyncs (`sled::Db::flush_async`) and only then reports the entries as flushed, which is
-//! what lets openraft acknowledge them. Callbacks that queue up while one flush runs are all
-//! answered by the next flush, in order: group commit without reordering.
+//! Durability: `append` writes the batch, then hands openraft's callback to a flusher thread
+//! that makes it durable and only then reports the entries as flushed, which is what lets
+//! openraft acknowledge them. Callbacks that queue up while one flush runs are all answered by
+//! the next flush, in order: group commit without reordering.
+//!
+//! "Durable" is sled's flush *plus* an fsync of sled's `db` file: on Linux sled's flush ends in
+//! `sync_file_range`, which neither flushes the device's write cache nor file metadata, so on
+//! its own it survives a process crash but not a power loss. fsync acts on the inode, so our own
+//! handle to the file covers what sled wrote.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -14,9 +19,8 @@ use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{Entry, ErrorSubject, ErrorVerb, StorageIOError, Vote};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::sync::Arc;
-
-use tokio::sync::mpsc;
+use std::fs::File;
+use std::sync::{mpsc, Arc};
 
 use super::progress::ProgressMarker;
 
@@ -34,8 +38,10 @@ pub struct LogStore {
     db: sled::Db,
     logs: sled::Tree,
     meta: sled::Tree,
+    /// Our own handle to sled's data file, to fsync it (see the module docs).
+    db_file: Arc<File>,
     path: PathBuf,
-    flusher: mpsc::UnboundedSender<FlushRequest>,
+    flusher: mpsc::Sender<FlushRequest>,
     progress: Arc<ProgressMarker>,
 }
 
@@ -98,10 +104,11 @@ impl LogStore {
             decode::<Entry<TypeConfig>>(&bytes)
                 .map_err(|error| format!("corrupt last log entry: {error}"))?;
         }
-        let (flusher, requests) = mpsc::unbounded_channel();
-        tokio::spawn(flush_loop(db.clone(), requests, progress.clone()));
+        let db_file = Arc::new(open_data_file(path)?);
+        let flusher = spawn_flusher(db.clone(), db_file.clone(), progress.clone())?;
         Ok(LogStore {
             db,
+            db_file,
             logs,
             meta,
             path: path.to_path_buf(),
@@ -126,11 +133,19 @@ impl LogStore {
         self.meta
             .insert(key, encode(value))
             .map_err(|e| write_error(e.to_string()))?;
+        self.persist().await.map_err(|e| write_error(e.to_string()))
+    }
+
+    /// Makes everything written so far durable: sled's flush, then an fsync of its file.
+    async fn persist(&self) -> std::io::Result<()> {
         self.db
             .flush_async()
             .await
-            .map_err(|e| write_error(e.to_string()))?;
-        Ok(())
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let file = self.db_file.clone();
+        tokio::task::spawn_blocking(move || file.sync_data())
+            .await
+            .map_err(std::io::Error::other)?
     }
 
     /// The highest index the database holds: the last entry, or the purge point.
@@ -184,30 +199,46 @@ fn bound_key(bound: Bound<&u64>) -> Bound<Vec<u8>> {
     }
 }
 
-async fn flush_loop(
+/// sled keeps its log in one file named `db` inside its directory.
+fn open_data_file(path: &Path) -> Result<File, String> {
+    let file = path.join("db");
+    File::open(&file).map_err(|error| format!("cannot open {}: {error}", file.display()))
+}
+
+/// Starts the flusher thread. It owns fsync, a blocking call, so it is a thread of its own
+/// rather than a task that would stall an async worker; it stops when every sender is gone.
+fn spawn_flusher(
     db: sled::Db,
-    mut requests: mpsc::UnboundedReceiver<FlushRequest>,
+    db_file: Arc<File>,
     progress: Arc<ProgressMarker>,
-) {
-    while let Some(first) = requests.recv().await {
-        let mut waiting = vec![first];
-        while let Ok(next) = requests.try_recv() {
-            waiting.push(next);
-        }
-        let result = db.flush_async().await.map(|_| ());
-        if result.is_ok() {
-            if let Some(last) = waiting.iter().map(|(_, index)| *index).max() {
-                progress.record(last);
+) -> Result<mpsc::Sender<FlushRequest>, String> {
+    let (sender, requests) = mpsc::channel::<FlushRequest>();
+    std::thread::Builder::new()
+        .name("raft-log-flush".into())
+        .spawn(move || {
+            while let Ok(first) = requests.recv() {
+                let mut waiting = vec![first];
+                waiting.extend(requests.try_iter());
+                let result = db
+                    .flush()
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+                    .and_then(|_| db_file.sync_data());
+                if result.is_ok() {
+                    if let Some(last) = waiting.iter().map(|(_, index)| *index).max() {
+                        progress.record(last);
+                    }
+                }
+                for (callback, _) in waiting {
+                    let outcome = match &result {
+                        Ok(()) => Ok(()),
+                        Err(error) => Err(std::io::Error::new(error.kind(), error.to_string())),
+                    };
+                    callback.log_io_completed(outcome);
+                }
             }
-        }
-        for (callback, _) in waiting {
-            let outcome = match &result {
-                Ok(()) => Ok(()),
-                Err(error) => Err(std::io::Error::other(error.to_string())),
-            };
-            callback.log_io_completed(outcome);
-        }
-    }
+        })
+        .map_err(|error| format!("cannot start the log flusher: {error}"))?;
+    Ok(sender)
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -287,18 +318,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .apply_batch(batch)
             .map_err(|error| io_error(ErrorSubject::Logs, ErrorVerb::Write, &self.path, error))?;
         if let Err(unsent) = self.flusher.send((callback, last_index)) {
-            // The flusher only stops when the runtime shuts down; flush inline then.
-            let result = self.db.flush_async().await.map(|_| ());
+            // The flusher thread only stops if it panicked; make the entries durable here.
             let (callback, _) = unsent.0;
-            callback.log_io_completed(result.map_err(|e| std::io::Error::other(e.to_string())));
+            callback.log_io_completed(self.persist().await);
         }
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         self.remove_range(log_id.index..)?;
-        self.db
-            .flush_async()
+        self.persist()
             .await
             .map_err(|error| io_error(ErrorSubject::Logs, ErrorVerb::Delete, &self.path, error))?;
         // Conflicting entries were removed on purpose; the durable end moves back with them.

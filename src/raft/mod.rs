@@ -14,6 +14,7 @@ mod log_bounds;
 mod log_store;
 mod network;
 mod progress;
+mod snapshot_file;
 mod state_machine;
 #[cfg(test)]
 mod storage_suite;
@@ -96,8 +97,8 @@ pub async fn open_storage(data_dir: &Path, store: Arc<Store>) -> anyhow::Result<
             .map_err(|error| anyhow::anyhow!("{error}; refusing to start"))?;
     let log_store = LogStore::open(db.clone(), &path, Arc::new(progress))
         .map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))?;
-    let state_machine = StateMachine::open(db, &path, store)
-        .map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))?;
+    let state_machine = StateMachine::open(&data_dir.join("raft").join("snapshots"), store)
+        .map_err(|error| anyhow::anyhow!("{error}; refusing to start"))?;
     let durable = log_store
         .last_durable_index()
         .map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))?

@@ -1,5 +1,5 @@
-//! The Raft state machine: applies committed entries to the state store and keeps snapshots
-//! in the same sled database as the log.
+//! The Raft state machine: applies committed entries to the state store and keeps the latest
+//! snapshot in a file (`snapshot_file`).
 //!
 //! The state store itself lives in memory; what makes it durable is the log plus the latest
 //! snapshot. On start the snapshot is restored and openraft re-applies the committed entries
@@ -13,19 +13,15 @@ use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot, Snapsho
 use openraft::{
     BasicNode, Entry, EntryPayload, ErrorSubject, ErrorVerb, StorageIOError, StoredMembership,
 };
-use serde::{Deserialize, Serialize};
 
-use super::log_store::{decode, encode};
+use super::snapshot_file::SnapshotFiles;
 use super::{LogId, NodeId, StorageError, TypeConfig};
 use crate::state::{Store, Tables};
 use crate::types::{Command, CommandResult};
 
-const SNAPSHOT_KEY: &[u8] = b"current";
-
 type Membership = StoredMembership<NodeId, BasicNode>;
 
 /// A snapshot as stored on disk: openraft's metadata and the encoded tables.
-#[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMeta<NodeId, BasicNode>,
     data: Vec<u8>,
@@ -33,7 +29,7 @@ struct StoredSnapshot {
 
 pub struct StateMachine {
     store: Arc<Store>,
-    snapshots: sled::Tree,
+    snapshots: Arc<SnapshotFiles>,
     path: PathBuf,
     last_applied: Option<LogId>,
     last_membership: Membership,
@@ -49,17 +45,17 @@ fn snapshot_error(path: &Path, verb: ErrorVerb, error: impl std::fmt::Display) -
 }
 
 impl StateMachine {
-    /// Opens the snapshot tree and restores the latest snapshot, if any, into `store`.
-    pub fn open(db: sled::Db, path: &Path, store: Arc<Store>) -> Result<StateMachine, String> {
-        let snapshots = db.open_tree("snapshots").map_err(|e| e.to_string())?;
+    /// Opens the snapshot directory and restores the latest snapshot, if any, into `store`.
+    pub fn open(snapshot_dir: &Path, store: Arc<Store>) -> Result<StateMachine, String> {
+        let snapshots = Arc::new(SnapshotFiles::open(snapshot_dir)?);
         let mut machine = StateMachine {
             store,
+            path: snapshots.path(),
             snapshots,
-            path: path.to_path_buf(),
             last_applied: None,
             last_membership: Membership::default(),
         };
-        if let Some(stored) = machine.read_stored().map_err(|e| e.to_string())? {
+        if let Some(stored) = machine.snapshots_read()? {
             machine
                 .store
                 .restore(&stored.data)
@@ -75,37 +71,40 @@ impl StateMachine {
         self.last_applied.map_or(0, |log_id| log_id.index)
     }
 
-    fn read_stored(&self) -> Result<Option<StoredSnapshot>, StorageError> {
-        let read_error = |error: String| snapshot_error(&self.path, ErrorVerb::Read, error);
-        match self
+    fn snapshots_read(&self) -> Result<Option<StoredSnapshot>, String> {
+        Ok(self
             .snapshots
-            .get(SNAPSHOT_KEY)
-            .map_err(|e| read_error(e.to_string()))?
-        {
-            Some(bytes) => Ok(Some(decode(&bytes).map_err(read_error)?)),
-            None => Ok(None),
-        }
+            .read()?
+            .map(|(meta, data)| StoredSnapshot { meta, data }))
+    }
+
+    fn read_stored(&self) -> Result<Option<StoredSnapshot>, StorageError> {
+        self.snapshots_read()
+            .map_err(|error| snapshot_error(&self.path, ErrorVerb::Read, error))
     }
 }
 
-/// Encodes a snapshot, stores it durably and returns it. Used both for snapshots built here and
-/// for snapshots received from a leader.
+/// Stores a snapshot durably and returns it. Used both for snapshots built here and for
+/// snapshots received from a leader.
 async fn persist(
-    snapshots: &sled::Tree,
+    snapshots: &Arc<SnapshotFiles>,
     path: &Path,
     stored: StoredSnapshot,
 ) -> Result<Snapshot<TypeConfig>, StorageError> {
-    let write_error = |error: String| snapshot_error(path, ErrorVerb::Write, error);
-    snapshots
-        .insert(SNAPSHOT_KEY, encode(&stored))
-        .map_err(|e| write_error(e.to_string()))?;
-    snapshots
-        .flush_async()
-        .await
-        .map_err(|e| write_error(e.to_string()))?;
+    let files = snapshots.clone();
+    let meta = stored.meta.clone();
+    // Writing and fsyncing a file blocks; keep it off the async workers.
+    let data = tokio::task::spawn_blocking(move || {
+        files
+            .write(&stored.meta, &stored.data)
+            .map(|()| stored.data)
+    })
+    .await
+    .map_err(|error| snapshot_error(path, ErrorVerb::Write, error))?
+    .map_err(|error| snapshot_error(path, ErrorVerb::Write, error))?;
     Ok(Snapshot {
-        meta: stored.meta,
-        snapshot: Box::new(Cursor::new(stored.data)),
+        meta,
+        snapshot: Box::new(Cursor::new(data)),
     })
 }
 
@@ -115,7 +114,7 @@ pub struct SnapshotBuilder {
     tables: Arc<Tables>,
     last_applied: Option<LogId>,
     last_membership: Membership,
-    snapshots: sled::Tree,
+    snapshots: Arc<SnapshotFiles>,
     path: PathBuf,
 }
 
