@@ -1,52 +1,54 @@
-//! The Raft log in sled: entries keyed by big-endian index, plus the vote, the committed log id
-//! and the last purged log id.
+//! openraft's log storage: entries in the write-ahead log (`wal`), and the vote, the committed
+//! log id and the purge point as small records in sled.
 //!
-//! Durability: `append` writes the batch, then hands openraft's callback to a flusher thread
-//! that makes it durable and only then reports the entries as flushed, which is what lets
-//! openraft acknowledge them. Callbacks that queue up while one flush runs are all answered by
-//! the next flush, in order: group commit without reordering.
+//! Durability: `append` writes the batch to the current segment, then hands openraft's callback
+//! to a flusher thread that `fdatasync`s the segment and only then reports the entries as
+//! flushed, which is what lets openraft acknowledge them. Callbacks that queue up while one
+//! fsync runs are all answered by the next, in order: group commit without reordering.
 //!
-//! "Durable" is sled's flush *plus* an fsync of sled's `db` file: on Linux sled's flush ends in
-//! `sync_file_range`, which neither flushes the device's write cache nor file metadata, so on
-//! its own it survives a process crash but not a power loss. fsync acts on the inode, so our own
-//! handle to the file covers what sled wrote.
+//! Metadata writes are rare (a vote per election, the purge point per snapshot) and are made
+//! durable inline: sled's flush, then an fsync of sled's data file. sled's flush alone ends in
+//! `sync_file_range` on Linux, which neither flushes the device's write cache nor metadata;
+//! fsync acts on the inode, so our own handle to the file covers what sled wrote.
 
 use std::fmt::Debug;
+use std::fs::File;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{Entry, ErrorSubject, ErrorVerb, StorageIOError, Vote};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::fs::File;
-use std::sync::{mpsc, Arc};
 
 use super::progress::ProgressMarker;
-
+use super::wal::Wal;
 use super::{LogId, NodeId, StorageError, TypeConfig};
 
-/// Bumped if the encoding of stored entries ever changes; checked on every read.
+/// Bumped if the encoding of stored records ever changes; checked on every read.
 const FORMAT_VERSION: u8 = 1;
 
 const VOTE_KEY: &[u8] = b"vote";
 const COMMITTED_KEY: &[u8] = b"committed";
 const LAST_PURGED_KEY: &[u8] = b"last_purged";
 
+/// An append waiting for its fsync: openraft's callback, the last index it wrote, and the
+/// segment files it wrote to.
+type FlushRequest = (LogFlushed<TypeConfig>, u64, Vec<Arc<File>>);
+
 #[derive(Clone)]
 pub struct LogStore {
+    wal: Arc<Mutex<Wal>>,
     db: sled::Db,
-    logs: sled::Tree,
-    meta: sled::Tree,
     /// Our own handle to sled's data file, to fsync it (see the module docs).
     db_file: Arc<File>,
+    meta: sled::Tree,
+    /// The WAL directory, named in errors.
     path: PathBuf,
     flusher: mpsc::Sender<FlushRequest>,
     progress: Arc<ProgressMarker>,
 }
-
-/// An append waiting for its flush: openraft's callback and the last index it wrote.
-type FlushRequest = (LogFlushed<TypeConfig>, u64);
 
 pub(super) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     let mut bytes = vec![FORMAT_VERSION];
@@ -77,20 +79,30 @@ fn io_error(
     .into()
 }
 
+/// sled keeps its log in one file named `db` inside its directory.
+fn open_data_file(sled_path: &Path) -> Result<File, String> {
+    let file = sled_path.join("db");
+    File::open(&file).map_err(|error| format!("cannot open {}: {error}", file.display()))
+}
+
 impl LogStore {
-    /// Opens the log trees and checks that the stored metadata and the last entry decode, so a
-    /// damaged database is reported at start-up rather than on first use.
+    /// Opens the WAL and the metadata tree, and checks that the metadata and the last entry
+    /// decode, so a damaged log is reported at start-up rather than on first use.
     pub fn open(
         db: sled::Db,
-        path: &Path,
+        sled_path: &Path,
+        wal_dir: &Path,
         progress: Arc<ProgressMarker>,
     ) -> Result<LogStore, String> {
-        let logs = db.open_tree("logs").map_err(|e| e.to_string())?;
         let meta = db.open_tree("meta").map_err(|e| e.to_string())?;
         let check = |key: &[u8], decodes: fn(&[u8]) -> Result<(), String>| -> Result<(), String> {
             match meta.get(key).map_err(|e| e.to_string())? {
                 Some(bytes) => decodes(&bytes).map_err(|error| {
-                    format!("corrupt {} record: {error}", String::from_utf8_lossy(key))
+                    format!(
+                        "{}: corrupt {} record: {error}",
+                        sled_path.display(),
+                        String::from_utf8_lossy(key)
+                    )
                 }),
                 None => Ok(()),
             }
@@ -100,21 +112,31 @@ impl LogStore {
             decode::<Option<LogId>>(bytes).map(drop)
         })?;
         check(LAST_PURGED_KEY, |bytes| decode::<LogId>(bytes).map(drop))?;
-        if let Some((_, bytes)) = logs.last().map_err(|e| e.to_string())? {
-            decode::<Entry<TypeConfig>>(&bytes)
-                .map_err(|error| format!("corrupt last log entry: {error}"))?;
+        let wal = Wal::open(wal_dir)?;
+        if let Some(last) = wal.last_index() {
+            for location in wal.locate(last, last + 1) {
+                decode::<Entry<TypeConfig>>(&location.read()?).map_err(|error| {
+                    format!("{}: corrupt last log entry: {error}", wal_dir.display())
+                })?;
+            }
         }
-        let db_file = Arc::new(open_data_file(path)?);
-        let flusher = spawn_flusher(db.clone(), db_file.clone(), progress.clone())?;
+        let db_file = Arc::new(open_data_file(sled_path)?);
+        let flusher = spawn_flusher(progress.clone())?;
         Ok(LogStore {
+            wal: Arc::new(Mutex::new(wal)),
             db,
             db_file,
-            logs,
             meta,
-            path: path.to_path_buf(),
+            path: wal_dir.to_path_buf(),
             flusher,
             progress,
         })
+    }
+
+    fn wal(&self) -> MutexGuard<'_, Wal> {
+        // Every WAL mutation leaves it consistent before it can fail, so a panic elsewhere
+        // while the lock was held does not make it unusable.
+        self.wal.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn read_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
@@ -126,92 +148,58 @@ impl LogStore {
         }
     }
 
-    /// Writes one metadata record and fsyncs it before returning.
+    /// Writes one metadata record and makes it durable before returning.
     async fn write_meta<T: Serialize>(&self, key: &[u8], value: &T) -> Result<(), StorageError> {
         let write_error =
             |error: String| io_error(ErrorSubject::Store, ErrorVerb::Write, &self.path, error);
         self.meta
             .insert(key, encode(value))
             .map_err(|e| write_error(e.to_string()))?;
-        self.persist().await.map_err(|e| write_error(e.to_string()))
-    }
-
-    /// Makes everything written so far durable: sled's flush, then an fsync of its file.
-    async fn persist(&self) -> std::io::Result<()> {
         self.db
             .flush_async()
             .await
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+            .map_err(|e| write_error(e.to_string()))?;
         let file = self.db_file.clone();
         tokio::task::spawn_blocking(move || file.sync_data())
             .await
-            .map_err(std::io::Error::other)?
+            .map_err(|e| write_error(e.to_string()))?
+            .map_err(|e| write_error(e.to_string()))
     }
 
-    /// The highest index the database holds: the last entry, or the purge point.
-    pub fn last_durable_index(&self) -> Result<u64, StorageError> {
-        let last_purged: Option<LogId> = self.read_meta(LAST_PURGED_KEY)?;
-        let last = self.last_entry_id()?.or(last_purged);
-        Ok(last.map_or(0, |log_id| log_id.index))
+    fn last_purged(&self) -> Result<Option<LogId>, StorageError> {
+        self.read_meta(LAST_PURGED_KEY)
+    }
+
+    fn read_entries(&self, start: u64, end: u64) -> Result<Vec<Entry<TypeConfig>>, StorageError> {
+        let read_error =
+            |error: String| io_error(ErrorSubject::Logs, ErrorVerb::Read, &self.path, error);
+        let locations = self.wal().locate(start, end);
+        locations
+            .iter()
+            .map(|location| decode(&location.read().map_err(read_error)?).map_err(read_error))
+            .collect()
     }
 
     fn last_entry_id(&self) -> Result<Option<LogId>, StorageError> {
-        match self.logs.last() {
-            Ok(Some((_, bytes))) => decode::<Entry<TypeConfig>>(&bytes)
-                .map(|entry| Some(entry.log_id))
-                .map_err(|error| io_error(ErrorSubject::Logs, ErrorVerb::Read, &self.path, error)),
-            Ok(None) => Ok(None),
-            Err(error) => Err(io_error(
-                ErrorSubject::Logs,
-                ErrorVerb::Read,
-                &self.path,
-                error,
-            )),
-        }
+        let Some(last) = self.wal().last_index() else {
+            return Ok(None);
+        };
+        Ok(self
+            .read_entries(last, last + 1)?
+            .pop()
+            .map(|entry| entry.log_id))
     }
 
-    /// Removes every entry whose index is within `range`, in one atomic batch.
-    fn remove_range(&self, range: impl RangeBounds<u64>) -> Result<(), StorageError> {
-        let start = bound_key(range.start_bound());
-        let end = bound_key(range.end_bound());
-        let mut batch = sled::Batch::default();
-        for item in self.logs.range::<Vec<u8>, _>((start, end)) {
-            let (key, _) = item.map_err(|error| {
-                io_error(ErrorSubject::Logs, ErrorVerb::Delete, &self.path, error)
-            })?;
-            batch.remove(key);
-        }
-        self.logs
-            .apply_batch(batch)
-            .map_err(|error| io_error(ErrorSubject::Logs, ErrorVerb::Delete, &self.path, error))
+    /// The highest index the log holds: the last entry, or the purge point.
+    pub fn last_durable_index(&self) -> Result<u64, StorageError> {
+        let last = self.last_entry_id()?.or(self.last_purged()?);
+        Ok(last.map_or(0, |log_id| log_id.index))
     }
-}
-
-fn index_key(index: u64) -> Vec<u8> {
-    index.to_be_bytes().to_vec()
-}
-
-fn bound_key(bound: Bound<&u64>) -> Bound<Vec<u8>> {
-    match bound {
-        Bound::Included(index) => Bound::Included(index_key(*index)),
-        Bound::Excluded(index) => Bound::Excluded(index_key(*index)),
-        Bound::Unbounded => Bound::Unbounded,
-    }
-}
-
-/// sled keeps its log in one file named `db` inside its directory.
-fn open_data_file(path: &Path) -> Result<File, String> {
-    let file = path.join("db");
-    File::open(&file).map_err(|error| format!("cannot open {}: {error}", file.display()))
 }
 
 /// Starts the flusher thread. It owns fsync, a blocking call, so it is a thread of its own
 /// rather than a task that would stall an async worker; it stops when every sender is gone.
-fn spawn_flusher(
-    db: sled::Db,
-    db_file: Arc<File>,
-    progress: Arc<ProgressMarker>,
-) -> Result<mpsc::Sender<FlushRequest>, String> {
+fn spawn_flusher(progress: Arc<ProgressMarker>) -> Result<mpsc::Sender<FlushRequest>, String> {
     let (sender, requests) = mpsc::channel::<FlushRequest>();
     std::thread::Builder::new()
         .name("raft-log-flush".into())
@@ -219,16 +207,20 @@ fn spawn_flusher(
             while let Ok(first) = requests.recv() {
                 let mut waiting = vec![first];
                 waiting.extend(requests.try_iter());
-                let result = db
-                    .flush()
-                    .map_err(|e| std::io::Error::other(e.to_string()))
-                    .and_then(|_| db_file.sync_data());
+                // Usually one segment; two around a segment switch.
+                let mut files: Vec<&Arc<File>> = Vec::new();
+                for file in waiting.iter().flat_map(|(_, _, files)| files) {
+                    if !files.iter().any(|known| Arc::ptr_eq(known, file)) {
+                        files.push(file);
+                    }
+                }
+                let result = files.iter().try_for_each(|file| file.sync_data());
                 if result.is_ok() {
-                    if let Some(last) = waiting.iter().map(|(_, index)| *index).max() {
+                    if let Some(last) = waiting.iter().map(|(_, index, _)| *index).max() {
                         progress.record(last);
                     }
                 }
-                for (callback, _) in waiting {
+                for (callback, _, _) in waiting {
                     let outcome = match &result {
                         Ok(()) => Ok(()),
                         Err(error) => Err(std::io::Error::new(error.kind(), error.to_string())),
@@ -241,24 +233,29 @@ fn spawn_flusher(
     Ok(sender)
 }
 
+fn range_to_indexes(range: &impl RangeBounds<u64>) -> (u64, u64) {
+    let start = match range.start_bound() {
+        Bound::Included(index) => *index,
+        Bound::Excluded(index) => index.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(index) => index.saturating_add(1),
+        Bound::Excluded(index) => *index,
+        Bound::Unbounded => u64::MAX,
+    };
+    (start, end)
+}
+
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError> {
-        let start = bound_key(range.start_bound());
-        let end = bound_key(range.end_bound());
-        self.logs
-            .range::<Vec<u8>, _>((start, end))
-            .map(|item| {
-                let (_, bytes) = item.map_err(|error| {
-                    io_error(ErrorSubject::Logs, ErrorVerb::Read, &self.path, error)
-                })?;
-                decode(&bytes).map_err(|error| {
-                    io_error(ErrorSubject::Logs, ErrorVerb::Read, &self.path, error)
-                })
-            })
-            .collect()
+        let (start, end) = range_to_indexes(&range);
+        // Entries at or below the purge point may still sit in a kept segment; they are gone.
+        let first_kept = self.last_purged()?.map_or(0, |log_id| log_id.index + 1);
+        self.read_entries(start.max(first_kept), end)
     }
 }
 
@@ -266,8 +263,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let last_purged_log_id: Option<LogId> = self.read_meta(LAST_PURGED_KEY)?;
-        let last_log_id = self.last_entry_id()?.or(last_purged_log_id);
+        let last_purged_log_id = self.last_purged()?;
+        let last_entry = self.last_entry_id()?;
+        // An entry at or below the purge point is not part of the log any more.
+        let last_log_id = match (last_entry, last_purged_log_id) {
+            (Some(entry), Some(purged)) if entry.index <= purged.index => Some(purged),
+            (entry, purged) => entry.or(purged),
+        };
         Ok(LogState {
             last_purged_log_id,
             last_log_id,
@@ -288,7 +290,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         // The committed id lets a restarted node re-apply its log at once, before any election.
-        // It need not be fsynced here: losing it only delays re-applying until the next commit.
+        // It need not be durable here: losing it only delays re-applying until the next commit.
         self.meta
             .insert(COMMITTED_KEY, encode(&committed))
             .map_err(|error| io_error(ErrorSubject::Store, ErrorVerb::Write, &self.path, error))?;
@@ -308,27 +310,29 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
-        let mut batch = sled::Batch::default();
-        let mut last_index = 0;
-        for entry in entries {
-            last_index = entry.log_id.index;
-            batch.insert(index_key(entry.log_id.index), encode(&entry));
-        }
-        self.logs
-            .apply_batch(batch)
+        let records: Vec<(u64, Vec<u8>)> = entries
+            .into_iter()
+            .map(|entry| (entry.log_id.index, encode(&entry)))
+            .collect();
+        let Some(&(last_index, _)) = records.last() else {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        };
+        let written = self
+            .wal()
+            .append(&records)
             .map_err(|error| io_error(ErrorSubject::Logs, ErrorVerb::Write, &self.path, error))?;
-        if let Err(unsent) = self.flusher.send((callback, last_index)) {
-            // The flusher thread only stops if it panicked; make the entries durable here.
-            let (callback, _) = unsent.0;
-            callback.log_io_completed(self.persist().await);
+        if let Err(unsent) = self.flusher.send((callback, last_index, written)) {
+            // The flusher thread only stops if it panicked; fsync here instead.
+            let (callback, _, files) = unsent.0;
+            callback.log_io_completed(files.iter().try_for_each(|file| file.sync_data()));
         }
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.remove_range(log_id.index..)?;
-        self.persist()
-            .await
+        self.wal()
+            .truncate_from(log_id.index)
             .map_err(|error| io_error(ErrorSubject::Logs, ErrorVerb::Delete, &self.path, error))?;
         // Conflicting entries were removed on purpose; the durable end moves back with them.
         self.progress.record(log_id.index.saturating_sub(1));
@@ -337,8 +341,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         // Record the purge point durably first: a crash between the two steps leaves extra
-        // entries below it, which are harmless, never a gap above it.
+        // entries below it, which reads already skip, never a gap above it.
         self.write_meta(LAST_PURGED_KEY, &log_id).await?;
-        self.remove_range(..=log_id.index)
+        self.wal()
+            .purge_through(log_id.index)
+            .map_err(|error| io_error(ErrorSubject::Logs, ErrorVerb::Delete, &self.path, error))
     }
 }

@@ -1,5 +1,6 @@
-//! openraft wiring: the type configuration, the sled-backed log store and state machine, the
-//! network, and the Raft configuration derived from the agent's config.
+//! openraft wiring: the type configuration, the log store (entries in our write-ahead log,
+//! vote and purge point in sled), the state machine with file snapshots, the network, and the
+//! Raft configuration derived from the agent's config.
 //!
 //! Architecture invariant: Raft is the only writer of the state store. Everything that changes
 //! replicated state is a `types::Command` in a log entry, flushed to disk on a quorum before the
@@ -18,6 +19,7 @@ mod snapshot_file;
 mod state_machine;
 #[cfg(test)]
 mod storage_suite;
+mod wal;
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
@@ -95,20 +97,21 @@ pub async fn open_storage(data_dir: &Path, store: Arc<Store>) -> anyhow::Result<
     let (progress, acknowledged) =
         progress::ProgressMarker::open(&data_dir.join("raft").join("progress"))
             .map_err(|error| anyhow::anyhow!("{error}; refusing to start"))?;
-    let log_store = LogStore::open(db.clone(), &path, Arc::new(progress))
-        .map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))?;
+    let wal_dir = data_dir.join("raft").join("wal");
+    let log_store = LogStore::open(db, &path, &wal_dir, Arc::new(progress))
+        .map_err(|error| anyhow::anyhow!("{error}; refusing to start"))?;
     let state_machine = StateMachine::open(&data_dir.join("raft").join("snapshots"), store)
         .map_err(|error| anyhow::anyhow!("{error}; refusing to start"))?;
     let durable = log_store
         .last_durable_index()
-        .map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))?
+        .map_err(|error| anyhow::anyhow!("{error}"))?
         .max(state_machine.snapshot_index());
     if durable < acknowledged {
         anyhow::bail!(
             "{}: the Raft log ends at index {durable} but index {acknowledged} was durably \
-             written before; the database is damaged. Refusing to start rather than lose \
+             written before; the log is damaged. Refusing to start rather than lose \
              acknowledged writes (restore from a snapshot or another server)",
-            path.display()
+            wal_dir.display()
         );
     }
     Ok(RaftStorage {
@@ -122,10 +125,9 @@ fn open_database(path: &Path) -> anyhow::Result<sled::Db> {
         .map_err(|error| anyhow::anyhow!("cannot create {}: {error}", path.display()))?;
     sled::Config::new()
         .path(path)
-        // sled's default cache is 1 GiB; the state store already holds the working set in
-        // memory, so the Raft database needs only a small cache for recent log entries.
-        .cache_capacity(16 * 1024 * 1024)
-        // Durability comes from the explicit flush before each append is acknowledged; the
+        // sled's default cache is 1 GiB; it holds only a few small metadata records here.
+        .cache_capacity(1024 * 1024)
+        // Durability comes from the explicit flush and fsync of each metadata write; the
         // periodic background flush would only add idle wake-ups.
         .flush_every_ms(None)
         .open()

@@ -86,6 +86,12 @@ impl Tables {
                 kv::reap_tombstones(self, *up_to_index);
                 CommandResult::Done
             }
+            Command::Batch(commands) => CommandResult::Batch(
+                commands
+                    .iter()
+                    .map(|command| self.apply(index, command, touched))
+                    .collect(),
+            ),
         }
     }
 }

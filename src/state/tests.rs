@@ -319,3 +319,39 @@ fn readers_keep_their_snapshot_while_writes_continue() {
     assert_eq!(before.kv_get("a").unwrap().value, b"1");
     assert_eq!(store.snapshot().kv_get("a").unwrap().value, b"2");
 }
+
+#[test]
+fn a_batch_applies_in_order_at_one_index_with_one_result_each() {
+    let store = Store::new();
+    let cas_zero = |key: &str| {
+        Command::Kv(KvOp::Cas {
+            key: key.into(),
+            value: b"v".to_vec(),
+            flags: 0,
+            index: 0,
+        })
+    };
+    let result = apply(
+        &store,
+        7,
+        Command::Batch(vec![
+            set("a", "1"),
+            cas_zero("a"),
+            cas_zero("b"),
+            set("a", "2"),
+        ]),
+    );
+    assert_eq!(
+        result,
+        CommandResult::Batch(vec![
+            CommandResult::Kv(true),
+            CommandResult::Kv(false),
+            CommandResult::Kv(true),
+            CommandResult::Kv(true),
+        ])
+    );
+    let tables = store.snapshot();
+    assert_eq!(tables.kv_get("a").unwrap().value, b"2");
+    assert_eq!(tables.kv_get("a").unwrap().indexes.modify, 7);
+    assert_eq!(tables.kv_get("b").unwrap().indexes.create, 7);
+}

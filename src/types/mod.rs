@@ -173,6 +173,9 @@ pub enum Command {
     ReapTombstones {
         up_to_index: u64,
     },
+    /// Independent writes that arrived together, committed as one log entry (group commit) and
+    /// applied in order; they share its Raft index. Each has its own result. Never nested.
+    Batch(Vec<Command>),
 }
 
 /// What applying a command produced. Business failures (a CAS mismatch, a rolled-back
@@ -184,4 +187,6 @@ pub enum CommandResult {
     Txn(TxnOutcome),
     Catalog(Result<(), String>),
     Done,
+    /// The results of a `Command::Batch`, in order.
+    Batch(Vec<CommandResult>),
 }

@@ -158,9 +158,9 @@ async fn corrupt_data_dir_refuses_to_start_and_is_left_alone() {
     );
     std::fs::write(&node_id, original).unwrap();
 
-    // Damaged Raft database files: overwrite the middle of every file in it.
-    let database = data_dir.join("raft").join("raft.db");
-    for entry in walk(&database) {
+    // Damaged Raft log files: overwrite the middle of every segment.
+    let log_dir = data_dir.join("raft").join("wal");
+    for entry in walk(&log_dir) {
         let mut bytes = std::fs::read(&entry).unwrap();
         if bytes.len() > 64 {
             let middle = bytes.len() / 2;
@@ -178,7 +178,7 @@ async fn corrupt_data_dir_refuses_to_start_and_is_left_alone() {
         agent.log()
     );
     let log = agent.log();
-    assert!(log.contains("raft.db") && log.contains("damaged"), "{log}");
+    assert!(log.contains("wal") && log.contains("damaged"), "{log}");
 }
 
 fn walk(path: &std::path::Path) -> Vec<std::path::PathBuf> {
