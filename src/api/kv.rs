@@ -11,25 +11,38 @@ fn base64_engine() -> base64::engine::GeneralPurpose {
 }
 
 /// `KVPair`: `Value` is base64, or null when empty or not returned; `Session` is omitted when
-/// the key is not locked.
-pub fn kv_pair(entry: &KvEntry, with_value: bool) -> Value {
-    let value = if with_value && !entry.value.is_empty() {
-        Value::String(base64_engine().encode(&entry.value))
-    } else {
-        Value::Null
-    };
-    let mut pair = json!({
-        "LockIndex": entry.lock_index,
-        "Key": entry.key,
-        "Flags": entry.flags,
-        "Value": value,
-        "CreateIndex": entry.indexes.create,
-        "ModifyIndex": entry.indexes.modify,
-    });
-    if !entry.session.is_empty() {
-        pair["Session"] = Value::String(entry.session.clone());
+/// the key is not locked. Typed, so KV reads serialise straight to bytes.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct KvPair<'a> {
+    lock_index: u64,
+    key: &'a str,
+    flags: u64,
+    value: Option<String>,
+    create_index: u64,
+    modify_index: u64,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    session: &'a str,
+}
+
+impl<'a> KvPair<'a> {
+    pub fn new(entry: &'a KvEntry, with_value: bool) -> KvPair<'a> {
+        KvPair {
+            lock_index: entry.lock_index,
+            key: &entry.key,
+            flags: entry.flags,
+            value: (with_value && !entry.value.is_empty())
+                .then(|| base64_engine().encode(&entry.value)),
+            create_index: entry.indexes.create,
+            modify_index: entry.indexes.modify,
+            session: &entry.session,
+        }
     }
-    pair
+}
+
+/// A `KVPair` as a JSON value, for responses that embed it.
+pub fn kv_pair(entry: &KvEntry, with_value: bool) -> Value {
+    serde_json::to_value(KvPair::new(entry, with_value)).unwrap_or(Value::Null)
 }
 
 /// One element of a `PUT /v1/txn` body. Only KV operations are supported.

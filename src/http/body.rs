@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::HeaderMap;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Bytes;
 
@@ -13,7 +12,7 @@ use super::error::ApiError;
 /// Reads the whole body; `limit_name` is the config key that sets `limit`, named in the error.
 pub async fn read(
     body: Body,
-    headers: &HeaderMap,
+    declared: Option<u64>,
     limit: usize,
     limit_name: &str,
     timeout: Duration,
@@ -24,10 +23,6 @@ pub async fn read(
             "Request body {size}too large, max size: {limit} bytes. See {limit_name}."
         ))
     };
-    let declared = headers
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<u64>().ok());
     if let Some(size) = declared {
         if size > limit as u64 {
             return Err(too_large(Some(size)));

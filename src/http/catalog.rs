@@ -24,7 +24,7 @@ async fn read_body(state: &AppState, call: &Call, body: Body) -> Result<Vec<u8>,
     let limits = &state.config.limits;
     Ok(super::body::read(
         body,
-        &call.headers,
+        call.content_length,
         limits.http_max_body_size,
         "limits.http_max_body_size",
         limits.http_body_timeout,

@@ -13,7 +13,7 @@ use super::params::Call;
 use super::reply::{self, Reply};
 use super::AppState;
 use crate::acl::Access;
-use crate::api::kv::kv_pair;
+use crate::api::kv::KvPair;
 use crate::state::kv::topic;
 use crate::state::Match;
 use crate::types::{Command, CommandResult, KvOp};
@@ -75,20 +75,23 @@ async fn read(state: &AppState, key: String, call: Call) -> Result<Response, Api
                 Reply::Json(Value::from(listed))
             }
         } else if recurse {
-            let entries: Vec<Value> = tables
+            let entries: Vec<KvPair> = tables
                 .kv_list(&key)
-                .map(|entry| kv_pair(entry, true))
+                .map(|entry| KvPair::new(entry, true))
                 .collect();
             if entries.is_empty() {
                 Reply::NotFound
             } else {
-                Reply::Json(Value::Array(entries))
+                Reply::JsonBytes(reply::json_body(&entries, options.pretty))
             }
         } else {
             match tables.kv_get(&key) {
                 None => Reply::NotFound,
                 Some(entry) if raw => Reply::Raw(entry.value.clone()),
-                Some(entry) => Reply::Json(Value::Array(vec![kv_pair(entry, true)])),
+                Some(entry) => Reply::JsonBytes(reply::json_body(
+                    &[KvPair::new(entry, true)],
+                    options.pretty,
+                )),
             }
         };
         Ok((index, reply))
@@ -154,7 +157,7 @@ async fn write(
     let limits = &state.config.limits;
     let value = super::body::read(
         body,
-        &call.headers,
+        call.content_length,
         limits.kv_max_value_size,
         "limits.kv_max_value_size",
         limits.http_body_timeout,

@@ -18,10 +18,14 @@ use crate::api::filter::Filter;
 use crate::rpc::Consistency;
 use crate::types::duration::parse_go_duration;
 
-/// The decoded query string plus the request headers.
+/// The decoded query string plus the two request headers handlers use. Only those are kept:
+/// a blocking query holds its `Call` for minutes, so it should not hold a copy of every header.
 pub struct Call {
     pairs: Vec<(String, String)>,
-    pub headers: HeaderMap,
+    /// `X-Consul-Token`, else the bearer token of `Authorization`.
+    header_token: Option<String>,
+    /// The declared body length, if any.
+    pub content_length: Option<u64>,
 }
 
 fn decode(text: &str) -> String {
@@ -31,7 +35,7 @@ fn decode(text: &str) -> String {
 }
 
 impl Call {
-    pub fn parse(query: Option<&str>, headers: HeaderMap) -> Call {
+    pub fn parse(query: Option<&str>, headers: &HeaderMap) -> Call {
         let pairs = query
             .unwrap_or("")
             .split('&')
@@ -41,7 +45,18 @@ impl Call {
                 None => (decode(pair), String::new()),
             })
             .collect();
-        Call { pairs, headers }
+        let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+        let header_token = header("X-Consul-Token").map(str::to_string).or_else(|| {
+            header("Authorization")
+                .and_then(|value| value.strip_prefix("Bearer "))
+                .map(|token| token.trim().to_string())
+        });
+        let content_length = header("Content-Length").and_then(|value| value.parse().ok());
+        Call {
+            pairs,
+            header_token,
+            content_length,
+        }
     }
 
     pub fn has(&self, name: &str) -> bool {
@@ -75,21 +90,9 @@ impl Call {
 
     /// The ACL token: `?token=`, then `X-Consul-Token`, then `Authorization: Bearer`.
     pub fn token(&self) -> Option<String> {
-        if let Some(token) = self.get("token") {
-            return Some(token.to_string());
-        }
-        if let Some(token) = self
-            .headers
-            .get("X-Consul-Token")
-            .and_then(|v| v.to_str().ok())
-        {
-            return Some(token.to_string());
-        }
-        self.headers
-            .get("Authorization")
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(|token| token.trim().to_string())
+        self.get("token")
+            .map(str::to_string)
+            .or_else(|| self.header_token.clone())
     }
 
     /// Rejects a `?dc=` naming a datacenter this agent cannot reach.
@@ -159,7 +162,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Call {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Call, Self::Rejection> {
-        Ok(Call::parse(parts.uri.query(), parts.headers.clone()))
+        Ok(Call::parse(parts.uri.query(), &parts.headers))
     }
 }
 

@@ -16,6 +16,8 @@ use crate::state::{Match, Tables};
 /// What a read produced, before headers.
 pub enum Reply {
     Json(Value),
+    /// JSON already serialised (typed shapes on hot paths skip building a `Value`).
+    JsonBytes(Vec<u8>),
     /// A raw value (`/v1/kv/<key>?raw`).
     Raw(Vec<u8>),
     /// 404 with an empty body, as Consul answers a missing KV key.
@@ -23,7 +25,7 @@ pub enum Reply {
 }
 
 /// Serialises JSON the way Consul does: minified, or indented with `?pretty`.
-pub fn json_body(value: &Value, pretty: bool) -> Vec<u8> {
+pub fn json_body<T: serde::Serialize + ?Sized>(value: &T, pretty: bool) -> Vec<u8> {
     let mut body = if pretty {
         serde_json::to_vec_pretty(value)
     } else {
@@ -54,6 +56,9 @@ fn with_headers(
 ) -> Response {
     let mut response = match reply {
         Reply::Json(value) => json(&value, options.pretty),
+        Reply::JsonBytes(body) => {
+            ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+        }
         Reply::Raw(bytes) => ([(header::CONTENT_TYPE, "text/plain")], bytes).into_response(),
         Reply::NotFound => StatusCode::NOT_FOUND.into_response(),
     };
@@ -102,18 +107,19 @@ where
     loop {
         let guard = (options.index > 0).then(|| store.watch(&topics));
         let (index, reply) = read(&store.snapshot())?;
-        let Some(guard) = guard else {
-            return Ok(with_headers(reply, index, contact, options, state));
+        let answer_now =
+            index > options.index || Instant::now() >= deadline || state.shutdown.is_cancelled();
+        let guard = match guard {
+            Some(guard) if !answer_now => guard,
+            _ => return Ok(with_headers(reply, index, contact, options, state)),
         };
-        if index > options.index || Instant::now() >= deadline {
-            return Ok(with_headers(reply, index, contact, options, state));
-        }
+        // Ten thousand waiting queries should not each hold a rendered answer; the next pass
+        // reads again anyway.
+        drop(reply);
         tokio::select! {
             _ = guard.changed() => {}
             _ = tokio::time::sleep_until(deadline) => {}
-            _ = state.shutdown.cancelled() => {
-                return Ok(with_headers(reply, index, contact, options, state));
-            }
+            _ = state.shutdown.cancelled() => {}
         }
     }
 }

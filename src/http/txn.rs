@@ -27,7 +27,7 @@ pub async fn apply(
     let limits = &state.config.limits;
     let bytes = super::body::read(
         body,
-        &call.headers,
+        call.content_length,
         limits.txn_max_req_len,
         "limits.txn_max_req_len",
         limits.http_body_timeout,
