@@ -1,4 +1,5 @@
-//! Runs openraft's own storage test suite against the sled log store and state machine, each
+//! Runs openraft's own storage test suite against the log store (WAL entries, sled metadata)
+//! and the file-snapshot state machine, each
 //! case on a fresh database in its own temporary directory.
 
 use std::sync::Arc;
@@ -8,9 +9,9 @@ use openraft::testing::{StoreBuilder, Suite};
 use super::{open_storage, LogStore, StateMachine, StorageError, TypeConfig};
 use crate::state::Store;
 
-struct SledBuilder;
+struct DiskBuilder;
 
-impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for SledBuilder {
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for DiskBuilder {
     async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
         let setup_error = |error: String| -> StorageError {
             openraft::StorageIOError::write(&std::io::Error::other(error)).into()
@@ -24,6 +25,6 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Sle
 }
 
 #[test]
-fn sled_storage_passes_openraft_suite() -> Result<(), StorageError> {
-    Suite::test_all(SledBuilder)
+fn disk_storage_passes_openraft_suite() -> Result<(), StorageError> {
+    Suite::test_all(DiskBuilder)
 }
