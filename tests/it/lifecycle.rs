@@ -193,3 +193,47 @@ fn walk(path: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+#[tokio::test]
+async fn truncated_log_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let options = || AgentOptions {
+        dev: false,
+        data_dir: Some(data_dir.clone()),
+        extra_args: Vec::new(),
+    };
+    let mut agent = Agent::start(options()).await;
+    let client = agent.client();
+    for n in 0..50 {
+        client
+            .put(&format!("/v1/kv/t{n}"), vec![b'v'; 200])
+            .await
+            .unwrap();
+    }
+    agent.signal("TERM");
+    agent.wait_exit(Duration::from_secs(20)).await;
+
+    // Lose the second half of every log segment, as a bad copy or a full disk would.
+    for segment in walk(&data_dir.join("raft").join("wal")) {
+        let length = std::fs::metadata(&segment).unwrap().len();
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&segment)
+            .unwrap();
+        file.set_len(length / 2).unwrap();
+    }
+    let mut agent = Agent::spawn(options());
+    let code = agent.wait_exit(Duration::from_secs(20)).await;
+    assert_ne!(
+        code,
+        Some(0),
+        "started on a truncated log:\n{}",
+        agent.log()
+    );
+    let log = agent.log();
+    assert!(
+        log.contains("wal") && log.contains("acknowledged writes"),
+        "{log}"
+    );
+}
