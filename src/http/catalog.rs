@@ -176,42 +176,20 @@ pub async fn service(
     .await
 }
 
+/// How `/v1/catalog/node/:node` and `/v1/catalog/node-services/:node` shape a node's services:
+/// a map by service id, or a list.
+#[derive(Clone, Copy)]
+enum NodeServicesShape {
+    ById,
+    List,
+}
+
 pub async fn node(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
     call: Call,
 ) -> Result<Response, ApiError> {
-    let options = call.read_options(&state)?;
-    state
-        .authorizer
-        .authorize(call.token().as_deref(), Access::NodeRead(&name))?;
-    let datacenter = state.config.datacenter.clone();
-    let topics = vec![(node_topic(&name), Match::Exact)];
-    reply::blocking(&state, &options, topics, |tables| {
-        let body = match tables.node(&name) {
-            None => Value::Null,
-            Some(node) => {
-                let services: Map<String, Value> = tables
-                    .node_services(&name)
-                    .map(|service| {
-                        (
-                            service.id.clone(),
-                            wire::agent_service(service, &datacenter),
-                        )
-                    })
-                    .filter(|(_, service)| {
-                        options
-                            .filter
-                            .as_ref()
-                            .is_none_or(|filter| filter.matches(service))
-                    })
-                    .collect();
-                json!({"Node": wire::node(node), "Services": services})
-            }
-        };
-        Ok((tables.node_index(&name), Reply::Json(body)))
-    })
-    .await
+    node_view(&state, name, call, NodeServicesShape::ById).await
 }
 
 pub async fn node_services(
@@ -219,21 +197,45 @@ pub async fn node_services(
     Path(name): Path<String>,
     call: Call,
 ) -> Result<Response, ApiError> {
-    let options = call.read_options(&state)?;
+    node_view(&state, name, call, NodeServicesShape::List).await
+}
+
+/// One node and its services (the filter applies to each service); `null` for an unknown node.
+async fn node_view(
+    state: &AppState,
+    name: String,
+    call: Call,
+    shape: NodeServicesShape,
+) -> Result<Response, ApiError> {
+    let options = call.read_options(state)?;
     state
         .authorizer
         .authorize(call.token().as_deref(), Access::NodeRead(&name))?;
     let datacenter = state.config.datacenter.clone();
     let topics = vec![(node_topic(&name), Match::Exact)];
-    reply::blocking(&state, &options, topics, |tables| {
+    reply::blocking(state, &options, topics, |tables| {
         let body = match tables.node(&name) {
             None => Value::Null,
             Some(node) => {
-                let services = tables
-                    .node_services(&name)
-                    .map(|service| wire::agent_service(service, &datacenter))
-                    .collect();
-                json!({"Node": wire::node(node), "Services": options.filter_list(services)})
+                let services = tables.node_services(&name).map(|service| {
+                    (
+                        service.id.clone(),
+                        wire::agent_service(service, &datacenter),
+                    )
+                });
+                let services = services.filter(|(_, service)| {
+                    options
+                        .filter
+                        .as_ref()
+                        .is_none_or(|filter| filter.matches(service))
+                });
+                let services = match shape {
+                    NodeServicesShape::ById => Value::Object(services.collect::<Map<_, _>>()),
+                    NodeServicesShape::List => {
+                        Value::Array(services.map(|(_, service)| service).collect())
+                    }
+                };
+                json!({"Node": wire::node(node), "Services": services})
             }
         };
         Ok((tables.node_index(&name), Reply::Json(body)))

@@ -3,7 +3,23 @@
 
 use std::time::Duration;
 
+use concord::api::client::Response;
+use tokio::task::JoinHandle;
+
 use crate::support::{header, json, Agent, AgentOptions};
+
+/// Asserts a blocking query is still waiting, giving a wrongly woken one ample time to have
+/// returned.
+async fn assert_still_blocked(query: &JoinHandle<Response>, why: &str) {
+    let returned = tokio::time::timeout(Duration::from_millis(500), async {
+        while !query.is_finished() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .is_ok();
+    assert!(!returned, "{why}");
+}
 
 #[tokio::test]
 async fn kv_blocking_query_wakes_only_for_its_key() {
@@ -32,18 +48,7 @@ async fn kv_blocking_query_wakes_only_for_its_key() {
             .await
             .unwrap();
     }
-    // Give a wrongly woken query ample time to have returned.
-    let still_blocked = tokio::time::timeout(Duration::from_millis(500), async {
-        while !blocked.is_finished() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .is_err();
-    assert!(
-        still_blocked,
-        "a write to another key woke the blocking query"
-    );
+    assert_still_blocked(&blocked, "a write to another key woke the blocking query").await;
 
     client.put("/v1/kv/watched", b"2".to_vec()).await.unwrap();
     let response = tokio::time::timeout(Duration::from_secs(10), blocked)
@@ -125,17 +130,7 @@ async fn catalog_service_query_wakes_for_its_service_only() {
         .await
         .unwrap();
     client.put("/v1/kv/noise", b"x".to_vec()).await.unwrap();
-    let still_blocked = tokio::time::timeout(Duration::from_millis(500), async {
-        while !blocked.is_finished() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .is_err();
-    assert!(
-        still_blocked,
-        "registering another service woke the web query"
-    );
+    assert_still_blocked(&blocked, "registering another service woke the web query").await;
     client
         .put("/v1/catalog/register", register("n2", "web"))
         .await

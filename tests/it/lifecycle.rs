@@ -124,25 +124,36 @@ fn invalid_config_refuses_to_start_naming_the_problem() {
     assert!(text.contains("log_level"), "{text}");
 }
 
+/// Options for a durable agent on `data_dir`.
+fn durable(data_dir: &std::path::Path) -> AgentOptions {
+    AgentOptions {
+        dev: false,
+        data_dir: Some(data_dir.to_path_buf()),
+        extra_args: Vec::new(),
+    }
+}
+
+/// Starts a durable agent on `data_dir`, writes `count` keys, and stops it cleanly.
+async fn write_and_stop(data_dir: &std::path::Path, count: usize, size: usize) {
+    let mut agent = Agent::start(durable(data_dir)).await;
+    let client = agent.client();
+    for n in 0..count {
+        let response = client
+            .put(&format!("/v1/kv/k{n}"), vec![b'v'; size])
+            .await
+            .unwrap();
+        assert_eq!(response.status, 200);
+    }
+    agent.signal("TERM");
+    assert_eq!(agent.wait_exit(Duration::from_secs(20)).await, Some(0));
+}
+
 #[tokio::test]
 async fn corrupt_data_dir_refuses_to_start_and_is_left_alone() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let options = || AgentOptions {
-        dev: false,
-        data_dir: Some(data_dir.clone()),
-        extra_args: Vec::new(),
-    };
-    let mut agent = Agent::start(options()).await;
-    let client = agent.client();
-    for n in 0..20 {
-        client
-            .put(&format!("/v1/kv/k{n}"), vec![b'v'; 100])
-            .await
-            .unwrap();
-    }
-    agent.signal("TERM");
-    agent.wait_exit(Duration::from_secs(20)).await;
+    let options = || durable(&data_dir);
+    write_and_stop(&data_dir, 20, 100).await;
 
     // A damaged node-id file.
     let node_id = data_dir.join("node-id");
@@ -198,21 +209,7 @@ fn walk(path: &std::path::Path) -> Vec<std::path::PathBuf> {
 async fn truncated_log_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let options = || AgentOptions {
-        dev: false,
-        data_dir: Some(data_dir.clone()),
-        extra_args: Vec::new(),
-    };
-    let mut agent = Agent::start(options()).await;
-    let client = agent.client();
-    for n in 0..50 {
-        client
-            .put(&format!("/v1/kv/t{n}"), vec![b'v'; 200])
-            .await
-            .unwrap();
-    }
-    agent.signal("TERM");
-    agent.wait_exit(Duration::from_secs(20)).await;
+    write_and_stop(&data_dir, 50, 200).await;
 
     // Lose the second half of every log segment, as a bad copy or a full disk would.
     for segment in walk(&data_dir.join("raft").join("wal")) {
@@ -223,7 +220,7 @@ async fn truncated_log_refuses_to_start() {
             .unwrap();
         file.set_len(length / 2).unwrap();
     }
-    let mut agent = Agent::spawn(options());
+    let mut agent = Agent::spawn(durable(&data_dir));
     let code = agent.wait_exit(Duration::from_secs(20)).await;
     assert_ne!(
         code,
