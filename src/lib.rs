@@ -2,6 +2,7 @@
 //! Consul's protocols. See ARCHITECTURE.md for the map.
 
 pub mod acl;
+pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod config;

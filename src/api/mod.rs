@@ -8,6 +8,7 @@
 pub mod catalog;
 pub mod client;
 pub mod decode;
+pub mod definition;
 pub mod filter;
 pub mod kv;
 

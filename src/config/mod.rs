@@ -16,7 +16,9 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use crate::api::definition::{self, DefinitionPolicy};
 use crate::raft::RaftTuning;
+use crate::types::agent::{CheckDefinition, ServiceDefinition};
 use crate::types::duration::parse_go_duration;
 use raw::RawConfig;
 use sources::{Format, Source};
@@ -115,6 +117,14 @@ pub struct RuntimeConfig {
     pub ui_enabled: bool,
     /// Pretty-print every HTTP response (Consul does in dev mode).
     pub always_pretty: bool,
+    pub enable_script_checks: bool,
+    #[serde(serialize_with = "serialize_duration")]
+    pub ae_interval: Duration,
+    /// Services and checks from config files, registered with the agent at start.
+    #[serde(skip)]
+    pub services: Vec<ServiceDefinition>,
+    #[serde(skip)]
+    pub checks: Vec<CheckDefinition>,
 }
 
 fn serialize_duration<S: serde::Serializer>(
@@ -139,6 +149,9 @@ fn dev_defaults() -> Value {
         "enable_debug": true,
     })
 }
+
+/// Config keys holding service and check definitions.
+const DEFINITION_KEYS: [&str; 4] = ["service", "services", "check", "checks"];
 
 /// A loaded configuration and the warnings to log once logging is up.
 pub struct Loaded {
@@ -182,9 +195,19 @@ pub fn load(options: &LoadOptions) -> Result<Loaded, String> {
     }
 
     // Check each source on its own first, so warnings and type errors name their source.
+    // Service and check definitions are taken out before merging: Consul appends them across
+    // sources rather than merging them.
     let mut warnings = Vec::new();
     let mut merged = json!({});
-    for source in sources {
+    let mut definitions: Vec<(String, &'static str, Value)> = Vec::new();
+    for mut source in sources {
+        if let Some(object) = source.value.as_object_mut() {
+            for key in DEFINITION_KEYS {
+                if let Some(value) = object.remove(key) {
+                    definitions.push((source.name.clone(), key, value));
+                }
+            }
+        }
         let mut unknown = Vec::new();
         serde_ignored::deserialize::<_, _, RawConfig>(&source.value, |path| {
             unknown.push(path.to_string())
@@ -199,6 +222,22 @@ pub fn load(options: &LoadOptions) -> Result<Loaded, String> {
     }
     let raw: RawConfig = serde_json::from_value(merged).map_err(|error| error.to_string())?;
     let mut config = build(raw)?;
+    let policy = DefinitionPolicy {
+        enable_script_checks: config.enable_script_checks,
+    };
+    for (source, key, value) in definitions {
+        for (position, item) in definition::one_or_many(value).into_iter().enumerate() {
+            let located = |error: String| format!("{source}: {key}[{position}]: {error}");
+            match key {
+                "service" | "services" => config
+                    .services
+                    .push(definition::service(item, policy).map_err(located)?),
+                _ => config
+                    .checks
+                    .push(definition::check(item, policy).map_err(located)?),
+            }
+        }
+    }
     if config.advertise_addr.is_unspecified() {
         warnings.push(
             "bind_addr is unspecified and no advertise_addr is set; advertising 127.0.0.1"
@@ -380,6 +419,15 @@ fn build(raw: RawConfig) -> Result<RuntimeConfig, String> {
         log_json: raw.log_json.unwrap_or(false),
         ui_enabled: raw.ui_config.and_then(|ui| ui.enabled).unwrap_or(dev_mode),
         always_pretty: dev_mode,
+        enable_script_checks: raw.enable_script_checks.unwrap_or(false)
+            || raw.enable_local_script_checks.unwrap_or(false),
+        ae_interval: duration(
+            "ae_interval",
+            raw.ae_interval.as_deref(),
+            Duration::from_secs(60),
+        )?,
+        services: Vec::new(),
+        checks: Vec::new(),
     })
 }
 

@@ -31,6 +31,10 @@ pub struct RawConfig {
     pub disable_update_check: Option<bool>,
     pub ui_config: Option<RawUi>,
     pub enable_debug: Option<bool>,
+    pub enable_script_checks: Option<bool>,
+    pub enable_local_script_checks: Option<bool>,
+    /// How often anti-entropy runs a full sync (Consul's `ae_interval`).
+    pub ae_interval: Option<String>,
     /// Set by `-dev`; not a Consul config key, but carried with the other sources so that
     /// flags, files and dev defaults go through one merge.
     pub dev_mode: Option<bool>,

@@ -145,3 +145,48 @@ fn shipped_examples_load_cleanly_and_agree() {
     assert!(hcl.config.server_mode);
     assert_eq!(hcl.config.bootstrap_expect, 1);
 }
+
+#[test]
+fn service_and_check_definitions_append_across_files_and_errors_name_file_and_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("a.json"),
+        r#"{"data_dir": "/x", "service": {"name": "web", "port": 80, "check": {"ttl": "10s"}}}"#,
+    )
+    .expect("write");
+    std::fs::write(
+        dir.path().join("b.hcl"),
+        "service {\n  name = \"db\"\n  port = 5432\n}\ncheck {\n  name = \"disk\"\n  ttl = \"1m\"\n}\n",
+    )
+    .expect("write");
+    let config = load(&LoadOptions {
+        paths: vec![ConfigPath::Dir(dir.path().to_path_buf())],
+        ..LoadOptions::default()
+    })
+    .expect("load")
+    .config;
+    let names: Vec<&str> = config
+        .services
+        .iter()
+        .map(|s| s.service.name.as_str())
+        .collect();
+    assert_eq!(names, ["web", "db"]);
+    assert_eq!(config.services[0].checks[0].id, "service:web");
+    assert_eq!(config.checks[0].id, "disk");
+
+    std::fs::write(
+        dir.path().join("c.json"),
+        r#"{"services": [{"name": "ok"}, {"name": "bad", "check": {"http": "http://x"}}]}"#,
+    )
+    .expect("write");
+    let error = load(&LoadOptions {
+        paths: vec![ConfigPath::Dir(dir.path().to_path_buf())],
+        ..LoadOptions::default()
+    })
+    .err()
+    .expect("invalid check");
+    assert!(
+        error.contains("c.json") && error.contains("services[1]") && error.contains("Interval"),
+        "{error}"
+    );
+}

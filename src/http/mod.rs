@@ -5,9 +5,11 @@
 //! shapes the answer with `api`. Errors become responses in exactly one place (`error`).
 
 mod agent;
+mod agent_local;
 mod body;
 mod catalog;
 pub mod error;
+mod health;
 mod kv;
 mod params;
 mod reply;
@@ -21,12 +23,14 @@ use axum::Router;
 use tokio_util::sync::CancellationToken;
 
 use crate::acl::Authorizer;
+use crate::agent::Agent;
 use crate::config::RuntimeConfig;
 use crate::rpc::Rpc;
 
 /// Everything a handler may use.
 pub struct AppState {
     pub rpc: Rpc,
+    pub agent: Arc<Agent>,
     pub config: Arc<RuntimeConfig>,
     pub authorizer: Authorizer,
     pub node_id: String,
@@ -62,6 +66,30 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/agent/version", get(agent::version))
         .route("/v1/agent/members", get(agent::members))
         .route("/v1/agent/leave", put(agent::leave))
+        .route("/v1/agent/services", get(agent_local::services))
+        .route(
+            "/v1/agent/service/register",
+            put(agent_local::register_service),
+        )
+        .route(
+            "/v1/agent/service/deregister/{id}",
+            put(agent_local::deregister_service),
+        )
+        .route("/v1/agent/service/{id}", get(agent_local::service))
+        .route("/v1/agent/checks", get(agent_local::checks))
+        .route("/v1/agent/check/register", put(agent_local::register_check))
+        .route(
+            "/v1/agent/check/deregister/{id}",
+            put(agent_local::deregister_check),
+        )
+        .route("/v1/agent/check/pass/{id}", put(agent_local::pass))
+        .route("/v1/agent/check/warn/{id}", put(agent_local::warn))
+        .route("/v1/agent/check/fail/{id}", put(agent_local::fail))
+        .route("/v1/agent/check/update/{id}", put(agent_local::update))
+        .route("/v1/health/service/{name}", get(health::service))
+        .route("/v1/health/checks/{name}", get(health::service_checks))
+        .route("/v1/health/node/{node}", get(health::node))
+        .route("/v1/health/state/{state}", get(health::in_state))
         .fallback(|| async { (StatusCode::NOT_FOUND, "404 page not found") })
         .with_state(state)
 }

@@ -1,10 +1,10 @@
-//! Duties of the Raft leader: keep this server's node, its `serfHealth` check and the `consul`
-//! service in the catalog, and reap KV tombstones once they are older than the tombstone TTL.
+//! Duties of the Raft leader: keep this server's node and its `serfHealth` check in the
+//! catalog, and reap KV tombstones once they are older than the tombstone TTL.
 //!
 //! The tombstone cut is chosen here (with a clock) and replicated as a command, so the FSM
 //! stays deterministic.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,42 +12,20 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::RuntimeConfig;
 use crate::rpc::Rpc;
-use crate::types::{
-    Check, Command, CommandResult, HealthStatus, Node, RaftIndexes, RegisterRequest, Service,
-};
+use crate::types::{Check, Command, CommandResult, HealthStatus, RaftIndexes, RegisterRequest};
 
 /// How long a deleted key's tombstone is kept (Consul's TombstoneTTL).
 const TOMBSTONE_TTL: Duration = Duration::from_secs(15 * 60);
 /// How often the leader records the KV index and reaps (Consul's granularity).
 const TOMBSTONE_GRANULARITY: Duration = Duration::from_secs(30);
 
+/// The leader keeps this server's node and its `serfHealth` check in the catalog; the agent's
+/// anti-entropy owns everything else registered on the node.
 fn self_registration(config: &RuntimeConfig, node_id: &str) -> RegisterRequest {
-    let address = config.advertise_addr.to_string();
-    let mut meta = config.node_meta.clone();
-    meta.insert("consul-network-segment".into(), String::new());
-    let tagged_addresses = BTreeMap::from([
-        ("lan".to_string(), address.clone()),
-        ("lan_ipv4".to_string(), address.clone()),
-        ("wan".to_string(), address.clone()),
-        ("wan_ipv4".to_string(), address.clone()),
-    ]);
     RegisterRequest {
-        node: Node {
-            id: node_id.to_string(),
-            name: config.node_name.clone(),
-            address,
-            datacenter: config.datacenter.clone(),
-            tagged_addresses,
-            meta,
-            indexes: RaftIndexes::default(),
-        },
+        node: crate::agent::node_record(config, node_id),
         skip_node_update: false,
-        service: config.server_mode.then(|| Service {
-            id: "consul".into(),
-            name: "consul".into(),
-            port: config.ports.server.unwrap_or(8300),
-            ..Service::default()
-        }),
+        service: None,
         checks: vec![Check {
             node: config.node_name.clone(),
             check_id: "serfHealth".into(),

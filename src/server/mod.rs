@@ -18,6 +18,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::acl::Authorizer;
+use crate::agent::Agent;
 use crate::config::RuntimeConfig;
 use crate::http::{self, AppState};
 use crate::raft::{self, node_id_from_uuid, Network, Raft};
@@ -118,8 +119,16 @@ pub async fn run(config: RuntimeConfig) -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     let rpc = Rpc::new(raft.clone(), store, raft_id);
+    let agent = Agent::start(
+        config.clone(),
+        node_id.clone(),
+        rpc.clone(),
+        shutdown.clone(),
+    )
+    .map_err(|error| anyhow::anyhow!("cannot register the configured services: {error}"))?;
     let state = Arc::new(AppState {
         rpc: rpc.clone(),
+        agent,
         config: config.clone(),
         authorizer: Authorizer,
         node_id: node_id.clone(),

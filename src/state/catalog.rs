@@ -63,6 +63,21 @@ impl Tables {
             .map(|(_, check)| check)
     }
 
+    /// Every check in the catalog, ordered by (node, check id).
+    pub fn all_checks(&self) -> impl Iterator<Item = &Check> {
+        self.checks.values()
+    }
+
+    /// The checks that decide one instance's health: its own and its node's.
+    pub fn instance_checks<'a>(
+        &'a self,
+        node: &'a str,
+        service_id: &'a str,
+    ) -> impl Iterator<Item = &'a Check> + 'a {
+        self.node_checks(node)
+            .filter(move |check| check.service_id.is_empty() || check.service_id == service_id)
+    }
+
     /// Index for a blocking read of one service name's instances.
     pub fn service_index(&self, name: &str) -> u64 {
         self.service_index

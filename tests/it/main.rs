@@ -5,6 +5,7 @@ mod blocking;
 mod catalog;
 mod cli;
 mod durability;
+mod health;
 mod kv;
 mod lifecycle;
 mod support;

@@ -1,0 +1,326 @@
+//! The local agent: the services and checks registered on this node, the check runners, and
+//! anti-entropy, which keeps the catalog's view of this node equal to the agent's.
+//!
+//! The agent is the source of truth for its node. Registrations (from config files or
+//! `/v1/agent/*/register`) change local state and wake the sync task, which writes the
+//! difference to the catalog through Raft; a periodic full sync repairs anything changed behind
+//! the agent's back.
+//!
+//! Architecture invariant: local state sits behind one mutex that is never held across an
+//! await; runners and the sync task read it, change it, and let go.
+
+pub mod probe;
+mod runner;
+mod sync;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::RuntimeConfig;
+use crate::rpc::Rpc;
+use crate::types::agent::{CheckDefinition, CheckKind, ServiceDefinition};
+use crate::types::duration::format_go_duration;
+use crate::types::{Check, HealthStatus, RaftIndexes, Service};
+
+/// A check this agent runs, with its current result.
+struct LocalCheck {
+    definition: CheckDefinition,
+    status: HealthStatus,
+    output: String,
+    /// Stops this check's runner when the check is removed or replaced.
+    runner: CancellationToken,
+    /// For TTL checks: when the check goes critical unless updated first.
+    ttl_deadline: Option<Instant>,
+    /// Wakes a TTL runner when the deadline moves.
+    ttl_touched: Arc<Notify>,
+}
+
+#[derive(Default)]
+struct LocalState {
+    services: BTreeMap<String, Service>,
+    checks: BTreeMap<String, LocalCheck>,
+}
+
+pub struct Agent {
+    config: Arc<RuntimeConfig>,
+    node_id: String,
+    rpc: Rpc,
+    state: Mutex<LocalState>,
+    /// Wakes the sync task after a local change.
+    sync_needed: Notify,
+    shutdown: CancellationToken,
+}
+
+impl Agent {
+    /// Creates the agent, registers the services and checks from config, and starts the sync
+    /// task; everything stops with `shutdown`.
+    pub fn start(
+        config: Arc<RuntimeConfig>,
+        node_id: String,
+        rpc: Rpc,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Agent>, String> {
+        let agent = Arc::new(Agent {
+            config: config.clone(),
+            node_id,
+            rpc,
+            state: Mutex::new(LocalState::default()),
+            sync_needed: Notify::new(),
+            shutdown,
+        });
+        if config.server_mode {
+            // Servers carry the `consul` service, so anti-entropy keeps it rather than
+            // deleting it as unknown.
+            agent.add_service(ServiceDefinition {
+                service: Service {
+                    id: "consul".into(),
+                    name: "consul".into(),
+                    port: config.ports.server.unwrap_or(8300),
+                    ..Service::default()
+                },
+                checks: Vec::new(),
+            })?;
+        }
+        for definition in &config.services {
+            agent.add_service(definition.clone())?;
+        }
+        for definition in &config.checks {
+            agent.add_check(definition.clone())?;
+        }
+        tokio::spawn(sync::run(agent.clone()));
+        Ok(agent)
+    }
+
+    fn state(&self) -> MutexGuard<'_, LocalState> {
+        // Every change to local state is a single insert or remove, so a panic elsewhere
+        // cannot leave it half-changed.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn node_name(&self) -> &str {
+        &self.config.node_name
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Adds or replaces a service and the checks defined with it.
+    pub fn add_service(self: &Arc<Self>, definition: ServiceDefinition) -> Result<(), String> {
+        let id = definition.service.id.clone();
+        {
+            let mut state = self.state();
+            state.services.insert(id.clone(), definition.service);
+            // A re-registration replaces the checks that came with the service.
+            let stale: Vec<String> = state
+                .checks
+                .iter()
+                .filter(|(check_id, check)| {
+                    check.definition.service_id == id
+                        && !definition.checks.iter().any(|new| &new.id == *check_id)
+                })
+                .map(|(check_id, _)| check_id.clone())
+                .collect();
+            for check_id in stale {
+                if let Some(check) = state.checks.remove(&check_id) {
+                    check.runner.cancel();
+                }
+            }
+        }
+        for check in definition.checks {
+            self.add_check(check)?;
+        }
+        self.sync_needed.notify_one();
+        Ok(())
+    }
+
+    /// Removes a service and its checks; false when it was not registered.
+    pub fn remove_service(&self, id: &str) -> bool {
+        let mut state = self.state();
+        let removed = state.services.remove(id).is_some();
+        let checks: Vec<String> = state
+            .checks
+            .iter()
+            .filter(|(_, check)| check.definition.service_id == id)
+            .map(|(check_id, _)| check_id.clone())
+            .collect();
+        for check_id in checks {
+            if let Some(check) = state.checks.remove(&check_id) {
+                check.runner.cancel();
+            }
+        }
+        drop(state);
+        self.sync_needed.notify_one();
+        removed
+    }
+
+    /// Adds or replaces a check and starts its runner.
+    pub fn add_check(self: &Arc<Self>, definition: CheckDefinition) -> Result<(), String> {
+        let runner = self.shutdown.child_token();
+        let ttl_touched = Arc::new(Notify::new());
+        {
+            let mut state = self.state();
+            if !definition.service_id.is_empty()
+                && !state.services.contains_key(&definition.service_id)
+            {
+                return Err(format!(
+                    "ServiceID {:?} does not exist",
+                    definition.service_id
+                ));
+            }
+            let ttl_deadline = match definition.kind {
+                CheckKind::Ttl { ttl } => Some(Instant::now() + ttl),
+                _ => None,
+            };
+            let check = LocalCheck {
+                status: definition.initial_status,
+                output: String::new(),
+                definition: definition.clone(),
+                runner: runner.clone(),
+                ttl_deadline,
+                ttl_touched: ttl_touched.clone(),
+            };
+            if let Some(previous) = state.checks.insert(definition.id.clone(), check) {
+                previous.runner.cancel();
+            }
+        }
+        runner::spawn(self.clone(), definition, runner, ttl_touched);
+        self.sync_needed.notify_one();
+        Ok(())
+    }
+
+    /// Removes a check; false when it was not registered.
+    pub fn remove_check(&self, id: &str) -> bool {
+        let removed = self.state().checks.remove(id);
+        if let Some(check) = &removed {
+            check.runner.cancel();
+            self.sync_needed.notify_one();
+        }
+        removed.is_some()
+    }
+
+    /// Records a TTL check's status from `/v1/agent/check/{pass,warn,fail,update}` and pushes
+    /// its deadline out by one TTL.
+    pub fn update_ttl(&self, id: &str, status: HealthStatus, output: &str) -> Result<(), String> {
+        let mut state = self.state();
+        let check = state
+            .checks
+            .get_mut(id)
+            .ok_or_else(|| format!("CheckID {id:?} does not have associated TTL"))?;
+        let CheckKind::Ttl { ttl } = check.definition.kind else {
+            return Err(format!("CheckID {id:?} does not have associated TTL"));
+        };
+        check.ttl_deadline = Some(Instant::now() + ttl);
+        check.ttl_touched.notify_one();
+        let output = truncate(output, check.definition.output_max_size);
+        let changed = check.status != status || check.output != output;
+        check.status = status;
+        check.output = output;
+        drop(state);
+        if changed {
+            self.sync_needed.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Records a runner's result; wakes the sync task when anything changed.
+    fn set_result(&self, id: &str, status: HealthStatus, output: String) {
+        let mut state = self.state();
+        let Some(check) = state.checks.get_mut(id) else {
+            return;
+        };
+        if check.status == status && check.output == output {
+            return;
+        }
+        check.status = status;
+        check.output = output;
+        drop(state);
+        self.sync_needed.notify_one();
+    }
+
+    fn current_status(&self, id: &str) -> Option<HealthStatus> {
+        self.state().checks.get(id).map(|check| check.status)
+    }
+
+    fn ttl_deadline(&self, id: &str) -> Option<Instant> {
+        self.state()
+            .checks
+            .get(id)
+            .and_then(|check| check.ttl_deadline)
+    }
+
+    pub fn services(&self) -> Vec<Service> {
+        self.state().services.values().cloned().collect()
+    }
+
+    pub fn service(&self, id: &str) -> Option<Service> {
+        self.state().services.get(id).cloned()
+    }
+
+    /// This agent's checks, shaped as the catalog stores them.
+    pub fn checks(&self) -> Vec<Check> {
+        let state = self.state();
+        state
+            .checks
+            .values()
+            .map(|check| self.catalog_check(&state, check))
+            .collect()
+    }
+
+    fn catalog_check(&self, state: &LocalState, check: &LocalCheck) -> Check {
+        let definition = &check.definition;
+        let service = state.services.get(&definition.service_id);
+        Check {
+            node: self.config.node_name.clone(),
+            check_id: definition.id.clone(),
+            name: definition.name.clone(),
+            status: check.status,
+            notes: definition.notes.clone(),
+            output: check.output.clone(),
+            service_id: definition.service_id.clone(),
+            service_name: service.map_or_else(String::new, |s| s.name.clone()),
+            service_tags: service.map_or_else(Vec::new, |s| s.tags.clone()),
+            check_type: definition.kind.type_name().to_string(),
+            interval: if definition.interval.is_zero() {
+                String::new()
+            } else {
+                format_go_duration(definition.interval)
+            },
+            timeout: format_go_duration(definition.timeout),
+            indexes: RaftIndexes::default(),
+        }
+    }
+}
+
+/// The node record an agent keeps in the catalog for itself.
+pub fn node_record(config: &RuntimeConfig, node_id: &str) -> crate::types::Node {
+    let address = config.advertise_addr.to_string();
+    let mut meta = config.node_meta.clone();
+    meta.insert("consul-network-segment".into(), String::new());
+    let tagged_addresses = ["lan", "lan_ipv4", "wan", "wan_ipv4"]
+        .into_iter()
+        .map(|name| (name.to_string(), address.clone()))
+        .collect();
+    crate::types::Node {
+        id: node_id.to_string(),
+        name: config.node_name.clone(),
+        address,
+        datacenter: config.datacenter.clone(),
+        tagged_addresses,
+        meta,
+        indexes: RaftIndexes::default(),
+    }
+}
+
+/// Cuts `text` to at most `max` bytes at a character boundary.
+fn truncate(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}

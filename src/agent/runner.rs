@@ -1,0 +1,198 @@
+//! One task per check. Interval checks run their probe, pass the result through Consul's
+//! thresholds (`success_before_passing`, `failures_before_warning`/`critical`) and record it;
+//! TTL checks wait for their deadline and go critical unless an update moved it first.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::probe::{self, Probe};
+use super::Agent;
+use crate::types::agent::{CheckDefinition, CheckKind};
+use crate::types::HealthStatus;
+
+pub fn spawn(
+    agent: Arc<Agent>,
+    definition: CheckDefinition,
+    cancel: CancellationToken,
+    ttl_touched: Arc<Notify>,
+) {
+    tokio::spawn(async move {
+        let probe = match &definition.kind {
+            CheckKind::Ttl { .. } => None,
+            CheckKind::Http {
+                url,
+                method,
+                headers,
+                body,
+                tls_skip_verify,
+            } => Some(Probe::Http {
+                url: url.clone(),
+                method: method.clone(),
+                headers: headers.clone(),
+                body: body.clone(),
+                tls_skip_verify: *tls_skip_verify,
+            }),
+            CheckKind::Tcp { address } => Some(Probe::Tcp {
+                address: address.clone(),
+            }),
+            CheckKind::Udp { address } => Some(Probe::Udp {
+                address: address.clone(),
+            }),
+            CheckKind::Script { args } => Some(Probe::Script { args: args.clone() }),
+        };
+        match probe {
+            Some(probe) => run_probe(agent, definition, probe, cancel).await,
+            None => run_ttl(agent, definition.id, cancel, ttl_touched).await,
+        }
+    });
+}
+
+/// Consul's flapping guards: how many consecutive results it takes to change state.
+struct Thresholds {
+    success_before_passing: u32,
+    failures_before_warning: u32,
+    failures_before_critical: u32,
+    successes: u32,
+    failures: u32,
+}
+
+impl Thresholds {
+    fn new(definition: &CheckDefinition) -> Thresholds {
+        Thresholds {
+            success_before_passing: definition.success_before_passing,
+            failures_before_warning: definition.failures_before_warning,
+            failures_before_critical: definition.failures_before_critical,
+            successes: 0,
+            failures: 0,
+        }
+    }
+
+    /// The status to record after observing `observed`, given the `current` one.
+    fn judge(&mut self, observed: HealthStatus, current: HealthStatus) -> HealthStatus {
+        if observed == HealthStatus::Passing {
+            self.failures = 0;
+            self.successes = self.successes.saturating_add(1);
+            return if self.successes >= self.success_before_passing {
+                HealthStatus::Passing
+            } else {
+                current
+            };
+        }
+        self.successes = 0;
+        self.failures = self.failures.saturating_add(1);
+        if self.failures >= self.failures_before_critical {
+            observed
+        } else if self.failures >= self.failures_before_warning {
+            HealthStatus::Warning
+        } else {
+            current
+        }
+    }
+}
+
+async fn run_probe(
+    agent: Arc<Agent>,
+    definition: CheckDefinition,
+    probe: Probe,
+    cancel: CancellationToken,
+) {
+    // A random first delay within the interval, so checks registered together do not all
+    // fire together.
+    let interval = definition.interval;
+    let stagger = Duration::from_millis(
+        rand::thread_rng().gen_range(0..=interval.as_millis().min(u128::from(u64::MAX)) as u64),
+    );
+    tokio::select! {
+        _ = cancel.cancelled() => return,
+        _ = tokio::time::sleep(stagger) => {}
+    }
+    let mut thresholds = Thresholds::new(&definition);
+    loop {
+        let result = tokio::select! {
+            _ = cancel.cancelled() => return,
+            result = probe::run(&probe, definition.timeout, definition.output_max_size) => result,
+        };
+        let Some(current) = agent.current_status(&definition.id) else {
+            return;
+        };
+        let status = thresholds.judge(result.status, current);
+        agent.set_result(&definition.id, status, result.output);
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+async fn run_ttl(agent: Arc<Agent>, id: String, cancel: CancellationToken, touched: Arc<Notify>) {
+    loop {
+        let Some(deadline) = agent.ttl_deadline(&id) else {
+            return;
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = touched.notified() => continue,
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+        // Only expire if no update moved the deadline while this task slept.
+        if agent.ttl_deadline(&id) == Some(deadline) {
+            agent.set_result(&id, HealthStatus::Critical, "TTL expired".into());
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = touched.notified() => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn thresholds(passing: u32, warning: u32, critical: u32) -> Thresholds {
+        Thresholds {
+            success_before_passing: passing,
+            failures_before_warning: warning,
+            failures_before_critical: critical,
+            successes: 0,
+            failures: 0,
+        }
+    }
+
+    #[test]
+    fn defaults_follow_every_result() {
+        let mut t = thresholds(0, 0, 0);
+        assert_eq!(
+            t.judge(HealthStatus::Passing, HealthStatus::Critical),
+            HealthStatus::Passing
+        );
+        assert_eq!(
+            t.judge(HealthStatus::Critical, HealthStatus::Passing),
+            HealthStatus::Critical
+        );
+        assert_eq!(
+            t.judge(HealthStatus::Warning, HealthStatus::Critical),
+            HealthStatus::Warning
+        );
+    }
+
+    #[test]
+    fn thresholds_hold_the_state_until_enough_results_agree() {
+        let mut t = thresholds(2, 1, 3);
+        let mut current = HealthStatus::Critical;
+        current = t.judge(HealthStatus::Passing, current);
+        assert_eq!(current, HealthStatus::Critical, "one success is not enough");
+        current = t.judge(HealthStatus::Passing, current);
+        assert_eq!(current, HealthStatus::Passing);
+        current = t.judge(HealthStatus::Critical, current);
+        assert_eq!(current, HealthStatus::Warning, "first failure only warns");
+        current = t.judge(HealthStatus::Critical, current);
+        assert_eq!(current, HealthStatus::Warning);
+        current = t.judge(HealthStatus::Critical, current);
+        assert_eq!(current, HealthStatus::Critical);
+    }
+}

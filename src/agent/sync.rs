@@ -1,0 +1,150 @@
+//! Anti-entropy: makes the catalog's entries for this node equal to the agent's local state.
+//!
+//! A pass compares local services and checks with the catalog and writes only the difference:
+//! registrations for what is missing or different, deregistrations for what the agent does not
+//! know (except `serfHealth`, which belongs to the leader). Passes run at once after a local
+//! change and every `ae_interval` (plus a random stagger) to repair changes made behind the
+//! agent's back. A failed pass keeps local state and retries with backoff.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+
+use super::Agent;
+use crate::rpc::RpcError;
+use crate::types::{
+    Check, Command, CommandResult, DeregisterRequest, Node, RaftIndexes, RegisterRequest, Service,
+};
+
+/// The leader maintains this check from membership; anti-entropy leaves it alone.
+const SERF_HEALTH: &str = "serfHealth";
+const RETRY_MIN: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(15);
+
+pub async fn run(agent: Arc<Agent>) {
+    let mut retry = RETRY_MIN;
+    loop {
+        let wait = match sync_once(&agent).await {
+            Ok(()) => {
+                retry = RETRY_MIN;
+                let interval = agent.config.ae_interval;
+                let stagger_ms = (interval.as_millis() / 8) as u64;
+                interval + Duration::from_millis(rand::thread_rng().gen_range(0..=stagger_ms))
+            }
+            Err(error) => {
+                tracing::warn!(%error, retry_in_ms = retry.as_millis() as u64, "anti-entropy sync failed");
+                let wait = retry;
+                retry = (retry * 2).min(RETRY_MAX);
+                wait
+            }
+        };
+        tokio::select! {
+            _ = agent.shutdown.cancelled() => return,
+            _ = agent.sync_needed.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// The node record this agent keeps in the catalog.
+pub fn node_record(agent: &Agent) -> Node {
+    crate::agent::node_record(&agent.config, &agent.node_id)
+}
+
+fn without_indexes<T: Clone>(value: &T, clear: fn(&mut T)) -> T {
+    let mut copy = value.clone();
+    clear(&mut copy);
+    copy
+}
+
+async fn write(agent: &Agent, command: Command) -> Result<(), RpcError> {
+    match agent.rpc.write(command).await? {
+        (_, CommandResult::Catalog(Err(message))) => Err(RpcError::Raft(message)),
+        _ => Ok(()),
+    }
+}
+
+async fn sync_once(agent: &Agent) -> Result<(), RpcError> {
+    let node = node_record(agent);
+    let name = node.name.clone();
+    let local_services = agent.services();
+    let local_checks = agent.checks();
+    let tables = agent.rpc.store().snapshot();
+
+    let node_matches = tables.node(&name).is_some_and(|known| {
+        without_indexes(known, |n| n.indexes = RaftIndexes::default()) == node
+    });
+    if !node_matches {
+        let request = RegisterRequest {
+            node: node.clone(),
+            skip_node_update: false,
+            service: None,
+            checks: Vec::new(),
+        };
+        write(agent, Command::CatalogRegister(Box::new(request))).await?;
+    }
+
+    let clear_service: fn(&mut Service) = |s| s.indexes = RaftIndexes::default();
+    let clear_check: fn(&mut Check) = |c| c.indexes = RaftIndexes::default();
+    for service in &local_services {
+        let in_catalog = tables
+            .node_services(&name)
+            .find(|known| known.id == service.id)
+            .map(|known| without_indexes(known, clear_service));
+        if in_catalog.as_ref() != Some(service) {
+            let request = RegisterRequest {
+                node: node.clone(),
+                skip_node_update: true,
+                service: Some(service.clone()),
+                checks: Vec::new(),
+            };
+            write(agent, Command::CatalogRegister(Box::new(request))).await?;
+        }
+    }
+    for check in &local_checks {
+        let in_catalog = tables
+            .node_checks(&name)
+            .find(|known| known.check_id == check.check_id)
+            .map(|known| without_indexes(known, clear_check));
+        if in_catalog.as_ref() != Some(check) {
+            let request = RegisterRequest {
+                node: node.clone(),
+                skip_node_update: true,
+                service: None,
+                checks: vec![check.clone()],
+            };
+            write(agent, Command::CatalogRegister(Box::new(request))).await?;
+        }
+    }
+
+    let unknown_services: Vec<String> = tables
+        .node_services(&name)
+        .filter(|known| !local_services.iter().any(|s| s.id == known.id))
+        .map(|known| known.id.clone())
+        .collect();
+    for service_id in unknown_services {
+        tracing::info!(service_id = %service_id, "anti-entropy: deregistering a service this agent does not have");
+        let request = DeregisterRequest {
+            node: name.clone(),
+            service_id: Some(service_id),
+            check_id: None,
+        };
+        write(agent, Command::CatalogDeregister(request)).await?;
+    }
+    let unknown_checks: Vec<String> = tables
+        .node_checks(&name)
+        .filter(|known| known.check_id != SERF_HEALTH)
+        .filter(|known| !local_checks.iter().any(|c| c.check_id == known.check_id))
+        .map(|known| known.check_id.clone())
+        .collect();
+    for check_id in unknown_checks {
+        let request = DeregisterRequest {
+            node: name.clone(),
+            service_id: None,
+            check_id: Some(check_id),
+        };
+        write(agent, Command::CatalogDeregister(request)).await?;
+    }
+    Ok(())
+}

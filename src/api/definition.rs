@@ -1,0 +1,402 @@
+//! Service and check definitions as Consul writes them: in config files (`service {}`,
+//! `services []`, `check {}`, `checks []`, snake_case) and in `PUT /v1/agent/service/register`
+//! and `/v1/agent/check/register` bodies (PascalCase). Both go through `decode::canonicalize`,
+//! then here, into `types::agent` definitions. Errors name the offending field, as the 400s and
+//! config-load errors must.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::catalog::{ServiceAddressIn, WeightsIn};
+use super::decode::canonicalize;
+use crate::types::agent::{CheckDefinition, CheckKind, ServiceDefinition};
+use crate::types::duration::parse_go_duration;
+use crate::types::{HealthStatus, RaftIndexes, Service, ServiceAddress, Weights};
+
+/// Consul's floor for check intervals.
+const MIN_INTERVAL: Duration = Duration::from_secs(1);
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_SCRIPT_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_OUTPUT_MAX: usize = 4096;
+
+/// What the agent allows while parsing definitions.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DefinitionPolicy {
+    pub enable_script_checks: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct ServiceIn {
+    #[serde(rename = "ID")]
+    id: String,
+    name: String,
+    kind: String,
+    tags: Vec<String>,
+    address: String,
+    port: u16,
+    meta: BTreeMap<String, String>,
+    tagged_addresses: BTreeMap<String, ServiceAddressIn>,
+    weights: Option<WeightsIn>,
+    enable_tag_override: bool,
+    check: Option<CheckIn>,
+    checks: Vec<CheckIn>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct CheckIn {
+    #[serde(rename = "ID")]
+    id: String,
+    #[serde(rename = "CheckID")]
+    check_id: String,
+    name: String,
+    notes: String,
+    status: String,
+    #[serde(rename = "ServiceID")]
+    service_id: String,
+    interval: String,
+    timeout: String,
+    #[serde(rename = "TTL")]
+    ttl: String,
+    #[serde(rename = "HTTP")]
+    http: String,
+    method: String,
+    header: BTreeMap<String, Vec<String>>,
+    body: String,
+    #[serde(rename = "TLSSkipVerify")]
+    tls_skip_verify: bool,
+    #[serde(rename = "TCP")]
+    tcp: String,
+    #[serde(rename = "UDP")]
+    udp: String,
+    args: Vec<String>,
+    script_args: Vec<String>,
+    #[serde(rename = "GRPC")]
+    grpc: String,
+    #[serde(rename = "H2PING")]
+    h2ping: String,
+    alias_service: String,
+    alias_node: String,
+    deregister_critical_service_after: String,
+    success_before_passing: u32,
+    failures_before_warning: Option<u32>,
+    failures_before_critical: u32,
+    output_max_size: usize,
+}
+
+fn duration(field: &str, text: &str) -> Result<Option<Duration>, String> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    parse_go_duration(text)
+        .map(Some)
+        .map_err(|error| format!("Invalid {field} {text:?}: {error}"))
+}
+
+/// Parses one service definition (a JSON object in any of Consul's spellings).
+pub fn service(value: Value, policy: DefinitionPolicy) -> Result<ServiceDefinition, String> {
+    let input: ServiceIn = serde_json::from_value(canonicalize(value))
+        .map_err(|error| format!("Invalid service definition: {error}"))?;
+    if input.name.is_empty() {
+        return Err("Missing service name".into());
+    }
+    let id = if input.id.is_empty() {
+        input.name.clone()
+    } else {
+        input.id
+    };
+    let weights = match input.weights {
+        Some(weights) if weights.passing == 0 => {
+            return Err("Invalid Weights: Passing must be greater than 0".into())
+        }
+        Some(weights) => Weights {
+            passing: weights.passing,
+            warning: weights.warning,
+        },
+        None => Weights::default(),
+    };
+    let service = Service {
+        id: id.clone(),
+        name: input.name.clone(),
+        kind: input.kind,
+        tags: input.tags,
+        address: input.address,
+        port: input.port,
+        meta: input.meta,
+        tagged_addresses: input
+            .tagged_addresses
+            .into_iter()
+            .map(|(name, address)| {
+                let address = ServiceAddress {
+                    address: address.address,
+                    port: address.port,
+                };
+                (name, address)
+            })
+            .collect(),
+        weights,
+        enable_tag_override: input.enable_tag_override,
+        indexes: RaftIndexes::default(),
+    };
+    let inputs: Vec<CheckIn> = input.check.into_iter().chain(input.checks).collect();
+    let count = inputs.len();
+    let mut checks = Vec::with_capacity(count);
+    for (position, mut check) in inputs.into_iter().enumerate() {
+        check.service_id = id.clone();
+        if check.id.is_empty() && check.check_id.is_empty() {
+            // Consul's default ids for checks defined inside a service.
+            check.check_id = if count == 1 {
+                format!("service:{id}")
+            } else {
+                format!("service:{id}:{}", position + 1)
+            };
+        }
+        if check.name.is_empty() {
+            check.name = format!("Service '{}' check", input.name);
+        }
+        checks.push(check_definition(check, policy)?);
+    }
+    Ok(ServiceDefinition { service, checks })
+}
+
+/// Parses one check definition.
+pub fn check(value: Value, policy: DefinitionPolicy) -> Result<CheckDefinition, String> {
+    let input: CheckIn = serde_json::from_value(canonicalize(value))
+        .map_err(|error| format!("Invalid check definition: {error}"))?;
+    check_definition(input, policy)
+}
+
+fn check_definition(input: CheckIn, policy: DefinitionPolicy) -> Result<CheckDefinition, String> {
+    let id = [&input.check_id, &input.id, &input.name]
+        .into_iter()
+        .find(|text| !text.is_empty())
+        .cloned()
+        .ok_or("Missing check name")?;
+    let name = if input.name.is_empty() {
+        id.clone()
+    } else {
+        input.name.clone()
+    };
+    for (field, value) in [
+        ("GRPC", &input.grpc),
+        ("H2PING", &input.h2ping),
+        ("AliasService", &input.alias_service),
+        ("AliasNode", &input.alias_node),
+    ] {
+        if !value.is_empty() {
+            return Err(format!(
+                "Invalid check {id:?}: {field} checks are not supported by this release yet"
+            ));
+        }
+    }
+    let args = if input.args.is_empty() {
+        input.script_args.clone()
+    } else {
+        input.args.clone()
+    };
+    let interval = duration("Interval", &input.interval)?;
+    let timeout = duration("Timeout", &input.timeout)?;
+    let ttl = duration("TTL", &input.ttl)?;
+    let mut kinds = Vec::new();
+    if !input.http.is_empty() {
+        let method = if input.method.is_empty() {
+            "GET".to_string()
+        } else {
+            input.method.to_ascii_uppercase()
+        };
+        let headers = input
+            .header
+            .iter()
+            .flat_map(|(name, values)| {
+                values
+                    .iter()
+                    .map(move |value| (name.clone(), value.clone()))
+            })
+            .collect();
+        kinds.push(CheckKind::Http {
+            url: input.http.clone(),
+            method,
+            headers,
+            body: input.body.clone(),
+            tls_skip_verify: input.tls_skip_verify,
+        });
+    }
+    if !input.tcp.is_empty() {
+        kinds.push(CheckKind::Tcp {
+            address: input.tcp.clone(),
+        });
+    }
+    if !input.udp.is_empty() {
+        kinds.push(CheckKind::Udp {
+            address: input.udp.clone(),
+        });
+    }
+    if !args.is_empty() {
+        if !policy.enable_script_checks {
+            return Err(format!(
+                "Invalid check {id:?}: Scripts are disabled on this agent; to enable, configure \
+                 'enable_script_checks' to true"
+            ));
+        }
+        kinds.push(CheckKind::Script { args });
+    }
+    if let Some(ttl) = ttl {
+        kinds.push(CheckKind::Ttl { ttl });
+    }
+    let kind = match kinds.len() {
+        1 => kinds.remove(0),
+        0 => {
+            return Err(format!(
+                "Invalid check {id:?}: must define one of HTTP, TCP, UDP, Args or TTL"
+            ))
+        }
+        _ => {
+            return Err(format!(
+                "Invalid check {id:?}: define only one of HTTP, TCP, UDP, Args or TTL"
+            ))
+        }
+    };
+    let interval = match (&kind, interval) {
+        (CheckKind::Ttl { .. }, _) => Duration::ZERO,
+        (_, Some(interval)) if !interval.is_zero() => interval.max(MIN_INTERVAL),
+        _ => {
+            return Err(format!(
+                "Invalid check {id:?}: Interval must be > 0 for HTTP, TCP, UDP and script checks"
+            ))
+        }
+    };
+    let default_timeout = match kind {
+        CheckKind::Script { .. } => DEFAULT_SCRIPT_TIMEOUT,
+        _ => DEFAULT_TIMEOUT,
+    };
+    let initial_status = match input.status.as_str() {
+        "" => HealthStatus::Critical,
+        text => HealthStatus::parse(text)
+            .filter(|status| *status != HealthStatus::Maintenance)
+            .ok_or_else(|| format!("Invalid check {id:?}: Status {text:?} is not valid"))?,
+    };
+    Ok(CheckDefinition {
+        id,
+        name,
+        notes: input.notes,
+        service_id: input.service_id,
+        initial_status,
+        kind,
+        interval,
+        timeout: timeout.unwrap_or(default_timeout),
+        deregister_critical_after: duration(
+            "DeregisterCriticalServiceAfter",
+            &input.deregister_critical_service_after,
+        )?,
+        success_before_passing: input.success_before_passing,
+        failures_before_critical: input.failures_before_critical,
+        failures_before_warning: input
+            .failures_before_warning
+            .unwrap_or(input.failures_before_critical),
+        output_max_size: if input.output_max_size == 0 {
+            DEFAULT_OUTPUT_MAX
+        } else {
+            input.output_max_size
+        },
+    })
+}
+
+/// A `service`/`services` or `check`/`checks` config value: one object or a list of them.
+pub fn one_or_many(value: Value) -> Vec<Value> {
+    match value {
+        Value::Array(items) => items,
+        other => vec![other],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const SCRIPTS_ON: DefinitionPolicy = DefinitionPolicy {
+        enable_script_checks: true,
+    };
+
+    #[test]
+    fn config_style_service_with_checks() {
+        let definition = service(
+            json!({
+                "name": "web", "tags": ["rails"], "port": 80,
+                "checks": [
+                    {"http": "http://127.0.0.1:80/health", "interval": "10s"},
+                    {"ttl": "30s"}
+                ]
+            }),
+            DefinitionPolicy::default(),
+        )
+        .expect("valid");
+        assert_eq!(definition.service.id, "web");
+        assert_eq!(definition.service.tags, ["rails"]);
+        let ids: Vec<&str> = definition.checks.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["service:web:1", "service:web:2"]);
+        assert_eq!(definition.checks[0].service_id, "web");
+        assert_eq!(definition.checks[0].interval, Duration::from_secs(10));
+        assert_eq!(
+            definition.checks[1].kind,
+            CheckKind::Ttl {
+                ttl: Duration::from_secs(30)
+            }
+        );
+        assert_eq!(definition.checks[1].initial_status, HealthStatus::Critical);
+    }
+
+    #[test]
+    fn api_style_check_with_pascal_case() {
+        let check = check(
+            json!({"Name": "mem", "Args": ["/bin/true"], "Interval": "500ms", "Status": "passing"}),
+            SCRIPTS_ON,
+        )
+        .expect("valid");
+        assert_eq!(check.id, "mem");
+        assert_eq!(
+            check.interval, MIN_INTERVAL,
+            "intervals below 1s are raised to 1s"
+        );
+        assert_eq!(check.initial_status, HealthStatus::Passing);
+        assert_eq!(check.timeout, DEFAULT_SCRIPT_TIMEOUT);
+    }
+
+    #[test]
+    fn invalid_definitions_name_the_field() {
+        let cases = [
+            (json!({"name": "c", "http": "http://x"}), "Interval"),
+            (
+                json!({"name": "c", "tcp": "x:1", "interval": "often"}),
+                "Interval",
+            ),
+            (json!({"name": "c"}), "must define one of"),
+            (json!({"name": "c", "tcp": "x:1", "ttl": "5s"}), "only one"),
+            (
+                json!({"name": "c", "args": ["true"], "interval": "5s"}),
+                "enable_script_checks",
+            ),
+            (
+                json!({"name": "c", "grpc": "x:1", "interval": "5s"}),
+                "GRPC",
+            ),
+            (
+                json!({"name": "c", "ttl": "5s", "status": "fine"}),
+                "Status",
+            ),
+            (json!({"ttl": "5s"}), "Missing check name"),
+        ];
+        for (input, expected) in cases {
+            let error = check(input.clone(), DefinitionPolicy::default())
+                .err()
+                .unwrap_or_else(|| panic!("{input} parsed"));
+            assert!(error.contains(expected), "{input}: {error}");
+        }
+        let error = service(json!({"port": 80}), DefinitionPolicy::default()).unwrap_err();
+        assert!(error.contains("service name"), "{error}");
+    }
+}

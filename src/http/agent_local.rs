@@ -1,0 +1,243 @@
+//! `/v1/agent/service*` and `/v1/agent/check*`: what this agent runs. Registrations change the
+//! agent's local state; anti-entropy carries them to the catalog.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::error::ApiError;
+use super::params::Call;
+use super::reply;
+use super::AppState;
+use crate::acl::Access;
+use crate::api::catalog as wire;
+use crate::api::decode;
+use crate::api::definition::{self, DefinitionPolicy};
+use crate::types::HealthStatus;
+
+fn policy(state: &AppState) -> DefinitionPolicy {
+    DefinitionPolicy {
+        enable_script_checks: state.config.enable_script_checks,
+    }
+}
+
+async fn read_json(state: &AppState, call: &Call, body: Body) -> Result<Value, ApiError> {
+    let limits = &state.config.limits;
+    let bytes = super::body::read(
+        body,
+        call.content_length,
+        limits.http_max_body_size,
+        "limits.http_max_body_size",
+        limits.http_body_timeout,
+    )
+    .await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Object(Map::new()));
+    }
+    serde_json::from_slice(&bytes)
+        .map_err(|error| ApiError::BadRequest(format!("Request decode failed: {error}")))
+}
+
+fn ok() -> Response {
+    axum::http::StatusCode::OK.into_response()
+}
+
+pub async fn services(
+    State(state): State<Arc<AppState>>,
+    call: Call,
+) -> Result<Response, ApiError> {
+    let options = call.read_options(&state)?;
+    state
+        .authorizer
+        .authorize(call.token().as_deref(), Access::ServiceRead(""))?;
+    let datacenter = &state.config.datacenter;
+    let services: Map<String, Value> = state
+        .agent
+        .services()
+        .iter()
+        .map(|service| (service.id.clone(), wire::agent_service(service, datacenter)))
+        .filter(|(_, service)| {
+            options
+                .filter
+                .as_ref()
+                .is_none_or(|filter| filter.matches(service))
+        })
+        .collect();
+    Ok(reply::json(&Value::Object(services), options.pretty))
+}
+
+pub async fn service(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    call: Call,
+) -> Result<Response, ApiError> {
+    let service = state
+        .agent
+        .service(&id)
+        .ok_or_else(|| ApiError::NotFound(format!("unknown service ID: {id}")))?;
+    state
+        .authorizer
+        .authorize(call.token().as_deref(), Access::ServiceRead(&service.name))?;
+    let body = wire::agent_service(&service, &state.config.datacenter);
+    Ok(reply::json(&body, call.pretty(&state)))
+}
+
+pub async fn register_service(
+    State(state): State<Arc<AppState>>,
+    call: Call,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let value = read_json(&state, &call, body).await?;
+    let definition = definition::service(value, policy(&state)).map_err(ApiError::BadRequest)?;
+    state.authorizer.authorize(
+        call.token().as_deref(),
+        Access::ServiceWrite(&definition.service.name),
+    )?;
+    state
+        .agent
+        .add_service(definition)
+        .map_err(ApiError::BadRequest)?;
+    Ok(ok())
+}
+
+pub async fn deregister_service(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    call: Call,
+) -> Result<Response, ApiError> {
+    let name = state.agent.service(&id).map(|service| service.name);
+    state.authorizer.authorize(
+        call.token().as_deref(),
+        Access::ServiceWrite(name.as_deref().unwrap_or(&id)),
+    )?;
+    // Deregistering an unknown service is a no-op, as in Consul.
+    state.agent.remove_service(&id);
+    Ok(ok())
+}
+
+pub async fn checks(State(state): State<Arc<AppState>>, call: Call) -> Result<Response, ApiError> {
+    let options = call.read_options(&state)?;
+    state.authorizer.authorize(
+        call.token().as_deref(),
+        Access::NodeRead(state.agent.node_name()),
+    )?;
+    let checks: Map<String, Value> = state
+        .agent
+        .checks()
+        .iter()
+        .map(|check| (check.check_id.clone(), wire::health_check(check)))
+        .filter(|(_, check)| {
+            options
+                .filter
+                .as_ref()
+                .is_none_or(|filter| filter.matches(check))
+        })
+        .collect();
+    Ok(reply::json(&Value::Object(checks), options.pretty))
+}
+
+pub async fn register_check(
+    State(state): State<Arc<AppState>>,
+    call: Call,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let value = read_json(&state, &call, body).await?;
+    let definition = definition::check(value, policy(&state)).map_err(ApiError::BadRequest)?;
+    state.authorizer.authorize(
+        call.token().as_deref(),
+        Access::NodeWrite(state.agent.node_name()),
+    )?;
+    state
+        .agent
+        .add_check(definition)
+        .map_err(ApiError::BadRequest)?;
+    Ok(ok())
+}
+
+pub async fn deregister_check(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    call: Call,
+) -> Result<Response, ApiError> {
+    state.authorizer.authorize(
+        call.token().as_deref(),
+        Access::NodeWrite(state.agent.node_name()),
+    )?;
+    if !state.agent.remove_check(&id) {
+        return Err(ApiError::NotFound(format!("Unknown check ID {id:?}")));
+    }
+    Ok(ok())
+}
+
+async fn set_ttl(
+    state: &AppState,
+    call: &Call,
+    id: &str,
+    status: HealthStatus,
+    output: &str,
+) -> Result<Response, ApiError> {
+    state.authorizer.authorize(
+        call.token().as_deref(),
+        Access::NodeWrite(state.agent.node_name()),
+    )?;
+    state
+        .agent
+        .update_ttl(id, status, output)
+        .map_err(ApiError::NotFound)?;
+    Ok(ok())
+}
+
+pub async fn pass(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    call: Call,
+) -> Result<Response, ApiError> {
+    let note = call.get("note").unwrap_or("").to_string();
+    set_ttl(&state, &call, &id, HealthStatus::Passing, &note).await
+}
+
+pub async fn warn(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    call: Call,
+) -> Result<Response, ApiError> {
+    let note = call.get("note").unwrap_or("").to_string();
+    set_ttl(&state, &call, &id, HealthStatus::Warning, &note).await
+}
+
+pub async fn fail(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    call: Call,
+) -> Result<Response, ApiError> {
+    let note = call.get("note").unwrap_or("").to_string();
+    set_ttl(&state, &call, &id, HealthStatus::Critical, &note).await
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct UpdateIn {
+    status: String,
+    output: String,
+}
+
+pub async fn update(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    call: Call,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let value = read_json(&state, &call, body).await?;
+    let update: UpdateIn = serde_json::from_value(decode::canonicalize(value))
+        .map_err(|error| ApiError::BadRequest(format!("Request decode failed: {error}")))?;
+    let status = HealthStatus::parse(&update.status)
+        .filter(|status| *status != HealthStatus::Maintenance)
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!("Invalid check status: {:?}", update.status))
+        })?;
+    set_ttl(&state, &call, &id, status, &update.output).await
+}

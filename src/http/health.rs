@@ -1,0 +1,136 @@
+//! `/v1/health/*`: instances with their health (`service`), and checks by service, node or
+//! state. All blocking, all read from the catalog.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::response::Response;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::params::Call;
+use super::reply::{self, Reply};
+use super::AppState;
+use crate::acl::Access;
+use crate::api::catalog as wire;
+use crate::state::catalog::{node_topic, service_topic, CHECKS_TOPIC};
+use crate::state::Match;
+use crate::types::HealthStatus;
+
+/// `GET /v1/health/service/:name`: one entry per instance with its node and every check that
+/// decides its health (node checks included). `?passing` keeps instances whose checks all pass.
+pub async fn service(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    call: Call,
+) -> Result<Response, ApiError> {
+    let options = call.read_options(&state)?;
+    state
+        .authorizer
+        .authorize(call.token().as_deref(), Access::ServiceRead(&name))?;
+    let passing_only = call.has("passing") && call.get("passing") != Some("false");
+    let tags: Vec<String> = call.all("tag").map(str::to_string).collect();
+    let datacenter = state.config.datacenter.clone();
+    let topics = vec![(service_topic(&name), Match::Exact)];
+    reply::blocking(&state, &options, topics, |tables| {
+        let entries = tables
+            .service_nodes(&name)
+            .filter(|(_, service)| tags.iter().all(|tag| service.tags.contains(tag)))
+            .filter_map(|(node, service)| {
+                let checks: Vec<_> = tables.instance_checks(&node.name, &service.id).collect();
+                if passing_only && checks.iter().any(|c| c.status != HealthStatus::Passing) {
+                    return None;
+                }
+                Some(json!({
+                    "Node": wire::node(node),
+                    "Service": wire::agent_service(service, &datacenter),
+                    "Checks": checks.into_iter().map(wire::health_check).collect::<Vec<_>>(),
+                }))
+            })
+            .collect();
+        Ok((
+            tables.service_index(&name),
+            Reply::Json(Value::Array(options.filter_list(entries))),
+        ))
+    })
+    .await
+}
+
+/// `GET /v1/health/checks/:service`.
+pub async fn service_checks(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    call: Call,
+) -> Result<Response, ApiError> {
+    let options = call.read_options(&state)?;
+    state
+        .authorizer
+        .authorize(call.token().as_deref(), Access::ServiceRead(&name))?;
+    let topics = vec![(service_topic(&name), Match::Exact)];
+    reply::blocking(&state, &options, topics, |tables| {
+        let checks = tables
+            .all_checks()
+            .filter(|check| check.service_name == name)
+            .map(wire::health_check)
+            .collect();
+        Ok((
+            tables.service_index(&name),
+            Reply::Json(Value::Array(options.filter_list(checks))),
+        ))
+    })
+    .await
+}
+
+/// `GET /v1/health/node/:node`.
+pub async fn node(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    call: Call,
+) -> Result<Response, ApiError> {
+    let options = call.read_options(&state)?;
+    state
+        .authorizer
+        .authorize(call.token().as_deref(), Access::NodeRead(&name))?;
+    let topics = vec![(node_topic(&name), Match::Exact)];
+    reply::blocking(&state, &options, topics, |tables| {
+        let checks = tables.node_checks(&name).map(wire::health_check).collect();
+        Ok((
+            tables.node_index(&name),
+            Reply::Json(Value::Array(options.filter_list(checks))),
+        ))
+    })
+    .await
+}
+
+/// `GET /v1/health/state/:state` with `any`, `passing`, `warning` or `critical`.
+pub async fn in_state(
+    State(state): State<Arc<AppState>>,
+    Path(wanted): Path<String>,
+    call: Call,
+) -> Result<Response, ApiError> {
+    let filter_status = match wanted.as_str() {
+        "any" => None,
+        text => Some(
+            HealthStatus::parse(text)
+                .filter(|status| *status != HealthStatus::Maintenance)
+                .ok_or_else(|| ApiError::BadRequest(format!("Invalid check state {text:?}")))?,
+        ),
+    };
+    let options = call.read_options(&state)?;
+    state
+        .authorizer
+        .authorize(call.token().as_deref(), Access::NodeRead(""))?;
+    let topics = vec![(CHECKS_TOPIC.to_string(), Match::Exact)];
+    reply::blocking(&state, &options, topics, |tables| {
+        let checks = tables
+            .all_checks()
+            .filter(|check| filter_status.is_none_or(|status| check.status == status))
+            .map(wire::health_check)
+            .collect();
+        Ok((
+            tables.table_index().checks,
+            Reply::Json(Value::Array(options.filter_list(checks))),
+        ))
+    })
+    .await
+}

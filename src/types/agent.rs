@@ -1,0 +1,71 @@
+//! What an agent is told to run: service definitions with their checks, as domain data.
+//! Parsed from config files and `/v1/agent/*/register` bodies by `api::definition`.
+
+use std::time::Duration;
+
+use super::{HealthStatus, Service};
+
+/// A service registered with this agent, and the checks defined inside it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceDefinition {
+    pub service: Service,
+    pub checks: Vec<CheckDefinition>,
+}
+
+/// How a check decides its status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CheckKind {
+    Http {
+        url: String,
+        method: String,
+        headers: Vec<(String, String)>,
+        body: String,
+        tls_skip_verify: bool,
+    },
+    Tcp {
+        address: String,
+    },
+    Udp {
+        address: String,
+    },
+    Script {
+        args: Vec<String>,
+    },
+    /// Passing only while something keeps calling `/v1/agent/check/pass` within `ttl`.
+    Ttl {
+        ttl: Duration,
+    },
+}
+
+impl CheckKind {
+    /// Consul's `Type` field.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            CheckKind::Http { .. } => "http",
+            CheckKind::Tcp { .. } => "tcp",
+            CheckKind::Udp { .. } => "udp",
+            CheckKind::Script { .. } => "script",
+            CheckKind::Ttl { .. } => "ttl",
+        }
+    }
+}
+
+/// One check this agent runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckDefinition {
+    pub id: String,
+    pub name: String,
+    pub notes: String,
+    /// Empty for a node-level check.
+    pub service_id: String,
+    pub initial_status: HealthStatus,
+    pub kind: CheckKind,
+    /// Zero for TTL checks.
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub deregister_critical_after: Option<Duration>,
+    pub success_before_passing: u32,
+    pub failures_before_warning: u32,
+    pub failures_before_critical: u32,
+    pub output_max_size: usize,
+}

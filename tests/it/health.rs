@@ -1,0 +1,415 @@
+//! Agent services and checks end to end: definitions from config files and the agent API,
+//! check runners against real servers and scripts, anti-entropy repairing the catalog, and the
+//! health endpoints.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::support::{eventually, json, Agent, AgentOptions};
+
+/// A tiny HTTP server answering 200 to everything until the task is aborted.
+async fn health_server() -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buffer = [0u8; 1024];
+                let _ = stream.read(&mut buffer).await;
+                let _ = stream
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                    )
+                    .await;
+            });
+        }
+    });
+    (port, task)
+}
+
+fn with_config(files: &[(&str, String)], extra: &[&str]) -> (tempfile::TempDir, AgentOptions) {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let mut extra_args = vec!["-config-dir".to_string(), dir.path().display().to_string()];
+    extra_args.extend(extra.iter().map(|arg| arg.to_string()));
+    (
+        dir,
+        AgentOptions {
+            extra_args,
+            ..AgentOptions::default()
+        },
+    )
+}
+
+/// Statuses of one service's instances' checks from `/v1/health/service/:name`.
+async fn check_status(agent: &Agent, service: &str, check_id: &str) -> Option<String> {
+    let body = json(
+        &agent
+            .client()
+            .get(&format!("/v1/health/service/{service}"))
+            .await
+            .ok()?,
+    );
+    body.as_array()?
+        .iter()
+        .flat_map(|entry| entry["Checks"].as_array().cloned().unwrap_or_default())
+        .find(|check| check["CheckID"] == check_id)
+        .map(|check| check["Status"].as_str().unwrap_or_default().to_string())
+}
+
+#[tokio::test]
+async fn config_service_appears_in_catalog_and_health() {
+    let (_dir, options) = with_config(
+        &[(
+            "web.json",
+            r#"{"service": {"name": "web", "tags": ["rails"], "port": 80}}"#.into(),
+        )],
+        &[],
+    );
+    let agent = Agent::start(options).await;
+    let client = agent.client();
+    let instances = eventually("web in the catalog", Duration::from_secs(10), || async {
+        let body = json(&client.get("/v1/catalog/service/web").await.ok()?);
+        (body.as_array()?.len() == 1).then_some(body)
+    })
+    .await;
+    assert_eq!(instances[0]["ServiceTags"], json!(["rails"]));
+    assert_eq!(instances[0]["ServicePort"], 80);
+    assert_eq!(instances[0]["Node"], "test-node");
+
+    let health = json(&client.get("/v1/health/service/web").await.unwrap());
+    let entry = &health[0];
+    assert_eq!(entry["Service"]["Service"], "web");
+    assert_eq!(entry["Node"]["Node"], "test-node");
+    let checks: Vec<&str> = entry["Checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["CheckID"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        checks,
+        ["serfHealth"],
+        "node checks count toward the instance"
+    );
+    let passing = json(&client.get("/v1/health/service/web?passing").await.unwrap());
+    assert_eq!(passing.as_array().unwrap().len(), 1);
+    let local = json(&client.get("/v1/agent/services").await.unwrap());
+    assert_eq!(local["web"]["Port"], 80);
+    assert_eq!(local["consul"]["Service"], "consul");
+}
+
+#[tokio::test]
+async fn http_check_follows_a_real_server_and_gates_passing() {
+    let (port, server) = health_server().await;
+    let service = json!({"service": {
+        "name": "api", "port": port,
+        "check": {"id": "api-http", "http": format!("http://127.0.0.1:{port}/health"), "interval": "1s", "timeout": "500ms"}
+    }});
+    let (_dir, options) = with_config(&[("api.json", service.to_string())], &[]);
+    let agent = Agent::start(options).await;
+    let client = agent.client();
+
+    eventually(
+        "the HTTP check to pass",
+        Duration::from_secs(10),
+        || async {
+            (check_status(&agent, "api", "api-http").await.as_deref() == Some("passing"))
+                .then_some(())
+        },
+    )
+    .await;
+    let passing = json(&client.get("/v1/health/service/api?passing").await.unwrap());
+    assert_eq!(passing.as_array().unwrap().len(), 1);
+    let checks = json(&client.get("/v1/agent/checks").await.unwrap());
+    assert!(
+        checks["api-http"]["Output"]
+            .as_str()
+            .unwrap()
+            .contains("200"),
+        "{checks}"
+    );
+    assert_eq!(checks["api-http"]["Type"], "http");
+
+    server.abort();
+    // Critical within about one interval (1s) of the server going away; the deadline leaves
+    // room for a loaded CI machine.
+    eventually(
+        "the HTTP check to go critical",
+        Duration::from_secs(5),
+        || async {
+            (check_status(&agent, "api", "api-http").await.as_deref() == Some("critical"))
+                .then_some(())
+        },
+    )
+    .await;
+    let passing = json(&client.get("/v1/health/service/api?passing").await.unwrap());
+    assert_eq!(passing, json!([]), "a critical instance leaves ?passing");
+    let states = json(&client.get("/v1/health/state/critical").await.unwrap());
+    assert!(states
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["CheckID"] == "api-http"));
+}
+
+#[tokio::test]
+async fn ttl_checks_pass_on_update_and_expire() {
+    let agent = Agent::start(AgentOptions::default()).await;
+    let client = agent.client();
+    let service = json!({"Name": "worker", "Check": {"CheckID": "worker-ttl", "TTL": "1s"}});
+    let response = client
+        .put("/v1/agent/service/register", service.to_string().into())
+        .await
+        .unwrap();
+    assert_eq!(response.status, 200, "{}", response.text());
+
+    let passed = client
+        .put("/v1/agent/check/pass/worker-ttl?note=alive", Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(passed.status, 200, "{}", passed.text());
+    eventually(
+        "the TTL check to pass in the catalog",
+        Duration::from_secs(5),
+        || async {
+            (check_status(&agent, "worker", "worker-ttl")
+                .await
+                .as_deref()
+                == Some("passing"))
+            .then_some(())
+        },
+    )
+    .await;
+    let checks = json(&client.get("/v1/agent/checks").await.unwrap());
+    assert_eq!(checks["worker-ttl"]["Output"], "alive");
+
+    // No further updates: the TTL runs out and the check goes critical.
+    eventually(
+        "the TTL check to expire",
+        Duration::from_secs(5),
+        || async {
+            (check_status(&agent, "worker", "worker-ttl")
+                .await
+                .as_deref()
+                == Some("critical"))
+            .then_some(())
+        },
+    )
+    .await;
+    let checks = json(&client.get("/v1/agent/checks").await.unwrap());
+    assert_eq!(checks["worker-ttl"]["Output"], "TTL expired");
+
+    let update = json!({"Status": "warning", "Output": "slow"});
+    client
+        .put(
+            "/v1/agent/check/update/worker-ttl",
+            update.to_string().into(),
+        )
+        .await
+        .unwrap();
+    eventually(
+        "the update to reach the catalog",
+        Duration::from_secs(5),
+        || async {
+            (check_status(&agent, "worker", "worker-ttl")
+                .await
+                .as_deref()
+                == Some("warning"))
+            .then_some(())
+        },
+    )
+    .await;
+    let unknown = client
+        .put("/v1/agent/check/pass/nope", Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(unknown.status, 404);
+}
+
+#[tokio::test]
+async fn script_check_exit_codes_map_to_states() {
+    let agent = Agent::start(AgentOptions {
+        extra_args: vec!["-hcl".into(), "enable_script_checks = true".into()],
+        ..AgentOptions::default()
+    })
+    .await;
+    let client = agent.client();
+    client
+        .put(
+            "/v1/agent/service/register",
+            json!({"Name": "batch"}).to_string().into(),
+        )
+        .await
+        .unwrap();
+    for (id, code) in [("exit-0", 0), ("exit-1", 1), ("exit-2", 2)] {
+        let check = json!({
+            "ID": id, "Name": id, "ServiceID": "batch", "Interval": "1s",
+            "Args": ["sh", "-c", format!("echo out-{code}; exit {code}")]
+        });
+        let response = client
+            .put("/v1/agent/check/register", check.to_string().into())
+            .await
+            .unwrap();
+        assert_eq!(response.status, 200, "{}", response.text());
+    }
+    for (id, expected) in [
+        ("exit-0", "passing"),
+        ("exit-1", "warning"),
+        ("exit-2", "critical"),
+    ] {
+        eventually(
+            &format!("{id} to be {expected}"),
+            Duration::from_secs(10),
+            || async {
+                let status = check_status(&agent, "batch", id).await;
+                (status.as_deref() == Some(expected)).then_some(())
+            },
+        )
+        .await;
+    }
+    let checks = json(&client.get("/v1/agent/checks").await.unwrap());
+    assert!(
+        checks["exit-1"]["Output"]
+            .as_str()
+            .unwrap()
+            .contains("out-1"),
+        "{checks}"
+    );
+}
+
+#[tokio::test]
+async fn invalid_definitions_are_rejected_with_the_field_named() {
+    let agent = Agent::start(AgentOptions::default()).await;
+    let client = agent.client();
+    let cases = [
+        (
+            "/v1/agent/service/register",
+            json!({"Port": 80}),
+            "service name",
+        ),
+        (
+            "/v1/agent/check/register",
+            json!({"Name": "c", "HTTP": "http://x"}),
+            "Interval",
+        ),
+        (
+            "/v1/agent/check/register",
+            json!({"Name": "c", "TCP": "x:1", "Interval": "soon"}),
+            "Interval",
+        ),
+        (
+            "/v1/agent/check/register",
+            json!({"Name": "c", "Args": ["true"], "Interval": "5s"}),
+            "enable_script_checks",
+        ),
+        (
+            "/v1/agent/check/register",
+            json!({"Name": "c"}),
+            "must define one of",
+        ),
+        (
+            "/v1/agent/check/register",
+            json!({"Name": "c", "TTL": "5s", "ServiceID": "ghost"}),
+            "ghost",
+        ),
+    ];
+    for (path, body, message) in cases {
+        let response = client.put(path, body.to_string().into()).await.unwrap();
+        assert_eq!(response.status, 400, "{body}: {}", response.text());
+        assert!(
+            response.text().contains(message),
+            "{body}: {}",
+            response.text()
+        );
+    }
+    assert_eq!(
+        json(&client.get("/v1/agent/checks").await.unwrap()),
+        json!({})
+    );
+}
+
+#[test]
+fn an_invalid_check_in_a_config_file_stops_the_agent_naming_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("svc.json"),
+        r#"{"services": [{"name": "web", "check": {"tcp": "127.0.0.1:1"}}]}"#,
+    )
+    .unwrap();
+    let output = std::process::Command::new(crate::support::BINARY)
+        .args(["agent", "-dev", "-config-dir", dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stderr).into_owned()
+        + &String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success());
+    assert!(
+        text.contains("svc.json") && text.contains("services[0]") && text.contains("Interval"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn anti_entropy_repairs_changes_made_behind_the_agents_back() {
+    let (_dir, options) = with_config(
+        &[(
+            "web.json",
+            r#"{"service": {"name": "web", "port": 80}}"#.into(),
+        )],
+        &["-hcl", "ae_interval = \"1s\""],
+    );
+    let agent = Agent::start(options).await;
+    let client = agent.client();
+    let web_count = || async {
+        let body: Value = json(&client.get("/v1/catalog/service/web").await.ok()?);
+        body.as_array().map(Vec::len)
+    };
+    eventually("web registered", Duration::from_secs(10), || async {
+        (web_count().await == Some(1)).then_some(())
+    })
+    .await;
+
+    // Deregister the agent's own service through the catalog: anti-entropy puts it back.
+    let deregister = json!({"Node": "test-node", "ServiceID": "web"});
+    client
+        .put("/v1/catalog/deregister", deregister.to_string().into())
+        .await
+        .unwrap();
+    eventually("web restored", Duration::from_secs(10), || async {
+        (web_count().await == Some(1)).then_some(())
+    })
+    .await;
+
+    // Register a service on the agent's node that the agent does not know: anti-entropy
+    // removes it.
+    let rogue =
+        json!({"Node": "test-node", "Address": "127.0.0.1", "Service": {"Service": "rogue"}});
+    client
+        .put("/v1/catalog/register", rogue.to_string().into())
+        .await
+        .unwrap();
+    eventually("rogue removed", Duration::from_secs(10), || async {
+        let body = json(&client.get("/v1/catalog/service/rogue").await.ok()?);
+        (body == json!([])).then_some(())
+    })
+    .await;
+
+    // A service removed through the agent leaves the catalog at once.
+    client
+        .put("/v1/agent/service/deregister/web", Vec::new())
+        .await
+        .unwrap();
+    eventually("web deregistered", Duration::from_secs(10), || async {
+        (web_count().await == Some(0)).then_some(())
+    })
+    .await;
+}
