@@ -109,12 +109,25 @@ impl TxnKvIn {
                 key,
                 index: self.index,
             },
-            "lock" | "unlock" | "check-session" => {
-                return Err(format!(
-                    "verb {:?} needs sessions, which this release does not have yet",
-                    self.verb
-                ))
+            "lock" | "unlock" | "check-session" if self.session.is_empty() => {
+                return Err(format!("verb {:?} needs a Session", self.verb))
             }
+            "lock" => KvOp::Lock {
+                key,
+                value,
+                flags: self.flags,
+                session: self.session,
+            },
+            "unlock" => KvOp::Unlock {
+                key,
+                value,
+                flags: self.flags,
+                session: self.session,
+            },
+            "check-session" => KvOp::CheckSession {
+                key,
+                session: self.session,
+            },
             other => return Err(format!("unknown KV verb {other:?}")),
         })
     }

@@ -11,6 +11,7 @@ pub mod decode;
 pub mod definition;
 pub mod filter;
 pub mod kv;
+pub mod session;
 
 /// The Consul release whose HTTP API this build matches; what `/v1/agent/version` and
 /// `/v1/agent/self` report, since clients compare it.

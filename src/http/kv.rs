@@ -149,11 +149,6 @@ async fn write(
             "Conflicting flags: cas=, acquire= and release= are mutually exclusive".into(),
         ));
     }
-    if let Some(session) = call.get("acquire").or_else(|| call.get("release")) {
-        // No session can exist before sessions land, so any session id is unknown, which is
-        // what Consul answers for an unknown session.
-        return Err(ApiError::Internal(format!("Invalid session {session:?}")));
-    }
     let limits = &state.config.limits;
     let value = super::body::read(
         body,
@@ -164,14 +159,37 @@ async fn write(
     )
     .await?
     .to_vec();
-    let op = match cas {
-        Some(index) => KvOp::Cas {
+    let op = if let Some(session) = call.get("acquire") {
+        // A key whose holder's session was invalidated cannot be taken until the session's
+        // lock-delay has passed; Consul answers false meanwhile.
+        if state.rpc.store().lock_delay_remaining(&key).is_some() {
+            return Ok(reply::json(&Value::Bool(false), call.pretty(state)));
+        }
+        let session = session.to_string();
+        KvOp::Lock {
             key,
             value,
             flags,
-            index,
-        },
-        None => KvOp::Set { key, value, flags },
+            session,
+        }
+    } else if let Some(session) = call.get("release") {
+        let session = session.to_string();
+        KvOp::Unlock {
+            key,
+            value,
+            flags,
+            session,
+        }
+    } else {
+        match cas {
+            Some(index) => KvOp::Cas {
+                key,
+                value,
+                flags,
+                index,
+            },
+            None => KvOp::Set { key, value, flags },
+        }
     };
     apply_single(state, op, &call).await
 }
@@ -211,6 +229,9 @@ async fn remove(state: &AppState, key: String, call: Call) -> Result<Response, A
 
 async fn apply_single(state: &AppState, op: KvOp, call: &Call) -> Result<Response, ApiError> {
     let (_, result) = state.rpc.write(Command::Kv(op)).await?;
+    if let CommandResult::Error(message) = result {
+        return Err(ApiError::Internal(message));
+    }
     let applied = matches!(result, CommandResult::Kv(true));
     Ok(reply::json(&Value::Bool(applied), call.pretty(state)))
 }

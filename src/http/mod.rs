@@ -13,6 +13,7 @@ mod health;
 mod kv;
 mod params;
 mod reply;
+mod session;
 mod txn;
 
 use std::sync::Arc;
@@ -31,6 +32,8 @@ use crate::rpc::Rpc;
 pub struct AppState {
     pub rpc: Rpc,
     pub agent: Arc<Agent>,
+    /// Session TTL timers (the leader's).
+    pub sessions: Arc<crate::rpc::session_ttl::SessionTimers>,
     pub config: Arc<RuntimeConfig>,
     pub authorizer: Authorizer,
     pub node_id: String,
@@ -86,6 +89,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/agent/check/warn/{id}", put(agent_local::warn))
         .route("/v1/agent/check/fail/{id}", put(agent_local::fail))
         .route("/v1/agent/check/update/{id}", put(agent_local::update))
+        .route("/v1/session/create", put(session::create))
+        .route("/v1/session/destroy/{id}", put(session::destroy))
+        .route("/v1/session/renew/{id}", put(session::renew))
+        .route("/v1/session/info/{id}", get(session::info))
+        .route("/v1/session/node/{node}", get(session::node))
+        .route("/v1/session/list", get(session::list))
         .route("/v1/health/service/{name}", get(health::service))
         .route("/v1/health/checks/{name}", get(health::service_checks))
         .route("/v1/health/node/{node}", get(health::node))

@@ -58,8 +58,8 @@ pub async fn apply(
             .into_op()
             .map_err(|what| ApiError::BadRequest(format!("operation {position}: {what}")))?;
         let access = match &op {
-            op if op.is_read() => Access::KeyRead(op_key(op)),
-            op => Access::KeyWrite(op_key(op)),
+            op if op.is_read() => Access::KeyRead(op.key()),
+            op => Access::KeyWrite(op.key()),
         };
         state.authorizer.authorize(token.as_deref(), access)?;
         ops.push(op);
@@ -89,19 +89,5 @@ pub async fn apply(
             Ok(response)
         }
         TxnOutcome::RolledBack(errors) => Err(ApiError::Conflict(txn_errors(&errors))),
-    }
-}
-
-fn op_key(op: &KvOp) -> &str {
-    match op {
-        KvOp::Set { key, .. }
-        | KvOp::Cas { key, .. }
-        | KvOp::Get { key }
-        | KvOp::GetOrEmpty { key }
-        | KvOp::CheckIndex { key, .. }
-        | KvOp::CheckNotExists { key }
-        | KvOp::Delete { key }
-        | KvOp::DeleteCas { key, .. } => key,
-        KvOp::GetTree { prefix } | KvOp::DeleteTree { prefix } => prefix,
     }
 }

@@ -10,6 +10,8 @@
 //! Forwarding to a leader on another server arrives with the multi-server cluster; until then a
 //! server that is not leader answers "No cluster leader" rather than pretending.
 
+pub mod session_ttl;
+
 use std::sync::Arc;
 
 use openraft::error::{ClientWriteError, RaftError};

@@ -126,9 +126,11 @@ pub async fn run(config: RuntimeConfig) -> anyhow::Result<()> {
         shutdown.clone(),
     )
     .map_err(|error| anyhow::anyhow!("cannot register the configured services: {error}"))?;
+    let sessions = Arc::new(crate::rpc::session_ttl::SessionTimers::default());
     let state = Arc::new(AppState {
         rpc: rpc.clone(),
         agent,
+        sessions: sessions.clone(),
         config: config.clone(),
         authorizer: Authorizer,
         node_id: node_id.clone(),
@@ -154,6 +156,10 @@ pub async fn run(config: RuntimeConfig) -> anyhow::Result<()> {
                 }
             });
         }
+    }
+    {
+        let (rpc, stop) = (rpc.clone(), shutdown.clone());
+        tasks.spawn(async move { sessions.run(rpc, stop).await });
     }
     tasks.spawn(leader::run(rpc, config.clone(), node_id, shutdown.clone()));
     tracing::info!(

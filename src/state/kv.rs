@@ -197,6 +197,59 @@ fn apply_op(
             }
             Ok(None)
         }
+        KvOp::Lock {
+            key,
+            value,
+            flags,
+            session,
+        } => {
+            if !tables.sessions.contains_key(session.as_str()) {
+                return Err(OpFailure::Invalid(format!("Invalid session {session:?}")));
+            }
+            let held_by = tables
+                .kv_get(key)
+                .map_or("", |entry| entry.session.as_str());
+            if !held_by.is_empty() && held_by != session {
+                return Err(OpFailure::Mismatch(format!(
+                    "key {key:?} is locked by another session"
+                )));
+            }
+            let lock = LockChange::Acquire(session);
+            let entry = write(tables, index, key, value, *flags, lock, touched);
+            Ok(Some(vec![without_value(&entry)]))
+        }
+        KvOp::Unlock {
+            key,
+            value,
+            flags,
+            session,
+        } => {
+            let held_by = tables
+                .kv_get(key)
+                .map_or("", |entry| entry.session.as_str());
+            if held_by != session {
+                return Err(OpFailure::Mismatch(format!(
+                    "key {key:?} is not locked by session {session:?}"
+                )));
+            }
+            let entry = write(
+                tables,
+                index,
+                key,
+                value,
+                *flags,
+                LockChange::Release,
+                touched,
+            );
+            Ok(Some(vec![without_value(&entry)]))
+        }
+        KvOp::CheckSession { key, session } => match tables.kv_get(key) {
+            Some(entry) if &entry.session == session => Ok(Some(vec![without_value(entry)])),
+            Some(_) => Err(OpFailure::Mismatch(format!(
+                "key {key:?} is not locked by session {session:?}"
+            ))),
+            None => Err(OpFailure::Mismatch(format!("key {key:?} doesn't exist"))),
+        },
         KvOp::DeleteCas {
             key,
             index: expected,
@@ -209,12 +262,19 @@ fn apply_op(
                 "failed to delete key {key:?}, index is stale"
             ))),
             // Deleting an absent key with a CAS index is an error in Consul's txn API.
-            None if *expected == 0 => Err(OpFailure::Invalid(
+            None if *expected == 0 => Err(OpFailure::Mismatch(
                 "delete-cas requires a non-zero index".into(),
             )),
             None => Err(OpFailure::Mismatch(format!("key {key:?} doesn't exist"))),
         },
     }
+}
+
+/// What a write does to the key's lock.
+enum LockChange<'a> {
+    Keep,
+    Acquire(&'a str),
+    Release,
 }
 
 fn set(
@@ -225,13 +285,34 @@ fn set(
     flags: u64,
     touched: &mut Vec<String>,
 ) -> Arc<KvEntry> {
+    write(tables, index, key, value, flags, LockChange::Keep, touched)
+}
+
+fn write(
+    tables: &mut Tables,
+    index: u64,
+    key: &str,
+    value: &[u8],
+    flags: u64,
+    lock: LockChange,
+    touched: &mut Vec<String>,
+) -> Arc<KvEntry> {
     let previous = tables.kv_get(key);
+    let held_by = previous.map_or("", |entry| entry.session.as_str());
+    let lock_index = previous.map_or(0, |entry| entry.lock_index);
+    let (session, lock_index) = match lock {
+        LockChange::Keep => (held_by.to_string(), lock_index),
+        // Re-acquiring a lock one already holds does not count as a new acquisition.
+        LockChange::Acquire(session) if session == held_by => (session.to_string(), lock_index),
+        LockChange::Acquire(session) => (session.to_string(), lock_index + 1),
+        LockChange::Release => (String::new(), lock_index),
+    };
     let entry = KvEntry {
         key: key.to_string(),
         value: value.to_vec(),
         flags,
-        lock_index: previous.map_or(0, |entry| entry.lock_index),
-        session: previous.map_or_else(String::new, |entry| entry.session.clone()),
+        lock_index,
+        session,
         indexes: RaftIndexes {
             create: previous.map_or(index, |entry| entry.indexes.create),
             modify: index,
@@ -243,6 +324,25 @@ fn set(
     tables.table_index.kv = index;
     touched.push(topic(key));
     entry
+}
+
+/// Frees a key's lock, keeping its value (a released session with behavior "release").
+pub(super) fn release_lock(tables: &mut Tables, index: u64, key: &str, touched: &mut Vec<String>) {
+    if let Some(entry) = tables.kv_get(key).cloned() {
+        write(
+            tables,
+            index,
+            key,
+            &entry.value,
+            entry.flags,
+            LockChange::Release,
+            touched,
+        );
+    }
+}
+
+pub(super) fn delete_key(tables: &mut Tables, index: u64, key: &str, touched: &mut Vec<String>) {
+    delete(tables, index, key, touched);
 }
 
 fn delete(tables: &mut Tables, index: u64, key: &str, touched: &mut Vec<String>) {

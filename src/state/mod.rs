@@ -12,6 +12,7 @@
 
 pub mod catalog;
 pub mod kv;
+pub mod session;
 pub mod watch;
 
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -30,6 +31,7 @@ pub struct TableIndexes {
     pub services: u64,
     pub checks: u64,
     pub kv: u64,
+    pub sessions: u64,
 }
 
 /// One consistent version of every table.
@@ -52,9 +54,14 @@ pub struct Tables {
     service_index: OrdMap<String, u64>,
     /// Last index that changed a node or anything registered on it, removal included.
     node_index: OrdMap<String, u64>,
+    sessions: OrdMap<String, Arc<crate::types::session::Session>>,
     table_index: TableIndexes,
     /// Raft index of the last applied command.
     last_index: u64,
+    /// Locks released by the batch being applied, with their sessions' lock-delay; drained by
+    /// `Store::apply_batch` and never part of a published or snapshotted version.
+    #[serde(skip)]
+    released_locks: Vec<(String, std::time::Duration)>,
 }
 
 impl Tables {
@@ -72,15 +79,26 @@ impl Tables {
         match command {
             Command::Kv(op) => match kv::apply_single(self, index, op, touched) {
                 Ok(applied) => CommandResult::Kv(applied),
-                // A read verb sent as a single write is harmless; it changes nothing.
-                Err(_) => CommandResult::Kv(false),
+                Err(message) => CommandResult::Error(message),
             },
             Command::Txn(ops) => CommandResult::Txn(kv::apply_txn(self, index, ops, touched)),
             Command::CatalogRegister(request) => {
-                CommandResult::Catalog(catalog::register(self, index, request, touched))
+                let result = catalog::register(self, index, request, touched);
+                session::invalidate_unhealthy(self, index, touched);
+                CommandResult::Catalog(result)
             }
             Command::CatalogDeregister(request) => {
-                CommandResult::Catalog(catalog::deregister(self, index, request, touched))
+                let result = catalog::deregister(self, index, request, touched);
+                session::invalidate_unhealthy(self, index, touched);
+                CommandResult::Catalog(result)
+            }
+            Command::SessionCreate(new) => match session::create(self, index, new, touched) {
+                Ok(()) => CommandResult::Done,
+                Err(message) => CommandResult::Error(message),
+            },
+            Command::SessionDestroy { id } => {
+                session::destroy(self, index, id, touched);
+                CommandResult::Done
             }
             Command::ReapTombstones { up_to_index } => {
                 kv::reap_tombstones(self, *up_to_index);
@@ -104,6 +122,10 @@ pub struct RestoreError(String);
 /// The shared handle: the current tables plus the watch registry.
 pub struct Store {
     current: RwLock<Arc<Tables>>,
+    /// Keys whose lock was released by an invalidated session, and until when they may not be
+    /// acquired again (the session's lock-delay). Kept by each server's own clock, outside the
+    /// replicated tables, as in Consul: it is advisory and best-effort across leader changes.
+    lock_delays: Mutex<std::collections::HashMap<String, std::time::Instant>>,
     /// Serialises writers so that two batches never race to publish.
     writer: Mutex<()>,
     watches: Arc<WatchRegistry>,
@@ -119,6 +141,7 @@ impl Store {
     pub fn new() -> Store {
         Store {
             current: RwLock::new(Arc::new(Tables::default())),
+            lock_delays: Mutex::new(std::collections::HashMap::new()),
             writer: Mutex::new(()),
             watches: Arc::new(WatchRegistry::default()),
         }
@@ -161,11 +184,40 @@ impl Store {
                 }
             })
             .collect();
+        let released = std::mem::take(&mut tables.released_locks);
         self.publish(tables);
+        self.start_lock_delays(released);
         touched.sort_unstable();
         touched.dedup();
         self.watches.notify(&touched);
         results
+    }
+
+    fn start_lock_delays(&self, released: Vec<(String, std::time::Duration)>) {
+        if released.is_empty() {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let mut delays = self
+            .lock_delays
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        delays.retain(|_, until| *until > now);
+        for (key, delay) in released {
+            if !delay.is_zero() {
+                delays.insert(key, now + delay);
+            }
+        }
+    }
+
+    /// How long `key` stays unacquirable after its holder's session was invalidated.
+    pub fn lock_delay_remaining(&self, key: &str) -> Option<std::time::Duration> {
+        let delays = self
+            .lock_delays
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let until = *delays.get(key)?;
+        until.checked_duration_since(std::time::Instant::now())
     }
 
     fn publish(&self, tables: Tables) {

@@ -355,3 +355,131 @@ fn a_batch_applies_in_order_at_one_index_with_one_result_each() {
     assert_eq!(tables.kv_get("a").unwrap().indexes.modify, 7);
     assert_eq!(tables.kv_get("b").unwrap().indexes.create, 7);
 }
+
+fn session(id: &str, node: &str, behavior: crate::types::session::SessionBehavior) -> Command {
+    Command::SessionCreate(crate::types::session::Session {
+        id: id.into(),
+        name: String::new(),
+        node: node.into(),
+        lock_delay: std::time::Duration::from_secs(15),
+        behavior,
+        ttl: None,
+        node_checks: vec!["alive".into()],
+        service_checks: Vec::new(),
+        indexes: RaftIndexes::default(),
+    })
+}
+
+fn node_check(node_name: &str, status: HealthStatus) -> Command {
+    Command::CatalogRegister(Box::new(RegisterRequest {
+        node: node(node_name),
+        skip_node_update: false,
+        service: None,
+        checks: vec![Check {
+            node: node_name.into(),
+            check_id: "alive".into(),
+            name: "alive".into(),
+            status,
+            notes: String::new(),
+            output: String::new(),
+            service_id: String::new(),
+            service_name: String::new(),
+            service_tags: Vec::new(),
+            check_type: String::new(),
+            interval: String::new(),
+            timeout: String::new(),
+            indexes: RaftIndexes::default(),
+        }],
+    }))
+}
+
+fn lock(key: &str, session: &str, value: &str) -> Command {
+    Command::Kv(KvOp::Lock {
+        key: key.into(),
+        value: value.as_bytes().to_vec(),
+        flags: 0,
+        session: session.into(),
+    })
+}
+
+#[test]
+fn sessions_need_a_live_node_and_healthy_checks() {
+    use crate::types::session::SessionBehavior::Release;
+    let store = Store::new();
+    assert!(
+        matches!(apply(&store, 2, session("s1", "n1", Release)), CommandResult::Error(m) if m.contains("node"))
+    );
+    apply(&store, 3, node_check("n1", HealthStatus::Critical));
+    assert!(
+        matches!(apply(&store, 4, session("s1", "n1", Release)), CommandResult::Error(m) if m.contains("critical"))
+    );
+    apply(&store, 5, node_check("n1", HealthStatus::Passing));
+    assert_eq!(
+        apply(&store, 6, session("s1", "n1", Release)),
+        CommandResult::Done
+    );
+    assert_eq!(store.snapshot().session("s1").unwrap().indexes.create, 6);
+}
+
+#[test]
+fn locks_follow_consul_semantics_and_die_with_their_session() {
+    use crate::types::session::SessionBehavior::{Delete, Release};
+    let store = Store::new();
+    apply(&store, 2, node_check("n1", HealthStatus::Passing));
+    apply(&store, 3, session("a", "n1", Release));
+    apply(&store, 4, session("b", "n1", Delete));
+
+    assert!(
+        matches!(apply(&store, 5, lock("k", "ghost", "x")), CommandResult::Error(m) if m.contains("Invalid session"))
+    );
+    assert_eq!(
+        apply(&store, 6, lock("k", "a", "1")),
+        CommandResult::Kv(true)
+    );
+    assert_eq!(
+        apply(&store, 7, lock("k", "a", "2")),
+        CommandResult::Kv(true)
+    );
+    assert_eq!(
+        apply(&store, 8, lock("k", "b", "3")),
+        CommandResult::Kv(false)
+    );
+    let entry = store.snapshot().kv_get("k").unwrap().clone();
+    assert_eq!(
+        (
+            entry.session.as_str(),
+            entry.lock_index,
+            entry.value.as_slice()
+        ),
+        ("a", 1, &b"2"[..])
+    );
+
+    let unlock = |session: &str| {
+        Command::Kv(KvOp::Unlock {
+            key: "k".into(),
+            value: b"free".to_vec(),
+            flags: 0,
+            session: session.into(),
+        })
+    };
+    assert_eq!(apply(&store, 9, unlock("b")), CommandResult::Kv(false));
+    assert_eq!(apply(&store, 10, unlock("a")), CommandResult::Kv(true));
+    assert_eq!(
+        apply(&store, 11, lock("k", "b", "4")),
+        CommandResult::Kv(true)
+    );
+    assert_eq!(store.snapshot().kv_get("k").unwrap().lock_index, 2);
+    apply(&store, 12, lock("other", "a", "held"));
+
+    // Session b (behavior delete) goes: its key is deleted and its lock-delay starts.
+    apply(&store, 13, Command::SessionDestroy { id: "b".into() });
+    assert!(store.snapshot().kv_get("k").is_none());
+    assert!(store.lock_delay_remaining("k").is_some());
+    // Session a (behavior release) is invalidated by its check going critical.
+    apply(&store, 14, node_check("n1", HealthStatus::Critical));
+    let tables = store.snapshot();
+    assert!(tables.session("a").is_none());
+    assert_eq!(tables.kv_get("other").unwrap().session, "");
+    assert_eq!(tables.kv_get("other").unwrap().value, b"held");
+    assert!(store.lock_delay_remaining("other").is_some());
+}

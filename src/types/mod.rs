@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod agent;
 pub mod duration;
+pub mod session;
 pub mod txn;
 
 pub use txn::{KvOp, TxnError, TxnOutcome, TxnResult};
@@ -177,6 +178,12 @@ pub enum Command {
     /// Independent writes that arrived together, committed as one log entry (group commit) and
     /// applied in order; they share its Raft index. Each has its own result. Never nested.
     Batch(Vec<Command>),
+    /// Creates a session; fails if its node or a bound check is missing or critical.
+    SessionCreate(session::Session),
+    /// Destroys a session (by request or because its TTL ran out), releasing its locks.
+    SessionDestroy {
+        id: String,
+    },
 }
 
 /// What applying a command produced. Business failures (a CAS mismatch, a rolled-back
@@ -190,4 +197,6 @@ pub enum CommandResult {
     Done,
     /// The results of a `Command::Batch`, in order.
     Batch(Vec<CommandResult>),
+    /// A request the FSM refused (an unknown session, say); the message is Consul's.
+    Error(String),
 }

@@ -46,9 +46,45 @@ pub enum KvOp {
         key: String,
         index: u64,
     },
+    /// Acquire: write and take the lock if it is free or already held by `session`.
+    Lock {
+        key: String,
+        value: Vec<u8>,
+        flags: u64,
+        session: String,
+    },
+    /// Release: write and free the lock if `session` holds it.
+    Unlock {
+        key: String,
+        value: Vec<u8>,
+        flags: u64,
+        session: String,
+    },
+    CheckSession {
+        key: String,
+        session: String,
+    },
 }
 
 impl KvOp {
+    /// The key (or prefix) the operation acts on.
+    pub fn key(&self) -> &str {
+        match self {
+            KvOp::Set { key, .. }
+            | KvOp::Cas { key, .. }
+            | KvOp::Get { key }
+            | KvOp::GetOrEmpty { key }
+            | KvOp::CheckIndex { key, .. }
+            | KvOp::CheckNotExists { key }
+            | KvOp::Delete { key }
+            | KvOp::DeleteCas { key, .. }
+            | KvOp::Lock { key, .. }
+            | KvOp::Unlock { key, .. }
+            | KvOp::CheckSession { key, .. } => key,
+            KvOp::GetTree { prefix } | KvOp::DeleteTree { prefix } => prefix,
+        }
+    }
+
     /// True for verbs that only read, so a transaction made of them can skip Raft.
     pub fn is_read(&self) -> bool {
         matches!(
@@ -58,6 +94,7 @@ impl KvOp {
                 | KvOp::GetTree { .. }
                 | KvOp::CheckIndex { .. }
                 | KvOp::CheckNotExists { .. }
+                | KvOp::CheckSession { .. }
         )
     }
 }

@@ -1,0 +1,155 @@
+//! `/v1/session/*`: create, destroy, renew, and blocking reads by id, node or all.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::response::Response;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::params::Call;
+use super::reply::{self, Reply};
+use super::AppState;
+use crate::acl::Access;
+use crate::api::session as wire;
+use crate::state::session::SESSIONS_TOPIC;
+use crate::state::Match;
+use crate::types::{Command, CommandResult};
+
+fn fsm_result(result: CommandResult) -> Result<(), ApiError> {
+    match result {
+        CommandResult::Error(message) => Err(ApiError::Internal(message)),
+        _ => Ok(()),
+    }
+}
+
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    call: Call,
+    body: Body,
+) -> Result<Response, ApiError> {
+    call.check_datacenter(&state)?;
+    let limits = &state.config.limits;
+    let bytes = super::body::read(
+        body,
+        call.content_length,
+        limits.http_max_body_size,
+        "limits.http_max_body_size",
+        limits.http_body_timeout,
+    )
+    .await?;
+    let value: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        serde_json::from_slice(&bytes)
+            .map_err(|error| ApiError::BadRequest(format!("Request decode failed: {error}")))?
+    };
+    let id = uuid::Uuid::new_v4().to_string();
+    let session = wire::create_request(value, id.clone(), state.agent.node_name())
+        .map_err(ApiError::BadRequest)?;
+    state
+        .authorizer
+        .authorize(call.token().as_deref(), Access::NodeWrite(&session.node))?;
+    let ttl = session.ttl;
+    let (_, result) = state.rpc.write(Command::SessionCreate(session)).await?;
+    fsm_result(result)?;
+    if let Some(ttl) = ttl {
+        state.sessions.renew(&id, ttl);
+    }
+    Ok(reply::json(&json!({"ID": id}), call.pretty(&state)))
+}
+
+pub async fn destroy(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    call: Call,
+) -> Result<Response, ApiError> {
+    call.check_datacenter(&state)?;
+    let node = state
+        .rpc
+        .store()
+        .snapshot()
+        .session(&id)
+        .map(|session| session.node.clone());
+    state.authorizer.authorize(
+        call.token().as_deref(),
+        Access::NodeWrite(node.as_deref().unwrap_or("")),
+    )?;
+    let (_, result) = state.rpc.write(Command::SessionDestroy { id }).await?;
+    fsm_result(result)?;
+    Ok(reply::json(&Value::Bool(true), call.pretty(&state)))
+}
+
+pub async fn renew(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    call: Call,
+) -> Result<Response, ApiError> {
+    call.check_datacenter(&state)?;
+    let tables = state.rpc.store().snapshot();
+    let session = tables
+        .session(&id)
+        .ok_or_else(|| ApiError::NotFound(format!("Session id '{id}' not found")))?;
+    state
+        .authorizer
+        .authorize(call.token().as_deref(), Access::NodeWrite(&session.node))?;
+    if let Some(ttl) = session.ttl {
+        state.sessions.renew(&id, ttl);
+    }
+    Ok(reply::json(
+        &json!([wire::session(session)]),
+        call.pretty(&state),
+    ))
+}
+
+/// Which sessions a read returns.
+enum Selection {
+    Id(String),
+    Node(String),
+    All,
+}
+
+async fn read(state: &AppState, call: Call, selection: Selection) -> Result<Response, ApiError> {
+    let options = call.read_options(state)?;
+    state
+        .authorizer
+        .authorize(call.token().as_deref(), Access::NodeRead(""))?;
+    let topics = vec![(SESSIONS_TOPIC.to_string(), Match::Exact)];
+    reply::blocking(state, &options, topics, |tables| {
+        let sessions = tables
+            .sessions()
+            .filter(|session| match &selection {
+                Selection::Id(id) => &session.id == id,
+                Selection::Node(node) => &session.node == node,
+                Selection::All => true,
+            })
+            .map(wire::session)
+            .collect();
+        Ok((
+            tables.table_index().sessions,
+            Reply::Json(Value::Array(sessions)),
+        ))
+    })
+    .await
+}
+
+pub async fn info(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    call: Call,
+) -> Result<Response, ApiError> {
+    read(&state, call, Selection::Id(id)).await
+}
+
+pub async fn node(
+    State(state): State<Arc<AppState>>,
+    Path(node): Path<String>,
+    call: Call,
+) -> Result<Response, ApiError> {
+    read(&state, call, Selection::Node(node)).await
+}
+
+pub async fn list(State(state): State<Arc<AppState>>, call: Call) -> Result<Response, ApiError> {
+    read(&state, call, Selection::All).await
+}
