@@ -5,6 +5,7 @@ mod agent;
 mod catalog;
 mod goflags;
 mod kv;
+mod lock;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -74,6 +75,7 @@ fn command_tree() -> Command {
         ))
         .subcommand(kv::command())
         .subcommand(catalog::command())
+        .subcommand(lock::command())
 }
 
 /// Parses arguments and runs the chosen command.
@@ -120,6 +122,7 @@ pub fn main() -> ExitCode {
             Some(("leave", sub)) => leave(sub).await,
             Some(("kv", sub)) => kv::run(sub).await,
             Some(("catalog", sub)) => catalog::run(sub).await,
+            Some(("lock", sub)) => lock::run(sub).await,
             _ => Err("unknown command".to_string()),
         }
     });

@@ -8,5 +8,6 @@ mod durability;
 mod health;
 mod kv;
 mod lifecycle;
+mod lock;
 mod support;
 mod txn;
