@@ -6,6 +6,7 @@ mod catalog;
 mod goflags;
 mod kv;
 mod lock;
+mod watch;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -76,6 +77,7 @@ fn command_tree() -> Command {
         .subcommand(kv::command())
         .subcommand(catalog::command())
         .subcommand(lock::command())
+        .subcommand(watch::command())
 }
 
 /// Parses arguments and runs the chosen command.
@@ -123,6 +125,7 @@ pub fn main() -> ExitCode {
             Some(("kv", sub)) => kv::run(sub).await,
             Some(("catalog", sub)) => catalog::run(sub).await,
             Some(("lock", sub)) => lock::run(sub).await,
+            Some(("watch", sub)) => watch::run(sub).await,
             _ => Err("unknown command".to_string()),
         }
     });

@@ -11,3 +11,4 @@ mod lifecycle;
 mod lock;
 mod support;
 mod txn;
+mod watch;
