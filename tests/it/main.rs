@@ -9,6 +9,7 @@ mod health;
 mod kv;
 mod lifecycle;
 mod lock;
+mod session;
 mod support;
 mod txn;
 mod watch;
