@@ -241,3 +241,90 @@ pub async fn update(
         })?;
     set_ttl(&state, &call, &id, status, &update.output).await
 }
+
+/// The worst status among `checks` (Consul's aggregation), passing when there are none.
+fn aggregate(checks: &[crate::types::Check]) -> HealthStatus {
+    checks
+        .iter()
+        .map(|check| check.status)
+        .max()
+        .unwrap_or(HealthStatus::Passing)
+}
+
+/// One service's entry for `/v1/agent/health/service/*`.
+fn service_health(state: &AppState, service: &crate::types::Service) -> (HealthStatus, Value) {
+    let checks: Vec<crate::types::Check> = state
+        .agent
+        .checks()
+        .into_iter()
+        .filter(|check| check.service_id.is_empty() || check.service_id == service.id)
+        .collect();
+    let status = aggregate(&checks);
+    let body = serde_json::json!({
+        "AggregatedStatus": status.as_str(),
+        "Service": wire::agent_service(service, &state.config.datacenter),
+        "Checks": checks.iter().map(wire::health_check).collect::<Vec<_>>(),
+    });
+    (status, body)
+}
+
+/// 200 passing, 429 warning, 503 critical or maintenance; `?format=text` answers the word.
+fn health_response(status: HealthStatus, body: Value, call: &Call, state: &AppState) -> Response {
+    let code = match status {
+        HealthStatus::Passing => axum::http::StatusCode::OK,
+        HealthStatus::Warning => axum::http::StatusCode::TOO_MANY_REQUESTS,
+        HealthStatus::Critical | HealthStatus::Maintenance => {
+            axum::http::StatusCode::SERVICE_UNAVAILABLE
+        }
+    };
+    let mut response = if call.get("format") == Some("text") {
+        status.as_str().to_string().into_response()
+    } else {
+        reply::json(&body, call.pretty(state))
+    };
+    *response.status_mut() = code;
+    response
+}
+
+pub async fn health_by_id(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    call: Call,
+) -> Result<Response, ApiError> {
+    let service = state
+        .agent
+        .service(&id)
+        .ok_or_else(|| ApiError::NotFound(format!("ServiceId {id} not found")))?;
+    state
+        .authorizer
+        .authorize(call.token().as_deref(), Access::ServiceRead(&service.name))?;
+    let (status, body) = service_health(&state, &service);
+    Ok(health_response(status, body, &call, &state))
+}
+
+pub async fn health_by_name(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    call: Call,
+) -> Result<Response, ApiError> {
+    state
+        .authorizer
+        .authorize(call.token().as_deref(), Access::ServiceRead(&name))?;
+    let entries: Vec<(HealthStatus, Value)> = state
+        .agent
+        .services()
+        .iter()
+        .filter(|service| service.name == name)
+        .map(|service| service_health(&state, service))
+        .collect();
+    if entries.is_empty() {
+        return Err(ApiError::NotFound(format!("ServiceName {name} Not Found")));
+    }
+    let status = entries
+        .iter()
+        .map(|(status, _)| *status)
+        .max()
+        .unwrap_or(HealthStatus::Passing);
+    let body = Value::Array(entries.into_iter().map(|(_, body)| body).collect());
+    Ok(health_response(status, body, &call, &state))
+}

@@ -80,6 +80,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/agent/service/{id}", get(agent_local::service))
         .route("/v1/agent/checks", get(agent_local::checks))
+        .route(
+            "/v1/agent/health/service/id/{id}",
+            get(agent_local::health_by_id),
+        )
+        .route(
+            "/v1/agent/health/service/name/{name}",
+            get(agent_local::health_by_name),
+        )
         .route("/v1/agent/check/register", put(agent_local::register_check))
         .route(
             "/v1/agent/check/deregister/{id}",

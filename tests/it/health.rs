@@ -413,3 +413,62 @@ async fn anti_entropy_repairs_changes_made_behind_the_agents_back() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn agent_health_endpoints_answer_with_consul_status_codes() {
+    let agent = Agent::start(AgentOptions::default()).await;
+    let client = agent.client();
+    let service =
+        json!({"Name": "queue", "ID": "queue-1", "Check": {"CheckID": "queue-ttl", "TTL": "30s"}});
+    client
+        .put("/v1/agent/service/register", service.to_string().into())
+        .await
+        .unwrap();
+
+    let by_id = client
+        .get("/v1/agent/health/service/id/queue-1")
+        .await
+        .unwrap();
+    assert_eq!(by_id.status, 503, "a new TTL check starts critical");
+    assert_eq!(json(&by_id)["AggregatedStatus"], "critical");
+    client
+        .put("/v1/agent/check/warn/queue-ttl", Vec::new())
+        .await
+        .unwrap();
+    let text = client
+        .get("/v1/agent/health/service/id/queue-1?format=text")
+        .await
+        .unwrap();
+    assert_eq!(
+        (text.status.as_u16(), text.text().as_str()),
+        (429, "warning")
+    );
+    client
+        .put("/v1/agent/check/pass/queue-ttl", Vec::new())
+        .await
+        .unwrap();
+    let by_name = client
+        .get("/v1/agent/health/service/name/queue")
+        .await
+        .unwrap();
+    assert_eq!(by_name.status, 200);
+    let body = json(&by_name);
+    assert_eq!(body[0]["Service"]["ID"], "queue-1");
+    assert_eq!(body[0]["Checks"][0]["CheckID"], "queue-ttl");
+    assert_eq!(
+        client
+            .get("/v1/agent/health/service/name/nothing")
+            .await
+            .unwrap()
+            .status,
+        404
+    );
+    assert_eq!(
+        client
+            .get("/v1/agent/health/service/id/nothing")
+            .await
+            .unwrap()
+            .status,
+        404
+    );
+}
