@@ -296,6 +296,59 @@ impl Agent {
     }
 }
 
+/// Check id of node maintenance mode.
+pub const NODE_MAINTENANCE: &str = "_node_maintenance";
+
+/// Check id of a service's maintenance mode.
+pub fn service_maintenance_id(service_id: &str) -> String {
+    format!("_service_maintenance:{service_id}")
+}
+
+/// Whether a check id is a maintenance check.
+pub fn is_maintenance(check_id: &str) -> bool {
+    check_id == NODE_MAINTENANCE || check_id.starts_with("_service_maintenance:")
+}
+
+/// The check that puts the node (`service_id` empty) or a service in maintenance.
+pub fn maintenance_check(service_id: &str, reason: &str) -> CheckDefinition {
+    let (id, name, what) = if service_id.is_empty() {
+        (
+            NODE_MAINTENANCE.to_string(),
+            "Node Maintenance Mode",
+            "node",
+        )
+    } else {
+        (
+            service_maintenance_id(service_id),
+            "Service Maintenance Mode",
+            "service",
+        )
+    };
+    let notes = if reason.is_empty() {
+        format!(
+            "Maintenance mode is enabled for this {what}, but no reason was provided. This is a \
+             default message."
+        )
+    } else {
+        reason.to_string()
+    };
+    CheckDefinition {
+        id,
+        name: name.to_string(),
+        notes,
+        service_id: service_id.to_string(),
+        initial_status: HealthStatus::Critical,
+        kind: CheckKind::Maintenance,
+        interval: std::time::Duration::ZERO,
+        timeout: std::time::Duration::ZERO,
+        deregister_critical_after: None,
+        success_before_passing: 0,
+        failures_before_warning: 0,
+        failures_before_critical: 0,
+        output_max_size: 0,
+    }
+}
+
 /// The node record an agent keeps in the catalog for itself.
 pub fn node_record(config: &RuntimeConfig, node_id: &str) -> crate::types::Node {
     let address = config.advertise_addr.to_string();

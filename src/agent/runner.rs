@@ -22,6 +22,7 @@ pub fn spawn(
 ) {
     tokio::spawn(async move {
         let probe = match &definition.kind {
+            CheckKind::Maintenance => return,
             CheckKind::Ttl { .. } => None,
             CheckKind::Http {
                 url,

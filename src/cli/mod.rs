@@ -6,6 +6,7 @@ mod catalog;
 mod goflags;
 mod kv;
 mod lock;
+mod services;
 mod watch;
 
 use std::ffi::OsString;
@@ -77,6 +78,8 @@ fn command_tree() -> Command {
         .subcommand(kv::command())
         .subcommand(catalog::command())
         .subcommand(lock::command())
+        .subcommand(services::services_command())
+        .subcommand(services::maint_command())
         .subcommand(watch::command())
 }
 
@@ -125,6 +128,8 @@ pub fn main() -> ExitCode {
             Some(("kv", sub)) => kv::run(sub).await,
             Some(("catalog", sub)) => catalog::run(sub).await,
             Some(("lock", sub)) => lock::run(sub).await,
+            Some(("services", sub)) => services::run_services(sub).await,
+            Some(("maint", sub)) => services::run_maint(sub).await,
             Some(("watch", sub)) => watch::run(sub).await,
             _ => Err("unknown command".to_string()),
         }

@@ -14,6 +14,7 @@ use super::params::Call;
 use super::reply;
 use super::AppState;
 use crate::acl::Access;
+use crate::agent::{is_maintenance, maintenance_check, service_maintenance_id, NODE_MAINTENANCE};
 use crate::api::catalog as wire;
 use crate::api::decode;
 use crate::api::definition::{self, DefinitionPolicy};
@@ -242,13 +243,69 @@ pub async fn update(
     set_ttl(&state, &call, &id, status, &update.output).await
 }
 
-/// The worst status among `checks` (Consul's aggregation), passing when there are none.
+/// The worst status among `checks` (Consul's aggregation), passing when there are none; a
+/// maintenance check makes it "maintenance".
 fn aggregate(checks: &[crate::types::Check]) -> HealthStatus {
+    if checks.iter().any(|check| is_maintenance(&check.check_id)) {
+        return HealthStatus::Maintenance;
+    }
     checks
         .iter()
         .map(|check| check.status)
         .max()
         .unwrap_or(HealthStatus::Passing)
+}
+
+/// Reads the required `?enable=` flag of the maintenance endpoints.
+fn enable_flag(call: &Call) -> Result<bool, ApiError> {
+    match call.get("enable") {
+        None => Err(ApiError::BadRequest("Missing value for enable".into())),
+        Some("true") => Ok(true),
+        Some("false") => Ok(false),
+        Some(other) => Err(ApiError::BadRequest(format!(
+            "Invalid value for enable: {other:?}"
+        ))),
+    }
+}
+
+pub async fn node_maintenance(
+    State(state): State<Arc<AppState>>,
+    call: Call,
+) -> Result<Response, ApiError> {
+    let enable = enable_flag(&call)?;
+    state.authorizer.authorize(
+        call.token().as_deref(),
+        Access::NodeWrite(state.agent.node_name()),
+    )?;
+    if enable {
+        let check = maintenance_check("", call.get("reason").unwrap_or(""));
+        state.agent.add_check(check).map_err(ApiError::Internal)?;
+    } else {
+        state.agent.remove_check(NODE_MAINTENANCE);
+    }
+    Ok(ok())
+}
+
+pub async fn service_maintenance(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    call: Call,
+) -> Result<Response, ApiError> {
+    let enable = enable_flag(&call)?;
+    let service = state
+        .agent
+        .service(&id)
+        .ok_or_else(|| ApiError::NotFound(format!("No service registered with ID {id:?}")))?;
+    state
+        .authorizer
+        .authorize(call.token().as_deref(), Access::ServiceWrite(&service.name))?;
+    if enable {
+        let check = maintenance_check(&id, call.get("reason").unwrap_or(""));
+        state.agent.add_check(check).map_err(ApiError::Internal)?;
+    } else {
+        state.agent.remove_check(&service_maintenance_id(&id));
+    }
+    Ok(ok())
 }
 
 /// One service's entry for `/v1/agent/health/service/*`.

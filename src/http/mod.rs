@@ -80,6 +80,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/agent/service/{id}", get(agent_local::service))
         .route("/v1/agent/checks", get(agent_local::checks))
+        .route("/v1/agent/maintenance", put(agent_local::node_maintenance))
+        .route(
+            "/v1/agent/service/maintenance/{id}",
+            put(agent_local::service_maintenance),
+        )
         .route(
             "/v1/agent/health/service/id/{id}",
             get(agent_local::health_by_id),

@@ -35,6 +35,8 @@ pub enum CheckKind {
     Ttl {
         ttl: Duration,
     },
+    /// Node or service maintenance: critical for as long as it exists; nothing runs.
+    Maintenance,
 }
 
 impl CheckKind {
@@ -46,6 +48,7 @@ impl CheckKind {
             CheckKind::Udp { .. } => "udp",
             CheckKind::Script { .. } => "script",
             CheckKind::Ttl { .. } => "ttl",
+            CheckKind::Maintenance => "maintenance",
         }
     }
 }

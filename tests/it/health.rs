@@ -472,3 +472,116 @@ async fn agent_health_endpoints_answer_with_consul_status_codes() {
         404
     );
 }
+
+#[tokio::test]
+async fn maintenance_mode_and_services_cli() {
+    let agent = Agent::start(AgentOptions::default()).await;
+    let client = agent.client();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cache.hcl");
+    std::fs::write(
+        &file,
+        "service {\n  name = \"cache\"\n  port = 6379\n  tags = [\"v7\"]\n}\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) = crate::support::cli(
+        &agent,
+        &["services", "register", file.to_str().unwrap()],
+        None,
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout.trim(), "Registered service: cache");
+    let (code, _, stderr) = crate::support::cli(
+        &agent,
+        &[
+            "services",
+            "register",
+            "-name=web",
+            "-port",
+            "8080",
+            "-tag",
+            "a",
+            "-tag",
+            "b",
+            "-meta",
+            "team=core",
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let services = json(&client.get("/v1/agent/services").await.unwrap());
+    assert_eq!(services["cache"]["Tags"], json!(["v7"]));
+    assert_eq!(services["web"]["Tags"], json!(["a", "b"]));
+    assert_eq!(services["web"]["Meta"]["team"], "core");
+
+    // Service maintenance takes the instance out of ?passing; the node's takes everything.
+    let (code, stdout, _) = crate::support::cli(
+        &agent,
+        &["maint", "-enable", "-service", "web", "-reason", "deploy"],
+        None,
+    );
+    assert_eq!(
+        (code, stdout.trim()),
+        (0, "Service entered maintenance mode: web")
+    );
+    eventually("web to leave ?passing", Duration::from_secs(10), || async {
+        let body = json(&client.get("/v1/health/service/web?passing").await.ok()?);
+        (body == json!([])).then_some(())
+    })
+    .await;
+    let health = client.get("/v1/agent/health/service/id/web").await.unwrap();
+    assert_eq!(health.status, 503);
+    assert_eq!(json(&health)["AggregatedStatus"], "maintenance");
+    let (_, listing, _) = crate::support::cli(&agent, &["maint"], None);
+    assert!(
+        listing.contains("ID:     web") && listing.contains("deploy"),
+        "{listing}"
+    );
+
+    crate::support::cli(&agent, &["maint", "-enable"], None);
+    eventually(
+        "cache to leave ?passing",
+        Duration::from_secs(10),
+        || async {
+            let body = json(&client.get("/v1/health/service/cache?passing").await.ok()?);
+            (body == json!([])).then_some(())
+        },
+    )
+    .await;
+    let checks = json(&client.get("/v1/agent/checks").await.unwrap());
+    assert!(checks["_node_maintenance"]["Notes"]
+        .as_str()
+        .unwrap()
+        .contains("no reason was provided"));
+    crate::support::cli(&agent, &["maint", "-disable"], None);
+    crate::support::cli(&agent, &["maint", "-disable", "-service=web"], None);
+    eventually("both back in ?passing", Duration::from_secs(10), || async {
+        let cache = json(&client.get("/v1/health/service/cache?passing").await.ok()?);
+        let web = json(&client.get("/v1/health/service/web?passing").await.ok()?);
+        (cache.as_array()?.len() == 1 && web.as_array()?.len() == 1).then_some(())
+    })
+    .await;
+    let missing = client
+        .put("/v1/agent/maintenance", Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(missing.status, 400);
+
+    let (code, stdout, _) = crate::support::cli(
+        &agent,
+        &["services", "deregister", file.to_str().unwrap()],
+        None,
+    );
+    assert_eq!((code, stdout.trim()), (0, "Deregistered service: cache"));
+    let (code, _, _) = crate::support::cli(&agent, &["services", "deregister", "-id", "web"], None);
+    assert_eq!(code, 0);
+    eventually(
+        "both gone from the catalog",
+        Duration::from_secs(10),
+        || async {
+            let services = json(&client.get("/v1/catalog/services").await.ok()?);
+            (services.get("web").is_none() && services.get("cache").is_none()).then_some(())
+        },
+    )
+    .await;
+}
