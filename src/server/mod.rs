@@ -165,6 +165,7 @@ pub async fn run(config: RuntimeConfig) -> anyhow::Result<()> {
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         node = %config.node_name,
+        node_id = %state.node_id,
         datacenter = %config.datacenter,
         data_dir = %data_dir.display(),
         "agent started"

@@ -41,6 +41,7 @@ pub struct Agent {
     _workdir: Option<tempfile::TempDir>,
 }
 
+#[derive(Clone)]
 pub struct AgentOptions {
     pub dev: bool,
     pub data_dir: Option<PathBuf>,
@@ -59,10 +60,45 @@ impl Default for AgentOptions {
 
 impl Agent {
     /// Starts `concord agent` and waits until it has a leader and serves the HTTP API.
+    ///
+    /// Free ports are picked by binding port 0 and letting go, so another test's agent can
+    /// take the same port first; this agent then exits, and the test would talk to the other
+    /// one. An agent that exits while starting is therefore retried on a new port.
     pub async fn start(options: AgentOptions) -> Agent {
-        let agent = Agent::spawn(options);
-        agent.wait_ready().await;
-        agent
+        for _ in 0..3 {
+            let mut agent = Agent::spawn(options.clone());
+            if agent.ready_or_exited().await {
+                return agent;
+            }
+        }
+        panic!("concord agent kept exiting during start-up");
+    }
+
+    /// Waits until ready (true) or until the process exited (false).
+    async fn ready_or_exited(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let client = self.client();
+        loop {
+            if self.child.try_wait().expect("try_wait").is_some() {
+                return false;
+            }
+            if self.answering_agent_is_ours(&client).await {
+                let response = client.get("/v1/catalog/service/consul").await;
+                let instances: serde_json::Value = response
+                    .ok()
+                    .and_then(|response| serde_json::from_slice(&response.body).ok())
+                    .unwrap_or_default();
+                if instances.as_array().is_some_and(|list| list.len() == 1) {
+                    return true;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent did not become ready:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Starts `concord agent` without waiting for it.
@@ -116,18 +152,17 @@ impl Agent {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
-    pub async fn wait_ready(&self) {
-        let client = self.client();
-        eventually(
-            "agent to elect a leader and serve HTTP",
-            Duration::from_secs(20),
-            || async {
-                let response = client.get("/v1/status/leader").await.ok()?;
-                let leader = response.text();
-                (response.status == 200 && leader != "\"\"").then_some(())
-            },
-        )
-        .await;
+    /// Whether the agent answering on our port is this process: the node id it reports is
+    /// the one this process logged at start.
+    async fn answering_agent_is_ours(&self, client: &Client) -> bool {
+        let Ok(response) = client.get("/v1/agent/self").await else {
+            return false;
+        };
+        let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap_or_default();
+        let Some(node_id) = body["Config"]["NodeID"].as_str() else {
+            return false;
+        };
+        self.log().contains(&format!("node_id={node_id}"))
     }
 
     /// Waits for the process to exit and returns its status code.
