@@ -9,18 +9,23 @@
 //! Architecture invariant: local state sits behind one mutex that is never held across an
 //! await; runners and the sync task read it, change it, and let go.
 
+mod persist;
 pub mod probe;
 mod runner;
 mod sync;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use serde_json::Value;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::RuntimeConfig;
+use crate::api::definition::{self, DefinitionPolicy};
+use crate::config::{LoadOptions, RuntimeConfig};
 use crate::rpc::Rpc;
 use crate::types::agent::{CheckDefinition, CheckKind, ServiceDefinition};
 use crate::types::duration::format_go_duration;
@@ -43,10 +48,16 @@ struct LocalCheck {
 struct LocalState {
     services: BTreeMap<String, Service>,
     checks: BTreeMap<String, LocalCheck>,
+    /// Ids defined by config files, which `reload` owns; the rest came from the API.
+    config_services: BTreeSet<String>,
+    config_checks: BTreeSet<String>,
 }
 
 pub struct Agent {
     config: Arc<RuntimeConfig>,
+    /// How the config was loaded, to load it again on reload.
+    load_options: LoadOptions,
+    persisted: persist::Persisted,
     node_id: String,
     rpc: Rpc,
     state: Mutex<LocalState>,
@@ -60,12 +71,16 @@ impl Agent {
     /// task; everything stops with `shutdown`.
     pub fn start(
         config: Arc<RuntimeConfig>,
+        load_options: LoadOptions,
+        data_dir: &Path,
         node_id: String,
         rpc: Rpc,
         shutdown: CancellationToken,
     ) -> Result<Arc<Agent>, String> {
         let agent = Arc::new(Agent {
             config: config.clone(),
+            load_options,
+            persisted: persist::Persisted::new(data_dir),
             node_id,
             rpc,
             state: Mutex::new(LocalState::default()),
@@ -85,14 +100,137 @@ impl Agent {
                 checks: Vec::new(),
             })?;
         }
-        for definition in &config.services {
-            agent.add_service(definition.clone())?;
+        agent.apply_config(&config.services, &config.checks)?;
+        // Definitions registered over the API before a restart come back as they were sent.
+        for (path, value) in agent.persisted.load(persist::Kind::Service)? {
+            let parsed = definition::service(value, agent.policy())
+                .map_err(|error| format!("{}: {error}", path.display()))?;
+            agent.add_service(parsed)?;
         }
-        for definition in &config.checks {
-            agent.add_check(definition.clone())?;
+        for (path, value) in agent.persisted.load(persist::Kind::Check)? {
+            let parsed = definition::check(value, agent.policy())
+                .map_err(|error| format!("{}: {error}", path.display()))?;
+            agent.add_check(parsed)?;
         }
         tokio::spawn(sync::run(agent.clone()));
         Ok(agent)
+    }
+
+    fn policy(&self) -> DefinitionPolicy {
+        DefinitionPolicy {
+            enable_script_checks: self.config.enable_script_checks,
+        }
+    }
+
+    /// Makes the config-defined services and checks equal to `services` and `checks`: adds
+    /// new ones, replaces changed ones, removes ones no longer defined, and leaves unchanged
+    /// ones (and their check results) alone. API-registered definitions are not touched.
+    fn apply_config(
+        self: &Arc<Self>,
+        services: &[ServiceDefinition],
+        checks: &[CheckDefinition],
+    ) -> Result<(), String> {
+        let (old_services, old_checks) = {
+            let state = self.state();
+            (state.config_services.clone(), state.config_checks.clone())
+        };
+        for id in &old_services {
+            if !services
+                .iter()
+                .any(|definition| &definition.service.id == id)
+            {
+                self.remove_service(id);
+            }
+        }
+        for id in &old_checks {
+            if !checks.iter().any(|definition| &definition.id == id) {
+                self.remove_check(id);
+            }
+        }
+        for definition in services {
+            if !self.has_service_definition(definition) {
+                self.add_service(definition.clone())?;
+            }
+        }
+        for definition in checks {
+            if !self.has_check_definition(definition) {
+                self.add_check(definition.clone())?;
+            }
+        }
+        let mut state = self.state();
+        state.config_services = services.iter().map(|d| d.service.id.clone()).collect();
+        state.config_checks = checks.iter().map(|d| d.id.clone()).collect();
+        Ok(())
+    }
+
+    fn has_service_definition(&self, definition: &ServiceDefinition) -> bool {
+        let state = self.state();
+        let same_service = state.services.get(&definition.service.id) == Some(&definition.service);
+        let current: Vec<&CheckDefinition> = state
+            .checks
+            .values()
+            .filter(|check| check.definition.service_id == definition.service.id)
+            .map(|check| &check.definition)
+            .collect();
+        same_service
+            && current.len() == definition.checks.len()
+            && definition
+                .checks
+                .iter()
+                .all(|check| current.contains(&check))
+    }
+
+    fn has_check_definition(&self, definition: &CheckDefinition) -> bool {
+        self.state()
+            .checks
+            .get(&definition.id)
+            .is_some_and(|check| &check.definition == definition)
+    }
+
+    /// Re-reads the config files (SIGHUP, `/v1/agent/reload`, `concord reload`) and applies
+    /// their services and checks. Other settings take effect at the next restart.
+    pub fn reload(self: &Arc<Self>) -> Result<(), String> {
+        let loaded = crate::config::load(&self.load_options)?;
+        for warning in &loaded.warnings {
+            tracing::warn!("{warning}");
+        }
+        self.apply_config(&loaded.config.services, &loaded.config.checks)?;
+        tracing::info!("configuration reloaded");
+        Ok(())
+    }
+
+    /// Registers a service sent over the API and keeps its definition for restarts.
+    pub fn register_service(self: &Arc<Self>, value: Value) -> Result<String, String> {
+        let parsed = definition::service(value.clone(), self.policy())?;
+        let id = parsed.service.id.clone();
+        let name = parsed.service.name.clone();
+        self.add_service(parsed)?;
+        self.state().config_services.remove(&id);
+        self.persisted.save(persist::Kind::Service, &id, &value)?;
+        Ok(name)
+    }
+
+    /// Deregisters a service (from any source) and forgets its stored definition.
+    pub fn deregister_service(&self, id: &str) -> bool {
+        self.persisted.remove(persist::Kind::Service, id);
+        self.state().config_services.remove(id);
+        self.remove_service(id)
+    }
+
+    /// Registers a check sent over the API and keeps its definition for restarts.
+    pub fn register_check(self: &Arc<Self>, value: Value) -> Result<(), String> {
+        let parsed = definition::check(value.clone(), self.policy())?;
+        let id = parsed.id.clone();
+        self.add_check(parsed)?;
+        self.state().config_checks.remove(&id);
+        self.persisted.save(persist::Kind::Check, &id, &value)
+    }
+
+    /// Deregisters a check (from any source) and forgets its stored definition.
+    pub fn deregister_check(&self, id: &str) -> bool {
+        self.persisted.remove(persist::Kind::Check, id);
+        self.state().config_checks.remove(id);
+        self.remove_check(id)
     }
 
     fn state(&self) -> MutexGuard<'_, LocalState> {

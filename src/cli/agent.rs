@@ -170,7 +170,7 @@ pub async fn run(matches: &ArgMatches) -> Result<(), String> {
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");
     }
-    crate::server::run(loaded.config)
+    crate::server::run(loaded.config, options)
         .await
         .map_err(|error| format!("==> {error:#}"))
 }

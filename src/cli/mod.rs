@@ -75,6 +75,9 @@ fn command_tree() -> Command {
         .subcommand(with_http_flags(
             Command::new("leave").about("Gracefully leaves the cluster and shuts the agent down"),
         ))
+        .subcommand(with_http_flags(
+            Command::new("reload").about("Makes the agent re-read its configuration files"),
+        ))
         .subcommand(kv::command())
         .subcommand(catalog::command())
         .subcommand(lock::command())
@@ -125,6 +128,7 @@ pub fn main() -> ExitCode {
             }
             Some(("members", sub)) => members(sub).await,
             Some(("leave", sub)) => leave(sub).await,
+            Some(("reload", sub)) => reload(sub).await,
             Some(("kv", sub)) => kv::run(sub).await,
             Some(("catalog", sub)) => catalog::run(sub).await,
             Some(("lock", sub)) => lock::run(sub).await,
@@ -267,5 +271,14 @@ async fn leave(matches: &ArgMatches) -> CommandResult {
         return Err(format!("Error leaving: {}", response.text()));
     }
     println!("Graceful leave complete");
+    Ok(())
+}
+
+async fn reload(matches: &ArgMatches) -> CommandResult {
+    let response = client(matches)?.put("/v1/agent/reload", Vec::new()).await?;
+    if !response.status.is_success() {
+        return Err(format!("Error reloading: {}", response.text()));
+    }
+    println!("Configuration reload triggered");
     Ok(())
 }

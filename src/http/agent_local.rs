@@ -93,14 +93,15 @@ pub async fn register_service(
     body: Body,
 ) -> Result<Response, ApiError> {
     let value = read_json(&state, &call, body).await?;
-    let definition = definition::service(value, policy(&state)).map_err(ApiError::BadRequest)?;
+    let definition =
+        definition::service(value.clone(), policy(&state)).map_err(ApiError::BadRequest)?;
     state.authorizer.authorize(
         call.token().as_deref(),
         Access::ServiceWrite(&definition.service.name),
     )?;
     state
         .agent
-        .add_service(definition)
+        .register_service(value)
         .map_err(ApiError::BadRequest)?;
     Ok(ok())
 }
@@ -116,7 +117,7 @@ pub async fn deregister_service(
         Access::ServiceWrite(name.as_deref().unwrap_or(&id)),
     )?;
     // Deregistering an unknown service is a no-op, as in Consul.
-    state.agent.remove_service(&id);
+    state.agent.deregister_service(&id);
     Ok(ok())
 }
 
@@ -147,14 +148,15 @@ pub async fn register_check(
     body: Body,
 ) -> Result<Response, ApiError> {
     let value = read_json(&state, &call, body).await?;
-    let definition = definition::check(value, policy(&state)).map_err(ApiError::BadRequest)?;
+    // Parse first so a bad definition is a 400 before any authorization question.
+    definition::check(value.clone(), policy(&state)).map_err(ApiError::BadRequest)?;
     state.authorizer.authorize(
         call.token().as_deref(),
         Access::NodeWrite(state.agent.node_name()),
     )?;
     state
         .agent
-        .add_check(definition)
+        .register_check(value)
         .map_err(ApiError::BadRequest)?;
     Ok(ok())
 }
@@ -168,7 +170,7 @@ pub async fn deregister_check(
         call.token().as_deref(),
         Access::NodeWrite(state.agent.node_name()),
     )?;
-    if !state.agent.remove_check(&id) {
+    if !state.agent.deregister_check(&id) {
         return Err(ApiError::NotFound(format!("Unknown check ID {id:?}")));
     }
     Ok(ok())
@@ -384,4 +386,12 @@ pub async fn health_by_name(
         .unwrap_or(HealthStatus::Passing);
     let body = Value::Array(entries.into_iter().map(|(_, body)| body).collect());
     Ok(health_response(status, body, &call, &state))
+}
+
+pub async fn reload(State(state): State<Arc<AppState>>, call: Call) -> Result<Response, ApiError> {
+    state
+        .authorizer
+        .authorize(call.token().as_deref(), Access::AgentWrite)?;
+    state.agent.reload().map_err(ApiError::Internal)?;
+    Ok(ok())
 }

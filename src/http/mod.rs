@@ -80,6 +80,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/agent/service/{id}", get(agent_local::service))
         .route("/v1/agent/checks", get(agent_local::checks))
+        .route("/v1/agent/reload", put(agent_local::reload))
         .route("/v1/agent/maintenance", put(agent_local::node_maintenance))
         .route(
             "/v1/agent/service/maintenance/{id}",

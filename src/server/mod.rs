@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::acl::Authorizer;
 use crate::agent::Agent;
-use crate::config::RuntimeConfig;
+use crate::config::{LoadOptions, RuntimeConfig};
 use crate::http::{self, AppState};
 use crate::raft::{self, node_id_from_uuid, Network, Raft};
 use crate::rpc::Rpc;
@@ -76,7 +76,7 @@ fn prepare_data_dir(
 }
 
 /// Runs the agent until it is asked to stop.
-pub async fn run(config: RuntimeConfig) -> anyhow::Result<()> {
+pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Result<()> {
     let started = Instant::now();
     let config = Arc::new(config);
     if !config.server_mode {
@@ -121,6 +121,8 @@ pub async fn run(config: RuntimeConfig) -> anyhow::Result<()> {
     let rpc = Rpc::new(raft.clone(), store, raft_id);
     let agent = Agent::start(
         config.clone(),
+        load_options,
+        &data_dir,
         node_id.clone(),
         rpc.clone(),
         shutdown.clone(),
@@ -171,7 +173,7 @@ pub async fn run(config: RuntimeConfig) -> anyhow::Result<()> {
         "agent started"
     );
 
-    wait_for_stop(&shutdown).await;
+    wait_for_stop(&shutdown, &state.agent).await;
     shutdown.cancel();
     tracing::info!("shutting down");
     let drained = tokio::time::timeout(Duration::from_secs(10), async {
@@ -190,22 +192,31 @@ pub async fn run(config: RuntimeConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_stop(shutdown: &CancellationToken) {
-    let mut terminate =
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGTERM");
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = shutdown.cancelled() => {}
+/// Waits for SIGINT, SIGTERM or a leave request; SIGHUP reloads the config files meanwhile.
+async fn wait_for_stop(shutdown: &CancellationToken, agent: &Arc<Agent>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut terminate), Ok(mut hangup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::warn!("cannot listen for SIGTERM/SIGHUP; only SIGINT and leave stop the agent");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = shutdown.cancelled() => {}
+        }
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return tracing::info!("caught SIGINT"),
+            _ = terminate.recv() => return tracing::info!("caught SIGTERM"),
+            _ = shutdown.cancelled() => return,
+            _ = hangup.recv() => {
+                tracing::info!("caught SIGHUP; reloading configuration");
+                if let Err(error) = agent.reload() {
+                    tracing::error!(%error, "reload failed; keeping the running configuration");
                 }
-                return;
             }
-        };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("caught SIGINT"),
-        _ = terminate.recv() => tracing::info!("caught SIGTERM"),
-        _ = shutdown.cancelled() => {}
+        }
     }
 }

@@ -585,3 +585,122 @@ async fn maintenance_mode_and_services_cli() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn reload_applies_config_changes_and_keeps_api_registrations() {
+    let dir = tempfile::tempdir().unwrap();
+    let config_dir = dir.path().join("config");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    std::fs::write(
+        config_dir.join("a.json"),
+        r#"{"service": {"name": "one", "port": 1}}"#,
+    )
+    .unwrap();
+    let agent = Agent::start(AgentOptions {
+        extra_args: vec!["-config-dir".into(), config_dir.display().to_string()],
+        ..AgentOptions::default()
+    })
+    .await;
+    let client = agent.client();
+    client
+        .put(
+            "/v1/agent/service/register",
+            json!({"Name": "api-made"}).to_string().into(),
+        )
+        .await
+        .unwrap();
+
+    std::fs::write(
+        config_dir.join("a.json"),
+        r#"{"service": {"name": "one", "port": 11}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        config_dir.join("b.json"),
+        r#"{"service": {"name": "two", "port": 2}}"#,
+    )
+    .unwrap();
+    let (code, stdout, stderr) = crate::support::cli(&agent, &["reload"], None);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout.trim(), "Configuration reload triggered");
+    let services = json(&client.get("/v1/agent/services").await.unwrap());
+    assert_eq!(services["one"]["Port"], 11);
+    assert_eq!(services["two"]["Port"], 2);
+    assert!(services.get("api-made").is_some());
+
+    // SIGHUP reloads too: removing a file removes its service.
+    std::fs::remove_file(config_dir.join("a.json")).unwrap();
+    agent.signal("HUP");
+    eventually(
+        "one to be removed by SIGHUP",
+        Duration::from_secs(10),
+        || async {
+            let services = json(&client.get("/v1/agent/services").await.ok()?);
+            (services.get("one").is_none()).then_some(services)
+        },
+    )
+    .await;
+    let services = json(&client.get("/v1/agent/services").await.unwrap());
+    assert!(
+        services.get("two").is_some() && services.get("api-made").is_some(),
+        "{services}"
+    );
+
+    // A broken file makes reload fail and changes nothing.
+    std::fs::write(config_dir.join("c.json"), r#"{"service": {"port": 3}}"#).unwrap();
+    let (code, _, stderr) = crate::support::cli(&agent, &["reload"], None);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("c.json"), "{stderr}");
+    assert!(json(&client.get("/v1/agent/services").await.unwrap())
+        .get("two")
+        .is_some());
+}
+
+#[tokio::test]
+async fn api_registrations_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let options = AgentOptions {
+        dev: false,
+        data_dir: Some(data_dir.clone()),
+        extra_args: Vec::new(),
+    };
+    let mut agent = Agent::start(options.clone()).await;
+    let client = agent.client();
+    let service = json!({"Name": "kept", "ID": "kept/1", "Port": 9, "Check": {"CheckID": "kept-ttl", "TTL": "30s"}});
+    client
+        .put("/v1/agent/service/register", service.to_string().into())
+        .await
+        .unwrap();
+    client
+        .put(
+            "/v1/agent/check/register",
+            json!({"Name": "node-ttl", "TTL": "30s"}).to_string().into(),
+        )
+        .await
+        .unwrap();
+    client
+        .put(
+            "/v1/agent/service/register",
+            json!({"Name": "dropped"}).to_string().into(),
+        )
+        .await
+        .unwrap();
+    client
+        .put("/v1/agent/service/deregister/dropped", Vec::new())
+        .await
+        .unwrap();
+    agent.signal("TERM");
+    agent.wait_exit(Duration::from_secs(20)).await;
+
+    let agent = Agent::start(options).await;
+    let client = agent.client();
+    let services = json(&client.get("/v1/agent/services").await.unwrap());
+    assert_eq!(services["kept/1"]["Port"], 9, "{services}");
+    assert!(services.get("dropped").is_none(), "{services}");
+    let checks = json(&client.get("/v1/agent/checks").await.unwrap());
+    assert!(
+        checks.get("kept-ttl").is_some() && checks.get("node-ttl").is_some(),
+        "{checks}"
+    );
+}
