@@ -42,6 +42,20 @@ struct LocalCheck {
     ttl_deadline: Option<Instant>,
     /// Wakes a TTL runner when the deadline moves.
     ttl_touched: Arc<Notify>,
+    /// Since when the check has been critical, for `deregister_critical_service_after`.
+    critical_since: Option<Instant>,
+}
+
+impl LocalCheck {
+    fn set(&mut self, status: HealthStatus, output: String) {
+        if status != HealthStatus::Critical {
+            self.critical_since = None;
+        } else if self.critical_since.is_none() {
+            self.critical_since = Some(Instant::now());
+        }
+        self.status = status;
+        self.output = output;
+    }
 }
 
 #[derive(Default)]
@@ -314,6 +328,8 @@ impl Agent {
                 CheckKind::Ttl { ttl } => Some(Instant::now() + ttl),
                 _ => None,
             };
+            let critical_since =
+                (definition.initial_status == HealthStatus::Critical).then(Instant::now);
             let check = LocalCheck {
                 status: definition.initial_status,
                 output: String::new(),
@@ -321,6 +337,7 @@ impl Agent {
                 runner: runner.clone(),
                 ttl_deadline,
                 ttl_touched: ttl_touched.clone(),
+                critical_since,
             };
             if let Some(previous) = state.checks.insert(definition.id.clone(), check) {
                 previous.runner.cancel();
@@ -356,8 +373,7 @@ impl Agent {
         check.ttl_touched.notify_one();
         let output = truncate(output, check.definition.output_max_size);
         let changed = check.status != status || check.output != output;
-        check.status = status;
-        check.output = output;
+        check.set(status, output);
         drop(state);
         if changed {
             self.sync_needed.notify_one();
@@ -374,10 +390,36 @@ impl Agent {
         if check.status == status && check.output == output {
             return;
         }
-        check.status = status;
-        check.output = output;
+        check.set(status, output);
         drop(state);
         self.sync_needed.notify_one();
+    }
+
+    /// Deregisters services with a check that has been critical for longer than its
+    /// `deregister_critical_service_after`.
+    fn reap_critical_services(&self) {
+        let now = Instant::now();
+        let doomed: Vec<(String, String)> = self
+            .state()
+            .checks
+            .values()
+            .filter(|check| !check.definition.service_id.is_empty())
+            .filter_map(|check| {
+                let after = check.definition.deregister_critical_after?;
+                let since = check.critical_since?;
+                (now.duration_since(since) >= after).then(|| {
+                    (
+                        check.definition.service_id.clone(),
+                        check.definition.id.clone(),
+                    )
+                })
+            })
+            .collect();
+        for (service_id, check_id) in doomed {
+            tracing::info!(service_id = %service_id, check_id = %check_id,
+                "check critical past deregister_critical_service_after; deregistering the service");
+            self.deregister_service(&service_id);
+        }
     }
 
     fn current_status(&self, id: &str) -> Option<HealthStatus> {

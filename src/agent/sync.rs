@@ -17,6 +17,10 @@ use crate::types::{
     Check, Command, CommandResult, DeregisterRequest, Node, RaftIndexes, RegisterRequest, Service,
 };
 
+/// How often, at most, critical services are checked for `deregister_critical_service_after`
+/// (Consul's reaper interval).
+const REAP_EVERY: Duration = Duration::from_secs(30);
+
 /// The leader maintains this check from membership; anti-entropy leaves it alone.
 const SERF_HEALTH: &str = "serfHealth";
 const RETRY_MIN: Duration = Duration::from_millis(500);
@@ -25,12 +29,15 @@ const RETRY_MAX: Duration = Duration::from_secs(15);
 pub async fn run(agent: Arc<Agent>) {
     let mut retry = RETRY_MIN;
     loop {
+        agent.reap_critical_services();
         let wait = match sync_once(&agent).await {
             Ok(()) => {
                 retry = RETRY_MIN;
                 let interval = agent.config.ae_interval;
                 let stagger_ms = (interval.as_millis() / 8) as u64;
-                interval + Duration::from_millis(rand::thread_rng().gen_range(0..=stagger_ms))
+                let full_sync =
+                    interval + Duration::from_millis(rand::thread_rng().gen_range(0..=stagger_ms));
+                full_sync.min(REAP_EVERY)
             }
             Err(error) => {
                 tracing::warn!(%error, retry_in_ms = retry.as_millis() as u64, "anti-entropy sync failed");

@@ -21,6 +21,8 @@ const MIN_INTERVAL: Duration = Duration::from_secs(1);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_SCRIPT_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_OUTPUT_MAX: usize = 4096;
+/// Consul's floor for `deregister_critical_service_after`.
+const MIN_DEREGISTER_AFTER: Duration = Duration::from_secs(60);
 
 /// What the agent allows while parsing definitions.
 #[derive(Clone, Copy, Debug, Default)]
@@ -291,7 +293,8 @@ fn check_definition(input: CheckIn, policy: DefinitionPolicy) -> Result<CheckDef
         deregister_critical_after: duration(
             "DeregisterCriticalServiceAfter",
             &input.deregister_critical_service_after,
-        )?,
+        )?
+        .map(|after| after.max(MIN_DEREGISTER_AFTER)),
         success_before_passing: input.success_before_passing,
         failures_before_critical: input.failures_before_critical,
         failures_before_warning: input

@@ -704,3 +704,58 @@ async fn api_registrations_survive_a_restart() {
         "{checks}"
     );
 }
+
+#[tokio::test]
+async fn a_service_critical_past_its_limit_is_deregistered() {
+    let agent = Agent::start(AgentOptions {
+        extra_args: vec!["-hcl".into(), "ae_interval = \"1s\"".into()],
+        ..AgentOptions::default()
+    })
+    .await;
+    let client = agent.client();
+    // TTL checks start critical; this one is never updated. Consul's minimum for
+    // DeregisterCriticalServiceAfter is one minute, so "30s" means one minute.
+    let service =
+        json!({"Name": "doomed", "Check": {"TTL": "10s", "DeregisterCriticalServiceAfter": "30s"}});
+    client
+        .put("/v1/agent/service/register", service.to_string().into())
+        .await
+        .unwrap();
+    let healthy = json!({"Name": "steady", "Check": {"CheckID": "steady-ttl", "TTL": "600s", "DeregisterCriticalServiceAfter": "1m"}});
+    client
+        .put("/v1/agent/service/register", healthy.to_string().into())
+        .await
+        .unwrap();
+    client
+        .put("/v1/agent/check/pass/steady-ttl", Vec::new())
+        .await
+        .unwrap();
+    let registered_at = std::time::Instant::now();
+    eventually(
+        "doomed to be deregistered",
+        Duration::from_secs(120),
+        || async {
+            let services = json(&client.get("/v1/agent/services").await.ok()?);
+            services.get("doomed").is_none().then_some(())
+        },
+    )
+    .await;
+    assert!(
+        registered_at.elapsed() >= Duration::from_secs(59),
+        "reaped before the one-minute floor"
+    );
+    let services = json(&client.get("/v1/agent/services").await.unwrap());
+    assert!(
+        services.get("steady").is_some(),
+        "a passing service stays: {services}"
+    );
+    eventually(
+        "doomed to leave the catalog",
+        Duration::from_secs(10),
+        || async {
+            let body = json(&client.get("/v1/catalog/service/doomed").await.ok()?);
+            (body == json!([])).then_some(())
+        },
+    )
+    .await;
+}
