@@ -6,8 +6,11 @@
 //! change and every `ae_interval` (plus a random stagger) to repair changes made behind the
 //! agent's back. A failed pass keeps local state and retries with backoff.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use rand::Rng;
 
@@ -26,11 +29,16 @@ const SERF_HEALTH: &str = "serfHealth";
 const RETRY_MIN: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(15);
 
+/// When each check's output was last written to the catalog, to rate-limit output-only
+/// changes (Consul's `check_update_interval`).
+type OutputSynced = HashMap<String, Instant>;
+
 pub async fn run(agent: Arc<Agent>) {
     let mut retry = RETRY_MIN;
+    let mut output_synced = OutputSynced::new();
     loop {
         agent.reap_critical_services();
-        let wait = match sync_once(&agent).await {
+        let wait = match sync_once(&agent, &mut output_synced).await {
             Ok(()) => {
                 retry = RETRY_MIN;
                 let interval = agent.config.ae_interval;
@@ -72,7 +80,7 @@ async fn write(agent: &Agent, command: Command) -> Result<(), RpcError> {
     }
 }
 
-async fn sync_once(agent: &Agent) -> Result<(), RpcError> {
+async fn sync_once(agent: &Agent, output_synced: &mut OutputSynced) -> Result<(), RpcError> {
     let node = node_record(agent);
     let name = node.name.clone();
     let local_services = agent.services();
@@ -115,6 +123,20 @@ async fn sync_once(agent: &Agent) -> Result<(), RpcError> {
             .find(|known| known.check_id == check.check_id)
             .map(|known| without_indexes(known, clear_check));
         if in_catalog.as_ref() != Some(check) {
+            // A change of output alone waits for check_update_interval; anything else (status
+            // above all) goes at once.
+            let output_only = in_catalog.as_ref().is_some_and(|known| {
+                let mut same_output = known.clone();
+                same_output.output = check.output.clone();
+                &same_output == check
+            });
+            let recently = output_synced
+                .get(&check.check_id)
+                .is_some_and(|at| at.elapsed() < agent.config.check_update_interval);
+            if output_only && recently {
+                continue;
+            }
+            output_synced.insert(check.check_id.clone(), Instant::now());
             let request = RegisterRequest {
                 node: node.clone(),
                 skip_node_update: true,
@@ -139,6 +161,7 @@ async fn sync_once(agent: &Agent) -> Result<(), RpcError> {
         };
         write(agent, Command::CatalogDeregister(request)).await?;
     }
+    output_synced.retain(|id, _| local_checks.iter().any(|check| &check.check_id == id));
     let unknown_checks: Vec<String> = tables
         .node_checks(&name)
         .filter(|known| known.check_id != SERF_HEALTH)

@@ -120,6 +120,8 @@ pub struct RuntimeConfig {
     pub enable_script_checks: bool,
     #[serde(serialize_with = "serialize_duration")]
     pub ae_interval: Duration,
+    #[serde(serialize_with = "serialize_duration")]
+    pub check_update_interval: Duration,
     /// Services and checks from config files, registered with the agent at start.
     #[serde(skip)]
     pub services: Vec<ServiceDefinition>,
@@ -425,6 +427,11 @@ fn build(raw: RawConfig) -> Result<RuntimeConfig, String> {
             "ae_interval",
             raw.ae_interval.as_deref(),
             Duration::from_secs(60),
+        )?,
+        check_update_interval: duration(
+            "check_update_interval",
+            raw.check_update_interval.as_deref(),
+            Duration::from_secs(300),
         )?,
         services: Vec::new(),
         checks: Vec::new(),

@@ -35,6 +35,8 @@ pub struct RawConfig {
     pub enable_local_script_checks: Option<bool>,
     /// How often anti-entropy runs a full sync (Consul's `ae_interval`).
     pub ae_interval: Option<String>,
+    /// How often a check whose output changed but status did not is synced to the catalog.
+    pub check_update_interval: Option<String>,
     /// Set by `-dev`; not a Consul config key, but carried with the other sources so that
     /// flags, files and dev defaults go through one merge.
     pub dev_mode: Option<bool>,

@@ -759,3 +759,46 @@ async fn a_service_critical_past_its_limit_is_deregistered() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn output_only_changes_wait_for_check_update_interval() {
+    let agent = Agent::start(AgentOptions {
+        extra_args: vec![
+            "-hcl".into(),
+            "enable_script_checks = true\ncheck_update_interval = \"1h\"".into(),
+        ],
+        ..AgentOptions::default()
+    })
+    .await;
+    let client = agent.client();
+    // The script's output changes on every run; its status stays passing.
+    let check = json!({"Name": "clock", "Args": ["sh", "-c", "date +%s%N"], "Interval": "1s"});
+    client
+        .put("/v1/agent/check/register", check.to_string().into())
+        .await
+        .unwrap();
+    let catalog_output = || async {
+        let checks = json(&client.get("/v1/health/node/test-node").await.ok()?);
+        let check = checks
+            .as_array()?
+            .iter()
+            .find(|c| c["CheckID"] == "clock")?
+            .clone();
+        (check["Status"] == "passing")
+            .then(|| check["Output"].as_str().unwrap_or_default().to_string())
+    };
+    let first = eventually(
+        "the check to pass in the catalog",
+        Duration::from_secs(10),
+        catalog_output,
+    )
+    .await;
+    // Locally the output moves on with every run...
+    eventually("a newer local output", Duration::from_secs(10), || async {
+        let checks = json(&client.get("/v1/agent/checks").await.ok()?);
+        (checks["clock"]["Output"].as_str()? != first).then_some(())
+    })
+    .await;
+    // ...but the catalog keeps the synced one until the interval passes.
+    assert_eq!(catalog_output().await.as_deref(), Some(first.as_str()));
+}
