@@ -77,6 +77,8 @@ pub struct Agent {
     state: Mutex<LocalState>,
     /// Wakes the sync task after a local change.
     sync_needed: Notify,
+    /// Bumped on every local change; hash-blocking reads of `/v1/agent/service/:id` wait on it.
+    changes: tokio::sync::watch::Sender<u64>,
     shutdown: CancellationToken,
 }
 
@@ -99,6 +101,7 @@ impl Agent {
             rpc,
             state: Mutex::new(LocalState::default()),
             sync_needed: Notify::new(),
+            changes: tokio::sync::watch::Sender::new(0),
             shutdown,
         });
         if config.server_mode {
@@ -128,6 +131,21 @@ impl Agent {
         }
         tokio::spawn(sync::run(agent.clone()));
         Ok(agent)
+    }
+
+    /// Records a local change: wakes anti-entropy and hash-blocking readers.
+    fn changed(&self) {
+        self.sync_needed.notify_one();
+        self.changes.send_modify(|version| *version += 1);
+    }
+
+    /// A receiver that sees every later local change.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.shutdown
     }
 
     fn policy(&self) -> DefinitionPolicy {
@@ -286,7 +304,7 @@ impl Agent {
         for check in definition.checks {
             self.add_check(check)?;
         }
-        self.sync_needed.notify_one();
+        self.changed();
         Ok(())
     }
 
@@ -306,7 +324,7 @@ impl Agent {
             }
         }
         drop(state);
-        self.sync_needed.notify_one();
+        self.changed();
         removed
     }
 
@@ -344,7 +362,7 @@ impl Agent {
             }
         }
         runner::spawn(self.clone(), definition, runner, ttl_touched);
-        self.sync_needed.notify_one();
+        self.changed();
         Ok(())
     }
 
@@ -353,7 +371,7 @@ impl Agent {
         let removed = self.state().checks.remove(id);
         if let Some(check) = &removed {
             check.runner.cancel();
-            self.sync_needed.notify_one();
+            self.changed();
         }
         removed.is_some()
     }
@@ -376,7 +394,7 @@ impl Agent {
         check.set(status, output);
         drop(state);
         if changed {
-            self.sync_needed.notify_one();
+            self.changed();
         }
         Ok(())
     }
@@ -392,7 +410,7 @@ impl Agent {
         }
         check.set(status, output);
         drop(state);
-        self.sync_needed.notify_one();
+        self.changed();
     }
 
     /// Deregisters services with a check that has been critical for longer than its

@@ -71,20 +71,49 @@ pub async fn services(
     Ok(reply::json(&Value::Object(services), options.pretty))
 }
 
+/// A service's content hash: changes whenever anything in its JSON does.
+fn content_hash(service: &Value) -> String {
+    format!("{:08x}", crc32fast::hash(service.to_string().as_bytes()))
+}
+
+/// `GET /v1/agent/service/:id`, with Consul's hash-based blocking: `?hash=<ContentHash>`
+/// waits (up to `wait`) until the service's definition differs from that hash.
 pub async fn service(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
     call: Call,
 ) -> Result<Response, ApiError> {
-    let service = state
-        .agent
-        .service(&id)
-        .ok_or_else(|| ApiError::NotFound(format!("unknown service ID: {id}")))?;
-    state
-        .authorizer
-        .authorize(call.token().as_deref(), Access::ServiceRead(&service.name))?;
-    let body = wire::agent_service(&service, &state.config.datacenter);
-    Ok(reply::json(&body, call.pretty(&state)))
+    let options = call.read_options(&state)?;
+    let known_hash = call.get("hash").map(str::to_string);
+    let deadline = tokio::time::Instant::now() + options.wait;
+    let mut changes = state.agent.subscribe();
+    loop {
+        // Mark the current version seen before reading, so a change after the read wakes us.
+        changes.borrow_and_update();
+        let service = state
+            .agent
+            .service(&id)
+            .ok_or_else(|| ApiError::NotFound(format!("unknown service ID: {id}")))?;
+        state
+            .authorizer
+            .authorize(call.token().as_deref(), Access::ServiceRead(&service.name))?;
+        let mut body = wire::agent_service(&service, &state.config.datacenter);
+        let hash = content_hash(&body);
+        let unchanged = known_hash.as_deref() == Some(hash.as_str());
+        if !unchanged || tokio::time::Instant::now() >= deadline {
+            body["ContentHash"] = Value::String(hash.clone());
+            let mut response = reply::json(&body, options.pretty);
+            if let Ok(value) = axum::http::HeaderValue::from_str(&hash) {
+                response.headers_mut().insert("X-Consul-ContentHash", value);
+            }
+            return Ok(response);
+        }
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return Err(ApiError::Internal("agent stopped".into())) },
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = state.agent.shutdown_token().cancelled() => {}
+        }
+    }
 }
 
 pub async fn register_service(

@@ -802,3 +802,50 @@ async fn output_only_changes_wait_for_check_update_interval() {
     // ...but the catalog keeps the synced one until the interval passes.
     assert_eq!(catalog_output().await.as_deref(), Some(first.as_str()));
 }
+
+#[tokio::test]
+async fn agent_service_supports_hash_blocking() {
+    let agent = Agent::start(AgentOptions::default()).await;
+    let client = agent.client();
+    client
+        .put(
+            "/v1/agent/service/register",
+            json!({"Name": "hashed", "Port": 1}).to_string().into(),
+        )
+        .await
+        .unwrap();
+    let first = client.get("/v1/agent/service/hashed").await.unwrap();
+    let hash = crate::support::header(&first, "X-Consul-ContentHash");
+    assert!(!hash.is_empty());
+    assert_eq!(json(&first)["ContentHash"], hash.as_str());
+
+    // Unchanged: the query waits out its wait and returns the same hash.
+    let waited = client
+        .get(&format!("/v1/agent/service/hashed?hash={hash}&wait=300ms"))
+        .await
+        .unwrap();
+    assert_eq!(
+        crate::support::header(&waited, "X-Consul-ContentHash"),
+        hash
+    );
+
+    let watcher = agent.client();
+    let path = format!("/v1/agent/service/hashed?hash={hash}&wait=60s");
+    let blocked = tokio::spawn(async move { watcher.get(&path).await.unwrap() });
+    client
+        .put(
+            "/v1/agent/service/register",
+            json!({"Name": "hashed", "Port": 2}).to_string().into(),
+        )
+        .await
+        .unwrap();
+    let changed = tokio::time::timeout(Duration::from_secs(10), blocked)
+        .await
+        .expect("the change woke the query")
+        .unwrap();
+    assert_eq!(json(&changed)["Port"], 2);
+    assert_ne!(
+        crate::support::header(&changed, "X-Consul-ContentHash"),
+        hash
+    );
+}
