@@ -102,11 +102,19 @@ async fn sync_once(agent: &Agent, output_synced: &mut OutputSynced) -> Result<()
 
     let clear_service: fn(&mut Service) = |s| s.indexes = RaftIndexes::default();
     let clear_check: fn(&mut Check) = |c| c.indexes = RaftIndexes::default();
+    // One map of the catalog's entries per pass, so a pass is linear in the node's services.
+    let catalog_services: HashMap<&str, &Service> = tables
+        .node_services(&name)
+        .map(|service| (service.id.as_str(), service))
+        .collect();
+    let catalog_checks: HashMap<&str, &Check> = tables
+        .node_checks(&name)
+        .map(|check| (check.check_id.as_str(), check))
+        .collect();
     for service in &local_services {
-        let in_catalog = tables
-            .node_services(&name)
-            .find(|known| known.id == service.id)
-            .map(|known| without_indexes(known, clear_service));
+        let in_catalog = catalog_services
+            .get(service.id.as_str())
+            .map(|known| without_indexes(*known, clear_service));
         if in_catalog.as_ref() != Some(service) {
             let request = RegisterRequest {
                 node: node.clone(),
@@ -118,10 +126,9 @@ async fn sync_once(agent: &Agent, output_synced: &mut OutputSynced) -> Result<()
         }
     }
     for check in &local_checks {
-        let in_catalog = tables
-            .node_checks(&name)
-            .find(|known| known.check_id == check.check_id)
-            .map(|known| without_indexes(known, clear_check));
+        let in_catalog = catalog_checks
+            .get(check.check_id.as_str())
+            .map(|known| without_indexes(*known, clear_check));
         if in_catalog.as_ref() != Some(check) {
             // A change of output alone waits for check_update_interval; anything else (status
             // above all) goes at once.
@@ -147,10 +154,14 @@ async fn sync_once(agent: &Agent, output_synced: &mut OutputSynced) -> Result<()
         }
     }
 
-    let unknown_services: Vec<String> = tables
-        .node_services(&name)
-        .filter(|known| !local_services.iter().any(|s| s.id == known.id))
-        .map(|known| known.id.clone())
+    let local_service_ids: std::collections::HashSet<&str> =
+        local_services.iter().map(|s| s.id.as_str()).collect();
+    let local_check_ids: std::collections::HashSet<&str> =
+        local_checks.iter().map(|c| c.check_id.as_str()).collect();
+    let unknown_services: Vec<String> = catalog_services
+        .keys()
+        .filter(|id| !local_service_ids.contains(**id))
+        .map(|id| id.to_string())
         .collect();
     for service_id in unknown_services {
         tracing::info!(service_id = %service_id, "anti-entropy: deregistering a service this agent does not have");
@@ -161,12 +172,11 @@ async fn sync_once(agent: &Agent, output_synced: &mut OutputSynced) -> Result<()
         };
         write(agent, Command::CatalogDeregister(request)).await?;
     }
-    output_synced.retain(|id, _| local_checks.iter().any(|check| &check.check_id == id));
-    let unknown_checks: Vec<String> = tables
-        .node_checks(&name)
-        .filter(|known| known.check_id != SERF_HEALTH)
-        .filter(|known| !local_checks.iter().any(|c| c.check_id == known.check_id))
-        .map(|known| known.check_id.clone())
+    output_synced.retain(|id, _| local_check_ids.contains(id.as_str()));
+    let unknown_checks: Vec<String> = catalog_checks
+        .keys()
+        .filter(|id| **id != SERF_HEALTH && !local_check_ids.contains(**id))
+        .map(|id| id.to_string())
         .collect();
     for check_id in unknown_checks {
         let request = DeregisterRequest {
