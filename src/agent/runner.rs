@@ -23,6 +23,10 @@ pub fn spawn(
     tokio::spawn(async move {
         let probe = match &definition.kind {
             CheckKind::Maintenance => return,
+            CheckKind::Alias { node, service } => {
+                let (node, service) = (node.clone(), service.clone());
+                return run_alias(agent, definition.id, node, service, cancel).await;
+            }
             CheckKind::Ttl { .. } => None,
             CheckKind::Http {
                 url,
@@ -195,5 +199,76 @@ mod tests {
         assert_eq!(current, HealthStatus::Warning);
         current = t.judge(HealthStatus::Critical, current);
         assert_eq!(current, HealthStatus::Critical);
+    }
+}
+
+/// Keeps an alias check's status equal to the aggregate health of the aliased service (its
+/// own checks and its node's) or node, as the catalog has it: re-evaluated whenever anything
+/// registered on that node changes.
+async fn run_alias(
+    agent: Arc<Agent>,
+    id: String,
+    node: String,
+    service: String,
+    cancel: CancellationToken,
+) {
+    let node = if node.is_empty() {
+        agent.node_name().to_string()
+    } else {
+        node
+    };
+    let store = agent.rpc.store().clone();
+    let topics = vec![(
+        crate::state::catalog::node_topic(&node),
+        crate::state::Match::Exact,
+    )];
+    loop {
+        let guard = store.watch(&topics);
+        let (status, output) = alias_status(&store.snapshot(), &node, &service, &id);
+        agent.set_result(&id, status, output);
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = guard.changed() => {}
+        }
+    }
+}
+
+fn alias_status(
+    tables: &crate::state::Tables,
+    node: &str,
+    service: &str,
+    own_id: &str,
+) -> (HealthStatus, String) {
+    if tables.node(node).is_none() {
+        return (HealthStatus::Critical, format!("Node {node:?} not found"));
+    }
+    if !service.is_empty() && !tables.node_services(node).any(|s| s.id == service) {
+        return (
+            HealthStatus::Critical,
+            format!("Service {service:?} not found on node {node:?}"),
+        );
+    }
+    let worst = tables
+        .node_checks(node)
+        .filter(|check| check.check_id != own_id)
+        .filter(|check| {
+            service.is_empty() || check.service_id.is_empty() || check.service_id == service
+        })
+        .map(|check| check.status)
+        .max();
+    match worst {
+        None | Some(HealthStatus::Passing) => (HealthStatus::Passing, "All checks passing.".into()),
+        Some(status) => (
+            status,
+            format!(
+                "Aliased {} has {} checks",
+                if service.is_empty() {
+                    "node"
+                } else {
+                    "service"
+                },
+                status.as_str()
+            ),
+        ),
     }
 }

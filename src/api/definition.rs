@@ -183,12 +183,7 @@ fn check_definition(input: CheckIn, policy: DefinitionPolicy) -> Result<CheckDef
     } else {
         input.name.clone()
     };
-    for (field, value) in [
-        ("GRPC", &input.grpc),
-        ("H2PING", &input.h2ping),
-        ("AliasService", &input.alias_service),
-        ("AliasNode", &input.alias_node),
-    ] {
+    for (field, value) in [("GRPC", &input.grpc), ("H2PING", &input.h2ping)] {
         if !value.is_empty() {
             return Err(format!(
                 "Invalid check {id:?}: {field} checks are not supported by this release yet"
@@ -249,21 +244,29 @@ fn check_definition(input: CheckIn, policy: DefinitionPolicy) -> Result<CheckDef
     if let Some(ttl) = ttl {
         kinds.push(CheckKind::Ttl { ttl });
     }
+    if !input.alias_service.is_empty() || !input.alias_node.is_empty() {
+        kinds.push(CheckKind::Alias {
+            node: input.alias_node.clone(),
+            service: input.alias_service.clone(),
+        });
+    }
     let kind = match kinds.len() {
         1 => kinds.remove(0),
         0 => {
             return Err(format!(
-                "Invalid check {id:?}: must define one of HTTP, TCP, UDP, Args or TTL"
+                "Invalid check {id:?}: must define one of HTTP, TCP, UDP, Args, TTL or Alias"
             ))
         }
         _ => {
             return Err(format!(
-                "Invalid check {id:?}: define only one of HTTP, TCP, UDP, Args or TTL"
+                "Invalid check {id:?}: define only one of HTTP, TCP, UDP, Args, TTL or Alias"
             ))
         }
     };
     let interval = match (&kind, interval) {
-        (CheckKind::Ttl { .. }, _) => Duration::ZERO,
+        (CheckKind::Ttl { .. } | CheckKind::Alias { .. } | CheckKind::Maintenance, _) => {
+            Duration::ZERO
+        }
         (_, Some(interval)) if !interval.is_zero() => interval.max(MIN_INTERVAL),
         _ => {
             return Err(format!(

@@ -37,6 +37,12 @@ pub enum CheckKind {
     },
     /// Node or service maintenance: critical for as long as it exists; nothing runs.
     Maintenance,
+    /// Mirrors the health of a service (`service` id) or of a whole node, read from the
+    /// catalog; `node` empty means this agent's node.
+    Alias {
+        node: String,
+        service: String,
+    },
 }
 
 impl CheckKind {
@@ -49,6 +55,7 @@ impl CheckKind {
             CheckKind::Script { .. } => "script",
             CheckKind::Ttl { .. } => "ttl",
             CheckKind::Maintenance => "maintenance",
+            CheckKind::Alias { .. } => "alias",
         }
     }
 }

@@ -849,3 +849,59 @@ async fn agent_service_supports_hash_blocking() {
         hash
     );
 }
+
+#[tokio::test]
+async fn alias_check_mirrors_another_service() {
+    let agent = Agent::start(AgentOptions::default()).await;
+    let client = agent.client();
+    let backend = json!({"Name": "backend", "Check": {"CheckID": "backend-ttl", "TTL": "600s"}});
+    client
+        .put("/v1/agent/service/register", backend.to_string().into())
+        .await
+        .unwrap();
+    let frontend = json!({"Name": "frontend", "Check": {"CheckID": "frontend-alias", "AliasService": "backend"}});
+    let response = client
+        .put("/v1/agent/service/register", frontend.to_string().into())
+        .await
+        .unwrap();
+    assert_eq!(response.status, 200, "{}", response.text());
+    let alias_status = || async {
+        let checks = json(&client.get("/v1/agent/checks").await.ok()?);
+        checks["frontend-alias"]["Status"]
+            .as_str()
+            .map(str::to_string)
+    };
+    for (action, expected) in [
+        ("pass", "passing"),
+        ("warn", "warning"),
+        ("fail", "critical"),
+        ("pass", "passing"),
+    ] {
+        client
+            .put(&format!("/v1/agent/check/{action}/backend-ttl"), Vec::new())
+            .await
+            .unwrap();
+        eventually(
+            &format!("the alias to become {expected}"),
+            Duration::from_secs(10),
+            || async { (alias_status().await.as_deref() == Some(expected)).then_some(()) },
+        )
+        .await;
+    }
+    client
+        .put("/v1/agent/service/deregister/backend", Vec::new())
+        .await
+        .unwrap();
+    eventually(
+        "the alias to go critical without its service",
+        Duration::from_secs(10),
+        || async { (alias_status().await.as_deref() == Some("critical")).then_some(()) },
+    )
+    .await;
+    let checks = json(&client.get("/v1/agent/checks").await.unwrap());
+    assert_eq!(checks["frontend-alias"]["Type"], "alias");
+    assert!(checks["frontend-alias"]["Output"]
+        .as_str()
+        .unwrap()
+        .contains("not found"));
+}
