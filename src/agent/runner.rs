@@ -154,54 +154,6 @@ async fn run_ttl(agent: Arc<Agent>, id: String, cancel: CancellationToken, touch
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn thresholds(passing: u32, warning: u32, critical: u32) -> Thresholds {
-        Thresholds {
-            success_before_passing: passing,
-            failures_before_warning: warning,
-            failures_before_critical: critical,
-            successes: 0,
-            failures: 0,
-        }
-    }
-
-    #[test]
-    fn defaults_follow_every_result() {
-        let mut t = thresholds(0, 0, 0);
-        assert_eq!(
-            t.judge(HealthStatus::Passing, HealthStatus::Critical),
-            HealthStatus::Passing
-        );
-        assert_eq!(
-            t.judge(HealthStatus::Critical, HealthStatus::Passing),
-            HealthStatus::Critical
-        );
-        assert_eq!(
-            t.judge(HealthStatus::Warning, HealthStatus::Critical),
-            HealthStatus::Warning
-        );
-    }
-
-    #[test]
-    fn thresholds_hold_the_state_until_enough_results_agree() {
-        let mut t = thresholds(2, 1, 3);
-        let mut current = HealthStatus::Critical;
-        current = t.judge(HealthStatus::Passing, current);
-        assert_eq!(current, HealthStatus::Critical, "one success is not enough");
-        current = t.judge(HealthStatus::Passing, current);
-        assert_eq!(current, HealthStatus::Passing);
-        current = t.judge(HealthStatus::Critical, current);
-        assert_eq!(current, HealthStatus::Warning, "first failure only warns");
-        current = t.judge(HealthStatus::Critical, current);
-        assert_eq!(current, HealthStatus::Warning);
-        current = t.judge(HealthStatus::Critical, current);
-        assert_eq!(current, HealthStatus::Critical);
-    }
-}
-
 /// Keeps an alias check's status equal to the aggregate health of the aliased service (its
 /// own checks and its node's) or node, as the catalog has it: re-evaluated whenever anything
 /// registered on that node changes.
@@ -270,5 +222,53 @@ fn alias_status(
                 status.as_str()
             ),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn thresholds(passing: u32, warning: u32, critical: u32) -> Thresholds {
+        Thresholds {
+            success_before_passing: passing,
+            failures_before_warning: warning,
+            failures_before_critical: critical,
+            successes: 0,
+            failures: 0,
+        }
+    }
+
+    #[test]
+    fn defaults_follow_every_result() {
+        let mut t = thresholds(0, 0, 0);
+        assert_eq!(
+            t.judge(HealthStatus::Passing, HealthStatus::Critical),
+            HealthStatus::Passing
+        );
+        assert_eq!(
+            t.judge(HealthStatus::Critical, HealthStatus::Passing),
+            HealthStatus::Critical
+        );
+        assert_eq!(
+            t.judge(HealthStatus::Warning, HealthStatus::Critical),
+            HealthStatus::Warning
+        );
+    }
+
+    #[test]
+    fn thresholds_hold_the_state_until_enough_results_agree() {
+        let mut t = thresholds(2, 1, 3);
+        let mut current = HealthStatus::Critical;
+        current = t.judge(HealthStatus::Passing, current);
+        assert_eq!(current, HealthStatus::Critical, "one success is not enough");
+        current = t.judge(HealthStatus::Passing, current);
+        assert_eq!(current, HealthStatus::Passing);
+        current = t.judge(HealthStatus::Critical, current);
+        assert_eq!(current, HealthStatus::Warning, "first failure only warns");
+        current = t.judge(HealthStatus::Critical, current);
+        assert_eq!(current, HealthStatus::Warning);
+        current = t.judge(HealthStatus::Critical, current);
+        assert_eq!(current, HealthStatus::Critical);
     }
 }
