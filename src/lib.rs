@@ -7,6 +7,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod http;
+pub mod logs;
 pub mod raft;
 pub mod rpc;
 pub mod server;

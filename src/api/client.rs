@@ -124,6 +124,51 @@ impl Client {
         })
     }
 
+    /// GETs `path_and_query` and hands each chunk of the body to `on_chunk` as it arrives,
+    /// for endpoints that stream (`/v1/agent/monitor`). Returns when the body ends.
+    pub async fn stream(
+        &self,
+        path_and_query: &str,
+        mut on_chunk: impl FnMut(&[u8]),
+    ) -> Result<(), String> {
+        let uri = format!("{}{}", self.base, path_and_query);
+        let mut builder = Request::builder().method(Method::GET).uri(&uri);
+        if let Some(token) = &self.token {
+            builder = builder.header("X-Consul-Token", token);
+        }
+        let request = builder
+            .body(Full::new(Bytes::new()))
+            .map_err(|error| format!("invalid request to {uri}: {error}"))?;
+        let response = self.inner.request(request).await.map_err(|error| {
+            format!(
+                "Error querying agent at {}: {error} (is the agent running?)",
+                self.base
+            )
+        })?;
+        let status = response.status();
+        let mut body = response.into_body();
+        if !status.is_success() {
+            let text = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            return Err(format!(
+                "Error: {} ({})",
+                status.as_u16(),
+                String::from_utf8_lossy(&text).trim_end()
+            ));
+        }
+        while let Some(frame) = body.frame().await {
+            let frame =
+                frame.map_err(|error| format!("Error reading from {}: {error}", self.base))?;
+            if let Some(data) = frame.data_ref() {
+                on_chunk(data);
+            }
+        }
+        Ok(())
+    }
+
     pub async fn get(&self, path_and_query: &str) -> Result<Response, String> {
         self.request(Method::GET, path_and_query, None).await
     }

@@ -141,32 +141,10 @@ pub fn load_options(matches: &ArgMatches) -> Result<LoadOptions, String> {
     })
 }
 
-fn init_logging(level: &str, json: bool) {
-    let level = match level {
-        "err" => "error",
-        other => other,
-    };
-    // Raft and sled internals are noisy below warn; they follow the agent's level only when
-    // it is trace.
-    let dependencies = if level == "trace" { "trace" } else { "warn" };
-    let filter = tracing_subscriber::EnvFilter::new(format!(
-        "{level},openraft={dependencies},sled={dependencies},hyper={dependencies}"
-    ));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 pub async fn run(matches: &ArgMatches) -> Result<(), String> {
     let options = load_options(matches)?;
     let loaded = crate::config::load(&options).map_err(|error| format!("==> {error}"))?;
-    init_logging(&loaded.config.log_level, loaded.config.log_json);
+    crate::logs::init(&loaded.config.log_level, loaded.config.log_json);
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");
     }

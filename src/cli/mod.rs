@@ -78,6 +78,11 @@ fn command_tree() -> Command {
         .subcommand(with_http_flags(
             Command::new("reload").about("Makes the agent re-read its configuration files"),
         ))
+        .subcommand(with_http_flags(
+            Command::new("monitor")
+                .about("Streams the agent's logs")
+                .arg(value("log-level", "Lowest level to show (default info)")),
+        ))
         .subcommand(kv::command())
         .subcommand(catalog::command())
         .subcommand(lock::command())
@@ -129,6 +134,7 @@ pub fn main() -> ExitCode {
             Some(("members", sub)) => members(sub).await,
             Some(("leave", sub)) => leave(sub).await,
             Some(("reload", sub)) => reload(sub).await,
+            Some(("monitor", sub)) => monitor(sub).await,
             Some(("kv", sub)) => kv::run(sub).await,
             Some(("catalog", sub)) => catalog::run(sub).await,
             Some(("lock", sub)) => lock::run(sub).await,
@@ -281,4 +287,19 @@ async fn reload(matches: &ArgMatches) -> CommandResult {
     }
     println!("Configuration reload triggered");
     Ok(())
+}
+
+async fn monitor(matches: &ArgMatches) -> CommandResult {
+    use std::io::Write;
+    let level = get_str(matches, "log-level").unwrap_or("info");
+    let path = format!("/v1/agent/monitor?loglevel={}", encode_query(level));
+    let client = client(matches)?;
+    let mut stdout = std::io::stdout();
+    tokio::select! {
+        result = client.stream(&path, |chunk| {
+            let _ = stdout.write_all(chunk);
+            let _ = stdout.flush();
+        }) => result,
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    }
 }

@@ -129,3 +129,53 @@ pub async fn leader(State(state): State<Arc<AppState>>, call: Call) -> Response 
 pub async fn peers(State(state): State<Arc<AppState>>, call: Call) -> Response {
     reply::json(&json!(state.rpc.peer_addresses()), call.pretty(&state))
 }
+
+/// `GET /v1/agent/monitor?loglevel=<level>`: streams log lines at or above the level until the
+/// client goes away. A client that falls behind is told how many lines it missed.
+pub async fn monitor(State(state): State<Arc<AppState>>, call: Call) -> Result<Response, ApiError> {
+    state
+        .authorizer
+        .authorize(call.token().as_deref(), Access::AgentRead)?;
+    let wanted = match call
+        .get("loglevel")
+        .unwrap_or("info")
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "trace" => tracing::Level::TRACE,
+        "debug" => tracing::Level::DEBUG,
+        "info" => tracing::Level::INFO,
+        "warn" => tracing::Level::WARN,
+        "err" | "error" => tracing::Level::ERROR,
+        other => return Err(ApiError::BadRequest(format!("Unknown log level: {other}"))),
+    };
+    let receiver = crate::logs::subscribe();
+    let shutdown = state.shutdown.clone();
+    let lines = futures::stream::unfold(
+        (receiver, shutdown),
+        move |(mut receiver, shutdown)| async move {
+            loop {
+                let next = tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    next = receiver.recv() => next,
+                };
+                let text = match next {
+                    // tracing orders levels by verbosity: TRACE is the "largest".
+                    Ok(line) if line.level <= wanted => format!("{}\n", line.text),
+                    Ok(_) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        format!("[monitor fell behind; {missed} lines dropped]\n")
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                };
+                let chunk: Result<hyper::body::Bytes, std::convert::Infallible> =
+                    Ok(hyper::body::Bytes::from(text));
+                return Some((chunk, (receiver, shutdown)));
+            }
+        },
+    );
+    Ok(axum::response::IntoResponse::into_response((
+        [(axum::http::header::CONTENT_TYPE, "text/plain")],
+        axum::body::Body::from_stream(lines),
+    )))
+}

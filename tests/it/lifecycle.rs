@@ -234,3 +234,65 @@ async fn truncated_log_refuses_to_start() {
         "{log}"
     );
 }
+
+#[tokio::test]
+async fn monitor_streams_log_lines_over_http_and_the_cli() {
+    use std::io::{BufRead, BufReader};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let agent = Agent::start(AgentOptions::default()).await;
+
+    let mut stream = tokio::net::TcpStream::connect(agent.address())
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /v1/agent/monitor?loglevel=info HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut cli = std::process::Command::new(BINARY)
+        .args(["monitor", "-log-level=info"])
+        .env("CONSUL_HTTP_ADDR", agent.address())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let cli_lines = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    {
+        let stdout = cli.stdout.take().unwrap();
+        let cli_lines = cli_lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                cli_lines.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+    }
+
+    // Reloads log at info; keep triggering until both streams have seen one (the CLI may
+    // connect a moment later than the first reload).
+    let client = agent.client();
+    let mut seen = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        client.put("/v1/agent/reload", Vec::new()).await.unwrap();
+        let mut buffer = [0u8; 4096];
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buffer)).await
+        {
+            seen.push_str(&String::from_utf8_lossy(&buffer[..n]));
+        }
+        let cli_saw = cli_lines.lock().unwrap().contains("configuration reloaded");
+        if seen.contains("configuration reloaded") && cli_saw {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "monitor saw: {seen}\ncli saw: {}",
+            cli_lines.lock().unwrap()
+        );
+    }
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    assert!(seen.contains("[INFO]"), "{seen}");
+    let _ = cli.kill();
+    let _ = cli.wait();
+
+    let bad = client.get("/v1/agent/monitor?loglevel=loud").await.unwrap();
+    assert_eq!(bad.status, 400);
+}
