@@ -179,3 +179,19 @@ pub async fn monitor(State(state): State<Arc<AppState>>, call: Call) -> Result<R
         axum::body::Body::from_stream(lines),
     )))
 }
+
+/// `PUT /v1/agent/join/:address`: joining another agent needs the gossip pool, which this
+/// release does not have; say so rather than pretend.
+pub async fn join(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(address): axum::extract::Path<String>,
+    call: Call,
+) -> Result<Response, ApiError> {
+    state
+        .authorizer
+        .authorize(call.token().as_deref(), Access::AgentWrite)?;
+    Err(ApiError::Internal(format!(
+        "cannot join {address}: joining other agents needs gossip, which this release of \
+         concord does not have yet (one server per datacenter)"
+    )))
+}

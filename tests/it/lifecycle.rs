@@ -295,4 +295,10 @@ async fn monitor_streams_log_lines_over_http_and_the_cli() {
 
     let bad = client.get("/v1/agent/monitor?loglevel=loud").await.unwrap();
     assert_eq!(bad.status, 400);
+    let join = client
+        .put("/v1/agent/join/10.0.0.2", Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(join.status, 500);
+    assert!(join.text().contains("gossip"), "{}", join.text());
 }
