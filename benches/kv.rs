@@ -42,6 +42,10 @@ use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, watch, Barrier, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
+#[path = "common/mod.rs"]
+mod common;
+use common::{millis, Stats, Table};
+
 const BINARY: &str = env!("CARGO_BIN_EXE_concord");
 const SECTIONS: &[&str] = &["start", "rss", "put", "seq", "get", "watch"];
 
@@ -1122,103 +1126,13 @@ fn value_bytes(len: usize) -> Bytes {
         .into()
 }
 
-fn millis(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1000.0
-}
-
-/// Sorted samples, for nearest-rank percentiles.
-struct Stats(Vec<f64>);
-
-impl Stats {
-    fn new(mut samples: Vec<f64>) -> Stats {
-        samples.sort_by(f64::total_cmp);
-        Stats(samples)
-    }
-
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    fn pct(&self, quantile: f64) -> f64 {
-        if self.0.is_empty() {
-            return f64::NAN;
-        }
-        let rank = (quantile * self.0.len() as f64).ceil() as usize;
-        self.0[rank.clamp(1, self.0.len()) - 1]
-    }
-
-    fn max(&self) -> f64 {
-        self.0.last().copied().unwrap_or(f64::NAN)
-    }
-
-    fn mean(&self) -> f64 {
-        self.0.iter().sum::<f64>() / self.0.len().max(1) as f64
-    }
-}
-
-#[derive(Default)]
-struct Table {
-    rows: Vec<[String; 4]>,
-}
-
-impl Table {
-    fn row(&mut self, metric: &str, value: String, target: &str, pass: Option<bool>) {
-        let verdict = match pass {
-            Some(true) => "ok",
-            Some(false) => "MISS",
-            None => "",
-        };
-        self.rows
-            .push([metric.into(), value, target.into(), verdict.into()]);
-    }
-
-    fn print(&self) {
-        let header = ["metric", "value", "target", ""].map(String::from);
-        let mut widths = [0usize; 4];
-        for row in std::iter::once(&header).chain(&self.rows) {
-            for (width, cell) in widths.iter_mut().zip(row) {
-                *width = (*width).max(cell.len());
-            }
-        }
-        let line = |row: &[String; 4]| {
-            let cells: Vec<String> = row
-                .iter()
-                .zip(widths)
-                .map(|(cell, width)| format!("{cell:<width$}"))
-                .collect();
-            println!("| {} |", cells.join(" | "));
-        };
-        println!("\n== summary ==");
-        line(&header);
-        let rule: Vec<String> = widths.iter().map(|width| "-".repeat(*width)).collect();
-        println!("|-{}-|", rule.join("-|-"));
-        self.rows.iter().for_each(line);
-    }
-}
-
 fn print_machine() {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|line| line.strip_prefix("model name")?.split(':').nth(1))
-        .map(str::trim)
-        .unwrap_or("unknown");
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let memory = meminfo
-        .lines()
-        .find_map(|line| line.strip_prefix("MemTotal:"))
-        .map(str::trim)
-        .unwrap_or("unknown");
-    let cores = std::thread::available_parallelism().map_or(0, usize::from);
-    println!("== machine ==");
-    println!("nproc: {cores}");
-    println!("model name: {model}");
-    println!("MemTotal: {memory}");
-    println!("agent TMPDIR parent: {}", std::env::temp_dir().display());
-    println!("agent: {BINARY}");
-    println!(
-        "bench client: {:?} HTTP/1.1 (CONCORD_BENCH_CLIENT=hyper|raw), tokio with {cores} workers",
-        client_kind()
+    common::print_machine(
+        BINARY,
+        &format!(
+            "bench client: {:?} HTTP/1.1 (CONCORD_BENCH_CLIENT=hyper|raw)",
+            client_kind()
+        ),
+        "MB below = MiB (VmRSS kB / 1024); latencies are client-observed round trips",
     );
-    println!("MB below = MiB (VmRSS kB / 1024); latencies are client-observed round trips");
 }

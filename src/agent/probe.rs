@@ -30,41 +30,12 @@ const USER_AGENT_VALUE: &str = "Consul Health Check";
 /// The Accept header Consul sends on HTTP checks.
 const ACCEPT_VALUE: &str = "text/plain, text/*, */*";
 
-/// What one probe does.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Probe {
-    /// HTTP(S) request; 2xx passing, 429 warning, anything else (or no answer) critical.
-    Http {
-        /// The full URL, e.g. `http://127.0.0.1:8080/health`.
-        url: String,
-        /// The request method; empty means GET.
-        method: String,
-        /// Extra request headers, in order; may repeat a name.
-        headers: Vec<(String, String)>,
-        /// The request body, sent as-is (empty means none).
-        body: String,
-        /// Skip certificate verification for HTTPS (no effect until TLS is supported).
-        tls_skip_verify: bool,
-    },
-    /// TCP connect to host:port succeeds => passing.
-    Tcp {
-        /// `host:port`; IPv6 literals in brackets.
-        address: String,
-    },
-    /// UDP: send a datagram to host:port and wait for the timeout: a reply or silence =>
-    /// passing; an error (e.g. ICMP port unreachable seen as ECONNREFUSED on a connected
-    /// socket) => critical.
-    Udp {
-        /// `host:port`; IPv6 literals in brackets.
-        address: String,
-    },
-    /// Run a command (args[0] is the program, no shell): exit 0 passing, exit 1 warning,
-    /// anything else (or failure to start, or timeout: kill the child) critical.
-    Script {
-        /// The program followed by its arguments.
-        args: Vec<String>,
-    },
-}
+/// What one probe does is a `CheckKind`: HTTP(S) (2xx passing, 429 warning, anything else or
+/// no answer critical), TCP (connect succeeds: passing), UDP (a reply or silence until the
+/// timeout: passing; an error such as ICMP port unreachable: critical) or a script run without
+/// a shell (exit 0 passing, 1 warning, anything else, failure to start or timeout critical).
+/// The other kinds (TTL, alias, maintenance) are not probed.
+pub use crate::types::agent::CheckKind as Probe;
 
 /// The outcome of one probe: a status and Consul-style output text, capped at `max_output`
 /// bytes (cut at a char boundary).
@@ -104,6 +75,9 @@ pub async fn run(probe: &Probe, timeout: Duration, max_output: usize) -> ProbeRe
         Probe::Tcp { address } => tcp_probe(address, timeout).await,
         Probe::Udp { address } => udp_probe(address, timeout).await,
         Probe::Script { args } => script_probe(args, timeout, max_output).await,
+        Probe::Ttl { .. } | Probe::Alias { .. } | Probe::Maintenance => {
+            ProbeResult::critical(format!("{} checks are not probed", probe.type_name()))
+        }
     };
     // One place enforces the cap, so no probe kind can forget it.
     truncate_at_char_boundary(&mut result.output, max_output);

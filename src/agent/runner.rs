@@ -9,7 +9,7 @@ use rand::Rng;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::probe::{self, Probe};
+use super::probe;
 use super::Agent;
 use crate::types::agent::{CheckDefinition, CheckKind};
 use crate::types::HealthStatus;
@@ -28,26 +28,7 @@ pub fn spawn(
                 return run_alias(agent, definition.id, node, service, cancel).await;
             }
             CheckKind::Ttl { .. } => None,
-            CheckKind::Http {
-                url,
-                method,
-                headers,
-                body,
-                tls_skip_verify,
-            } => Some(Probe::Http {
-                url: url.clone(),
-                method: method.clone(),
-                headers: headers.clone(),
-                body: body.clone(),
-                tls_skip_verify: *tls_skip_verify,
-            }),
-            CheckKind::Tcp { address } => Some(Probe::Tcp {
-                address: address.clone(),
-            }),
-            CheckKind::Udp { address } => Some(Probe::Udp {
-                address: address.clone(),
-            }),
-            CheckKind::Script { args } => Some(Probe::Script { args: args.clone() }),
+            kind => Some(kind.clone()),
         };
         match probe {
             Some(probe) => run_probe(agent, definition, probe, cancel).await,
@@ -102,7 +83,7 @@ impl Thresholds {
 async fn run_probe(
     agent: Arc<Agent>,
     definition: CheckDefinition,
-    probe: Probe,
+    probe: CheckKind,
     cancel: CancellationToken,
 ) {
     // A random first delay within the interval, so checks registered together do not all
