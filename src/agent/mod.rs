@@ -261,6 +261,7 @@ impl Agent {
     /// Deregisters a check (from any source) and forgets its stored definition.
     pub fn deregister_check(&self, id: &str) -> bool {
         self.persisted.remove(persist::Kind::Check, id);
+        self.persisted.remove(persist::Kind::TtlState, id);
         self.state().config_checks.remove(id);
         self.remove_check(id)
     }
@@ -346,11 +347,13 @@ impl Agent {
                 CheckKind::Ttl { ttl } => Some(Instant::now() + ttl),
                 _ => None,
             };
-            let critical_since =
-                (definition.initial_status == HealthStatus::Critical).then(Instant::now);
+            let (status, output) = self
+                .restored_ttl_state(&definition)
+                .unwrap_or((definition.initial_status, String::new()));
+            let critical_since = (status == HealthStatus::Critical).then(Instant::now);
             let check = LocalCheck {
-                status: definition.initial_status,
-                output: String::new(),
+                status,
+                output,
                 definition: definition.clone(),
                 runner: runner.clone(),
                 ttl_deadline,
@@ -391,12 +394,54 @@ impl Agent {
         check.ttl_touched.notify_one();
         let output = truncate(output, check.definition.output_max_size);
         let changed = check.status != status || check.output != output;
-        check.set(status, output);
+        check.set(status, output.clone());
         drop(state);
+        self.save_ttl_state(id, ttl, status, &output);
         if changed {
             self.changed();
         }
         Ok(())
+    }
+
+    /// Stores a TTL check's status with the wall-clock time it expires, so a restart within
+    /// the TTL keeps it.
+    fn save_ttl_state(
+        &self,
+        id: &str,
+        ttl: std::time::Duration,
+        status: HealthStatus,
+        output: &str,
+    ) {
+        let expires = std::time::SystemTime::now() + ttl;
+        let expires_ms = expires
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as u64);
+        let record =
+            serde_json::json!({"Status": status.as_str(), "Output": output, "Expires": expires_ms});
+        if let Err(error) = self.persisted.save(persist::Kind::TtlState, id, &record) {
+            tracing::warn!(%error, check_id = %id, "cannot persist TTL check state");
+        }
+    }
+
+    /// The stored status of a TTL check, unless it has expired since.
+    fn restored_ttl_state(&self, definition: &CheckDefinition) -> Option<(HealthStatus, String)> {
+        if !matches!(definition.kind, CheckKind::Ttl { .. }) {
+            return None;
+        }
+        let record = self
+            .persisted
+            .read(persist::Kind::TtlState, &definition.id)?;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as u64);
+        if record["Expires"].as_u64()? <= now_ms {
+            return None;
+        }
+        let status = HealthStatus::parse(record["Status"].as_str()?)?;
+        Some((
+            status,
+            record["Output"].as_str().unwrap_or_default().to_string(),
+        ))
     }
 
     /// Records a runner's result; wakes the sync task when anything changed.

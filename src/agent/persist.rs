@@ -16,6 +16,8 @@ pub struct Persisted {
 pub enum Kind {
     Service,
     Check,
+    /// The last status of a TTL check, so a restart does not reset it (as in Consul).
+    TtlState,
 }
 
 impl Kind {
@@ -23,6 +25,7 @@ impl Kind {
         match self {
             Kind::Service => "services",
             Kind::Check => "checks",
+            Kind::TtlState => "check-state",
         }
     }
 }
@@ -57,6 +60,12 @@ impl Persisted {
             std::fs::rename(&temporary, &path)
         };
         write().map_err(|error| format!("cannot persist {}: {error}", path.display()))
+    }
+
+    /// One stored record, if present and readable.
+    pub fn read(&self, kind: Kind, id: &str) -> Option<Value> {
+        let bytes = std::fs::read(self.path(kind, id)).ok()?;
+        serde_json::from_slice(&bytes).ok()
     }
 
     pub fn remove(&self, kind: Kind, id: &str) {
