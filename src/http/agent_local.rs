@@ -26,23 +26,6 @@ fn policy(state: &AppState) -> DefinitionPolicy {
     }
 }
 
-async fn read_json(state: &AppState, call: &Call, body: Body) -> Result<Value, ApiError> {
-    let limits = &state.config.limits;
-    let bytes = super::body::read(
-        body,
-        call.content_length,
-        limits.http_max_body_size,
-        "limits.http_max_body_size",
-        limits.http_body_timeout,
-    )
-    .await?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Value::Object(Map::new()));
-    }
-    serde_json::from_slice(&bytes)
-        .map_err(|error| ApiError::BadRequest(format!("Request decode failed: {error}")))
-}
-
 fn ok() -> Response {
     axum::http::StatusCode::OK.into_response()
 }
@@ -121,7 +104,7 @@ pub async fn register_service(
     call: Call,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let value = read_json(&state, &call, body).await?;
+    let value = super::body::read_json(&state, &call, body).await?;
     let definition =
         definition::service(value.clone(), policy(&state)).map_err(ApiError::BadRequest)?;
     state.authorizer.authorize(
@@ -176,7 +159,7 @@ pub async fn register_check(
     call: Call,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let value = read_json(&state, &call, body).await?;
+    let value = super::body::read_json(&state, &call, body).await?;
     // Parse first so a bad definition is a 400 before any authorization question.
     definition::check(value.clone(), policy(&state)).map_err(ApiError::BadRequest)?;
     state.authorizer.authorize(
@@ -263,7 +246,7 @@ pub async fn update(
     call: Call,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let value = read_json(&state, &call, body).await?;
+    let value = super::body::read_json(&state, &call, body).await?;
     let update: UpdateIn = serde_json::from_value(decode::canonicalize(value))
         .map_err(|error| ApiError::BadRequest(format!("Request decode failed: {error}")))?;
     let status = HealthStatus::parse(&update.status)

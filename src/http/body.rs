@@ -40,3 +40,35 @@ pub async fn read(
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
     }
 }
+
+/// Reads a request body under the general limit (`limits.http_max_body_size`), for every
+/// endpoint that has no limit of its own.
+pub async fn read_general(
+    state: &super::AppState,
+    call: &super::params::Call,
+    body: Body,
+) -> Result<Bytes, ApiError> {
+    let limits = &state.config.limits;
+    read(
+        body,
+        call.content_length,
+        limits.http_max_body_size,
+        "limits.http_max_body_size",
+        limits.http_body_timeout,
+    )
+    .await
+}
+
+/// Reads a JSON body under the general limit; an empty body is `{}`, as Consul treats it.
+pub async fn read_json(
+    state: &super::AppState,
+    call: &super::params::Call,
+    body: Body,
+) -> Result<serde_json::Value, ApiError> {
+    let bytes = read_general(state, call, body).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::Value::Object(serde_json::Map::new()));
+    }
+    serde_json::from_slice(&bytes)
+        .map_err(|error| ApiError::BadRequest(format!("Request decode failed: {error}")))
+}

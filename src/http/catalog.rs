@@ -20,19 +20,6 @@ use crate::state::catalog::{node_topic, service_topic, NODES_TOPIC, SERVICES_TOP
 use crate::state::Match;
 use crate::types::{Command, CommandResult};
 
-async fn read_body(state: &AppState, call: &Call, body: Body) -> Result<Vec<u8>, ApiError> {
-    let limits = &state.config.limits;
-    Ok(super::body::read(
-        body,
-        call.content_length,
-        limits.http_max_body_size,
-        "limits.http_max_body_size",
-        limits.http_body_timeout,
-    )
-    .await?
-    .to_vec())
-}
-
 fn catalog_result(result: CommandResult) -> Result<(), ApiError> {
     match result {
         CommandResult::Catalog(Ok(())) => Ok(()),
@@ -49,7 +36,7 @@ pub async fn register(
     body: Body,
 ) -> Result<Response, ApiError> {
     call.check_datacenter(&state)?;
-    let bytes = read_body(&state, &call, body).await?;
+    let bytes = super::body::read_general(&state, &call, body).await?;
     let input: RegisterIn = decode::from_slice(&bytes).map_err(ApiError::BadRequest)?;
     let context = RegisterContext {
         datacenter: &state.config.datacenter,
@@ -78,7 +65,7 @@ pub async fn deregister(
     body: Body,
 ) -> Result<Response, ApiError> {
     call.check_datacenter(&state)?;
-    let bytes = read_body(&state, &call, body).await?;
+    let bytes = super::body::read_general(&state, &call, body).await?;
     let input: DeregisterIn = decode::from_slice(&bytes).map_err(ApiError::BadRequest)?;
     let context = RegisterContext {
         datacenter: &state.config.datacenter,

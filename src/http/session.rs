@@ -30,21 +30,7 @@ pub async fn create(
     body: Body,
 ) -> Result<Response, ApiError> {
     call.check_datacenter(&state)?;
-    let limits = &state.config.limits;
-    let bytes = super::body::read(
-        body,
-        call.content_length,
-        limits.http_max_body_size,
-        "limits.http_max_body_size",
-        limits.http_body_timeout,
-    )
-    .await?;
-    let value: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
-        json!({})
-    } else {
-        serde_json::from_slice(&bytes)
-            .map_err(|error| ApiError::BadRequest(format!("Request decode failed: {error}")))?
-    };
+    let value = super::body::read_json(&state, &call, body).await?;
     let id = uuid::Uuid::new_v4().to_string();
     let session = wire::create_request(value, id.clone(), state.agent.node_name())
         .map_err(ApiError::BadRequest)?;
