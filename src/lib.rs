@@ -6,6 +6,7 @@ pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod connect;
 pub mod http;
 pub mod logs;
 pub mod raft;

@@ -264,6 +264,8 @@ impl ServiceIn {
                 .collect(),
             weights,
             enable_tag_override: self.enable_tag_override,
+            proxy: None,
+            connect_native: false,
             indexes: RaftIndexes::default(),
         })
     }

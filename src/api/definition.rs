@@ -142,6 +142,8 @@ pub fn service(value: Value, policy: DefinitionPolicy) -> Result<ServiceDefiniti
             .collect(),
         weights,
         enable_tag_override: input.enable_tag_override,
+        proxy: None,
+        connect_native: false,
         indexes: RaftIndexes::default(),
     };
     let inputs: Vec<CheckIn> = input.check.into_iter().chain(input.checks).collect();

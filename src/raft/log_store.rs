@@ -27,7 +27,9 @@ use super::wal::Wal;
 use super::{LogId, NodeId, StorageError, TypeConfig};
 
 /// Bumped if the encoding of stored records ever changes; checked on every read.
-const FORMAT_VERSION: u8 = 1;
+/// Version 2: services carry Connect fields, and config entries and CA state exist. Version 1
+/// was never released, so it is refused rather than translated.
+const FORMAT_VERSION: u8 = 2;
 
 const VOTE_KEY: &[u8] = b"vote";
 const COMMITTED_KEY: &[u8] = b"committed";

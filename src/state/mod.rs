@@ -11,6 +11,7 @@
 //! knows nothing of HTTP, Raft, or sled.
 
 pub mod catalog;
+pub mod connect;
 pub mod kv;
 pub mod session;
 pub mod watch;
@@ -55,6 +56,11 @@ pub struct Tables {
     /// Last index that changed a node or anything registered on it, removal included.
     node_index: OrdMap<String, u64>,
     sessions: OrdMap<String, Arc<crate::types::session::Session>>,
+    /// Keyed by (kind, name).
+    config_entries: OrdMap<(String, String), Arc<crate::types::connect::ConfigEntry>>,
+    /// Last index that changed any entry of a kind, deletes included.
+    config_index: OrdMap<String, u64>,
+    ca: Option<Arc<crate::types::connect::CaState>>,
     table_index: TableIndexes,
     /// Raft index of the last applied command.
     last_index: u64,
@@ -104,6 +110,22 @@ impl Tables {
                 kv::reap_tombstones(self, *up_to_index);
                 CommandResult::Done
             }
+            Command::ConfigEntrySet { entry, cas } => {
+                CommandResult::Cas(connect::set(self, index, entry, *cas, touched))
+            }
+            Command::ConfigEntryDelete { kind, name, cas } => {
+                CommandResult::Cas(connect::delete(self, index, kind, name, *cas, touched))
+            }
+            Command::CaSet {
+                state,
+                expected_index,
+            } => CommandResult::Cas(connect::set_ca(
+                self,
+                index,
+                state,
+                *expected_index,
+                touched,
+            )),
             Command::Batch(commands) => CommandResult::Batch(
                 commands
                     .iter()
@@ -113,6 +135,9 @@ impl Tables {
         }
     }
 }
+
+/// Leads every encoded snapshot; bumped whenever `Tables` changes shape.
+const SNAPSHOT_FORMAT: u8 = 2;
 
 /// Why a snapshot could not be restored.
 #[derive(Debug, thiserror::Error)]
@@ -224,17 +249,26 @@ impl Store {
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(tables);
     }
 
-    /// Serialises one consistent version of every table.
+    /// Serialises one consistent version of every table, behind a format version byte.
     pub fn encode(tables: &Tables) -> Vec<u8> {
+        let mut bytes = vec![SNAPSHOT_FORMAT];
         // Encoding plain owned data into a Vec cannot fail.
-        bincode::serialize(tables).unwrap_or_default()
+        bincode::serialize_into(&mut bytes, tables).unwrap_or_default();
+        bytes
     }
 
     /// Replaces every table with a decoded snapshot and wakes every blocking query, since any
     /// answer may have changed (indexes may even go backwards, as in Consul).
     pub fn restore(&self, bytes: &[u8]) -> Result<(), RestoreError> {
-        let tables: Tables =
-            bincode::deserialize(bytes).map_err(|error| RestoreError(error.to_string()))?;
+        let tables: Tables = match bytes.split_first() {
+            Some((&SNAPSHOT_FORMAT, rest)) => {
+                bincode::deserialize(rest).map_err(|error| RestoreError(error.to_string()))?
+            }
+            Some((version, _)) => {
+                return Err(RestoreError(format!("unknown snapshot format {version}")))
+            }
+            None => return Err(RestoreError("empty snapshot".into())),
+        };
         let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         self.publish(tables);
         self.watches.notify_all();

@@ -12,6 +12,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub mod agent;
+pub mod config_entry;
+pub mod connect;
 pub mod duration;
 pub mod session;
 pub mod txn;
@@ -105,6 +107,10 @@ pub struct Service {
     pub tagged_addresses: BTreeMap<String, ServiceAddress>,
     pub weights: Weights,
     pub enable_tag_override: bool,
+    /// Set for `connect-proxy` services.
+    pub proxy: Option<connect::ServiceProxy>,
+    /// `Connect.Native`: the application speaks mTLS itself.
+    pub connect_native: bool,
     pub indexes: RaftIndexes,
 }
 
@@ -184,6 +190,22 @@ pub enum Command {
     SessionDestroy {
         id: String,
     },
+    /// Writes a config entry; with `cas`, only if its ModifyIndex is that (0 = create only).
+    ConfigEntrySet {
+        entry: Box<connect::ConfigEntry>,
+        cas: Option<u64>,
+    },
+    ConfigEntryDelete {
+        kind: String,
+        name: String,
+        cas: Option<u64>,
+    },
+    /// Replaces the CA's state if it was last written at `expected_index` (0 = never). Only
+    /// the leader writes it; the check keeps a deposed leader from undoing a newer rotation.
+    CaSet {
+        state: Box<connect::CaState>,
+        expected_index: u64,
+    },
 }
 
 /// What applying a command produced. Business failures (a CAS mismatch, a rolled-back
@@ -197,6 +219,8 @@ pub enum CommandResult {
     Done,
     /// The results of a `Command::Batch`, in order.
     Batch(Vec<CommandResult>),
+    /// Whether a compare-and-set write (config entry, CA state) was applied.
+    Cas(bool),
     /// A request the FSM refused (an unknown session, say); the message is Consul's.
     Error(String),
 }

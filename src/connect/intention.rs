@@ -1,0 +1,282 @@
+//! Intentions: which source services may talk to which destinations.
+//!
+//! They are stored as `service-intentions` config entries (one per destination, `*` included)
+//! and read here as a flat list of `Intention`s, the legacy API's shape. Precedence is
+//! Consul's: exact->exact 9, *->exact 8, exact->* 6, *->* 5; the highest-precedence intention
+//! whose source and destination match decides. At equal precedence a deny sorts first, so an
+//! ambiguity can only ever fail closed.
+
+use std::cmp::Ordering;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use crate::state::Tables;
+use crate::types::config_entry::{self as ce, precedence, SourceIntention, Typed};
+use crate::types::connect::ConfigEntry;
+
+/// One intention: a source of a `service-intentions` entry, seen with its destination.
+#[derive(Clone, Debug)]
+pub struct Intention {
+    pub entry: Arc<ConfigEntry>,
+    /// Position of the source inside the entry's typed view.
+    pub position: usize,
+    pub precedence: u32,
+}
+
+impl Intention {
+    pub fn destination(&self) -> &str {
+        &self.entry.name
+    }
+
+    fn typed(&self) -> Arc<Typed> {
+        self.entry.typed()
+    }
+
+    /// Runs `f` on the source definition.
+    pub fn with_source<T>(&self, f: impl FnOnce(&SourceIntention) -> T) -> T {
+        match self.typed().as_ref() {
+            Typed::Intentions(intentions) => f(&intentions.sources[self.position]),
+            // Only service-intentions entries ever become intentions.
+            _ => f(&SourceIntention::default()),
+        }
+    }
+
+    pub fn source(&self) -> String {
+        self.with_source(|source| source.name.clone())
+    }
+
+    /// `allow`/`deny` for an L4 intention; `""` for L7 (it has Permissions instead).
+    pub fn action(&self) -> String {
+        self.with_source(|source| source.action.clone())
+    }
+
+    pub fn is_l7(&self) -> bool {
+        self.with_source(SourceIntention::is_l7)
+    }
+
+    /// `web => db (allow)`, as Consul's authorize reasons print it.
+    pub fn describe(&self) -> String {
+        let action = self.action();
+        let action = if action.is_empty() { "L7" } else { &action };
+        format!("{} => {} ({action})", self.source(), self.destination())
+    }
+}
+
+/// Sorts by precedence (highest first), deny before allow, then names, as Consul lists them.
+pub fn sort(intentions: &mut [Intention]) {
+    intentions.sort_by(compare);
+}
+
+fn compare(a: &Intention, b: &Intention) -> Ordering {
+    b.precedence
+        .cmp(&a.precedence)
+        .then_with(|| deny_rank(a).cmp(&deny_rank(b)))
+        .then_with(|| a.source().cmp(&b.source()))
+        .then_with(|| a.destination().cmp(b.destination()))
+}
+
+fn deny_rank(intention: &Intention) -> u8 {
+    if intention.action() == "deny" {
+        0
+    } else {
+        1
+    }
+}
+
+fn of_entry(entry: &Arc<ConfigEntry>, mut keep: impl FnMut(&SourceIntention) -> bool) -> Vec<Intention> {
+    let typed = entry.typed();
+    let Typed::Intentions(intentions) = typed.as_ref() else {
+        return Vec::new();
+    };
+    intentions
+        .sources
+        .iter()
+        .enumerate()
+        .filter(|(_, source)| keep(source))
+        .map(|(position, source)| Intention {
+            entry: entry.clone(),
+            position,
+            precedence: precedence(&source.name, &entry.name),
+        })
+        .collect()
+}
+
+/// Every intention, sorted.
+pub fn all(tables: &Tables) -> Vec<Intention> {
+    let mut list: Vec<Intention> = tables
+        .config_entries_of(ce::SERVICE_INTENTIONS)
+        .flat_map(|entry| of_entry(entry, |_| true))
+        .collect();
+    sort(&mut list);
+    list
+}
+
+/// The intention from `source` to `destination` exactly as named (`*` included), if any.
+pub fn exact(tables: &Tables, source: &str, destination: &str) -> Option<Intention> {
+    let entry = tables.config_entry(ce::SERVICE_INTENTIONS, destination)?;
+    of_entry(entry, |candidate| candidate.peer.is_empty() && candidate.name == source)
+        .into_iter()
+        .next()
+}
+
+/// Intentions that apply to `destination` (its own and the `*` entry's), sorted.
+pub fn match_destination(tables: &Tables, destination: &str) -> Vec<Intention> {
+    let mut list = Vec::new();
+    for name in [destination, "*"] {
+        if let Some(entry) = tables.config_entry(ce::SERVICE_INTENTIONS, name) {
+            list.extend(of_entry(entry, |_| true));
+        }
+        if destination == "*" {
+            break;
+        }
+    }
+    sort(&mut list);
+    list
+}
+
+/// Intentions whose source is `source` or `*`, sorted.
+pub fn match_source(tables: &Tables, source: &str) -> Vec<Intention> {
+    let mut list: Vec<Intention> = tables
+        .config_entries_of(ce::SERVICE_INTENTIONS)
+        .flat_map(|entry| {
+            of_entry(entry, |candidate| {
+                candidate.peer.is_empty() && (candidate.name == source || candidate.name == "*")
+            })
+        })
+        .collect();
+    sort(&mut list);
+    list
+}
+
+/// An authorization decision and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    pub reason: String,
+}
+
+/// What applies when no intention matches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DefaultPolicy {
+    /// `default_intention_policy` set in the agent's config.
+    Configured { allow: bool },
+    /// Falls back to the ACL default policy.
+    Acl { allow: bool },
+}
+
+/// The highest-precedence intention matching (`source`, `destination`), found without
+/// listing: the candidates in precedence order are (dst, src), (dst, *), (*, src), (*, *).
+pub fn matching(tables: &Tables, source: &str, destination: &str) -> Option<Intention> {
+    for entry_name in [destination, "*"] {
+        let Some(entry) = tables.config_entry(ce::SERVICE_INTENTIONS, entry_name) else {
+            continue;
+        };
+        let typed = entry.typed();
+        let Typed::Intentions(intentions) = typed.as_ref() else {
+            continue;
+        };
+        for source_name in [source, "*"] {
+            if let Some(&position) = intentions.by_name.get(source_name) {
+                return Some(Intention {
+                    entry: entry.clone(),
+                    position,
+                    precedence: precedence(source_name, entry_name),
+                });
+            }
+        }
+    }
+    None
+}
+
+/// Consul's decision for a connection from `source` to `destination` when only the
+/// service identities are known (`/v1/agent/connect/authorize`, `intention check`): an L7
+/// intention cannot be evaluated without a request, so it denies.
+pub fn decide(
+    tables: &Tables,
+    source: &str,
+    destination: &str,
+    default: DefaultPolicy,
+) -> Decision {
+    match matching(tables, source, destination) {
+        Some(intention) if intention.is_l7() => Decision {
+            allowed: false,
+            reason: format!("Matched L7 intention: {}", intention.describe()),
+        },
+        Some(intention) => Decision {
+            allowed: intention.action() == "allow",
+            reason: format!("Matched L4 intention: {}", intention.describe()),
+        },
+        None => match default {
+            DefaultPolicy::Configured { allow } => Decision {
+                allowed: allow,
+                reason: "Default intention policy".into(),
+            },
+            DefaultPolicy::Acl { allow } => Decision {
+                allowed: allow,
+                reason: "Default behavior configured by ACLs".into(),
+            },
+        },
+    }
+}
+
+fn rfc3339_or_empty(text: &str) -> Value {
+    if text.is_empty() {
+        Value::Null
+    } else {
+        Value::String(text.to_string())
+    }
+}
+
+/// The legacy API's JSON for one intention.
+pub fn to_json(intention: &Intention) -> Value {
+    let entry = &intention.entry;
+    intention.with_source(|source| {
+        let mut out = json!({
+            "Description": source.description,
+            "SourceNS": "default",
+            "SourceName": source.name,
+            "DestinationNS": "default",
+            "DestinationName": entry.name,
+            "SourcePartition": "default",
+            "DestinationPartition": "default",
+            "SourceType": "consul",
+            "Action": source.action,
+            "Precedence": intention.precedence,
+            "CreateIndex": entry.indexes.create,
+            "ModifyIndex": entry.indexes.modify,
+        });
+        let map = out.as_object_mut().expect("built as an object");
+        if !source.legacy_id.is_empty() {
+            map.insert("ID".into(), Value::String(source.legacy_id.clone()));
+        }
+        if !source.peer.is_empty() {
+            map.insert("SourcePeer".into(), Value::String(source.peer.clone()));
+        }
+        if source.is_l7() {
+            map.remove("Action");
+            map.insert("Permissions".into(), stored_permissions(entry, intention.position));
+        }
+        if !source.legacy_meta.is_empty() {
+            map.insert("Meta".into(), json!(source.legacy_meta));
+        }
+        let created = rfc3339_or_empty(&source.legacy_create_time);
+        if !created.is_null() {
+            map.insert("CreatedAt".into(), created);
+        }
+        let updated = rfc3339_or_empty(&source.legacy_update_time);
+        if !updated.is_null() {
+            map.insert("UpdatedAt".into(), updated);
+        }
+        out
+    })
+}
+
+/// The Permissions of one source exactly as the user wrote them (typed views drop fields
+/// concord does not interpret).
+fn stored_permissions(entry: &ConfigEntry, position: usize) -> Value {
+    serde_json::from_str::<Value>(&entry.json)
+        .ok()
+        .and_then(|json| json.get("Sources")?.get(position)?.get("Permissions").cloned())
+        .unwrap_or(Value::Null)
+}

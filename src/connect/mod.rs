@@ -1,0 +1,7 @@
+//! Connect: what the mesh decides. Config-entry validation, intentions, the discovery chain,
+//! the built-in CA and agent-side leaf certificates. The xDS server (a protocol edge) only
+//! delivers these decisions to Envoy.
+
+pub mod chain;
+pub mod entry;
+pub mod intention;
