@@ -15,6 +15,10 @@ pub enum Access<'a> {
     AgentRead,
     AgentWrite,
     OperatorRead,
+    OperatorWrite,
+    /// Intentions whose destination is this service.
+    IntentionRead(&'a str),
+    IntentionWrite(&'a str),
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -3,6 +3,7 @@
 
 mod agent;
 mod catalog;
+mod config;
 mod goflags;
 mod kv;
 mod lock;
@@ -85,6 +86,7 @@ fn command_tree() -> Command {
         ))
         .subcommand(kv::command())
         .subcommand(catalog::command())
+        .subcommand(config::command())
         .subcommand(lock::command())
         .subcommand(services::services_command())
         .subcommand(services::maint_command())
@@ -137,6 +139,7 @@ pub fn main() -> ExitCode {
             Some(("monitor", sub)) => monitor(sub).await,
             Some(("kv", sub)) => kv::run(sub).await,
             Some(("catalog", sub)) => catalog::run(sub).await,
+            Some(("config", sub)) => config::run(sub).await,
             Some(("lock", sub)) => lock::run(sub).await,
             Some(("services", sub)) => services::run_services(sub).await,
             Some(("maint", sub)) => services::run_maint(sub).await,

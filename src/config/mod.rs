@@ -50,6 +50,10 @@ pub struct Ports {
     pub serf_lan: Option<u16>,
     pub serf_wan: Option<u16>,
     pub server: Option<u16>,
+    /// Range a `sidecar_service` without a port gets its port from; `None` turns
+    /// auto-assignment off.
+    pub sidecar_min_port: Option<u16>,
+    pub sidecar_max_port: Option<u16>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -122,6 +126,13 @@ pub struct RuntimeConfig {
     pub ae_interval: Duration,
     #[serde(serialize_with = "serialize_duration")]
     pub check_update_interval: Duration,
+    pub connect_enabled: bool,
+    /// The built-in CA's configuration the leader bootstraps with.
+    pub ca_config: crate::types::connect::CaConfig,
+    /// `allow`/`deny` when no intention matches; `None` falls back to the ACL default.
+    pub default_intention_policy: Option<String>,
+    /// `config_entries.bootstrap`, normalised to PascalCase.
+    pub config_entries_bootstrap: Vec<Value>,
     /// Services and checks from config files, registered with the agent at start.
     #[serde(skip)]
     pub services: Vec<ServiceDefinition>,
@@ -341,7 +352,51 @@ fn build(raw: RawConfig) -> Result<RuntimeConfig, String> {
         serf_lan: port("serf_lan", raw_ports.serf_lan, 8301)?,
         serf_wan: port("serf_wan", raw_ports.serf_wan, 8302)?,
         server: port("server", raw_ports.server, 8300)?,
+        sidecar_min_port: port("sidecar_min_port", raw_ports.sidecar_min_port, 21000)?,
+        sidecar_max_port: port("sidecar_max_port", raw_ports.sidecar_max_port, 21255)?,
     };
+    if let (Some(min), Some(max)) = (ports.sidecar_min_port, ports.sidecar_max_port) {
+        if min > max {
+            return Err(format!(
+                "ports.sidecar_min_port ({min}) must not exceed ports.sidecar_max_port ({max})"
+            ));
+        }
+    }
+    let raw_connect = raw.connect.unwrap_or_default();
+    if let Some(provider) = raw_connect.ca_provider.as_deref() {
+        if provider != "consul" {
+            return Err(format!(
+                "connect.ca_provider: {provider:?} is not supported; concord has the built-in \"consul\" provider"
+            ));
+        }
+    }
+    let ca_config = crate::connect::ca_config::apply(
+        &crate::types::connect::CaConfig::default(),
+        &raw_connect.ca_config.unwrap_or_default(),
+    )
+    .map_err(|error| format!("connect.ca_config: {error}"))?;
+    let default_intention_policy = match raw.default_intention_policy.as_deref() {
+        None | Some("") => None,
+        Some(policy @ ("allow" | "deny")) => Some(policy.to_string()),
+        Some(other) => {
+            return Err(format!(
+                "default_intention_policy: {other:?} must be \"allow\" or \"deny\""
+            ))
+        }
+    };
+    let config_entries_bootstrap = raw
+        .config_entries
+        .and_then(|entries| entries.bootstrap)
+        .map(definition::one_or_many)
+        .unwrap_or_default()
+        .into_iter()
+        .map(crate::api::config_entry::normalize)
+        .collect::<Vec<Value>>();
+    for (position, entry) in config_entries_bootstrap.iter().enumerate() {
+        let map = entry.as_object().cloned().unwrap_or_default();
+        crate::connect::entry::decode(map)
+            .map_err(|error| format!("config_entries.bootstrap[{position}]: {error}"))?;
+    }
     let raw_limits = raw.limits.unwrap_or_default();
     let limits = Limits {
         kv_max_value_size: size(
@@ -428,6 +483,10 @@ fn build(raw: RawConfig) -> Result<RuntimeConfig, String> {
             raw.ae_interval.as_deref(),
             Duration::from_secs(60),
         )?,
+        connect_enabled: raw_connect.enabled.unwrap_or(true),
+        ca_config,
+        default_intention_policy,
+        config_entries_bootstrap,
         check_update_interval: duration(
             "check_update_interval",
             raw.check_update_interval.as_deref(),

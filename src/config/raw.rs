@@ -40,6 +40,26 @@ pub struct RawConfig {
     /// Set by `-dev`; not a Consul config key, but carried with the other sources so that
     /// flags, files and dev defaults go through one merge.
     pub dev_mode: Option<bool>,
+    pub connect: Option<RawConnect>,
+    /// `allow` or `deny`: what applies when no intention matches (else the ACL default).
+    pub default_intention_policy: Option<String>,
+    pub config_entries: Option<RawConfigEntries>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct RawConnect {
+    pub enabled: Option<bool>,
+    pub ca_provider: Option<String>,
+    /// Keys as in `/v1/connect/ca/configuration`'s `Config`, in any spelling
+    /// (`leaf_cert_ttl`, `LeafCertTTL`); checked by `connect::ca_config`.
+    pub ca_config: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct RawConfigEntries {
+    /// Entries written by the leader when it takes office, unless one of the same kind and
+    /// name exists.
+    pub bootstrap: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -52,6 +72,8 @@ pub struct RawPorts {
     pub serf_lan: Option<i32>,
     pub serf_wan: Option<i32>,
     pub server: Option<i32>,
+    pub sidecar_min_port: Option<i32>,
+    pub sidecar_max_port: Option<i32>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

@@ -55,11 +55,33 @@ impl Intention {
         self.with_source(SourceIntention::is_l7)
     }
 
-    /// `web => db (allow)`, as Consul's authorize reasons print it.
+    /// `default/web => default/db (Precedence: 9, Action: ALLOW)`, as Consul's authorize
+    /// reasons print an intention.
     pub fn describe(&self) -> String {
-        let action = self.action();
-        let action = if action.is_empty() { "L7" } else { &action };
-        format!("{} => {} ({action})", self.source(), self.destination())
+        let detail = self.with_source(|source| match &source.permissions {
+            Some(permissions) if !permissions.is_empty() => {
+                format!("Permissions: {}", permissions.len())
+            }
+            _ => format!("Action: {}", source.action.to_ascii_uppercase()),
+        });
+        format!(
+            "default/{} => default/{} (Precedence: {}, {detail})",
+            self.source(),
+            self.destination(),
+            self.precedence
+        )
+    }
+
+    /// `web => db (allow)`, as the CLI prints an intention.
+    pub fn short(&self) -> String {
+        let detail = self.with_source(|source| match &source.permissions {
+            Some(permissions) if permissions.len() == 1 => "1 permission".to_string(),
+            Some(permissions) if !permissions.is_empty() => {
+                format!("{} permissions", permissions.len())
+            }
+            _ => source.action.clone(),
+        });
+        format!("{} => {} ({detail})", self.source(), self.destination())
     }
 }
 

@@ -8,8 +8,11 @@ mod agent;
 mod agent_local;
 mod body;
 mod catalog;
+mod config;
+mod connect_ca;
 pub mod error;
 mod health;
+mod intention;
 mod kv;
 mod params;
 mod reply;
@@ -19,7 +22,7 @@ mod txn;
 use std::sync::Arc;
 
 use axum::http::StatusCode;
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 
@@ -32,6 +35,10 @@ use crate::rpc::Rpc;
 pub struct AppState {
     pub rpc: Rpc,
     pub agent: Arc<Agent>,
+    /// The built-in CA (signing happens on the leader).
+    pub ca: Arc<crate::connect::ca_manager::CaManager>,
+    /// This agent's leaf certificates.
+    pub leaves: Arc<crate::connect::leaf::LeafCache>,
     /// Session TTL timers (the leader's).
     pub sessions: Arc<crate::rpc::session_ttl::SessionTimers>,
     pub config: Arc<RuntimeConfig>,
@@ -111,6 +118,42 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/session/info/{id}", get(session::info))
         .route("/v1/session/node/{node}", get(session::node))
         .route("/v1/session/list", get(session::list))
+        .route("/v1/config", put(config::put))
+        .route("/v1/config/{kind}", get(config::list))
+        .route(
+            "/v1/config/{kind}/{name}",
+            get(config::get_one).delete(config::delete),
+        )
+        .route(
+            "/v1/discovery-chain/{service}",
+            get(config::discovery_chain).post(config::discovery_chain_post),
+        )
+        .route("/v1/connect/ca/roots", get(connect_ca::roots))
+        .route(
+            "/v1/connect/ca/configuration",
+            get(connect_ca::get_configuration).put(connect_ca::put_configuration),
+        )
+        .route("/v1/agent/connect/ca/roots", get(connect_ca::roots))
+        .route("/v1/agent/connect/ca/leaf/{service}", get(connect_ca::leaf))
+        .route("/v1/agent/connect/authorize", post(intention::authorize))
+        .route(
+            "/v1/connect/intentions",
+            get(intention::list).post(intention::create),
+        )
+        .route(
+            "/v1/connect/intentions/exact",
+            get(intention::get_exact)
+                .put(intention::put_exact)
+                .delete(intention::delete_exact),
+        )
+        .route("/v1/connect/intentions/match", get(intention::matches))
+        .route("/v1/connect/intentions/check", get(intention::check))
+        .route(
+            "/v1/connect/intentions/{id}",
+            get(intention::get_by_id)
+                .put(intention::update_by_id)
+                .delete(intention::delete_by_id),
+        )
         .route("/v1/health/service/{name}", get(health::service))
         .route("/v1/health/checks/{name}", get(health::service_checks))
         .route("/v1/health/node/{node}", get(health::node))

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RuntimeConfig;
+use crate::connect::ca_manager::CaManager;
 use crate::rpc::Rpc;
 use crate::types::{Check, Command, CommandResult, HealthStatus, RaftIndexes, RegisterRequest};
 
@@ -46,18 +47,21 @@ fn self_registration(config: &RuntimeConfig, node_id: &str) -> RegisterRequest {
 
 pub async fn run(
     rpc: Rpc,
+    ca: Arc<CaManager>,
     config: Arc<RuntimeConfig>,
     node_id: String,
     shutdown: CancellationToken,
 ) {
     let mut metrics = rpc.raft().metrics();
     let mut registered_as_leader = false;
+    let mut connect_ready = false;
     let mut kv_index_history: VecDeque<(Instant, u64)> = VecDeque::new();
     let mut tick = tokio::time::interval(TOMBSTONE_GRANULARITY);
     loop {
         let leader = rpc.is_leader();
         if !leader {
             registered_as_leader = false;
+            connect_ready = false;
             kv_index_history.clear();
         }
         if leader && !registered_as_leader {
@@ -71,12 +75,18 @@ pub async fn run(
                 Err(error) => tracing::warn!(%error, "self-registration failed; will retry"),
             }
         }
+        if leader && !connect_ready && config.connect_enabled {
+            connect_ready = connect_duties(&rpc, &ca, &config).await;
+        }
         tokio::select! {
             _ = shutdown.cancelled() => return,
             changed = metrics.changed() => if changed.is_err() { return },
             _ = tick.tick() => {
                 if leader {
                     reap_tombstones(&rpc, &mut kv_index_history).await;
+                    if let Err(error) = ca.prune().await {
+                        tracing::warn!(%error, "pruning old CA roots failed");
+                    }
                 }
             }
         }
@@ -103,4 +113,49 @@ async fn reap_tombstones(rpc: &Rpc, history: &mut VecDeque<(Instant, u64)>) {
             }
         }
     }
+}
+
+/// On taking office: bootstrap the CA if the cluster has none, then write the configured
+/// bootstrap config entries that do not exist yet (create-only, so an operator's later edits
+/// are never overwritten). Returns whether both are done.
+async fn connect_duties(rpc: &Rpc, ca: &CaManager, config: &RuntimeConfig) -> bool {
+    if let Err(error) = ca.bootstrap(&config.ca_config).await {
+        tracing::warn!(%error, "bootstrapping the CA failed; will retry");
+        return false;
+    }
+    for json in &config.config_entries_bootstrap {
+        let Some(map) = json.as_object() else {
+            tracing::error!("config_entries.bootstrap: each entry must be an object");
+            continue;
+        };
+        let entry = match crate::connect::entry::decode(map.clone()) {
+            Ok(entry) => entry,
+            Err(error) => {
+                tracing::error!(%error, "config_entries.bootstrap: entry refused");
+                continue;
+            }
+        };
+        if let Err(error) =
+            crate::connect::entry::validate_in_graph(&rpc.store().snapshot(), &entry)
+        {
+            tracing::error!(kind = %entry.kind, name = %entry.name, %error, "config_entries.bootstrap: entry refused");
+            continue;
+        }
+        let (kind, name) = (entry.kind.clone(), entry.name.clone());
+        let command = Command::ConfigEntrySet {
+            entry: Box::new(entry),
+            cas: Some(0),
+        };
+        match rpc.write(command).await {
+            Ok((_, CommandResult::Cas(true))) => {
+                tracing::info!(%kind, %name, "wrote bootstrap config entry")
+            }
+            Ok(_) => tracing::debug!(%kind, %name, "bootstrap config entry already exists"),
+            Err(error) => {
+                tracing::warn!(%error, "writing bootstrap config entries failed; will retry");
+                return false;
+            }
+        }
+    }
+    true
 }

@@ -129,7 +129,19 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
     )
     .map_err(|error| anyhow::anyhow!("cannot register the configured services: {error}"))?;
     let sessions = Arc::new(crate::rpc::session_ttl::SessionTimers::default());
+    let ca = Arc::new(crate::connect::ca_manager::CaManager::new(
+        rpc.clone(),
+        config.datacenter.clone(),
+    ));
+    let leaves = crate::connect::leaf::LeafCache::new(
+        ca.clone(),
+        rpc.store().clone(),
+        config.datacenter.clone(),
+        shutdown.clone(),
+    );
     let state = Arc::new(AppState {
+        ca: ca.clone(),
+        leaves,
         rpc: rpc.clone(),
         agent,
         sessions: sessions.clone(),
@@ -163,7 +175,13 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
         let (rpc, stop) = (rpc.clone(), shutdown.clone());
         tasks.spawn(async move { sessions.run(rpc, stop).await });
     }
-    tasks.spawn(leader::run(rpc, config.clone(), node_id, shutdown.clone()));
+    tasks.spawn(leader::run(
+        rpc,
+        ca,
+        config.clone(),
+        node_id,
+        shutdown.clone(),
+    ));
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         node = %config.node_name,

@@ -1,0 +1,346 @@
+//! The leader's side of the built-in CA: bootstrapping the root on first leadership, rotating
+//! it with a cross-signed certificate when the key changes, pruning old roots, and signing
+//! leaf CSRs under the configured rate limits.
+//!
+//! Key material is created here (it needs randomness and a clock) and replicated through Raft
+//! as plain data, so every server holds the same roots and any new leader can sign.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::ca::{self, KeyType, RootCert, Signer};
+use crate::rpc::Rpc;
+use crate::types::connect::{CaConfig, CaRoot, CaState};
+use crate::types::{Command, CommandResult};
+
+/// Consul's name for a built-in root.
+const ROOT_NAME: &str = "Consul CA Primary Cert";
+
+/// Leaf serials are `term << 32 | counter`: a later leader's serials are always higher, with
+/// no Raft write per signature. Roots and cross-signatures draw from a separate high range.
+const ROOT_SERIAL_BASE: u64 = 0x7f00_0000_0000_0000;
+
+/// Why a CSR was not signed.
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    /// The CSR breaks a rule (400).
+    #[error("{0}")]
+    Invalid(String),
+    /// `CSRMaxPerSecond` or `CSRMaxConcurrent` was reached (429); the caller retries.
+    #[error("rate limit reached, try again later")]
+    RateLimited,
+    /// No CA yet, not the leader, or a write failed (500); the caller retries.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// A signed leaf with the chain a client needs.
+#[derive(Clone, Debug)]
+pub struct Leaf {
+    /// The leaf followed by the active root's cross-signed certificates, if any.
+    pub cert_pem: String,
+    pub serial: String,
+    pub service: String,
+    pub service_uri: String,
+    pub valid_after: SystemTime,
+    pub valid_before: SystemTime,
+    /// The root that signed it.
+    pub root_id: String,
+}
+
+struct Bucket {
+    tokens: f64,
+    refilled: Instant,
+}
+
+pub struct CaManager {
+    rpc: Rpc,
+    datacenter: String,
+    /// The signer for the active root, rebuilt when the root changes.
+    signer: Mutex<Option<(String, Arc<Signer>)>>,
+    /// `(term, counter)` of the last leaf serial.
+    serial: Mutex<(u64, u64)>,
+    bucket: Mutex<Bucket>,
+    in_flight: AtomicU64,
+}
+
+fn unix(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs() as i64)
+}
+
+fn to_stored(root: &RootCert) -> CaRoot {
+    CaRoot {
+        id: root.id.clone(),
+        name: ROOT_NAME.into(),
+        serial: root.serial.clone(),
+        cert_pem: root.cert_pem.clone(),
+        key_pem: root.key_pem.clone(),
+        intermediate_certs: Vec::new(),
+        not_before_unix: unix(root.not_before),
+        not_after_unix: unix(root.not_after),
+        active: true,
+        key_type: root.key_type.into(),
+        key_bits: root.key_bits,
+        rotated_out_unix: 0,
+        indexes: Default::default(),
+    }
+}
+
+fn from_stored(root: &CaRoot) -> RootCert {
+    RootCert {
+        id: root.id.clone(),
+        cert_pem: root.cert_pem.clone(),
+        key_pem: root.key_pem.clone(),
+        serial: root.serial.clone(),
+        not_before: UNIX_EPOCH + Duration::from_secs(root.not_before_unix.max(0) as u64),
+        not_after: UNIX_EPOCH + Duration::from_secs(root.not_after_unix.max(0) as u64),
+        key_type: if root.key_type == "rsa" { "rsa" } else { "ec" },
+        key_bits: root.key_bits,
+    }
+}
+
+fn key_type(config: &CaConfig) -> Result<KeyType, String> {
+    KeyType::parse(&config.private_key_type, config.private_key_bits).map_err(|e| e.to_string())
+}
+
+/// A serial for a root or cross-signature, distinct from every leaf serial.
+fn root_serial(now: SystemTime) -> u64 {
+    ROOT_SERIAL_BASE | (unix(now) as u64 & 0x00ff_ffff_ffff)
+}
+
+impl CaManager {
+    pub fn new(rpc: Rpc, datacenter: String) -> CaManager {
+        CaManager {
+            rpc,
+            datacenter,
+            signer: Mutex::new(None),
+            serial: Mutex::new((0, 0)),
+            bucket: Mutex::new(Bucket {
+                tokens: 0.0,
+                refilled: Instant::now(),
+            }),
+            in_flight: AtomicU64::new(0),
+        }
+    }
+
+    pub fn state(&self) -> Option<Arc<CaState>> {
+        self.rpc.store().snapshot().ca().cloned()
+    }
+
+    async fn write(&self, state: CaState, expected_index: u64) -> Result<(), String> {
+        let command = Command::CaSet {
+            state: Box::new(state),
+            expected_index,
+        };
+        match self.rpc.write(command).await {
+            Ok((_, CommandResult::Cas(true))) => Ok(()),
+            Ok((_, CommandResult::Cas(false))) => {
+                Err("the CA state changed concurrently; try again".into())
+            }
+            Ok((_, other)) => Err(format!("unexpected result {other:?}")),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+
+    /// On leadership: creates the cluster id and first root if there is none yet.
+    pub async fn bootstrap(&self, config: &CaConfig) -> Result<(), String> {
+        if self.state().is_some() {
+            return Ok(());
+        }
+        let cluster_id = uuid::Uuid::new_v4().to_string();
+        let trust_domain = format!("{cluster_id}.consul");
+        let now = SystemTime::now();
+        let root = ca::generate_root(
+            &trust_domain,
+            root_serial(now),
+            key_type(config)?,
+            Duration::from_secs(config.root_cert_ttl_secs),
+            now,
+        )
+        .map_err(|error| error.to_string())?;
+        let state = CaState {
+            cluster_id,
+            config: config.clone(),
+            roots: vec![to_stored(&root)],
+            indexes: Default::default(),
+        };
+        self.write(state, 0).await?;
+        tracing::info!(trust_domain, root = %root.id, "initialized the built-in CA");
+        Ok(())
+    }
+
+    /// Applies a new configuration. A change of key type or size rotates the root: the new
+    /// root is cross-signed by the old one, both are listed, and new leafs chain to either.
+    pub async fn set_config(&self, config: CaConfig) -> Result<bool, String> {
+        let current = self
+            .state()
+            .ok_or("Connect CA is not initialized yet")?;
+        let mut state = (*current).clone();
+        let active = current
+            .active_root()
+            .ok_or("the CA has no active root")?
+            .clone();
+        let rotate = config.private_key_type != active.key_type
+            || config.private_key_bits != active.key_bits;
+        state.config = config.clone();
+        if rotate {
+            let now = SystemTime::now();
+            let new_root = ca::generate_root(
+                &current.trust_domain(),
+                root_serial(now),
+                key_type(&config)?,
+                Duration::from_secs(config.root_cert_ttl_secs),
+                now,
+            )
+            .map_err(|error| error.to_string())?;
+            let cross = ca::cross_sign(&new_root, &from_stored(&active), now)
+                .map_err(|error| error.to_string())?;
+            for root in &mut state.roots {
+                if root.active {
+                    root.active = false;
+                    root.rotated_out_unix = unix(now);
+                }
+            }
+            let mut stored = to_stored(&new_root);
+            stored.intermediate_certs.push(cross);
+            state.roots.push(stored);
+            tracing::info!(old = %active.id, new = %new_root.id, "rotating the CA root with a cross-signed intermediate");
+        }
+        self.write(state, current.indexes.modify).await?;
+        Ok(rotate)
+    }
+
+    /// Drops inactive roots once every leaf they signed has expired: two leaf lifetimes after
+    /// they were rotated out (Consul's rule).
+    pub async fn prune(&self) -> Result<(), String> {
+        let Some(current) = self.state() else {
+            return Ok(());
+        };
+        let keep_for = 2 * current.config.leaf_cert_ttl_secs as i64;
+        let now = unix(SystemTime::now());
+        let expired = |root: &CaRoot| !root.active && now - root.rotated_out_unix > keep_for;
+        if !current.roots.iter().any(expired) {
+            return Ok(());
+        }
+        let mut state = (*current).clone();
+        state.roots.retain(|root| !expired(root));
+        self.write(state, current.indexes.modify).await?;
+        tracing::info!("pruned CA roots rotated out more than two leaf lifetimes ago");
+        Ok(())
+    }
+
+    fn signer_for(&self, root: &CaRoot) -> Result<Arc<Signer>, SignError> {
+        let mut cached = self.signer.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((id, signer)) = cached.as_ref() {
+            if *id == root.id {
+                return Ok(signer.clone());
+            }
+        }
+        let signer = Arc::new(
+            Signer::new(&from_stored(root)).map_err(|e| SignError::Unavailable(e.to_string()))?,
+        );
+        *cached = Some((root.id.clone(), signer.clone()));
+        Ok(signer)
+    }
+
+    fn next_serial(&self) -> u64 {
+        let term = self.rpc.raft().metrics().borrow().current_term;
+        let mut serial = self.serial.lock().unwrap_or_else(PoisonError::into_inner);
+        if serial.0 != term {
+            *serial = (term, 0);
+        }
+        serial.1 += 1;
+        (term << 32) | (serial.1 & 0xffff_ffff)
+    }
+
+    fn take_token(&self, per_second: u32) -> bool {
+        if per_second == 0 {
+            return true;
+        }
+        let rate = f64::from(per_second);
+        let mut bucket = self.bucket.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        let refill = now.duration_since(bucket.refilled).as_secs_f64() * rate;
+        // A burst of up to one second's worth, as Consul's limiter allows.
+        bucket.tokens = (bucket.tokens + refill).min(rate);
+        bucket.refilled = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Signs a leaf CSR for `service` with the active root. Only the leader signs.
+    pub fn sign(&self, csr_pem: &str, service: &str) -> Result<Leaf, SignError> {
+        if !self.rpc.is_leader() {
+            return Err(SignError::Unavailable(
+                "not the leader; leaf certificates are signed by the leader".into(),
+            ));
+        }
+        let state = self
+            .state()
+            .ok_or_else(|| SignError::Unavailable("Connect CA is not initialized yet".into()))?;
+        let config = &state.config;
+        if !self.take_token(config.csr_max_per_second) {
+            return Err(SignError::RateLimited);
+        }
+        let in_flight = self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let _release = ReleaseOnDrop(&self.in_flight);
+        if config.csr_max_concurrent > 0 && in_flight >= u64::from(config.csr_max_concurrent) {
+            return Err(SignError::RateLimited);
+        }
+        let root = state
+            .active_root()
+            .ok_or_else(|| SignError::Unavailable("the CA has no active root".into()))?;
+        let signer = self.signer_for(root)?;
+        let signed = signer
+            .sign(
+                csr_pem,
+                &state.trust_domain(),
+                self.next_serial(),
+                Duration::from_secs(config.leaf_cert_ttl_secs),
+                SystemTime::now(),
+            )
+            .map_err(|error| SignError::Invalid(error.to_string()))?;
+        if signed.service != service {
+            return Err(SignError::Invalid(format!(
+                "the CSR is for service {:?}, not {service:?}",
+                signed.service
+            )));
+        }
+        if signed.datacenter != self.datacenter {
+            return Err(SignError::Invalid(format!(
+                "the CSR is for datacenter {:?}, not {:?}",
+                signed.datacenter, self.datacenter
+            )));
+        }
+        let mut chain = signed.cert_pem.clone();
+        for intermediate in &root.intermediate_certs {
+            if !chain.ends_with('\n') {
+                chain.push('\n');
+            }
+            chain.push_str(intermediate);
+        }
+        Ok(Leaf {
+            cert_pem: chain,
+            serial: signed.serial,
+            service: signed.service,
+            service_uri: signed.service_uri,
+            valid_after: signed.valid_after,
+            valid_before: signed.valid_before,
+            root_id: root.id.clone(),
+        })
+    }
+}
+
+struct ReleaseOnDrop<'a>(&'a AtomicU64);
+
+impl Drop for ReleaseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
