@@ -4,7 +4,9 @@
 mod agent;
 mod catalog;
 mod config;
+mod connect;
 mod goflags;
+mod intention;
 mod kv;
 mod lock;
 mod services;
@@ -87,6 +89,8 @@ fn command_tree() -> Command {
         .subcommand(kv::command())
         .subcommand(catalog::command())
         .subcommand(config::command())
+        .subcommand(connect::command())
+        .subcommand(intention::command())
         .subcommand(lock::command())
         .subcommand(services::services_command())
         .subcommand(services::maint_command())
@@ -140,6 +144,8 @@ pub fn main() -> ExitCode {
             Some(("kv", sub)) => kv::run(sub).await,
             Some(("catalog", sub)) => catalog::run(sub).await,
             Some(("config", sub)) => config::run(sub).await,
+            Some(("connect", sub)) => connect::run(sub).await,
+            Some(("intention", sub)) => intention::run(sub).await,
             Some(("lock", sub)) => lock::run(sub).await,
             Some(("services", sub)) => services::run_services(sub).await,
             Some(("maint", sub)) => services::run_maint(sub).await,

@@ -779,24 +779,15 @@ fn to_offset(secs: u64) -> Result<time::OffsetDateTime, CaError> {
 mod tests {
     use super::*;
 
-    use std::io::{Read, Write};
-    use std::net::{TcpListener, TcpStream};
     use std::sync::Arc;
-    use std::thread;
 
-    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-    use rustls::crypto::CryptoProvider;
     use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-    use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
-    use rustls::{
-        CertificateError, ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore,
-        ServerConfig, ServerConnection, SignatureScheme, StreamOwned,
-    };
+    use rustls::pki_types::CertificateDer;
+    use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+    use crate::connect::tls;
 
     const TD: &str = "11111111-2222-3333-4444-555555555555.consul";
-    const PING: &[u8] = b"ping from web";
-    const PONG: &[u8] = b"pong from api";
 
     fn uri(service: &str) -> String {
         spiffe_service_id(TD, "dc1", service)
@@ -806,39 +797,31 @@ mod tests {
         UNIX_EPOCH + Duration::from_secs(1_700_000_000)
     }
 
-    fn provider() -> Arc<CryptoProvider> {
-        Arc::new(rustls::crypto::ring::default_provider())
-    }
-
     fn cert_der(pem: &str) -> CertificateDer<'static> {
         CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()
     }
 
     fn trust(roots: &[&RootCert]) -> Arc<RootCertStore> {
-        let mut store = RootCertStore::empty();
-        for r in roots {
-            store.add(cert_der(&r.cert_pem)).unwrap();
-        }
-        Arc::new(store)
+        let pems: Vec<&str> = roots.iter().map(|root| root.cert_pem.as_str()).collect();
+        tls::roots(&pems).unwrap()
     }
 
+    #[derive(Clone)]
     struct Identity {
-        chain: Vec<CertificateDer<'static>>,
+        chain_pem: String,
         key_pem: String,
     }
 
     impl Identity {
-        fn key(&self) -> PrivateKeyDer<'static> {
-            PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).unwrap()
-        }
-
         fn with_intermediate(&self, pem: &str) -> Identity {
-            let mut chain = self.chain.clone();
-            chain.push(cert_der(pem));
             Identity {
-                chain,
+                chain_pem: format!("{}{pem}", self.chain_pem),
                 key_pem: self.key_pem.clone(),
             }
+        }
+
+        fn tls(&self) -> tls::Identity {
+            tls::Identity::from_pem(&self.chain_pem, &self.key_pem).unwrap()
         }
     }
 
@@ -848,96 +831,13 @@ mod tests {
             .sign(&req.csr_pem, TD, serial, DEFAULT_LEAF_TTL, now)
             .unwrap();
         Identity {
-            chain: vec![cert_der(&leaf.cert_pem)],
+            chain_pem: leaf.cert_pem,
             key_pem: req.key_pem,
         }
     }
 
-    fn der_uris(der: &[u8]) -> Vec<String> {
-        let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
-        cert_uris(&cert).unwrap()
-    }
-
-    /// Verifies the server like a Connect proxy does: chain to the CA roots,
-    /// then identity by exact SPIFFE URI instead of by hostname.
-    #[derive(Debug)]
-    struct SpiffeServerVerifier {
-        roots: Arc<RootCertStore>,
-        expected_uri: String,
-        provider: Arc<CryptoProvider>,
-    }
-
-    impl ServerCertVerifier for SpiffeServerVerifier {
-        fn verify_server_cert(
-            &self,
-            end_entity: &CertificateDer<'_>,
-            intermediates: &[CertificateDer<'_>],
-            _server_name: &ServerName<'_>,
-            _ocsp_response: &[u8],
-            now: UnixTime,
-        ) -> Result<ServerCertVerified, rustls::Error> {
-            let parsed = ParsedCertificate::try_from(end_entity)?;
-            rustls::client::verify_server_cert_signed_by_trust_anchor(
-                &parsed,
-                &self.roots,
-                intermediates,
-                now,
-                self.provider.signature_verification_algorithms.all,
-            )?;
-            if der_uris(end_entity) != [self.expected_uri.clone()] {
-                return Err(rustls::Error::InvalidCertificate(
-                    CertificateError::ApplicationVerificationFailure,
-                ));
-            }
-            Ok(ServerCertVerified::assertion())
-        }
-
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(
-                message,
-                cert,
-                dss,
-                &self.provider.signature_verification_algorithms,
-            )
-        }
-
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(
-                message,
-                cert,
-                dss,
-                &self.provider.signature_verification_algorithms,
-            )
-        }
-
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.provider
-                .signature_verification_algorithms
-                .supported_schemes()
-        }
-    }
-
     fn server_config(roots: Arc<RootCertStore>, id: &Identity) -> Arc<ServerConfig> {
-        let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
-            .build()
-            .unwrap();
-        let config = ServerConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(id.chain.clone(), id.key())
-            .unwrap();
-        Arc::new(config)
+        tls::server_config(roots, &id.tls()).unwrap()
     }
 
     fn client_config(
@@ -945,81 +845,31 @@ mod tests {
         expected: &str,
         id: &Identity,
     ) -> Arc<ClientConfig> {
-        let verifier = SpiffeServerVerifier {
-            roots,
-            expected_uri: expected.to_string(),
-            provider: provider(),
-        };
-        let config = ClientConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_client_auth_cert(id.chain.clone(), id.key())
-            .unwrap();
-        Arc::new(config)
+        tls::client_config(roots, expected, &id.tls()).unwrap()
     }
 
+    /// What the server saw: the client's URI SANs.
     struct ServerSaw {
-        received: Vec<u8>,
-        peer_chain: Vec<CertificateDer<'static>>,
+        peer_uris: Vec<String>,
     }
 
-    /// One mutual-TLS exchange over a real loopback socket. Socket timeouts
-    /// bound every blocking call so a broken handshake fails instead of
-    /// hanging.
     fn exchange(
         server: Arc<ServerConfig>,
         client: Arc<ClientConfig>,
-    ) -> (Result<ServerSaw, String>, Result<Vec<u8>, String>) {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let timeout = Some(Duration::from_secs(10));
-
-        let server_side = thread::spawn(move || -> Result<ServerSaw, String> {
-            let (sock, _) = listener.accept().map_err(|e| e.to_string())?;
-            sock.set_read_timeout(timeout).unwrap();
-            sock.set_write_timeout(timeout).unwrap();
-            let conn = ServerConnection::new(server).map_err(|e| e.to_string())?;
-            let mut tls = StreamOwned::new(conn, sock);
-            let mut received = vec![0u8; PING.len()];
-            tls.read_exact(&mut received).map_err(|e| e.to_string())?;
-            let peer_chain = tls.conn.peer_certificates().unwrap_or_default().to_vec();
-            tls.write_all(PONG).map_err(|e| e.to_string())?;
-            tls.conn.send_close_notify();
-            tls.flush().map_err(|e| e.to_string())?;
-            Ok(ServerSaw {
-                received,
-                peer_chain,
-            })
-        });
-
-        let client_side = (|| -> Result<Vec<u8>, String> {
-            let sock = TcpStream::connect(addr).map_err(|e| e.to_string())?;
-            sock.set_read_timeout(timeout).unwrap();
-            sock.set_write_timeout(timeout).unwrap();
-            let name = ServerName::try_from("api.invalid").unwrap();
-            let conn = ClientConnection::new(client, name).map_err(|e| e.to_string())?;
-            let mut tls = StreamOwned::new(conn, sock);
-            tls.write_all(PING).map_err(|e| e.to_string())?;
-            tls.flush().map_err(|e| e.to_string())?;
-            let mut reply = vec![0u8; PONG.len()];
-            tls.read_exact(&mut reply).map_err(|e| e.to_string())?;
-            Ok(reply)
-        })();
-
-        (server_side.join().unwrap(), client_side)
+    ) -> (Result<ServerSaw, String>, Result<(), String>) {
+        let result = tls::loopback_exchange(server, client);
+        (
+            result.server.map(|peer_uris| ServerSaw { peer_uris }),
+            result.client,
+        )
     }
 
     fn assert_exchanged(
         server: Result<ServerSaw, String>,
-        client: Result<Vec<u8>, String>,
+        client: Result<(), String>,
     ) -> ServerSaw {
-        let client = client.unwrap_or_else(|e| panic!("client failed: {e}"));
-        let saw = server.unwrap_or_else(|e| panic!("server failed: {e}"));
-        assert_eq!(client, PONG);
-        assert_eq!(saw.received, PING);
-        saw
+        client.unwrap_or_else(|e| panic!("client failed: {e}"));
+        server.unwrap_or_else(|e| panic!("server failed: {e}"))
     }
 
     #[test]
@@ -1035,8 +885,7 @@ mod tests {
             client_config(trust(&[&root]), &uri("api"), &web),
         );
         let saw = assert_exchanged(server, client);
-        assert_eq!(saw.peer_chain.len(), 1);
-        assert_eq!(der_uris(&saw.peer_chain[0]), vec![uri("web")]);
+        assert_eq!(saw.peer_uris, vec![uri("web")]);
     }
 
     #[test]
@@ -1106,7 +955,7 @@ mod tests {
             client_config(trust(&[&old]), &uri("web"), &l_new_chain),
         );
         let saw = assert_exchanged(server, client);
-        assert_eq!(saw.peer_chain.len(), 2);
+        assert_eq!(saw.peer_uris, vec![uri("api")]);
 
         // Only the new root trusted: the cross cert in the chain is harmless.
         let (server, client) = exchange(

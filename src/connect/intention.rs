@@ -302,3 +302,111 @@ fn stored_permissions(entry: &ConfigEntry, position: usize) -> Value {
         .and_then(|json| json.get("Sources")?.get(position)?.get("Permissions").cloned())
         .unwrap_or(Value::Null)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Store;
+    use crate::types::Command;
+
+    fn write(store: &Store, index: u64, destination: &str, sources: serde_json::Value) {
+        let json = json!({"Kind": "service-intentions", "Name": destination, "Sources": sources});
+        let entry = crate::connect::entry::decode(json.as_object().unwrap().clone()).unwrap();
+        let command = Command::ConfigEntrySet {
+            entry: Box::new(entry),
+            cas: None,
+        };
+        store.apply_batch([(index, Some(&command))]);
+    }
+
+    const ALLOW: DefaultPolicy = DefaultPolicy::Acl { allow: true };
+
+    /// Every exact/wildcard combination: each row adds intentions and checks which one
+    /// decides `web -> db`, with its precedence.
+    #[test]
+    fn precedence_decides_between_exact_and_wildcard_intentions() {
+        // (source, destination, action) added in order; after each, the deciding intention.
+        let steps = [
+            (("*", "*", "deny"), ("*", "*", 5, false)),
+            (("web", "*", "allow"), ("web", "*", 6, true)),
+            (("*", "db", "deny"), ("*", "db", 8, false)),
+            (("web", "db", "allow"), ("web", "db", 9, true)),
+        ];
+        let store = Store::new();
+        let mut by_destination: std::collections::BTreeMap<&str, Vec<serde_json::Value>> =
+            Default::default();
+        for (index, ((source, destination, action), expected)) in steps.iter().enumerate() {
+            by_destination
+                .entry(destination)
+                .or_default()
+                .push(json!({"Name": source, "Action": action}));
+            let sources = json!(by_destination[destination]);
+            write(&store, index as u64 + 1, destination, sources);
+            let tables = store.snapshot();
+            let found = matching(&tables, "web", "db").expect("an intention matches");
+            let (source, destination, precedence, allowed) = *expected;
+            assert_eq!(found.source(), source);
+            assert_eq!(found.destination(), destination);
+            assert_eq!(found.precedence, precedence);
+            let decision = decide(&tables, "web", "db", ALLOW);
+            assert_eq!(decision.allowed, allowed, "{}", decision.reason);
+            assert!(decision.reason.starts_with("Matched L4 intention: "));
+            // Listing agrees with the fast path: the first listed match decides.
+            let listed = match_destination(&tables, "db");
+            let first = listed
+                .iter()
+                .find(|i| i.source() == "web" || i.source() == "*")
+                .unwrap();
+            assert_eq!((first.source(), first.precedence), (found.source(), precedence));
+        }
+        // Another source only matches the wildcards.
+        let tables = store.snapshot();
+        let other = matching(&tables, "api", "db").unwrap();
+        assert_eq!((other.source(), other.precedence), ("*".to_string(), 8));
+        // Precedence values as Consul computes them.
+        assert_eq!(precedence("web", "db"), 9);
+        assert_eq!(precedence("*", "db"), 8);
+        assert_eq!(precedence("web", "*"), 6);
+        assert_eq!(precedence("*", "*"), 5);
+    }
+
+    #[test]
+    fn deny_sorts_before_allow_at_equal_precedence() {
+        let store = Store::new();
+        write(&store, 1, "db", json!([{"Name": "web", "Action": "allow"}]));
+        write(&store, 2, "cache", json!([{"Name": "web", "Action": "deny"}]));
+        let tables = store.snapshot();
+        // Two different destinations, same precedence (9): the deny lists first.
+        let mut list = match_source(&tables, "web");
+        sort(&mut list);
+        assert_eq!(list[0].precedence, list[1].precedence);
+        assert_eq!(list[0].action(), "deny");
+        assert_eq!(list[1].action(), "allow");
+    }
+
+    #[test]
+    fn l7_intentions_deny_without_a_request_and_defaults_apply() {
+        let store = Store::new();
+        write(
+            &store,
+            1,
+            "db",
+            json!([{"Name": "web", "Permissions": [{"Action": "allow", "HTTP": {"PathPrefix": "/"}}]}]),
+        );
+        let tables = store.snapshot();
+        let decision = decide(&tables, "web", "db", ALLOW);
+        assert!(!decision.allowed);
+        assert!(decision.reason.starts_with("Matched L7 intention: "));
+        let default = decide(&tables, "api", "db", DefaultPolicy::Configured { allow: false });
+        assert_eq!(
+            default,
+            Decision {
+                allowed: false,
+                reason: "Default intention policy".into()
+            }
+        );
+        let acl = decide(&tables, "api", "db", ALLOW);
+        assert_eq!(acl.reason, "Default behavior configured by ACLs");
+        assert!(acl.allowed);
+    }
+}

@@ -9,3 +9,4 @@ pub mod chain;
 pub mod entry;
 pub mod intention;
 pub mod leaf;
+pub mod tls;
