@@ -56,16 +56,18 @@ pub fn pascal_key(key: &str) -> String {
     lower
         .split(['_', '-'])
         .filter(|word| !word.is_empty())
-        .map(|word| match ACRONYMS.iter().find(|(from, _)| *from == word) {
-            Some((_, to)) => to.to_string(),
-            None => {
-                let mut chars = word.chars();
-                chars
-                    .next()
-                    .map(|first| first.to_ascii_uppercase().to_string() + chars.as_str())
-                    .unwrap_or_default()
-            }
-        })
+        .map(
+            |word| match ACRONYMS.iter().find(|(from, _)| *from == word) {
+                Some((_, to)) => to.to_string(),
+                None => {
+                    let mut chars = word.chars();
+                    chars
+                        .next()
+                        .map(|first| first.to_ascii_uppercase().to_string() + chars.as_str())
+                        .unwrap_or_default()
+                }
+            },
+        )
         .collect()
 }
 

@@ -6,8 +6,8 @@
 //! wire changes this module only.
 
 pub mod catalog;
-pub mod config_entry;
 pub mod client;
+pub mod config_entry;
 pub mod decode;
 pub mod definition;
 pub mod filter;

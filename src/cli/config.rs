@@ -21,7 +21,10 @@ pub fn command() -> Command {
             Command::new("write")
                 .about("Writes a config entry from an HCL or JSON file (- for stdin)")
                 .arg(boolean("cas", "Check-and-set against -modify-index"))
-                .arg(value("modify-index", "The ModifyIndex the entry must have for -cas"))
+                .arg(value(
+                    "modify-index",
+                    "The ModifyIndex the entry must have for -cas",
+                ))
                 .arg(Arg::new("file")),
         ))
         .subcommand(with_http_flags(
@@ -43,7 +46,10 @@ pub fn command() -> Command {
                 .arg(value("name", "The entry's name"))
                 .arg(value("filename", "Take kind and name from this entry file"))
                 .arg(boolean("cas", "Check-and-set against -modify-index"))
-                .arg(value("modify-index", "The ModifyIndex the entry must have for -cas")),
+                .arg(value(
+                    "modify-index",
+                    "The ModifyIndex the entry must have for -cas",
+                )),
         ))
 }
 
@@ -199,7 +205,13 @@ async fn delete(matches: &ArgMatches) -> CommandResult {
         }
         Some(file) => {
             let entry = read_entry_file(file)?;
-            let field = |key: &str| entry.get(key).and_then(Value::as_str).unwrap_or("").to_string();
+            let field = |key: &str| {
+                entry
+                    .get(key)
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string()
+            };
             (field("Kind"), field("Name"))
         }
         None => (

@@ -38,10 +38,16 @@ pub async fn run(matches: &ArgMatches) -> CommandResult {
 
 async fn get_config(matches: &ArgMatches) -> CommandResult {
     let response = client(matches)?
-        .get(&format!("/v1/connect/ca/configuration?{}", shared_query(matches)))
+        .get(&format!(
+            "/v1/connect/ca/configuration?{}",
+            shared_query(matches)
+        ))
         .await?;
     if response.status != 200 {
-        return Err(format!("Error request CA configuration: {}", unexpected(&response)));
+        return Err(format!(
+            "Error request CA configuration: {}",
+            unexpected(&response)
+        ));
     }
     println!("{}", pretty4(&response.json()?));
     Ok(())
@@ -49,7 +55,8 @@ async fn get_config(matches: &ArgMatches) -> CommandResult {
 
 async fn set_config(matches: &ArgMatches) -> CommandResult {
     let file = get_str(matches, "config-file").ok_or("-config-file must be set")?;
-    let text = std::fs::read(file).map_err(|error| format!("Error reading config file: {error}"))?;
+    let text =
+        std::fs::read(file).map_err(|error| format!("Error reading config file: {error}"))?;
     serde_json::from_slice::<serde_json::Value>(&text)
         .map_err(|error| format!("Error parsing config file: {error}"))?;
     let response = client(matches)?
@@ -59,7 +66,10 @@ async fn set_config(matches: &ArgMatches) -> CommandResult {
         )
         .await?;
     if response.status != 200 {
-        return Err(format!("Error setting CA configuration: {}", unexpected(&response)));
+        return Err(format!(
+            "Error setting CA configuration: {}",
+            unexpected(&response)
+        ));
     }
     println!("Configuration updated!");
     Ok(())

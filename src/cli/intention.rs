@@ -18,7 +18,10 @@ pub fn command() -> Command {
                 .about("Creates an intention from SRC to DST")
                 .arg(boolean("allow", "Allow the connection (default)"))
                 .arg(boolean("deny", "Deny the connection"))
-                .arg(boolean("replace", "Replace an existing intention for the pair"))
+                .arg(boolean(
+                    "replace",
+                    "Replace an existing intention for the pair",
+                ))
                 .arg(repeated("meta", "Metadata as key=value (repeatable)"))
                 .arg(Arg::new("source"))
                 .arg(Arg::new("destination")),
@@ -66,7 +69,10 @@ pub async fn run(matches: &ArgMatches) -> CommandResult {
 }
 
 fn pair(matches: &ArgMatches) -> Option<(&str, &str)> {
-    Some((get_str(matches, "source")?, get_str(matches, "destination")?))
+    Some((
+        get_str(matches, "source")?,
+        get_str(matches, "destination")?,
+    ))
 }
 
 /// `web => db (allow)`, as Consul prints an intention.
@@ -79,7 +85,11 @@ fn describe(intention: &Value) -> String {
         }
         _ => text("Action"),
     };
-    format!("{} => {} ({detail})", text("SourceName"), text("DestinationName"))
+    format!(
+        "{} => {} ({detail})",
+        text("SourceName"),
+        text("DestinationName")
+    )
 }
 
 async fn create(matches: &ArgMatches) -> CommandResult {
@@ -122,7 +132,10 @@ async fn create(matches: &ArgMatches) -> CommandResult {
             )
             .await?;
         if response.status != 200 {
-            return Err(format!("Error replacing intention: {}", unexpected(&response)));
+            return Err(format!(
+                "Error replacing intention: {}",
+                unexpected(&response)
+            ));
         }
     } else {
         let body = json!({
@@ -140,7 +153,10 @@ async fn create(matches: &ArgMatches) -> CommandResult {
             )
             .await?;
         if response.status != 200 {
-            return Err(format!("Error creating intention: {}", unexpected(&response)));
+            return Err(format!(
+                "Error creating intention: {}",
+                unexpected(&response)
+            ));
         }
     }
     println!("Created: {source} => {destination} ({action})");
@@ -167,11 +183,12 @@ async fn check(matches: &ArgMatches) -> CommandResult {
         .await
         .unwrap_or_else(|error| fail(format!("Error checking the connection: {error}")));
     if response.status != 200 {
-        fail(format!("Error checking the connection: {}", unexpected(&response)));
+        fail(format!(
+            "Error checking the connection: {}",
+            unexpected(&response)
+        ));
     }
-    let allowed = response
-        .json()
-        .unwrap_or_else(|error| fail(error))["Allowed"]
+    let allowed = response.json().unwrap_or_else(|error| fail(error))["Allowed"]
         .as_bool()
         .unwrap_or(false);
     if allowed {
@@ -195,12 +212,19 @@ async fn fetch(client: &Client, matches: &ArgMatches) -> Result<Value, String> {
         None => {
             let id = get_str(matches, "source")
                 .ok_or("Error: Must specify source and destination, or an intention ID")?;
-            format!("/v1/connect/intentions/{}?{}", encode_query(id), shared_query(matches))
+            format!(
+                "/v1/connect/intentions/{}?{}",
+                encode_query(id),
+                shared_query(matches)
+            )
         }
     };
     let response = client.get(&path).await?;
     if response.status != 200 {
-        return Err(format!("Error reading the intention: {}", unexpected(&response)));
+        return Err(format!(
+            "Error reading the intention: {}",
+            unexpected(&response)
+        ));
     }
     response.json()
 }
@@ -238,7 +262,10 @@ async fn list(matches: &ArgMatches) -> CommandResult {
         .get(&format!("/v1/connect/intentions?{}", shared_query(matches)))
         .await?;
     if response.status != 200 {
-        return Err(format!("Error listing intentions: {}", unexpected(&response)));
+        return Err(format!(
+            "Error listing intentions: {}",
+            unexpected(&response)
+        ));
     }
     let mut rows = vec![vec![
         "ID".to_string(),
@@ -286,9 +313,16 @@ async fn matching(matches: &ArgMatches) -> CommandResult {
         ))
         .await?;
     if response.status != 200 {
-        return Err(format!("Error matching intentions: {}", unexpected(&response)));
+        return Err(format!(
+            "Error matching intentions: {}",
+            unexpected(&response)
+        ));
     }
-    for intention in response.json()?[name].as_array().cloned().unwrap_or_default() {
+    for intention in response.json()?[name]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
         println!("{}", describe(&intention));
     }
     Ok(())
@@ -306,12 +340,19 @@ async fn delete(matches: &ArgMatches) -> CommandResult {
         None => {
             let id = get_str(matches, "source")
                 .ok_or("Error: Must specify source and destination, or an intention ID")?;
-            format!("/v1/connect/intentions/{}?{}", encode_query(id), shared_query(matches))
+            format!(
+                "/v1/connect/intentions/{}?{}",
+                encode_query(id),
+                shared_query(matches)
+            )
         }
     };
     let response = client.delete(&path).await?;
     if response.status != 200 {
-        return Err(format!("Error deleting intention: {}", unexpected(&response)));
+        return Err(format!(
+            "Error deleting intention: {}",
+            unexpected(&response)
+        ));
     }
     println!("Intention deleted.");
     Ok(())

@@ -248,7 +248,15 @@ pub fn generate_root(
     let not_after = add_secs(now_s, ttl)?;
 
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, format!("Consul CA {number}"));
+    // Consul's form: unique per cluster (the trust domain's prefix) and per root (the
+    // serial), because path building matches issuers by name and two CAs with one name
+    // would make a foreign certificate fail as a bad signature instead of an unknown issuer.
+    let cluster = trust_domain.split('.').next().unwrap_or(trust_domain);
+    let cluster = &cluster[..cluster.len().min(8)];
+    dn.push(
+        DnType::CommonName,
+        format!("pri-{:08x}.consul.ca.{cluster}.consul", number as u32),
+    );
 
     let mut params = CertificateParams::default();
     params.distinguished_name = dn;
@@ -1000,7 +1008,10 @@ mod tests {
 
             let der = cert_der(&root.cert_pem);
             let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
-            assert_eq!(cert.subject().to_string(), "CN=Consul CA 7");
+            assert_eq!(
+                cert.subject().to_string(),
+                "CN=pri-00000007.consul.ca.11111111.consul"
+            );
             assert_eq!(cert.issuer(), cert.subject());
             let bc = cert.basic_constraints().unwrap().unwrap().value;
             assert!(bc.ca && bc.path_len_constraint.is_none());

@@ -38,9 +38,8 @@ fn canonical(key: &str) -> Option<&'static str> {
 
 fn ttl(key: &str, value: &Value) -> Result<Duration, String> {
     match value {
-        Value::String(text) => {
-            parse_go_duration(text).map_err(|error| format!("{key}: invalid duration {text:?}: {error}"))
-        }
+        Value::String(text) => parse_go_duration(text)
+            .map_err(|error| format!("{key}: invalid duration {text:?}: {error}")),
         Value::Number(number) => number
             .as_u64()
             .map(Duration::from_nanos)
@@ -51,7 +50,9 @@ fn ttl(key: &str, value: &Value) -> Result<Duration, String> {
 
 fn number(key: &str, value: &Value) -> Result<f64, String> {
     match value {
-        Value::Number(number) => number.as_f64().ok_or_else(|| format!("{key} must be a number")),
+        Value::Number(number) => number
+            .as_f64()
+            .ok_or_else(|| format!("{key} must be a number")),
         // Consul decodes weakly typed: "50" is 50.
         Value::String(text) => text
             .trim()
@@ -176,13 +177,34 @@ mod tests {
     #[test]
     fn each_rule_refuses_with_consuls_message() {
         let cases = [
-            (json!({"PrivateKeyType": "dsa"}), "private key type must be either 'ec' or 'rsa'"),
-            (json!({"PrivateKeyType": "rsa", "PrivateKeyBits": 2048}), "\"rsa\" is not supported"),
-            (json!({"PrivateKeyBits": 300}), "EC key length must be one of"),
-            (json!({"LeafCertTTL": "30m"}), "leaf cert TTL must be greater or equal than 1h0m0s"),
-            (json!({"LeafCertTTL": "9000h"}), "leaf cert TTL must be less than 8760h0m0s"),
-            (json!({"LeafCertTTL": "4000h"}), "3 * LeafCertTTL (>=12000h0m0s)"),
-            (json!({"RootCertTTL": "1h"}), "root cert TTL is set and is not greater"),
+            (
+                json!({"PrivateKeyType": "dsa"}),
+                "private key type must be either 'ec' or 'rsa'",
+            ),
+            (
+                json!({"PrivateKeyType": "rsa", "PrivateKeyBits": 2048}),
+                "\"rsa\" is not supported",
+            ),
+            (
+                json!({"PrivateKeyBits": 300}),
+                "EC key length must be one of",
+            ),
+            (
+                json!({"LeafCertTTL": "30m"}),
+                "leaf cert TTL must be greater or equal than 1h0m0s",
+            ),
+            (
+                json!({"LeafCertTTL": "9000h"}),
+                "leaf cert TTL must be less than 8760h0m0s",
+            ),
+            (
+                json!({"LeafCertTTL": "4000h"}),
+                "3 * LeafCertTTL (>=12000h0m0s)",
+            ),
+            (
+                json!({"RootCertTTL": "1h"}),
+                "root cert TTL is set and is not greater",
+            ),
             (json!({"Bogus": 1}), "unknown CA config key \"Bogus\""),
         ];
         for (input, expected) in cases {

@@ -105,9 +105,12 @@ fn key_type(config: &CaConfig) -> Result<KeyType, String> {
     KeyType::parse(&config.private_key_type, config.private_key_bits).map_err(|e| e.to_string())
 }
 
-/// A serial for a root or cross-signature, distinct from every leaf serial.
+/// A serial for a root, distinct from every leaf serial and from other roots (microseconds).
 fn root_serial(now: SystemTime) -> u64 {
-    ROOT_SERIAL_BASE | (unix(now) as u64 & 0x00ff_ffff_ffff)
+    let micros = now
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_micros() as u64);
+    ROOT_SERIAL_BASE | (micros & 0x00ff_ffff_ffff_ffff)
 }
 
 impl CaManager {
@@ -174,9 +177,7 @@ impl CaManager {
     /// Applies a new configuration. A change of key type or size rotates the root: the new
     /// root is cross-signed by the old one, both are listed, and new leafs chain to either.
     pub async fn set_config(&self, config: CaConfig) -> Result<bool, String> {
-        let current = self
-            .state()
-            .ok_or("Connect CA is not initialized yet")?;
+        let current = self.state().ok_or("Connect CA is not initialized yet")?;
         let mut state = (*current).clone();
         let active = current
             .active_root()

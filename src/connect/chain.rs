@@ -130,7 +130,10 @@ pub struct TargetSubset {
     pub only_passing: bool,
 }
 
-fn go_duration<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+fn go_duration<S: serde::Serializer>(
+    duration: &Duration,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&format_go_duration(*duration))
 }
 
@@ -200,7 +203,10 @@ impl Entries<'_> {
     fn get(&self, kind: &str, name: &str) -> Option<std::sync::Arc<Typed>> {
         match self.proposed {
             Some(entry) if entry.kind == kind && entry.name == name => Some(entry.typed()),
-            _ => self.tables.config_entry(kind, name).map(|entry| entry.typed()),
+            _ => self
+                .tables
+                .config_entry(kind, name)
+                .map(|entry| entry.typed()),
         }
     }
 
@@ -390,7 +396,10 @@ impl Compiler<'_> {
             },
             (None, None) => DEFAULT_CONNECT_TIMEOUT,
         };
-        let request_timeout = match entry.as_ref().and_then(|entry| entry.request_timeout.as_ref()) {
+        let request_timeout = match entry
+            .as_ref()
+            .and_then(|entry| entry.request_timeout.as_ref())
+        {
             Some(value) => Some(duration_value("RequestTimeout", value)?).filter(|t| !t.is_zero()),
             None => None,
         };
@@ -399,7 +408,11 @@ impl Compiler<'_> {
             Some(entry) => {
                 let rule = entry
                     .failover
-                    .get(if subset.is_empty() { "*" } else { subset.as_str() })
+                    .get(if subset.is_empty() {
+                        "*"
+                    } else {
+                        subset.as_str()
+                    })
                     .or_else(|| entry.failover.get("*"));
                 match rule {
                     Some(rule) => Some(self.failover(service, &subset, rule, connect_timeout)?),
@@ -514,13 +527,21 @@ impl Compiler<'_> {
         Ok(FailoverNode { targets })
     }
 
-    fn router(&mut self, service: &str, router: &ce::ServiceRouter, definitions: Value) -> Result<String, String> {
+    fn router(
+        &mut self,
+        service: &str,
+        router: &ce::ServiceRouter,
+        definitions: Value,
+    ) -> Result<String, String> {
         let name = format!("{service}.default.default");
         let key = format!("router:{name}");
         let mut routes = Vec::new();
         for (i, route) in router.routes.iter().enumerate() {
             let (to_service, to_subset) = match &route.destination {
-                Some(destination) => (or(&destination.service, service), destination.service_subset.clone()),
+                Some(destination) => (
+                    or(&destination.service, service),
+                    destination.service_subset.clone(),
+                ),
                 None => (service.to_string(), String::new()),
             };
             let next = self.destination(&to_service, &to_subset, 1)?;
@@ -607,7 +628,11 @@ fn compile_with(
         targets: BTreeMap::new(),
         http,
     };
-    let router = if http { compiler.entries.router(service) } else { None };
+    let router = if http {
+        compiler.entries.router(service)
+    } else {
+        None
+    };
     let start_node = match router {
         Some((router, definitions)) => compiler.router(service, &router, definitions)?,
         None => compiler.destination(service, "", 0)?,
@@ -655,5 +680,12 @@ pub fn validate(tables: &Tables, entry: &ConfigEntry) -> Result<(), String> {
         datacenter: "dc",
         trust_domain: "validation.consul",
     };
-    compile_with(tables, Some(entry), &entry.name, &context, &Overrides::default()).map(|_| ())
+    compile_with(
+        tables,
+        Some(entry),
+        &entry.name,
+        &context,
+        &Overrides::default(),
+    )
+    .map(|_| ())
 }

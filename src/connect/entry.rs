@@ -51,7 +51,9 @@ pub fn decode(json: Map<String, Value>) -> Result<ConfigEntry, String> {
             ))
         }
         ce::MESH if name != "mesh" => {
-            return Err(format!("invalid name ({name:?}), only \"mesh\" is supported"))
+            return Err(format!(
+                "invalid name ({name:?}), only \"mesh\" is supported"
+            ))
         }
         _ => {}
     }
@@ -95,9 +97,7 @@ fn validate(name: &str, typed: &Typed) -> Result<(), String> {
         }
         Typed::ProxyDefaults(entry) => {
             if let Some(value) = entry.config.get("protocol") {
-                let text = value
-                    .as_str()
-                    .ok_or("Config.protocol must be a string")?;
+                let text = value.as_str().ok_or("Config.protocol must be a string")?;
                 protocol(text, "Config.protocol")?;
             }
             one_of("Mode", &entry.mode, &["", "direct", "transparent"])?;
@@ -112,7 +112,12 @@ fn validate(name: &str, typed: &Typed) -> Result<(), String> {
                 let http = route.r#match.as_ref().and_then(|m| m.http.as_ref());
                 if let Some(http) = http {
                     let field = format!("Routes[{i}].Match.HTTP");
-                    paths(&field, &http.path_exact, &http.path_prefix, &http.path_regex)?;
+                    paths(
+                        &field,
+                        &http.path_exact,
+                        &http.path_prefix,
+                        &http.path_regex,
+                    )?;
                     for (j, header) in http.header.iter().enumerate() {
                         header_match(&format!("{field}.Header[{j}]"), header)?;
                     }
@@ -121,7 +126,11 @@ fn validate(name: &str, typed: &Typed) -> Result<(), String> {
                         if param.name.is_empty() {
                             return Err(format!("{field}: missing required Name field"));
                         }
-                        let set = [param.present, !param.exact.is_empty(), !param.regex.is_empty()];
+                        let set = [
+                            param.present,
+                            !param.exact.is_empty(),
+                            !param.regex.is_empty(),
+                        ];
                         if set.iter().filter(|set| **set).count() > 1 {
                             return Err(format!(
                                 "{field} should only contain one of Present, Exact, or Regex"
@@ -243,7 +252,12 @@ fn validate(name: &str, typed: &Typed) -> Result<(), String> {
                             {
                                 return Err(format!("{field} should not be empty"));
                             }
-                            paths(&field, &http.path_exact, &http.path_prefix, &http.path_regex)?;
+                            paths(
+                                &field,
+                                &http.path_exact,
+                                &http.path_prefix,
+                                &http.path_regex,
+                            )?;
                             for (k, header) in http.header.iter().enumerate() {
                                 header_match(&format!("{field}.Header[{k}]"), header)?;
                             }
@@ -252,9 +266,7 @@ fn validate(name: &str, typed: &Typed) -> Result<(), String> {
                     }
                     _ => {
                         if !matches!(source.action.as_str(), "allow" | "deny") {
-                            return Err(format!(
-                                "{field}.Action must be set to 'allow' or 'deny'"
-                            ));
+                            return Err(format!("{field}.Action must be set to 'allow' or 'deny'"));
                         }
                     }
                 }
@@ -278,11 +290,15 @@ fn validate_resolver(name: &str, resolver: &ce::ServiceResolver) -> Result<(), S
         }
         if !definition.filter.is_empty() {
             Filter::parse(&definition.filter).map_err(|error| {
-                format!("Filter for subset {subset:?} is not a valid expression: {}", error.0)
+                format!(
+                    "Filter for subset {subset:?} is not a valid expression: {}",
+                    error.0
+                )
             })?;
         }
     }
-    if !resolver.default_subset.is_empty() && !resolver.subsets.contains_key(&resolver.default_subset)
+    if !resolver.default_subset.is_empty()
+        && !resolver.subsets.contains_key(&resolver.default_subset)
     {
         return Err(format!(
             "DefaultSubset {:?} is not a valid subset",
@@ -366,9 +382,8 @@ fn validate_resolver(name: &str, resolver: &ce::ServiceResolver) -> Result<(), S
 pub fn duration_value(field: &str, value: &Value) -> Result<std::time::Duration, String> {
     match value {
         Value::String(text) if text.is_empty() => Ok(std::time::Duration::ZERO),
-        Value::String(text) => {
-            parse_go_duration(text).map_err(|error| format!("{field}: invalid duration {text:?}: {error}"))
-        }
+        Value::String(text) => parse_go_duration(text)
+            .map_err(|error| format!("{field}: invalid duration {text:?}: {error}")),
         Value::Number(number) => match number.as_u64() {
             Some(nanos) => Ok(std::time::Duration::from_nanos(nanos)),
             None => Err(format!("{field} must be >= 0")),
@@ -409,17 +424,25 @@ fn regex(field: &str, pattern: &str) -> Result<(), String> {
 }
 
 fn paths(field: &str, exact: &str, prefix: &str, path_regex: &str) -> Result<(), String> {
-    let set = [!exact.is_empty(), !prefix.is_empty(), !path_regex.is_empty()];
+    let set = [
+        !exact.is_empty(),
+        !prefix.is_empty(),
+        !path_regex.is_empty(),
+    ];
     if set.iter().filter(|set| **set).count() > 1 {
         return Err(format!(
             "{field} should only contain at most one of PathExact, PathPrefix, or PathRegex"
         ));
     }
     if !exact.is_empty() && !exact.starts_with('/') {
-        return Err(format!("{field}.PathExact doesn't start with '/': {exact:?}"));
+        return Err(format!(
+            "{field}.PathExact doesn't start with '/': {exact:?}"
+        ));
     }
     if !prefix.is_empty() && !prefix.starts_with('/') {
-        return Err(format!("{field}.PathPrefix doesn't start with '/': {prefix:?}"));
+        return Err(format!(
+            "{field}.PathPrefix doesn't start with '/': {prefix:?}"
+        ));
     }
     regex(&format!("{field}.PathRegex"), path_regex)
 }
@@ -450,7 +473,9 @@ fn methods(field: &str, methods: &[String]) -> Result<(), String> {
     ];
     for method in methods {
         if !KNOWN.contains(&method.as_str()) {
-            return Err(format!("{field}.Methods contains an invalid method {method:?}"));
+            return Err(format!(
+                "{field}.Methods contains an invalid method {method:?}"
+            ));
         }
     }
     Ok(())

@@ -106,7 +106,10 @@ fn deny_rank(intention: &Intention) -> u8 {
     }
 }
 
-fn of_entry(entry: &Arc<ConfigEntry>, mut keep: impl FnMut(&SourceIntention) -> bool) -> Vec<Intention> {
+fn of_entry(
+    entry: &Arc<ConfigEntry>,
+    mut keep: impl FnMut(&SourceIntention) -> bool,
+) -> Vec<Intention> {
     let typed = entry.typed();
     let Typed::Intentions(intentions) = typed.as_ref() else {
         return Vec::new();
@@ -137,9 +140,11 @@ pub fn all(tables: &Tables) -> Vec<Intention> {
 /// The intention from `source` to `destination` exactly as named (`*` included), if any.
 pub fn exact(tables: &Tables, source: &str, destination: &str) -> Option<Intention> {
     let entry = tables.config_entry(ce::SERVICE_INTENTIONS, destination)?;
-    of_entry(entry, |candidate| candidate.peer.is_empty() && candidate.name == source)
-        .into_iter()
-        .next()
+    of_entry(entry, |candidate| {
+        candidate.peer.is_empty() && candidate.name == source
+    })
+    .into_iter()
+    .next()
 }
 
 /// Intentions that apply to `destination` (its own and the `*` entry's), sorted.
@@ -277,7 +282,10 @@ pub fn to_json(intention: &Intention) -> Value {
         }
         if source.is_l7() {
             map.remove("Action");
-            map.insert("Permissions".into(), stored_permissions(entry, intention.position));
+            map.insert(
+                "Permissions".into(),
+                stored_permissions(entry, intention.position),
+            );
         }
         if !source.legacy_meta.is_empty() {
             map.insert("Meta".into(), json!(source.legacy_meta));
@@ -299,7 +307,12 @@ pub fn to_json(intention: &Intention) -> Value {
 fn stored_permissions(entry: &ConfigEntry, position: usize) -> Value {
     serde_json::from_str::<Value>(&entry.json)
         .ok()
-        .and_then(|json| json.get("Sources")?.get(position)?.get("Permissions").cloned())
+        .and_then(|json| {
+            json.get("Sources")?
+                .get(position)?
+                .get("Permissions")
+                .cloned()
+        })
         .unwrap_or(Value::Null)
 }
 
@@ -357,7 +370,10 @@ mod tests {
                 .iter()
                 .find(|i| i.source() == "web" || i.source() == "*")
                 .unwrap();
-            assert_eq!((first.source(), first.precedence), (found.source(), precedence));
+            assert_eq!(
+                (first.source(), first.precedence),
+                (found.source(), precedence)
+            );
         }
         // Another source only matches the wildcards.
         let tables = store.snapshot();
@@ -374,7 +390,12 @@ mod tests {
     fn deny_sorts_before_allow_at_equal_precedence() {
         let store = Store::new();
         write(&store, 1, "db", json!([{"Name": "web", "Action": "allow"}]));
-        write(&store, 2, "cache", json!([{"Name": "web", "Action": "deny"}]));
+        write(
+            &store,
+            2,
+            "cache",
+            json!([{"Name": "web", "Action": "deny"}]),
+        );
         let tables = store.snapshot();
         // Two different destinations, same precedence (9): the deny lists first.
         let mut list = match_source(&tables, "web");
@@ -397,7 +418,12 @@ mod tests {
         let decision = decide(&tables, "web", "db", ALLOW);
         assert!(!decision.allowed);
         assert!(decision.reason.starts_with("Matched L7 intention: "));
-        let default = decide(&tables, "api", "db", DefaultPolicy::Configured { allow: false });
+        let default = decide(
+            &tables,
+            "api",
+            "db",
+            DefaultPolicy::Configured { allow: false },
+        );
         assert_eq!(
             default,
             Decision {

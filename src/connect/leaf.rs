@@ -116,10 +116,7 @@ impl LeafCache {
     }
 
     fn issue(&self, service: &str) -> Result<IssuedCert, String> {
-        let state = self
-            .ca
-            .state()
-            .ok_or("Connect CA is not initialized yet")?;
+        let state = self.ca.state().ok_or("Connect CA is not initialized yet")?;
         let uri = spiffe_service_id(&state.trust_domain(), &self.datacenter, service);
         let request = leaf_key_and_csr(&uri, service).map_err(|error| error.to_string())?;
         let leaf = self
@@ -181,10 +178,7 @@ impl LeafCache {
                     at
                 }
             };
-            let issued_root = sender
-                .borrow()
-                .as_ref()
-                .map(|cert| cert.root_id.clone());
+            let issued_root = sender.borrow().as_ref().map(|cert| cert.root_id.clone());
             // Sleep until renewal, waking on CA changes that make the root differ.
             let mut ca_changed = ca_changed;
             loop {

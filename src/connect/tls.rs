@@ -217,8 +217,12 @@ pub fn loopback_exchange(server: Arc<ServerConfig>, client: Arc<ClientConfig>) -
     let address = listener.local_addr().map_err(|e| e.to_string());
     let server_side = std::thread::spawn(move || -> Result<Vec<String>, String> {
         let (socket, _) = listener.accept().map_err(|e| e.to_string())?;
-        socket.set_read_timeout(timeout).map_err(|e| e.to_string())?;
-        socket.set_write_timeout(timeout).map_err(|e| e.to_string())?;
+        socket
+            .set_read_timeout(timeout)
+            .map_err(|e| e.to_string())?;
+        socket
+            .set_write_timeout(timeout)
+            .map_err(|e| e.to_string())?;
         let connection = rustls::ServerConnection::new(server).map_err(|e| e.to_string())?;
         let mut tls = rustls::StreamOwned::new(connection, socket);
         let mut received = vec![0u8; PING.len()];
@@ -239,8 +243,12 @@ pub fn loopback_exchange(server: Arc<ServerConfig>, client: Arc<ClientConfig>) -
     });
     let client_side = (|| -> Result<(), String> {
         let socket = TcpStream::connect(address?).map_err(|e| e.to_string())?;
-        socket.set_read_timeout(timeout).map_err(|e| e.to_string())?;
-        socket.set_write_timeout(timeout).map_err(|e| e.to_string())?;
+        socket
+            .set_read_timeout(timeout)
+            .map_err(|e| e.to_string())?;
+        socket
+            .set_write_timeout(timeout)
+            .map_err(|e| e.to_string())?;
         // Identity is checked by URI; the name only has to be syntactically valid.
         let name = ServerName::try_from("mesh.invalid").map_err(|e| e.to_string())?;
         let connection = rustls::ClientConnection::new(client, name).map_err(|e| e.to_string())?;

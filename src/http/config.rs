@@ -93,7 +93,11 @@ pub async fn put(
     call.check_datacenter(&state)?;
     let json = match normalize(super::body::read_json(&state, &call, body).await?) {
         Value::Object(map) => map,
-        _ => return Err(ApiError::BadRequest("Request decode failed: the body must be a JSON object".into())),
+        _ => {
+            return Err(ApiError::BadRequest(
+                "Request decode failed: the body must be a JSON object".into(),
+            ))
+        }
     };
     let kind = json.get("Kind").and_then(Value::as_str).unwrap_or("");
     let name = json.get("Name").and_then(Value::as_str).unwrap_or("");
@@ -119,7 +123,9 @@ pub async fn get_one(
     reply::blocking(&state, &options, topics, |tables| {
         match tables.config_entry(&kind, &name) {
             Some(entry) => Ok((entry.indexes.modify, Reply::Json(entry_json(entry)))),
-            None if options.index > 0 => Ok((tables.config_kind_index(&kind), Reply::Json(Value::Null))),
+            None if options.index > 0 => {
+                Ok((tables.config_kind_index(&kind), Reply::Json(Value::Null)))
+            }
             None => Err(ApiError::NotFound(format!(
                 "Config entry not found for {kind:?} / {name:?}"
             ))),
@@ -167,11 +173,7 @@ pub async fn delete(
         .authorizer
         .authorize(call.token().as_deref(), access(&kind, &name, true))?;
     let cas = call.number("cas")?;
-    let command = Command::ConfigEntryDelete {
-        kind,
-        name,
-        cas,
-    };
+    let command = Command::ConfigEntryDelete { kind, name, cas };
     let applied = match state.rpc.write(command).await?.1 {
         CommandResult::Cas(applied) => applied,
         other => return Err(ApiError::Internal(format!("unexpected result {other:?}"))),
@@ -230,8 +232,8 @@ async fn chain_reply(
             datacenter: &datacenter,
             trust_domain: &trust_domain,
         };
-        let compiled = chain::compile(tables, &service, &context, &overrides)
-            .map_err(ApiError::Internal)?;
+        let compiled =
+            chain::compile(tables, &service, &context, &overrides).map_err(ApiError::Internal)?;
         let index = CHAIN_KINDS
             .iter()
             .map(|kind| tables.config_kind_index(kind))

@@ -130,7 +130,10 @@ pub async fn put_configuration(
         .authorize(call.token().as_deref(), Access::OperatorWrite)?;
     let body = super::body::read_json(&state, &call, body).await?;
     let body = crate::api::decode::canonicalize(body);
-    let provider = body.get("Provider").and_then(Value::as_str).unwrap_or("consul");
+    let provider = body
+        .get("Provider")
+        .and_then(Value::as_str)
+        .unwrap_or("consul");
     if !provider.is_empty() && provider != "consul" {
         return Err(ApiError::BadRequest(format!(
             "Provider {provider:?} is not supported; concord has the built-in \"consul\" provider"
@@ -142,7 +145,8 @@ pub async fn put_configuration(
         .unwrap_or(false)
     {
         return Err(ApiError::BadRequest(
-            "ForceWithoutCrossSigning is not needed: the built-in provider always cross-signs".into(),
+            "ForceWithoutCrossSigning is not needed: the built-in provider always cross-signs"
+                .into(),
         ));
     }
     let current = state

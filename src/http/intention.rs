@@ -173,10 +173,9 @@ pub async fn get_exact(
     let source = required(&call, "source")?.to_string();
     let destination = required(&call, "destination")?.to_string();
     let options = call.read_options(&state)?;
-    state.authorizer.authorize(
-        call.token().as_deref(),
-        Access::IntentionRead(&destination),
-    )?;
+    state
+        .authorizer
+        .authorize(call.token().as_deref(), Access::IntentionRead(&destination))?;
     let topics = vec![(kind_topic(SERVICE_INTENTIONS), Match::Exact)];
     reply::blocking(&state, &options, topics, |tables| {
         let index = tables.config_kind_index(SERVICE_INTENTIONS);
@@ -280,10 +279,9 @@ pub async fn check(State(state): State<Arc<AppState>>, call: Call) -> Result<Res
         }
     }
     let options = call.read_options(&state)?;
-    state.authorizer.authorize(
-        call.token().as_deref(),
-        Access::IntentionRead(&destination),
-    )?;
+    state
+        .authorizer
+        .authorize(call.token().as_deref(), Access::IntentionRead(&destination))?;
     let policy = default_policy(&state);
     let topics = vec![(kind_topic(SERVICE_INTENTIONS), Match::Exact)];
     reply::blocking(&state, &options, topics, |tables| {
@@ -360,13 +358,15 @@ pub async fn get_by_id(
     let options = call.read_options(&state)?;
     let token = call.token();
     let topics = vec![(kind_topic(SERVICE_INTENTIONS), Match::Exact)];
-    reply::blocking(&state, &options, topics, |tables| match by_id(tables, &id) {
-        Some(found) if readable(&state, token.as_deref(), &found) => Ok((
-            tables.config_kind_index(SERVICE_INTENTIONS),
-            Reply::Json(intention::to_json(&found)),
-        )),
-        Some(_) => Err(ApiError::PermissionDenied),
-        None => Err(ApiError::NotFound(format!("Intention not found: {id}"))),
+    reply::blocking(&state, &options, topics, |tables| {
+        match by_id(tables, &id) {
+            Some(found) if readable(&state, token.as_deref(), &found) => Ok((
+                tables.config_kind_index(SERVICE_INTENTIONS),
+                Reply::Json(intention::to_json(&found)),
+            )),
+            Some(_) => Err(ApiError::PermissionDenied),
+            None => Err(ApiError::NotFound(format!("Intention not found: {id}"))),
+        }
     })
     .await
 }
@@ -447,14 +447,18 @@ pub async fn authorize(
         .unwrap_or("")
         .to_string();
     if target.is_empty() {
-        return Err(ApiError::BadRequest("Target service must be specified".into()));
+        return Err(ApiError::BadRequest(
+            "Target service must be specified".into(),
+        ));
     }
     let uri = body
         .get("ClientCertURI")
         .and_then(Value::as_str)
         .unwrap_or("");
     if uri.is_empty() {
-        return Err(ApiError::BadRequest("ClientCertURI must be specified".into()));
+        return Err(ApiError::BadRequest(
+            "ClientCertURI must be specified".into(),
+        ));
     }
     let client = parse_spiffe_service_id(uri).ok_or_else(|| {
         ApiError::BadRequest(format!(

@@ -25,7 +25,8 @@ pub const CA_TOPIC: &str = "connect/ca";
 
 impl Tables {
     pub fn config_entry(&self, kind: &str, name: &str) -> Option<&Arc<ConfigEntry>> {
-        self.config_entries.get(&(kind.to_string(), name.to_string()))
+        self.config_entries
+            .get(&(kind.to_string(), name.to_string()))
     }
 
     /// Every entry of `kind`, ordered by name.

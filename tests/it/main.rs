@@ -4,6 +4,8 @@
 mod blocking;
 mod catalog;
 mod cli;
+mod connect_ca;
+mod connect_entries;
 mod durability;
 mod health;
 mod kv;
