@@ -115,6 +115,7 @@ impl Agent {
                     ..Service::default()
                 },
                 checks: Vec::new(),
+                sidecar: None,
             })?;
         }
         agent.apply_config(&config.services, &config.checks)?;
@@ -281,7 +282,11 @@ impl Agent {
     }
 
     /// Adds or replaces a service and the checks defined with it.
-    pub fn add_service(self: &Arc<Self>, definition: ServiceDefinition) -> Result<(), String> {
+    pub fn add_service(self: &Arc<Self>, mut definition: ServiceDefinition) -> Result<(), String> {
+        if let Some(sidecar) = definition.sidecar.take() {
+            let sidecar = self.assign_sidecar_port(*sidecar)?;
+            self.add_service(sidecar)?;
+        }
         let id = definition.service.id.clone();
         {
             let mut state = self.state();
@@ -309,8 +314,52 @@ impl Agent {
         Ok(())
     }
 
-    /// Removes a service and its checks; false when it was not registered.
+    /// Gives a sidecar without a port one from `ports.sidecar_min_port..=sidecar_max_port`:
+    /// the port it had if it is being re-registered, else the lowest one no local service
+    /// uses (Consul's rule), and points its listening check at that port.
+    fn assign_sidecar_port(&self, mut sidecar: ServiceDefinition) -> Result<ServiceDefinition, String> {
+        if sidecar.service.port == 0 {
+            let (min, max) = match (self.config.ports.sidecar_min_port, self.config.ports.sidecar_max_port) {
+                (Some(min), Some(max)) => (min, max),
+                _ => return Err("no port provided for sidecar_service and auto-assignment disabled in config".into()),
+            };
+            let state = self.state();
+            let previous = state
+                .services
+                .get(&sidecar.service.id)
+                .map(|service| service.port)
+                .filter(|port| (min..=max).contains(port));
+            let used: BTreeSet<u16> = state.services.values().map(|service| service.port).collect();
+            sidecar.service.port = previous
+                .or_else(|| (min..=max).find(|port| !used.contains(port)))
+                .ok_or_else(|| format!(
+                    "no port provided for sidecar_service and none left in the configured range [{min}, {max}]"
+                ))?;
+        }
+        let address = definition::sidecar_check_address(&sidecar.service);
+        for check in &mut sidecar.checks {
+            if let CheckKind::Tcp { address: dial } = &mut check.kind {
+                if dial.ends_with(":0") {
+                    *dial = format!("{address}:{}", sidecar.service.port);
+                }
+            }
+        }
+        Ok(sidecar)
+    }
+
+    /// Removes a service and its checks, and the sidecar registered with it; false when it was
+    /// not registered.
     pub fn remove_service(&self, id: &str) -> bool {
+        let sidecar_id = format!("{id}-sidecar-proxy");
+        let is_its_sidecar = self.state().services.get(&sidecar_id).is_some_and(|sidecar| {
+            sidecar
+                .proxy
+                .as_ref()
+                .is_some_and(|proxy| proxy.destination_service_id == id)
+        });
+        if is_its_sidecar {
+            self.remove_service(&sidecar_id);
+        }
         let mut state = self.state();
         let removed = state.services.remove(id).is_some();
         let checks: Vec<String> = state

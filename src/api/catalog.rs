@@ -68,7 +68,70 @@ pub fn agent_service(service: &Service, datacenter: &str) -> Value {
     if !service.kind.is_empty() {
         value["Kind"] = Value::String(service.kind.clone());
     }
+    if service.proxy.is_some() {
+        value["Proxy"] = proxy_json(service);
+    }
+    if service.connect_native {
+        value["Connect"] = json!({"Native": true});
+    }
     value
+}
+
+fn opaque(text: &str) -> Option<Value> {
+    (!text.is_empty())
+        .then(|| serde_json::from_str(text).ok())
+        .flatten()
+}
+
+/// `Proxy` / `ServiceProxy` in Consul's order and emptiness rules: `Mode` always, `Config`
+/// and `Upstreams` only when set, `MeshGateway` and `Expose` as `{}`.
+pub fn proxy_json(service: &Service) -> Value {
+    let Some(proxy) = &service.proxy else {
+        return json!({"MeshGateway": {}, "Expose": {}});
+    };
+    let mut value = serde_json::Map::new();
+    value.insert("DestinationServiceName".into(), json!(proxy.destination_service_name));
+    if !proxy.destination_service_id.is_empty() {
+        value.insert("DestinationServiceID".into(), json!(proxy.destination_service_id));
+    }
+    if !proxy.local_service_address.is_empty() {
+        value.insert("LocalServiceAddress".into(), json!(proxy.local_service_address));
+    }
+    if proxy.local_service_port != 0 {
+        value.insert("LocalServicePort".into(), json!(proxy.local_service_port));
+    }
+    value.insert("Mode".into(), json!(proxy.mode));
+    if let Some(config) = opaque(&proxy.config_json) {
+        value.insert("Config".into(), config);
+    }
+    if !proxy.upstreams.is_empty() {
+        let upstreams: Vec<Value> = proxy
+            .upstreams
+            .iter()
+            .map(|upstream| {
+                let mut item = json!({
+                    "DestinationType": upstream.destination_type,
+                    "DestinationName": upstream.destination_name,
+                    "LocalBindPort": upstream.local_bind_port,
+                    "MeshGateway": {},
+                });
+                if !upstream.datacenter.is_empty() {
+                    item["Datacenter"] = json!(upstream.datacenter);
+                }
+                if !upstream.local_bind_address.is_empty() {
+                    item["LocalBindAddress"] = json!(upstream.local_bind_address);
+                }
+                if let Some(config) = opaque(&upstream.config_json) {
+                    item["Config"] = config;
+                }
+                item
+            })
+            .collect();
+        value.insert("Upstreams".into(), Value::Array(upstreams));
+    }
+    value.insert("MeshGateway".into(), json!({}));
+    value.insert("Expose".into(), json!({}));
+    Value::Object(value)
 }
 
 /// The shape of one instance in `/v1/catalog/service/:name`.
@@ -91,8 +154,8 @@ pub fn service_node(node: &Node, service: &Service) -> Value {
         "ServicePort": service.port,
         "ServiceSocketPath": "",
         "ServiceEnableTagOverride": service.enable_tag_override,
-        "ServiceProxy": {"MeshGateway": {}, "Expose": {}},
-        "ServiceConnect": {},
+        "ServiceProxy": proxy_json(service),
+        "ServiceConnect": if service.connect_native { json!({"Native": true}) } else { json!({}) },
         "CreateIndex": service.indexes.create,
         "ModifyIndex": service.indexes.modify,
     })

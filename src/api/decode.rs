@@ -16,6 +16,21 @@ const FIELDS: &[&str] = &[
     "Body",
     "Check",
     "CheckID",
+    "Config",
+    "Connect",
+    "DestinationName",
+    "DestinationServiceID",
+    "DestinationServiceName",
+    "DestinationType",
+    "LocalBindAddress",
+    "LocalBindPort",
+    "LocalServiceAddress",
+    "LocalServicePort",
+    "Mode",
+    "Native",
+    "Proxy",
+    "SidecarService",
+    "Upstreams",
     "Checks",
     "Datacenter",
     "Definition",
@@ -72,7 +87,7 @@ const FIELDS: &[&str] = &[
 ];
 
 /// Fields whose object value is a map of user-chosen keys.
-const FREE_FORM_MAPS: &[&str] = &["Meta", "NodeMeta", "TaggedAddresses", "Header"];
+const FREE_FORM_MAPS: &[&str] = &["Meta", "NodeMeta", "TaggedAddresses", "Header", "Config"];
 
 fn fold(name: &str) -> String {
     name.chars()

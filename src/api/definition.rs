@@ -14,6 +14,7 @@ use super::catalog::{ServiceAddressIn, WeightsIn};
 use super::decode::canonicalize;
 use crate::types::agent::{CheckDefinition, CheckKind, ServiceDefinition};
 use crate::types::duration::parse_go_duration;
+use crate::types::connect::{ServiceProxy, Upstream};
 use crate::types::{HealthStatus, RaftIndexes, Service, ServiceAddress, Weights};
 
 /// Consul's floor for check intervals.
@@ -46,6 +47,172 @@ struct ServiceIn {
     enable_tag_override: bool,
     check: Option<CheckIn>,
     checks: Vec<CheckIn>,
+    proxy: Option<ProxyIn>,
+    connect: Option<ConnectIn>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct ProxyIn {
+    destination_service_name: String,
+    #[serde(rename = "DestinationServiceID")]
+    destination_service_id: String,
+    local_service_address: String,
+    local_service_port: u16,
+    mode: String,
+    config: Option<Value>,
+    upstreams: Vec<UpstreamIn>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct UpstreamIn {
+    destination_type: String,
+    destination_name: String,
+    datacenter: String,
+    local_bind_address: String,
+    local_bind_port: u16,
+    config: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct ConnectIn {
+    native: bool,
+    sidecar_service: Option<Value>,
+}
+
+fn json_text(value: Option<Value>) -> String {
+    value
+        .filter(|value| !value.is_null())
+        .map(|value| value.to_string())
+        .unwrap_or_default()
+}
+
+fn proxy(input: ProxyIn) -> Result<ServiceProxy, String> {
+    let mut upstreams = Vec::with_capacity(input.upstreams.len());
+    for (i, upstream) in input.upstreams.into_iter().enumerate() {
+        if upstream.destination_name.is_empty() {
+            return Err(format!("Proxy.Upstreams[{i}]: DestinationName is required"));
+        }
+        let kind = match upstream.destination_type.as_str() {
+            "" | "service" => "service",
+            "prepared_query" => "prepared_query",
+            other => {
+                return Err(format!(
+                    "Proxy.Upstreams[{i}]: DestinationType {other:?} must be service or prepared_query"
+                ))
+            }
+        };
+        upstreams.push(Upstream {
+            destination_type: kind.into(),
+            destination_name: upstream.destination_name,
+            datacenter: upstream.datacenter,
+            local_bind_address: upstream.local_bind_address,
+            local_bind_port: upstream.local_bind_port,
+            config_json: json_text(upstream.config),
+        });
+    }
+    Ok(ServiceProxy {
+        destination_service_name: input.destination_service_name,
+        destination_service_id: input.destination_service_id,
+        local_service_address: input.local_service_address,
+        local_service_port: input.local_service_port,
+        mode: input.mode,
+        config_json: json_text(input.config),
+        upstreams,
+    })
+}
+
+/// Expands `connect { sidecar_service {} }` as Consul does: a `connect-proxy` service named
+/// after its parent, inheriting address, tags and meta when it sets none, proxying to the
+/// parent on 127.0.0.1, with a listening check and an alias of the parent unless it defines
+/// its own checks. The port stays 0 for the agent to assign.
+fn sidecar(
+    value: Value,
+    parent: &Service,
+    policy: DefinitionPolicy,
+) -> Result<ServiceDefinition, String> {
+    let mut value = canonicalize(value);
+    let object = value
+        .as_object_mut()
+        .ok_or("Connect.SidecarService must be an object")?;
+    if object.contains_key("Connect") {
+        return Err("Connect.SidecarService cannot itself have a Connect block".into());
+    }
+    let name = format!("{}-sidecar-proxy", parent.name);
+    object
+        .entry("Name")
+        .or_insert_with(|| Value::String(name.clone()));
+    let mut definition = service(value, policy)
+        .map_err(|error| format!("Connect.SidecarService: {error}"))?;
+    let id = format!("{}-sidecar-proxy", parent.id);
+    let proxy_service = &mut definition.service;
+    proxy_service.id = id.clone();
+    if proxy_service.kind.is_empty() {
+        proxy_service.kind = "connect-proxy".into();
+    }
+    if proxy_service.address.is_empty() {
+        proxy_service.address = parent.address.clone();
+    }
+    if proxy_service.tags.is_empty() {
+        proxy_service.tags = parent.tags.clone();
+    }
+    if proxy_service.meta.is_empty() {
+        proxy_service.meta = parent.meta.clone();
+    }
+    let proxy = proxy_service.proxy.get_or_insert_with(ServiceProxy::default);
+    if proxy.destination_service_name.is_empty() {
+        proxy.destination_service_name = parent.name.clone();
+    }
+    if proxy.destination_service_id.is_empty() {
+        proxy.destination_service_id = parent.id.clone();
+    }
+    if proxy.local_service_address.is_empty() {
+        proxy.local_service_address = "127.0.0.1".into();
+    }
+    if proxy.local_service_port == 0 {
+        proxy.local_service_port = parent.port;
+    }
+    for check in &mut definition.checks {
+        check.service_id = id.clone();
+    }
+    if definition.checks.is_empty() {
+        let checks = vec![
+            CheckIn {
+                check_id: format!("service:{id}:1"),
+                name: "Connect Sidecar Listening".into(),
+                // The port is filled in when the agent assigns it.
+                tcp: format!("{}:{}", sidecar_check_address(proxy_service), proxy_service.port),
+                interval: "10s".into(),
+                ..CheckIn::default()
+            },
+            CheckIn {
+                check_id: format!("service:{id}:2"),
+                name: format!("Connect Sidecar Aliasing {}", parent.id),
+                alias_service: parent.id.clone(),
+                ..CheckIn::default()
+            },
+        ];
+        for mut check in checks {
+            check.service_id = id.clone();
+            definition.checks.push(check_definition(check, policy)?);
+        }
+    }
+    Ok(definition)
+}
+
+/// The address the sidecar's listening check dials.
+pub fn sidecar_check_address(service: &Service) -> String {
+    if !service.address.is_empty() {
+        return service.address.clone();
+    }
+    service
+        .proxy
+        .as_ref()
+        .map(|proxy| proxy.local_service_address.clone())
+        .filter(|address| !address.is_empty())
+        .unwrap_or_else(|| "127.0.0.1".into())
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -142,10 +309,18 @@ pub fn service(value: Value, policy: DefinitionPolicy) -> Result<ServiceDefiniti
             .collect(),
         weights,
         enable_tag_override: input.enable_tag_override,
-        proxy: None,
-        connect_native: false,
+        proxy: input.proxy.map(proxy).transpose()?,
+        connect_native: input.connect.as_ref().is_some_and(|connect| connect.native),
         indexes: RaftIndexes::default(),
     };
+    if service.kind == "connect-proxy"
+        && service
+            .proxy
+            .as_ref()
+            .is_none_or(|proxy| proxy.destination_service_name.is_empty())
+    {
+        return Err("Proxy.DestinationServiceName must be set for a connect-proxy service".into());
+    }
     let inputs: Vec<CheckIn> = input.check.into_iter().chain(input.checks).collect();
     let count = inputs.len();
     let mut checks = Vec::with_capacity(count);
@@ -164,7 +339,15 @@ pub fn service(value: Value, policy: DefinitionPolicy) -> Result<ServiceDefiniti
         }
         checks.push(check_definition(check, policy)?);
     }
-    Ok(ServiceDefinition { service, checks })
+    let sidecar = match input.connect.and_then(|connect| connect.sidecar_service) {
+        Some(value) if !value.is_null() => Some(Box::new(sidecar(value, &service, policy)?)),
+        _ => None,
+    };
+    Ok(ServiceDefinition {
+        service,
+        checks,
+        sidecar,
+    })
 }
 
 /// Parses one check definition.

@@ -163,6 +163,31 @@ pub async fn service(
     .await
 }
 
+/// `GET /v1/catalog/connect/:name`: the instances that take mesh traffic for `name` (its
+/// sidecar proxies and Connect-native instances), as catalog service nodes.
+pub async fn connect(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    call: Call,
+) -> Result<Response, ApiError> {
+    let options = call.read_options(&state)?;
+    state
+        .authorizer
+        .authorize(call.token().as_deref(), Access::ServiceRead(&name))?;
+    let topics = vec![(SERVICES_TOPIC.to_string(), Match::Exact)];
+    reply::blocking(&state, &options, topics, |tables| {
+        let instances = tables
+            .connect_nodes(&name)
+            .map(|(node, service)| wire::service_node(node, service))
+            .collect();
+        Ok((
+            tables.table_index().services,
+            Reply::Json(Value::Array(options.filter_list(instances))),
+        ))
+    })
+    .await
+}
+
 /// How `/v1/catalog/node/:node` and `/v1/catalog/node-services/:node` shape a node's services:
 /// a map by service id, or a list.
 #[derive(Clone, Copy)]

@@ -13,7 +13,7 @@ use super::reply::{self, Reply};
 use super::AppState;
 use crate::acl::Access;
 use crate::api::catalog as wire;
-use crate::state::catalog::{node_topic, service_topic, CHECKS_TOPIC};
+use crate::state::catalog::{node_topic, service_topic, CHECKS_TOPIC, SERVICES_TOPIC};
 use crate::state::Match;
 use crate::types::HealthStatus;
 
@@ -24,17 +24,48 @@ pub async fn service(
     Path(name): Path<String>,
     call: Call,
 ) -> Result<Response, ApiError> {
-    let options = call.read_options(&state)?;
+    instances(&state, name, call, false).await
+}
+
+/// `GET /v1/health/connect/:name`: the same for the instances that take mesh traffic for
+/// `name` (its sidecar proxies and Connect-native instances).
+pub async fn connect(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    call: Call,
+) -> Result<Response, ApiError> {
+    instances(&state, name, call, true).await
+}
+
+async fn instances(
+    state: &AppState,
+    name: String,
+    call: Call,
+    connect: bool,
+) -> Result<Response, ApiError> {
+    let options = call.read_options(state)?;
     state
         .authorizer
         .authorize(call.token().as_deref(), Access::ServiceRead(&name))?;
     let passing_only = call.has("passing") && call.get("passing") != Some("false");
     let tags: Vec<String> = call.all("tag").map(str::to_string).collect();
     let datacenter = state.config.datacenter.clone();
-    let topics = vec![(service_topic(&name), Match::Exact)];
-    reply::blocking(&state, &options, topics, |tables| {
-        let entries = tables
-            .service_nodes(&name)
+    // Proxies have names of their own, so a connect read wakes on any service or check change.
+    let topics = if connect {
+        vec![
+            (SERVICES_TOPIC.to_string(), Match::Exact),
+            (CHECKS_TOPIC.to_string(), Match::Exact),
+        ]
+    } else {
+        vec![(service_topic(&name), Match::Exact)]
+    };
+    reply::blocking(state, &options, topics, |tables| {
+        let found: Box<dyn Iterator<Item = _>> = if connect {
+            Box::new(tables.connect_nodes(&name))
+        } else {
+            Box::new(tables.service_nodes(&name))
+        };
+        let entries = found
             .filter(|(_, service)| tags.iter().all(|tag| service.tags.contains(tag)))
             .filter_map(|(node, service)| {
                 let checks: Vec<_> = tables.instance_checks(&node.name, &service.id).collect();
@@ -48,10 +79,13 @@ pub async fn service(
                 }))
             })
             .collect();
-        Ok((
-            tables.service_index(&name),
-            Reply::Json(Value::Array(options.filter_list(entries))),
-        ))
+        let index = if connect {
+            let indexes = tables.table_index();
+            indexes.services.max(indexes.checks)
+        } else {
+            tables.service_index(&name)
+        };
+        Ok((index, Reply::Json(Value::Array(options.filter_list(entries)))))
     })
     .await
 }

@@ -65,6 +65,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/catalog/nodes", get(catalog::nodes))
         .route("/v1/catalog/services", get(catalog::services))
         .route("/v1/catalog/service/{name}", get(catalog::service))
+        .route("/v1/catalog/connect/{name}", get(catalog::connect))
         .route("/v1/catalog/node/{node}", get(catalog::node))
         .route(
             "/v1/catalog/node-services/{node}",
@@ -155,6 +156,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .delete(intention::delete_by_id),
         )
         .route("/v1/health/service/{name}", get(health::service))
+        .route("/v1/health/connect/{name}", get(health::connect))
         .route("/v1/health/checks/{name}", get(health::service_checks))
         .route("/v1/health/node/{node}", get(health::node))
         .route("/v1/health/state/{state}", get(health::in_state))

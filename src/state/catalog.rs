@@ -55,6 +55,28 @@ impl Tables {
             .map(|((node, _), service)| (node.as_str(), service))
     }
 
+    /// The instances that accept mesh traffic for `name`: its connect proxies and its
+    /// Connect-native instances. A scan of every service: fine for the catalogs concord
+    /// serves today; an index by destination is the fix when it shows in a profile.
+    pub fn connect_nodes<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> impl Iterator<Item = (&'a Node, &'a Service)> + 'a {
+        self.services.iter().filter_map(move |((node, _), service)| {
+            let proxies_for_name = service.kind == "connect-proxy"
+                && service
+                    .proxy
+                    .as_ref()
+                    .is_some_and(|proxy| proxy.destination_service_name == name);
+            let native = service.connect_native && service.name == name;
+            if proxies_for_name || native {
+                Some((self.nodes.get(node)?, service))
+            } else {
+                None
+            }
+        })
+    }
+
     /// Checks on one node, node-level and service-level.
     pub fn node_checks<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Check> + 'a {
         self.checks

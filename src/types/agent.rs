@@ -10,6 +10,9 @@ use super::{HealthStatus, Service};
 pub struct ServiceDefinition {
     pub service: Service,
     pub checks: Vec<CheckDefinition>,
+    /// `connect { sidecar_service {} }`: the sidecar proxy registered with (and removed
+    /// with) this service. Its port is 0 until the agent assigns one from the sidecar range.
+    pub sidecar: Option<Box<ServiceDefinition>>,
 }
 
 /// How a check decides its status.

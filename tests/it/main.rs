@@ -6,6 +6,7 @@ mod catalog;
 mod cli;
 mod connect_ca;
 mod connect_entries;
+mod connect_sidecar;
 mod durability;
 mod health;
 mod kv;
