@@ -317,11 +317,20 @@ impl Agent {
     /// Gives a sidecar without a port one from `ports.sidecar_min_port..=sidecar_max_port`:
     /// the port it had if it is being re-registered, else the lowest one no local service
     /// uses (Consul's rule), and points its listening check at that port.
-    fn assign_sidecar_port(&self, mut sidecar: ServiceDefinition) -> Result<ServiceDefinition, String> {
+    fn assign_sidecar_port(
+        &self,
+        mut sidecar: ServiceDefinition,
+    ) -> Result<ServiceDefinition, String> {
         if sidecar.service.port == 0 {
-            let (min, max) = match (self.config.ports.sidecar_min_port, self.config.ports.sidecar_max_port) {
+            let (min, max) = match (
+                self.config.ports.sidecar_min_port,
+                self.config.ports.sidecar_max_port,
+            ) {
                 (Some(min), Some(max)) => (min, max),
-                _ => return Err("no port provided for sidecar_service and auto-assignment disabled in config".into()),
+                _ => return Err(
+                    "no port provided for sidecar_service and auto-assignment disabled in config"
+                        .into(),
+                ),
             };
             let state = self.state();
             let previous = state
@@ -329,7 +338,11 @@ impl Agent {
                 .get(&sidecar.service.id)
                 .map(|service| service.port)
                 .filter(|port| (min..=max).contains(port));
-            let used: BTreeSet<u16> = state.services.values().map(|service| service.port).collect();
+            let used: BTreeSet<u16> = state
+                .services
+                .values()
+                .map(|service| service.port)
+                .collect();
             sidecar.service.port = previous
                 .or_else(|| (min..=max).find(|port| !used.contains(port)))
                 .ok_or_else(|| format!(
@@ -351,12 +364,16 @@ impl Agent {
     /// not registered.
     pub fn remove_service(&self, id: &str) -> bool {
         let sidecar_id = format!("{id}-sidecar-proxy");
-        let is_its_sidecar = self.state().services.get(&sidecar_id).is_some_and(|sidecar| {
-            sidecar
-                .proxy
-                .as_ref()
-                .is_some_and(|proxy| proxy.destination_service_id == id)
-        });
+        let is_its_sidecar = self
+            .state()
+            .services
+            .get(&sidecar_id)
+            .is_some_and(|sidecar| {
+                sidecar
+                    .proxy
+                    .as_ref()
+                    .is_some_and(|proxy| proxy.destination_service_id == id)
+            });
         if is_its_sidecar {
             self.remove_service(&sidecar_id);
         }

@@ -90,12 +90,21 @@ pub fn proxy_json(service: &Service) -> Value {
         return json!({"MeshGateway": {}, "Expose": {}});
     };
     let mut value = serde_json::Map::new();
-    value.insert("DestinationServiceName".into(), json!(proxy.destination_service_name));
+    value.insert(
+        "DestinationServiceName".into(),
+        json!(proxy.destination_service_name),
+    );
     if !proxy.destination_service_id.is_empty() {
-        value.insert("DestinationServiceID".into(), json!(proxy.destination_service_id));
+        value.insert(
+            "DestinationServiceID".into(),
+            json!(proxy.destination_service_id),
+        );
     }
     if !proxy.local_service_address.is_empty() {
-        value.insert("LocalServiceAddress".into(), json!(proxy.local_service_address));
+        value.insert(
+            "LocalServiceAddress".into(),
+            json!(proxy.local_service_address),
+        );
     }
     if proxy.local_service_port != 0 {
         value.insert("LocalServicePort".into(), json!(proxy.local_service_port));

@@ -13,8 +13,8 @@ use serde_json::Value;
 use super::catalog::{ServiceAddressIn, WeightsIn};
 use super::decode::canonicalize;
 use crate::types::agent::{CheckDefinition, CheckKind, ServiceDefinition};
-use crate::types::duration::parse_go_duration;
 use crate::types::connect::{ServiceProxy, Upstream};
+use crate::types::duration::parse_go_duration;
 use crate::types::{HealthStatus, RaftIndexes, Service, ServiceAddress, Weights};
 
 /// Consul's floor for check intervals.
@@ -100,8 +100,8 @@ fn proxy(input: ProxyIn) -> Result<ServiceProxy, String> {
             "prepared_query" => "prepared_query",
             other => {
                 return Err(format!(
-                    "Proxy.Upstreams[{i}]: DestinationType {other:?} must be service or prepared_query"
-                ))
+                "Proxy.Upstreams[{i}]: DestinationType {other:?} must be service or prepared_query"
+            ))
             }
         };
         upstreams.push(Upstream {
@@ -144,8 +144,8 @@ fn sidecar(
     object
         .entry("Name")
         .or_insert_with(|| Value::String(name.clone()));
-    let mut definition = service(value, policy)
-        .map_err(|error| format!("Connect.SidecarService: {error}"))?;
+    let mut definition =
+        service(value, policy).map_err(|error| format!("Connect.SidecarService: {error}"))?;
     let id = format!("{}-sidecar-proxy", parent.id);
     let proxy_service = &mut definition.service;
     proxy_service.id = id.clone();
@@ -161,7 +161,9 @@ fn sidecar(
     if proxy_service.meta.is_empty() {
         proxy_service.meta = parent.meta.clone();
     }
-    let proxy = proxy_service.proxy.get_or_insert_with(ServiceProxy::default);
+    let proxy = proxy_service
+        .proxy
+        .get_or_insert_with(ServiceProxy::default);
     if proxy.destination_service_name.is_empty() {
         proxy.destination_service_name = parent.name.clone();
     }
@@ -183,7 +185,11 @@ fn sidecar(
                 check_id: format!("service:{id}:1"),
                 name: "Connect Sidecar Listening".into(),
                 // The port is filled in when the agent assigns it.
-                tcp: format!("{}:{}", sidecar_check_address(proxy_service), proxy_service.port),
+                tcp: format!(
+                    "{}:{}",
+                    sidecar_check_address(proxy_service),
+                    proxy_service.port
+                ),
                 interval: "10s".into(),
                 ..CheckIn::default()
             },

@@ -128,6 +128,7 @@ pub struct RuntimeConfig {
     pub check_update_interval: Duration,
     pub connect_enabled: bool,
     /// The built-in CA's configuration the leader bootstraps with.
+    #[serde(serialize_with = "serialize_ca_config")]
     pub ca_config: crate::types::connect::CaConfig,
     /// `allow`/`deny` when no intention matches; `None` falls back to the ACL default.
     pub default_intention_policy: Option<String>,
@@ -138,6 +139,13 @@ pub struct RuntimeConfig {
     pub services: Vec<ServiceDefinition>,
     #[serde(skip)]
     pub checks: Vec<CheckDefinition>,
+}
+
+fn serialize_ca_config<S: serde::Serializer>(
+    config: &crate::types::connect::CaConfig,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serde::Serialize::serialize(&crate::connect::ca_config::to_json(config), serializer)
 }
 
 fn serialize_duration<S: serde::Serializer>(

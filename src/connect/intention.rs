@@ -6,7 +6,6 @@
 //! whose source and destination match decides. At equal precedence a deny sorts first, so an
 //! ambiguity can only ever fail closed.
 
-use std::cmp::Ordering;
 use std::sync::Arc;
 
 use serde_json::{json, Value};
@@ -86,24 +85,19 @@ impl Intention {
 }
 
 /// Sorts by precedence (highest first), deny before allow, then names, as Consul lists them.
+/// Keys are computed once per intention: comparing would otherwise re-read each source's
+/// typed view for every comparison.
 pub fn sort(intentions: &mut [Intention]) {
-    intentions.sort_by(compare);
-}
-
-fn compare(a: &Intention, b: &Intention) -> Ordering {
-    b.precedence
-        .cmp(&a.precedence)
-        .then_with(|| deny_rank(a).cmp(&deny_rank(b)))
-        .then_with(|| a.source().cmp(&b.source()))
-        .then_with(|| a.destination().cmp(b.destination()))
-}
-
-fn deny_rank(intention: &Intention) -> u8 {
-    if intention.action() == "deny" {
-        0
-    } else {
-        1
-    }
+    intentions.sort_by_cached_key(|intention| {
+        let (source, deny) =
+            intention.with_source(|source| (source.name.clone(), source.action != "deny"));
+        (
+            std::cmp::Reverse(intention.precedence),
+            deny,
+            source,
+            intention.destination().to_string(),
+        )
+    });
 }
 
 fn of_entry(

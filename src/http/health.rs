@@ -85,7 +85,10 @@ async fn instances(
         } else {
             tables.service_index(&name)
         };
-        Ok((index, Reply::Json(Value::Array(options.filter_list(entries)))))
+        Ok((
+            index,
+            Reply::Json(Value::Array(options.filter_list(entries))),
+        ))
     })
     .await
 }

@@ -62,19 +62,21 @@ impl Tables {
         &'a self,
         name: &'a str,
     ) -> impl Iterator<Item = (&'a Node, &'a Service)> + 'a {
-        self.services.iter().filter_map(move |((node, _), service)| {
-            let proxies_for_name = service.kind == "connect-proxy"
-                && service
-                    .proxy
-                    .as_ref()
-                    .is_some_and(|proxy| proxy.destination_service_name == name);
-            let native = service.connect_native && service.name == name;
-            if proxies_for_name || native {
-                Some((self.nodes.get(node)?, service))
-            } else {
-                None
-            }
-        })
+        self.services
+            .iter()
+            .filter_map(move |((node, _), service)| {
+                let proxies_for_name = service.kind == "connect-proxy"
+                    && service
+                        .proxy
+                        .as_ref()
+                        .is_some_and(|proxy| proxy.destination_service_name == name);
+                let native = service.connect_native && service.name == name;
+                if proxies_for_name || native {
+                    Some((self.nodes.get(node)?, service))
+                } else {
+                    None
+                }
+            })
     }
 
     /// Checks on one node, node-level and service-level.

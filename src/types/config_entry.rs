@@ -418,8 +418,10 @@ pub struct Mesh {
     pub peering: Opaque,
 }
 
-/// The typed view of one stored entry.
+/// The typed view of one stored entry. One exists per stored entry, behind an `Arc`, so the
+/// size of its largest variant costs nothing worth boxing for.
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Typed {
     ServiceDefaults(ServiceDefaults),
     ProxyDefaults(ProxyDefaults),

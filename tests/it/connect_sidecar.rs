@@ -44,7 +44,11 @@ config_entries {
     assert_eq!(proxy["Kind"], "connect-proxy");
     assert_eq!(proxy["Service"], "web-sidecar-proxy");
     assert_eq!(proxy["Port"], 21000, "the lowest port of the sidecar range");
-    assert_eq!(proxy["Tags"], json!(["v1"]), "tags inherited from the parent");
+    assert_eq!(
+        proxy["Tags"],
+        json!(["v1"]),
+        "tags inherited from the parent"
+    );
     assert_eq!(proxy["Meta"], json!({"version": "v1"}));
     assert_eq!(
         proxy["Proxy"],
@@ -68,32 +72,49 @@ config_entries {
     let api_proxy = &services["api-sidecar-proxy"];
     assert_eq!(api_proxy["Port"], 21001);
     assert_eq!(api_proxy["Proxy"]["Upstreams"][0]["DestinationName"], "web");
-    assert_eq!(api_proxy["Proxy"]["Upstreams"][0]["DestinationType"], "service");
+    assert_eq!(
+        api_proxy["Proxy"]["Upstreams"][0]["DestinationType"],
+        "service"
+    );
     assert_eq!(api_proxy["Proxy"]["Upstreams"][0]["LocalBindPort"], 9191);
 
     // The catalog lists web's proxy under /v1/catalog/connect/web.
-    let nodes: Value = eventually("web's proxy in the catalog", Duration::from_secs(10), || async {
-        let body = json(&client.get("/v1/catalog/connect/web").await.ok()?);
-        (body.as_array()?.len() == 1).then_some(body)
-    })
+    let nodes: Value = eventually(
+        "web's proxy in the catalog",
+        Duration::from_secs(10),
+        || async {
+            let body = json(&client.get("/v1/catalog/connect/web").await.ok()?);
+            (body.as_array()?.len() == 1).then_some(body)
+        },
+    )
     .await;
     assert_eq!(nodes[0]["ServiceKind"], "connect-proxy");
     assert_eq!(nodes[0]["ServiceID"], "web-sidecar-proxy");
     assert_eq!(nodes[0]["ServicePort"], 21000);
     assert_eq!(nodes[0]["ServiceProxy"]["DestinationServiceName"], "web");
-    assert_eq!(json(&client.get("/v1/catalog/connect/db").await.unwrap()), json!([]));
+    assert_eq!(
+        json(&client.get("/v1/catalog/connect/db").await.unwrap()),
+        json!([])
+    );
 
     // Its checks: the listening TCP check and the alias of web.
-    let health = eventually("the sidecar's two checks", Duration::from_secs(10), || async {
-        let health = json(&client.get("/v1/health/connect/web").await.ok()?);
-        let names: Vec<String> = health[0]["Checks"]
-            .as_array()?
-            .iter()
-            .map(|check| check["Name"].as_str().unwrap_or_default().to_string())
-            .collect();
-        let wanted = ["Connect Sidecar Listening", "Connect Sidecar Aliasing web"];
-        wanted.iter().all(|name| names.iter().any(|n| n == name)).then_some(health)
-    })
+    let health = eventually(
+        "the sidecar's two checks",
+        Duration::from_secs(10),
+        || async {
+            let health = json(&client.get("/v1/health/connect/web").await.ok()?);
+            let names: Vec<String> = health[0]["Checks"]
+                .as_array()?
+                .iter()
+                .map(|check| check["Name"].as_str().unwrap_or_default().to_string())
+                .collect();
+            let wanted = ["Connect Sidecar Listening", "Connect Sidecar Aliasing web"];
+            wanted
+                .iter()
+                .all(|name| names.iter().any(|n| n == name))
+                .then_some(health)
+        },
+    )
     .await;
     assert_eq!(health[0]["Service"]["Proxy"]["LocalServicePort"], 8080);
     // Nothing listens on 21000, so the proxy is not passing yet.
@@ -110,7 +131,7 @@ config_entries {
 
     // Deregistering api removes its sidecar with it.
     let response = client
-        .put("/v1/agent/service/deregister/api", Vec::new().into())
+        .put("/v1/agent/service/deregister/api", Vec::new())
         .await
         .unwrap();
     assert_eq!(response.status, 200);
@@ -124,5 +145,9 @@ config_entries {
         .await
         .unwrap();
     assert_eq!(response.status, 400);
-    assert!(response.text().contains("DestinationServiceName"), "{}", response.text());
+    assert!(
+        response.text().contains("DestinationServiceName"),
+        "{}",
+        response.text()
+    );
 }
