@@ -200,9 +200,9 @@ async fn check(matches: &ArgMatches) -> CommandResult {
     }
 }
 
-/// Reads one intention by (source, destination) or, with a single argument, by ID.
-async fn fetch(client: &Client, matches: &ArgMatches) -> Result<Value, String> {
-    let path = match pair(matches) {
+/// The path of one intention: by (source, destination), or with a single argument by ID.
+fn intention_path(matches: &ArgMatches) -> Result<String, String> {
+    Ok(match pair(matches) {
         Some((source, destination)) => format!(
             "/v1/connect/intentions/exact?source={}&destination={}{}",
             encode_query(source),
@@ -218,8 +218,12 @@ async fn fetch(client: &Client, matches: &ArgMatches) -> Result<Value, String> {
                 shared_query(matches)
             )
         }
-    };
-    let response = client.get(&path).await?;
+    })
+}
+
+/// Reads one intention.
+async fn fetch(client: &Client, matches: &ArgMatches) -> Result<Value, String> {
+    let response = client.get(&intention_path(matches)?).await?;
     if response.status != 200 {
         return Err(format!(
             "Error reading the intention: {}",
@@ -330,23 +334,7 @@ async fn matching(matches: &ArgMatches) -> CommandResult {
 
 async fn delete(matches: &ArgMatches) -> CommandResult {
     let client = client(matches)?;
-    let path = match pair(matches) {
-        Some((source, destination)) => format!(
-            "/v1/connect/intentions/exact?source={}&destination={}{}",
-            encode_query(source),
-            encode_query(destination),
-            shared_query(matches)
-        ),
-        None => {
-            let id = get_str(matches, "source")
-                .ok_or("Error: Must specify source and destination, or an intention ID")?;
-            format!(
-                "/v1/connect/intentions/{}?{}",
-                encode_query(id),
-                shared_query(matches)
-            )
-        }
-    };
+    let path = intention_path(matches)?;
     let response = client.delete(&path).await?;
     if response.status != 200 {
         return Err(format!(
