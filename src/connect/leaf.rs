@@ -115,6 +115,16 @@ impl LeafCache {
         }
     }
 
+    /// The certificate each service currently has (services still waiting for their first
+    /// one are absent).
+    pub fn current(&self) -> Vec<Arc<IssuedCert>> {
+        let services = self.services.lock().unwrap_or_else(PoisonError::into_inner);
+        services
+            .values()
+            .filter_map(|receiver| receiver.borrow().clone())
+            .collect()
+    }
+
     fn issue(&self, service: &str) -> Result<IssuedCert, String> {
         let state = self.ca.state().ok_or("Connect CA is not initialized yet")?;
         let uri = spiffe_service_id(&state.trust_domain(), &self.datacenter, service);

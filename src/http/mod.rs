@@ -14,6 +14,7 @@ pub mod error;
 mod health;
 mod intention;
 mod kv;
+mod metrics;
 mod params;
 mod reply;
 mod session;
@@ -78,6 +79,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/agent/members", get(agent::members))
         .route("/v1/agent/leave", put(agent::leave))
         .route("/v1/agent/monitor", get(agent::monitor))
+        .route("/v1/agent/metrics", get(metrics::metrics))
         .route("/v1/agent/join/{address}", put(agent::join))
         .route("/v1/agent/services", get(agent_local::services))
         .route(

@@ -411,3 +411,70 @@ async fn intention_precedence_check_and_authorize_agree() {
         .unwrap();
     assert_eq!(bad.status, 400);
 }
+
+#[tokio::test]
+async fn rate_limited_leaf_issues_are_retried_and_counted() {
+    // One CSR per second: four services asking at once must be retried, not dropped.
+    let agent = Agent::start(AgentOptions {
+        extra_args: vec![
+            "-hcl".into(),
+            "connect { ca_config = { csr_max_per_second = 1 } }".into(),
+        ],
+        ..AgentOptions::default()
+    })
+    .await;
+    ca_ready(&agent).await;
+    let services = ["a", "b", "c", "d"];
+    let requests = services.map(|service| {
+        let client = agent.client();
+        tokio::spawn(async move {
+            client
+                .get(&format!("/v1/agent/connect/ca/leaf/{service}"))
+                .await
+                .unwrap()
+        })
+    });
+    for request in requests {
+        request.await.unwrap();
+    }
+    for service in services {
+        eventually("every leaf issued", Duration::from_secs(30), || async {
+            let response = agent
+                .client()
+                .get(&format!("/v1/agent/connect/ca/leaf/{service}"))
+                .await
+                .ok()?;
+            (response.status == 200).then_some(())
+        })
+        .await;
+    }
+    let metrics = json(&agent.client().get("/v1/agent/metrics").await.unwrap());
+    let failures = metrics["Counters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|counter| counter["Name"] == "concord.connect.leaf.issue_failures")
+        .unwrap()["Count"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        failures > 0,
+        "the rate limit should have refused some signatures: {metrics}"
+    );
+    let gauges = metrics["Gauges"].as_array().unwrap();
+    assert_eq!(gauges.len(), 4, "{metrics}");
+    for gauge in gauges {
+        let left = gauge["Value"].as_f64().unwrap();
+        assert!(left > 71.0 * 3600.0 && left <= 72.0 * 3600.0, "{gauge}");
+    }
+    let text = agent
+        .client()
+        .get("/v1/agent/metrics?format=prometheus")
+        .await
+        .unwrap()
+        .text();
+    assert!(
+        text.contains(&format!("concord_connect_leaf_issue_failures {failures}")),
+        "{text}"
+    );
+}
