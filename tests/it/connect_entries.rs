@@ -132,31 +132,48 @@ async fn every_kind_round_trips_through_config_write_and_read() {
     let agent = Agent::start(AgentOptions::default()).await;
     let dir = tempfile::tempdir().unwrap();
     for (file, text, expected) in entries() {
-        let path = dir.path().join(file);
-        std::fs::write(&path, text).unwrap();
         let kind = expected["Kind"].as_str().unwrap();
         let name = expected["Name"].as_str().unwrap();
-        let (code, stdout, stderr) =
-            cli(&agent, &["config", "write", path.to_str().unwrap()], None);
-        assert_eq!(code, 0, "{file}: {stderr}");
-        assert_eq!(
-            stdout.trim(),
-            format!("Config entry written: {kind}/{name}")
-        );
+        // Each entry as written, then the same entry in the other format.
+        let (stem, _) = file.split_once('.').unwrap();
+        let other = if file.ends_with(".hcl") {
+            (
+                format!("{stem}-as.json"),
+                serde_json::to_string_pretty(&expected).unwrap(),
+            )
+        } else {
+            (format!("{stem}-as.hcl"), hcl::to_string(&expected).unwrap())
+        };
+        let mut indexes = Vec::new();
+        for (file, text) in [(file.to_string(), text.to_string()), other] {
+            let path = dir.path().join(&file);
+            std::fs::write(&path, &text).unwrap();
+            let (code, stdout, stderr) =
+                cli(&agent, &["config", "write", path.to_str().unwrap()], None);
+            assert_eq!(code, 0, "{file}: {stderr}\n{text}");
+            assert_eq!(
+                stdout.trim(),
+                format!("Config entry written: {kind}/{name}")
+            );
 
-        let (code, stdout, stderr) = cli(
-            &agent,
-            &["config", "read", "-kind", kind, "-name", name],
-            None,
-        );
-        assert_eq!(code, 0, "{file}: {stderr}");
-        let mut read: Value = serde_json::from_str(&stdout).unwrap();
-        assert!(stdout.contains("\n    \""), "4-space indent: {stdout}");
-        let object = read.as_object_mut().unwrap();
-        let create = object.remove("CreateIndex").unwrap();
-        let modify = object.remove("ModifyIndex").unwrap();
-        assert!(create.as_u64().unwrap() > 0 && create == modify);
-        assert_eq!(read, expected, "{file}");
+            let (code, stdout, stderr) = cli(
+                &agent,
+                &["config", "read", "-kind", kind, "-name", name],
+                None,
+            );
+            assert_eq!(code, 0, "{file}: {stderr}");
+            let mut read: Value = serde_json::from_str(&stdout).unwrap();
+            assert!(stdout.contains("\n    \""), "4-space indent: {stdout}");
+            let object = read.as_object_mut().unwrap();
+            let create = object.remove("CreateIndex").unwrap().as_u64().unwrap();
+            let modify = object.remove("ModifyIndex").unwrap().as_u64().unwrap();
+            assert!(create > 0 && modify >= create);
+            indexes.push((create, modify));
+            assert_eq!(read, expected, "{file}\n{text}");
+        }
+        // The rewrite kept CreateIndex and moved ModifyIndex.
+        assert_eq!(indexes[0].0, indexes[1].0);
+        assert!(indexes[1].1 > indexes[0].1);
 
         let (code, stdout, _) = cli(&agent, &["config", "list", "-kind", kind], None);
         assert_eq!(code, 0);
