@@ -10,13 +10,14 @@ use axum::response::Response;
 use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
+use super::instances::Instances;
 use super::params::Call;
 use super::reply::{self, Reply};
 use super::AppState;
 use crate::acl::Access;
 use crate::api::catalog::{self as wire, DeregisterIn, RegisterContext, RegisterIn};
 use crate::api::decode;
-use crate::state::catalog::{node_topic, service_topic, NODES_TOPIC, SERVICES_TOPIC};
+use crate::state::catalog::{node_topic, NODES_TOPIC, SERVICES_TOPIC};
 use crate::state::Match;
 use crate::types::{Command, CommandResult};
 
@@ -143,24 +144,7 @@ pub async fn service(
     Path(name): Path<String>,
     call: Call,
 ) -> Result<Response, ApiError> {
-    let options = call.read_options(&state)?;
-    state
-        .authorizer
-        .authorize(call.token().as_deref(), Access::ServiceRead(&name))?;
-    let tags: Vec<String> = call.all("tag").map(str::to_string).collect();
-    let topics = vec![(service_topic(&name), Match::Exact)];
-    reply::blocking(&state, &options, topics, |tables| {
-        let instances = tables
-            .service_nodes(&name)
-            .filter(|(_, service)| tags.iter().all(|tag| service.tags.contains(tag)))
-            .map(|(node, service)| wire::service_node(node, service))
-            .collect();
-        Ok((
-            tables.service_index(&name),
-            Reply::Json(Value::Array(options.filter_list(instances))),
-        ))
-    })
-    .await
+    service_nodes(&state, Instances::Named(&name), call).await
 }
 
 /// `GET /v1/catalog/connect/:name`: the instances that take mesh traffic for `name` (its
@@ -170,18 +154,27 @@ pub async fn connect(
     Path(name): Path<String>,
     call: Call,
 ) -> Result<Response, ApiError> {
-    let options = call.read_options(&state)?;
+    service_nodes(&state, Instances::Connect(&name), call).await
+}
+
+async fn service_nodes(
+    state: &AppState,
+    which: Instances<'_>,
+    call: Call,
+) -> Result<Response, ApiError> {
+    let (Instances::Named(name) | Instances::Connect(name)) = which;
+    let options = call.read_options(state)?;
     state
         .authorizer
-        .authorize(call.token().as_deref(), Access::ServiceRead(&name))?;
-    let topics = vec![(SERVICES_TOPIC.to_string(), Match::Exact)];
-    reply::blocking(&state, &options, topics, |tables| {
-        let instances = tables
-            .connect_nodes(&name)
+        .authorize(call.token().as_deref(), Access::ServiceRead(name))?;
+    let tags: Vec<String> = call.all("tag").map(str::to_string).collect();
+    reply::blocking(state, &options, which.topics(), |tables| {
+        let instances = which
+            .rows(tables, &tags)
             .map(|(node, service)| wire::service_node(node, service))
             .collect();
         Ok((
-            tables.table_index().services,
+            which.index(tables),
             Reply::Json(Value::Array(options.filter_list(instances))),
         ))
     })

@@ -8,12 +8,13 @@ use axum::response::Response;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
+use super::instances::Instances;
 use super::params::Call;
 use super::reply::{self, Reply};
 use super::AppState;
 use crate::acl::Access;
 use crate::api::catalog as wire;
-use crate::state::catalog::{node_topic, service_topic, CHECKS_TOPIC, SERVICES_TOPIC};
+use crate::state::catalog::{node_topic, service_topic, CHECKS_TOPIC};
 use crate::state::Match;
 use crate::types::HealthStatus;
 
@@ -24,7 +25,7 @@ pub async fn service(
     Path(name): Path<String>,
     call: Call,
 ) -> Result<Response, ApiError> {
-    instances(&state, name, call, false).await
+    instances(&state, Instances::Named(&name), call).await
 }
 
 /// `GET /v1/health/connect/:name`: the same for the instances that take mesh traffic for
@@ -34,39 +35,25 @@ pub async fn connect(
     Path(name): Path<String>,
     call: Call,
 ) -> Result<Response, ApiError> {
-    instances(&state, name, call, true).await
+    instances(&state, Instances::Connect(&name), call).await
 }
 
 async fn instances(
     state: &AppState,
-    name: String,
+    which: Instances<'_>,
     call: Call,
-    connect: bool,
 ) -> Result<Response, ApiError> {
+    let (Instances::Named(name) | Instances::Connect(name)) = which;
     let options = call.read_options(state)?;
     state
         .authorizer
-        .authorize(call.token().as_deref(), Access::ServiceRead(&name))?;
+        .authorize(call.token().as_deref(), Access::ServiceRead(name))?;
     let passing_only = call.has("passing") && call.get("passing") != Some("false");
     let tags: Vec<String> = call.all("tag").map(str::to_string).collect();
     let datacenter = state.config.datacenter.clone();
-    // Proxies have names of their own, so a connect read wakes on any service or check change.
-    let topics = if connect {
-        vec![
-            (SERVICES_TOPIC.to_string(), Match::Exact),
-            (CHECKS_TOPIC.to_string(), Match::Exact),
-        ]
-    } else {
-        vec![(service_topic(&name), Match::Exact)]
-    };
-    reply::blocking(state, &options, topics, |tables| {
-        let found: Box<dyn Iterator<Item = _>> = if connect {
-            Box::new(tables.connect_nodes(&name))
-        } else {
-            Box::new(tables.service_nodes(&name))
-        };
-        let entries = found
-            .filter(|(_, service)| tags.iter().all(|tag| service.tags.contains(tag)))
+    reply::blocking(state, &options, which.topics(), |tables| {
+        let entries = which
+            .rows(tables, &tags)
             .filter_map(|(node, service)| {
                 let checks: Vec<_> = tables.instance_checks(&node.name, &service.id).collect();
                 if passing_only && checks.iter().any(|c| c.status != HealthStatus::Passing) {
@@ -79,14 +66,8 @@ async fn instances(
                 }))
             })
             .collect();
-        let index = if connect {
-            let indexes = tables.table_index();
-            indexes.services.max(indexes.checks)
-        } else {
-            tables.service_index(&name)
-        };
         Ok((
-            index,
+            which.index(tables),
             Reply::Json(Value::Array(options.filter_list(entries))),
         ))
     })

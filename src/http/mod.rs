@@ -12,6 +12,7 @@ mod config;
 mod connect_ca;
 pub mod error;
 mod health;
+mod instances;
 mod intention;
 mod kv;
 mod metrics;
