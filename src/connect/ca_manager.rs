@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use super::ca::{self, KeyType, RootCert, Signer};
 use crate::rpc::Rpc;
 use crate::types::connect::{CaConfig, CaRoot, CaState};
+use crate::types::duration::unix_secs;
 use crate::types::{Command, CommandResult};
 
 /// Consul's name for a built-in root.
@@ -65,11 +66,6 @@ pub struct CaManager {
     in_flight: AtomicU64,
 }
 
-fn unix(time: SystemTime) -> i64 {
-    time.duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_secs() as i64)
-}
-
 fn to_stored(root: &RootCert) -> CaRoot {
     CaRoot {
         id: root.id.clone(),
@@ -78,8 +74,8 @@ fn to_stored(root: &RootCert) -> CaRoot {
         cert_pem: root.cert_pem.clone(),
         key_pem: root.key_pem.clone(),
         intermediate_certs: Vec::new(),
-        not_before_unix: unix(root.not_before),
-        not_after_unix: unix(root.not_after),
+        not_before_unix: unix_secs(root.not_before),
+        not_after_unix: unix_secs(root.not_after),
         active: true,
         key_type: root.key_type.into(),
         key_bits: root.key_bits,
@@ -201,7 +197,7 @@ impl CaManager {
             for root in &mut state.roots {
                 if root.active {
                     root.active = false;
-                    root.rotated_out_unix = unix(now);
+                    root.rotated_out_unix = unix_secs(now);
                 }
             }
             let mut stored = to_stored(&new_root);
@@ -220,7 +216,7 @@ impl CaManager {
             return Ok(());
         };
         let keep_for = 2 * current.config.leaf_cert_ttl_secs as i64;
-        let now = unix(SystemTime::now());
+        let now = unix_secs(SystemTime::now());
         let expired = |root: &CaRoot| !root.active && now - root.rotated_out_unix > keep_for;
         if !current.roots.iter().any(expired) {
             return Ok(());

@@ -2,7 +2,7 @@
 //! agent's `/v1/agent/connect/ca/roots` and `/v1/agent/connect/ca/leaf/:service`.
 
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -19,7 +19,7 @@ use crate::connect::ca_config;
 use crate::state::connect::CA_TOPIC;
 use crate::state::Match;
 use crate::types::connect::{CaRoot, CaState};
-use crate::types::duration::format_rfc3339;
+use crate::types::duration::{format_rfc3339, unix_secs};
 
 fn root_json(root: &CaRoot) -> Value {
     json!({
@@ -169,10 +169,7 @@ pub async fn put_configuration(
 }
 
 fn rfc3339(time: std::time::SystemTime) -> String {
-    format_rfc3339(
-        time.duration_since(UNIX_EPOCH)
-            .map_or(0, |elapsed| elapsed.as_secs() as i64),
-    )
+    format_rfc3339(unix_secs(time))
 }
 
 pub async fn leaf(

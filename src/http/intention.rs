@@ -122,6 +122,40 @@ fn source_from_body(source: &str, body: &Map<String, Value>) -> Map<String, Valu
     out
 }
 
+/// The source that replaces `existing` after a legacy update: what the body says, plus the
+/// legacy fields the body cannot express (id, creation time, and the meta unless the body
+/// carries its own), with the update time set for intentions the legacy API created.
+fn replacement(
+    source: &str,
+    body: &Map<String, Value>,
+    existing: Option<&Map<String, Value>>,
+    meta_from_body: bool,
+) -> Map<String, Value> {
+    let mut new = source_from_body(source, body);
+    let kept: &[&str] = if meta_from_body {
+        &["LegacyID", "LegacyCreateTime"]
+    } else {
+        &["LegacyID", "LegacyCreateTime", "LegacyMeta"]
+    };
+    for key in kept {
+        if let Some(value) = existing.and_then(|existing| existing.get(*key)) {
+            new.insert(key.to_string(), value.clone());
+        }
+    }
+    if meta_from_body {
+        if let Some(meta) = body.get("Meta").filter(|meta| meta.is_object()) {
+            new.insert("LegacyMeta".into(), meta.clone());
+        }
+    }
+    if new.contains_key("LegacyCreateTime") {
+        new.insert(
+            "LegacyUpdateTime".into(),
+            Value::String(format_rfc3339(unix_now())),
+        );
+    }
+    new
+}
+
 fn body_object(value: Value) -> Result<Map<String, Value>, ApiError> {
     match normalize(value) {
         Value::Object(map) => Ok(map),
@@ -145,22 +179,7 @@ pub async fn put_exact(
     )?;
     let body = body_object(super::body::read_json(&state, &call, body).await?)?;
     modify_source(&state, &destination, &source, |existing| {
-        let mut new = source_from_body(&source, &body);
-        // Keep what the legacy API cannot express (legacy id and times).
-        if let Some(existing) = existing {
-            for key in ["LegacyID", "LegacyMeta", "LegacyCreateTime"] {
-                if let Some(value) = existing.get(key) {
-                    new.insert(key.into(), value.clone());
-                }
-            }
-            if existing.contains_key("LegacyCreateTime") {
-                new.insert(
-                    "LegacyUpdateTime".into(),
-                    Value::String(format_rfc3339(unix_now())),
-                );
-            }
-        }
-        Ok(Some(new))
+        Ok(Some(replacement(&source, &body, existing, false)))
     })
     .await?;
     Ok(reply::json(&Value::Bool(true), call.pretty(&state)))
@@ -397,22 +416,7 @@ pub async fn update_by_id(
         Access::IntentionWrite(&destination),
     )?;
     modify_source(&state, &destination, &source, |existing| {
-        let mut new = source_from_body(&source, &body);
-        if let Some(existing) = existing {
-            for key in ["LegacyID", "LegacyCreateTime"] {
-                if let Some(value) = existing.get(key) {
-                    new.insert(key.into(), value.clone());
-                }
-            }
-        }
-        if let Some(meta) = body.get("Meta").filter(|meta| meta.is_object()) {
-            new.insert("LegacyMeta".into(), meta.clone());
-        }
-        new.insert(
-            "LegacyUpdateTime".into(),
-            Value::String(format_rfc3339(unix_now())),
-        );
-        Ok(Some(new))
+        Ok(Some(replacement(&source, &body, existing, true)))
     })
     .await?;
     Ok(reply::json(&Value::Bool(true), call.pretty(&state)))

@@ -134,11 +134,15 @@ pub fn format_rfc3339(unix_secs: i64) -> String {
     )
 }
 
+/// Seconds since the Unix epoch (0 for an earlier time).
+pub fn unix_secs(time: std::time::SystemTime) -> i64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs() as i64)
+}
+
 /// Now, in seconds since the Unix epoch.
 pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_secs() as i64)
+    unix_secs(std::time::SystemTime::now())
 }
 
 #[cfg(test)]

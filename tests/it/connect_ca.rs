@@ -396,6 +396,79 @@ async fn intention_precedence_check_and_authorize_agree() {
         .unwrap()
         .starts_with("Matched L7 intention: "));
     assert!(!check("web", "api"));
+    // The deprecated by-ID API: create, update (keeping the creation time), read, delete.
+    let created = client
+        .request(
+            hyper::Method::POST,
+            "/v1/connect/intentions",
+            Some(
+                json!({"SourceName": "cache", "DestinationName": "db", "Action": "allow",
+                       "Meta": {"team": "a"}})
+                .to_string()
+                .into_bytes(),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.status, 200, "{}", created.text());
+    let id = json(&created)["ID"].as_str().unwrap().to_string();
+    let before = json(
+        &client
+            .get(&format!("/v1/connect/intentions/{id}"))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(before["Meta"], json!({"team": "a"}));
+    let update = json!({"SourceName": "cache", "DestinationName": "db", "Action": "deny",
+                        "Meta": {"team": "b"}});
+    let updated = client
+        .put(
+            &format!("/v1/connect/intentions/{id}"),
+            update.to_string().into(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated.status, 200, "{}", updated.text());
+    let after = json(
+        &client
+            .get(&format!("/v1/connect/intentions/{id}"))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(after["Action"], "deny");
+    assert_eq!(after["Meta"], json!({"team": "b"}));
+    assert_eq!(after["CreatedAt"], before["CreatedAt"]);
+    assert!(after["UpdatedAt"].is_string());
+    // PUT exact keeps the legacy id and meta it cannot express.
+    let exact = client
+        .put(
+            "/v1/connect/intentions/exact?source=cache&destination=db",
+            json!({"Action": "allow"}).to_string().into(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(exact.status, 200);
+    let kept = json(
+        &client
+            .get(&format!("/v1/connect/intentions/{id}"))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        (kept["Action"].as_str(), &kept["Meta"]),
+        (Some("allow"), &json!({"team": "b"}))
+    );
+    let deleted = client
+        .delete(&format!("/v1/connect/intentions/{id}"))
+        .await
+        .unwrap();
+    assert_eq!(deleted.status, 200);
+    let gone = client
+        .get(&format!("/v1/connect/intentions/{id}"))
+        .await
+        .unwrap();
+    assert_eq!(gone.status, 404);
+
     // A bad client URI is a 400.
     let bad = client
         .request(
