@@ -1,4 +1,4 @@
-//! `concord connect ca get-config|set-config`. (`connect envoy` arrives with the xDS server.)
+//! `concord connect ca get-config|set-config` and `concord connect envoy`.
 
 use clap::{ArgMatches, Command};
 
@@ -23,6 +23,7 @@ pub fn command() -> Command {
                         .arg(value("config-file", "JSON file with the new configuration")),
                 )),
         )
+        .subcommand(super::envoy::command())
 }
 
 pub async fn run(matches: &ArgMatches) -> CommandResult {
@@ -32,6 +33,7 @@ pub async fn run(matches: &ArgMatches) -> CommandResult {
             Some(("set-config", sub)) => set_config(sub).await,
             _ => Err("unknown connect ca command".into()),
         },
+        Some(("envoy", sub)) => super::envoy::run(sub).await,
         _ => Err("unknown connect command".into()),
     }
 }

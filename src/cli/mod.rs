@@ -5,6 +5,7 @@ mod agent;
 mod catalog;
 mod config;
 mod connect;
+mod envoy;
 mod goflags;
 mod intention;
 mod kv;

@@ -65,6 +65,7 @@ pub struct Limits {
     pub http_max_body_size: usize,
     #[serde(serialize_with = "serialize_duration")]
     pub http_body_timeout: Duration,
+    pub xds_max_streams: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -428,6 +429,12 @@ fn build(raw: RawConfig) -> Result<RuntimeConfig, String> {
             raw_limits.http_body_timeout.as_deref(),
             Duration::from_secs(30),
         )?,
+        xds_max_streams: u32::try_from(size(
+            "limits.xds_max_streams",
+            raw_limits.xds_max_streams,
+            2048,
+        )?)
+        .map_err(|_| "limits.xds_max_streams is too large".to_string())?,
     };
     let query = QueryLimits {
         default_query_time: duration(

@@ -85,6 +85,8 @@ pub struct RawLimits {
     pub http_max_body_size: Option<u64>,
     /// concord's own: how long a client may take to send a request body.
     pub http_body_timeout: Option<String>,
+    /// concord's own: concurrent gRPC streams per connection on the xDS port (Consul: 2048).
+    pub xds_max_streams: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

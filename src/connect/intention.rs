@@ -186,6 +186,23 @@ pub enum DefaultPolicy {
     Acl { allow: bool },
 }
 
+impl DefaultPolicy {
+    /// `default_intention_policy` when set, else the ACL default.
+    pub fn from_config(
+        config: &crate::config::RuntimeConfig,
+        authorizer: &crate::acl::Authorizer,
+    ) -> DefaultPolicy {
+        match config.default_intention_policy.as_deref() {
+            Some(policy) => DefaultPolicy::Configured {
+                allow: policy == "allow",
+            },
+            None => DefaultPolicy::Acl {
+                allow: authorizer.default_policy() == "allow",
+            },
+        }
+    }
+}
+
 /// The highest-precedence intention matching (`source`, `destination`), found without
 /// listing: the candidates in precedence order are (dst, src), (dst, *), (*, src), (*, *).
 pub fn matching(tables: &Tables, source: &str, destination: &str) -> Option<Intention> {

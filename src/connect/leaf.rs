@@ -77,7 +77,9 @@ impl LeafCache {
         })
     }
 
-    fn receiver(self: &Arc<Self>, service: &str) -> watch::Receiver<Option<Arc<IssuedCert>>> {
+    /// The certificates of `service` as they are issued (`None` until the first one), starting
+    /// its task on first use.
+    pub fn subscribe(self: &Arc<Self>, service: &str) -> watch::Receiver<Option<Arc<IssuedCert>>> {
         let mut services = self.services.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(receiver) = services.get(service) {
             return receiver.clone();
@@ -98,7 +100,7 @@ impl LeafCache {
         min_index: u64,
         wait: Duration,
     ) -> Option<Arc<IssuedCert>> {
-        let mut receiver = self.receiver(service);
+        let mut receiver = self.subscribe(service);
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let current = receiver.borrow_and_update().clone();

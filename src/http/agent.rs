@@ -81,7 +81,15 @@ pub async fn self_info(
             "raft": {"state": if state.rpc.is_leader() { "Leader" } else { "Follower" }},
         },
         "Meta": config.node_meta,
-        "xDS": Value::Null,
+        // Where Envoy reaches this agent's xDS server (`connect envoy` reads `XDS.Port`).
+        "XDS": match config.ports.grpc {
+            Some(port) => json!({
+                "SupportedProxies": {"envoy": [crate::xds::bootstrap::TESTED_ENVOY]},
+                "Port": port,
+                "Ports": {"Plaintext": port, "TLS": -1},
+            }),
+            None => Value::Null,
+        },
     });
     Ok(reply::json(&body, call.pretty(&state)))
 }

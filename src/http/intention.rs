@@ -31,14 +31,7 @@ use crate::types::{Command, CommandResult};
 const MAX_CAS_ATTEMPTS: usize = 16;
 
 pub fn default_policy(state: &AppState) -> DefaultPolicy {
-    match state.config.default_intention_policy.as_deref() {
-        Some(policy) => DefaultPolicy::Configured {
-            allow: policy == "allow",
-        },
-        None => DefaultPolicy::Acl {
-            allow: state.authorizer.default_policy() == "allow",
-        },
-    }
+    DefaultPolicy::from_config(&state.config, &state.authorizer)
 }
 
 fn required<'a>(call: &'a Call, name: &str) -> Result<&'a str, ApiError> {

@@ -41,6 +41,8 @@ pub struct AppState {
     pub ca: Arc<crate::connect::ca_manager::CaManager>,
     /// This agent's leaf certificates.
     pub leaves: Arc<crate::connect::leaf::LeafCache>,
+    /// xDS stream counters and each proxy's status.
+    pub xds: Arc<crate::xds::XdsStatus>,
     /// Session TTL timers (the leader's).
     pub sessions: Arc<crate::rpc::session_ttl::SessionTimers>,
     pub config: Arc<RuntimeConfig>,

@@ -139,9 +139,19 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
         config.datacenter.clone(),
         shutdown.clone(),
     );
+    let xds_status = Arc::new(crate::xds::XdsStatus::default());
+    let proxies = crate::proxycfg::Watcher::new(
+        rpc.store().clone(),
+        leaves.clone(),
+        config.node_name.clone(),
+        config.datacenter.clone(),
+        crate::connect::intention::DefaultPolicy::from_config(&config, &Authorizer),
+        shutdown.clone(),
+    );
     let state = Arc::new(AppState {
         ca: ca.clone(),
         leaves,
+        xds: xds_status.clone(),
         rpc: rpc.clone(),
         agent,
         sessions: sessions.clone(),
@@ -169,6 +179,27 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
                     tracing::error!(%error, "HTTP server failed");
                 }
             });
+        }
+    }
+    if let Some(port) = config.ports.grpc {
+        for address in &config.client_addrs {
+            let address = SocketAddr::new(*address, port);
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen for gRPC (xDS) on {address}"))?;
+            tracing::info!(%address, "gRPC (xDS) listening");
+            let server = crate::xds::XdsServer {
+                watcher: proxies.clone(),
+                authorizer: Authorizer,
+                status: xds_status.clone(),
+                shutdown: shutdown.clone(),
+            };
+            tasks.spawn(crate::xds::serve(
+                listener,
+                server,
+                config.limits.xds_max_streams,
+                shutdown.clone(),
+            ));
         }
     }
     {

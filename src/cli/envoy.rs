@@ -1,0 +1,233 @@
+//! `concord connect envoy`: finds the proxy on the local agent, writes Envoy's bootstrap, and
+//! replaces itself with Envoy (`-bootstrap` prints the bootstrap instead).
+//!
+//! Any Envoy with the v3 API is accepted: a version other than the tested one is a warning,
+//! not a refusal (Consul's version gate is a known complaint). The bootstrap goes to a file
+//! readable only by the user, in a private temporary directory, rather than on Envoy's
+//! command line where `ps` would show the token.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+
+use clap::{Arg, ArgAction, ArgMatches, Command};
+use serde_json::Value;
+
+use super::goflags::{boolean, get_bool, get_str, value};
+use super::{client, with_http_flags, CommandResult};
+use crate::xds::bootstrap::{bootstrap, BootstrapConfig, TESTED_ENVOY};
+
+pub fn command() -> Command {
+    with_http_flags(
+        Command::new("envoy")
+            .about("Runs Envoy as a Connect sidecar, configured by this agent's xDS server")
+            .arg(value(
+                "sidecar-for",
+                "The ID of the service whose sidecar proxy to run (env CONNECT_SIDECAR_FOR)",
+            ))
+            .arg(value(
+                "proxy-id",
+                "The proxy's service ID on the local agent (env CONNECT_PROXY_ID)",
+            ))
+            .arg(boolean("bootstrap", "Print the bootstrap JSON and exit"))
+            .arg(value(
+                "admin-bind",
+                "Envoy's admin listener (default localhost:19000)",
+            ))
+            .arg(value(
+                "grpc-addr",
+                "The agent's gRPC (xDS) address (env CONSUL_GRPC_ADDR; default from the agent)",
+            ))
+            .arg(value(
+                "envoy-binary",
+                "The Envoy binary to run (default: envoy on PATH)",
+            ))
+            .arg(
+                Arg::new("envoy-args")
+                    .num_args(0..)
+                    .last(true)
+                    .action(ArgAction::Append)
+                    .help("Extra arguments for Envoy, after --"),
+            ),
+    )
+}
+
+fn env_or(matches: &ArgMatches, flag: &str, env: &str) -> Option<String> {
+    get_str(matches, flag)
+        .map(str::to_string)
+        .or_else(|| std::env::var(env).ok())
+        .filter(|value| !value.is_empty())
+}
+
+/// `host:port`, `http://host:port` or `https://...` to a socket address; Envoy's static
+/// cluster needs an IP, so a name is resolved here.
+fn resolve(address: &str, what: &str) -> Result<SocketAddr, String> {
+    let bare = address
+        .strip_prefix("http://")
+        .or_else(|| address.strip_prefix("https://"))
+        .unwrap_or(address);
+    if address.starts_with("https://") || address.starts_with("unix://") {
+        return Err(format!(
+            "{what} {address:?}: TLS and unix sockets to the agent's gRPC port are not supported yet"
+        ));
+    }
+    bare.to_socket_addrs()
+        .map_err(|error| format!("{what} {address:?}: {error}"))?
+        .next()
+        .ok_or_else(|| format!("{what} {address:?} does not resolve"))
+}
+
+/// The proxy's id and destination service, from `-proxy-id` or `-sidecar-for`.
+async fn find_proxy(matches: &ArgMatches) -> Result<(String, String), String> {
+    let response = client(matches)?.get("/v1/agent/services").await?;
+    if response.status != 200 {
+        return Err(format!(
+            "Failed to list the agent's services: {}",
+            response.text()
+        ));
+    }
+    let services = response.json()?;
+    let proxies = services
+        .as_object()
+        .into_iter()
+        .flat_map(|map| map.values())
+        .filter(|service| service["Kind"] == "connect-proxy");
+    if let Some(id) = env_or(matches, "proxy-id", "CONNECT_PROXY_ID") {
+        let proxy = proxies
+            .clone()
+            .find(|service| service["ID"] == id.as_str())
+            .ok_or_else(|| {
+                format!("No connect-proxy with ID {id:?} is registered on this agent")
+            })?;
+        return Ok((id, destination(proxy)));
+    }
+    let target = env_or(matches, "sidecar-for", "CONNECT_SIDECAR_FOR")
+        .ok_or("No proxy ID specified. One of -proxy-id or -sidecar-for is required")?;
+    let found: Vec<&Value> = proxies
+        .filter(|service| service["Proxy"]["DestinationServiceID"] == target.as_str())
+        .collect();
+    match found.as_slice() {
+        [proxy] => Ok((
+            proxy["ID"].as_str().unwrap_or_default().to_string(),
+            destination(proxy),
+        )),
+        [] => Err(format!(
+            "No sidecar proxy registered for {target}. Register one with connect {{ sidecar_service {{}} }}"
+        )),
+        _ => Err(format!(
+            "More than one sidecar proxy registered for {target}. Start the proxy with -proxy-id instead"
+        )),
+    }
+}
+
+fn destination(proxy: &Value) -> String {
+    proxy["Proxy"]["DestinationServiceName"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The agent's gRPC address (the flag, the environment, or the agent's own `XDS.Port`) and
+/// its datacenter.
+async fn grpc_address(matches: &ArgMatches) -> Result<(SocketAddr, String), String> {
+    let client = client(matches)?;
+    let self_info = client.get("/v1/agent/self").await?.json()?;
+    let datacenter = self_info["Config"]["Datacenter"]
+        .as_str()
+        .unwrap_or("dc1")
+        .to_string();
+    if let Some(address) = env_or(matches, "grpc-addr", "CONSUL_GRPC_ADDR") {
+        return Ok((resolve(&address, "-grpc-addr")?, datacenter));
+    }
+    let port = self_info["XDS"]["Port"].as_u64().unwrap_or(8502);
+    let host = client
+        .base()
+        .trim_start_matches("http://")
+        .rsplit_once(':')
+        .map(|(host, _)| host.to_string())
+        .unwrap_or_else(|| "127.0.0.1".into());
+    Ok((
+        resolve(&format!("{host}:{port}"), "agent gRPC address")?,
+        datacenter,
+    ))
+}
+
+/// Warns when Envoy is not the tested release; fails only when it cannot run at all.
+fn check_envoy(binary: &str) -> Result<(), String> {
+    let output = std::process::Command::new(binary)
+        .arg("--version")
+        .output()
+        .map_err(|error| format!("cannot run {binary:?}: {error} (set -envoy-binary)"))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let version = text
+        .split('/')
+        .nth(1)
+        .unwrap_or("unknown")
+        .trim()
+        .to_string();
+    if version != TESTED_ENVOY {
+        eprintln!(
+            "warning: Envoy {version} is not the tested release ({TESTED_ENVOY}); running it anyway"
+        );
+    }
+    Ok(())
+}
+
+pub async fn run(matches: &ArgMatches) -> CommandResult {
+    let (proxy_id, service) = find_proxy(matches).await?;
+    let (agent_grpc, datacenter) = grpc_address(matches).await?;
+    let admin = resolve(
+        get_str(matches, "admin-bind").unwrap_or("localhost:19000"),
+        "-admin-bind",
+    )?;
+    let token = get_str(matches, "token")
+        .map(str::to_string)
+        .or_else(|| std::env::var("CONSUL_HTTP_TOKEN").ok());
+    let config = bootstrap(&BootstrapConfig {
+        proxy_id: proxy_id.clone(),
+        service,
+        datacenter,
+        admin,
+        agent_grpc,
+        token,
+    });
+    let text = serde_json::to_string_pretty(&config).map_err(|error| error.to_string())?;
+    if get_bool(matches, "bootstrap") {
+        println!("{text}");
+        return Ok(());
+    }
+    let binary = get_str(matches, "envoy-binary")
+        .unwrap_or("envoy")
+        .to_string();
+    check_envoy(&binary)?;
+    let dir = tempfile::Builder::new()
+        .prefix("concord-envoy-")
+        .tempdir()
+        .map_err(|error| format!("cannot create a directory for the bootstrap: {error}"))?
+        .keep();
+    let path = dir.join(format!("{proxy_id}-bootstrap.json"));
+    std::fs::write(&path, text)
+        .map_err(|error| format!("cannot write {}: {error}", path.display()))?;
+    let extra: Vec<String> = matches
+        .get_many::<String>("envoy-args")
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+    let mut args = vec!["--config-path".to_string(), path.display().to_string()];
+    let hot_restart_flags = [
+        "--restart-epoch",
+        "--hot-restart-version",
+        "--drain-time-s",
+        "--parent-shutdown-time-s",
+    ];
+    if !extra
+        .iter()
+        .any(|arg| hot_restart_flags.contains(&arg.as_str()))
+    {
+        args.push("--disable-hot-restart".into());
+    }
+    args.extend(extra);
+    use std::os::unix::process::CommandExt;
+    // Only returns on failure; on success this process becomes Envoy.
+    let error = std::process::Command::new(&binary).args(&args).exec();
+    Err(format!("cannot exec {binary:?}: {error}"))
+}

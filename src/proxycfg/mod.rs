@@ -1,0 +1,450 @@
+//! proxycfg: what one connect proxy's Envoy configuration depends on, as one immutable,
+//! ordered snapshot.
+//!
+//! A `Snapshot` is a pure function of the state store's tables, the proxy's leaf certificate
+//! and the agent's intention default: its registration, the destination's protocol and
+//! intentions, each upstream's compiled discovery chain with the healthy endpoints of every
+//! chain target, and the CA roots. `Watcher` keeps one task per proxy that recomputes the
+//! snapshot whenever one of its inputs may have changed and publishes it on a `watch` channel
+//! only when it differs, so xDS streams wake exactly when there is something new. The model is
+//! made of ordered maps and vectors; the xDS layer derives resource versions from it, never
+//! from protobuf bytes.
+
+mod endpoints;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::connect::chain::{self, Chain};
+use crate::connect::entry::service_protocol;
+use crate::connect::intention::{self, DefaultPolicy};
+use crate::connect::leaf::{IssuedCert, LeafCache};
+use crate::state::catalog::{CHECKS_TOPIC, SERVICES_TOPIC};
+use crate::state::connect::CA_TOPIC;
+use crate::state::{Match, Store, Tables};
+use crate::types::config_entry::PermissionHttp;
+use crate::types::connect::ServiceProxy;
+use crate::types::Service;
+
+pub use endpoints::Endpoint;
+
+/// Local app connect timeout when `local_connect_timeout_ms` is not set.
+const LOCAL_CONNECT_TIMEOUT_MS: u64 = 5000;
+
+/// Everything one proxy's Envoy configuration is generated from.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Snapshot {
+    pub proxy_id: String,
+    /// The destination service the proxy fronts.
+    pub service: String,
+    pub datacenter: String,
+    pub trust_domain: String,
+    pub public: PublicListener,
+    pub leaf: Leaf,
+    /// Every CA root Envoy should trust (active and rotated-out-but-not-pruned), PEM.
+    pub roots_pem: Vec<String>,
+    pub intentions: Intentions,
+    pub upstreams: Vec<UpstreamSnapshot>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PublicListener {
+    pub address: String,
+    pub port: u16,
+    pub protocol: String,
+    pub local_address: String,
+    pub local_port: u16,
+    pub local_connect_timeout_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Leaf {
+    pub cert_pem: String,
+    #[serde(skip)]
+    pub private_key_pem: String,
+}
+
+/// The intentions for the destination, highest precedence first, as RBAC needs them.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Intentions {
+    pub default_allow: bool,
+    pub rules: Vec<IntentionRule>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct IntentionRule {
+    /// Source service name, or `*`.
+    pub source: String,
+    pub precedence: u32,
+    pub action: RuleAction,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub enum RuleAction {
+    Allow,
+    Deny,
+    /// L7 permissions in order; the first match decides.
+    Permissions(Vec<Permission>),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Permission {
+    pub allow: bool,
+    pub path_exact: String,
+    pub path_prefix: String,
+    pub path_regex: String,
+    pub methods: Vec<String>,
+    pub headers: Vec<HeaderRule>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HeaderRule {
+    pub name: String,
+    pub present: bool,
+    pub exact: String,
+    pub prefix: String,
+    pub suffix: String,
+    pub regex: String,
+    pub invert: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct UpstreamSnapshot {
+    /// The upstream's Envoy id: its destination name.
+    pub id: String,
+    pub bind_address: String,
+    pub bind_port: u16,
+    pub chain: Chain,
+    /// Healthy endpoints per chain target id.
+    pub endpoints: BTreeMap<String, Vec<Endpoint>>,
+}
+
+/// Why no snapshot can be made (yet) for a proxy id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NotReady {
+    /// No connect-proxy with this id is registered on this node.
+    UnknownProxy,
+    /// The CA has not bootstrapped yet, or the leaf is not issued yet.
+    WaitingForCertificate,
+    /// An upstream's chain does not compile (a config entry refers to something missing).
+    Chain(String),
+}
+
+/// Inputs that are not in the tables.
+pub struct Context<'a> {
+    pub node: &'a str,
+    pub datacenter: &'a str,
+    pub default_policy: DefaultPolicy,
+}
+
+fn config_str<'a>(config: &'a Value, key: &str) -> Option<&'a str> {
+    config
+        .get(key)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+}
+
+fn config_u64(config: &Value, key: &str) -> Option<u64> {
+    match config.get(key)? {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn parse_config(json: &str) -> Value {
+    serde_json::from_str(json).unwrap_or(Value::Null)
+}
+
+/// The proxy registered under `proxy_id` on `node`.
+pub fn find_proxy<'t>(tables: &'t Tables, node: &'t str, proxy_id: &str) -> Option<&'t Service> {
+    tables
+        .node_services(node)
+        .find(|service| service.id == proxy_id && service.kind == "connect-proxy")
+}
+
+/// Computes the snapshot for `proxy_id` from `tables` and its leaf certificate.
+pub fn compute(
+    tables: &Tables,
+    context: &Context<'_>,
+    proxy_id: &str,
+    leaf: Option<&IssuedCert>,
+) -> Result<Snapshot, NotReady> {
+    let service = find_proxy(tables, context.node, proxy_id).ok_or(NotReady::UnknownProxy)?;
+    let proxy = service.proxy.clone().unwrap_or_default();
+    let ca = tables.ca().ok_or(NotReady::WaitingForCertificate)?;
+    let leaf = leaf.ok_or(NotReady::WaitingForCertificate)?;
+    let trust_domain = ca.trust_domain();
+    let destination = proxy.destination_service_name.clone();
+    let config = parse_config(&proxy.config_json);
+    let protocol = config_str(&config, "protocol")
+        .map(str::to_string)
+        .unwrap_or_else(|| service_protocol(tables, &destination, None));
+    let public = PublicListener {
+        address: config_str(&config, "bind_address")
+            .map(str::to_string)
+            .unwrap_or_else(|| "0.0.0.0".into()),
+        port: config_u64(&config, "bind_port")
+            .and_then(|port| u16::try_from(port).ok())
+            .unwrap_or(service.port),
+        protocol,
+        local_address: non_empty(&proxy.local_service_address, "127.0.0.1"),
+        local_port: proxy.local_service_port,
+        local_connect_timeout_ms: config_u64(&config, "local_connect_timeout_ms")
+            .unwrap_or(LOCAL_CONNECT_TIMEOUT_MS),
+    };
+    let chain_context = chain::Context {
+        datacenter: context.datacenter,
+        trust_domain: &trust_domain,
+    };
+    let mut upstreams = Vec::new();
+    for upstream in &proxy.upstreams {
+        if upstream.destination_type == "prepared_query" {
+            // Prepared queries do not exist yet; such an upstream gets no listener.
+            continue;
+        }
+        let upstream_config = parse_config(&upstream.config_json);
+        let overrides = chain::Overrides {
+            protocol: config_str(&upstream_config, "protocol")
+                .unwrap_or_default()
+                .to_string(),
+            connect_timeout: config_u64(&upstream_config, "connect_timeout_ms")
+                .map(std::time::Duration::from_millis),
+            mesh_gateway_mode: String::new(),
+        };
+        let chain = chain::compile(
+            tables,
+            &upstream.destination_name,
+            &chain_context,
+            &overrides,
+        )
+        .map_err(NotReady::Chain)?;
+        let endpoints = chain
+            .targets
+            .iter()
+            .map(|(id, target)| {
+                (
+                    id.clone(),
+                    endpoints::healthy(tables, target, context.datacenter),
+                )
+            })
+            .collect();
+        upstreams.push(UpstreamSnapshot {
+            id: upstream.destination_name.clone(),
+            bind_address: non_empty(&upstream.local_bind_address, "127.0.0.1"),
+            bind_port: upstream.local_bind_port,
+            chain,
+            endpoints,
+        });
+    }
+    let mut roots: Vec<_> = ca.roots.iter().collect();
+    // Active root first, then the rest by age: a stable order keeps versions stable.
+    roots.sort_by_key(|root| (!root.active, root.not_before_unix, root.id.clone()));
+    Ok(Snapshot {
+        proxy_id: proxy_id.to_string(),
+        service: destination.clone(),
+        datacenter: context.datacenter.to_string(),
+        trust_domain,
+        public,
+        leaf: Leaf {
+            cert_pem: leaf.cert_pem.clone(),
+            private_key_pem: leaf.private_key_pem.clone(),
+        },
+        roots_pem: roots.iter().map(|root| root.cert_pem.clone()).collect(),
+        intentions: intentions(tables, &destination, context.default_policy),
+        upstreams,
+    })
+}
+
+fn non_empty(value: &str, default: &str) -> String {
+    if value.is_empty() {
+        default.to_string()
+    } else {
+        value.to_string()
+    }
+}
+
+/// The destination's intentions in precedence order, one per source (the first wins).
+fn intentions(tables: &Tables, destination: &str, default: DefaultPolicy) -> Intentions {
+    let default_allow = match default {
+        DefaultPolicy::Configured { allow } | DefaultPolicy::Acl { allow } => allow,
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut rules = Vec::new();
+    for found in intention::match_destination(tables, destination) {
+        let source = found.source();
+        if !seen.insert(source.clone()) {
+            continue;
+        }
+        let action = found.with_source(|source| match &source.permissions {
+            Some(permissions) if !permissions.is_empty() => RuleAction::Permissions(
+                permissions
+                    .iter()
+                    .map(|permission| {
+                        permission_rule(
+                            permission.action == "allow",
+                            permission.http.as_ref().cloned().unwrap_or_default(),
+                        )
+                    })
+                    .collect(),
+            ),
+            _ if source.action == "allow" => RuleAction::Allow,
+            _ => RuleAction::Deny,
+        });
+        rules.push(IntentionRule {
+            source,
+            precedence: found.precedence,
+            action,
+        });
+    }
+    Intentions {
+        default_allow,
+        rules,
+    }
+}
+
+fn permission_rule(allow: bool, http: PermissionHttp) -> Permission {
+    Permission {
+        allow,
+        path_exact: http.path_exact,
+        path_prefix: http.path_prefix,
+        path_regex: http.path_regex,
+        methods: http.methods,
+        headers: http
+            .header
+            .into_iter()
+            .map(|header| HeaderRule {
+                name: header.name,
+                present: header.present,
+                exact: header.exact,
+                prefix: header.prefix,
+                suffix: header.suffix,
+                regex: header.regex,
+                invert: header.invert,
+            })
+            .collect(),
+    }
+}
+
+/// What a snapshot task waits on: any catalog or health change, any config entry, the CA.
+/// Deliberately broad: recomputing a snapshot costs microseconds, and publishing only on a
+/// real difference keeps Envoy from seeing spurious updates.
+fn topics() -> Vec<(String, Match)> {
+    vec![
+        (SERVICES_TOPIC.to_string(), Match::Exact),
+        (CHECKS_TOPIC.to_string(), Match::Exact),
+        ("config/".to_string(), Match::Prefix),
+        (CA_TOPIC.to_string(), Match::Exact),
+    ]
+}
+
+pub type SnapshotReceiver = watch::Receiver<Result<Arc<Snapshot>, NotReady>>;
+
+/// One snapshot task per proxy id, started on first use and kept while the agent runs.
+pub struct Watcher {
+    store: Arc<Store>,
+    leaves: Arc<LeafCache>,
+    node: String,
+    datacenter: String,
+    default_policy: DefaultPolicy,
+    shutdown: CancellationToken,
+    proxies: Mutex<HashMap<String, SnapshotReceiver>>,
+}
+
+impl Watcher {
+    pub fn new(
+        store: Arc<Store>,
+        leaves: Arc<LeafCache>,
+        node: String,
+        datacenter: String,
+        default_policy: DefaultPolicy,
+        shutdown: CancellationToken,
+    ) -> Arc<Watcher> {
+        Arc::new(Watcher {
+            store,
+            leaves,
+            node,
+            datacenter,
+            default_policy,
+            shutdown,
+            proxies: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The snapshots of `proxy_id`, current first.
+    pub fn subscribe(self: &Arc<Self>, proxy_id: &str) -> SnapshotReceiver {
+        let mut proxies = self.proxies.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(receiver) = proxies.get(proxy_id) {
+            return receiver.clone();
+        }
+        let (sender, receiver) = watch::channel(Err(NotReady::UnknownProxy));
+        proxies.insert(proxy_id.to_string(), receiver.clone());
+        let watcher = self.clone();
+        let proxy_id = proxy_id.to_string();
+        tokio::spawn(async move { watcher.maintain(proxy_id, sender).await });
+        receiver
+    }
+
+    fn context(&self) -> Context<'_> {
+        Context {
+            node: &self.node,
+            datacenter: &self.datacenter,
+            default_policy: self.default_policy,
+        }
+    }
+
+    async fn maintain(
+        self: Arc<Self>,
+        proxy_id: String,
+        sender: watch::Sender<Result<Arc<Snapshot>, NotReady>>,
+    ) {
+        let mut leaf: Option<watch::Receiver<Option<Arc<IssuedCert>>>> = None;
+        let mut leaf_service = String::new();
+        loop {
+            // Register interest before reading so that a change in between is not missed.
+            let guard = self.store.watch(&topics());
+            let tables = self.store.snapshot();
+            let service = find_proxy(&tables, &self.node, &proxy_id)
+                .and_then(|service| service.proxy.as_ref())
+                .map(|proxy: &ServiceProxy| proxy.destination_service_name.clone());
+            if let Some(service) = &service {
+                if *service != leaf_service {
+                    leaf = Some(self.leaves.subscribe(service));
+                    leaf_service = service.clone();
+                }
+            }
+            let cert = leaf
+                .as_mut()
+                .and_then(|receiver| receiver.borrow_and_update().clone());
+            let next = compute(&tables, &self.context(), &proxy_id, cert.as_deref());
+            sender.send_if_modified(|current| {
+                let changed = match (&*current, &next) {
+                    (Ok(old), Ok(new)) => **old != *new,
+                    (old, new) => old.as_ref().err() != new.as_ref().err(),
+                };
+                if changed {
+                    *current = next.map(Arc::new);
+                }
+                changed
+            });
+            if let Err(NotReady::Chain(error)) = &*sender.borrow() {
+                tracing::warn!(proxy = %proxy_id, %error, "cannot build the proxy's configuration");
+            }
+            tokio::select! {
+                _ = guard.changed() => {}
+                closed = async {
+                    match leaf.as_mut() {
+                        Some(receiver) => receiver.changed().await.is_err(),
+                        None => std::future::pending().await,
+                    }
+                } => if closed { return },
+                _ = self.shutdown.cancelled() => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,788 @@
+//! A proxy snapshot → the Envoy resources Consul generates for a sidecar, named as Consul
+//! names them: `public_listener:<ip>:<port>` (mTLS requiring a mesh client certificate, RBAC
+//! first, then tcp_proxy or an HTTP connection manager to `local_app`), one listener per
+//! upstream `<id>:<ip>:<port>`, an EDS cluster per discovery-chain target named by its SNI
+//! (with upstream mTLS checking the target's SPIFFE ID), its endpoints, and for HTTP chains
+//! that are not the default a route configuration named after the upstream (splits become
+//! weighted clusters, router routes ordered matches). Certificates are inline.
+//!
+//! Versions are content hashes of each resource's encoding. Every map field this module fills
+//! has at most one entry except RBAC policies, which `rbac` encodes in order, so the encoding
+//! and hence the version is the same for the same snapshot in any process.
+
+use std::collections::BTreeMap;
+
+use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
+use envoy_types::pb::envoy::config::core::v3::{
+    address, config_source, data_source, socket_address, transport_socket, Address,
+    AggregatedConfigSource, ApiVersion, ConfigSource, DataSource, Http2ProtocolOptions,
+    SocketAddress, TrafficDirection, TransportSocket,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
+};
+use envoy_types::pb::envoy::config::listener::v3::{filter, Filter, FilterChain, Listener};
+use envoy_types::pb::envoy::config::route::v3::{
+    header_matcher, query_parameter_matcher, route, route_action, route_match, weighted_cluster,
+    HeaderMatcher, QueryParameterMatcher, RetryPolicy, Route, RouteAction, RouteConfiguration,
+    RouteMatch, VirtualHost, WeightedCluster,
+};
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    http_connection_manager, http_filter, HttpConnectionManager, HttpFilter, Rds,
+};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    common_tls_context, subject_alt_name_matcher, CertificateValidationContext, CommonTlsContext,
+    DownstreamTlsContext, SubjectAltNameMatcher, TlsCertificate, TlsParameters, UpstreamTlsContext,
+};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+    http_protocol_options, HttpProtocolOptions,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::{string_matcher, RegexMatcher, StringMatcher};
+use envoy_types::pb::envoy::r#type::v3::Percent;
+use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, UInt32Value};
+use envoy_types::util::pack_any;
+use prost::{Message, Name};
+use serde_json::Value;
+
+use super::rbac;
+use crate::connect::ca::spiffe_service_id;
+use crate::connect::chain::{Chain, Node};
+use crate::proxycfg::{Snapshot, UpstreamSnapshot};
+use crate::types::config_entry::HttpMatch;
+
+pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+
+/// The four resource types, in the order a pass sends upserts.
+pub const TYPES: [&str; 4] = [CLUSTER, ENDPOINT, LISTENER, ROUTE];
+
+const LOCAL_APP: &str = "local_app";
+const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+/// One generated resource.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Versioned {
+    pub version: String,
+    pub resource: Any,
+    /// Resources of the child type to resend whenever this one is sent: a cluster's
+    /// endpoints, a listener's route configuration.
+    pub children: Vec<String>,
+}
+
+/// Every resource of one snapshot, by type URL then name.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Resources {
+    pub by_type: BTreeMap<&'static str, BTreeMap<String, Versioned>>,
+}
+
+impl Resources {
+    pub fn of(&self, type_url: &str) -> Option<&BTreeMap<String, Versioned>> {
+        self.by_type.get(type_url)
+    }
+
+    fn add<T: Message + Name>(&mut self, type_url: &'static str, name: String, message: T) {
+        self.add_with_children(type_url, name, message, Vec::new());
+    }
+
+    fn add_with_children<T: Message + Name>(
+        &mut self,
+        type_url: &'static str,
+        name: String,
+        message: T,
+        children: Vec<String>,
+    ) {
+        let resource = pack_any(message);
+        let version = version_of(&resource.value);
+        self.by_type.entry(type_url).or_default().insert(
+            name,
+            Versioned {
+                version,
+                resource,
+                children,
+            },
+        );
+    }
+}
+
+/// A short content hash (FNV-1a, 64-bit): stable across processes and builds.
+fn version_of(bytes: &[u8]) -> String {
+    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{hash:016x}")
+}
+
+pub fn string_exact(value: &str) -> StringMatcher {
+    StringMatcher {
+        match_pattern: Some(string_matcher::MatchPattern::Exact(value.into())),
+        ignore_case: false,
+    }
+}
+
+pub fn string_prefix(value: &str) -> StringMatcher {
+    StringMatcher {
+        match_pattern: Some(string_matcher::MatchPattern::Prefix(value.into())),
+        ignore_case: false,
+    }
+}
+
+pub fn string_suffix(value: &str) -> StringMatcher {
+    StringMatcher {
+        match_pattern: Some(string_matcher::MatchPattern::Suffix(value.into())),
+        ignore_case: false,
+    }
+}
+
+pub fn regex_matcher(regex: &str) -> StringMatcher {
+    StringMatcher {
+        match_pattern: Some(string_matcher::MatchPattern::SafeRegex(RegexMatcher {
+            regex: regex.into(),
+            ..Default::default()
+        })),
+        ignore_case: false,
+    }
+}
+
+fn inline(text: &str) -> Option<DataSource> {
+    Some(DataSource {
+        specifier: Some(data_source::Specifier::InlineString(text.into())),
+        ..Default::default()
+    })
+}
+
+fn ads() -> Option<ConfigSource> {
+    Some(ConfigSource {
+        resource_api_version: ApiVersion::V3 as i32,
+        config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(
+            AggregatedConfigSource {},
+        )),
+        ..Default::default()
+    })
+}
+
+fn socket(address: &str, port: u16) -> Option<Address> {
+    Some(Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: address.into(),
+            port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(port))),
+            ..Default::default()
+        })),
+    })
+}
+
+fn duration_ms(ms: u64) -> Option<Duration> {
+    Some(Duration {
+        seconds: (ms / 1000) as i64,
+        nanos: ((ms % 1000) * 1_000_000) as i32,
+    })
+}
+
+fn duration(value: std::time::Duration) -> Option<Duration> {
+    Some(Duration {
+        seconds: value.as_secs() as i64,
+        nanos: value.subsec_nanos() as i32,
+    })
+}
+
+fn is_http(protocol: &str) -> bool {
+    matches!(protocol, "http" | "http2" | "grpc")
+}
+
+fn is_http2(protocol: &str) -> bool {
+    matches!(protocol, "http2" | "grpc")
+}
+
+fn http2_upstream_options() -> std::collections::HashMap<String, Any> {
+    let options = HttpProtocolOptions {
+        upstream_protocol_options: Some(
+            http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+                http_protocol_options::ExplicitHttpConfig {
+                    protocol_config: Some(
+                        http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+                            Http2ProtocolOptions::default(),
+                        ),
+                    ),
+                },
+            ),
+        ),
+        ..Default::default()
+    };
+    [(HTTP_PROTOCOL_OPTIONS.to_string(), pack_any(options))].into()
+}
+
+/// The proxy's own certificate and the roots it trusts.
+fn common_tls(snapshot: &Snapshot, san: Option<String>, alpn: Vec<String>) -> CommonTlsContext {
+    let match_typed_subject_alt_names = san
+        .map(|uri| {
+            vec![SubjectAltNameMatcher {
+                san_type: subject_alt_name_matcher::SanType::Uri as i32,
+                matcher: Some(string_exact(&uri)),
+                ..Default::default()
+            }]
+        })
+        .unwrap_or_default();
+    CommonTlsContext {
+        tls_params: Some(TlsParameters::default()),
+        tls_certificates: vec![TlsCertificate {
+            certificate_chain: inline(&snapshot.leaf.cert_pem),
+            private_key: inline(&snapshot.leaf.private_key_pem),
+            ..Default::default()
+        }],
+        validation_context_type: Some(
+            common_tls_context::ValidationContextType::ValidationContext(
+                CertificateValidationContext {
+                    trusted_ca: inline(&snapshot.roots_pem.join("\n")),
+                    match_typed_subject_alt_names,
+                    ..Default::default()
+                },
+            ),
+        ),
+        alpn_protocols: alpn,
+        ..Default::default()
+    }
+}
+
+fn transport_socket<T: Message + Name>(context: T) -> Option<TransportSocket> {
+    Some(TransportSocket {
+        name: "tls".into(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(context))),
+    })
+}
+
+fn network_filter(name: &str, config: Any) -> Filter {
+    Filter {
+        name: name.into(),
+        config_type: Some(filter::ConfigType::TypedConfig(config)),
+    }
+}
+
+fn http_filter(name: &str, config: Any) -> HttpFilter {
+    HttpFilter {
+        name: name.into(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(config)),
+        ..Default::default()
+    }
+}
+
+fn tcp_proxy(stat_prefix: &str, cluster: &str) -> Filter {
+    network_filter(
+        "envoy.filters.network.tcp_proxy",
+        pack_any(TcpProxy {
+            stat_prefix: stat_prefix.into(),
+            cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.into())),
+            ..Default::default()
+        }),
+    )
+}
+
+fn http_connection_manager(
+    stat_prefix: &str,
+    protocol: &str,
+    routes: http_connection_manager::RouteSpecifier,
+    mut filters: Vec<HttpFilter>,
+) -> Filter {
+    filters.push(http_filter(
+        "envoy.filters.http.router",
+        pack_any(Router::default()),
+    ));
+    network_filter(
+        "envoy.filters.network.http_connection_manager",
+        pack_any(HttpConnectionManager {
+            stat_prefix: stat_prefix.into(),
+            codec_type: http_connection_manager::CodecType::Auto as i32,
+            route_specifier: Some(routes),
+            http_filters: filters,
+            http2_protocol_options: is_http2(protocol).then(Http2ProtocolOptions::default),
+            ..Default::default()
+        }),
+    )
+}
+
+fn single_route(name: &str, cluster: &str, timeout: Option<Duration>) -> RouteConfiguration {
+    RouteConfiguration {
+        name: name.into(),
+        virtual_hosts: vec![VirtualHost {
+            name: name.into(),
+            domains: vec!["*".into()],
+            routes: vec![Route {
+                r#match: Some(prefix_match("/")),
+                action: Some(route::Action::Route(RouteAction {
+                    cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
+                        cluster.into(),
+                    )),
+                    timeout,
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn prefix_match(prefix: &str) -> RouteMatch {
+    RouteMatch {
+        path_specifier: Some(route_match::PathSpecifier::Prefix(prefix.into())),
+        ..Default::default()
+    }
+}
+
+/// Generates every resource of `snapshot`.
+pub fn generate(snapshot: &Snapshot) -> Resources {
+    let mut resources = Resources::default();
+    public_listener(snapshot, &mut resources);
+    for upstream in &snapshot.upstreams {
+        upstream_resources(snapshot, upstream, &mut resources);
+    }
+    // Never leave a type empty for a sidecar: Envoy waits for the first CDS and LDS.
+    for type_url in [CLUSTER, LISTENER] {
+        resources.by_type.entry(type_url).or_default();
+    }
+    resources
+}
+
+fn public_listener(snapshot: &Snapshot, resources: &mut Resources) {
+    let public = &snapshot.public;
+    let local_app = Cluster {
+        name: LOCAL_APP.into(),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::Static as i32,
+        )),
+        connect_timeout: duration_ms(public.local_connect_timeout_ms),
+        load_assignment: Some(load_assignment(
+            LOCAL_APP,
+            &[(public.local_address.as_str(), public.local_port, 1)],
+        )),
+        typed_extension_protocol_options: if is_http2(&public.protocol) {
+            http2_upstream_options()
+        } else {
+            Default::default()
+        },
+        ..Default::default()
+    };
+    resources.add(CLUSTER, LOCAL_APP.into(), local_app);
+
+    let http = is_http(&public.protocol);
+    let rules = rbac::rules(&snapshot.intentions, &snapshot.trust_domain, http);
+    let filters = if http {
+        let routes = http_connection_manager::RouteSpecifier::RouteConfig(single_route(
+            "public_listener",
+            LOCAL_APP,
+            None,
+        ));
+        let rbac = http_filter("envoy.filters.http.rbac", rbac::encode_filter(&rules, None));
+        vec![http_connection_manager(
+            "public_listener",
+            &public.protocol,
+            routes,
+            vec![rbac],
+        )]
+    } else {
+        vec![
+            network_filter(
+                "envoy.filters.network.rbac",
+                rbac::encode_filter(&rules, Some("connect_authz")),
+            ),
+            tcp_proxy("public_listener", LOCAL_APP),
+        ]
+    };
+    let alpn = match public.protocol.as_str() {
+        "http" => vec!["http/1.1".to_string()],
+        "http2" | "grpc" => vec!["h2".to_string(), "http/1.1".to_string()],
+        _ => Vec::new(),
+    };
+    let tls = DownstreamTlsContext {
+        common_tls_context: Some(common_tls(snapshot, None, alpn)),
+        require_client_certificate: Some(BoolValue { value: true }),
+        ..Default::default()
+    };
+    let name = format!("public_listener:{}:{}", public.address, public.port);
+    let listener = Listener {
+        name: name.clone(),
+        address: socket(&public.address, public.port),
+        filter_chains: vec![FilterChain {
+            filters,
+            transport_socket: transport_socket(tls),
+            ..Default::default()
+        }],
+        traffic_direction: TrafficDirection::Inbound as i32,
+        ..Default::default()
+    };
+    resources.add(LISTENER, name, listener);
+}
+
+fn load_assignment(cluster: &str, endpoints: &[(&str, u16, u32)]) -> ClusterLoadAssignment {
+    ClusterLoadAssignment {
+        cluster_name: cluster.into(),
+        endpoints: vec![LocalityLbEndpoints {
+            lb_endpoints: endpoints
+                .iter()
+                .map(|(address, port, weight)| LbEndpoint {
+                    host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                        address: socket(address, *port),
+                        ..Default::default()
+                    })),
+                    // HEALTHY: unhealthy instances are left out altogether.
+                    health_status: 1,
+                    load_balancing_weight: Some(UInt32Value { value: *weight }),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn upstream_resources(snapshot: &Snapshot, upstream: &UpstreamSnapshot, resources: &mut Resources) {
+    let chain = &upstream.chain;
+    for (id, target) in &chain.targets {
+        let cluster = Cluster {
+            name: target.sni.clone(),
+            alt_stat_name: target.sni.clone(),
+            cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+                cluster::DiscoveryType::Eds as i32,
+            )),
+            eds_cluster_config: Some(cluster::EdsClusterConfig {
+                eds_config: ads(),
+                ..Default::default()
+            }),
+            connect_timeout: duration(target.connect_timeout),
+            circuit_breakers: Some(Default::default()),
+            outlier_detection: Some(Default::default()),
+            // 0%: Envoy never sends to an unhealthy host, even when all are.
+            common_lb_config: Some(cluster::CommonLbConfig {
+                healthy_panic_threshold: Some(Percent { value: 0.0 }),
+                ..Default::default()
+            }),
+            typed_extension_protocol_options: if is_http2(&chain.protocol) {
+                http2_upstream_options()
+            } else {
+                Default::default()
+            },
+            transport_socket: transport_socket(UpstreamTlsContext {
+                common_tls_context: Some(common_tls(
+                    snapshot,
+                    Some(spiffe_service_id(
+                        &snapshot.trust_domain,
+                        &target.datacenter,
+                        &target.service,
+                    )),
+                    Vec::new(),
+                )),
+                sni: target.sni.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        resources.add_with_children(
+            CLUSTER,
+            target.sni.clone(),
+            cluster,
+            vec![target.sni.clone()],
+        );
+        let endpoints: Vec<(&str, u16, u32)> = upstream
+            .endpoints
+            .get(id)
+            .map(|list| {
+                list.iter()
+                    .map(|e| (e.address.as_str(), e.port, e.weight))
+                    .collect()
+            })
+            .unwrap_or_default();
+        // An empty assignment, not none: Envoy would otherwise wait for it while warming.
+        resources.add(
+            ENDPOINT,
+            target.sni.clone(),
+            load_assignment(&target.sni, &endpoints),
+        );
+    }
+
+    let stat_prefix = format!(
+        "upstream.{}.default.default.{}",
+        upstream.id, snapshot.datacenter
+    );
+    let name = format!(
+        "{}:{}:{}",
+        upstream.id, upstream.bind_address, upstream.bind_port
+    );
+    let start_cluster = start_target(chain).unwrap_or_default();
+    let (filter, children) = if !is_http(&chain.protocol) {
+        (tcp_proxy(&stat_prefix, &start_cluster), Vec::new())
+    } else if chain.default {
+        let timeout = chain_request_timeout(chain);
+        let routes = http_connection_manager::RouteSpecifier::RouteConfig(single_route(
+            &upstream.id,
+            &start_cluster,
+            timeout,
+        ));
+        (
+            http_connection_manager(&stat_prefix, &chain.protocol, routes, Vec::new()),
+            Vec::new(),
+        )
+    } else {
+        let routes = http_connection_manager::RouteSpecifier::Rds(Rds {
+            config_source: ads(),
+            route_config_name: upstream.id.clone(),
+        });
+        resources.add(
+            ROUTE,
+            upstream.id.clone(),
+            chain_routes(&upstream.id, chain),
+        );
+        (
+            http_connection_manager(&stat_prefix, &chain.protocol, routes, Vec::new()),
+            vec![upstream.id.clone()],
+        )
+    };
+    let listener = Listener {
+        name: name.clone(),
+        address: socket(&upstream.bind_address, upstream.bind_port),
+        filter_chains: vec![FilterChain {
+            filters: vec![filter],
+            ..Default::default()
+        }],
+        traffic_direction: TrafficDirection::Outbound as i32,
+        ..Default::default()
+    };
+    resources.add_with_children(LISTENER, name, listener, children);
+}
+
+/// The cluster the chain's start node resolves to when it is a plain resolver.
+fn start_target(chain: &Chain) -> Option<String> {
+    let node = chain.nodes.get(&chain.start_node)?;
+    let resolver = node.resolver.as_ref()?;
+    Some(chain.targets.get(&resolver.target)?.sni.clone())
+}
+
+fn chain_request_timeout(chain: &Chain) -> Option<Duration> {
+    let node = chain.nodes.get(&chain.start_node)?;
+    node.resolver.as_ref()?.request_timeout.and_then(duration)
+}
+
+/// Weighted clusters (in units of 0.01%) reached from `node`: a resolver is its target; a
+/// splitter spreads `weight` over its splits, nested splitters multiplying out.
+fn weighted_targets(chain: &Chain, node: &Node, weight: u32, out: &mut BTreeMap<String, u32>) {
+    if let Some(resolver) = &node.resolver {
+        if let Some(target) = chain.targets.get(&resolver.target) {
+            *out.entry(target.sni.clone()).or_default() += weight;
+        }
+        return;
+    }
+    for split in node.splits.iter().flatten() {
+        let share = (f64::from(split.weight) * 100.0).round() as u32;
+        let part = (u64::from(weight) * u64::from(share) / 10_000) as u32;
+        if let Some(next) = chain.nodes.get(&split.next_node) {
+            weighted_targets(chain, next, part, out);
+        }
+    }
+}
+
+/// The action that sends a request to chain node `key`.
+fn route_action(chain: &Chain, key: &str) -> RouteAction {
+    let mut action = RouteAction::default();
+    let Some(node) = chain.nodes.get(key) else {
+        return action;
+    };
+    if let Some(resolver) = &node.resolver {
+        action.timeout = resolver.request_timeout.and_then(duration);
+    }
+    let mut weights = BTreeMap::new();
+    weighted_targets(chain, node, 10_000, &mut weights);
+    weights.retain(|_, weight| *weight > 0);
+    action.cluster_specifier = Some(if weights.len() == 1 && node.resolver.is_some() {
+        route_action::ClusterSpecifier::Cluster(weights.into_keys().next().unwrap_or_default())
+    } else {
+        route_action::ClusterSpecifier::WeightedClusters(WeightedCluster {
+            clusters: weights
+                .into_iter()
+                .map(|(name, weight)| weighted_cluster::ClusterWeight {
+                    name,
+                    weight: Some(UInt32Value { value: weight }),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+    });
+    action
+}
+
+/// The route configuration of an HTTP chain that is not the default.
+fn chain_routes(name: &str, chain: &Chain) -> RouteConfiguration {
+    let mut routes = Vec::new();
+    if let Some(node) = chain.nodes.get(&chain.start_node) {
+        match &node.routes {
+            Some(router) => {
+                for route_node in router {
+                    let mut action = route_action(chain, &route_node.next_node);
+                    apply_destination(&mut action, &route_node.definition);
+                    routes.push(Route {
+                        r#match: Some(route_match(&route_node.definition)),
+                        action: Some(route::Action::Route(action)),
+                        ..Default::default()
+                    });
+                }
+            }
+            None => routes.push(Route {
+                r#match: Some(prefix_match("/")),
+                action: Some(route::Action::Route(route_action(chain, &chain.start_node))),
+                ..Default::default()
+            }),
+        }
+    }
+    RouteConfiguration {
+        name: name.into(),
+        virtual_hosts: vec![VirtualHost {
+            name: name.into(),
+            domains: vec!["*".into()],
+            routes,
+            ..Default::default()
+        }],
+        // Envoy refuses a route naming a cluster it does not have, instead of 404ing later.
+        validate_clusters: Some(BoolValue { value: true }),
+        ..Default::default()
+    }
+}
+
+/// A router route's `Match.HTTP` as an Envoy match.
+fn route_match(definition: &Value) -> RouteMatch {
+    let http: HttpMatch = definition
+        .pointer("/Match/HTTP")
+        .cloned()
+        .and_then(|value| serde_json::from_value(value).ok())
+        .unwrap_or_default();
+    let path = if !http.path_exact.is_empty() {
+        route_match::PathSpecifier::Path(http.path_exact.clone())
+    } else if !http.path_regex.is_empty() {
+        route_match::PathSpecifier::SafeRegex(RegexMatcher {
+            regex: http.path_regex.clone(),
+            ..Default::default()
+        })
+    } else if !http.path_prefix.is_empty() {
+        route_match::PathSpecifier::Prefix(http.path_prefix.clone())
+    } else {
+        route_match::PathSpecifier::Prefix("/".into())
+    };
+    let mut headers: Vec<HeaderMatcher> = http
+        .header
+        .iter()
+        .map(|header| {
+            let specifier = if header.present {
+                header_matcher::HeaderMatchSpecifier::PresentMatch(true)
+            } else if !header.exact.is_empty() {
+                header_matcher::HeaderMatchSpecifier::StringMatch(string_exact(&header.exact))
+            } else if !header.prefix.is_empty() {
+                header_matcher::HeaderMatchSpecifier::StringMatch(string_prefix(&header.prefix))
+            } else if !header.suffix.is_empty() {
+                header_matcher::HeaderMatchSpecifier::StringMatch(string_suffix(&header.suffix))
+            } else {
+                header_matcher::HeaderMatchSpecifier::StringMatch(regex_matcher(&header.regex))
+            };
+            HeaderMatcher {
+                name: header.name.clone(),
+                header_match_specifier: Some(specifier),
+                invert_match: header.invert,
+                ..Default::default()
+            }
+        })
+        .collect();
+    if !http.methods.is_empty() {
+        headers.push(HeaderMatcher {
+            name: ":method".into(),
+            header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(
+                regex_matcher(&http.methods.join("|")),
+            )),
+            ..Default::default()
+        });
+    }
+    let query_parameters = http
+        .query_param
+        .iter()
+        .map(|param| QueryParameterMatcher {
+            name: param.name.clone(),
+            query_parameter_match_specifier: Some(if param.present {
+                query_parameter_matcher::QueryParameterMatchSpecifier::PresentMatch(true)
+            } else if !param.exact.is_empty() {
+                query_parameter_matcher::QueryParameterMatchSpecifier::StringMatch(string_exact(
+                    &param.exact,
+                ))
+            } else {
+                query_parameter_matcher::QueryParameterMatchSpecifier::StringMatch(regex_matcher(
+                    &param.regex,
+                ))
+            }),
+        })
+        .collect();
+    RouteMatch {
+        path_specifier: Some(path),
+        case_sensitive: http.case_insensitive.then_some(BoolValue { value: false }),
+        headers,
+        query_parameters,
+        ..Default::default()
+    }
+}
+
+/// A router route's `Destination` knobs: prefix rewrite, timeouts, retries.
+fn apply_destination(action: &mut RouteAction, definition: &Value) {
+    let Some(destination) = definition.get("Destination") else {
+        return;
+    };
+    if let Some(rewrite) = destination.get("PrefixRewrite").and_then(Value::as_str) {
+        action.prefix_rewrite = rewrite.into();
+    }
+    let duration_field = |key: &str| {
+        destination
+            .get(key)
+            .and_then(|value| crate::connect::entry::duration_value(key, value).ok())
+            .filter(|d| !d.is_zero())
+            .and_then(duration)
+    };
+    if let Some(timeout) = duration_field("RequestTimeout") {
+        action.timeout = Some(timeout);
+    }
+    if let Some(timeout) = duration_field("IdleTimeout") {
+        action.idle_timeout = Some(timeout);
+    }
+    let retries = destination
+        .get("NumRetries")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let on_connect_failure = destination
+        .get("RetryOnConnectFailure")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let status_codes: Vec<u32> = destination
+        .get("RetryOnStatusCodes")
+        .and_then(Value::as_array)
+        .map(|codes| {
+            codes
+                .iter()
+                .filter_map(|c| c.as_u64())
+                .map(|c| c as u32)
+                .collect()
+        })
+        .unwrap_or_default();
+    if retries > 0 || on_connect_failure || !status_codes.is_empty() {
+        let mut retry_on = Vec::new();
+        if on_connect_failure {
+            retry_on.push("connect-failure");
+        }
+        if !status_codes.is_empty() {
+            retry_on.push("retriable-status-codes");
+        }
+        action.retry_policy = Some(RetryPolicy {
+            retry_on: retry_on.join(","),
+            num_retries: Some(UInt32Value {
+                value: retries.max(1) as u32,
+            }),
+            retriable_status_codes: status_codes,
+            ..Default::default()
+        });
+    }
+}
