@@ -37,6 +37,8 @@ pub fn free_port() -> u16 {
 pub struct Agent {
     pub child: Child,
     pub http_port: u16,
+    /// The gRPC (xDS) port.
+    pub grpc_port: u16,
     pub log_path: PathBuf,
     _workdir: Option<tempfile::TempDir>,
 }
@@ -109,6 +111,7 @@ impl Agent {
             .clone()
             .unwrap_or_else(|| workdir.path().join("data"));
         let http_port = free_port();
+        let grpc_port = free_port();
         let log_path = workdir.path().join("agent.log");
         let mut command = Command::new(BINARY);
         command.arg("agent");
@@ -120,6 +123,7 @@ impl Agent {
         }
         command
             .args(["-http-port", &http_port.to_string()])
+            .args(["-grpc-port", &grpc_port.to_string()])
             .args(["-node", "test-node"])
             .args(&options.extra_args)
             .stdout(Stdio::from(std::fs::File::create(&log_path).expect("log")))
@@ -135,6 +139,7 @@ impl Agent {
         Agent {
             child,
             http_port,
+            grpc_port,
             log_path,
             _workdir: keep_workdir,
         }

@@ -1,0 +1,240 @@
+//! Test support for the xDS tests: real Envoy sidecars started through `concord connect
+//! envoy`, tiny HTTP backends, raw one-shot HTTP requests (a new connection each time, since
+//! policy changes apply to new connections only), and Envoy admin stats.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::{eventually, free_port, Agent, BINARY};
+
+/// The Envoy binary: on PATH (scripts/test puts .venv/bin there) or in the repo's .venv.
+pub fn envoy_binary() -> String {
+    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/envoy");
+    if local.exists() {
+        return local.display().to_string();
+    }
+    "envoy".into()
+}
+
+/// A running Envoy sidecar. Killed when dropped.
+pub struct Envoy {
+    child: Child,
+    pub admin_port: u16,
+    log_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Envoy {
+    /// Runs `concord connect envoy -sidecar-for <service>` (which execs Envoy) and waits
+    /// until Envoy has accepted its first clusters and listeners.
+    pub async fn start(agent: &Agent, sidecar_for: &str) -> Envoy {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let admin_port = free_port();
+        let log_path = dir.path().join("envoy.log");
+        let child = Command::new(BINARY)
+            .args(["connect", "envoy", "-sidecar-for", sidecar_for])
+            .args(["-http-addr", &agent.address()])
+            .args(["-grpc-addr", &format!("127.0.0.1:{}", agent.grpc_port)])
+            .args(["-admin-bind", &format!("127.0.0.1:{admin_port}")])
+            .args(["-envoy-binary", &envoy_binary()])
+            .args(["--", "-l", "warning", "--log-path"])
+            .arg(&log_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn connect envoy");
+        let envoy = Envoy {
+            child,
+            admin_port,
+            log_path,
+            _dir: dir,
+        };
+        eventually("Envoy to take its first configuration", Duration::from_secs(30), || async {
+            let stats = envoy.stats().await;
+            let ok = stats.get("cluster_manager.cds.update_success").copied().unwrap_or(0) >= 1
+                && stats.get("listener_manager.lds.update_success").copied().unwrap_or(0) >= 1
+                && stats.get("cluster_manager.warming_clusters") == Some(&0)
+                && stats.get("listener_manager.total_listeners_warming") == Some(&0);
+            ok.then_some(())
+        })
+        .await;
+        envoy
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub async fn admin(&self, path: &str) -> String {
+        let client = concord::api::client::Client::from_flags(
+            Some(&format!("127.0.0.1:{}", self.admin_port)),
+            None,
+        )
+        .expect("client");
+        match client.get(path).await {
+            Ok(response) => response.text(),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// Envoy's counters and gauges (histograms left out).
+    pub async fn stats(&self) -> HashMap<String, u64> {
+        self.admin("/stats")
+            .await
+            .lines()
+            .filter_map(|line| {
+                let (name, value) = line.split_once(": ")?;
+                Some((name.to_string(), value.trim().parse().ok()?))
+            })
+            .collect()
+    }
+
+    pub async fn stat(&self, name: &str) -> u64 {
+        self.stats().await.get(name).copied().unwrap_or(0)
+    }
+
+    /// Every `update_rejected` counter, which must all stay 0.
+    pub async fn rejections(&self) -> Vec<(String, u64)> {
+        let mut rejected: Vec<_> = self
+            .stats()
+            .await
+            .into_iter()
+            .filter(|(name, value)| name.ends_with("update_rejected") && *value > 0)
+            .collect();
+        rejected.sort();
+        rejected
+    }
+
+    pub async fn config_dump(&self) -> Value {
+        serde_json::from_str(&self.admin("/config_dump?include_eds").await).unwrap_or_default()
+    }
+
+    /// The healthy `address:port` hosts of one cluster, from Envoy's `/clusters`.
+    pub async fn hosts(&self, cluster: &str) -> Vec<String> {
+        let text = self.admin("/clusters").await;
+        let mut hosts: Vec<String> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix(&format!("{cluster}::")))
+            .filter_map(|rest| {
+                let (host, field) = rest.split_once("::")?;
+                field.strip_prefix("health_flags::healthy").map(|_| host.to_string())
+            })
+            .collect();
+        hosts.sort();
+        hosts
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A backend that answers every HTTP request with `name`, closing each connection.
+pub async fn backend(name: &str) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+    let port = listener.local_addr().expect("addr").port();
+    let body = name.to_string();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 4096];
+                let mut read = 0;
+                loop {
+                    match socket.read(&mut buffer[read..]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => read += n,
+                    }
+                    if buffer[..read].windows(4).any(|w| w == b"\r\n\r\n") || read == buffer.len() {
+                        break;
+                    }
+                }
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+                let _ = socket.shutdown().await;
+            });
+        }
+    });
+    port
+}
+
+/// One `GET /` on a new connection: (status, body), or an error when the connection fails
+/// or closes without an HTTP response.
+pub async fn get(port: u16) -> Result<(u16, String), String> {
+    let attempt = async {
+        let mut socket = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|error| error.to_string())?;
+        socket
+            .write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+            .await
+            .map_err(|error| error.to_string())?;
+        let mut response = Vec::new();
+        socket
+            .read_to_end(&mut response)
+            .await
+            .map_err(|error| error.to_string())?;
+        let text = String::from_utf8_lossy(&response).into_owned();
+        let status = text
+            .split(' ')
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .ok_or_else(|| format!("no HTTP response ({} bytes)", response.len()))?;
+        let body = text.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default();
+        Ok((status, body))
+    };
+    tokio::time::timeout(Duration::from_secs(5), attempt)
+        .await
+        .unwrap_or_else(|_| Err("timed out".into()))
+}
+
+/// Registers `service` on `port` with a sidecar on `sidecar_port` whose only check aliases
+/// the service (so the proxy is healthy exactly when its service is), and `upstreams` as
+/// (destination, local bind port). `extra` is merged into the service definition.
+pub async fn register(
+    agent: &Agent,
+    id: &str,
+    name: &str,
+    port: u16,
+    sidecar_port: u16,
+    upstreams: &[(&str, u16)],
+    extra: Value,
+) {
+    let upstreams: Vec<Value> = upstreams
+        .iter()
+        .map(|(name, port)| serde_json::json!({"DestinationName": name, "LocalBindPort": port}))
+        .collect();
+    let mut body = serde_json::json!({
+        "ID": id,
+        "Name": name,
+        "Port": port,
+        "Connect": {"SidecarService": {
+            "Port": sidecar_port,
+            "Checks": [{"Name": "alias", "AliasService": id}],
+            "Proxy": {"Upstreams": upstreams},
+        }},
+    });
+    if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+        for (key, value) in extra {
+            body.insert(key.clone(), value.clone());
+        }
+    }
+    let response = agent
+        .client()
+        .put("/v1/agent/service/register", body.to_string().into_bytes())
+        .await
+        .expect("register");
+    assert_eq!(response.status, 200, "{}", response.text());
+}
