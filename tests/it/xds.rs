@@ -181,3 +181,103 @@ async fn tcp_traffic_flows_over_mtls_and_follows_intentions() {
         assert_eq!(envoy.rejections().await, Vec::<(String, u64)>::new(), "{}", envoy.log());
     }
 }
+
+/// Registers api v1 and v2 (each with a sidecar) behind an http service-defaults, a resolver
+/// with subsets on `Service.Meta.version`, and `web` with an `api` upstream.
+async fn canary(agent: &Agent) -> (u16, Vec<Envoy>, Vec<u16>) {
+    write_entry(agent, json!({"Kind": "service-defaults", "Name": "api", "Protocol": "http"})).await;
+    write_entry(
+        agent,
+        json!({"Kind": "service-resolver", "Name": "api", "Subsets": {
+            "v1": {"Filter": "Service.Meta.version == v1"},
+            "v2": {"Filter": "Service.Meta.version == v2"},
+        }}),
+    )
+    .await;
+    let upstream = free_port();
+    let mut envoys = Vec::new();
+    let mut sidecars = Vec::new();
+    for version in ["v1", "v2"] {
+        let id = format!("api-{version}");
+        let port = backend(version).await;
+        let meta = json!({"Meta": {"version": version}});
+        let sidecar = free_port();
+        register(agent, &id, "api", port, sidecar, &[], meta).await;
+        envoys.push(Envoy::start(agent, &id).await);
+        sidecars.push(sidecar);
+    }
+    register(agent, "web", "web", free_port(), free_port(), &[("api", upstream)], json!({})).await;
+    envoys.push(Envoy::start(agent, "web").await);
+    (upstream, envoys, sidecars)
+}
+
+fn splitter(v1: f64, v2: f64) -> Value {
+    json!({"Kind": "service-splitter", "Name": "api", "Splits": [
+        {"Weight": v1, "ServiceSubset": "v1"},
+        {"Weight": v2, "ServiceSubset": "v2"},
+    ]})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_canary_splits_80_20_then_moves_everything_to_v2() {
+    let agent = Agent::start(AgentOptions::default()).await;
+    let td = trust_domain(&agent).await;
+    let (upstream, envoys, sidecars) = canary(&agent).await;
+    let web = &envoys[2];
+    write_entry(&agent, splitter(80.0, 20.0)).await;
+    for subset in ["v1", "v2"] {
+        let cluster = sni("api", subset, &td);
+        eventually("both subsets' endpoints in web's Envoy", Duration::from_secs(10), || async {
+            (web.hosts(&cluster).await.len() == 1).then_some(())
+        })
+        .await;
+    }
+    eventually("the 80/20 route in web's Envoy", Duration::from_secs(10), || async {
+        let routes = web.admin("/config_dump?resource=dynamic_route_configs").await;
+        routes.contains("\"weight\": 8000").then_some(())
+    })
+    .await;
+
+    // 1,000 requests: v1's share is binomial(1000, 0.8); 4 sigma is ±51.
+    let mut v1 = 0;
+    for _ in 0..1000 {
+        match get(upstream).await {
+            Ok((200, body)) if body == "v1" => v1 += 1,
+            Ok((200, body)) if body == "v2" => {}
+            other => panic!("request failed: {other:?}\n{}", web.log()),
+        }
+    }
+    assert!((749..=851).contains(&v1), "v1 got {v1} of 1000 (expected 800 ± 51)");
+
+    // 0/100: new requests all go to v2 within the propagation bound.
+    write_entry(&agent, splitter(0.0, 100.0)).await;
+    let since = Instant::now();
+    until_within("the move to v2", since, upstream, |r| r == &Ok((200, "v2".into()))).await;
+    for _ in 0..100 {
+        assert_eq!(get(upstream).await, Ok((200, "v2".into())));
+    }
+
+    // An L7 deny answers 403 from api's HTTP RBAC filter on new connections. (Connections
+    // web's Envoy already pooled to api keep the policy they were opened under until Envoy
+    // drains them, as with Consul.)
+    let roots = roots_pem(&agent).await;
+    let api_uri = format!("spiffe://{td}/ns/default/dc/dc1/svc/api");
+    let web_identity = leaf_identity(&agent, "web").await;
+    let (code, _, stderr) = cli(&agent, &["intention", "create", "-deny", "web", "api"], None);
+    assert_eq!(code, 0, "{stderr}");
+    let since = Instant::now();
+    loop {
+        let reply = mtls_request(sidecars[1], &roots, &api_uri, &web_identity).unwrap();
+        let reply = String::from_utf8_lossy(&reply).into_owned();
+        if reply.starts_with("HTTP/1.1 403") && reply.ends_with("RBAC: access denied") {
+            break;
+        }
+        assert!(since.elapsed() < PROPAGATION, "no 403 within {PROPAGATION:?}: {reply}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(envoys[1].stat("http.public_listener.rbac.denied").await >= 1);
+
+    for envoy in &envoys {
+        assert_eq!(envoy.rejections().await, Vec::<(String, u64)>::new(), "{}", envoy.log());
+    }
+}
