@@ -281,3 +281,113 @@ async fn http_canary_splits_80_20_then_moves_everything_to_v2() {
         assert_eq!(envoy.rejections().await, Vec::<(String, u64)>::new(), "{}", envoy.log());
     }
 }
+
+/// Envoy's certificate serials (lowercase hex, no colons) from its `/certs`.
+async fn envoy_serials(envoy: &Envoy) -> String {
+    envoy.admin("/certs").await.to_lowercase()
+}
+
+async fn leaf_serial(agent: &Agent, service: &str) -> String {
+    let leaf = json(
+        &agent
+            .client()
+            .get(&format!("/v1/agent/connect/ca/leaf/{service}"))
+            .await
+            .unwrap(),
+    );
+    leaf["SerialNumber"].as_str().unwrap().replace(':', "").to_lowercase()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn critical_instances_leave_endpoints_and_a_root_rotation_drops_no_request() {
+    let agent = Agent::start(AgentOptions::default()).await;
+    let td = trust_domain(&agent).await;
+    let upstream = free_port();
+    let mut envoys = Vec::new();
+    let mut sidecars = Vec::new();
+    for id in ["api-1", "api-2"] {
+        let port = backend(id).await;
+        let sidecar = free_port();
+        register(&agent, id, "api", port, sidecar, &[], json!({"Check": {"TTL": "600s"}})).await;
+        let response = agent
+            .client()
+            .put(&format!("/v1/agent/check/pass/service:{id}"), Vec::new())
+            .await
+            .unwrap();
+        assert_eq!(response.status, 200, "{}", response.text());
+        envoys.push(Envoy::start(&agent, id).await);
+        sidecars.push(sidecar);
+    }
+    register(&agent, "web", "web", free_port(), free_port(), &[("api", upstream)], json!({})).await;
+    let web = Envoy::start(&agent, "web").await;
+    let cluster = sni("api", "", &td);
+    let both: Vec<String> = sidecars.iter().map(|port| format!("127.0.0.1:{port}")).collect();
+    let mut both_sorted = both.clone();
+    both_sorted.sort();
+    eventually("both api sidecars in web's endpoints", Duration::from_secs(10), || async {
+        (web.hosts(&cluster).await == both_sorted).then_some(())
+    })
+    .await;
+
+    // api-2's check goes critical: its sidecar (aliasing it) leaves web's endpoints.
+    let response = agent
+        .client()
+        .put("/v1/agent/check/fail/service:api-2", Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(response.status, 200);
+    let since = Instant::now();
+    loop {
+        if web.hosts(&cluster).await == both[..1] {
+            break;
+        }
+        assert!(since.elapsed() < PROPAGATION, "api-2 still in web's endpoints");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for _ in 0..50 {
+        assert_eq!(get(upstream).await, Ok((200, "api-1".into())));
+    }
+
+    // Rotate the root while requests keep flowing: none may fail.
+    let old_web = leaf_serial(&agent, "web").await;
+    let old_api = leaf_serial(&agent, "api").await;
+    let config = json!({"Provider": "consul", "Config": {"PrivateKeyType": "ec", "PrivateKeyBits": 384}});
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), config.to_string()).unwrap();
+    let path = file.path().display().to_string();
+    let rotate = tokio::task::spawn_blocking({
+        let address = agent.address();
+        move || {
+            std::process::Command::new(crate::support::BINARY)
+                .args(["connect", "ca", "set-config", "-config-file", &path, "-http-addr", &address])
+                .output()
+                .unwrap()
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mut sent, mut failed, mut rotated_at) = (0, Vec::new(), None);
+    while rotated_at.map_or(true, |at| sent < at + 200) {
+        match get(upstream).await {
+            Ok((200, body)) if body == "api-1" => {}
+            other => failed.push(other),
+        }
+        sent += 1;
+        if rotated_at.is_none() && sent % 10 == 0 {
+            let (web_serial, api_serial) = (leaf_serial(&agent, "web").await, leaf_serial(&agent, "api").await);
+            if web_serial != old_web
+                && api_serial != old_api
+                && envoy_serials(&web).await.contains(&web_serial)
+                && envoy_serials(&envoys[0]).await.contains(&api_serial)
+            {
+                rotated_at = Some(sent);
+            }
+        }
+        assert!(Instant::now() < deadline, "the Envoys never got leafs from the new root");
+    }
+    let output = rotate.await.unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(failed.is_empty(), "{} of {sent} requests failed during rotation: {:?}", failed.len(), &failed[..failed.len().min(5)]);
+    for envoy in envoys.iter().chain([&web]) {
+        assert_eq!(envoy.rejections().await, Vec::<(String, u64)>::new(), "{}", envoy.log());
+    }
+}
