@@ -8,6 +8,7 @@
 //! one arrives, so a certificate never silently lapses.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -42,6 +43,9 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 
 pub struct LeafCache {
     ca: Arc<CaManager>,
+    /// Where issued certificates are kept across restarts (`<data_dir>/connect/leaf/`), so a
+    /// restarted agent serves the certificates it had and its Envoys are not reconfigured.
+    dir: Option<PathBuf>,
     store: Arc<Store>,
     datacenter: String,
     shutdown: CancellationToken,
@@ -62,12 +66,14 @@ pub fn renewal_time(after: SystemTime, before: SystemTime) -> SystemTime {
 impl LeafCache {
     pub fn new(
         ca: Arc<CaManager>,
+        dir: Option<PathBuf>,
         store: Arc<Store>,
         datacenter: String,
         shutdown: CancellationToken,
     ) -> Arc<LeafCache> {
         Arc::new(LeafCache {
             ca,
+            dir,
             store,
             datacenter,
             shutdown,
@@ -138,13 +144,7 @@ impl LeafCache {
                 SignError::RateLimited => "CSR rate limit reached".to_string(),
                 other => other.to_string(),
             })?;
-        let floor = self.store.snapshot().last_index();
-        let index = self
-            .next_index
-            .fetch_max(floor, Ordering::AcqRel)
-            .max(floor)
-            + 1;
-        self.next_index.fetch_max(index, Ordering::AcqRel);
+        let index = self.next_index();
         Ok(IssuedCert {
             serial: leaf.serial,
             cert_pem: leaf.cert_pem,
@@ -156,6 +156,99 @@ impl LeafCache {
             root_id: leaf.root_id,
             index,
         })
+    }
+
+    /// An index above every index this agent has served, and above the state's.
+    fn next_index(&self) -> u64 {
+        let floor = self.store.snapshot().last_index();
+        let index = self
+            .next_index
+            .fetch_max(floor, Ordering::AcqRel)
+            .max(floor)
+            + 1;
+        self.next_index.fetch_max(index, Ordering::AcqRel);
+        index
+    }
+
+    fn stored_path(&self, service: &str) -> Option<PathBuf> {
+        // Service names are DNS-like; anything else is kept out of the path.
+        let safe: String = service
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        Some(self.dir.as_ref()?.join(format!("{safe}.json")))
+    }
+
+    /// Keeps `cert` for the next start: written to a temporary file readable only by this
+    /// user, then renamed into place. A failure only costs a re-issue after a restart.
+    fn save(&self, cert: &IssuedCert) {
+        let Some(path) = self.stored_path(&cert.service) else {
+            return;
+        };
+        let stored = serde_json::json!({
+            "Serial": cert.serial,
+            "CertPEM": cert.cert_pem,
+            "PrivateKeyPEM": cert.private_key_pem,
+            "Service": cert.service,
+            "ServiceURI": cert.service_uri,
+            "ValidAfter": crate::types::duration::unix_secs(cert.valid_after),
+            "ValidBefore": crate::types::duration::unix_secs(cert.valid_before),
+            "RootID": cert.root_id,
+        });
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let dir = path.parent().unwrap_or(std::path::Path::new("."));
+            std::fs::create_dir_all(dir)?;
+            let temp = path.with_extension("tmp");
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&temp)?;
+            file.write_all(stored.to_string().as_bytes())?;
+            file.sync_all()?;
+            std::fs::rename(&temp, &path)
+        };
+        if let Err(error) = write() {
+            tracing::warn!(service = %cert.service, path = %path.display(), %error, "cannot keep the leaf certificate for restarts");
+        }
+    }
+
+    /// The certificate kept from before a restart, if it is still signed by the active root
+    /// and not yet due for renewal.
+    fn restore(&self, service: &str) -> Option<IssuedCert> {
+        let text = std::fs::read_to_string(self.stored_path(service)?).ok()?;
+        let stored: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let field = |key: &str| stored[key].as_str().map(str::to_string);
+        let time = |key: &str| {
+            stored[key]
+                .as_u64()
+                .map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+        };
+        let cert = IssuedCert {
+            serial: field("Serial")?,
+            cert_pem: field("CertPEM")?,
+            private_key_pem: field("PrivateKeyPEM")?,
+            service: field("Service")?,
+            service_uri: field("ServiceURI")?,
+            valid_after: time("ValidAfter")?,
+            valid_before: time("ValidBefore")?,
+            root_id: field("RootID")?,
+            index: self.next_index(),
+        };
+        let life = cert.valid_before.duration_since(cert.valid_after).ok()?;
+        let usable = cert.service == service
+            && Some(&cert.root_id) == self.active_root().as_ref()
+            && SystemTime::now() < cert.valid_after + life.mul_f64(0.9);
+        usable.then_some(cert)
     }
 
     fn active_root(&self) -> Option<String> {
@@ -174,7 +267,19 @@ impl LeafCache {
         loop {
             // Registered before issuing, so a rotation during the signature is not missed.
             let ca_changed = self.store.watch(&topics);
-            let renew_at = match self.issue(&service) {
+            let restored = if sender.borrow().is_none() {
+                self.restore(&service)
+            } else {
+                None
+            };
+            let outcome = match restored {
+                Some(cert) => {
+                    tracing::debug!(service, serial = %cert.serial, "serving the leaf certificate kept from before the restart");
+                    Ok(cert)
+                }
+                None => self.issue(&service).inspect(|cert| self.save(cert)),
+            };
+            let renew_at = match outcome {
                 Ok(cert) => {
                     retry = RETRY_MIN;
                     let renew_at = renewal_time(cert.valid_after, cert.valid_before);

@@ -135,6 +135,7 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
     ));
     let leaves = crate::connect::leaf::LeafCache::new(
         ca.clone(),
+        Some(data_dir.join("connect").join("leaf")),
         rpc.store().clone(),
         config.datacenter.clone(),
         shutdown.clone(),

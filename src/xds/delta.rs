@@ -141,9 +141,12 @@ impl DeltaStream {
                 continue;
             }
             state.subscriptions.insert(name.clone());
-            // The protocol requires a subscribed name to be sent even if Envoy had it.
-            state.acked.insert(name.clone(), String::new());
-            state.rejected.remove(name);
+            // The protocol requires a subscribed name to be sent even if the server thinks
+            // Envoy has it; a version Envoy itself just reported (reconnect) is what it has.
+            if !request.initial_resource_versions.contains_key(name) {
+                state.acked.insert(name.clone(), String::new());
+                state.rejected.remove(name);
+            }
         }
         for name in &request.resource_names_unsubscribe {
             if name == "*" {
@@ -374,6 +377,16 @@ mod tests {
             "api is held at the same version"
         );
         assert_eq!(out[0].removed_resources, ["old"]);
+    }
+
+    #[test]
+    fn a_reconnect_subscribing_names_it_holds_is_sent_nothing() {
+        let mut stream = DeltaStream::default();
+        let mut first = request(ENDPOINT, &["api"], "");
+        first.initial_resource_versions = [("api".to_string(), "1".to_string())].into();
+        stream.on_request(&first).unwrap();
+        assert!(stream.responses(&resources("1")).is_empty());
+        assert_eq!(names(&stream.responses(&resources("2"))[0]), ["api"]);
     }
 
     #[test]

@@ -18,6 +18,7 @@ fn persistent(data_dir: &std::path::Path) -> AgentOptions {
             "-hcl".into(),
             "raft_snapshot_threshold = 40\nraft_trailing_logs = 5".into(),
         ],
+        ..AgentOptions::default()
     }
 }
 

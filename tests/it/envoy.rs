@@ -55,14 +55,26 @@ impl Envoy {
             log_path,
             _dir: dir,
         };
-        eventually("Envoy to take its first configuration", Duration::from_secs(30), || async {
-            let stats = envoy.stats().await;
-            let ok = stats.get("cluster_manager.cds.update_success").copied().unwrap_or(0) >= 1
-                && stats.get("listener_manager.lds.update_success").copied().unwrap_or(0) >= 1
-                && stats.get("cluster_manager.warming_clusters") == Some(&0)
-                && stats.get("listener_manager.total_listeners_warming") == Some(&0);
-            ok.then_some(())
-        })
+        eventually(
+            "Envoy to take its first configuration",
+            Duration::from_secs(30),
+            || async {
+                let stats = envoy.stats().await;
+                let ok = stats
+                    .get("cluster_manager.cds.update_success")
+                    .copied()
+                    .unwrap_or(0)
+                    >= 1
+                    && stats
+                        .get("listener_manager.lds.update_success")
+                        .copied()
+                        .unwrap_or(0)
+                        >= 1
+                    && stats.get("cluster_manager.warming_clusters") == Some(&0)
+                    && stats.get("listener_manager.total_listeners_warming") == Some(&0);
+                ok.then_some(())
+            },
+        )
         .await;
         envoy
     }
@@ -123,7 +135,9 @@ impl Envoy {
             .filter_map(|line| line.strip_prefix(&format!("{cluster}::")))
             .filter_map(|rest| {
                 let (host, field) = rest.split_once("::")?;
-                field.strip_prefix("health_flags::healthy").map(|_| host.to_string())
+                field
+                    .strip_prefix("health_flags::healthy")
+                    .map(|_| host.to_string())
             })
             .collect();
         hosts.sort();
@@ -140,7 +154,9 @@ impl Drop for Envoy {
 
 /// A backend that answers every HTTP request with `name`, closing each connection.
 pub async fn backend(name: &str) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind backend");
     let port = listener.local_addr().expect("addr").port();
     let body = name.to_string();
     tokio::spawn(async move {
@@ -192,7 +208,10 @@ pub async fn get(port: u16) -> Result<(u16, String), String> {
             .nth(1)
             .and_then(|code| code.parse().ok())
             .ok_or_else(|| format!("no HTTP response ({} bytes)", response.len()))?;
-        let body = text.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default();
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_string())
+            .unwrap_or_default();
         Ok((status, body))
     };
     tokio::time::timeout(Duration::from_secs(5), attempt)

@@ -663,7 +663,7 @@ async fn api_registrations_survive_a_restart() {
     let options = AgentOptions {
         dev: false,
         data_dir: Some(data_dir.clone()),
-        extra_args: Vec::new(),
+        ..AgentOptions::default()
     };
     let mut agent = Agent::start(options.clone()).await;
     let client = agent.client();

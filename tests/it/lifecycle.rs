@@ -129,7 +129,7 @@ fn durable(data_dir: &std::path::Path) -> AgentOptions {
     AgentOptions {
         dev: false,
         data_dir: Some(data_dir.to_path_buf()),
-        extra_args: Vec::new(),
+        ..AgentOptions::default()
     }
 }
 

@@ -48,6 +48,8 @@ pub struct AgentOptions {
     pub dev: bool,
     pub data_dir: Option<PathBuf>,
     pub extra_args: Vec<String>,
+    /// A fixed gRPC port (a restarted agent keeps its Envoys' address); free when None.
+    pub grpc_port: Option<u16>,
 }
 
 impl Default for AgentOptions {
@@ -56,6 +58,7 @@ impl Default for AgentOptions {
             dev: true,
             data_dir: None,
             extra_args: Vec::new(),
+            grpc_port: None,
         }
     }
 }
@@ -111,7 +114,7 @@ impl Agent {
             .clone()
             .unwrap_or_else(|| workdir.path().join("data"));
         let http_port = free_port();
-        let grpc_port = free_port();
+        let grpc_port = options.grpc_port.unwrap_or_else(free_port);
         let log_path = workdir.path().join("agent.log");
         let mut command = Command::new(BINARY);
         command.arg("agent");

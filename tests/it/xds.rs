@@ -16,7 +16,10 @@ async fn trust_domain(agent: &Agent) -> String {
     eventually("the CA to bootstrap", Duration::from_secs(10), || async {
         let response = agent.client().get("/v1/connect/ca/roots").await.ok()?;
         let roots = serde_json::from_slice::<Value>(&response.body).ok()?;
-        roots["TrustDomain"].as_str().filter(|td| !td.is_empty()).map(str::to_string)
+        roots["TrustDomain"]
+            .as_str()
+            .filter(|td| !td.is_empty())
+            .map(str::to_string)
     })
     .await
 }
@@ -65,8 +68,16 @@ fn foreign_identity() -> concord::connect::tls::Identity {
     use concord::connect::ca::{generate_root, leaf_key_and_csr, KeyType, Signer};
     let now = std::time::SystemTime::now();
     let td = "99999999-0000-0000-0000-000000000000.consul";
-    let root = generate_root(td, 1, KeyType::parse("ec", 256).unwrap(), Duration::from_secs(3600), now).unwrap();
-    let request = leaf_key_and_csr(&format!("spiffe://{td}/ns/default/dc/dc1/svc/web"), "web").unwrap();
+    let root = generate_root(
+        td,
+        1,
+        KeyType::parse("ec", 256).unwrap(),
+        Duration::from_secs(3600),
+        now,
+    )
+    .unwrap();
+    let request =
+        leaf_key_and_csr(&format!("spiffe://{td}/ns/default/dc/dc1/svc/web"), "web").unwrap();
     let leaf = Signer::new(&root)
         .unwrap()
         .sign(&request.csr_pem, td, 1, Duration::from_secs(3600), now)
@@ -130,19 +141,33 @@ async fn tcp_traffic_flows_over_mtls_and_follows_intentions() {
     let api_port = backend("api says hi").await;
     let (api_sidecar, web_sidecar, upstream) = (free_port(), free_port(), free_port());
     register(&agent, "api", "api", api_port, api_sidecar, &[], json!({})).await;
-    register(&agent, "web", "web", free_port(), web_sidecar, &[("api", upstream)], json!({})).await;
+    register(
+        &agent,
+        "web",
+        "web",
+        free_port(),
+        web_sidecar,
+        &[("api", upstream)],
+        json!({}),
+    )
+    .await;
     let api_envoy = Envoy::start(&agent, "api").await;
     let web_envoy = Envoy::start(&agent, "web").await;
 
     // web's upstream listener reaches api's backend through both Envoys over mTLS.
     let api_cluster = sni("api", "", &td);
-    eventually("api's sidecar in web's endpoints", Duration::from_secs(10), || async {
-        (!web_envoy.hosts(&api_cluster).await.is_empty()).then_some(())
-    })
+    eventually(
+        "api's sidecar in web's endpoints",
+        Duration::from_secs(10),
+        || async { (!web_envoy.hosts(&api_cluster).await.is_empty()).then_some(()) },
+    )
     .await;
     assert_eq!(get(upstream).await, Ok((200, "api says hi".into())));
     let handshakes = format!("listener.0.0.0.0_{api_sidecar}.ssl.handshake");
-    assert!(api_envoy.stat(&handshakes).await >= 1, "the hop into api's Envoy was TLS");
+    assert!(
+        api_envoy.stat(&handshakes).await >= 1,
+        "the hop into api's Envoy was TLS"
+    );
 
     // A plaintext client and a client from another CA are refused at api's public listener.
     let plain = get(api_sidecar).await;
@@ -154,38 +179,64 @@ async fn tcp_traffic_flows_over_mtls_and_follows_intentions() {
         foreign.as_ref().map_or(true, |bytes| bytes.is_empty()),
         "a foreign-CA client got {foreign:?}"
     );
-    assert!(api_envoy.stat(&format!("listener.0.0.0.0_{api_sidecar}.ssl.fail_verify_error")).await >= 1);
+    assert!(
+        api_envoy
+            .stat(&format!(
+                "listener.0.0.0.0_{api_sidecar}.ssl.fail_verify_error"
+            ))
+            .await
+            >= 1
+    );
     // The mesh's own web identity, straight to the public listener, is let through.
     let web_identity = leaf_identity(&agent, "web").await;
     let direct = mtls_request(api_sidecar, &roots, &api_uri, &web_identity).unwrap();
     assert!(String::from_utf8_lossy(&direct).ends_with("api says hi"));
 
     // Deny: the TLS handshake completes, then RBAC closes the connection with nothing read.
-    let (code, _, stderr) = cli(&agent, &["intention", "create", "-deny", "web", "api"], None);
+    let (code, _, stderr) = cli(
+        &agent,
+        &["intention", "create", "-deny", "web", "api"],
+        None,
+    );
     assert_eq!(code, 0, "{stderr}");
     let since = Instant::now();
     until_within("deny", since, upstream, |result| result.is_err()).await;
     assert!(api_envoy.stat("connect_authz.rbac.denied").await >= 1);
     let direct = mtls_request(api_sidecar, &roots, &api_uri, &web_identity);
-    assert!(direct.as_ref().map_or(true, |bytes| bytes.is_empty()), "{direct:?}");
+    assert!(
+        direct.as_ref().map_or(true, |bytes| bytes.is_empty()),
+        "{direct:?}"
+    );
 
     // Allow restores new connections.
-    let (code, _, stderr) =
-        cli(&agent, &["intention", "create", "-replace", "-allow", "web", "api"], None);
+    let (code, _, stderr) = cli(
+        &agent,
+        &["intention", "create", "-replace", "-allow", "web", "api"],
+        None,
+    );
     assert_eq!(code, 0, "{stderr}");
     let since = Instant::now();
     until_within("allow", since, upstream, |result| result.is_ok()).await;
     assert_eq!(get(upstream).await, Ok((200, "api says hi".into())));
 
     for envoy in [&api_envoy, &web_envoy] {
-        assert_eq!(envoy.rejections().await, Vec::<(String, u64)>::new(), "{}", envoy.log());
+        assert_eq!(
+            envoy.rejections().await,
+            Vec::<(String, u64)>::new(),
+            "{}",
+            envoy.log()
+        );
     }
 }
 
 /// Registers api v1 and v2 (each with a sidecar) behind an http service-defaults, a resolver
 /// with subsets on `Service.Meta.version`, and `web` with an `api` upstream.
 async fn canary(agent: &Agent) -> (u16, Vec<Envoy>, Vec<u16>) {
-    write_entry(agent, json!({"Kind": "service-defaults", "Name": "api", "Protocol": "http"})).await;
+    write_entry(
+        agent,
+        json!({"Kind": "service-defaults", "Name": "api", "Protocol": "http"}),
+    )
+    .await;
     write_entry(
         agent,
         json!({"Kind": "service-resolver", "Name": "api", "Subsets": {
@@ -206,7 +257,16 @@ async fn canary(agent: &Agent) -> (u16, Vec<Envoy>, Vec<u16>) {
         envoys.push(Envoy::start(agent, &id).await);
         sidecars.push(sidecar);
     }
-    register(agent, "web", "web", free_port(), free_port(), &[("api", upstream)], json!({})).await;
+    register(
+        agent,
+        "web",
+        "web",
+        free_port(),
+        free_port(),
+        &[("api", upstream)],
+        json!({}),
+    )
+    .await;
     envoys.push(Envoy::start(agent, "web").await);
     (upstream, envoys, sidecars)
 }
@@ -227,15 +287,23 @@ async fn http_canary_splits_80_20_then_moves_everything_to_v2() {
     write_entry(&agent, splitter(80.0, 20.0)).await;
     for subset in ["v1", "v2"] {
         let cluster = sni("api", subset, &td);
-        eventually("both subsets' endpoints in web's Envoy", Duration::from_secs(10), || async {
-            (web.hosts(&cluster).await.len() == 1).then_some(())
-        })
+        eventually(
+            "both subsets' endpoints in web's Envoy",
+            Duration::from_secs(10),
+            || async { (web.hosts(&cluster).await.len() == 1).then_some(()) },
+        )
         .await;
     }
-    eventually("the 80/20 route in web's Envoy", Duration::from_secs(10), || async {
-        let routes = web.admin("/config_dump?resource=dynamic_route_configs").await;
-        routes.contains("\"weight\": 8000").then_some(())
-    })
+    eventually(
+        "the 80/20 route in web's Envoy",
+        Duration::from_secs(10),
+        || async {
+            let routes = web
+                .admin("/config_dump?resource=dynamic_route_configs")
+                .await;
+            routes.contains("\"weight\": 8000").then_some(())
+        },
+    )
     .await;
 
     // 1,000 requests: v1's share is binomial(1000, 0.8); 4 sigma is ±51.
@@ -247,12 +315,18 @@ async fn http_canary_splits_80_20_then_moves_everything_to_v2() {
             other => panic!("request failed: {other:?}\n{}", web.log()),
         }
     }
-    assert!((749..=851).contains(&v1), "v1 got {v1} of 1000 (expected 800 ± 51)");
+    assert!(
+        (749..=851).contains(&v1),
+        "v1 got {v1} of 1000 (expected 800 ± 51)"
+    );
 
     // 0/100: new requests all go to v2 within the propagation bound.
     write_entry(&agent, splitter(0.0, 100.0)).await;
     let since = Instant::now();
-    until_within("the move to v2", since, upstream, |r| r == &Ok((200, "v2".into()))).await;
+    until_within("the move to v2", since, upstream, |r| {
+        r == &Ok((200, "v2".into()))
+    })
+    .await;
     for _ in 0..100 {
         assert_eq!(get(upstream).await, Ok((200, "v2".into())));
     }
@@ -263,7 +337,11 @@ async fn http_canary_splits_80_20_then_moves_everything_to_v2() {
     let roots = roots_pem(&agent).await;
     let api_uri = format!("spiffe://{td}/ns/default/dc/dc1/svc/api");
     let web_identity = leaf_identity(&agent, "web").await;
-    let (code, _, stderr) = cli(&agent, &["intention", "create", "-deny", "web", "api"], None);
+    let (code, _, stderr) = cli(
+        &agent,
+        &["intention", "create", "-deny", "web", "api"],
+        None,
+    );
     assert_eq!(code, 0, "{stderr}");
     let since = Instant::now();
     loop {
@@ -272,13 +350,21 @@ async fn http_canary_splits_80_20_then_moves_everything_to_v2() {
         if reply.starts_with("HTTP/1.1 403") && reply.ends_with("RBAC: access denied") {
             break;
         }
-        assert!(since.elapsed() < PROPAGATION, "no 403 within {PROPAGATION:?}: {reply}");
+        assert!(
+            since.elapsed() < PROPAGATION,
+            "no 403 within {PROPAGATION:?}: {reply}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(envoys[1].stat("http.public_listener.rbac.denied").await >= 1);
 
     for envoy in &envoys {
-        assert_eq!(envoy.rejections().await, Vec::<(String, u64)>::new(), "{}", envoy.log());
+        assert_eq!(
+            envoy.rejections().await,
+            Vec::<(String, u64)>::new(),
+            "{}",
+            envoy.log()
+        );
     }
 }
 
@@ -295,7 +381,11 @@ async fn leaf_serial(agent: &Agent, service: &str) -> String {
             .await
             .unwrap(),
     );
-    leaf["SerialNumber"].as_str().unwrap().replace(':', "").to_lowercase()
+    leaf["SerialNumber"]
+        .as_str()
+        .unwrap()
+        .replace(':', "")
+        .to_lowercase()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -308,7 +398,16 @@ async fn critical_instances_leave_endpoints_and_a_root_rotation_drops_no_request
     for id in ["api-1", "api-2"] {
         let port = backend(id).await;
         let sidecar = free_port();
-        register(&agent, id, "api", port, sidecar, &[], json!({"Check": {"TTL": "600s"}})).await;
+        register(
+            &agent,
+            id,
+            "api",
+            port,
+            sidecar,
+            &[],
+            json!({"Check": {"TTL": "600s"}}),
+        )
+        .await;
         let response = agent
             .client()
             .put(&format!("/v1/agent/check/pass/service:{id}"), Vec::new())
@@ -318,15 +417,29 @@ async fn critical_instances_leave_endpoints_and_a_root_rotation_drops_no_request
         envoys.push(Envoy::start(&agent, id).await);
         sidecars.push(sidecar);
     }
-    register(&agent, "web", "web", free_port(), free_port(), &[("api", upstream)], json!({})).await;
+    register(
+        &agent,
+        "web",
+        "web",
+        free_port(),
+        free_port(),
+        &[("api", upstream)],
+        json!({}),
+    )
+    .await;
     let web = Envoy::start(&agent, "web").await;
     let cluster = sni("api", "", &td);
-    let both: Vec<String> = sidecars.iter().map(|port| format!("127.0.0.1:{port}")).collect();
+    let both: Vec<String> = sidecars
+        .iter()
+        .map(|port| format!("127.0.0.1:{port}"))
+        .collect();
     let mut both_sorted = both.clone();
     both_sorted.sort();
-    eventually("both api sidecars in web's endpoints", Duration::from_secs(10), || async {
-        (web.hosts(&cluster).await == both_sorted).then_some(())
-    })
+    eventually(
+        "both api sidecars in web's endpoints",
+        Duration::from_secs(10),
+        || async { (web.hosts(&cluster).await == both_sorted).then_some(()) },
+    )
     .await;
 
     // api-2's check goes critical: its sidecar (aliasing it) leaves web's endpoints.
@@ -341,7 +454,10 @@ async fn critical_instances_leave_endpoints_and_a_root_rotation_drops_no_request
         if web.hosts(&cluster).await == both[..1] {
             break;
         }
-        assert!(since.elapsed() < PROPAGATION, "api-2 still in web's endpoints");
+        assert!(
+            since.elapsed() < PROPAGATION,
+            "api-2 still in web's endpoints"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     for _ in 0..50 {
@@ -351,7 +467,8 @@ async fn critical_instances_leave_endpoints_and_a_root_rotation_drops_no_request
     // Rotate the root while requests keep flowing: none may fail.
     let old_web = leaf_serial(&agent, "web").await;
     let old_api = leaf_serial(&agent, "api").await;
-    let config = json!({"Provider": "consul", "Config": {"PrivateKeyType": "ec", "PrivateKeyBits": 384}});
+    let config =
+        json!({"Provider": "consul", "Config": {"PrivateKeyType": "ec", "PrivateKeyBits": 384}});
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), config.to_string()).unwrap();
     let path = file.path().display().to_string();
@@ -359,7 +476,15 @@ async fn critical_instances_leave_endpoints_and_a_root_rotation_drops_no_request
         let address = agent.address();
         move || {
             std::process::Command::new(crate::support::BINARY)
-                .args(["connect", "ca", "set-config", "-config-file", &path, "-http-addr", &address])
+                .args([
+                    "connect",
+                    "ca",
+                    "set-config",
+                    "-config-file",
+                    &path,
+                    "-http-addr",
+                    &address,
+                ])
                 .output()
                 .unwrap()
         }
@@ -373,7 +498,10 @@ async fn critical_instances_leave_endpoints_and_a_root_rotation_drops_no_request
         }
         sent += 1;
         if rotated_at.is_none() && sent % 10 == 0 {
-            let (web_serial, api_serial) = (leaf_serial(&agent, "web").await, leaf_serial(&agent, "api").await);
+            let (web_serial, api_serial) = (
+                leaf_serial(&agent, "web").await,
+                leaf_serial(&agent, "api").await,
+            );
             if web_serial != old_web
                 && api_serial != old_api
                 && envoy_serials(&web).await.contains(&web_serial)
@@ -382,12 +510,116 @@ async fn critical_instances_leave_endpoints_and_a_root_rotation_drops_no_request
                 rotated_at = Some(sent);
             }
         }
-        assert!(Instant::now() < deadline, "the Envoys never got leafs from the new root");
+        assert!(
+            Instant::now() < deadline,
+            "the Envoys never got leafs from the new root"
+        );
     }
     let output = rotate.await.unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    assert!(failed.is_empty(), "{} of {sent} requests failed during rotation: {:?}", failed.len(), &failed[..failed.len().min(5)]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        failed.is_empty(),
+        "{} of {sent} requests failed during rotation: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
     for envoy in envoys.iter().chain([&web]) {
-        assert_eq!(envoy.rejections().await, Vec::<(String, u64)>::new(), "{}", envoy.log());
+        assert_eq!(
+            envoy.rejections().await,
+            Vec::<(String, u64)>::new(),
+            "{}",
+            envoy.log()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_reconnects_to_a_restarted_agent_and_is_resent_nothing_it_holds() {
+    let data = tempfile::tempdir().unwrap();
+    let options = AgentOptions {
+        dev: false,
+        data_dir: Some(data.path().to_path_buf()),
+        grpc_port: Some(free_port()),
+        ..AgentOptions::default()
+    };
+    let agent = Agent::start(options.clone()).await;
+    let td = trust_domain(&agent).await;
+    let (upstream, envoys, _) = canary(&agent).await;
+    let web = &envoys[2];
+    write_entry(&agent, splitter(80.0, 20.0)).await;
+    eventually(
+        "the 80/20 route and both subsets in web's Envoy",
+        Duration::from_secs(10),
+        || async {
+            let routes = web
+                .admin("/config_dump?resource=dynamic_route_configs")
+                .await;
+            let v1 = web.hosts(&sni("api", "v1", &td)).await.len();
+            let v2 = web.hosts(&sni("api", "v2", &td)).await.len();
+            (routes.contains("\"weight\": 8000") && v1 == 1 && v2 == 1).then_some(())
+        },
+    )
+    .await;
+    let held = [
+        "cluster_manager.cds.update_success".to_string(),
+        "listener_manager.lds.update_success".to_string(),
+        format!("cluster.{}.update_success", sni("api", "v1", &td)),
+        format!("cluster.{}.update_success", sni("api", "v2", &td)),
+    ];
+    let route = "http.upstream.api.default.default.dc1.rds.api.update_success";
+    let before = web.stats().await;
+
+    // The agent goes away: Envoy notices and keeps serving what it has.
+    drop(agent);
+    eventually(
+        "Envoy to see the agent gone",
+        Duration::from_secs(10),
+        || async { (web.stat("control_plane.connected_state").await == 0).then_some(()) },
+    )
+    .await;
+    assert!(
+        get(upstream).await.is_ok(),
+        "traffic stops while the agent is down"
+    );
+
+    let agent = Agent::start(options).await;
+    eventually("Envoy to reconnect", Duration::from_secs(60), || async {
+        (web.stat("control_plane.connected_state").await == 1).then_some(())
+    })
+    .await;
+    // A change after the reconnect: once Envoy has it, anything resent on reconnect (which
+    // goes out before it) has been counted too.
+    write_entry(&agent, splitter(50.0, 50.0)).await;
+    eventually(
+        "the 50/50 route in web's Envoy",
+        Duration::from_secs(10),
+        || async {
+            let routes = web
+                .admin("/config_dump?resource=dynamic_route_configs")
+                .await;
+            routes.contains("\"weight\": 5000").then_some(())
+        },
+    )
+    .await;
+    let after = web.stats().await;
+    for name in &held {
+        assert_eq!(
+            after.get(name),
+            before.get(name),
+            "{name} changed: resent on reconnect"
+        );
+    }
+    assert_eq!(after.get(route).copied(), before.get(route).map(|n| n + 1));
+    for envoy in &envoys {
+        assert_eq!(
+            envoy.rejections().await,
+            Vec::<(String, u64)>::new(),
+            "{}",
+            envoy.log()
+        );
     }
 }
