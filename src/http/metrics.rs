@@ -2,7 +2,8 @@
 //!
 //! Only what concord needs operators to see today: the leaf certificates' health (issue
 //! failures, time left on each service's certificate), so that a certificate can never lapse
-//! silently. The full metrics pipeline (the `metrics` crate and a Prometheus exporter) is a
+//! silently; and the xDS server's (streams per proxy, responses sent, updates Envoy rejected
+//! in all and per proxy), so that a rejected configuration is never a silent stall. The full metrics pipeline (the `metrics` crate and a Prometheus exporter) is a
 //! later issue.
 
 use std::sync::atomic::Ordering;
@@ -24,13 +25,19 @@ use crate::types::duration::{format_rfc3339, unix_now};
 pub const LEAF_ISSUE_FAILURES: &str = "concord.connect.leaf.issue_failures";
 pub const LEAF_SECONDS_LEFT: &str = "concord.connect.leaf.seconds_until_expiry";
 
+pub const XDS_STREAMS: &str = "concord.xds.streams";
+pub const XDS_RESPONSES: &str = "concord.xds.responses_sent";
+pub const XDS_REJECTED: &str = "concord.xds.rejected";
+
+/// One exported value: its name, labels and value.
+type Sample = (&'static str, Vec<(&'static str, String)>, f64);
+
 pub async fn metrics(State(state): State<Arc<AppState>>, call: Call) -> Result<Response, ApiError> {
     state
         .authorizer
         .authorize(call.token().as_deref(), Access::AgentRead)?;
-    let failures = state.leaves.failures.load(Ordering::Relaxed);
     let now = SystemTime::now();
-    let mut gauges: Vec<(String, f64)> = state
+    let mut gauges: Vec<Sample> = state
         .leaves
         .current()
         .iter()
@@ -39,41 +46,98 @@ pub async fn metrics(State(state): State<Arc<AppState>>, call: Call) -> Result<R
                 .valid_before
                 .duration_since(now)
                 .map_or(0.0, |left| left.as_secs_f64());
-            (cert.service.clone(), left)
+            (
+                LEAF_SECONDS_LEFT,
+                vec![("service", cert.service.clone())],
+                left,
+            )
         })
         .collect();
-    gauges.sort_by(|a, b| a.0.cmp(&b.0));
-    if call.get("format") == Some("prometheus") {
-        let metric = |name: &str| name.replace(['.', '-'], "_");
-        let mut text = format!(
-            "# TYPE {0} counter\n{0} {failures}\n# TYPE {1} gauge\n",
-            metric(LEAF_ISSUE_FAILURES),
-            metric(LEAF_SECONDS_LEFT)
-        );
-        for (service, left) in &gauges {
-            text.push_str(&format!(
-                "{}{{service=\"{service}\"}} {left}\n",
-                metric(LEAF_SECONDS_LEFT)
-            ));
-        }
-        return Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response());
+    let mut counters: Vec<Sample> = vec![
+        (
+            LEAF_ISSUE_FAILURES,
+            Vec::new(),
+            state.leaves.failures.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            XDS_RESPONSES,
+            Vec::new(),
+            state.xds.responses_sent.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            XDS_REJECTED,
+            Vec::new(),
+            state.xds.rejected.load(Ordering::Relaxed) as f64,
+        ),
+    ];
+    // Per proxy: open streams, and how many of its updates Envoy rejected.
+    for (proxy, status) in state.xds.proxies() {
+        gauges.push((
+            XDS_STREAMS,
+            vec![("proxy", proxy.clone())],
+            status.streams as f64,
+        ));
+        counters.push((XDS_REJECTED, vec![("proxy", proxy)], status.rejected as f64));
     }
+    gauges.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    counters.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    if call.get("format") == Some("prometheus") {
+        return Ok((
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            prometheus(&counters, &gauges),
+        )
+            .into_response());
+    }
+    let labels = |labels: &[(&str, String)]| -> Value {
+        labels
+            .iter()
+            .map(|(key, value)| (key.to_string(), Value::String(value.clone())))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    };
     let gauges: Vec<Value> = gauges
-        .into_iter()
-        .map(|(service, left)| {
-            json!({"Name": LEAF_SECONDS_LEFT, "Value": left, "Labels": {"service": service}})
+        .iter()
+        .map(|(name, l, value)| json!({"Name": name, "Value": value, "Labels": labels(l)}))
+        .collect();
+    let counters: Vec<Value> = counters
+        .iter()
+        .map(|(name, l, value)| {
+            json!({
+                "Name": name, "Count": *value as u64, "Rate": 0.0, "Sum": value,
+                "Min": 1.0, "Max": 1.0, "Mean": 1.0, "Stddev": 0.0, "Labels": labels(l),
+            })
         })
         .collect();
-    let count = failures as f64;
     let body = json!({
         "Timestamp": format_rfc3339(unix_now()),
         "Gauges": gauges,
         "Points": [],
-        "Counters": [{
-            "Name": LEAF_ISSUE_FAILURES, "Count": failures, "Rate": 0.0, "Sum": count,
-            "Min": 1.0, "Max": 1.0, "Mean": 1.0, "Stddev": 0.0, "Labels": {},
-        }],
+        "Counters": counters,
         "Samples": [],
     });
     Ok(reply::json(&body, call.pretty(&state)))
+}
+
+fn prometheus(counters: &[Sample], gauges: &[Sample]) -> String {
+    let metric = |name: &str| name.replace(['.', '-'], "_");
+    let mut text = String::new();
+    let mut typed = std::collections::HashSet::new();
+    for (kind, samples) in [("counter", counters), ("gauge", gauges)] {
+        for (name, labels, value) in samples {
+            if typed.insert(*name) {
+                text.push_str(&format!("# TYPE {} {kind}\n", metric(name)));
+            }
+            let labels: Vec<String> = labels
+                .iter()
+                .map(|(key, value)| format!("{key}=\"{value}\""))
+                .collect();
+            let labels = if labels.is_empty() {
+                String::new()
+            } else {
+                format!("{{{}}}", labels.join(","))
+            };
+            text.push_str(&format!("{}{labels} {value}\n", metric(name)));
+        }
+    }
+    text
 }

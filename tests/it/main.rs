@@ -18,3 +18,4 @@ mod support;
 mod txn;
 mod watch;
 mod xds;
+mod xds_protocol;

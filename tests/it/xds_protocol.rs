@@ -1,0 +1,207 @@
+//! The xDS server against a scripted delta-ADS client, for what a real Envoy never sends:
+//! streams without a node, empty or unknown type URLs, rejections, and thousands of streams
+//! opened and dropped. Each misbehaving stream gets a gRPC error or is ignored, and the
+//! stream next to it keeps being served.
+
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse,
+};
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+
+use crate::envoy::register;
+use crate::support::{eventually, free_port, json, Agent, AgentOptions};
+
+const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+
+/// One delta stream: requests go in through `requests`, responses come out of `responses`.
+struct Stream {
+    requests: mpsc::Sender<DeltaDiscoveryRequest>,
+    responses: tonic::Streaming<DeltaDiscoveryResponse>,
+}
+
+async fn connect(agent: &Agent) -> Channel {
+    Channel::from_shared(format!("http://127.0.0.1:{}", agent.grpc_port))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect to the gRPC port")
+}
+
+async fn open(channel: &Channel, first: DeltaDiscoveryRequest) -> Result<Stream, tonic::Status> {
+    let (requests, receiver) = mpsc::channel(16);
+    requests.send(first).await.unwrap();
+    let outbound = futures::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|request| (request, receiver))
+    });
+    let mut client = AggregatedDiscoveryServiceClient::new(channel.clone());
+    let responses = client
+        .delta_aggregated_resources(outbound)
+        .await?
+        .into_inner();
+    Ok(Stream {
+        requests,
+        responses,
+    })
+}
+
+fn request(node: &str, type_url: &str) -> DeltaDiscoveryRequest {
+    DeltaDiscoveryRequest {
+        node: (!node.is_empty()).then(|| Node {
+            id: node.into(),
+            ..Default::default()
+        }),
+        type_url: type_url.into(),
+        ..Default::default()
+    }
+}
+
+async fn next(stream: &mut Stream) -> Result<DeltaDiscoveryResponse, tonic::Status> {
+    match tokio::time::timeout(Duration::from_secs(10), stream.responses.message()).await {
+        Ok(Ok(Some(response))) => Ok(response),
+        Ok(Ok(None)) => Err(tonic::Status::cancelled("stream ended")),
+        Ok(Err(status)) => Err(status),
+        Err(_) => panic!("no response within 10s"),
+    }
+}
+
+async fn metric(agent: &Agent, name: &str, proxy: &str) -> u64 {
+    let metrics = json(&agent.client().get("/v1/agent/metrics").await.unwrap());
+    ["Counters", "Gauges"]
+        .iter()
+        .flat_map(|kind| metrics[kind].as_array().cloned().unwrap_or_default())
+        .find(|m| m["Name"] == name && m["Labels"]["proxy"] == proxy)
+        .map(|m| {
+            m["Count"]
+                .as_u64()
+                .or(m["Value"].as_f64().map(|v| v as u64))
+                .unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misbehaving_streams_get_errors_and_do_not_disturb_others() {
+    let agent = Agent::start(AgentOptions::default()).await;
+    register(
+        &agent,
+        "web",
+        "web",
+        free_port(),
+        free_port(),
+        &[],
+        json!({}),
+    )
+    .await;
+    let channel = connect(&agent).await;
+
+    // A good stream, held open throughout.
+    let mut good = open(&channel, request("web-sidecar-proxy", CLUSTER))
+        .await
+        .unwrap();
+    let clusters = next(&mut good).await.unwrap();
+    assert_eq!(clusters.type_url, CLUSTER);
+    assert!(clusters.resources.iter().any(|r| r.name == "local_app"));
+
+    // No node id, and an empty type URL: InvalidArgument, stream over.
+    let mut nameless = open(&channel, request("", CLUSTER)).await.unwrap();
+    let status = next(&mut nameless).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
+    let mut typeless = open(&channel, request("web-sidecar-proxy", ""))
+        .await
+        .unwrap();
+    let status = next(&mut typeless).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
+
+    // An unknown type URL is ignored; the same stream then gets clusters.
+    let mut odd = open(
+        &channel,
+        request("web-sidecar-proxy", "type.googleapis.com/no.such.Type"),
+    )
+    .await
+    .unwrap();
+    odd.requests.send(request("", CLUSTER)).await.unwrap();
+    assert_eq!(next(&mut odd).await.unwrap().type_url, CLUSTER);
+
+    // A rejection is counted for the proxy; the stream stays up and gets the next change.
+    let mut nack = request("", CLUSTER);
+    nack.response_nonce = clusters.nonce.clone();
+    nack.error_detail = Some(RpcStatus {
+        code: 13,
+        message: "test rejection".into(),
+        details: Vec::new(),
+    });
+    good.requests.send(nack).await.unwrap();
+    eventually(
+        "the rejection in the proxy's metrics",
+        Duration::from_secs(10),
+        || async {
+            (metric(&agent, "concord.xds.rejected", "web-sidecar-proxy").await == 1).then_some(())
+        },
+    )
+    .await;
+    register(
+        &agent,
+        "web",
+        "web",
+        free_port(),
+        free_port(),
+        &[("api", free_port())],
+        json!({}),
+    )
+    .await;
+    let update = next(&mut good).await.unwrap();
+    assert!(update
+        .resources
+        .iter()
+        .any(|r| r.name.starts_with("api.default.dc1.internal.")));
+
+    // 10,000 streams opened and dropped at once, over connections of their own (50 streams
+    // each): the HTTP/2 layer may cut such a connection off (rapid-reset protection), which
+    // is an error for that client only.
+    let mut refused = 0;
+    for _ in 0..200 {
+        let abuser = connect(&agent).await;
+        let batch: Vec<_> = (0..50)
+            .map(|_| open(&abuser, request("web-sidecar-proxy", CLUSTER)))
+            .collect();
+        for stream in futures::future::join_all(batch).await {
+            refused += usize::from(stream.is_err());
+        }
+    }
+    assert!(refused < 10_000, "every one of 10,000 streams was refused");
+    eventually(
+        "dropped streams to be closed",
+        Duration::from_secs(30),
+        || async {
+            (metric(&agent, "concord.xds.streams", "web-sidecar-proxy").await == 2).then_some(())
+        },
+    )
+    .await;
+    // The good stream still works: ACK, then a change arrives.
+    let mut ack = request("", CLUSTER);
+    ack.response_nonce = update.nonce.clone();
+    good.requests.send(ack).await.unwrap();
+    register(
+        &agent,
+        "web",
+        "web",
+        free_port(),
+        free_port(),
+        &[("db", free_port())],
+        json!({}),
+    )
+    .await;
+    let update = next(&mut good).await.unwrap();
+    assert!(update
+        .resources
+        .iter()
+        .any(|r| r.name.starts_with("db.default.dc1.internal.")));
+    drop(odd);
+}
