@@ -257,3 +257,51 @@ pub async fn register(
         .expect("register");
     assert_eq!(response.status, 200, "{}", response.text());
 }
+
+/// The dynamic resources Envoy holds (clusters, listeners, routes, endpoints), with what
+/// differs between runs replaced: PEMs, the trust domain, and each port in `ports` by its
+/// name. Compared with `envoy/testdata/<name>.golden.json`; `UPDATE_GOLDEN=1` rewrites it.
+pub async fn assert_golden(envoy: &Envoy, name: &str, trust_domain: &str, ports: &[(u16, &str)]) {
+    let dump = envoy.config_dump().await;
+    let mut resources = serde_json::Map::new();
+    let pick = |kind: &str, list: &str, path: &[&str]| -> Value {
+        let mut items: Vec<Value> = dump["configs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|config| config["@type"].as_str().is_some_and(|t| t.ends_with(kind)))
+            .flat_map(|config| config[list].as_array().cloned().unwrap_or_default())
+            .map(|item| path.iter().fold(item, |value, key| value[*key].clone()))
+            .collect();
+        items.sort_by_key(|item| {
+            item["name"].as_str().or(item["cluster_name"].as_str()).unwrap_or_default().to_string()
+        });
+        Value::Array(items)
+    };
+    resources.insert("clusters".into(), pick("ClustersConfigDump", "dynamic_active_clusters", &["cluster"]));
+    resources.insert("listeners".into(), pick("ListenersConfigDump", "dynamic_listeners", &["active_state", "listener"]));
+    resources.insert("routes".into(), pick("RoutesConfigDump", "dynamic_route_configs", &["route_config"]));
+    resources.insert("endpoints".into(), pick("EndpointsConfigDump", "dynamic_endpoint_configs", &["endpoint_config"]));
+    let mut text = serde_json::to_string_pretty(&Value::Object(resources)).unwrap();
+    let pem = regex::Regex::new(r#""-----BEGIN[^"]*""#).unwrap();
+    text = pem.replace_all(&text, "\"<pem>\"").into_owned();
+    text = text.replace(trust_domain, "<trust-domain>");
+    for (port, label) in ports {
+        let number = regex::Regex::new(&format!(r"\b{port}\b")).unwrap();
+        text = number.replace_all(&text, format!("<{label}>")).into_owned();
+    }
+    // Ports the caller did not name (the apps' own) are still random.
+    let other = regex::Regex::new(r#"("port_value": |\d:)\d{4,5}\b"#).unwrap();
+    text = other.replace_all(&text, "${1}<port>").into_owned();
+    // A port placeholder left bare as a JSON number becomes a string.
+    let bare = regex::Regex::new(r#": (<[a-z0-9-]+>)"#).unwrap();
+    text = bare.replace_all(&text, ": \"$1\"").into_owned();
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("envoy/testdata/{name}.golden.json"));
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, format!("{text}\n")).unwrap();
+    }
+    let golden = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("{} is missing; run with UPDATE_GOLDEN=1", path.display()));
+    assert_eq!(text.trim_end(), golden.trim_end(), "generated Envoy config differs from {}", path.display());
+}

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::envoy::{backend, get, register, Envoy};
+use crate::envoy::{assert_golden, backend, get, register, Envoy};
 use crate::support::{cli, eventually, free_port, json, Agent, AgentOptions};
 
 /// How soon a change must reach new connections (the bound).
@@ -163,6 +163,9 @@ async fn tcp_traffic_flows_over_mtls_and_follows_intentions() {
     )
     .await;
     assert_eq!(get(upstream).await, Ok((200, "api says hi".into())));
+    let ports = [(api_port, "api-port"), (api_sidecar, "api-sidecar"), (web_sidecar, "web-sidecar"), (upstream, "upstream")];
+    assert_golden(&web_envoy, "tcp-web", &td, &ports).await;
+    assert_golden(&api_envoy, "tcp-api", &td, &ports).await;
     let handshakes = format!("listener.0.0.0.0_{api_sidecar}.ssl.handshake");
     assert!(
         api_envoy.stat(&handshakes).await >= 1,
@@ -305,6 +308,10 @@ async fn http_canary_splits_80_20_then_moves_everything_to_v2() {
         },
     )
     .await;
+
+    let mut ports = vec![(upstream, "upstream")];
+    ports.extend(sidecars.iter().zip(["api-v1-sidecar", "api-v2-sidecar"]).map(|(p, n)| (*p, n)));
+    assert_golden(web, "canary-web", &td, &ports).await;
 
     // 1,000 requests: v1's share is binomial(1000, 0.8); 4 sigma is ±51.
     let mut v1 = 0;
