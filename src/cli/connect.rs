@@ -24,6 +24,11 @@ pub fn command() -> Command {
                 )),
         )
         .subcommand(super::envoy::command())
+        .subcommand(
+            Command::new("pipe-bootstrap")
+                .hide(true)
+                .arg(clap::Arg::new("fifo").required(true)),
+        )
 }
 
 pub async fn run(matches: &ArgMatches) -> CommandResult {
@@ -34,6 +39,7 @@ pub async fn run(matches: &ArgMatches) -> CommandResult {
             _ => Err("unknown connect ca command".into()),
         },
         Some(("envoy", sub)) => super::envoy::run(sub).await,
+        Some(("pipe-bootstrap", sub)) => super::envoy::pipe_bootstrap(sub),
         _ => Err("unknown connect command".into()),
     }
 }

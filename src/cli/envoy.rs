@@ -156,10 +156,11 @@ fn check_envoy(binary: &str) -> Result<(), String> {
         .arg("--version")
         .output()
         .map_err(|error| format!("cannot run {binary:?}: {error} (set -envoy-binary)"))?;
+    // `<path> version: <sha>/<version>/Clean/RELEASE/BoringSSL`
     let text = String::from_utf8_lossy(&output.stdout);
     let version = text
-        .split('/')
-        .nth(1)
+        .split_once("version:")
+        .and_then(|(_, rest)| rest.split('/').nth(1))
         .unwrap_or("unknown")
         .trim()
         .to_string();
@@ -169,6 +170,61 @@ fn check_envoy(binary: &str) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+/// Hands the bootstrap to Envoy through a FIFO in a private directory, as Consul does: a
+/// child process writes it once Envoy opens the FIFO, then removes both, so the token is
+/// neither left on disk nor shown on Envoy's command line.
+fn bootstrap_fifo(proxy_id: &str, text: &str) -> Result<std::path::PathBuf, String> {
+    use std::io::Write;
+    let dir = tempfile::Builder::new()
+        .prefix("concord-envoy-")
+        .tempdir()
+        .map_err(|error| format!("cannot create a directory for the bootstrap: {error}"))?
+        .keep();
+    let path = dir.join(format!("{proxy_id}-bootstrap.json"));
+    let made = std::process::Command::new("mkfifo")
+        .args(["-m", "600"])
+        .arg(&path)
+        .status()
+        .map_err(|error| format!("cannot run mkfifo: {error}"))?;
+    if !made.success() {
+        return Err(format!("mkfifo {} failed", path.display()));
+    }
+    let exe = std::env::current_exe().map_err(|error| error.to_string())?;
+    let mut child = std::process::Command::new(exe)
+        .args(["connect", "pipe-bootstrap"])
+        .arg(&path)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|error| format!("cannot start the bootstrap writer: {error}"))?;
+    child
+        .stdin
+        .take()
+        .ok_or("no stdin for the bootstrap writer")?
+        .write_all(text.as_bytes())
+        .map_err(|error| format!("cannot hand over the bootstrap: {error}"))?;
+    Ok(path)
+}
+
+/// The hidden `connect pipe-bootstrap <fifo>`: copies stdin into the FIFO once Envoy opens
+/// it, then removes the FIFO and its directory.
+pub fn pipe_bootstrap(matches: &ArgMatches) -> CommandResult {
+    use std::io::{Read, Write};
+    let path = std::path::PathBuf::from(get_str(matches, "fifo").ok_or("fifo path required")?);
+    let mut text = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut text)
+        .map_err(|error| error.to_string())?;
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .and_then(|mut fifo| fifo.write_all(&text));
+    let _ = std::fs::remove_file(&path);
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::remove_dir(dir);
+    }
+    written.map_err(|error| format!("cannot write the bootstrap: {error}"))
 }
 
 pub async fn run(matches: &ArgMatches) -> CommandResult {
@@ -198,14 +254,7 @@ pub async fn run(matches: &ArgMatches) -> CommandResult {
         .unwrap_or("envoy")
         .to_string();
     check_envoy(&binary)?;
-    let dir = tempfile::Builder::new()
-        .prefix("concord-envoy-")
-        .tempdir()
-        .map_err(|error| format!("cannot create a directory for the bootstrap: {error}"))?
-        .keep();
-    let path = dir.join(format!("{proxy_id}-bootstrap.json"));
-    std::fs::write(&path, text)
-        .map_err(|error| format!("cannot write {}: {error}", path.display()))?;
+    let path = bootstrap_fifo(&proxy_id, &text)?;
     let extra: Vec<String> = matches
         .get_many::<String>("envoy-args")
         .into_iter()

@@ -274,14 +274,46 @@ pub async fn assert_golden(envoy: &Envoy, name: &str, trust_domain: &str, ports:
             .map(|item| path.iter().fold(item, |value, key| value[*key].clone()))
             .collect();
         items.sort_by_key(|item| {
-            item["name"].as_str().or(item["cluster_name"].as_str()).unwrap_or_default().to_string()
+            item["name"]
+                .as_str()
+                .or(item["cluster_name"].as_str())
+                .unwrap_or_default()
+                .to_string()
         });
         Value::Array(items)
     };
-    resources.insert("clusters".into(), pick("ClustersConfigDump", "dynamic_active_clusters", &["cluster"]));
-    resources.insert("listeners".into(), pick("ListenersConfigDump", "dynamic_listeners", &["active_state", "listener"]));
-    resources.insert("routes".into(), pick("RoutesConfigDump", "dynamic_route_configs", &["route_config"]));
-    resources.insert("endpoints".into(), pick("EndpointsConfigDump", "dynamic_endpoint_configs", &["endpoint_config"]));
+    resources.insert(
+        "clusters".into(),
+        pick(
+            "ClustersConfigDump",
+            "dynamic_active_clusters",
+            &["cluster"],
+        ),
+    );
+    resources.insert(
+        "listeners".into(),
+        pick(
+            "ListenersConfigDump",
+            "dynamic_listeners",
+            &["active_state", "listener"],
+        ),
+    );
+    resources.insert(
+        "routes".into(),
+        pick(
+            "RoutesConfigDump",
+            "dynamic_route_configs",
+            &["route_config"],
+        ),
+    );
+    resources.insert(
+        "endpoints".into(),
+        pick(
+            "EndpointsConfigDump",
+            "dynamic_endpoint_configs",
+            &["endpoint_config"],
+        ),
+    );
     let mut text = serde_json::to_string_pretty(&Value::Object(resources)).unwrap();
     let pem = regex::Regex::new(r#""-----BEGIN[^"]*""#).unwrap();
     text = pem.replace_all(&text, "\"<pem>\"").into_owned();
@@ -296,12 +328,18 @@ pub async fn assert_golden(envoy: &Envoy, name: &str, trust_domain: &str, ports:
     // A port placeholder left bare as a JSON number becomes a string.
     let bare = regex::Regex::new(r#": (<[a-z0-9-]+>)"#).unwrap();
     text = bare.replace_all(&text, ": \"$1\"").into_owned();
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("envoy/testdata/{name}.golden.json"));
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("envoy/testdata/{name}.golden.json"));
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, format!("{text}\n")).unwrap();
     }
     let golden = std::fs::read_to_string(&path)
         .unwrap_or_else(|_| panic!("{} is missing; run with UPDATE_GOLDEN=1", path.display()));
-    assert_eq!(text.trim_end(), golden.trim_end(), "generated Envoy config differs from {}", path.display());
+    assert_eq!(
+        text.trim_end(),
+        golden.trim_end(),
+        "generated Envoy config differs from {}",
+        path.display()
+    );
 }

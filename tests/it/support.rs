@@ -127,6 +127,9 @@ impl Agent {
         command
             .args(["-http-port", &http_port.to_string()])
             .args(["-grpc-port", &grpc_port.to_string()])
+            // A -dev agent's temporary data dir then goes away with the test's workdir, even
+            // when the agent is killed.
+            .env("TMPDIR", workdir.path())
             .args(["-node", "test-node"])
             .args(&options.extra_args)
             .stdout(Stdio::from(std::fs::File::create(&log_path).expect("log")))

@@ -163,7 +163,12 @@ async fn tcp_traffic_flows_over_mtls_and_follows_intentions() {
     )
     .await;
     assert_eq!(get(upstream).await, Ok((200, "api says hi".into())));
-    let ports = [(api_port, "api-port"), (api_sidecar, "api-sidecar"), (web_sidecar, "web-sidecar"), (upstream, "upstream")];
+    let ports = [
+        (api_port, "api-port"),
+        (api_sidecar, "api-sidecar"),
+        (web_sidecar, "web-sidecar"),
+        (upstream, "upstream"),
+    ];
     assert_golden(&web_envoy, "tcp-web", &td, &ports).await;
     assert_golden(&api_envoy, "tcp-api", &td, &ports).await;
     let handshakes = format!("listener.0.0.0.0_{api_sidecar}.ssl.handshake");
@@ -310,7 +315,12 @@ async fn http_canary_splits_80_20_then_moves_everything_to_v2() {
     .await;
 
     let mut ports = vec![(upstream, "upstream")];
-    ports.extend(sidecars.iter().zip(["api-v1-sidecar", "api-v2-sidecar"]).map(|(p, n)| (*p, n)));
+    ports.extend(
+        sidecars
+            .iter()
+            .zip(["api-v1-sidecar", "api-v2-sidecar"])
+            .map(|(p, n)| (*p, n)),
+    );
     assert_golden(web, "canary-web", &td, &ports).await;
 
     // 1,000 requests: v1's share is binomial(1000, 0.8); 4 sigma is ±51.
@@ -498,7 +508,7 @@ async fn critical_instances_leave_endpoints_and_a_root_rotation_drops_no_request
     });
     let deadline = Instant::now() + Duration::from_secs(30);
     let (mut sent, mut failed, mut rotated_at) = (0, Vec::new(), None);
-    while rotated_at.map_or(true, |at| sent < at + 200) {
+    while rotated_at.is_none_or(|at| sent < at + 200) {
         match get(upstream).await {
             Ok((200, body)) if body == "api-1" => {}
             other => failed.push(other),
