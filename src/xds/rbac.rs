@@ -20,7 +20,7 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{path_matcher, PathMatcher};
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 
-use super::resources::{regex_matcher, string_exact, string_prefix, string_suffix};
+use super::resources::{header_matcher, regex_matcher, string_exact, string_prefix};
 use crate::proxycfg::{Intentions, Permission as Rule, RuleAction};
 
 pub const NETWORK_RBAC_TYPE: &str =
@@ -101,23 +101,12 @@ fn l7_permission(rule: &Rule) -> Permission {
         });
     }
     for header in &rule.headers {
-        let specifier = if header.present {
-            header_matcher::HeaderMatchSpecifier::PresentMatch(true)
-        } else if !header.exact.is_empty() {
-            header_matcher::HeaderMatchSpecifier::StringMatch(string_exact(&header.exact))
-        } else if !header.prefix.is_empty() {
-            header_matcher::HeaderMatchSpecifier::StringMatch(string_prefix(&header.prefix))
-        } else if !header.suffix.is_empty() {
-            header_matcher::HeaderMatchSpecifier::StringMatch(string_suffix(&header.suffix))
-        } else {
-            header_matcher::HeaderMatchSpecifier::StringMatch(regex_matcher(&header.regex))
-        };
-        parts.push(header_permission(HeaderMatcher {
-            name: header.name.clone(),
-            header_match_specifier: Some(specifier),
-            invert_match: header.invert,
-            ..Default::default()
-        }));
+        parts.push(header_permission(header_matcher(
+            &header.name,
+            header.present,
+            [&header.exact, &header.prefix, &header.suffix, &header.regex],
+            header.invert,
+        )));
     }
     if !rule.methods.is_empty() {
         parts.push(header_permission(HeaderMatcher {

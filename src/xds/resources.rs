@@ -137,6 +137,32 @@ pub fn string_suffix(value: &str) -> StringMatcher {
     }
 }
 
+/// A header match as Consul writes one (router routes and L7 intentions alike): present, or
+/// the first of exact, prefix, suffix, regex that is set.
+pub fn header_matcher(name: &str, present: bool, values: [&str; 4], invert: bool) -> HeaderMatcher {
+    let [exact, prefix, suffix, regex] = values;
+    let string = if !exact.is_empty() {
+        string_exact(exact)
+    } else if !prefix.is_empty() {
+        string_prefix(prefix)
+    } else if !suffix.is_empty() {
+        string_suffix(suffix)
+    } else {
+        regex_matcher(regex)
+    };
+    let specifier = if present {
+        header_matcher::HeaderMatchSpecifier::PresentMatch(true)
+    } else {
+        header_matcher::HeaderMatchSpecifier::StringMatch(string)
+    };
+    HeaderMatcher {
+        name: name.into(),
+        header_match_specifier: Some(specifier),
+        invert_match: invert,
+        ..Default::default()
+    }
+}
+
 pub fn regex_matcher(regex: &str) -> StringMatcher {
     StringMatcher {
         match_pattern: Some(string_matcher::MatchPattern::SafeRegex(RegexMatcher {
@@ -673,23 +699,12 @@ fn route_match(definition: &Value) -> RouteMatch {
         .header
         .iter()
         .map(|header| {
-            let specifier = if header.present {
-                header_matcher::HeaderMatchSpecifier::PresentMatch(true)
-            } else if !header.exact.is_empty() {
-                header_matcher::HeaderMatchSpecifier::StringMatch(string_exact(&header.exact))
-            } else if !header.prefix.is_empty() {
-                header_matcher::HeaderMatchSpecifier::StringMatch(string_prefix(&header.prefix))
-            } else if !header.suffix.is_empty() {
-                header_matcher::HeaderMatchSpecifier::StringMatch(string_suffix(&header.suffix))
-            } else {
-                header_matcher::HeaderMatchSpecifier::StringMatch(regex_matcher(&header.regex))
-            };
-            HeaderMatcher {
-                name: header.name.clone(),
-                header_match_specifier: Some(specifier),
-                invert_match: header.invert,
-                ..Default::default()
-            }
+            header_matcher(
+                &header.name,
+                header.present,
+                [&header.exact, &header.prefix, &header.suffix, &header.regex],
+                header.invert,
+            )
         })
         .collect();
     if !http.methods.is_empty() {
