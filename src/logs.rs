@@ -88,7 +88,7 @@ pub fn init(level: &str, json: bool) {
     let dependencies = if level == "trace" { "trace" } else { "warn" };
     let filter = |level: &str| {
         EnvFilter::new(format!(
-            "{level},openraft={dependencies},sled={dependencies},hyper={dependencies}"
+            "{level},openraft={dependencies},sled={dependencies},hyper={dependencies},h2={dependencies},tonic={dependencies},tower={dependencies}"
         ))
     };
     let stdout = tracing_subscriber::fmt::layer()
