@@ -86,24 +86,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 const CLOCK_TICKS_PER_SEC: f64 = 100.0;
 
 fn main() -> Result<()> {
-    if !std::env::args().any(|arg| arg == "--bench") {
-        println!("benches/agent.rs: skipped (run it with `cargo bench --bench agent`)");
+    let Some(selected) = common::selected_sections("agent", SECTIONS)? else {
         return Ok(());
-    }
-    let selected: Vec<String> = match std::env::var("CONCORD_BENCH") {
-        Ok(list) if !list.trim().is_empty() && list.trim() != "all" => list
-            .split(',')
-            .map(|name| name.trim().to_lowercase())
-            .filter(|name| !name.is_empty())
-            .collect(),
-        _ => SECTIONS.iter().map(|name| name.to_string()).collect(),
     };
-    if let Some(unknown) = selected
-        .iter()
-        .find(|name| !SECTIONS.contains(&name.as_str()))
-    {
-        bail!("unknown section {unknown:?} in CONCORD_BENCH; known: {SECTIONS:?}");
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

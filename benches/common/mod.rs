@@ -101,3 +101,27 @@ pub fn print_machine(binary: &str, client: &str, units: &str) {
     println!("{client}, tokio with {cores} workers");
     println!("{units}");
 }
+
+/// The sections `CONCORD_BENCH` selects (all of `sections` when unset or `all`), or None when
+/// cargo did not pass `--bench` (`cargo test` builds bench targets; they then do no work).
+pub fn selected_sections(name: &str, sections: &[&str]) -> anyhow::Result<Option<Vec<String>>> {
+    if !std::env::args().any(|arg| arg == "--bench") {
+        println!("benches/{name}.rs: skipped (run it with `cargo bench --bench {name}`)");
+        return Ok(None);
+    }
+    let selected: Vec<String> = match std::env::var("CONCORD_BENCH") {
+        Ok(list) if !list.trim().is_empty() && list.trim() != "all" => list
+            .split(',')
+            .map(|name| name.trim().to_lowercase())
+            .filter(|name| !name.is_empty())
+            .collect(),
+        _ => sections.iter().map(|name| name.to_string()).collect(),
+    };
+    if let Some(unknown) = selected
+        .iter()
+        .find(|name| !sections.contains(&name.as_str()))
+    {
+        anyhow::bail!("unknown section {unknown:?} in CONCORD_BENCH; known: {sections:?}");
+    }
+    Ok(Some(selected))
+}
