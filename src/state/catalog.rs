@@ -1,6 +1,8 @@
 //! The catalog tables: nodes, their services and checks, with per-node and per-service-name
 //! indexes so a blocking query on one service wakes only for changes to that service.
 
+use imbl::{OrdMap, OrdSet};
+
 use super::Tables;
 use crate::types::{Check, DeregisterRequest, Node, RaftIndexes, RegisterRequest, Service};
 
@@ -56,27 +58,33 @@ impl Tables {
     }
 
     /// The instances that accept mesh traffic for `name`: its connect proxies and its
-    /// Connect-native instances. A scan of every service: fine for the catalogs concord
-    /// serves today; an index by destination is the fix when it shows in a profile.
+    /// Connect-native instances, ordered by (node, service id).
     pub fn connect_nodes<'a>(
         &'a self,
-        name: &'a str,
+        name: &str,
     ) -> impl Iterator<Item = (&'a Node, &'a Service)> + 'a {
-        self.services
-            .iter()
-            .filter_map(move |((node, _), service)| {
-                let proxies_for_name = service.kind == "connect-proxy"
-                    && service
-                        .proxy
-                        .as_ref()
-                        .is_some_and(|proxy| proxy.destination_service_name == name);
-                let native = service.connect_native && service.name == name;
-                if proxies_for_name || native {
-                    Some((self.nodes.get(node)?, service))
-                } else {
-                    None
-                }
+        self.connect_instances
+            .get(name)
+            .into_iter()
+            .flat_map(|keys| keys.iter())
+            .filter_map(|key| {
+                let service = self.services.get(key)?;
+                Some((self.nodes.get(&key.0)?, service))
             })
+    }
+
+    /// Recomputes the indexes that the snapshot encoding leaves out.
+    pub(super) fn rebuild_derived_indexes(&mut self) {
+        let mut connect = OrdMap::new();
+        for (key, service) in &self.services {
+            if let Some(destination) = connect_destination(service) {
+                connect
+                    .entry(destination.to_string())
+                    .or_insert_with(OrdSet::new)
+                    .insert(key.clone());
+            }
+        }
+        self.connect_instances = connect;
     }
 
     /// Checks on one node, node-level and service-level.
@@ -282,12 +290,22 @@ fn upsert_service(
             unlink_instance(tables, &previous.name, &key);
             touch_service(tables, index, &previous.name, touched);
         }
+        if let Some(destination) = connect_destination(previous) {
+            unlink(&mut tables.connect_instances, destination, &key);
+        }
     }
     tables
         .service_instances
         .entry(service.name.clone())
         .or_default()
         .insert(key.clone());
+    if let Some(destination) = connect_destination(service) {
+        tables
+            .connect_instances
+            .entry(destination.to_string())
+            .or_default()
+            .insert(key.clone());
+    }
     tables.services.insert(key, next);
     tables.table_index.services = index;
     touched.push(SERVICES_TOPIC.into());
@@ -296,11 +314,34 @@ fn upsert_service(
 }
 
 fn unlink_instance(tables: &mut Tables, name: &str, key: &(String, String)) {
-    if let Some(keys) = tables.service_instances.get_mut(name) {
+    unlink(&mut tables.service_instances, name, key);
+}
+
+fn unlink(
+    index: &mut OrdMap<String, OrdSet<(String, String)>>,
+    name: &str,
+    key: &(String, String),
+) {
+    if let Some(keys) = index.get_mut(name) {
         keys.remove(key);
         if keys.is_empty() {
-            tables.service_instances.remove(name);
+            index.remove(name);
         }
+    }
+}
+
+/// The service whose mesh traffic an instance takes: a proxy's destination, or a
+/// Connect-native instance's own name.
+fn connect_destination(service: &Service) -> Option<&str> {
+    if service.kind == "connect-proxy" {
+        service
+            .proxy
+            .as_ref()
+            .map(|proxy| proxy.destination_service_name.as_str())
+    } else if service.connect_native {
+        Some(service.name.as_str())
+    } else {
+        None
     }
 }
 
@@ -390,6 +431,9 @@ fn remove_service(
         remove_check(tables, index, node, &check_id, touched);
     }
     unlink_instance(tables, &service.name, &key);
+    if let Some(destination) = connect_destination(&service) {
+        unlink(&mut tables.connect_instances, destination, &key);
+    }
     tables.table_index.services = index;
     touched.push(SERVICES_TOPIC.into());
     touch_service(tables, index, &service.name, touched);

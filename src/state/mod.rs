@@ -43,6 +43,12 @@ pub struct Tables {
     services: OrdMap<(String, String), Service>,
     /// Service name -> the (node, service id) keys of its instances.
     service_instances: OrdMap<String, OrdSet<(String, String)>>,
+    /// Connect destination -> the (node, service id) keys of the instances taking its mesh
+    /// traffic (its sidecar proxies and Connect-native instances). Derived from `services`,
+    /// so it is left out of the snapshot encoding (keeping the format unchanged) and rebuilt
+    /// on restore.
+    #[serde(skip)]
+    connect_instances: OrdMap<String, OrdSet<(String, String)>>,
     /// Keyed by (node name, check id).
     checks: OrdMap<(String, String), Check>,
     /// Keys and entries sit behind `Arc` so that the copy-on-write of a B-tree node clones
@@ -260,7 +266,7 @@ impl Store {
     /// Replaces every table with a decoded snapshot and wakes every blocking query, since any
     /// answer may have changed (indexes may even go backwards, as in Consul).
     pub fn restore(&self, bytes: &[u8]) -> Result<(), RestoreError> {
-        let tables: Tables = match bytes.split_first() {
+        let mut tables: Tables = match bytes.split_first() {
             Some((&SNAPSHOT_FORMAT, rest)) => {
                 bincode::deserialize(rest).map_err(|error| RestoreError(error.to_string()))?
             }
@@ -269,6 +275,7 @@ impl Store {
             }
             None => return Err(RestoreError("empty snapshot".into())),
         };
+        tables.rebuild_derived_indexes();
         let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         self.publish(tables);
         self.watches.notify_all();

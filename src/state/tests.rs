@@ -483,3 +483,70 @@ fn locks_follow_consul_semantics_and_die_with_their_session() {
     assert_eq!(tables.kv_get("other").unwrap().value, b"held");
     assert!(store.lock_delay_remaining("other").is_some());
 }
+
+fn proxy(id: &str, destination: &str) -> Service {
+    Service {
+        kind: "connect-proxy".into(),
+        proxy: Some(crate::types::connect::ServiceProxy {
+            destination_service_name: destination.into(),
+            ..Default::default()
+        }),
+        ..service(id, &format!("{destination}-sidecar-proxy"))
+    }
+}
+
+fn connect_ids(tables: &Tables, name: &str) -> Vec<String> {
+    tables
+        .connect_nodes(name)
+        .map(|(node, service)| format!("{}/{}", node.name, service.id))
+        .collect()
+}
+
+#[test]
+fn connect_instances_follow_proxies_and_native_services_through_every_change() {
+    let store = Store::new();
+    apply(&store, 2, register("n1", Some(proxy("p1", "api"))));
+    apply(&store, 3, register("n2", Some(proxy("p2", "api"))));
+    let native = Service {
+        connect_native: true,
+        ..service("api-native", "api")
+    };
+    apply(&store, 4, register("n1", Some(native)));
+    apply(&store, 5, register("n1", Some(service("api-plain", "api"))));
+    assert_eq!(
+        connect_ids(&store.snapshot(), "api"),
+        ["n1/api-native", "n1/p1", "n2/p2"]
+    );
+
+    // A proxy re-registered for another destination moves; deregistering removes.
+    apply(&store, 6, register("n2", Some(proxy("p2", "web"))));
+    apply(
+        &store,
+        7,
+        Command::CatalogDeregister(DeregisterRequest {
+            node: "n1".into(),
+            service_id: Some("api-native".into()),
+            check_id: None,
+        }),
+    );
+    let tables = store.snapshot();
+    assert_eq!(connect_ids(&tables, "api"), ["n1/p1"]);
+    assert_eq!(connect_ids(&tables, "web"), ["n2/p2"]);
+
+    // The index is not encoded, so a restore must rebuild it.
+    let restored = Store::new();
+    restored.restore(&Store::encode(&tables)).expect("restore");
+    assert_eq!(connect_ids(&restored.snapshot(), "api"), ["n1/p1"]);
+    assert_eq!(connect_ids(&restored.snapshot(), "web"), ["n2/p2"]);
+
+    apply(
+        &store,
+        8,
+        Command::CatalogDeregister(DeregisterRequest {
+            node: "n1".into(),
+            service_id: None,
+            check_id: None,
+        }),
+    );
+    assert!(connect_ids(&store.snapshot(), "api").is_empty());
+}
