@@ -158,7 +158,7 @@ fn nanos_opt<S: serde::Serializer>(
 }
 
 /// Overrides a caller may apply (`POST /v1/discovery-chain/:service`).
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Overrides {
     pub protocol: String,
     pub connect_timeout: Option<Duration>,

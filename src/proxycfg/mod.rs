@@ -46,8 +46,9 @@ pub struct Snapshot {
     pub trust_domain: String,
     pub public: PublicListener,
     pub leaf: Leaf,
-    /// Every CA root Envoy should trust (active and rotated-out-but-not-pruned), PEM.
-    pub roots_pem: Vec<String>,
+    /// Every CA root Envoy should trust (active and rotated-out-but-not-pruned), PEM. Shared
+    /// by every snapshot made from the same tables.
+    pub roots_pem: Arc<Vec<String>>,
     pub intentions: Intentions,
     pub upstreams: Vec<UpstreamSnapshot>,
 }
@@ -119,9 +120,10 @@ pub struct UpstreamSnapshot {
     pub id: String,
     pub bind_address: String,
     pub bind_port: u16,
-    pub chain: Chain,
-    /// Healthy endpoints per chain target id.
-    pub endpoints: BTreeMap<String, Vec<Endpoint>>,
+    /// Shared by every proxy with the same upstream (see `Shared`).
+    pub chain: Arc<Chain>,
+    /// Healthy endpoints per chain target id, shared likewise.
+    pub endpoints: BTreeMap<String, Arc<Vec<Endpoint>>>,
 }
 
 /// Why no snapshot can be made (yet) for a proxy id.
@@ -140,6 +142,35 @@ pub struct Context<'a> {
     pub node: &'a str,
     pub datacenter: &'a str,
     pub default_policy: DefaultPolicy,
+}
+
+/// The parts of snapshots that many proxies have in common (an upstream's compiled chain, a
+/// target's healthy endpoints, the CA roots), computed once per version of the tables and
+/// shared. Without it, a change that touches every proxy (a splitter used by all of them)
+/// compiles the same chain and filters the same instances once per proxy.
+#[derive(Default)]
+pub struct Shared {
+    /// The tables the entries were computed from; held so the pointer cannot be reused.
+    tables: Option<Arc<Tables>>,
+    chains: HashMap<(String, chain::Overrides), Result<Arc<Chain>, String>>,
+    endpoints: HashMap<String, Arc<Vec<Endpoint>>>,
+    roots_pem: Option<Arc<Vec<String>>>,
+}
+
+impl Shared {
+    /// Forgets everything computed from other tables than `tables`.
+    fn for_tables(&mut self, tables: &Arc<Tables>) {
+        if !self
+            .tables
+            .as_ref()
+            .is_some_and(|held| Arc::ptr_eq(held, tables))
+        {
+            *self = Shared {
+                tables: Some(tables.clone()),
+                ..Shared::default()
+            };
+        }
+    }
 }
 
 fn config_str<'a>(config: &'a Value, key: &str) -> Option<&'a str> {
@@ -168,10 +199,12 @@ pub fn find_proxy<'t>(tables: &'t Tables, node: &'t str, proxy_id: &str) -> Opti
         .find(|service| service.id == proxy_id && service.kind == "connect-proxy")
 }
 
-/// Computes the snapshot for `proxy_id` from `tables` and its leaf certificate.
+/// Computes the snapshot for `proxy_id` from `tables` and its leaf certificate, taking the
+/// parts other proxies share from `shared` (or putting them there).
 pub fn compute(
-    tables: &Tables,
+    tables: &Arc<Tables>,
     context: &Context<'_>,
+    shared: &Mutex<Shared>,
     proxy_id: &str,
     leaf: Option<&IssuedCert>,
 ) -> Result<Snapshot, NotReady> {
@@ -217,23 +250,31 @@ pub fn compute(
                 .map(std::time::Duration::from_millis),
             mesh_gateway_mode: String::new(),
         };
-        let chain = chain::compile(
-            tables,
-            &upstream.destination_name,
-            &chain_context,
-            &overrides,
-        )
-        .map_err(NotReady::Chain)?;
+        let mut shared = shared.lock().unwrap_or_else(PoisonError::into_inner);
+        shared.for_tables(tables);
+        let chain = shared
+            .chains
+            .entry((upstream.destination_name.clone(), overrides))
+            .or_insert_with_key(|(name, overrides)| {
+                chain::compile(tables, name, &chain_context, overrides).map(Arc::new)
+            })
+            .clone()
+            .map_err(NotReady::Chain)?;
         let endpoints = chain
             .targets
             .iter()
             .map(|(id, target)| {
-                (
-                    id.clone(),
-                    endpoints::healthy(tables, target, context.datacenter),
-                )
+                let endpoints = shared
+                    .endpoints
+                    .entry(id.clone())
+                    .or_insert_with(|| {
+                        Arc::new(endpoints::healthy(tables, target, context.datacenter))
+                    })
+                    .clone();
+                (id.clone(), endpoints)
             })
             .collect();
+        drop(shared);
         upstreams.push(UpstreamSnapshot {
             id: upstream.destination_name.clone(),
             bind_address: non_empty(&upstream.local_bind_address, "127.0.0.1"),
@@ -242,9 +283,20 @@ pub fn compute(
             endpoints,
         });
     }
-    let mut roots: Vec<_> = ca.roots.iter().collect();
-    // Active root first, then the rest by age: a stable order keeps versions stable.
-    roots.sort_by_key(|root| (!root.active, root.not_before_unix, root.id.clone()));
+    let roots_pem = {
+        let mut shared = shared.lock().unwrap_or_else(PoisonError::into_inner);
+        shared.for_tables(tables);
+        shared
+            .roots_pem
+            .get_or_insert_with(|| {
+                let mut roots: Vec<_> = ca.roots.iter().collect();
+                // Active root first, then the rest by age: a stable order keeps versions
+                // stable.
+                roots.sort_by_key(|root| (!root.active, root.not_before_unix, root.id.clone()));
+                Arc::new(roots.iter().map(|root| root.cert_pem.clone()).collect())
+            })
+            .clone()
+    };
     Ok(Snapshot {
         proxy_id: proxy_id.to_string(),
         service: destination.clone(),
@@ -255,7 +307,7 @@ pub fn compute(
             cert_pem: leaf.cert_pem.clone(),
             private_key_pem: leaf.private_key_pem.clone(),
         },
-        roots_pem: roots.iter().map(|root| root.cert_pem.clone()).collect(),
+        roots_pem,
         intentions: intentions(tables, &destination, context.default_policy),
         upstreams,
     })
@@ -354,6 +406,7 @@ pub struct Watcher {
     default_policy: DefaultPolicy,
     shutdown: CancellationToken,
     proxies: Mutex<HashMap<String, SnapshotReceiver>>,
+    shared: Mutex<Shared>,
 }
 
 impl Watcher {
@@ -373,6 +426,7 @@ impl Watcher {
             default_policy,
             shutdown,
             proxies: Mutex::new(HashMap::new()),
+            shared: Mutex::new(Shared::default()),
         })
     }
 
@@ -421,7 +475,13 @@ impl Watcher {
             let cert = leaf
                 .as_mut()
                 .and_then(|receiver| receiver.borrow_and_update().clone());
-            let next = compute(&tables, &self.context(), &proxy_id, cert.as_deref());
+            let next = compute(
+                &tables,
+                &self.context(),
+                &self.shared,
+                &proxy_id,
+                cert.as_deref(),
+            );
             sender.send_if_modified(|current| {
                 let changed = match (&*current, &next) {
                     (Ok(old), Ok(new)) => **old != *new,

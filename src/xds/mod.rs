@@ -11,6 +11,8 @@ pub mod rbac;
 pub mod resources;
 pub mod server;
 pub mod sotw;
+#[cfg(test)]
+mod tests;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

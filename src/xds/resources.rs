@@ -359,17 +359,82 @@ fn prefix_match(prefix: &str) -> RouteMatch {
 }
 
 /// Generates every resource of `snapshot`.
-pub fn generate(snapshot: &Snapshot) -> Resources {
+///
+/// `previous` is the snapshot a stream last generated from, with what it generated. A
+/// resource whose inputs are equal in both snapshots is taken over as it is rather than built,
+/// encoded and hashed again: a change (one config entry, one instance's health) touches few
+/// of a proxy's resources, and the rest carry its certificates and keys inline, so rebuilding
+/// them is most of the cost of an update.
+pub fn generate(snapshot: &Snapshot, previous: Option<(&Snapshot, &Resources)>) -> Resources {
     let mut resources = Resources::default();
-    public_listener(snapshot, &mut resources);
+    let previous = previous.map(|(snapshot_before, resources_before)| Previous {
+        snapshot: snapshot_before,
+        resources: resources_before,
+        same_identity: snapshot_before.leaf == snapshot.leaf
+            && snapshot_before.roots_pem == snapshot.roots_pem
+            && snapshot_before.trust_domain == snapshot.trust_domain
+            && snapshot_before.datacenter == snapshot.datacenter,
+    });
+    let public_unchanged = previous.as_ref().is_some_and(|previous| {
+        previous.same_identity
+            && previous.snapshot.public == snapshot.public
+            && previous.snapshot.intentions == snapshot.intentions
+    });
+    if !(public_unchanged
+        && previous.as_ref().is_some_and(|previous| {
+            previous.take(&mut resources, CLUSTER, LOCAL_APP)
+                && previous.take(&mut resources, LISTENER, &public_listener_name(snapshot))
+        }))
+    {
+        public_listener(snapshot, &mut resources);
+    }
     for upstream in &snapshot.upstreams {
-        upstream_resources(snapshot, upstream, &mut resources);
+        let before = previous.as_ref().and_then(|previous| {
+            let upstream_before = previous
+                .snapshot
+                .upstreams
+                .iter()
+                .find(|before| before.id == upstream.id)?;
+            Some((previous, upstream_before))
+        });
+        upstream_resources(snapshot, upstream, before, &mut resources);
     }
     // Never leave a type empty for a sidecar: Envoy waits for the first CDS and LDS.
     for type_url in [CLUSTER, LISTENER] {
         resources.by_type.entry(type_url).or_default();
     }
     resources
+}
+
+/// What a stream generated before, for `generate` to take unchanged resources from.
+struct Previous<'a> {
+    snapshot: &'a Snapshot,
+    resources: &'a Resources,
+    /// The proxy's certificate, trusted roots, trust domain and datacenter are unchanged:
+    /// every resource that embeds them may be reused.
+    same_identity: bool,
+}
+
+impl Previous<'_> {
+    /// Copies the earlier resource `name` of `type_url` into `resources`, if there was one.
+    fn take(&self, resources: &mut Resources, type_url: &'static str, name: &str) -> bool {
+        let Some(versioned) = self.resources.of(type_url).and_then(|of| of.get(name)) else {
+            return false;
+        };
+        resources
+            .by_type
+            .entry(type_url)
+            .or_default()
+            .insert(name.to_string(), versioned.clone());
+        true
+    }
+}
+
+fn public_listener_name(snapshot: &Snapshot) -> String {
+    format!(
+        "public_listener:{}:{}",
+        snapshot.public.address, snapshot.public.port
+    )
 }
 
 fn public_listener(snapshot: &Snapshot, resources: &mut Resources) {
@@ -427,7 +492,7 @@ fn public_listener(snapshot: &Snapshot, resources: &mut Resources) {
         require_client_certificate: Some(BoolValue { value: true }),
         ..Default::default()
     };
-    let name = format!("public_listener:{}:{}", public.address, public.port);
+    let name = public_listener_name(snapshot);
     let listener = Listener {
         name: name.clone(),
         address: socket(&public.address, public.port),
@@ -465,9 +530,53 @@ fn load_assignment(cluster: &str, endpoints: &[(&str, u16, u32)]) -> ClusterLoad
     }
 }
 
-fn upstream_resources(snapshot: &Snapshot, upstream: &UpstreamSnapshot, resources: &mut Resources) {
+fn upstream_resources(
+    snapshot: &Snapshot,
+    upstream: &UpstreamSnapshot,
+    before: Option<(&Previous<'_>, &UpstreamSnapshot)>,
+    resources: &mut Resources,
+) {
     let chain = &upstream.chain;
     for (id, target) in &chain.targets {
+        let target_before = before.and_then(|(previous, upstream_before)| {
+            Some((
+                previous,
+                upstream_before,
+                upstream_before.chain.targets.get(id)?,
+            ))
+        });
+        let endpoints_unchanged =
+            target_before.is_some_and(|(previous, upstream_before, before)| {
+                before.sni == target.sni
+                    && upstream_before.endpoints.get(id) == upstream.endpoints.get(id)
+                    && previous.take(resources, ENDPOINT, &target.sni)
+            });
+        if !endpoints_unchanged {
+            let endpoints: Vec<(&str, u16, u32)> = upstream
+                .endpoints
+                .get(id)
+                .map(|list| {
+                    list.iter()
+                        .map(|e| (e.address.as_str(), e.port, e.weight))
+                        .collect()
+                })
+                .unwrap_or_default();
+            // An empty assignment, not none: Envoy would otherwise wait for it while warming.
+            resources.add(
+                ENDPOINT,
+                target.sni.clone(),
+                load_assignment(&target.sni, &endpoints),
+            );
+        }
+        let cluster_unchanged = target_before.is_some_and(|(previous, upstream_before, before)| {
+            previous.same_identity
+                && before == target
+                && upstream_before.chain.protocol == chain.protocol
+                && previous.take(resources, CLUSTER, &target.sni)
+        });
+        if cluster_unchanged {
+            continue;
+        }
         let cluster = Cluster {
             name: target.sni.clone(),
             alt_stat_name: target.sni.clone(),
@@ -512,30 +621,30 @@ fn upstream_resources(snapshot: &Snapshot, upstream: &UpstreamSnapshot, resource
             cluster,
             vec![target.sni.clone()],
         );
-        let endpoints: Vec<(&str, u16, u32)> = upstream
-            .endpoints
-            .get(id)
-            .map(|list| {
-                list.iter()
-                    .map(|e| (e.address.as_str(), e.port, e.weight))
-                    .collect()
-            })
-            .unwrap_or_default();
-        // An empty assignment, not none: Envoy would otherwise wait for it while warming.
-        resources.add(
-            ENDPOINT,
-            target.sni.clone(),
-            load_assignment(&target.sni, &endpoints),
-        );
     }
 
-    let stat_prefix = format!(
-        "upstream.{}.default.default.{}",
-        upstream.id, snapshot.datacenter
-    );
     let name = format!(
         "{}:{}:{}",
         upstream.id, upstream.bind_address, upstream.bind_port
+    );
+    // The listener and route depend on the chain and the binding only (and the datacenter,
+    // part of the identity); `take` brings the route along only when the chain has one.
+    let listener_unchanged = before.is_some_and(|(previous, upstream_before)| {
+        previous.same_identity
+            && upstream_before.bind_address == upstream.bind_address
+            && upstream_before.bind_port == upstream.bind_port
+            && upstream_before.chain == upstream.chain
+            && previous.take(resources, LISTENER, &name)
+    });
+    if listener_unchanged {
+        if let Some((previous, _)) = before {
+            previous.take(resources, ROUTE, &upstream.id);
+        }
+        return;
+    }
+    let stat_prefix = format!(
+        "upstream.{}.default.default.{}",
+        upstream.id, snapshot.datacenter
     );
     let start_cluster = start_target(chain).unwrap_or_default();
     let (filter, children) = if !is_http(&chain.protocol) {

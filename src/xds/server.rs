@@ -25,7 +25,7 @@ use super::delta::{BadRequest, DeltaStream, Received, Rejection};
 use super::resources::{self, Resources};
 use super::sotw::SotwStream;
 use crate::acl::{Access, Authorizer};
-use crate::proxycfg::{NotReady, SnapshotReceiver, Watcher};
+use crate::proxycfg::{NotReady, Snapshot, SnapshotReceiver, Watcher};
 
 /// Responses a stream may have queued before its task waits for Envoy to read them.
 const STREAM_BUFFER: usize = 8;
@@ -157,10 +157,24 @@ async fn next_snapshot(snapshots: &mut Option<SnapshotReceiver>) -> bool {
     }
 }
 
-/// The resources of the proxy's current snapshot, or None while it cannot have any.
-fn current_resources(snapshots: &mut SnapshotReceiver, proxy: &str) -> Option<Resources> {
+/// What a stream last generated, and from which snapshot.
+type Generated = Option<(Arc<Snapshot>, Resources)>;
+
+/// The resources of the proxy's current snapshot (reusing what is unchanged since
+/// `generated`), or None while it cannot have any.
+fn current_resources(
+    snapshots: &mut SnapshotReceiver,
+    proxy: &str,
+    generated: Generated,
+) -> Generated {
     match &*snapshots.borrow_and_update() {
-        Ok(snapshot) => Some(resources::generate(snapshot)),
+        Ok(snapshot) => {
+            let previous = generated
+                .as_ref()
+                .map(|(snapshot, resources)| (&**snapshot, resources));
+            let resources = resources::generate(snapshot, previous);
+            Some((snapshot.clone(), resources))
+        }
         Err(NotReady::UnknownProxy) => {
             tracing::debug!(
                 proxy,
@@ -224,7 +238,7 @@ async fn run<P: Protocol>(
     };
     let mut stream = P::default();
     let mut snapshots: Option<SnapshotReceiver> = None;
-    let mut resources: Option<Resources> = None;
+    let mut generated: Generated = None;
     loop {
         tokio::select! {
             message = inbound.message() => {
@@ -239,7 +253,7 @@ async fn run<P: Protocol>(
                 if snapshots.is_none() {
                     match context.attach(P::node_id(&request), &mut guard) {
                         Ok(mut receiver) => {
-                            resources = current_resources(&mut receiver, guard.proxy.as_deref().unwrap_or_default());
+                            generated = current_resources(&mut receiver, guard.proxy.as_deref().unwrap_or_default(), None);
                             snapshots = Some(receiver);
                         }
                         Err(status) => {
@@ -269,12 +283,12 @@ async fn run<P: Protocol>(
                     return;
                 }
                 if let Some(receiver) = snapshots.as_mut() {
-                    resources = current_resources(receiver, guard.proxy.as_deref().unwrap_or_default());
+                    generated = current_resources(receiver, guard.proxy.as_deref().unwrap_or_default(), generated.take());
                 }
             }
             _ = context.shutdown.cancelled() => return,
         }
-        if let Some(resources) = &resources {
+        if let Some((_, resources)) = &generated {
             for response in stream.responses(resources) {
                 context
                     .status
