@@ -41,6 +41,15 @@ pub struct IssuedCert {
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
+/// A retry delay somewhere in the upper half of `backoff`. Many sidecars registered at once
+/// all hit the CSR rate limit at once; without jitter their retries stay in lock-step and each
+/// round, only the limiter's burst gets through.
+fn jittered(backoff: Duration) -> Duration {
+    use rand::Rng;
+    let half = backoff / 2;
+    half + half.mul_f64(rand::thread_rng().gen::<f64>())
+}
+
 pub struct LeafCache {
     ca: Arc<CaManager>,
     /// Where issued certificates are kept across restarts (`<data_dir>/connect/leaf/`), so a
@@ -289,10 +298,10 @@ impl LeafCache {
                 }
                 Err(error) => {
                     self.failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(service, %error, retry_in = ?retry, "leaf certificate issue failed; retrying");
-                    let at = SystemTime::now() + retry;
+                    let wait = jittered(retry);
+                    tracing::warn!(service, %error, retry_in = ?wait, "leaf certificate issue failed; retrying");
                     retry = (retry * 2).min(RETRY_MAX);
-                    at
+                    SystemTime::now() + wait
                 }
             };
             let issued_root = sender.borrow().as_ref().map(|cert| cert.root_id.clone());
@@ -315,5 +324,22 @@ impl LeafCache {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_spread_over_the_upper_half_of_the_backoff() {
+        let backoff = Duration::from_secs(8);
+        let waits: std::collections::BTreeSet<Duration> =
+            (0..200).map(|_| jittered(backoff)).collect();
+        assert!(waits
+            .iter()
+            .all(|wait| *wait >= backoff / 2 && *wait <= backoff));
+        // Two hundred draws from a 4 s range: lock-step would be one value.
+        assert!(waits.len() > 150, "{} distinct waits", waits.len());
     }
 }
