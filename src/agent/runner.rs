@@ -136,8 +136,10 @@ async fn run_ttl(agent: Arc<Agent>, id: String, cancel: CancellationToken, touch
 }
 
 /// Keeps an alias check's status equal to the aggregate health of the aliased service (its
-/// own checks and its node's) or node, as the catalog has it: re-evaluated whenever anything
-/// registered on that node changes.
+/// own checks and its node's) or node, as the catalog has it. It wakes on the narrowest topic
+/// that every relevant change touches: the aliased service's name once that service exists
+/// (its checks and its node's checks touch it), the node's topic otherwise. Watching the node
+/// for every alias would wake all of a node's sidecars' aliases on any write to the node.
 async fn run_alias(
     agent: Arc<Agent>,
     id: String,
@@ -145,20 +147,28 @@ async fn run_alias(
     service: String,
     cancel: CancellationToken,
 ) {
+    use crate::state::catalog::{node_topic, service_topic};
     let node = if node.is_empty() {
         agent.node_name().to_string()
     } else {
         node
     };
     let store = agent.rpc.store().clone();
-    let topics = vec![(
-        crate::state::catalog::node_topic(&node),
-        crate::state::Match::Exact,
-    )];
+    let mut topic = node_topic(&node);
     loop {
-        let guard = store.watch(&topics);
-        let (status, output) = alias_status(&store.snapshot(), &node, &service, &id);
+        let guard = store.watch(&[(topic.clone(), crate::state::Match::Exact)]);
+        let tables = store.snapshot();
+        let (status, output) = alias_status(&tables, &node, &service, &id);
         agent.set_result(&id, status, output);
+        let wanted = match tables.service(&node, &service) {
+            Some(aliased) if !service.is_empty() => service_topic(&aliased.name),
+            _ => node_topic(&node),
+        };
+        if wanted != topic {
+            // Re-register on the right topic and look again, so nothing in between is missed.
+            topic = wanted;
+            continue;
+        }
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = guard.changed() => {}
@@ -175,18 +185,19 @@ fn alias_status(
     if tables.node(node).is_none() {
         return (HealthStatus::Critical, format!("Node {node:?} not found"));
     }
-    if !service.is_empty() && !tables.node_services(node).any(|s| s.id == service) {
+    if !service.is_empty() && tables.service(node, service).is_none() {
         return (
             HealthStatus::Critical,
             format!("Service {service:?} not found on node {node:?}"),
         );
     }
-    let worst = tables
-        .node_checks(node)
+    let checks: Box<dyn Iterator<Item = &crate::types::Check>> = if service.is_empty() {
+        Box::new(tables.node_checks(node))
+    } else {
+        Box::new(tables.instance_checks(node, service))
+    };
+    let worst = checks
         .filter(|check| check.check_id != own_id)
-        .filter(|check| {
-            service.is_empty() || check.service_id.is_empty() || check.service_id == service
-        })
         .map(|check| check.status)
         .max();
     match worst {

@@ -35,6 +35,12 @@ impl Tables {
             .map(|(_, service)| service)
     }
 
+    /// One service instance.
+    pub fn service(&self, node: &str, service_id: &str) -> Option<&Service> {
+        self.services
+            .get(&(node.to_string(), service_id.to_string()))
+    }
+
     /// Every instance of a service name with its node, ordered by (node, service id).
     pub fn service_nodes<'a>(
         &'a self,
