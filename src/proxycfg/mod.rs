@@ -195,8 +195,8 @@ fn parse_config(json: &str) -> Value {
 /// The proxy registered under `proxy_id` on `node`.
 pub fn find_proxy<'t>(tables: &'t Tables, node: &'t str, proxy_id: &str) -> Option<&'t Service> {
     tables
-        .node_services(node)
-        .find(|service| service.id == proxy_id && service.kind == "connect-proxy")
+        .service(node, proxy_id)
+        .filter(|service| service.kind == "connect-proxy")
 }
 
 /// Computes the snapshot for `proxy_id` from `tables` and its leaf certificate, taking the

@@ -23,21 +23,25 @@ pub enum Match {
 }
 
 struct Waiter {
-    id: u64,
     mode: Match,
     notify: Arc<Notify>,
 }
 
+/// A topic's waiters by registration id: a guard's drop removes its own entry without
+/// scanning the others (thousands of proxy tasks wait on the same few topics and each
+/// re-registers after every wake-up).
+type Waiters = BTreeMap<u64, Waiter>;
+
 #[derive(Default)]
 pub struct WatchRegistry {
-    waiters: Mutex<BTreeMap<String, Vec<Waiter>>>,
+    waiters: Mutex<BTreeMap<String, Waiters>>,
     next_id: AtomicU64,
 }
 
 impl WatchRegistry {
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Vec<Waiter>>> {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Waiters>> {
         // A panic while holding this lock cannot leave the map inconsistent (every mutation is
-        // a single push or retain), so a poisoned lock is still safe to use.
+        // a single insert or remove), so a poisoned lock is still safe to use.
         self.waiters.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -48,11 +52,13 @@ impl WatchRegistry {
         let notify = Arc::new(Notify::new());
         let mut waiters = self.lock();
         for (topic, mode) in topics {
-            waiters.entry(topic.clone()).or_default().push(Waiter {
+            waiters.entry(topic.clone()).or_default().insert(
                 id,
-                mode: *mode,
-                notify: notify.clone(),
-            });
+                Waiter {
+                    mode: *mode,
+                    notify: notify.clone(),
+                },
+            );
         }
         drop(waiters);
         WatchGuard {
@@ -71,12 +77,12 @@ impl WatchRegistry {
         }
         for topic in touched {
             if let Some(list) = waiters.get(topic.as_str()) {
-                list.iter().for_each(|waiter| waiter.notify.notify_one());
+                list.values().for_each(|waiter| waiter.notify.notify_one());
             }
             // Every proper prefix of the topic, cut at character boundaries.
             for (cut, _) in topic.char_indices() {
                 if let Some(list) = waiters.get(&topic[..cut]) {
-                    list.iter()
+                    list.values()
                         .filter(|waiter| waiter.mode == Match::Prefix)
                         .for_each(|waiter| waiter.notify.notify_one());
                 }
@@ -87,13 +93,13 @@ impl WatchRegistry {
     /// Wakes every waiter (after a snapshot restore replaced every table).
     pub fn notify_all(&self) {
         for list in self.lock().values() {
-            list.iter().for_each(|waiter| waiter.notify.notify_one());
+            list.values().for_each(|waiter| waiter.notify.notify_one());
         }
     }
 
     /// Number of registered (topic, waiter) pairs, for metrics and tests.
     pub fn len(&self) -> usize {
-        self.lock().values().map(Vec::len).sum()
+        self.lock().values().map(BTreeMap::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -120,7 +126,7 @@ impl Drop for WatchGuard {
         let mut waiters = self.registry.lock();
         for topic in &self.topics {
             if let Some(list) = waiters.get_mut(topic) {
-                list.retain(|waiter| waiter.id != self.id);
+                list.remove(&self.id);
                 if list.is_empty() {
                     waiters.remove(topic);
                 }
