@@ -3,10 +3,12 @@
 //! `resources` turns a snapshot into Envoy's protobuf resources with content-derived
 //! versions (`rbac` builds the intention filters); `delta` and `sotw` are the two ADS
 //! protocol state machines, without I/O; `server` is the tonic service whose stream tasks
-//! drive them; `bootstrap` is the Envoy bootstrap `concord connect envoy` writes.
+//! drive them, routed by `grpc` with small per-stream buffers; `bootstrap` is the Envoy
+//! bootstrap `concord connect envoy` writes.
 
 pub mod bootstrap;
 pub mod delta;
+mod grpc;
 pub mod rbac;
 pub mod resources;
 pub mod server;
@@ -18,7 +20,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 use tokio_util::sync::CancellationToken;
 
 pub use server::{XdsServer, XdsStatus};
@@ -39,7 +40,7 @@ pub async fn serve(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .max_concurrent_streams(Some(max_streams))
-        .add_service(AggregatedDiscoveryServiceServer::new(server))
+        .add_service(grpc::AdsService::new(server))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await;
     if let Err(error) = served {
