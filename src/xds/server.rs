@@ -249,7 +249,10 @@ async fn run<P: Protocol>(
                     Ok(Some(request)) => request,
                     Ok(None) => return,
                     Err(status) => {
+                        // A request that does not decode, or a broken transport; the
+                        // status reaches the client if it is still there.
                         tracing::debug!(%status, "xDS stream ended");
+                        let _ = out.send(Box::new(Err(status))).await;
                         return;
                     }
                 };

@@ -1,5 +1,6 @@
 //! The xDS server against a scripted delta-ADS client, for what a real Envoy never sends:
-//! streams without a node, empty or unknown type URLs, rejections, and thousands of streams
+//! streams without a node, empty or unknown type URLs, bytes that are not a request,
+//! rejections, and thousands of streams
 //! opened and dropped. Each misbehaving stream gets a gRPC error or is ignored, and the
 //! stream next to it keeps being served.
 
@@ -11,6 +12,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse,
 };
 use envoy_types::pb::google::rpc::Status as RpcStatus;
+use futures::StreamExt;
 use serde_json::json;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
@@ -49,6 +51,79 @@ async fn open(channel: &Channel, first: DeltaDiscoveryRequest) -> Result<Stream,
         requests,
         responses,
     })
+}
+
+/// Sends `bytes` as one gRPC message on a new delta stream; returns how the stream ended.
+async fn send_raw(channel: &Channel, bytes: Vec<u8>) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.expect("channel ready");
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources",
+    );
+    // Keep the request side open, as Envoy does, so the end is the server's doing.
+    let outbound = futures::stream::iter([bytes]).chain(futures::stream::pending());
+    let mut stream = match grpc
+        .streaming(tonic::Request::new(outbound), path, RawCodec)
+        .await
+    {
+        Ok(response) => response.into_inner(),
+        Err(status) => return status,
+    };
+    match tokio::time::timeout(Duration::from_secs(10), stream.message()).await {
+        Ok(Err(status)) => status,
+        Ok(Ok(other)) => panic!("expected an error status, got {other:?}"),
+        Err(_) => panic!("no answer to a malformed request within 10s"),
+    }
+}
+
+/// Raw bytes out, delta responses in.
+struct RawCodec;
+
+struct RawEncoder;
+
+struct ResponseDecoder;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = DeltaDiscoveryResponse;
+    type Encoder = RawEncoder;
+    type Decoder = ResponseDecoder;
+
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+
+    fn decoder(&mut self) -> ResponseDecoder {
+        ResponseDecoder
+    }
+}
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        prost::bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for ResponseDecoder {
+    type Item = DeltaDiscoveryResponse;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<DeltaDiscoveryResponse>, tonic::Status> {
+        prost::Message::decode(src)
+            .map(Some)
+            .map_err(|error| tonic::Status::internal(error.to_string()))
+    }
 }
 
 fn request(node: &str, type_url: &str) -> DeltaDiscoveryRequest {
@@ -118,6 +193,11 @@ async fn misbehaving_streams_get_errors_and_do_not_disturb_others() {
         .unwrap();
     let status = next(&mut typeless).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
+
+    // Bytes that are not a DiscoveryRequest (a field claiming 5 bytes, carrying 1).
+    let status = send_raw(&channel, vec![0x0a, 0x05, 0x01]).await;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
+    assert!(status.message().contains("malformed request"), "{status}");
 
     // An unknown type URL is ignored; the same stream then gets clusters.
     let mut odd = open(
