@@ -45,6 +45,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 #[path = "common/mod.rs"]
 mod common;
+use common::process::{cpu_ticks, proc_status_kb, CpuMeter, CLOCK_TICKS_PER_SEC};
 use common::{millis, Stats, Table};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_concord");
@@ -82,8 +83,6 @@ const WAKE_BUDGET: Duration = Duration::from_secs(300);
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
-/// Linux `CLK_TCK`, the unit of utime/stime in /proc/<pid>/stat (100 on every mainstream kernel).
-const CLOCK_TICKS_PER_SEC: f64 = 100.0;
 
 fn main() -> Result<()> {
     let Some(selected) = common::selected_sections("agent", SECTIONS)? else {
@@ -845,7 +844,7 @@ impl Agent {
     }
 
     fn stat_path(&self) -> PathBuf {
-        PathBuf::from(format!("/proc/{}/stat", self.pid))
+        common::process::stat_path(self.pid)
     }
 
     fn rss_mb(&self) -> Result<f64> {
@@ -871,57 +870,6 @@ impl Agent {
                 let _ = self.child.kill().await;
             }
         }
-    }
-}
-
-fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|line| {
-        let rest = line.strip_prefix(field)?.strip_prefix(':')?;
-        rest.trim().trim_end_matches("kB").trim().parse().ok()
-    })
-}
-
-/// utime + stime of a process or thread, in clock ticks, from its stat file.
-fn cpu_ticks(stat_path: &Path) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(stat_path) else {
-        return 0;
-    };
-    let Some(close) = stat.rfind(')') else {
-        return 0;
-    };
-    // After "pid (comm)" come the fields from #3 (state); utime and stime are #14 and #15.
-    let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-    let field = |n: usize| -> u64 { fields.get(n - 3).and_then(|v| v.parse().ok()).unwrap_or(0) };
-    field(14) + field(15)
-}
-
-/// CPU used by several processes or threads (their stat files) over the same interval.
-struct CpuMeter {
-    started: Instant,
-    paths: Vec<PathBuf>,
-    ticks: Vec<u64>,
-}
-
-impl CpuMeter {
-    fn start(paths: &[PathBuf]) -> CpuMeter {
-        CpuMeter {
-            started: Instant::now(),
-            ticks: paths.iter().map(|path| cpu_ticks(path)).collect(),
-            paths: paths.to_vec(),
-        }
-    }
-
-    /// Cores each one used since `start`, in the order given.
-    fn finish(self) -> Vec<f64> {
-        let seconds = self.started.elapsed().as_secs_f64().max(1e-9);
-        self.paths
-            .iter()
-            .zip(self.ticks)
-            .map(|(path, before)| {
-                cpu_ticks(path).saturating_sub(before) as f64 / CLOCK_TICKS_PER_SEC / seconds
-            })
-            .collect()
     }
 }
 

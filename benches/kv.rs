@@ -22,7 +22,6 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::path::Path;
 use std::pin::Pin;
 use std::process::Stdio;
 use std::sync::{Arc, OnceLock};
@@ -44,6 +43,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 #[path = "common/mod.rs"]
 mod common;
+use common::process::{own_stat_path, proc_status_kb, stat_path, CpuMeter};
 use common::{millis, Stats, Table};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_concord");
@@ -63,8 +63,6 @@ const GET_KEYS: usize = 1_000;
 const WATCHERS: usize = 10_000;
 const WAKE_SAMPLES: usize = 500;
 const CONNECT_PARALLELISM: usize = 256;
-/// Linux `CLK_TCK`, the unit of utime/stime in /proc/<pid>/stat (100 on every mainstream kernel).
-const CLOCK_TICKS_PER_SEC: f64 = 100.0;
 
 fn main() -> Result<()> {
     let Some(selected) = common::selected_sections("kv", SECTIONS)? else {
@@ -187,7 +185,7 @@ async fn bench_sequential(table: &mut Table) -> Result<()> {
     let value = value_bytes(VALUE_BYTES);
     let mut conn = Conn::connect(agent.addr).await?;
     let mut latencies = Vec::with_capacity(SEQUENTIAL_PUTS as usize);
-    let cpu = CpuMeter::start(agent.pid);
+    let cpu = agent_and_client_cpu(agent.pid);
     let started = Instant::now();
     for n in 0..SEQUENTIAL_PUTS {
         let path = format!("/v1/kv/{}", padded_key("seq/", n));
@@ -199,7 +197,7 @@ async fn bench_sequential(table: &mut Table) -> Result<()> {
         }
     }
     let elapsed = started.elapsed();
-    let cpu = cpu.finish();
+    let cpu = CpuUse::from(cpu.finish());
     let stats = Stats::new(latencies);
     println!(
         "{SEQUENTIAL_PUTS} PUTs in {:.2} s: p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, max {:.3} ms, \
@@ -647,58 +645,21 @@ impl Agent {
     }
 }
 
-fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|line| {
-        let rest = line.strip_prefix(field)?.strip_prefix(':')?;
-        rest.trim().trim_end_matches("kB").trim().parse().ok()
-    })
-}
-
-/// utime + stime of a process, in clock ticks, from /proc/<pid>/stat.
-fn cpu_ticks(stat_path: &Path) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(stat_path) else {
-        return 0;
-    };
-    let Some(close) = stat.rfind(')') else {
-        return 0;
-    };
-    // After "pid (comm)" come the fields from #3 (state); utime and stime are #14 and #15.
-    let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-    let field = |n: usize| -> u64 { fields.get(n - 3).and_then(|v| v.parse().ok()).unwrap_or(0) };
-    field(14) + field(15)
-}
-
-struct CpuMeter {
-    started: Instant,
-    agent_path: std::path::PathBuf,
-    agent: u64,
-    client: u64,
-}
-
+/// Cores used by the agent and by this bench over one measurement.
 struct CpuUse {
     agent: f64,
     client: f64,
 }
 
-impl CpuMeter {
-    fn start(pid: u32) -> CpuMeter {
-        let agent_path = std::path::PathBuf::from(format!("/proc/{pid}/stat"));
-        CpuMeter {
-            started: Instant::now(),
-            agent: cpu_ticks(&agent_path),
-            client: cpu_ticks(Path::new("/proc/self/stat")),
-            agent_path,
-        }
-    }
+fn agent_and_client_cpu(pid: u32) -> CpuMeter {
+    CpuMeter::start(&[stat_path(pid), own_stat_path()])
+}
 
-    /// Cores used by each side since `start`.
-    fn finish(self) -> CpuUse {
-        let seconds = self.started.elapsed().as_secs_f64().max(1e-9);
-        let cores = |ticks: u64| ticks as f64 / CLOCK_TICKS_PER_SEC / seconds;
+impl From<Vec<f64>> for CpuUse {
+    fn from(cores: Vec<f64>) -> CpuUse {
         CpuUse {
-            agent: cores(cpu_ticks(&self.agent_path).saturating_sub(self.agent)),
-            client: cores(cpu_ticks(Path::new("/proc/self/stat")).saturating_sub(self.client)),
+            agent: cores.first().copied().unwrap_or(0.0),
+            client: cores.get(1).copied().unwrap_or(0.0),
         }
     }
 }
@@ -1074,7 +1035,7 @@ where
         });
     }
     start.wait().await;
-    let cpu = CpuMeter::start(agent.pid);
+    let cpu = agent_and_client_cpu(agent.pid);
     let started = Instant::now();
     let mut all = Vec::new();
     let mut errors = 0;
@@ -1084,7 +1045,7 @@ where
         errors += failed;
     }
     let elapsed = started.elapsed();
-    let cpu = cpu.finish();
+    let cpu = CpuUse::from(cpu.finish());
     Ok(Load {
         ok: all.len() as u64,
         errors,

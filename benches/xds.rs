@@ -35,7 +35,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::future::Future;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::Stdio;
@@ -62,6 +62,9 @@ use tonic::transport::{Channel, Endpoint};
 
 #[path = "common/mod.rs"]
 mod common;
+use common::process::{
+    cpu_ticks, free_ports, log_problems, proc_status_kb, tail, CLOCK_TICKS_PER_SEC,
+};
 use common::{millis, Stats, Table};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_concord");
@@ -122,8 +125,6 @@ const UNLIMITED_CSRS: &str = "connect {\n  ca_config {\n    csr_max_per_second =
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Linux `CLK_TCK`, the unit of utime/stime in /proc/<pid>/stat (100 on every mainstream kernel).
-const CLOCK_TICKS_PER_SEC: f64 = 100.0;
 
 fn main() -> Result<()> {
     let Some(selected) = common::selected_sections("xds", SECTIONS)? else {
@@ -1196,7 +1197,7 @@ impl Agent {
     }
 
     fn stat_path(&self) -> PathBuf {
-        PathBuf::from(format!("/proc/{}/stat", self.pid))
+        common::process::stat_path(self.pid)
     }
 
     fn rss_kb(&self) -> Result<u64> {
@@ -1218,77 +1219,6 @@ impl Agent {
             }
         }
     }
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-/// Lines holding one of `markers`, counted, and up to 8 distinct messages (the words after the
-/// marker up to the first `key=value` field) with their counts.
-fn log_problems(text: &str, markers: &[&str]) -> (usize, String) {
-    let mut groups: BTreeMap<String, usize> = BTreeMap::new();
-    let mut count = 0;
-    for line in text.lines() {
-        let Some((marker, at)) = markers
-            .iter()
-            .find_map(|marker| line.find(marker).map(|at| (marker, at)))
-        else {
-            continue;
-        };
-        count += 1;
-        let rest = &line[at + marker.len()..];
-        let message: Vec<&str> = rest
-            .split_whitespace()
-            .take_while(|word| !word.contains('='))
-            .take(16)
-            .collect();
-        *groups
-            .entry(format!("{} {}", marker.trim(), message.join(" ")))
-            .or_default() += 1;
-    }
-    let mut groups: Vec<(String, usize)> = groups.into_iter().collect();
-    groups.sort_by_key(|group| std::cmp::Reverse(group.1));
-    let summary: String = groups
-        .iter()
-        .take(8)
-        .map(|(message, n)| format!("\n  {n} x {message}"))
-        .collect();
-    (count, summary)
-}
-
-/// `n` distinct free ports on 127.0.0.1 (all held at once while choosing).
-fn free_ports(n: usize) -> Result<Vec<u16>> {
-    let listeners = (0..n)
-        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
-        .collect::<std::io::Result<Vec<_>>>()?;
-    listeners
-        .iter()
-        .map(|listener| Ok(listener.local_addr()?.port()))
-        .collect()
-}
-
-fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|line| {
-        let rest = line.strip_prefix(field)?.strip_prefix(':')?;
-        rest.trim().trim_end_matches("kB").trim().parse().ok()
-    })
-}
-
-/// utime + stime of a process, in clock ticks, from its stat file.
-fn cpu_ticks(stat_path: &Path) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(stat_path) else {
-        return 0;
-    };
-    let Some(close) = stat.rfind(')') else {
-        return 0;
-    };
-    // After "pid (comm)" come the fields from #3 (state); utime and stime are #14 and #15.
-    let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-    let field = |n: usize| -> u64 { fields.get(n - 3).and_then(|v| v.parse().ok()).unwrap_or(0) };
-    field(14) + field(15)
 }
 
 // ---------------------------------------------------------------------------------------------

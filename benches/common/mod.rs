@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+pub mod process;
+
 pub fn millis(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
