@@ -20,12 +20,10 @@
 //! skips the work (it only runs when cargo passes `--bench`). All traffic goes to 127.0.0.1,
 //! and every loop is bounded in both count and time.
 
-use std::fs::File;
 use std::future::Future;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,13 +37,13 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
 
 #[path = "common/mod.rs"]
 mod common;
-use common::process::{cpu_ticks, proc_status_kb, CpuMeter, CLOCK_TICKS_PER_SEC};
+use common::agent::BenchAgent;
+use common::process::{cpu_ticks, CpuMeter, CLOCK_TICKS_PER_SEC};
 use common::{millis, Stats, Table};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_concord");
@@ -131,9 +129,9 @@ async fn bench_checks(table: &mut Table) -> Result<()> {
         server.addr,
         server.stat_path.display()
     );
-    let mut agent = Agent::spawn().await?;
-    agent.wait_serving().await?;
-    let addr = agent.addr;
+    let mut agent = BenchAgent::spawn(None, &[]).await?;
+    agent.wait_writable().await?;
+    let addr = agent.http;
     let idle_rss = agent.rss_mb()?;
 
     let registering = Instant::now();
@@ -275,9 +273,9 @@ async fn bench_checks(table: &mut Table) -> Result<()> {
 }
 
 async fn bench_wake(table: &mut Table) -> Result<()> {
-    let mut agent = Agent::spawn().await?;
-    agent.wait_serving().await?;
-    let addr = agent.addr;
+    let mut agent = BenchAgent::spawn(None, &[]).await?;
+    agent.wait_writable().await?;
+    let addr = agent.http;
     let mut control = Conn::connect(addr).await?;
     let registration = json!({"Name": "flip", "Check": {"CheckID": "flip-ttl", "TTL": "600s"}});
     let answer = control
@@ -752,126 +750,6 @@ async fn answer_health(mut stream: TcpStream, counters: Arc<ServerCounters>) {
 
 // ---------------------------------------------------------------------------------------------
 // The agent process
-
-struct Agent {
-    child: Child,
-    pid: u32,
-    addr: SocketAddr,
-    spawned: Instant,
-    /// Holds the agent's TMPDIR (its dev data dir lives inside) and its log.
-    scratch: tempfile::TempDir,
-}
-
-impl Agent {
-    async fn spawn() -> Result<Agent> {
-        let scratch = tempfile::Builder::new()
-            .prefix("concord-bench-")
-            .tempdir()
-            .context("cannot create a scratch dir")?;
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-            .local_addr()?
-            .port();
-        let log = File::create(scratch.path().join("agent.log"))?;
-        let spawned = Instant::now();
-        let child = Command::new(BINARY)
-            .args([
-                "agent",
-                "-dev",
-                "-http-port",
-                &port.to_string(),
-                "-node",
-                "bench",
-            ])
-            .env("TMPDIR", scratch.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("cannot start {BINARY}"))?;
-        let pid = child
-            .id()
-            .ok_or_else(|| anyhow!("the agent exited at once"))?;
-        Ok(Agent {
-            child,
-            pid,
-            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-            spawned,
-            scratch,
-        })
-    }
-
-    /// Polls `PUT /v1/kv/probe` until it answers `true` (Raft has a leader and commits).
-    async fn wait_serving(&mut self) -> Result<Duration> {
-        let deadline = self.spawned + READY_TIMEOUT;
-        let mut conn: Option<Conn> = None;
-        while Instant::now() < deadline {
-            if conn.is_none() {
-                conn = Conn::connect(self.addr).await.ok();
-            }
-            if let Some(open) = conn.as_mut() {
-                let put = open.request(Method::PUT, "/v1/kv/probe", Bytes::from_static(b"1"));
-                match tokio::time::timeout(Duration::from_secs(2), put).await {
-                    Ok(Ok(response))
-                        if response.status == StatusCode::OK
-                            && response.body.trim_ascii() == b"true" =>
-                    {
-                        return Ok(self.spawned.elapsed());
-                    }
-                    Ok(Ok(_)) => {}
-                    _ => conn = None,
-                }
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                bail!(
-                    "the agent exited during start-up ({status}):\n{}",
-                    self.log_tail()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        bail!(
-            "the agent did not serve within {READY_TIMEOUT:?}:\n{}",
-            self.log_tail()
-        )
-    }
-
-    fn log_tail(&self) -> String {
-        let log =
-            std::fs::read_to_string(self.scratch.path().join("agent.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-
-    fn stat_path(&self) -> PathBuf {
-        common::process::stat_path(self.pid)
-    }
-
-    fn rss_mb(&self) -> Result<f64> {
-        proc_status_kb(self.pid, "VmRSS")
-            .map(|kb| kb as f64 / 1024.0)
-            .ok_or_else(|| anyhow!("cannot read VmRSS of pid {}", self.pid))
-    }
-
-    fn threads(&self) -> u64 {
-        proc_status_kb(self.pid, "Threads").unwrap_or(0)
-    }
-
-    /// Asks the agent to leave (so its dev data dir is cleaned up), then kills it if needed.
-    async fn stop(mut self) {
-        if let Ok(mut conn) = Conn::connect(self.addr).await {
-            let leave = conn.request(Method::PUT, "/v1/agent/leave", Bytes::new());
-            let _ = tokio::time::timeout(Duration::from_secs(2), leave).await;
-        }
-        match tokio::time::timeout(Duration::from_secs(15), self.child.wait()).await {
-            Ok(Ok(_)) => {}
-            _ => {
-                println!("agent {} did not leave in 15 s; killing it", self.pid);
-                let _ = self.child.kill().await;
-            }
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // HTTP client

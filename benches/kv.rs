@@ -19,11 +19,9 @@
 //! traffic goes to 127.0.0.1, and every loop is bounded in both count and time.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::future::Future;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::pin::Pin;
-use std::process::Stdio;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -37,13 +35,13 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, watch, Barrier, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
 #[path = "common/mod.rs"]
 mod common;
-use common::process::{own_stat_path, proc_status_kb, stat_path, CpuMeter};
+use common::agent::BenchAgent;
+use common::process::{own_stat_path, stat_path, CpuMeter};
 use common::{millis, Stats, Table};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_concord");
@@ -56,7 +54,6 @@ const LOAD_DURATION: Duration = Duration::from_secs(10);
 /// Upper bound on requests per load worker, far above what 10 s allows.
 const MAX_OPS_PER_WORKER: u64 = 5_000_000;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-const READY_TIMEOUT: Duration = Duration::from_secs(20);
 const START_RUNS: usize = 5;
 const SEQUENTIAL_PUTS: u64 = 3_000;
 const GET_KEYS: usize = 1_000;
@@ -111,8 +108,8 @@ async fn run(selected: Vec<String>) -> Result<()> {
 async fn bench_start(table: &mut Table) -> Result<()> {
     let mut times = Vec::with_capacity(START_RUNS);
     for run in 0..START_RUNS {
-        let mut agent = Agent::spawn().await?;
-        let serving = agent.wait_serving().await?;
+        let mut agent = BenchAgent::spawn(None, &[]).await?;
+        let serving = agent.wait_writable().await?;
         let ms = millis(serving);
         println!("run {run}: first PUT /v1/kv/probe = true after {ms:.1} ms");
         times.push(ms);
@@ -135,8 +132,8 @@ async fn bench_start(table: &mut Table) -> Result<()> {
 }
 
 async fn bench_idle_rss(table: &mut Table) -> Result<()> {
-    let mut agent = Agent::spawn().await?;
-    agent.wait_serving().await?;
+    let mut agent = BenchAgent::spawn(None, &[]).await?;
+    agent.wait_writable().await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rss = agent.rss_mb()?;
     println!(
@@ -154,8 +151,8 @@ async fn bench_idle_rss(table: &mut Table) -> Result<()> {
 }
 
 async fn bench_put(table: &mut Table) -> Result<()> {
-    let mut agent = Agent::spawn().await?;
-    agent.wait_serving().await?;
+    let mut agent = BenchAgent::spawn(None, &[]).await?;
+    agent.wait_writable().await?;
     let value = value_bytes(VALUE_BYTES);
     let load = run_load(
         &agent,
@@ -180,10 +177,10 @@ async fn bench_put(table: &mut Table) -> Result<()> {
 }
 
 async fn bench_sequential(table: &mut Table) -> Result<()> {
-    let mut agent = Agent::spawn().await?;
-    agent.wait_serving().await?;
+    let mut agent = BenchAgent::spawn(None, &[]).await?;
+    agent.wait_writable().await?;
     let value = value_bytes(VALUE_BYTES);
-    let mut conn = Conn::connect(agent.addr).await?;
+    let mut conn = Conn::connect(agent.http).await?;
     let mut latencies = Vec::with_capacity(SEQUENTIAL_PUTS as usize);
     let cpu = agent_and_client_cpu(agent.pid);
     let started = Instant::now();
@@ -229,15 +226,15 @@ async fn bench_sequential(table: &mut Table) -> Result<()> {
 }
 
 async fn bench_get(table: &mut Table) -> Result<()> {
-    let mut agent = Agent::spawn().await?;
-    agent.wait_serving().await?;
+    let mut agent = BenchAgent::spawn(None, &[]).await?;
+    agent.wait_writable().await?;
     let value = value_bytes(VALUE_BYTES);
     let keys: Vec<String> = (0..GET_KEYS as u64)
         .map(|n| padded_key("get/", n))
         .collect();
     let preload_started = Instant::now();
     preload(
-        agent.addr,
+        agent.http,
         keys.iter()
             .map(|key| (key.clone(), value.clone()))
             .collect(),
@@ -275,9 +272,9 @@ async fn bench_get(table: &mut Table) -> Result<()> {
 type Woken = (usize, Instant, u16);
 
 async fn bench_watch(table: &mut Table) -> Result<()> {
-    let mut agent = Agent::spawn().await?;
-    agent.wait_serving().await?;
-    let addr = agent.addr;
+    let mut agent = BenchAgent::spawn(None, &[]).await?;
+    agent.wait_writable().await?;
+    let addr = agent.http;
     let small = Bytes::from_static(b"watched-value-00");
     let preload_started = Instant::now();
     preload(
@@ -357,7 +354,7 @@ async fn bench_watch(table: &mut Table) -> Result<()> {
     if let Some(error) = failed.first() {
         println!("first connect failure: {error}");
     }
-    let rss_connected = agent.settled_rss_mb().await?;
+    let rss_connected = settled_rss_mb(&agent).await?;
     println!(
         "agent with {connected} idle connections: VmRSS {rss_connected:.1} MB (+{:.1} MB)",
         rss_connected - rss_before
@@ -373,7 +370,7 @@ async fn bench_watch(table: &mut Table) -> Result<()> {
     if let Some(error) = failed.first() {
         println!("first send failure: {error}");
     }
-    let rss_after = agent.settled_rss_mb().await?;
+    let rss_after = settled_rss_mb(&agent).await?;
     let threads_after = agent.threads();
     let mut premature = 0usize;
     while woken_rx.try_recv().is_ok() {
@@ -513,136 +510,20 @@ async fn count_reports(
 // ---------------------------------------------------------------------------------------------
 // The agent process
 
-struct Agent {
-    child: Child,
-    pid: u32,
-    addr: SocketAddr,
-    spawned: Instant,
-    /// Holds the agent's TMPDIR (its dev data dir lives inside) and its log.
-    scratch: tempfile::TempDir,
-}
-
-impl Agent {
-    async fn spawn() -> Result<Agent> {
-        let scratch = tempfile::Builder::new()
-            .prefix("concord-bench-")
-            .tempdir()
-            .context("cannot create a scratch dir")?;
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-            .local_addr()?
-            .port();
-        let log = File::create(scratch.path().join("agent.log"))?;
-        let spawned = Instant::now();
-        let child = Command::new(BINARY)
-            .args([
-                "agent",
-                "-dev",
-                "-http-port",
-                &port.to_string(),
-                "-node",
-                "bench",
-            ])
-            .env("TMPDIR", scratch.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("cannot start {BINARY}"))?;
-        let pid = child
-            .id()
-            .ok_or_else(|| anyhow!("the agent exited at once"))?;
-        Ok(Agent {
-            child,
-            pid,
-            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-            spawned,
-            scratch,
-        })
-    }
-
-    /// Polls `PUT /v1/kv/probe` until it answers `true`; returns the time since the spawn.
-    async fn wait_serving(&mut self) -> Result<Duration> {
-        let deadline = self.spawned + READY_TIMEOUT;
-        let mut conn: Option<Conn> = None;
-        while Instant::now() < deadline {
-            if conn.is_none() {
-                conn = Conn::connect(self.addr).await.ok();
-            }
-            if let Some(open) = conn.as_mut() {
-                let put = open.request(Method::PUT, "/v1/kv/probe", Bytes::from_static(b"1"));
-                match tokio::time::timeout(Duration::from_secs(2), put).await {
-                    Ok(Ok(response))
-                        if response.status == StatusCode::OK
-                            && response.body.trim_ascii() == b"true" =>
-                    {
-                        return Ok(self.spawned.elapsed());
-                    }
-                    Ok(Ok(_)) => {}
-                    _ => conn = None,
-                }
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                bail!(
-                    "the agent exited during start-up ({status}):\n{}",
-                    self.log_tail()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
+/// RSS once it has stopped moving: at least 2 s, then until two readings 500 ms apart
+/// differ by under 0.25 MB, at most 15 s.
+async fn settled_rss_mb(agent: &BenchAgent) -> Result<f64> {
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut last = agent.rss_mb()?;
+    for _ in 0..26 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = agent.rss_mb()?;
+        if (now - last).abs() < 0.25 {
+            return Ok(now);
         }
-        bail!(
-            "the agent did not serve within {READY_TIMEOUT:?}:\n{}",
-            self.log_tail()
-        )
+        last = now;
     }
-
-    fn log_tail(&self) -> String {
-        let log =
-            std::fs::read_to_string(self.scratch.path().join("agent.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-
-    fn rss_mb(&self) -> Result<f64> {
-        proc_status_kb(self.pid, "VmRSS")
-            .map(|kb| kb as f64 / 1024.0)
-            .ok_or_else(|| anyhow!("cannot read VmRSS of pid {}", self.pid))
-    }
-
-    fn threads(&self) -> u64 {
-        proc_status_kb(self.pid, "Threads").unwrap_or(0)
-    }
-
-    /// RSS once it has stopped moving: at least 2 s, then until two readings 500 ms apart
-    /// differ by under 0.25 MB, at most 15 s.
-    async fn settled_rss_mb(&self) -> Result<f64> {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let mut last = self.rss_mb()?;
-        for _ in 0..26 {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let now = self.rss_mb()?;
-            if (now - last).abs() < 0.25 {
-                return Ok(now);
-            }
-            last = now;
-        }
-        Ok(last)
-    }
-
-    /// Asks the agent to leave (so its dev data dir is cleaned up), then kills it if needed.
-    async fn stop(mut self) {
-        if let Ok(mut conn) = Conn::connect(self.addr).await {
-            let leave = conn.request(Method::PUT, "/v1/agent/leave", Bytes::new());
-            let _ = tokio::time::timeout(Duration::from_secs(2), leave).await;
-        }
-        match tokio::time::timeout(Duration::from_secs(15), self.child.wait()).await {
-            Ok(Ok(_)) => {}
-            _ => {
-                println!("agent {} did not leave in 15 s; killing it", self.pid);
-                let _ = self.child.kill().await;
-            }
-        }
-    }
+    Ok(last)
 }
 
 /// Cores used by the agent and by this bench over one measurement.
@@ -996,7 +877,7 @@ impl Load {
 
 /// Runs `connections` workers, each on its own connection, issuing `make`'s requests back to
 /// back for `LOAD_DURATION`; counts the answers `accept` likes.
-async fn run_load<M, A>(agent: &Agent, connections: usize, make: M, accept: A) -> Result<Load>
+async fn run_load<M, A>(agent: &BenchAgent, connections: usize, make: M, accept: A) -> Result<Load>
 where
     M: Fn(usize, u64, &mut StdRng) -> (Method, String, Bytes) + Send + Sync + 'static,
     A: Fn(&Answer) -> bool + Send + Sync + Copy + 'static,
@@ -1007,7 +888,7 @@ where
     for worker in 0..connections {
         let make = make.clone();
         let start = start.clone();
-        let addr = agent.addr;
+        let addr = agent.http;
         workers.spawn(async move {
             let connected = Conn::connect(addr).await;
             start.wait().await;

@@ -62,6 +62,7 @@ use tonic::transport::{Channel, Endpoint};
 
 #[path = "common/mod.rs"]
 mod common;
+use common::agent::BenchAgent;
 use common::process::{
     cpu_ticks, free_ports, log_problems, proc_status_kb, tail, CLOCK_TICKS_PER_SEC,
 };
@@ -124,7 +125,6 @@ const AGENT_LOG_LEVEL: &str = "info";
 const UNLIMITED_CSRS: &str = "connect {\n  ca_config {\n    csr_max_per_second = 0\n  }\n}";
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn main() -> Result<()> {
     let Some(selected) = common::selected_sections("xds", SECTIONS)? else {
@@ -172,8 +172,8 @@ async fn run(selected: Vec<String>) -> Result<()> {
 // Section: streams
 
 async fn bench_streams(table: &mut Table) -> Result<()> {
-    let mut agent = Agent::spawn(&["-hcl", UNLIMITED_CSRS]).await?;
-    agent.wait_ready().await?;
+    let mut agent = spawn_agent(&["-hcl", UNLIMITED_CSRS]).await?;
+    agent.wait_registered().await?;
     let addr = agent.http;
     let mut control = Conn::connect(addr).await?;
     for entry in [
@@ -410,6 +410,28 @@ async fn bench_streams(table: &mut Table) -> Result<()> {
     Ok(())
 }
 
+/// An agent at `AGENT_LOG_LEVEL` (or `$CONCORD_BENCH_LOG_LEVEL`) with `extra` arguments.
+async fn spawn_agent(extra: &[&str]) -> Result<BenchAgent> {
+    let log_level = std::env::var("CONCORD_BENCH_LOG_LEVEL")
+        .ok()
+        .filter(|level| !level.is_empty())
+        .unwrap_or_else(|| AGENT_LOG_LEVEL.to_string());
+    let agent = BenchAgent::spawn(Some(&log_level), extra).await?;
+    println!(
+        "agent pid {}: HTTP {}, gRPC {}, log level {log_level}{}{}",
+        agent.pid,
+        agent.http,
+        agent.grpc,
+        if extra.is_empty() { "" } else { ", " },
+        extra
+            .join(" ")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    Ok(agent)
+}
+
 /// What one simulated Envoy saw: every `api` route it ACKed, and how many other responses.
 #[derive(Default)]
 struct StreamLog {
@@ -610,8 +632,8 @@ fn first_end(logs: &[Arc<Mutex<StreamLog>>]) -> Option<String> {
 // Section: envoy
 
 async fn bench_envoy(table: &mut Table) -> Result<()> {
-    let mut agent = Agent::spawn(&[]).await?;
-    agent.wait_ready().await?;
+    let mut agent = spawn_agent(&[]).await?;
+    agent.wait_registered().await?;
     let mut control = Conn::connect(agent.http).await?;
     for entry in [
         json!({"Kind": "service-defaults", "Name": UPSTREAM, "Protocol": "http"}),
@@ -631,7 +653,7 @@ async fn bench_envoy(table: &mut Table) -> Result<()> {
         .args(["-http-addr", &agent.http.to_string()])
         .args(["-grpc-addr", &agent.grpc.to_string()])
         .args(["-admin-bind", &format!("127.0.0.1:{admin_port}")])
-        .env("TMPDIR", agent.scratch.path())
+        .env("TMPDIR", agent.scratch())
         .stdin(Stdio::null())
         .output()
         .await
@@ -643,9 +665,9 @@ async fn bench_envoy(table: &mut Table) -> Result<()> {
             String::from_utf8_lossy(&bootstrap.stderr)
         );
     }
-    let bootstrap_path = agent.scratch.path().join("bootstrap.json");
+    let bootstrap_path = agent.scratch().join("bootstrap.json");
     std::fs::write(&bootstrap_path, &bootstrap.stdout)?;
-    let envoy_log = agent.scratch.path().join("envoy.log");
+    let envoy_log = agent.scratch().join("envoy.log");
     let log = File::create(&envoy_log)?;
     let base_id = rand::random::<u16>();
     let mut envoy = Command::new(envoy_binary())
@@ -1081,145 +1103,6 @@ async fn wait_settled(conn: &mut Conn, services: usize, since: Instant) -> Resul
 
 // ---------------------------------------------------------------------------------------------
 // The agent process
-
-struct Agent {
-    child: Child,
-    pid: u32,
-    http: SocketAddr,
-    grpc: SocketAddr,
-    spawned: Instant,
-    /// Holds the agent's TMPDIR (its dev data dir lives inside), its log, Envoy's files.
-    scratch: tempfile::TempDir,
-}
-
-impl Agent {
-    /// Starts `concord agent -dev` at `AGENT_LOG_LEVEL` (or `$CONCORD_BENCH_LOG_LEVEL`) with
-    /// `extra` arguments.
-    async fn spawn(extra: &[&str]) -> Result<Agent> {
-        let scratch = tempfile::Builder::new()
-            .prefix("concord-bench-")
-            .tempdir()
-            .context("cannot create a scratch dir")?;
-        let ports = free_ports(2)?;
-        let log = File::create(scratch.path().join("agent.log"))?;
-        let log_level = std::env::var("CONCORD_BENCH_LOG_LEVEL")
-            .ok()
-            .filter(|level| !level.is_empty())
-            .unwrap_or_else(|| AGENT_LOG_LEVEL.to_string());
-        let spawned = Instant::now();
-        let child = Command::new(BINARY)
-            .args(["agent", "-dev", "-node", "bench-node"])
-            .args(["-http-port", &ports[0].to_string()])
-            .args(["-grpc-port", &ports[1].to_string()])
-            .args(["-log-level", &log_level])
-            .args(extra)
-            .env("TMPDIR", scratch.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("cannot start {BINARY}"))?;
-        let pid = child
-            .id()
-            .ok_or_else(|| anyhow!("the agent exited at once"))?;
-        println!(
-            "agent pid {pid}: HTTP 127.0.0.1:{}, gRPC 127.0.0.1:{}, log level {log_level}{}{}",
-            ports[0],
-            ports[1],
-            if extra.is_empty() { "" } else { ", " },
-            extra
-                .join(" ")
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
-        Ok(Agent {
-            child,
-            pid,
-            http: SocketAddr::from((Ipv4Addr::LOCALHOST, ports[0])),
-            grpc: SocketAddr::from((Ipv4Addr::LOCALHOST, ports[1])),
-            spawned,
-            scratch,
-        })
-    }
-
-    /// Polls `GET /v1/catalog/service/consul` until it lists the server itself.
-    async fn wait_ready(&mut self) -> Result<Duration> {
-        let deadline = self.spawned + READY_TIMEOUT;
-        let mut conn: Option<Conn> = None;
-        while Instant::now() < deadline {
-            if conn.is_none() {
-                conn = Conn::connect(self.http).await.ok();
-            }
-            if let Some(open) = conn.as_mut() {
-                match open
-                    .request(Method::GET, "/v1/catalog/service/consul", Bytes::new())
-                    .await
-                {
-                    Ok(answer) if answer.status == StatusCode::OK => {
-                        let listed: Value =
-                            serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
-                        if listed.as_array().is_some_and(|list| list.len() == 1) {
-                            return Ok(self.spawned.elapsed());
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(_) => conn = None,
-                }
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                bail!(
-                    "the agent exited during start-up ({status}):\n{}",
-                    self.log_tail()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        bail!(
-            "the agent did not serve within {READY_TIMEOUT:?}:\n{}",
-            self.log_tail()
-        )
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.scratch.path().join("agent.log")).unwrap_or_default()
-    }
-
-    fn log_tail(&self) -> String {
-        tail(&self.log(), 20)
-    }
-
-    /// Prints the agent log's WARN and ERROR lines, grouped by message.
-    fn report_log(&self) {
-        let (count, summary) = log_problems(&self.log(), &[" WARN ", " ERROR "]);
-        println!("agent log: {count} WARN/ERROR lines{summary}");
-    }
-
-    fn stat_path(&self) -> PathBuf {
-        common::process::stat_path(self.pid)
-    }
-
-    fn rss_kb(&self) -> Result<u64> {
-        proc_status_kb(self.pid, "VmRSS")
-            .ok_or_else(|| anyhow!("cannot read VmRSS of pid {}", self.pid))
-    }
-
-    /// Asks the agent to leave (so its dev data dir is cleaned up), then kills it if needed.
-    async fn stop(mut self) {
-        if let Ok(mut conn) = Conn::connect(self.http).await {
-            let leave = conn.request(Method::PUT, "/v1/agent/leave", Bytes::new());
-            let _ = tokio::time::timeout(Duration::from_secs(2), leave).await;
-        }
-        match tokio::time::timeout(Duration::from_secs(15), self.child.wait()).await {
-            Ok(Ok(_)) => {}
-            _ => {
-                println!("agent {} did not leave in 15 s; killing it", self.pid);
-                let _ = self.child.kill().await;
-            }
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // HTTP client

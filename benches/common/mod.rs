@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+pub mod agent;
 pub mod process;
 
 pub fn millis(duration: Duration) -> f64 {
