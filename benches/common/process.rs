@@ -91,9 +91,10 @@ pub fn tail(text: &str, lines: usize) -> String {
 }
 
 /// Lines holding one of `markers`, counted, and up to 8 distinct messages (the words after the
-/// marker up to the first `key=value` field) with their counts.
+/// marker up to the first `key=value` field) with their counts and the first such line whole
+/// (cut at 400 characters), whose fields usually say why.
 pub fn log_problems(text: &str, markers: &[&str]) -> (usize, String) {
-    let mut groups: BTreeMap<String, usize> = BTreeMap::new();
+    let mut groups: BTreeMap<String, (usize, &str)> = BTreeMap::new();
     let mut count = 0;
     for line in text.lines() {
         let Some((marker, at)) = markers
@@ -109,16 +110,20 @@ pub fn log_problems(text: &str, markers: &[&str]) -> (usize, String) {
             .take_while(|word| !word.contains('='))
             .take(16)
             .collect();
-        *groups
+        groups
             .entry(format!("{} {}", marker.trim(), message.join(" ")))
-            .or_default() += 1;
+            .or_insert((0, line))
+            .0 += 1;
     }
-    let mut groups: Vec<(String, usize)> = groups.into_iter().collect();
-    groups.sort_by_key(|group| std::cmp::Reverse(group.1));
+    let mut groups: Vec<(String, (usize, &str))> = groups.into_iter().collect();
+    groups.sort_by_key(|group| std::cmp::Reverse(group.1 .0));
     let summary: String = groups
         .iter()
         .take(8)
-        .map(|(message, n)| format!("\n  {n} x {message}"))
+        .map(|(message, (n, first))| {
+            let first: String = first.chars().take(400).collect();
+            format!("\n  {n} x {message}\n      first: {first}")
+        })
         .collect();
     (count, summary)
 }
