@@ -572,11 +572,23 @@ impl Agent {
 
     /// This agent's checks, shaped as the catalog stores them.
     pub fn checks(&self) -> Vec<Check> {
+        self.catalog_checks(&self.state())
+    }
+
+    /// Services and checks read under one lock, so every service check's service is among
+    /// the services (two separate reads could see a check registered with its service in
+    /// between, and the catalog refuses a check whose service it does not have).
+    pub fn services_and_checks(&self) -> (Vec<Service>, Vec<Check>) {
         let state = self.state();
+        let services = state.services.values().cloned().collect();
+        (services, self.catalog_checks(&state))
+    }
+
+    fn catalog_checks(&self, state: &LocalState) -> Vec<Check> {
         state
             .checks
             .values()
-            .map(|check| self.catalog_check(&state, check))
+            .map(|check| self.catalog_check(state, check))
             .collect()
     }
 

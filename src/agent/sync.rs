@@ -83,8 +83,7 @@ async fn write(agent: &Agent, command: Command) -> Result<(), RpcError> {
 async fn sync_once(agent: &Agent, output_synced: &mut OutputSynced) -> Result<(), RpcError> {
     let node = node_record(agent);
     let name = node.name.clone();
-    let local_services = agent.services();
-    let local_checks = agent.checks();
+    let (local_services, local_checks) = agent.services_and_checks();
     let tables = agent.rpc.store().snapshot();
 
     let node_matches = tables.node(&name).is_some_and(|known| {
