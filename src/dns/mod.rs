@@ -10,7 +10,8 @@
 //! - `transport`: the UDP and TCP loops with their limits (TCP idle timeout, connection cap).
 //!
 //! Architecture invariant: a protocol edge. It translates the catalog into DNS and decides
-//! nothing the catalog does not already say; health comes from `Tables::instance_health`.
+//! nothing the catalog does not already say; health comes from `state::health` (a
+//! `HealthIndex` per catalog version, so a query costs two map lookups per instance).
 
 mod name;
 mod recursor;
@@ -19,7 +20,7 @@ mod transport;
 mod zone;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::Context as _;
 use tokio::task::JoinSet;
@@ -27,9 +28,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::dns_config::DnsConfig;
 use crate::rpc::LeaderContact;
-use crate::state::Store;
+use crate::state::health::HealthIndex;
+use crate::state::{Store, Tables};
 
 pub use respond::{respond, Outcome, Transport};
+
+/// The node, service and check tables' indexes: a catalog version.
+type CatalogVersion = (u64, u64, u64);
 
 /// Everything a query needs: the DNS config, this datacenter, the store, and how recent our
 /// view of the leader is (for `allow_stale`/`max_stale`).
@@ -38,9 +43,47 @@ pub struct Context {
     pub datacenter: String,
     pub store: Arc<Store>,
     pub leader: Arc<dyn Fn() -> LeaderContact + Send + Sync>,
+    /// The health index of the last catalog version a query saw, keyed by the node, service
+    /// and check tables' indexes (KV writes do not invalidate it).
+    health: Mutex<Option<(CatalogVersion, Arc<HealthIndex>)>>,
 }
 
 impl Context {
+    pub fn new(
+        config: DnsConfig,
+        datacenter: String,
+        store: Arc<Store>,
+        leader: Arc<dyn Fn() -> LeaderContact + Send + Sync>,
+    ) -> Context {
+        Context {
+            config,
+            datacenter,
+            store,
+            leader,
+            health: Mutex::new(None),
+        }
+    }
+
+    /// The health index for `tables`, rebuilt only when the catalog changed.
+    fn health(&self, tables: &Tables) -> Arc<HealthIndex> {
+        let indexes = tables.table_index();
+        let key = (indexes.nodes, indexes.services, indexes.checks);
+        if let Some((cached, index)) = self
+            .health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            if *cached == key {
+                return index.clone();
+            }
+        }
+        // Built outside the lock: concurrent queries may build it twice, never wait on it.
+        let index = Arc::new(HealthIndex::build(tables));
+        *self.health.lock().unwrap_or_else(PoisonError::into_inner) = Some((key, index.clone()));
+        index
+    }
+
     /// Whether the local snapshot may answer: with `allow_stale` while the last contact with a
     /// leader is within `max_stale`, otherwise only while a leader is known.
     fn readable(&self) -> bool {

@@ -131,10 +131,12 @@ pub fn respond(cx: &Context, bytes: &[u8], transport: Transport) -> Outcome {
         }
     };
     let tables = cx.store.snapshot();
+    let health = cx.health(&tables);
     let zone = Zone {
         config: &cx.config,
         datacenter: &cx.datacenter,
         tables: &tables,
+        health: &health,
     };
     let answer = if let Some((relative, domain)) = routed {
         if !cx.readable() {

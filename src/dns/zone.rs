@@ -53,6 +53,7 @@ pub struct Zone<'a> {
     pub config: &'a DnsConfig,
     pub datacenter: &'a str,
     pub tables: &'a Tables,
+    pub health: &'a crate::state::health::HealthIndex,
 }
 
 fn seconds(duration: std::time::Duration) -> u32 {
@@ -276,7 +277,7 @@ impl Zone<'_> {
                 tag.is_none_or(|tag| service.tags.iter().any(|t| t.eq_ignore_ascii_case(tag)))
             })
             .filter_map(|(node, service)| {
-                let health = self.tables.instance_health(&node.name, &service.id);
+                let health = self.health.instance_health(&node.name, &service.id);
                 let wanted = match health {
                     HealthStatus::Passing => true,
                     HealthStatus::Warning => !self.config.only_passing,

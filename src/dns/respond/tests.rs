@@ -12,7 +12,7 @@ use crate::config::dns_config::DnsConfig;
 use crate::dns::Context;
 use crate::rpc::LeaderContact;
 use crate::state::Store;
-use crate::types::{Command, Node, RegisterRequest, Service};
+use crate::types::{Check, Command, HealthStatus, Node, RegisterRequest, Service};
 
 fn default_dns_config() -> DnsConfig {
     crate::config::load(&crate::config::LoadOptions {
@@ -51,15 +51,15 @@ fn context_with(instances: usize, config: DnsConfig) -> Context {
             .enumerate()
             .map(|(index, command)| (index as u64 + 1, Some(command))),
     );
-    Context {
+    Context::new(
         config,
-        datacenter: "dc1".into(),
+        "dc1".into(),
         store,
-        leader: Arc::new(|| LeaderContact {
+        Arc::new(|| LeaderContact {
             known_leader: true,
             last_contact_ms: 0,
         }),
-    }
+    )
 }
 
 fn query(name: &str, qtype: RecordType, edns: Option<u16>) -> Vec<u8> {
@@ -298,4 +298,96 @@ fn a_stale_view_without_a_leader_is_refused_when_allow_stale_is_off() {
         Transport::Udp,
     ));
     assert_eq!(message.response_code(), ResponseCode::ServFail);
+}
+
+/// Three instances of `api` (passing, warning, critical) on their own nodes.
+fn context_with_health(config: DnsConfig) -> Context {
+    let cx = context_with(0, config);
+    let commands: Vec<Command> = [
+        HealthStatus::Passing,
+        HealthStatus::Warning,
+        HealthStatus::Critical,
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(index, status)| {
+        Command::CatalogRegister(Box::new(RegisterRequest {
+            node: Node {
+                name: format!("h{index}"),
+                address: format!("10.9.0.{}", index + 1),
+                ..Node::default()
+            },
+            skip_node_update: false,
+            service: Some(Service {
+                id: format!("api-{index}"),
+                name: "api".into(),
+                port: 9000,
+                ..Service::default()
+            }),
+            checks: vec![Check {
+                node: format!("h{index}"),
+                check_id: format!("c{index}"),
+                name: "probe".into(),
+                status,
+                notes: String::new(),
+                output: String::new(),
+                service_id: format!("api-{index}"),
+                service_name: "api".into(),
+                service_tags: Vec::new(),
+                check_type: String::new(),
+                interval: String::new(),
+                timeout: String::new(),
+                indexes: Default::default(),
+            }],
+        }))
+    })
+    .collect();
+    cx.store.apply_batch(
+        commands
+            .iter()
+            .enumerate()
+            .map(|(index, command)| (index as u64 + 1, Some(command))),
+    );
+    cx
+}
+
+fn a_answers(cx: &Context, name: &str) -> Vec<(String, u32)> {
+    let (_, message) = reply(respond(
+        cx,
+        &query(name, RecordType::A, None),
+        Transport::Udp,
+    ));
+    let mut answers: Vec<(String, u32)> = message
+        .answers()
+        .iter()
+        .map(|record| (record.data().to_string(), record.ttl()))
+        .collect();
+    answers.sort();
+    answers
+}
+
+#[test]
+fn health_filtering_only_passing_ttls_and_a_record_limit() {
+    let mut config = default_dns_config();
+    config.service_ttl = [
+        ("*".to_string(), std::time::Duration::from_secs(5)),
+        ("ap*".to_string(), std::time::Duration::from_secs(30)),
+    ]
+    .into_iter()
+    .collect();
+    let cx = context_with_health(config.clone());
+    assert_eq!(
+        a_answers(&cx, "api.service.consul."),
+        vec![("10.9.0.1".into(), 30), ("10.9.0.2".into(), 30)]
+    );
+    config.only_passing = true;
+    let cx = context_with_health(config.clone());
+    assert_eq!(
+        a_answers(&cx, "api.service.consul."),
+        vec![("10.9.0.1".into(), 30)]
+    );
+    config.only_passing = false;
+    config.a_record_limit = 1;
+    let cx = context_with_health(config);
+    assert_eq!(a_answers(&cx, "api.service.consul.").len(), 1);
 }
