@@ -7,6 +7,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod connect;
+pub mod dns;
 pub mod http;
 pub mod logs;
 pub mod proxycfg;

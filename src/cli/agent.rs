@@ -23,6 +23,8 @@ const VALUE_FLAGS: &[(&str, &str, Kind)] = &[
     ("serf-lan-port", "ports.serf_lan", Kind::Number),
     ("serf-wan-port", "ports.serf_wan", Kind::Number),
     ("server-port", "ports.server", Kind::Number),
+    ("domain", "domain", Kind::Text),
+    ("alt-domain", "alt_domain", Kind::Text),
     ("log-level", "log_level", Kind::Text),
     ("default-query-time", "default_query_time", Kind::Text),
     ("max-query-time", "max_query_time", Kind::Text),
@@ -64,6 +66,10 @@ pub fn command() -> Command {
         .arg(repeated(
             "node-meta",
             "Node metadata as key:value (repeatable)",
+        ))
+        .arg(repeated(
+            "recursor",
+            "An upstream DNS server for names outside the domain (repeatable)",
         ));
     for (flag, key, _) in VALUE_FLAGS {
         command = command.arg(value(flag, key));
@@ -106,6 +112,14 @@ pub fn load_options(matches: &ArgMatches) -> Result<LoadOptions, String> {
     }
     if !node_meta.is_empty() {
         merge(&mut flags, json!({"node_meta": node_meta}));
+    }
+    let recursors: Vec<&String> = matches
+        .get_many::<String>("recursor")
+        .into_iter()
+        .flatten()
+        .collect();
+    if !recursors.is_empty() {
+        merge(&mut flags, json!({"recursors": recursors}));
     }
 
     // -config-file and -config-dir load in the order given, interleaved.

@@ -5,6 +5,7 @@
 //! Unknown keys are reported as warnings naming the source and the key, never ignored
 //! silently; a value of the wrong type, or an invalid one, is an error naming the source.
 
+pub mod dns_config;
 pub mod raw;
 pub mod sources;
 
@@ -66,6 +67,9 @@ pub struct Limits {
     #[serde(serialize_with = "serialize_duration")]
     pub http_body_timeout: Duration,
     pub xds_max_streams: u32,
+    #[serde(serialize_with = "serialize_duration")]
+    pub dns_tcp_idle_timeout: Duration,
+    pub dns_max_tcp_connections: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -114,6 +118,7 @@ pub struct RuntimeConfig {
     pub advertise_addr: IpAddr,
     pub client_addrs: Vec<IpAddr>,
     pub ports: Ports,
+    pub dns: dns_config::DnsConfig,
     pub limits: Limits,
     pub query: QueryLimits,
     pub raft: RaftConfig,
@@ -316,6 +321,8 @@ fn default_node_name() -> String {
 }
 
 fn build(raw: RawConfig) -> Result<RuntimeConfig, String> {
+    // The DNS block reads several top-level keys; it gets its own copy before fields move.
+    let dns_source = raw.clone();
     let dev_mode = raw.dev_mode.unwrap_or(false);
     let datacenter = raw.datacenter.unwrap_or_else(|| "dc1".into());
     if !valid_datacenter(&datacenter) {
@@ -353,6 +360,7 @@ fn build(raw: RawConfig) -> Result<RuntimeConfig, String> {
     if client_addrs.is_empty() {
         return Err("client_addr: at least one address is required".into());
     }
+    let dns = dns_config::build(&dns_source, &client_addrs)?;
     let raw_ports = raw.ports.unwrap_or_default();
     let ports = Ports {
         http: port("http", raw_ports.http, 8500)?,
@@ -435,7 +443,20 @@ fn build(raw: RawConfig) -> Result<RuntimeConfig, String> {
             2048,
         )?)
         .map_err(|_| "limits.xds_max_streams is too large".to_string())?,
+        dns_tcp_idle_timeout: duration(
+            "limits.dns_tcp_idle_timeout",
+            raw_limits.dns_tcp_idle_timeout.as_deref(),
+            Duration::from_secs(10),
+        )?,
+        dns_max_tcp_connections: size(
+            "limits.dns_max_tcp_connections",
+            raw_limits.dns_max_tcp_connections,
+            512,
+        )?,
     };
+    if limits.dns_tcp_idle_timeout.is_zero() {
+        return Err("limits.dns_tcp_idle_timeout: must be greater than zero".into());
+    }
     let query = QueryLimits {
         default_query_time: duration(
             "default_query_time",
@@ -480,6 +501,7 @@ fn build(raw: RawConfig) -> Result<RuntimeConfig, String> {
         advertise_addr,
         client_addrs,
         ports,
+        dns,
         limits,
         query,
         raft: RaftConfig {

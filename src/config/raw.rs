@@ -44,6 +44,44 @@ pub struct RawConfig {
     /// `allow` or `deny`: what applies when no intention matches (else the ACL default).
     pub default_intention_policy: Option<String>,
     pub config_entries: Option<RawConfigEntries>,
+    /// The DNS domain (`consul.` by default) and an optional second one answered alike.
+    pub domain: Option<String>,
+    pub alt_domain: Option<String>,
+    /// Upstream DNS servers for names outside the domain (`ip` or `ip:port`, port 53 default).
+    pub recursors: Option<Vec<String>>,
+    pub addresses: Option<RawAddresses>,
+    pub dns_config: Option<RawDnsConfig>,
+}
+
+/// Per-listener bind addresses; each falls back to `client_addr`.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct RawAddresses {
+    pub dns: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct RawDnsConfig {
+    pub allow_stale: Option<bool>,
+    pub max_stale: Option<String>,
+    pub node_ttl: Option<String>,
+    /// Service name (exact, `prefix*`, or `*`) -> TTL.
+    pub service_ttl: Option<BTreeMap<String, String>>,
+    pub udp_answer_limit: Option<u32>,
+    pub a_record_limit: Option<u32>,
+    pub enable_truncate: Option<bool>,
+    pub only_passing: Option<bool>,
+    pub recursor_timeout: Option<String>,
+    pub recursor_strategy: Option<String>,
+    pub enable_additional_node_meta_txt: Option<bool>,
+    pub soa: Option<RawSoa>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct RawSoa {
+    pub refresh: Option<u32>,
+    pub retry: Option<u32>,
+    pub expire: Option<u32>,
+    pub min_ttl: Option<u32>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -87,6 +125,10 @@ pub struct RawLimits {
     pub http_body_timeout: Option<String>,
     /// concord's own: concurrent gRPC streams per connection on the xDS port (Consul: 2048).
     pub xds_max_streams: Option<u64>,
+    /// concord's own: how long a DNS TCP connection may sit without completing a query.
+    pub dns_tcp_idle_timeout: Option<String>,
+    /// concord's own: DNS TCP connections served at once; more wait in the kernel's backlog.
+    pub dns_max_tcp_connections: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

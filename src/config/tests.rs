@@ -48,6 +48,12 @@ fn later_files_and_flags_win_and_maps_merge() {
     assert_eq!(config.log_level, "warn");
     assert_eq!(config.query.max_query_time, Duration::from_secs(120));
     assert_eq!(config.limits.kv_max_value_size, 1024 * 1024);
+    assert_eq!(config.dns.domain, "mesh.internal.");
+    assert_eq!(config.dns.alt_domain.as_deref(), Some("consul."));
+    assert_eq!(config.dns.udp_answer_limit, 8); // Consul's hard cap
+    assert_eq!(config.dns.service_ttl("web-1"), Duration::from_secs(10));
+    assert_eq!(config.dns.recursors.len(), 2);
+    assert_eq!(config.limits.dns_max_tcp_connections, 64);
 }
 
 #[test]
@@ -101,6 +107,23 @@ fn invalid_values_are_errors_naming_the_key() {
             "kv_max_value_size",
         ),
         (json!({}), "data_dir"),
+        (
+            json!({"data_dir": "/x", "recursors": ["dns.example"]}),
+            "recursors",
+        ),
+        (
+            json!({"data_dir": "/x", "dns_config": {"recursor_strategy": "fastest"}}),
+            "recursor_strategy",
+        ),
+        (
+            json!({"data_dir": "/x", "dns_config": {"service_ttl": {"*": "often"}}}),
+            "service_ttl",
+        ),
+        (json!({"data_dir": "/x", "domain": "a..b"}), "domain"),
+        (
+            json!({"data_dir": "/x", "addresses": {"dns": "here"}}),
+            "addresses.dns",
+        ),
     ];
     for (flags, key) in cases {
         let error = load(&LoadOptions {

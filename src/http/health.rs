@@ -55,10 +55,12 @@ async fn instances(
         let entries = which
             .rows(tables, &tags)
             .filter_map(|(node, service)| {
-                let checks: Vec<_> = tables.instance_checks(&node.name, &service.id).collect();
-                if passing_only && checks.iter().any(|c| c.status != HealthStatus::Passing) {
+                if passing_only
+                    && tables.instance_health(&node.name, &service.id) != HealthStatus::Passing
+                {
                     return None;
                 }
+                let checks: Vec<_> = tables.instance_checks(&node.name, &service.id).collect();
                 Some(json!({
                     "Node": wire::node(node),
                     "Service": wire::agent_service(service, &datacenter),

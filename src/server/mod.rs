@@ -203,6 +203,29 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
             ));
         }
     }
+    if let Some(port) = config.ports.dns {
+        let leader_rpc = rpc.clone();
+        let dns = Arc::new(crate::dns::Context::new(
+            config.dns.clone(),
+            config.datacenter.clone(),
+            rpc.store().clone(),
+            Arc::new(move || leader_rpc.leader_contact()),
+        ));
+        let limits = crate::dns::Limits {
+            tcp_idle_timeout: config.limits.dns_tcp_idle_timeout,
+            max_tcp_connections: config.limits.dns_max_tcp_connections,
+        };
+        for address in &config.dns.addresses {
+            crate::dns::listen(
+                dns.clone(),
+                SocketAddr::new(*address, port),
+                limits,
+                shutdown.clone(),
+                &mut tasks,
+            )
+            .await?;
+        }
+    }
     {
         let (rpc, stop) = (rpc.clone(), shutdown.clone());
         tasks.spawn(async move { sessions.run(rpc, stop).await });

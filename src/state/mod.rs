@@ -12,6 +12,7 @@
 
 pub mod catalog;
 pub mod connect;
+pub mod health;
 pub mod kv;
 pub mod session;
 pub mod watch;

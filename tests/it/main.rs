@@ -7,6 +7,7 @@ mod cli;
 mod connect_ca;
 mod connect_entries;
 mod connect_sidecar;
+mod dns;
 mod durability;
 mod envoy;
 mod health;

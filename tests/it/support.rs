@@ -39,6 +39,8 @@ pub struct Agent {
     pub http_port: u16,
     /// The gRPC (xDS) port.
     pub grpc_port: u16,
+    /// The DNS port (UDP and TCP).
+    pub dns_port: u16,
     pub log_path: PathBuf,
     _workdir: Option<tempfile::TempDir>,
 }
@@ -50,6 +52,8 @@ pub struct AgentOptions {
     pub extra_args: Vec<String>,
     /// A fixed gRPC port (a restarted agent keeps its Envoys' address); free when None.
     pub grpc_port: Option<u16>,
+    /// A fixed DNS port; free when None.
+    pub dns_port: Option<u16>,
 }
 
 impl Default for AgentOptions {
@@ -59,6 +63,7 @@ impl Default for AgentOptions {
             data_dir: None,
             extra_args: Vec::new(),
             grpc_port: None,
+            dns_port: None,
         }
     }
 }
@@ -115,6 +120,7 @@ impl Agent {
             .unwrap_or_else(|| workdir.path().join("data"));
         let http_port = free_port();
         let grpc_port = options.grpc_port.unwrap_or_else(free_port);
+        let dns_port = options.dns_port.unwrap_or_else(free_port);
         let log_path = workdir.path().join("agent.log");
         let mut command = Command::new(BINARY);
         command.arg("agent");
@@ -127,6 +133,7 @@ impl Agent {
         command
             .args(["-http-port", &http_port.to_string()])
             .args(["-grpc-port", &grpc_port.to_string()])
+            .args(["-dns-port", &dns_port.to_string()])
             // A -dev agent's temporary data dir then goes away with the test's workdir, even
             // when the agent is killed.
             .env("TMPDIR", workdir.path())
@@ -146,6 +153,7 @@ impl Agent {
             child,
             http_port,
             grpc_port,
+            dns_port,
             log_path,
             _workdir: keep_workdir,
         }

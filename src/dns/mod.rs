@@ -1,0 +1,121 @@
+//! The DNS interface: Consul's `.consul` zone (and `alt_domain`) on UDP and TCP, answered from
+//! the local state store's current snapshot, never one RPC per query.
+//!
+//! - `name`: query name -> `Lookup` (Consul's forms, read right to left);
+//! - `zone`: `Lookup` + one `Tables` snapshot -> answer, authority and additional records
+//!   (health filtering, shuffling, TTLs, SRV targets and their addresses);
+//! - `respond`: raw message -> raw reply without I/O (FORMERR, REFUSED, sizing and the TC
+//!   bit), so a fuzz test can drive it directly;
+//! - `recursor`: names outside the domain, relayed to the configured recursors;
+//! - `transport`: the UDP and TCP loops with their limits (TCP idle timeout, connection cap).
+//!
+//! Architecture invariant: a protocol edge. It translates the catalog into DNS and decides
+//! nothing the catalog does not already say; health comes from `state::health` (a
+//! `HealthIndex` per catalog version, so a query costs two map lookups per instance).
+
+mod name;
+mod recursor;
+pub mod respond;
+mod transport;
+mod zone;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use anyhow::Context as _;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::dns_config::DnsConfig;
+use crate::rpc::LeaderContact;
+use crate::state::health::HealthIndex;
+use crate::state::{Store, Tables};
+
+pub use respond::{respond, Outcome, Transport};
+
+/// The node, service and check tables' indexes: a catalog version.
+type CatalogVersion = (u64, u64, u64);
+
+/// Everything a query needs: the DNS config, this datacenter, the store, and how recent our
+/// view of the leader is (for `allow_stale`/`max_stale`).
+pub struct Context {
+    pub config: DnsConfig,
+    pub datacenter: String,
+    pub store: Arc<Store>,
+    pub leader: Arc<dyn Fn() -> LeaderContact + Send + Sync>,
+    /// The health index of the last catalog version a query saw, keyed by the node, service
+    /// and check tables' indexes (KV writes do not invalidate it).
+    health: Mutex<Option<(CatalogVersion, Arc<HealthIndex>)>>,
+}
+
+impl Context {
+    pub fn new(
+        config: DnsConfig,
+        datacenter: String,
+        store: Arc<Store>,
+        leader: Arc<dyn Fn() -> LeaderContact + Send + Sync>,
+    ) -> Context {
+        Context {
+            config,
+            datacenter,
+            store,
+            leader,
+            health: Mutex::new(None),
+        }
+    }
+
+    /// The health index for `tables`, rebuilt only when the catalog changed.
+    fn health(&self, tables: &Tables) -> Arc<HealthIndex> {
+        let indexes = tables.table_index();
+        let key = (indexes.nodes, indexes.services, indexes.checks);
+        if let Some((cached, index)) = self
+            .health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            if *cached == key {
+                return index.clone();
+            }
+        }
+        // Built outside the lock: concurrent queries may build it twice, never wait on it.
+        let index = Arc::new(HealthIndex::build(tables));
+        *self.health.lock().unwrap_or_else(PoisonError::into_inner) = Some((key, index.clone()));
+        index
+    }
+
+    /// Whether the local snapshot may answer: with `allow_stale` while the last contact with a
+    /// leader is within `max_stale`, otherwise only while a leader is known.
+    fn readable(&self) -> bool {
+        let contact = (self.leader)();
+        contact.known_leader
+            || (self.config.allow_stale
+                && u128::from(contact.last_contact_ms) <= self.config.max_stale.as_millis())
+    }
+}
+
+/// Limits of the listeners (`limits.dns_*`).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub tcp_idle_timeout: std::time::Duration,
+    pub max_tcp_connections: usize,
+}
+
+/// Binds UDP and TCP on `address` and serves until `shutdown`.
+pub async fn listen(
+    cx: Arc<Context>,
+    address: SocketAddr,
+    limits: Limits,
+    shutdown: CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> anyhow::Result<()> {
+    let udp = tokio::net::UdpSocket::bind(address)
+        .await
+        .with_context(|| format!("cannot listen for DNS on udp://{address}"))?;
+    let tcp = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen for DNS on tcp://{address}"))?;
+    tracing::info!(%address, "DNS listening (udp, tcp)");
+    transport::spawn(cx, udp, tcp, limits, shutdown, tasks);
+    Ok(())
+}

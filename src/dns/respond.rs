@@ -1,0 +1,236 @@
+//! One query in, one response out, without I/O: decode (FORMERR for what does not parse,
+//! silence for what is not a query), route the name (the domain, the alt domain, reverse
+//! names, or the recursors), then size the response as Consul does: UDP without EDNS keeps
+//! `udp_answer_limit` answers and 512 bytes, EDNS raises the byte limit to the client's
+//! buffer, TCP allows 64 KiB; trimmed responses set TC only when `enable_truncate` is on.
+
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::{Record, RecordType};
+
+use super::name::{parse, reverse_address, strip_domain};
+use super::zone::{Answer, Entry, Zone};
+use super::Context;
+
+/// The classic DNS message limit over UDP without EDNS (RFC 1035 4.2.1).
+pub const UDP_DEFAULT_SIZE: usize = 512;
+/// The largest message a TCP length prefix can carry.
+pub const TCP_MAX_SIZE: usize = 65535;
+/// The smallest answer record: a compressed name pointer, the fixed fields and an IPv4
+/// address. Bounds how many answers can possibly fit before any encoding.
+const MIN_RECORD_BYTES: usize = 16;
+/// Consul's caps on TCP answers (more cannot fit in 64 KiB anyway).
+const TCP_MAX_ANSWERS: usize = 4096;
+const TCP_MAX_SRV_ANSWERS: usize = 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+/// What to do with one datagram or TCP message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Reply(Vec<u8>),
+    /// Not ours: ask the recursors; `failed` is the SERVFAIL to send if every one fails.
+    Recurse {
+        failed: Vec<u8>,
+    },
+    /// Not a query (too short for a header, or a response): say nothing, so the server can
+    /// never be used to reflect traffic.
+    Drop,
+}
+
+/// A FORMERR for bytes that carry a header but do not decode: the id and opcode are echoed,
+/// there is no question section.
+fn format_error(bytes: &[u8]) -> Outcome {
+    if bytes.len() < 12 || bytes[2] & 0x80 != 0 {
+        return Outcome::Drop;
+    }
+    let mut reply = vec![0u8; 12];
+    reply[0] = bytes[0];
+    reply[1] = bytes[1];
+    // QR, the request's opcode and RD.
+    reply[2] = 0x80 | (bytes[2] & 0x79);
+    reply[3] = ResponseCode::FormErr.low();
+    Outcome::Reply(reply)
+}
+
+fn response_to(request: &Message, code: ResponseCode, recursion_available: bool) -> Message {
+    let mut response = Message::new();
+    response
+        .set_id(request.id())
+        .set_message_type(MessageType::Response)
+        .set_op_code(request.op_code())
+        .set_recursion_desired(request.recursion_desired())
+        .set_recursion_available(recursion_available)
+        .set_response_code(code);
+    if let Some(query) = request.queries().first() {
+        response.add_query(query.clone());
+    }
+    if let Some(edns) = request.extensions() {
+        response.set_edns(reply_edns(edns));
+    }
+    response
+}
+
+/// The OPT record of a response: the client's buffer size echoed, as Consul does.
+fn reply_edns(request: &Edns) -> Edns {
+    let mut edns = Edns::new();
+    edns.set_max_payload(request.max_payload().max(UDP_DEFAULT_SIZE as u16));
+    edns.set_version(0);
+    edns
+}
+
+fn encode(message: &Message) -> Vec<u8> {
+    // Encoding records we built ourselves only fails on names or data too large for the
+    // format, which the zone never produces; an empty reply would be dropped by the client.
+    message.to_vec().unwrap_or_default()
+}
+
+/// Answers one raw DNS message.
+pub fn respond(cx: &Context, bytes: &[u8], transport: Transport) -> Outcome {
+    if bytes.len() < 12 {
+        return Outcome::Drop;
+    }
+    let request = match Message::from_vec(bytes) {
+        Ok(request) => request,
+        Err(_) => return format_error(bytes),
+    };
+    if request.message_type() != MessageType::Query {
+        return Outcome::Drop;
+    }
+    let recursion = !cx.config.recursors.is_empty();
+    let reply = |code| Outcome::Reply(encode(&response_to(&request, code, recursion)));
+    if request.op_code() != OpCode::Query {
+        return reply(ResponseCode::NotImp);
+    }
+    let [query] = request.queries() else {
+        return reply(ResponseCode::FormErr);
+    };
+    let qtype = query.query_type();
+    if matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
+        return reply(ResponseCode::NotImp);
+    }
+    let qname = query.name().to_ascii();
+    let domains = std::iter::once(cx.config.domain.as_str()).chain(cx.config.alt_domain.as_deref());
+    let mut routed = None;
+    for domain in domains {
+        if let Some(relative) = strip_domain(&qname, domain) {
+            routed = Some((relative, domain));
+            break;
+        }
+    }
+    let recurse = || {
+        if recursion {
+            Outcome::Recurse {
+                failed: encode(&response_to(&request, ResponseCode::ServFail, true)),
+            }
+        } else {
+            reply(ResponseCode::Refused)
+        }
+    };
+    let tables = cx.store.snapshot();
+    let health = cx.health(&tables);
+    let zone = Zone {
+        config: &cx.config,
+        datacenter: &cx.datacenter,
+        tables: &tables,
+        health: &health,
+    };
+    let answer = if let Some((relative, domain)) = routed {
+        if !cx.readable() {
+            return reply(ResponseCode::ServFail);
+        }
+        let lookup = parse(relative, qtype == RecordType::SRV, &cx.datacenter);
+        zone.answer(&lookup, query.name(), qtype, domain)
+    } else if let Some(address) = reverse_address(&qname) {
+        if !cx.readable() {
+            return reply(ResponseCode::ServFail);
+        }
+        match zone.reverse(address, query.name(), qtype) {
+            Some(answer) => answer,
+            None if recursion => return recurse(),
+            None => Answer {
+                code: ResponseCode::NXDomain,
+                answers: Vec::new(),
+                authority: zone.soa(&cx.config.domain).into_iter().collect(),
+                additional: Vec::new(),
+            },
+        }
+    } else {
+        return recurse();
+    };
+    Outcome::Reply(sized(cx, &request, query, answer, transport))
+}
+
+/// Encodes the answer within the transport's size, trimming answers (and their additional
+/// records) as Consul does.
+fn sized(
+    cx: &Context,
+    request: &Message,
+    query: &Query,
+    answer: Answer,
+    transport: Transport,
+) -> Vec<u8> {
+    let Answer {
+        code,
+        mut answers,
+        mut authority,
+        additional,
+    } = answer;
+    let max_size = match transport {
+        Transport::Tcp => TCP_MAX_SIZE,
+        Transport::Udp => request
+            .extensions()
+            .as_ref()
+            .map_or(UDP_DEFAULT_SIZE, |edns| usize::from(edns.max_payload()))
+            .max(UDP_DEFAULT_SIZE),
+    };
+    let total = answers.len();
+    let mut cap = match transport {
+        Transport::Udp if max_size == UDP_DEFAULT_SIZE => cx.config.udp_answer_limit,
+        Transport::Udp => usize::MAX,
+        Transport::Tcp if query.query_type() == RecordType::SRV => TCP_MAX_SRV_ANSWERS,
+        Transport::Tcp => TCP_MAX_ANSWERS,
+    };
+    cap = cap.min(max_size / MIN_RECORD_BYTES).max(1);
+    answers.truncate(cap);
+    let recursion = !cx.config.recursors.is_empty();
+    let build = |answers: &[Entry], authority: &[Record]| {
+        let mut message = response_to(request, code, recursion);
+        message.set_authoritative(true);
+        message.add_answers(answers.iter().map(|entry| entry.record.clone()));
+        message.add_name_servers(authority.iter().cloned());
+        message.add_additionals(additional.iter().cloned());
+        message.add_additionals(answers.iter().flat_map(|entry| entry.extra.iter().cloned()));
+        encode(&message)
+    };
+    let mut bytes = build(&answers, &authority);
+    if bytes.len() > max_size && answers.len() > 1 {
+        authority.clear();
+        // The largest answer count that fits: `low` always fits (or is 1), `high` never does.
+        let (mut low, mut high) = (1, answers.len());
+        while high - low > 1 {
+            let middle = low + (high - low) / 2;
+            if build(&answers[..middle], &authority).len() <= max_size {
+                low = middle;
+            } else {
+                high = middle;
+            }
+        }
+        answers.truncate(low);
+        bytes = build(&answers, &authority);
+    }
+    let trimmed = answers.len() < total;
+    if trimmed && cx.config.enable_truncate {
+        // The TC bit is the third byte's second-lowest bit.
+        if let Some(flags) = bytes.get_mut(2) {
+            *flags |= 0x02;
+        }
+    }
+    bytes
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,188 @@
+//! The DNS listeners. UDP: a few tasks share the socket, each receiving a datagram and
+//! answering it inline (an answer is a synchronous read of the snapshot, so there is nothing to
+//! wait for); only recursion, which waits on the network, runs in its own task, at most
+//! `MAX_RECURSIONS_IN_FLIGHT` at once. TCP: at most `max_tcp_connections` connections, each a
+//! task reading length-prefixed queries; a connection that does not finish a query within
+//! `tcp_idle_timeout` (half a length prefix, a short body, or nothing) is closed.
+
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::recursor::forward;
+use super::respond::{respond, Outcome, Transport};
+use super::{Context, Limits};
+
+/// Recursive lookups waiting on a recursor at once; beyond this a query gets SERVFAIL
+/// rather than queueing without bound.
+const MAX_RECURSIONS_IN_FLIGHT: usize = 256;
+
+pub fn spawn(
+    cx: Arc<Context>,
+    udp: UdpSocket,
+    tcp: TcpListener,
+    limits: Limits,
+    shutdown: CancellationToken,
+    tasks: &mut JoinSet<()>,
+) {
+    let recursions = Arc::new(Semaphore::new(MAX_RECURSIONS_IN_FLIGHT));
+    let udp = Arc::new(udp);
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 4));
+    for _ in 0..workers {
+        tasks.spawn(serve_udp(
+            cx.clone(),
+            udp.clone(),
+            recursions.clone(),
+            shutdown.clone(),
+        ));
+    }
+    tasks.spawn(serve_tcp(cx, tcp, limits, recursions, shutdown));
+}
+
+async fn serve_udp(
+    cx: Arc<Context>,
+    socket: Arc<UdpSocket>,
+    recursions: Arc<Semaphore>,
+    shutdown: CancellationToken,
+) {
+    let mut buffer = vec![0u8; 65535];
+    loop {
+        let received = tokio::select! {
+            received = socket.recv_from(&mut buffer) => received,
+            _ = shutdown.cancelled() => return,
+        };
+        let (length, peer) = match received {
+            Ok(received) => received,
+            Err(error) => {
+                tracing::debug!(%error, "DNS UDP receive failed");
+                continue;
+            }
+        };
+        if peer.port() == 0 {
+            continue;
+        }
+        let query = &buffer[..length];
+        match respond(&cx, query, Transport::Udp) {
+            Outcome::Reply(reply) => {
+                let _ = socket.send_to(&reply, peer).await;
+            }
+            Outcome::Drop => {}
+            Outcome::Recurse { failed } => {
+                let Ok(permit) = recursions.clone().try_acquire_owned() else {
+                    let _ = socket.send_to(&failed, peer).await;
+                    continue;
+                };
+                let (cx, socket, query, stop) =
+                    (cx.clone(), socket.clone(), query.to_vec(), shutdown.clone());
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let reply = tokio::select! {
+                        reply = recurse(&cx, &query, Transport::Udp) => reply.unwrap_or(failed),
+                        _ = stop.cancelled() => return,
+                    };
+                    let _ = socket.send_to(&reply, peer).await;
+                });
+            }
+        }
+    }
+}
+
+async fn recurse(cx: &Context, query: &[u8], transport: Transport) -> Option<Vec<u8>> {
+    forward(
+        query,
+        &cx.config.recursors,
+        cx.config.recursor_strategy,
+        cx.config.recursor_timeout,
+        transport,
+    )
+    .await
+}
+
+async fn serve_tcp(
+    cx: Arc<Context>,
+    listener: TcpListener,
+    limits: Limits,
+    recursions: Arc<Semaphore>,
+    shutdown: CancellationToken,
+) {
+    let connections = Arc::new(Semaphore::new(limits.max_tcp_connections));
+    loop {
+        // Accept only with a free slot, so excess clients wait in the kernel's backlog.
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.cancelled() => return,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                tracing::debug!(%error, "DNS TCP accept failed");
+                continue;
+            }
+        };
+        let (cx, recursions, stop) = (cx.clone(), recursions.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            tokio::select! {
+                _ = connection(&cx, stream, limits, &recursions) => {}
+                _ = stop.cancelled() => {}
+            }
+        });
+    }
+}
+
+/// Serves one TCP connection until the client closes it, stalls past the idle timeout, or
+/// sends something that is not a query.
+async fn connection(cx: &Context, mut stream: TcpStream, limits: Limits, recursions: &Semaphore) {
+    let idle = limits.tcp_idle_timeout;
+    loop {
+        let mut prefix = [0u8; 2];
+        if !matches!(
+            tokio::time::timeout(idle, stream.read_exact(&mut prefix)).await,
+            Ok(Ok(_))
+        ) {
+            return;
+        }
+        let length = usize::from(u16::from_be_bytes(prefix));
+        if length == 0 {
+            return;
+        }
+        let mut query = vec![0u8; length];
+        if !matches!(
+            tokio::time::timeout(idle, stream.read_exact(&mut query)).await,
+            Ok(Ok(_))
+        ) {
+            return;
+        }
+        let reply = match respond(cx, &query, Transport::Tcp) {
+            Outcome::Reply(reply) => reply,
+            Outcome::Drop => return,
+            Outcome::Recurse { failed } => match recursions.try_acquire() {
+                Ok(_permit) => recurse(cx, &query, Transport::Tcp).await.unwrap_or(failed),
+                Err(_) => failed,
+            },
+        };
+        let Ok(length) = u16::try_from(reply.len()) else {
+            return;
+        };
+        let mut framed = Vec::with_capacity(reply.len() + 2);
+        framed.extend_from_slice(&length.to_be_bytes());
+        framed.extend_from_slice(&reply);
+        if !matches!(
+            tokio::time::timeout(idle, stream.write_all(&framed)).await,
+            Ok(Ok(()))
+        ) {
+            return;
+        }
+    }
+}
