@@ -34,12 +34,7 @@ pub fn healthy(tables: &Tables, target: &Target, datacenter: &str) -> Vec<Endpoi
     let mut endpoints: Vec<Endpoint> = tables
         .connect_nodes(&target.service)
         .filter_map(|(node, service)| {
-            let worst = tables
-                .instance_checks(&node.name, &service.id)
-                .map(|check| check.status)
-                .max_by_key(|status| severity(*status))
-                .unwrap_or(HealthStatus::Passing);
-            let weight = match worst {
+            let weight = match tables.instance_health(&node.name, &service.id) {
                 HealthStatus::Passing => service.weights.passing,
                 HealthStatus::Warning if !target.subset.only_passing => service.weights.warning,
                 _ => return None,
@@ -66,14 +61,6 @@ pub fn healthy(tables: &Tables, target: &Target, datacenter: &str) -> Vec<Endpoi
         .collect();
     endpoints.sort();
     endpoints
-}
-
-fn severity(status: HealthStatus) -> u8 {
-    match status {
-        HealthStatus::Passing => 0,
-        HealthStatus::Warning => 1,
-        HealthStatus::Critical | HealthStatus::Maintenance => 2,
-    }
 }
 
 /// The instance as `/v1/health/connect` shows it, which is what subset filters are written
