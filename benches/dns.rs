@@ -15,22 +15,20 @@
 //! agent, so the qps figure is for both on one box. `cargo test` builds this target but skips
 //! the work (it only runs when cargo passes `--bench`).
 
-use std::net::{Ipv4Addr, TcpListener};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 #[path = "common/mod.rs"]
 mod common;
+use common::agent::BenchAgent;
 use common::{millis, Stats, Table};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_concord");
 const SECTIONS: &[&str] = &["a", "srv"];
-const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 fn main() -> Result<()> {
     let Some(selected) = common::selected_sections("dns", SECTIONS)? else {
@@ -68,82 +66,36 @@ async fn run(selected: Vec<String>) -> Result<()> {
     Ok(())
 }
 
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-        .local_addr()?
-        .port())
+/// An agent at `-log-level warn`, ready to answer.
+async fn start_agent() -> Result<BenchAgent> {
+    let mut agent = BenchAgent::spawn(Some("warn"), &[]).await?;
+    agent.wait_registered().await?;
+    println!(
+        "agent pid {}: HTTP {}, DNS {}",
+        agent.pid, agent.http, agent.dns
+    );
+    Ok(agent)
 }
 
-struct Agent {
-    _child: Child,
-    client: concord::api::client::Client,
-    dns_port: u16,
-    _scratch: tempfile::TempDir,
-}
-
-impl Agent {
-    async fn start() -> Result<Agent> {
-        let scratch = tempfile::Builder::new()
-            .prefix("concord-bench-")
-            .tempdir()?;
-        let (http_port, dns_port) = (free_port()?, free_port()?);
-        let log = std::fs::File::create(scratch.path().join("agent.log"))?;
-        let child = Command::new(BINARY)
-            .args(["agent", "-dev", "-node", "bench", "-log-level", "warn"])
-            .args(["-http-port", &http_port.to_string()])
-            .args(["-dns-port", &dns_port.to_string()])
-            .env("TMPDIR", scratch.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("cannot start {BINARY}"))?;
-        let client =
-            concord::api::client::Client::from_flags(Some(&format!("127.0.0.1:{http_port}")), None)
-                .map_err(|error| anyhow!(error))?;
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Ok(response) = client.get("/v1/catalog/service/consul").await {
-                if response.status.is_success() && response.body.len() > 2 {
-                    break;
-                }
-            }
-            if Instant::now() > deadline {
-                bail!("the agent did not become ready");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok(Agent {
-            _child: child,
-            client,
-            dns_port,
-            _scratch: scratch,
-        })
-    }
-
-    /// Registers every body through the catalog, 16 at a time.
-    async fn register(&self, bodies: Vec<serde_json::Value>) -> Result<()> {
-        let mut pending = futures::stream::iter(bodies.into_iter().map(|body| {
-            let client = &self.client;
-            async move {
-                let response = client
-                    .put("/v1/catalog/register", body.to_string().into_bytes())
-                    .await
-                    .map_err(|error| anyhow!(error))?;
-                if !response.status.is_success() {
-                    bail!("register failed: {}", response.text());
-                }
-                Ok(())
-            }
-        }))
-        .buffer_unordered(16);
-        use futures::StreamExt;
-        while let Some(result) = pending.next().await {
-            result?;
+/// Registers every body through the catalog, 16 at a time.
+async fn register(agent: &BenchAgent, bodies: Vec<serde_json::Value>) -> Result<()> {
+    use futures::StreamExt;
+    let client = agent.client();
+    let mut pending = futures::stream::iter(bodies.into_iter().map(|body| async move {
+        let response = client
+            .put("/v1/catalog/register", body.to_string().into_bytes())
+            .await
+            .map_err(|error| anyhow!(error))?;
+        if !response.status.is_success() {
+            bail!("register failed: {}", response.text());
         }
         Ok(())
+    }))
+    .buffer_unordered(16);
+    while let Some(result) = pending.next().await {
+        result?;
     }
+    Ok(())
 }
 
 async fn dnsperf(args: &[String]) -> Result<String> {
@@ -170,7 +122,7 @@ fn field(output: &str, label: &str) -> Option<f64> {
 }
 
 async fn bench_a(table: &mut Table) -> Result<()> {
-    let agent = Agent::start().await?;
+    let agent = start_agent().await?;
     let mut bodies = Vec::new();
     for service in 0..1000usize {
         for instance in 0..3usize {
@@ -193,7 +145,7 @@ async fn bench_a(table: &mut Table) -> Result<()> {
         }
     }
     let started = Instant::now();
-    agent.register(bodies).await?;
+    register(&agent, bodies).await?;
     println!(
         "registered 3,000 instances in {:.1} s",
         started.elapsed().as_secs_f64()
@@ -208,7 +160,7 @@ async fn bench_a(table: &mut Table) -> Result<()> {
         "-s".to_string(),
         "127.0.0.1".into(),
         "-p".into(),
-        agent.dns_port.to_string(),
+        agent.dns.port().to_string(),
         "-d".into(),
         data.display().to_string(),
     ];
@@ -258,6 +210,7 @@ async fn bench_a(table: &mut Table) -> Result<()> {
         "< 1 ms",
         Some(stats.pct(0.99) < 1.0),
     );
+    agent.stop().await;
     Ok(())
 }
 
@@ -273,7 +226,7 @@ fn srv_query(id: u16) -> Vec<u8> {
 }
 
 async fn bench_srv(table: &mut Table) -> Result<()> {
-    let agent = Agent::start().await?;
+    let agent = start_agent().await?;
     let bodies = (0..1000usize)
         .map(|index| {
             json!({
@@ -283,8 +236,8 @@ async fn bench_srv(table: &mut Table) -> Result<()> {
             })
         })
         .collect();
-    agent.register(bodies).await?;
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", agent.dns_port)).await?;
+    register(&agent, bodies).await?;
+    let mut stream = tokio::net::TcpStream::connect(agent.dns).await?;
     stream.set_nodelay(true)?;
     let mut samples = Vec::new();
     let mut size = 0;
@@ -327,5 +280,7 @@ async fn bench_srv(table: &mut Table) -> Result<()> {
         "<= 1 ms server time",
         Some(stats.pct(0.99) <= 1.0),
     );
+    drop(stream);
+    agent.stop().await;
     Ok(())
 }
