@@ -6,6 +6,7 @@
 //!   (health filtering, shuffling, TTLs, SRV targets and their addresses);
 //! - `respond`: raw message -> raw reply without I/O (FORMERR, REFUSED, sizing and the TC
 //!   bit), so a fuzz test can drive it directly;
+//! - `wire`: response encoding with hashed name compression (hickory's is quadratic);
 //! - `recursor`: names outside the domain, relayed to the configured recursors;
 //! - `transport`: the UDP and TCP loops with their limits (TCP idle timeout, connection cap).
 //!
@@ -17,6 +18,7 @@ mod name;
 mod recursor;
 pub mod respond;
 mod transport;
+mod wire;
 mod zone;
 
 use std::net::SocketAddr;
