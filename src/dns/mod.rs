@@ -21,6 +21,7 @@ mod transport;
 mod wire;
 mod zone;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -34,6 +35,7 @@ use crate::state::health::HealthIndex;
 use crate::state::{Store, Tables};
 
 pub use respond::{respond, Outcome, Transport};
+use zone::Answer;
 
 /// The node, service and check tables' indexes: a catalog version.
 type CatalogVersion = (u64, u64, u64);
@@ -45,10 +47,25 @@ pub struct Context {
     pub datacenter: String,
     pub store: Arc<Store>,
     pub leader: Arc<dyn Fn() -> LeaderContact + Send + Sync>,
-    /// The health index of the last catalog version a query saw, keyed by the node, service
-    /// and check tables' indexes (KV writes do not invalidate it).
-    health: Mutex<Option<(CatalogVersion, Arc<HealthIndex>)>>,
+    /// What was computed from the last catalog version a query saw (keyed by the node,
+    /// service and check tables' indexes, so KV writes do not invalidate it).
+    computed: Mutex<Option<Computed>>,
 }
+
+/// Most answers a catalog version keeps; beyond it the cache starts over. A popular name is
+/// asked thousands of times per version, so even a small cache answers most queries.
+const MAX_CACHED_ANSWERS: usize = 4096;
+
+/// Derived from one catalog version: the health index, and each in-domain answer as the zone
+/// computed it (in catalog order; each response shuffles its own copy).
+struct Computed {
+    version: CatalogVersion,
+    health: Arc<HealthIndex>,
+    answers: HashMap<AnswerKey, Arc<Answer>>,
+}
+
+/// An answer depends on the name as asked (answers carry it), the type and the domain.
+type AnswerKey = (String, u16, String);
 
 impl Context {
     pub fn new(
@@ -62,28 +79,68 @@ impl Context {
             datacenter,
             store,
             leader,
-            health: Mutex::new(None),
+            computed: Mutex::new(None),
         }
+    }
+
+    fn version(tables: &Tables) -> CatalogVersion {
+        let indexes = tables.table_index();
+        (indexes.nodes, indexes.services, indexes.checks)
     }
 
     /// The health index for `tables`, rebuilt only when the catalog changed.
     fn health(&self, tables: &Tables) -> Arc<HealthIndex> {
-        let indexes = tables.table_index();
-        let key = (indexes.nodes, indexes.services, indexes.checks);
-        if let Some((cached, index)) = self
-            .health
+        let version = Self::version(tables);
+        if let Some(computed) = self
+            .computed
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .as_ref()
+            .filter(|computed| computed.version == version)
         {
-            if *cached == key {
-                return index.clone();
-            }
+            return computed.health.clone();
         }
         // Built outside the lock: concurrent queries may build it twice, never wait on it.
-        let index = Arc::new(HealthIndex::build(tables));
-        *self.health.lock().unwrap_or_else(PoisonError::into_inner) = Some((key, index.clone()));
-        index
+        let health = Arc::new(HealthIndex::build(tables));
+        let mut computed = self.computed.lock().unwrap_or_else(PoisonError::into_inner);
+        if computed.as_ref().is_none_or(|held| held.version != version) {
+            *computed = Some(Computed {
+                version,
+                health: health.clone(),
+                answers: HashMap::new(),
+            });
+        }
+        health
+    }
+
+    /// The zone's answer for `key` under `tables`, computed by `compute` once per catalog
+    /// version.
+    fn answer(
+        &self,
+        tables: &Tables,
+        key: AnswerKey,
+        compute: impl FnOnce(&HealthIndex) -> Answer,
+    ) -> Arc<Answer> {
+        let version = Self::version(tables);
+        if let Some(answer) = self
+            .computed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .filter(|computed| computed.version == version)
+            .and_then(|computed| computed.answers.get(&key))
+        {
+            return answer.clone();
+        }
+        let answer = Arc::new(compute(&self.health(tables)));
+        let mut computed = self.computed.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(computed) = computed.as_mut().filter(|held| held.version == version) {
+            if computed.answers.len() >= MAX_CACHED_ANSWERS {
+                computed.answers.clear();
+            }
+            computed.answers.insert(key, answer.clone());
+        }
+        answer
     }
 
     /// Whether the local snapshot may answer: with `allow_stale` while the last contact with a

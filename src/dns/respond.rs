@@ -5,7 +5,10 @@
 //! buffer, TCP allows 64 KiB; trimmed responses set TC only when `enable_truncate` is on.
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use std::sync::Arc;
+
 use hickory_proto::rr::{Record, RecordType};
+use rand::seq::SliceRandom;
 
 use super::name::{parse, reverse_address, strip_domain};
 use super::zone::{Answer, Entry, Zone};
@@ -91,6 +94,19 @@ fn encode(message: &Message) -> Vec<u8> {
         .unwrap_or_default()
 }
 
+fn zone_of<'a>(
+    cx: &'a Context,
+    tables: &'a crate::state::Tables,
+    health: &'a crate::state::health::HealthIndex,
+) -> Zone<'a> {
+    Zone {
+        config: &cx.config,
+        datacenter: &cx.datacenter,
+        tables,
+        health,
+    }
+}
+
 /// Answers one raw DNS message.
 pub fn respond(cx: &Context, bytes: &[u8], transport: Transport) -> Outcome {
     if bytes.len() < 12 {
@@ -134,37 +150,55 @@ pub fn respond(cx: &Context, bytes: &[u8], transport: Transport) -> Outcome {
         }
     };
     let tables = cx.store.snapshot();
-    let health = cx.health(&tables);
-    let zone = Zone {
-        config: &cx.config,
-        datacenter: &cx.datacenter,
-        tables: &tables,
-        health: &health,
-    };
     let answer = if let Some((relative, domain)) = routed {
         if !cx.readable() {
             return reply(ResponseCode::ServFail);
         }
-        let lookup = parse(relative, qtype == RecordType::SRV, &cx.datacenter);
-        zone.answer(&lookup, query.name(), qtype, domain)
+        let key = (qname.clone(), u16::from(qtype), domain.to_string());
+        cx.answer(&tables, key, |health| {
+            let lookup = parse(relative, qtype == RecordType::SRV, &cx.datacenter);
+            zone_of(cx, &tables, health).answer(&lookup, query.name(), qtype, domain)
+        })
     } else if let Some(address) = reverse_address(&qname) {
         if !cx.readable() {
             return reply(ResponseCode::ServFail);
         }
+        let health = cx.health(&tables);
+        let zone = zone_of(cx, &tables, &health);
         match zone.reverse(address, query.name(), qtype) {
-            Some(answer) => answer,
+            Some(answer) => Arc::new(answer),
             None if recursion => return recurse(),
-            None => Answer {
+            None => Arc::new(Answer {
                 code: ResponseCode::NXDomain,
                 answers: Vec::new(),
                 authority: zone.soa(&cx.config.domain).into_iter().collect(),
                 additional: Vec::new(),
-            },
+            }),
         }
     } else {
         return recurse();
     };
-    Outcome::Reply(sized(cx, &request, query, answer, transport))
+    Outcome::Reply(sized(cx, &request, query, &answer, transport))
+}
+
+/// The order one response lists the answers in: shuffled (Consul's per-response random
+/// order), keeping at most `a_record_limit` address records when that limit is set.
+fn response_order(cx: &Context, answers: &[Entry]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..answers.len()).collect();
+    order.shuffle(&mut rand::thread_rng());
+    let limit = cx.config.a_record_limit;
+    if limit > 0 {
+        let mut addresses = 0;
+        order.retain(|index| {
+            let is_address = matches!(
+                answers[*index].record.record_type(),
+                RecordType::A | RecordType::AAAA
+            );
+            addresses += usize::from(is_address);
+            !is_address || addresses <= limit
+        });
+    }
+    order
 }
 
 /// Encodes the answer within the transport's size, trimming answers (and their additional
@@ -173,15 +207,11 @@ fn sized(
     cx: &Context,
     request: &Message,
     query: &Query,
-    answer: Answer,
+    answer: &Answer,
     transport: Transport,
 ) -> Vec<u8> {
-    let Answer {
-        code,
-        mut answers,
-        mut authority,
-        additional,
-    } = answer;
+    let mut order = response_order(cx, &answer.answers);
+    let mut authority = answer.authority.as_slice();
     let max_size = match transport {
         Transport::Tcp => TCP_MAX_SIZE,
         Transport::Udp => request
@@ -190,7 +220,7 @@ fn sized(
             .map_or(UDP_DEFAULT_SIZE, |edns| usize::from(edns.max_payload()))
             .max(UDP_DEFAULT_SIZE),
     };
-    let total = answers.len();
+    let total = order.len();
     let mut cap = match transport {
         Transport::Udp if max_size == UDP_DEFAULT_SIZE => cx.config.udp_answer_limit,
         Transport::Udp => usize::MAX,
@@ -198,34 +228,35 @@ fn sized(
         Transport::Tcp => TCP_MAX_ANSWERS,
     };
     cap = cap.min(max_size / MIN_RECORD_BYTES).max(1);
-    answers.truncate(cap);
+    order.truncate(cap);
     let recursion = !cx.config.recursors.is_empty();
-    let build = |answers: &[Entry], authority: &[Record]| {
-        let mut message = response_to(request, code, recursion);
+    let build = |order: &[usize], authority: &[Record]| {
+        let entries = || order.iter().map(|index| &answer.answers[*index]);
+        let mut message = response_to(request, answer.code, recursion);
         message.set_authoritative(true);
-        message.add_answers(answers.iter().map(|entry| entry.record.clone()));
+        message.add_answers(entries().map(|entry| entry.record.clone()));
         message.add_name_servers(authority.iter().cloned());
-        message.add_additionals(additional.iter().cloned());
-        message.add_additionals(answers.iter().flat_map(|entry| entry.extra.iter().cloned()));
+        message.add_additionals(answer.additional.iter().cloned());
+        message.add_additionals(entries().flat_map(|entry| entry.extra.iter().cloned()));
         encode(&message)
     };
-    let mut bytes = build(&answers, &authority);
-    if bytes.len() > max_size && answers.len() > 1 {
-        authority.clear();
+    let mut bytes = build(&order, authority);
+    if bytes.len() > max_size && order.len() > 1 {
+        authority = &[];
         // The largest answer count that fits: `low` always fits (or is 1), `high` never does.
-        let (mut low, mut high) = (1, answers.len());
+        let (mut low, mut high) = (1, order.len());
         while high - low > 1 {
             let middle = low + (high - low) / 2;
-            if build(&answers[..middle], &authority).len() <= max_size {
+            if build(&order[..middle], authority).len() <= max_size {
                 low = middle;
             } else {
                 high = middle;
             }
         }
-        answers.truncate(low);
-        bytes = build(&answers, &authority);
+        order.truncate(low);
+        bytes = build(&order, authority);
     }
-    let trimmed = answers.len() < total;
+    let trimmed = order.len() < total;
     if trimmed && cx.config.enable_truncate {
         // The TC bit is the third byte's second-lowest bit.
         if let Some(flags) = bytes.get_mut(2) {

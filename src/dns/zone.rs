@@ -1,7 +1,7 @@
 //! Answers for the `.consul` zone, computed from one `Tables` snapshot: node, service,
 //! connect and addr lookups, the apex's SOA and NS, and reverse (PTR) lookups. Consul's rules:
 //! instances with a critical check are never answered (`only_passing` drops warnings too),
-//! order is shuffled per response, SRV targets name the node (or `<hex>.addr` when the
+//! SRV targets name the node (or `<hex>.addr` when the
 //! service has its own address) with the addresses in the additional section.
 //!
 //! Nothing here does I/O; `respond` sizes and encodes what this module decides.
@@ -266,13 +266,14 @@ impl Zone<'_> {
     }
 
     /// The instances healthy enough to answer, carrying `tag` when one is asked for, with the
-    /// health they count as (for SRV weights), in random order.
+    /// health they count as (for SRV weights), in catalog order (`respond` shuffles each
+    /// response and applies `a_record_limit`, since answers are cached per catalog version).
     fn healthy<'t>(
         &self,
         rows: impl Iterator<Item = (&'t Node, &'t Service)>,
         tag: Option<&str>,
     ) -> Vec<(&'t Node, &'t Service, HealthStatus)> {
-        let mut instances: Vec<_> = rows
+        let instances: Vec<_> = rows
             .filter(|(_, service)| {
                 tag.is_none_or(|tag| service.tags.iter().any(|t| t.eq_ignore_ascii_case(tag)))
             })
@@ -286,7 +287,6 @@ impl Zone<'_> {
                 wanted.then_some((node, service, health))
             })
             .collect();
-        instances.shuffle(&mut rand::thread_rng());
         instances
     }
 
@@ -322,9 +322,6 @@ impl Zone<'_> {
                         record,
                         extra: Vec::new(),
                     });
-                }
-                if self.config.a_record_limit > 0 && answers.len() >= self.config.a_record_limit {
-                    break;
                 }
             }
         }

@@ -391,3 +391,64 @@ fn health_filtering_only_passing_ttls_and_a_record_limit() {
     let cx = context_with_health(config);
     assert_eq!(a_answers(&cx, "api.service.consul.").len(), 1);
 }
+
+fn srv_ports(cx: &Context) -> Vec<u16> {
+    let (_, message) = reply(respond(
+        cx,
+        &query("web.service.consul.", RecordType::SRV, Some(4096)),
+        Transport::Udp,
+    ));
+    message
+        .answers()
+        .iter()
+        .filter_map(|record| match record.data() {
+            hickory_proto::rr::RData::SRV(srv) => Some(srv.port()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn cached_answers_are_shuffled_per_response_and_follow_catalog_changes() {
+    let cx = context_with(20, default_dns_config());
+    let first = srv_ports(&cx);
+    assert_eq!(first.len(), 20);
+    // The answer is computed once for this catalog version; each response orders it anew.
+    let orders: std::collections::HashSet<Vec<u16>> = (0..20).map(|_| srv_ports(&cx)).collect();
+    assert!(orders.len() > 1, "twenty responses all in one order");
+    for order in &orders {
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (8000..8020).collect::<Vec<u16>>());
+    }
+
+    // A critical check on one instance is a new catalog version: it leaves the answer.
+    let critical = Command::CatalogRegister(Box::new(RegisterRequest {
+        node: Node {
+            name: "node-3".into(),
+            address: "10.0.0.3".into(),
+            ..Node::default()
+        },
+        skip_node_update: true,
+        service: None,
+        checks: vec![Check {
+            node: "node-3".into(),
+            check_id: "down".into(),
+            name: "down".into(),
+            status: HealthStatus::Critical,
+            notes: String::new(),
+            output: String::new(),
+            service_id: "web-3".into(),
+            service_name: "web".into(),
+            service_tags: Vec::new(),
+            check_type: String::new(),
+            interval: String::new(),
+            timeout: String::new(),
+            indexes: Default::default(),
+        }],
+    }));
+    cx.store.apply_batch([(100, Some(&critical))]);
+    let after = srv_ports(&cx);
+    assert_eq!(after.len(), 19);
+    assert!(!after.contains(&8003));
+}
