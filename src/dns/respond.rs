@@ -230,15 +230,28 @@ fn sized(
     cap = cap.min(max_size / MIN_RECORD_BYTES).max(1);
     order.truncate(cap);
     let recursion = !cx.config.recursors.is_empty();
-    let build = |order: &[usize], authority: &[Record]| {
-        let entries = || order.iter().map(|index| &answer.answers[*index]);
+    let message = {
         let mut message = response_to(request, answer.code, recursion);
         message.set_authoritative(true);
-        message.add_answers(entries().map(|entry| entry.record.clone()));
-        message.add_name_servers(authority.iter().cloned());
-        message.add_additionals(answer.additional.iter().cloned());
-        message.add_additionals(entries().flat_map(|entry| entry.extra.iter().cloned()));
-        encode(&message)
+        message
+    };
+    let build = |order: &[usize], authority: &[Record]| {
+        let entries = || order.iter().map(|index| &answer.answers[*index]);
+        let answers: Vec<&Record> = entries().map(|entry| &entry.record).collect();
+        let authority: Vec<&Record> = authority.iter().collect();
+        let additional: Vec<&Record> = answer
+            .additional
+            .iter()
+            .chain(entries().flat_map(|entry| entry.extra.iter()))
+            .collect();
+        super::wire::encode_with(&message, &answers, &authority, &additional).unwrap_or_else(|| {
+            // A record type our encoder does not know: hickory encodes the owned copies.
+            let mut message = message.clone();
+            message.add_answers(answers.into_iter().cloned());
+            message.add_name_servers(authority.into_iter().cloned());
+            message.add_additionals(additional.into_iter().cloned());
+            message.to_vec().unwrap_or_default()
+        })
     };
     let mut bytes = build(&order, authority);
     if bytes.len() > max_size && order.len() > 1 {

@@ -3,11 +3,12 @@
 //! hickory-proto's encoder finds compression targets by scanning every name suffix it has
 //! written so far, for every name it writes. For a 1,000-instance SRV answer (about 2,000
 //! names) that was half of the agent's CPU, and a 6 ms answer. Here every suffix written goes
-//! into a hash table (keyed by its lowercased wire form), so each name costs one lookup per
-//! label. A message holding a record type this module does not know returns `None`, and the
+//! into a hash table (keyed by a hash of its lowercased wire form, each hit checked against
+//! the bytes it points to), so each name costs one lookup per label. A message holding a record type this module does not know returns `None`, and the
 //! caller falls back to hickory's encoder.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use hickory_proto::op::{Edns, Message, Query};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
@@ -15,30 +16,85 @@ use hickory_proto::rr::{Name, RData, Record, RecordType};
 /// Compression pointers hold 14-bit offsets.
 const MAX_POINTER: usize = 0x3FFF;
 
+/// The suffix table's keys are already hashes (FNV-1a of the lowercased suffix).
+#[derive(Default)]
+struct IdentityHasher(u64);
+
+impl Hasher for IdentityHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = (self.0 << 8) | u64::from(*byte);
+        }
+    }
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
+}
+
 struct Encoder {
     bytes: Vec<u8>,
-    /// Lowercased wire form of a name suffix -> where it was written.
-    suffixes: HashMap<Vec<u8>, u16>,
+    /// Hash of a lowercased name suffix -> where it was written. A hit is checked against
+    /// the bytes written there, so a hash collision only costs a missed compression.
+    suffixes: HashMap<u64, u16, BuildHasherDefault<IdentityHasher>>,
+    /// Scratch for one name: its lowercased wire form, where each label starts in it, and
+    /// the hash of the suffix from each label on.
+    folded: Vec<u8>,
+    starts: Vec<usize>,
+    hashes: Vec<u64>,
 }
 
 /// The wire form of `message`, or `None` when it holds a record type not handled here.
 pub fn encode(message: &Message) -> Option<Vec<u8>> {
-    let records =
-        message.answers().len() + message.name_servers().len() + message.additionals().len();
+    encode_with(message, &[], &[], &[])
+}
+
+/// The wire form of `message` with `answers`, `authority` and `additional` after its own
+/// records in each section: a response can be encoded from records it only borrows.
+pub fn encode_with(
+    message: &Message,
+    answers: &[&Record],
+    authority: &[&Record],
+    additional: &[&Record],
+) -> Option<Vec<u8>> {
+    let answers: Vec<&Record> = message
+        .answers()
+        .iter()
+        .chain(answers.iter().copied())
+        .collect();
+    let authority: Vec<&Record> = message
+        .name_servers()
+        .iter()
+        .chain(authority.iter().copied())
+        .collect();
+    let additional: Vec<&Record> = message
+        .additionals()
+        .iter()
+        .chain(additional.iter().copied())
+        .collect();
+    let records = answers.len() + authority.len() + additional.len();
     let mut encoder = Encoder {
         bytes: Vec::with_capacity(512.max(records * 32)),
-        suffixes: HashMap::with_capacity(records * 2 + 8),
+        suffixes: HashMap::with_capacity_and_hasher(records * 2 + 8, Default::default()),
+        folded: Vec::with_capacity(64),
+        starts: Vec::with_capacity(8),
+        hashes: Vec::with_capacity(8),
     };
-    encoder.header(message);
+    encoder.header(
+        message,
+        [
+            message.queries().len(),
+            answers.len(),
+            authority.len(),
+            additional.len() + usize::from(message.extensions().is_some()),
+        ],
+    );
     for query in message.queries() {
         encoder.query(query);
     }
-    for record in message
-        .answers()
-        .iter()
-        .chain(message.name_servers())
-        .chain(message.additionals())
-    {
+    for record in answers.iter().chain(&authority).chain(&additional) {
         encoder.record(record)?;
     }
     if let Some(edns) = message.extensions() {
@@ -51,8 +107,15 @@ fn count(n: usize) -> [u8; 2] {
     u16::try_from(n).unwrap_or(u16::MAX).to_be_bytes()
 }
 
+/// FNV-1a over bytes.
+fn hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 impl Encoder {
-    fn header(&mut self, message: &Message) {
+    fn header(&mut self, message: &Message, counts: [usize; 4]) {
         let header = message.header();
         let mut flags = 0u16;
         if header.message_type() == hickory_proto::op::MessageType::Response {
@@ -72,16 +135,11 @@ impl Encoder {
             }
         }
         flags |= u16::from(header.response_code().low());
-        let additional = message.additionals().len() + usize::from(message.extensions().is_some());
         self.bytes.extend_from_slice(&header.id().to_be_bytes());
         self.bytes.extend_from_slice(&flags.to_be_bytes());
-        self.bytes
-            .extend_from_slice(&count(message.queries().len()));
-        self.bytes
-            .extend_from_slice(&count(message.answers().len()));
-        self.bytes
-            .extend_from_slice(&count(message.name_servers().len()));
-        self.bytes.extend_from_slice(&count(additional));
+        for n in counts {
+            self.bytes.extend_from_slice(&count(n));
+        }
     }
 
     fn query(&mut self, query: &Query) {
@@ -92,32 +150,79 @@ impl Encoder {
             .extend_from_slice(&u16::from(query.query_class()).to_be_bytes());
     }
 
+    /// Whether the name written at `offset` (following pointers) is `folded`, the lowercased
+    /// wire form of a suffix without its terminating zero.
+    fn written_at(&self, mut offset: usize, folded: &[u8]) -> bool {
+        let mut at = 0;
+        // Every pointer goes backwards, so this ends; the bound is belt and braces.
+        for _ in 0..128 {
+            let Some(&length) = self.bytes.get(offset) else {
+                return false;
+            };
+            if length & 0xC0 == 0xC0 {
+                let Some(&low) = self.bytes.get(offset + 1) else {
+                    return false;
+                };
+                offset = (usize::from(length & 0x3F) << 8) | usize::from(low);
+                continue;
+            }
+            if length == 0 {
+                return at == folded.len();
+            }
+            let length = usize::from(length);
+            let Some(label) = self.bytes.get(offset + 1..offset + 1 + length) else {
+                return false;
+            };
+            let Some(expected) = folded.get(at..at + 1 + length) else {
+                return false;
+            };
+            if usize::from(expected[0]) != length
+                || !label
+                    .iter()
+                    .zip(&expected[1..])
+                    .all(|(byte, want)| byte.to_ascii_lowercase() == *want)
+            {
+                return false;
+            }
+            at += 1 + length;
+            offset += 1 + length;
+        }
+        false
+    }
+
     /// Writes `name`, ending in a pointer to an earlier copy of its longest known suffix when
     /// `compress`; every suffix written becomes a target for later names either way.
     fn name(&mut self, name: &Name, compress: bool) {
-        let labels: Vec<&[u8]> = name.iter().collect();
-        let mut folded = Vec::with_capacity(name.len() + 1);
-        let mut starts = Vec::with_capacity(labels.len());
-        for label in &labels {
+        let mut folded = std::mem::take(&mut self.folded);
+        let mut starts = std::mem::take(&mut self.starts);
+        let mut hashes = std::mem::take(&mut self.hashes);
+        folded.clear();
+        starts.clear();
+        for label in name.iter() {
             starts.push(folded.len());
             folded.push(label.len() as u8);
             folded.extend(label.iter().map(u8::to_ascii_lowercase));
         }
+        hashes.clear();
+        hashes.extend(starts.iter().map(|start| hash(&folded[*start..])));
         let known = if compress {
             starts
                 .iter()
+                .zip(&hashes)
                 .enumerate()
-                .find_map(|(index, start)| Some((index, *self.suffixes.get(&folded[*start..])?)))
+                .find_map(|(index, (start, hash))| {
+                    let offset = *self.suffixes.get(hash)?;
+                    self.written_at(usize::from(offset), &folded[*start..])
+                        .then_some((index, offset))
+                })
         } else {
             None
         };
-        let written = known.map_or(labels.len(), |(index, _)| index);
-        for (index, label) in labels.iter().take(written).enumerate() {
+        let written = known.map_or(starts.len(), |(index, _)| index);
+        for (label, hash) in name.iter().zip(&hashes).take(written) {
             let offset = self.bytes.len();
             if offset <= MAX_POINTER {
-                self.suffixes
-                    .entry(folded[starts[index]..].to_vec())
-                    .or_insert(offset as u16);
+                self.suffixes.entry(*hash).or_insert(offset as u16);
             }
             self.bytes.push(label.len() as u8);
             self.bytes.extend_from_slice(label);
@@ -128,6 +233,9 @@ impl Encoder {
                 .extend_from_slice(&(0xC000 | pointer).to_be_bytes()),
             None => self.bytes.push(0),
         }
+        self.folded = folded;
+        self.starts = starts;
+        self.hashes = hashes;
     }
 
     fn record(&mut self, record: &Record) -> Option<()> {
