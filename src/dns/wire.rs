@@ -16,7 +16,8 @@ use hickory_proto::rr::{Name, RData, Record, RecordType};
 /// Compression pointers hold 14-bit offsets.
 const MAX_POINTER: usize = 0x3FFF;
 
-/// The suffix table's keys are already hashes (FNV-1a of the lowercased suffix).
+/// The suffix table's keys are already hashes (FNV-1a of the lowercased suffix, its labels
+/// taken from the last to the first).
 #[derive(Default)]
 struct IdentityHasher(u64);
 
@@ -107,9 +108,11 @@ fn count(n: usize) -> [u8; 2] {
     u16::try_from(n).unwrap_or(u16::MAX).to_be_bytes()
 }
 
-/// FNV-1a over bytes.
-fn hash(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a over `bytes`, continuing from `hash`.
+fn extend_hash(hash: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(hash, |hash, byte| {
         (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
     })
 }
@@ -203,8 +206,16 @@ impl Encoder {
             folded.push(label.len() as u8);
             folded.extend(label.iter().map(u8::to_ascii_lowercase));
         }
+        // Each suffix's hash extends the next shorter one's: one pass over the name's bytes.
         hashes.clear();
-        hashes.extend(starts.iter().map(|start| hash(&folded[*start..])));
+        hashes.resize(starts.len(), 0);
+        let mut end = folded.len();
+        let mut shorter = FNV_OFFSET;
+        for (index, start) in starts.iter().enumerate().rev() {
+            shorter = extend_hash(shorter, &folded[*start..end]);
+            hashes[index] = shorter;
+            end = *start;
+        }
         let known = if compress {
             starts
                 .iter()
