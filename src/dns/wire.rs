@@ -17,7 +17,7 @@ use hickory_proto::rr::{Name, RData, Record, RecordType};
 const MAX_POINTER: usize = 0x3FFF;
 
 /// The suffix table's keys are already hashes (FNV-1a of the lowercased suffix, its labels
-/// taken from the last to the first).
+/// taken from the last to the first), only mixed here.
 #[derive(Default)]
 struct IdentityHasher(u64);
 
@@ -30,8 +30,17 @@ impl Hasher for IdentityHasher {
             self.0 = (self.0 << 8) | u64::from(*byte);
         }
     }
+    /// FNV-1a's low bits depend only on the inputs' low bits, and the table picks buckets by
+    /// the low bits: names that differ in a digit would pile into a few buckets. A finalizer
+    /// (MurmurHash3's fmix64) spreads every input bit over the word first.
     fn write_u64(&mut self, value: u64) {
-        self.0 = value;
+        let mut hash = value;
+        hash ^= hash >> 33;
+        hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        hash ^= hash >> 33;
+        hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        hash ^= hash >> 33;
+        self.0 = hash;
     }
 }
 
