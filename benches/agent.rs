@@ -20,29 +20,25 @@
 //! skips the work (it only runs when cargo passes `--bench`). All traffic goes to 127.0.0.1,
 //! and every loop is bounded in both count and time.
 
-use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Bytes, Incoming};
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper::{header, Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::body::Bytes;
+use hyper::{Method, StatusCode};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::oneshot;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinSet;
 
 #[path = "common/mod.rs"]
 mod common;
 use common::agent::BenchAgent;
+use common::http::Conn;
 use common::process::{cpu_ticks, CpuMeter, CLOCK_TICKS_PER_SEC};
 use common::{millis, Stats, Table};
 
@@ -753,95 +749,6 @@ async fn answer_health(mut stream: TcpStream, counters: Arc<ServerCounters>) {
 
 // ---------------------------------------------------------------------------------------------
 // HTTP client
-
-type Pending = Pin<Box<dyn Future<Output = hyper::Result<hyper::Response<Incoming>>> + Send>>;
-
-/// One HTTP/1.1 connection to the agent, with at most one request in flight.
-struct Conn {
-    sender: SendRequest<Full<Bytes>>,
-    /// Aborted on drop, which closes the connection.
-    driver: JoinHandle<()>,
-    pending: Option<Pending>,
-}
-
-struct Answer {
-    status: StatusCode,
-    index: Option<u64>,
-    body: Bytes,
-}
-
-fn hyper_request(method: Method, path: &str, body: Bytes) -> Request<Full<Bytes>> {
-    let mut request = Request::new(Full::new(body));
-    *request.method_mut() = method;
-    *request.uri_mut() = path.parse().unwrap_or_default();
-    request
-        .headers_mut()
-        .insert(header::HOST, header::HeaderValue::from_static("127.0.0.1"));
-    request
-}
-
-impl Conn {
-    async fn connect(addr: SocketAddr) -> Result<Conn> {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
-        let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
-        let driver = tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        Ok(Conn {
-            sender,
-            driver,
-            pending: None,
-        })
-    }
-
-    /// Sends a request; once this returns, it has been handed to the connection's driver.
-    async fn send(&mut self, method: Method, path: &str, body: Bytes) -> Result<()> {
-        self.sender.ready().await?;
-        self.pending = Some(Box::pin(
-            self.sender.send_request(hyper_request(method, path, body)),
-        ));
-        Ok(())
-    }
-
-    /// Waits for the answer to the request `send` sent.
-    async fn receive(&mut self) -> Result<Answer> {
-        let response = self
-            .pending
-            .take()
-            .ok_or_else(|| anyhow!("no request in flight"))?
-            .await?;
-        let status = response.status();
-        let index = response
-            .headers()
-            .get("X-Consul-Index")
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.parse().ok());
-        let body = response.into_body().collect().await?.to_bytes();
-        Ok(Answer {
-            status,
-            index,
-            body,
-        })
-    }
-
-    async fn request(&mut self, method: Method, path: &str, body: Bytes) -> Result<Answer> {
-        let exchange = async {
-            self.send(method, path, body).await?;
-            self.receive().await
-        };
-        match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
-            Ok(answer) => answer,
-            Err(_) => bail!("{path}: no answer within {REQUEST_TIMEOUT:?}"),
-        }
-    }
-}
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        self.driver.abort();
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Helpers

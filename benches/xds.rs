@@ -34,10 +34,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -47,22 +45,19 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::route::v3::{route, route_action, RouteConfiguration};
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, Resource};
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Bytes, Incoming};
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper::{header, Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::body::Bytes;
+use hyper::{Method, StatusCode};
 use prost::Message;
 use serde_json::{json, Value};
-use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
 
 #[path = "common/mod.rs"]
 mod common;
 use common::agent::BenchAgent;
+use common::http::Conn;
 use common::process::{
     cpu_ticks, free_ports, log_problems, proc_status_kb, tail, CLOCK_TICKS_PER_SEC,
 };
@@ -123,8 +118,6 @@ const AGENT_LOG_LEVEL: &str = "info";
 /// cache's retries (backoff doubling to 30 s, no jitter) come back in lock-step and ~55 leaves
 /// are signed per 30 s, so 2,000 proxies would need about 18 minutes to get certificates.
 const UNLIMITED_CSRS: &str = "connect {\n  ca_config {\n    csr_max_per_second = 0\n  }\n}";
-
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn main() -> Result<()> {
     let Some(selected) = common::selected_sections("xds", SECTIONS)? else {
@@ -1106,90 +1099,3 @@ async fn wait_settled(conn: &mut Conn, services: usize, since: Instant) -> Resul
 
 // ---------------------------------------------------------------------------------------------
 // HTTP client
-
-type Pending = Pin<Box<dyn Future<Output = hyper::Result<hyper::Response<Incoming>>> + Send>>;
-
-/// One HTTP/1.1 connection (to the agent or Envoy's admin), one request in flight at a time.
-struct Conn {
-    sender: SendRequest<Full<Bytes>>,
-    /// Aborted on drop, which closes the connection.
-    driver: JoinHandle<()>,
-    pending: Option<Pending>,
-}
-
-struct Answer {
-    status: StatusCode,
-    index: Option<u64>,
-    body: Bytes,
-}
-
-fn hyper_request(method: Method, path: &str, body: Bytes) -> Request<Full<Bytes>> {
-    let mut request = Request::new(Full::new(body));
-    *request.method_mut() = method;
-    *request.uri_mut() = path.parse().unwrap_or_default();
-    request
-        .headers_mut()
-        .insert(header::HOST, header::HeaderValue::from_static("127.0.0.1"));
-    request
-}
-
-impl Conn {
-    async fn connect(addr: SocketAddr) -> Result<Conn> {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
-        let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
-        let driver = tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        Ok(Conn {
-            sender,
-            driver,
-            pending: None,
-        })
-    }
-
-    async fn send(&mut self, method: Method, path: &str, body: Bytes) -> Result<()> {
-        self.sender.ready().await?;
-        self.pending = Some(Box::pin(
-            self.sender.send_request(hyper_request(method, path, body)),
-        ));
-        Ok(())
-    }
-
-    async fn receive(&mut self) -> Result<Answer> {
-        let response = self
-            .pending
-            .take()
-            .ok_or_else(|| anyhow!("no request in flight"))?
-            .await?;
-        let status = response.status();
-        let index = response
-            .headers()
-            .get("X-Consul-Index")
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.parse().ok());
-        let body = response.into_body().collect().await?.to_bytes();
-        Ok(Answer {
-            status,
-            index,
-            body,
-        })
-    }
-
-    async fn request(&mut self, method: Method, path: &str, body: Bytes) -> Result<Answer> {
-        let exchange = async {
-            self.send(method, path, body).await?;
-            self.receive().await
-        };
-        match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
-            Ok(answer) => answer,
-            Err(_) => bail!("{path}: no answer within {REQUEST_TIMEOUT:?}"),
-        }
-    }
-}
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        self.driver.abort();
-    }
-}

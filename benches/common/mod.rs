@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 pub mod agent;
+pub mod http;
 pub mod process;
 
 pub fn millis(duration: Duration) -> f64 {
