@@ -79,40 +79,15 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 fn main() -> Result<()> {
-    let Some(selected) = common::selected_sections("agent", SECTIONS)? else {
-        return Ok(());
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot build the tokio runtime")?;
-    runtime.block_on(run(selected))
-}
-
-async fn run(selected: Vec<String>) -> Result<()> {
-    print_machine();
-    let mut table = Table::default();
-    for section in SECTIONS {
-        if !selected.iter().any(|name| name == section) {
-            continue;
-        }
-        println!("\n== {section} ==");
-        let outcome = match *section {
-            "checks" => bench_checks(&mut table).await,
-            _ => bench_wake(&mut table).await,
-        };
-        if let Err(error) = outcome {
-            println!("section {section} failed: {error:#}");
-            let first_line = format!("{error:#}")
-                .lines()
-                .next()
-                .unwrap_or("")
-                .to_string();
-            table.row(section, format!("FAILED: {first_line}"), "-", Some(false));
-        }
-    }
-    table.print();
-    Ok(())
+    common::run_sections(
+        "agent",
+        SECTIONS,
+        print_machine,
+        |section, table| match section {
+            "checks" => Box::pin(bench_checks(table)),
+            _ => Box::pin(bench_wake(table)),
+        },
+    )
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -37,40 +37,24 @@ const WARM_UP_QUERIES: u16 = 20;
 /// SRV queries in all; the agent's CPU over the timed ones is read in 10 ms ticks.
 const SRV_QUERIES: u16 = 1_020;
 
-fn main() -> Result<()> {
-    let Some(selected) = common::selected_sections("dns", SECTIONS)? else {
-        return Ok(());
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot build the tokio runtime")?;
-    runtime.block_on(run(selected))
-}
-
-async fn run(selected: Vec<String>) -> Result<()> {
+fn print_machine() {
     common::print_machine(
         BINARY,
         "client: dnsperf (section a), a hand-written TCP DNS client (section srv)",
         "qps: answered queries per second; latencies in ms",
     );
-    let mut table = Table::default();
-    for section in SECTIONS {
-        if !selected.iter().any(|name| name == section) {
-            continue;
-        }
-        println!("\n== {section} ==");
-        let outcome = match *section {
-            "a" => bench_a(&mut table).await,
-            _ => bench_srv(&mut table).await,
-        };
-        if let Err(error) = outcome {
-            println!("section {section} failed: {error:#}");
-            table.row(section, format!("FAILED: {error}"), "-", Some(false));
-        }
-    }
-    table.print();
-    Ok(())
+}
+
+fn main() -> Result<()> {
+    common::run_sections(
+        "dns",
+        SECTIONS,
+        print_machine,
+        |section, table| match section {
+            "a" => Box::pin(bench_a(table)),
+            _ => Box::pin(bench_srv(table)),
+        },
+    )
 }
 
 /// An agent at `-log-level warn`, ready to answer.

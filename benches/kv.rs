@@ -62,44 +62,19 @@ const WAKE_SAMPLES: usize = 500;
 const CONNECT_PARALLELISM: usize = 256;
 
 fn main() -> Result<()> {
-    let Some(selected) = common::selected_sections("kv", SECTIONS)? else {
-        return Ok(());
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot build the tokio runtime")?;
-    runtime.block_on(run(selected))
-}
-
-async fn run(selected: Vec<String>) -> Result<()> {
-    print_machine();
-    let mut table = Table::default();
-    for section in SECTIONS {
-        if !selected.iter().any(|name| name == section) {
-            continue;
-        }
-        println!("\n== {section} ==");
-        let outcome = match *section {
-            "start" => bench_start(&mut table).await,
-            "rss" => bench_idle_rss(&mut table).await,
-            "put" => bench_put(&mut table).await,
-            "seq" => bench_sequential(&mut table).await,
-            "get" => bench_get(&mut table).await,
-            _ => bench_watch(&mut table).await,
-        };
-        if let Err(error) = outcome {
-            println!("section {section} failed: {error:#}");
-            let first_line = format!("{error:#}")
-                .lines()
-                .next()
-                .unwrap_or("")
-                .to_string();
-            table.row(section, format!("FAILED: {first_line}"), "-", Some(false));
-        }
-    }
-    table.print();
-    Ok(())
+    common::run_sections(
+        "kv",
+        SECTIONS,
+        print_machine,
+        |section, table| match section {
+            "start" => Box::pin(bench_start(table)),
+            "rss" => Box::pin(bench_idle_rss(table)),
+            "put" => Box::pin(bench_put(table)),
+            "seq" => Box::pin(bench_sequential(table)),
+            "get" => Box::pin(bench_get(table)),
+            _ => Box::pin(bench_watch(table)),
+        },
+    )
 }
 
 // ---------------------------------------------------------------------------------------------

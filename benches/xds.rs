@@ -119,46 +119,25 @@ const AGENT_LOG_LEVEL: &str = "info";
 /// are signed per 30 s, so 2,000 proxies would need about 18 minutes to get certificates.
 const UNLIMITED_CSRS: &str = "connect {\n  ca_config {\n    csr_max_per_second = 0\n  }\n}";
 
-fn main() -> Result<()> {
-    let Some(selected) = common::selected_sections("xds", SECTIONS)? else {
-        return Ok(());
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot build the tokio runtime")?;
-    runtime.block_on(run(selected))
-}
-
-async fn run(selected: Vec<String>) -> Result<()> {
+fn print_machine() {
     common::print_machine(
         BINARY,
         "bench: tonic delta ADS client (8 HTTP/2 connections) and hyper HTTP/1.1 client",
         "KB below = KiB of VmRSS; CPU % is of one core; latencies client-observed",
     );
     println!("envoy: {}", envoy_binary());
-    let mut table = Table::default();
-    for section in SECTIONS {
-        if !selected.iter().any(|name| name == section) {
-            continue;
-        }
-        println!("\n== {section} ==");
-        let outcome = match *section {
-            "streams" => bench_streams(&mut table).await,
-            _ => bench_envoy(&mut table).await,
-        };
-        if let Err(error) = outcome {
-            println!("section {section} failed: {error:#}");
-            let first_line = format!("{error:#}")
-                .lines()
-                .next()
-                .unwrap_or("")
-                .to_string();
-            table.row(section, format!("FAILED: {first_line}"), "-", Some(false));
-        }
-    }
-    table.print();
-    Ok(())
+}
+
+fn main() -> Result<()> {
+    common::run_sections(
+        "xds",
+        SECTIONS,
+        print_machine,
+        |section, table| match section {
+            "streams" => Box::pin(bench_streams(table)),
+            _ => Box::pin(bench_envoy(table)),
+        },
+    )
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -129,3 +129,47 @@ pub fn selected_sections(name: &str, sections: &[&str]) -> anyhow::Result<Option
     }
     Ok(Some(selected))
 }
+
+/// One section's work: fills its rows of the summary table.
+pub type SectionFuture<'t> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + 't>>;
+
+/// A bench binary's `main`: the sections `CONCORD_BENCH` selects run in `sections` order on a
+/// multi-thread runtime, after `intro` (the machine facts). A failed section becomes a FAILED
+/// row and the others still run; the summary table is printed at the end.
+pub fn run_sections(
+    name: &str,
+    sections: &[&str],
+    intro: impl FnOnce(),
+    mut section: impl for<'t> FnMut(&str, &'t mut Table) -> SectionFuture<'t>,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let Some(selected) = selected_sections(name, sections)? else {
+        return Ok(());
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot build the tokio runtime")?;
+    runtime.block_on(async {
+        intro();
+        let mut table = Table::default();
+        for name in sections {
+            if !selected.iter().any(|chosen| chosen == name) {
+                continue;
+            }
+            println!("\n== {name} ==");
+            if let Err(error) = section(name, &mut table).await {
+                println!("section {name} failed: {error:#}");
+                let first_line = format!("{error:#}")
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
+                table.row(name, format!("FAILED: {first_line}"), "-", Some(false));
+            }
+        }
+        table.print();
+        Ok(())
+    })
+}
