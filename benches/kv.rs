@@ -19,28 +19,24 @@
 //! traffic goes to 127.0.0.1, and every loop is bounded in both count and time.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Bytes, Incoming};
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper::{header, Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::body::Bytes;
+use hyper::{Method, StatusCode};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Barrier, Semaphore};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinSet;
 
 #[path = "common/mod.rs"]
 mod common;
 use common::agent::BenchAgent;
+use common::http::Answer;
 use common::process::{own_stat_path, stat_path, CpuMeter};
 use common::{millis, Stats, Table};
 
@@ -543,36 +539,10 @@ fn client_kind() -> ClientKind {
     })
 }
 
-type Pending = Pin<Box<dyn Future<Output = hyper::Result<hyper::Response<Incoming>>> + Send>>;
-
 /// One HTTP/1.1 connection to the agent, with at most one request in flight.
 enum Conn {
-    Hyper {
-        sender: SendRequest<Full<Bytes>>,
-        /// Aborted on drop, which closes the connection.
-        driver: JoinHandle<()>,
-        pending: Option<Pending>,
-    },
-    Raw {
-        stream: TcpStream,
-        buffer: Vec<u8>,
-    },
-}
-
-struct Answer {
-    status: StatusCode,
-    index: Option<u64>,
-    body: Bytes,
-}
-
-fn hyper_request(method: Method, path: &str, body: Bytes) -> Request<Full<Bytes>> {
-    let mut request = Request::new(Full::new(body));
-    *request.method_mut() = method;
-    *request.uri_mut() = path.parse().unwrap_or_default();
-    request
-        .headers_mut()
-        .insert(header::HOST, header::HeaderValue::from_static("127.0.0.1"));
-    request
+    Hyper(common::http::Conn),
+    Raw { stream: TcpStream, buffer: Vec<u8> },
 }
 
 /// Largest response head the raw client accepts, and the largest body.
@@ -588,17 +558,7 @@ impl Conn {
                 stream,
                 buffer: Vec::with_capacity(8 * 1024),
             },
-            ClientKind::Hyper => {
-                let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
-                let driver = tokio::spawn(async move {
-                    let _ = connection.await;
-                });
-                Conn::Hyper {
-                    sender,
-                    driver,
-                    pending: None,
-                }
-            }
+            ClientKind::Hyper => Conn::Hyper(common::http::Conn::over(stream).await?),
         })
     }
 
@@ -618,14 +578,7 @@ impl Conn {
     /// connection's driver; raw: written to the socket).
     async fn send(&mut self, method: Method, path: &str, body: Bytes) -> Result<()> {
         match self {
-            Conn::Hyper {
-                sender, pending, ..
-            } => {
-                sender.ready().await?;
-                *pending = Some(Box::pin(
-                    sender.send_request(hyper_request(method, path, body)),
-                ));
-            }
+            Conn::Hyper(conn) => conn.send(method, path, body).await?,
             Conn::Raw { stream, .. } => {
                 let mut wire = format!(
                     "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n",
@@ -642,24 +595,7 @@ impl Conn {
     /// Waits for the answer to the request `send` sent.
     async fn receive(&mut self) -> Result<Answer> {
         match self {
-            Conn::Hyper { pending, .. } => {
-                let response = pending
-                    .take()
-                    .ok_or_else(|| anyhow!("no request in flight"))?
-                    .await?;
-                let status = response.status();
-                let index = response
-                    .headers()
-                    .get("X-Consul-Index")
-                    .and_then(|value| value.to_str().ok())
-                    .and_then(|value| value.parse().ok());
-                let body = response.into_body().collect().await?.to_bytes();
-                Ok(Answer {
-                    status,
-                    index,
-                    body,
-                })
-            }
+            Conn::Hyper(conn) => conn.receive().await,
             Conn::Raw { stream, buffer } => read_raw_response(stream, buffer).await,
         }
     }
@@ -672,14 +608,6 @@ impl Conn {
         match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
             Ok(answer) => answer,
             Err(_) => bail!("{path}: no answer within {REQUEST_TIMEOUT:?}"),
-        }
-    }
-}
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        if let Conn::Hyper { driver, .. } = self {
-            driver.abort();
         }
     }
 }

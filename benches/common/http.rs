@@ -51,6 +51,11 @@ impl Conn {
     pub async fn connect(addr: SocketAddr) -> Result<Conn> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
+        Conn::over(stream).await
+    }
+
+    /// An HTTP/1.1 client over an open connection.
+    pub async fn over(stream: TcpStream) -> Result<Conn> {
         let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
         let driver = tokio::spawn(async move {
             let _ = connection.await;
