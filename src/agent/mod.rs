@@ -40,8 +40,8 @@ struct LocalCheck {
     runner: CancellationToken,
     /// For TTL checks: when the check goes critical unless updated first.
     ttl_deadline: Option<Instant>,
-    /// Wakes a TTL runner when the deadline moves.
-    ttl_touched: Arc<Notify>,
+    /// Wakes the runner: a TTL runner when the deadline moves, a probe runner to probe now.
+    wake: Arc<Notify>,
     /// Since when the check has been critical, for `deregister_critical_service_after`.
     critical_since: Option<Instant>,
 }
@@ -398,7 +398,7 @@ impl Agent {
     /// Adds or replaces a check and starts its runner.
     pub fn add_check(self: &Arc<Self>, definition: CheckDefinition) -> Result<(), String> {
         let runner = self.shutdown.child_token();
-        let ttl_touched = Arc::new(Notify::new());
+        let wake = Arc::new(Notify::new());
         {
             let mut state = self.state();
             if !definition.service_id.is_empty()
@@ -423,16 +423,32 @@ impl Agent {
                 definition: definition.clone(),
                 runner: runner.clone(),
                 ttl_deadline,
-                ttl_touched: ttl_touched.clone(),
+                wake: wake.clone(),
                 critical_since,
             };
             if let Some(previous) = state.checks.insert(definition.id.clone(), check) {
                 previous.runner.cancel();
             }
         }
-        runner::spawn(self.clone(), definition, runner, ttl_touched);
+        runner::spawn(self.clone(), definition, runner, wake);
         self.changed();
         Ok(())
+    }
+
+    /// Runs the probes of `service_id`'s interval checks now instead of at their next
+    /// interval. The xDS server calls it when a sidecar's Envoy has taken its listeners, so
+    /// the sidecar's listening check passes within milliseconds of Envoy listening rather
+    /// than up to one interval (10 s) later, during which its subset gets no traffic.
+    pub fn probe_now(&self, service_id: &str) {
+        for check in self.state().checks.values() {
+            let probes = !matches!(
+                check.definition.kind,
+                CheckKind::Ttl { .. } | CheckKind::Alias { .. } | CheckKind::Maintenance
+            );
+            if probes && check.definition.service_id == service_id {
+                check.wake.notify_one();
+            }
+        }
     }
 
     /// Removes a check; false when it was not registered.
@@ -457,7 +473,7 @@ impl Agent {
             return Err(format!("CheckID {id:?} does not have associated TTL"));
         };
         check.ttl_deadline = Some(Instant::now() + ttl);
-        check.ttl_touched.notify_one();
+        check.wake.notify_one();
         let output = truncate(output, check.definition.output_max_size);
         let changed = check.status != status || check.output != output;
         check.set(status, output.clone());

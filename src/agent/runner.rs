@@ -1,6 +1,7 @@
 //! One task per check. Interval checks run their probe, pass the result through Consul's
 //! thresholds (`success_before_passing`, `failures_before_warning`/`critical`) and record it;
-//! TTL checks wait for their deadline and go critical unless an update moved it first.
+//! TTL checks wait for their deadline and go critical unless an update moved it first. A probe
+//! runs early when the agent is told the thing it probes has just come up (`probe_now`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +19,7 @@ pub fn spawn(
     agent: Arc<Agent>,
     definition: CheckDefinition,
     cancel: CancellationToken,
-    ttl_touched: Arc<Notify>,
+    wake: Arc<Notify>,
 ) {
     tokio::spawn(async move {
         let probe = match &definition.kind {
@@ -31,8 +32,8 @@ pub fn spawn(
             kind => Some(kind.clone()),
         };
         match probe {
-            Some(probe) => run_probe(agent, definition, probe, cancel).await,
-            None => run_ttl(agent, definition.id, cancel, ttl_touched).await,
+            Some(probe) => run_probe(agent, definition, probe, cancel, wake).await,
+            None => run_ttl(agent, definition.id, cancel, wake).await,
         }
     });
 }
@@ -85,6 +86,7 @@ async fn run_probe(
     definition: CheckDefinition,
     probe: CheckKind,
     cancel: CancellationToken,
+    probe_now: Arc<Notify>,
 ) {
     // A random first delay within the interval, so checks registered together do not all
     // fire together.
@@ -95,6 +97,7 @@ async fn run_probe(
     tokio::select! {
         _ = cancel.cancelled() => return,
         _ = tokio::time::sleep(stagger) => {}
+        _ = probe_now.notified() => {}
     }
     let mut thresholds = Thresholds::new(&definition);
     loop {
@@ -110,6 +113,7 @@ async fn run_probe(
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
+            _ = probe_now.notified() => {}
         }
     }
 }

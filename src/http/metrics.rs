@@ -28,6 +28,10 @@ pub const LEAF_SECONDS_LEFT: &str = "concord.connect.leaf.seconds_until_expiry";
 pub const XDS_STREAMS: &str = "concord.xds.streams";
 pub const XDS_RESPONSES: &str = "concord.xds.responses_sent";
 pub const XDS_REJECTED: &str = "concord.xds.rejected";
+pub const XDS_RESOURCES: &str = "concord.xds.resources";
+pub const XDS_PENDING: &str = "concord.xds.pending_responses";
+pub const XDS_LAST_ACK_NONCE: &str = "concord.xds.last_ack_nonce";
+pub const XDS_CONVERGED: &str = "concord.xds.converged";
 
 /// One exported value: its name, labels and value.
 type Sample = (&'static str, Vec<(&'static str, String)>, f64);
@@ -78,6 +82,41 @@ pub async fn metrics(State(state): State<Arc<AppState>>, call: Call) -> Result<R
             status.streams as f64,
         ));
         counters.push((XDS_REJECTED, vec![("proxy", proxy)], status.rejected as f64));
+    }
+    // Per stream: how many resources are in each condition, responses unanswered, the last
+    // ACKed nonce per type, and whether it has converged (see `/v1/agent/xds` for detail).
+    let reports = state
+        .xds
+        .inspect(None, super::xds_status::INSPECT_LIMIT)
+        .await;
+    for report in &reports {
+        let proxy = || ("proxy", report.proxy.clone());
+        gauges.push((
+            XDS_CONVERGED,
+            vec![proxy()],
+            f64::from(u8::from(report.converged)),
+        ));
+        for t in &report.types {
+            let kind = || ("type", super::xds_status::type_name(t.type_url).to_string());
+            let mut by_condition = std::collections::BTreeMap::new();
+            for resource in &t.resources {
+                *by_condition
+                    .entry(resource.condition.as_str())
+                    .or_insert(0u32) += 1;
+            }
+            for (condition, count) in by_condition {
+                gauges.push((
+                    XDS_RESOURCES,
+                    vec![proxy(), kind(), ("state", condition.to_string())],
+                    f64::from(count),
+                ));
+            }
+            gauges.push((XDS_PENDING, vec![proxy(), kind()], t.pending.len() as f64));
+            if let Some((nonce, _)) = &t.last_ack {
+                let sequence = u64::from_str_radix(nonce, 16).unwrap_or(0);
+                gauges.push((XDS_LAST_ACK_NONCE, vec![proxy(), kind()], sequence as f64));
+            }
+        }
     }
     gauges.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
     counters.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));

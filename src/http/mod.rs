@@ -20,6 +20,7 @@ mod params;
 mod reply;
 mod session;
 mod txn;
+mod xds_status;
 
 use std::sync::Arc;
 
@@ -83,6 +84,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/agent/leave", put(agent::leave))
         .route("/v1/agent/monitor", get(agent::monitor))
         .route("/v1/agent/metrics", get(metrics::metrics))
+        .route("/v1/agent/xds", get(xds_status::streams))
         .route("/v1/agent/join/{address}", put(agent::join))
         .route("/v1/agent/services", get(agent_local::services))
         .route(

@@ -154,7 +154,7 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
         leaves,
         xds: xds_status.clone(),
         rpc: rpc.clone(),
-        agent,
+        agent: agent.clone(),
         sessions: sessions.clone(),
         config: config.clone(),
         authorizer: Authorizer,
@@ -191,6 +191,7 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
             tracing::info!(%address, "gRPC (xDS) listening");
             let server = crate::xds::XdsServer {
                 watcher: proxies.clone(),
+                agent: agent.clone(),
                 authorizer: Authorizer,
                 status: xds_status.clone(),
                 shutdown: shutdown.clone(),

@@ -4,11 +4,23 @@
 //! (name → version it ACKed, seeded from `initial_resource_versions` on reconnect), the
 //! responses in flight (nonce → what they carried) and what Envoy rejected. A send pass diffs
 //! the current resources against that record in Consul's order: clusters and their endpoints
-//! together, then (once those are ACKed) listeners, then routes, then cluster and endpoint
-//! removals. A rejected resource is not sent again until its content changes, so a NACK
-//! cannot become a resend storm.
+//! together, then (once those are ACKed) listeners, then routes, then, once listeners and
+//! routes are ACKed at their current versions (so nothing refers to them any more), cluster
+//! and endpoint removals. A rejected resource is not sent again until its content changes, so
+//! a NACK cannot become a resend storm.
+//!
+//! Envoy replaces a cluster it is sent again, and the replacement waits for endpoints sent
+//! after it (envoyproxy/envoy#13009); a listener likewise for its routes. So sending a parent
+//! marks its children with the parent's send sequence, and an ACK of a child sent before that
+//! does not count as Envoy holding it: the child is sent again. Without this, endpoints in
+//! flight when their cluster changed were taken as held, and the new cluster was left to
+//! Envoy's 15 s initial fetch timeout, then served with no hosts, indefinitely.
+//!
+//! `report` describes the stream for operators and tests: what Envoy holds, what is in
+//! flight, what it has not subscribed to, and whether the stream has converged.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
@@ -25,6 +37,15 @@ pub struct Rejection {
     pub message: String,
 }
 
+/// One response Envoy has not answered yet.
+struct Sent {
+    /// The stream-wide send sequence number (the nonce is its hex form).
+    sequence: u64,
+    at: Instant,
+    /// name → version sent (None: removal).
+    resources: BTreeMap<String, Option<String>>,
+}
+
 #[derive(Default)]
 struct TypeState {
     registered: bool,
@@ -32,15 +53,35 @@ struct TypeState {
     subscriptions: BTreeSet<String>,
     /// name → version Envoy holds; "" means Envoy must be sent the resource again.
     acked: HashMap<String, String>,
-    /// nonce → name → version sent (None: removal).
-    pending: HashMap<String, BTreeMap<String, Option<String>>>,
+    /// nonce → what the response carried.
+    pending: HashMap<String, Sent>,
     /// name → version Envoy rejected; not resent until the version changes.
     rejected: HashMap<String, String>,
+    /// Child name → sequence number of the latest send of a parent naming it. Envoy holds the
+    /// child only once it has ACKed a send of the child made after that.
+    parent_sent: HashMap<String, u64>,
+    /// The last ACKed nonce and when it came.
+    last_ack: Option<(String, Instant)>,
 }
 
 impl TypeState {
     fn in_scope(&self, name: &str) -> bool {
         self.wildcard || self.subscriptions.contains(name)
+    }
+
+    /// Every resource of `current` in scope is held (or was rejected at this version), no
+    /// name Envoy holds is gone, and nothing is in flight.
+    fn settled(&self, current: &BTreeMap<String, super::resources::Versioned>) -> bool {
+        self.pending.is_empty()
+            && current.iter().all(|(name, versioned)| {
+                !self.in_scope(name)
+                    || self.acked.get(name) == Some(&versioned.version)
+                    || self.rejected.get(name) == Some(&versioned.version)
+            })
+            && self
+                .acked
+                .keys()
+                .all(|name| current.contains_key(name) || !self.in_scope(name))
     }
 }
 
@@ -80,6 +121,15 @@ fn child_type(type_url: &str) -> Option<&'static str> {
     }
 }
 
+/// The type whose resources name this type's as children.
+fn parent_type(type_url: &str) -> Option<&'static str> {
+    match type_url {
+        ENDPOINT => Some(CLUSTER),
+        ROUTE => Some(LISTENER),
+        _ => None,
+    }
+}
+
 impl DeltaStream {
     pub fn on_request(&mut self, request: &DeltaDiscoveryRequest) -> Result<Received, BadRequest> {
         if request.type_url.is_empty() {
@@ -105,11 +155,26 @@ impl DeltaStream {
             let sent = state.pending.remove(&request.response_nonce);
             match (&request.error_detail, sent) {
                 (None, Some(sent)) => {
-                    for (name, version) in sent {
+                    state.last_ack = Some((request.response_nonce.clone(), Instant::now()));
+                    for (name, version) in sent.resources {
+                        // Envoy drops what it is sent for a name it no longer subscribes to.
+                        if !state.in_scope(&name) {
+                            continue;
+                        }
                         match version {
                             Some(version) => {
                                 state.rejected.remove(&name);
-                                state.acked.insert(name, version);
+                                let replaced_since = state
+                                    .parent_sent
+                                    .get(&name)
+                                    .is_some_and(|parent| *parent > sent.sequence);
+                                if replaced_since {
+                                    // Its parent was sent after it: Envoy needs it again.
+                                    state.acked.insert(name, String::new());
+                                } else {
+                                    state.parent_sent.remove(&name);
+                                    state.acked.insert(name, version);
+                                }
                             }
                             None => {
                                 state.acked.remove(&name);
@@ -118,7 +183,7 @@ impl DeltaStream {
                     }
                 }
                 (Some(status), sent) => {
-                    let sent = sent.unwrap_or_default();
+                    let sent = sent.map(|sent| sent.resources).unwrap_or_default();
                     for (name, version) in &sent {
                         if let Some(version) = version {
                             state.rejected.insert(name.clone(), version.clone());
@@ -156,15 +221,48 @@ impl DeltaStream {
             state.subscriptions.remove(name);
             if !state.wildcard {
                 state.acked.remove(name);
+                state.parent_sent.remove(name);
             }
         }
         Ok(outcome)
     }
 
-    fn blocked(&self, type_url: &str) -> bool {
-        let pending = |t: &str| self.types.get(t).is_some_and(|s| !s.pending.is_empty());
-        pending(type_url)
-            || (matches!(type_url, LISTENER | ROUTE) && (pending(CLUSTER) || pending(ENDPOINT)))
+    /// Whether Envoy holds any resource of `type_url` (some version of it).
+    pub fn holds(&self, type_url: &str) -> bool {
+        self.types
+            .get(type_url)
+            .is_some_and(|state| state.acked.values().any(|version| !version.is_empty()))
+    }
+
+    fn pending(&self, type_url: &str) -> bool {
+        self.types
+            .get(type_url)
+            .is_some_and(|s| !s.pending.is_empty())
+    }
+
+    /// Whether a type's listeners or routes are all ACKed at their current versions.
+    fn settled(&self, type_url: &str, resources: &Resources) -> bool {
+        let empty = BTreeMap::new();
+        self.types.get(type_url).is_none_or(|state| {
+            !state.registered || state.settled(resources.of(type_url).unwrap_or(&empty))
+        })
+    }
+
+    /// Whether a step must wait for responses in flight (or, for cluster and endpoint
+    /// removals, for listeners and routes to stop referring to what is removed).
+    fn blocked(&self, type_url: &str, upsert: bool, resources: &Resources) -> bool {
+        if self.pending(type_url) {
+            return true;
+        }
+        match (type_url, upsert) {
+            (LISTENER | ROUTE, _) => self.pending(CLUSTER) || self.pending(ENDPOINT),
+            (CLUSTER | ENDPOINT, false) => {
+                !self.settled(LISTENER, resources)
+                    || !self.settled(ROUTE, resources)
+                    || (type_url == ENDPOINT && self.pending(CLUSTER))
+            }
+            _ => false,
+        }
     }
 
     /// One send pass: the responses to send now, in order.
@@ -179,7 +277,7 @@ impl DeltaStream {
             (ENDPOINT, false, true),
         ];
         for (type_url, upsert, remove) in steps {
-            if self.blocked(type_url) {
+            if self.blocked(type_url, upsert, resources) {
                 continue;
             }
             if let Some(response) = self.diff(type_url, resources, upsert, remove) {
@@ -240,8 +338,16 @@ impl DeltaStream {
             return None;
         }
         self.next_nonce += 1;
-        let nonce = format!("{:08x}", self.next_nonce);
-        state.pending.insert(nonce.clone(), sent);
+        let sequence = self.next_nonce;
+        let nonce = format!("{sequence:08x}");
+        state.pending.insert(
+            nonce.clone(),
+            Sent {
+                sequence,
+                at: Instant::now(),
+                resources: sent,
+            },
+        );
         // A resent parent makes Envoy want its children again (envoyproxy/envoy#13009).
         if let Some(child) = child_type(type_url) {
             if let Some(child_state) = self.types.get_mut(child) {
@@ -249,6 +355,7 @@ impl DeltaStream {
                     if let Some(version) = child_state.acked.get_mut(&name) {
                         version.clear();
                     }
+                    child_state.parent_sent.insert(name, sequence);
                 }
             }
         }
@@ -260,6 +367,200 @@ impl DeltaStream {
             ..Default::default()
         })
     }
+
+    /// What the stream believes about each type, against the current `resources`.
+    pub fn report(&self, resources: &Resources) -> Vec<TypeReport> {
+        let empty = BTreeMap::new();
+        let now = Instant::now();
+        TYPES
+            .iter()
+            .filter_map(|type_url| {
+                let state = self.types.get(type_url).filter(|s| s.registered)?;
+                let current = resources.of(type_url).unwrap_or(&empty);
+                let in_flight: HashMap<&str, &str> = state
+                    .pending
+                    .iter()
+                    .flat_map(|(nonce, sent)| {
+                        sent.resources
+                            .keys()
+                            .map(move |name| (name.as_str(), nonce.as_str()))
+                    })
+                    .collect();
+                // A child is needed when Envoy holds (or is being sent) a parent naming it.
+                let needed: BTreeSet<&str> = parent_type(type_url)
+                    .and_then(|parent| {
+                        let parent_state = self.types.get(parent)?;
+                        Some(
+                            resources
+                                .of(parent)
+                                .into_iter()
+                                .flatten()
+                                .filter(|(name, _)| parent_state.acked.contains_key(*name))
+                                .flat_map(|(_, versioned)| {
+                                    versioned.children.iter().map(String::as_str)
+                                })
+                                .collect(),
+                        )
+                    })
+                    .unwrap_or_default();
+                let mut names: BTreeSet<&str> = current.keys().map(String::as_str).collect();
+                names.extend(state.acked.keys().map(String::as_str));
+                names.extend(in_flight.keys().copied());
+                let resources = names
+                    .into_iter()
+                    .map(|name| {
+                        let version = current.get(name).map(|v| v.version.clone());
+                        let acked = state.acked.get(name).cloned();
+                        let nonce = in_flight.get(name).map(|nonce| nonce.to_string());
+                        let condition = match (&version, &acked, &nonce) {
+                            (_, _, Some(_)) => Condition::Sending,
+                            (Some(version), _, None)
+                                if state.rejected.get(name) == Some(version) =>
+                            {
+                                Condition::Rejected
+                            }
+                            (Some(_), _, None) if !state.in_scope(name) => {
+                                if needed.contains(name) {
+                                    Condition::Unsubscribed
+                                } else {
+                                    Condition::Unused
+                                }
+                            }
+                            (Some(version), Some(acked), None) if acked == version => {
+                                Condition::Held
+                            }
+                            (Some(_), _, None) => Condition::Outdated,
+                            (None, _, None) => Condition::Leftover,
+                        };
+                        ResourceReport {
+                            name: name.to_string(),
+                            version,
+                            acked: acked.filter(|acked| !acked.is_empty()),
+                            nonce,
+                            condition,
+                        }
+                    })
+                    .collect();
+                let mut pending: Vec<PendingReport> = state
+                    .pending
+                    .iter()
+                    .map(|(nonce, sent)| PendingReport {
+                        nonce: nonce.clone(),
+                        age: now.saturating_duration_since(sent.at),
+                        names: sent.resources.keys().cloned().collect(),
+                    })
+                    .collect();
+                pending.sort_by(|a, b| a.nonce.cmp(&b.nonce));
+                Some(TypeReport {
+                    type_url,
+                    wildcard: state.wildcard,
+                    last_ack: state
+                        .last_ack
+                        .as_ref()
+                        .map(|(nonce, at)| (nonce.clone(), now.saturating_duration_since(*at))),
+                    resources,
+                    pending,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Where one resource stands between the server and Envoy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Condition {
+    /// Envoy ACKed the current version.
+    Held,
+    /// In a response Envoy has not answered yet.
+    Sending,
+    /// Envoy rejected the current version; it is not resent until it changes.
+    Rejected,
+    /// A resource a held cluster or listener needs, which Envoy has not subscribed to.
+    Unsubscribed,
+    /// Not subscribed, and nothing Envoy holds needs it (a child of a parent in transit).
+    Unused,
+    /// Envoy holds another version (or must be sent it again) and nothing is in flight: the
+    /// next send pass sends it.
+    Outdated,
+    /// Envoy holds a name that no longer exists and no removal is in flight.
+    Leftover,
+}
+
+impl Condition {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Condition::Held => "held",
+            Condition::Sending => "sending",
+            Condition::Rejected => "rejected",
+            Condition::Unsubscribed => "unsubscribed",
+            Condition::Unused => "unused",
+            Condition::Outdated => "outdated",
+            Condition::Leftover => "leftover",
+        }
+    }
+
+    /// Whether a quiet stream may rest in this condition.
+    pub fn settled(self) -> bool {
+        matches!(self, Condition::Held | Condition::Unused)
+    }
+}
+
+/// One resource of a `TypeReport`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResourceReport {
+    pub name: String,
+    /// The current version; None when the resource no longer exists.
+    pub version: Option<String>,
+    /// The version Envoy holds, as far as the stream knows.
+    pub acked: Option<String>,
+    /// The response carrying it, while one is in flight.
+    pub nonce: Option<String>,
+    pub condition: Condition,
+}
+
+/// A response Envoy has not answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingReport {
+    pub nonce: String,
+    pub age: Duration,
+    pub names: Vec<String>,
+}
+
+/// One type's state on a stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TypeReport {
+    pub type_url: &'static str,
+    pub wildcard: bool,
+    /// The last ACKed nonce, and how long ago it came.
+    pub last_ack: Option<(String, Duration)>,
+    pub resources: Vec<ResourceReport>,
+    pub pending: Vec<PendingReport>,
+}
+
+impl TypeReport {
+    /// A version for everything Envoy holds of this type: a hash of the held names and
+    /// versions, so two reports (or a report and Envoy's own dump) compare in one value.
+    pub fn acked_version(&self) -> String {
+        let hash = self
+            .resources
+            .iter()
+            .filter_map(|r| Some((r.name.as_str(), r.acked.as_deref()?)))
+            .fold(0xcbf2_9ce4_8422_2325_u64, |hash, (name, version)| {
+                format!("{name}={version};")
+                    .bytes()
+                    .fold(hash, |hash, byte| {
+                        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+                    })
+            });
+        format!("{hash:016x}")
+    }
+}
+
+/// Whether every type of a stream's report has settled.
+pub fn converged(report: &[TypeReport]) -> bool {
+    report
+        .iter()
+        .all(|t| t.pending.is_empty() && t.resources.iter().all(|r| r.condition.settled()))
 }
 
 #[cfg(test)]
@@ -411,5 +712,47 @@ mod tests {
             stream.on_request(&request("type.googleapis.com/nope", &[], "")),
             Err(BadRequest::UnknownType(_))
         ));
+    }
+
+    #[test]
+    fn an_ack_of_endpoints_sent_before_their_cluster_was_resent_does_not_count() {
+        // Envoy replaces a cluster it is sent again and needs its endpoints again; an ACK of
+        // endpoints sent before that cluster must not count as holding them.
+        let mut stream = DeltaStream::default();
+        stream.on_request(&request(CLUSTER, &[], "")).unwrap();
+        let cds = stream.responses(&resources("1"))[0].nonce.clone();
+        stream.on_request(&request(ENDPOINT, &["api"], "")).unwrap();
+        let eds = stream.responses(&resources("1"))[0].nonce.clone();
+        stream.on_request(&request(CLUSTER, &[], &cds)).unwrap();
+        stream.on_request(&request(ENDPOINT, &[], &eds)).unwrap();
+        // New endpoints go out; before Envoy ACKs them, the cluster changes too.
+        let mut endpoints_changed = resources("1");
+        endpoints_changed
+            .by_type
+            .get_mut(ENDPOINT)
+            .unwrap()
+            .get_mut("api")
+            .unwrap()
+            .version = "2".into();
+        let out = stream.responses(&endpoints_changed);
+        assert_eq!(
+            out.iter().map(|r| r.type_url.as_str()).collect::<Vec<_>>(),
+            [ENDPOINT]
+        );
+        let eds = out[0].nonce.clone();
+        let both_changed = resources("2");
+        let out = stream.responses(&both_changed);
+        assert_eq!(
+            out.iter().map(|r| r.type_url.as_str()).collect::<Vec<_>>(),
+            [CLUSTER]
+        );
+        // The endpoints' ACK arrives: they were sent before the cluster, so they go again.
+        stream.on_request(&request(ENDPOINT, &[], &eds)).unwrap();
+        let out = stream.responses(&both_changed);
+        assert_eq!(
+            out.iter().map(|r| r.type_url.as_str()).collect::<Vec<_>>(),
+            [ENDPOINT]
+        );
+        assert_eq!(names(&out[0]), ["api"]);
     }
 }

@@ -108,6 +108,35 @@ impl Resources {
     }
 }
 
+/// The `address:port` of every endpoint of an encoded load assignment (for reports).
+pub fn endpoint_hosts(resource: &Any) -> Vec<String> {
+    let Ok(assignment) = ClusterLoadAssignment::decode(resource.value.as_slice()) else {
+        return Vec::new();
+    };
+    let mut hosts: Vec<String> = assignment
+        .endpoints
+        .iter()
+        .flat_map(|locality| &locality.lb_endpoints)
+        .filter_map(|endpoint| match endpoint.host_identifier.as_ref()? {
+            lb_endpoint::HostIdentifier::Endpoint(endpoint) => {
+                match endpoint.address.as_ref()?.address.as_ref()? {
+                    address::Address::SocketAddress(socket) => {
+                        let port = match socket.port_specifier.as_ref()? {
+                            socket_address::PortSpecifier::PortValue(port) => *port,
+                            _ => return None,
+                        };
+                        Some(format!("{}:{port}", socket.address))
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        })
+        .collect();
+    hosts.sort();
+    hosts
+}
+
 /// A short content hash (FNV-1a, 64-bit): stable across processes and builds.
 fn version_of(bytes: &[u8]) -> String {
     let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {

@@ -6,22 +6,29 @@
 //! authorization seam before anything is read. A malformed request ends only its own stream
 //! with a gRPC error; a rejected resource is logged once with Envoy's message, counted, and
 //! shown in the proxy's status, and is not resent until its content changes.
+//!
+//! Every stream with a proxy is listed in `XdsStatus` with a small channel through which
+//! `/v1/agent/xds` and `/v1/agent/metrics` ask the stream task itself for a report (what
+//! Envoy holds, what is in flight, whether it has converged and whether its resources equal
+//! a generation from nothing), so the protocol state stays owned by its task and costs nothing
+//! until someone asks.
 
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use futures::Stream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::delta::{BadRequest, DeltaStream, Received, Rejection};
+use super::delta::{self, BadRequest, DeltaStream, Received, Rejection, TypeReport};
 use super::resources::{self, Resources};
 use super::sotw::SotwStream;
 use crate::acl::{Access, Authorizer};
@@ -38,6 +45,31 @@ pub struct ProxyStatus {
     pub last_rejection: Option<String>,
 }
 
+/// One stream's report, made by its own task on request.
+#[derive(Clone, Debug)]
+pub struct StreamReport {
+    pub proxy: String,
+    pub protocol: &'static str,
+    /// Whether the stream has resources to serve (the proxy is registered and has its
+    /// certificate).
+    pub ready: bool,
+    pub types: Vec<TypeReport>,
+    /// Nothing in flight and Envoy holds exactly the current resources.
+    pub converged: bool,
+    /// Resources (type URL, name) whose incrementally generated form differs from
+    /// generating the same snapshot from nothing; always empty unless there is a bug.
+    pub differs_from_fresh: Vec<(&'static str, String)>,
+    /// The `address:port` of each current load assignment's endpoints, by cluster name, so
+    /// what a stream believes Envoy holds can be compared with Envoy's own `/clusters`.
+    pub endpoints: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+/// How the status registry reaches a stream task.
+struct StreamHandle {
+    proxy: String,
+    inspect: mpsc::Sender<oneshot::Sender<StreamReport>>,
+}
+
 /// Counters shared by every stream.
 #[derive(Default)]
 pub struct XdsStatus {
@@ -45,9 +77,35 @@ pub struct XdsStatus {
     pub responses_sent: AtomicU64,
     pub rejected: AtomicU64,
     proxies: Mutex<HashMap<String, ProxyStatus>>,
+    streams: Mutex<HashMap<u64, StreamHandle>>,
+    next_stream: AtomicU64,
 }
 
 impl XdsStatus {
+    /// Asks every stream (of `proxy`, or all) for its report. A stream that cannot answer
+    /// within `limit` (its task is blocked sending to an Envoy that does not read) is left
+    /// out; the caller sees fewer streams than `proxies()` counts.
+    pub async fn inspect(&self, proxy: Option<&str>, limit: Duration) -> Vec<StreamReport> {
+        let handles: Vec<_> = self
+            .streams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .filter(|handle| proxy.is_none_or(|proxy| handle.proxy == proxy))
+            .map(|handle| handle.inspect.clone())
+            .collect();
+        let asks = handles.into_iter().map(|inspect| async move {
+            let (reply, answer) = oneshot::channel();
+            inspect.send(reply).await.ok()?;
+            answer.await.ok()
+        });
+        let answers = tokio::time::timeout(limit, futures::future::join_all(asks)).await;
+        let mut reports: Vec<StreamReport> =
+            answers.unwrap_or_default().into_iter().flatten().collect();
+        reports.sort_by(|a, b| a.proxy.cmp(&b.proxy));
+        reports
+    }
+
     pub fn proxies(&self) -> HashMap<String, ProxyStatus> {
         self.proxies
             .lock()
@@ -79,6 +137,8 @@ impl XdsStatus {
 
 pub struct XdsServer {
     pub watcher: Arc<Watcher>,
+    /// Told when a sidecar's Envoy has taken its listeners, to probe its checks now.
+    pub agent: Arc<crate::agent::Agent>,
     pub authorizer: Authorizer,
     pub status: Arc<XdsStatus>,
     pub shutdown: CancellationToken,
@@ -110,10 +170,16 @@ fn token<T>(request: &Request<T>) -> Option<String> {
 struct StreamGuard {
     status: Arc<XdsStatus>,
     proxy: Option<String>,
+    id: u64,
 }
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
+        self.status
+            .streams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.id);
         if let Some(proxy) = &self.proxy {
             self.status.update(proxy, |status| {
                 status.streams = status.streams.saturating_sub(1)
@@ -125,6 +191,7 @@ impl Drop for StreamGuard {
 /// What both protocol variants need from a stream task.
 struct StreamContext {
     watcher: Arc<Watcher>,
+    agent: Arc<crate::agent::Agent>,
     authorizer: Authorizer,
     status: Arc<XdsStatus>,
     shutdown: CancellationToken,
@@ -137,6 +204,7 @@ impl StreamContext {
         &self,
         node_id: Option<&str>,
         guard: &mut StreamGuard,
+        inspect: mpsc::Sender<oneshot::Sender<StreamReport>>,
     ) -> Result<SnapshotReceiver, Status> {
         let proxy = node_id.filter(|id| !id.is_empty()).ok_or_else(|| {
             Status::invalid_argument(
@@ -148,6 +216,17 @@ impl StreamContext {
             .map_err(|_| Status::permission_denied("Permission denied"))?;
         self.status.update(proxy, |status| status.streams += 1);
         guard.proxy = Some(proxy.to_string());
+        self.status
+            .streams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                guard.id,
+                StreamHandle {
+                    proxy: proxy.to_string(),
+                    inspect,
+                },
+            );
         Ok(self.watcher.subscribe(proxy))
     }
 }
@@ -199,6 +278,15 @@ pub trait Protocol: Default + Send + 'static {
     fn node_id(request: &Self::Request) -> Option<&str>;
     fn on_request(&mut self, request: &Self::Request) -> Result<Received, BadRequest>;
     fn responses(&mut self, resources: &Resources) -> Vec<Self::Response>;
+    /// Whether Envoy has ACKed listeners on this stream (it is up and listening).
+    fn holds_listeners(&self) -> bool;
+    /// The protocol's name in reports.
+    const NAME: &'static str;
+    /// What the stream believes Envoy holds, against the current resources.
+    fn report(&self, resources: &Resources) -> Vec<TypeReport>;
+    /// Logs a request at trace level: the protocol exchange, for debugging convergence.
+    fn trace_request(_proxy: &str, _request: &Self::Request) {}
+    fn trace_response(_proxy: &str, _response: &Self::Response) {}
 }
 
 impl Protocol for DeltaStream {
@@ -213,6 +301,45 @@ impl Protocol for DeltaStream {
     fn responses(&mut self, resources: &Resources) -> Vec<Self::Response> {
         DeltaStream::responses(self, resources)
     }
+    fn holds_listeners(&self) -> bool {
+        DeltaStream::holds(self, resources::LISTENER)
+    }
+    const NAME: &'static str = "delta";
+    fn report(&self, resources: &Resources) -> Vec<TypeReport> {
+        DeltaStream::report(self, resources)
+    }
+    fn trace_request(proxy: &str, request: &Self::Request) {
+        tracing::trace!(
+            proxy,
+            type_url = short_type(&request.type_url),
+            nonce = %request.response_nonce,
+            nack = request.error_detail.is_some(),
+            subscribe = ?request.resource_names_subscribe,
+            unsubscribe = ?request.resource_names_unsubscribe,
+            initial = ?request.initial_resource_versions,
+            "delta request"
+        );
+    }
+    fn trace_response(proxy: &str, response: &Self::Response) {
+        let names: Vec<(&str, &str)> = response
+            .resources
+            .iter()
+            .map(|r| (r.name.as_str(), r.version.as_str()))
+            .collect();
+        tracing::trace!(
+            proxy,
+            type_url = short_type(&response.type_url),
+            nonce = %response.nonce,
+            resources = ?names,
+            removed = ?response.removed_resources,
+            "delta response"
+        );
+    }
+}
+
+/// The last part of a type URL (`Cluster`), for logs.
+fn short_type(type_url: &str) -> &str {
+    type_url.rsplit('.').next().unwrap_or(type_url)
 }
 
 impl Protocol for SotwStream {
@@ -227,6 +354,13 @@ impl Protocol for SotwStream {
     fn responses(&mut self, resources: &Resources) -> Vec<Self::Response> {
         SotwStream::responses(self, resources)
     }
+    fn holds_listeners(&self) -> bool {
+        SotwStream::holds(self, resources::LISTENER)
+    }
+    const NAME: &'static str = "sotw";
+    fn report(&self, resources: &Resources) -> Vec<TypeReport> {
+        SotwStream::report(self, resources)
+    }
 }
 
 /// The stream task: requests, snapshots and shutdown, until Envoy goes away.
@@ -238,7 +372,12 @@ async fn run<P: Protocol>(
     let mut guard = StreamGuard {
         status: context.status.clone(),
         proxy: None,
+        id: context.status.next_stream.fetch_add(1, Ordering::Relaxed),
     };
+    let (inspect, mut inspections) = mpsc::channel::<oneshot::Sender<StreamReport>>(1);
+    let mut inspect = Some(inspect);
+    // Whether the agent was told this proxy's Envoy is listening.
+    let mut listening = false;
     let mut stream = P::default();
     let mut snapshots: Option<SnapshotReceiver> = None;
     let mut generated: Generated = None;
@@ -257,7 +396,7 @@ async fn run<P: Protocol>(
                     }
                 };
                 if snapshots.is_none() {
-                    match context.attach(P::node_id(&request), &mut guard) {
+                    match context.attach(P::node_id(&request), &mut guard, inspect.take().expect("attached once")) {
                         Ok(mut receiver) => {
                             generated = current_resources(&mut receiver, guard.proxy.as_deref().unwrap_or_default(), None);
                             snapshots = Some(receiver);
@@ -268,8 +407,16 @@ async fn run<P: Protocol>(
                         }
                     }
                 }
+                P::trace_request(guard.proxy.as_deref().unwrap_or_default(), &request);
                 match stream.on_request(&request) {
-                    Ok(Received::Send) => {}
+                    Ok(Received::Send) => {
+                        if !listening && stream.holds_listeners() {
+                            listening = true;
+                            if let Some(proxy) = &guard.proxy {
+                                context.agent.probe_now(proxy);
+                            }
+                        }
+                    }
                     Ok(Received::Rejected(rejection)) => {
                         context.status.reject(guard.proxy.as_deref().unwrap_or_default(), &rejection);
                         continue;
@@ -292,19 +439,68 @@ async fn run<P: Protocol>(
                     generated = current_resources(receiver, guard.proxy.as_deref().unwrap_or_default(), generated.take());
                 }
             }
+            Some(reply) = inspections.recv() => {
+                let _ = reply.send(report(&stream, guard.proxy.as_deref().unwrap_or_default(), &generated));
+                continue;
+            }
             _ = context.shutdown.cancelled() => return,
         }
         if let Some((_, resources)) = &generated {
             for response in stream.responses(resources) {
+                P::trace_response(guard.proxy.as_deref().unwrap_or_default(), &response);
                 context
                     .status
                     .responses_sent
                     .fetch_add(1, Ordering::Relaxed);
-                if out.send(Box::new(Ok(response))).await.is_err() {
-                    return;
+                // An Envoy that stops reading must not hold the task past shutdown.
+                tokio::select! {
+                    sent = out.send(Box::new(Ok(response))) => if sent.is_err() { return },
+                    _ = context.shutdown.cancelled() => return,
                 }
             }
         }
+    }
+}
+
+/// The stream's report: its protocol state against what it last generated, and that
+/// generation compared with one from nothing.
+fn report<P: Protocol>(stream: &P, proxy: &str, generated: &Generated) -> StreamReport {
+    let empty = Resources::default();
+    let resources = generated
+        .as_ref()
+        .map_or(&empty, |(_, resources)| resources);
+    let types = stream.report(resources);
+    let mut differs_from_fresh = Vec::new();
+    let endpoints = resources
+        .of(resources::ENDPOINT)
+        .into_iter()
+        .flatten()
+        .map(|(name, versioned)| (name.clone(), resources::endpoint_hosts(&versioned.resource)))
+        .collect();
+    if let Some((snapshot, resources)) = generated {
+        let fresh = resources::generate(snapshot, None);
+        for type_url in resources::TYPES {
+            let (ours, theirs) = (resources.of(type_url), fresh.of(type_url));
+            let names: std::collections::BTreeSet<&String> = ours
+                .into_iter()
+                .chain(theirs)
+                .flat_map(|of| of.keys())
+                .collect();
+            for name in names {
+                if ours.and_then(|of| of.get(name)) != theirs.and_then(|of| of.get(name)) {
+                    differs_from_fresh.push((type_url, name.clone()));
+                }
+            }
+        }
+    }
+    StreamReport {
+        proxy: proxy.to_string(),
+        protocol: P::NAME,
+        ready: generated.is_some(),
+        converged: delta::converged(&types),
+        types,
+        differs_from_fresh,
+        endpoints,
     }
 }
 
@@ -313,6 +509,7 @@ impl XdsServer {
         self.status.streams_opened.fetch_add(1, Ordering::Relaxed);
         StreamContext {
             watcher: self.watcher.clone(),
+            agent: self.agent.clone(),
             authorizer: self.authorizer.clone(),
             status: self.status.clone(),
             shutdown: self.shutdown.clone(),

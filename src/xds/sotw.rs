@@ -8,8 +8,10 @@ use std::collections::{BTreeSet, HashMap};
 
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 
-use super::delta::{BadRequest, Received, Rejection};
-use super::resources::{Resources, CLUSTER, LISTENER, TYPES};
+use super::delta::{
+    BadRequest, Condition, PendingReport, Received, Rejection, ResourceReport, TypeReport,
+};
+use super::resources::{Resources, Versioned, CLUSTER, LISTENER, TYPES};
 
 #[derive(Default)]
 struct TypeState {
@@ -18,7 +20,36 @@ struct TypeState {
     sent_version: String,
     nonce: String,
     rejected_version: String,
+    /// The version the client last ACKed.
+    acked_version: String,
     must_answer: bool,
+}
+
+impl TypeState {
+    /// The resources the client gets of this type, and their version.
+    fn members<'r>(
+        &self,
+        type_url: &str,
+        resources: &'r Resources,
+    ) -> (Vec<(&'r String, &'r Versioned)>, String) {
+        let wildcard = matches!(type_url, CLUSTER | LISTENER) || self.names.is_empty();
+        let members: Vec<_> = resources
+            .of(type_url)
+            .into_iter()
+            .flatten()
+            .filter(|(name, _)| wildcard || self.names.contains(*name))
+            .collect();
+        let version = members
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325_u64, |hash, (name, versioned)| {
+                format!("{name}={};", versioned.version)
+                    .bytes()
+                    .fold(hash, |hash, byte| {
+                        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+                    })
+            });
+        (members, format!("{version:016x}"))
+    }
 }
 
 #[derive(Default)]
@@ -54,6 +85,9 @@ impl SotwStream {
         // A request with the current nonce (an ACK or a change of names) or without one (a
         // new subscription) is answered if something changed; a stale nonce is ignored.
         let stale = !request.response_nonce.is_empty() && request.response_nonce != state.nonce;
+        if !stale && !request.response_nonce.is_empty() && request.error_detail.is_none() {
+            state.acked_version = state.sent_version.clone();
+        }
         if first || (!stale && names != state.names) {
             state.must_answer = true;
         }
@@ -69,24 +103,7 @@ impl SotwStream {
             let Some(state) = self.types.get_mut(type_url) else {
                 continue;
             };
-            let wildcard = matches!(type_url, CLUSTER | LISTENER) || state.names.is_empty();
-            let members: Vec<_> = resources
-                .of(type_url)
-                .into_iter()
-                .flatten()
-                .filter(|(name, _)| wildcard || state.names.contains(*name))
-                .collect();
-            let version =
-                members
-                    .iter()
-                    .fold(0xcbf2_9ce4_8422_2325_u64, |hash, (name, versioned)| {
-                        format!("{name}={};", versioned.version)
-                            .bytes()
-                            .fold(hash, |hash, byte| {
-                                (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-                            })
-                    });
-            let version = format!("{version:016x}");
+            let (members, version) = state.members(type_url, resources);
             if (!state.must_answer && version == state.sent_version)
                 || version == state.rejected_version
             {
@@ -105,5 +122,59 @@ impl SotwStream {
             });
         }
         out
+    }
+
+    /// Whether the client has ACKed some version of `type_url`.
+    pub fn holds(&self, type_url: &str) -> bool {
+        self.types
+            .get(type_url)
+            .is_some_and(|state| !state.acked_version.is_empty())
+    }
+
+    /// What the client holds of each type: everything at the version it last ACKed.
+    pub fn report(&self, resources: &Resources) -> Vec<TypeReport> {
+        TYPES
+            .iter()
+            .filter_map(|type_url| {
+                let state = self.types.get(type_url)?;
+                let (members, version) = state.members(type_url, resources);
+                let in_flight = state.sent_version != state.acked_version
+                    && state.sent_version != state.rejected_version;
+                let condition = if in_flight {
+                    Condition::Sending
+                } else if version == state.acked_version {
+                    Condition::Held
+                } else if version == state.rejected_version {
+                    Condition::Rejected
+                } else {
+                    Condition::Outdated
+                };
+                let held = condition == Condition::Held;
+                Some(TypeReport {
+                    type_url,
+                    wildcard: matches!(*type_url, CLUSTER | LISTENER) || state.names.is_empty(),
+                    last_ack: None,
+                    resources: members
+                        .iter()
+                        .map(|(name, versioned)| ResourceReport {
+                            name: name.to_string(),
+                            version: Some(versioned.version.clone()),
+                            acked: held.then(|| versioned.version.clone()),
+                            nonce: in_flight.then(|| state.nonce.clone()),
+                            condition,
+                        })
+                        .collect(),
+                    pending: if in_flight {
+                        vec![PendingReport {
+                            nonce: state.nonce.clone(),
+                            age: std::time::Duration::ZERO,
+                            names: members.iter().map(|(name, _)| name.to_string()).collect(),
+                        }]
+                    } else {
+                        Vec::new()
+                    },
+                })
+            })
+            .collect()
     }
 }

@@ -43,7 +43,16 @@ impl Envoy {
             .args(["-grpc-addr", &format!("127.0.0.1:{}", agent.grpc_port)])
             .args(["-admin-bind", &format!("127.0.0.1:{admin_port}")])
             .args(["-envoy-binary", &envoy_binary()])
-            .args(["--", "-l", "warning", "--log-path"])
+            // CONCORD_ENVOY_LOG=debug makes Envoy's log (`Envoy::log`) say what it did with
+            // each update; flushed every 50 ms so a failing test sees the latest lines.
+            .args([
+                "--",
+                "--file-flush-interval-msec",
+                "50",
+                "-l",
+                &std::env::var("CONCORD_ENVOY_LOG").unwrap_or("warning".into()),
+                "--log-path",
+            ])
             .arg(&log_path)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -125,6 +134,204 @@ impl Envoy {
 
     pub async fn config_dump(&self) -> Value {
         serde_json::from_str(&self.admin("/config_dump?include_eds").await).unwrap_or_default()
+    }
+
+    /// Every `address:port` host of every cluster, from Envoy's `/clusters`.
+    pub async fn all_hosts(&self) -> HashMap<String, Vec<String>> {
+        let mut hosts: HashMap<String, Vec<String>> = HashMap::new();
+        for line in self.admin("/clusters").await.lines() {
+            let mut parts = line.split("::");
+            let (Some(cluster), Some(host), Some("health_flags")) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            hosts
+                .entry(cluster.to_string())
+                .or_default()
+                .push(host.to_string());
+        }
+        for list in hosts.values_mut() {
+            list.sort();
+        }
+        hosts
+    }
+
+    /// Where this Envoy differs from what the agent's stream for `proxy` believes it holds,
+    /// or None when they agree and the stream has converged: the stream has nothing in
+    /// flight, every resource is held at its current version and equals a generation from
+    /// nothing, and Envoy's active clusters and routes carry exactly those versions (nothing
+    /// warming), its listeners have exactly those names, and each cluster exactly its
+    /// assignment's endpoints.
+    pub async fn divergence(&self, agent: &Agent, proxy: &str) -> Option<String> {
+        let status = match agent
+            .client()
+            .get(&format!("/v1/agent/xds?proxy={proxy}"))
+            .await
+        {
+            Ok(response) => serde_json::from_slice::<Value>(&response.body).unwrap_or_default(),
+            Err(error) => return Some(format!("/v1/agent/xds: {error}")),
+        };
+        let streams = status["Streams"].as_array().cloned().unwrap_or_default();
+        let [stream] = streams.as_slice() else {
+            return Some(format!("{} streams for {proxy}", streams.len()));
+        };
+        if stream["Converged"] != Value::Bool(true) {
+            return Some(format!("stream not converged: {stream:#}"));
+        }
+        if stream["DiffersFromFresh"]
+            .as_array()
+            .is_none_or(|d| !d.is_empty())
+        {
+            return Some(format!(
+                "differs from a fresh generation: {}",
+                stream["DiffersFromFresh"]
+            ));
+        }
+        let held = |type_name: &str| -> HashMap<String, String> {
+            stream["Types"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|t| t["Type"] == type_name)
+                .flat_map(|t| t["Resources"].as_array().cloned().unwrap_or_default())
+                .filter(|r| r["State"] == "held")
+                .map(|r| {
+                    let name = r["Name"].as_str().unwrap_or_default().to_string();
+                    (name, r["Acked"].as_str().unwrap_or_default().to_string())
+                })
+                .collect()
+        };
+        let dump = self.config_dump().await;
+        let section = |kind: &str| -> Value {
+            dump["configs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| {
+                    c["@type"]
+                        .as_str()
+                        .is_some_and(|t| t.ends_with(&format!(".{kind}")))
+                })
+                .cloned()
+                .unwrap_or_default()
+        };
+        let clusters = section("ClustersConfigDump");
+        if clusters["dynamic_warming_clusters"]
+            .as_array()
+            .is_some_and(|w| !w.is_empty())
+        {
+            return Some(format!(
+                "warming clusters: {}",
+                clusters["dynamic_warming_clusters"]
+            ));
+        }
+        let envoy_clusters: HashMap<String, String> = clusters["dynamic_active_clusters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                let name = c["cluster"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                (
+                    name,
+                    c["version_info"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        let listeners = section("ListenersConfigDump");
+        // Names only: Envoy 1.40 keeps a listener's version_info across an in-place filter
+        // chain update (seen: an HTTP filter chain in place, the tcp version reported).
+        let mut envoy_listeners = std::collections::HashSet::new();
+        // Route configurations the active listeners use; Envoy keeps others only while a
+        // replaced filter chain drains.
+        let mut routes_in_use = std::collections::HashSet::new();
+        for listener in listeners["dynamic_listeners"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            if !listener["warming_state"].is_null() {
+                return Some(format!("warming listener: {}", listener["name"]));
+            }
+            let name = listener["name"].as_str().unwrap_or_default().to_string();
+            envoy_listeners.insert(name);
+            let text = listener["active_state"].to_string();
+            let mut rest = text.as_str();
+            while let Some(at) = rest.find("\"route_config_name\":\"") {
+                rest = &rest[at + "\"route_config_name\":\"".len()..];
+                if let Some(end) = rest.find('"') {
+                    routes_in_use.insert(rest[..end].to_string());
+                }
+            }
+        }
+        let envoy_routes: HashMap<String, String> = section("RoutesConfigDump")
+            ["dynamic_route_configs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                let name = r["route_config"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                (
+                    name,
+                    r["version_info"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .filter(|(name, _)| routes_in_use.contains(name))
+            .collect();
+        let our_listeners: std::collections::HashSet<String> =
+            held("Listener").into_keys().collect();
+        if our_listeners != envoy_listeners {
+            return Some(format!(
+                "listeners: the stream holds {our_listeners:?}, Envoy {envoy_listeners:?}"
+            ));
+        }
+        for (kind, ours, envoys) in [
+            ("clusters", held("Cluster"), envoy_clusters),
+            ("routes", held("RouteConfiguration"), envoy_routes),
+        ] {
+            if ours != envoys {
+                return Some(format!(
+                    "{kind}: the stream holds {ours:?}, Envoy {envoys:?}"
+                ));
+            }
+        }
+        let envoy_hosts = self.all_hosts().await;
+        for name in held("ClusterLoadAssignment").keys() {
+            let ours: Vec<String> = stream["Endpoints"][name]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|h| h.as_str().map(str::to_string))
+                .collect();
+            let envoys = envoy_hosts.get(name).cloned().unwrap_or_default();
+            if ours != envoys {
+                return Some(format!(
+                    "endpoints of {name}: the stream holds {ours:?}, Envoy {envoys:?}"
+                ));
+            }
+        }
+        None
+    }
+
+    /// Waits until `divergence` finds none, or panics with the last one.
+    pub async fn assert_converges(&self, agent: &Agent, proxy: &str, limit: Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let Some(difference) = self.divergence(agent, proxy).await else {
+                return;
+            };
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{proxy} did not converge within {limit:?}: {difference}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// The healthy `address:port` hosts of one cluster, from Envoy's `/clusters`.

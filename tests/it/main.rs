@@ -19,4 +19,5 @@ mod support;
 mod txn;
 mod watch;
 mod xds;
+mod xds_convergence;
 mod xds_protocol;
