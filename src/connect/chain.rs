@@ -14,7 +14,6 @@ use serde_json::Value;
 use super::entry::{duration_value, service_protocol};
 use crate::state::Tables;
 use crate::types::config_entry::{self as ce, Typed};
-use crate::types::connect::ConfigEntry;
 use crate::types::duration::format_go_duration;
 
 /// Consul's default upstream connect timeout.
@@ -193,21 +192,16 @@ pub struct Context<'a> {
     pub trust_domain: &'a str,
 }
 
-/// Reads entries from the state, or from a proposed entry in place of its stored version.
+/// Reads the typed config entries a chain is compiled from.
 struct Entries<'a> {
     tables: &'a Tables,
-    proposed: Option<&'a ConfigEntry>,
 }
 
 impl Entries<'_> {
     fn get(&self, kind: &str, name: &str) -> Option<std::sync::Arc<Typed>> {
-        match self.proposed {
-            Some(entry) if entry.kind == kind && entry.name == name => Some(entry.typed()),
-            _ => self
-                .tables
-                .config_entry(kind, name)
-                .map(|entry| entry.typed()),
-        }
+        self.tables
+            .config_entry(kind, name)
+            .map(|entry| entry.typed())
     }
 
     fn resolver(&self, service: &str) -> Option<ce::ServiceResolver> {
@@ -230,16 +224,11 @@ impl Entries<'_> {
             return None;
         };
         // The routes as written, to echo each definition back in the chain.
-        let json = match self.proposed {
-            Some(entry) if entry.kind == ce::SERVICE_ROUTER && entry.name == service => {
-                entry.json.clone()
-            }
-            _ => self
-                .tables
-                .config_entry(ce::SERVICE_ROUTER, service)
-                .map(|entry| entry.json.clone())
-                .unwrap_or_default(),
-        };
+        let json = self
+            .tables
+            .config_entry(ce::SERVICE_ROUTER, service)
+            .map(|entry| entry.json.clone())
+            .unwrap_or_default();
         let routes = serde_json::from_str::<Value>(&json)
             .ok()
             .and_then(|json| json.get("Routes").cloned())
@@ -607,21 +596,21 @@ fn or(value: &str, fallback: &str) -> String {
     }
 }
 
-fn compile_with(
+/// Compiles `service`'s chain from the entries in `tables`.
+pub fn compile(
     tables: &Tables,
-    proposed: Option<&ConfigEntry>,
     service: &str,
     context: &Context<'_>,
     overrides: &Overrides,
 ) -> Result<Chain, String> {
     let protocol = if overrides.protocol.is_empty() {
-        service_protocol(tables, service, proposed)
+        service_protocol(tables, service)
     } else {
         overrides.protocol.clone()
     };
     let http = matches!(protocol.as_str(), "http" | "http2" | "grpc");
     let mut compiler = Compiler {
-        entries: Entries { tables, proposed },
+        entries: Entries { tables },
         context,
         overrides,
         nodes: BTreeMap::new(),
@@ -656,36 +645,4 @@ fn compile_with(
         auto_virtual_ips: None,
         manual_virtual_ips: None,
     })
-}
-
-/// Compiles `service`'s chain from the current entries.
-pub fn compile(
-    tables: &Tables,
-    service: &str,
-    context: &Context<'_>,
-    overrides: &Overrides,
-) -> Result<Chain, String> {
-    compile_with(tables, None, service, context, overrides)
-}
-
-/// Checks that the chain of the service `entry` belongs to still compiles with it in place.
-pub fn validate(tables: &Tables, entry: &ConfigEntry) -> Result<(), String> {
-    if !matches!(
-        entry.kind.as_str(),
-        ce::SERVICE_ROUTER | ce::SERVICE_SPLITTER | ce::SERVICE_RESOLVER
-    ) {
-        return Ok(());
-    }
-    let context = Context {
-        datacenter: "dc",
-        trust_domain: "validation.consul",
-    };
-    compile_with(
-        tables,
-        Some(entry),
-        &entry.name,
-        &context,
-        &Overrides::default(),
-    )
-    .map(|_| ())
 }

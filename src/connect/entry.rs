@@ -16,7 +16,7 @@ const MAX_META: usize = 64;
 
 const PROTOCOLS: &[&str] = &["tcp", "http", "http2", "grpc"];
 
-fn is_http_family(protocol: &str) -> bool {
+pub fn is_http_family(protocol: &str) -> bool {
     matches!(protocol, "http" | "http2" | "grpc")
 }
 
@@ -482,13 +482,10 @@ fn methods(field: &str, methods: &[String]) -> Result<(), String> {
 }
 
 /// The protocol a service speaks: its service-defaults, else proxy-defaults' `protocol`, else
-/// tcp. `proposed` stands in for the stored entry of the same kind and name.
-pub fn service_protocol(tables: &Tables, service: &str, proposed: Option<&ConfigEntry>) -> String {
+/// tcp.
+pub fn service_protocol(tables: &Tables, service: &str) -> String {
     let lookup = |kind: &str, name: &str| -> Option<std::sync::Arc<Typed>> {
-        match proposed {
-            Some(entry) if entry.kind == kind && entry.name == name => Some(entry.typed()),
-            _ => tables.config_entry(kind, name).map(|entry| entry.typed()),
-        }
+        tables.config_entry(kind, name).map(|entry| entry.typed())
     };
     if let Some(typed) = lookup(ce::SERVICE_DEFAULTS, service) {
         if let Typed::ServiceDefaults(defaults) = typed.as_ref() {
@@ -505,53 +502,4 @@ pub fn service_protocol(tables: &Tables, service: &str, proposed: Option<&Config
         }
     }
     "tcp".into()
-}
-
-/// The rules that depend on other entries, checked against the current state with `entry`
-/// in place of its stored version.
-pub fn validate_in_graph(tables: &Tables, entry: &ConfigEntry) -> Result<(), String> {
-    let l7_needs_http = |service: &str, what: &str| -> Result<(), String> {
-        let protocol = service_protocol(tables, service, Some(entry));
-        if is_http_family(&protocol) {
-            Ok(())
-        } else {
-            Err(format!(
-                "{what}: discovery chain {service:?} uses a protocol {protocol:?} that does not permit advanced routing or splitting behavior; set Protocol to http, http2 or grpc in service-defaults"
-            ))
-        }
-    };
-    match entry.typed().as_ref() {
-        Typed::Router(_) => l7_needs_http(&entry.name, "service-router")?,
-        Typed::Splitter(_) => l7_needs_http(&entry.name, "service-splitter")?,
-        Typed::Intentions(intentions) if entry.name != "*" => {
-            let l7 = intentions
-                .sources
-                .iter()
-                .any(|source| source.permissions.as_ref().is_some_and(|p| !p.is_empty()));
-            if l7 {
-                l7_needs_http(&entry.name, "service-intentions with Permissions")?;
-            }
-        }
-        Typed::ServiceDefaults(_) | Typed::ProxyDefaults(_) => {
-            // Lowering a protocol to tcp must not strand existing L7 entries.
-            let affected: Vec<String> = if entry.kind == ce::SERVICE_DEFAULTS {
-                vec![entry.name.clone()]
-            } else {
-                tables
-                    .config_entries_of(ce::SERVICE_ROUTER)
-                    .chain(tables.config_entries_of(ce::SERVICE_SPLITTER))
-                    .map(|other| other.name.clone())
-                    .collect()
-            };
-            for service in affected {
-                for kind in [ce::SERVICE_ROUTER, ce::SERVICE_SPLITTER] {
-                    if tables.config_entry(kind, &service).is_some() {
-                        l7_needs_http(&service, &format!("existing {kind} {service:?}"))?;
-                    }
-                }
-            }
-        }
-        _ => {}
-    }
-    super::chain::validate(tables, entry)
 }

@@ -7,6 +7,7 @@ pub mod ca_config;
 pub mod ca_manager;
 pub mod chain;
 pub mod entry;
+pub mod graph;
 pub mod intention;
 pub mod leaf;
 pub mod tls;

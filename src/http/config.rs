@@ -14,7 +14,7 @@ use super::AppState;
 use crate::acl::Access;
 use crate::api::config_entry::normalize;
 use crate::connect::chain::{self, Context, Overrides};
-use crate::connect::entry;
+use crate::connect::{entry, graph};
 use crate::state::connect::{entry_topic, kind_topic, CA_TOPIC};
 use crate::state::{Match, Tables};
 use crate::types::config_entry::{self as ce, precedence};
@@ -72,12 +72,12 @@ pub async fn write_entry(
     cas: Option<u64>,
 ) -> Result<bool, ApiError> {
     let entry = entry::decode(json).map_err(ApiError::BadRequest)?;
-    entry::validate_in_graph(&state.rpc.store().snapshot(), &entry)
-        .map_err(ApiError::BadRequest)?;
     let command = Command::ConfigEntrySet {
         entry: Box::new(entry),
         cas,
     };
+    graph::validate_change(&state.rpc.store().snapshot(), &command)
+        .map_err(ApiError::BadRequest)?;
     match state.rpc.write(command).await?.1 {
         CommandResult::Cas(applied) => Ok(applied),
         CommandResult::Error(message) => Err(ApiError::Internal(message)),
@@ -174,6 +174,10 @@ pub async fn delete(
         .authorize(call.token().as_deref(), access(&kind, &name, true))?;
     let cas = call.number("cas")?;
     let command = Command::ConfigEntryDelete { kind, name, cas };
+    // A deletion must not strand what depends on the entry (a splitter on a resolver's
+    // subsets, an L7 entry on a service-defaults' protocol).
+    graph::validate_change(&state.rpc.store().snapshot(), &command)
+        .map_err(ApiError::BadRequest)?;
     let applied = match state.rpc.write(command).await?.1 {
         CommandResult::Cas(applied) => applied,
         other => return Err(ApiError::Internal(format!("unexpected result {other:?}"))),

@@ -217,7 +217,7 @@ pub fn compute(
     let config = parse_config(&proxy.config_json);
     let protocol = config_str(&config, "protocol")
         .map(str::to_string)
-        .unwrap_or_else(|| service_protocol(tables, &destination, None));
+        .unwrap_or_else(|| service_protocol(tables, &destination));
     let public = PublicListener {
         address: config_str(&config, "bind_address")
             .map(str::to_string)

@@ -135,17 +135,17 @@ async fn connect_duties(rpc: &Rpc, ca: &CaManager, config: &RuntimeConfig) -> bo
                 continue;
             }
         };
-        if let Err(error) =
-            crate::connect::entry::validate_in_graph(&rpc.store().snapshot(), &entry)
-        {
-            tracing::error!(kind = %entry.kind, name = %entry.name, %error, "config_entries.bootstrap: entry refused");
-            continue;
-        }
         let (kind, name) = (entry.kind.clone(), entry.name.clone());
         let command = Command::ConfigEntrySet {
             entry: Box::new(entry),
             cas: Some(0),
         };
+        if let Err(error) =
+            crate::connect::graph::validate_change(&rpc.store().snapshot(), &command)
+        {
+            tracing::error!(%kind, %name, %error, "config_entries.bootstrap: entry refused");
+            continue;
+        }
         match rpc.write(command).await {
             Ok((_, CommandResult::Cas(true))) => {
                 tracing::info!(%kind, %name, "wrote bootstrap config entry")

@@ -87,6 +87,15 @@ impl Tables {
     }
 
     /// Applies one command at `index`, recording the watch topics it touched.
+    /// The tables as they would be after `command`, to validate a change against the graph
+    /// it would make before proposing it: the FSM's own code on an O(1) copy, at the next
+    /// index. Nothing is published and nobody is woken.
+    pub fn proposed(&self, command: &Command) -> (Tables, CommandResult) {
+        let mut tables = self.clone();
+        let result = tables.apply(self.last_index + 1, command, &mut Vec::new());
+        (tables, result)
+    }
+
     fn apply(&mut self, index: u64, command: &Command, touched: &mut Vec<String>) -> CommandResult {
         self.last_index = self.last_index.max(index);
         match command {

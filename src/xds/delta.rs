@@ -6,7 +6,8 @@
 //! the current resources against that record in Consul's order: clusters and their endpoints
 //! together, then (once those are ACKed) listeners, then routes, then, once listeners and
 //! routes are ACKed at their current versions (so nothing refers to them any more), cluster
-//! and endpoint removals. A rejected resource is not sent again until its content changes, so
+//! and endpoint removals. A name Envoy asked for that does not exist is answered as removed
+//! at once, with the upserts: a cluster warms until its endpoints or such an answer come. A rejected resource is not sent again until its content changes, so
 //! a NACK cannot become a resend storm.
 //!
 //! Envoy replaces a cluster it is sent again, and the replacement waits for endpoints sent
@@ -142,9 +143,15 @@ impl DeltaStream {
             state.registered = true;
             state.wildcard = request.resource_names_subscribe.is_empty()
                 || request.resource_names_subscribe.iter().any(|n| n == "*");
-            // A reconnect: Envoy says what it holds, so only differences are sent.
+            // A reconnect: Envoy says what it holds, so only differences are sent. What it
+            // held before a parent sent on this stream replaced it does not count.
             for (name, version) in &request.initial_resource_versions {
-                state.acked.insert(name.clone(), version.clone());
+                let version = if state.parent_sent.contains_key(name) {
+                    String::new()
+                } else {
+                    version.clone()
+                };
+                state.acked.insert(name.clone(), version);
                 if !state.wildcard {
                     state.subscriptions.insert(name.clone());
                 }
@@ -321,18 +328,25 @@ impl DeltaStream {
                 children.extend(versioned.children.iter().cloned());
             }
         }
+        // Names Envoy asked for (or must be sent again) that do not exist are answered as
+        // removed with the upserts, at once: Envoy waits for them (a cluster warms until its
+        // endpoints come, or a removal). Names Envoy holds that are gone are removals proper,
+        // sent in the removal steps, after whatever refers to them has moved on.
         let mut removed = Vec::new();
-        if remove {
-            let mut gone: Vec<&String> = state
-                .acked
-                .keys()
-                .filter(|name| !current.contains_key(*name) && state.in_scope(name))
-                .collect();
-            gone.sort();
-            for name in gone {
-                removed.push(name.clone());
-                sent.insert(name.clone(), None);
-            }
+        let mut gone: Vec<&String> = state
+            .acked
+            .iter()
+            .filter(|(name, version)| {
+                !current.contains_key(*name)
+                    && state.in_scope(name)
+                    && if version.is_empty() { upsert } else { remove }
+            })
+            .map(|(name, _)| name)
+            .collect();
+        gone.sort();
+        for name in gone {
+            removed.push(name.clone());
+            sent.insert(name.clone(), None);
         }
         if sent.is_empty() {
             return None;
@@ -348,15 +362,16 @@ impl DeltaStream {
                 resources: sent,
             },
         );
-        // A resent parent makes Envoy want its children again (envoyproxy/envoy#13009).
+        // A resent parent makes Envoy want its children again (envoyproxy/envoy#13009). The
+        // child type may not be registered yet (a reconnecting Envoy asks for clusters
+        // first); the mark then keeps the versions it will report from counting.
         if let Some(child) = child_type(type_url) {
-            if let Some(child_state) = self.types.get_mut(child) {
-                for name in children {
-                    if let Some(version) = child_state.acked.get_mut(&name) {
-                        version.clear();
-                    }
-                    child_state.parent_sent.insert(name, sequence);
+            let child_state = self.types.entry(child).or_default();
+            for name in children {
+                if let Some(version) = child_state.acked.get_mut(&name) {
+                    version.clear();
                 }
+                child_state.parent_sent.insert(name, sequence);
             }
         }
         Some(DeltaDiscoveryResponse {
@@ -754,5 +769,126 @@ mod tests {
             [ENDPOINT]
         );
         assert_eq!(names(&out[0]), ["api"]);
+    }
+
+    #[test]
+    fn a_reconnect_resends_the_endpoints_of_a_cluster_changed_before_it_asked_for_them() {
+        // Envoy reconnects holding cluster and endpoints at version 1. It asks for clusters
+        // first: the changed cluster goes out before Envoy reports its endpoints, which must
+        // then be sent again although Envoy reports holding their current version.
+        let mut stream = DeltaStream::default();
+        let mut clusters = request(CLUSTER, &[], "");
+        clusters.initial_resource_versions = [("api".to_string(), "1".to_string())].into();
+        stream.on_request(&clusters).unwrap();
+        let mut changed = resources("1");
+        changed
+            .by_type
+            .get_mut(CLUSTER)
+            .unwrap()
+            .get_mut("api")
+            .unwrap()
+            .version = "2".into();
+        let out = stream.responses(&changed);
+        assert_eq!(names(&out[0]), ["api"]);
+        let mut endpoints = request(ENDPOINT, &["api"], "");
+        endpoints.initial_resource_versions = [("api".to_string(), "1".to_string())].into();
+        stream.on_request(&endpoints).unwrap();
+        let out = stream.responses(&changed);
+        assert_eq!(
+            out.iter().map(|r| r.type_url.as_str()).collect::<Vec<_>>(),
+            [ENDPOINT]
+        );
+        assert_eq!(names(&out[0]), ["api"]);
+    }
+
+    #[test]
+    fn removals_wait_until_listeners_stop_using_what_is_removed() {
+        let mut stream = DeltaStream::default();
+        let mut v1 = resources("1");
+        v1.by_type.remove(ROUTE);
+        for type_url in [CLUSTER, LISTENER] {
+            stream.on_request(&request(type_url, &[], "")).unwrap();
+        }
+        stream.on_request(&request(ENDPOINT, &["api"], "")).unwrap();
+        let mut settle = |stream: &mut DeltaStream, resources: &Resources| {
+            for _ in 0..4 {
+                for response in stream.responses(resources) {
+                    stream
+                        .on_request(&request(&response.type_url, &[], &response.nonce))
+                        .unwrap();
+                }
+            }
+        };
+        settle(&mut stream, &v1);
+        // The upstream moves to a new cluster: the old one and its endpoints go only after
+        // the listener pointing at the new one is ACKed.
+        let mut moved = Resources::default();
+        for (type_url, name) in [
+            (CLUSTER, "new"),
+            (ENDPOINT, "new"),
+            (LISTENER, "api:127.0.0.1:9191"),
+        ] {
+            moved.by_type.entry(type_url).or_default().insert(
+                name.into(),
+                super::super::resources::Versioned {
+                    version: "2".into(),
+                    resource: Default::default(),
+                    children: if type_url == CLUSTER {
+                        vec!["new".into()]
+                    } else {
+                        vec![]
+                    },
+                },
+            );
+        }
+        let out = stream.responses(&moved);
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            (out[0].type_url.as_str(), names(&out[0])),
+            (CLUSTER, vec!["new"])
+        );
+        assert!(
+            out[0].removed_resources.is_empty(),
+            "nothing removed with the upsert"
+        );
+        stream.on_request(&request(ENDPOINT, &["new"], "")).unwrap();
+        stream
+            .on_request(&request(CLUSTER, &[], &out[0].nonce))
+            .unwrap();
+        let out = stream.responses(&moved);
+        assert_eq!(
+            out.iter().map(|r| r.type_url.as_str()).collect::<Vec<_>>(),
+            [ENDPOINT],
+            "endpoints first; the listener waits for them, removals for the listener"
+        );
+        stream
+            .on_request(&request(ENDPOINT, &[], &out[0].nonce))
+            .unwrap();
+        let out = stream.responses(&moved);
+        assert_eq!(
+            out.iter().map(|r| r.type_url.as_str()).collect::<Vec<_>>(),
+            [LISTENER]
+        );
+        stream
+            .on_request(&request(LISTENER, &[], &out[0].nonce))
+            .unwrap();
+        let out = stream.responses(&moved);
+        assert_eq!(
+            out.iter()
+                .map(|r| (r.type_url.as_str(), r.removed_resources.clone()))
+                .collect::<Vec<_>>(),
+            [(CLUSTER, vec!["api".to_string()])],
+            "the cluster removal; endpoints wait for it"
+        );
+        stream
+            .on_request(&request(CLUSTER, &[], &out[0].nonce))
+            .unwrap();
+        let out = stream.responses(&moved);
+        assert_eq!(
+            out.iter()
+                .map(|r| (r.type_url.as_str(), r.removed_resources.clone()))
+                .collect::<Vec<_>>(),
+            [(ENDPOINT, vec!["api".to_string()])]
+        );
     }
 }

@@ -15,6 +15,7 @@ mod kv;
 mod lifecycle;
 mod lock;
 mod session;
+mod sim_envoy;
 mod support;
 mod txn;
 mod watch;
