@@ -387,6 +387,85 @@ async fn invalid_entries_are_refused_with_the_field_and_rule_and_nothing_is_stor
     assert!(stderr.contains("Error writing config entry service-splitter/web: Unexpected response code: 400 (Splits: the sum of all split weights must be 100, not 99.990000)"), "{stderr}");
 }
 
+/// Deleting an entry that others depend on is refused like writing a bad one: otherwise every
+/// proxy whose chain no longer compiles keeps its old configuration, silently.
+#[tokio::test]
+async fn deletions_that_would_strand_other_entries_are_refused() {
+    let agent = Agent::start(AgentOptions::default()).await;
+    let client = agent.client();
+    for entry in [
+        json!({"Kind": "proxy-defaults", "Name": "global", "Config": {"protocol": "http"}}),
+        json!({"Kind": "service-defaults", "Name": "api", "Protocol": "http"}),
+        json!({"Kind": "service-defaults", "Name": "web", "Protocol": "http"}),
+        json!({"Kind": "service-resolver", "Name": "api",
+               "Subsets": {"v1": {"Filter": "Service.Meta.version == v1"}}}),
+        // web's splitter sends to a subset of api: a chain across services.
+        json!({"Kind": "service-splitter", "Name": "web", "Splits": [
+            {"Weight": 100, "Service": "api", "ServiceSubset": "v1"}]}),
+        json!({"Kind": "service-router", "Name": "api", "Routes": [
+            {"Match": {"HTTP": {"PathPrefix": "/x"}}}]}),
+    ] {
+        let response = client
+            .put("/v1/config", entry.to_string().into())
+            .await
+            .unwrap();
+        assert_eq!(response.status, 200, "{entry}: {}", response.text());
+    }
+    // Writing api's resolver without the subset web uses is refused too (another service's
+    // chain, not only api's own).
+    let response = client
+        .put(
+            "/v1/config",
+            json!({"Kind": "service-resolver", "Name": "api"})
+                .to_string()
+                .into(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status, 400, "{}", response.text());
+    assert!(
+        response
+            .text()
+            .contains("does not have a subset named \"v1\""),
+        "{}",
+        response.text()
+    );
+    for (path, message) in [
+        (
+            "service-resolver/api",
+            "does not have a subset named \"v1\"",
+        ),
+        // api and web are http through their service-defaults and proxy-defaults: dropping
+        // one leaves the other, dropping both would strand api's router.
+        ("proxy-defaults/global", ""),
+        ("service-defaults/api", "existing service-router \"api\""),
+    ] {
+        let response = client.delete(&format!("/v1/config/{path}")).await.unwrap();
+        if message.is_empty() {
+            assert_eq!(response.status, 200, "{path}: {}", response.text());
+            continue;
+        }
+        assert_eq!(response.status, 400, "{path}: {}", response.text());
+        assert!(
+            response.text().contains(message),
+            "{path}: {}",
+            response.text()
+        );
+        let stored = client.get(&format!("/v1/config/{path}")).await.unwrap();
+        assert_eq!(stored.status, 200, "{path} was deleted");
+    }
+    // Once nothing depends on them, they go.
+    for path in [
+        "service-router/api",
+        "service-splitter/web",
+        "service-resolver/api",
+        "service-defaults/api",
+    ] {
+        let response = client.delete(&format!("/v1/config/{path}")).await.unwrap();
+        assert_eq!(response.status, 200, "{path}: {}", response.text());
+    }
+}
+
 #[tokio::test]
 async fn canary_discovery_chain_matches_consuls_shape() {
     let agent = Agent::start(AgentOptions::default()).await;

@@ -108,6 +108,44 @@ async fn canary_undo(agent: &Agent) {
     delete_entry(agent, "service-defaults", "api").await;
 }
 
+/// Operators see the same in `/v1/agent/metrics`: every proxy converged, its resources held,
+/// nothing pending, the last ACKed nonce per type.
+async fn assert_metrics_show_convergence(agent: &Agent) {
+    let metrics = crate::support::json(&agent.client().get("/v1/agent/metrics").await.unwrap());
+    let gauges = metrics["Gauges"].as_array().cloned().unwrap_or_default();
+    let gauge = |name: &str, proxy: &str, extra: &[(&str, &str)]| -> Vec<f64> {
+        gauges
+            .iter()
+            .filter(|g| g["Name"] == name && g["Labels"]["proxy"] == proxy)
+            .filter(|g| extra.iter().all(|(k, v)| g["Labels"][*k] == *v))
+            .filter_map(|g| g["Value"].as_f64())
+            .collect()
+    };
+    for proxy in PROXIES {
+        assert_eq!(
+            gauge("concord.xds.converged", proxy, &[]),
+            [1.0],
+            "{proxy}: {metrics:#}"
+        );
+        let held = gauge(
+            "concord.xds.resources",
+            proxy,
+            &[("type", "Cluster"), ("state", "held")],
+        );
+        assert!(held.iter().sum::<f64>() >= 1.0, "{proxy}: {metrics:#}");
+        let pending = gauge("concord.xds.pending_responses", proxy, &[]);
+        // One per type the stream uses (a proxy without upstreams asks for no endpoints and
+        // no routes).
+        assert!(pending.len() >= 2, "{proxy}: {metrics:#}");
+        assert!(pending.iter().all(|p| *p == 0.0), "{proxy}: {metrics:#}");
+        let nonces = gauge("concord.xds.last_ack_nonce", proxy, &[]);
+        assert!(
+            nonces.len() == pending.len() && nonces.iter().all(|n| *n >= 1.0),
+            "{proxy}: {metrics:#}"
+        );
+    }
+}
+
 /// Registers api-v1 and api-v2 (default sidecars, Consul's two checks each) and starts their
 /// Envoys; waits until both sidecars pass their checks, which must follow Envoy taking its
 /// listeners closely (`Agent::probe_now`), not the checks' 10 s interval.
@@ -220,6 +258,9 @@ async fn canary_bursts_always_leave_every_subset_with_its_endpoints() {
                 "{}",
                 envoy.log()
             );
+        }
+        if run == 0 {
+            assert_metrics_show_convergence(&agent).await;
         }
 
         canary_undo(&agent).await;
@@ -424,11 +465,11 @@ async fn random_config_bursts_converge_for_simulated_envoys() {
     let steps: usize = std::env::var("CONCORD_SOAK_STEPS")
         .ok()
         .and_then(|steps| steps.parse().ok())
-        .unwrap_or(150);
+        .unwrap_or(400);
     let seed: u64 = std::env::var("CONCORD_SOAK_SEED")
         .ok()
         .and_then(|seed| seed.parse().ok())
-        .unwrap_or(22);
+        .unwrap_or(3);
     eprintln!("random_config_bursts: seed {seed}, {steps} steps");
     let agent = Agent::start(AgentOptions::default()).await;
     let client = agent.client();
