@@ -3,8 +3,10 @@
 //! Only what concord needs operators to see today: the leaf certificates' health (issue
 //! failures, time left on each service's certificate), so that a certificate can never lapse
 //! silently; and the xDS server's (streams per proxy, responses sent, updates Envoy rejected
-//! in all and per proxy), so that a rejected configuration is never a silent stall. The full metrics pipeline (the `metrics` crate and a Prometheus exporter) is a
-//! later issue.
+//! in all and per proxy; per stream whether it converged, its resources per type and
+//! condition, responses unanswered and the last ACKed nonce per type), so that a rejected or
+//! stuck configuration is never a silent stall. The full metrics pipeline (the `metrics`
+//! crate and a Prometheus exporter) is a later issue.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -810,7 +810,7 @@ mod tests {
             stream.on_request(&request(type_url, &[], "")).unwrap();
         }
         stream.on_request(&request(ENDPOINT, &["api"], "")).unwrap();
-        let mut settle = |stream: &mut DeltaStream, resources: &Resources| {
+        let settle = |stream: &mut DeltaStream, resources: &Resources| {
             for _ in 0..4 {
                 for response in stream.responses(resources) {
                     stream
