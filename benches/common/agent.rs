@@ -17,7 +17,13 @@ use tokio::process::{Child, Command};
 
 use super::process::{free_ports, log_problems, proc_status_kb, stat_path, tail};
 
+/// The agent this build made; `CONCORD_BENCH_BINARY` points a bench at another build (a
+/// baseline commit's) so two versions are measured in one run on the same machine.
 const BINARY: &str = env!("CARGO_BIN_EXE_concord");
+
+fn binary() -> String {
+    std::env::var("CONCORD_BENCH_BINARY").unwrap_or_else(|_| BINARY.to_string())
+}
 /// How long an agent may take to serve before the bench gives up.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// One readiness probe's limit.
@@ -45,7 +51,8 @@ impl BenchAgent {
             .context("cannot create a scratch dir")?;
         let ports = free_ports(3)?;
         let log = File::create(scratch.path().join("agent.log"))?;
-        let mut command = Command::new(BINARY);
+        let binary = binary();
+        let mut command = Command::new(&binary);
         command
             .args(["agent", "-dev", "-node", "bench"])
             .args(["-http-port", &ports[0].to_string()])
@@ -63,7 +70,7 @@ impl BenchAgent {
             .stderr(Stdio::from(log))
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("cannot start {BINARY}"))?;
+            .with_context(|| format!("cannot start {binary}"))?;
         let pid = child
             .id()
             .ok_or_else(|| anyhow!("the agent exited at once"))?;
