@@ -15,5 +15,6 @@ pub mod raft;
 pub mod rpc;
 pub mod server;
 pub mod state;
+pub mod tasks;
 pub mod types;
 pub mod xds;

@@ -9,6 +9,7 @@
 //! Architecture invariant: local state sits behind one mutex that is never held across an
 //! await; runners and the sync task read it, change it, and let go.
 
+pub mod leaf;
 mod persist;
 pub mod probe;
 mod runner;
@@ -26,7 +27,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::definition::{self, DefinitionPolicy};
 use crate::config::{LoadOptions, RuntimeConfig};
-use crate::rpc::Rpc;
+use crate::rpc::Cluster;
+use crate::tasks::Tasks;
 use crate::types::agent::{CheckDefinition, CheckKind, ServiceDefinition};
 use crate::types::duration::format_go_duration;
 use crate::types::{Check, HealthStatus, RaftIndexes, Service};
@@ -73,36 +75,36 @@ pub struct Agent {
     load_options: LoadOptions,
     persisted: persist::Persisted,
     node_id: String,
-    rpc: Rpc,
+    cluster: Cluster,
     state: Mutex<LocalState>,
     /// Wakes the sync task after a local change.
     sync_needed: Notify,
     /// Bumped on every local change; hash-blocking reads of `/v1/agent/service/:id` wait on it.
     changes: tokio::sync::watch::Sender<u64>,
-    shutdown: CancellationToken,
+    tasks: Tasks,
 }
 
 impl Agent {
     /// Creates the agent, registers the services and checks from config, and starts the sync
-    /// task; everything stops with `shutdown`.
+    /// task; every task it starts runs under `tasks`.
     pub fn start(
         config: Arc<RuntimeConfig>,
         load_options: LoadOptions,
         data_dir: &Path,
         node_id: String,
-        rpc: Rpc,
-        shutdown: CancellationToken,
+        cluster: Cluster,
+        tasks: Tasks,
     ) -> Result<Arc<Agent>, String> {
         let agent = Arc::new(Agent {
             config: config.clone(),
             load_options,
             persisted: persist::Persisted::new(data_dir),
             node_id,
-            rpc,
+            cluster,
             state: Mutex::new(LocalState::default()),
             sync_needed: Notify::new(),
             changes: tokio::sync::watch::Sender::new(0),
-            shutdown,
+            tasks,
         });
         if config.server_mode {
             // Servers carry the `consul` service, so anti-entropy keeps it rather than
@@ -130,7 +132,9 @@ impl Agent {
                 .map_err(|error| format!("{}: {error}", path.display()))?;
             agent.add_check(parsed)?;
         }
-        tokio::spawn(sync::run(agent.clone()));
+        agent
+            .tasks
+            .spawn("agent.anti_entropy", sync::run(agent.clone()));
         Ok(agent)
     }
 
@@ -146,7 +150,19 @@ impl Agent {
     }
 
     pub fn shutdown_token(&self) -> &CancellationToken {
-        &self.shutdown
+        self.tasks.shutdown()
+    }
+
+    /// Whether a service registered here needs `service`'s leaf certificate: an instance of
+    /// it, or a connect proxy for it.
+    pub fn needs_leaf(&self, service: &str) -> bool {
+        self.state().services.values().any(|local| {
+            local.name == service
+                || local
+                    .proxy
+                    .as_ref()
+                    .is_some_and(|proxy| proxy.destination_service_name == service)
+        })
     }
 
     fn policy(&self) -> DefinitionPolicy {
@@ -397,7 +413,7 @@ impl Agent {
 
     /// Adds or replaces a check and starts its runner.
     pub fn add_check(self: &Arc<Self>, definition: CheckDefinition) -> Result<(), String> {
-        let runner = self.shutdown.child_token();
+        let runner = self.tasks.shutdown().child_token();
         let wake = Arc::new(Notify::new());
         {
             let mut state = self.state();
@@ -430,7 +446,7 @@ impl Agent {
                 previous.runner.cancel();
             }
         }
-        runner::spawn(self.clone(), definition, runner, wake);
+        runner::spawn(&self.tasks, self.clone(), definition, runner, wake);
         self.changed();
         Ok(())
     }

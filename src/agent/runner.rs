@@ -12,16 +12,18 @@ use tokio_util::sync::CancellationToken;
 
 use super::probe;
 use super::Agent;
+use crate::tasks::Tasks;
 use crate::types::agent::{CheckDefinition, CheckKind};
 use crate::types::HealthStatus;
 
 pub fn spawn(
+    tasks: &Tasks,
     agent: Arc<Agent>,
     definition: CheckDefinition,
     cancel: CancellationToken,
     wake: Arc<Notify>,
 ) {
-    tokio::spawn(async move {
+    tasks.spawn("agent.check", async move {
         let probe = match &definition.kind {
             CheckKind::Maintenance => return,
             CheckKind::Alias { node, service } => {
@@ -157,11 +159,11 @@ async fn run_alias(
     } else {
         node
     };
-    let store = agent.rpc.store().clone();
+    let cluster = agent.cluster.clone();
     let mut topic = node_topic(&node);
     loop {
-        let guard = store.watch(&[(topic.clone(), crate::state::Match::Exact)]);
-        let tables = store.snapshot();
+        let guard = cluster.watch(&[(topic.clone(), crate::state::Match::Exact)]);
+        let tables = cluster.snapshot();
         let (status, output) = alias_status(&tables, &node, &service, &id);
         agent.set_result(&id, status, output);
         let wanted = match tables.service(&node, &service) {

@@ -55,7 +55,7 @@ pub async fn run(agent: Arc<Agent>) {
             }
         };
         tokio::select! {
-            _ = agent.shutdown.cancelled() => return,
+            _ = agent.tasks.shutdown().cancelled() => return,
             _ = agent.sync_needed.notified() => {}
             _ = tokio::time::sleep(wait) => {}
         }
@@ -74,7 +74,7 @@ fn without_indexes<T: Clone>(value: &T, clear: fn(&mut T)) -> T {
 }
 
 async fn write(agent: &Agent, command: Command) -> Result<(), RpcError> {
-    match agent.rpc.write(command).await? {
+    match agent.cluster.write(command).await? {
         (_, CommandResult::Catalog(Err(message))) => Err(RpcError::Raft(message)),
         _ => Ok(()),
     }
@@ -84,7 +84,7 @@ async fn sync_once(agent: &Agent, output_synced: &mut OutputSynced) -> Result<()
     let node = node_record(agent);
     let name = node.name.clone();
     let (local_services, local_checks) = agent.services_and_checks();
-    let tables = agent.rpc.store().snapshot();
+    let tables = agent.cluster.snapshot();
 
     let node_matches = tables.node(&name).is_some_and(|known| {
         without_indexes(known, |n| n.indexes = RaftIndexes::default()) == node

@@ -18,7 +18,6 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::api::definition::{self, DefinitionPolicy};
-use crate::raft::RaftTuning;
 use crate::types::agent::{CheckDefinition, ServiceDefinition};
 use crate::types::duration::parse_go_duration;
 use raw::RawConfig;
@@ -70,6 +69,8 @@ pub struct Limits {
     #[serde(serialize_with = "serialize_duration")]
     pub dns_tcp_idle_timeout: Duration,
     pub dns_max_tcp_connections: usize,
+    #[serde(serialize_with = "serialize_duration")]
+    pub connect_leaf_idle_timeout: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -81,22 +82,14 @@ pub struct QueryLimits {
     pub max_query_time: Duration,
 }
 
+/// Raft tuning: Consul's `performance.raft_multiplier` (scales every timeout),
+/// `raft_snapshot_threshold` and `raft_trailing_logs`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct RaftConfig {
     pub multiplier: u32,
     pub snapshot_threshold: u64,
     pub trailing_logs: u64,
-}
-
-impl RaftConfig {
-    pub fn tuning(&self) -> RaftTuning {
-        RaftTuning {
-            multiplier: self.multiplier,
-            snapshot_threshold: self.snapshot_threshold,
-            trailing_logs: self.trailing_logs,
-        }
-    }
 }
 
 /// The validated configuration every subsystem reads.
@@ -452,6 +445,11 @@ fn build(raw: RawConfig) -> Result<RuntimeConfig, String> {
             "limits.dns_max_tcp_connections",
             raw_limits.dns_max_tcp_connections,
             512,
+        )?,
+        connect_leaf_idle_timeout: duration(
+            "limits.connect_leaf_idle_timeout",
+            raw_limits.connect_leaf_idle_timeout.as_deref(),
+            Duration::from_secs(300),
         )?,
     };
     if limits.dns_tcp_idle_timeout.is_zero() {

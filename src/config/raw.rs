@@ -129,6 +129,9 @@ pub struct RawLimits {
     pub dns_tcp_idle_timeout: Option<String>,
     /// concord's own: DNS TCP connections served at once; more wait in the kernel's backlog.
     pub dns_max_tcp_connections: Option<u64>,
+    /// concord's own: how long the agent keeps a leaf certificate nobody holds, for a service
+    /// not registered on it (one registered here keeps its certificate).
+    pub connect_leaf_idle_timeout: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

@@ -187,17 +187,14 @@ pub enum DefaultPolicy {
 }
 
 impl DefaultPolicy {
-    /// `default_intention_policy` when set, else the ACL default.
-    pub fn from_config(
-        config: &crate::config::RuntimeConfig,
-        authorizer: &crate::acl::Authorizer,
-    ) -> DefaultPolicy {
-        match config.default_intention_policy.as_deref() {
+    /// `default_intention_policy` when set, else the ACL default policy.
+    pub fn new(default_intention_policy: Option<&str>, acl_default_policy: &str) -> DefaultPolicy {
+        match default_intention_policy {
             Some(policy) => DefaultPolicy::Configured {
                 allow: policy == "allow",
             },
             None => DefaultPolicy::Acl {
-                allow: authorizer.default_policy() == "allow",
+                allow: acl_default_policy == "allow",
             },
         }
     }

@@ -10,8 +10,9 @@
 //! - `recursor`: names outside the domain, relayed to the configured recursors;
 //! - `transport`: the UDP and TCP loops with their limits (TCP idle timeout, connection cap).
 //!
-//! Architecture invariant: a protocol edge. It translates the catalog into DNS and decides
-//! nothing the catalog does not already say; health comes from `state::health` (a
+//! Architecture invariant: a protocol edge. Every lookup passes the authorization seam with
+//! the agent's DNS token (HTTP's rule, so ACLs apply here too); it translates the catalog into
+//! DNS and decides nothing the catalog does not already say; health comes from `state::health` (a
 //! `HealthIndex` per catalog version, so a query costs two map lookups per instance).
 
 mod name;
@@ -26,13 +27,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::Context as _;
-use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
 
+use crate::acl::Authorizer;
 use crate::config::dns_config::DnsConfig;
-use crate::rpc::LeaderContact;
+use crate::rpc::Cluster;
 use crate::state::health::HealthIndex;
-use crate::state::{Store, Tables};
+use crate::state::Tables;
+use crate::tasks::Tasks;
 
 pub use respond::{respond, Outcome, Transport};
 use zone::Answer;
@@ -45,8 +46,11 @@ type CatalogVersion = (u64, u64, u64);
 pub struct Context {
     pub config: DnsConfig,
     pub datacenter: String,
-    pub store: Arc<Store>,
-    pub leader: Arc<dyn Fn() -> LeaderContact + Send + Sync>,
+    /// Where the snapshot and the leader's contact come from.
+    pub cluster: Cluster,
+    pub authorizer: Authorizer,
+    /// The token DNS lookups are authorized with (the agent's; none until ACLs).
+    pub token: Option<String>,
     /// What was computed from the last catalog version a query saw (keyed by the node,
     /// service and check tables' indexes, so KV writes do not invalidate it).
     computed: Mutex<Option<Computed>>,
@@ -71,14 +75,15 @@ impl Context {
     pub fn new(
         config: DnsConfig,
         datacenter: String,
-        store: Arc<Store>,
-        leader: Arc<dyn Fn() -> LeaderContact + Send + Sync>,
+        cluster: Cluster,
+        authorizer: Authorizer,
     ) -> Context {
         Context {
             config,
             datacenter,
-            store,
-            leader,
+            cluster,
+            authorizer,
+            token: None,
             computed: Mutex::new(None),
         }
     }
@@ -143,10 +148,25 @@ impl Context {
         answer
     }
 
+    /// Whether the DNS token may read what `lookup` names (ACLs filter DNS as they do HTTP).
+    fn permits(&self, lookup: &name::Lookup) -> bool {
+        use crate::acl::Access;
+        let access = match lookup {
+            name::Lookup::Node { name } => Access::NodeRead(name),
+            name::Lookup::Service { name, .. } | name::Lookup::Connect { name } => {
+                Access::ServiceRead(name)
+            }
+            _ => return true,
+        };
+        self.authorizer
+            .authorize(self.token.as_deref(), access)
+            .is_ok()
+    }
+
     /// Whether the local snapshot may answer: with `allow_stale` while the last contact with a
     /// leader is within `max_stale`, otherwise only while a leader is known.
     fn readable(&self) -> bool {
-        let contact = (self.leader)();
+        let contact = self.cluster.leader_contact();
         contact.known_leader
             || (self.config.allow_stale
                 && u128::from(contact.last_contact_ms) <= self.config.max_stale.as_millis())
@@ -165,8 +185,7 @@ pub async fn listen(
     cx: Arc<Context>,
     address: SocketAddr,
     limits: Limits,
-    shutdown: CancellationToken,
-    tasks: &mut JoinSet<()>,
+    tasks: &Tasks,
 ) -> anyhow::Result<()> {
     let udp = tokio::net::UdpSocket::bind(address)
         .await
@@ -175,6 +194,6 @@ pub async fn listen(
         .await
         .with_context(|| format!("cannot listen for DNS on tcp://{address}"))?;
     tracing::info!(%address, "DNS listening (udp, tcp)");
-    transport::spawn(cx, udp, tcp, limits, shutdown, tasks);
+    transport::spawn(cx, udp, tcp, limits, tasks);
     Ok(())
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use hickory_proto::rr::{Record, RecordType};
 use rand::seq::SliceRandom;
 
-use super::name::{parse, reverse_address, strip_domain};
+use super::name::{parse, reverse_address, strip_domain, Lookup};
 use super::zone::{Answer, Entry, Zone};
 use super::Context;
 
@@ -149,16 +149,27 @@ pub fn respond(cx: &Context, bytes: &[u8], transport: Transport) -> Outcome {
             reply(ResponseCode::Refused)
         }
     };
-    let tables = cx.store.snapshot();
+    let tables = cx.cluster.snapshot();
     let answer = if let Some((relative, domain)) = routed {
         if !cx.readable() {
             return reply(ResponseCode::ServFail);
         }
-        let key = (qname.clone(), u16::from(qtype), domain.to_string());
-        cx.answer(&tables, key, |health| {
-            let lookup = parse(relative, qtype == RecordType::SRV, &cx.datacenter);
-            zone_of(cx, &tables, health).answer(&lookup, query.name(), qtype, domain)
-        })
+        let lookup = parse(relative, qtype == RecordType::SRV, &cx.datacenter);
+        if cx.permits(&lookup) {
+            let key = (qname.clone(), u16::from(qtype), domain.to_string());
+            cx.answer(&tables, key, |health| {
+                zone_of(cx, &tables, health).answer(&lookup, query.name(), qtype, domain)
+            })
+        } else {
+            // What a name that does not exist gets, never a cached answer for the name.
+            let health = cx.health(&tables);
+            Arc::new(zone_of(cx, &tables, &health).answer(
+                &Lookup::Invalid,
+                query.name(),
+                qtype,
+                domain,
+            ))
+        }
     } else if let Some(address) = reverse_address(&qname) {
         if !cx.readable() {
             return reply(ResponseCode::ServFail);

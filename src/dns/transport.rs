@@ -7,48 +7,41 @@
 
 use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
-
 use super::recursor::forward;
 use super::respond::{respond, Outcome, Transport};
 use super::{Context, Limits};
+use crate::tasks::Tasks;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::Semaphore;
 
 /// Recursive lookups waiting on a recursor at once; beyond this a query gets SERVFAIL
 /// rather than queueing without bound.
 const MAX_RECURSIONS_IN_FLIGHT: usize = 256;
 
-pub fn spawn(
-    cx: Arc<Context>,
-    udp: UdpSocket,
-    tcp: TcpListener,
-    limits: Limits,
-    shutdown: CancellationToken,
-    tasks: &mut JoinSet<()>,
-) {
+pub fn spawn(cx: Arc<Context>, udp: UdpSocket, tcp: TcpListener, limits: Limits, tasks: &Tasks) {
     let recursions = Arc::new(Semaphore::new(MAX_RECURSIONS_IN_FLIGHT));
     let udp = Arc::new(udp);
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 4));
     for _ in 0..workers {
-        tasks.spawn(serve_udp(
-            cx.clone(),
-            udp.clone(),
-            recursions.clone(),
-            shutdown.clone(),
-        ));
+        tasks.spawn(
+            "dns.udp",
+            serve_udp(cx.clone(), udp.clone(), recursions.clone(), tasks.clone()),
+        );
     }
-    tasks.spawn(serve_tcp(cx, tcp, limits, recursions, shutdown));
+    tasks.spawn(
+        "dns.tcp",
+        serve_tcp(cx, tcp, limits, recursions, tasks.clone()),
+    );
 }
 
 async fn serve_udp(
     cx: Arc<Context>,
     socket: Arc<UdpSocket>,
     recursions: Arc<Semaphore>,
-    shutdown: CancellationToken,
+    tasks: Tasks,
 ) {
+    let shutdown = tasks.shutdown().clone();
     let mut buffer = vec![0u8; 65535];
     loop {
         let received = tokio::select! {
@@ -76,14 +69,10 @@ async fn serve_udp(
                     let _ = socket.send_to(&failed, peer).await;
                     continue;
                 };
-                let (cx, socket, query, stop) =
-                    (cx.clone(), socket.clone(), query.to_vec(), shutdown.clone());
-                tokio::spawn(async move {
+                let (cx, socket, query) = (cx.clone(), socket.clone(), query.to_vec());
+                tasks.spawn("dns.recursion", async move {
                     let _permit = permit;
-                    let reply = tokio::select! {
-                        reply = recurse(&cx, &query, Transport::Udp) => reply.unwrap_or(failed),
-                        _ = stop.cancelled() => return,
-                    };
+                    let reply = recurse(&cx, &query, Transport::Udp).await.unwrap_or(failed);
                     let _ = socket.send_to(&reply, peer).await;
                 });
             }
@@ -107,8 +96,9 @@ async fn serve_tcp(
     listener: TcpListener,
     limits: Limits,
     recursions: Arc<Semaphore>,
-    shutdown: CancellationToken,
+    tasks: Tasks,
 ) {
+    let shutdown = tasks.shutdown().clone();
     let connections = Arc::new(Semaphore::new(limits.max_tcp_connections));
     loop {
         // Accept only with a free slot, so excess clients wait in the kernel's backlog.
@@ -130,13 +120,10 @@ async fn serve_tcp(
                 continue;
             }
         };
-        let (cx, recursions, stop) = (cx.clone(), recursions.clone(), shutdown.clone());
-        tokio::spawn(async move {
+        let (cx, recursions) = (cx.clone(), recursions.clone());
+        tasks.spawn("dns.connection", async move {
             let _permit = permit;
-            tokio::select! {
-                _ = connection(&cx, stream, limits, &recursions) => {}
-                _ = stop.cancelled() => {}
-            }
+            connection(&cx, stream, limits, &recursions).await;
         });
     }
 }

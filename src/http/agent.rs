@@ -78,7 +78,7 @@ pub async fn self_info(
         "Stats": {
             "agent": {"check_monitors": "0", "services": "0"},
             "build": {"version": CONSUL_COMPAT_VERSION, "revision": format!("concord-{CONCORD_VERSION}"), "prerelease": ""},
-            "raft": {"state": if state.rpc.is_leader() { "Leader" } else { "Follower" }},
+            "raft": {"state": if state.cluster.leadership().borrow().is_leader { "Leader" } else { "Follower" }},
         },
         "Meta": config.node_meta,
         // Where Envoy reaches this agent's xDS server (`connect envoy` reads `XDS.Port`).
@@ -129,13 +129,13 @@ pub async fn leave(State(state): State<Arc<AppState>>, call: Call) -> Result<Res
 
 pub async fn leader(State(state): State<Arc<AppState>>, call: Call) -> Response {
     reply::json(
-        &Value::String(state.rpc.leader_address()),
+        &Value::String(state.cluster.leadership().borrow().leader_address.clone()),
         call.pretty(&state),
     )
 }
 
 pub async fn peers(State(state): State<Arc<AppState>>, call: Call) -> Response {
-    reply::json(&json!(state.rpc.peer_addresses()), call.pretty(&state))
+    reply::json(&json!(state.cluster.peer_addresses()), call.pretty(&state))
 }
 
 /// `GET /v1/agent/monitor?loglevel=<level>`: streams log lines at or above the level until the

@@ -53,7 +53,7 @@ pub async fn register(
             .authorize(token.as_deref(), Access::ServiceWrite(&service.name))?;
     }
     let (_, result) = state
-        .rpc
+        .cluster
         .write(Command::CatalogRegister(Box::new(request)))
         .await?;
     catalog_result(result)?;
@@ -75,7 +75,10 @@ pub async fn deregister(
     state
         .authorizer
         .authorize(call.token().as_deref(), Access::NodeWrite(&request.node))?;
-    let (_, result) = state.rpc.write(Command::CatalogDeregister(request)).await?;
+    let (_, result) = state
+        .cluster
+        .write(Command::CatalogDeregister(request))
+        .await?;
     catalog_result(result)?;
     Ok(reply::json(&Value::Bool(true), call.pretty(&state)))
 }

@@ -76,9 +76,8 @@ pub async fn write_entry(
         entry: Box::new(entry),
         cas,
     };
-    graph::validate_change(&state.rpc.store().snapshot(), &command)
-        .map_err(ApiError::BadRequest)?;
-    match state.rpc.write(command).await?.1 {
+    graph::validate_change(&state.cluster.snapshot(), &command).map_err(ApiError::BadRequest)?;
+    match state.cluster.write(command).await?.1 {
         CommandResult::Cas(applied) => Ok(applied),
         CommandResult::Error(message) => Err(ApiError::Internal(message)),
         other => Err(ApiError::Internal(format!("unexpected result {other:?}"))),
@@ -176,9 +175,8 @@ pub async fn delete(
     let command = Command::ConfigEntryDelete { kind, name, cas };
     // A deletion must not strand what depends on the entry (a splitter on a resolver's
     // subsets, an L7 entry on a service-defaults' protocol).
-    graph::validate_change(&state.rpc.store().snapshot(), &command)
-        .map_err(ApiError::BadRequest)?;
-    let applied = match state.rpc.write(command).await?.1 {
+    graph::validate_change(&state.cluster.snapshot(), &command).map_err(ApiError::BadRequest)?;
+    let applied = match state.cluster.write(command).await?.1 {
         CommandResult::Cas(applied) => applied,
         other => return Err(ApiError::Internal(format!("unexpected result {other:?}"))),
     };

@@ -150,8 +150,8 @@ pub async fn put_configuration(
         ));
     }
     let current = state
-        .ca
-        .state()
+        .cluster
+        .ca_state()
         .ok_or_else(|| ApiError::Internal("Connect CA is not initialized yet".into()))?;
     let config = match body.get("Config") {
         None | Some(Value::Null) => current.config.clone(),
@@ -160,11 +160,7 @@ pub async fn put_configuration(
         }
         Some(_) => return Err(ApiError::BadRequest("Config must be an object".into())),
     };
-    state
-        .ca
-        .set_config(config)
-        .await
-        .map_err(ApiError::Internal)?;
+    state.cluster.set_ca_config(config).await?;
     Ok(reply::json(&Value::Null, call.pretty(&state)).into_response())
 }
 

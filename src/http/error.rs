@@ -5,7 +5,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
-use crate::rpc::RpcError;
+use crate::rpc::{CaError, RpcError, SignError};
 
 #[derive(Debug)]
 pub enum ApiError {
@@ -13,15 +13,40 @@ pub enum ApiError {
     NotFound(String),
     PayloadTooLarge(String),
     RequestTimeout(String),
+    TooManyRequests(String),
     PermissionDenied,
     /// A transaction that rolled back: 409 with a JSON body of errors.
     Conflict(Value),
     Internal(String),
 }
 
+/// Consul answers a server-side failure to reach or be the leader with a 500 and its message
+/// ("No cluster leader"); until writes are forwarded between servers, a follower asked for a
+/// leader's work says who the leader is.
 impl From<RpcError> for ApiError {
     fn from(error: RpcError) -> ApiError {
         ApiError::Internal(error.to_string())
+    }
+}
+
+impl From<CaError> for ApiError {
+    fn from(error: CaError) -> ApiError {
+        match error {
+            CaError::Invalid(message) => ApiError::BadRequest(message),
+            CaError::Unavailable(message) => ApiError::Internal(message),
+            CaError::Rpc(error) => error.into(),
+        }
+    }
+}
+
+impl From<SignError> for ApiError {
+    fn from(error: SignError) -> ApiError {
+        match error {
+            SignError::Invalid(message) => ApiError::BadRequest(message),
+            SignError::RateLimited => ApiError::TooManyRequests(error.to_string()),
+            SignError::Unavailable(message) => ApiError::Internal(message),
+            SignError::Rpc(error) => error.into(),
+        }
     }
 }
 
@@ -38,6 +63,7 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(message) => (StatusCode::NOT_FOUND, message),
             ApiError::PayloadTooLarge(message) => (StatusCode::PAYLOAD_TOO_LARGE, message),
             ApiError::RequestTimeout(message) => (StatusCode::REQUEST_TIMEOUT, message),
+            ApiError::TooManyRequests(message) => (StatusCode::TOO_MANY_REQUESTS, message),
             ApiError::PermissionDenied => (StatusCode::FORBIDDEN, "Permission denied".into()),
             ApiError::Conflict(body) => {
                 tracing::debug!(%body, "transaction rolled back");

@@ -31,7 +31,10 @@ use crate::types::{Command, CommandResult};
 const MAX_CAS_ATTEMPTS: usize = 16;
 
 pub fn default_policy(state: &AppState) -> DefaultPolicy {
-    DefaultPolicy::from_config(&state.config, &state.authorizer)
+    DefaultPolicy::new(
+        state.config.default_intention_policy.as_deref(),
+        state.authorizer.default_policy(),
+    )
 }
 
 fn required<'a>(call: &'a Call, name: &str) -> Result<&'a str, ApiError> {
@@ -49,7 +52,7 @@ async fn modify_source(
     change: impl Fn(Option<&Map<String, Value>>) -> Result<Option<Map<String, Value>>, ApiError>,
 ) -> Result<(), ApiError> {
     for _ in 0..MAX_CAS_ATTEMPTS {
-        let tables = state.rpc.store().snapshot();
+        let tables = state.cluster.snapshot();
         let current = tables.config_entry(SERVICE_INTENTIONS, destination);
         let cas = current.map_or(0, |entry| entry.indexes.modify);
         let mut json: Map<String, Value> = match current {
@@ -88,7 +91,10 @@ async fn modify_source(
                 name: destination.into(),
                 cas: Some(cas),
             };
-            matches!(state.rpc.write(command).await?.1, CommandResult::Cas(true))
+            matches!(
+                state.cluster.write(command).await?.1,
+                CommandResult::Cas(true)
+            )
         } else {
             json.insert("Sources".into(), Value::Array(sources));
             write_entry(state, json, Some(cas)).await?
@@ -391,7 +397,7 @@ pub async fn update_by_id(
 ) -> Result<Response, ApiError> {
     call.check_datacenter(&state)?;
     let body = body_object(super::body::read_json(&state, &call, body).await?)?;
-    let found = by_id(&state.rpc.store().snapshot(), &id)
+    let found = by_id(&state.cluster.snapshot(), &id)
         .ok_or_else(|| ApiError::NotFound(format!("Intention not found: {id}")))?;
     let (source, destination) = (found.source(), found.destination().to_string());
     let same_pair = |key: &str, current: &str| {
@@ -421,7 +427,7 @@ pub async fn delete_by_id(
     call: Call,
 ) -> Result<Response, ApiError> {
     call.check_datacenter(&state)?;
-    let found = by_id(&state.rpc.store().snapshot(), &id)
+    let found = by_id(&state.cluster.snapshot(), &id)
         .ok_or_else(|| ApiError::NotFound(format!("Intention not found: {id}")))?;
     let destination = found.destination().to_string();
     state.authorizer.authorize(
@@ -465,7 +471,7 @@ pub async fn authorize(
     state
         .authorizer
         .authorize(call.token().as_deref(), Access::ServiceWrite(&target))?;
-    let tables = state.rpc.store().snapshot();
+    let tables = state.cluster.snapshot();
     let decision = intention::decide(&tables, &client.service, &target, default_policy(&state));
     Ok(reply::json(
         &json!({ "Authorized": decision.allowed, "Reason": decision.reason }),

@@ -162,7 +162,7 @@ async fn write(
     let op = if let Some(session) = call.get("acquire") {
         // A key whose holder's session was invalidated cannot be taken until the session's
         // lock-delay has passed; Consul answers false meanwhile.
-        if state.rpc.store().lock_delay_remaining(&key).is_some() {
+        if state.cluster.lock_delay_remaining(&key).is_some() {
             return Ok(reply::json(&Value::Bool(false), call.pretty(state)));
         }
         let session = session.to_string();
@@ -228,7 +228,7 @@ async fn remove(state: &AppState, key: String, call: Call) -> Result<Response, A
 }
 
 async fn apply_single(state: &AppState, op: KvOp, call: &Call) -> Result<Response, ApiError> {
-    let (_, result) = state.rpc.write(Command::Kv(op)).await?;
+    let (_, result) = state.cluster.write(Command::Kv(op)).await?;
     if let CommandResult::Error(message) = result {
         return Err(ApiError::Internal(message));
     }

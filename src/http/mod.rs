@@ -32,20 +32,19 @@ use tokio_util::sync::CancellationToken;
 use crate::acl::Authorizer;
 use crate::agent::Agent;
 use crate::config::RuntimeConfig;
-use crate::rpc::Rpc;
+use crate::rpc::Cluster;
 
 /// Everything a handler may use.
 pub struct AppState {
-    pub rpc: Rpc,
+    /// Cluster state: every read, write and watch, and the leader's services.
+    pub cluster: Cluster,
     pub agent: Arc<Agent>,
-    /// The built-in CA (signing happens on the leader).
-    pub ca: Arc<crate::connect::ca_manager::CaManager>,
     /// This agent's leaf certificates.
-    pub leaves: Arc<crate::connect::leaf::LeafCache>,
+    pub leaves: Arc<crate::agent::leaf::LeafCache>,
     /// xDS stream counters and each proxy's status.
     pub xds: Arc<crate::xds::XdsStatus>,
-    /// Session TTL timers (the leader's).
-    pub sessions: Arc<crate::rpc::session_ttl::SessionTimers>,
+    /// Every long-lived task, counted by name (for metrics).
+    pub tasks: crate::tasks::Tasks,
     pub config: Arc<RuntimeConfig>,
     pub authorizer: Authorizer,
     pub node_id: String,

@@ -101,12 +101,12 @@ pub async fn blocking<F>(
 where
     F: Fn(&Tables) -> Result<(u64, Reply), ApiError>,
 {
-    let store = state.rpc.store();
-    let contact = state.rpc.read_barrier(options.consistency).await?;
+    let cluster = &state.cluster;
+    let contact = cluster.read_barrier(options.consistency).await?;
     let deadline = Instant::now() + options.wait;
     loop {
-        let guard = (options.index > 0).then(|| store.watch(&topics));
-        let (index, reply) = read(&store.snapshot())?;
+        let guard = (options.index > 0).then(|| cluster.watch(&topics));
+        let (index, reply) = read(&cluster.snapshot())?;
         let answer_now =
             index > options.index || Instant::now() >= deadline || state.shutdown.is_cancelled();
         let guard = match guard {

@@ -37,12 +37,9 @@ pub async fn create(
     state
         .authorizer
         .authorize(call.token().as_deref(), Access::NodeWrite(&session.node))?;
-    let ttl = session.ttl;
-    let (_, result) = state.rpc.write(Command::SessionCreate(session)).await?;
+    // The leader's TTL timer starts when it next looks at its sessions (within 200 ms).
+    let (_, result) = state.cluster.write(Command::SessionCreate(session)).await?;
     fsm_result(result)?;
-    if let Some(ttl) = ttl {
-        state.sessions.renew(&id, ttl);
-    }
     Ok(reply::json(&json!({"ID": id}), call.pretty(&state)))
 }
 
@@ -53,8 +50,7 @@ pub async fn destroy(
 ) -> Result<Response, ApiError> {
     call.check_datacenter(&state)?;
     let node = state
-        .rpc
-        .store()
+        .cluster
         .snapshot()
         .session(&id)
         .map(|session| session.node.clone());
@@ -62,7 +58,7 @@ pub async fn destroy(
         call.token().as_deref(),
         Access::NodeWrite(node.as_deref().unwrap_or("")),
     )?;
-    let (_, result) = state.rpc.write(Command::SessionDestroy { id }).await?;
+    let (_, result) = state.cluster.write(Command::SessionDestroy { id }).await?;
     fsm_result(result)?;
     Ok(reply::json(&Value::Bool(true), call.pretty(&state)))
 }
@@ -73,18 +69,24 @@ pub async fn renew(
     call: Call,
 ) -> Result<Response, ApiError> {
     call.check_datacenter(&state)?;
-    let tables = state.rpc.store().snapshot();
-    let session = tables
+    let not_found = || ApiError::NotFound(format!("Session id '{id}' not found"));
+    let node = state
+        .cluster
+        .snapshot()
         .session(&id)
-        .ok_or_else(|| ApiError::NotFound(format!("Session id '{id}' not found")))?;
+        .map(|session| session.node.clone())
+        .ok_or_else(not_found)?;
     state
         .authorizer
-        .authorize(call.token().as_deref(), Access::NodeWrite(&session.node))?;
-    if let Some(ttl) = session.ttl {
-        state.sessions.renew(&id, ttl);
-    }
+        .authorize(call.token().as_deref(), Access::NodeWrite(&node))?;
+    // Renewal is the leader's (its TTL timers live there).
+    let session = state
+        .cluster
+        .renew_session(&id)
+        .await?
+        .ok_or_else(not_found)?;
     Ok(reply::json(
-        &json!([wire::session(session)]),
+        &json!([wire::session(&session)]),
         call.pretty(&state),
     ))
 }

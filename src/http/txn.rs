@@ -67,11 +67,11 @@ pub async fn apply(
     let pretty = call.pretty(&state);
     let (index, outcome) = if ops.iter().all(KvOp::is_read) {
         let options = call.read_options(&state)?;
-        state.rpc.read_barrier(options.consistency).await?;
-        let tables = state.rpc.store().snapshot();
+        state.cluster.read_barrier(options.consistency).await?;
+        let tables = state.cluster.snapshot();
         (tables.last_index(), read_txn(&tables, &ops))
     } else {
-        match state.rpc.write(Command::Txn(ops)).await? {
+        match state.cluster.write(Command::Txn(ops)).await? {
             (index, CommandResult::Txn(outcome)) => (index, outcome),
             (_, other) => {
                 return Err(ApiError::Internal(format!(

@@ -18,15 +18,16 @@ use std::sync::{Arc, Mutex, PoisonError};
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
+use crate::agent::leaf::{IssuedCert, LeafCache};
 use crate::connect::chain::{self, Chain};
 use crate::connect::entry::service_protocol;
 use crate::connect::intention::{self, DefaultPolicy};
-use crate::connect::leaf::{IssuedCert, LeafCache};
+use crate::rpc::Cluster;
 use crate::state::catalog::{CHECKS_TOPIC, SERVICES_TOPIC};
 use crate::state::connect::CA_TOPIC;
-use crate::state::{Match, Store, Tables};
+use crate::state::{Match, Tables};
+use crate::tasks::Tasks;
 use crate::types::config_entry::PermissionHttp;
 use crate::types::connect::ServiceProxy;
 use crate::types::Service;
@@ -396,35 +397,37 @@ fn topics() -> Vec<(String, Match)> {
 }
 
 pub type SnapshotReceiver = watch::Receiver<Result<Arc<Snapshot>, NotReady>>;
+type SnapshotSender = Arc<watch::Sender<Result<Arc<Snapshot>, NotReady>>>;
 
-/// One snapshot task per proxy id, started on first use and kept while the agent runs.
+/// One snapshot task per proxy id, started on first use and ended when its last subscriber
+/// (an xDS stream) goes: a stream naming a proxy nobody registered leaves nothing behind.
 pub struct Watcher {
-    store: Arc<Store>,
+    cluster: Cluster,
     leaves: Arc<LeafCache>,
     node: String,
     datacenter: String,
     default_policy: DefaultPolicy,
-    shutdown: CancellationToken,
-    proxies: Mutex<HashMap<String, SnapshotReceiver>>,
+    tasks: Tasks,
+    proxies: Mutex<HashMap<String, SnapshotSender>>,
     shared: Mutex<Shared>,
 }
 
 impl Watcher {
     pub fn new(
-        store: Arc<Store>,
+        cluster: Cluster,
         leaves: Arc<LeafCache>,
         node: String,
         datacenter: String,
         default_policy: DefaultPolicy,
-        shutdown: CancellationToken,
+        tasks: Tasks,
     ) -> Arc<Watcher> {
         Arc::new(Watcher {
-            store,
+            cluster,
             leaves,
             node,
             datacenter,
             default_policy,
-            shutdown,
+            tasks,
             proxies: Mutex::new(HashMap::new()),
             shared: Mutex::new(Shared::default()),
         })
@@ -433,15 +436,42 @@ impl Watcher {
     /// The snapshots of `proxy_id`, current first.
     pub fn subscribe(self: &Arc<Self>, proxy_id: &str) -> SnapshotReceiver {
         let mut proxies = self.proxies.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(receiver) = proxies.get(proxy_id) {
-            return receiver.clone();
+        if let Some(sender) = proxies.get(proxy_id) {
+            return sender.subscribe();
         }
         let (sender, receiver) = watch::channel(Err(NotReady::UnknownProxy));
-        proxies.insert(proxy_id.to_string(), receiver.clone());
+        let sender = Arc::new(sender);
+        proxies.insert(proxy_id.to_string(), sender.clone());
         let watcher = self.clone();
         let proxy_id = proxy_id.to_string();
-        tokio::spawn(async move { watcher.maintain(proxy_id, sender).await });
+        self.tasks.spawn("proxycfg.watcher", async move {
+            watcher.maintain(proxy_id, sender).await
+        });
         receiver
+    }
+
+    /// How many proxies have a snapshot task.
+    pub fn watched(&self) -> usize {
+        self.proxies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Takes `proxy_id` out of the map if its last subscriber is gone (checked under the
+    /// map's lock, so nobody subscribes in between); false if someone still listens.
+    fn retire(&self, proxy_id: &str, sender: &SnapshotSender) -> bool {
+        let mut proxies = self.proxies.lock().unwrap_or_else(PoisonError::into_inner);
+        if sender.receiver_count() > 0 {
+            return false;
+        }
+        if proxies
+            .get(proxy_id)
+            .is_some_and(|held| Arc::ptr_eq(held, sender))
+        {
+            proxies.remove(proxy_id);
+        }
+        true
     }
 
     fn context(&self) -> Context<'_> {
@@ -452,17 +482,13 @@ impl Watcher {
         }
     }
 
-    async fn maintain(
-        self: Arc<Self>,
-        proxy_id: String,
-        sender: watch::Sender<Result<Arc<Snapshot>, NotReady>>,
-    ) {
+    async fn maintain(self: Arc<Self>, proxy_id: String, sender: SnapshotSender) {
         let mut leaf: Option<watch::Receiver<Option<Arc<IssuedCert>>>> = None;
         let mut leaf_service = String::new();
         loop {
             // Register interest before reading so that a change in between is not missed.
-            let guard = self.store.watch(&topics());
-            let tables = self.store.snapshot();
+            let guard = self.cluster.watch(&topics());
+            let tables = self.cluster.snapshot();
             let service = find_proxy(&tables, &self.node, &proxy_id)
                 .and_then(|service| service.proxy.as_ref())
                 .map(|proxy: &ServiceProxy| proxy.destination_service_name.clone());
@@ -503,7 +529,11 @@ impl Watcher {
                         None => std::future::pending().await,
                     }
                 } => if closed { return },
-                _ = self.shutdown.cancelled() => return,
+                _ = sender.closed() => {
+                    if self.retire(&proxy_id, &sender) {
+                        return;
+                    }
+                }
             }
         }
     }

@@ -9,7 +9,8 @@ use std::time::Duration;
 use openraft::storage::{RaftLogReader, RaftLogStorage};
 use openraft::BasicNode;
 
-use super::{open_storage, Network, Raft, RaftTuning};
+use super::{open_storage, openraft_config, Network, Raft};
+use crate::config::RaftConfig;
 use crate::state::Store;
 use crate::types::{Command, KvOp};
 
@@ -30,14 +31,14 @@ async fn start(dir: &std::path::Path, store: Arc<Store>) -> (Raft, super::LogSto
         }
     };
     let reader = storage.log_store.clone();
-    let tuning = RaftTuning {
+    let tuning = RaftConfig {
         multiplier: 1,
         snapshot_threshold: SNAPSHOT_THRESHOLD,
         trailing_logs: TRAILING_LOGS,
     };
     let raft = Raft::new(
         1,
-        tuning.openraft_config().expect("config"),
+        openraft_config(&tuning).expect("config"),
         Network,
         storage.log_store,
         storage.state_machine,

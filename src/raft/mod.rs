@@ -30,6 +30,7 @@ pub use log_store::LogStore;
 pub use network::Network;
 pub use state_machine::StateMachine;
 
+use crate::config::RaftConfig;
 use crate::state::Store;
 use crate::types::{Command, CommandResult};
 
@@ -50,31 +51,21 @@ pub type NodeId = u64;
 pub type LogId = openraft::LogId<NodeId>;
 pub type StorageError = openraft::StorageError<NodeId>;
 
-/// Raft tuning, from the agent's runtime config.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RaftTuning {
-    /// Consul's `performance.raft_multiplier`: scales every timeout.
-    pub multiplier: u32,
-    /// Entries between snapshots (Consul's `raft_snapshot_threshold`).
-    pub snapshot_threshold: u64,
-    /// Entries kept in the log after a snapshot (Consul's `raft_trailing_logs`).
-    pub trailing_logs: u64,
-}
-
-impl RaftTuning {
-    pub fn openraft_config(&self) -> anyhow::Result<Arc<openraft::Config>> {
-        let multiplier = u64::from(self.multiplier.max(1));
-        let config = openraft::Config {
-            cluster_name: "concord".into(),
-            heartbeat_interval: 50 * multiplier,
-            election_timeout_min: 200 * multiplier,
-            election_timeout_max: 400 * multiplier,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_threshold),
-            max_in_snapshot_log_to_keep: self.trailing_logs,
-            ..Default::default()
-        };
-        Ok(Arc::new(config.validate()?))
-    }
+/// openraft's configuration from the agent's: every timeout scaled by Consul's
+/// `performance.raft_multiplier`, snapshots by `raft_snapshot_threshold` and
+/// `raft_trailing_logs`.
+pub fn openraft_config(config: &RaftConfig) -> anyhow::Result<Arc<openraft::Config>> {
+    let multiplier = u64::from(config.multiplier.max(1));
+    let openraft = openraft::Config {
+        cluster_name: "concord".into(),
+        heartbeat_interval: 50 * multiplier,
+        election_timeout_min: 200 * multiplier,
+        election_timeout_max: 400 * multiplier,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_threshold),
+        max_in_snapshot_log_to_keep: config.trailing_logs,
+        ..Default::default()
+    };
+    Ok(Arc::new(openraft.validate()?))
 }
 
 /// The files of one server's Raft storage.

@@ -1,32 +1,50 @@
-//! The write path and read consistency: every write becomes a Raft command, acknowledged only
-//! after it committed on a quorum and was applied; reads choose their consistency here.
+//! The seam between everything that uses cluster state and where that state lives. `Cluster`
+//! is the one type HTTP, DNS, proxycfg and xDS, the agent (anti-entropy, check runners, the
+//! leaf cache) and blocking queries use for writes, reads and watches, and for the requests
+//! only a leader can answer (session renewals, leaf signing, CA configuration). Today its one
+//! variant is a server (`ServerRpc`: Raft, the state store, the write batcher, the leader's
+//! services); client agents add a variant that sends the same calls to a server.
 //!
-//! Writes are group-committed here: openraft 0.9 waits for each append's fsync before it takes
-//! the next client write, so one Raft entry per HTTP write would cost one fsync per write.
-//! Instead a batcher task commits whatever writes queued up while the previous entry was being
-//! committed as one `Command::Batch` entry; a lone write goes through on its own, so an idle
-//! server adds no latency.
+//! Code that is itself leader-only (tombstone reaping, the CA's bootstrap and pruning, the
+//! session TTL timers, catalog reconciliation) takes the `ServerRpc` explicitly, so its
+//! assumption is in its signature.
 //!
-//! Forwarding to a leader on another server arrives with the multi-server cluster; until then a
-//! server that is not leader answers "No cluster leader" rather than pretending.
+//! Errors are typed (`RpcError`); a call a follower cannot answer says so with
+//! `ForwardToLeader { leader }`, which the server-to-server transport will act on. Only
+//! `http::error` turns them into status codes.
 
+pub mod ca_manager;
+#[cfg(test)]
+pub mod memory;
+pub mod server;
 pub mod session_ttl;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use openraft::error::{ClientWriteError, RaftError};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::watch;
 
-use crate::raft::{NodeId, Raft, WRITE_TIMEOUT};
-use crate::state::Store;
+pub use ca_manager::{CaError, Leaf, SignError};
+pub use server::ServerRpc;
+
+use crate::raft::NodeId;
+use crate::state::{Match, Tables, WatchGuard};
+use crate::types::connect::{CaConfig, CaState};
+use crate::types::session::Session;
 use crate::types::{Command, CommandResult};
 
-#[derive(Clone, Debug, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RpcError {
     #[error("No cluster leader")]
     NoLeader,
+    /// Only the leader at `leader` (its server RPC address) can answer.
+    #[error("not the leader; the leader is {leader}")]
+    ForwardToLeader { leader: String },
     #[error("Timed out waiting for the write to commit")]
     Timeout,
+    #[error("the agent is shutting down")]
+    ShutDown,
+    /// A failure inside Raft itself (storage, a fatal error), as openraft describes it.
     #[error("rpc error: {0}")]
     Raft(String),
 }
@@ -56,170 +74,156 @@ pub struct LeaderContact {
     pub last_contact_ms: u64,
 }
 
-/// Most writes one batch entry may carry, and roughly how many bytes.
-const MAX_BATCH_WRITES: usize = 512;
-const MAX_BATCH_BYTES: u64 = 1024 * 1024;
-
-type WriteOutcome = Result<(u64, CommandResult), RpcError>;
-
-struct PendingWrite {
-    command: Command,
-    reply: oneshot::Sender<WriteOutcome>,
+/// Who leads, as published by the server whenever it changes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Leadership {
+    pub is_leader: bool,
+    pub leader: Option<NodeId>,
+    /// The leader's server RPC address, `""` when there is none.
+    pub leader_address: String,
+    pub term: u64,
 }
 
+/// Where cluster state is read from and written to. Cheap to clone.
 #[derive(Clone)]
-pub struct Rpc {
-    raft: Raft,
-    store: Arc<Store>,
-    node_id: NodeId,
-    /// Kept so every read can look at the leader without cloning the whole metrics struct.
-    metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, openraft::BasicNode>>,
-    writes: mpsc::Sender<PendingWrite>,
+pub enum Cluster {
+    /// This agent is a server: calls go to its own Raft node and state store.
+    Server(Arc<ServerRpc>),
+    /// One in-memory node without Raft, for unit tests above the seam.
+    #[cfg(test)]
+    Memory(Arc<memory::MemoryCluster>),
 }
 
-impl Rpc {
-    /// Creates the handle and starts its write batcher, which stops when the last handle is
-    /// dropped.
-    pub fn new(raft: Raft, store: Arc<Store>, node_id: NodeId) -> Rpc {
-        let metrics = raft.metrics();
-        let (writes, queue) = mpsc::channel(4 * MAX_BATCH_WRITES);
-        tokio::spawn(batch_writes(raft.clone(), queue));
-        Rpc {
-            raft,
-            store,
-            node_id,
-            metrics,
-            writes,
+impl Cluster {
+    /// Commits `command`; returns its log index and what applying it produced.
+    pub async fn write(&self, command: Command) -> Result<(u64, CommandResult), RpcError> {
+        match self {
+            Cluster::Server(server) => server.write(command).await,
+            #[cfg(test)]
+            Cluster::Memory(memory) => Ok(memory.apply(&command)),
         }
     }
 
-    pub fn store(&self) -> &Arc<Store> {
-        &self.store
-    }
-
-    pub fn raft(&self) -> &Raft {
-        &self.raft
-    }
-
-    /// Commits `command` through Raft; returns its log index and what applying it produced.
-    pub async fn write(&self, command: Command) -> Result<(u64, CommandResult), RpcError> {
-        let (reply, outcome) = oneshot::channel();
-        self.writes
-            .send(PendingWrite { command, reply })
-            .await
-            .map_err(|_| RpcError::Raft("the write path has shut down".into()))?;
-        tokio::time::timeout(WRITE_TIMEOUT, outcome)
-            .await
-            .map_err(|_| RpcError::Timeout)?
-            .map_err(|_| RpcError::Raft("the write path has shut down".into()))?
-    }
-
-    /// Prepares a read at `consistency`: a consistent read first confirms leadership with a
-    /// quorum and waits until that commit is applied locally.
+    /// Prepares a read at `consistency` (see `ServerRpc::read_barrier`).
     pub async fn read_barrier(&self, consistency: Consistency) -> Result<LeaderContact, RpcError> {
-        let contact = self.leader_contact();
-        match consistency {
-            Consistency::Stale => Ok(contact),
-            Consistency::Leader if contact.known_leader => Ok(contact),
-            Consistency::Leader => Err(RpcError::NoLeader),
-            Consistency::Consistent => {
-                self.raft
-                    .ensure_linearizable()
-                    .await
-                    .map_err(|error| match error {
-                        RaftError::APIError(_) => RpcError::NoLeader,
-                        other => RpcError::Raft(other.to_string()),
-                    })?;
-                Ok(contact)
-            }
+        match self {
+            Cluster::Server(server) => server.read_barrier(consistency).await,
+            #[cfg(test)]
+            Cluster::Memory(memory) => match consistency {
+                Consistency::Stale => Ok(memory.leader_contact()),
+                _ if memory.leader_contact().known_leader => Ok(memory.leader_contact()),
+                _ => Err(RpcError::NoLeader),
+            },
+        }
+    }
+
+    /// The current state: an immutable snapshot, cheap to take.
+    pub fn snapshot(&self) -> Arc<Tables> {
+        match self {
+            Cluster::Server(server) => server.store().snapshot(),
+            #[cfg(test)]
+            Cluster::Memory(memory) => memory.store.snapshot(),
+        }
+    }
+
+    /// Registers interest in `topics`; register before reading so no change is missed.
+    pub fn watch(&self, topics: &[(String, Match)]) -> WatchGuard {
+        match self {
+            Cluster::Server(server) => server.store().watch(topics),
+            #[cfg(test)]
+            Cluster::Memory(memory) => memory.store.watch(topics),
         }
     }
 
     pub fn leader_contact(&self) -> LeaderContact {
-        LeaderContact {
-            known_leader: self.metrics.borrow().current_leader.is_some(),
-            last_contact_ms: 0,
+        match self {
+            Cluster::Server(server) => server.leader_contact(),
+            #[cfg(test)]
+            Cluster::Memory(memory) => memory.leader_contact(),
         }
     }
 
-    pub fn is_leader(&self) -> bool {
-        self.metrics.borrow().current_leader == Some(self.node_id)
-    }
-
-    /// The server RPC address of the current leader, `""` when there is none.
-    pub fn leader_address(&self) -> String {
-        let metrics = self.raft.metrics().borrow().clone();
-        metrics
-            .current_leader
-            .and_then(|leader| {
-                metrics
-                    .membership_config
-                    .nodes()
-                    .find(|(id, _)| **id == leader)
-                    .map(|(_, node)| node.addr.clone())
-            })
-            .unwrap_or_default()
+    /// Leadership as last published.
+    pub fn leadership(&self) -> watch::Receiver<Leadership> {
+        match self {
+            Cluster::Server(server) => server.leadership(),
+            #[cfg(test)]
+            Cluster::Memory(memory) => memory.leadership(),
+        }
     }
 
     /// Server RPC addresses of the voters.
     pub fn peer_addresses(&self) -> Vec<String> {
-        let metrics = self.raft.metrics().borrow().clone();
-        let membership = metrics.membership_config.membership();
-        membership
-            .voter_ids()
-            .filter_map(|id| membership.get_node(&id).map(|node| node.addr.clone()))
-            .collect()
-    }
-}
-
-/// Commits queued writes, one Raft entry at a time: everything that queued while the previous
-/// entry was committing goes into the next one.
-async fn batch_writes(raft: Raft, mut queue: mpsc::Receiver<PendingWrite>) {
-    while let Some(first) = queue.recv().await {
-        let mut bytes = bincode::serialized_size(&first.command).unwrap_or(0);
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH_WRITES && bytes < MAX_BATCH_BYTES {
-            let Ok(next) = queue.try_recv() else { break };
-            bytes += bincode::serialized_size(&next.command).unwrap_or(0);
-            batch.push(next);
+        match self {
+            Cluster::Server(server) => server.peer_addresses(),
+            #[cfg(test)]
+            Cluster::Memory(_) => vec!["127.0.0.1:8300".into()],
         }
-        let (commands, replies): (Vec<Command>, Vec<_>) = batch
-            .into_iter()
-            .map(|write| (write.command, write.reply))
-            .unzip();
-        let single = commands.len() == 1;
-        let command = if single {
-            commands
-                .into_iter()
-                .next()
-                .unwrap_or(Command::Batch(Vec::new()))
-        } else {
-            Command::Batch(commands)
-        };
-        let outcome = raft
-            .client_write(command)
-            .await
-            .map(|response| (response.log_id.index, response.data))
-            .map_err(|error| match error {
-                RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => RpcError::NoLeader,
-                other => RpcError::Raft(other.to_string()),
-            });
-        match outcome {
-            Ok((index, CommandResult::Batch(results))) if !single => {
-                for (reply, result) in replies.into_iter().zip(results) {
-                    let _ = reply.send(Ok((index, result)));
+    }
+
+    /// How long `key` is still held back by a released lock's lock-delay.
+    pub fn lock_delay_remaining(&self, key: &str) -> Option<Duration> {
+        match self {
+            Cluster::Server(server) => server.store().lock_delay_remaining(key),
+            #[cfg(test)]
+            Cluster::Memory(memory) => memory.store.lock_delay_remaining(key),
+        }
+    }
+
+    /// Renews a session's TTL on the leader; `Ok(None)` when there is no such session.
+    pub async fn renew_session(&self, id: &str) -> Result<Option<Session>, RpcError> {
+        match self {
+            Cluster::Server(server) => {
+                server.require_leader()?;
+                let tables = server.store().snapshot();
+                let Some(session) = tables.session(id).cloned() else {
+                    return Ok(None);
+                };
+                if let Some(ttl) = session.ttl {
+                    server.sessions.renew(id, ttl);
                 }
+                Ok(Some(session))
             }
-            Ok((index, result)) => {
-                for reply in replies {
-                    let _ = reply.send(Ok((index, result.clone())));
-                }
+            #[cfg(test)]
+            Cluster::Memory(memory) => Ok(memory.store.snapshot().session(id).cloned()),
+        }
+    }
+
+    /// Has the leader sign a leaf CSR for `service`.
+    pub async fn sign_leaf(&self, csr_pem: &str, service: &str) -> Result<Leaf, SignError> {
+        match self {
+            Cluster::Server(server) => server.ca.sign(csr_pem, service),
+            #[cfg(test)]
+            Cluster::Memory(_) => Err(SignError::Unavailable("no CA in a memory cluster".into())),
+        }
+    }
+
+    /// Applies a new CA configuration on the leader; true when it rotated the root.
+    pub async fn set_ca_config(&self, config: CaConfig) -> Result<bool, CaError> {
+        match self {
+            Cluster::Server(server) => {
+                server.require_leader()?;
+                server.ca.set_config(config).await
             }
-            Err(error) => {
-                for reply in replies {
-                    let _ = reply.send(Err(error.clone()));
-                }
+            #[cfg(test)]
+            Cluster::Memory(_) => {
+                let _ = config;
+                Err(CaError::Unavailable("no CA in a memory cluster".into()))
             }
+        }
+    }
+
+    /// The CA's replicated state, once it has bootstrapped.
+    pub fn ca_state(&self) -> Option<Arc<CaState>> {
+        self.snapshot().ca().cloned()
+    }
+
+    /// The server handle, for code that only runs on servers.
+    pub fn server(&self) -> Option<&Arc<ServerRpc>> {
+        match self {
+            Cluster::Server(server) => Some(server),
+            #[cfg(test)]
+            Cluster::Memory(_) => None,
         }
     }
 }

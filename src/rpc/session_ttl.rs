@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::Rpc;
+use super::ServerRpc;
 use crate::types::Command;
 
 /// A session may go this many TTLs without a renewal.
@@ -22,7 +22,8 @@ pub struct SessionTimers {
 }
 
 impl SessionTimers {
-    /// Starts or restarts a session's timer (on create and on renew).
+    /// Restarts a session's timer (on renew; a new session's timer starts when the leader's
+    /// next tick sees it).
     pub fn renew(&self, id: &str, ttl: Duration) {
         self.deadlines
             .lock()
@@ -30,22 +31,34 @@ impl SessionTimers {
             .insert(id.to_string(), Instant::now() + ttl * TTL_MULTIPLIER);
     }
 
-    /// Runs until `shutdown`: on the leader, destroys sessions whose timer ran out.
-    pub async fn run(&self, rpc: Rpc, shutdown: CancellationToken) {
+    /// Runs until `shutdown`: while `server` leads, destroys sessions whose timer ran out.
+    pub async fn run(&self, server: &ServerRpc, shutdown: CancellationToken) {
+        let mut leadership = server.leadership();
         let mut tick = tokio::time::interval(TICK);
         loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            if !rpc.is_leader() {
+            if !leadership.borrow_and_update().is_leader {
+                // A new leader starts every timer afresh, as Consul does.
                 self.deadlines
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .clear();
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    changed = leadership.changed() => if changed.is_err() { return },
+                }
                 continue;
             }
-            let tables = rpc.store().snapshot();
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+                changed = leadership.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            }
+            let tables = server.store().snapshot();
             let now = Instant::now();
             let expired: Vec<String> = {
                 let mut deadlines = self
@@ -66,7 +79,10 @@ impl SessionTimers {
             };
             for id in expired {
                 tracing::info!(session = %id, "session TTL expired; invalidating");
-                match rpc.write(Command::SessionDestroy { id: id.clone() }).await {
+                match server
+                    .write(Command::SessionDestroy { id: id.clone() })
+                    .await
+                {
                     Ok(_) => {
                         self.deadlines
                             .lock()

@@ -1,5 +1,7 @@
 //! Duties of the Raft leader: keep this server's node and its `serfHealth` check in the
-//! catalog, and reap KV tombstones once they are older than the tombstone TTL.
+//! catalog, bootstrap the CA and the configured config entries on taking office, prune
+//! rotated-out roots, and reap KV tombstones once they are older than the tombstone TTL. It
+//! wakes on the server's published leadership, not by polling Raft.
 //!
 //! The tombstone cut is chosen here (with a clock) and replicated as a command, so the FSM
 //! stays deterministic.
@@ -11,14 +13,15 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RuntimeConfig;
-use crate::connect::ca_manager::CaManager;
-use crate::rpc::Rpc;
+use crate::rpc::ServerRpc;
 use crate::types::{Check, Command, CommandResult, HealthStatus, RaftIndexes, RegisterRequest};
 
 /// How long a deleted key's tombstone is kept (Consul's TombstoneTTL).
 const TOMBSTONE_TTL: Duration = Duration::from_secs(15 * 60);
 /// How often the leader records the KV index and reaps (Consul's granularity).
 const TOMBSTONE_GRANULARITY: Duration = Duration::from_secs(30);
+/// How soon a failed duty of taking office (self-registration, the CA) is tried again.
+const DUTY_RETRY: Duration = Duration::from_millis(500);
 
 /// The leader keeps this server's node and its `serfHealth` check in the catalog; the agent's
 /// anti-entropy owns everything else registered on the node.
@@ -46,19 +49,19 @@ fn self_registration(config: &RuntimeConfig, node_id: &str) -> RegisterRequest {
 }
 
 pub async fn run(
-    rpc: Rpc,
-    ca: Arc<CaManager>,
+    rpc: Arc<ServerRpc>,
     config: Arc<RuntimeConfig>,
     node_id: String,
     shutdown: CancellationToken,
 ) {
-    let mut metrics = rpc.raft().metrics();
+    let ca = &rpc.ca;
+    let mut leadership = rpc.leadership();
     let mut registered_as_leader = false;
     let mut connect_ready = false;
     let mut kv_index_history: VecDeque<(Instant, u64)> = VecDeque::new();
     let mut tick = tokio::time::interval(TOMBSTONE_GRANULARITY);
     loop {
-        let leader = rpc.is_leader();
+        let leader = leadership.borrow_and_update().is_leader;
         if !leader {
             registered_as_leader = false;
             connect_ready = false;
@@ -76,11 +79,14 @@ pub async fn run(
             }
         }
         if leader && !connect_ready && config.connect_enabled {
-            connect_ready = connect_duties(&rpc, &ca, &config).await;
+            connect_ready = connect_duties(&rpc, &config).await;
         }
+        let unfinished =
+            leader && (!registered_as_leader || (config.connect_enabled && !connect_ready));
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            changed = metrics.changed() => if changed.is_err() { return },
+            changed = leadership.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(DUTY_RETRY), if unfinished => {}
             _ = tick.tick() => {
                 if leader {
                     reap_tombstones(&rpc, &mut kv_index_history).await;
@@ -95,7 +101,7 @@ pub async fn run(
 
 /// Records the current KV index, and reaps tombstones at or below the newest index recorded
 /// at least `TOMBSTONE_TTL` ago.
-async fn reap_tombstones(rpc: &Rpc, history: &mut VecDeque<(Instant, u64)>) {
+async fn reap_tombstones(rpc: &ServerRpc, history: &mut VecDeque<(Instant, u64)>) {
     let tables = rpc.store().snapshot();
     history.push_back((Instant::now(), tables.table_index().kv));
     let mut cut = None;
@@ -118,8 +124,8 @@ async fn reap_tombstones(rpc: &Rpc, history: &mut VecDeque<(Instant, u64)>) {
 /// On taking office: bootstrap the CA if the cluster has none, then write the configured
 /// bootstrap config entries that do not exist yet (create-only, so an operator's later edits
 /// are never overwritten). Returns whether both are done.
-async fn connect_duties(rpc: &Rpc, ca: &CaManager, config: &RuntimeConfig) -> bool {
-    if let Err(error) = ca.bootstrap(&config.ca_config).await {
+async fn connect_duties(rpc: &ServerRpc, config: &RuntimeConfig) -> bool {
+    if let Err(error) = rpc.ca.bootstrap(&config.ca_config).await {
         tracing::warn!(%error, "bootstrapping the CA failed; will retry");
         return false;
     }

@@ -2,7 +2,9 @@
 //! the Raft node, the HTTP listeners, the leader's duties, and graceful shutdown on SIGINT,
 //! SIGTERM or `PUT /v1/agent/leave`.
 //!
-//! Architecture invariant: one `CancellationToken` reaches every task; nothing outlives `run`.
+//! Architecture invariant: every long-lived task is spawned through one `Tasks` under one
+//! shutdown token; `run` waits for them (up to a limit) before it returns, so nothing
+//! outlives it.
 
 mod leader;
 
@@ -14,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use openraft::BasicNode;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::acl::Authorizer;
@@ -22,8 +23,9 @@ use crate::agent::Agent;
 use crate::config::{LoadOptions, RuntimeConfig};
 use crate::http::{self, AppState};
 use crate::raft::{self, node_id_from_uuid, Network, Raft};
-use crate::rpc::Rpc;
+use crate::rpc::{Cluster, ServerRpc};
 use crate::state::Store;
+use crate::tasks::Tasks;
 
 /// Reads the node id persisted in the data dir, or makes and persists one. A file that exists
 /// but does not hold a UUID is an error: silently replacing it would give the node a new
@@ -102,7 +104,7 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
         SocketAddr::new(config.advertise_addr, config.ports.server.unwrap_or(8300));
     let raft = Raft::new(
         raft_id,
-        config.raft.tuning().openraft_config()?,
+        raft::openraft_config(&config.raft)?,
         Network,
         storage.log_store,
         storage.state_machine,
@@ -117,52 +119,57 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
         tracing::info!(node_id = %node_id, "bootstrapped a new single-server cluster");
     }
 
-    let shutdown = CancellationToken::new();
-    let rpc = Rpc::new(raft.clone(), store, raft_id);
+    // Every long-lived task below is spawned through `tasks`, under its shutdown token.
+    let tasks = Tasks::new();
+    let server = ServerRpc::start(
+        raft.clone(),
+        store,
+        raft_id,
+        config.datacenter.clone(),
+        &tasks,
+    );
+    let cluster = Cluster::Server(server.clone());
     let agent = Agent::start(
         config.clone(),
         load_options,
         &data_dir,
         node_id.clone(),
-        rpc.clone(),
-        shutdown.clone(),
+        cluster.clone(),
+        tasks.clone(),
     )
     .map_err(|error| anyhow::anyhow!("cannot register the configured services: {error}"))?;
-    let sessions = Arc::new(crate::rpc::session_ttl::SessionTimers::default());
-    let ca = Arc::new(crate::connect::ca_manager::CaManager::new(
-        rpc.clone(),
-        config.datacenter.clone(),
-    ));
-    let leaves = crate::connect::leaf::LeafCache::new(
-        ca.clone(),
+    let leaves = crate::agent::leaf::LeafCache::new(
+        cluster.clone(),
+        agent.clone(),
         Some(data_dir.join("connect").join("leaf")),
-        rpc.store().clone(),
         config.datacenter.clone(),
-        shutdown.clone(),
+        tasks.clone(),
+        config.limits.connect_leaf_idle_timeout,
     );
     let xds_status = Arc::new(crate::xds::XdsStatus::default());
     let proxies = crate::proxycfg::Watcher::new(
-        rpc.store().clone(),
+        cluster.clone(),
         leaves.clone(),
         config.node_name.clone(),
         config.datacenter.clone(),
-        crate::connect::intention::DefaultPolicy::from_config(&config, &Authorizer),
-        shutdown.clone(),
+        crate::connect::intention::DefaultPolicy::new(
+            config.default_intention_policy.as_deref(),
+            Authorizer.default_policy(),
+        ),
+        tasks.clone(),
     );
     let state = Arc::new(AppState {
-        ca: ca.clone(),
+        cluster: cluster.clone(),
         leaves,
         xds: xds_status.clone(),
-        rpc: rpc.clone(),
         agent: agent.clone(),
-        sessions: sessions.clone(),
+        tasks: tasks.clone(),
         config: config.clone(),
         authorizer: Authorizer,
         node_id: node_id.clone(),
-        shutdown: shutdown.clone(),
+        shutdown: tasks.shutdown().clone(),
     });
 
-    let mut tasks = JoinSet::new();
     if let Some(port) = config.ports.http {
         for address in &config.client_addrs {
             let address = SocketAddr::new(*address, port);
@@ -170,9 +177,9 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
                 .await
                 .with_context(|| format!("cannot listen for HTTP on {address}"))?;
             let app = http::router(state.clone());
-            let stop = shutdown.clone();
+            let stop = tasks.shutdown().clone();
             tracing::info!(%address, "HTTP API listening");
-            tasks.spawn(async move {
+            tasks.spawn_graceful("http.listener", async move {
                 let served = axum::serve(listener, app)
                     .with_graceful_shutdown(stop.cancelled_owned())
                     .await;
@@ -194,50 +201,45 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
                 agent: agent.clone(),
                 authorizer: Authorizer,
                 status: xds_status.clone(),
-                shutdown: shutdown.clone(),
+                tasks: tasks.clone(),
             };
-            tasks.spawn(crate::xds::serve(
-                listener,
-                server,
-                config.limits.xds_max_streams,
-                shutdown.clone(),
-            ));
+            tasks.spawn_graceful(
+                "xds.listener",
+                crate::xds::serve(
+                    listener,
+                    server,
+                    config.limits.xds_max_streams,
+                    tasks.shutdown().clone(),
+                ),
+            );
         }
     }
     if let Some(port) = config.ports.dns {
-        let leader_rpc = rpc.clone();
         let dns = Arc::new(crate::dns::Context::new(
             config.dns.clone(),
             config.datacenter.clone(),
-            rpc.store().clone(),
-            Arc::new(move || leader_rpc.leader_contact()),
+            cluster.clone(),
+            Authorizer,
         ));
         let limits = crate::dns::Limits {
             tcp_idle_timeout: config.limits.dns_tcp_idle_timeout,
             max_tcp_connections: config.limits.dns_max_tcp_connections,
         };
         for address in &config.dns.addresses {
-            crate::dns::listen(
-                dns.clone(),
-                SocketAddr::new(*address, port),
-                limits,
-                shutdown.clone(),
-                &mut tasks,
-            )
-            .await?;
+            crate::dns::listen(dns.clone(), SocketAddr::new(*address, port), limits, &tasks)
+                .await?;
         }
     }
     {
-        let (rpc, stop) = (rpc.clone(), shutdown.clone());
-        tasks.spawn(async move { sessions.run(rpc, stop).await });
+        let (server, stop) = (server.clone(), tasks.shutdown().clone());
+        tasks.spawn("rpc.session_ttl", async move {
+            server.sessions.run(&server, stop).await
+        });
     }
-    tasks.spawn(leader::run(
-        rpc,
-        ca,
-        config.clone(),
-        node_id,
-        shutdown.clone(),
-    ));
+    tasks.spawn(
+        "server.leader",
+        leader::run(server, config.clone(), node_id, tasks.shutdown().clone()),
+    );
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         node = %config.node_name,
@@ -247,16 +249,10 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
         "agent started"
     );
 
-    wait_for_stop(&shutdown, &state.agent).await;
-    shutdown.cancel();
+    wait_for_stop(tasks.shutdown(), &state.agent).await;
     tracing::info!("shutting down");
-    let drained = tokio::time::timeout(Duration::from_secs(10), async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!("tasks did not stop within 10s; aborting them");
-        tasks.abort_all();
+    if !tasks.stop(SHUTDOWN_LIMIT).await {
+        tracing::warn!(alive = ?tasks.alive(), "tasks did not stop within {SHUTDOWN_LIMIT:?}");
     }
     if let Err(error) = raft.shutdown().await {
         tracing::warn!(%error, "Raft did not shut down cleanly");
@@ -265,6 +261,9 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
     tracing::info!("shutdown complete");
     Ok(())
 }
+
+/// How long shutdown waits for tasks (listeners draining, streams closing) before going on.
+const SHUTDOWN_LIMIT: Duration = Duration::from_secs(10);
 
 /// Waits for SIGINT, SIGTERM or a leave request; SIGHUP reloads the config files meanwhile.
 async fn wait_for_stop(shutdown: &CancellationToken, agent: &Arc<Agent>) {

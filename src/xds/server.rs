@@ -141,7 +141,8 @@ pub struct XdsServer {
     pub agent: Arc<crate::agent::Agent>,
     pub authorizer: Authorizer,
     pub status: Arc<XdsStatus>,
-    pub shutdown: CancellationToken,
+    /// Stream tasks run under it and stop at shutdown.
+    pub tasks: crate::tasks::Tasks,
 }
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -512,7 +513,7 @@ impl XdsServer {
             agent: self.agent.clone(),
             authorizer: self.authorizer.clone(),
             status: self.status.clone(),
-            shutdown: self.shutdown.clone(),
+            shutdown: self.tasks.shutdown().clone(),
             token: token(request),
         }
     }
@@ -529,7 +530,10 @@ impl AggregatedDiscoveryService for XdsServer {
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let context = self.context(&request);
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(run::<SotwStream>(context, request.into_inner(), sender));
+        self.tasks.spawn(
+            "xds.stream",
+            run::<SotwStream>(context, request.into_inner(), sender),
+        );
         Ok(Response::new(into_stream(receiver)))
     }
 
@@ -539,7 +543,10 @@ impl AggregatedDiscoveryService for XdsServer {
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let context = self.context(&request);
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(run::<DeltaStream>(context, request.into_inner(), sender));
+        self.tasks.spawn(
+            "xds.stream",
+            run::<DeltaStream>(context, request.into_inner(), sender),
+        );
         Ok(Response::new(into_stream(receiver)))
     }
 }

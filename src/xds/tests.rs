@@ -8,9 +8,9 @@ use std::time::SystemTime;
 use serde_json::json;
 
 use super::resources::{self, Resources, CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use crate::agent::leaf::IssuedCert;
 use crate::connect::entry;
 use crate::connect::intention::DefaultPolicy;
-use crate::connect::leaf::IssuedCert;
 use crate::proxycfg::{self, Shared, Snapshot};
 use crate::state::{Store, Tables};
 use crate::types::connect::{CaConfig, CaRoot, CaState, ServiceProxy, Upstream};

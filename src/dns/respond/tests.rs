@@ -2,16 +2,15 @@
 //! decodes; malformed messages get FORMERR or silence; sizing keeps Consul's limits and sets
 //! TC only with `enable_truncate`.
 
-use std::sync::Arc;
-
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RecordType};
 
 use super::*;
+use crate::acl::Authorizer;
 use crate::config::dns_config::DnsConfig;
 use crate::dns::Context;
-use crate::rpc::LeaderContact;
-use crate::state::Store;
+use crate::rpc::memory::MemoryCluster;
+use crate::rpc::{Cluster, LeaderContact};
 use crate::types::{Check, Command, HealthStatus, Node, RegisterRequest, Service};
 
 fn default_dns_config() -> DnsConfig {
@@ -24,8 +23,17 @@ fn default_dns_config() -> DnsConfig {
     .dns
 }
 
+/// The in-memory cluster behind a test context's seam.
+fn memory(cx: &Context) -> &MemoryCluster {
+    match &cx.cluster {
+        Cluster::Memory(memory) => memory,
+        _ => unreachable!("test contexts use a memory cluster"),
+    }
+}
+
 fn context_with(instances: usize, config: DnsConfig) -> Context {
-    let store = Arc::new(Store::new());
+    let cluster = MemoryCluster::new();
+    let store = cluster.store.clone();
     let commands: Vec<Command> = (0..instances)
         .map(|index| {
             Command::CatalogRegister(Box::new(RegisterRequest {
@@ -51,15 +59,7 @@ fn context_with(instances: usize, config: DnsConfig) -> Context {
             .enumerate()
             .map(|(index, command)| (index as u64 + 1, Some(command))),
     );
-    Context::new(
-        config,
-        "dc1".into(),
-        store,
-        Arc::new(|| LeaderContact {
-            known_leader: true,
-            last_contact_ms: 0,
-        }),
-    )
+    Context::new(config, "dc1".into(), Cluster::Memory(cluster), Authorizer)
 }
 
 fn query(name: &str, qtype: RecordType, edns: Option<u16>) -> Vec<u8> {
@@ -287,8 +287,8 @@ fn names_outside_the_domain_are_refused_without_recursors() {
 fn a_stale_view_without_a_leader_is_refused_when_allow_stale_is_off() {
     let mut config = default_dns_config();
     config.allow_stale = false;
-    let mut cx = context_with(1, config);
-    cx.leader = Arc::new(|| LeaderContact {
+    let cx = context_with(1, config);
+    memory(&cx).set_contact(LeaderContact {
         known_leader: false,
         last_contact_ms: 0,
     });
@@ -342,7 +342,7 @@ fn context_with_health(config: DnsConfig) -> Context {
         }))
     })
     .collect();
-    cx.store.apply_batch(
+    memory(&cx).store.apply_batch(
         commands
             .iter()
             .enumerate()
@@ -447,7 +447,7 @@ fn cached_answers_are_shuffled_per_response_and_follow_catalog_changes() {
             indexes: Default::default(),
         }],
     }));
-    cx.store.apply_batch([(100, Some(&critical))]);
+    memory(&cx).store.apply_batch([(100, Some(&critical))]);
     let after = srv_ports(&cx);
     assert_eq!(after.len(), 19);
     assert!(!after.contains(&8003));

@@ -9,8 +9,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::ca::{self, KeyType, RootCert, Signer};
-use crate::rpc::Rpc;
+use tokio::sync::watch;
+
+use super::server::Writer;
+use super::{Leadership, RpcError};
+use crate::connect::ca::{self, KeyType, RootCert, Signer};
+use crate::state::Store;
 use crate::types::connect::{CaConfig, CaRoot, CaState};
 use crate::types::duration::unix_secs;
 use crate::types::{Command, CommandResult};
@@ -31,9 +35,25 @@ pub enum SignError {
     /// `CSRMaxPerSecond` or `CSRMaxConcurrent` was reached (429); the caller retries.
     #[error("rate limit reached, try again later")]
     RateLimited,
-    /// No CA yet, not the leader, or a write failed (500); the caller retries.
+    /// No CA yet, or no active root (500); the caller retries.
     #[error("{0}")]
     Unavailable(String),
+    /// Not the leader, or the cluster failed (500); the caller retries.
+    #[error(transparent)]
+    Rpc(#[from] RpcError),
+}
+
+/// Why the CA could not be set up or changed.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    /// The configuration cannot be used (400).
+    #[error("{0}")]
+    Invalid(String),
+    /// The CA has not bootstrapped, or its state changed concurrently (500).
+    #[error("{0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Rpc(#[from] RpcError),
 }
 
 /// A signed leaf with the chain a client needs.
@@ -56,7 +76,9 @@ struct Bucket {
 }
 
 pub struct CaManager {
-    rpc: Rpc,
+    writer: Writer,
+    store: Arc<Store>,
+    leadership: watch::Receiver<Leadership>,
     datacenter: String,
     /// The signer for the active root, rebuilt when the root changes.
     signer: Mutex<Option<(String, Arc<Signer>)>>,
@@ -97,8 +119,9 @@ fn from_stored(root: &CaRoot) -> RootCert {
     }
 }
 
-fn key_type(config: &CaConfig) -> Result<KeyType, String> {
-    KeyType::parse(&config.private_key_type, config.private_key_bits).map_err(|e| e.to_string())
+fn key_type(config: &CaConfig) -> Result<KeyType, CaError> {
+    KeyType::parse(&config.private_key_type, config.private_key_bits)
+        .map_err(|error| CaError::Invalid(error.to_string()))
 }
 
 /// A serial for a root, distinct from every leaf serial and from other roots (microseconds).
@@ -110,9 +133,16 @@ fn root_serial(now: SystemTime) -> u64 {
 }
 
 impl CaManager {
-    pub fn new(rpc: Rpc, datacenter: String) -> CaManager {
+    pub fn new(
+        writer: Writer,
+        store: Arc<Store>,
+        leadership: watch::Receiver<Leadership>,
+        datacenter: String,
+    ) -> CaManager {
         CaManager {
-            rpc,
+            writer,
+            store,
+            leadership,
             datacenter,
             signer: Mutex::new(None),
             serial: Mutex::new((0, 0)),
@@ -125,26 +155,25 @@ impl CaManager {
     }
 
     pub fn state(&self) -> Option<Arc<CaState>> {
-        self.rpc.store().snapshot().ca().cloned()
+        self.store.snapshot().ca().cloned()
     }
 
-    async fn write(&self, state: CaState, expected_index: u64) -> Result<(), String> {
+    async fn write(&self, state: CaState, expected_index: u64) -> Result<(), CaError> {
         let command = Command::CaSet {
             state: Box::new(state),
             expected_index,
         };
-        match self.rpc.write(command).await {
-            Ok((_, CommandResult::Cas(true))) => Ok(()),
-            Ok((_, CommandResult::Cas(false))) => {
-                Err("the CA state changed concurrently; try again".into())
-            }
-            Ok((_, other)) => Err(format!("unexpected result {other:?}")),
-            Err(error) => Err(error.to_string()),
+        match self.writer.write(command).await? {
+            (_, CommandResult::Cas(true)) => Ok(()),
+            (_, CommandResult::Cas(false)) => Err(CaError::Unavailable(
+                "the CA state changed concurrently; try again".into(),
+            )),
+            (_, other) => Err(CaError::Unavailable(format!("unexpected result {other:?}"))),
         }
     }
 
     /// On leadership: creates the cluster id and first root if there is none yet.
-    pub async fn bootstrap(&self, config: &CaConfig) -> Result<(), String> {
+    pub async fn bootstrap(&self, config: &CaConfig) -> Result<(), CaError> {
         if self.state().is_some() {
             return Ok(());
         }
@@ -158,7 +187,7 @@ impl CaManager {
             Duration::from_secs(config.root_cert_ttl_secs),
             now,
         )
-        .map_err(|error| error.to_string())?;
+        .map_err(|error| CaError::Invalid(error.to_string()))?;
         let state = CaState {
             cluster_id,
             config: config.clone(),
@@ -172,12 +201,14 @@ impl CaManager {
 
     /// Applies a new configuration. A change of key type or size rotates the root: the new
     /// root is cross-signed by the old one, both are listed, and new leafs chain to either.
-    pub async fn set_config(&self, config: CaConfig) -> Result<bool, String> {
-        let current = self.state().ok_or("Connect CA is not initialized yet")?;
+    pub async fn set_config(&self, config: CaConfig) -> Result<bool, CaError> {
+        let current = self
+            .state()
+            .ok_or_else(|| CaError::Unavailable("Connect CA is not initialized yet".into()))?;
         let mut state = (*current).clone();
         let active = current
             .active_root()
-            .ok_or("the CA has no active root")?
+            .ok_or_else(|| CaError::Unavailable("the CA has no active root".into()))?
             .clone();
         let rotate = config.private_key_type != active.key_type
             || config.private_key_bits != active.key_bits;
@@ -191,9 +222,9 @@ impl CaManager {
                 Duration::from_secs(config.root_cert_ttl_secs),
                 now,
             )
-            .map_err(|error| error.to_string())?;
+            .map_err(|error| CaError::Invalid(error.to_string()))?;
             let cross = ca::cross_sign(&new_root, &from_stored(&active), now)
-                .map_err(|error| error.to_string())?;
+                .map_err(|error| CaError::Unavailable(error.to_string()))?;
             for root in &mut state.roots {
                 if root.active {
                     root.active = false;
@@ -211,7 +242,7 @@ impl CaManager {
 
     /// Drops inactive roots once every leaf they signed has expired: two leaf lifetimes after
     /// they were rotated out (Consul's rule).
-    pub async fn prune(&self) -> Result<(), String> {
+    pub async fn prune(&self) -> Result<(), CaError> {
         let Some(current) = self.state() else {
             return Ok(());
         };
@@ -243,7 +274,7 @@ impl CaManager {
     }
 
     fn next_serial(&self) -> u64 {
-        let term = self.rpc.raft().metrics().borrow().current_term;
+        let term = self.leadership.borrow().term;
         let mut serial = self.serial.lock().unwrap_or_else(PoisonError::into_inner);
         if serial.0 != term {
             *serial = (term, 0);
@@ -273,10 +304,16 @@ impl CaManager {
 
     /// Signs a leaf CSR for `service` with the active root. Only the leader signs.
     pub fn sign(&self, csr_pem: &str, service: &str) -> Result<Leaf, SignError> {
-        if !self.rpc.is_leader() {
-            return Err(SignError::Unavailable(
-                "not the leader; leaf certificates are signed by the leader".into(),
-            ));
+        {
+            let leadership = self.leadership.borrow();
+            if !leadership.is_leader {
+                return Err(SignError::Rpc(match leadership.leader {
+                    Some(_) => RpcError::ForwardToLeader {
+                        leader: leadership.leader_address.clone(),
+                    },
+                    None => RpcError::NoLeader,
+                }));
+            }
         }
         let state = self
             .state()

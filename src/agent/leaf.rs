@@ -1,11 +1,16 @@
 //! The agent's leaf-certificate cache (`/v1/agent/connect/ca/leaf/:service`).
 //!
 //! The first request for a service starts one task that owns that service's certificate: it
-//! makes a key and CSR locally (the private key never leaves the agent), has it signed, and
-//! publishes the result; then it sleeps until a random point between 60% and 90% of the
-//! certificate's life, or until the active root changes, and does it again. A failed renewal
-//! is logged, counted and retried with backoff, and the old certificate is served until a new
-//! one arrives, so a certificate never silently lapses.
+//! makes a key and CSR locally (the private key never leaves the agent), has the leader sign
+//! it (`Cluster::sign_leaf`), and publishes the result; then it sleeps until a random point
+//! between 60% and 90% of the certificate's life, or until the active root changes, and does
+//! it again. A failed renewal is logged, counted and retried with backoff, and the old
+//! certificate is served until a new one arrives, so a certificate never silently lapses.
+//!
+//! A task lives while someone holds its certificate (a proxy's snapshot watcher, a blocking
+//! query), then for `idle_timeout`, then for as long as a service registered on this agent
+//! needs it; so requests for names nobody registers (10,000 junk names) leave nothing behind.
+//! Only certificates of locally registered services are kept on disk for restarts.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -15,12 +20,13 @@ use std::time::{Duration, SystemTime};
 
 use rand::Rng;
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
-use super::ca::{leaf_key_and_csr, spiffe_service_id};
-use super::ca_manager::{CaManager, SignError};
+use super::Agent;
+use crate::connect::ca::{leaf_key_and_csr, spiffe_service_id};
+use crate::rpc::{Cluster, SignError};
 use crate::state::connect::CA_TOPIC;
-use crate::state::{Match, Store};
+use crate::state::Match;
+use crate::tasks::Tasks;
 
 /// An issued certificate as the agent serves it.
 #[derive(Clone, Debug)]
@@ -50,15 +56,20 @@ fn jittered(backoff: Duration) -> Duration {
     half + half.mul_f64(rand::thread_rng().gen::<f64>())
 }
 
+type CertSender = Arc<watch::Sender<Option<Arc<IssuedCert>>>>;
+
 pub struct LeafCache {
-    ca: Arc<CaManager>,
+    cluster: Cluster,
+    /// Which services this agent has registered (their certificates are kept).
+    agent: Arc<Agent>,
     /// Where issued certificates are kept across restarts (`<data_dir>/connect/leaf/`), so a
     /// restarted agent serves the certificates it had and its Envoys are not reconfigured.
     dir: Option<PathBuf>,
-    store: Arc<Store>,
     datacenter: String,
-    shutdown: CancellationToken,
-    services: Mutex<HashMap<String, watch::Receiver<Option<Arc<IssuedCert>>>>>,
+    tasks: Tasks,
+    /// How long a certificate nobody holds is kept for a service not registered here.
+    idle_timeout: Duration,
+    services: Mutex<HashMap<String, CertSender>>,
     next_index: AtomicU64,
     /// Failed issue attempts since start (logged each time; exported with metrics).
     pub failures: AtomicU64,
@@ -74,18 +85,20 @@ pub fn renewal_time(after: SystemTime, before: SystemTime) -> SystemTime {
 
 impl LeafCache {
     pub fn new(
-        ca: Arc<CaManager>,
+        cluster: Cluster,
+        agent: Arc<Agent>,
         dir: Option<PathBuf>,
-        store: Arc<Store>,
         datacenter: String,
-        shutdown: CancellationToken,
+        tasks: Tasks,
+        idle_timeout: Duration,
     ) -> Arc<LeafCache> {
         Arc::new(LeafCache {
-            ca,
+            cluster,
+            agent,
             dir,
-            store,
             datacenter,
-            shutdown,
+            tasks,
+            idle_timeout,
             services: Mutex::new(HashMap::new()),
             next_index: AtomicU64::new(0),
             failures: AtomicU64::new(0),
@@ -96,14 +109,17 @@ impl LeafCache {
     /// its task on first use.
     pub fn subscribe(self: &Arc<Self>, service: &str) -> watch::Receiver<Option<Arc<IssuedCert>>> {
         let mut services = self.services.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(receiver) = services.get(service) {
-            return receiver.clone();
+        if let Some(sender) = services.get(service) {
+            return sender.subscribe();
         }
         let (sender, receiver) = watch::channel(None);
-        services.insert(service.to_string(), receiver.clone());
+        let sender = Arc::new(sender);
+        services.insert(service.to_string(), sender.clone());
         let cache = self.clone();
         let service = service.to_string();
-        tokio::spawn(async move { cache.maintain(service, sender).await });
+        self.tasks.spawn("agent.leaf", async move {
+            cache.maintain(&service, &sender).await;
+        });
         receiver
     }
 
@@ -127,7 +143,7 @@ impl LeafCache {
             tokio::select! {
                 changed = receiver.changed() => if changed.is_err() { return current },
                 _ = tokio::time::sleep_until(deadline) => return current,
-                _ = self.shutdown.cancelled() => return current,
+                _ = self.tasks.shutdown().cancelled() => return current,
             }
         }
     }
@@ -138,21 +154,19 @@ impl LeafCache {
         let services = self.services.lock().unwrap_or_else(PoisonError::into_inner);
         services
             .values()
-            .filter_map(|receiver| receiver.borrow().clone())
+            .filter_map(|sender| sender.borrow().clone())
             .collect()
     }
 
-    fn issue(&self, service: &str) -> Result<IssuedCert, String> {
-        let state = self.ca.state().ok_or("Connect CA is not initialized yet")?;
+    async fn issue(&self, service: &str) -> Result<IssuedCert, SignError> {
+        let state = self
+            .cluster
+            .ca_state()
+            .ok_or_else(|| SignError::Unavailable("Connect CA is not initialized yet".into()))?;
         let uri = spiffe_service_id(&state.trust_domain(), &self.datacenter, service);
-        let request = leaf_key_and_csr(&uri, service).map_err(|error| error.to_string())?;
-        let leaf = self
-            .ca
-            .sign(&request.csr_pem, service)
-            .map_err(|error| match error {
-                SignError::RateLimited => "CSR rate limit reached".to_string(),
-                other => other.to_string(),
-            })?;
+        let request = leaf_key_and_csr(&uri, service)
+            .map_err(|error| SignError::Invalid(error.to_string()))?;
+        let leaf = self.cluster.sign_leaf(&request.csr_pem, service).await?;
         let index = self.next_index();
         Ok(IssuedCert {
             serial: leaf.serial,
@@ -169,7 +183,7 @@ impl LeafCache {
 
     /// An index above every index this agent has served, and above the state's.
     fn next_index(&self) -> u64 {
-        let floor = self.store.snapshot().last_index();
+        let floor = self.cluster.snapshot().last_index();
         let index = self
             .next_index
             .fetch_max(floor, Ordering::AcqRel)
@@ -197,6 +211,9 @@ impl LeafCache {
     /// Keeps `cert` for the next start: written to a temporary file readable only by this
     /// user, then renamed into place. A failure only costs a re-issue after a restart.
     fn save(&self, cert: &IssuedCert) {
+        if !self.agent.needs_leaf(&cert.service) {
+            return;
+        }
         let Some(path) = self.stored_path(&cert.service) else {
             return;
         };
@@ -261,23 +278,49 @@ impl LeafCache {
     }
 
     fn active_root(&self) -> Option<String> {
-        self.ca
-            .state()
+        self.cluster
+            .ca_state()
             .and_then(|state| state.active_root().map(|root| root.id.clone()))
     }
 
-    async fn maintain(
-        self: Arc<Self>,
-        service: String,
-        sender: watch::Sender<Option<Arc<IssuedCert>>>,
-    ) {
+    /// Resolves once nobody needs `service`'s certificate (no subscriber, `idle_timeout` has
+    /// passed, and no service registered on this agent needs it), having taken the service
+    /// out of the map.
+    async fn unneeded(&self, service: &str, sender: &CertSender) {
+        let mut changes = self.agent.subscribe();
+        loop {
+            if sender.receiver_count() > 0 {
+                sender.closed().await;
+            }
+            tokio::time::sleep(self.idle_timeout).await;
+            while sender.receiver_count() == 0 && self.agent.needs_leaf(service) {
+                if changes.changed().await.is_err() {
+                    return;
+                }
+            }
+            // The entry is taken out under the map's lock, so nobody can subscribe between
+            // this check and the task's end.
+            let mut services = self.services.lock().unwrap_or_else(PoisonError::into_inner);
+            if sender.receiver_count() == 0 {
+                if services
+                    .get(service)
+                    .is_some_and(|held| Arc::ptr_eq(held, sender))
+                {
+                    services.remove(service);
+                }
+                return;
+            }
+        }
+    }
+
+    async fn maintain(&self, service: &str, sender: &CertSender) {
         let topics = [(CA_TOPIC.to_string(), Match::Exact)];
         let mut retry = RETRY_MIN;
         loop {
             // Registered before issuing, so a rotation during the signature is not missed.
-            let ca_changed = self.store.watch(&topics);
+            let ca_changed = self.cluster.watch(&topics);
             let restored = if sender.borrow().is_none() {
-                self.restore(&service)
+                self.restore(service)
             } else {
                 None
             };
@@ -286,7 +329,7 @@ impl LeafCache {
                     tracing::debug!(service, serial = %cert.serial, "serving the leaf certificate kept from before the restart");
                     Ok(cert)
                 }
-                None => self.issue(&service).inspect(|cert| self.save(cert)),
+                None => self.issue(service).await.inspect(|cert| self.save(cert)),
             };
             let renew_at = match outcome {
                 Ok(cert) => {
@@ -305,21 +348,24 @@ impl LeafCache {
                 }
             };
             let issued_root = sender.borrow().as_ref().map(|cert| cert.root_id.clone());
-            // Sleep until renewal, waking on CA changes that make the root differ.
+            // Sleep until renewal, waking on CA changes that make the root differ; end once
+            // nobody needs the certificate.
             let mut ca_changed = ca_changed;
+            let unneeded = self.unneeded(service, sender);
+            tokio::pin!(unneeded);
             loop {
                 let sleep = renew_at
                     .duration_since(SystemTime::now())
                     .unwrap_or_default();
                 tokio::select! {
-                    _ = self.shutdown.cancelled() => return,
+                    _ = &mut unneeded => return,
                     _ = tokio::time::sleep(sleep) => break,
                     _ = ca_changed.changed() => {
                         if issued_root.is_some() && self.active_root() != issued_root {
                             tracing::info!(service, "CA root changed; re-issuing leaf certificate");
                             break;
                         }
-                        ca_changed = self.store.watch(&topics);
+                        ca_changed = self.cluster.watch(&topics);
                     }
                 }
             }
