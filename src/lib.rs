@@ -16,5 +16,7 @@ pub mod rpc;
 pub mod server;
 pub mod state;
 pub mod tasks;
+#[cfg(test)]
+mod tidy;
 pub mod types;
 pub mod xds;

@@ -10,6 +10,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -63,32 +64,28 @@ impl Tasks {
     }
 
     /// Spawns `task`, which is dropped when shutdown begins if it has not ended by then.
+    ///
+    /// Combinators rather than an `async` block: a block that captured `task` and then
+    /// awaited it would keep room for it twice in the spawned future (an xDS stream's task is
+    /// several KB, and there are thousands).
     pub fn spawn<F>(&self, name: &'static str, task: F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
         let alive = Alive::new(&self.alive, name);
-        let shutdown = self.shutdown.clone();
-        self.tracker.spawn(async move {
-            let _alive = alive;
-            tokio::select! {
-                _ = task => {}
-                _ = shutdown.cancelled() => {}
-            }
-        });
+        let stop = Box::pin(self.shutdown.clone().cancelled_owned());
+        self.tracker
+            .spawn(futures::future::select(Box::pin(task), stop).map(move |_| drop(alive)));
     }
 
     /// Spawns `task`, which watches the shutdown token itself and finishes its own way (a
-    /// listener draining its connections); `wait` gives it until its limit.
+    /// listener draining its connections); `stop` gives it until its limit.
     pub fn spawn_graceful<F>(&self, name: &'static str, task: F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
         let alive = Alive::new(&self.alive, name);
-        self.tracker.spawn(async move {
-            let _alive = alive;
-            task.await;
-        });
+        self.tracker.spawn(task.map(move |()| drop(alive)));
     }
 
     /// How many tasks of each name are alive.

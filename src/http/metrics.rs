@@ -5,7 +5,8 @@
 //! silently; and the xDS server's (streams per proxy, responses sent, updates Envoy rejected
 //! in all and per proxy; per stream whether it converged, its resources per type and
 //! condition, responses unanswered and the last ACKed nonce per type), so that a rejected or
-//! stuck configuration is never a silent stall. The full metrics pipeline (the `metrics`
+//! stuck configuration is never a silent stall; and the agent's tasks by name, with the
+//! runtime's total, so a leak shows. The full metrics pipeline (the `metrics`
 //! crate and a Prometheus exporter) is a later issue.
 
 use std::sync::atomic::Ordering;
@@ -34,6 +35,8 @@ pub const XDS_RESOURCES: &str = "concord.xds.resources";
 pub const XDS_PENDING: &str = "concord.xds.pending_responses";
 pub const XDS_LAST_ACK_NONCE: &str = "concord.xds.last_ack_nonce";
 pub const XDS_CONVERGED: &str = "concord.xds.converged";
+pub const TASKS: &str = "concord.tasks";
+pub const RUNTIME_TASKS: &str = "concord.runtime.alive_tasks";
 
 /// One exported value: its name, labels and value.
 type Sample = (&'static str, Vec<(&'static str, String)>, f64);
@@ -85,6 +88,18 @@ pub async fn metrics(State(state): State<Arc<AppState>>, call: Call) -> Result<R
         ));
         counters.push((XDS_REJECTED, vec![("proxy", proxy)], status.rejected as f64));
     }
+    // Every long-lived task by name, and everything the runtime has alive (connections
+    // included): a count that only grows is a leak.
+    for (name, count) in state.tasks.alive() {
+        gauges.push((TASKS, vec![("name", name.to_string())], count as f64));
+    }
+    gauges.push((
+        RUNTIME_TASKS,
+        Vec::new(),
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks() as f64,
+    ));
     // Per stream: how many resources are in each condition, responses unanswered, the last
     // ACKed nonce per type, and whether it has converged (see `/v1/agent/xds` for detail).
     let reports = state

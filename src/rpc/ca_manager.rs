@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 
-use super::server::Writer;
+use super::writes::Writer;
 use super::{Leadership, RpcError};
 use crate::connect::ca::{self, KeyType, RootCert, Signer};
 use crate::state::Store;

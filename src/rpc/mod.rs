@@ -18,6 +18,7 @@ pub mod ca_manager;
 pub mod memory;
 pub mod server;
 pub mod session_ttl;
+pub mod writes;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -24,7 +24,12 @@ use tokio_util::sync::CancellationToken;
 
 pub use server::{XdsServer, XdsStatus};
 
-/// Serves ADS on `listener` until `shutdown`.
+/// How long connections may drain after shutdown begins: an Envoy that stopped reading
+/// cannot take its last frames, and must not hold the agent's exit until the task limit.
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+
+/// Serves ADS on `listener` until `shutdown`, then lets connections drain for up to
+/// `DRAIN_LIMIT`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     server: XdsServer,
@@ -35,16 +40,26 @@ pub async fn serve(
     let incoming = tonic::transport::server::TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(Duration::from_secs(30)));
-    let served = tonic::transport::Server::builder()
+    let drain_deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(DRAIN_LIMIT).await;
+    };
+    let serving = tonic::transport::Server::builder()
         // Envoy sends no pings of its own; these reap streams whose peer vanished.
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .max_concurrent_streams(Some(max_streams))
         .add_service(grpc::AdsService::new(server))
-        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
-        .await;
-    if let Err(error) = served {
-        tracing::error!(?address, %error, "gRPC (xDS) server failed");
+        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
+    tokio::select! {
+        served = serving => {
+            if let Err(error) = served {
+                tracing::error!(?address, %error, "gRPC (xDS) server failed");
+            }
+        }
+        _ = drain_deadline => {
+            tracing::debug!(?address, "xDS connections did not drain; closing them");
+        }
     }
 }
 

@@ -94,14 +94,18 @@ impl XdsStatus {
             .filter(|handle| proxy.is_none_or(|proxy| handle.proxy == proxy))
             .map(|handle| handle.inspect.clone())
             .collect();
+        // Each stream on its own clock: one stuck stream must not hide the others. A stream
+        // whose last report request is still unanswered is busy, and is skipped at once.
         let asks = handles.into_iter().map(|inspect| async move {
             let (reply, answer) = oneshot::channel();
-            inspect.send(reply).await.ok()?;
-            answer.await.ok()
+            inspect.try_send(reply).ok()?;
+            tokio::time::timeout(limit, answer).await.ok()?.ok()
         });
-        let answers = tokio::time::timeout(limit, futures::future::join_all(asks)).await;
-        let mut reports: Vec<StreamReport> =
-            answers.unwrap_or_default().into_iter().flatten().collect();
+        let mut reports: Vec<StreamReport> = futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
         reports.sort_by(|a, b| a.proxy.cmp(&b.proxy));
         reports
     }

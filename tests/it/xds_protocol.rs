@@ -285,3 +285,201 @@ async fn misbehaving_streams_get_errors_and_do_not_disturb_others() {
         .any(|r| r.name.starts_with("db.default.dc1.internal.")));
     drop(odd);
 }
+
+/// The agent's tasks by name, from `/v1/agent/metrics` (`concord.tasks{name}`).
+async fn task_counts(agent: &Agent) -> std::collections::BTreeMap<String, u64> {
+    let metrics = json(&agent.client().get("/v1/agent/metrics").await.unwrap());
+    metrics["Gauges"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|g| g["Name"] == "concord.tasks")
+        .map(|g| {
+            let name = g["Labels"]["name"].as_str().unwrap_or_default().to_string();
+            (name, g["Value"].as_f64().unwrap_or_default() as u64)
+        })
+        .collect()
+}
+
+/// 10,000 xDS streams naming proxies nobody registered, and 10,000 leaf-certificate requests
+/// for names nobody registered, leave no task (and no kept certificate) behind once they are
+/// done: a proxy's snapshot task lives while a stream holds it, a leaf's while someone holds
+/// it or a registered service needs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_proxy_ids_and_leaf_names_leave_nothing_behind() {
+    let agent = Agent::start(AgentOptions {
+        extra_args: vec![
+            "-hcl".into(),
+            r#"connect { ca_config = { csr_max_per_second = 0 } }
+               limits { connect_leaf_idle_timeout = "200ms" }"#
+                .into(),
+        ],
+        ..AgentOptions::default()
+    })
+    .await;
+    crate::connect_entries::ca_ready(&agent).await;
+    // A registered sidecar with an Envoy-like stream: its tasks must stay.
+    register(
+        &agent,
+        "web",
+        "web",
+        free_port(),
+        free_port(),
+        &[],
+        json!({}),
+    )
+    .await;
+    let channel = connect(&agent).await;
+    let mut good = open(&channel, request("web-sidecar-proxy", CLUSTER))
+        .await
+        .unwrap();
+    next(&mut good).await.unwrap();
+    let baseline = eventually("a settled task count", Duration::from_secs(10), || async {
+        let counts = task_counts(&agent).await;
+        (counts.get("proxycfg.watcher") == Some(&1) && counts.get("agent.leaf") == Some(&1))
+            .then_some(counts)
+    })
+    .await;
+
+    // 10,000 junk proxy ids, 1,000 streams at a time held until their snapshot tasks exist.
+    for batch in 0..10 {
+        let connection = connect(&agent).await;
+        let streams: Vec<Stream> = futures::future::join_all(
+            (0..1000).map(|i| open(&connection, request(&format!("junk-{batch}-{i}"), CLUSTER))),
+        )
+        .await
+        .into_iter()
+        .map(|stream| stream.expect("stream opens"))
+        .collect();
+        eventually(
+            "a snapshot task per junk stream",
+            Duration::from_secs(30),
+            || async {
+                let watchers = task_counts(&agent).await.get("proxycfg.watcher").copied();
+                (watchers >= Some(1001)).then_some(())
+            },
+        )
+        .await;
+        drop(streams);
+    }
+
+    // 10,000 junk leaf names, 32 requests at a time; each is signed and served.
+    let client = agent.client();
+    let names: Vec<String> = (0..10_000).map(|i| format!("junk-leaf-{i}")).collect();
+    for chunk in names.chunks(32) {
+        let paths: Vec<String> = chunk
+            .iter()
+            .map(|name| format!("/v1/agent/connect/ca/leaf/{name}"))
+            .collect();
+        let responses = futures::future::join_all(paths.iter().map(|path| client.get(path))).await;
+        for response in responses {
+            let response = response.expect("leaf request");
+            assert_eq!(response.status, 200, "{}", response.text());
+        }
+    }
+
+    eventually(
+        "the task counts back at the baseline",
+        Duration::from_secs(60),
+        || async {
+            let counts = task_counts(&agent).await;
+            (counts == baseline).then_some(())
+        },
+    )
+    .await;
+    // Nothing junk was kept for restarts; the registered service's certificate was.
+    let log = agent.log();
+    let started = log
+        .lines()
+        .find(|line| line.contains("agent started"))
+        .expect("the start line");
+    let data_dir = started
+        .split("data_dir=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("data_dir in the start line");
+    let kept: Vec<String> = std::fs::read_dir(std::path::Path::new(data_dir).join("connect/leaf"))
+        .map(|dir| {
+            dir.filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(kept, ["web.json"], "certificates kept on disk");
+    drop(good);
+}
+
+/// A state-of-the-world client that asks and asks but never reads: its stream task blocks
+/// sending to it, and must not hold the agent's shutdown past its limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_never_reads_does_not_hold_shutdown() {
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+    let mut agent = Agent::start(AgentOptions::default()).await;
+    crate::connect_entries::ca_ready(&agent).await;
+    let upstreams: Vec<(String, u16)> = (0..5)
+        .map(|i| (format!("upstream-{i}"), free_port()))
+        .collect();
+    let upstreams: Vec<(&str, u16)> = upstreams.iter().map(|(n, p)| (n.as_str(), *p)).collect();
+    register(
+        &agent,
+        "web",
+        "web",
+        free_port(),
+        free_port(),
+        &upstreams,
+        json!({}),
+    )
+    .await;
+    let channel = connect(&agent).await;
+    // A well-behaved stream first, so the proxy's snapshot is ready (certificate issued).
+    let mut ready = open(&channel, request("web-sidecar-proxy", CLUSTER))
+        .await
+        .unwrap();
+    next(&mut ready).await.unwrap();
+    // Every request names different clusters, so each is answered with every cluster (a few
+    // KB of certificates each) whether or not the last answer was read.
+    let requests = futures::stream::iter((0..400).map(|i| DiscoveryRequest {
+        node: Some(Node {
+            id: "web-sidecar-proxy".into(),
+            ..Default::default()
+        }),
+        type_url: CLUSTER.into(),
+        resource_names: vec![format!("name-{i}")],
+        ..Default::default()
+    }))
+    .chain(futures::stream::pending());
+    let mut client = AggregatedDiscoveryServiceClient::new(channel.clone());
+    let unread = client
+        .stream_aggregated_resources(requests)
+        .await
+        .expect("stream opens");
+    // The stream task is stuck sending: it no longer answers the agent's reports, while the
+    // proxy still counts its stream (the well-behaved one answers).
+    eventually(
+        "the stream task blocked on send",
+        Duration::from_secs(30),
+        || async {
+            let streams = metric(&agent, "concord.xds.streams", "web-sidecar-proxy").await;
+            let status = json(
+                &agent
+                    .client()
+                    .get("/v1/agent/xds?proxy=web-sidecar-proxy")
+                    .await
+                    .unwrap(),
+            );
+            let answered = status["Streams"].as_array().map_or(0, Vec::len);
+            (streams == 2 && answered == 1).then_some(())
+        },
+    )
+    .await;
+    agent.signal("TERM");
+    assert_eq!(
+        agent.wait_exit(Duration::from_secs(12)).await,
+        Some(0),
+        "{}",
+        agent.log()
+    );
+    let log = agent.log();
+    assert!(log.contains("shutdown complete"), "{log}");
+    assert!(!log.contains("did not stop"), "{log}");
+    drop((unread, ready));
+}
