@@ -17,6 +17,8 @@ pub mod server;
 pub mod state;
 pub mod tasks;
 #[cfg(test)]
+mod testing;
+#[cfg(test)]
 mod tidy;
 pub mod types;
 pub mod xds;

@@ -1,15 +1,20 @@
 //! xDS: delivers proxycfg snapshots to Envoy over gRPC.
 //!
 //! `resources` turns a snapshot into Envoy's protobuf resources with content-derived
-//! versions (`rbac` builds the intention filters); `delta` and `sotw` are the two ADS
-//! protocol state machines, without I/O; `server` is the tonic service whose stream tasks
-//! drive them, routed by `grpc` with small per-stream buffers; `bootstrap` is the Envoy
-//! bootstrap `concord connect envoy` writes.
+//! versions (`rbac` builds the intention filters; both build their string and header matches
+//! with `matchers`); `delta` and `sotw` are the two ADS protocol state machines, without I/O;
+//! `server` is the tonic service whose stream tasks drive them, routed by `grpc` with small
+//! per-stream buffers; `bootstrap` is the Envoy bootstrap `concord connect envoy` writes.
 
 pub mod bootstrap;
 pub mod delta;
+#[cfg(test)]
+mod golden_tests;
 mod grpc;
+pub mod matchers;
 pub mod rbac;
+#[cfg(test)]
+mod render;
 pub mod resources;
 pub mod server;
 pub mod sotw;

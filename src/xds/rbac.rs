@@ -20,7 +20,7 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{path_matcher, PathMatcher};
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 
-use super::resources::{header_matcher, regex_matcher, string_exact, string_prefix};
+use super::matchers::{header_matcher, regex_matcher, string_exact, string_prefix};
 use crate::proxycfg::{Intentions, Permission as Rule, RuleAction};
 
 pub const NETWORK_RBAC_TYPE: &str =

@@ -39,13 +39,14 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     http_protocol_options, HttpProtocolOptions,
 };
-use envoy_types::pb::envoy::r#type::matcher::v3::{string_matcher, RegexMatcher, StringMatcher};
+use envoy_types::pb::envoy::r#type::matcher::v3::RegexMatcher;
 use envoy_types::pb::envoy::r#type::v3::Percent;
 use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, UInt32Value};
 use envoy_types::util::pack_any;
 use prost::{Message, Name};
 use serde_json::Value;
 
+use super::matchers::{header_matcher, regex_matcher, string_exact};
 use super::rbac;
 use crate::connect::ca::spiffe_service_id;
 use crate::connect::chain::{Chain, Node};
@@ -143,63 +144,6 @@ fn version_of(bytes: &[u8]) -> String {
         (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
     });
     format!("{hash:016x}")
-}
-
-pub fn string_exact(value: &str) -> StringMatcher {
-    StringMatcher {
-        match_pattern: Some(string_matcher::MatchPattern::Exact(value.into())),
-        ignore_case: false,
-    }
-}
-
-pub fn string_prefix(value: &str) -> StringMatcher {
-    StringMatcher {
-        match_pattern: Some(string_matcher::MatchPattern::Prefix(value.into())),
-        ignore_case: false,
-    }
-}
-
-pub fn string_suffix(value: &str) -> StringMatcher {
-    StringMatcher {
-        match_pattern: Some(string_matcher::MatchPattern::Suffix(value.into())),
-        ignore_case: false,
-    }
-}
-
-/// A header match as Consul writes one (router routes and L7 intentions alike): present, or
-/// the first of exact, prefix, suffix, regex that is set.
-pub fn header_matcher(name: &str, present: bool, values: [&str; 4], invert: bool) -> HeaderMatcher {
-    let [exact, prefix, suffix, regex] = values;
-    let string = if !exact.is_empty() {
-        string_exact(exact)
-    } else if !prefix.is_empty() {
-        string_prefix(prefix)
-    } else if !suffix.is_empty() {
-        string_suffix(suffix)
-    } else {
-        regex_matcher(regex)
-    };
-    let specifier = if present {
-        header_matcher::HeaderMatchSpecifier::PresentMatch(true)
-    } else {
-        header_matcher::HeaderMatchSpecifier::StringMatch(string)
-    };
-    HeaderMatcher {
-        name: name.into(),
-        header_match_specifier: Some(specifier),
-        invert_match: invert,
-        ..Default::default()
-    }
-}
-
-pub fn regex_matcher(regex: &str) -> StringMatcher {
-    StringMatcher {
-        match_pattern: Some(string_matcher::MatchPattern::SafeRegex(RegexMatcher {
-            regex: regex.into(),
-            ..Default::default()
-        })),
-        ignore_case: false,
-    }
 }
 
 fn inline(text: &str) -> Option<DataSource> {
