@@ -6,6 +6,7 @@
 //! wire changes this module only.
 
 pub mod catalog;
+pub mod chain;
 pub mod client;
 pub mod config_entry;
 pub mod decode;

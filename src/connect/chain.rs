@@ -8,153 +8,21 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::Serialize;
 use serde_json::Value;
 
 use super::entry::{duration_value, service_protocol};
 use crate::state::Tables;
 use crate::types::config_entry::{self as ce, Typed};
-use crate::types::duration::format_go_duration;
+use crate::api::chain::weight_json;
+pub use crate::types::chain::{
+    Chain, FailoverNode, Node, ResolverNode, RouteNode, SplitNode, Target, TargetSubset,
+};
 
 /// Consul's default upstream connect timeout.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Nesting limit for splitters and redirects, so a cycle is an error, not a hang.
 const MAX_DEPTH: usize = 16;
-
-#[derive(Clone, Debug, Serialize, PartialEq)]
-#[serde(rename_all = "PascalCase")]
-pub struct Chain {
-    pub service_name: String,
-    pub namespace: String,
-    pub partition: String,
-    pub datacenter: String,
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub customization_hash: String,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub default: bool,
-    pub protocol: String,
-    pub start_node: String,
-    pub nodes: BTreeMap<String, Node>,
-    pub targets: BTreeMap<String, Target>,
-    /// Consul allocates virtual IPs for transparent proxying; concord does not (yet), and
-    /// says so with Consul's own empty value.
-    #[serde(rename = "AutoVirtualIPs")]
-    pub auto_virtual_ips: Option<Vec<String>>,
-    #[serde(rename = "ManualVirtualIPs")]
-    pub manual_virtual_ips: Option<Vec<String>>,
-}
-
-#[derive(Clone, Debug, Serialize, PartialEq)]
-#[serde(rename_all = "PascalCase")]
-pub struct Node {
-    pub r#type: &'static str,
-    pub name: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub routes: Option<Vec<RouteNode>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub splits: Option<Vec<SplitNode>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub resolver: Option<ResolverNode>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub load_balancer: Option<Value>,
-}
-
-#[derive(Clone, Debug, Serialize, PartialEq)]
-#[serde(rename_all = "PascalCase")]
-pub struct RouteNode {
-    /// The route as written in the service-router (or the implicit catch-all).
-    pub definition: Value,
-    pub next_node: String,
-}
-
-#[derive(Clone, Debug, Serialize, PartialEq)]
-#[serde(rename_all = "PascalCase")]
-pub struct SplitNode {
-    /// The split as written in the service-splitter.
-    pub definition: Value,
-    #[serde(serialize_with = "weight")]
-    pub weight: f32,
-    pub next_node: String,
-}
-
-#[derive(Clone, Debug, Serialize, PartialEq)]
-#[serde(rename_all = "PascalCase")]
-pub struct ResolverNode {
-    #[serde(serialize_with = "go_duration")]
-    pub connect_timeout: Duration,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub default: bool,
-    /// Nanoseconds, as Consul prints it.
-    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "nanos_opt")]
-    pub request_timeout: Option<Duration>,
-    pub target: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub failover: Option<FailoverNode>,
-}
-
-#[derive(Clone, Debug, Serialize, PartialEq)]
-#[serde(rename_all = "PascalCase")]
-pub struct FailoverNode {
-    pub targets: Vec<String>,
-}
-
-#[derive(Clone, Debug, Serialize, PartialEq)]
-#[serde(rename_all = "PascalCase")]
-pub struct Target {
-    #[serde(serialize_with = "go_duration")]
-    pub connect_timeout: Duration,
-    #[serde(rename = "ID")]
-    pub id: String,
-    pub service: String,
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub service_subset: String,
-    pub namespace: String,
-    pub partition: String,
-    pub datacenter: String,
-    pub mesh_gateway: Value,
-    pub subset: TargetSubset,
-    pub transparent_proxy: Value,
-    #[serde(rename = "SNI")]
-    pub sni: String,
-    pub name: String,
-}
-
-#[derive(Clone, Debug, Serialize, PartialEq)]
-#[serde(rename_all = "PascalCase")]
-pub struct TargetSubset {
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub filter: String,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub only_passing: bool,
-}
-
-fn go_duration<S: serde::Serializer>(
-    duration: &Duration,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(&format_go_duration(*duration))
-}
-
-/// A weight in its shortest decimal form (`80`, `33.33`), as Go prints a float32.
-pub fn weight_json(weight: f32) -> Value {
-    let text = format!("{weight}");
-    serde_json::from_str(&text).unwrap_or(Value::Null)
-}
-
-fn weight<S: serde::Serializer>(weight: &f32, serializer: S) -> Result<S::Ok, S::Error> {
-    weight_json(*weight).serialize(serializer)
-}
-
-fn nanos_opt<S: serde::Serializer>(
-    duration: &Option<Duration>,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    match duration {
-        Some(duration) => serializer.serialize_u64(duration.as_nanos() as u64),
-        None => serializer.serialize_none(),
-    }
-}
 
 /// Overrides a caller may apply (`POST /v1/discovery-chain/:service`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]

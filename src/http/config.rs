@@ -242,7 +242,7 @@ async fn chain_reply(
             .chain(tables.ca().map(|ca| ca.indexes.modify))
             .max()
             .unwrap_or(0);
-        let body = serde_json::json!({ "Chain": compiled });
+        let body = serde_json::json!({ "Chain": crate::api::chain::chain(&compiled) });
         Ok((index, Reply::Json(body)))
     })
     .await

@@ -2,7 +2,6 @@
 //! target's service (its sidecar proxies and Connect-native instances) that are healthy
 //! enough, with Consul's weights.
 
-use serde::Serialize;
 use serde_json::json;
 
 use crate::api::catalog::{agent_service, health_check, node as node_json};
@@ -14,7 +13,7 @@ use crate::types::{HealthStatus, Node, Service};
 /// Envoy's largest load-balancing weight Consul uses.
 const MAX_WEIGHT: u32 = 128;
 
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Endpoint {
     pub address: String,
     pub port: u16,

@@ -17,7 +17,6 @@ mod tests;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::watch;
 
@@ -40,7 +39,7 @@ pub use endpoints::Endpoint;
 const LOCAL_CONNECT_TIMEOUT_MS: u64 = 5000;
 
 /// Everything one proxy's Envoy configuration is generated from.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Snapshot {
     pub proxy_id: String,
     /// The destination service the proxy fronts.
@@ -56,7 +55,7 @@ pub struct Snapshot {
     pub upstreams: Vec<UpstreamSnapshot>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct PublicListener {
     pub address: String,
     pub port: u16,
@@ -66,21 +65,20 @@ pub struct PublicListener {
     pub local_connect_timeout_ms: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Leaf {
     pub cert_pem: String,
-    #[serde(skip)]
     pub private_key_pem: String,
 }
 
 /// The intentions for the destination, highest precedence first, as RBAC needs them.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Intentions {
     pub default_allow: bool,
     pub rules: Vec<IntentionRule>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct IntentionRule {
     /// Source service name, or `*`.
     pub source: String,
@@ -88,7 +86,7 @@ pub struct IntentionRule {
     pub action: RuleAction,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum RuleAction {
     Allow,
     Deny,
@@ -96,7 +94,7 @@ pub enum RuleAction {
     Permissions(Vec<Permission>),
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Permission {
     pub allow: bool,
     pub path_exact: String,
@@ -106,7 +104,7 @@ pub struct Permission {
     pub headers: Vec<HeaderRule>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct HeaderRule {
     pub name: String,
     pub present: bool,
@@ -117,7 +115,7 @@ pub struct HeaderRule {
     pub invert: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct UpstreamSnapshot {
     /// The upstream's Envoy id: its destination name.
     pub id: String,

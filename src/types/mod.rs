@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub mod agent;
+pub mod chain;
 pub mod config_entry;
 pub mod connect;
 pub mod duration;
