@@ -15,5 +15,7 @@ pub mod raft;
 pub mod rpc;
 pub mod server;
 pub mod state;
+#[cfg(test)]
+mod testing;
 pub mod types;
 pub mod xds;

@@ -8,9 +8,13 @@
 
 pub mod bootstrap;
 pub mod delta;
+#[cfg(test)]
+mod golden_tests;
 mod grpc;
 pub mod matchers;
 pub mod rbac;
+#[cfg(test)]
+mod render;
 pub mod resources;
 pub mod server;
 pub mod sotw;

@@ -1,171 +1,20 @@
 //! Incremental generation: resources generated from the previous snapshot and its resources
 //! must equal resources generated from nothing, through every kind of change a proxy sees.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::sync::Mutex;
 
 use serde_json::json;
 
 use super::resources::{self, Resources, CLUSTER, ENDPOINT, LISTENER, ROUTE};
-use crate::connect::entry;
-use crate::connect::intention::DefaultPolicy;
-use crate::connect::leaf::IssuedCert;
-use crate::proxycfg::{self, Shared, Snapshot};
-use crate::state::{Store, Tables};
-use crate::types::connect::{CaConfig, CaRoot, CaState, ServiceProxy, Upstream};
-use crate::types::{
-    Check, Command, HealthStatus, Node, RaftIndexes, RegisterRequest, Service, Weights,
-};
-
-struct World {
-    store: Store,
-    index: u64,
-    leaf: IssuedCert,
-}
-
-impl World {
-    fn apply(&mut self, command: Command) {
-        self.index += 1;
-        self.store.apply_batch([(self.index, Some(&command))]);
-    }
-
-    fn entry(&mut self, value: serde_json::Value) {
-        let serde_json::Value::Object(map) = value else {
-            panic!("entries are objects")
-        };
-        let entry = entry::decode(map).expect("valid entry");
-        self.apply(Command::ConfigEntrySet {
-            entry: Box::new(entry),
-            cas: None,
-        });
-    }
-
-    fn register(&mut self, node: &str, address: &str, service: Service, status: HealthStatus) {
-        let check = Check {
-            node: node.into(),
-            check_id: format!("{}-check", service.id),
-            name: "check".into(),
-            status,
-            notes: String::new(),
-            output: String::new(),
-            service_id: service.id.clone(),
-            service_name: String::new(),
-            service_tags: Vec::new(),
-            check_type: "ttl".into(),
-            interval: String::new(),
-            timeout: String::new(),
-            indexes: RaftIndexes::default(),
-        };
-        self.apply(Command::CatalogRegister(Box::new(RegisterRequest {
-            node: Node {
-                id: String::new(),
-                name: node.into(),
-                address: address.into(),
-                datacenter: "dc1".into(),
-                tagged_addresses: BTreeMap::new(),
-                meta: BTreeMap::new(),
-                indexes: RaftIndexes::default(),
-            },
-            skip_node_update: false,
-            service: Some(service),
-            checks: vec![check],
-        })));
-    }
-
-    fn ca(&mut self, roots: &[&str]) {
-        let roots = roots
-            .iter()
-            .enumerate()
-            .map(|(n, pem)| CaRoot {
-                id: format!("root-{n}"),
-                name: format!("root {n}"),
-                serial: n.to_string(),
-                cert_pem: pem.to_string(),
-                key_pem: String::new(),
-                intermediate_certs: Vec::new(),
-                not_before_unix: n as i64,
-                not_after_unix: i64::MAX,
-                active: n + 1 == roots.len(),
-                key_type: "ec".into(),
-                key_bits: 256,
-                rotated_out_unix: 0,
-                indexes: RaftIndexes::default(),
-            })
-            .collect();
-        let expected_index = self.store.snapshot().ca().map_or(0, |ca| ca.indexes.modify);
-        self.apply(Command::CaSet {
-            state: Box::new(CaState {
-                cluster_id: "11111111-2222-3333-4444-555555555555".into(),
-                config: CaConfig::default(),
-                roots,
-                indexes: RaftIndexes::default(),
-            }),
-            expected_index,
-        });
-    }
-
-    fn snapshot(&self, shared: &Mutex<Shared>) -> Snapshot {
-        let tables: Arc<Tables> = self.store.snapshot();
-        let context = proxycfg::Context {
-            node: "n1",
-            datacenter: "dc1",
-            default_policy: DefaultPolicy::Configured { allow: true },
-        };
-        proxycfg::compute(
-            &tables,
-            &context,
-            shared,
-            "web-sidecar-proxy",
-            Some(&self.leaf),
-        )
-        .expect("snapshot")
-    }
-}
-
-fn proxy(
-    id: &str,
-    destination: &str,
-    port: u16,
-    version: &str,
-    upstreams: Vec<Upstream>,
-) -> Service {
-    Service {
-        id: id.into(),
-        name: format!("{destination}-sidecar-proxy"),
-        kind: "connect-proxy".into(),
-        port,
-        meta: [("version".to_string(), version.to_string())].into(),
-        weights: Weights::default(),
-        proxy: Some(ServiceProxy {
-            destination_service_name: destination.into(),
-            local_service_port: 8080,
-            upstreams,
-            ..ServiceProxy::default()
-        }),
-        ..Service::default()
-    }
-}
+use crate::proxycfg::Shared;
+use crate::testing::{leaf, proxy, upstream, World};
+use crate::types::HealthStatus;
 
 fn splitter(v1: u32) -> serde_json::Value {
     json!({"Kind": "service-splitter", "Name": "api", "Splits": [
         {"Weight": v1, "ServiceSubset": "v1"},
         {"Weight": 100 - v1, "ServiceSubset": "v2"},
     ]})
-}
-
-fn leaf(serial: &str) -> IssuedCert {
-    IssuedCert {
-        serial: serial.into(),
-        cert_pem: format!("LEAF {serial}"),
-        private_key_pem: format!("KEY {serial}"),
-        service: "web".into(),
-        service_uri: String::new(),
-        valid_after: SystemTime::UNIX_EPOCH,
-        valid_before: SystemTime::UNIX_EPOCH,
-        root_id: "root-0".into(),
-        index: 1,
-    }
 }
 
 fn versions(resources: &Resources) -> Vec<(&'static str, String, String)> {
@@ -182,11 +31,7 @@ fn versions(resources: &Resources) -> Vec<(&'static str, String, String)> {
 
 #[test]
 fn incremental_generation_equals_generation_from_nothing_through_every_change() {
-    let mut world = World {
-        store: Store::new(),
-        index: 0,
-        leaf: leaf("1"),
-    };
+    let mut world = World::new();
     world.ca(&["ROOT A"]);
     world.entry(json!({"Kind": "service-defaults", "Name": "api", "Protocol": "http"}));
     world.entry(
@@ -196,16 +41,16 @@ fn incremental_generation_equals_generation_from_nothing_through_every_change() 
         }}),
     );
     world.entry(splitter(80));
-    let upstream = Upstream {
-        destination_type: "service".into(),
-        destination_name: "api".into(),
-        local_bind_port: 9191,
-        ..Upstream::default()
-    };
     world.register(
         "n1",
         "10.0.0.1",
-        proxy("web-sidecar-proxy", "web", 21000, "", vec![upstream]),
+        proxy(
+            "web-sidecar-proxy",
+            "web",
+            21000,
+            "",
+            vec![upstream("api", 9191)],
+        ),
         HealthStatus::Passing,
     );
     world.register(
