@@ -56,6 +56,20 @@ impl World {
         }
     }
 
+    /// A world with the CA set up and `web`'s sidecar (`web-sidecar-proxy`, port 21000, local
+    /// app on 8080) registered on the agent's node with `upstreams`.
+    pub fn web(upstreams: Vec<Upstream>) -> World {
+        let mut world = World::new();
+        world.ca(&[&pem("CERTIFICATE", "ROOT A")]);
+        world.register(
+            AGENT_NODE,
+            "10.0.0.1",
+            proxy(WEB_PROXY, "web", 21000, "", upstreams),
+            HealthStatus::Passing,
+        );
+        world
+    }
+
     /// Applies `command` at the next log index.
     pub fn apply(&mut self, command: Command) -> CommandResult {
         self.index += 1;
@@ -109,6 +123,30 @@ impl World {
             service: Some(service),
             checks: vec![check],
         })));
+    }
+
+    /// Registers a sidecar of `service` (port 21000, `Meta.version` = `version`) on `node`,
+    /// which is addressed 10.0.0.<n> when named `n<n>`.
+    pub fn instance(&mut self, node: &str, service: &str, version: &str, status: HealthStatus) {
+        self.instance_weighted(node, service, version, status, Weights::default());
+    }
+
+    /// As `instance`, with `Weights`.
+    pub fn instance_weighted(
+        &mut self,
+        node: &str,
+        service: &str,
+        version: &str,
+        status: HealthStatus,
+        weights: Weights,
+    ) {
+        let address = format!("10.0.0.{}", node.trim_start_matches('n'));
+        let id = format!("{service}-{node}-sidecar-proxy");
+        let sidecar = Service {
+            weights,
+            ..proxy(&id, service, 21000, version, Vec::new())
+        };
+        self.register(node, &address, sidecar, status);
     }
 
     /// Sets the CA's roots (PEM texts, the last one active).

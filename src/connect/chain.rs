@@ -646,3 +646,7 @@ pub fn compile(
         manual_virtual_ips: None,
     })
 }
+
+#[cfg(test)]
+#[path = "chain_tests.rs"]
+mod tests;

@@ -503,3 +503,7 @@ pub fn service_protocol(tables: &Tables, service: &str) -> String {
     }
     "tcp".into()
 }
+
+#[cfg(test)]
+#[path = "entry_tests.rs"]
+mod tests;

@@ -119,3 +119,7 @@ fn l7_entries(tables: &Tables) -> Vec<(&'static str, String)> {
     }
     found
 }
+
+#[cfg(test)]
+#[path = "graph_tests.rs"]
+mod tests;

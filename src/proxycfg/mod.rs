@@ -11,6 +11,8 @@
 //! from protobuf bytes.
 
 mod endpoints;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};

@@ -12,45 +12,8 @@ use serde_json::{json, Value};
 use super::render::{self, Placeholders};
 use super::resources::generate;
 use crate::proxycfg::{RuleAction, Shared, Snapshot};
-use crate::testing::{pem, proxy, upstream, World, WEB_PROXY};
-use crate::types::connect::Upstream;
-use crate::types::{HealthStatus, Service, Weights};
-
-/// A world with the CA set up and `web`'s sidecar registered on the agent's node with
-/// `upstreams`.
-fn web_world(upstreams: Vec<Upstream>) -> World {
-    let mut world = World::new();
-    world.ca(&[&pem("CERTIFICATE", "ROOT A")]);
-    world.register(
-        "n1",
-        "10.0.0.1",
-        proxy(WEB_PROXY, "web", 21000, "", upstreams),
-        HealthStatus::Passing,
-    );
-    world
-}
-
-/// Registers a sidecar for `service` on `node` (address 10.0.0.<n> for node `n<n>`).
-fn instance(world: &mut World, node: &str, service: &str, version: &str, status: HealthStatus) {
-    instance_weighted(world, node, service, version, status, Weights::default());
-}
-
-fn instance_weighted(
-    world: &mut World,
-    node: &str,
-    service: &str,
-    version: &str,
-    status: HealthStatus,
-    weights: Weights,
-) {
-    let address = format!("10.0.0.{}", node.trim_start_matches('n'));
-    let id = format!("{service}-{node}-sidecar-proxy");
-    let sidecar = Service {
-        weights,
-        ..proxy(&id, service, 21000, version, Vec::new())
-    };
-    world.register(node, &address, sidecar, status);
-}
+use crate::testing::{upstream, World};
+use crate::types::{HealthStatus, Weights};
 
 fn protocol(world: &mut World, service: &str, protocol: &str) {
     world.entry(json!({"Kind": "service-defaults", "Name": service, "Protocol": protocol}));
@@ -149,7 +112,7 @@ fn check(case: &str, about: &str, world: &World) {
 
 #[test]
 fn rbac_with_l7_permissions() {
-    let mut world = web_world(Vec::new());
+    let mut world = World::web(Vec::new());
     world.default_allow = false;
     protocol(&mut world, "web", "http");
     intentions(
@@ -187,7 +150,7 @@ fn rbac_with_l7_permissions() {
 
 #[test]
 fn rbac_with_a_deny_intention() {
-    let mut world = web_world(Vec::new());
+    let mut world = World::web(Vec::new());
     intentions(
         &mut world,
         "web",
@@ -208,7 +171,7 @@ fn rbac_with_a_deny_intention() {
 
 #[test]
 fn rbac_with_wildcards_under_default_allow() {
-    let mut world = web_world(Vec::new());
+    let mut world = World::web(Vec::new());
     intentions(
         &mut world,
         "web",
@@ -240,7 +203,7 @@ fn rbac_with_wildcards_under_default_allow() {
 
 #[test]
 fn rbac_with_wildcards_under_default_deny() {
-    let mut world = web_world(Vec::new());
+    let mut world = World::web(Vec::new());
     world.default_allow = false;
     intentions(
         &mut world,
@@ -267,30 +230,16 @@ fn rbac_with_wildcards_under_default_deny() {
 
 /// `web` with one upstream to `api` on 127.0.0.1:9191.
 fn api_upstream_world() -> World {
-    web_world(vec![upstream("api", 9191)])
+    World::web(vec![upstream("api", 9191)])
 }
 
 #[test]
 fn chain_default_tcp() {
     let mut world = api_upstream_world();
     let weights = |passing, warning| Weights { passing, warning };
-    instance_weighted(
-        &mut world,
-        "n2",
-        "api",
-        "",
-        HealthStatus::Passing,
-        weights(5, 1),
-    );
-    instance_weighted(
-        &mut world,
-        "n3",
-        "api",
-        "",
-        HealthStatus::Warning,
-        weights(5, 2),
-    );
-    instance(&mut world, "n4", "api", "", HealthStatus::Critical);
+    world.instance_weighted("n2", "api", "", HealthStatus::Passing, weights(5, 1));
+    world.instance_weighted("n3", "api", "", HealthStatus::Warning, weights(5, 2));
+    world.instance("n4", "api", "", HealthStatus::Critical);
     check(
         "chain_default_tcp",
         "api has no config entries (tcp, default chain). Instances: n2 passing (weights 5/1),
@@ -307,7 +256,7 @@ fn chain_default_tcp() {
 fn chain_default_http() {
     let mut world = api_upstream_world();
     protocol(&mut world, "api", "http");
-    instance(&mut world, "n2", "api", "", HealthStatus::Passing);
+    world.instance("n2", "api", "", HealthStatus::Passing);
     check(
         "chain_default_http",
         "api speaks http and has no other entries: a default chain.
@@ -325,8 +274,8 @@ fn chain_resolver_with_subsets_and_default_subset() {
         &mut world,
         json!({"DefaultSubset": "v2", "RequestTimeout": "10s"}),
     );
-    instance(&mut world, "n2", "api", "v1", HealthStatus::Passing);
-    instance(&mut world, "n3", "api", "v2", HealthStatus::Passing);
+    world.instance("n2", "api", "v1", HealthStatus::Passing);
+    world.instance("n3", "api", "v2", HealthStatus::Passing);
     check(
         "chain_resolver_subsets",
         "api speaks http; its resolver has subsets v1 and v2 (by Meta.version), DefaultSubset
@@ -351,9 +300,9 @@ fn chain_splitter() {
             {"Weight": 33.34, "Service": "api-next"},
         ]}),
     );
-    instance(&mut world, "n2", "api", "v1", HealthStatus::Passing);
-    instance(&mut world, "n3", "api", "v2", HealthStatus::Passing);
-    instance(&mut world, "n5", "api-next", "", HealthStatus::Passing);
+    world.instance("n2", "api", "v1", HealthStatus::Passing);
+    world.instance("n3", "api", "v2", HealthStatus::Passing);
+    world.instance("n5", "api-next", "", HealthStatus::Passing);
     check(
         "chain_splitter",
         "api speaks http2; its splitter sends 33.33% to subset v1, 33.33% to v2 and 33.34% to
@@ -402,8 +351,8 @@ fn chain_router() {
             "Destination": {"Service": "api"},
         },
     ]}));
-    instance(&mut world, "n2", "api", "v1", HealthStatus::Passing);
-    instance(&mut world, "n3", "api", "v2", HealthStatus::Passing);
+    world.instance("n2", "api", "v1", HealthStatus::Passing);
+    world.instance("n3", "api", "v2", HealthStatus::Passing);
     check(
         "chain_router",
         "api speaks http; its router has three routes: prefix /v2/ with header x-canary exact
@@ -423,8 +372,8 @@ fn chain_redirect() {
     let mut world = api_upstream_world();
     world.entry(json!({"Kind": "service-resolver", "Name": "api",
         "Redirect": {"Service": "api-v2"}}));
-    instance(&mut world, "n2", "api", "", HealthStatus::Passing);
-    instance(&mut world, "n6", "api-v2", "", HealthStatus::Passing);
+    world.instance("n2", "api", "", HealthStatus::Passing);
+    world.instance("n6", "api-v2", "", HealthStatus::Passing);
     check(
         "chain_redirect",
         "api (tcp) redirects to the service api-v2.
@@ -439,13 +388,13 @@ fn chain_redirect() {
 fn chain_connect_timeout_overrides() {
     let mut db = upstream("db", 9292);
     db.config_json = json!({"connect_timeout_ms": 2500}).to_string();
-    let mut world = web_world(vec![upstream("api", 9191), db]);
+    let mut world = World::web(vec![upstream("api", 9191), db]);
     for service in ["api", "db"] {
         world.entry(json!({"Kind": "service-resolver", "Name": service,
             "ConnectTimeout": "15s"}));
     }
-    instance(&mut world, "n2", "api", "", HealthStatus::Passing);
-    instance(&mut world, "n7", "db", "", HealthStatus::Passing);
+    world.instance("n2", "api", "", HealthStatus::Passing);
+    world.instance("n7", "db", "", HealthStatus::Passing);
     check(
         "chain_connect_timeout",
         "api and db (tcp) each have a resolver with ConnectTimeout 15s; web's upstream to db
@@ -481,8 +430,8 @@ fn every_snapshot_change_changes_the_text() {
             {"Action": "allow", "HTTP": {"PathPrefix": "/v1/"}},
         ]}]),
     );
-    instance(&mut world, "n2", "api", "v1", HealthStatus::Passing);
-    instance(&mut world, "n3", "api", "v2", HealthStatus::Passing);
+    world.instance("n2", "api", "v1", HealthStatus::Passing);
+    world.instance("n3", "api", "v2", HealthStatus::Passing);
     let (base, text) = render_world(&world);
     let placeholders = placeholders(&world);
     let text_of = |snapshot: &Snapshot| render::resources(&generate(snapshot, None), &placeholders);
