@@ -78,7 +78,9 @@ impl World {
             .remove(0)
     }
 
-    /// Writes a config entry given as canonical JSON; panics if it is invalid on its own.
+    /// Writes a config entry given as canonical JSON; panics if it is invalid on its own. The
+    /// rules across entries (`connect::graph`) are not checked, as in the FSM, so a test can
+    /// build a state that a write through the API would refuse.
     pub fn entry(&mut self, value: Value) {
         let Value::Object(map) = value else {
             panic!("entries are objects")

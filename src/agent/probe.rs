@@ -23,6 +23,7 @@ use tokio::process::Command;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::types::duration::format_go_duration;
 use crate::types::HealthStatus;
 
 /// The User-Agent Consul sends on HTTP checks; some services special-case it.
@@ -151,7 +152,7 @@ async fn http_probe(
             Err(_) => {
                 return fail(format!(
                 "context deadline exceeded (Client.Timeout of {} exceeded while awaiting headers)",
-                go_duration(timeout)
+                format_go_duration(timeout)
             ))
             }
         };
@@ -173,7 +174,7 @@ async fn http_probe(
             Err(_) => {
                 return fail(format!(
                     "context deadline exceeded (Client.Timeout of {} exceeded while reading body)",
-                    go_duration(timeout)
+                    format_go_duration(timeout)
                 ))
             }
         };
@@ -478,7 +479,7 @@ async fn script_probe(args: &[String], timeout: Duration, max_output: usize) -> 
             // Kill now rather than at drop so the process is gone before we report. Only the
             // direct child is killed: anything it started in the background survives.
             let _ = child.start_kill();
-            let mut output = format!("Timed out ({}) running check", go_duration(timeout));
+            let mut output = format!("Timed out ({}) running check", format_go_duration(timeout));
             if !text.is_empty() {
                 output.push_str("\n\n");
                 output.push_str(&text);
@@ -601,50 +602,6 @@ fn truncate_at_char_boundary(text: &mut String, max: usize) {
         end -= 1; // index 0 is always a boundary, so this stops
     }
     text.truncate(end);
-}
-
-/// A duration as Go's `time.Duration.String` prints it ("300ms", "10s", "1m30s"), because
-/// Consul's messages embed it.
-fn go_duration(duration: Duration) -> String {
-    let nanos = duration.as_nanos();
-    if nanos == 0 {
-        return "0s".to_owned();
-    }
-    if nanos < 1_000 {
-        return format!("{nanos}ns");
-    }
-    if nanos < 1_000_000 {
-        return format!("{}µs", decimal(nanos, 1_000, 3));
-    }
-    if nanos < 1_000_000_000 {
-        return format!("{}ms", decimal(nanos, 1_000_000, 6));
-    }
-    let seconds = duration.as_secs();
-    let hours = seconds / 3600;
-    let minutes = seconds / 60 % 60;
-    let mut text = String::new();
-    if hours > 0 {
-        text.push_str(&format!("{hours}h"));
-    }
-    if hours > 0 || minutes > 0 {
-        text.push_str(&format!("{minutes}m"));
-    }
-    text.push_str(&format!(
-        "{}s",
-        decimal(nanos % 60_000_000_000, 1_000_000_000, 9)
-    ));
-    text
-}
-
-/// `value / unit` as a decimal with no trailing zeros; `digits` is log10(unit).
-fn decimal(value: u128, unit: u128, digits: usize) -> String {
-    let whole = value / unit;
-    let fraction = value % unit;
-    if fraction == 0 {
-        return whole.to_string();
-    }
-    let fraction = format!("{fraction:0digits$}");
-    format!("{whole}.{}", fraction.trim_end_matches('0'))
 }
 
 // The `elapsed() < N * SECOND` assertions in these tests are hang guards, not speed
@@ -1152,28 +1109,6 @@ mod tests {
             address: "127.0.0.1:1".to_owned(),
         };
         assert_send(&run(&probe, SECOND, 1));
-    }
-
-    #[test]
-    fn go_duration_matches_go() {
-        let cases = [
-            (Duration::ZERO, "0s"),
-            (Duration::from_nanos(5), "5ns"),
-            (Duration::from_micros(1500), "1.5ms"),
-            (Duration::from_micros(5), "5µs"),
-            (Duration::from_millis(300), "300ms"),
-            (Duration::from_secs(1), "1s"),
-            (Duration::from_millis(1500), "1.5s"),
-            (Duration::from_secs(60), "1m0s"),
-            (Duration::from_secs(90), "1m30s"),
-            (Duration::from_secs(3600), "1h0m0s"),
-            (Duration::from_millis(3_723_500), "1h2m3.5s"),
-        ];
-        for (duration, expected) in cases {
-            assert_eq!(go_duration(duration), expected);
-        }
-        // Must not panic on the extreme.
-        assert!(go_duration(Duration::MAX).ends_with('s'));
     }
 
     #[test]

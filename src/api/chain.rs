@@ -50,7 +50,10 @@ pub fn chain(chain: &Chain) -> Value {
         .collect();
     out.insert("Targets".into(), Value::Object(targets));
     out.insert("AutoVirtualIPs".into(), strings(&chain.auto_virtual_ips));
-    out.insert("ManualVirtualIPs".into(), strings(&chain.manual_virtual_ips));
+    out.insert(
+        "ManualVirtualIPs".into(),
+        strings(&chain.manual_virtual_ips),
+    );
     Value::Object(out)
 }
 

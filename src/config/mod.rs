@@ -7,6 +7,7 @@
 
 pub mod dns_config;
 pub mod raw;
+pub mod redact;
 pub mod sources;
 
 use std::collections::BTreeMap;

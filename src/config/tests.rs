@@ -213,3 +213,76 @@ fn service_and_check_definitions_append_across_files_and_errors_name_file_and_ke
         "{error}"
     );
 }
+
+const PRIVATE_KEY_PEM: &str =
+    "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIBfakefakefake\n-----END EC PRIVATE KEY-----\n";
+
+#[test]
+fn debug_config_hides_configured_secrets_and_shows_the_rest() {
+    let fragment = format!(
+        r#"
+        node_meta {{
+          rack      = "r1"
+          api_token = "meta-s3cret"
+        }}
+        connect {{
+          ca_config {{
+            private_key_type = "ec"
+            private_key_bits = 384
+          }}
+        }}
+        config_entries {{
+          bootstrap = [{{
+            kind   = "proxy-defaults"
+            name   = "global"
+            config = {{
+              protocol        = "http"
+              upstream_password = "entry-s3cret"
+              client_bundle = {PRIVATE_KEY_PEM:?}
+            }}
+          }}]
+        }}
+        "#
+    );
+    let config = load(&LoadOptions {
+        dev: true,
+        hcl_fragments: vec![fragment],
+        ..LoadOptions::default()
+    })
+    .expect("load")
+    .config;
+    let debug = redact::debug_config(&config);
+    let text = debug.to_string();
+    for secret in ["meta-s3cret", "entry-s3cret", "PRIVATE KEY", "MHcCAQEE"] {
+        assert!(!text.contains(secret), "{secret} shows in {text}");
+    }
+    assert_eq!(debug["NodeMeta"]["api_token"], redact::HIDDEN);
+    assert_eq!(debug["NodeMeta"]["rack"], "r1");
+    assert_eq!(debug["Datacenter"], "dc1");
+    assert_eq!(debug["CaConfig"]["PrivateKeyType"], "ec");
+    assert_eq!(debug["CaConfig"]["PrivateKeyBits"], 384);
+    let bootstrap = &debug["ConfigEntriesBootstrap"][0]["Config"];
+    assert_eq!(bootstrap["protocol"], "http");
+    assert_eq!(bootstrap["upstream_password"], redact::HIDDEN);
+    // Everything else is the runtime config as it is.
+    let mut unredacted = serde_json::to_value(&config).unwrap();
+    unredacted["NodeMeta"]["api_token"] = redact::HIDDEN.into();
+    unredacted["ConfigEntriesBootstrap"][0]["Config"]["upstream_password"] = redact::HIDDEN.into();
+    unredacted["ConfigEntriesBootstrap"][0]["Config"]["client_bundle"] = redact::HIDDEN.into();
+    assert_eq!(debug, unredacted);
+}
+
+#[test]
+fn a_ca_private_key_in_config_is_refused_without_echoing_it() {
+    let fragment =
+        format!("connect {{\n  ca_config {{\n    private_key = {PRIVATE_KEY_PEM:?}\n  }}\n}}\n");
+    let error = load(&LoadOptions {
+        dev: true,
+        hcl_fragments: vec![fragment],
+        ..LoadOptions::default()
+    })
+    .err()
+    .expect("refused");
+    assert!(error.contains("PrivateKey is not supported"), "{error}");
+    assert!(!error.contains("PRIVATE KEY-----"), "{error}");
+}

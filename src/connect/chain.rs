@@ -11,12 +11,12 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::entry::{duration_value, service_protocol};
-use crate::state::Tables;
-use crate::types::config_entry::{self as ce, Typed};
 use crate::api::chain::weight_json;
+use crate::state::Tables;
 pub use crate::types::chain::{
     Chain, FailoverNode, Node, ResolverNode, RouteNode, SplitNode, Target, TargetSubset,
 };
+use crate::types::config_entry::{self as ce, Typed};
 
 /// Consul's default upstream connect timeout.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

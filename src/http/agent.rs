@@ -70,9 +70,8 @@ pub async fn self_info(
             "BuildDate": "1970-01-01T00:00:00Z",
             "BindAddr": config.bind_addr.to_string(),
         },
-        // The runtime config holds no secrets yet; when it does (ACL tokens, gossip keys),
-        // they are redacted here.
-        "DebugConfig": serde_json::to_value(config.as_ref()).unwrap_or(Value::Null),
+        // Secrets (tokens, keys, passwords) show as "hidden", as in Consul.
+        "DebugConfig": crate::config::redact::debug_config(config),
         "Coord": Value::Null,
         "Member": local_member(&state),
         "Stats": {

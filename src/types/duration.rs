@@ -45,22 +45,32 @@ pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(total).map_err(|_| format!("duration {text:?} is out of range"))
 }
 
-/// Formats a duration the way Go prints one (`"1m30s"`, `"250ms"`, `"0s"`).
+/// Formats a duration exactly as Go's `time.Duration.String` does, because Consul's JSON and
+/// messages carry Go's text: `0s`; below a second, one unit chosen by size with a decimal
+/// fraction (`1ns`, `1.1µs` with U+00B5 as Go writes it, `2.2ms`); from a second up,
+/// `[<h>h][<m>m]<s>[.<fraction>]s` with minutes shown whenever hours are (`1h0m0s`).
+/// Fractions print without trailing zeros. Go's durations end at about 292 years; longer
+/// ones print the same way with more hours.
 pub fn format_go_duration(duration: Duration) -> String {
+    const MICROSECOND: u128 = 1_000;
+    const MILLISECOND: u128 = 1_000_000;
+    const SECOND: u128 = 1_000_000_000;
+    const MINUTE: u128 = 60 * SECOND;
     let nanos = duration.as_nanos();
     if nanos == 0 {
         return "0s".into();
     }
-    if nanos < 1_000_000_000 {
-        return match nanos {
-            n if n % 1_000_000 == 0 => format!("{}ms", n / 1_000_000),
-            n if n % 1_000 == 0 => format!("{}µs", n / 1_000),
-            n => format!("{n}ns"),
-        };
+    if nanos < MICROSECOND {
+        return format!("{nanos}ns");
     }
-    let seconds = duration.as_secs();
-    let fraction = duration.subsec_nanos();
-    let (hours, minutes, seconds) = (seconds / 3600, (seconds / 60) % 60, seconds % 60);
+    if nanos < MILLISECOND {
+        return format!("{}µs", decimal(nanos, MICROSECOND));
+    }
+    if nanos < SECOND {
+        return format!("{}ms", decimal(nanos, MILLISECOND));
+    }
+    let minutes = nanos / MINUTE;
+    let (hours, minutes) = (minutes / 60, minutes % 60);
     let mut out = String::new();
     if hours > 0 {
         out.push_str(&format!("{hours}h"));
@@ -68,13 +78,19 @@ pub fn format_go_duration(duration: Duration) -> String {
     if hours > 0 || minutes > 0 {
         out.push_str(&format!("{minutes}m"));
     }
-    if fraction == 0 {
-        out.push_str(&format!("{seconds}s"));
-    } else {
-        let fractional = format!("{:09}", fraction);
-        out.push_str(&format!("{seconds}.{}s", fractional.trim_end_matches('0')));
-    }
+    out.push_str(&format!("{}s", decimal(nanos % MINUTE, SECOND)));
     out
+}
+
+/// `value / unit` in decimal without trailing zeros; `unit` is a power of ten.
+fn decimal(value: u128, unit: u128) -> String {
+    let (whole, fraction) = (value / unit, value % unit);
+    if fraction == 0 {
+        return whole.to_string();
+    }
+    let digits = unit.ilog10() as usize;
+    let fraction = format!("{fraction:0digits$}");
+    format!("{whole}.{}", fraction.trim_end_matches('0'))
 }
 
 #[cfg(test)]
@@ -97,13 +113,81 @@ mod tests {
         }
     }
 
+    const NANOSECOND: Duration = Duration::from_nanos(1);
+    const MICROSECOND: Duration = Duration::from_micros(1);
+    const MILLISECOND: Duration = Duration::from_millis(1);
+    const SECOND: Duration = Duration::from_secs(1);
+    const MINUTE: Duration = Duration::from_secs(60);
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    /// Go's own cases: `durationTests` in `time/time_test.go` (the non-negative ones) and
+    /// `ExampleDuration_String`.
     #[test]
-    fn formats_like_go() {
-        assert_eq!(format_go_duration(Duration::from_secs(90)), "1m30s");
-        assert_eq!(format_go_duration(Duration::from_secs(3600)), "1h0m0s");
-        assert_eq!(format_go_duration(Duration::from_millis(250)), "250ms");
-        assert_eq!(format_go_duration(Duration::from_millis(1500)), "1.5s");
-        assert_eq!(format_go_duration(Duration::ZERO), "0s");
+    fn formats_gos_documented_examples() {
+        let cases = [
+            ("0s", Duration::ZERO),
+            ("1ns", NANOSECOND),
+            ("1.1µs", 1100 * NANOSECOND),
+            ("2.2ms", 2200 * MICROSECOND),
+            ("3.3s", 3300 * MILLISECOND),
+            ("4m5s", 4 * MINUTE + 5 * SECOND),
+            ("4m5.001s", 4 * MINUTE + 5001 * MILLISECOND),
+            ("5h6m7.001s", 5 * HOUR + 6 * MINUTE + 7001 * MILLISECOND),
+            ("8m0.000000001s", 8 * MINUTE + NANOSECOND),
+            (
+                "2562047h47m16.854775807s",
+                Duration::from_nanos(i64::MAX as u64),
+            ),
+            ("1h2m0.3s", HOUR + 2 * MINUTE + 300 * MILLISECOND),
+            ("300ms", 300 * MILLISECOND),
+        ];
+        for (expected, duration) in cases {
+            assert_eq!(format_go_duration(duration), expected, "{duration:?}");
+        }
+    }
+
+    #[test]
+    fn below_a_second_the_unit_goes_by_size_with_a_fraction() {
+        assert_eq!(format_go_duration(999 * NANOSECOND), "999ns");
+        assert_eq!(format_go_duration(5 * MICROSECOND), "5µs");
+        assert_eq!(format_go_duration(1500 * MICROSECOND), "1.5ms");
+        assert_eq!(format_go_duration(1_500_001 * NANOSECOND), "1.500001ms");
+        assert_eq!(format_go_duration(250 * MILLISECOND), "250ms");
+        assert_eq!(format_go_duration(999_999_999 * NANOSECOND), "999.999999ms");
+    }
+
+    #[test]
+    fn from_a_second_up_hours_and_minutes_lead_and_minutes_show_with_hours() {
+        assert_eq!(format_go_duration(SECOND), "1s");
+        assert_eq!(format_go_duration(1500 * MILLISECOND), "1.5s");
+        assert_eq!(format_go_duration(MINUTE), "1m0s");
+        assert_eq!(format_go_duration(90 * SECOND), "1m30s");
+        assert_eq!(format_go_duration(HOUR), "1h0m0s");
+        assert_eq!(format_go_duration(HOUR + 3 * SECOND), "1h0m3s");
+        assert_eq!(
+            format_go_duration(HOUR + 2 * MINUTE + 3500 * MILLISECOND),
+            "1h2m3.5s"
+        );
+        assert_eq!(format_go_duration(8760 * HOUR), "8760h0m0s");
+    }
+
+    #[test]
+    fn formats_what_parses_back_to_the_same_duration() {
+        for duration in [
+            1100 * NANOSECOND,
+            1_500_001 * NANOSECOND,
+            5 * HOUR + 6 * MINUTE + 7001 * MILLISECOND,
+        ] {
+            assert_eq!(
+                parse_go_duration(&format_go_duration(duration)),
+                Ok(duration)
+            );
+        }
+    }
+
+    #[test]
+    fn durations_longer_than_gos_still_format() {
+        assert!(format_go_duration(Duration::MAX).ends_with('s'));
     }
 }
 
