@@ -19,6 +19,8 @@ mod metrics;
 mod params;
 mod reply;
 mod session;
+#[cfg(test)]
+mod tests;
 mod txn;
 mod xds_status;
 

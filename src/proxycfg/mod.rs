@@ -111,8 +111,10 @@ pub struct HeaderRule {
     pub exact: String,
     pub prefix: String,
     pub suffix: String,
+    pub contains: String,
     pub regex: String,
     pub invert: bool,
+    pub ignore_case: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -377,8 +379,10 @@ fn permission_rule(allow: bool, http: PermissionHttp) -> Permission {
                 exact: header.exact,
                 prefix: header.prefix,
                 suffix: header.suffix,
+                contains: header.contains,
                 regex: header.regex,
                 invert: header.invert,
+                ignore_case: header.ignore_case,
             })
             .collect(),
     }

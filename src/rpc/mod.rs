@@ -186,7 +186,12 @@ impl Cluster {
                 Ok(Some(session))
             }
             #[cfg(test)]
-            Cluster::Memory(memory) => Ok(memory.store.snapshot().session(id).cloned()),
+            Cluster::Memory(memory) => {
+                if !memory.leader_contact().known_leader {
+                    return Err(RpcError::NoLeader);
+                }
+                Ok(memory.store.snapshot().session(id).cloned())
+            }
         }
     }
 

@@ -121,6 +121,7 @@ fn rbac_with_l7_permissions() {
         json!([
             {"Name": "admin", "Action": "allow"},
             {"Name": "api", "Permissions": [
+                {"Action": "deny", "HTTP": {"Header": [{"Name": "x-client", "Contains": "curl"}]}},
                 {"Action": "deny", "HTTP": {"PathExact": "/v1/admin"}},
                 {"Action": "allow", "HTTP": {"PathPrefix": "/v1/", "Methods": ["GET", "HEAD"]}},
                 {"Action": "allow", "HTTP": {"PathRegex": "/reports/[0-9]+", "Header": [
@@ -129,6 +130,7 @@ fn rbac_with_l7_permissions() {
                     {"Name": "x-region", "Suffix": "-eu"},
                     {"Name": "x-trace", "Regex": "[a-f0-9]{16}"},
                     {"Name": "x-debug", "Present": true, "Invert": true},
+                    {"Name": "x-user-agent", "Contains": "Bot", "IgnoreCase": true},
                 ]}},
             ]},
             {"Name": "*", "Action": "deny"},
@@ -136,14 +138,15 @@ fn rbac_with_l7_permissions() {
     );
     check(
         "rbac_l7_permissions",
-        "web speaks http; default deny. Intentions on web: admin allow (L4), api with three
-        permissions (deny exact /v1/admin, allow prefix /v1/ for GET|HEAD, allow regex
-        /reports/[0-9]+ with exact, prefix, suffix, regex and inverted present header matches),
-        * deny.
+        "web speaks http; default deny. Intentions on web: admin allow (L4), api with four
+        permissions (deny a header containing curl, deny exact /v1/admin, allow prefix /v1/ for
+        GET|HEAD, allow regex /reports/[0-9]+ with exact, prefix, suffix, regex, inverted
+        present and case-insensitive contains header matches), * deny.
         Look for: the public listener's HTTP connection manager runs the HTTP RBAC filter before
         the router; action ALLOW (the opposite of the default); consul-intentions-layer4 lists
         admin; consul-intentions-layer7-0 is api's, with its two allow permissions each ANDed
-        with NOT the earlier deny; * deny equals the default and is left out.",
+        with NOT both earlier denies (the Contains deny as a Contains matcher, never an empty
+        regex that would let curl through); * deny equals the default and is left out.",
         &world,
     );
 }
@@ -329,6 +332,7 @@ fn chain_router() {
                 "NumRetries": 3,
                 "RetryOnConnectFailure": true,
                 "RetryOnStatusCodes": [503, 504],
+                "RetryOn": ["gateway-error", "reset"],
             },
         },
         {
@@ -341,6 +345,8 @@ fn chain_router() {
                 "Header": [
                     {"Name": "x-debug", "Present": true},
                     {"Name": "x-env", "Regex": "stag.*", "Invert": true},
+                    {"Name": "x-team", "Exact": "Payments", "IgnoreCase": true},
+                    {"Name": "x-agent", "Contains": "mobile"},
                 ],
                 "QueryParam": [
                     {"Name": "version", "Exact": "2"},

@@ -27,28 +27,48 @@ pub fn string_suffix(value: &str) -> StringMatcher {
     }
 }
 
-/// A header match as Consul writes one (router routes and L7 intentions alike): present, or
-/// the first of exact, prefix, suffix, regex that is set.
-pub fn header_matcher(name: &str, present: bool, values: [&str; 4], invert: bool) -> HeaderMatcher {
-    let [exact, prefix, suffix, regex] = values;
-    let string = if !exact.is_empty() {
-        string_exact(exact)
-    } else if !prefix.is_empty() {
-        string_prefix(prefix)
-    } else if !suffix.is_empty() {
-        string_suffix(suffix)
-    } else {
-        regex_matcher(regex)
+/// A header match as Consul writes one, for router routes and L7 intentions alike.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HeaderRule<'a> {
+    pub name: &'a str,
+    pub present: bool,
+    pub exact: &'a str,
+    pub prefix: &'a str,
+    pub suffix: &'a str,
+    pub contains: &'a str,
+    pub regex: &'a str,
+    pub invert: bool,
+    /// Applies to exact, prefix, suffix and contains (a regex carries its own flags).
+    pub ignore_case: bool,
+}
+
+/// Envoy's matcher for `rule`: present, or the first of exact, prefix, suffix, contains,
+/// regex that is set, as Consul picks it.
+pub fn header_matcher(rule: HeaderRule<'_>) -> HeaderMatcher {
+    let pattern = |pattern| StringMatcher {
+        match_pattern: Some(pattern),
+        ignore_case: rule.ignore_case,
     };
-    let specifier = if present {
+    let string = if !rule.exact.is_empty() {
+        pattern(string_matcher::MatchPattern::Exact(rule.exact.into()))
+    } else if !rule.prefix.is_empty() {
+        pattern(string_matcher::MatchPattern::Prefix(rule.prefix.into()))
+    } else if !rule.suffix.is_empty() {
+        pattern(string_matcher::MatchPattern::Suffix(rule.suffix.into()))
+    } else if !rule.contains.is_empty() {
+        pattern(string_matcher::MatchPattern::Contains(rule.contains.into()))
+    } else {
+        regex_matcher(rule.regex)
+    };
+    let specifier = if rule.present {
         header_matcher::HeaderMatchSpecifier::PresentMatch(true)
     } else {
         header_matcher::HeaderMatchSpecifier::StringMatch(string)
     };
     HeaderMatcher {
-        name: name.into(),
+        name: rule.name.into(),
         header_match_specifier: Some(specifier),
-        invert_match: invert,
+        invert_match: rule.invert,
         ..Default::default()
     }
 }

@@ -20,7 +20,7 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{path_matcher, PathMatcher};
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 
-use super::matchers::{header_matcher, regex_matcher, string_exact, string_prefix};
+use super::matchers::{header_matcher, regex_matcher, string_exact, string_prefix, HeaderRule};
 use crate::proxycfg::{Intentions, Permission as Rule, RuleAction};
 
 pub const NETWORK_RBAC_TYPE: &str =
@@ -101,12 +101,17 @@ fn l7_permission(rule: &Rule) -> Permission {
         });
     }
     for header in &rule.headers {
-        parts.push(header_permission(header_matcher(
-            &header.name,
-            header.present,
-            [&header.exact, &header.prefix, &header.suffix, &header.regex],
-            header.invert,
-        )));
+        parts.push(header_permission(header_matcher(HeaderRule {
+            name: &header.name,
+            present: header.present,
+            exact: &header.exact,
+            prefix: &header.prefix,
+            suffix: &header.suffix,
+            contains: &header.contains,
+            regex: &header.regex,
+            invert: header.invert,
+            ignore_case: header.ignore_case,
+        })));
     }
     if !rule.methods.is_empty() {
         parts.push(header_permission(HeaderMatcher {

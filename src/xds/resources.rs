@@ -46,7 +46,7 @@ use envoy_types::util::pack_any;
 use prost::{Message, Name};
 use serde_json::Value;
 
-use super::matchers::{header_matcher, regex_matcher, string_exact};
+use super::matchers::{header_matcher, regex_matcher, string_exact, HeaderRule};
 use super::rbac;
 use crate::connect::ca::spiffe_service_id;
 use crate::connect::chain::{Chain, Node};
@@ -781,12 +781,17 @@ fn route_match(definition: &Value) -> RouteMatch {
         .header
         .iter()
         .map(|header| {
-            header_matcher(
-                &header.name,
-                header.present,
-                [&header.exact, &header.prefix, &header.suffix, &header.regex],
-                header.invert,
-            )
+            header_matcher(HeaderRule {
+                name: &header.name,
+                present: header.present,
+                exact: &header.exact,
+                prefix: &header.prefix,
+                suffix: &header.suffix,
+                contains: &header.contains,
+                regex: &header.regex,
+                invert: header.invert,
+                ignore_case: header.ignore_case,
+            })
         })
         .collect();
     if !http.methods.is_empty() {
@@ -865,8 +870,13 @@ fn apply_destination(action: &mut RouteAction, definition: &Value) {
                 .collect()
         })
         .unwrap_or_default();
-    if retries > 0 || on_connect_failure || !status_codes.is_empty() {
-        let mut retry_on = Vec::new();
+    // `RetryOn` first, then the two flags' conditions, in Consul's order.
+    let mut retry_on: Vec<&str> = destination
+        .get("RetryOn")
+        .and_then(Value::as_array)
+        .map(|conditions| conditions.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if retries > 0 || on_connect_failure || !status_codes.is_empty() || !retry_on.is_empty() {
         if on_connect_failure {
             retry_on.push("connect-failure");
         }
