@@ -246,3 +246,44 @@ fn no_two_files_of_a_module_import_each_other_in_a_cycle() {
     }
     assert!(cycles.is_empty(), "import cycles: {cycles:?}");
 }
+
+/// The part of a file that is not its inline test module (`#[cfg(test)] mod tests { .. }`,
+/// by convention at the end).
+fn without_inline_tests(text: &str) -> &str {
+    let mut offset = 0;
+    let mut lines = text.split_inclusive('\n').peekable();
+    while let Some(line) = lines.next() {
+        if line.trim() == "#[cfg(test)]"
+            && lines
+                .peek()
+                .is_some_and(|next| next.trim_start().starts_with("mod tests"))
+        {
+            return &text[..offset];
+        }
+        offset += line.len();
+    }
+    text
+}
+
+#[test]
+fn long_lived_tasks_are_spawned_only_through_tasks() {
+    let offenders: Vec<_> = sources(&root().join("src"))
+        .into_iter()
+        .filter(|path| {
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            !(name == "tests.rs" || name.ends_with("_tests.rs") || name == "tasks.rs")
+                && module_of(path).is_some_and(|module| !TEST_SUPPORT.contains(&module.as_str()))
+        })
+        .filter(|path| {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            code_only(without_inline_tests(&text)).contains("tokio::spawn(")
+        })
+        .collect();
+    assert!(
+        offenders.is_empty(),
+        "spawn long-lived tasks through tasks::Tasks (named, counted, stopped at shutdown): {offenders:?}"
+    );
+}
