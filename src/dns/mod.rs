@@ -65,7 +65,9 @@ const MAX_CACHED_ANSWERS: usize = 4096;
 struct Computed {
     version: CatalogVersion,
     health: Arc<HealthIndex>,
-    answers: HashMap<AnswerKey, Arc<Answer>>,
+    /// Each answer with the lookup it answers, so a cached answer is authorized without
+    /// parsing the name again.
+    answers: HashMap<AnswerKey, (Arc<name::Lookup>, Arc<Answer>)>,
 }
 
 /// An answer depends on the name as asked (answers carry it), the type and the domain.
@@ -118,16 +120,17 @@ impl Context {
         health
     }
 
-    /// The zone's answer for `key` under `tables`, computed by `compute` once per catalog
-    /// version.
+    /// The lookup `key` names and the zone's answer to it under `tables`, both computed (by
+    /// `parse` and `compute`) once per catalog version.
     fn answer(
         &self,
         tables: &Tables,
         key: AnswerKey,
-        compute: impl FnOnce(&HealthIndex) -> Answer,
-    ) -> Arc<Answer> {
+        parse: impl FnOnce() -> name::Lookup,
+        compute: impl FnOnce(&name::Lookup, &HealthIndex) -> Answer,
+    ) -> (Arc<name::Lookup>, Arc<Answer>) {
         let version = Self::version(tables);
-        if let Some(answer) = self
+        if let Some(cached) = self
             .computed
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -135,17 +138,20 @@ impl Context {
             .filter(|computed| computed.version == version)
             .and_then(|computed| computed.answers.get(&key))
         {
-            return answer.clone();
+            return cached.clone();
         }
-        let answer = Arc::new(compute(&self.health(tables)));
+        let lookup = Arc::new(parse());
+        let answer = Arc::new(compute(&lookup, &self.health(tables)));
         let mut computed = self.computed.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(computed) = computed.as_mut().filter(|held| held.version == version) {
             if computed.answers.len() >= MAX_CACHED_ANSWERS {
                 computed.answers.clear();
             }
-            computed.answers.insert(key, answer.clone());
+            computed
+                .answers
+                .insert(key, (lookup.clone(), answer.clone()));
         }
-        answer
+        (lookup, answer)
     }
 
     /// Whether the DNS token may read what `lookup` names (ACLs filter DNS as they do HTTP).

@@ -154,12 +154,17 @@ pub fn respond(cx: &Context, bytes: &[u8], transport: Transport) -> Outcome {
         if !cx.readable() {
             return reply(ResponseCode::ServFail);
         }
-        let lookup = parse(relative, qtype == RecordType::SRV, &cx.datacenter);
+        let key = (qname.clone(), u16::from(qtype), domain.to_string());
+        let (lookup, answer) = cx.answer(
+            &tables,
+            key,
+            || parse(relative, qtype == RecordType::SRV, &cx.datacenter),
+            |lookup, health| {
+                zone_of(cx, &tables, health).answer(lookup, query.name(), qtype, domain)
+            },
+        );
         if cx.permits(&lookup) {
-            let key = (qname.clone(), u16::from(qtype), domain.to_string());
-            cx.answer(&tables, key, |health| {
-                zone_of(cx, &tables, health).answer(&lookup, query.name(), qtype, domain)
-            })
+            answer
         } else {
             // What a name that does not exist gets, never a cached answer for the name.
             let health = cx.health(&tables);
