@@ -287,3 +287,26 @@ fn long_lived_tasks_are_spawned_only_through_tasks() {
         "spawn long-lived tasks through tasks::Tasks (named, counted, stopped at shutdown): {offenders:?}"
     );
 }
+
+#[test]
+fn only_rpc_raft_and_server_reach_into_raft_or_the_store() {
+    // Everything else reads, writes and watches through `rpc::Cluster`, so a client agent
+    // (which has neither a Raft node nor a full store) can stand behind the same calls.
+    let offenders: Vec<_> = sources(&root().join("src"))
+        .into_iter()
+        .filter(|path| {
+            module_of(path).is_some_and(|module| {
+                !matches!(module.as_str(), "rpc" | "raft" | "server")
+                    && !TEST_SUPPORT.contains(&module.as_str())
+            })
+        })
+        .filter(|path| {
+            let code = code_only(&std::fs::read_to_string(path).unwrap_or_default());
+            code.contains(".raft()") || code.contains(".store()")
+        })
+        .collect();
+    assert!(
+        offenders.is_empty(),
+        "call through rpc::Cluster instead: {offenders:?}"
+    );
+}
