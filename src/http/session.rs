@@ -32,8 +32,7 @@ pub async fn create(
     call.check_datacenter(&state)?;
     let value = super::body::read_json(&state, &call, body).await?;
     let id = uuid::Uuid::new_v4().to_string();
-    let session = wire::create_request(value, id.clone(), state.agent.node_name())
-        .map_err(ApiError::BadRequest)?;
+    let session = wire::create_request(value, id.clone(), state.agent.node_name())?;
     state
         .authorizer
         .authorize(call.token().as_deref(), Access::NodeWrite(&session.node))?;
