@@ -24,7 +24,7 @@ use crate::types::{Command, CommandResult};
 fn catalog_result(result: CommandResult) -> Result<(), ApiError> {
     match result {
         CommandResult::Catalog(Ok(())) => Ok(()),
-        CommandResult::Catalog(Err(message)) => Err(ApiError::Internal(message)),
+        CommandResult::Catalog(Err(error)) => Err(error.into()),
         other => Err(ApiError::Internal(format!(
             "unexpected catalog result {other:?}"
         ))),

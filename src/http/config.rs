@@ -79,7 +79,7 @@ pub async fn write_entry(
     graph::validate_change(&state.cluster.snapshot(), &command)?;
     match state.cluster.write(command).await?.1 {
         CommandResult::Cas(applied) => Ok(applied),
-        CommandResult::Error(message) => Err(ApiError::Internal(message)),
+        CommandResult::Error(error) => Err(error.into()),
         other => Err(ApiError::Internal(format!("unexpected result {other:?}"))),
     }
 }

@@ -15,6 +15,7 @@ use crate::api::DecodeError;
 use crate::connect::ca_config::CaConfigError;
 use crate::connect::EntryError;
 use crate::rpc::{CaError, RpcError, SignError};
+use crate::types::ApplyError;
 
 #[derive(Debug)]
 pub enum ApiError {
@@ -104,6 +105,14 @@ impl From<AgentError> for ApiError {
                 ApiError::Internal(error.to_string())
             }
         }
+    }
+}
+
+/// A write the state store refused (an unknown session, a check of an unknown service): 500
+/// with Consul's message, as Consul answers its FSM's refusals.
+impl From<ApplyError> for ApiError {
+    fn from(error: ApplyError) -> ApiError {
+        ApiError::Internal(error.to_string())
     }
 }
 

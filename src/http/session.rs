@@ -19,7 +19,7 @@ use crate::types::{Command, CommandResult};
 
 fn fsm_result(result: CommandResult) -> Result<(), ApiError> {
     match result {
-        CommandResult::Error(message) => Err(ApiError::Internal(message)),
+        CommandResult::Error(error) => Err(error.into()),
         _ => Ok(()),
     }
 }
