@@ -16,7 +16,7 @@ mod runner;
 mod sync;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use serde_json::Value;
@@ -26,12 +26,58 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::definition::{self, DefinitionPolicy};
-use crate::config::{LoadOptions, RuntimeConfig};
+use crate::api::DecodeError;
+use crate::config::{ConfigError, LoadOptions, RuntimeConfig};
 use crate::rpc::Cluster;
 use crate::tasks::Tasks;
 use crate::types::agent::{CheckDefinition, CheckKind, ServiceDefinition};
 use crate::types::duration::format_go_duration;
 use crate::types::{Check, HealthStatus, RaftIndexes, Service};
+
+/// Why the agent refused a registration or a change to its local state. Callers branch on the
+/// kind: the HTTP edge answers a refused definition with 400, an update of a check that is not
+/// a TTL check with 404, and a change the agent made itself that failed (a reload, a
+/// maintenance check) with 500.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// A service or check definition that does not parse or breaks one of Consul's rules.
+    #[error(transparent)]
+    Definition(#[from] DecodeError),
+    /// A check names a service this agent does not run.
+    #[error("ServiceID {0:?} does not exist")]
+    UnknownService(String),
+    /// A `sidecar_service` without a port while port assignment is turned off.
+    #[error("no port provided for sidecar_service and auto-assignment disabled in config")]
+    SidecarPortsDisabled,
+    /// A `sidecar_service` without a port, and every port of the range is taken.
+    #[error(
+        "no port provided for sidecar_service and none left in the configured range [{min}, {max}]"
+    )]
+    SidecarPortsExhausted { min: u16, max: u16 },
+    /// A TTL update for a check that this agent does not run as a TTL check.
+    #[error("CheckID {0:?} does not have associated TTL")]
+    NotTtlCheck(String),
+    /// A definition registered over the API could not be stored for restarts, or the stored
+    /// ones could not be read back.
+    #[error("{0}")]
+    Persist(String),
+    /// A definition stored by an earlier run no longer parses (at start).
+    #[error("{}: {source}", path.display())]
+    Restored { path: PathBuf, source: DecodeError },
+    /// A reload could not load the config files.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A change the agent made itself was refused (a reload's definitions, a maintenance
+    /// check): whatever refused it, the client did not send it.
+    #[error(transparent)]
+    Internal(Box<AgentError>),
+}
+
+impl AgentError {
+    fn internal(error: AgentError) -> AgentError {
+        AgentError::Internal(Box::new(error))
+    }
+}
 
 /// A check this agent runs, with its current result.
 struct LocalCheck {
@@ -94,7 +140,7 @@ impl Agent {
         node_id: String,
         cluster: Cluster,
         tasks: Tasks,
-    ) -> Result<Arc<Agent>, String> {
+    ) -> Result<Arc<Agent>, AgentError> {
         let agent = Arc::new(Agent {
             config: config.clone(),
             load_options,
@@ -122,14 +168,21 @@ impl Agent {
         }
         agent.apply_config(&config.services, &config.checks)?;
         // Definitions registered over the API before a restart come back as they were sent.
-        for (path, value) in agent.persisted.load(persist::Kind::Service)? {
-            let parsed = definition::service(value, agent.policy())
-                .map_err(|error| format!("{}: {error}", path.display()))?;
+        let restored = |path: PathBuf| move |source| AgentError::Restored { path, source };
+        let services = agent
+            .persisted
+            .load(persist::Kind::Service)
+            .map_err(AgentError::Persist)?;
+        for (path, value) in services {
+            let parsed = definition::service(value, agent.policy()).map_err(restored(path))?;
             agent.add_service(parsed)?;
         }
-        for (path, value) in agent.persisted.load(persist::Kind::Check)? {
-            let parsed = definition::check(value, agent.policy())
-                .map_err(|error| format!("{}: {error}", path.display()))?;
+        let checks = agent
+            .persisted
+            .load(persist::Kind::Check)
+            .map_err(AgentError::Persist)?;
+        for (path, value) in checks {
+            let parsed = definition::check(value, agent.policy()).map_err(restored(path))?;
             agent.add_check(parsed)?;
         }
         agent
@@ -178,7 +231,7 @@ impl Agent {
         self: &Arc<Self>,
         services: &[ServiceDefinition],
         checks: &[CheckDefinition],
-    ) -> Result<(), String> {
+    ) -> Result<(), AgentError> {
         let (old_services, old_checks) = {
             let state = self.state();
             (state.config_services.clone(), state.config_checks.clone())
@@ -238,24 +291,27 @@ impl Agent {
 
     /// Re-reads the config files (SIGHUP, `/v1/agent/reload`, `concord reload`) and applies
     /// their services and checks. Other settings take effect at the next restart.
-    pub fn reload(self: &Arc<Self>) -> Result<(), String> {
+    pub fn reload(self: &Arc<Self>) -> Result<(), AgentError> {
         let loaded = crate::config::load(&self.load_options)?;
         for warning in &loaded.warnings {
             tracing::warn!("{warning}");
         }
-        self.apply_config(&loaded.config.services, &loaded.config.checks)?;
+        self.apply_config(&loaded.config.services, &loaded.config.checks)
+            .map_err(AgentError::internal)?;
         tracing::info!("configuration reloaded");
         Ok(())
     }
 
     /// Registers a service sent over the API and keeps its definition for restarts.
-    pub fn register_service(self: &Arc<Self>, value: Value) -> Result<String, String> {
+    pub fn register_service(self: &Arc<Self>, value: Value) -> Result<String, AgentError> {
         let parsed = definition::service(value.clone(), self.policy())?;
         let id = parsed.service.id.clone();
         let name = parsed.service.name.clone();
         self.add_service(parsed)?;
         self.state().config_services.remove(&id);
-        self.persisted.save(persist::Kind::Service, &id, &value)?;
+        self.persisted
+            .save(persist::Kind::Service, &id, &value)
+            .map_err(AgentError::Persist)?;
         Ok(name)
     }
 
@@ -267,12 +323,14 @@ impl Agent {
     }
 
     /// Registers a check sent over the API and keeps its definition for restarts.
-    pub fn register_check(self: &Arc<Self>, value: Value) -> Result<(), String> {
+    pub fn register_check(self: &Arc<Self>, value: Value) -> Result<(), AgentError> {
         let parsed = definition::check(value.clone(), self.policy())?;
         let id = parsed.id.clone();
         self.add_check(parsed)?;
         self.state().config_checks.remove(&id);
-        self.persisted.save(persist::Kind::Check, &id, &value)
+        self.persisted
+            .save(persist::Kind::Check, &id, &value)
+            .map_err(AgentError::Persist)
     }
 
     /// Deregisters a check (from any source) and forgets its stored definition.
@@ -298,7 +356,10 @@ impl Agent {
     }
 
     /// Adds or replaces a service and the checks defined with it.
-    pub fn add_service(self: &Arc<Self>, mut definition: ServiceDefinition) -> Result<(), String> {
+    pub fn add_service(
+        self: &Arc<Self>,
+        mut definition: ServiceDefinition,
+    ) -> Result<(), AgentError> {
         if let Some(sidecar) = definition.sidecar.take() {
             let sidecar = self.assign_sidecar_port(*sidecar)?;
             self.add_service(sidecar)?;
@@ -336,17 +397,14 @@ impl Agent {
     fn assign_sidecar_port(
         &self,
         mut sidecar: ServiceDefinition,
-    ) -> Result<ServiceDefinition, String> {
+    ) -> Result<ServiceDefinition, AgentError> {
         if sidecar.service.port == 0 {
             let (min, max) = match (
                 self.config.ports.sidecar_min_port,
                 self.config.ports.sidecar_max_port,
             ) {
                 (Some(min), Some(max)) => (min, max),
-                _ => return Err(
-                    "no port provided for sidecar_service and auto-assignment disabled in config"
-                        .into(),
-                ),
+                _ => return Err(AgentError::SidecarPortsDisabled),
             };
             let state = self.state();
             let previous = state
@@ -361,9 +419,7 @@ impl Agent {
                 .collect();
             sidecar.service.port = previous
                 .or_else(|| (min..=max).find(|port| !used.contains(port)))
-                .ok_or_else(|| format!(
-                    "no port provided for sidecar_service and none left in the configured range [{min}, {max}]"
-                ))?;
+                .ok_or(AgentError::SidecarPortsExhausted { min, max })?;
         }
         let address = definition::sidecar_check_address(&sidecar.service);
         for check in &mut sidecar.checks {
@@ -412,7 +468,7 @@ impl Agent {
     }
 
     /// Adds or replaces a check and starts its runner.
-    pub fn add_check(self: &Arc<Self>, definition: CheckDefinition) -> Result<(), String> {
+    pub fn add_check(self: &Arc<Self>, definition: CheckDefinition) -> Result<(), AgentError> {
         let runner = self.tasks.shutdown().child_token();
         let wake = Arc::new(Notify::new());
         {
@@ -420,10 +476,7 @@ impl Agent {
             if !definition.service_id.is_empty()
                 && !state.services.contains_key(&definition.service_id)
             {
-                return Err(format!(
-                    "ServiceID {:?} does not exist",
-                    definition.service_id
-                ));
+                return Err(AgentError::UnknownService(definition.service_id.clone()));
             }
             let ttl_deadline = match definition.kind {
                 CheckKind::Ttl { ttl } => Some(Instant::now() + ttl),
@@ -449,6 +502,17 @@ impl Agent {
         runner::spawn(&self.tasks, self.clone(), definition, runner, wake);
         self.changed();
         Ok(())
+    }
+
+    /// Puts the node (`service_id` empty) or a local service into maintenance: adds its
+    /// critical maintenance check, replacing an earlier one and its reason.
+    pub fn enable_maintenance(
+        self: &Arc<Self>,
+        service_id: &str,
+        reason: &str,
+    ) -> Result<(), AgentError> {
+        self.add_check(maintenance_check(service_id, reason))
+            .map_err(AgentError::internal)
     }
 
     /// Runs the probes of `service_id`'s interval checks now instead of at their next
@@ -479,14 +543,17 @@ impl Agent {
 
     /// Records a TTL check's status from `/v1/agent/check/{pass,warn,fail,update}` and pushes
     /// its deadline out by one TTL.
-    pub fn update_ttl(&self, id: &str, status: HealthStatus, output: &str) -> Result<(), String> {
+    pub fn update_ttl(
+        &self,
+        id: &str,
+        status: HealthStatus,
+        output: &str,
+    ) -> Result<(), AgentError> {
         let mut state = self.state();
-        let check = state
-            .checks
-            .get_mut(id)
-            .ok_or_else(|| format!("CheckID {id:?} does not have associated TTL"))?;
+        let not_ttl = || AgentError::NotTtlCheck(id.to_string());
+        let check = state.checks.get_mut(id).ok_or_else(not_ttl)?;
         let CheckKind::Ttl { ttl } = check.definition.kind else {
-            return Err(format!("CheckID {id:?} does not have associated TTL"));
+            return Err(not_ttl());
         };
         check.ttl_deadline = Some(Instant::now() + ttl);
         check.wake.notify_one();

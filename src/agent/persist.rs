@@ -7,13 +7,13 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-pub struct Persisted {
+pub(super) struct Persisted {
     root: PathBuf,
 }
 
 /// What a definition is: the directory it lives in.
 #[derive(Clone, Copy)]
-pub enum Kind {
+pub(super) enum Kind {
     Service,
     Check,
     /// The last status of a TTL check, so a restart does not reset it (as in Consul).
@@ -37,7 +37,7 @@ fn file_name(id: &str) -> String {
 }
 
 impl Persisted {
-    pub fn new(data_dir: &Path) -> Persisted {
+    pub(super) fn new(data_dir: &Path) -> Persisted {
         Persisted {
             root: data_dir.join("agent"),
         }
@@ -47,7 +47,7 @@ impl Persisted {
         self.root.join(kind.dir()).join(file_name(id))
     }
 
-    pub fn save(&self, kind: Kind, id: &str, definition: &Value) -> Result<(), String> {
+    pub(super) fn save(&self, kind: Kind, id: &str, definition: &Value) -> Result<(), String> {
         let path = self.path(kind, id);
         let write = || -> std::io::Result<()> {
             let dir = self.root.join(kind.dir());
@@ -63,12 +63,12 @@ impl Persisted {
     }
 
     /// One stored record, if present and readable.
-    pub fn read(&self, kind: Kind, id: &str) -> Option<Value> {
+    pub(super) fn read(&self, kind: Kind, id: &str) -> Option<Value> {
         let bytes = std::fs::read(self.path(kind, id)).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
 
-    pub fn remove(&self, kind: Kind, id: &str) {
+    pub(super) fn remove(&self, kind: Kind, id: &str) {
         let path = self.path(kind, id);
         if let Err(error) = std::fs::remove_file(&path) {
             if error.kind() != std::io::ErrorKind::NotFound {
@@ -79,7 +79,7 @@ impl Persisted {
 
     /// Every stored definition of `kind`, with the file it came from; a file that does not
     /// parse is an error naming it.
-    pub fn load(&self, kind: Kind) -> Result<Vec<(PathBuf, Value)>, String> {
+    pub(super) fn load(&self, kind: Kind) -> Result<Vec<(PathBuf, Value)>, String> {
         let dir = self.root.join(kind.dir());
         let entries = match std::fs::read_dir(&dir) {
             Ok(entries) => entries,

@@ -17,7 +17,8 @@ use rand::Rng;
 use super::Agent;
 use crate::rpc::RpcError;
 use crate::types::{
-    Check, Command, CommandResult, DeregisterRequest, Node, RaftIndexes, RegisterRequest, Service,
+    ApplyError, Check, Command, CommandResult, DeregisterRequest, Node, RaftIndexes,
+    RegisterRequest, Service,
 };
 
 /// How often, at most, critical services are checked for `deregister_critical_service_after`
@@ -32,6 +33,16 @@ const RETRY_MAX: Duration = Duration::from_secs(15);
 /// When each check's output was last written to the catalog, to rate-limit output-only
 /// changes (Consul's `check_update_interval`).
 type OutputSynced = HashMap<String, Instant>;
+
+/// Why a pass failed: the write did not commit, or the catalog refused it. Either way the pass
+/// is logged and retried, so nothing branches on which.
+#[derive(Debug, thiserror::Error)]
+enum SyncError {
+    #[error(transparent)]
+    Rpc(#[from] RpcError),
+    #[error("the catalog refused the write: {0}")]
+    Refused(#[from] ApplyError),
+}
 
 pub async fn run(agent: Arc<Agent>) {
     let mut retry = RETRY_MIN;
@@ -73,14 +84,14 @@ fn without_indexes<T: Clone>(value: &T, clear: fn(&mut T)) -> T {
     copy
 }
 
-async fn write(agent: &Agent, command: Command) -> Result<(), RpcError> {
+async fn write(agent: &Agent, command: Command) -> Result<(), SyncError> {
     match agent.cluster.write(command).await? {
-        (_, CommandResult::Catalog(Err(message))) => Err(RpcError::Raft(message)),
+        (_, CommandResult::Catalog(Err(error))) => Err(error.into()),
         _ => Ok(()),
     }
 }
 
-async fn sync_once(agent: &Agent, output_synced: &mut OutputSynced) -> Result<(), RpcError> {
+async fn sync_once(agent: &Agent, output_synced: &mut OutputSynced) -> Result<(), SyncError> {
     let node = node_record(agent);
     let name = node.name.clone();
     let (local_services, local_checks) = agent.services_and_checks();

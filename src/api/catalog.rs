@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use super::decode::DecodeError;
 use crate::types::{
     Check, DeregisterRequest, HealthStatus, Node, RaftIndexes, RegisterRequest, Service,
     ServiceAddress, Weights,
@@ -262,15 +263,20 @@ pub struct RegisterContext<'a> {
 
 impl RegisterIn {
     /// Validates and converts; errors are Consul's 400 messages.
-    pub fn into_request(self, context: &RegisterContext) -> Result<RegisterRequest, String> {
+    pub fn into_request(self, context: &RegisterContext) -> Result<RegisterRequest, DecodeError> {
         if self.node.is_empty() {
-            return Err("Must provide node".into());
+            return Err(DecodeError::new("Must provide node"));
         }
         if self.address.is_empty() && !self.skip_node_update {
-            return Err("Must provide address if SkipNodeUpdate is not set".into());
+            return Err(DecodeError::new(
+                "Must provide address if SkipNodeUpdate is not set",
+            ));
         }
         if !self.datacenter.is_empty() && self.datacenter != context.datacenter {
-            return Err(format!("No path to datacenter {:?}", self.datacenter));
+            return Err(DecodeError::new(format!(
+                "No path to datacenter {:?}",
+                self.datacenter
+            )));
         }
         let service = self.service.map(ServiceIn::into_service).transpose()?;
         let mut checks = Vec::new();
@@ -295,13 +301,15 @@ impl RegisterIn {
 }
 
 impl ServiceIn {
-    fn into_service(self) -> Result<Service, String> {
+    fn into_service(self) -> Result<Service, DecodeError> {
         if self.service.is_empty() {
-            return Err("Must provide service name (Service.Service) with Service".into());
+            return Err(DecodeError::new(
+                "Must provide service name (Service.Service) with Service",
+            ));
         }
         let weights = match self.weights {
             Some(weights) if weights.passing == 0 => {
-                return Err("Passing must be greater than 0".into())
+                return Err(DecodeError::new("Passing must be greater than 0"))
             }
             Some(weights) => Weights {
                 passing: weights.passing,
@@ -344,22 +352,24 @@ impl ServiceIn {
 }
 
 impl CheckIn {
-    fn into_check(self, node: &str) -> Result<Check, String> {
+    fn into_check(self, node: &str) -> Result<Check, DecodeError> {
         if !self.node.is_empty() && self.node != node {
-            return Err(format!(
+            return Err(DecodeError::new(format!(
                 "Check node {:?} does not match registration node {node:?}",
                 self.node
-            ));
+            )));
         }
         if self.name.is_empty() && self.check_id.is_empty() {
-            return Err("Must provide a check Name or CheckID".into());
+            return Err(DecodeError::new("Must provide a check Name or CheckID"));
         }
         let status = if self.status.is_empty() {
             HealthStatus::Critical
         } else {
             HealthStatus::parse(&self.status)
                 .filter(|status| *status != HealthStatus::Maintenance)
-                .ok_or_else(|| format!("Invalid check status {:?}", self.status))?
+                .ok_or_else(|| {
+                    DecodeError::new(format!("Invalid check status {:?}", self.status))
+                })?
         };
         Ok(Check {
             node: node.to_string(),
@@ -399,12 +409,15 @@ pub struct DeregisterIn {
 }
 
 impl DeregisterIn {
-    pub fn into_request(self, context: &RegisterContext) -> Result<DeregisterRequest, String> {
+    pub fn into_request(self, context: &RegisterContext) -> Result<DeregisterRequest, DecodeError> {
         if self.node.is_empty() {
-            return Err("Must provide node".into());
+            return Err(DecodeError::new("Must provide node"));
         }
         if !self.datacenter.is_empty() && self.datacenter != context.datacenter {
-            return Err(format!("No path to datacenter {:?}", self.datacenter));
+            return Err(DecodeError::new(format!(
+                "No path to datacenter {:?}",
+                self.datacenter
+            )));
         }
         Ok(DeregisterRequest {
             node: self.node,

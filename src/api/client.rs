@@ -7,6 +7,12 @@ use hyper::{HeaderMap, Method, Request, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+/// Why a request to the agent failed: the address, the connection, or a non-2xx answer,
+/// with the text the CLI prints. The CLI only reports it, so it is one kind.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ClientError(String);
+
 pub struct Client {
     /// `http://host:port`, without a trailing slash.
     base: String,
@@ -26,16 +32,16 @@ impl Response {
     }
 
     /// The body as JSON, or an error carrying the agent's own message for non-2xx answers.
-    pub fn json(&self) -> Result<serde_json::Value, String> {
+    pub fn json(&self) -> Result<serde_json::Value, ClientError> {
         if !self.status.is_success() {
-            return Err(format!(
+            return Err(ClientError(format!(
                 "Unexpected response code: {} ({})",
                 self.status.as_u16(),
                 self.text()
-            ));
+            )));
         }
         serde_json::from_slice(&self.body)
-            .map_err(|error| format!("invalid JSON from agent: {error}"))
+            .map_err(|error| ClientError(format!("invalid JSON from agent: {error}")))
     }
 
     pub fn index(&self) -> u64 {
@@ -48,15 +54,17 @@ impl Response {
 }
 
 /// Normalises `127.0.0.1:8500`, `http://host:port` or `host:port/` to `http://host:port`.
-pub fn normalize_address(address: &str) -> Result<String, String> {
+pub fn normalize_address(address: &str) -> Result<String, ClientError> {
     let address = address.trim().trim_end_matches('/');
     if let Some(rest) = address.strip_prefix("https://") {
-        return Err(format!(
+        return Err(ClientError(format!(
             "https://{rest}: HTTPS to the agent is not supported yet; use http://"
-        ));
+        )));
     }
     if address.starts_with("unix://") {
-        return Err(format!("{address}: unix sockets are not supported yet"));
+        return Err(ClientError(format!(
+            "{address}: unix sockets are not supported yet"
+        )));
     }
     let with_scheme = if address.starts_with("http://") {
         address.to_string()
@@ -65,13 +73,13 @@ pub fn normalize_address(address: &str) -> Result<String, String> {
     };
     with_scheme
         .parse::<hyper::Uri>()
-        .map_err(|error| format!("invalid HTTP address {address:?}: {error}"))?;
+        .map_err(|error| ClientError(format!("invalid HTTP address {address:?}: {error}")))?;
     Ok(with_scheme)
 }
 
 impl Client {
     /// Builds a client from the `-http-addr` flag, else `CONSUL_HTTP_ADDR`, else the default.
-    pub fn from_flags(http_addr: Option<&str>, token: Option<&str>) -> Result<Client, String> {
+    pub fn from_flags(http_addr: Option<&str>, token: Option<&str>) -> Result<Client, ClientError> {
         let address = http_addr
             .map(str::to_string)
             .or_else(|| std::env::var("CONSUL_HTTP_ADDR").ok())
@@ -96,7 +104,7 @@ impl Client {
         method: Method,
         path_and_query: &str,
         body: Option<Vec<u8>>,
-    ) -> Result<Response, String> {
+    ) -> Result<Response, ClientError> {
         let uri = format!("{}{}", self.base, path_and_query);
         let mut builder = Request::builder().method(method).uri(&uri);
         if let Some(token) = &self.token {
@@ -104,18 +112,23 @@ impl Client {
         }
         let request = builder
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|error| format!("invalid request to {uri}: {error}"))?;
+            .map_err(|error| ClientError(format!("invalid request to {uri}: {error}")))?;
         let response = self.inner.request(request).await.map_err(|error| {
-            format!(
+            ClientError(format!(
                 "Error querying agent at {}: {error} (is the agent running?)",
                 self.base
-            )
+            ))
         })?;
         let (parts, body) = response.into_parts();
         let body = body
             .collect()
             .await
-            .map_err(|error| format!("Error reading response from {}: {error}", self.base))?
+            .map_err(|error| {
+                ClientError(format!(
+                    "Error reading response from {}: {error}",
+                    self.base
+                ))
+            })?
             .to_bytes();
         Ok(Response {
             status: parts.status,
@@ -130,7 +143,7 @@ impl Client {
         &self,
         path_and_query: &str,
         mut on_chunk: impl FnMut(&[u8]),
-    ) -> Result<(), String> {
+    ) -> Result<(), ClientError> {
         let uri = format!("{}{}", self.base, path_and_query);
         let mut builder = Request::builder().method(Method::GET).uri(&uri);
         if let Some(token) = &self.token {
@@ -138,12 +151,12 @@ impl Client {
         }
         let request = builder
             .body(Full::new(Bytes::new()))
-            .map_err(|error| format!("invalid request to {uri}: {error}"))?;
+            .map_err(|error| ClientError(format!("invalid request to {uri}: {error}")))?;
         let response = self.inner.request(request).await.map_err(|error| {
-            format!(
+            ClientError(format!(
                 "Error querying agent at {}: {error} (is the agent running?)",
                 self.base
-            )
+            ))
         })?;
         let status = response.status();
         let mut body = response.into_body();
@@ -153,15 +166,16 @@ impl Client {
                 .await
                 .map(|b| b.to_bytes())
                 .unwrap_or_default();
-            return Err(format!(
+            return Err(ClientError(format!(
                 "Error: {} ({})",
                 status.as_u16(),
                 String::from_utf8_lossy(&text).trim_end()
-            ));
+            )));
         }
         while let Some(frame) = body.frame().await {
-            let frame =
-                frame.map_err(|error| format!("Error reading from {}: {error}", self.base))?;
+            let frame = frame.map_err(|error| {
+                ClientError(format!("Error reading from {}: {error}", self.base))
+            })?;
             if let Some(data) = frame.data_ref() {
                 on_chunk(data);
             }
@@ -169,15 +183,15 @@ impl Client {
         Ok(())
     }
 
-    pub async fn get(&self, path_and_query: &str) -> Result<Response, String> {
+    pub async fn get(&self, path_and_query: &str) -> Result<Response, ClientError> {
         self.request(Method::GET, path_and_query, None).await
     }
 
-    pub async fn put(&self, path_and_query: &str, body: Vec<u8>) -> Result<Response, String> {
+    pub async fn put(&self, path_and_query: &str, body: Vec<u8>) -> Result<Response, ClientError> {
         self.request(Method::PUT, path_and_query, Some(body)).await
     }
 
-    pub async fn delete(&self, path_and_query: &str) -> Result<Response, String> {
+    pub async fn delete(&self, path_and_query: &str) -> Result<Response, ClientError> {
         self.request(Method::DELETE, path_and_query, None).await
     }
 }

@@ -138,12 +138,31 @@ fn keep_keys(value: Value) -> Value {
     }
 }
 
+/// Why a wire shape could not be decoded into a domain value: a body that is not JSON of the
+/// right shape, or a field breaking one of Consul's rules. The message is Consul's and names
+/// the field; the client sent it, so the HTTP edge answers 400 (config loading reports it
+/// naming the file). Callers only report it, so it is one kind.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DecodeError(String);
+
+impl DecodeError {
+    pub(crate) fn new(message: impl Into<String>) -> DecodeError {
+        DecodeError(message.into())
+    }
+
+    /// The same error located inside a larger request: `"<place>: <message>"`.
+    pub fn within(self, place: impl std::fmt::Display) -> DecodeError {
+        DecodeError(format!("{place}: {}", self.0))
+    }
+}
+
 /// Parses a JSON request body with Consul's field-name leniency.
-pub fn from_slice<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    let value: Value =
-        serde_json::from_slice(bytes).map_err(|error| format!("Request decode failed: {error}"))?;
+pub fn from_slice<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|error| DecodeError(format!("Request decode failed: {error}")))?;
     serde_json::from_value(canonicalize(value))
-        .map_err(|error| format!("Request decode failed: {error}"))
+        .map_err(|error| DecodeError(format!("Request decode failed: {error}")))
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::catalog::{ServiceAddressIn, WeightsIn};
-use super::decode::canonicalize;
+use super::decode::{canonicalize, DecodeError};
 use crate::types::agent::{CheckDefinition, CheckKind, ServiceDefinition};
 use crate::types::connect::{ServiceProxy, Upstream};
 use crate::types::duration::parse_go_duration;
@@ -89,19 +89,21 @@ fn json_text(value: Option<Value>) -> String {
         .unwrap_or_default()
 }
 
-fn proxy(input: ProxyIn) -> Result<ServiceProxy, String> {
+fn proxy(input: ProxyIn) -> Result<ServiceProxy, DecodeError> {
     let mut upstreams = Vec::with_capacity(input.upstreams.len());
     for (i, upstream) in input.upstreams.into_iter().enumerate() {
         if upstream.destination_name.is_empty() {
-            return Err(format!("Proxy.Upstreams[{i}]: DestinationName is required"));
+            return Err(DecodeError::new(format!(
+                "Proxy.Upstreams[{i}]: DestinationName is required"
+            )));
         }
         let kind = match upstream.destination_type.as_str() {
             "" | "service" => "service",
             "prepared_query" => "prepared_query",
             other => {
-                return Err(format!(
+                return Err(DecodeError::new(format!(
                 "Proxy.Upstreams[{i}]: DestinationType {other:?} must be service or prepared_query"
-            ))
+            )))
             }
         };
         upstreams.push(Upstream {
@@ -132,20 +134,22 @@ fn sidecar(
     value: Value,
     parent: &Service,
     policy: DefinitionPolicy,
-) -> Result<ServiceDefinition, String> {
+) -> Result<ServiceDefinition, DecodeError> {
     let mut value = canonicalize(value);
     let object = value
         .as_object_mut()
-        .ok_or("Connect.SidecarService must be an object")?;
+        .ok_or_else(|| DecodeError::new("Connect.SidecarService must be an object"))?;
     if object.contains_key("Connect") {
-        return Err("Connect.SidecarService cannot itself have a Connect block".into());
+        return Err(DecodeError::new(
+            "Connect.SidecarService cannot itself have a Connect block",
+        ));
     }
     let name = format!("{}-sidecar-proxy", parent.name);
     object
         .entry("Name")
         .or_insert_with(|| Value::String(name.clone()));
     let mut definition =
-        service(value, policy).map_err(|error| format!("Connect.SidecarService: {error}"))?;
+        service(value, policy).map_err(|error| error.within("Connect.SidecarService"))?;
     let id = format!("{}-sidecar-proxy", parent.id);
     let proxy_service = &mut definition.service;
     proxy_service.id = id.clone();
@@ -263,21 +267,21 @@ struct CheckIn {
     output_max_size: usize,
 }
 
-fn duration(field: &str, text: &str) -> Result<Option<Duration>, String> {
+fn duration(field: &str, text: &str) -> Result<Option<Duration>, DecodeError> {
     if text.is_empty() {
         return Ok(None);
     }
     parse_go_duration(text)
         .map(Some)
-        .map_err(|error| format!("Invalid {field} {text:?}: {error}"))
+        .map_err(|error| DecodeError::new(format!("Invalid {field} {text:?}: {error}")))
 }
 
 /// Parses one service definition (a JSON object in any of Consul's spellings).
-pub fn service(value: Value, policy: DefinitionPolicy) -> Result<ServiceDefinition, String> {
+pub fn service(value: Value, policy: DefinitionPolicy) -> Result<ServiceDefinition, DecodeError> {
     let input: ServiceIn = serde_json::from_value(canonicalize(value))
-        .map_err(|error| format!("Invalid service definition: {error}"))?;
+        .map_err(|error| DecodeError::new(format!("Invalid service definition: {error}")))?;
     if input.name.is_empty() {
-        return Err("Missing service name".into());
+        return Err(DecodeError::new("Missing service name"));
     }
     let id = if input.id.is_empty() {
         input.name.clone()
@@ -286,7 +290,9 @@ pub fn service(value: Value, policy: DefinitionPolicy) -> Result<ServiceDefiniti
     };
     let weights = match input.weights {
         Some(weights) if weights.passing == 0 => {
-            return Err("Invalid Weights: Passing must be greater than 0".into())
+            return Err(DecodeError::new(
+                "Invalid Weights: Passing must be greater than 0",
+            ))
         }
         Some(weights) => Weights {
             passing: weights.passing,
@@ -325,7 +331,9 @@ pub fn service(value: Value, policy: DefinitionPolicy) -> Result<ServiceDefiniti
             .as_ref()
             .is_none_or(|proxy| proxy.destination_service_name.is_empty())
     {
-        return Err("Proxy.DestinationServiceName must be set for a connect-proxy service".into());
+        return Err(DecodeError::new(
+            "Proxy.DestinationServiceName must be set for a connect-proxy service",
+        ));
     }
     let inputs: Vec<CheckIn> = input.check.into_iter().chain(input.checks).collect();
     let count = inputs.len();
@@ -357,18 +365,21 @@ pub fn service(value: Value, policy: DefinitionPolicy) -> Result<ServiceDefiniti
 }
 
 /// Parses one check definition.
-pub fn check(value: Value, policy: DefinitionPolicy) -> Result<CheckDefinition, String> {
+pub fn check(value: Value, policy: DefinitionPolicy) -> Result<CheckDefinition, DecodeError> {
     let input: CheckIn = serde_json::from_value(canonicalize(value))
-        .map_err(|error| format!("Invalid check definition: {error}"))?;
+        .map_err(|error| DecodeError::new(format!("Invalid check definition: {error}")))?;
     check_definition(input, policy)
 }
 
-fn check_definition(input: CheckIn, policy: DefinitionPolicy) -> Result<CheckDefinition, String> {
+fn check_definition(
+    input: CheckIn,
+    policy: DefinitionPolicy,
+) -> Result<CheckDefinition, DecodeError> {
     let id = [&input.check_id, &input.id, &input.name]
         .into_iter()
         .find(|text| !text.is_empty())
         .cloned()
-        .ok_or("Missing check name")?;
+        .ok_or_else(|| DecodeError::new("Missing check name"))?;
     let name = if input.name.is_empty() {
         id.clone()
     } else {
@@ -376,9 +387,9 @@ fn check_definition(input: CheckIn, policy: DefinitionPolicy) -> Result<CheckDef
     };
     for (field, value) in [("GRPC", &input.grpc), ("H2PING", &input.h2ping)] {
         if !value.is_empty() {
-            return Err(format!(
+            return Err(DecodeError::new(format!(
                 "Invalid check {id:?}: {field} checks are not supported by this release yet"
-            ));
+            )));
         }
     }
     let args = if input.args.is_empty() {
@@ -425,10 +436,10 @@ fn check_definition(input: CheckIn, policy: DefinitionPolicy) -> Result<CheckDef
     }
     if !args.is_empty() {
         if !policy.enable_script_checks {
-            return Err(format!(
+            return Err(DecodeError::new(format!(
                 "Invalid check {id:?}: Scripts are disabled on this agent; to enable, configure \
                  'enable_script_checks' to true"
-            ));
+            )));
         }
         kinds.push(CheckKind::Script { args });
     }
@@ -444,14 +455,14 @@ fn check_definition(input: CheckIn, policy: DefinitionPolicy) -> Result<CheckDef
     let kind = match kinds.len() {
         1 => kinds.remove(0),
         0 => {
-            return Err(format!(
+            return Err(DecodeError::new(format!(
                 "Invalid check {id:?}: must define one of HTTP, TCP, UDP, Args, TTL or Alias"
-            ))
+            )))
         }
         _ => {
-            return Err(format!(
+            return Err(DecodeError::new(format!(
                 "Invalid check {id:?}: define only one of HTTP, TCP, UDP, Args, TTL or Alias"
-            ))
+            )))
         }
     };
     let interval = match (&kind, interval) {
@@ -460,9 +471,9 @@ fn check_definition(input: CheckIn, policy: DefinitionPolicy) -> Result<CheckDef
         }
         (_, Some(interval)) if !interval.is_zero() => interval.max(MIN_INTERVAL),
         _ => {
-            return Err(format!(
+            return Err(DecodeError::new(format!(
                 "Invalid check {id:?}: Interval must be > 0 for HTTP, TCP, UDP and script checks"
-            ))
+            )))
         }
     };
     let default_timeout = match kind {
@@ -473,7 +484,11 @@ fn check_definition(input: CheckIn, policy: DefinitionPolicy) -> Result<CheckDef
         "" => HealthStatus::Critical,
         text => HealthStatus::parse(text)
             .filter(|status| *status != HealthStatus::Maintenance)
-            .ok_or_else(|| format!("Invalid check {id:?}: Status {text:?} is not valid"))?,
+            .ok_or_else(|| {
+                DecodeError::new(format!(
+                    "Invalid check {id:?}: Status {text:?} is not valid"
+                ))
+            })?,
     };
     Ok(CheckDefinition {
         id,
@@ -590,10 +605,13 @@ mod tests {
         for (input, expected) in cases {
             let error = check(input.clone(), DefinitionPolicy::default())
                 .err()
-                .unwrap_or_else(|| panic!("{input} parsed"));
+                .unwrap_or_else(|| panic!("{input} parsed"))
+                .to_string();
             assert!(error.contains(expected), "{input}: {error}");
         }
-        let error = service(json!({"port": 80}), DefinitionPolicy::default()).unwrap_err();
+        let error = service(json!({"port": 80}), DefinitionPolicy::default())
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("service name"), "{error}");
     }
 }

@@ -4,6 +4,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::decode::DecodeError;
 use crate::types::{KvEntry, KvOp, TxnError, TxnResult};
 
 fn base64_engine() -> base64::engine::GeneralPurpose {
@@ -71,17 +72,23 @@ pub struct TxnKvIn {
 
 impl TxnKvIn {
     /// Converts to a domain op; the error is Consul's message for the operation.
-    pub fn into_op(self) -> Result<KvOp, String> {
+    pub fn into_op(self) -> Result<KvOp, DecodeError> {
         let value = match &self.value {
             Some(text) => base64_engine().decode(text).map_err(|error| {
-                format!("failed to decode base64 value of {:?}: {error}", self.key)
+                DecodeError::new(format!(
+                    "failed to decode base64 value of {:?}: {error}",
+                    self.key
+                ))
             })?,
             None => Vec::new(),
         };
         let key = self.key;
         let needs_key = self.verb != "get-tree" && self.verb != "delete-tree";
         if needs_key && key.is_empty() {
-            return Err(format!("missing key for verb {:?}", self.verb));
+            return Err(DecodeError::new(format!(
+                "missing key for verb {:?}",
+                self.verb
+            )));
         }
         Ok(match self.verb.as_str() {
             "set" => KvOp::Set {
@@ -110,7 +117,10 @@ impl TxnKvIn {
                 index: self.index,
             },
             "lock" | "unlock" | "check-session" if self.session.is_empty() => {
-                return Err(format!("verb {:?} needs a Session", self.verb))
+                return Err(DecodeError::new(format!(
+                    "verb {:?} needs a Session",
+                    self.verb
+                )))
             }
             "lock" => KvOp::Lock {
                 key,
@@ -128,7 +138,7 @@ impl TxnKvIn {
                 key,
                 session: self.session,
             },
-            other => return Err(format!("unknown KV verb {other:?}")),
+            other => return Err(DecodeError::new(format!("unknown KV verb {other:?}"))),
         })
     }
 }
@@ -161,10 +171,10 @@ pub struct ExportEntry {
     pub value: String,
 }
 
-pub fn decode_base64(text: &str) -> Result<Vec<u8>, String> {
+pub fn decode_base64(text: &str) -> Result<Vec<u8>, DecodeError> {
     base64_engine()
         .decode(text)
-        .map_err(|error| format!("invalid base64: {error}"))
+        .map_err(|error| DecodeError::new(format!("invalid base64: {error}")))
 }
 
 pub fn encode_base64(bytes: &[u8]) -> String {

@@ -15,6 +15,8 @@ pub mod filter;
 pub mod kv;
 pub mod session;
 
+pub use decode::DecodeError;
+
 /// The Consul release whose HTTP API this build matches; what `/v1/agent/version` and
 /// `/v1/agent/self` report, since clients compare it.
 pub const CONSUL_COMPAT_VERSION: &str = "1.21.0";

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::decode::canonicalize;
+use super::decode::{canonicalize, DecodeError};
 use crate::types::duration::{format_go_duration, parse_go_duration};
 use crate::types::session::{Session, SessionBehavior};
 use crate::types::RaftIndexes;
@@ -71,48 +71,56 @@ struct SessionIn {
     ttl: String,
 }
 
-fn lock_delay(value: &Value) -> Result<Duration, String> {
+fn lock_delay(value: &Value) -> Result<Duration, DecodeError> {
     match value {
         Value::Null => Ok(DEFAULT_LOCK_DELAY),
-        Value::String(text) => parse_go_duration(text)
-            .map_err(|error| format!("Request decode failed: LockDelay: {error}")),
+        Value::String(text) => parse_go_duration(text).map_err(|error| {
+            DecodeError::new(format!("Request decode failed: LockDelay: {error}"))
+        }),
         Value::Number(number) => {
-            let number = number
-                .as_u64()
-                .ok_or("Request decode failed: LockDelay must be a non-negative integer")?;
+            let number = number.as_u64().ok_or_else(|| {
+                DecodeError::new("Request decode failed: LockDelay must be a non-negative integer")
+            })?;
             Ok(if number < LOCK_DELAY_SECONDS_BELOW {
                 Duration::from_secs(number)
             } else {
                 Duration::from_nanos(number)
             })
         }
-        _ => Err("Request decode failed: LockDelay must be a duration".into()),
+        _ => Err(DecodeError::new(
+            "Request decode failed: LockDelay must be a duration",
+        )),
     }
 }
 
 /// Parses a create body; `id` and `agent_node` are filled in by the caller.
-pub fn create_request(body: Value, id: String, agent_node: &str) -> Result<Session, String> {
+pub fn create_request(body: Value, id: String, agent_node: &str) -> Result<Session, DecodeError> {
     let input: SessionIn = serde_json::from_value(canonicalize(body))
-        .map_err(|error| format!("Request decode failed: {error}"))?;
+        .map_err(|error| DecodeError::new(format!("Request decode failed: {error}")))?;
     let behavior = match input.behavior.as_str() {
         "" | "release" => SessionBehavior::Release,
         "delete" => SessionBehavior::Delete,
-        other => return Err(format!("Invalid Behavior setting '{other}'")),
+        other => {
+            return Err(DecodeError::new(format!(
+                "Invalid Behavior setting '{other}'"
+            )))
+        }
     };
     let ttl = match input.ttl.as_str() {
         "" => None,
         text => {
-            let ttl = parse_go_duration(text)
-                .map_err(|error| format!("Request decode failed: TTL: {error}"))?;
+            let ttl = parse_go_duration(text).map_err(|error| {
+                DecodeError::new(format!("Request decode failed: TTL: {error}"))
+            })?;
             if ttl.is_zero() {
                 None
             } else if !(TTL_MIN..=TTL_MAX).contains(&ttl) {
-                return Err(format!(
+                return Err(DecodeError::new(format!(
                     "Invalid Session TTL '{}', must be between [{}={}]",
                     ttl.as_nanos(),
                     format_go_duration(TTL_MIN),
                     format_go_duration(TTL_MAX)
-                ));
+                )));
             } else {
                 Some(ttl)
             }
@@ -182,7 +190,9 @@ mod tests {
             (json!({"Behavior": "explode"}), "Invalid Behavior"),
             (json!({"LockDelay": "later"}), "LockDelay"),
         ] {
-            let error = create_request(body.clone(), "id".into(), "n").unwrap_err();
+            let error = create_request(body.clone(), "id".into(), "n")
+                .unwrap_err()
+                .to_string();
             assert!(error.contains(message), "{body}: {error}");
         }
     }

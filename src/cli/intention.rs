@@ -188,7 +188,9 @@ async fn check(matches: &ArgMatches) -> CommandResult {
             unexpected(&response)
         ));
     }
-    let allowed = response.json().unwrap_or_else(|error| fail(error))["Allowed"]
+    let allowed = response
+        .json()
+        .unwrap_or_else(|error| fail(error.to_string()))["Allowed"]
         .as_bool()
         .unwrap_or(false);
     if allowed {
@@ -230,7 +232,7 @@ async fn fetch(client: &Client, matches: &ArgMatches) -> Result<Value, String> {
             unexpected(&response)
         ));
     }
-    response.json()
+    Ok(response.json()?)
 }
 
 async fn get(matches: &ArgMatches) -> CommandResult {

@@ -373,7 +373,7 @@ async fn renew_forever(lock: &Lock) -> String {
         match lock.client.put(&path, Vec::new()).await {
             Ok(response) if response.status.is_success() => {}
             Ok(response) => return format!("session renewal failed: {}", response.text()),
-            Err(error) => return error,
+            Err(error) => return error.to_string(),
         }
     }
 }

@@ -25,6 +25,26 @@ use goflags::{get_bool, get_str, value};
 /// What a client command returns: `Ok(())`, or the message to print before exiting 1.
 pub type CommandResult = Result<(), String>;
 
+// The CLI is an edge: what it does with any error is print its text and exit. These let `?`
+// carry the library's typed errors into a `CommandResult` as that text.
+impl From<crate::api::client::ClientError> for String {
+    fn from(error: crate::api::client::ClientError) -> String {
+        error.to_string()
+    }
+}
+
+impl From<crate::api::DecodeError> for String {
+    fn from(error: crate::api::DecodeError) -> String {
+        error.to_string()
+    }
+}
+
+impl From<crate::config::ConfigError> for String {
+    fn from(error: crate::config::ConfigError) -> String {
+        error.to_string()
+    }
+}
+
 /// The flags every HTTP client command accepts.
 fn with_http_flags(command: Command) -> Command {
     command
@@ -44,7 +64,10 @@ fn with_http_flags(command: Command) -> Command {
 }
 
 fn client(matches: &ArgMatches) -> Result<Client, String> {
-    Client::from_flags(get_str(matches, "http-addr"), get_str(matches, "token"))
+    Ok(Client::from_flags(
+        get_str(matches, "http-addr"),
+        get_str(matches, "token"),
+    )?)
 }
 
 /// Query parameters implied by the shared flags, starting with `&`.
@@ -309,7 +332,7 @@ async fn monitor(matches: &ArgMatches) -> CommandResult {
         result = client.stream(&path, |chunk| {
             let _ = stdout.write_all(chunk);
             let _ = stdout.flush();
-        }) => result,
+        }) => Ok(result?),
         _ = tokio::signal::ctrl_c() => Ok(()),
     }
 }

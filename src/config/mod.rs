@@ -19,6 +19,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::api::definition::{self, DefinitionPolicy};
+use crate::api::DecodeError;
 use crate::types::agent::{CheckDefinition, ServiceDefinition};
 use crate::types::duration::parse_go_duration;
 use raw::RawConfig;
@@ -174,6 +175,20 @@ fn dev_defaults() -> Value {
 /// Config keys holding service and check definitions.
 const DEFINITION_KEYS: [&str; 4] = ["service", "services", "check", "checks"];
 
+/// Why the configuration could not be loaded: a source that cannot be read or parsed, a value
+/// of the wrong type, or an invalid setting or definition. The message names the source (file,
+/// fragment or flags) and the key. Callers only report it (the agent refuses to start, a
+/// reload fails), so it is one kind.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+impl ConfigError {
+    fn new(message: impl Into<String>) -> ConfigError {
+        ConfigError(message.into())
+    }
+}
+
 /// A loaded configuration and the warnings to log once logging is up.
 pub struct Loaded {
     pub config: RuntimeConfig,
@@ -181,7 +196,7 @@ pub struct Loaded {
 }
 
 /// Loads, merges and validates every source.
-pub fn load(options: &LoadOptions) -> Result<Loaded, String> {
+pub fn load(options: &LoadOptions) -> Result<Loaded, ConfigError> {
     let forced = options.format.as_deref().map(Format::parse).transpose()?;
     let mut sources = Vec::new();
     if options.dev {
@@ -233,7 +248,7 @@ pub fn load(options: &LoadOptions) -> Result<Loaded, String> {
         serde_ignored::deserialize::<_, _, RawConfig>(&source.value, |path| {
             unknown.push(path.to_string())
         })
-        .map_err(|error| format!("{}: {error}", source.name))?;
+        .map_err(|error| ConfigError::new(format!("{}: {error}", source.name)))?;
         warnings.extend(
             unknown
                 .into_iter()
@@ -241,14 +256,17 @@ pub fn load(options: &LoadOptions) -> Result<Loaded, String> {
         );
         sources::merge(&mut merged, source.value);
     }
-    let raw: RawConfig = serde_json::from_value(merged).map_err(|error| error.to_string())?;
-    let mut config = build(raw)?;
+    let raw: RawConfig =
+        serde_json::from_value(merged).map_err(|error| ConfigError::new(error.to_string()))?;
+    let mut config = build(raw).map_err(ConfigError::new)?;
     let policy = DefinitionPolicy {
         enable_script_checks: config.enable_script_checks,
     };
     for (source, key, value) in definitions {
         for (position, item) in definition::one_or_many(value).into_iter().enumerate() {
-            let located = |error: String| format!("{source}: {key}[{position}]: {error}");
+            let located = |error: DecodeError| {
+                ConfigError::new(format!("{source}: {key}[{position}]: {error}"))
+            };
             match key {
                 "service" | "services" => config
                     .services

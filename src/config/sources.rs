@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
+use super::ConfigError;
+
 /// The format of one config source.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -14,13 +16,13 @@ pub enum Format {
 }
 
 impl Format {
-    pub fn parse(name: &str) -> Result<Format, String> {
+    pub fn parse(name: &str) -> Result<Format, ConfigError> {
         match name {
             "json" => Ok(Format::Json),
             "hcl" => Ok(Format::Hcl),
-            other => Err(format!(
+            other => Err(ConfigError::new(format!(
                 "invalid config format {other:?}: must be json or hcl"
-            )),
+            ))),
         }
     }
 
@@ -39,13 +41,18 @@ pub struct Source {
     pub value: Value,
 }
 
-pub fn parse_text(name: &str, text: &str, format: Format) -> Result<Source, String> {
+pub fn parse_text(name: &str, text: &str, format: Format) -> Result<Source, ConfigError> {
     let value: Value = match format {
-        Format::Json => serde_json::from_str(text).map_err(|error| format!("{name}: {error}"))?,
-        Format::Hcl => hcl::from_str(text).map_err(|error| format!("{name}: {error}"))?,
+        Format::Json => serde_json::from_str(text)
+            .map_err(|error| ConfigError::new(format!("{name}: {error}")))?,
+        Format::Hcl => {
+            hcl::from_str(text).map_err(|error| ConfigError::new(format!("{name}: {error}")))?
+        }
     };
     if !value.is_object() {
-        return Err(format!("{name}: config must be an object at the top level"));
+        return Err(ConfigError::new(format!(
+            "{name}: config must be an object at the top level"
+        )));
     }
     Ok(Source {
         name: name.to_string(),
@@ -54,27 +61,34 @@ pub fn parse_text(name: &str, text: &str, format: Format) -> Result<Source, Stri
 }
 
 /// Reads one config file; its format comes from `forced` or else its extension.
-pub fn read_file(path: &Path, forced: Option<Format>) -> Result<Source, String> {
+pub fn read_file(path: &Path, forced: Option<Format>) -> Result<Source, ConfigError> {
     let format = forced.or_else(|| Format::of_path(path)).ok_or_else(|| {
-        format!(
+        ConfigError::new(format!(
             "{}: config files must end in .json or .hcl (or set -config-format)",
             path.display()
-        )
+        ))
     })?;
-    let text = std::fs::read_to_string(path)
-        .map_err(|error| format!("cannot read config file {}: {error}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        ConfigError::new(format!(
+            "cannot read config file {}: {error}",
+            path.display()
+        ))
+    })?;
     parse_text(&path.display().to_string(), &text, format)
 }
 
 /// The `.json` and `.hcl` files of a config dir, in lexical order; other files are skipped,
 /// as Consul skips them.
-pub fn dir_files(dir: &Path, forced: Option<Format>) -> Result<Vec<PathBuf>, String> {
-    let entries = std::fs::read_dir(dir)
-        .map_err(|error| format!("cannot read config dir {}: {error}", dir.display()))?;
+pub fn dir_files(dir: &Path, forced: Option<Format>) -> Result<Vec<PathBuf>, ConfigError> {
+    let entries = std::fs::read_dir(dir).map_err(|error| {
+        ConfigError::new(format!("cannot read config dir {}: {error}", dir.display()))
+    })?;
     let mut files = Vec::new();
     for entry in entries {
         let path = entry
-            .map_err(|error| format!("cannot read config dir {}: {error}", dir.display()))?
+            .map_err(|error| {
+                ConfigError::new(format!("cannot read config dir {}: {error}", dir.display()))
+            })?
             .path();
         let wanted = forced.is_some() || Format::of_path(&path).is_some();
         if path.is_file() && wanted {
@@ -162,7 +176,8 @@ mod tests {
     fn errors_name_the_source() {
         let error = parse_text("bad.json", "{", Format::Json)
             .err()
-            .expect("error");
+            .expect("error")
+            .to_string();
         assert!(error.starts_with("bad.json:"), "{error}");
     }
 }

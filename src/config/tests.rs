@@ -131,7 +131,8 @@ fn invalid_values_are_errors_naming_the_key() {
             ..LoadOptions::default()
         })
         .err()
-        .unwrap_or_else(|| panic!("{flags} loaded"));
+        .unwrap_or_else(|| panic!("{flags} loaded"))
+        .to_string();
         assert!(error.contains(key), "{error} should name {key}");
     }
 }
@@ -146,7 +147,8 @@ fn wrong_types_name_the_source() {
         ..LoadOptions::default()
     })
     .err()
-    .expect("type error");
+    .expect("type error")
+    .to_string();
     assert!(error.contains("bad.json"), "{error}");
 }
 
@@ -207,7 +209,8 @@ fn service_and_check_definitions_append_across_files_and_errors_name_file_and_ke
         ..LoadOptions::default()
     })
     .err()
-    .expect("invalid check");
+    .expect("invalid check")
+    .to_string();
     assert!(
         error.contains("c.json") && error.contains("services[1]") && error.contains("Interval"),
         "{error}"
@@ -282,7 +285,8 @@ fn a_ca_private_key_in_config_is_refused_without_echoing_it() {
         ..LoadOptions::default()
     })
     .err()
-    .expect("refused");
+    .expect("refused")
+    .to_string();
     assert!(error.contains("PrivateKey is not supported"), "{error}");
     assert!(!error.contains("PRIVATE KEY-----"), "{error}");
 }

@@ -864,7 +864,7 @@ mod tests {
     fn exchange(
         server: Arc<ServerConfig>,
         client: Arc<ClientConfig>,
-    ) -> (Result<ServerSaw, String>, Result<(), String>) {
+    ) -> (Result<ServerSaw, tls::TlsError>, Result<(), tls::TlsError>) {
         let result = tls::loopback_exchange(server, client);
         (
             result.server.map(|peer_uris| ServerSaw { peer_uris }),
@@ -873,8 +873,8 @@ mod tests {
     }
 
     fn assert_exchanged(
-        server: Result<ServerSaw, String>,
-        client: Result<(), String>,
+        server: Result<ServerSaw, tls::TlsError>,
+        client: Result<(), tls::TlsError>,
     ) -> ServerSaw {
         client.unwrap_or_else(|e| panic!("client failed: {e}"));
         server.unwrap_or_else(|e| panic!("server failed: {e}"))
@@ -911,7 +911,10 @@ mod tests {
             client_config(trust(&[&root]), &uri("api"), &intruder),
         );
         let server_err = server.err().expect("server accepted a foreign client cert");
-        assert!(server_err.contains("UnknownIssuer"), "{server_err}");
+        assert!(
+            server_err.to_string().contains("UnknownIssuer"),
+            "{server_err}"
+        );
         assert!(client.is_err());
 
         let (server, client) = exchange(
@@ -920,7 +923,9 @@ mod tests {
         );
         let client_err = client.expect_err("client accepted the wrong service");
         assert!(
-            client_err.contains("ApplicationVerificationFailure"),
+            client_err
+                .to_string()
+                .contains("ApplicationVerificationFailure"),
             "{client_err}"
         );
         assert!(server.is_err());
@@ -979,7 +984,10 @@ mod tests {
             client_config(trust(&[&old]), &uri("api"), &l_old),
         );
         let client_err = client.expect_err("new leaf verified without cross cert");
-        assert!(client_err.contains("UnknownIssuer"), "{client_err}");
+        assert!(
+            client_err.to_string().contains("UnknownIssuer"),
+            "{client_err}"
+        );
         assert!(server.is_err());
     }
 

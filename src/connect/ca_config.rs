@@ -24,6 +24,19 @@ const KEYS: &[&str] = &[
     "SkipValidate",
 ];
 
+/// Why a CA configuration was refused; the message is Consul's. The client sent it, so the
+/// HTTP edge answers 400 (a recorded deviation from Consul's 500); config loading names the
+/// `connect.ca_config` key. Callers only report it, so it is one kind.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct CaConfigError(String);
+
+impl CaConfigError {
+    fn new(message: impl Into<String>) -> CaConfigError {
+        CaConfigError(message.into())
+    }
+}
+
 fn fold(key: &str) -> String {
     key.chars()
         .filter(|c| *c != '_' && *c != '-')
@@ -36,41 +49,44 @@ fn canonical(key: &str) -> Option<&'static str> {
     KEYS.iter().copied().find(|known| fold(known) == folded)
 }
 
-fn ttl(key: &str, value: &Value) -> Result<Duration, String> {
+fn ttl(key: &str, value: &Value) -> Result<Duration, CaConfigError> {
     match value {
-        Value::String(text) => parse_go_duration(text)
-            .map_err(|error| format!("{key}: invalid duration {text:?}: {error}")),
+        Value::String(text) => parse_go_duration(text).map_err(|error| {
+            CaConfigError::new(format!("{key}: invalid duration {text:?}: {error}"))
+        }),
         Value::Number(number) => number
             .as_u64()
             .map(Duration::from_nanos)
-            .ok_or_else(|| format!("{key} must be a positive duration")),
-        _ => Err(format!("{key} must be a duration like \"72h\"")),
+            .ok_or_else(|| CaConfigError::new(format!("{key} must be a positive duration"))),
+        _ => Err(CaConfigError::new(format!(
+            "{key} must be a duration like \"72h\""
+        ))),
     }
 }
 
-fn number(key: &str, value: &Value) -> Result<f64, String> {
+fn number(key: &str, value: &Value) -> Result<f64, CaConfigError> {
     match value {
         Value::Number(number) => number
             .as_f64()
-            .ok_or_else(|| format!("{key} must be a number")),
+            .ok_or_else(|| CaConfigError::new(format!("{key} must be a number"))),
         // Consul decodes weakly typed: "50" is 50.
         Value::String(text) => text
             .trim()
             .parse()
-            .map_err(|_| format!("{key} must be a number, not {text:?}")),
-        _ => Err(format!("{key} must be a number")),
+            .map_err(|_| CaConfigError::new(format!("{key} must be a number, not {text:?}"))),
+        _ => Err(CaConfigError::new(format!("{key} must be a number"))),
     }
 }
 
 /// Applies the keys of `config` over `base` and validates the result.
-pub fn apply(base: &CaConfig, config: &Map<String, Value>) -> Result<CaConfig, String> {
+pub fn apply(base: &CaConfig, config: &Map<String, Value>) -> Result<CaConfig, CaConfigError> {
     let mut out = base.clone();
     for (key, value) in config {
         let Some(known) = canonical(key) else {
-            return Err(format!(
+            return Err(CaConfigError::new(format!(
                 "unknown CA config key {key:?}; the consul provider accepts {}",
                 KEYS.join(", ")
-            ));
+            )));
         };
         match known {
             "LeafCertTTL" => out.leaf_cert_ttl_secs = ttl(known, value)?.as_secs(),
@@ -79,7 +95,7 @@ pub fn apply(base: &CaConfig, config: &Map<String, Value>) -> Result<CaConfig, S
             "PrivateKeyType" => {
                 out.private_key_type = value
                     .as_str()
-                    .ok_or("PrivateKeyType must be a string")?
+                    .ok_or_else(|| CaConfigError::new("PrivateKeyType must be a string"))?
                     .to_ascii_lowercase()
             }
             "PrivateKeyBits" => out.private_key_bits = number(known, value)? as u32,
@@ -89,9 +105,9 @@ pub fn apply(base: &CaConfig, config: &Map<String, Value>) -> Result<CaConfig, S
             // An operator-supplied root key and certificate.
             _ => {
                 if value.as_str().is_some_and(|text| !text.is_empty()) {
-                    return Err(format!(
+                    return Err(CaConfigError::new(format!(
                         "{known} is not supported: concord's CA generates its own root keys; change PrivateKeyType or PrivateKeyBits to rotate"
-                    ));
+                    )));
                 }
             }
         }
@@ -101,47 +117,56 @@ pub fn apply(base: &CaConfig, config: &Map<String, Value>) -> Result<CaConfig, S
 }
 
 /// Consul's rules, in Consul's order.
-pub fn validate(config: &CaConfig) -> Result<(), String> {
+pub fn validate(config: &CaConfig) -> Result<(), CaConfigError> {
     let hours = |secs: u64| Duration::from_secs(secs);
     let leaf = hours(config.leaf_cert_ttl_secs);
     let intermediate = hours(config.intermediate_cert_ttl_secs);
     let root = hours(config.root_cert_ttl_secs);
     if root <= intermediate {
-        return Err(format!(
+        return Err(CaConfigError::new(format!(
             "root cert TTL is set and is not greater than intermediate cert ttl. root cert ttl: {}, intermediate cert ttl: {}",
             format_go_duration(root),
             format_go_duration(intermediate)
-        ));
+        )));
     }
     if leaf < Duration::from_secs(3600) {
-        return Err("leaf cert TTL must be greater or equal than 1h0m0s".into());
+        return Err(CaConfigError::new(
+            "leaf cert TTL must be greater or equal than 1h0m0s",
+        ));
     }
     if leaf >= Duration::from_secs(8760 * 3600) {
-        return Err("leaf cert TTL must be less than 8760h0m0s".into());
+        return Err(CaConfigError::new(
+            "leaf cert TTL must be less than 8760h0m0s",
+        ));
     }
     if intermediate < Duration::from_secs(3 * 3600) {
-        return Err("Intermediate Cert TTL must be greater or equal than 3h".into());
+        return Err(CaConfigError::new(
+            "Intermediate Cert TTL must be greater or equal than 3h",
+        ));
     }
     if intermediate < 3 * leaf {
-        return Err(format!(
+        return Err(CaConfigError::new(format!(
             "Intermediate Cert TTL must be greater or equal than 3 * LeafCertTTL (>={}).",
             format_go_duration(3 * leaf)
-        ));
+        )));
     }
     match config.private_key_type.as_str() {
         "ec" => match config.private_key_bits {
             256 | 384 => Ok(()),
-            224 | 521 => Err(format!(
+            224 | 521 => Err(CaConfigError::new(format!(
                 "PrivateKeyBits {} is not supported for ec keys by concord's CA; use 256 or 384",
                 config.private_key_bits
+            ))),
+            _ => Err(CaConfigError::new(
+                "EC key length must be one of (224, 256, 384, 521) bits",
             )),
-            _ => Err("EC key length must be one of (224, 256, 384, 521) bits".into()),
         },
-        "rsa" => Err(
-            "PrivateKeyType \"rsa\" is not supported by concord's CA; use \"ec\" (256 or 384 bits)"
-                .into(),
-        ),
-        _ => Err("private key type must be either 'ec' or 'rsa'".into()),
+        "rsa" => Err(CaConfigError::new(
+            "PrivateKeyType \"rsa\" is not supported by concord's CA; use \"ec\" (256 or 384 bits)",
+        )),
+        _ => Err(CaConfigError::new(
+            "private key type must be either 'ec' or 'rsa'",
+        )),
     }
 }
 
@@ -165,6 +190,7 @@ mod tests {
 
     fn apply_json(value: Value) -> Result<CaConfig, String> {
         apply(&CaConfig::default(), value.as_object().expect("object"))
+            .map_err(|error| error.to_string())
     }
 
     #[test]

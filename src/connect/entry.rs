@@ -20,8 +20,28 @@ pub fn is_http_family(protocol: &str) -> bool {
     matches!(protocol, "http" | "http2" | "grpc")
 }
 
+/// Why a config entry, or a change to one, was refused: its decoding, a rule it breaks on its
+/// own (here) or across entries (`graph`). The message is Consul's and names the field; the
+/// HTTP edge answers 400 (a recorded deviation from Consul's 500). Callers only report it,
+/// so it is one kind.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct EntryError(String);
+
+impl EntryError {
+    pub(super) fn new(message: impl Into<String>) -> EntryError {
+        EntryError(message.into())
+    }
+}
+
+impl From<ce::ParseError> for EntryError {
+    fn from(error: ce::ParseError) -> EntryError {
+        EntryError(error.to_string())
+    }
+}
+
 /// Decodes and validates a canonical (PascalCase) entry object into what is stored.
-pub fn decode(json: Map<String, Value>) -> Result<ConfigEntry, String> {
+pub fn decode(json: Map<String, Value>) -> Result<ConfigEntry, EntryError> {
     let kind = json
         .get("Kind")
         .and_then(Value::as_str)
@@ -33,27 +53,27 @@ pub fn decode(json: Map<String, Value>) -> Result<ConfigEntry, String> {
         .unwrap_or_default()
         .to_string();
     if kind.is_empty() {
-        return Err("Kind is required".into());
+        return Err(EntryError::new("Kind is required"));
     }
     if !ce::KINDS.contains(&kind.as_str()) {
-        return Err(format!(
+        return Err(EntryError::new(format!(
             "invalid config entry kind: {kind:?} (concord stores {})",
             ce::KINDS.join(", ")
-        ));
+        )));
     }
     if name.is_empty() {
-        return Err("Name is required".into());
+        return Err(EntryError::new("Name is required"));
     }
     match kind.as_str() {
         ce::PROXY_DEFAULTS if name != "global" => {
-            return Err(format!(
+            return Err(EntryError::new(format!(
                 "invalid name ({name:?}), only \"global\" is supported"
-            ))
+            )))
         }
         ce::MESH if name != "mesh" => {
-            return Err(format!(
+            return Err(EntryError::new(format!(
                 "invalid name ({name:?}), only \"mesh\" is supported"
-            ))
+            )))
         }
         _ => {}
     }
@@ -61,13 +81,15 @@ pub fn decode(json: Map<String, Value>) -> Result<ConfigEntry, String> {
         None | Some(Value::Null) => {}
         Some(Value::Object(meta)) => {
             if meta.len() > MAX_META {
-                return Err(format!("Meta exceeds the limit of {MAX_META} pairs"));
+                return Err(EntryError::new(format!(
+                    "Meta exceeds the limit of {MAX_META} pairs"
+                )));
             }
             if meta.values().any(|value| !value.is_string()) {
-                return Err("Meta values must be strings".into());
+                return Err(EntryError::new("Meta values must be strings"));
             }
         }
-        Some(_) => return Err("Meta must be a map of strings".into()),
+        Some(_) => return Err(EntryError::new("Meta must be a map of strings")),
     }
     let typed = ce::parse(&kind, &json)?;
     validate(&name, &typed)?;
@@ -84,7 +106,7 @@ pub fn decode(json: Map<String, Value>) -> Result<ConfigEntry, String> {
     Ok(ConfigEntry::new(kind, name, text))
 }
 
-fn validate(name: &str, typed: &Typed) -> Result<(), String> {
+fn validate(name: &str, typed: &Typed) -> Result<(), EntryError> {
     match typed {
         Typed::ServiceDefaults(entry) => {
             protocol(&entry.protocol, "Protocol")?;
@@ -97,7 +119,9 @@ fn validate(name: &str, typed: &Typed) -> Result<(), String> {
         }
         Typed::ProxyDefaults(entry) => {
             if let Some(value) = entry.config.get("protocol") {
-                let text = value.as_str().ok_or("Config.protocol must be a string")?;
+                let text = value
+                    .as_str()
+                    .ok_or_else(|| EntryError::new("Config.protocol must be a string"))?;
                 protocol(text, "Config.protocol")?;
             }
             one_of("Mode", &entry.mode, &["", "direct", "transparent"])?;
@@ -124,7 +148,9 @@ fn validate(name: &str, typed: &Typed) -> Result<(), String> {
                     for (j, param) in http.query_param.iter().enumerate() {
                         let field = format!("{field}.QueryParam[{j}]");
                         if param.name.is_empty() {
-                            return Err(format!("{field}: missing required Name field"));
+                            return Err(EntryError::new(format!(
+                                "{field}: missing required Name field"
+                            )));
                         }
                         let set = [
                             param.present,
@@ -132,9 +158,9 @@ fn validate(name: &str, typed: &Typed) -> Result<(), String> {
                             !param.regex.is_empty(),
                         ];
                         if set.iter().filter(|set| **set).count() > 1 {
-                            return Err(format!(
+                            return Err(EntryError::new(format!(
                                 "{field} should only contain one of Present, Exact, or Regex"
-                            ));
+                            )));
                         }
                         regex(&field, &param.regex)?;
                     }
@@ -145,9 +171,9 @@ fn validate(name: &str, typed: &Typed) -> Result<(), String> {
                         !http.path_exact.is_empty() || !http.path_prefix.is_empty()
                     });
                     if !destination.prefix_rewrite.is_empty() && !exact_or_prefix {
-                        return Err(format!(
+                        return Err(EntryError::new(format!(
                             "Routes[{i}].Destination.PrefixRewrite needs the route to match on PathExact or PathPrefix"
-                        ));
+                        )));
                     }
                     for retry in &destination.retry_on {
                         one_of(
@@ -175,13 +201,15 @@ fn validate(name: &str, typed: &Typed) -> Result<(), String> {
         }
         Typed::Splitter(splitter) => {
             if splitter.splits.is_empty() {
-                return Err("Splits: no splits configured".into());
+                return Err(EntryError::new("Splits: no splits configured"));
             }
             let mut total = 0;
             let mut seen = Vec::new();
             for (i, split) in splitter.splits.iter().enumerate() {
                 if !(0.0..=100.0).contains(&split.weight) {
-                    return Err(format!("Splits[{i}].Weight must be between 0 and 100"));
+                    return Err(EntryError::new(format!(
+                        "Splits[{i}].Weight must be between 0 and 100"
+                    )));
                 }
                 total += split.scaled_weight();
                 let service = if split.service.is_empty() {
@@ -191,18 +219,18 @@ fn validate(name: &str, typed: &Typed) -> Result<(), String> {
                 };
                 let destination = (service.to_string(), split.service_subset.clone());
                 if seen.contains(&destination) {
-                    return Err(format!(
+                    return Err(EntryError::new(format!(
                         "Splits[{i}]: split destination occurs more than once: service={:?}, subset={:?}, namespace=\"\", partition=\"\"",
                         destination.0, destination.1
-                    ));
+                    )));
                 }
                 seen.push(destination);
             }
             if total != 10_000 {
-                return Err(format!(
+                return Err(EntryError::new(format!(
                     "Splits: the sum of all split weights must be 100, not {:.6}",
                     f64::from(total) / 100.0
-                ));
+                )));
             }
             Ok(())
         }
@@ -212,36 +240,36 @@ fn validate(name: &str, typed: &Typed) -> Result<(), String> {
             for (i, source) in intentions.sources.iter().enumerate() {
                 let field = format!("Sources[{i}]");
                 if source.name.is_empty() {
-                    return Err(format!("{field}.Name is required"));
+                    return Err(EntryError::new(format!("{field}.Name is required")));
                 }
                 let key = (source.peer.as_str(), source.name.as_str());
                 if names.contains(&key) {
-                    return Err(format!(
+                    return Err(EntryError::new(format!(
                         "{field}: source {:?} is defined more than once",
                         source.name
-                    ));
+                    )));
                 }
                 names.push(key);
                 one_of(&format!("{field}.Type"), &source.r#type, &["", "consul"])?;
                 match &source.permissions {
                     Some(permissions) if !permissions.is_empty() => {
                         if !source.action.is_empty() {
-                            return Err(format!(
+                            return Err(EntryError::new(format!(
                                 "{field}.Action must be omitted if Permissions are specified"
-                            ));
+                            )));
                         }
                         for (j, permission) in permissions.iter().enumerate() {
                             let field = format!("{field}.Permissions[{j}]");
                             if !matches!(permission.action.as_str(), "allow" | "deny") {
-                                return Err(format!(
+                                return Err(EntryError::new(format!(
                                     "{field}.Action must be set to 'allow' or 'deny'"
-                                ));
+                                )));
                             }
                             let Some(http) = &permission.http else {
                                 if permission.jwt.is_some() {
                                     continue;
                                 }
-                                return Err(format!("{field}.HTTP is required"));
+                                return Err(EntryError::new(format!("{field}.HTTP is required")));
                             };
                             let field = format!("{field}.HTTP");
                             if http.path_exact.is_empty()
@@ -250,7 +278,9 @@ fn validate(name: &str, typed: &Typed) -> Result<(), String> {
                                 && http.header.is_empty()
                                 && http.methods.is_empty()
                             {
-                                return Err(format!("{field} should not be empty"));
+                                return Err(EntryError::new(format!(
+                                    "{field} should not be empty"
+                                )));
                             }
                             paths(
                                 &field,
@@ -266,7 +296,9 @@ fn validate(name: &str, typed: &Typed) -> Result<(), String> {
                     }
                     _ => {
                         if !matches!(source.action.as_str(), "allow" | "deny") {
-                            return Err(format!("{field}.Action must be set to 'allow' or 'deny'"));
+                            return Err(EntryError::new(format!(
+                                "{field}.Action must be set to 'allow' or 'deny'"
+                            )));
                         }
                     }
                 }
@@ -277,43 +309,45 @@ fn validate(name: &str, typed: &Typed) -> Result<(), String> {
     }
 }
 
-fn validate_resolver(name: &str, resolver: &ce::ServiceResolver) -> Result<(), String> {
+fn validate_resolver(name: &str, resolver: &ce::ServiceResolver) -> Result<(), EntryError> {
     for (subset, definition) in &resolver.subsets {
         if subset.is_empty()
             || !subset
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         {
-            return Err(format!(
+            return Err(EntryError::new(format!(
                 "Subsets: subset name {subset:?} is invalid; use lowercase letters, digits and '-'"
-            ));
+            )));
         }
         if !definition.filter.is_empty() {
             Filter::parse(&definition.filter).map_err(|error| {
-                format!(
+                EntryError::new(format!(
                     "Filter for subset {subset:?} is not a valid expression: {}",
                     error.0
-                )
+                ))
             })?;
         }
     }
     if !resolver.default_subset.is_empty()
         && !resolver.subsets.contains_key(&resolver.default_subset)
     {
-        return Err(format!(
+        return Err(EntryError::new(format!(
             "DefaultSubset {:?} is not a valid subset",
             resolver.default_subset
-        ));
+        )));
     }
     if let Some(redirect) = &resolver.redirect {
         if !resolver.failover.is_empty() {
-            return Err("Redirect and Failover cannot both be set".into());
+            return Err(EntryError::new("Redirect and Failover cannot both be set"));
         }
         if !resolver.subsets.is_empty() {
-            return Err("Redirect and Subsets cannot both be set".into());
+            return Err(EntryError::new("Redirect and Subsets cannot both be set"));
         }
         if !resolver.default_subset.is_empty() {
-            return Err("Redirect and DefaultSubset cannot both be set".into());
+            return Err(EntryError::new(
+                "Redirect and DefaultSubset cannot both be set",
+            ));
         }
         let targets_self = (redirect.service.is_empty() || redirect.service == name)
             && redirect.service_subset.is_empty()
@@ -321,33 +355,34 @@ fn validate_resolver(name: &str, resolver: &ce::ServiceResolver) -> Result<(), S
             && redirect.peer.is_empty()
             && redirect.sameness_group.is_empty();
         if targets_self {
-            return Err(
-                "Redirect is empty: name a different Service, ServiceSubset, Datacenter, Peer or SamenessGroup"
-                    .into(),
-            );
+            return Err(EntryError::new(
+                "Redirect is empty: name a different Service, ServiceSubset, Datacenter, Peer or SamenessGroup",
+            ));
         }
         if !redirect.service_subset.is_empty() && redirect.service.is_empty() && name.is_empty() {
-            return Err("Redirect.ServiceSubset needs Redirect.Service".into());
+            return Err(EntryError::new(
+                "Redirect.ServiceSubset needs Redirect.Service",
+            ));
         }
     }
     for (subset, failover) in &resolver.failover {
         let field = format!("Failover[{subset:?}]");
         if subset != "*" && !resolver.subsets.contains_key(subset) {
-            return Err(format!("{field}: not a valid subset"));
+            return Err(EntryError::new(format!("{field}: not a valid subset")));
         }
         let classic = !failover.service.is_empty()
             || !failover.service_subset.is_empty()
             || !failover.namespace.is_empty()
             || !failover.datacenters.is_empty();
         if !failover.targets.is_empty() && classic {
-            return Err(format!(
+            return Err(EntryError::new(format!(
                 "{field}: Targets cannot be set with Service, ServiceSubset, Namespace, or Datacenters"
-            ));
+            )));
         }
         if failover.targets.is_empty() && !classic && failover.sameness_group.is_empty() {
-            return Err(format!(
+            return Err(EntryError::new(format!(
                 "{field}: one of Service, ServiceSubset, Namespace, Targets, SamenessGroup, or Datacenters is required"
-            ));
+            )));
         }
         for (i, target) in failover.targets.iter().enumerate() {
             if target.service.is_empty()
@@ -357,16 +392,18 @@ fn validate_resolver(name: &str, resolver: &ce::ServiceResolver) -> Result<(), S
                 && target.namespace.is_empty()
                 && target.partition.is_empty()
             {
-                return Err(format!("{field}.Targets[{i}] is empty"));
+                return Err(EntryError::new(format!("{field}.Targets[{i}] is empty")));
             }
             if !target.datacenter.is_empty() && !target.peer.is_empty() {
-                return Err(format!(
+                return Err(EntryError::new(format!(
                     "{field}.Targets[{i}]: Peer cannot be set with Datacenter"
-                ));
+                )));
             }
         }
         if failover.datacenters.iter().any(String::is_empty) {
-            return Err(format!("{field}.Datacenters: found empty datacenter"));
+            return Err(EntryError::new(format!(
+                "{field}.Datacenters: found empty datacenter"
+            )));
         }
     }
     if let Some(timeout) = &resolver.connect_timeout {
@@ -379,77 +416,82 @@ fn validate_resolver(name: &str, resolver: &ce::ServiceResolver) -> Result<(), S
 }
 
 /// A duration field: a Go duration string or integer nanoseconds, never negative.
-pub fn duration_value(field: &str, value: &Value) -> Result<std::time::Duration, String> {
+pub fn duration_value(field: &str, value: &Value) -> Result<std::time::Duration, EntryError> {
     match value {
         Value::String(text) if text.is_empty() => Ok(std::time::Duration::ZERO),
-        Value::String(text) => parse_go_duration(text)
-            .map_err(|error| format!("{field}: invalid duration {text:?}: {error}")),
+        Value::String(text) => parse_go_duration(text).map_err(|error| {
+            EntryError::new(format!("{field}: invalid duration {text:?}: {error}"))
+        }),
         Value::Number(number) => match number.as_u64() {
             Some(nanos) => Ok(std::time::Duration::from_nanos(nanos)),
-            None => Err(format!("{field} must be >= 0")),
+            None => Err(EntryError::new(format!("{field} must be >= 0"))),
         },
-        _ => Err(format!("{field} must be a duration like \"5s\"")),
+        _ => Err(EntryError::new(format!(
+            "{field} must be a duration like \"5s\""
+        ))),
     }
 }
 
-fn protocol(value: &str, field: &str) -> Result<(), String> {
+fn protocol(value: &str, field: &str) -> Result<(), EntryError> {
     if value.is_empty() || PROTOCOLS.contains(&value) {
         Ok(())
     } else {
-        Err(format!(
+        Err(EntryError::new(format!(
             "{field} {value:?} is not supported; use tcp, http, http2 or grpc"
-        ))
+        )))
     }
 }
 
-fn one_of(field: &str, value: &str, allowed: &[&str]) -> Result<(), String> {
+fn one_of(field: &str, value: &str, allowed: &[&str]) -> Result<(), EntryError> {
     if allowed.contains(&value) {
         Ok(())
     } else {
         let allowed: Vec<&str> = allowed.iter().copied().filter(|a| !a.is_empty()).collect();
-        Err(format!(
+        Err(EntryError::new(format!(
             "{field} {value:?} is invalid; must be one of {}",
             allowed.join(", ")
-        ))
+        )))
     }
 }
 
-fn regex(field: &str, pattern: &str) -> Result<(), String> {
+fn regex(field: &str, pattern: &str) -> Result<(), EntryError> {
     if pattern.is_empty() {
         return Ok(());
     }
     regex::Regex::new(pattern)
         .map(|_| ())
-        .map_err(|error| format!("{field}: invalid regex {pattern:?}: {error}"))
+        .map_err(|error| EntryError::new(format!("{field}: invalid regex {pattern:?}: {error}")))
 }
 
-fn paths(field: &str, exact: &str, prefix: &str, path_regex: &str) -> Result<(), String> {
+fn paths(field: &str, exact: &str, prefix: &str, path_regex: &str) -> Result<(), EntryError> {
     let set = [
         !exact.is_empty(),
         !prefix.is_empty(),
         !path_regex.is_empty(),
     ];
     if set.iter().filter(|set| **set).count() > 1 {
-        return Err(format!(
+        return Err(EntryError::new(format!(
             "{field} should only contain at most one of PathExact, PathPrefix, or PathRegex"
-        ));
+        )));
     }
     if !exact.is_empty() && !exact.starts_with('/') {
-        return Err(format!(
+        return Err(EntryError::new(format!(
             "{field}.PathExact doesn't start with '/': {exact:?}"
-        ));
+        )));
     }
     if !prefix.is_empty() && !prefix.starts_with('/') {
-        return Err(format!(
+        return Err(EntryError::new(format!(
             "{field}.PathPrefix doesn't start with '/': {prefix:?}"
-        ));
+        )));
     }
     regex(&format!("{field}.PathRegex"), path_regex)
 }
 
-fn header_match(field: &str, header: &HeaderMatch) -> Result<(), String> {
+fn header_match(field: &str, header: &HeaderMatch) -> Result<(), EntryError> {
     if header.name.is_empty() {
-        return Err(format!("{field}: missing required Name field"));
+        return Err(EntryError::new(format!(
+            "{field}: missing required Name field"
+        )));
     }
     let set = [
         header.present,
@@ -460,22 +502,22 @@ fn header_match(field: &str, header: &HeaderMatch) -> Result<(), String> {
         !header.regex.is_empty(),
     ];
     if set.iter().filter(|set| **set).count() > 1 {
-        return Err(format!(
+        return Err(EntryError::new(format!(
             "{field} should only contain one of Present, Exact, Prefix, Suffix, Contains, or Regex"
-        ));
+        )));
     }
     regex(field, &header.regex)
 }
 
-fn methods(field: &str, methods: &[String]) -> Result<(), String> {
+fn methods(field: &str, methods: &[String]) -> Result<(), EntryError> {
     const KNOWN: &[&str] = &[
         "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "CONNECT", "OPTIONS", "TRACE",
     ];
     for method in methods {
         if !KNOWN.contains(&method.as_str()) {
-            return Err(format!(
+            return Err(EntryError::new(format!(
                 "{field}.Methods contains an invalid method {method:?}"
-            ));
+            )));
         }
     }
     Ok(())

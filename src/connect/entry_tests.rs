@@ -11,7 +11,7 @@ fn decode_json(value: Value) -> Result<ConfigEntry, String> {
     let Value::Object(map) = value else {
         panic!("entries are objects")
     };
-    decode(map)
+    decode(map).map_err(|error| error.to_string())
 }
 
 /// Asserts that `value` is refused with a message containing `expected`.

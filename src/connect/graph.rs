@@ -17,7 +17,7 @@
 use std::collections::BTreeSet;
 
 use super::chain::{self, Context, Overrides};
-use super::entry::{is_http_family, service_protocol};
+use super::entry::{is_http_family, service_protocol, EntryError};
 use crate::state::Tables;
 use crate::types::config_entry::{self as ce, Typed};
 use crate::types::Command;
@@ -33,7 +33,7 @@ const CHAIN_KINDS: [&str; 5] = [
 
 /// Checks `change` (a `ConfigEntrySet` or `ConfigEntryDelete`) against the entries in
 /// `tables`; the error is Consul's message for the first rule broken.
-pub fn validate_change(tables: &Tables, change: &Command) -> Result<(), String> {
+pub fn validate_change(tables: &Tables, change: &Command) -> Result<(), EntryError> {
     let (kind, name) = match change {
         Command::ConfigEntrySet { entry, .. } => (entry.kind.as_str(), entry.name.as_str()),
         Command::ConfigEntryDelete { kind, name, .. } => (kind.as_str(), name.as_str()),
@@ -56,9 +56,9 @@ pub fn validate_change(tables: &Tables, change: &Command) -> Result<(), String> 
             (true, _) => l7_kind.to_string(),
             (false, _) => format!("existing {l7_kind} {service:?}"),
         };
-        return Err(format!(
+        return Err(EntryError::new(format!(
             "{what}: discovery chain {service:?} uses a protocol {protocol:?} that does not permit advanced routing or splitting behavior; set Protocol to http, http2 or grpc in service-defaults"
-        ));
+        )));
     }
     if !CHAIN_KINDS.contains(&kind) {
         return Ok(());
@@ -85,7 +85,7 @@ pub fn validate_change(tables: &Tables, change: &Command) -> Result<(), String> 
         };
         let own = service == name && matches!(change, Command::ConfigEntrySet { .. });
         if own || chain::compile(tables, &service, &context, &overrides).is_ok() {
-            return Err(error);
+            return Err(EntryError::new(error));
         }
     }
     Ok(())

@@ -26,7 +26,7 @@ fn delete(kind: &str, name: &str) -> Command {
 }
 
 fn check(world: &World, change: Command) -> Result<(), String> {
-    validate_change(&world.tables(), &change)
+    validate_change(&world.tables(), &change).map_err(|error| error.to_string())
 }
 
 fn defaults(service: &str, protocol: &str) -> Value {

@@ -11,3 +11,5 @@ pub mod entry;
 pub mod graph;
 pub mod intention;
 pub mod tls;
+
+pub use entry::EntryError;

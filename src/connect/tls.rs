@@ -17,25 +17,44 @@ use rustls::{
     SignatureScheme,
 };
 
+/// Why a PEM bundle, key or TLS configuration could not be used, or an exchange failed, in
+/// rustls' or the PEM parser's words. Callers only report it, so it is one kind.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TlsError(String);
+
+impl TlsError {
+    fn new(message: impl Into<String>) -> TlsError {
+        TlsError(message.into())
+    }
+}
+
+/// For callers whose own errors are text (the black-box tests' helpers), so `?` still works.
+impl From<TlsError> for String {
+    fn from(error: TlsError) -> String {
+        error.0
+    }
+}
+
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// Every certificate in a PEM bundle (a leaf followed by its intermediates, or roots).
-pub fn certificates(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+pub fn certificates(pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| format!("bad certificate PEM: {error}"))
+        .map_err(|error| TlsError::new(format!("bad certificate PEM: {error}")))
 }
 
 /// A trust store of the given root PEMs.
-pub fn roots(pems: &[&str]) -> Result<Arc<RootCertStore>, String> {
+pub fn roots(pems: &[&str]) -> Result<Arc<RootCertStore>, TlsError> {
     let mut store = RootCertStore::empty();
     for pem in pems {
         for cert in certificates(pem)? {
             store
                 .add(cert)
-                .map_err(|error| format!("bad root certificate: {error}"))?;
+                .map_err(|error| TlsError::new(format!("bad root certificate: {error}")))?;
         }
     }
     Ok(Arc::new(store))
@@ -49,13 +68,13 @@ pub struct Identity {
 
 impl Identity {
     /// From an agent's leaf response: `CertPEM` (leaf plus intermediates) and `PrivateKeyPEM`.
-    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Identity, String> {
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Identity, TlsError> {
         let chain = certificates(cert_pem)?;
         if chain.is_empty() {
-            return Err("no certificate in CertPEM".into());
+            return Err(TlsError::new("no certificate in CertPEM"));
         }
         let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-            .map_err(|error| format!("bad private key PEM: {error}"))?;
+            .map_err(|error| TlsError::new(format!("bad private key PEM: {error}")))?;
         Ok(Identity { chain, key })
     }
 }
@@ -151,16 +170,16 @@ impl ServerCertVerifier for SpiffeServerVerifier {
 pub fn server_config(
     roots: Arc<RootCertStore>,
     identity: &Identity,
-) -> Result<Arc<ServerConfig>, String> {
+) -> Result<Arc<ServerConfig>, TlsError> {
     let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
         .build()
-        .map_err(|error| error.to_string())?;
+        .map_err(|error| TlsError::new(error.to_string()))?;
     let config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|error| error.to_string())?
+        .map_err(|error| TlsError::new(error.to_string()))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(identity.chain.clone(), identity.key.clone_key())
-        .map_err(|error| error.to_string())?;
+        .map_err(|error| TlsError::new(error.to_string()))?;
     Ok(Arc::new(config))
 }
 
@@ -170,7 +189,7 @@ pub fn client_config(
     roots: Arc<RootCertStore>,
     expected_uri: &str,
     identity: &Identity,
-) -> Result<Arc<ClientConfig>, String> {
+) -> Result<Arc<ClientConfig>, TlsError> {
     let verifier = SpiffeServerVerifier {
         roots,
         expected_uri: expected_uri.to_string(),
@@ -178,19 +197,19 @@ pub fn client_config(
     };
     let config = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|error| error.to_string())?
+        .map_err(|error| TlsError::new(error.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
-        .map_err(|error| error.to_string())?;
+        .map_err(|error| TlsError::new(error.to_string()))?;
     Ok(Arc::new(config))
 }
 
 /// What one mutual-TLS exchange over loopback showed: the client's URI SANs as the server saw
 /// them, or the error each side hit.
 pub struct Exchange {
-    pub server: Result<Vec<String>, String>,
-    pub client: Result<(), String>,
+    pub server: Result<Vec<String>, TlsError>,
+    pub client: Result<(), TlsError>,
 }
 
 /// Runs one mutual-TLS exchange over a real loopback socket: the client sends a line, the
@@ -209,8 +228,8 @@ pub fn loopback_exchange(server: Arc<ServerConfig>, client: Arc<ClientConfig>) -
         Ok(listener) => listener,
         Err(error) => {
             return Exchange {
-                server: Err(error.to_string()),
-                client: Err(error.to_string()),
+                server: Err(TlsError(error.to_string())),
+                client: Err(TlsError(error.to_string())),
             }
         }
     };
@@ -265,7 +284,8 @@ pub fn loopback_exchange(server: Arc<ServerConfig>, client: Arc<ClientConfig>) -
     Exchange {
         server: server_side
             .join()
-            .unwrap_or_else(|_| Err("server thread panicked".into())),
-        client: client_side,
+            .unwrap_or_else(|_| Err("server thread panicked".into()))
+            .map_err(TlsError),
+        client: client_side.map_err(TlsError),
     }
 }

@@ -14,7 +14,7 @@ use super::params::Call;
 use super::reply;
 use super::AppState;
 use crate::acl::Access;
-use crate::agent::{is_maintenance, maintenance_check, service_maintenance_id, NODE_MAINTENANCE};
+use crate::agent::{is_maintenance, service_maintenance_id, NODE_MAINTENANCE};
 use crate::api::catalog as wire;
 use crate::api::decode;
 use crate::api::definition::{self, DefinitionPolicy};
@@ -105,16 +105,12 @@ pub async fn register_service(
     body: Body,
 ) -> Result<Response, ApiError> {
     let value = super::body::read_json(&state, &call, body).await?;
-    let definition =
-        definition::service(value.clone(), policy(&state)).map_err(ApiError::BadRequest)?;
+    let definition = definition::service(value.clone(), policy(&state))?;
     state.authorizer.authorize(
         call.token().as_deref(),
         Access::ServiceWrite(&definition.service.name),
     )?;
-    state
-        .agent
-        .register_service(value)
-        .map_err(ApiError::BadRequest)?;
+    state.agent.register_service(value)?;
     Ok(ok())
 }
 
@@ -161,15 +157,12 @@ pub async fn register_check(
 ) -> Result<Response, ApiError> {
     let value = super::body::read_json(&state, &call, body).await?;
     // Parse first so a bad definition is a 400 before any authorization question.
-    definition::check(value.clone(), policy(&state)).map_err(ApiError::BadRequest)?;
+    definition::check(value.clone(), policy(&state))?;
     state.authorizer.authorize(
         call.token().as_deref(),
         Access::NodeWrite(state.agent.node_name()),
     )?;
-    state
-        .agent
-        .register_check(value)
-        .map_err(ApiError::BadRequest)?;
+    state.agent.register_check(value)?;
     Ok(ok())
 }
 
@@ -199,10 +192,7 @@ async fn set_ttl(
         call.token().as_deref(),
         Access::NodeWrite(state.agent.node_name()),
     )?;
-    state
-        .agent
-        .update_ttl(id, status, output)
-        .map_err(ApiError::NotFound)?;
+    state.agent.update_ttl(id, status, output)?;
     Ok(ok())
 }
 
@@ -292,8 +282,9 @@ pub async fn node_maintenance(
         Access::NodeWrite(state.agent.node_name()),
     )?;
     if enable {
-        let check = maintenance_check("", call.get("reason").unwrap_or(""));
-        state.agent.add_check(check).map_err(ApiError::Internal)?;
+        state
+            .agent
+            .enable_maintenance("", call.get("reason").unwrap_or(""))?;
     } else {
         state.agent.remove_check(NODE_MAINTENANCE);
     }
@@ -314,8 +305,9 @@ pub async fn service_maintenance(
         .authorizer
         .authorize(call.token().as_deref(), Access::ServiceWrite(&service.name))?;
     if enable {
-        let check = maintenance_check(&id, call.get("reason").unwrap_or(""));
-        state.agent.add_check(check).map_err(ApiError::Internal)?;
+        state
+            .agent
+            .enable_maintenance(&id, call.get("reason").unwrap_or(""))?;
     } else {
         state.agent.remove_check(&service_maintenance_id(&id));
     }
@@ -404,6 +396,6 @@ pub async fn reload(State(state): State<Arc<AppState>>, call: Call) -> Result<Re
     state
         .authorizer
         .authorize(call.token().as_deref(), Access::AgentWrite)?;
-    state.agent.reload().map_err(ApiError::Internal)?;
+    state.agent.reload()?;
     Ok(ok())
 }

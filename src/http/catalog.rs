@@ -24,7 +24,7 @@ use crate::types::{Command, CommandResult};
 fn catalog_result(result: CommandResult) -> Result<(), ApiError> {
     match result {
         CommandResult::Catalog(Ok(())) => Ok(()),
-        CommandResult::Catalog(Err(message)) => Err(ApiError::Internal(message)),
+        CommandResult::Catalog(Err(error)) => Err(error.into()),
         other => Err(ApiError::Internal(format!(
             "unexpected catalog result {other:?}"
         ))),
@@ -38,11 +38,11 @@ pub async fn register(
 ) -> Result<Response, ApiError> {
     call.check_datacenter(&state)?;
     let bytes = super::body::read_general(&state, &call, body).await?;
-    let input: RegisterIn = decode::from_slice(&bytes).map_err(ApiError::BadRequest)?;
+    let input: RegisterIn = decode::from_slice(&bytes)?;
     let context = RegisterContext {
         datacenter: &state.config.datacenter,
     };
-    let request = input.into_request(&context).map_err(ApiError::BadRequest)?;
+    let request = input.into_request(&context)?;
     let token = call.token();
     state
         .authorizer
@@ -67,11 +67,11 @@ pub async fn deregister(
 ) -> Result<Response, ApiError> {
     call.check_datacenter(&state)?;
     let bytes = super::body::read_general(&state, &call, body).await?;
-    let input: DeregisterIn = decode::from_slice(&bytes).map_err(ApiError::BadRequest)?;
+    let input: DeregisterIn = decode::from_slice(&bytes)?;
     let context = RegisterContext {
         datacenter: &state.config.datacenter,
     };
-    let request = input.into_request(&context).map_err(ApiError::BadRequest)?;
+    let request = input.into_request(&context)?;
     state
         .authorizer
         .authorize(call.token().as_deref(), Access::NodeWrite(&request.node))?;

@@ -71,15 +71,15 @@ pub async fn write_entry(
     json: Map<String, Value>,
     cas: Option<u64>,
 ) -> Result<bool, ApiError> {
-    let entry = entry::decode(json).map_err(ApiError::BadRequest)?;
+    let entry = entry::decode(json)?;
     let command = Command::ConfigEntrySet {
         entry: Box::new(entry),
         cas,
     };
-    graph::validate_change(&state.cluster.snapshot(), &command).map_err(ApiError::BadRequest)?;
+    graph::validate_change(&state.cluster.snapshot(), &command)?;
     match state.cluster.write(command).await?.1 {
         CommandResult::Cas(applied) => Ok(applied),
-        CommandResult::Error(message) => Err(ApiError::Internal(message)),
+        CommandResult::Error(error) => Err(error.into()),
         other => Err(ApiError::Internal(format!("unexpected result {other:?}"))),
     }
 }
@@ -175,7 +175,7 @@ pub async fn delete(
     let command = Command::ConfigEntryDelete { kind, name, cas };
     // A deletion must not strand what depends on the entry (a splitter on a resolver's
     // subsets, an L7 entry on a service-defaults' protocol).
-    graph::validate_change(&state.cluster.snapshot(), &command).map_err(ApiError::BadRequest)?;
+    graph::validate_change(&state.cluster.snapshot(), &command)?;
     let applied = match state.cluster.write(command).await?.1 {
         CommandResult::Cas(applied) => applied,
         other => return Err(ApiError::Internal(format!("unexpected result {other:?}"))),
@@ -269,8 +269,7 @@ pub async fn discovery_chain_post(
         overrides.protocol = protocol.to_ascii_lowercase();
     }
     if let Some(timeout) = body.get("OverrideConnectTimeout") {
-        let timeout = entry::duration_value("OverrideConnectTimeout", timeout)
-            .map_err(ApiError::BadRequest)?;
+        let timeout = entry::duration_value("OverrideConnectTimeout", timeout)?;
         overrides.connect_timeout = Some(timeout).filter(|t| !t.is_zero());
     }
     if let Some(mode) = body

@@ -155,9 +155,7 @@ pub async fn put_configuration(
         .ok_or_else(|| ApiError::Internal("Connect CA is not initialized yet".into()))?;
     let config = match body.get("Config") {
         None | Some(Value::Null) => current.config.clone(),
-        Some(Value::Object(map)) => {
-            ca_config::apply(&current.config, map).map_err(ApiError::BadRequest)?
-        }
+        Some(Value::Object(map)) => ca_config::apply(&current.config, map)?,
         Some(_) => return Err(ApiError::BadRequest("Config must be an object".into())),
     };
     state.cluster.set_ca_config(config).await?;

@@ -1,11 +1,21 @@
 //! The one place errors become HTTP responses, with Consul's status codes and plain-text
 //! bodies. Each error is logged here, once.
+//!
+//! Every typed error a handler meets has its `From` impl below, and that impl is where its
+//! status code is chosen; handlers propagate with `?`. Handlers build an `ApiError` directly
+//! only for what they compose themselves (a malformed query parameter, a missing resource).
 
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
+use crate::agent::AgentError;
+use crate::api::filter::FilterError;
+use crate::api::DecodeError;
+use crate::connect::ca_config::CaConfigError;
+use crate::connect::EntryError;
 use crate::rpc::{CaError, RpcError, SignError};
+use crate::types::ApplyError;
 
 #[derive(Debug)]
 pub enum ApiError {
@@ -47,6 +57,62 @@ impl From<SignError> for ApiError {
             SignError::Unavailable(message) => ApiError::Internal(message),
             SignError::Rpc(error) => error.into(),
         }
+    }
+}
+
+/// A request body or field that breaks Consul's wire rules is the client's error.
+impl From<DecodeError> for ApiError {
+    fn from(error: DecodeError) -> ApiError {
+        ApiError::BadRequest(error.to_string())
+    }
+}
+
+/// An invalid `?filter=` expression: 400, not Consul's 500 (ARCHITECTURE.md, deviations).
+impl From<FilterError> for ApiError {
+    fn from(error: FilterError) -> ApiError {
+        ApiError::BadRequest(error.to_string())
+    }
+}
+
+/// A config entry that breaks a rule, alone or across entries: 400, not Consul's 500.
+impl From<EntryError> for ApiError {
+    fn from(error: EntryError) -> ApiError {
+        ApiError::BadRequest(error.to_string())
+    }
+}
+
+/// An invalid CA configuration: 400, not Consul's 500.
+impl From<CaConfigError> for ApiError {
+    fn from(error: CaConfigError) -> ApiError {
+        ApiError::BadRequest(error.to_string())
+    }
+}
+
+/// A refused registration is the client's (400); a TTL update of a check that is not a TTL
+/// check is Consul's 404; a failed reload or maintenance check is the agent's (500). A
+/// definition that cannot be stored for restarts answers 400 like the rest of a registration,
+/// as it always has here (Consul answers 500).
+impl From<AgentError> for ApiError {
+    fn from(error: AgentError) -> ApiError {
+        match error {
+            AgentError::Definition(_)
+            | AgentError::UnknownService(_)
+            | AgentError::SidecarPortsDisabled
+            | AgentError::SidecarPortsExhausted { .. }
+            | AgentError::Persist(_) => ApiError::BadRequest(error.to_string()),
+            AgentError::NotTtlCheck(_) => ApiError::NotFound(error.to_string()),
+            AgentError::Restored { .. } | AgentError::Config(_) | AgentError::Internal(_) => {
+                ApiError::Internal(error.to_string())
+            }
+        }
+    }
+}
+
+/// A write the state store refused (an unknown session, a check of an unknown service): 500
+/// with Consul's message, as Consul answers its FSM's refusals.
+impl From<ApplyError> for ApiError {
+    fn from(error: ApplyError) -> ApiError {
+        ApiError::Internal(error.to_string())
     }
 }
 

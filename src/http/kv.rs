@@ -229,8 +229,8 @@ async fn remove(state: &AppState, key: String, call: Call) -> Result<Response, A
 
 async fn apply_single(state: &AppState, op: KvOp, call: &Call) -> Result<Response, ApiError> {
     let (_, result) = state.cluster.write(Command::Kv(op)).await?;
-    if let CommandResult::Error(message) = result {
-        return Err(ApiError::Internal(message));
+    if let CommandResult::Error(error) = result {
+        return Err(error.into());
     }
     let applied = matches!(result, CommandResult::Kv(true));
     Ok(reply::json(&Value::Bool(applied), call.pretty(state)))

@@ -142,10 +142,7 @@ impl Call {
             (false, false) => Consistency::Leader,
         };
         let filter = match self.get("filter") {
-            Some(expression) if !expression.trim().is_empty() => Some(
-                Filter::parse(expression)
-                    .map_err(|error| ApiError::BadRequest(error.to_string()))?,
-            ),
+            Some(expression) if !expression.trim().is_empty() => Some(Filter::parse(expression)?),
             _ => None,
         };
         Ok(ReadOptions {

@@ -19,7 +19,7 @@ use crate::types::{Command, CommandResult};
 
 fn fsm_result(result: CommandResult) -> Result<(), ApiError> {
     match result {
-        CommandResult::Error(message) => Err(ApiError::Internal(message)),
+        CommandResult::Error(error) => Err(error.into()),
         _ => Ok(()),
     }
 }
@@ -32,8 +32,7 @@ pub async fn create(
     call.check_datacenter(&state)?;
     let value = super::body::read_json(&state, &call, body).await?;
     let id = uuid::Uuid::new_v4().to_string();
-    let session = wire::create_request(value, id.clone(), state.agent.node_name())
-        .map_err(ApiError::BadRequest)?;
+    let session = wire::create_request(value, id.clone(), state.agent.node_name())?;
     state
         .authorizer
         .authorize(call.token().as_deref(), Access::NodeWrite(&session.node))?;

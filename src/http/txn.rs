@@ -33,7 +33,7 @@ pub async fn apply(
         limits.http_body_timeout,
     )
     .await?;
-    let ops_in: Vec<TxnOpIn> = decode::from_slice(&bytes).map_err(ApiError::BadRequest)?;
+    let ops_in: Vec<TxnOpIn> = decode::from_slice(&bytes)?;
     if ops_in.len() > limits.txn_max_ops {
         return Err(ApiError::PayloadTooLarge(format!(
             "Transaction contains too many operations ({} > {})",
@@ -56,7 +56,7 @@ pub async fn apply(
         };
         let op = kv
             .into_op()
-            .map_err(|what| ApiError::BadRequest(format!("operation {position}: {what}")))?;
+            .map_err(|error| error.within(format!("operation {position}")))?;
         let access = match &op {
             op if op.is_read() => Access::KeyRead(op.key()),
             op => Access::KeyWrite(op.key()),

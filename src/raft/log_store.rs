@@ -90,7 +90,7 @@ fn open_data_file(sled_path: &Path) -> Result<File, String> {
 impl LogStore {
     /// Opens the WAL and the metadata tree, and checks that the metadata and the last entry
     /// decode, so a damaged log is reported at start-up rather than on first use.
-    pub fn open(
+    pub(super) fn open(
         db: sled::Db,
         sled_path: &Path,
         wal_dir: &Path,

@@ -21,7 +21,7 @@ pub struct ProgressMarker {
 
 impl ProgressMarker {
     /// Opens the marker, returning it with the index it records (0 when new).
-    pub fn open(path: &Path) -> Result<(ProgressMarker, u64), String> {
+    pub(super) fn open(path: &Path) -> Result<(ProgressMarker, u64), String> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)

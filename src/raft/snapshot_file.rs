@@ -25,7 +25,7 @@ fn fsync_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 impl SnapshotFiles {
-    pub fn open(dir: &Path) -> Result<SnapshotFiles, String> {
+    pub(super) fn open(dir: &Path) -> Result<SnapshotFiles, String> {
         std::fs::create_dir_all(dir)
             .map_err(|error| format!("cannot create {}: {error}", dir.display()))?;
         Ok(SnapshotFiles {
@@ -58,7 +58,7 @@ impl SnapshotFiles {
 
     /// Reads the current snapshot; `Ok(None)` when there is none, an error naming the file when
     /// it is damaged.
-    pub fn read<M: DeserializeOwned>(&self) -> Result<Option<(M, Vec<u8>)>, String> {
+    pub(super) fn read<M: DeserializeOwned>(&self) -> Result<Option<(M, Vec<u8>)>, String> {
         let path = self.path();
         let bytes = match std::fs::read(&path) {
             Ok(bytes) => bytes,

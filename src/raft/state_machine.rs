@@ -46,7 +46,7 @@ fn snapshot_error(path: &Path, verb: ErrorVerb, error: impl std::fmt::Display) -
 
 impl StateMachine {
     /// Opens the snapshot directory and restores the latest snapshot, if any, into `store`.
-    pub fn open(snapshot_dir: &Path, store: Arc<Store>) -> Result<StateMachine, String> {
+    pub(super) fn open(snapshot_dir: &Path, store: Arc<Store>) -> Result<StateMachine, String> {
         let snapshots = Arc::new(SnapshotFiles::open(snapshot_dir)?);
         let mut machine = StateMachine {
             store,

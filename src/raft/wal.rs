@@ -57,7 +57,7 @@ pub struct RecordLocation {
 
 impl RecordLocation {
     /// Reads and verifies the record, returning its payload.
-    pub fn read(&self) -> Result<Vec<u8>, String> {
+    pub(super) fn read(&self) -> Result<Vec<u8>, String> {
         let mut record = vec![0u8; self.len as usize];
         self.file
             .read_exact_at(&mut record, self.offset)
@@ -109,7 +109,7 @@ pub struct Wal {
 impl Wal {
     /// Opens the log directory and recovers every segment (read-only: nothing is changed
     /// until the first write).
-    pub fn open(dir: &Path) -> Result<Wal, String> {
+    pub(super) fn open(dir: &Path) -> Result<Wal, String> {
         std::fs::create_dir_all(dir)
             .map_err(|error| format!("cannot create {}: {error}", dir.display()))?;
         let mut names = Vec::new();

@@ -4,7 +4,9 @@
 use imbl::{OrdMap, OrdSet};
 
 use super::Tables;
-use crate::types::{Check, DeregisterRequest, Node, RaftIndexes, RegisterRequest, Service};
+use crate::types::{
+    ApplyError, Check, DeregisterRequest, Node, RaftIndexes, RegisterRequest, Service,
+};
 
 pub const NODES_TOPIC: &str = "nodes";
 pub const SERVICES_TOPIC: &str = "services";
@@ -139,7 +141,7 @@ pub(super) fn register(
     index: u64,
     request: &RegisterRequest,
     touched: &mut Vec<String>,
-) -> Result<(), String> {
+) -> Result<(), ApplyError> {
     // Validate everything before changing anything, so a failed register changes nothing.
     let node_name = &request.node.name;
     if !request.node.id.is_empty() {
@@ -148,15 +150,16 @@ pub(super) fn register(
             .values()
             .find(|other| other.id == request.node.id && &other.name != node_name)
         {
-            return Err(format!(
-                "failed inserting node: node ID {:?} for node {:?} aliases existing node {:?}",
-                request.node.id, node_name, other.name
-            ));
+            return Err(ApplyError::NodeIdTaken {
+                id: request.node.id.clone(),
+                node: node_name.clone(),
+                existing: other.name.clone(),
+            });
         }
     }
     let node_known = tables.nodes.contains_key(node_name);
     if request.skip_node_update && !node_known && request.node.address.is_empty() {
-        return Err(format!("node {node_name:?} is not registered"));
+        return Err(ApplyError::NodeNotRegistered(node_name.clone()));
     }
     for check in &request.checks {
         let own_service = request
@@ -169,10 +172,10 @@ pub(super) fn register(
                 .services
                 .contains_key(&(node_name.clone(), check.service_id.clone()))
         {
-            return Err(format!(
-                "Unknown service ID {:?} for check ID {:?}",
-                check.service_id, check.check_id
-            ));
+            return Err(ApplyError::UnknownCheckService {
+                service_id: check.service_id.clone(),
+                check_id: check.check_id.clone(),
+            });
         }
     }
 
@@ -193,7 +196,7 @@ pub(super) fn deregister(
     index: u64,
     request: &DeregisterRequest,
     touched: &mut Vec<String>,
-) -> Result<(), String> {
+) -> Result<(), ApplyError> {
     let node = &request.node;
     if !tables.nodes.contains_key(node) {
         // Consul treats deregistering an unknown node as a no-op.

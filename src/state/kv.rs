@@ -5,7 +5,7 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use super::Tables;
-use crate::types::{KvEntry, KvOp, RaftIndexes, TxnError, TxnOutcome, TxnResult};
+use crate::types::{ApplyError, KvEntry, KvOp, RaftIndexes, TxnError, TxnOutcome, TxnResult};
 
 /// The watch topic of one key; prefix watches use the same form with the prefix.
 pub fn topic(key: &str) -> String {
@@ -56,11 +56,11 @@ pub(super) fn apply_single(
     index: u64,
     op: &KvOp,
     touched: &mut Vec<String>,
-) -> Result<bool, String> {
+) -> Result<bool, ApplyError> {
     match apply_op(tables, index, op, touched) {
         Ok(_) => Ok(true),
         Err(OpFailure::Mismatch(_)) => Ok(false),
-        Err(OpFailure::Invalid(what)) => Err(what),
+        Err(OpFailure::Invalid(error)) => Err(error),
     }
 }
 
@@ -80,9 +80,11 @@ pub(super) fn apply_txn(
         match apply_op(&mut working, index, op, &mut working_touched) {
             Ok(Some(result)) => results.extend(result),
             Ok(None) => {}
-            Err(OpFailure::Mismatch(what) | OpFailure::Invalid(what)) => {
-                errors.push(TxnError { op_index, what })
-            }
+            Err(OpFailure::Mismatch(what)) => errors.push(TxnError { op_index, what }),
+            Err(OpFailure::Invalid(error)) => errors.push(TxnError {
+                op_index,
+                what: error.to_string(),
+            }),
         }
     }
     if !errors.is_empty() {
@@ -114,7 +116,7 @@ pub(super) fn reap_tombstones(tables: &mut Tables, up_to_index: u64) {
 enum OpFailure {
     /// A condition did not hold (CAS index, existence); not an error of the request.
     Mismatch(String),
-    Invalid(String),
+    Invalid(ApplyError),
 }
 
 /// The results one op contributes to a transaction's `Results`.
@@ -204,7 +206,9 @@ fn apply_op(
             session,
         } => {
             if !tables.sessions.contains_key(session.as_str()) {
-                return Err(OpFailure::Invalid(format!("Invalid session {session:?}")));
+                return Err(OpFailure::Invalid(ApplyError::InvalidSession(
+                    session.clone(),
+                )));
             }
             let held_by = tables
                 .kv_get(key)

@@ -101,7 +101,7 @@ impl Tables {
         match command {
             Command::Kv(op) => match kv::apply_single(self, index, op, touched) {
                 Ok(applied) => CommandResult::Kv(applied),
-                Err(message) => CommandResult::Error(message),
+                Err(error) => CommandResult::Error(error),
             },
             Command::Txn(ops) => CommandResult::Txn(kv::apply_txn(self, index, ops, touched)),
             Command::CatalogRegister(request) => {
@@ -116,7 +116,7 @@ impl Tables {
             }
             Command::SessionCreate(new) => match session::create(self, index, new, touched) {
                 Ok(()) => CommandResult::Done,
-                Err(message) => CommandResult::Error(message),
+                Err(error) => CommandResult::Error(error),
             },
             Command::SessionDestroy { id } => {
                 session::destroy(self, index, id, touched);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::kv;
 use super::Tables;
 use crate::types::session::{Session, SessionBehavior};
-use crate::types::{HealthStatus, RaftIndexes};
+use crate::types::{ApplyError, HealthStatus, RaftIndexes};
 
 pub const SESSIONS_TOPIC: &str = "sessions";
 
@@ -23,21 +23,18 @@ impl Tables {
 
 /// Why `session` cannot be (or stay) valid, if it cannot: its node must be registered and every
 /// check it is bound to must exist and not be critical.
-fn invalid_reason(tables: &Tables, session: &Session) -> Option<String> {
+fn invalid_reason(tables: &Tables, session: &Session) -> Option<ApplyError> {
     if tables.node(&session.node).is_none() {
-        return Some(format!(
-            "Missing node registration for node {:?}",
-            session.node
-        ));
+        return Some(ApplyError::SessionNodeMissing(session.node.clone()));
     }
     for check_id in session.node_checks.iter().chain(&session.service_checks) {
         match tables
             .node_checks(&session.node)
             .find(|c| &c.check_id == check_id)
         {
-            None => return Some(format!("Missing check '{check_id}' registration")),
+            None => return Some(ApplyError::SessionCheckMissing(check_id.clone())),
             Some(check) if check.status == HealthStatus::Critical => {
-                return Some(format!("Check '{check_id}' is in critical state"))
+                return Some(ApplyError::SessionCheckCritical(check_id.clone()))
             }
             Some(_) => {}
         }
@@ -50,9 +47,9 @@ pub(super) fn create(
     index: u64,
     session: &Session,
     touched: &mut Vec<String>,
-) -> Result<(), String> {
+) -> Result<(), ApplyError> {
     if tables.sessions.contains_key(session.id.as_str()) {
-        return Err(format!("Session {:?} already exists", session.id));
+        return Err(ApplyError::SessionExists(session.id.clone()));
     }
     if let Some(reason) = invalid_reason(tables, session) {
         return Err(reason);

@@ -253,7 +253,11 @@ fn deregistering_a_node_removes_its_services_and_checks() {
 
     request.checks[0].service_id = "missing".into();
     let result = apply(&store, 3, Command::CatalogRegister(Box::new(request)));
-    assert!(matches!(result, CommandResult::Catalog(Err(_))));
+    assert!(matches!(
+        result,
+        CommandResult::Catalog(Err(ApplyError::UnknownCheckService { service_id, .. }))
+            if service_id == "missing"
+    ));
 
     apply(
         &store,
@@ -406,13 +410,15 @@ fn lock(key: &str, session: &str, value: &str) -> Command {
 fn sessions_need_a_live_node_and_healthy_checks() {
     use crate::types::session::SessionBehavior::Release;
     let store = Store::new();
-    assert!(
-        matches!(apply(&store, 2, session("s1", "n1", Release)), CommandResult::Error(m) if m.contains("node"))
+    assert_eq!(
+        apply(&store, 2, session("s1", "n1", Release)),
+        CommandResult::Error(ApplyError::SessionNodeMissing("n1".into()))
     );
     apply(&store, 3, node_check("n1", HealthStatus::Critical));
-    assert!(
-        matches!(apply(&store, 4, session("s1", "n1", Release)), CommandResult::Error(m) if m.contains("critical"))
-    );
+    assert!(matches!(
+        apply(&store, 4, session("s1", "n1", Release)),
+        CommandResult::Error(ApplyError::SessionCheckCritical(_))
+    ));
     apply(&store, 5, node_check("n1", HealthStatus::Passing));
     assert_eq!(
         apply(&store, 6, session("s1", "n1", Release)),
@@ -429,8 +435,9 @@ fn locks_follow_consul_semantics_and_die_with_their_session() {
     apply(&store, 3, session("a", "n1", Release));
     apply(&store, 4, session("b", "n1", Delete));
 
-    assert!(
-        matches!(apply(&store, 5, lock("k", "ghost", "x")), CommandResult::Error(m) if m.contains("Invalid session"))
+    assert_eq!(
+        apply(&store, 5, lock("k", "ghost", "x")),
+        CommandResult::Error(ApplyError::InvalidSession("ghost".into()))
     );
     assert_eq!(
         apply(&store, 6, lock("k", "a", "1")),

@@ -457,12 +457,19 @@ fn body(json: &Map<String, Value>) -> Value {
     )
 }
 
-fn decode<T: serde::de::DeserializeOwned>(kind: &str, body: Value) -> Result<T, String> {
-    serde_json::from_value(body).map_err(|error| format!("Invalid {kind} config entry: {error}"))
+/// Why an entry's JSON is not an entry of its kind; the message is the one a 400 carries.
+/// Callers only report it (connect::entry wraps it as its own error), so it is one kind.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ParseError(String);
+
+fn decode<T: serde::de::DeserializeOwned>(kind: &str, body: Value) -> Result<T, ParseError> {
+    serde_json::from_value(body)
+        .map_err(|error| ParseError(format!("Invalid {kind} config entry: {error}")))
 }
 
 /// Parses the canonical JSON object of an entry of `kind` into its typed view.
-pub fn parse(kind: &str, json: &Map<String, Value>) -> Result<Typed, String> {
+pub fn parse(kind: &str, json: &Map<String, Value>) -> Result<Typed, ParseError> {
     let body = body(json);
     Ok(match kind {
         SERVICE_DEFAULTS => Typed::ServiceDefaults(decode(kind, body)?),
@@ -482,14 +489,16 @@ pub fn parse(kind: &str, json: &Map<String, Value>) -> Result<Typed, String> {
             Typed::Intentions(intentions)
         }
         MESH => Typed::Mesh(decode(kind, body)?),
-        other => return Err(format!("invalid config entry kind: {other}")),
+        other => return Err(ParseError(format!("invalid config entry kind: {other}"))),
     })
 }
 
 /// Parses a stored entry's JSON text.
-pub fn parse_stored(kind: &str, json: &str) -> Result<Typed, String> {
+pub fn parse_stored(kind: &str, json: &str) -> Result<Typed, ParseError> {
     match serde_json::from_str::<Value>(json) {
         Ok(Value::Object(map)) => parse(kind, &map),
-        _ => Err("stored config entry is not a JSON object".into()),
+        _ => Err(ParseError(
+            "stored config entry is not a JSON object".into(),
+        )),
     }
 }

@@ -3,15 +3,21 @@
 
 use std::time::Duration;
 
+/// Why a Go duration did not parse; the message names the text, as Go's does. Callers only
+/// ever report it (each wraps it in the field it was reading), so it is one kind.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DurationError(String);
+
 /// Parses a Go duration. A bare number is rejected, as Go's `time.ParseDuration` does, except
 /// `"0"`. Negative durations are rejected: nothing in concord accepts them.
-pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_go_duration(text: &str) -> Result<Duration, DurationError> {
     let text = text.trim();
     if text == "0" {
         return Ok(Duration::ZERO);
     }
     if text.is_empty() {
-        return Err("empty duration".into());
+        return Err(DurationError("empty duration".into()));
     }
     let mut total = 0f64;
     let mut rest = text;
@@ -20,11 +26,11 @@ pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(rest.len());
         if number_len == 0 {
-            return Err(format!("invalid duration {text:?}"));
+            return Err(DurationError(format!("invalid duration {text:?}")));
         }
         let number: f64 = rest[..number_len]
             .parse()
-            .map_err(|_| format!("invalid duration {text:?}"))?;
+            .map_err(|_| DurationError(format!("invalid duration {text:?}")))?;
         rest = &rest[number_len..];
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit() || c == '.')
@@ -36,13 +42,18 @@ pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
             "s" => 1.0,
             "m" => 60.0,
             "h" => 3600.0,
-            "" => return Err(format!("missing unit in duration {text:?}")),
-            unit => return Err(format!("unknown unit {unit:?} in duration {text:?}")),
+            "" => return Err(DurationError(format!("missing unit in duration {text:?}"))),
+            unit => {
+                return Err(DurationError(format!(
+                    "unknown unit {unit:?} in duration {text:?}"
+                )))
+            }
         };
         rest = &rest[unit_len..];
         total += number * unit_seconds;
     }
-    Duration::try_from_secs_f64(total).map_err(|_| format!("duration {text:?} is out of range"))
+    Duration::try_from_secs_f64(total)
+        .map_err(|_| DurationError(format!("duration {text:?} is out of range")))
 }
 
 /// Formats a duration exactly as Go's `time.Duration.String` does, because Consul's JSON and

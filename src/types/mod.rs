@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub mod agent;
+pub mod apply;
 pub mod chain;
 pub mod config_entry;
 pub mod connect;
@@ -19,6 +20,7 @@ pub mod duration;
 pub mod session;
 pub mod txn;
 
+pub use apply::ApplyError;
 pub use txn::{KvOp, TxnError, TxnOutcome, TxnResult};
 
 /// Consul's health states, in the order a list of checks aggregates them (worst wins).
@@ -210,18 +212,19 @@ pub enum Command {
 }
 
 /// What applying a command produced. Business failures (a CAS mismatch, a rolled-back
-/// transaction, a missing node) are values here, never errors.
+/// transaction, a missing node) are values here, never errors. Returned from apply only, never
+/// written to the log, so its shape may change.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CommandResult {
     /// `true`/`false` of a single KV write or delete.
     Kv(bool),
     Txn(TxnOutcome),
-    Catalog(Result<(), String>),
+    Catalog(Result<(), ApplyError>),
     Done,
     /// The results of a `Command::Batch`, in order.
     Batch(Vec<CommandResult>),
     /// Whether a compare-and-set write (config entry, CA state) was applied.
     Cas(bool),
-    /// A request the FSM refused (an unknown session, say); the message is Consul's.
-    Error(String),
+    /// A request the FSM refused (an unknown session, say).
+    Error(ApplyError),
 }

@@ -109,7 +109,7 @@ async fn leafs_handshake_and_survive_a_root_rotation() {
     let error = refused
         .server
         .expect_err("api accepted a foreign CA's client");
-    assert!(error.contains("UnknownIssuer"), "{error}");
+    assert!(error.to_string().contains("UnknownIssuer"), "{error}");
 
     // An unsupported key type is refused and changes nothing.
     let client = agent.client();

@@ -1,0 +1,102 @@
+//! What the state store refuses when it applies a command. These are business failures,
+//! returned as values inside `CommandResult` (never errors of the log or of the state
+//! machine), with Consul's messages.
+
+use serde::{Deserialize, Serialize};
+
+/// Why applying a command changed nothing. Plain data: it travels in `CommandResult`, which
+/// openraft encodes as the response of an apply; it is never written to the log or a snapshot,
+/// so its shape may change. Every message is Consul's; the HTTP edge answers each with a 500,
+/// as Consul answers its FSM's refusals.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ApplyError {
+    /// A KV lock or unlock named a session that does not exist.
+    #[error("Invalid session {0:?}")]
+    InvalidSession(String),
+    /// A registration carries a node id that another node already has.
+    #[error(
+        "failed inserting node: node ID {id:?} for node {node:?} aliases existing node {existing:?}"
+    )]
+    NodeIdTaken {
+        id: String,
+        node: String,
+        existing: String,
+    },
+    /// A registration with `SkipNodeUpdate` for a node the catalog does not have, and no
+    /// address to create it with.
+    #[error("node {0:?} is not registered")]
+    NodeNotRegistered(String),
+    /// A registered check names a service that is neither registered on its node nor part of
+    /// the same registration.
+    #[error("Unknown service ID {service_id:?} for check ID {check_id:?}")]
+    UnknownCheckService {
+        service_id: String,
+        check_id: String,
+    },
+    /// A session id that is already in use.
+    #[error("Session {0:?} already exists")]
+    SessionExists(String),
+    /// A session for a node the catalog does not have.
+    #[error("Missing node registration for node {0:?}")]
+    SessionNodeMissing(String),
+    /// A session bound to a check its node does not have.
+    #[error("Missing check '{0}' registration")]
+    SessionCheckMissing(String),
+    /// A session bound to a check that is critical.
+    #[error("Check '{0}' is in critical state")]
+    SessionCheckCritical(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The texts are Consul's and clients match on them: each is pinned here.
+    #[test]
+    fn messages_are_consuls() {
+        let cases = [
+            (
+                ApplyError::InvalidSession("ghost".into()),
+                r#"Invalid session "ghost""#,
+            ),
+            (
+                ApplyError::NodeIdTaken {
+                    id: "id-1".into(),
+                    node: "n2".into(),
+                    existing: "n1".into(),
+                },
+                r#"failed inserting node: node ID "id-1" for node "n2" aliases existing node "n1""#,
+            ),
+            (
+                ApplyError::NodeNotRegistered("n1".into()),
+                r#"node "n1" is not registered"#,
+            ),
+            (
+                ApplyError::UnknownCheckService {
+                    service_id: "web".into(),
+                    check_id: "c1".into(),
+                },
+                r#"Unknown service ID "web" for check ID "c1""#,
+            ),
+            (
+                ApplyError::SessionExists("s1".into()),
+                r#"Session "s1" already exists"#,
+            ),
+            (
+                ApplyError::SessionNodeMissing("n1".into()),
+                r#"Missing node registration for node "n1""#,
+            ),
+            (
+                ApplyError::SessionCheckMissing("serfHealth".into()),
+                "Missing check 'serfHealth' registration",
+            ),
+            (
+                ApplyError::SessionCheckCritical("serfHealth".into()),
+                "Check 'serfHealth' is in critical state",
+            ),
+        ];
+        for (error, text) in cases {
+            assert_eq!(error.to_string(), text);
+        }
+    }
+}
