@@ -469,11 +469,25 @@ fn or(value: &str, fallback: &str) -> String {
     }
 }
 
-/// Compiles `service`'s chain from the entries in `tables`. The error is Consul's message as
-/// text, not yet a typed error: proxycfg memoises the result and reports it as text, and is
-/// being changed separately (tidy's `STRING_ERRORS_ALLOWED` names this function until then).
-/// `graph` turns it into an `EntryError`; the discovery-chain endpoint answers it with a 500.
+/// Why a chain does not compile (a splitter naming a subset its resolver lacks, a redirect
+/// loop, ...), in Consul's words. `graph` turns it into an `EntryError` (the write is
+/// refused); a proxy whose upstream's chain does not compile keeps its last configuration;
+/// the discovery-chain endpoint answers it with a 500, as Consul does.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ChainError(String);
+
+/// Compiles `service`'s chain from the entries in `tables`.
 pub fn compile(
+    tables: &Tables,
+    service: &str,
+    context: &Context<'_>,
+    overrides: &Overrides,
+) -> Result<Chain, ChainError> {
+    compile_chain(tables, service, context, overrides).map_err(ChainError)
+}
+
+fn compile_chain(
     tables: &Tables,
     service: &str,
     context: &Context<'_>,

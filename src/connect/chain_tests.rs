@@ -17,7 +17,7 @@ const CONTEXT: Context<'static> = Context {
 const TRUST_DOMAIN_SNI: &str = "default.dc1.internal.td.consul";
 
 fn compile_in(world: &World, service: &str, overrides: &Overrides) -> Result<Chain, String> {
-    compile(&world.tables(), service, &CONTEXT, overrides)
+    compile(&world.tables(), service, &CONTEXT, overrides).map_err(|error| error.to_string())
 }
 
 fn api_chain(world: &World) -> Chain {

@@ -85,7 +85,7 @@ pub fn validate_change(tables: &Tables, change: &Command) -> Result<(), EntryErr
         };
         let own = service == name && matches!(change, Command::ConfigEntrySet { .. });
         if own || chain::compile(tables, &service, &context, &overrides).is_ok() {
-            return Err(EntryError::new(error));
+            return Err(EntryError::new(error.to_string()));
         }
     }
     Ok(())

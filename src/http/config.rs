@@ -234,8 +234,7 @@ async fn chain_reply(
             datacenter: &datacenter,
             trust_domain: &trust_domain,
         };
-        let compiled =
-            chain::compile(tables, &service, &context, &overrides).map_err(ApiError::Internal)?;
+        let compiled = chain::compile(tables, &service, &context, &overrides)?;
         let index = CHAIN_KINDS
             .iter()
             .map(|kind| tables.config_kind_index(kind))

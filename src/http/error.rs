@@ -75,6 +75,13 @@ impl From<FilterError> for ApiError {
 }
 
 /// A config entry that breaks a rule, alone or across entries: 400, not Consul's 500.
+/// A chain that does not compile: Consul answers the discovery-chain endpoint with a 500.
+impl From<crate::connect::chain::ChainError> for ApiError {
+    fn from(error: crate::connect::chain::ChainError) -> ApiError {
+        ApiError::Internal(error.to_string())
+    }
+}
+
 impl From<EntryError> for ApiError {
     fn from(error: EntryError) -> ApiError {
         ApiError::BadRequest(error.to_string())

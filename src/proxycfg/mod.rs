@@ -137,7 +137,7 @@ pub enum NotReady {
     /// The CA has not bootstrapped yet, or the leaf is not issued yet.
     WaitingForCertificate,
     /// An upstream's chain does not compile (a config entry refers to something missing).
-    Chain(String),
+    Chain(chain::ChainError),
 }
 
 /// Inputs that are not in the tables.
@@ -155,7 +155,7 @@ pub struct Context<'a> {
 pub struct Shared {
     /// The tables the entries were computed from; held so the pointer cannot be reused.
     tables: Option<Arc<Tables>>,
-    chains: HashMap<(String, chain::Overrides), Result<Arc<Chain>, String>>,
+    chains: HashMap<(String, chain::Overrides), Result<Arc<Chain>, chain::ChainError>>,
     endpoints: HashMap<String, Arc<Vec<Endpoint>>>,
     roots_pem: Option<Arc<Vec<String>>>,
 }
