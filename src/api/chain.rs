@@ -4,14 +4,8 @@
 
 use serde_json::{Map, Value};
 
-use crate::types::chain::{Chain, Node, Target};
+use crate::types::chain::{weight_json, Chain, Node, Target};
 use crate::types::duration::format_go_duration;
-
-/// A weight in its shortest decimal form (`80`, `33.33`), as Go prints a float32.
-pub fn weight_json(weight: f32) -> Value {
-    let text = format!("{weight}");
-    serde_json::from_str(&text).unwrap_or(Value::Null)
-}
 
 fn strings(list: &Option<Vec<String>>) -> Value {
     match list {

@@ -1,17 +1,18 @@
-//! Consul's JSON wire shapes, with explicit conversions from and to the domain types, the
-//! decoder that accepts Consul's key spellings, the `?filter=` language, and the typed HTTP
-//! client the CLI uses.
+//! Consul's JSON wire shapes, with explicit conversions from and to the domain types (catalog,
+//! KV, sessions, the discovery chain, legacy intentions, the CA configuration), the decoder that
+//! accepts Consul's key spellings, and the typed HTTP client the CLI uses.
 //!
 //! Architecture invariant: the domain model never derives Consul's JSON. A field renamed on the
 //! wire changes this module only.
 
+pub mod ca_config;
 pub mod catalog;
 pub mod chain;
 pub mod client;
 pub mod config_entry;
 pub mod decode;
 pub mod definition;
-pub mod filter;
+pub mod intention;
 pub mod kv;
 pub mod session;
 

@@ -146,7 +146,7 @@ fn serialize_ca_config<S: serde::Serializer>(
     config: &crate::types::connect::CaConfig,
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
-    serde::Serialize::serialize(&crate::connect::ca_config::to_json(config), serializer)
+    serde::Serialize::serialize(&crate::api::ca_config::config(config), serializer)
 }
 
 fn serialize_duration<S: serde::Serializer>(

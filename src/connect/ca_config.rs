@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use crate::types::connect::CaConfig;
 use crate::types::duration::{format_go_duration, parse_go_duration};
@@ -170,23 +170,10 @@ pub fn validate(config: &CaConfig) -> Result<(), CaConfigError> {
     }
 }
 
-/// The `Config` map `GET /v1/connect/ca/configuration` shows.
-pub fn to_json(config: &CaConfig) -> Value {
-    let ttl = |secs: u64| format_go_duration(Duration::from_secs(secs));
-    json!({
-        "CSRMaxConcurrent": config.csr_max_concurrent,
-        "CSRMaxPerSecond": config.csr_max_per_second,
-        "IntermediateCertTTL": ttl(config.intermediate_cert_ttl_secs),
-        "LeafCertTTL": ttl(config.leaf_cert_ttl_secs),
-        "PrivateKeyBits": config.private_key_bits,
-        "PrivateKeyType": config.private_key_type,
-        "RootCertTTL": ttl(config.root_cert_ttl_secs),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn apply_json(value: Value) -> Result<CaConfig, String> {
         apply(&CaConfig::default(), value.as_object().expect("object"))

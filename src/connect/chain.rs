@@ -11,10 +11,10 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::entry::{duration_value, service_protocol};
-use crate::api::chain::weight_json;
 use crate::state::Tables;
 pub use crate::types::chain::{
-    Chain, FailoverNode, Node, ResolverNode, RouteNode, SplitNode, Target, TargetSubset,
+    weight_json, Chain, FailoverNode, Node, ResolverNode, RouteNode, SplitNode, Target,
+    TargetSubset,
 };
 use crate::types::config_entry::{self as ce, Typed};
 

@@ -5,7 +5,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::api::filter::Filter;
+use crate::filter::Filter;
 use crate::state::Tables;
 use crate::types::config_entry::{self as ce, HeaderMatch, Typed};
 use crate::types::connect::ConfigEntry;

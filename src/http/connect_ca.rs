@@ -108,7 +108,7 @@ pub async fn get_configuration(
             .ok_or_else(|| ApiError::Internal("Connect CA is not initialized yet".into()))?;
         let body = json!({
             "Provider": "consul",
-            "Config": ca_config::to_json(&ca.config),
+            "Config": crate::api::ca_config::config(&ca.config),
             "State": null,
             "ForceWithoutCrossSigning": false,
             "CreateIndex": ca.indexes.create,

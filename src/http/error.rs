@@ -10,10 +10,10 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
 use crate::agent::AgentError;
-use crate::api::filter::FilterError;
 use crate::api::DecodeError;
 use crate::connect::ca_config::CaConfigError;
 use crate::connect::EntryError;
+use crate::filter::FilterError;
 use crate::rpc::{CaError, RpcError, SignError};
 use crate::types::ApplyError;
 

@@ -198,7 +198,7 @@ pub async fn get_exact(
     reply::blocking(&state, &options, topics, |tables| {
         let index = tables.config_kind_index(SERVICE_INTENTIONS);
         match intention::exact(tables, &source, &destination) {
-            Some(found) => Ok((index, Reply::Json(intention::to_json(&found)))),
+            Some(found) => Ok((index, Reply::Json(crate::api::intention::intention(&found)))),
             None => Err(ApiError::NotFound(format!(
                 "Intention not found: {source} => {destination}"
             ))),
@@ -237,7 +237,7 @@ pub async fn list(State(state): State<Arc<AppState>>, call: Call) -> Result<Resp
         let list: Vec<Value> = intention::all(tables)
             .iter()
             .filter(|found| readable(&state, token.as_deref(), found))
-            .map(intention::to_json)
+            .map(crate::api::intention::intention)
             .collect();
         Ok((
             tables.config_kind_index(SERVICE_INTENTIONS),
@@ -274,7 +274,7 @@ pub async fn matches(State(state): State<Arc<AppState>>, call: Call) -> Result<R
             let list: Vec<Value> = found
                 .iter()
                 .filter(|found| readable(&state, token.as_deref(), found))
-                .map(intention::to_json)
+                .map(crate::api::intention::intention)
                 .collect();
             out.insert(name.clone(), Value::Array(list));
         }
@@ -380,7 +380,7 @@ pub async fn get_by_id(
         match by_id(tables, &id) {
             Some(found) if readable(&state, token.as_deref(), &found) => Ok((
                 tables.config_kind_index(SERVICE_INTENTIONS),
-                Reply::Json(intention::to_json(&found)),
+                Reply::Json(crate::api::intention::intention(&found)),
             )),
             Some(_) => Err(ApiError::PermissionDenied),
             None => Err(ApiError::NotFound(format!("Intention not found: {id}"))),

@@ -14,7 +14,7 @@ use rand::Rng;
 
 use super::error::ApiError;
 use super::AppState;
-use crate::api::filter::Filter;
+use crate::filter::Filter;
 use crate::rpc::Consistency;
 use crate::types::duration::parse_go_duration;
 

@@ -5,8 +5,8 @@
 use serde_json::json;
 
 use crate::api::catalog::{agent_service, health_check, node as node_json};
-use crate::api::filter::Filter;
 use crate::connect::chain::Target;
+use crate::filter::Filter;
 use crate::state::Tables;
 use crate::types::{HealthStatus, Node, Service};
 

@@ -89,3 +89,10 @@ pub struct TargetSubset {
     pub filter: String,
     pub only_passing: bool,
 }
+
+/// A weight in its shortest decimal form (`80`, `33.33`), as Go prints a float32: how a
+/// split's weight appears in the definitions a chain echoes.
+pub fn weight_json(weight: f32) -> Value {
+    let text = format!("{weight}");
+    serde_json::from_str(&text).unwrap_or(Value::Null)
+}
