@@ -60,9 +60,11 @@ struct TypeState {
     rejected: HashMap<String, String>,
     /// Child name → sequence number of the latest send of a parent naming it. Envoy holds the
     /// child only once it has ACKed a send of the child made after that.
-    parent_sent: HashMap<String, u64>,
+    /// A BTreeMap, not a HashMap: entries live only while a parent's resend is in flight, and
+    /// a HashMap would keep its grown table on thousands of idle streams.
+    parent_sent: BTreeMap<String, u64>,
     /// The last ACKed nonce and when it came.
-    last_ack: Option<(String, Instant)>,
+    last_ack: Option<(u64, Instant)>,
 }
 
 impl TypeState {
@@ -162,7 +164,7 @@ impl DeltaStream {
             let sent = state.pending.remove(&request.response_nonce);
             match (&request.error_detail, sent) {
                 (None, Some(sent)) => {
-                    state.last_ack = Some((request.response_nonce.clone(), Instant::now()));
+                    state.last_ack = Some((sent.sequence, Instant::now()));
                     for (name, version) in sent.resources {
                         // Envoy drops what it is sent for a name it no longer subscribes to.
                         if !state.in_scope(&name) {
@@ -469,10 +471,9 @@ impl DeltaStream {
                 Some(TypeReport {
                     type_url,
                     wildcard: state.wildcard,
-                    last_ack: state
-                        .last_ack
-                        .as_ref()
-                        .map(|(nonce, at)| (nonce.clone(), now.saturating_duration_since(*at))),
+                    last_ack: state.last_ack.map(|(sequence, at)| {
+                        (format!("{sequence:08x}"), now.saturating_duration_since(at))
+                    }),
                     resources,
                     pending,
                 })

@@ -64,10 +64,18 @@ pub struct StreamReport {
     pub endpoints: std::collections::BTreeMap<String, Vec<String>>,
 }
 
+/// A stream task's one-slot mailbox for report requests: lighter than a channel per stream
+/// (thousands of idle streams each carry one).
+#[derive(Default)]
+struct InspectSlot {
+    waiting: Mutex<Option<oneshot::Sender<StreamReport>>>,
+    ring: tokio::sync::Notify,
+}
+
 /// How the status registry reaches a stream task.
 struct StreamHandle {
     proxy: String,
-    inspect: mpsc::Sender<oneshot::Sender<StreamReport>>,
+    inspect: Arc<InspectSlot>,
 }
 
 /// Counters shared by every stream.
@@ -98,7 +106,17 @@ impl XdsStatus {
         // whose last report request is still unanswered is busy, and is skipped at once.
         let asks = handles.into_iter().map(|inspect| async move {
             let (reply, answer) = oneshot::channel();
-            inspect.try_send(reply).ok()?;
+            {
+                let mut waiting = inspect
+                    .waiting
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if waiting.as_ref().is_some_and(|earlier| !earlier.is_closed()) {
+                    return None;
+                }
+                *waiting = Some(reply);
+            }
+            inspect.ring.notify_one();
             tokio::time::timeout(limit, answer).await.ok()?.ok()
         });
         let mut reports: Vec<StreamReport> = futures::future::join_all(asks)
@@ -209,7 +227,7 @@ impl StreamContext {
         &self,
         node_id: Option<&str>,
         guard: &mut StreamGuard,
-        inspect: mpsc::Sender<oneshot::Sender<StreamReport>>,
+        inspect: Arc<InspectSlot>,
     ) -> Result<SnapshotReceiver, Status> {
         let proxy = node_id.filter(|id| !id.is_empty()).ok_or_else(|| {
             Status::invalid_argument(
@@ -379,8 +397,7 @@ async fn run<P: Protocol>(
         proxy: None,
         id: context.status.next_stream.fetch_add(1, Ordering::Relaxed),
     };
-    let (inspect, mut inspections) = mpsc::channel::<oneshot::Sender<StreamReport>>(1);
-    let mut inspect = Some(inspect);
+    let inspections = Arc::new(InspectSlot::default());
     // Whether the agent was told this proxy's Envoy is listening.
     let mut listening = false;
     let mut stream = P::default();
@@ -401,7 +418,7 @@ async fn run<P: Protocol>(
                     }
                 };
                 if snapshots.is_none() {
-                    match context.attach(P::node_id(&request), &mut guard, inspect.take().expect("attached once")) {
+                    match context.attach(P::node_id(&request), &mut guard, inspections.clone()) {
                         Ok(mut receiver) => {
                             generated = current_resources(&mut receiver, guard.proxy.as_deref().unwrap_or_default(), None);
                             snapshots = Some(receiver);
@@ -444,8 +461,11 @@ async fn run<P: Protocol>(
                     generated = current_resources(receiver, guard.proxy.as_deref().unwrap_or_default(), generated.take());
                 }
             }
-            Some(reply) = inspections.recv() => {
-                let _ = reply.send(report(&stream, guard.proxy.as_deref().unwrap_or_default(), &generated));
+            _ = inspections.ring.notified() => {
+                let waiting = inspections.waiting.lock().unwrap_or_else(PoisonError::into_inner).take();
+                if let Some(reply) = waiting {
+                    let _ = reply.send(report(&stream, guard.proxy.as_deref().unwrap_or_default(), &generated));
+                }
                 continue;
             }
             _ = context.shutdown.cancelled() => return,
