@@ -79,7 +79,10 @@ impl Tasks {
     }
 
     /// Spawns `task`, which watches the shutdown token itself and finishes its own way (a
-    /// listener draining its connections); `stop` gives it until its limit.
+    /// listener draining its connections, a loop that selects on the token); `stop` gives it
+    /// until its limit. Nothing wraps it, so it costs no more than the task itself: the
+    /// choice for the tasks there are thousands of (streams, snapshot watchers, leaf
+    /// certificates, check runners).
     pub fn spawn_graceful<F>(&self, name: &'static str, task: F)
     where
         F: Future<Output = ()> + Send + 'static,

@@ -117,7 +117,7 @@ impl LeafCache {
         services.insert(service.to_string(), sender.clone());
         let cache = self.clone();
         let service = service.to_string();
-        self.tasks.spawn("agent.leaf", async move {
+        self.tasks.spawn_graceful("agent.leaf", async move {
             cache.maintain(&service, &sender).await;
         });
         receiver
@@ -359,6 +359,7 @@ impl LeafCache {
                     .unwrap_or_default();
                 tokio::select! {
                     _ = &mut unneeded => return,
+                    _ = self.tasks.shutdown().cancelled() => return,
                     _ = tokio::time::sleep(sleep) => break,
                     _ = ca_changed.changed() => {
                         if issued_root.is_some() && self.active_root() != issued_root {

@@ -23,7 +23,8 @@ pub fn spawn(
     cancel: CancellationToken,
     wake: Arc<Notify>,
 ) {
-    tasks.spawn("agent.check", async move {
+    // Every runner selects on `cancel`, a child of the shutdown token.
+    tasks.spawn_graceful("agent.check", async move {
         let probe = match &definition.kind {
             CheckKind::Maintenance => return,
             CheckKind::Alias { node, service } => {

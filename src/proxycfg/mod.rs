@@ -448,7 +448,7 @@ impl Watcher {
         proxies.insert(proxy_id.to_string(), sender.clone());
         let watcher = self.clone();
         let proxy_id = proxy_id.to_string();
-        self.tasks.spawn("proxycfg.watcher", async move {
+        self.tasks.spawn_graceful("proxycfg.watcher", async move {
             watcher.maintain(proxy_id, sender).await
         });
         receiver
@@ -538,6 +538,7 @@ impl Watcher {
                         return;
                     }
                 }
+                _ = self.tasks.shutdown().cancelled() => return,
             }
         }
     }

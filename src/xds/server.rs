@@ -554,7 +554,7 @@ impl AggregatedDiscoveryService for XdsServer {
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let context = self.context(&request);
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
-        self.tasks.spawn(
+        self.tasks.spawn_graceful(
             "xds.stream",
             run::<SotwStream>(context, request.into_inner(), sender),
         );
@@ -567,7 +567,7 @@ impl AggregatedDiscoveryService for XdsServer {
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let context = self.context(&request);
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
-        self.tasks.spawn(
+        self.tasks.spawn_graceful(
             "xds.stream",
             run::<DeltaStream>(context, request.into_inner(), sender),
         );
