@@ -55,7 +55,9 @@ struct TypeState {
     /// name → version Envoy holds; "" means Envoy must be sent the resource again.
     acked: HashMap<String, String>,
     /// nonce → what the response carried.
-    pending: HashMap<String, Sent>,
+    /// The response in flight: at most one per type, since a type sends again only once
+    /// its last response is answered.
+    pending: Option<Sent>,
     /// name → version Envoy rejected; not resent until the version changes.
     rejected: HashMap<String, String>,
     /// Child name → sequence number of the latest send of a parent naming it. Envoy holds the
@@ -75,7 +77,7 @@ impl TypeState {
     /// Every resource of `current` in scope is held (or was rejected at this version), no
     /// name Envoy holds is gone, and nothing is in flight.
     fn settled(&self, current: &BTreeMap<String, super::resources::Versioned>) -> bool {
-        self.pending.is_empty()
+        self.pending.is_none()
             && current.iter().all(|(name, versioned)| {
                 !self.in_scope(name)
                     || self.acked.get(name) == Some(&versioned.version)
@@ -161,7 +163,11 @@ impl DeltaStream {
         }
         let mut outcome = Received::Send;
         if !request.response_nonce.is_empty() {
-            let sent = state.pending.remove(&request.response_nonce);
+            // Nonces are the send sequence in hex; anything else was never sent here.
+            let answered = u64::from_str_radix(&request.response_nonce, 16).ok();
+            let sent = state
+                .pending
+                .take_if(|sent| Some(sent.sequence) == answered);
             match (&request.error_detail, sent) {
                 (None, Some(sent)) => {
                     state.last_ack = Some((sent.sequence, Instant::now()));
@@ -182,6 +188,11 @@ impl DeltaStream {
                                     state.acked.insert(name, String::new());
                                 } else {
                                     state.parent_sent.remove(&name);
+                                    if state.parent_sent.is_empty() {
+                                        // An emptied BTreeMap keeps its root node; idle
+                                        // streams should carry nothing.
+                                        state.parent_sent = BTreeMap::new();
+                                    }
                                     state.acked.insert(name, version);
                                 }
                             }
@@ -246,7 +257,7 @@ impl DeltaStream {
     fn pending(&self, type_url: &str) -> bool {
         self.types
             .get(type_url)
-            .is_some_and(|s| !s.pending.is_empty())
+            .is_some_and(|s| s.pending.is_some())
     }
 
     /// Whether a type's listeners or routes are all ACKed at their current versions.
@@ -356,14 +367,11 @@ impl DeltaStream {
         self.next_nonce += 1;
         let sequence = self.next_nonce;
         let nonce = format!("{sequence:08x}");
-        state.pending.insert(
-            nonce.clone(),
-            Sent {
-                sequence,
-                at: Instant::now(),
-                resources: sent,
-            },
-        );
+        state.pending = Some(Sent {
+            sequence,
+            at: Instant::now(),
+            resources: sent,
+        });
         // A resent parent makes Envoy want its children again (envoyproxy/envoy#13009). The
         // child type may not be registered yet (a reconnecting Envoy asks for clusters
         // first); the mark then keeps the versions it will report from counting.
@@ -394,10 +402,15 @@ impl DeltaStream {
             .filter_map(|type_url| {
                 let state = self.types.get(type_url).filter(|s| s.registered)?;
                 let current = resources.of(type_url).unwrap_or(&empty);
+                let pending_nonce = state
+                    .pending
+                    .as_ref()
+                    .map(|sent| format!("{:08x}", sent.sequence));
                 let in_flight: HashMap<&str, &str> = state
                     .pending
                     .iter()
-                    .flat_map(|(nonce, sent)| {
+                    .zip(pending_nonce.iter())
+                    .flat_map(|(sent, nonce)| {
                         sent.resources
                             .keys()
                             .map(move |name| (name.as_str(), nonce.as_str()))
@@ -458,16 +471,16 @@ impl DeltaStream {
                         }
                     })
                     .collect();
-                let mut pending: Vec<PendingReport> = state
+                let pending: Vec<PendingReport> = state
                     .pending
                     .iter()
-                    .map(|(nonce, sent)| PendingReport {
+                    .zip(pending_nonce.iter())
+                    .map(|(sent, nonce)| PendingReport {
                         nonce: nonce.clone(),
                         age: now.saturating_duration_since(sent.at),
                         names: sent.resources.keys().cloned().collect(),
                     })
                     .collect();
-                pending.sort_by(|a, b| a.nonce.cmp(&b.nonce));
                 Some(TypeReport {
                     type_url,
                     wildcard: state.wildcard,
