@@ -9,6 +9,7 @@ pub mod config;
 pub mod connect;
 pub mod dns;
 pub mod filter;
+pub mod gossip;
 pub mod http;
 pub mod logs;
 pub mod proxycfg;

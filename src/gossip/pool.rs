@@ -1,0 +1,507 @@
+//! One gossip pool (the LAN pool of a datacenter, later the WAN pool of servers): a task that
+//! owns the foca instance and takes every input through one channel (received packets,
+//! timers, joins, leave, member queries), so the protocol state is never shared or locked.
+//!
+//! foca is sans-IO: after every call the task drains its runtime, sending packets through the
+//! transport, scheduling timers, and turning membership notifications into `MemberEvent`s.
+//! Timers are kept in one ordered queue and fed back in order (foca relies on it).
+//!
+//! foca has no full-state sync, so the pool adds memberlist's push-pull: on every join, and
+//! every push-pull interval with a random member, the two exchange their whole membership
+//! tables over a stream and apply each other's (`apply_many`). Gossip spreads changes fast;
+//! push-pull guarantees that whatever gossip lost converges anyway.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroU8, NonZeroUsize};
+use std::sync::Arc;
+use std::time::Duration;
+
+use foca::{
+    AccumulatingRuntime, Foca, NoCustomBroadcast, OwnedNotification, PeriodicParams, State, Timer,
+};
+use rand_010::SeedableRng;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::codec::Codec;
+use super::identity::NodeIdentity;
+use super::transport::{Inbound, Received, Transport, MAX_STATE};
+use crate::tasks::Tasks;
+
+/// Gossip timings: Consul's profiles (memberlist's LAN, WAN and local configurations).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Profile {
+    /// A datacenter's LAN: probe every 1 s (500 ms timeout), suspicion ×4, gossip every
+    /// 200 ms to 3 members.
+    Lan,
+    /// Servers across datacenters: probe every 5 s (3 s timeout), suspicion ×6, gossip every
+    /// 500 ms to 4 members.
+    Wan,
+    /// One machine (`-dev`, tests): probe every 1 s (200 ms timeout), suspicion ×3, gossip
+    /// every 100 ms to 3 members.
+    Local,
+}
+
+impl Profile {
+    /// How often a member exchanges full state with a random other (memberlist's push-pull
+    /// interval).
+    pub fn push_pull_interval(self) -> Duration {
+        Duration::from_secs(match self {
+            Profile::Lan => 30,
+            Profile::Wan => 60,
+            Profile::Local => 15,
+        })
+    }
+
+    /// foca's configuration for a pool of `size` members with this profile.
+    pub fn config(self, size: usize) -> foca::Config {
+        let size = NonZeroU32::new(u32::try_from(size.max(1)).unwrap_or(u32::MAX))
+            .unwrap_or(NonZeroU32::MIN);
+        let (period, rtt, multiplier, gossip_every, gossip_to, push_pull) = match self {
+            Profile::Lan => (1000, 500, 4.0, 200, 3, 30),
+            Profile::Wan => (5000, 3000, 6.0, 500, 4, 60),
+            Profile::Local => (1000, 200, 3.0, 100, 3, 15),
+        };
+        let mut config = match self {
+            Profile::Wan => foca::Config::new_wan(size),
+            _ => foca::Config::new_lan(size),
+        };
+        let period = Duration::from_millis(period);
+        config.probe_period = period;
+        config.probe_rtt = Duration::from_millis(rtt);
+        // memberlist's suspicion timeout: multiplier × max(1, log10(n)) × probe interval.
+        let scale = f64::from(size.get()).log10().max(1.0);
+        config.suspect_to_down_after = period.mul_f64(multiplier * scale);
+        config.periodic_gossip = Some(PeriodicParams {
+            frequency: Duration::from_millis(gossip_every),
+            num_members: NonZeroUsize::new(gossip_to).unwrap_or(NonZeroUsize::MIN),
+        });
+        // memberlist's retransmissions: 4 × ceil(log10(n + 1)), at least 4 even in a pool of
+        // one (foca's floor(4 × log10(n + 1)) is 1 there, and a pool that grows from one by
+        // quick joins then spreads its first updates once each).
+        let retransmit = 4.0 * (f64::from(size.get()) + 1.0).log10().ceil();
+        config.max_transmissions =
+            NonZeroU8::new(retransmit.clamp(4.0, 255.0) as u8).unwrap_or(NonZeroU8::MIN);
+        config.periodic_announce = Some(PeriodicParams {
+            frequency: Duration::from_secs(push_pull),
+            num_members: NonZeroUsize::MIN,
+        });
+        config
+    }
+}
+
+/// A member's status as Consul names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemberStatus {
+    Alive,
+    /// Declared down by the pool (probes and indirect probes failed, suspicion expired).
+    Failed,
+}
+
+impl MemberStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberStatus::Alive => "alive",
+            MemberStatus::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub identity: NodeIdentity,
+    pub status: MemberStatus,
+}
+
+/// A change in membership, as the rest of the agent sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MemberEvent {
+    Joined(NodeIdentity),
+    Failed(NodeIdentity),
+    /// The member at this address restarted or renewed itself.
+    Replaced {
+        old: NodeIdentity,
+        new: NodeIdentity,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error("no member answered at {0:?}")]
+    Unreachable(Vec<SocketAddr>),
+    #[error("the gossip pool has stopped")]
+    Stopped,
+}
+
+/// Everything that drives the pool's task.
+enum Input {
+    Received(Received),
+    /// Another member's state, from a push-pull this member started.
+    Pulled(SocketAddr, Result<Vec<u8>, super::transport::ExchangeError>),
+    Join(Vec<SocketAddr>, oneshot::Sender<Result<usize, JoinError>>),
+    Members(oneshot::Sender<Vec<Member>>),
+    Leave(oneshot::Sender<()>),
+}
+
+/// How long a join waits for the first answer from the addresses it was given.
+const JOIN_WAIT: Duration = Duration::from_secs(5);
+
+/// A handle to a running pool.
+#[derive(Clone)]
+pub struct Pool {
+    inputs: mpsc::Sender<Input>,
+    events: broadcast::Sender<MemberEvent>,
+    identity: Arc<NodeIdentity>,
+}
+
+impl Pool {
+    /// Starts the pool's task for `identity` over `transport`.
+    pub fn start(
+        identity: NodeIdentity,
+        profile: Profile,
+        transport: impl Transport,
+        mut inbound: Inbound,
+        tasks: &Tasks,
+    ) -> Pool {
+        let (inputs, queue) = mpsc::channel(64);
+        let (events, _) = broadcast::channel(512);
+        let forward = inputs.clone();
+        tasks.spawn("gossip.inbound", async move {
+            while let Some(received) = inbound.recv().await {
+                if forward.send(Input::Received(received)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let seed = rand::random::<u64>();
+        let foca = Foca::new(
+            identity.clone(),
+            profile.config(1),
+            rand_010::rngs::StdRng::seed_from_u64(seed),
+            Codec,
+        );
+        let run = Run {
+            foca,
+            runtime: AccumulatingRuntime::new(),
+            timers: BinaryHeap::new(),
+            sequence: 0,
+            transport: Arc::new(transport),
+            events: events.clone(),
+            profile,
+            joining: Vec::new(),
+            size: 1,
+            tasks: tasks.clone(),
+            inputs: inputs.clone(),
+        };
+        tasks.spawn("gossip.pool", run.run(queue));
+        Pool {
+            inputs,
+            events,
+            identity: Arc::new(identity),
+        }
+    }
+
+    pub fn identity(&self) -> &NodeIdentity {
+        &self.identity
+    }
+
+    /// Announces this member to each of `addresses`; the number that answered.
+    pub async fn join(&self, addresses: Vec<SocketAddr>) -> Result<usize, JoinError> {
+        let (reply, answer) = oneshot::channel();
+        self.inputs
+            .send(Input::Join(addresses, reply))
+            .await
+            .map_err(|_| JoinError::Stopped)?;
+        answer.await.map_err(|_| JoinError::Stopped)?
+    }
+
+    /// Every member this one knows of, itself included.
+    pub async fn members(&self) -> Vec<Member> {
+        let (reply, answer) = oneshot::channel();
+        if self.inputs.send(Input::Members(reply)).await.is_err() {
+            return Vec::new();
+        }
+        answer.await.unwrap_or_default()
+    }
+
+    /// Leaves the pool: the others learn this member went down.
+    pub async fn leave(&self) {
+        let (reply, answer) = oneshot::channel();
+        if self.inputs.send(Input::Leave(reply)).await.is_ok() {
+            let _ = answer.await;
+        }
+    }
+
+    pub fn events(&self) -> broadcast::Receiver<MemberEvent> {
+        self.events.subscribe()
+    }
+}
+
+type Scheduled = Reverse<(Instant, u64, TimerSlot)>;
+
+/// A join waiting to hear back: the addresses announced to, the deadline, the caller.
+type PendingJoin = (
+    Vec<SocketAddr>,
+    Instant,
+    oneshot::Sender<Result<usize, JoinError>>,
+);
+
+/// A foca timer in the queue, ordered by foca's own order after the deadline.
+#[derive(PartialEq, Eq)]
+struct TimerSlot(Timer<NodeIdentity>);
+
+impl PartialOrd for TimerSlot {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for TimerSlot {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.cmp(&other.0)
+    }
+}
+
+struct Run<T: Transport> {
+    foca: Foca<NodeIdentity, Codec, rand_010::rngs::StdRng, NoCustomBroadcast>,
+    runtime: AccumulatingRuntime<NodeIdentity>,
+    timers: BinaryHeap<Scheduled>,
+    /// Keeps timers due at the same instant in the order foca scheduled them.
+    sequence: u64,
+    transport: Arc<T>,
+    events: broadcast::Sender<MemberEvent>,
+    profile: Profile,
+    /// Joins waiting for an answer: the addresses announced to, and the deadline.
+    joining: Vec<PendingJoin>,
+    /// The pool size foca's timings were last derived from.
+    size: usize,
+    /// Where push-pull exchanges run, and how their answers come back.
+    tasks: Tasks,
+    inputs: mpsc::Sender<Input>,
+}
+
+impl<T: Transport> Run<T> {
+    async fn run(mut self, mut queue: mpsc::Receiver<Input>) {
+        let mut push_pull = tokio::time::interval(self.profile.push_pull_interval());
+        push_pull.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let next_timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
+            let next_join = self.joining.iter().map(|(_, deadline, _)| *deadline).min();
+            let wake = [next_timer, next_join].into_iter().flatten().min();
+            tokio::select! {
+                input = queue.recv() => match input {
+                    Some(input) => self.handle(input),
+                    None => return,
+                },
+                _ = sleep_until(wake) => {}
+                _ = push_pull.tick() => self.push_pull_with_random_member(),
+            }
+            self.fire_due_timers();
+            self.settle_joins();
+            self.adapt_to_size();
+        }
+    }
+
+    fn handle(&mut self, input: Input) {
+        match input {
+            Input::Received(Received::Packet(from, bytes)) => {
+                if let Err(error) = self.foca.handle_data(&bytes, &mut self.runtime) {
+                    tracing::debug!(%from, %error, "gossip packet refused");
+                }
+            }
+            Input::Received(Received::Exchange(from, theirs, reply)) => {
+                self.apply_state(from, &theirs);
+                let _ = reply.send(self.encode_state());
+            }
+            Input::Pulled(from, theirs) => match theirs {
+                Ok(theirs) => self.apply_state(from, &theirs),
+                Err(error) => tracing::debug!(%from, %error, "push-pull failed"),
+            },
+            Input::Join(addresses, reply) => {
+                for address in &addresses {
+                    if let Err(error) = self
+                        .foca
+                        .announce(NodeIdentity::at(*address), &mut self.runtime)
+                    {
+                        tracing::debug!(%address, %error, "cannot announce");
+                    }
+                    // A join also exchanges full state, as memberlist's does.
+                    self.push_pull(*address);
+                }
+                self.joining
+                    .push((addresses, Instant::now() + JOIN_WAIT, reply));
+            }
+            Input::Members(reply) => {
+                let _ = reply.send(self.members());
+            }
+            Input::Leave(reply) => {
+                if let Err(error) = self.foca.leave_cluster(&mut self.runtime) {
+                    tracing::debug!(%error, "leaving the gossip pool");
+                }
+                self.drain();
+                let _ = reply.send(());
+                return;
+            }
+        }
+        self.drain();
+    }
+
+    /// Our membership table, for a push-pull.
+    fn encode_state(&self) -> Vec<u8> {
+        let mut members: Vec<foca::Member<NodeIdentity>> =
+            self.foca.iter_membership_state().cloned().collect();
+        members.push(foca::Member::alive(self.foca.identity().clone()));
+        bincode::serialize(&members).unwrap_or_default()
+    }
+
+    /// Applies another member's table, spreading what was news.
+    fn apply_state(&mut self, from: SocketAddr, state: &[u8]) {
+        use bincode::Options;
+        let members: Vec<foca::Member<NodeIdentity>> = match bincode::DefaultOptions::new()
+            .with_fixint_encoding()
+            .allow_trailing_bytes()
+            .with_limit(MAX_STATE as u64)
+            .deserialize(state)
+        {
+            Ok(members) => members,
+            Err(error) => {
+                tracing::debug!(%from, %error, "undecodable push-pull state");
+                return;
+            }
+        };
+        if let Err(error) = self
+            .foca
+            .apply_many(members.into_iter(), true, &mut self.runtime)
+        {
+            tracing::debug!(%from, %error, "push-pull state refused");
+        }
+    }
+
+    /// Starts a push-pull with `address`; its answer comes back as `Input::Pulled`.
+    fn push_pull(&self, address: SocketAddr) {
+        let exchange = self.transport.exchange(address, self.encode_state());
+        let inputs = self.inputs.clone();
+        self.tasks.spawn("gossip.push_pull", async move {
+            let theirs = exchange.await;
+            let _ = inputs.send(Input::Pulled(address, theirs)).await;
+        });
+    }
+
+    fn push_pull_with_random_member(&self) {
+        let active: Vec<SocketAddr> = self
+            .foca
+            .iter_members()
+            .map(|member| member.id().addr)
+            .collect();
+        if active.is_empty() {
+            return;
+        }
+        let pick = active[rand::random::<usize>() % active.len()];
+        self.push_pull(pick);
+    }
+
+    fn members(&self) -> Vec<Member> {
+        let mut members: Vec<Member> = self
+            .foca
+            .iter_membership_state()
+            .map(|member| Member {
+                identity: member.id().clone(),
+                status: match member.state() {
+                    State::Alive | State::Suspect => MemberStatus::Alive,
+                    State::Down => MemberStatus::Failed,
+                },
+            })
+            .collect();
+        members.push(Member {
+            identity: self.foca.identity().clone(),
+            status: MemberStatus::Alive,
+        });
+        members.sort_by(|a, b| a.identity.name.cmp(&b.identity.name));
+        members
+    }
+
+    fn fire_due_timers(&mut self) {
+        let now = Instant::now();
+        while self
+            .timers
+            .peek()
+            .is_some_and(|Reverse((at, _, _))| *at <= now)
+        {
+            let Some(Reverse((_, _, TimerSlot(timer)))) = self.timers.pop() else {
+                break;
+            };
+            if let Err(error) = self.foca.handle_timer(timer, &mut self.runtime) {
+                tracing::debug!(%error, "gossip timer failed");
+            }
+            self.drain();
+        }
+    }
+
+    /// Answers joins that heard back (some member it announced to is now known) or whose
+    /// wait is over.
+    fn settle_joins(&mut self) {
+        let now = Instant::now();
+        let known: Vec<SocketAddr> = self
+            .foca
+            .iter_members()
+            .map(|member| member.id().addr)
+            .collect();
+        let mut waiting = Vec::new();
+        for (addresses, deadline, reply) in self.joining.drain(..) {
+            let answered = addresses.iter().filter(|a| known.contains(a)).count();
+            if answered > 0 {
+                let _ = reply.send(Ok(answered));
+            } else if now >= deadline {
+                let _ = reply.send(Err(JoinError::Unreachable(addresses)));
+            } else {
+                waiting.push((addresses, deadline, reply));
+            }
+        }
+        self.joining = waiting;
+    }
+
+    /// Re-derives suspicion and retransmission from the pool's size as it grows or shrinks
+    /// by half (the probe timings themselves cannot change at run time).
+    fn adapt_to_size(&mut self) {
+        let size = self.foca.num_members() + 1;
+        if size >= self.size * 2 || size * 2 <= self.size {
+            self.size = size;
+            if let Err(error) = self.foca.set_config(self.profile.config(size)) {
+                tracing::debug!(%error, "cannot retune gossip for the pool's size");
+            }
+        }
+    }
+
+    /// Carries out what foca asked for: packets, timers, notifications.
+    fn drain(&mut self) {
+        while let Some((to, bytes)) = self.runtime.to_send() {
+            self.transport.send(to.addr, &bytes);
+        }
+        while let Some((after, timer)) = self.runtime.to_schedule() {
+            self.sequence += 1;
+            self.timers.push(Reverse((
+                Instant::now() + after,
+                self.sequence,
+                TimerSlot(timer),
+            )));
+        }
+        while let Some(notification) = self.runtime.to_notify() {
+            let event = match notification {
+                OwnedNotification::MemberUp(identity) => MemberEvent::Joined(identity),
+                OwnedNotification::MemberDown(identity) => MemberEvent::Failed(identity),
+                OwnedNotification::Rename(old, new) => MemberEvent::Replaced { old, new },
+                _ => continue,
+            };
+            let _ = self.events.send(event);
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,179 @@
+//! One suite, two transports: a pool converges after joins and declares a member that went
+//! silent failed, over the in-memory network (50 members in one process) and over real UDP
+//! sockets on loopback.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::pool::{MemberStatus, Pool, Profile};
+use super::transport::{MemoryNetwork, UdpTransport};
+use super::NodeIdentity;
+use crate::tasks::Tasks;
+
+fn identity(index: usize, addr: SocketAddr) -> NodeIdentity {
+    NodeIdentity {
+        name: format!("node-{index:02}"),
+        addr,
+        started: 1,
+        tags: BTreeMap::from([("role".to_string(), "node".to_string())]),
+    }
+}
+
+/// Waits until `check` holds, or fails with what it last saw.
+async fn until<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let last = match check().await {
+            Ok(()) => return,
+            Err(last) => last,
+        };
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} within {limit:?}: {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every pool sees `expected` members alive (and, if given, `failed` as failed).
+async fn all_see(pools: &[Pool], expected: usize, failed: Option<&str>) -> Result<(), String> {
+    for pool in pools {
+        let members = pool.members().await;
+        let alive = members
+            .iter()
+            .filter(|m| m.status == MemberStatus::Alive)
+            .count();
+        if alive != expected {
+            return Err(format!(
+                "{} sees {alive} alive, not {expected}",
+                pool.identity().name
+            ));
+        }
+        if let Some(failed) = failed {
+            let seen = members
+                .iter()
+                .any(|m| m.identity.name == failed && m.status == MemberStatus::Failed);
+            if !seen {
+                return Err(format!(
+                    "{} does not see {failed} failed",
+                    pool.identity().name
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The suite: `pools` join through the first, converge, then `silence(last)` makes the last
+/// one go quiet and every other must declare it failed.
+async fn converges_and_detects_a_silent_member(
+    pools: Vec<Pool>,
+    silence: impl FnOnce(&Pool),
+    limit: Duration,
+) {
+    let seed = pools[0].identity().addr;
+    for pool in &pools[1..] {
+        let joined = pool.join(vec![seed]).await.expect("join");
+        assert_eq!(joined, 1);
+    }
+    let size = pools.len();
+    until("every member to see every other", limit, || {
+        all_see(&pools, size, None)
+    })
+    .await;
+    let (silent, others) = pools.split_last().expect("pools");
+    let silent_name = silent.identity().name.clone();
+    silence(silent);
+    until("the silent member declared failed by all", limit, || {
+        all_see(others, size - 1, Some(&silent_name))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_members_in_memory_converge_and_detect_a_silent_one() {
+    let tasks = Tasks::new();
+    let network = MemoryNetwork::new();
+    let pools: Vec<Pool> = (0..50)
+        .map(|index| {
+            let addr: SocketAddr = format!("10.0.0.{}:8301", index + 1).parse().unwrap();
+            let (transport, inbound) = network.attach(addr);
+            Pool::start(
+                identity(index, addr),
+                Profile::Local,
+                transport,
+                inbound,
+                &tasks,
+            )
+        })
+        .collect();
+    converges_and_detects_a_silent_member(
+        pools,
+        |silent| network.silence(silent.identity().addr, true),
+        Duration::from_secs(30),
+    )
+    .await;
+    tasks.stop(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_over_udp_converge_and_detect_a_silent_one() {
+    let tasks = Tasks::new();
+    let mut pools = Vec::new();
+    // The silent member runs under its own tasks, so stopping them silences it.
+    let silent_tasks = Tasks::new();
+    for index in 0..5 {
+        let owner = if index == 4 { &silent_tasks } else { &tasks };
+        let (transport, inbound) = UdpTransport::bind("127.0.0.1:0".parse().unwrap(), owner)
+            .await
+            .expect("bind");
+        let addr = transport_addr(&transport);
+        pools.push(Pool::start(
+            identity(index, addr),
+            Profile::Local,
+            transport,
+            inbound,
+            owner,
+        ));
+    }
+    converges_and_detects_a_silent_member(
+        pools,
+        |_| {
+            silent_tasks.shutdown().cancel();
+        },
+        Duration::from_secs(30),
+    )
+    .await;
+    tasks.stop(Duration::from_secs(5)).await;
+}
+
+fn transport_addr(transport: &UdpTransport) -> SocketAddr {
+    use super::transport::Transport;
+    transport.local_addr()
+}
+
+#[tokio::test]
+async fn a_join_to_nothing_says_so() {
+    let tasks = Tasks::new();
+    let network = MemoryNetwork::new();
+    let addr: SocketAddr = "10.0.1.1:8301".parse().unwrap();
+    let (transport, inbound) = network.attach(addr);
+    let pool = Pool::start(
+        identity(0, addr),
+        Profile::Local,
+        transport,
+        inbound,
+        &tasks,
+    );
+    let error = pool
+        .join(vec!["10.0.1.2:8301".parse().unwrap()])
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("10.0.1.2:8301"), "{error}");
+    tasks.stop(Duration::from_secs(5)).await;
+}
