@@ -28,6 +28,8 @@ const VALUE_FLAGS: &[(&str, &str, Kind)] = &[
     ("log-level", "log_level", Kind::Text),
     ("default-query-time", "default_query_time", Kind::Text),
     ("max-query-time", "max_query_time", Kind::Text),
+    ("retry-interval", "retry_interval", Kind::Text),
+    ("retry-max", "retry_max", Kind::Number),
 ];
 
 const BOOL_FLAGS: &[(&str, &str)] = &[
@@ -70,6 +72,14 @@ pub fn command() -> Command {
         .arg(repeated(
             "recursor",
             "An upstream DNS server for names outside the domain (repeatable)",
+        ))
+        .arg(repeated(
+            "join",
+            "An agent to join at start; the agent does not start if none answers (repeatable)",
+        ))
+        .arg(repeated(
+            "retry-join",
+            "An agent to join, retried until one answers (repeatable)",
         ));
     for (flag, key, _) in VALUE_FLAGS {
         command = command.arg(value(flag, key));
@@ -120,6 +130,16 @@ pub fn load_options(matches: &ArgMatches) -> Result<LoadOptions, String> {
         .collect();
     if !recursors.is_empty() {
         merge(&mut flags, json!({"recursors": recursors}));
+    }
+    for (flag, key) in [("join", "start_join"), ("retry-join", "retry_join")] {
+        let addresses: Vec<&String> = matches
+            .get_many::<String>(flag)
+            .into_iter()
+            .flatten()
+            .collect();
+        if !addresses.is_empty() {
+            merge(&mut flags, json!({ key: addresses }));
+        }
     }
 
     // -config-file and -config-dir load in the order given, interleaved.

@@ -97,7 +97,22 @@ fn command_tree() -> Command {
         .subcommand(with_http_flags(
             Command::new("members")
                 .about("Lists the members of the cluster")
-                .arg(goflags::boolean("detailed", "Show all member tags")),
+                .arg(goflags::boolean("detailed", "Show all member tags"))
+                .arg(goflags::boolean("wan", "List the WAN pool's members"))
+                .arg(value(
+                    "status",
+                    "Only members whose status matches this regular expression",
+                )),
+        ))
+        .subcommand(with_http_flags(
+            Command::new("join")
+                .about("Tells the agent to join a cluster through other agents")
+                .arg(goflags::boolean("wan", "Join the WAN pool (servers only)"))
+                .arg(
+                    clap::Arg::new("address")
+                        .num_args(0..)
+                        .help("Agents to join"),
+                ),
         ))
         .subcommand(with_http_flags(
             Command::new("leave").about("Gracefully leaves the cluster and shuts the agent down"),
@@ -162,6 +177,7 @@ pub fn main() -> ExitCode {
                 Ok(())
             }
             Some(("members", sub)) => members(sub).await,
+            Some(("join", sub)) => join(sub).await,
             Some(("leave", sub)) => leave(sub).await,
             Some(("reload", sub)) => reload(sub).await,
             Some(("monitor", sub)) => monitor(sub).await,
@@ -233,10 +249,73 @@ pub fn print_table(rows: &[Vec<String>]) {
     }
 }
 
+async fn join(matches: &ArgMatches) -> CommandResult {
+    let addresses: Vec<&String> = matches
+        .get_many::<String>("address")
+        .into_iter()
+        .flatten()
+        .collect();
+    if addresses.is_empty() {
+        return Err("At least one address to join must be specified.".into());
+    }
+    let client = client(matches)?;
+    let wan = if get_bool(matches, "wan") {
+        "?wan=1"
+    } else {
+        ""
+    };
+    let mut joined = 0;
+    for address in &addresses {
+        let path = format!("/v1/agent/join/{}{wan}", encode_query(address));
+        let response = client.put(&path, Vec::new()).await?;
+        if !response.status.is_success() {
+            return Err(format!(
+                "Error joining address '{address}': Unexpected response code: {} ({})",
+                response.status.as_u16(),
+                response.text().trim_end()
+            ));
+        }
+        joined += 1;
+    }
+    println!("Successfully joined cluster by contacting {joined} nodes.");
+    Ok(())
+}
+
+/// `members` exits 2 when a `-status` filter matched nobody, as Consul's does.
 async fn members(matches: &ArgMatches) -> CommandResult {
     let client = client(matches)?;
-    let response = client.get("/v1/agent/members").await?;
-    let members = response.json()?;
+    let path = if get_bool(matches, "wan") {
+        "/v1/agent/members?wan=1"
+    } else {
+        "/v1/agent/members"
+    };
+    let response = client.get(path).await?;
+    if !response.status.is_success() {
+        return Err(format!("Error retrieving members: {}", response.text()));
+    }
+    let mut members = response.json()?;
+    let status_filter = match get_str(matches, "status") {
+        Some(pattern) => Some(
+            regex::Regex::new(pattern)
+                .map_err(|error| format!("Failed to compile status regexp: {error}"))?,
+        ),
+        None => None,
+    };
+    if let (Some(filter), Some(list)) = (&status_filter, members.as_array_mut()) {
+        list.retain(|member| filter.is_match(member_status(member)));
+        if list.is_empty() {
+            std::process::exit(2);
+        }
+    }
+    // Servers first, then by name (Consul's order).
+    if let Some(list) = members.as_array_mut() {
+        list.sort_by_key(|member| {
+            (
+                member["Tags"]["role"].as_str() != Some("consul"),
+                member["Name"].as_str().unwrap_or_default().to_string(),
+            )
+        });
+    }
     let detailed = get_bool(matches, "detailed");
     let mut rows = vec![if detailed {
         vec!["Node", "Address", "Status", "Tags"]
@@ -260,13 +339,7 @@ async fn members(matches: &ArgMatches) -> CommandResult {
         let text = |value: &serde_json::Value| value.as_str().unwrap_or_default().to_string();
         let tags = &member["Tags"];
         let address = format!("{}:{}", text(&member["Addr"]), member["Port"]);
-        let status = match member["Status"].as_u64() {
-            Some(1) => "alive",
-            Some(2) => "leaving",
-            Some(3) => "left",
-            Some(4) => "failed",
-            _ => "none",
-        };
+        let status = member_status(member);
         if detailed {
             let tags = tags
                 .as_object()
@@ -295,12 +368,27 @@ async fn members(matches: &ArgMatches) -> CommandResult {
                 text(&tags["vsn"]),
                 text(&tags["dc"]),
                 "default".into(),
-                "<all>".into(),
+                if kind == "server" {
+                    "<all>"
+                } else {
+                    "<default>"
+                }
+                .into(),
             ]);
         }
     }
     print_table(&rows);
     Ok(())
+}
+
+fn member_status(member: &serde_json::Value) -> &'static str {
+    match member["Status"].as_u64() {
+        Some(1) => "alive",
+        Some(2) => "leaving",
+        Some(3) => "left",
+        Some(4) => "failed",
+        _ => "none",
+    }
 }
 
 async fn leave(matches: &ArgMatches) -> CommandResult {

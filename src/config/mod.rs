@@ -43,6 +43,77 @@ pub enum ConfigPath {
     Dir(PathBuf),
 }
 
+/// memberlist's timings for a gossip pool (Consul's `gossip_lan` / `gossip_wan` blocks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct GossipTimings {
+    #[serde(serialize_with = "serialize_duration")]
+    pub probe_interval: Duration,
+    #[serde(serialize_with = "serialize_duration")]
+    pub probe_timeout: Duration,
+    pub suspicion_mult: u32,
+    #[serde(serialize_with = "serialize_duration")]
+    pub gossip_interval: Duration,
+    pub gossip_nodes: u32,
+    pub retransmit_mult: u32,
+    /// How often a member exchanges full state with a random other.
+    #[serde(serialize_with = "serialize_duration")]
+    pub push_pull_interval: Duration,
+}
+
+impl GossipTimings {
+    /// A datacenter's LAN (memberlist's `DefaultLANConfig`).
+    pub const LAN: GossipTimings = GossipTimings {
+        probe_interval: Duration::from_secs(1),
+        probe_timeout: Duration::from_millis(500),
+        suspicion_mult: 4,
+        gossip_interval: Duration::from_millis(200),
+        gossip_nodes: 3,
+        retransmit_mult: 4,
+        push_pull_interval: Duration::from_secs(30),
+    };
+    /// Servers across datacenters (`DefaultWANConfig`).
+    pub const WAN: GossipTimings = GossipTimings {
+        probe_interval: Duration::from_secs(5),
+        probe_timeout: Duration::from_secs(3),
+        suspicion_mult: 6,
+        gossip_interval: Duration::from_millis(500),
+        gossip_nodes: 4,
+        retransmit_mult: 4,
+        push_pull_interval: Duration::from_secs(60),
+    };
+    /// One machine: `-dev` and tests (`DefaultLocalConfig`).
+    pub const LOCAL: GossipTimings = GossipTimings {
+        probe_interval: Duration::from_secs(1),
+        probe_timeout: Duration::from_millis(200),
+        suspicion_mult: 3,
+        gossip_interval: Duration::from_millis(100),
+        gossip_nodes: 3,
+        retransmit_mult: 2,
+        push_pull_interval: Duration::from_secs(15),
+    };
+}
+
+/// How this agent joins the LAN pool and leaves it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Membership {
+    /// Joined at start; if none answers, the agent does not start.
+    pub start_join: Vec<String>,
+    /// Joined in the background, every `retry_interval`, until one answers.
+    pub retry_join: Vec<String>,
+    #[serde(serialize_with = "serialize_duration")]
+    pub retry_interval: Duration,
+    /// Attempts before giving up (and stopping the agent); 0 retries forever.
+    pub retry_max: u32,
+    /// Leave the pool on SIGTERM (clients by default).
+    pub leave_on_terminate: bool,
+    /// Do not leave on SIGINT (servers by default).
+    pub skip_leave_on_interrupt: bool,
+    /// How long a failed member is kept before it is reaped.
+    #[serde(serialize_with = "serialize_duration")]
+    pub reconnect_timeout: Duration,
+    pub gossip_lan: GossipTimings,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct Ports {
@@ -113,6 +184,7 @@ pub struct RuntimeConfig {
     pub advertise_addr: IpAddr,
     pub client_addrs: Vec<IpAddr>,
     pub ports: Ports,
+    pub membership: Membership,
     pub dns: dns_config::DnsConfig,
     pub limits: Limits,
     pub query: QueryLimits,
@@ -309,6 +381,77 @@ fn duration(key: &str, value: Option<&str>, default: Duration) -> Result<Duratio
     })
 }
 
+fn membership(raw: &RawConfig, dev_mode: bool, server: bool) -> Result<Membership, String> {
+    let reconnect_timeout = duration(
+        "reconnect_timeout",
+        raw.reconnect_timeout.as_deref(),
+        Duration::from_secs(72 * 3600),
+    )?;
+    if reconnect_timeout < Duration::from_secs(8 * 3600) {
+        return Err("reconnect_timeout: must be at least 8h".into());
+    }
+    let base = if dev_mode {
+        GossipTimings::LOCAL
+    } else {
+        GossipTimings::LAN
+    };
+    let gossip = raw.gossip_lan.clone().unwrap_or_default();
+    let count = |key: &str, value: Option<u32>, default: u32| match value {
+        Some(0) => Err(format!("gossip_lan.{key}: must be greater than zero")),
+        Some(value) => Ok(value),
+        None => Ok(default),
+    };
+    let positive = |key: &str, value: Option<&str>, default: Duration| {
+        let value = duration(&format!("gossip_lan.{key}"), value, default)?;
+        match value.is_zero() {
+            true => Err(format!("gossip_lan.{key}: must be greater than zero")),
+            false => Ok(value),
+        }
+    };
+    let gossip_lan = GossipTimings {
+        probe_interval: positive(
+            "probe_interval",
+            gossip.probe_interval.as_deref(),
+            base.probe_interval,
+        )?,
+        probe_timeout: positive(
+            "probe_timeout",
+            gossip.probe_timeout.as_deref(),
+            base.probe_timeout,
+        )?,
+        suspicion_mult: count("suspicion_mult", gossip.suspicion_mult, base.suspicion_mult)?,
+        gossip_interval: positive(
+            "gossip_interval",
+            gossip.gossip_interval.as_deref(),
+            base.gossip_interval,
+        )?,
+        gossip_nodes: count("gossip_nodes", gossip.gossip_nodes, base.gossip_nodes)?,
+        retransmit_mult: count(
+            "retransmit_mult",
+            gossip.retransmit_mult,
+            base.retransmit_mult,
+        )?,
+        push_pull_interval: base.push_pull_interval,
+    };
+    if gossip_lan.probe_timeout >= gossip_lan.probe_interval {
+        return Err("gossip_lan.probe_timeout: must be less than probe_interval".into());
+    }
+    Ok(Membership {
+        start_join: raw.start_join.clone().unwrap_or_default(),
+        retry_join: raw.retry_join.clone().unwrap_or_default(),
+        retry_interval: duration(
+            "retry_interval",
+            raw.retry_interval.as_deref(),
+            Duration::from_secs(30),
+        )?,
+        retry_max: raw.retry_max.unwrap_or(0),
+        leave_on_terminate: raw.leave_on_terminate.unwrap_or(!server),
+        skip_leave_on_interrupt: raw.skip_leave_on_interrupt.unwrap_or(server),
+        reconnect_timeout,
+        gossip_lan,
+    })
+}
+
 fn size(key: &str, value: Option<u64>, default: usize) -> Result<usize, String> {
     match value {
         None => Ok(default),
@@ -336,6 +479,7 @@ fn build(raw: RawConfig) -> Result<RuntimeConfig, String> {
     // The DNS block reads several top-level keys; it gets its own copy before fields move.
     let dns_source = raw.clone();
     let dev_mode = raw.dev_mode.unwrap_or(false);
+    let membership = membership(&raw, dev_mode, raw.server.unwrap_or(false))?;
     let datacenter = raw.datacenter.unwrap_or_else(|| "dc1".into());
     if !valid_datacenter(&datacenter) {
         return Err(format!(
@@ -518,6 +662,7 @@ fn build(raw: RawConfig) -> Result<RuntimeConfig, String> {
         advertise_addr,
         client_addrs,
         ports,
+        membership,
         dns,
         limits,
         query,

@@ -51,6 +51,29 @@ pub struct RawConfig {
     pub recursors: Option<Vec<String>>,
     pub addresses: Option<RawAddresses>,
     pub dns_config: Option<RawDnsConfig>,
+    /// LAN members to join at start (an unreachable one stops the agent).
+    pub start_join: Option<Vec<String>>,
+    /// LAN members to join, retried until one answers.
+    pub retry_join: Option<Vec<String>>,
+    pub retry_interval: Option<String>,
+    pub retry_max: Option<u32>,
+    pub leave_on_terminate: Option<bool>,
+    pub skip_leave_on_interrupt: Option<bool>,
+    /// How long a failed member stays before it is reaped.
+    pub reconnect_timeout: Option<String>,
+    /// LAN gossip timings (Consul's `gossip_lan`).
+    pub gossip_lan: Option<RawGossip>,
+}
+
+/// Consul's `gossip_lan` block: memberlist's timings.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct RawGossip {
+    pub gossip_nodes: Option<u32>,
+    pub gossip_interval: Option<String>,
+    pub probe_interval: Option<String>,
+    pub probe_timeout: Option<String>,
+    pub suspicion_mult: Option<u32>,
+    pub retransmit_mult: Option<u32>,
 }
 
 /// Per-listener bind addresses; each falls back to `client_addr`.

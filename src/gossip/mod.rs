@@ -4,17 +4,20 @@
 //! - `codec`: foca's headers and member updates on the wire;
 //! - `transport`: UDP on the serf port, or an in-memory network for tests, behind one trait;
 //! - `pool`: the task that owns foca and everything that drives it (received packets, timers,
-//!   joins, leave), with Consul's LAN, WAN and local timing profiles.
+//!   joins, leave), with memberlist's timings;
+//! - `lan`: this agent's LAN pool: its identity and tags, its socket, and the configured
+//!   joins (`start_join`, `retry_join`).
 //!
 //! Architecture invariant: one task owns each pool's protocol state and takes a closed input
 //! enum; the rest of the agent sees members, events and a join/leave API.
 
 pub mod codec;
 pub mod identity;
+pub mod lan;
 pub mod pool;
 #[cfg(test)]
 mod tests;
 pub mod transport;
 
 pub use identity::NodeIdentity;
-pub use pool::{JoinError, Member, MemberEvent, MemberStatus, Pool, Profile};
+pub use pool::{JoinError, Member, MemberEvent, MemberStatus, Pool};

@@ -2,6 +2,9 @@
 //! owns the foca instance and takes every input through one channel (received packets,
 //! timers, joins, leave, member queries), so the protocol state is never shared or locked.
 //!
+//! Timings are memberlist's (`config::GossipTimings`: Consul's LAN, WAN and local profiles,
+//! or an operator's `gossip_lan`).
+//!
 //! foca is sans-IO: after every call the task drains its runtime, sending packets through the
 //! transport, scheduling timers, and turning membership notifications into `MemberEvent`s.
 //! Timers are kept in one ordered queue and fed back in order (foca relies on it).
@@ -28,68 +31,36 @@ use tokio::time::Instant;
 use super::codec::Codec;
 use super::identity::NodeIdentity;
 use super::transport::{Inbound, Received, Transport, MAX_STATE};
+use crate::config::GossipTimings;
 use crate::tasks::Tasks;
 
-/// Gossip timings: Consul's profiles (memberlist's LAN, WAN and local configurations).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Profile {
-    /// A datacenter's LAN: probe every 1 s (500 ms timeout), suspicion ×4, gossip every
-    /// 200 ms to 3 members.
-    Lan,
-    /// Servers across datacenters: probe every 5 s (3 s timeout), suspicion ×6, gossip every
-    /// 500 ms to 4 members.
-    Wan,
-    /// One machine (`-dev`, tests): probe every 1 s (200 ms timeout), suspicion ×3, gossip
-    /// every 100 ms to 3 members.
-    Local,
-}
-
-impl Profile {
-    /// How often a member exchanges full state with a random other (memberlist's push-pull
-    /// interval).
-    pub fn push_pull_interval(self) -> Duration {
-        Duration::from_secs(match self {
-            Profile::Lan => 30,
-            Profile::Wan => 60,
-            Profile::Local => 15,
-        })
-    }
-
-    /// foca's configuration for a pool of `size` members with this profile.
-    pub fn config(self, size: usize) -> foca::Config {
-        let size = NonZeroU32::new(u32::try_from(size.max(1)).unwrap_or(u32::MAX))
-            .unwrap_or(NonZeroU32::MIN);
-        let (period, rtt, multiplier, gossip_every, gossip_to, push_pull) = match self {
-            Profile::Lan => (1000, 500, 4.0, 200, 3, 30),
-            Profile::Wan => (5000, 3000, 6.0, 500, 4, 60),
-            Profile::Local => (1000, 200, 3.0, 100, 3, 15),
-        };
-        let mut config = match self {
-            Profile::Wan => foca::Config::new_wan(size),
-            _ => foca::Config::new_lan(size),
-        };
-        let period = Duration::from_millis(period);
-        config.probe_period = period;
-        config.probe_rtt = Duration::from_millis(rtt);
-        // memberlist's suspicion timeout: multiplier × max(1, log10(n)) × probe interval.
-        let scale = f64::from(size.get()).log10().max(1.0);
-        config.suspect_to_down_after = period.mul_f64(multiplier * scale);
-        config.periodic_gossip = Some(PeriodicParams {
-            frequency: Duration::from_millis(gossip_every),
-            num_members: NonZeroUsize::new(gossip_to).unwrap_or(NonZeroUsize::MIN),
-        });
-        // memberlist's retransmissions: 4 × ceil(log10(n + 1)), at least 4 even in a pool of
-        // one (foca's floor(4 × log10(n + 1)) is 1 there, and a pool that grows from one by
-        // quick joins then spreads its first updates once each).
-        let retransmit = 4.0 * (f64::from(size.get()) + 1.0).log10().ceil();
-        config.max_transmissions =
-            NonZeroU8::new(retransmit.clamp(4.0, 255.0) as u8).unwrap_or(NonZeroU8::MIN);
-        config.periodic_announce = Some(PeriodicParams {
-            frequency: Duration::from_secs(push_pull),
-            num_members: NonZeroUsize::MIN,
-        });
-        config
-    }
+/// foca's configuration for a pool of `size` members with `timings`.
+pub fn foca_config(timings: &GossipTimings, size: usize) -> foca::Config {
+    let size =
+        NonZeroU32::new(u32::try_from(size.max(1)).unwrap_or(u32::MAX)).unwrap_or(NonZeroU32::MIN);
+    let mut config = foca::Config::new_lan(size);
+    let period = timings.probe_interval;
+    config.probe_period = period;
+    config.probe_rtt = timings.probe_timeout;
+    // memberlist's suspicion timeout: multiplier × max(1, log10(n)) × probe interval.
+    let scale = f64::from(size.get()).log10().max(1.0);
+    config.suspect_to_down_after = period.mul_f64(f64::from(timings.suspicion_mult) * scale);
+    config.periodic_gossip = Some(PeriodicParams {
+        frequency: timings.gossip_interval,
+        num_members: NonZeroUsize::new(timings.gossip_nodes as usize).unwrap_or(NonZeroUsize::MIN),
+    });
+    // memberlist's retransmissions: mult × ceil(log10(n + 1)), at least 4 even in a pool of
+    // one (foca's floor(4 × log10(n + 1)) is 1 there, and a pool that grows from one by quick
+    // joins then spreads its first updates once each).
+    let retransmit =
+        f64::from(timings.retransmit_mult) * (f64::from(size.get()) + 1.0).log10().ceil();
+    config.max_transmissions =
+        NonZeroU8::new(retransmit.clamp(4.0, 255.0) as u8).unwrap_or(NonZeroU8::MIN);
+    config.periodic_announce = Some(PeriodicParams {
+        frequency: timings.push_pull_interval,
+        num_members: NonZeroUsize::MIN,
+    });
+    config
 }
 
 /// A member's status as Consul names it.
@@ -160,7 +131,7 @@ impl Pool {
     /// Starts the pool's task for `identity` over `transport`.
     pub fn start(
         identity: NodeIdentity,
-        profile: Profile,
+        timings: GossipTimings,
         transport: impl Transport,
         mut inbound: Inbound,
         tasks: &Tasks,
@@ -178,7 +149,7 @@ impl Pool {
         let seed = rand::random::<u64>();
         let foca = Foca::new(
             identity.clone(),
-            profile.config(1),
+            foca_config(&timings, 1),
             rand_010::rngs::StdRng::seed_from_u64(seed),
             Codec,
         );
@@ -189,7 +160,7 @@ impl Pool {
             sequence: 0,
             transport: Arc::new(transport),
             events: events.clone(),
-            profile,
+            timings,
             joining: Vec::new(),
             size: 1,
             tasks: tasks.clone(),
@@ -272,7 +243,7 @@ struct Run<T: Transport> {
     sequence: u64,
     transport: Arc<T>,
     events: broadcast::Sender<MemberEvent>,
-    profile: Profile,
+    timings: GossipTimings,
     /// Joins waiting for an answer: the addresses announced to, and the deadline.
     joining: Vec<PendingJoin>,
     /// The pool size foca's timings were last derived from.
@@ -284,7 +255,7 @@ struct Run<T: Transport> {
 
 impl<T: Transport> Run<T> {
     async fn run(mut self, mut queue: mpsc::Receiver<Input>) {
-        let mut push_pull = tokio::time::interval(self.profile.push_pull_interval());
+        let mut push_pull = tokio::time::interval(self.timings.push_pull_interval);
         push_pull.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let next_timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
@@ -468,7 +439,7 @@ impl<T: Transport> Run<T> {
         let size = self.foca.num_members() + 1;
         if size >= self.size * 2 || size * 2 <= self.size {
             self.size = size;
-            if let Err(error) = self.foca.set_config(self.profile.config(size)) {
+            if let Err(error) = self.foca.set_config(foca_config(&self.timings, size)) {
                 tracing::debug!(%error, "cannot retune gossip for the pool's size");
             }
         }

@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::pool::{MemberStatus, Pool, Profile};
+use super::pool::{MemberStatus, Pool};
 use super::transport::{MemoryNetwork, UdpTransport};
 use super::NodeIdentity;
+use crate::config::GossipTimings;
 use crate::tasks::Tasks;
 
 fn identity(index: usize, addr: SocketAddr) -> NodeIdentity {
@@ -105,7 +106,7 @@ async fn fifty_members_in_memory_converge_and_detect_a_silent_one() {
             let (transport, inbound) = network.attach(addr);
             Pool::start(
                 identity(index, addr),
-                Profile::Local,
+                GossipTimings::LOCAL,
                 transport,
                 inbound,
                 &tasks,
@@ -135,7 +136,7 @@ async fn members_over_udp_converge_and_detect_a_silent_one() {
         let addr = transport_addr(&transport);
         pools.push(Pool::start(
             identity(index, addr),
-            Profile::Local,
+            GossipTimings::LOCAL,
             transport,
             inbound,
             owner,
@@ -165,7 +166,7 @@ async fn a_join_to_nothing_says_so() {
     let (transport, inbound) = network.attach(addr);
     let pool = Pool::start(
         identity(0, addr),
-        Profile::Local,
+        GossipTimings::LOCAL,
         transport,
         inbound,
         &tasks,

@@ -13,40 +13,35 @@ use super::reply;
 use super::AppState;
 use crate::acl::Access;
 use crate::api::{human_version, CONCORD_VERSION, CONSUL_COMPAT_VERSION};
+use crate::gossip::{Member, MemberStatus};
 
-/// This agent's gossip member entry. Until gossip lands the pool has one member: this agent.
-fn local_member(state: &AppState) -> Value {
-    let config = &state.config;
-    let role = if config.server_mode { "consul" } else { "node" };
-    let mut tags = json!({
-        "role": role,
-        "dc": config.datacenter,
-        "id": state.node_id,
-        "vsn": "2",
-        "vsn_min": "2",
-        "vsn_max": "3",
-        "build": human_version(),
-        "segment": "",
-    });
-    if config.server_mode {
-        tags["port"] = json!(config.ports.server.unwrap_or(8300).to_string());
-        tags["expect"] = json!(config.bootstrap_expect.to_string());
-        if let Some(grpc) = config.ports.grpc {
-            tags["grpc_port"] = json!(grpc.to_string());
-        }
-    }
+/// A LAN member as Consul's `/v1/agent/members` shows it (serf's status numbers: 1 alive,
+/// 2 leaving, 3 left, 4 failed).
+fn member_json(member: &Member) -> Value {
+    let identity = &member.identity;
     json!({
-        "Name": config.node_name,
-        "Addr": config.advertise_addr.to_string(),
-        "Port": config.ports.serf_lan.unwrap_or(8301),
-        "Tags": tags,
-        "Status": 1,
+        "Name": identity.name,
+        "Addr": identity.addr.ip().to_string(),
+        "Port": identity.addr.port(),
+        "Tags": identity.tags,
+        "Status": match member.status {
+            MemberStatus::Alive => 1,
+            MemberStatus::Failed => 4,
+        },
         "ProtocolMin": 1,
         "ProtocolMax": 5,
         "ProtocolCur": 2,
         "DelegateMin": 2,
         "DelegateMax": 5,
         "DelegateCur": 4,
+    })
+}
+
+/// This agent's own member entry.
+fn local_member(state: &AppState) -> Value {
+    member_json(&Member {
+        identity: state.lan.identity().clone(),
+        status: MemberStatus::Alive,
     })
 }
 
@@ -107,13 +102,16 @@ pub async fn members(State(state): State<Arc<AppState>>, call: Call) -> Result<R
     state
         .authorizer
         .authorize(call.token().as_deref(), Access::NodeRead(""))?;
-    if call.has("wan") && !state.config.server_mode {
-        return Ok(reply::json(&json!([]), call.pretty(&state)));
+    if call.has("wan") {
+        // There is no WAN pool yet: a server is alone in it, a client is not in it.
+        let members = match state.config.server_mode {
+            true => json!([local_member(&state)]),
+            false => json!([]),
+        };
+        return Ok(reply::json(&members, call.pretty(&state)));
     }
-    Ok(reply::json(
-        &json!([local_member(&state)]),
-        call.pretty(&state),
-    ))
+    let members: Vec<Value> = state.lan.members().await.iter().map(member_json).collect();
+    Ok(reply::json(&Value::Array(members), call.pretty(&state)))
 }
 
 /// Graceful leave: answers, then shuts the agent down.
@@ -121,8 +119,8 @@ pub async fn leave(State(state): State<Arc<AppState>>, call: Call) -> Result<Res
     state
         .authorizer
         .authorize(call.token().as_deref(), Access::AgentWrite)?;
-    tracing::info!("leave requested over HTTP; shutting down");
-    state.shutdown.cancel();
+    tracing::info!("leave requested over HTTP; leaving and shutting down");
+    state.stop.cancel();
     Ok(reply::json(&Value::Null, false))
 }
 
@@ -197,8 +195,18 @@ pub async fn join(
     state
         .authorizer
         .authorize(call.token().as_deref(), Access::AgentWrite)?;
-    Err(ApiError::Internal(format!(
-        "cannot join {address}: joining other agents needs gossip, which this release of \
-         concord does not have yet (one server per datacenter)"
-    )))
+    if call.has("wan") {
+        return Err(ApiError::Internal(format!(
+            "cannot join {address} over the WAN: this release has no WAN pool"
+        )));
+    }
+    match crate::gossip::lan::join(&state.lan, std::slice::from_ref(&address)).await {
+        Ok(joined) => {
+            tracing::info!(%address, joined, "joined the LAN pool");
+            Ok(reply::json(&Value::Null, false))
+        }
+        Err(error) => Err(ApiError::Internal(format!(
+            "1 error occurred:\n\t* Failed to join {address}: {error}\n\n"
+        ))),
+    }
 }

@@ -50,6 +50,10 @@ pub struct AppState {
     pub config: Arc<RuntimeConfig>,
     pub authorizer: Authorizer,
     pub node_id: String,
+    /// This agent's LAN gossip pool.
+    pub lan: crate::gossip::Pool,
+    /// Cancelled to ask the agent to leave and stop (`/v1/agent/leave`).
+    pub stop: CancellationToken,
     /// Cancelled when the agent shuts down; blocking queries return early on it.
     pub shutdown: CancellationToken,
 }

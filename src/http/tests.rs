@@ -44,6 +44,22 @@ fn harness() -> Harness {
     let data_dir = tempfile::tempdir().expect("data dir");
     let tasks = Tasks::new();
     let node_id = "2b7a0b6c-0000-4000-8000-000000000001".to_string();
+    // A pool of one on the in-memory network: this agent alone.
+    let gossip_address = "127.0.0.1:8301".parse().expect("address");
+    let (transport, inbound) =
+        crate::gossip::transport::MemoryNetwork::new().attach(gossip_address);
+    let lan = crate::gossip::Pool::start(
+        crate::gossip::NodeIdentity {
+            name: config.node_name.clone(),
+            addr: gossip_address,
+            started: 1,
+            tags: crate::gossip::lan::tags(&config, &node_id),
+        },
+        config.membership.gossip_lan,
+        transport,
+        inbound,
+        &tasks,
+    );
     let agent = Agent::start(
         config.clone(),
         options,
@@ -70,6 +86,8 @@ fn harness() -> Harness {
         config,
         authorizer: Authorizer,
         node_id,
+        lan,
+        stop: tokio_util::sync::CancellationToken::new(),
         shutdown: tasks.shutdown().clone(),
     });
     Harness {

@@ -27,7 +27,7 @@ const ROOT_NAME: &str = "Consul CA Primary Cert";
 const ROOT_SERIAL_BASE: u64 = 0x7f00_0000_0000_0000;
 
 /// Why a CSR was not signed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum SignError {
     /// The CSR breaks a rule (400).
     #[error("{0}")]
@@ -44,7 +44,7 @@ pub enum SignError {
 }
 
 /// Why the CA could not be set up or changed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum CaError {
     /// The configuration cannot be used (400).
     #[error("{0}")]
@@ -57,7 +57,7 @@ pub enum CaError {
 }
 
 /// A signed leaf with the chain a client needs.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Leaf {
     /// The leaf followed by the active root's cross-signed certificates, if any.
     pub cert_pem: String,

@@ -1,9 +1,11 @@
 //! The seam between everything that uses cluster state and where that state lives. `Cluster`
 //! is the one type HTTP, DNS, proxycfg and xDS, the agent (anti-entropy, check runners, the
 //! leaf cache) and blocking queries use for writes, reads and watches, and for the requests
-//! only a leader can answer (session renewals, leaf signing, CA configuration). Today its one
-//! variant is a server (`ServerRpc`: Raft, the state store, the write batcher, the leader's
-//! services); client agents add a variant that sends the same calls to a server.
+//! only a leader can answer (session renewals, leaf signing, CA configuration). A server
+//! answers from itself (`ServerRpc`: Raft, the state store, the write batcher, the leader's
+//! services); a client agent (`ClientRpc`) reads from a replica of a server's state store that
+//! the server streams to it (`service`, `wire`) and sends everything else to a server, on the
+//! server port, rotating servers on failure.
 //!
 //! Code that is itself leader-only (tombstone reaping, the CA's bootstrap and pruning, the
 //! session TTL timers, catalog reconciliation) takes the `ServerRpc` explicitly, so its
@@ -14,18 +16,24 @@
 //! `http::error` turns them into status codes.
 
 pub mod ca_manager;
+pub mod client;
+pub mod codec;
 #[cfg(test)]
 pub mod memory;
 pub mod server;
+pub mod service;
 pub mod session_ttl;
+pub mod wire;
 pub mod writes;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 pub use ca_manager::{CaError, Leaf, SignError};
+pub use client::ClientRpc;
 pub use server::ServerRpc;
 
 use crate::raft::NodeId;
@@ -34,10 +42,17 @@ use crate::types::connect::{CaConfig, CaState};
 use crate::types::session::Session;
 use crate::types::{Command, CommandResult};
 
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum RpcError {
     #[error("No cluster leader")]
     NoLeader,
+    /// A client agent knows of no server to send the request to.
+    #[error("No known Consul servers")]
+    NoServers,
+    /// A client agent could not reach the server it sent the request to. The request may or
+    /// may not have been carried out, so it is not retried elsewhere.
+    #[error("rpc error: {0}")]
+    Unreachable(String),
     /// Only the leader at `leader` (its server RPC address) can answer.
     #[error("not the leader; the leader is {leader}")]
     ForwardToLeader { leader: String },
@@ -51,7 +66,7 @@ pub enum RpcError {
 }
 
 /// How a read must relate to the leader (`?stale`, default, `?consistent`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Consistency {
     Stale,
     Leader,
@@ -69,7 +84,7 @@ impl Consistency {
 }
 
 /// What a read learned about the leader, for `X-Consul-KnownLeader` / `LastContact`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaderContact {
     pub known_leader: bool,
     pub last_contact_ms: u64,
@@ -90,6 +105,9 @@ pub struct Leadership {
 pub enum Cluster {
     /// This agent is a server: calls go to its own Raft node and state store.
     Server(Arc<ServerRpc>),
+    /// This agent is a client: reads come from a replica of a server's state store that the
+    /// server streams to it, everything else is sent to a server.
+    Client(Arc<ClientRpc>),
     /// One in-memory node without Raft, for unit tests above the seam.
     #[cfg(test)]
     Memory(Arc<memory::MemoryCluster>),
@@ -100,6 +118,7 @@ impl Cluster {
     pub async fn write(&self, command: Command) -> Result<(u64, CommandResult), RpcError> {
         match self {
             Cluster::Server(server) => server.write(command).await,
+            Cluster::Client(client) => client.write(command).await,
             #[cfg(test)]
             Cluster::Memory(memory) => Ok(memory.apply(&command)),
         }
@@ -109,6 +128,7 @@ impl Cluster {
     pub async fn read_barrier(&self, consistency: Consistency) -> Result<LeaderContact, RpcError> {
         match self {
             Cluster::Server(server) => server.read_barrier(consistency).await,
+            Cluster::Client(client) => client.read_barrier(consistency).await,
             #[cfg(test)]
             Cluster::Memory(memory) => match consistency {
                 Consistency::Stale => Ok(memory.leader_contact()),
@@ -122,6 +142,7 @@ impl Cluster {
     pub fn snapshot(&self) -> Arc<Tables> {
         match self {
             Cluster::Server(server) => server.store().snapshot(),
+            Cluster::Client(client) => client.store().snapshot(),
             #[cfg(test)]
             Cluster::Memory(memory) => memory.store.snapshot(),
         }
@@ -131,6 +152,7 @@ impl Cluster {
     pub fn watch(&self, topics: &[(String, Match)]) -> WatchGuard {
         match self {
             Cluster::Server(server) => server.store().watch(topics),
+            Cluster::Client(client) => client.store().watch(topics),
             #[cfg(test)]
             Cluster::Memory(memory) => memory.store.watch(topics),
         }
@@ -139,6 +161,7 @@ impl Cluster {
     pub fn leader_contact(&self) -> LeaderContact {
         match self {
             Cluster::Server(server) => server.leader_contact(),
+            Cluster::Client(client) => client.leader_contact(),
             #[cfg(test)]
             Cluster::Memory(memory) => memory.leader_contact(),
         }
@@ -148,6 +171,7 @@ impl Cluster {
     pub fn leadership(&self) -> watch::Receiver<Leadership> {
         match self {
             Cluster::Server(server) => server.leadership(),
+            Cluster::Client(client) => client.leadership(),
             #[cfg(test)]
             Cluster::Memory(memory) => memory.leadership(),
         }
@@ -157,6 +181,7 @@ impl Cluster {
     pub fn peer_addresses(&self) -> Vec<String> {
         match self {
             Cluster::Server(server) => server.peer_addresses(),
+            Cluster::Client(client) => client.peer_addresses(),
             #[cfg(test)]
             Cluster::Memory(_) => vec!["127.0.0.1:8300".into()],
         }
@@ -166,6 +191,7 @@ impl Cluster {
     pub fn lock_delay_remaining(&self, key: &str) -> Option<Duration> {
         match self {
             Cluster::Server(server) => server.store().lock_delay_remaining(key),
+            Cluster::Client(client) => client.store().lock_delay_remaining(key),
             #[cfg(test)]
             Cluster::Memory(memory) => memory.store.lock_delay_remaining(key),
         }
@@ -174,17 +200,8 @@ impl Cluster {
     /// Renews a session's TTL on the leader; `Ok(None)` when there is no such session.
     pub async fn renew_session(&self, id: &str) -> Result<Option<Session>, RpcError> {
         match self {
-            Cluster::Server(server) => {
-                server.require_leader()?;
-                let tables = server.store().snapshot();
-                let Some(session) = tables.session(id).cloned() else {
-                    return Ok(None);
-                };
-                if let Some(ttl) = session.ttl {
-                    server.sessions.renew(id, ttl);
-                }
-                Ok(Some(session))
-            }
+            Cluster::Server(server) => server.renew_session(id),
+            Cluster::Client(client) => client.renew_session(id).await,
             #[cfg(test)]
             Cluster::Memory(memory) => {
                 if !memory.leader_contact().known_leader {
@@ -199,6 +216,7 @@ impl Cluster {
     pub async fn sign_leaf(&self, csr_pem: &str, service: &str) -> Result<Leaf, SignError> {
         match self {
             Cluster::Server(server) => server.ca.sign(csr_pem, service),
+            Cluster::Client(client) => client.sign_leaf(csr_pem, service).await,
             #[cfg(test)]
             Cluster::Memory(_) => Err(SignError::Unavailable("no CA in a memory cluster".into())),
         }
@@ -207,10 +225,8 @@ impl Cluster {
     /// Applies a new CA configuration on the leader; true when it rotated the root.
     pub async fn set_ca_config(&self, config: CaConfig) -> Result<bool, CaError> {
         match self {
-            Cluster::Server(server) => {
-                server.require_leader()?;
-                server.ca.set_config(config).await
-            }
+            Cluster::Server(server) => server.set_ca_config(config).await,
+            Cluster::Client(client) => client.set_ca_config(config).await,
             #[cfg(test)]
             Cluster::Memory(_) => {
                 let _ = config;
@@ -228,6 +244,7 @@ impl Cluster {
     pub fn server(&self) -> Option<&Arc<ServerRpc>> {
         match self {
             Cluster::Server(server) => Some(server),
+            Cluster::Client(_) => None,
             #[cfg(test)]
             Cluster::Memory(_) => None,
         }

@@ -14,13 +14,15 @@ use std::time::Instant;
 use openraft::error::RaftError;
 use tokio::sync::watch;
 
-use super::ca_manager::CaManager;
+use super::ca_manager::{CaError, CaManager};
 use super::session_ttl::SessionTimers;
 use super::writes::{WriteOutcome, Writer};
 use super::{Consistency, LeaderContact, Leadership, RpcError};
 use crate::raft::{NodeId, Raft};
 use crate::state::Store;
 use crate::tasks::Tasks;
+use crate::types::connect::CaConfig;
+use crate::types::session::Session;
 use crate::types::Command;
 
 /// When this server last heard from a leader, for `X-Consul-LastContact` and DNS `max_stale`:
@@ -180,6 +182,25 @@ impl ServerRpc {
                 Ok(contact)
             }
         }
+    }
+
+    /// Renews a session's TTL; `Ok(None)` when there is no such session.
+    pub fn renew_session(&self, id: &str) -> Result<Option<Session>, RpcError> {
+        self.require_leader()?;
+        let tables = self.store.snapshot();
+        let Some(session) = tables.session(id).cloned() else {
+            return Ok(None);
+        };
+        if let Some(ttl) = session.ttl {
+            self.sessions.renew(id, ttl);
+        }
+        Ok(Some(session))
+    }
+
+    /// Applies a new CA configuration; true when it rotated the root.
+    pub async fn set_ca_config(&self, config: CaConfig) -> Result<bool, CaError> {
+        self.require_leader()?;
+        self.ca.set_config(config).await
     }
 
     /// Server RPC addresses of the voters.

@@ -1,5 +1,5 @@
 //! Duties of the Raft leader: keep this server's node and its `serfHealth` check in the
-//! catalog, bootstrap the CA and the configured config entries on taking office, prune
+//! catalog, reconcile the LAN pool's members into it (`members`), bootstrap the CA and the configured config entries on taking office, prune
 //! rotated-out roots, and reap KV tombstones once they are older than the tombstone TTL. It
 //! wakes on the server's published leadership, not by polling Raft.
 //!
@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RuntimeConfig;
+use crate::gossip::Pool;
 use crate::rpc::ServerRpc;
 use crate::types::{Check, Command, CommandResult, HealthStatus, RaftIndexes, RegisterRequest};
 
@@ -22,6 +23,9 @@ const TOMBSTONE_TTL: Duration = Duration::from_secs(15 * 60);
 const TOMBSTONE_GRANULARITY: Duration = Duration::from_secs(30);
 /// How soon a failed duty of taking office (self-registration, the CA) is tried again.
 const DUTY_RETRY: Duration = Duration::from_millis(500);
+/// A full reconciliation of members into the catalog runs this often besides on every member
+/// event (Consul's `ReconcileInterval`).
+const RECONCILE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// The leader keeps this server's node and its `serfHealth` check in the catalog; the agent's
 /// anti-entropy owns everything else registered on the node.
@@ -52,8 +56,12 @@ pub async fn run(
     rpc: Arc<ServerRpc>,
     config: Arc<RuntimeConfig>,
     node_id: String,
+    lan: Pool,
     shutdown: CancellationToken,
 ) {
+    let mut member_events = lan.events();
+    let mut reconcile_tick = tokio::time::interval(RECONCILE_INTERVAL);
+    let mut reconciled = false;
     let ca = &rpc.ca;
     let mut leadership = rpc.leadership();
     let mut registered_as_leader = false;
@@ -81,11 +89,24 @@ pub async fn run(
         if leader && !connect_ready && config.connect_enabled {
             connect_ready = connect_duties(&rpc, &config).await;
         }
-        let unfinished =
-            leader && (!registered_as_leader || (config.connect_enabled && !connect_ready));
+        if !leader {
+            reconciled = false;
+        } else if !reconciled {
+            reconciled = reconcile_members(&rpc, &lan, &config.datacenter).await;
+        }
+        let unfinished = leader
+            && (!registered_as_leader || (config.connect_enabled && !connect_ready) || !reconciled);
         tokio::select! {
             _ = shutdown.cancelled() => return,
             changed = leadership.changed() => if changed.is_err() { return },
+            event = member_events.recv() => {
+                // Lagging only means several events at once; a full pass covers them.
+                if let Err(tokio::sync::broadcast::error::RecvError::Closed) = event {
+                    return;
+                }
+                reconciled = false;
+            }
+            _ = reconcile_tick.tick() => reconciled = false,
             _ = tokio::time::sleep(DUTY_RETRY), if unfinished => {}
             _ = tick.tick() => {
                 if leader {
@@ -97,6 +118,28 @@ pub async fn run(
             }
         }
     }
+}
+
+/// One pass of `members::plan`; whether every write went through.
+async fn reconcile_members(rpc: &ServerRpc, lan: &Pool, datacenter: &str) -> bool {
+    let members = lan.members().await;
+    let writes = super::members::plan(&members, &rpc.store().snapshot(), datacenter);
+    for write in writes {
+        let (node, status) = (write.node.name.clone(), write.checks[0].status);
+        match rpc.write(Command::CatalogRegister(Box::new(write))).await {
+            Ok((_, CommandResult::Catalog(Ok(())))) => {
+                tracing::info!(%node, ?status, "member reconciled into the catalog")
+            }
+            Ok((_, result)) => {
+                tracing::warn!(%node, ?result, "member reconciliation was refused");
+            }
+            Err(error) => {
+                tracing::warn!(%node, %error, "member reconciliation failed; will retry");
+                return false;
+            }
+        }
+    }
+    true
 }
 
 /// Records the current KV index, and reaps tombstones at or below the newest index recorded

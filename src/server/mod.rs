@@ -1,12 +1,15 @@
-//! Wires one agent together and owns its lifetime: data dir and node id, Raft storage and
-//! the Raft node, the HTTP listeners, the leader's duties, and graceful shutdown on SIGINT,
-//! SIGTERM or `PUT /v1/agent/leave`.
+//! Wires one agent together and owns its lifetime: data dir and node id, the LAN pool, on a
+//! server Raft storage, the Raft node, the server RPC listener and the leader's duties, on a
+//! client the seam that follows a server; the HTTP, DNS and xDS listeners; and graceful
+//! shutdown on SIGINT, SIGTERM or `PUT /v1/agent/leave`, leaving the pool first when
+//! `leave_on_terminate` / `skip_leave_on_interrupt` say so.
 //!
 //! Architecture invariant: every long-lived task is spawned through one `Tasks` under one
 //! shutdown token; `run` waits for them (up to a limit) before it returns, so nothing
 //! outlives it.
 
 mod leader;
+pub mod members;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -23,7 +26,8 @@ use crate::agent::Agent;
 use crate::config::{LoadOptions, RuntimeConfig};
 use crate::http::{self, AppState};
 use crate::raft::{self, node_id_from_uuid, Network, Raft};
-use crate::rpc::{Cluster, ServerRpc};
+use crate::rpc::service::RpcService;
+use crate::rpc::{ClientRpc, Cluster, ServerRpc};
 use crate::state::Store;
 use crate::tasks::Tasks;
 
@@ -77,29 +81,23 @@ fn prepare_data_dir(
     }
 }
 
-/// Runs the agent until it is asked to stop.
-pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let config = Arc::new(config);
-    if !config.server_mode {
-        bail!(
-            "client agents join servers over gossip, which this release does not have yet; \
-             run a server (-server -bootstrap-expect=1) or -dev"
-        );
-    }
-    if config.bootstrap_expect > 1 {
-        bail!(
-            "bootstrap_expect = {} needs the multi-server cluster, which this release does not \
-             have yet; use -bootstrap-expect=1",
-            config.bootstrap_expect
-        );
-    }
-    let (data_dir, temp_dir) = prepare_data_dir(&config)?;
-    let node_id = resolve_node_id(&config, &data_dir)?;
+/// What a server runs besides what every agent runs.
+struct ServerParts {
+    rpc: Arc<ServerRpc>,
+    raft: Raft,
+}
 
+/// Opens Raft storage, starts the Raft node (bootstrapping a one-server cluster when asked)
+/// and the server's side of the seam.
+async fn start_server(
+    config: &RuntimeConfig,
+    data_dir: &Path,
+    node_id: &str,
+    tasks: &Tasks,
+) -> anyhow::Result<ServerParts> {
     let store = Arc::new(Store::new());
-    let storage = raft::open_storage(&data_dir, store.clone()).await?;
-    let raft_id = node_id_from_uuid(&node_id);
+    let storage = raft::open_storage(data_dir, store.clone()).await?;
+    let raft_id = node_id_from_uuid(node_id);
     let server_address =
         SocketAddr::new(config.advertise_addr, config.ports.server.unwrap_or(8300));
     let raft = Raft::new(
@@ -118,17 +116,62 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
             .context("cannot bootstrap the Raft cluster")?;
         tracing::info!(node_id = %node_id, "bootstrapped a new single-server cluster");
     }
-
-    // Every long-lived task below is spawned through `tasks`, under its shutdown token.
-    let tasks = Tasks::new();
-    let server = ServerRpc::start(
+    let rpc = ServerRpc::start(
         raft.clone(),
         store,
         raft_id,
         config.datacenter.clone(),
-        &tasks,
+        tasks,
     );
-    let cluster = Cluster::Server(server.clone());
+    Ok(ServerParts { rpc, raft })
+}
+
+/// Runs the agent until it is asked to stop.
+pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let config = Arc::new(config);
+    if config.bootstrap_expect > 1 {
+        bail!(
+            "bootstrap_expect = {} needs the multi-server cluster, which this release does not \
+             have yet; use -bootstrap-expect=1",
+            config.bootstrap_expect
+        );
+    }
+    let (data_dir, temp_dir) = prepare_data_dir(&config)?;
+    let node_id = resolve_node_id(&config, &data_dir)?;
+
+    // Every long-lived task below is spawned through `tasks`, under its shutdown token.
+    let tasks = Tasks::new();
+    // Asked to stop (HTTP leave, an exhausted retry_join): the agent leaves the pool first,
+    // then shuts its tasks down.
+    let stop = CancellationToken::new();
+    let lan = crate::gossip::lan::start(&config, &node_id, &tasks).await?;
+    let server = match config.server_mode {
+        true => Some(start_server(&config, &data_dir, &node_id, &tasks).await?),
+        false => None,
+    };
+    let cluster = match &server {
+        Some(server) => Cluster::Server(server.rpc.clone()),
+        None => Cluster::Client(ClientRpc::start(
+            config.node_name.clone(),
+            lan.clone(),
+            &tasks,
+        )),
+    };
+    if let (Some(server), Some(port)) = (&server, config.ports.server) {
+        let address = SocketAddr::new(config.bind_addr, port);
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen for server RPC on {address}"))?;
+        tracing::info!(%address, "server RPC listening");
+        let service = RpcService::new(server.rpc.clone(), tasks.shutdown().clone());
+        tasks.spawn_graceful(
+            "rpc.listener",
+            crate::rpc::service::serve(listener, service, tasks.shutdown().clone()),
+        );
+    }
+    crate::gossip::lan::join_configured(&lan, &config, &stop, &tasks).await?;
+
     let agent = Agent::start(
         config.clone(),
         load_options,
@@ -167,9 +210,10 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
         config: config.clone(),
         authorizer: Authorizer,
         node_id: node_id.clone(),
+        lan: lan.clone(),
+        stop: stop.clone(),
         shutdown: tasks.shutdown().clone(),
     });
-
     if let Some(port) = config.ports.http {
         for address in &config.client_addrs {
             let address = SocketAddr::new(*address, port);
@@ -230,16 +274,22 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
                 .await?;
         }
     }
-    {
-        let (server, stop) = (server.clone(), tasks.shutdown().clone());
+    if let Some(server) = &server {
+        let (rpc, shutdown) = (server.rpc.clone(), tasks.shutdown().clone());
         tasks.spawn("rpc.session_ttl", async move {
-            server.sessions.run(&server, stop).await
+            rpc.sessions.run(&rpc, shutdown).await
         });
+        tasks.spawn(
+            "server.leader",
+            leader::run(
+                server.rpc.clone(),
+                config.clone(),
+                node_id,
+                lan.clone(),
+                tasks.shutdown().clone(),
+            ),
+        );
     }
-    tasks.spawn(
-        "server.leader",
-        leader::run(server, config.clone(), node_id, tasks.shutdown().clone()),
-    );
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         node = %config.node_name,
@@ -249,13 +299,29 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
         "agent started"
     );
 
-    wait_for_stop(tasks.shutdown(), &state.agent).await;
+    let reason = wait_for_stop(&stop, &state.agent).await;
+    let leave = match reason {
+        Stop::Requested => true,
+        Stop::Interrupt => !config.membership.skip_leave_on_interrupt,
+        Stop::Terminate => config.membership.leave_on_terminate,
+    };
+    if leave {
+        tracing::info!("leaving the LAN pool");
+        if tokio::time::timeout(LEAVE_LIMIT, lan.leave())
+            .await
+            .is_err()
+        {
+            tracing::warn!("leaving the LAN pool took longer than {LEAVE_LIMIT:?}; going on");
+        }
+    }
     tracing::info!("shutting down");
     if !tasks.stop(SHUTDOWN_LIMIT).await {
         tracing::warn!(alive = ?tasks.alive(), "tasks did not stop within {SHUTDOWN_LIMIT:?}");
     }
-    if let Err(error) = raft.shutdown().await {
-        tracing::warn!(%error, "Raft did not shut down cleanly");
+    if let Some(server) = server {
+        if let Err(error) = server.raft.shutdown().await {
+            tracing::warn!(%error, "Raft did not shut down cleanly");
+        }
     }
     drop(temp_dir);
     tracing::info!("shutdown complete");
@@ -265,25 +331,41 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
 /// How long shutdown waits for tasks (listeners draining, streams closing) before going on.
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(10);
 
-/// Waits for SIGINT, SIGTERM or a leave request; SIGHUP reloads the config files meanwhile.
-async fn wait_for_stop(shutdown: &CancellationToken, agent: &Arc<Agent>) {
+/// Why the agent stops.
+enum Stop {
+    Interrupt,
+    Terminate,
+    /// A leave request, or the agent gave up joining.
+    Requested,
+}
+
+/// How long a graceful leave may take before shutdown goes on without it.
+const LEAVE_LIMIT: Duration = Duration::from_secs(5);
+
+/// Waits for SIGINT, SIGTERM or a stop request; SIGHUP reloads the config files meanwhile.
+async fn wait_for_stop(stop: &CancellationToken, agent: &Arc<Agent>) -> Stop {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut terminate), Ok(mut hangup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::hangup()),
     ) else {
         tracing::warn!("cannot listen for SIGTERM/SIGHUP; only SIGINT and leave stop the agent");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = shutdown.cancelled() => {}
-        }
-        return;
+        return tokio::select! {
+            _ = tokio::signal::ctrl_c() => Stop::Interrupt,
+            _ = stop.cancelled() => Stop::Requested,
+        };
     };
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => return tracing::info!("caught SIGINT"),
-            _ = terminate.recv() => return tracing::info!("caught SIGTERM"),
-            _ = shutdown.cancelled() => return,
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!("caught SIGINT");
+                return Stop::Interrupt;
+            }
+            _ = terminate.recv() => {
+                tracing::info!("caught SIGTERM");
+                return Stop::Terminate;
+            }
+            _ = stop.cancelled() => return Stop::Requested,
             _ = hangup.recv() => {
                 tracing::info!("caught SIGHUP; reloading configuration");
                 if let Err(error) = agent.reload() {

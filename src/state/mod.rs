@@ -160,6 +160,19 @@ const SNAPSHOT_FORMAT: u8 = 2;
 #[error("state snapshot is corrupt: {0}")]
 pub struct RestoreError(String);
 
+/// What the store published, for replicas (client agents) that follow it (`Store::follow`).
+#[derive(Clone, Debug)]
+pub enum Change {
+    /// Entries applied in order; `None` is a Raft blank or membership entry.
+    Applied(Arc<Vec<(u64, Option<Command>)>>),
+    /// Every table was replaced by a snapshot.
+    Restored,
+}
+
+/// How many published changes a follower may fall behind before it must start over from a
+/// snapshot.
+const CHANGE_BUFFER: usize = 1024;
+
 /// The shared handle: the current tables plus the watch registry.
 pub struct Store {
     current: RwLock<Arc<Tables>>,
@@ -170,6 +183,8 @@ pub struct Store {
     /// Serialises writers so that two batches never race to publish.
     writer: Mutex<()>,
     watches: Arc<WatchRegistry>,
+    /// Changes as they are published; entries are copied only while someone follows.
+    changes: tokio::sync::broadcast::Sender<Change>,
 }
 
 impl Default for Store {
@@ -185,7 +200,17 @@ impl Store {
             lock_delays: Mutex::new(std::collections::HashMap::new()),
             writer: Mutex::new(()),
             watches: Arc::new(WatchRegistry::default()),
+            changes: tokio::sync::broadcast::Sender::new(CHANGE_BUFFER),
         }
+    }
+
+    /// The current tables and every change published after them, for a replica that starts
+    /// from the tables and applies the changes in order. Taken under the writer lock, so no
+    /// change is missed or seen twice. A follower that falls `CHANGE_BUFFER` changes behind
+    /// gets `Lagged` and starts over.
+    pub fn follow(&self) -> (Arc<Tables>, tokio::sync::broadcast::Receiver<Change>) {
+        let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        (self.snapshot(), self.changes.subscribe())
     }
 
     /// A consistent, immutable view of every table; cheap (one `Arc` clone).
@@ -215,8 +240,15 @@ impl Store {
         let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let mut tables = (*self.snapshot()).clone();
         let mut touched = Vec::new();
+        let followed = self.changes.receiver_count() > 0;
+        let mut copied = Vec::new();
         let results = entries
             .into_iter()
+            .inspect(|(index, command)| {
+                if followed {
+                    copied.push((*index, command.cloned()));
+                }
+            })
             .map(|(index, command)| match command {
                 Some(command) => tables.apply(index, command, &mut touched),
                 None => {
@@ -227,6 +259,9 @@ impl Store {
             .collect();
         let released = std::mem::take(&mut tables.released_locks);
         self.publish(tables);
+        if followed {
+            let _ = self.changes.send(Change::Applied(Arc::new(copied)));
+        }
         self.start_lock_delays(released);
         touched.sort_unstable();
         touched.dedup();
@@ -288,6 +323,7 @@ impl Store {
         tables.rebuild_derived_indexes();
         let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         self.publish(tables);
+        let _ = self.changes.send(Change::Restored);
         self.watches.notify_all();
         Ok(())
     }

@@ -5,10 +5,9 @@
 //! buffer and an 8 KiB encode buffer up front. An idle sidecar stream holds both for as long as
 //! Envoy stays connected, which made them a third of the agent's memory per proxy. Requests
 //! from Envoy are a few hundred bytes, and the encode buffer grows for a large response, so
-//! both start at `INITIAL_BUFFER`.
+//! both start small (`rpc::codec::SmallCodec`).
 
 use std::convert::Infallible;
-use std::marker::PhantomData;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -16,89 +15,18 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
-use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::{http, Body, BoxFuture, Service, StdError};
 use tonic::server::{Grpc, NamedService, StreamingService};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::server::XdsServer;
+use crate::rpc::codec::SmallCodec;
 
 const SERVICE: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
 const DELTA_PATH: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
 const SOTW_PATH: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
-
-/// Initial capacity of a stream's decode and encode buffers.
-const INITIAL_BUFFER: usize = 1024;
-/// Encoded responses are handed to HTTP/2 once this much is buffered (tonic's default).
-const YIELD_THRESHOLD: usize = 32 * 1024;
-
-fn buffer_settings() -> BufferSettings {
-    BufferSettings::new(INITIAL_BUFFER, YIELD_THRESHOLD)
-}
-
-/// Protobuf encoding of `E` out and `D` in, with `buffer_settings`.
-struct AdsCodec<E, D>(PhantomData<fn(E) -> D>);
-
-impl<E, D> Default for AdsCodec<E, D> {
-    fn default() -> Self {
-        AdsCodec(PhantomData)
-    }
-}
-
-impl<E, D> Codec for AdsCodec<E, D>
-where
-    E: prost::Message + Send + 'static,
-    D: prost::Message + Default + Send + 'static,
-{
-    type Encode = E;
-    type Decode = D;
-    type Encoder = AdsEncoder<E>;
-    type Decoder = AdsDecoder<D>;
-
-    fn encoder(&mut self) -> AdsEncoder<E> {
-        AdsEncoder(PhantomData)
-    }
-
-    fn decoder(&mut self) -> AdsDecoder<D> {
-        AdsDecoder(PhantomData)
-    }
-}
-
-struct AdsEncoder<T>(PhantomData<fn(T)>);
-
-impl<T: prost::Message> Encoder for AdsEncoder<T> {
-    type Item = T;
-    type Error = Status;
-
-    fn encode(&mut self, item: T, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        // EncodeBuf grows on demand, so this cannot run out of room.
-        item.encode(dst)
-            .map_err(|error| Status::internal(format!("encoding a response: {error}")))
-    }
-
-    fn buffer_settings(&self) -> BufferSettings {
-        buffer_settings()
-    }
-}
-
-struct AdsDecoder<T>(PhantomData<fn() -> T>);
-
-impl<T: prost::Message + Default> Decoder for AdsDecoder<T> {
-    type Item = T;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<T>, Status> {
-        T::decode(src)
-            .map(Some)
-            .map_err(|error| Status::invalid_argument(format!("malformed request: {error}")))
-    }
-
-    fn buffer_settings(&self) -> BufferSettings {
-        buffer_settings()
-    }
-}
 
 /// The ADS service as tonic's router takes it.
 #[derive(Clone)]
@@ -158,11 +86,11 @@ where
         let server = self.0.clone();
         match request.uri().path() {
             DELTA_PATH => Box::pin(async move {
-                let mut grpc = Grpc::new(AdsCodec::<DeltaDiscoveryResponse, _>::default());
+                let mut grpc = Grpc::new(SmallCodec::<DeltaDiscoveryResponse, _>::default());
                 Ok(grpc.streaming(Delta(server), request).await)
             }),
             SOTW_PATH => Box::pin(async move {
-                let mut grpc = Grpc::new(AdsCodec::<DiscoveryResponse, _>::default());
+                let mut grpc = Grpc::new(SmallCodec::<DiscoveryResponse, _>::default());
                 Ok(grpc.streaming(StateOfTheWorld(server), request).await)
             }),
             _ => Box::pin(async move { Ok(Status::unimplemented("").into_http()) }),

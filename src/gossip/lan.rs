@@ -1,0 +1,159 @@
+//! This agent's LAN pool: who it is in the pool (its name, its gossip address and Consul's
+//! member tags), the socket it gossips on, and the joins its configuration asks for.
+//!
+//! `start_join` must reach someone before the agent starts (as Consul's); `retry_join` is
+//! tried in the background every `retry_interval`, `retry_max` times (0: until it succeeds),
+//! and an agent that exhausts it stops, as Consul's does.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+
+use super::identity::NodeIdentity;
+use super::pool::Pool;
+use super::transport::UdpTransport;
+use crate::api::human_version;
+use crate::config::RuntimeConfig;
+use crate::tasks::Tasks;
+
+/// Consul's member tags for this agent.
+pub fn tags(config: &RuntimeConfig, node_id: &str) -> BTreeMap<String, String> {
+    let mut tags = BTreeMap::from([
+        ("dc".to_string(), config.datacenter.clone()),
+        ("id".to_string(), node_id.to_string()),
+        ("vsn".to_string(), "2".to_string()),
+        ("vsn_min".to_string(), "2".to_string()),
+        ("vsn_max".to_string(), "3".to_string()),
+        ("build".to_string(), human_version()),
+        ("segment".to_string(), String::new()),
+    ]);
+    let role = if config.server_mode { "consul" } else { "node" };
+    tags.insert("role".into(), role.into());
+    if config.server_mode {
+        let port = config.ports.server.unwrap_or(8300);
+        tags.insert("port".into(), port.to_string());
+        tags.insert("raft_vsn".into(), "3".into());
+        match config.bootstrap_expect {
+            1 => tags.insert("bootstrap".into(), "1".into()),
+            expect => tags.insert("expect".into(), expect.to_string()),
+        };
+        if let Some(port) = config.ports.serf_wan {
+            tags.insert("wan_join_port".into(), port.to_string());
+        }
+        if let Some(grpc) = config.ports.grpc {
+            tags.insert("grpc_port".into(), grpc.to_string());
+        }
+    }
+    tags
+}
+
+/// Binds the LAN gossip port and starts the pool.
+pub async fn start(config: &RuntimeConfig, node_id: &str, tasks: &Tasks) -> anyhow::Result<Pool> {
+    let port = config.ports.serf_lan.unwrap_or(8301);
+    let bind = SocketAddr::new(config.bind_addr, port);
+    let (transport, inbound) = UdpTransport::bind(bind, tasks)
+        .await
+        .with_context(|| format!("cannot listen for LAN gossip on {bind}"))?;
+    let started = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64);
+    let identity = NodeIdentity {
+        name: config.node_name.clone(),
+        addr: SocketAddr::new(config.advertise_addr, port),
+        started,
+        tags: tags(config, node_id),
+    };
+    tracing::info!(address = %identity.addr, "LAN gossip listening");
+    Ok(Pool::start(
+        identity,
+        config.membership.gossip_lan,
+        transport,
+        inbound,
+        tasks,
+    ))
+}
+
+/// Turns `host`, `host:port`, `ip` or `ip:port` into addresses (8301 when no port is given).
+pub async fn resolve(addresses: &[String]) -> Result<Vec<SocketAddr>, String> {
+    let mut resolved = Vec::new();
+    for address in addresses {
+        if address.contains("provider=") {
+            return Err(format!(
+                "{address:?}: cloud auto-join (go-discover) is not supported; give addresses"
+            ));
+        }
+        let with_port = match address.parse::<std::net::IpAddr>() {
+            Ok(ip) => SocketAddr::new(ip, 8301).to_string(),
+            Err(_)
+                if address
+                    .rsplit_once(':')
+                    .is_some_and(|(_, p)| p.parse::<u16>().is_ok()) =>
+            {
+                address.clone()
+            }
+            Err(_) => format!("{address}:8301"),
+        };
+        let found = tokio::net::lookup_host(&with_port)
+            .await
+            .map_err(|error| format!("{address:?}: {error}"))?;
+        resolved.extend(found);
+    }
+    Ok(resolved)
+}
+
+/// Joins `addresses`; how many answered, or why none did.
+pub async fn join(pool: &Pool, addresses: &[String]) -> Result<usize, String> {
+    let resolved = resolve(addresses).await?;
+    if resolved.is_empty() {
+        return Err("no addresses to join".into());
+    }
+    pool.join(resolved).await.map_err(|error| error.to_string())
+}
+
+/// Carries out `start_join` now and `retry_join` in the background.
+/// An exhausted `retry_join` cancels `stop`.
+pub async fn join_configured(
+    pool: &Pool,
+    config: &RuntimeConfig,
+    stop: &tokio_util::sync::CancellationToken,
+    tasks: &Tasks,
+) -> anyhow::Result<()> {
+    let membership = &config.membership;
+    if !membership.start_join.is_empty() {
+        let joined = join(pool, &membership.start_join)
+            .await
+            .map_err(|error| anyhow::anyhow!("start_join failed: {error}"))?;
+        tracing::info!(joined, "joined the LAN pool (start_join)");
+    }
+    if membership.retry_join.is_empty() {
+        return Ok(());
+    }
+    let (pool, addresses) = (pool.clone(), membership.retry_join.clone());
+    let (interval, max) = (membership.retry_interval, membership.retry_max);
+    let stop = stop.clone();
+    tasks.spawn("gossip.retry_join", async move {
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            match join(&pool, &addresses).await {
+                Ok(joined) => {
+                    return tracing::info!(joined, attempt, "joined the LAN pool (retry_join)")
+                }
+                Err(error) if max != 0 && attempt >= max => {
+                    tracing::error!(%error, attempt, "retry_join gave up; stopping the agent");
+                    return stop.cancel();
+                }
+                Err(error) => {
+                    tracing::warn!(%error, attempt, "retry_join failed; retrying in {interval:?}")
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+        }
+    });
+    Ok(())
+}

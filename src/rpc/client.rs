@@ -1,0 +1,471 @@
+//! A client agent's side of the seam. It keeps no Raft state: it follows a server's state
+//! store (the tables, then every applied batch of log entries, in order) into a replica of
+//! its own, and sends everything else (writes, read barriers, session renewals, leaf signing,
+//! CA configuration) to a server on the server port.
+//!
+//! - Reads come from the replica. A default or `?consistent` read first asks a server for a
+//!   read barrier and waits until the replica has applied the index it answers with, so it
+//!   sees everything committed before the read began; `?stale` reads the replica as it is.
+//! - A write returns once the replica has applied it, so the agent reads its own writes.
+//! - Blocking queries and watches wake on the replica's changes, exactly as on a server.
+//!
+//! Servers are the LAN members with `role=consul` in this datacenter. Requests go to the
+//! head of the list; a server that fails moves to the tail (Consul's router). A request that
+//! could not be sent is retried on the next server for up to `RPC_HOLD_TIMEOUT`, as is one a
+//! server refused for want of a leader; one that may have been carried out is not retried.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+use super::ca_manager::{CaError, Leaf, SignError};
+use super::codec::SmallCodec;
+use super::service::FEED_SILENCE;
+use super::wire::{self, Feed, FollowRequest, Frame, Reply};
+use super::{Consistency, LeaderContact, Leadership, RpcError};
+use crate::gossip::{Member, MemberStatus, Pool};
+use crate::state::Store;
+use crate::tasks::Tasks;
+use crate::types::connect::CaConfig;
+use crate::types::session::Session;
+use crate::types::{Command, CommandResult};
+
+/// How long a request keeps trying servers (Consul's `rpc_hold_timeout`).
+const RPC_HOLD_TIMEOUT: Duration = Duration::from_secs(7);
+/// How long connecting to a server may take before the next one is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one request may take on a server (a write waits for its commit).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest feed message accepted (the tables are sent whole).
+const MAX_FEED_MESSAGE: usize = 1 << 30;
+/// How often the server list is refreshed from the pool even without member events.
+const SERVER_REFRESH: Duration = Duration::from_secs(10);
+
+/// Where requests go: servers in the order they are tried, and a connection to each.
+#[derive(Default)]
+struct Servers {
+    list: Vec<SocketAddr>,
+    channels: std::collections::HashMap<SocketAddr, Channel>,
+}
+
+pub struct ClientRpc {
+    node: String,
+    store: Arc<Store>,
+    servers: Mutex<Servers>,
+    servers_changed: Notify,
+    leadership: watch::Sender<Leadership>,
+    peers: Mutex<Vec<String>>,
+    /// The replica's last applied index.
+    applied: watch::Sender<u64>,
+    /// Whether the replica has received a server's tables at least once.
+    synced: AtomicBool,
+    /// When the feed last brought anything (a change or a heartbeat).
+    last_heard: Mutex<Option<Instant>>,
+}
+
+impl ClientRpc {
+    /// Starts following whichever server `pool` shows, as `node`.
+    pub fn start(node: String, pool: Pool, tasks: &Tasks) -> Arc<ClientRpc> {
+        let client = Arc::new(ClientRpc {
+            node,
+            store: Arc::new(Store::new()),
+            servers: Mutex::new(Servers::default()),
+            servers_changed: Notify::new(),
+            leadership: watch::Sender::new(Leadership::default()),
+            peers: Mutex::new(Vec::new()),
+            applied: watch::Sender::new(0),
+            synced: AtomicBool::new(false),
+            last_heard: Mutex::new(None),
+        });
+        let tracker = client.clone();
+        let stop = tasks.shutdown().clone();
+        tasks.spawn("rpc.servers", async move {
+            tracker.track_servers(pool, stop).await
+        });
+        let follower = client.clone();
+        let stop = tasks.shutdown().clone();
+        tasks.spawn("rpc.follow", async move { follower.follow(stop).await });
+        client
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn leadership(&self) -> watch::Receiver<Leadership> {
+        self.leadership.subscribe()
+    }
+
+    pub fn peer_addresses(&self) -> Vec<String> {
+        self.peers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// What a read from the replica knows of the leader: whether the server it follows
+    /// knows one, and how long ago the feed last brought anything.
+    pub fn leader_contact(&self) -> LeaderContact {
+        let heard = *self
+            .last_heard
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        LeaderContact {
+            known_leader: !self.leadership.borrow().leader_address.is_empty(),
+            last_contact_ms: heard.map_or(0, |at| at.elapsed().as_millis() as u64),
+        }
+    }
+
+    pub async fn write(&self, command: Command) -> Result<(u64, CommandResult), RpcError> {
+        let Reply::Write(result) = self.call(wire::Request::Write(command)).await? else {
+            return Err(mismatched());
+        };
+        let (index, result) = result?;
+        if self.wait_applied(index).await.is_err() {
+            tracing::warn!(
+                index,
+                "a write committed but the replica has not applied it yet"
+            );
+        }
+        Ok((index, result))
+    }
+
+    pub async fn read_barrier(&self, consistency: Consistency) -> Result<LeaderContact, RpcError> {
+        if consistency == Consistency::Stale {
+            return match self.synced.load(Ordering::Acquire) {
+                true => Ok(self.leader_contact()),
+                false => Err(RpcError::NoServers),
+            };
+        }
+        let Reply::ReadBarrier(result) = self.call(wire::Request::ReadBarrier(consistency)).await?
+        else {
+            return Err(mismatched());
+        };
+        let (contact, index) = result?;
+        self.wait_applied(index).await?;
+        Ok(contact)
+    }
+
+    pub async fn renew_session(&self, id: &str) -> Result<Option<Session>, RpcError> {
+        match self.call(wire::Request::RenewSession(id.into())).await? {
+            Reply::RenewSession(result) => result,
+            _ => Err(mismatched()),
+        }
+    }
+
+    pub async fn sign_leaf(&self, csr_pem: &str, service: &str) -> Result<Leaf, SignError> {
+        let request = wire::Request::SignLeaf {
+            csr_pem: csr_pem.into(),
+            service: service.into(),
+        };
+        match self.call(request).await? {
+            Reply::SignLeaf(result) => result,
+            _ => Err(mismatched().into()),
+        }
+    }
+
+    pub async fn set_ca_config(&self, config: CaConfig) -> Result<bool, CaError> {
+        match self.call(wire::Request::SetCaConfig(config)).await? {
+            Reply::SetCaConfig(result) => result,
+            _ => Err(mismatched().into()),
+        }
+    }
+
+    /// Waits until the replica has applied `index`.
+    async fn wait_applied(&self, index: u64) -> Result<(), RpcError> {
+        let mut applied = self.applied.subscribe();
+        let waited =
+            tokio::time::timeout(RPC_HOLD_TIMEOUT, applied.wait_for(|at| *at >= index)).await;
+        match waited {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(RpcError::ShutDown),
+            Err(_) => Err(RpcError::Timeout),
+        }
+    }
+
+    /// Sends `request` to a server, trying others while it could not be sent or no server
+    /// had a leader, for up to `RPC_HOLD_TIMEOUT`.
+    async fn call(&self, request: wire::Request) -> Result<Reply, RpcError> {
+        let deadline = tokio::time::Instant::now() + RPC_HOLD_TIMEOUT;
+        let idempotent = matches!(
+            request,
+            wire::Request::ReadBarrier(_) | wire::Request::RenewSession(_)
+        );
+        let frame = Frame::encode(&request);
+        let mut last_error = RpcError::NoServers;
+        loop {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(last_error);
+            }
+            let Some(server) = self.head() else {
+                let _ = tokio::time::timeout_at(deadline, self.servers_changed.notified()).await;
+                continue;
+            };
+            let channel = match self.channel(server).await {
+                Ok(channel) => channel,
+                Err(error) => {
+                    tracing::debug!(%server, %error, "cannot reach a server; trying the next");
+                    last_error = RpcError::Unreachable(format!("{server}: {error}"));
+                    self.failed(server);
+                    continue;
+                }
+            };
+            let mut grpc = tonic::client::Grpc::new(channel);
+            let sent = async {
+                grpc.ready()
+                    .await
+                    .map_err(|error| tonic::Status::unavailable(error.to_string()))?;
+                let mut message = tonic::Request::new(frame.clone());
+                message.set_timeout(REQUEST_TIMEOUT);
+                grpc.unary(
+                    message,
+                    tonic::codegen::http::uri::PathAndQuery::from_static(wire::CALL_PATH),
+                    SmallCodec::<Frame, Frame>::default(),
+                )
+                .await
+            };
+            let reply = match sent.await {
+                Ok(response) => response.into_inner().decode::<Reply>(),
+                Err(status) => {
+                    self.failed(server);
+                    last_error = RpcError::Unreachable(format!("{server}: {}", status.message()));
+                    if idempotent {
+                        continue;
+                    }
+                    return Err(last_error);
+                }
+            };
+            match reply {
+                Ok(reply) if reply.no_leader() => {
+                    last_error = RpcError::NoLeader;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Ok(reply) => return Ok(reply),
+                Err(error) => return Err(RpcError::Unreachable(format!("{server}: {error}"))),
+            }
+        }
+    }
+
+    fn head(&self) -> Option<SocketAddr> {
+        let servers = self.servers.lock().unwrap_or_else(PoisonError::into_inner);
+        servers.list.first().copied()
+    }
+
+    /// A connection to `server`, made now if there is none.
+    async fn channel(&self, server: SocketAddr) -> Result<Channel, tonic::transport::Error> {
+        let cached = {
+            let servers = self.servers.lock().unwrap_or_else(PoisonError::into_inner);
+            servers.channels.get(&server).cloned()
+        };
+        if let Some(channel) = cached {
+            return Ok(channel);
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{server}"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10));
+        let channel = endpoint.connect().await?;
+        let mut servers = self.servers.lock().unwrap_or_else(PoisonError::into_inner);
+        servers.channels.insert(server, channel.clone());
+        Ok(channel)
+    }
+
+    /// `server` failed a request: drop its connection and try it last from now on.
+    fn failed(&self, server: SocketAddr) {
+        let mut servers = self.servers.lock().unwrap_or_else(PoisonError::into_inner);
+        servers.channels.remove(&server);
+        if let Some(position) = servers.list.iter().position(|s| *s == server) {
+            let failed = servers.list.remove(position);
+            servers.list.push(failed);
+        }
+    }
+
+    /// Replaces the server list, keeping the order of servers still in it (the one in use
+    /// stays in use) and adding new ones at the end.
+    fn set_servers(&self, current: Vec<SocketAddr>) {
+        let mut servers = self.servers.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut list: Vec<SocketAddr> = servers
+            .list
+            .iter()
+            .copied()
+            .filter(|server| current.contains(server))
+            .collect();
+        for server in current {
+            if !list.contains(&server) {
+                list.push(server);
+            }
+        }
+        if list != servers.list {
+            tracing::info!(servers = ?list, "servers known from gossip");
+            servers.channels.retain(|server, _| list.contains(server));
+            servers.list = list;
+            drop(servers);
+            self.servers_changed.notify_waiters();
+        }
+    }
+
+    /// Keeps the server list in step with the LAN pool.
+    async fn track_servers(self: Arc<Self>, pool: Pool, stop: CancellationToken) {
+        let datacenter = pool.identity().tag("dc").to_string();
+        let mut events = pool.events();
+        loop {
+            self.set_servers(servers_in(&pool.members().await, &datacenter));
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = events.recv() => {}
+                _ = tokio::time::sleep(SERVER_REFRESH) => {}
+            }
+        }
+    }
+
+    /// Follows one server's store at a time, moving on when it fails or goes silent.
+    async fn follow(self: Arc<Self>, stop: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let Some(server) = self.head() else {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = self.servers_changed.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                continue;
+            };
+            match self.follow_server(server, &stop).await {
+                Ok(()) => return,
+                Err(error) => {
+                    tracing::warn!(%server, %error, "lost the state feed from a server");
+                    self.failed(server);
+                    self.leadership.send_modify(|leadership| {
+                        leadership.leader_address.clear();
+                    });
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Follows `server` until it fails (an error) or the agent stops (`Ok`).
+    async fn follow_server(
+        &self,
+        server: SocketAddr,
+        stop: &CancellationToken,
+    ) -> Result<(), String> {
+        let channel = self
+            .channel(server)
+            .await
+            .map_err(|error| error.to_string())?;
+        let mut grpc =
+            tonic::client::Grpc::new(channel).max_decoding_message_size(MAX_FEED_MESSAGE);
+        grpc.ready().await.map_err(|error| error.to_string())?;
+        let request = tonic::Request::new(Frame::encode(&FollowRequest {
+            node: self.node.clone(),
+        }));
+        let mut feed = grpc
+            .server_streaming(
+                request,
+                tonic::codegen::http::uri::PathAndQuery::from_static(wire::FOLLOW_PATH),
+                SmallCodec::<Frame, Frame>::default(),
+            )
+            .await
+            .map_err(|status| status.message().to_string())?
+            .into_inner();
+        loop {
+            let message = tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                message = tokio::time::timeout(FEED_SILENCE, feed.message()) => message,
+            };
+            let frame = match message {
+                Err(_) => return Err(format!("silent for {FEED_SILENCE:?}")),
+                Ok(Err(status)) => return Err(status.message().to_string()),
+                Ok(Ok(None)) => return Err("the server ended the feed".into()),
+                Ok(Ok(Some(frame))) => frame,
+            };
+            let feed_message: Feed = frame.decode().map_err(|error| error.to_string())?;
+            self.apply(feed_message)?;
+            *self
+                .last_heard
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+        }
+    }
+
+    fn apply(&self, feed: Feed) -> Result<(), String> {
+        match feed {
+            Feed::Tables(bytes) => {
+                self.store
+                    .restore(&bytes)
+                    .map_err(|error| error.to_string())?;
+                self.synced.store(true, Ordering::Release);
+            }
+            Feed::Applied(entries) => {
+                self.store.apply_batch(
+                    entries
+                        .iter()
+                        .map(|(index, command)| (*index, command.as_ref())),
+                );
+            }
+            Feed::Leader {
+                leader_address,
+                term,
+                peers,
+            } => {
+                self.leadership.send_replace(Leadership {
+                    is_leader: false,
+                    leader: None,
+                    leader_address,
+                    term,
+                });
+                *self.peers.lock().unwrap_or_else(PoisonError::into_inner) = peers;
+                return Ok(());
+            }
+            Feed::Heartbeat => return Ok(()),
+        }
+        self.applied
+            .send_replace(self.store.snapshot().last_index());
+        Ok(())
+    }
+}
+
+/// The server RPC addresses of the alive servers of `datacenter` among `members`.
+pub fn servers_in(members: &[Member], datacenter: &str) -> Vec<SocketAddr> {
+    members
+        .iter()
+        .filter(|member| member.status == MemberStatus::Alive)
+        .filter(|member| member.identity.tag("role") == "consul")
+        .filter(|member| member.identity.tag("dc") == datacenter)
+        .filter_map(|member| {
+            let port = member.identity.tag("port").parse().ok()?;
+            Some(SocketAddr::new(member.identity.addr.ip(), port))
+        })
+        .collect()
+}
+
+fn mismatched() -> RpcError {
+    RpcError::Unreachable("the server answered a different request".into())
+}
+
+impl Reply {
+    /// Whether the server refused for want of a leader (nothing was carried out).
+    fn no_leader(&self) -> bool {
+        fn is<T>(result: &Result<T, RpcError>) -> bool {
+            matches!(result, Err(RpcError::NoLeader))
+        }
+        match self {
+            Reply::Write(result) => is(result),
+            Reply::ReadBarrier(result) => is(result),
+            Reply::RenewSession(result) => is(result),
+            Reply::SignLeaf(result) => matches!(result, Err(SignError::Rpc(RpcError::NoLeader))),
+            Reply::SetCaConfig(result) => matches!(result, Err(CaError::Rpc(RpcError::NoLeader))),
+        }
+    }
+}

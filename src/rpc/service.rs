@@ -1,0 +1,235 @@
+//! The server RPC service on the server port: client agents send their writes, read barriers
+//! and leader-only requests here (`Call`), and follow the state store (`Follow`): the tables
+//! first, then every applied batch of log entries in order, so a client's replica passes
+//! through exactly the states a Raft follower's would.
+//!
+//! Like the ADS service, it is routed by hand in place of generated code: two methods, one
+//! message type (`wire::Frame`), a codec whose buffers start small.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::Stream;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+use tonic::codegen::{http, Body, BoxFuture, Service, StdError};
+use tonic::server::{Grpc, NamedService, ServerStreamingService, UnaryService};
+use tonic::{Request, Response, Status};
+
+use super::codec::SmallCodec;
+use super::server::ServerRpc;
+use super::wire::{self, Feed, FollowRequest, Frame, Reply};
+use super::Leadership;
+use crate::state::{Change, Store, Tables};
+
+/// How often a follower hears from its server when nothing changes; it gives up on a server
+/// it has not heard from in `FEED_SILENCE`.
+pub const FEED_HEARTBEAT: Duration = Duration::from_secs(2);
+pub const FEED_SILENCE: Duration = Duration::from_secs(6);
+
+#[derive(Clone)]
+pub struct RpcService {
+    server: Arc<ServerRpc>,
+    shutdown: CancellationToken,
+}
+
+impl RpcService {
+    pub fn new(server: Arc<ServerRpc>, shutdown: CancellationToken) -> RpcService {
+        RpcService { server, shutdown }
+    }
+}
+
+impl NamedService for RpcService {
+    const NAME: &'static str = wire::SERVICE;
+}
+
+/// Carries out one request.
+async fn answer(server: &ServerRpc, request: wire::Request) -> Reply {
+    match request {
+        wire::Request::Write(command) => Reply::Write(server.write(command).await),
+        wire::Request::ReadBarrier(consistency) => Reply::ReadBarrier(
+            server
+                .read_barrier(consistency)
+                .await
+                .map(|contact| (contact, server.store().snapshot().last_index())),
+        ),
+        wire::Request::RenewSession(id) => Reply::RenewSession(server.renew_session(&id)),
+        wire::Request::SignLeaf { csr_pem, service } => {
+            Reply::SignLeaf(server.ca.sign(&csr_pem, &service))
+        }
+        wire::Request::SetCaConfig(config) => {
+            Reply::SetCaConfig(server.set_ca_config(config).await)
+        }
+    }
+}
+
+struct Call(Arc<ServerRpc>);
+
+impl UnaryService<Frame> for Call {
+    type Response = Frame;
+    type Future = BoxFuture<Response<Frame>, Status>;
+
+    fn call(&mut self, request: Request<Frame>) -> Self::Future {
+        let server = self.0.clone();
+        Box::pin(async move {
+            let request: wire::Request = request
+                .into_inner()
+                .decode()
+                .map_err(|error| Status::invalid_argument(error.to_string()))?;
+            Ok(Response::new(Frame::encode(
+                &answer(&server, request).await,
+            )))
+        })
+    }
+}
+
+type FeedStream = Pin<Box<dyn Stream<Item = Result<Frame, Status>> + Send>>;
+
+struct Follow(RpcService);
+
+impl ServerStreamingService<Frame> for Follow {
+    type Response = Frame;
+    type ResponseStream = FeedStream;
+    type Future = BoxFuture<Response<FeedStream>, Status>;
+
+    fn call(&mut self, request: Request<Frame>) -> Self::Future {
+        let service = self.0.clone();
+        Box::pin(async move {
+            let peer = request.remote_addr();
+            let follower: FollowRequest = request
+                .into_inner()
+                .decode()
+                .map_err(|error| Status::invalid_argument(error.to_string()))?;
+            tracing::debug!(node = %follower.node, ?peer, "a client agent follows the state store");
+            let store = service.server.store().clone();
+            let (tables, changes) = store.follow();
+            let mut heartbeat = tokio::time::interval(FEED_HEARTBEAT);
+            heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let feeder = Feeder {
+                store,
+                tables: Some(tables),
+                changes,
+                leadership: service.server.leadership(),
+                leader_sent: false,
+                server: service.server.clone(),
+                heartbeat,
+                shutdown: service.shutdown.clone(),
+            };
+            let stream = futures::stream::unfold(feeder, |mut feeder| async move {
+                let feed = feeder.next().await?;
+                Some((Ok(Frame::encode(&feed)), feeder))
+            });
+            Ok(Response::new(Box::pin(stream) as FeedStream))
+        })
+    }
+}
+
+/// One follower's position in the store's changes.
+struct Feeder {
+    store: Arc<Store>,
+    /// Tables still to be sent (first, and after a restore or a lag).
+    tables: Option<std::sync::Arc<Tables>>,
+    changes: broadcast::Receiver<Change>,
+    leadership: watch::Receiver<Leadership>,
+    leader_sent: bool,
+    server: Arc<ServerRpc>,
+    heartbeat: tokio::time::Interval,
+    shutdown: CancellationToken,
+}
+
+impl Feeder {
+    fn leader(&mut self) -> Feed {
+        self.leader_sent = true;
+        let leadership = self.leadership.borrow_and_update().clone();
+        Feed::Leader {
+            leader_address: leadership.leader_address,
+            term: leadership.term,
+            peers: self.server.peer_addresses(),
+        }
+    }
+
+    /// The next message; `None` ends the stream (shutdown).
+    async fn next(&mut self) -> Option<Feed> {
+        if !self.leader_sent {
+            return Some(self.leader());
+        }
+        if let Some(tables) = self.tables.take() {
+            return Some(Feed::Tables(Store::encode(&tables)));
+        }
+        tokio::select! {
+            biased;
+            _ = self.shutdown.cancelled() => None,
+            changed = self.leadership.changed() => match changed {
+                Ok(()) => Some(self.leader()),
+                Err(_) => None,
+            },
+            change = self.changes.recv() => match change {
+                Ok(Change::Applied(entries)) => Some(Feed::Applied(entries.to_vec())),
+                // A restored snapshot, or a follower too far behind to catch up from the
+                // buffer, starts over from the tables.
+                Ok(Change::Restored) | Err(RecvError::Lagged(_)) => {
+                    let (tables, changes) = self.store.follow();
+                    self.changes = changes;
+                    Some(Feed::Tables(Store::encode(&tables)))
+                }
+                Err(RecvError::Closed) => None,
+            },
+            _ = self.heartbeat.tick() => Some(Feed::Heartbeat),
+        }
+    }
+}
+
+impl<B> Service<http::Request<B>> for RpcService
+where
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Infallible>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let service = self.clone();
+        match request.uri().path() {
+            wire::CALL_PATH => Box::pin(async move {
+                let mut grpc = Grpc::new(SmallCodec::<Frame, Frame>::default());
+                Ok(grpc.unary(Call(service.server), request).await)
+            }),
+            wire::FOLLOW_PATH => Box::pin(async move {
+                let mut grpc = Grpc::new(SmallCodec::<Frame, Frame>::default())
+                    .max_encoding_message_size(usize::MAX);
+                Ok(grpc.server_streaming(Follow(service), request).await)
+            }),
+            _ => Box::pin(async move { Ok(Status::unimplemented("").into_http()) }),
+        }
+    }
+}
+
+/// Serves the RPC service on `listener` until shutdown.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    service: RpcService,
+    shutdown: CancellationToken,
+) {
+    let address = listener.local_addr().ok();
+    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(30)));
+    let served = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+        .await;
+    if let Err(error) = served {
+        tracing::error!(?address, %error, "server RPC listener failed");
+    }
+}

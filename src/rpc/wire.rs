@@ -1,0 +1,110 @@
+//! The server RPC service's messages (`proto/concord/rpc/v1/rpc.proto`): a protobuf `Frame`
+//! whose body is the bincode of the Rust types below, the encoding the Raft log already uses
+//! for `Command`.
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::ca_manager::{CaError, Leaf, SignError};
+use super::{Consistency, LeaderContact, RpcError};
+use crate::types::connect::CaConfig;
+use crate::types::session::Session;
+use crate::types::{Command, CommandResult};
+
+pub const SERVICE: &str = "concord.rpc.v1.Cluster";
+pub const CALL_PATH: &str = "/concord.rpc.v1.Cluster/Call";
+pub const FOLLOW_PATH: &str = "/concord.rpc.v1.Cluster/Follow";
+
+/// The body encoding this build speaks.
+const FORMAT: u32 = 1;
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Frame {
+    #[prost(uint32, tag = "1")]
+    pub format: u32,
+    #[prost(bytes = "bytes", tag = "2")]
+    pub body: Bytes,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("unknown frame format {0}")]
+    Format(u32),
+    #[error("undecodable frame: {0}")]
+    Body(String),
+}
+
+impl Frame {
+    pub fn encode<T: Serialize>(value: &T) -> Frame {
+        // Encoding plain owned data into a Vec cannot fail.
+        let body = bincode::serialize(value).unwrap_or_default();
+        Frame {
+            format: FORMAT,
+            body: Bytes::from(body),
+        }
+    }
+
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, FrameError> {
+        use bincode::Options;
+        if self.format != FORMAT {
+            return Err(FrameError::Format(self.format));
+        }
+        // The limit bounds what a garbled length prefix can make bincode allocate.
+        bincode::DefaultOptions::new()
+            .with_fixint_encoding()
+            .allow_trailing_bytes()
+            .with_limit(self.body.len() as u64)
+            .deserialize(&self.body)
+            .map_err(|error| FrameError::Body(error.to_string()))
+    }
+}
+
+/// A client agent's request to a server.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Request {
+    Write(Command),
+    /// Prepare a read at this consistency; the reply carries the index the reader must have
+    /// applied before it reads.
+    ReadBarrier(Consistency),
+    RenewSession(String),
+    SignLeaf {
+        csr_pem: String,
+        service: String,
+    },
+    SetCaConfig(CaConfig),
+}
+
+/// The answer to the `Request` of the same name.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Reply {
+    Write(Result<(u64, CommandResult), RpcError>),
+    ReadBarrier(Result<(LeaderContact, u64), RpcError>),
+    RenewSession(Result<Option<Session>, RpcError>),
+    SignLeaf(Result<Leaf, SignError>),
+    SetCaConfig(Result<bool, CaError>),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FollowRequest {
+    /// The follower's node name, for the server's logs.
+    pub node: String,
+}
+
+/// What a server streams to a follower.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Feed {
+    /// The state store's tables (`Store::encode`); the follower replaces its own with them.
+    Tables(Vec<u8>),
+    /// Log entries applied after the tables, in order; `None` is a Raft blank or membership
+    /// entry, which only advances the index.
+    Applied(Vec<(u64, Option<Command>)>),
+    /// Who leads, and the voters' server addresses.
+    Leader {
+        leader_address: String,
+        term: u64,
+        peers: Vec<String>,
+    },
+    /// Nothing changed; the stream is alive.
+    Heartbeat,
+}
