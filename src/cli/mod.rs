@@ -118,6 +118,19 @@ fn command_tree() -> Command {
             Command::new("leave").about("Gracefully leaves the cluster and shuts the agent down"),
         ))
         .subcommand(with_http_flags(
+            Command::new("force-leave")
+                .about("Forces a failed member of the cluster to leave")
+                .arg(goflags::boolean(
+                    "prune",
+                    "Remove the member from the list entirely",
+                ))
+                .arg(goflags::boolean(
+                    "wan",
+                    "Remove the member from the WAN pool",
+                ))
+                .arg(clap::Arg::new("node").help("The node to remove")),
+        ))
+        .subcommand(with_http_flags(
             Command::new("reload").about("Makes the agent re-read its configuration files"),
         ))
         .subcommand(with_http_flags(
@@ -179,6 +192,7 @@ pub fn main() -> ExitCode {
             Some(("members", sub)) => members(sub).await,
             Some(("join", sub)) => join(sub).await,
             Some(("leave", sub)) => leave(sub).await,
+            Some(("force-leave", sub)) => force_leave(sub).await,
             Some(("reload", sub)) => reload(sub).await,
             Some(("monitor", sub)) => monitor(sub).await,
             Some(("kv", sub)) => kv::run(sub).await,
@@ -398,6 +412,34 @@ async fn leave(matches: &ArgMatches) -> CommandResult {
         return Err(format!("Error leaving: {}", response.text()));
     }
     println!("Graceful leave complete");
+    Ok(())
+}
+
+async fn force_leave(matches: &ArgMatches) -> CommandResult {
+    let Some(node) = get_str(matches, "node") else {
+        return Err("A node name must be specified to force leave.".into());
+    };
+    let mut query = Vec::new();
+    if get_bool(matches, "prune") {
+        query.push("prune=1");
+    }
+    if get_bool(matches, "wan") {
+        query.push("wan=1");
+    }
+    let path = format!(
+        "/v1/agent/force-leave/{}{}{}",
+        encode_query(node),
+        if query.is_empty() { "" } else { "?" },
+        query.join("&")
+    );
+    let response = client(matches)?.put(&path, Vec::new()).await?;
+    if !response.status.is_success() {
+        return Err(format!(
+            "Error force leaving: Unexpected response code: {} ({})",
+            response.status.as_u16(),
+            response.text().trim_end()
+        ));
+    }
     Ok(())
 }
 

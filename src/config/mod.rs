@@ -43,8 +43,10 @@ pub enum ConfigPath {
     Dir(PathBuf),
 }
 
-/// memberlist's timings for a gossip pool (Consul's `gossip_lan` / `gossip_wan` blocks).
+/// A gossip pool's timings: memberlist's (Consul's `gossip_lan` / `gossip_wan` blocks) and
+/// Serf's reap timeouts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
 pub struct GossipTimings {
     #[serde(serialize_with = "serialize_duration")]
     pub probe_interval: Duration,
@@ -58,6 +60,13 @@ pub struct GossipTimings {
     /// How often a member exchanges full state with a random other.
     #[serde(serialize_with = "serialize_duration")]
     pub push_pull_interval: Duration,
+    /// How long a failed member stays listed (and in the catalog, critical) before it is
+    /// reaped (Consul's `reconnect_timeout`, 72 h).
+    #[serde(serialize_with = "serialize_duration")]
+    pub reconnect_timeout: Duration,
+    /// How long a member that left stays listed as `left` (Serf's tombstone timeout, 24 h).
+    #[serde(serialize_with = "serialize_duration")]
+    pub tombstone_timeout: Duration,
 }
 
 impl GossipTimings {
@@ -70,6 +79,8 @@ impl GossipTimings {
         gossip_nodes: 3,
         retransmit_mult: 4,
         push_pull_interval: Duration::from_secs(30),
+        reconnect_timeout: Duration::from_secs(72 * 3600),
+        tombstone_timeout: Duration::from_secs(24 * 3600),
     };
     /// Servers across datacenters (`DefaultWANConfig`).
     pub const WAN: GossipTimings = GossipTimings {
@@ -80,6 +91,8 @@ impl GossipTimings {
         gossip_nodes: 4,
         retransmit_mult: 4,
         push_pull_interval: Duration::from_secs(60),
+        reconnect_timeout: Duration::from_secs(72 * 3600),
+        tombstone_timeout: Duration::from_secs(24 * 3600),
     };
     /// One machine: `-dev` and tests (`DefaultLocalConfig`).
     pub const LOCAL: GossipTimings = GossipTimings {
@@ -90,11 +103,14 @@ impl GossipTimings {
         gossip_nodes: 3,
         retransmit_mult: 2,
         push_pull_interval: Duration::from_secs(15),
+        reconnect_timeout: Duration::from_secs(72 * 3600),
+        tombstone_timeout: Duration::from_secs(24 * 3600),
     };
 }
 
 /// How this agent joins the LAN pool and leaves it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
 pub struct Membership {
     /// Joined at start; if none answers, the agent does not start.
     pub start_join: Vec<String>,
@@ -108,9 +124,6 @@ pub struct Membership {
     pub leave_on_terminate: bool,
     /// Do not leave on SIGINT (servers by default).
     pub skip_leave_on_interrupt: bool,
-    /// How long a failed member is kept before it is reaped.
-    #[serde(serialize_with = "serialize_duration")]
-    pub reconnect_timeout: Duration,
     pub gossip_lan: GossipTimings,
 }
 
@@ -432,6 +445,8 @@ fn membership(raw: &RawConfig, dev_mode: bool, server: bool) -> Result<Membershi
             base.retransmit_mult,
         )?,
         push_pull_interval: base.push_pull_interval,
+        reconnect_timeout,
+        tombstone_timeout: base.tombstone_timeout,
     };
     if gossip_lan.probe_timeout >= gossip_lan.probe_interval {
         return Err("gossip_lan.probe_timeout: must be less than probe_interval".into());
@@ -447,7 +462,6 @@ fn membership(raw: &RawConfig, dev_mode: bool, server: bool) -> Result<Membershi
         retry_max: raw.retry_max.unwrap_or(0),
         leave_on_terminate: raw.leave_on_terminate.unwrap_or(!server),
         skip_leave_on_interrupt: raw.skip_leave_on_interrupt.unwrap_or(server),
-        reconnect_timeout,
         gossip_lan,
     })
 }

@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 
 use super::identity::NodeIdentity;
-use super::pool::Pool;
+use super::pool::{JoinError, Pool};
 use super::transport::UdpTransport;
 use crate::api::human_version;
 use crate::config::RuntimeConfig;
@@ -75,14 +75,25 @@ pub async fn start(config: &RuntimeConfig, node_id: &str, tasks: &Tasks) -> anyh
     ))
 }
 
+/// Why a join went nowhere.
+#[derive(Debug, thiserror::Error)]
+pub enum LanJoinError {
+    #[error("{0:?}: cloud auto-join (go-discover) is not supported; give addresses")]
+    CloudAutoJoin(String),
+    #[error("{0:?}: {1}")]
+    Resolve(String, std::io::Error),
+    #[error("no addresses to join")]
+    Nothing,
+    #[error(transparent)]
+    Pool(#[from] JoinError),
+}
+
 /// Turns `host`, `host:port`, `ip` or `ip:port` into addresses (8301 when no port is given).
-pub async fn resolve(addresses: &[String]) -> Result<Vec<SocketAddr>, String> {
+pub async fn resolve(addresses: &[String]) -> Result<Vec<SocketAddr>, LanJoinError> {
     let mut resolved = Vec::new();
     for address in addresses {
         if address.contains("provider=") {
-            return Err(format!(
-                "{address:?}: cloud auto-join (go-discover) is not supported; give addresses"
-            ));
+            return Err(LanJoinError::CloudAutoJoin(address.clone()));
         }
         let with_port = match address.parse::<std::net::IpAddr>() {
             Ok(ip) => SocketAddr::new(ip, 8301).to_string(),
@@ -97,19 +108,19 @@ pub async fn resolve(addresses: &[String]) -> Result<Vec<SocketAddr>, String> {
         };
         let found = tokio::net::lookup_host(&with_port)
             .await
-            .map_err(|error| format!("{address:?}: {error}"))?;
+            .map_err(|error| LanJoinError::Resolve(address.clone(), error))?;
         resolved.extend(found);
     }
     Ok(resolved)
 }
 
 /// Joins `addresses`; how many answered, or why none did.
-pub async fn join(pool: &Pool, addresses: &[String]) -> Result<usize, String> {
+pub async fn join(pool: &Pool, addresses: &[String]) -> Result<usize, LanJoinError> {
     let resolved = resolve(addresses).await?;
     if resolved.is_empty() {
-        return Err("no addresses to join".into());
+        return Err(LanJoinError::Nothing);
     }
-    pool.join(resolved).await.map_err(|error| error.to_string())
+    Ok(pool.join(resolved).await?)
 }
 
 /// Carries out `start_join` now and `retry_join` in the background.

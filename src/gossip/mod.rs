@@ -13,6 +13,7 @@
 
 pub mod codec;
 pub mod identity;
+pub mod intent;
 pub mod lan;
 pub mod pool;
 #[cfg(test)]
@@ -20,4 +21,4 @@ mod tests;
 pub mod transport;
 
 pub use identity::NodeIdentity;
-pub use pool::{JoinError, Member, MemberEvent, MemberStatus, Pool};
+pub use pool::{ForceLeaveError, JoinError, Member, MemberEvent, MemberStatus, Pool};

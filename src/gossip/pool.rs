@@ -13,23 +13,28 @@
 //! every push-pull interval with a random member, the two exchange their whole membership
 //! tables over a stream and apply each other's (`apply_many`). Gossip spreads changes fast;
 //! push-pull guarantees that whatever gossip lost converges anyway.
+//!
+//! foca only knows alive, suspect and down, and forgets down members. The pool adds Serf's
+//! member table on top: a member that broadcast a leave intent (`intent`) before going down is
+//! `left`, any other that went down is `failed`; both stay listed (`departed`) until the
+//! reaper erases them (failed after `reconnect_timeout`, left after `tombstone_timeout`), or
+//! an operator prunes them (`force_leave`).
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BTreeMap, BinaryHeap, HashSet};
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroU8, NonZeroUsize};
 use std::sync::Arc;
 use std::time::Duration;
 
-use foca::{
-    AccumulatingRuntime, Foca, NoCustomBroadcast, OwnedNotification, PeriodicParams, State, Timer,
-};
+use foca::{AccumulatingRuntime, Foca, OwnedNotification, PeriodicParams, State, Timer};
 use rand_010::SeedableRng;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::codec::Codec;
 use super::identity::NodeIdentity;
+use super::intent::{self, Broadcast, Heard, LeaveIntent};
 use super::transport::{Inbound, Received, Transport, MAX_STATE};
 use crate::config::GossipTimings;
 use crate::tasks::Tasks;
@@ -69,6 +74,8 @@ pub enum MemberStatus {
     Alive,
     /// Declared down by the pool (probes and indirect probes failed, suspicion expired).
     Failed,
+    /// Went down after saying it was leaving (or an operator forced it out).
+    Left,
 }
 
 impl MemberStatus {
@@ -76,6 +83,7 @@ impl MemberStatus {
         match self {
             MemberStatus::Alive => "alive",
             MemberStatus::Failed => "failed",
+            MemberStatus::Left => "left",
         }
     }
 }
@@ -91,6 +99,9 @@ pub struct Member {
 pub enum MemberEvent {
     Joined(NodeIdentity),
     Failed(NodeIdentity),
+    Left(NodeIdentity),
+    /// Erased from the table (reaped, or pruned by an operator).
+    Reaped(NodeIdentity),
     /// The member at this address restarted or renewed itself.
     Replaced {
         old: NodeIdentity,
@@ -106,6 +117,15 @@ pub enum JoinError {
     Stopped,
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum ForceLeaveError {
+    /// Consul's words, which its CLI and API users see.
+    #[error("agent: No node found with name '{0}'")]
+    NoSuchMember(String),
+    #[error("the gossip pool has stopped")]
+    Stopped,
+}
+
 /// Everything that drives the pool's task.
 enum Input {
     Received(Received),
@@ -114,7 +134,25 @@ enum Input {
     Join(Vec<SocketAddr>, oneshot::Sender<Result<usize, JoinError>>),
     Members(oneshot::Sender<Vec<Member>>),
     Leave(oneshot::Sender<()>),
+    ForceLeave {
+        name: String,
+        prune: bool,
+        reply: oneshot::Sender<Result<(), ForceLeaveError>>,
+    },
 }
+
+/// How often departed members are checked against their timeouts (Serf's reap interval).
+const REAP_EVERY: Duration = Duration::from_secs(15);
+
+/// A member that went down, kept listed until it is reaped.
+struct Departed {
+    identity: NodeIdentity,
+    status: MemberStatus,
+    since: Instant,
+}
+
+/// How long a leave may take before whoever asked goes on without it.
+const LEAVE_LIMIT: Duration = Duration::from_secs(5);
 
 /// How long a join waits for the first answer from the addresses it was given.
 const JOIN_WAIT: Duration = Duration::from_secs(5);
@@ -147,11 +185,13 @@ impl Pool {
             }
         });
         let seed = rand::random::<u64>();
-        let foca = Foca::new(
+        let heard = Heard::default();
+        let foca = Foca::with_custom_broadcast(
             identity.clone(),
             foca_config(&timings, 1),
             rand_010::rngs::StdRng::seed_from_u64(seed),
             Codec,
+            intent::Handler::new(heard.clone()),
         );
         let run = Run {
             foca,
@@ -165,6 +205,10 @@ impl Pool {
             size: 1,
             tasks: tasks.clone(),
             inputs: inputs.clone(),
+            heard,
+            departed: BTreeMap::new(),
+            leaving: HashSet::new(),
+            prunes: Vec::new(),
         };
         tasks.spawn("gossip.pool", run.run(queue));
         Pool {
@@ -197,12 +241,33 @@ impl Pool {
         answer.await.unwrap_or_default()
     }
 
-    /// Leaves the pool: the others learn this member went down.
+    /// Leaves the pool: the others learn this member left. Gives up after `LEAVE_LIMIT`
+    /// (with a warning), so shutting down never hangs on it.
     pub async fn leave(&self) {
         let (reply, answer) = oneshot::channel();
-        if self.inputs.send(Input::Leave(reply)).await.is_ok() {
-            let _ = answer.await;
+        let leaving = async {
+            if self.inputs.send(Input::Leave(reply)).await.is_ok() {
+                let _ = answer.await;
+            }
+        };
+        if tokio::time::timeout(LEAVE_LIMIT, leaving).await.is_err() {
+            tracing::warn!("leaving the gossip pool took longer than {LEAVE_LIMIT:?}; going on");
         }
+    }
+
+    /// Marks a failed member `left` on every member (`prune`: erases it at once).
+    pub async fn force_leave(&self, name: &str, prune: bool) -> Result<(), ForceLeaveError> {
+        let (reply, answer) = oneshot::channel();
+        let input = Input::ForceLeave {
+            name: name.to_string(),
+            prune,
+            reply,
+        };
+        self.inputs
+            .send(input)
+            .await
+            .map_err(|_| ForceLeaveError::Stopped)?;
+        answer.await.map_err(|_| ForceLeaveError::Stopped)?
     }
 
     pub fn events(&self) -> broadcast::Receiver<MemberEvent> {
@@ -236,7 +301,7 @@ impl Ord for TimerSlot {
 }
 
 struct Run<T: Transport> {
-    foca: Foca<NodeIdentity, Codec, rand_010::rngs::StdRng, NoCustomBroadcast>,
+    foca: Foca<NodeIdentity, Codec, rand_010::rngs::StdRng, intent::Handler>,
     runtime: AccumulatingRuntime<NodeIdentity>,
     timers: BinaryHeap<Scheduled>,
     /// Keeps timers due at the same instant in the order foca scheduled them.
@@ -251,23 +316,48 @@ struct Run<T: Transport> {
     /// Where push-pull exchanges run, and how their answers come back.
     tasks: Tasks,
     inputs: mpsc::Sender<Input>,
+    /// Broadcasts foca's handler took in, for this task to act on.
+    heard: Heard,
+    /// Members that went down, by name, until reaped.
+    departed: BTreeMap<String, Departed>,
+    /// Members that said they are leaving (name, incarnation), until they go down.
+    leaving: HashSet<(String, u64)>,
+    /// Prunes heard lately, passed on in push-pulls to members that missed them.
+    prunes: Vec<(Instant, LeaveIntent)>,
 }
+
+/// What two members exchange in a push-pull.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PoolState {
+    members: Vec<foca::Member<NodeIdentity>>,
+    intents: Vec<LeaveIntent>,
+}
+
+/// How long a prune is passed on in push-pulls (Serf's recent intent timeout).
+const RECENT_PRUNES: Duration = Duration::from_secs(5 * 60);
 
 impl<T: Transport> Run<T> {
     async fn run(mut self, mut queue: mpsc::Receiver<Input>) {
         let mut push_pull = tokio::time::interval(self.timings.push_pull_interval);
         push_pull.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reap = tokio::time::interval(REAP_EVERY);
+        reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let next_timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
             let next_join = self.joining.iter().map(|(_, deadline, _)| *deadline).min();
             let wake = [next_timer, next_join].into_iter().flatten().min();
             tokio::select! {
                 input = queue.recv() => match input {
-                    Some(input) => self.handle(input),
+                    // A member that left says nothing more, not even in push-pulls, which
+                    // would tell the others it is alive: the task ends.
+                    Some(input) => if !self.handle(input) {
+                        return;
+                    },
                     None => return,
                 },
                 _ = sleep_until(wake) => {}
                 _ = push_pull.tick() => self.push_pull_with_random_member(),
+                _ = reap.tick() => self.reap(),
             }
             self.fire_due_timers();
             self.settle_joins();
@@ -275,7 +365,8 @@ impl<T: Transport> Run<T> {
         }
     }
 
-    fn handle(&mut self, input: Input) {
+    /// Acts on one input; false once this member has left.
+    fn handle(&mut self, input: Input) -> bool {
         match input {
             Input::Received(Received::Packet(from, bytes)) => {
                 if let Err(error) = self.foca.handle_data(&bytes, &mut self.runtime) {
@@ -308,35 +399,69 @@ impl<T: Transport> Run<T> {
                 let _ = reply.send(self.members());
             }
             Input::Leave(reply) => {
-                if let Err(error) = self.foca.leave_cluster(&mut self.runtime) {
-                    tracing::debug!(%error, "leaving the gossip pool");
-                }
-                self.drain();
+                self.leave();
                 let _ = reply.send(());
-                return;
+                return false;
             }
+            Input::ForceLeave { name, prune, reply } => {
+                let _ = reply.send(self.force_leave(&name, prune));
+            }
+        }
+        self.drain();
+        true
+    }
+
+    fn leave(&mut self) {
+        // The intent goes first (to a few members at once, then with every message foca
+        // sends), so the down update that follows reads as a leave.
+        let identity = self.foca.identity();
+        let leave = Broadcast::Leave(LeaveIntent {
+            name: identity.name.clone(),
+            started: identity.started,
+            prune: false,
+        });
+        self.spread(&leave);
+        // One more round of gossip carries the intent further before the down update.
+        if let Err(error) = self.foca.gossip(&mut self.runtime) {
+            tracing::debug!(%error, "gossip before leaving");
+        }
+        if let Err(error) = self.foca.leave_cluster(&mut self.runtime) {
+            tracing::debug!(%error, "leaving the gossip pool");
         }
         self.drain();
     }
 
-    /// Our membership table, for a push-pull.
+    /// Our membership table, for a push-pull: foca's members and the leave intents that
+    /// still matter (every member listed left, and recent prunes), as Serf's push-pull
+    /// carries its left members, so an intent gossip missed converges anyway.
     fn encode_state(&self) -> Vec<u8> {
         let mut members: Vec<foca::Member<NodeIdentity>> =
             self.foca.iter_membership_state().cloned().collect();
         members.push(foca::Member::alive(self.foca.identity().clone()));
-        bincode::serialize(&members).unwrap_or_default()
+        let mut intents: Vec<LeaveIntent> = self
+            .departed
+            .values()
+            .filter(|departed| departed.status == MemberStatus::Left)
+            .map(|departed| LeaveIntent {
+                name: departed.identity.name.clone(),
+                started: departed.identity.started,
+                prune: false,
+            })
+            .collect();
+        intents.extend(self.prunes.iter().map(|(_, prune)| prune.clone()));
+        bincode::serialize(&PoolState { members, intents }).unwrap_or_default()
     }
 
     /// Applies another member's table, spreading what was news.
     fn apply_state(&mut self, from: SocketAddr, state: &[u8]) {
         use bincode::Options;
-        let members: Vec<foca::Member<NodeIdentity>> = match bincode::DefaultOptions::new()
+        let PoolState { members, intents } = match bincode::DefaultOptions::new()
             .with_fixint_encoding()
             .allow_trailing_bytes()
             .with_limit(MAX_STATE as u64)
             .deserialize(state)
         {
-            Ok(members) => members,
+            Ok(state) => state,
             Err(error) => {
                 tracing::debug!(%from, %error, "undecodable push-pull state");
                 return;
@@ -347,6 +472,13 @@ impl<T: Transport> Run<T> {
             .apply_many(members.into_iter(), true, &mut self.runtime)
         {
             tracing::debug!(%from, %error, "push-pull state refused");
+        }
+        self.drain();
+        // Through foca's handler, so what is news is also gossiped on.
+        for leave in intents {
+            if let Err(error) = self.foca.add_broadcast(&Broadcast::Leave(leave).encode()) {
+                tracing::debug!(%from, %error, "push-pull intent refused");
+            }
         }
     }
 
@@ -373,24 +505,155 @@ impl<T: Transport> Run<T> {
         self.push_pull(pick);
     }
 
+    /// The member table: every active member, this one, and the departed not yet reaped.
     fn members(&self) -> Vec<Member> {
         let mut members: Vec<Member> = self
             .foca
             .iter_membership_state()
+            .filter(|member| member.state() != State::Down)
             .map(|member| Member {
                 identity: member.id().clone(),
-                status: match member.state() {
-                    State::Alive | State::Suspect => MemberStatus::Alive,
-                    State::Down => MemberStatus::Failed,
-                },
+                status: MemberStatus::Alive,
             })
             .collect();
         members.push(Member {
             identity: self.foca.identity().clone(),
             status: MemberStatus::Alive,
         });
+        let active: HashSet<String> = members.iter().map(|m| m.identity.name.clone()).collect();
+        members.extend(
+            self.departed
+                .values()
+                .filter(|departed| !active.contains(&departed.identity.name))
+                .map(|departed| Member {
+                    identity: departed.identity.clone(),
+                    status: departed.status,
+                }),
+        );
         members.sort_by(|a, b| a.identity.name.cmp(&b.identity.name));
         members
+    }
+
+    /// Hands `broadcast` to foca and sends it to a few members now.
+    fn spread(&mut self, broadcast: &Broadcast) {
+        match self.foca.add_broadcast(&broadcast.encode()) {
+            Ok(_) => {
+                if let Err(error) = self.foca.broadcast(&mut self.runtime) {
+                    tracing::debug!(%error, "cannot send a gossip broadcast");
+                }
+            }
+            Err(error) => tracing::warn!(%error, "gossip broadcast refused"),
+        }
+        // add_broadcast hands our own item to the handler too; it is acted on here.
+        self.act_on_heard();
+    }
+
+    fn force_leave(&mut self, name: &str, prune: bool) -> Result<(), ForceLeaveError> {
+        let Some(departed) = self.departed.get(name) else {
+            let active = self.foca.iter_members().any(|m| m.id().name == name);
+            // An alive member cannot be forced out (as Serf): it would refute at once.
+            return match active {
+                true => Ok(()),
+                false => Err(ForceLeaveError::NoSuchMember(name.to_string())),
+            };
+        };
+        let leave = Broadcast::Leave(LeaveIntent {
+            name: name.to_string(),
+            started: departed.identity.started,
+            prune,
+        });
+        self.spread(&leave);
+        Ok(())
+    }
+
+    /// Acts on the broadcasts foca's handler took in.
+    fn act_on_heard(&mut self) {
+        for broadcast in intent::take(&self.heard) {
+            match broadcast {
+                Broadcast::Leave(leave) => self.on_leave(leave),
+            }
+        }
+    }
+
+    fn on_leave(&mut self, leave: LeaveIntent) {
+        if leave.prune {
+            let now = Instant::now();
+            self.prunes
+                .retain(|(at, _)| now.duration_since(*at) < RECENT_PRUNES);
+            self.prunes.push((now, leave.clone()));
+        }
+        match self.departed.get_mut(&leave.name) {
+            Some(departed) if departed.identity.started == leave.started => {
+                if leave.prune {
+                    if let Some(gone) = self.departed.remove(&leave.name) {
+                        let _ = self.events.send(MemberEvent::Reaped(gone.identity));
+                    }
+                } else if departed.status != MemberStatus::Left {
+                    departed.status = MemberStatus::Left;
+                    departed.since = Instant::now();
+                    let _ = self
+                        .events
+                        .send(MemberEvent::Left(departed.identity.clone()));
+                }
+            }
+            _ => {
+                let known = self
+                    .foca
+                    .iter_membership_state()
+                    .any(|m| m.id().name == leave.name && m.id().started == leave.started);
+                if known {
+                    self.leaving.insert((leave.name, leave.started));
+                }
+            }
+        }
+    }
+
+    /// Erases members departed longer than their timeout.
+    fn reap(&mut self) {
+        let now = Instant::now();
+        let (reconnect, tombstone) = (
+            self.timings.reconnect_timeout,
+            self.timings.tombstone_timeout,
+        );
+        let expired: Vec<String> = self
+            .departed
+            .iter()
+            .filter(|(_, departed)| {
+                let limit = match departed.status {
+                    MemberStatus::Left => tombstone,
+                    _ => reconnect,
+                };
+                now.duration_since(departed.since) >= limit
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in expired {
+            if let Some(gone) = self.departed.remove(&name) {
+                tracing::info!(member = %name, "reaped a departed gossip member");
+                let _ = self.events.send(MemberEvent::Reaped(gone.identity));
+            }
+        }
+    }
+
+    /// Records a member going down: left if it said so, failed otherwise.
+    fn went_down(&mut self, identity: NodeIdentity) -> MemberEvent {
+        let key = (identity.name.clone(), identity.started);
+        let status = match self.leaving.remove(&key) {
+            true => MemberStatus::Left,
+            false => MemberStatus::Failed,
+        };
+        self.departed.insert(
+            identity.name.clone(),
+            Departed {
+                identity: identity.clone(),
+                status,
+                since: Instant::now(),
+            },
+        );
+        match status {
+            MemberStatus::Left => MemberEvent::Left(identity),
+            _ => MemberEvent::Failed(identity),
+        }
     }
 
     fn fire_due_timers(&mut self) {
@@ -447,6 +710,9 @@ impl<T: Transport> Run<T> {
 
     /// Carries out what foca asked for: packets, timers, notifications.
     fn drain(&mut self) {
+        // Intents first: a leave that came in the same packet as its down update makes it
+        // a leave.
+        self.act_on_heard();
         while let Some((to, bytes)) = self.runtime.to_send() {
             self.transport.send(to.addr, &bytes);
         }
@@ -460,8 +726,11 @@ impl<T: Transport> Run<T> {
         }
         while let Some(notification) = self.runtime.to_notify() {
             let event = match notification {
-                OwnedNotification::MemberUp(identity) => MemberEvent::Joined(identity),
-                OwnedNotification::MemberDown(identity) => MemberEvent::Failed(identity),
+                OwnedNotification::MemberUp(identity) => {
+                    self.departed.remove(&identity.name);
+                    MemberEvent::Joined(identity)
+                }
+                OwnedNotification::MemberDown(identity) => self.went_down(identity),
                 OwnedNotification::Rename(old, new) => MemberEvent::Replaced { old, new },
                 _ => continue,
             };

@@ -1,6 +1,7 @@
-//! One suite, two transports: a pool converges after joins and declares a member that went
-//! silent failed, over the in-memory network (50 members in one process) and over real UDP
-//! sockets on loopback.
+//! One suite, two transports: a pool converges after joins, declares a member that went
+//! silent failed, sees one that leaves as left, and erases a failed one an operator prunes,
+//! over the in-memory network (50 members in one process) and over real UDP sockets on
+//! loopback.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -70,8 +71,28 @@ async fn all_see(pools: &[Pool], expected: usize, failed: Option<&str>) -> Resul
     Ok(())
 }
 
+/// How every pool lists `name`: `Ok` when each shows `status` (`None`: not listed at all).
+async fn all_list(pools: &[Pool], name: &str, status: Option<MemberStatus>) -> Result<(), String> {
+    for pool in pools {
+        let listed = pool
+            .members()
+            .await
+            .into_iter()
+            .find(|m| m.identity.name == name)
+            .map(|m| m.status);
+        if listed != status {
+            return Err(format!(
+                "{} lists {name} as {listed:?}",
+                pool.identity().name
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The suite: `pools` join through the first, converge, then `silence(last)` makes the last
-/// one go quiet and every other must declare it failed.
+/// one go quiet and every other must declare it failed; the one before it leaves and every
+/// other lists it left; the silent one, forced out with prune, is erased everywhere.
 async fn converges_and_detects_a_silent_member(
     pools: Vec<Pool>,
     silence: impl FnOnce(&Pool),
@@ -92,6 +113,35 @@ async fn converges_and_detects_a_silent_member(
     silence(silent);
     until("the silent member declared failed by all", limit, || {
         all_see(others, size - 1, Some(&silent_name))
+    })
+    .await;
+
+    let (leaver, stayers) = others.split_last().expect("pools");
+    let leaver_name = leaver.identity().name.clone();
+    leaver.leave().await;
+    until("the member that left listed as left by all", limit, || {
+        all_list(stayers, &leaver_name, Some(MemberStatus::Left))
+    })
+    .await;
+
+    let error = stayers[0]
+        .force_leave("no-such-node", false)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "agent: No node found with name 'no-such-node'"
+    );
+    stayers[0]
+        .force_leave(&silent_name, true)
+        .await
+        .expect("force-leave a failed member");
+    until("the pruned member erased by all", limit, || {
+        all_list(stayers, &silent_name, None)
+    })
+    .await;
+    until("the others still all alive", limit, || {
+        all_see(stayers, size - 2, None)
     })
     .await;
 }

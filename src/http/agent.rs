@@ -26,6 +26,7 @@ fn member_json(member: &Member) -> Value {
         "Tags": identity.tags,
         "Status": match member.status {
             MemberStatus::Alive => 1,
+            MemberStatus::Left => 3,
             MemberStatus::Failed => 4,
         },
         "ProtocolMin": 1,
@@ -119,8 +120,34 @@ pub async fn leave(State(state): State<Arc<AppState>>, call: Call) -> Result<Res
     state
         .authorizer
         .authorize(call.token().as_deref(), Access::AgentWrite)?;
+    // As Consul, the reply comes once the leave has gone out; the agent then shuts down.
     tracing::info!("leave requested over HTTP; leaving and shutting down");
+    state.lan.leave().await;
     state.stop.cancel();
+    Ok(reply::json(&Value::Null, false))
+}
+
+/// `PUT /v1/agent/force-leave/:node`: marks a failed member left on every agent (`?prune`:
+/// erases it at once), so the leader deregisters it.
+pub async fn force_leave(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(node): axum::extract::Path<String>,
+    call: Call,
+) -> Result<Response, ApiError> {
+    state
+        .authorizer
+        .authorize(call.token().as_deref(), Access::OperatorWrite)?;
+    if call.has("wan") {
+        return Err(ApiError::Internal(format!(
+            "cannot force {node} out of the WAN pool: this release has no WAN pool"
+        )));
+    }
+    state
+        .lan
+        .force_leave(&node, call.has("prune"))
+        .await
+        .map_err(|error| ApiError::Internal(error.to_string()))?;
+    tracing::info!(%node, prune = call.has("prune"), "forced a member to leave");
     Ok(reply::json(&Value::Null, false))
 }
 

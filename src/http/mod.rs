@@ -91,6 +91,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/agent/metrics", get(metrics::metrics))
         .route("/v1/agent/xds", get(xds_status::streams))
         .route("/v1/agent/join/{address}", put(agent::join))
+        .route("/v1/agent/force-leave/{node}", put(agent::force_leave))
         .route("/v1/agent/services", get(agent_local::services))
         .route(
             "/v1/agent/service/register",

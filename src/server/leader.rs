@@ -6,14 +6,14 @@
 //! The tombstone cut is chosen here (with a clock) and replicated as a command, so the FSM
 //! stays deterministic.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RuntimeConfig;
-use crate::gossip::Pool;
+use crate::gossip::{MemberEvent, Pool};
 use crate::rpc::ServerRpc;
 use crate::types::{Check, Command, CommandResult, HealthStatus, RaftIndexes, RegisterRequest};
 
@@ -62,6 +62,9 @@ pub async fn run(
     let mut member_events = lan.events();
     let mut reconcile_tick = tokio::time::interval(RECONCILE_INTERVAL);
     let mut reconciled = false;
+    // Members the pool erased since the last complete pass, to deregister.
+    let mut reaped = BTreeSet::new();
+    let pool_started = Instant::now();
     let ca = &rpc.ca;
     let mut leadership = rpc.leadership();
     let mut registered_as_leader = false;
@@ -92,7 +95,17 @@ pub async fn run(
         if !leader {
             reconciled = false;
         } else if !reconciled {
-            reconciled = reconcile_members(&rpc, &lan, &config.datacenter).await;
+            let scope = super::members::Scope {
+                datacenter: &config.datacenter,
+                leader_node: &config.node_name,
+                reaped: &reaped,
+                reap_unknown: pool_started.elapsed()
+                    >= config.membership.gossip_lan.reconnect_timeout,
+            };
+            reconciled = reconcile_members(&rpc, &lan, &scope).await;
+            if reconciled {
+                reaped.clear();
+            }
         }
         let unfinished = leader
             && (!registered_as_leader || (config.connect_enabled && !connect_ready) || !reconciled);
@@ -101,8 +114,12 @@ pub async fn run(
             changed = leadership.changed() => if changed.is_err() { return },
             event = member_events.recv() => {
                 // Lagging only means several events at once; a full pass covers them.
-                if let Err(tokio::sync::broadcast::error::RecvError::Closed) = event {
-                    return;
+                match event {
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    Ok(MemberEvent::Reaped(identity)) => {
+                        reaped.insert(identity.name);
+                    }
+                    _ => {}
                 }
                 reconciled = false;
             }
@@ -121,14 +138,21 @@ pub async fn run(
 }
 
 /// One pass of `members::plan`; whether every write went through.
-async fn reconcile_members(rpc: &ServerRpc, lan: &Pool, datacenter: &str) -> bool {
+async fn reconcile_members(rpc: &ServerRpc, lan: &Pool, scope: &super::members::Scope<'_>) -> bool {
     let members = lan.members().await;
-    let writes = super::members::plan(&members, &rpc.store().snapshot(), datacenter);
+    let writes = super::members::plan(&members, &rpc.store().snapshot(), scope);
     for write in writes {
-        let (node, status) = (write.node.name.clone(), write.checks[0].status);
-        match rpc.write(Command::CatalogRegister(Box::new(write))).await {
+        let (node, change) = match &write {
+            Command::CatalogRegister(request) => (
+                request.node.name.clone(),
+                format!("serfHealth {:?}", request.checks[0].status),
+            ),
+            Command::CatalogDeregister(request) => (request.node.clone(), "deregistered".into()),
+            _ => (String::new(), String::new()),
+        };
+        match rpc.write(write).await {
             Ok((_, CommandResult::Catalog(Ok(())))) => {
-                tracing::info!(%node, ?status, "member reconciled into the catalog")
+                tracing::info!(%node, %change, "member reconciled into the catalog")
             }
             Ok((_, result)) => {
                 tracing::warn!(%node, ?result, "member reconciliation was refused");

@@ -301,18 +301,15 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
 
     let reason = wait_for_stop(&stop, &state.agent).await;
     let leave = match reason {
-        Stop::Requested => true,
+        // A leave over HTTP has left already; a stop for any other reason (retry_max) never
+        // joined.
+        Stop::Requested => false,
         Stop::Interrupt => !config.membership.skip_leave_on_interrupt,
         Stop::Terminate => config.membership.leave_on_terminate,
     };
     if leave {
         tracing::info!("leaving the LAN pool");
-        if tokio::time::timeout(LEAVE_LIMIT, lan.leave())
-            .await
-            .is_err()
-        {
-            tracing::warn!("leaving the LAN pool took longer than {LEAVE_LIMIT:?}; going on");
-        }
+        lan.leave().await;
     }
     tracing::info!("shutting down");
     if !tasks.stop(SHUTDOWN_LIMIT).await {
@@ -338,9 +335,6 @@ enum Stop {
     /// A leave request, or the agent gave up joining.
     Requested,
 }
-
-/// How long a graceful leave may take before shutdown goes on without it.
-const LEAVE_LIMIT: Duration = Duration::from_secs(5);
 
 /// Waits for SIGINT, SIGTERM or a stop request; SIGHUP reloads the config files meanwhile.
 async fn wait_for_stop(stop: &CancellationToken, agent: &Arc<Agent>) -> Stop {

@@ -4,6 +4,7 @@
 mod blocking;
 mod catalog;
 mod cli;
+mod cluster;
 mod connect_ca;
 mod connect_entries;
 mod connect_sidecar;

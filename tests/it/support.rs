@@ -42,7 +42,22 @@ pub struct Agent {
     /// The DNS port (UDP and TCP).
     pub dns_port: u16,
     pub log_path: PathBuf,
+    /// The loopback address the agent's HTTP API and DNS listen on.
+    pub host: String,
     _workdir: Option<tempfile::TempDir>,
+}
+
+/// Where a cluster member runs: its own loopback address with Consul's default ports, as an
+/// operator would run one agent per machine.
+#[derive(Clone)]
+pub struct Placement {
+    pub ip: String,
+    pub node: String,
+    pub server: bool,
+    /// Addresses to `-retry-join`.
+    pub join: Vec<String>,
+    /// A JSON config file to load (`-config-file`).
+    pub config: Option<String>,
 }
 
 #[derive(Clone)]
@@ -54,6 +69,8 @@ pub struct AgentOptions {
     pub grpc_port: Option<u16>,
     /// A fixed DNS port; free when None.
     pub dns_port: Option<u16>,
+    /// A cluster member on its own address; the other options then do not apply.
+    pub placement: Option<Placement>,
 }
 
 impl Default for AgentOptions {
@@ -64,6 +81,7 @@ impl Default for AgentOptions {
             extra_args: Vec::new(),
             grpc_port: None,
             dns_port: None,
+            placement: None,
         }
     }
 }
@@ -113,6 +131,9 @@ impl Agent {
 
     /// Starts `concord agent` without waiting for it.
     pub fn spawn(options: AgentOptions) -> Agent {
+        if let Some(placement) = &options.placement {
+            return Agent::spawn_placed(placement);
+        }
         let workdir = tempfile::tempdir().expect("tempdir");
         let data_dir = options
             .data_dir
@@ -155,12 +176,50 @@ impl Agent {
             grpc_port,
             dns_port,
             log_path,
+            host: "127.0.0.1".into(),
             _workdir: keep_workdir,
         }
     }
 
+    fn spawn_placed(placement: &Placement) -> Agent {
+        let workdir = tempfile::tempdir().expect("tempdir");
+        let log_path = workdir.path().join("agent.log");
+        let mut command = Command::new(BINARY);
+        command
+            .arg("agent")
+            .args(["-node", &placement.node])
+            .args(["-bind", &placement.ip])
+            .args(["-client", &placement.ip])
+            .arg("-data-dir")
+            .arg(workdir.path().join("data"));
+        if placement.server {
+            command.args(["-server", "-bootstrap-expect=1"]);
+        }
+        for address in &placement.join {
+            command.args(["-retry-join", address]);
+        }
+        if let Some(config) = &placement.config {
+            let path = workdir.path().join("config.json");
+            std::fs::write(&path, config).expect("config file");
+            command.arg("-config-file").arg(path);
+        }
+        let log = std::fs::File::create(&log_path).expect("log");
+        command
+            .stdout(Stdio::from(log.try_clone().expect("log")))
+            .stderr(Stdio::from(log));
+        Agent {
+            child: command.spawn().expect("spawn concord"),
+            http_port: 8500,
+            grpc_port: 8502,
+            dns_port: 8600,
+            log_path,
+            host: placement.ip.clone(),
+            _workdir: Some(workdir),
+        }
+    }
+
     pub fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.http_port)
+        format!("{}:{}", self.host, self.http_port)
     }
 
     pub fn client(&self) -> Client {

@@ -1,0 +1,276 @@
+//! A cluster of real agent processes, one server and three clients, each on its own loopback
+//! address with Consul's default ports (8300 server RPC, 8301 LAN gossip, 8500 HTTP, 8600 DNS),
+//! as an operator runs one agent per machine: membership everywhere, services registered on
+//! clients found through the server's HTTP API and DNS, KV and blocking queries through a
+//! client, and a client killed, leaving, and forced out.
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::support::{cli, eventually, json, Agent, AgentOptions, Placement};
+
+/// Addresses no other test uses.
+const SERVER: &str = "127.0.10.1";
+const CLIENTS: [&str; 3] = ["127.0.10.2", "127.0.10.3", "127.0.10.4"];
+
+fn placed(node: &str, ip: &str, server: bool, config: Option<String>) -> AgentOptions {
+    AgentOptions {
+        placement: Some(Placement {
+            ip: ip.into(),
+            node: node.into(),
+            server,
+            join: if server {
+                Vec::new()
+            } else {
+                vec![SERVER.into()]
+            },
+            config,
+        }),
+        ..AgentOptions::default()
+    }
+}
+
+/// `/v1/agent/members` of `agent`: node name → serf status number.
+async fn members(agent: &Agent) -> Vec<(String, u64)> {
+    let Ok(response) = agent.client().get("/v1/agent/members").await else {
+        return Vec::new();
+    };
+    let list = json(&response);
+    let mut members: Vec<(String, u64)> = list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|member| {
+            (
+                member["Name"].as_str().unwrap_or_default().to_string(),
+                member["Status"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    members.sort();
+    members
+}
+
+async fn get_json(agent: &Agent, path: &str) -> Value {
+    let response = agent.client().get(path).await.expect("request");
+    json(&response)
+}
+
+/// `dig +short` against `agent`'s DNS on the default port.
+fn dig_short(agent: &Agent, name: &str, kind: &str) -> Vec<String> {
+    let output = Command::new("dig")
+        .arg(format!("@{}", agent.host))
+        .args(["-p", &agent.dns_port.to_string()])
+        .args(["+tries=1", "+time=2", "+short", name, kind])
+        .output()
+        .expect("dig runs (install bind9-dnsutils)");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+async fn passing_nodes(agent: &Agent, service: &str) -> Vec<(String, String)> {
+    let list = get_json(agent, &format!("/v1/health/service/{service}?passing")).await;
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .map(|entry| {
+            (
+                entry["Node"]["Node"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                entry["Node"]["Address"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect()
+}
+
+async fn serf_health(agent: &Agent, node: &str) -> Option<String> {
+    let checks = get_json(agent, &format!("/v1/health/node/{node}")).await;
+    checks
+        .as_array()?
+        .iter()
+        .find(|check| check["CheckID"] == "serfHealth")
+        .and_then(|check| check["Status"].as_str())
+        .map(str::to_string)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_server_and_three_clients_on_their_own_addresses() {
+    let server = Agent::start(placed("s1", SERVER, true, None)).await;
+    let web = json!({"service": {"name": "web", "port": 8080}}).to_string();
+    let (c1, c2, c3) = tokio::join!(
+        Agent::start(placed("c1", CLIENTS[0], false, Some(web))),
+        Agent::start(placed("c2", CLIENTS[1], false, None)),
+        Agent::start(placed("c3", CLIENTS[2], false, None)),
+    );
+    let everyone = [&server, &c1, &c2, &c3];
+    let all_alive: Vec<(String, u64)> = ["c1", "c2", "c3", "s1"]
+        .iter()
+        .map(|name| (name.to_string(), 1))
+        .collect();
+    for agent in everyone {
+        eventually(
+            "every agent to list all four alive",
+            Duration::from_secs(10),
+            || async { (members(agent).await == all_alive).then_some(()) },
+        )
+        .await;
+    }
+    let (code, out, err) = cli(&c3, &["members"], None);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("Node"), "{out}");
+    assert!(
+        lines[1].starts_with("s1") && lines[1].contains("server"),
+        "servers first: {out}"
+    );
+    for client in ["c1", "c2", "c3"] {
+        let line = lines.iter().find(|line| line.starts_with(client));
+        assert!(
+            line.is_some_and(|line| line.contains("alive") && line.contains("client")),
+            "{out}"
+        );
+    }
+
+    // A service from a client's config file, another registered over a client's HTTP API:
+    // both found through the server's HTTP API and DNS, and a client's DNS.
+    let response = c2
+        .client()
+        .put(
+            "/v1/agent/service/register",
+            json!({"Name": "api", "Port": 9090}).to_string().into(),
+        )
+        .await
+        .expect("register");
+    assert_eq!(response.status.as_u16(), 200, "{}", response.text());
+    for (service, node, ip) in [("web", "c1", CLIENTS[0]), ("api", "c2", CLIENTS[1])] {
+        let expected = vec![(node.to_string(), ip.to_string())];
+        eventually(
+            "the client's service in the server's catalog",
+            Duration::from_secs(10),
+            || async { (passing_nodes(&server, service).await == expected).then_some(()) },
+        )
+        .await;
+        let name = format!("{service}.service.consul");
+        for agent in [&server, &c3] {
+            eventually("the service in DNS", Duration::from_secs(10), || async {
+                (dig_short(agent, &name, "A") == [ip.to_string()]).then_some(())
+            })
+            .await;
+        }
+    }
+    let srv = dig_short(&server, "api.service.consul", "SRV");
+    assert!(
+        srv.len() == 1 && srv[0].contains(" 9090 ") && srv[0].ends_with("c2.node.dc1.consul."),
+        "{srv:?}"
+    );
+
+    // KV through clients: a blocking query on one returns the write made on another.
+    let missing = c3.client().get("/v1/kv/cfg/flag").await.expect("get");
+    assert_eq!(missing.status.as_u16(), 404);
+    let index = missing.index();
+    assert!(index > 0);
+    let blocking_client = c3.client();
+    let blocked = tokio::spawn(async move {
+        blocking_client
+            .get(&format!("/v1/kv/cfg/flag?index={index}&wait=30s"))
+            .await
+            .expect("blocking get")
+    });
+    let put = c1
+        .client()
+        .put("/v1/kv/cfg/flag", b"on".to_vec())
+        .await
+        .expect("put");
+    assert_eq!(put.text(), "true");
+    let woke = blocked.await.expect("blocking task");
+    assert_eq!(woke.status.as_u16(), 200);
+    assert!(woke.index() > index);
+    assert_eq!(json(&woke)[0]["Value"], "b24=", "base64 of \"on\"");
+    let consistent = c2
+        .client()
+        .get("/v1/kv/cfg/flag?consistent&raw")
+        .await
+        .expect("consistent get");
+    assert_eq!(consistent.text(), "on");
+
+    // kill -9 a client: every survivor says failed, serfHealth goes critical and its service
+    // leaves passing results, within 10 s under LAN timings.
+    c2.signal("KILL");
+    let survivors = [&server, &c1, &c3];
+    for agent in survivors {
+        eventually(
+            "survivors to mark c2 failed",
+            Duration::from_secs(10),
+            || async {
+                members(agent)
+                    .await
+                    .contains(&("c2".to_string(), 4))
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+    eventually(
+        "c2's serfHealth critical, api out of ?passing",
+        Duration::from_secs(10),
+        || async {
+            let critical = serf_health(&server, "c2").await.as_deref() == Some("critical");
+            (critical && passing_nodes(&server, "api").await.is_empty()).then_some(())
+        },
+    )
+    .await;
+    assert!(dig_short(&server, "api.service.consul", "A").is_empty());
+
+    // leave: the client is listed left and deregistered with its services.
+    let (code, out, err) = cli(&c3, &["leave"], None);
+    assert_eq!((code, out.trim()), (0, "Graceful leave complete"), "{err}");
+    let mut c3 = c3;
+    assert_eq!(c3.wait_exit(Duration::from_secs(10)).await, Some(0));
+    for agent in [&server, &c1] {
+        eventually("c3 listed left", Duration::from_secs(10), || async {
+            members(agent)
+                .await
+                .contains(&("c3".to_string(), 3))
+                .then_some(())
+        })
+        .await;
+    }
+    eventually("c3 deregistered", Duration::from_secs(10), || async {
+        let node = get_json(&server, "/v1/catalog/node/c3").await;
+        node.is_null().then_some(())
+    })
+    .await;
+
+    // force-leave -prune: the failed client is erased from the member lists and the catalog.
+    let (code, _, err) = cli(&c1, &["force-leave", "no-such-node"], None);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("No node found with name 'no-such-node'"),
+        "{err}"
+    );
+    let (code, _, err) = cli(&c1, &["force-leave", "-prune", "c2"], None);
+    assert_eq!(code, 0, "{err}");
+    for agent in [&server, &c1] {
+        eventually("c2 erased", Duration::from_secs(10), || async {
+            (!members(agent).await.iter().any(|(name, _)| name == "c2")).then_some(())
+        })
+        .await;
+    }
+    eventually("c2 deregistered", Duration::from_secs(10), || async {
+        get_json(&server, "/v1/catalog/node/c2")
+            .await
+            .is_null()
+            .then_some(())
+    })
+    .await;
+    assert!(get_json(&server, "/v1/catalog/node/c1").await["Node"]["Node"] == "c1");
+}
