@@ -274,3 +274,93 @@ async fn one_server_and_three_clients_on_their_own_addresses() {
     .await;
     assert!(get_json(&server, "/v1/catalog/node/c1").await["Node"]["Node"] == "c1");
 }
+
+/// memberlist's local timings (`-dev` uses them; here set through `gossip_lan`).
+fn local_timings() -> String {
+    json!({"gossip_lan": {
+        "probe_interval": "1s",
+        "probe_timeout": "200ms",
+        "suspicion_mult": 3,
+        "gossip_interval": "100ms",
+        "retransmit_mult": 2
+    }})
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_stopped_for_three_seconds_gets_no_other_member_declared_failed() {
+    const IPS: [&str; 4] = ["127.0.11.1", "127.0.11.2", "127.0.11.3", "127.0.11.4"];
+    let placed_here = |node: &str, ip: &str, server: bool| AgentOptions {
+        placement: Some(Placement {
+            ip: ip.into(),
+            node: node.into(),
+            server,
+            join: if server {
+                Vec::new()
+            } else {
+                vec![IPS[0].into()]
+            },
+            config: Some(local_timings()),
+        }),
+        ..AgentOptions::default()
+    };
+    let server = Agent::start(placed_here("s1", IPS[0], true)).await;
+    let (c1, c2, c3) = tokio::join!(
+        Agent::start(placed_here("c1", IPS[1], false)),
+        Agent::start(placed_here("c2", IPS[2], false)),
+        Agent::start(placed_here("c3", IPS[3], false)),
+    );
+    let everyone = [&server, &c1, &c2, &c3];
+    let others = ["c2", "c3", "s1"];
+    for agent in everyone {
+        eventually("all four alive", Duration::from_secs(10), || async {
+            (members(agent).await.iter().all(|(_, status)| *status == 1)
+                && members(agent).await.len() == 4)
+                .then_some(())
+        })
+        .await;
+    }
+
+    // The stop is the fault itself (a starved or paused process), so it lasts a fixed time.
+    c1.signal("STOP");
+    let stopped_until = std::time::Instant::now() + Duration::from_secs(3);
+    let watchers = [&server, &c2, &c3];
+    let mut looks = 0;
+    while std::time::Instant::now() < stopped_until {
+        for agent in watchers {
+            for (name, status) in members(agent).await {
+                assert!(
+                    !(others.contains(&name.as_str()) && status != 1),
+                    "{name} declared {status} while c1 was stopped"
+                );
+            }
+        }
+        looks += 1;
+    }
+    c1.signal("CONT");
+    // Once c1 is back, it must come back alive everywhere, and while it catches up on its
+    // timers and queued packets, nobody may see any other member as anything but alive.
+    let mut c1_back = false;
+    let settle = std::time::Instant::now() + Duration::from_secs(15);
+    while !c1_back || std::time::Instant::now() < settle {
+        c1_back = true;
+        for agent in everyone {
+            let listed = members(agent).await;
+            for (name, status) in &listed {
+                assert!(
+                    !(others.contains(&name.as_str()) && *status != 1),
+                    "{name} declared {status} after c1 resumed (seen by an agent)"
+                );
+                if name == "c1" && *status != 1 {
+                    c1_back = false;
+                }
+            }
+        }
+        looks += 1;
+        assert!(
+            std::time::Instant::now() < settle + Duration::from_secs(15),
+            "c1 did not come back alive"
+        );
+    }
+    assert!(looks > 10, "the members lists were looked at throughout");
+}
