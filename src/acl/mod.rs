@@ -19,6 +19,9 @@ pub enum Access<'a> {
     /// Intentions whose destination is this service.
     IntentionRead(&'a str),
     IntentionWrite(&'a str),
+    /// User events by name.
+    EventRead(&'a str),
+    EventWrite(&'a str),
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -9,6 +9,7 @@
 //! Architecture invariant: local state sits behind one mutex that is never held across an
 //! await; runners and the sync task read it, change it, and let go.
 
+pub mod events;
 pub mod leaf;
 mod persist;
 pub mod probe;

@@ -118,6 +118,24 @@ fn command_tree() -> Command {
             Command::new("leave").about("Gracefully leaves the cluster and shuts the agent down"),
         ))
         .subcommand(with_http_flags(
+            Command::new("event")
+                .about("Fires a user event to the agents of the datacenter")
+                .arg(value("name", "The event's name"))
+                .arg(value(
+                    "node",
+                    "Regular expression matching the nodes to run on",
+                ))
+                .arg(value(
+                    "service",
+                    "Regular expression matching services on those nodes",
+                ))
+                .arg(value(
+                    "tag",
+                    "Regular expression matching tags of those services",
+                ))
+                .arg(clap::Arg::new("payload").help("The event's payload")),
+        ))
+        .subcommand(with_http_flags(
             Command::new("force-leave")
                 .about("Forces a failed member of the cluster to leave")
                 .arg(goflags::boolean(
@@ -193,6 +211,7 @@ pub fn main() -> ExitCode {
             Some(("join", sub)) => join(sub).await,
             Some(("leave", sub)) => leave(sub).await,
             Some(("force-leave", sub)) => force_leave(sub).await,
+            Some(("event", sub)) => event(sub).await,
             Some(("reload", sub)) => reload(sub).await,
             Some(("monitor", sub)) => monitor(sub).await,
             Some(("kv", sub)) => kv::run(sub).await,
@@ -412,6 +431,32 @@ async fn leave(matches: &ArgMatches) -> CommandResult {
         return Err(format!("Error leaving: {}", response.text()));
     }
     println!("Graceful leave complete");
+    Ok(())
+}
+
+async fn event(matches: &ArgMatches) -> CommandResult {
+    let Some(name) = get_str(matches, "name").filter(|name| !name.is_empty()) else {
+        return Err("Event name must be specified".into());
+    };
+    let mut path = format!("/v1/event/fire/{}?", encode_query(name));
+    for filter in ["node", "service", "tag"] {
+        if let Some(pattern) = get_str(matches, filter) {
+            path.push_str(&format!("&{filter}={}", encode_query(pattern)));
+        }
+    }
+    let payload = get_str(matches, "payload").unwrap_or_default();
+    let response = client(matches)?
+        .put(&path, payload.as_bytes().to_vec())
+        .await?;
+    if !response.status.is_success() {
+        return Err(format!(
+            "Error firing event: Unexpected response code: {} ({})",
+            response.status.as_u16(),
+            response.text().trim_end()
+        ));
+    }
+    let fired = response.json()?;
+    println!("Event ID: {}", fired["ID"].as_str().unwrap_or_default());
     Ok(())
 }
 

@@ -1,7 +1,8 @@
 //! `concord watch -type <type> [options] [handler]`: runs `handler` (through `sh -c`) with the
 //! watched data as JSON on stdin and `CONSUL_INDEX` in its environment, first for the current
 //! data and then after every change, using blocking queries. Without a handler it prints the
-//! current data once, as Consul's does.
+//! current data once, as Consul's does. An event watch hands the handler only the events
+//! that arrived since its last run.
 
 use std::process::Stdio;
 
@@ -19,8 +20,9 @@ pub fn command() -> Command {
             .about("Runs a handler whenever watched data changes")
             .arg(value(
                 "type",
-                "key, keyprefix, services, nodes, service or checks",
+                "key, keyprefix, services, nodes, service, checks or event",
             ))
+            .arg(value("name", "Event name for -type=event"))
             .arg(value("key", "Key for -type=key"))
             .arg(value("prefix", "Prefix for -type=keyprefix"))
             .arg(value("service", "Service for -type=service or checks"))
@@ -73,12 +75,10 @@ fn watch_path(matches: &ArgMatches) -> Result<(String, bool), String> {
                 false,
             ),
         },
-        "event" => {
-            return Err(
-                "Error! event watches need user events, which this release does not have yet"
-                    .into(),
-            )
-        }
+        "event" => match get_str(matches, "name") {
+            Some(name) => (format!("/v1/event/list?name={}", encode_query(name)), false),
+            None => ("/v1/event/list?".into(), false),
+        },
         other => return Err(format!("Error! Unsupported watch type {other:?}")),
     })
 }
@@ -100,6 +100,23 @@ fn data(status: u16, body: &[u8], single: bool) -> Result<Value, String> {
     } else {
         value
     })
+}
+
+/// The events after the one whose index is `index` (all of them when it is not listed), as
+/// Consul's event watch prunes them.
+fn events_since(list: Value, index: u64) -> Value {
+    let Value::Array(events) = list else {
+        return list;
+    };
+    let seen = events.iter().position(|event| {
+        event["ID"]
+            .as_str()
+            .is_some_and(|id| crate::agent::events::index_of(id) == index)
+    });
+    match seen {
+        Some(position) => Value::Array(events[position + 1..].to_vec()),
+        None => Value::Array(events),
+    }
 }
 
 async fn run_handler(handler: &str, index: u64, data: &Value) -> Result<(), String> {
@@ -133,6 +150,7 @@ pub async fn run(matches: &ArgMatches) -> CommandResult {
         .flatten()
         .cloned()
         .collect();
+    let events = get_str(matches, "type") == Some("event");
     let mut index: u64 = 0;
     loop {
         let response = client
@@ -146,14 +164,22 @@ pub async fn run(matches: &ArgMatches) -> CommandResult {
         if new_index == index {
             continue;
         }
-        let data = data(response.status.as_u16(), &response.body, single)?;
+        let mut data = data(response.status.as_u16(), &response.body, single)?;
+        if events {
+            data = events_since(data, index);
+        }
         if handler.is_empty() {
             let text = serde_json::to_string_pretty(&data).map_err(|e| e.to_string())?;
             println!("{text}");
             return Ok(());
         }
         run_handler(&handler.join(" "), new_index, &data).await?;
-        // An index that went backwards (a snapshot restore) starts the watch over.
-        index = if new_index < index { 0 } else { new_index };
+        // An index that went backwards (a snapshot restore) starts the watch over; an event
+        // list's index is a hash of the newest event's ID, never ordered.
+        index = if new_index < index && !events {
+            0
+        } else {
+            new_index
+        };
     }
 }

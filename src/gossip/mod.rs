@@ -3,6 +3,7 @@
 //! - `identity`: who a member is (name, gossip address, start time, tags);
 //! - `codec`: foca's headers and member updates on the wire;
 //! - `transport`: UDP on the serf port, or an in-memory network for tests, behind one trait;
+//! - `messages`: what the pool spreads beside member updates (leave intents, user events);
 //! - `pool`: the task that owns foca and everything that drives it (received packets, timers,
 //!   joins, leave), with memberlist's timings;
 //! - `lan`: this agent's LAN pool: its identity and tags, its socket, and the configured
@@ -13,12 +14,13 @@
 
 pub mod codec;
 pub mod identity;
-pub mod intent;
 pub mod lan;
+pub mod messages;
 pub mod pool;
 #[cfg(test)]
 mod tests;
 pub mod transport;
 
 pub use identity::NodeIdentity;
-pub use pool::{ForceLeaveError, JoinError, Member, MemberEvent, MemberStatus, Pool};
+pub use messages::UserEvent;
+pub use pool::{FireError, ForceLeaveError, JoinError, Member, MemberEvent, MemberStatus, Pool};

@@ -34,7 +34,7 @@ use tokio::time::Instant;
 
 use super::codec::Codec;
 use super::identity::NodeIdentity;
-use super::intent::{self, Broadcast, Heard, LeaveIntent};
+use super::messages::{self, Broadcast, Heard, LeaveIntent, UserEvent};
 use super::transport::{Inbound, Received, Transport, MAX_STATE};
 use crate::config::GossipTimings;
 use crate::tasks::Tasks;
@@ -118,6 +118,14 @@ pub enum JoinError {
 }
 
 #[derive(Debug, thiserror::Error)]
+pub enum FireError {
+    #[error("user event is {0} bytes encoded; the gossip limit is {1}")]
+    TooLarge(usize, usize),
+    #[error("the gossip pool has stopped")]
+    Stopped,
+}
+
+#[derive(Debug, thiserror::Error)]
 pub enum ForceLeaveError {
     /// Consul's words, which its CLI and API users see.
     #[error("agent: No node found with name '{0}'")]
@@ -139,7 +147,12 @@ enum Input {
         prune: bool,
         reply: oneshot::Sender<Result<(), ForceLeaveError>>,
     },
+    /// Fires a user event (its ltime is given here); answers with the event as sent.
+    Fire(UserEvent, oneshot::Sender<Result<UserEvent, FireError>>),
 }
+
+/// The largest message spread through the pool, well inside foca's packet.
+const MAX_BROADCAST: usize = 1024;
 
 /// How often departed members are checked against their timeouts (Serf's reap interval).
 const REAP_EVERY: Duration = Duration::from_secs(15);
@@ -162,6 +175,7 @@ const JOIN_WAIT: Duration = Duration::from_secs(5);
 pub struct Pool {
     inputs: mpsc::Sender<Input>,
     events: broadcast::Sender<MemberEvent>,
+    user_events: broadcast::Sender<UserEvent>,
     identity: Arc<NodeIdentity>,
 }
 
@@ -176,6 +190,8 @@ impl Pool {
     ) -> Pool {
         let (inputs, queue) = mpsc::channel(64);
         let (events, _) = broadcast::channel(512);
+        // Serf's event buffer.
+        let (user_events, _) = broadcast::channel(512);
         let forward = inputs.clone();
         tasks.spawn("gossip.inbound", async move {
             while let Some(received) = inbound.recv().await {
@@ -191,7 +207,7 @@ impl Pool {
             foca_config(&timings, 1),
             rand_010::rngs::StdRng::seed_from_u64(seed),
             Codec,
-            intent::Handler::new(heard.clone()),
+            messages::Handler::new(heard.clone()),
         );
         let run = Run {
             foca,
@@ -209,11 +225,14 @@ impl Pool {
             departed: BTreeMap::new(),
             leaving: HashSet::new(),
             prunes: Vec::new(),
+            user_events: user_events.clone(),
+            event_clock: 0,
         };
         tasks.spawn("gossip.pool", run.run(queue));
         Pool {
             inputs,
             events,
+            user_events,
             identity: Arc::new(identity),
         }
     }
@@ -270,6 +289,21 @@ impl Pool {
         answer.await.map_err(|_| ForceLeaveError::Stopped)?
     }
 
+    /// Fires a user event to every member (this one included); the event as sent.
+    pub async fn fire(&self, event: UserEvent) -> Result<UserEvent, FireError> {
+        let (reply, answer) = oneshot::channel();
+        self.inputs
+            .send(Input::Fire(event, reply))
+            .await
+            .map_err(|_| FireError::Stopped)?;
+        answer.await.map_err(|_| FireError::Stopped)?
+    }
+
+    /// User events as they arrive (each once), this member's own included.
+    pub fn user_events(&self) -> broadcast::Receiver<UserEvent> {
+        self.user_events.subscribe()
+    }
+
     pub fn events(&self) -> broadcast::Receiver<MemberEvent> {
         self.events.subscribe()
     }
@@ -301,7 +335,7 @@ impl Ord for TimerSlot {
 }
 
 struct Run<T: Transport> {
-    foca: Foca<NodeIdentity, Codec, rand_010::rngs::StdRng, intent::Handler>,
+    foca: Foca<NodeIdentity, Codec, rand_010::rngs::StdRng, messages::Handler>,
     runtime: AccumulatingRuntime<NodeIdentity>,
     timers: BinaryHeap<Scheduled>,
     /// Keeps timers due at the same instant in the order foca scheduled them.
@@ -324,6 +358,9 @@ struct Run<T: Transport> {
     leaving: HashSet<(String, u64)>,
     /// Prunes heard lately, passed on in push-pulls to members that missed them.
     prunes: Vec<(Instant, LeaveIntent)>,
+    user_events: broadcast::Sender<UserEvent>,
+    /// The user-event Lamport clock: the next event fired here gets this time.
+    event_clock: u64,
 }
 
 /// What two members exchange in a push-pull.
@@ -405,6 +442,20 @@ impl<T: Transport> Run<T> {
             }
             Input::ForceLeave { name, prune, reply } => {
                 let _ = reply.send(self.force_leave(&name, prune));
+            }
+            Input::Fire(mut event, reply) => {
+                event.ltime = self.event_clock;
+                self.event_clock += 1;
+                let broadcast = Broadcast::Event(event.clone());
+                let size = broadcast.encode().len();
+                let limit = MAX_BROADCAST;
+                let _ = reply.send(match size <= limit {
+                    true => {
+                        self.spread(&broadcast);
+                        Ok(event)
+                    }
+                    false => Err(FireError::TooLarge(size, limit)),
+                });
             }
         }
         self.drain();
@@ -568,9 +619,14 @@ impl<T: Transport> Run<T> {
 
     /// Acts on the broadcasts foca's handler took in.
     fn act_on_heard(&mut self) {
-        for broadcast in intent::take(&self.heard) {
+        for broadcast in messages::take(&self.heard) {
             match broadcast {
                 Broadcast::Leave(leave) => self.on_leave(leave),
+                Broadcast::Event(event) => {
+                    // Lamport: past any time seen, so a later fire here orders after it.
+                    self.event_clock = self.event_clock.max(event.ltime + 1);
+                    let _ = self.user_events.send(event);
+                }
             }
         }
     }

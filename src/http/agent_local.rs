@@ -83,7 +83,10 @@ pub async fn service(
         let mut body = wire::agent_service(&service, &state.config.datacenter);
         let hash = content_hash(&body);
         let unchanged = known_hash.as_deref() == Some(hash.as_str());
-        if !unchanged || tokio::time::Instant::now() >= deadline {
+        if !unchanged
+            || tokio::time::Instant::now() >= deadline
+            || state.agent.shutdown_token().is_cancelled()
+        {
             body["ContentHash"] = Value::String(hash.clone());
             let mut response = reply::json(&body, options.pretty);
             if let Ok(value) = axum::http::HeaderValue::from_str(&hash) {

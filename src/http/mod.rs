@@ -11,6 +11,7 @@ mod catalog;
 mod config;
 mod connect_ca;
 pub mod error;
+mod event;
 mod health;
 mod instances;
 mod intention;
@@ -52,6 +53,8 @@ pub struct AppState {
     pub node_id: String,
     /// This agent's LAN gossip pool.
     pub lan: crate::gossip::Pool,
+    /// The user events this agent kept.
+    pub events: Arc<crate::agent::events::EventLog>,
     /// Cancelled to ask the agent to leave and stop (`/v1/agent/leave`).
     pub stop: CancellationToken,
     /// Cancelled when the agent shuts down; blocking queries return early on it.
@@ -92,6 +95,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/agent/xds", get(xds_status::streams))
         .route("/v1/agent/join/{address}", put(agent::join))
         .route("/v1/agent/force-leave/{node}", put(agent::force_leave))
+        .route("/v1/event/fire/{name}", put(event::fire))
+        .route("/v1/event/list", get(event::list))
         .route("/v1/agent/services", get(agent_local::services))
         .route(
             "/v1/agent/service/register",

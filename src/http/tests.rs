@@ -79,6 +79,7 @@ fn harness() -> Harness {
     );
     let state = Arc::new(AppState {
         cluster,
+        events: crate::agent::events::EventLog::start(&lan, agent.clone(), &tasks),
         agent,
         leaves,
         xds: Arc::new(crate::xds::XdsStatus::default()),

@@ -210,6 +210,7 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
         config: config.clone(),
         authorizer: Authorizer,
         node_id: node_id.clone(),
+        events: crate::agent::events::EventLog::start(&lan, agent.clone(), &tasks),
         lan: lan.clone(),
         stop: stop.clone(),
         shutdown: tasks.shutdown().clone(),

@@ -9,7 +9,30 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::support::{cli, eventually, json, Agent, AgentOptions, Placement};
+use crate::support::{cli, eventually, json, Agent, AgentOptions, Placement, BINARY};
+
+/// A `concord watch` process, killed when dropped.
+struct Watch(std::process::Child);
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `concord watch -type event -name <name>` against `agent`, its handler appending
+/// what it is given to `output`.
+fn watch_events(agent: &Agent, name: &str, output: &std::path::Path) -> Watch {
+    let handler = format!("cat >> '{}'", output.display());
+    let child = Command::new(BINARY)
+        .args(["watch", "-type", "event", "-name", name, &handler])
+        .env("CONSUL_HTTP_ADDR", agent.address())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn watch");
+    Watch(child)
+}
 
 /// Addresses no other test uses.
 const SERVER: &str = "127.0.10.1";
@@ -172,6 +195,65 @@ async fn one_server_and_three_clients_on_their_own_addresses() {
         srv.len() == 1 && srv[0].contains(" 9090 ") && srv[0].ends_with("c2.node.dc1.consul."),
         "{srv:?}"
     );
+
+    // A user event fired on one client runs an event watch's handler once on every agent.
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let outputs: Vec<std::path::PathBuf> = ["s1", "c1", "c3"]
+        .iter()
+        .map(|name| scratch.path().join(format!("{name}.events")))
+        .collect();
+    let _watches: Vec<Watch> = [&server, &c1, &c3]
+        .iter()
+        .zip(&outputs)
+        .map(|(agent, output)| watch_events(agent, "deploy", output))
+        .collect();
+    // Each watch has run its handler once for the (empty) list before anything is fired.
+    for output in &outputs {
+        eventually("the watch to start", Duration::from_secs(10), || async {
+            output.exists().then_some(())
+        })
+        .await;
+    }
+    let fire = |payload: &str| {
+        let (code, out, err) = cli(&c2, &["event", "-name", "deploy", payload], None);
+        assert_eq!(code, 0, "{err}");
+        out.trim()
+            .strip_prefix("Event ID: ")
+            .unwrap_or_else(|| panic!("{out}"))
+            .to_string()
+    };
+    let first = fire("v1");
+    let (code, _, err) = cli(&c2, &["event", "-name", "unrelated"], None);
+    assert_eq!(code, 0, "{err}");
+    let second = fire("v2");
+    for output in &outputs {
+        eventually(
+            "both deploy events handled",
+            Duration::from_secs(10),
+            || async {
+                let seen = std::fs::read_to_string(output).unwrap_or_default();
+                seen.contains(&second).then_some(())
+            },
+        )
+        .await;
+        let seen = std::fs::read_to_string(output).unwrap_or_default();
+        assert_eq!(seen.matches(&first).count(), 1, "{seen}");
+        assert_eq!(seen.matches(&second).count(), 1, "{seen}");
+        assert!(!seen.contains("unrelated"), "{seen}");
+        assert!(seen.contains("\"djE=\""), "the payload, base64: {seen}");
+    }
+    let listed = get_json(&c3, "/v1/event/list?name=deploy").await;
+    assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
+    assert!(
+        listed[1]["LTime"].as_u64() > listed[0]["LTime"].as_u64(),
+        "{listed}"
+    );
+    let too_big = c1
+        .client()
+        .put("/v1/event/fire/deploy", vec![b'x'; 301])
+        .await
+        .expect("fire");
+    assert_eq!(too_big.status.as_u16(), 413);
 
     // KV through clients: a blocking query on one returns the write made on another.
     let missing = c3.client().get("/v1/kv/cfg/flag").await.expect("get");

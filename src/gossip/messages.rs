@@ -1,6 +1,7 @@
 //! Messages spread through the pool beside foca's own member updates (foca's custom
 //! broadcasts): a leave intent, Serf's `messageLeave`, so that a member that said goodbye is
-//! `left`, not `failed`, and the leader deregisters it instead of keeping it critical.
+//! `left`, not `failed`, and the leader deregisters it instead of keeping it critical; and
+//! user events (`consul event`), Serf's `messageUserEvent`, with their Lamport time.
 //!
 //! foca frames and retransmits the items; this handler decides which are news (each intent is
 //! spread once per member that hears it) and hands them to the pool's task through `Heard`,
@@ -27,9 +28,24 @@ pub struct LeaveIntent {
     pub prune: bool,
 }
 
+/// A user event as Consul's agent gossips it: the filters travel with it and each agent
+/// decides for itself whether it applies.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct UserEvent {
+    pub id: String,
+    pub name: String,
+    pub payload: Option<Vec<u8>>,
+    pub node_filter: String,
+    pub service_filter: String,
+    pub tag_filter: String,
+    /// Lamport time, given by the pool that fires it.
+    pub ltime: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Broadcast {
     Leave(LeaveIntent),
+    Event(UserEvent),
 }
 
 impl Broadcast {
