@@ -54,6 +54,34 @@ pub async fn self_info(
         .authorizer
         .authorize(call.token().as_deref(), Access::AgentRead)?;
     let config = &state.config;
+    let members = state.lan.members().await;
+    let count = |status: MemberStatus| {
+        members
+            .iter()
+            .filter(|member| member.status == status)
+            .count()
+            .to_string()
+    };
+    let (services, checks) = state.agent.services_and_checks();
+    let leadership = state.cluster.leadership().borrow().clone();
+    // Consul's Stats values are all strings.
+    let consul = match config.server_mode {
+        true => json!({
+            "server": "true",
+            "leader": leadership.is_leader.to_string(),
+            "leader_addr": leadership.leader_address,
+            "bootstrap": (config.bootstrap_expect == 1).to_string(),
+            "known_datacenters": "1",
+            "acl": "disabled",
+        }),
+        false => json!({
+            "server": "false",
+            "known_servers": crate::rpc::client::servers_in(&members, &config.datacenter)
+                .len()
+                .to_string(),
+            "acl": "disabled",
+        }),
+    };
     let body = json!({
         "Config": {
             "Datacenter": config.datacenter,
@@ -71,9 +99,16 @@ pub async fn self_info(
         "Coord": Value::Null,
         "Member": local_member(&state),
         "Stats": {
-            "agent": {"check_monitors": "0", "services": "0"},
+            "agent": {"services": services.len().to_string(), "checks": checks.len().to_string()},
+            "consul": consul,
+            "serf_lan": {
+                "members": members.len().to_string(),
+                "failed": count(MemberStatus::Failed),
+                "left": count(MemberStatus::Left),
+                "encrypted": "false",
+            },
             "build": {"version": CONSUL_COMPAT_VERSION, "revision": format!("concord-{CONCORD_VERSION}"), "prerelease": ""},
-            "raft": {"state": if state.cluster.leadership().borrow().is_leader { "Leader" } else { "Follower" }},
+            "raft": {"state": if leadership.is_leader { "Leader" } else { "Follower" }},
         },
         "Meta": config.node_meta,
         // Where Envoy reaches this agent's xDS server (`connect envoy` reads `XDS.Port`).

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::support::{cli, eventually, json, Agent, AgentOptions, Placement, BINARY};
+use crate::envoy::{backend, get, register, Envoy};
+use crate::support::{cli, eventually, free_port, json, Agent, AgentOptions, Placement, BINARY};
 
 /// A `concord watch` process, killed when dropped.
 struct Watch(std::process::Child);
@@ -128,11 +129,14 @@ async fn serf_health(agent: &Agent, node: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_server_and_three_clients_on_their_own_addresses() {
     let server = Agent::start(placed("s1", SERVER, true, None)).await;
-    let web = json!({"service": {"name": "web", "port": 8080}}).to_string();
+    // c1 and c3 serve xDS (the gRPC port is off by default outside -dev, as in Consul).
+    let grpc = json!({"ports": {"grpc": 8502}});
+    let mut web = grpc.clone();
+    web["service"] = json!({"name": "web", "port": 8080});
     let (c1, c2, c3) = tokio::join!(
-        Agent::start(placed("c1", CLIENTS[0], false, Some(web))),
+        Agent::start(placed("c1", CLIENTS[0], false, Some(web.to_string()))),
         Agent::start(placed("c2", CLIENTS[1], false, None)),
-        Agent::start(placed("c3", CLIENTS[2], false, None)),
+        Agent::start(placed("c3", CLIENTS[2], false, Some(grpc.to_string()))),
     );
     let everyone = [&server, &c1, &c2, &c3];
     let all_alive: Vec<(String, u64)> = ["c1", "c2", "c3", "s1"]
@@ -147,6 +151,13 @@ async fn one_server_and_three_clients_on_their_own_addresses() {
         )
         .await;
     }
+    let stats = get_json(&c3, "/v1/agent/self").await["Stats"].clone();
+    assert_eq!(stats["consul"]["server"], "false", "{stats}");
+    assert_eq!(stats["consul"]["known_servers"], "1", "{stats}");
+    assert_eq!(stats["serf_lan"]["members"], "4", "{stats}");
+    let stats = get_json(&server, "/v1/agent/self").await["Stats"].clone();
+    assert_eq!(stats["consul"]["leader"], "true", "{stats}");
+    assert_eq!(stats["consul"]["leader_addr"], "127.0.10.1:8300", "{stats}");
     let (code, out, err) = cli(&c3, &["members"], None);
     assert_eq!(code, 0, "{err}");
     let lines: Vec<&str> = out.lines().collect();
@@ -283,6 +294,43 @@ async fn one_server_and_three_clients_on_their_own_addresses() {
         .await
         .expect("consistent get");
     assert_eq!(consistent.text(), "on");
+
+    // The mesh across two clients: each sidecar's leaf certificate is signed by the server
+    // through its client, its xDS comes from the client's replica, and traffic flows over
+    // mTLS between the clients' Envoys; an intention written through a client stops it.
+    let pay_port = backend("pay says hi").await;
+    let (pay_sidecar, shop_sidecar, upstream) = (free_port(), free_port(), free_port());
+    register(&c3, "pay", "pay", pay_port, pay_sidecar, &[], json!({})).await;
+    let shop_port = free_port();
+    register(
+        &c1,
+        "shop",
+        "shop",
+        shop_port,
+        shop_sidecar,
+        &[("pay", upstream)],
+        json!({}),
+    )
+    .await;
+    let pay_envoy = Envoy::start(&c3, "pay").await;
+    let shop_envoy = Envoy::start(&c1, "shop").await;
+    eventually(
+        "shop reaches pay through both Envoys",
+        Duration::from_secs(20),
+        || async { (get(upstream).await == Ok((200, "pay says hi".into()))).then_some(()) },
+    )
+    .await;
+    let (code, _, err) = cli(&c1, &["intention", "create", "-deny", "shop", "pay"], None);
+    assert_eq!(code, 0, "{err}");
+    eventually(
+        "the deny to reach pay's Envoy",
+        Duration::from_secs(10),
+        || async { get(upstream).await.is_err().then_some(()) },
+    )
+    .await;
+    assert!(pay_envoy.stat("connect_authz.rbac.denied").await >= 1);
+    assert!(shop_envoy.rejections().await.is_empty());
+    drop((pay_envoy, shop_envoy));
 
     // kill -9 a client: every survivor says failed, serfHealth goes critical and its service
     // leaves passing results, within 10 s under LAN timings.

@@ -40,7 +40,7 @@ impl Envoy {
         let child = Command::new(BINARY)
             .args(["connect", "envoy", "-sidecar-for", sidecar_for])
             .args(["-http-addr", &agent.address()])
-            .args(["-grpc-addr", &format!("127.0.0.1:{}", agent.grpc_port)])
+            .args(["-grpc-addr", &format!("{}:{}", agent.host, agent.grpc_port)])
             .args(["-admin-bind", &format!("127.0.0.1:{admin_port}")])
             .args(["-envoy-binary", &envoy_binary()])
             // CONCORD_ENVOY_LOG=debug makes Envoy's log (`Envoy::log`) say what it did with
