@@ -74,6 +74,12 @@ impl Member {
         proc_status_kb(self.pid(), "VmRSS").unwrap_or(0) as f64 / 1024.0
     }
 
+    /// The anonymous part of RSS: memory the process itself allocated, as opposed to pages of
+    /// its binary and libraries mapped from the page cache (shared by agents on one host).
+    fn anon_mb(&self) -> f64 {
+        proc_status_kb(self.pid(), "RssAnon").unwrap_or(0) as f64 / 1024.0
+    }
+
     async fn kill(&mut self) {
         let _ = self.child.kill().await;
     }
@@ -351,6 +357,14 @@ async fn rss(table: &mut Table) -> Result<()> {
         format!("{:.2}", client / serf),
         "≤ 0.5 (G9)",
         Some(client / serf <= 0.5),
+    );
+    let client_anon = Stats::new(ours[1..].iter().map(Member::anon_mb).collect()).pct(0.5);
+    let serf_anon = Stats::new(theirs.iter().map(Member::anon_mb).collect()).pct(0.5);
+    table.row(
+        "— of which anonymous (RssAnon): concord client / serf",
+        format!("{client_anon:.1} / {serf_anon:.1} MB"),
+        "",
+        None,
     );
     Ok(())
 }
