@@ -22,6 +22,8 @@ pub enum Access<'a> {
     /// User events by name.
     EventRead(&'a str),
     EventWrite(&'a str),
+    KeyringRead,
+    KeyringWrite,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -30,6 +30,7 @@ const VALUE_FLAGS: &[(&str, &str, Kind)] = &[
     ("max-query-time", "max_query_time", Kind::Text),
     ("retry-interval", "retry_interval", Kind::Text),
     ("retry-max", "retry_max", Kind::Number),
+    ("encrypt", "encrypt", Kind::Text),
 ];
 
 const BOOL_FLAGS: &[(&str, &str)] = &[

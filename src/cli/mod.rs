@@ -135,6 +135,18 @@ fn command_tree() -> Command {
                 ))
                 .arg(clap::Arg::new("payload").help("The event's payload")),
         ))
+        .subcommand(
+            Command::new("keygen")
+                .about("Generates a new gossip encryption key (32 bytes, base64)"),
+        )
+        .subcommand(with_http_flags(
+            Command::new("keyring")
+                .about("Manages the gossip encryption keys of every member")
+                .arg(goflags::boolean("list", "List the installed keys"))
+                .arg(value("install", "Install a new key on every member"))
+                .arg(value("use", "Make an installed key the primary"))
+                .arg(value("remove", "Remove a key from every member")),
+        ))
         .subcommand(with_http_flags(
             Command::new("force-leave")
                 .about("Forces a failed member of the cluster to leave")
@@ -212,6 +224,11 @@ pub fn main() -> ExitCode {
             Some(("leave", sub)) => leave(sub).await,
             Some(("force-leave", sub)) => force_leave(sub).await,
             Some(("event", sub)) => event(sub).await,
+            Some(("keygen", _)) => {
+                println!("{}", crate::gossip::keyring::generate());
+                Ok(())
+            }
+            Some(("keyring", sub)) => keyring(sub).await,
             Some(("reload", sub)) => reload(sub).await,
             Some(("monitor", sub)) => monitor(sub).await,
             Some(("kv", sub)) => kv::run(sub).await,
@@ -457,6 +474,55 @@ async fn event(matches: &ArgMatches) -> CommandResult {
     }
     let fired = response.json()?;
     println!("Event ID: {}", fired["ID"].as_str().unwrap_or_default());
+    Ok(())
+}
+
+async fn keyring(matches: &ArgMatches) -> CommandResult {
+    let client = client(matches)?;
+    let chosen: Vec<(&str, Option<&str>)> = [
+        ("list", get_bool(matches, "list").then_some("")),
+        ("install", get_str(matches, "install")),
+        ("use", get_str(matches, "use")),
+        ("remove", get_str(matches, "remove")),
+    ]
+    .into_iter()
+    .filter(|(_, value)| value.is_some())
+    .collect();
+    let [(operation, value)] = chosen[..] else {
+        return Err("Exactly one of -list, -install, -use, or -remove must be provided".into());
+    };
+    let body = serde_json::json!({ "Key": value.unwrap_or_default() })
+        .to_string()
+        .into_bytes();
+    let (intro, method) = match operation {
+        "list" => ("Gathering installed encryption keys...", "GET"),
+        "install" => ("Installing new gossip encryption key...", "POST"),
+        "use" => ("Changing primary gossip encryption key...", "PUT"),
+        _ => ("Removing gossip encryption key...", "DELETE"),
+    };
+    println!("==> {intro}");
+    let method = match method {
+        "GET" => hyper::Method::GET,
+        "POST" => hyper::Method::POST,
+        "PUT" => hyper::Method::PUT,
+        _ => hyper::Method::DELETE,
+    };
+    let body = (method != hyper::Method::GET).then_some(body);
+    let response = client.request(method, "/v1/operator/keyring", body).await?;
+    if !response.status.is_success() {
+        return Err(format!("error: {}", response.text().trim_end()));
+    }
+    if operation == "list" {
+        let pools = response.json()?;
+        for pool in pools.as_array().into_iter().flatten() {
+            println!();
+            println!("{} (LAN):", pool["Datacenter"].as_str().unwrap_or_default());
+            let total = pool["NumNodes"].as_u64().unwrap_or(0);
+            for (key, count) in pool["Keys"].as_object().into_iter().flatten() {
+                println!("  {key} [{}/{total}]", count.as_u64().unwrap_or(0));
+            }
+        }
+    }
     Ok(())
 }
 

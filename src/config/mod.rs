@@ -125,6 +125,10 @@ pub struct Membership {
     /// Do not leave on SIGINT (servers by default).
     pub skip_leave_on_interrupt: bool,
     pub gossip_lan: GossipTimings,
+    /// The gossip encryption key (base64), unless the data dir's keyring file supersedes it.
+    pub encrypt: Option<String>,
+    pub encrypt_verify_incoming: bool,
+    pub encrypt_verify_outgoing: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -463,6 +467,10 @@ fn membership(raw: &RawConfig, dev_mode: bool, server: bool) -> Result<Membershi
         leave_on_terminate: raw.leave_on_terminate.unwrap_or(!server),
         skip_leave_on_interrupt: raw.skip_leave_on_interrupt.unwrap_or(server),
         gossip_lan,
+        // Checked when the keyring is loaded (`gossip::keyring`), which names the key.
+        encrypt: raw.encrypt.clone().filter(|key| !key.is_empty()),
+        encrypt_verify_incoming: raw.encrypt_verify_incoming.unwrap_or(true),
+        encrypt_verify_outgoing: raw.encrypt_verify_outgoing.unwrap_or(true),
     })
 }
 

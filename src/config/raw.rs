@@ -57,6 +57,9 @@ pub struct RawConfig {
     pub retry_join: Option<Vec<String>>,
     pub retry_interval: Option<String>,
     pub retry_max: Option<u32>,
+    pub encrypt: Option<String>,
+    pub encrypt_verify_incoming: Option<bool>,
+    pub encrypt_verify_outgoing: Option<bool>,
     pub leave_on_terminate: Option<bool>,
     pub skip_leave_on_interrupt: Option<bool>,
     /// How long a failed member stays before it is reaped.

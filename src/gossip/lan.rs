@@ -12,6 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 
 use super::identity::NodeIdentity;
+use super::keyring::{Encryption, Keyring};
 use super::pool::{JoinError, Pool};
 use super::transport::UdpTransport;
 use crate::api::human_version;
@@ -49,26 +50,48 @@ pub fn tags(config: &RuntimeConfig, node_id: &str) -> BTreeMap<String, String> {
     tags
 }
 
-/// Binds the LAN gossip port and starts the pool.
-pub async fn start(config: &RuntimeConfig, node_id: &str, tasks: &Tasks) -> anyhow::Result<Pool> {
+/// Binds the LAN gossip port and starts the pool, its keyring kept in `data_dir`.
+pub async fn start(
+    config: &RuntimeConfig,
+    node_id: &str,
+    data_dir: &std::path::Path,
+    tasks: &Tasks,
+) -> anyhow::Result<Pool> {
+    let membership = &config.membership;
+    let keyring = Keyring::load(Some(data_dir), membership.encrypt.as_deref())
+        .map_err(|error| anyhow::anyhow!("encrypt: {error}"))?;
+    let encryption = Encryption {
+        keyring,
+        verify_incoming: membership.encrypt_verify_incoming,
+        verify_outgoing: membership.encrypt_verify_outgoing,
+    };
     let port = config.ports.serf_lan.unwrap_or(8301);
     let bind = SocketAddr::new(config.bind_addr, port);
     let (transport, inbound) = UdpTransport::bind(bind, tasks)
         .await
         .with_context(|| format!("cannot listen for LAN gossip on {bind}"))?;
+    let transport_port = {
+        use super::transport::Transport;
+        transport.local_addr().port()
+    };
     let started = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |since| since.as_millis() as u64);
     let identity = NodeIdentity {
         name: config.node_name.clone(),
-        addr: SocketAddr::new(config.advertise_addr, port),
+        // The bound port, so `-serf-lan-port 0` (any free port) advertises the real one.
+        addr: SocketAddr::new(config.advertise_addr, transport_port),
         started,
         tags: tags(config, node_id),
     };
     tracing::info!(address = %identity.addr, "LAN gossip listening");
-    Ok(Pool::start(
+    if encryption.keyring.enabled() {
+        tracing::info!("gossip encryption on");
+    }
+    Ok(Pool::start_with(
         identity,
         config.membership.gossip_lan,
+        encryption,
         transport,
         inbound,
         tasks,

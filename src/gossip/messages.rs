@@ -1,7 +1,8 @@
 //! Messages spread through the pool beside foca's own member updates (foca's custom
 //! broadcasts): a leave intent, Serf's `messageLeave`, so that a member that said goodbye is
 //! `left`, not `failed`, and the leader deregisters it instead of keeping it critical; and
-//! user events (`consul event`), Serf's `messageUserEvent`, with their Lamport time.
+//! user events (`consul event`), Serf's `messageUserEvent`, with their Lamport time; and
+//! keyring queries (`keyops`).
 //!
 //! foca frames and retransmits the items; this handler decides which are news (each intent is
 //! spread once per member that hears it) and hands them to the pool's task through `Heard`,
@@ -46,6 +47,8 @@ pub struct UserEvent {
 pub enum Broadcast {
     Leave(LeaveIntent),
     Event(UserEvent),
+    /// A keyring operation for every member (`keyops`).
+    Key(super::keyops::KeyQuery),
 }
 
 impl Broadcast {

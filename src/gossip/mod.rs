@@ -3,6 +3,8 @@
 //! - `identity`: who a member is (name, gossip address, start time, tags);
 //! - `codec`: foca's headers and member updates on the wire;
 //! - `transport`: UDP on the serf port, or an in-memory network for tests, behind one trait;
+//! - `keyring`: gossip encryption (AES-GCM with the keyring's keys) and message framing;
+//! - `keyops`: keyring operations run on every member (`keyring -install`, ...);
 //! - `messages`: what the pool spreads beside member updates (leave intents, user events);
 //! - `pool`: the task that owns foca and everything that drives it (received packets, timers,
 //!   joins, leave), with memberlist's timings;
@@ -14,6 +16,8 @@
 
 pub mod codec;
 pub mod identity;
+pub mod keyops;
+pub mod keyring;
 pub mod lan;
 pub mod messages;
 pub mod pool;

@@ -21,9 +21,10 @@
 //! an operator prunes them (`force_leave`).
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashSet};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroU8, NonZeroUsize};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +35,8 @@ use tokio::time::Instant;
 
 use super::codec::Codec;
 use super::identity::NodeIdentity;
+use super::keyops::{self, KeyAnswer, KeyOp, KeyQuery, KeySummary};
+use super::keyring::{Encryption, Kind, Refusal};
 use super::messages::{self, Broadcast, Heard, LeaveIntent, UserEvent};
 use super::transport::{Inbound, Received, Transport, MAX_STATE};
 use crate::config::GossipTimings;
@@ -113,9 +116,17 @@ pub enum MemberEvent {
 pub enum JoinError {
     #[error("no member answered at {0:?}")]
     Unreachable(Vec<SocketAddr>),
+    /// The member at the address answered but would not take us, or we could not read it
+    /// (gossip encryption that differs).
+    #[error("{0}: {1}")]
+    Refused(SocketAddr, String),
     #[error("the gossip pool has stopped")]
     Stopped,
 }
+
+#[derive(Debug, thiserror::Error)]
+#[error("the gossip pool has stopped")]
+pub struct PoolStopped;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FireError {
@@ -149,7 +160,12 @@ enum Input {
     },
     /// Fires a user event (its ltime is given here); answers with the event as sent.
     Fire(UserEvent, oneshot::Sender<Result<UserEvent, FireError>>),
+    /// A keyring operation on every member; answers with their answers summed.
+    Keyring(KeyOp, oneshot::Sender<KeySummary>),
 }
+
+/// How often at most a member's dropped messages are logged (each is counted).
+const DROP_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// The largest message spread through the pool, well inside foca's packet.
 const MAX_BROADCAST: usize = 1024;
@@ -177,13 +193,35 @@ pub struct Pool {
     events: broadcast::Sender<MemberEvent>,
     user_events: broadcast::Sender<UserEvent>,
     identity: Arc<NodeIdentity>,
+    /// Messages refused (undecryptable, unencrypted where encryption is on, garbled).
+    dropped: Arc<AtomicU64>,
+    encrypted: bool,
 }
 
 impl Pool {
-    /// Starts the pool's task for `identity` over `transport`.
+    /// Starts the pool's task for `identity` over `transport`, without encryption.
     pub fn start(
         identity: NodeIdentity,
         timings: GossipTimings,
+        transport: impl Transport,
+        inbound: Inbound,
+        tasks: &Tasks,
+    ) -> Pool {
+        Pool::start_with(
+            identity,
+            timings,
+            Encryption::off(),
+            transport,
+            inbound,
+            tasks,
+        )
+    }
+
+    /// Starts the pool's task, sealing every message with `encryption`'s keyring.
+    pub fn start_with(
+        identity: NodeIdentity,
+        timings: GossipTimings,
+        encryption: Encryption,
         transport: impl Transport,
         mut inbound: Inbound,
         tasks: &Tasks,
@@ -227,14 +265,44 @@ impl Pool {
             prunes: Vec::new(),
             user_events: user_events.clone(),
             event_clock: 0,
+            encrypted: encryption.keyring.enabled(),
+            encryption,
+            queries: HashMap::new(),
+            refusals: HashMap::new(),
+            dropped: Arc::new(AtomicU64::new(0)),
+            drop_logged: HashMap::new(),
         };
+        let dropped = run.dropped.clone();
+        let encrypted = run.encrypted;
         tasks.spawn("gossip.pool", run.run(queue));
         Pool {
             inputs,
             events,
             user_events,
             identity: Arc::new(identity),
+            dropped,
+            encrypted,
         }
+    }
+
+    /// Messages this member refused so far.
+    pub fn dropped_messages(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Whether this member started with gossip encryption.
+    pub fn encrypted(&self) -> bool {
+        self.encrypted
+    }
+
+    /// Runs a keyring operation on every member and sums their answers.
+    pub async fn keyring(&self, op: KeyOp) -> Result<KeySummary, PoolStopped> {
+        let (reply, answer) = oneshot::channel();
+        self.inputs
+            .send(Input::Keyring(op, reply))
+            .await
+            .map_err(|_| PoolStopped)?;
+        answer.await.map_err(|_| PoolStopped)
     }
 
     pub fn identity(&self) -> &NodeIdentity {
@@ -361,6 +429,16 @@ struct Run<T: Transport> {
     user_events: broadcast::Sender<UserEvent>,
     /// The user-event Lamport clock: the next event fired here gets this time.
     event_clock: u64,
+    /// How messages are sealed and checked; its keyring changes with keyring queries.
+    encryption: Encryption,
+    encrypted: bool,
+    /// Keyring queries this member asked, by id.
+    queries: HashMap<u64, keyops::Pending>,
+    /// Why an address refused our push-pull (or we could not read its answer), for joins.
+    refusals: HashMap<SocketAddr, String>,
+    dropped: Arc<AtomicU64>,
+    /// When a refusal from each peer was last logged.
+    drop_logged: HashMap<SocketAddr, Instant>,
 }
 
 /// What two members exchange in a push-pull.
@@ -382,7 +460,11 @@ impl<T: Transport> Run<T> {
         loop {
             let next_timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
             let next_join = self.joining.iter().map(|(_, deadline, _)| *deadline).min();
-            let wake = [next_timer, next_join].into_iter().flatten().min();
+            let next_query = self.queries.values().map(|query| query.deadline).min();
+            let wake = [next_timer, next_join, next_query]
+                .into_iter()
+                .flatten()
+                .min();
             tokio::select! {
                 input = queue.recv() => match input {
                     // A member that left says nothing more, not even in push-pulls, which
@@ -398,6 +480,7 @@ impl<T: Transport> Run<T> {
             }
             self.fire_due_timers();
             self.settle_joins();
+            self.settle_queries();
             self.adapt_to_size();
         }
     }
@@ -405,17 +488,43 @@ impl<T: Transport> Run<T> {
     /// Acts on one input; false once this member has left.
     fn handle(&mut self, input: Input) -> bool {
         match input {
-            Input::Received(Received::Packet(from, bytes)) => {
-                if let Err(error) = self.foca.handle_data(&bytes, &mut self.runtime) {
-                    tracing::debug!(%from, %error, "gossip packet refused");
+            Input::Received(Received::Packet(from, frame)) => {
+                match self.encryption.unframe(&frame) {
+                    Ok((Kind::Gossip, bytes)) => {
+                        if let Err(error) = self.foca.handle_data(&bytes, &mut self.runtime) {
+                            tracing::debug!(%from, %error, "gossip packet refused");
+                        }
+                    }
+                    Ok((Kind::KeyResponse, _)) => self.dropped(from, &Refusal::Garbled),
+                    Err(refusal) => self.dropped(from, &refusal),
                 }
             }
-            Input::Received(Received::Exchange(from, theirs, reply)) => {
-                self.apply_state(from, &theirs);
-                let _ = reply.send(self.encode_state());
+            Input::Received(Received::Exchange(from, frame, reply)) => {
+                let answer = match self.encryption.unframe(&frame) {
+                    Ok((Kind::Gossip, theirs)) => {
+                        self.apply_state(from, &theirs);
+                        self.encryption.frame(Kind::Gossip, &self.encode_state())
+                    }
+                    Ok((Kind::KeyResponse, answer)) => {
+                        self.key_answer_arrived(from, &answer);
+                        self.encryption.frame(Kind::KeyResponse, &[])
+                    }
+                    Err(refusal) => {
+                        self.dropped(from, &refusal);
+                        Encryption::refusal(&refusal)
+                    }
+                };
+                let _ = reply.send(answer);
             }
             Input::Pulled(from, theirs) => match theirs {
-                Ok(theirs) => self.apply_state(from, &theirs),
+                Ok(frame) => match self.encryption.unframe(&frame) {
+                    Ok((Kind::Gossip, theirs)) => self.apply_state(from, &theirs),
+                    Ok((Kind::KeyResponse, _)) => self.dropped(from, &Refusal::Garbled),
+                    Err(refusal) => {
+                        self.refusals.insert(from, refusal.to_string());
+                        self.dropped(from, &refusal);
+                    }
+                },
                 Err(error) => tracing::debug!(%from, %error, "push-pull failed"),
             },
             Input::Join(addresses, reply) => {
@@ -442,6 +551,21 @@ impl<T: Transport> Run<T> {
             }
             Input::ForceLeave { name, prune, reply } => {
                 let _ = reply.send(self.force_leave(&name, prune));
+            }
+            Input::Keyring(op, reply) => {
+                let members = self.foca.num_members() + 1;
+                let id = rand::random::<u64>();
+                let pending = keyops::Pending {
+                    summary: KeySummary {
+                        num_nodes: members,
+                        ..KeySummary::default()
+                    },
+                    deadline: Instant::now() + keyops::timeout(&self.timings, members),
+                    reply,
+                };
+                self.queries.insert(id, pending);
+                let origin = self.foca.identity().addr;
+                self.spread(&Broadcast::Key(KeyQuery { id, op, origin }));
             }
             Input::Fire(mut event, reply) => {
                 event.ltime = self.event_clock;
@@ -535,7 +659,8 @@ impl<T: Transport> Run<T> {
 
     /// Starts a push-pull with `address`; its answer comes back as `Input::Pulled`.
     fn push_pull(&self, address: SocketAddr) {
-        let exchange = self.transport.exchange(address, self.encode_state());
+        let state = self.encryption.frame(Kind::Gossip, &self.encode_state());
+        let exchange = self.transport.exchange(address, state);
         let inputs = self.inputs.clone();
         self.tasks.spawn("gossip.push_pull", async move {
             let theirs = exchange.await;
@@ -622,6 +747,7 @@ impl<T: Transport> Run<T> {
         for broadcast in messages::take(&self.heard) {
             match broadcast {
                 Broadcast::Leave(leave) => self.on_leave(leave),
+                Broadcast::Key(query) => self.on_key_query(query),
                 Broadcast::Event(event) => {
                     // Lamport: past any time seen, so a later fire here orders after it.
                     self.event_clock = self.event_clock.max(event.ltime + 1);
@@ -660,6 +786,84 @@ impl<T: Transport> Run<T> {
                 if known {
                     self.leaving.insert((leave.name, leave.started));
                 }
+            }
+        }
+    }
+
+    /// Counts a refused message and logs it, at most once a minute per peer.
+    fn dropped(&mut self, from: SocketAddr, refusal: &Refusal) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let recently = self
+            .drop_logged
+            .get(&from)
+            .is_some_and(|at| now.duration_since(*at) < DROP_LOG_EVERY);
+        if !recently {
+            if self.drop_logged.len() > 1024 {
+                self.drop_logged.clear();
+            }
+            self.drop_logged.insert(from, now);
+            tracing::warn!(peer = %from, reason = %refusal, "gossip message dropped");
+        }
+    }
+
+    /// Applies a keyring query here and answers whoever asked.
+    fn on_key_query(&mut self, query: KeyQuery) {
+        let result = keyops::apply(&mut self.encryption.keyring, &query.op);
+        if let Err(error) = &result {
+            tracing::warn!(%error, op = ?query.op, "keyring operation failed here");
+        }
+        let answer = KeyAnswer {
+            id: query.id,
+            node: self.foca.identity().name.clone(),
+            error: result.err().map(|error| error.to_string()),
+            keys: self.encryption.keyring.keys(),
+        };
+        if query.origin == self.foca.identity().addr {
+            if let Some(pending) = self.queries.get_mut(&query.id) {
+                pending.summary.add(&answer);
+            }
+            return;
+        }
+        let body = bincode::serialize(&answer).unwrap_or_default();
+        let exchange = self.transport.exchange(
+            query.origin,
+            self.encryption.frame(Kind::KeyResponse, &body),
+        );
+        self.tasks.spawn("gossip.key_answer", async move {
+            if let Err(error) = exchange.await {
+                tracing::debug!(to = %query.origin, %error, "keyring answer not delivered");
+            }
+        });
+    }
+
+    fn key_answer_arrived(&mut self, from: SocketAddr, body: &[u8]) {
+        use bincode::Options;
+        let answer: KeyAnswer = match bincode::DefaultOptions::new()
+            .with_fixint_encoding()
+            .with_limit(MAX_STATE as u64)
+            .deserialize(body)
+        {
+            Ok(answer) => answer,
+            Err(_) => return self.dropped(from, &Refusal::Garbled),
+        };
+        if let Some(pending) = self.queries.get_mut(&answer.id) {
+            pending.summary.add(&answer);
+        }
+    }
+
+    /// Answers the keyring queries that every member answered or whose time is up.
+    fn settle_queries(&mut self) {
+        let now = Instant::now();
+        let done: Vec<u64> = self
+            .queries
+            .iter()
+            .filter(|(_, pending)| pending.done(now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in done {
+            if let Some(pending) = self.queries.remove(&id) {
+                let _ = pending.reply.send(pending.summary);
             }
         }
     }
@@ -741,8 +945,13 @@ impl<T: Transport> Run<T> {
         let mut waiting = Vec::new();
         for (addresses, deadline, reply) in self.joining.drain(..) {
             let answered = addresses.iter().filter(|a| known.contains(a)).count();
+            let refused = addresses
+                .iter()
+                .find_map(|a| self.refusals.get(a).map(|why| (*a, why.clone())));
             if answered > 0 {
                 let _ = reply.send(Ok(answered));
+            } else if let Some((address, why)) = refused {
+                let _ = reply.send(Err(JoinError::Refused(address, why)));
             } else if now >= deadline {
                 let _ = reply.send(Err(JoinError::Unreachable(addresses)));
             } else {
@@ -770,7 +979,8 @@ impl<T: Transport> Run<T> {
         // a leave.
         self.act_on_heard();
         while let Some((to, bytes)) = self.runtime.to_send() {
-            self.transport.send(to.addr, &bytes);
+            let frame = self.encryption.frame(Kind::Gossip, &bytes);
+            self.transport.send(to.addr, &frame);
         }
         while let Some((after, timer)) = self.runtime.to_schedule() {
             self.sequence += 1;

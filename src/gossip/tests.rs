@@ -228,3 +228,87 @@ async fn a_join_to_nothing_says_so() {
     assert!(error.to_string().contains("10.0.1.2:8301"), "{error}");
     tasks.stop(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_pools_refuse_strangers_and_rotate_keys_without_flapping() {
+    use super::keyops::KeyOp;
+    use super::keyring::{generate, Encryption, Keyring};
+    let tasks = Tasks::new();
+    let network = MemoryNetwork::new();
+    let (first, second) = (generate(), generate());
+    let encryption = |keys: &[&str]| Encryption {
+        keyring: Keyring::of(keys).unwrap(),
+        ..Encryption::off()
+    };
+    let start = |index: usize, encryption: Encryption| {
+        let addr: SocketAddr = format!("10.0.2.{}:8301", index + 1).parse().unwrap();
+        let (transport, inbound) = network.attach(addr);
+        Pool::start_with(
+            identity(index, addr),
+            GossipTimings::LOCAL,
+            encryption,
+            transport,
+            inbound,
+            &tasks,
+        )
+    };
+    let pools: Vec<Pool> = (0..3).map(|i| start(i, encryption(&[&first]))).collect();
+    let seed = pools[0].identity().addr;
+    for pool in &pools[1..] {
+        pool.join(vec![seed]).await.expect("join with the key");
+    }
+    until("three encrypted members", Duration::from_secs(10), || {
+        all_see(&pools, 3, None)
+    })
+    .await;
+
+    // Without the key, or with another, a join is refused and says why.
+    let plain = start(3, Encryption::off());
+    let error = plain.join(vec![seed]).await.unwrap_err().to_string();
+    assert!(error.contains("not encrypted"), "{error}");
+    let stranger = start(4, encryption(&[&generate()]));
+    let error = stranger.join(vec![seed]).await.unwrap_err().to_string();
+    assert!(error.contains("no installed gossip key"), "{error}");
+    assert!(pools[0].dropped_messages() > 0);
+
+    // Rotation: install, use, remove, each answered by all three, nobody flapping.
+    let summary = pools[1]
+        .keyring(KeyOp::Install(second.clone()))
+        .await
+        .unwrap();
+    assert_eq!((summary.num_resp, summary.num_err), (3, 0), "{summary:?}");
+    assert_eq!(summary.keys.get(&second), Some(&3));
+    assert_eq!(summary.keys.get(&first), Some(&3));
+    let summary = pools[0].keyring(KeyOp::Use(second.clone())).await.unwrap();
+    assert_eq!(summary.primary_keys.get(&second), Some(&3), "{summary:?}");
+    let summary = pools[2]
+        .keyring(KeyOp::Remove(second.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        summary.num_err, 3,
+        "the primary cannot be removed: {summary:?}"
+    );
+    let summary = pools[2]
+        .keyring(KeyOp::Remove(first.clone()))
+        .await
+        .unwrap();
+    assert_eq!((summary.num_resp, summary.num_err), (3, 0), "{summary:?}");
+    let listed = pools[1].keyring(KeyOp::List).await.unwrap();
+    assert_eq!(listed.keys.len(), 1);
+    assert_eq!(listed.keys.get(&second), Some(&3));
+    all_see(&pools, 3, None).await.expect("nobody flapped");
+    for pool in &pools {
+        let failed = pool
+            .members()
+            .await
+            .into_iter()
+            .filter(|m| m.status != MemberStatus::Alive && m.identity.name.as_str() < "node-03")
+            .count();
+        assert_eq!(failed, 0);
+    }
+    // An old-key member is a stranger now.
+    let late = start(5, encryption(&[&first]));
+    assert!(late.join(vec![seed]).await.is_err());
+    tasks.stop(Duration::from_secs(5)).await;
+}

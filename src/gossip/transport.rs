@@ -94,9 +94,9 @@ impl UdpTransport {
         address: SocketAddr,
         tasks: &Tasks,
     ) -> std::io::Result<(UdpTransport, Inbound)> {
-        let socket = Arc::new(tokio::net::UdpSocket::bind(address).await?);
+        let (socket, listener) = bind_both(address).await?;
+        let socket = Arc::new(socket);
         let local = socket.local_addr()?;
-        let listener = tokio::net::TcpListener::bind(local).await?;
         let (deliver, inbound) = mpsc::channel(INBOUND_BUFFER);
         let receiving = socket.clone();
         let packets = deliver.clone();
@@ -142,6 +142,22 @@ impl UdpTransport {
             }
         });
         Ok((UdpTransport { socket, local }, inbound))
+    }
+}
+
+/// UDP and TCP on one port. With port 0 the UDP socket picks a free port and TCP follows
+/// it, which can be taken on TCP already; then another port is tried.
+async fn bind_both(
+    address: SocketAddr,
+) -> std::io::Result<(tokio::net::UdpSocket, tokio::net::TcpListener)> {
+    let mut attempts = if address.port() == 0 { 20 } else { 1 };
+    loop {
+        let socket = tokio::net::UdpSocket::bind(address).await?;
+        match tokio::net::TcpListener::bind(socket.local_addr()?).await {
+            Ok(listener) => return Ok((socket, listener)),
+            Err(error) if attempts <= 1 => return Err(error),
+            Err(_) => attempts -= 1,
+        }
     }
 }
 

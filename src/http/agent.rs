@@ -105,7 +105,7 @@ pub async fn self_info(
                 "members": members.len().to_string(),
                 "failed": count(MemberStatus::Failed),
                 "left": count(MemberStatus::Left),
-                "encrypted": "false",
+                "encrypted": state.lan.encrypted().to_string(),
             },
             "build": {"version": CONSUL_COMPAT_VERSION, "revision": format!("concord-{CONCORD_VERSION}"), "prerelease": ""},
             "raft": {"state": if leadership.is_leader { "Leader" } else { "Follower" }},

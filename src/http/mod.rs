@@ -15,6 +15,7 @@ mod event;
 mod health;
 mod instances;
 mod intention;
+mod keyring;
 mod kv;
 mod metrics;
 mod params;
@@ -97,6 +98,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/agent/force-leave/{node}", put(agent::force_leave))
         .route("/v1/event/fire/{name}", put(event::fire))
         .route("/v1/event/list", get(event::list))
+        .route(
+            "/v1/operator/keyring",
+            get(keyring::keyring)
+                .post(keyring::keyring)
+                .put(keyring::keyring)
+                .delete(keyring::keyring),
+        )
         .route("/v1/agent/services", get(agent_local::services))
         .route(
             "/v1/agent/service/register",

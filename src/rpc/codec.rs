@@ -74,7 +74,7 @@ impl<T: prost::Message + Default> Decoder for SmallDecoder<T> {
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<T>, Status> {
         T::decode(src)
             .map(Some)
-            .map_err(|error| Status::invalid_argument(format!("malformed message: {error}")))
+            .map_err(|error| Status::invalid_argument(format!("malformed request: {error}")))
     }
 
     fn buffer_settings(&self) -> BufferSettings {

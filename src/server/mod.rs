@@ -145,7 +145,7 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
     // Asked to stop (HTTP leave, an exhausted retry_join): the agent leaves the pool first,
     // then shuts its tasks down.
     let stop = CancellationToken::new();
-    let lan = crate::gossip::lan::start(&config, &node_id, &tasks).await?;
+    let lan = crate::gossip::lan::start(&config, &node_id, &data_dir, &tasks).await?;
     let server = match config.server_mode {
         true => Some(start_server(&config, &data_dir, &node_id, &tasks).await?),
         false => None,

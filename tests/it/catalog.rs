@@ -15,7 +15,7 @@ async fn register_list_and_deregister() {
     assert_eq!(services["consul"], json!([]));
     let own = json(&client.get("/v1/catalog/node/test-node").await.unwrap());
     assert_eq!(own["Node"]["Node"], "test-node");
-    assert_eq!(own["Services"]["consul"]["Port"], 8300);
+    assert_eq!(own["Services"]["consul"]["Port"], agent.server_port);
 
     let registration = json!({
         "Datacenter": "dc1",

@@ -494,3 +494,115 @@ async fn a_member_stopped_for_three_seconds_gets_no_other_member_declared_failed
     }
     assert!(looks > 10, "the members lists were looked at throughout");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gossip_encryption_refuses_strangers_and_rotates_keys_without_flapping() {
+    const IPS: [&str; 3] = ["127.0.12.1", "127.0.12.2", "127.0.12.3"];
+    let keygen = || {
+        let output = Command::new(BINARY).arg("keygen").output().expect("keygen");
+        assert!(output.status.success());
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    };
+    let (first, second) = (keygen(), keygen());
+    assert_ne!(first, second);
+    let with = |node: &str, ip: &str, server: bool, config: Value| AgentOptions {
+        placement: Some(Placement {
+            ip: ip.into(),
+            node: node.into(),
+            server,
+            join: if server {
+                Vec::new()
+            } else {
+                vec![IPS[0].into()]
+            },
+            config: Some(config.to_string()),
+        }),
+        ..AgentOptions::default()
+    };
+    let keyed = json!({ "encrypt": first });
+    let server = Agent::start(with("s1", IPS[0], true, keyed.clone())).await;
+    let client = Agent::start(with("c1", IPS[1], false, keyed)).await;
+    for agent in [&server, &client] {
+        eventually(
+            "both encrypted members alive",
+            Duration::from_secs(10),
+            || async {
+                (members(agent).await == [("c1".to_string(), 1), ("s1".to_string(), 1)])
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
+    // An agent without the key cannot join, and says why.
+    let mut stranger = Agent::spawn(AgentOptions {
+        placement: Some(Placement {
+            ip: IPS[2].into(),
+            node: "stranger".into(),
+            server: false,
+            join: Vec::new(),
+            config: Some(json!({"start_join": [IPS[0]]}).to_string()),
+        }),
+        ..AgentOptions::default()
+    });
+    assert_ne!(stranger.wait_exit(Duration::from_secs(20)).await, Some(0));
+    let log = stranger.log();
+    assert!(
+        log.contains("start_join failed") && log.contains("encrypt"),
+        "{log}"
+    );
+    drop(stranger);
+
+    // Rotation through the CLI on the client: install, use, remove; nobody flaps.
+    let watch_flapping = || async {
+        for agent in [&server, &client] {
+            let listed = members(agent).await;
+            assert!(
+                listed.iter().all(|(_, status)| *status == 1),
+                "a member flapped: {listed:?}"
+            );
+        }
+    };
+    let keyring = |args: &[&str]| {
+        let mut all = vec!["keyring"];
+        all.extend_from_slice(args);
+        cli(&client, &all, None)
+    };
+    let (code, out, err) = keyring(&["-install", &second]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("Installing new gossip encryption key"),
+        "{out}"
+    );
+    watch_flapping().await;
+    let (code, out, _) = keyring(&["-list"]);
+    assert_eq!(code, 0);
+    assert!(out.contains(&format!("{first} [2/2]")), "{out}");
+    assert!(out.contains(&format!("{second} [2/2]")), "{out}");
+    let (code, _, err) = keyring(&["-remove", &first]);
+    assert_eq!(code, 1, "the primary cannot be removed");
+    assert!(
+        err.contains("Removing the primary key is not allowed"),
+        "{err}"
+    );
+    let (code, _, err) = keyring(&["-use", &second]);
+    assert_eq!(code, 0, "{err}");
+    watch_flapping().await;
+    let (code, _, err) = keyring(&["-remove", &first]);
+    assert_eq!(code, 0, "{err}");
+    watch_flapping().await;
+    let (_, out, _) = keyring(&["-list"]);
+    assert!(out.contains(&format!("{second} [2/2]")), "{out}");
+    assert!(!out.contains(&first), "{out}");
+    // Gossip keeps flowing on the new key: a KV write through the client still works, and
+    // both members stay alive for another round of probes.
+    let put = client
+        .client()
+        .put("/v1/kv/rotated", b"yes".to_vec())
+        .await
+        .expect("put");
+    assert_eq!(put.text(), "true");
+    let stats = get_json(&client, "/v1/agent/self").await["Stats"].clone();
+    assert_eq!(stats["serf_lan"]["encrypted"], "true", "{stats}");
+    watch_flapping().await;
+}

@@ -322,5 +322,10 @@ async fn monitor_streams_log_lines_over_http_and_the_cli() {
         .await
         .unwrap();
     assert_eq!(join.status, 500);
-    assert!(join.text().contains("gossip"), "{}", join.text());
+    assert!(
+        join.text()
+            .contains("Failed to join 10.0.0.2: no member answered"),
+        "{}",
+        join.text()
+    );
 }

@@ -41,6 +41,8 @@ pub struct Agent {
     pub grpc_port: u16,
     /// The DNS port (UDP and TCP).
     pub dns_port: u16,
+    /// The server RPC port (the `consul` service's port).
+    pub server_port: u16,
     pub log_path: PathBuf,
     /// The loopback address the agent's HTTP API and DNS listen on.
     pub host: String,
@@ -142,6 +144,7 @@ impl Agent {
         let http_port = free_port();
         let grpc_port = options.grpc_port.unwrap_or_else(free_port);
         let dns_port = options.dns_port.unwrap_or_else(free_port);
+        let server_port = free_port();
         let log_path = workdir.path().join("agent.log");
         let mut command = Command::new(BINARY);
         command.arg("agent");
@@ -155,6 +158,9 @@ impl Agent {
             .args(["-http-port", &http_port.to_string()])
             .args(["-grpc-port", &grpc_port.to_string()])
             .args(["-dns-port", &dns_port.to_string()])
+            // Gossip and the server RPC port too, or parallel agents would all want 8301/8300.
+            .args(["-serf-lan-port", &free_port().to_string()])
+            .args(["-server-port", &server_port.to_string()])
             // A -dev agent's temporary data dir then goes away with the test's workdir, even
             // when the agent is killed.
             .env("TMPDIR", workdir.path())
@@ -175,6 +181,7 @@ impl Agent {
             http_port,
             grpc_port,
             dns_port,
+            server_port,
             log_path,
             host: "127.0.0.1".into(),
             _workdir: keep_workdir,
@@ -212,6 +219,7 @@ impl Agent {
             http_port: 8500,
             grpc_port: 8502,
             dns_port: 8600,
+            server_port: 8300,
             log_path,
             host: placement.ip.clone(),
             _workdir: Some(workdir),
