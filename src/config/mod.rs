@@ -67,6 +67,9 @@ pub struct GossipTimings {
     /// How long a member that left stays listed as `left` (Serf's tombstone timeout, 24 h).
     #[serde(serialize_with = "serialize_duration")]
     pub tombstone_timeout: Duration,
+    /// How often a failed member is tried again (Serf's reconnect interval, 30 s).
+    #[serde(serialize_with = "serialize_duration")]
+    pub reconnect_interval: Duration,
 }
 
 impl GossipTimings {
@@ -81,6 +84,7 @@ impl GossipTimings {
         push_pull_interval: Duration::from_secs(30),
         reconnect_timeout: Duration::from_secs(72 * 3600),
         tombstone_timeout: Duration::from_secs(24 * 3600),
+        reconnect_interval: Duration::from_secs(30),
     };
     /// Servers across datacenters (`DefaultWANConfig`).
     pub const WAN: GossipTimings = GossipTimings {
@@ -93,6 +97,7 @@ impl GossipTimings {
         push_pull_interval: Duration::from_secs(60),
         reconnect_timeout: Duration::from_secs(72 * 3600),
         tombstone_timeout: Duration::from_secs(24 * 3600),
+        reconnect_interval: Duration::from_secs(30),
     };
     /// One machine: `-dev` and tests (`DefaultLocalConfig`).
     pub const LOCAL: GossipTimings = GossipTimings {
@@ -105,6 +110,7 @@ impl GossipTimings {
         push_pull_interval: Duration::from_secs(15),
         reconnect_timeout: Duration::from_secs(72 * 3600),
         tombstone_timeout: Duration::from_secs(24 * 3600),
+        reconnect_interval: Duration::from_secs(30),
     };
 }
 
@@ -451,6 +457,7 @@ fn membership(raw: &RawConfig, dev_mode: bool, server: bool) -> Result<Membershi
         push_pull_interval: base.push_pull_interval,
         reconnect_timeout,
         tombstone_timeout: base.tombstone_timeout,
+        reconnect_interval: base.reconnect_interval,
     };
     if gossip_lan.probe_timeout >= gossip_lan.probe_interval {
         return Err("gossip_lan.probe_timeout: must be less than probe_interval".into());

@@ -456,6 +456,8 @@ impl<T: Transport> Run<T> {
         let mut push_pull = tokio::time::interval(self.timings.push_pull_interval);
         push_pull.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut reap = tokio::time::interval(REAP_EVERY);
+        let mut reconnect = tokio::time::interval(self.timings.reconnect_interval);
+        reconnect.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let next_timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
@@ -477,6 +479,7 @@ impl<T: Transport> Run<T> {
                 _ = sleep_until(wake) => {}
                 _ = push_pull.tick() => self.push_pull_with_random_member(),
                 _ = reap.tick() => self.reap(),
+                _ = reconnect.tick() => self.reconnect(),
             }
             self.fire_due_timers();
             self.settle_joins();
@@ -866,6 +869,36 @@ impl<T: Transport> Run<T> {
                 let _ = pending.reply.send(pending.summary);
             }
         }
+    }
+
+    /// Serf's reconnect: tries one failed member at random, with the probability that a
+    /// random member would be failed, so a partition that healed rejoins both sides (each
+    /// side sees the other failed and would otherwise never speak to it again).
+    fn reconnect(&mut self) {
+        let failed: Vec<SocketAddr> = self
+            .departed
+            .values()
+            .filter(|departed| departed.status == MemberStatus::Failed)
+            .map(|departed| departed.identity.addr)
+            .collect();
+        if failed.is_empty() {
+            return;
+        }
+        let alive = self.foca.num_members() + 1;
+        let chance = failed.len() as f64 / (failed.len() + alive) as f64;
+        if rand::random::<f64>() >= chance {
+            return;
+        }
+        let address = failed[rand::random::<usize>() % failed.len()];
+        tracing::debug!(%address, "trying to reconnect to a failed member");
+        if let Err(error) = self
+            .foca
+            .announce(NodeIdentity::at(address), &mut self.runtime)
+        {
+            tracing::debug!(%address, %error, "cannot announce to a failed member");
+        }
+        self.push_pull(address);
+        self.drain();
     }
 
     /// Erases members departed longer than their timeout.

@@ -312,3 +312,49 @@ async fn encrypted_pools_refuse_strangers_and_rotate_keys_without_flapping() {
     assert!(late.join(vec![seed]).await.is_err());
     tasks.stop(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_that_heals_rejoins_both_sides() {
+    let tasks = Tasks::new();
+    let network = MemoryNetwork::new();
+    let timings = GossipTimings {
+        reconnect_interval: Duration::from_millis(500),
+        ..GossipTimings::LOCAL
+    };
+    let pools: Vec<Pool> = (0..4)
+        .map(|index| {
+            let addr: SocketAddr = format!("10.0.3.{}:8301", index + 1).parse().unwrap();
+            let (transport, inbound) = network.attach(addr);
+            Pool::start(identity(index, addr), timings, transport, inbound, &tasks)
+        })
+        .collect();
+    let seed = pools[0].identity().addr;
+    for pool in &pools[1..] {
+        pool.join(vec![seed]).await.expect("join");
+    }
+    until("all four alive", Duration::from_secs(10), || {
+        all_see(&pools, 4, None)
+    })
+    .await;
+    let (cut, rest) = pools.split_last().expect("pools");
+    let cut_name = cut.identity().name.clone();
+    network.silence(cut.identity().addr, true);
+    until(
+        "the cut member failed on the rest",
+        Duration::from_secs(20),
+        || all_see(rest, 3, Some(&cut_name)),
+    )
+    .await;
+    until(
+        "the cut member sees the rest failed",
+        Duration::from_secs(20),
+        || all_see(std::slice::from_ref(cut), 1, None),
+    )
+    .await;
+    network.silence(cut.identity().addr, false);
+    until("both sides rejoined", Duration::from_secs(20), || {
+        all_see(&pools, 4, None)
+    })
+    .await;
+    tasks.stop(Duration::from_secs(5)).await;
+}
