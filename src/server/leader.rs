@@ -154,6 +154,9 @@ async fn reconcile_members(rpc: &ServerRpc, lan: &Pool, scope: &super::members::
             Ok((_, CommandResult::Catalog(Ok(())))) => {
                 tracing::info!(%node, %change, "member reconciled into the catalog")
             }
+            Ok((_, CommandResult::Catalog(Err(refusal)))) => {
+                tracing::warn!(%node, %refusal, "member reconciliation was refused");
+            }
             Ok((_, result)) => {
                 tracing::warn!(%node, ?result, "member reconciliation was refused");
             }

@@ -124,8 +124,11 @@ pub fn plan(members: &[Member], tables: &Tables, scope: &Scope) -> Vec<Command> 
                 }));
             }
             MemberStatus::Failed => {
-                // A failed member the catalog never had stays out of it (as Consul).
-                let Some(node) = known else { continue };
+                // A failed member the catalog never had stays out of it (as Consul), and so
+                // does one whose name a live node with another id holds.
+                let Some(node) = known.filter(|node| same_node(node, &id)) else {
+                    continue;
+                };
                 if serf == Some(HealthStatus::Critical) {
                     continue;
                 }
@@ -140,7 +143,7 @@ pub fn plan(members: &[Member], tables: &Tables, scope: &Scope) -> Vec<Command> 
                 }));
             }
             MemberStatus::Left => {
-                if known.is_some() && name != scope.leader_node {
+                if known.is_some_and(|node| same_node(node, &id)) && name != scope.leader_node {
                     writes.push(deregister(name));
                 }
             }
@@ -161,6 +164,11 @@ pub fn plan(members: &[Member], tables: &Tables, scope: &Scope) -> Vec<Command> 
         }
     }
     writes
+}
+
+/// Whether the catalog's `node` is the member with `id` (a node without an id could be).
+fn same_node(node: &Node, id: &str) -> bool {
+    node.id.is_empty() || id.is_empty() || node.id == id
 }
 
 fn register(request: RegisterRequest) -> Command {
@@ -405,6 +413,35 @@ mod tests {
         assert!(after.node("c3").is_none());
         assert!(after.node("s1").is_some());
         assert!(after.node("external").is_some());
+    }
+
+    #[test]
+    fn an_impostor_with_a_live_nodes_name_changes_nothing() {
+        let real = [member("c1", "127.0.0.3", MemberStatus::Alive)];
+        let tables = apply(
+            &Tables::default(),
+            plan(&real, &Tables::default(), &scope()),
+        );
+        let mut impostor = member("c1", "127.0.0.9", MemberStatus::Alive);
+        impostor
+            .identity
+            .tags
+            .insert("id".into(), "id-other".into());
+        // Its registration is refused by the catalog (the name is reserved)...
+        let writes = plan(&[real[0].clone(), impostor.clone()], &tables, &scope());
+        for write in writes {
+            let (_, result) = tables.proposed(&write);
+            assert!(
+                matches!(result, crate::types::CommandResult::Catalog(Err(_))),
+                "{result:?}"
+            );
+        }
+        // ...and its failure or leave does not touch the real node.
+        impostor.status = MemberStatus::Failed;
+        assert!(plan(&[real[0].clone(), impostor.clone()], &tables, &scope()).is_empty());
+        impostor.status = MemberStatus::Left;
+        assert!(plan(&[real[0].clone(), impostor], &tables, &scope()).is_empty());
+        assert_eq!(tables.node("c1").unwrap().address, "127.0.0.3");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use imbl::{OrdMap, OrdSet};
 
 use super::Tables;
 use crate::types::{
-    ApplyError, Check, DeregisterRequest, Node, RaftIndexes, RegisterRequest, Service,
+    ApplyError, Check, DeregisterRequest, HealthStatus, Node, RaftIndexes, RegisterRequest, Service,
 };
 
 pub const NODES_TOPIC: &str = "nodes";
@@ -154,6 +154,24 @@ pub(super) fn register(
                 id: request.node.id.clone(),
                 node: node_name.clone(),
                 existing: other.name.clone(),
+            });
+        }
+    }
+    // Consul's reservation of a live node's name: another node id may take the name only
+    // once the node holding it is known to have failed (or gossip never managed it).
+    if let Some(existing) = tables.nodes.get(node_name) {
+        let other_id = !existing.id.is_empty()
+            && !request.node.id.is_empty()
+            && existing.id != request.node.id;
+        let healthy = tables
+            .node_checks(node_name)
+            .find(|check| check.check_id == "serfHealth")
+            .is_some_and(|check| check.status != HealthStatus::Critical);
+        if other_id && healthy {
+            return Err(ApplyError::NodeNameReserved {
+                node: node_name.clone(),
+                existing_id: existing.id.clone(),
+                address: existing.address.clone(),
             });
         }
     }

@@ -557,3 +557,60 @@ fn connect_instances_follow_proxies_and_native_services_through_every_change() {
     );
     assert!(connect_ids(&store.snapshot(), "api").is_empty());
 }
+
+#[test]
+fn a_live_nodes_name_is_reserved_against_another_node_id() {
+    let store = Store::new();
+    let with_id = |id: &str, address: &str, serf: Option<HealthStatus>| {
+        let mut node = node("c1");
+        node.id = id.into();
+        node.address = address.into();
+        let checks = serf
+            .map(|status| Check {
+                node: "c1".into(),
+                check_id: "serfHealth".into(),
+                name: "Serf Health Status".into(),
+                status,
+                notes: String::new(),
+                output: String::new(),
+                service_id: String::new(),
+                service_name: String::new(),
+                service_tags: Vec::new(),
+                check_type: String::new(),
+                interval: String::new(),
+                timeout: String::new(),
+                indexes: RaftIndexes::default(),
+            })
+            .into_iter()
+            .collect();
+        Command::CatalogRegister(Box::new(RegisterRequest {
+            node,
+            skip_node_update: false,
+            service: None,
+            checks,
+        }))
+    };
+    let ok = |result: CommandResult| matches!(result, CommandResult::Catalog(Ok(())));
+    assert!(ok(apply(
+        &store,
+        1,
+        with_id("id-a", "10.0.0.1", Some(HealthStatus::Passing))
+    )));
+    let refused = apply(&store, 2, with_id("id-b", "10.0.0.9", None));
+    let CommandResult::Catalog(Err(error)) = refused else {
+        panic!("{refused:?}");
+    };
+    assert_eq!(
+        error.to_string(),
+        "Node name c1 is reserved by node id-a with name c1 (10.0.0.1)"
+    );
+    assert_eq!(store.snapshot().node("c1").unwrap().id, "id-a");
+    // Once the holder is known to have failed, the name may be taken over.
+    assert!(ok(apply(
+        &store,
+        3,
+        with_id("id-a", "10.0.0.1", Some(HealthStatus::Critical))
+    )));
+    assert!(ok(apply(&store, 4, with_id("id-b", "10.0.0.9", None))));
+    assert_eq!(store.snapshot().node("c1").unwrap().id, "id-b");
+}

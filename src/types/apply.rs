@@ -22,6 +22,14 @@ pub enum ApplyError {
         node: String,
         existing: String,
     },
+    /// A registration gives an existing node's name another node id while that node is not
+    /// known to have failed (its `serfHealth` is not critical).
+    #[error("Node name {node} is reserved by node {existing_id} with name {node} ({address})")]
+    NodeNameReserved {
+        node: String,
+        existing_id: String,
+        address: String,
+    },
     /// A registration with `SkipNodeUpdate` for a node the catalog does not have, and no
     /// address to create it with.
     #[error("node {0:?} is not registered")]
@@ -58,6 +66,14 @@ mod tests {
             (
                 ApplyError::InvalidSession("ghost".into()),
                 r#"Invalid session "ghost""#,
+            ),
+            (
+                ApplyError::NodeNameReserved {
+                    node: "c1".into(),
+                    existing_id: "id-a".into(),
+                    address: "10.0.0.1".into(),
+                },
+                "Node name c1 is reserved by node id-a with name c1 (10.0.0.1)",
             ),
             (
                 ApplyError::NodeIdTaken {

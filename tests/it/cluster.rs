@@ -493,6 +493,31 @@ async fn a_member_stopped_for_three_seconds_gets_no_other_member_declared_failed
         );
     }
     assert!(looks > 10, "the members lists were looked at throughout");
+
+    // An agent that takes a live member's name (with its own node id) joins the pool but
+    // not the catalog, and changes nobody else's membership.
+    let impostor = Agent::start(placed_here("c2", "127.0.11.5", false)).await;
+    eventually(
+        "the leader to refuse the impostor",
+        Duration::from_secs(10),
+        || async {
+            server
+                .log()
+                .contains("Node name c2 is reserved")
+                .then_some(())
+        },
+    )
+    .await;
+    let node = get_json(&server, "/v1/catalog/node/c2").await;
+    assert_eq!(node["Node"]["Address"], IPS[2], "{node}");
+    for agent in [&server, &c1, &c3] {
+        let listed = members(agent).await;
+        for name in ["c1", "c2", "c3", "s1"] {
+            assert!(listed.contains(&(name.to_string(), 1)), "{listed:?}");
+        }
+    }
+    assert_eq!(serf_health(&server, "c2").await.as_deref(), Some("passing"));
+    drop(impostor);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
