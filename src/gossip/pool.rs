@@ -494,8 +494,15 @@ impl<T: Transport> Run<T> {
             Input::Received(Received::Packet(from, frame)) => {
                 match self.encryption.unframe(&frame) {
                     Ok((Kind::Gossip, bytes)) => {
-                        if let Err(error) = self.foca.handle_data(&bytes, &mut self.runtime) {
-                            tracing::debug!(%from, %error, "gossip packet refused");
+                        match self.foca.handle_data(&bytes, &mut self.runtime) {
+                            Ok(()) => {}
+                            // Bytes that are not a gossip message are counted and logged.
+                            Err(
+                                foca::Error::MalformedPacket
+                                | foca::Error::Decode(_)
+                                | foca::Error::CustomBroadcast(_),
+                            ) => self.dropped(from, &Refusal::Garbled),
+                            Err(error) => tracing::debug!(%from, %error, "gossip packet refused"),
                         }
                     }
                     Ok((Kind::KeyResponse, _)) => self.dropped(from, &Refusal::Garbled),

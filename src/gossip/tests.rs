@@ -358,3 +358,57 @@ async fn a_partition_that_heals_rejoins_both_sides() {
     .await;
     tasks.stop(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_the_gossip_port_is_counted_and_changes_no_membership() {
+    let tasks = Tasks::new();
+    let mut pools = Vec::new();
+    for index in 0..2 {
+        let (transport, inbound) = UdpTransport::bind("127.0.0.1:0".parse().unwrap(), &tasks)
+            .await
+            .expect("bind");
+        let addr = transport_addr(&transport);
+        pools.push(Pool::start(
+            identity(index, addr),
+            GossipTimings::LOCAL,
+            transport,
+            inbound,
+            &tasks,
+        ));
+    }
+    pools[1]
+        .join(vec![pools[0].identity().addr])
+        .await
+        .expect("join");
+    until("two alive", Duration::from_secs(10), || {
+        all_see(&pools, 2, None)
+    })
+    .await;
+
+    let target = pools[0].identity().addr;
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("socket");
+    let garbage: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0xff; 3],
+        // A plain frame with a gossip kind and nothing a codec can read.
+        vec![0, 0, 1, 2, 3],
+        // Claims to be sealed where encryption is off.
+        vec![1; 64],
+        // Larger than any gossip packet.
+        vec![0; 60_000],
+    ];
+    for packet in &garbage {
+        let _ = socket.send_to(packet, target);
+    }
+    until("the garbage counted", Duration::from_secs(5), || async {
+        match pools[0].dropped_messages() >= 4 {
+            true => Ok(()),
+            false => Err(format!("{} dropped", pools[0].dropped_messages())),
+        }
+    })
+    .await;
+    all_see(&pools, 2, None)
+        .await
+        .expect("membership unchanged");
+    tasks.stop(Duration::from_secs(5)).await;
+}

@@ -6,7 +6,9 @@
 //! in all and per proxy; per stream whether it converged, its resources per type and
 //! condition, responses unanswered and the last ACKed nonce per type), so that a rejected or
 //! stuck configuration is never a silent stall; and the agent's tasks by name, with the
-//! runtime's total, so a leak shows. The full metrics pipeline (the `metrics`
+//! runtime's total, so a leak shows; and the LAN pool's members by status and the gossip
+//! messages it refused (wrong or missing encryption, garbage), so an attack or a
+//! misconfigured key shows. The full metrics pipeline (the `metrics`
 //! crate and a Prometheus exporter) is a later issue.
 
 use std::sync::atomic::Ordering;
@@ -37,6 +39,8 @@ pub const XDS_LAST_ACK_NONCE: &str = "concord.xds.last_ack_nonce";
 pub const XDS_CONVERGED: &str = "concord.xds.converged";
 pub const TASKS: &str = "concord.tasks";
 pub const RUNTIME_TASKS: &str = "concord.runtime.alive_tasks";
+pub const GOSSIP_MEMBERS: &str = "concord.gossip.members";
+pub const GOSSIP_DROPPED: &str = "concord.gossip.dropped_messages";
 
 /// One exported value: its name, labels and value.
 type Sample = (&'static str, Vec<(&'static str, String)>, f64);
@@ -135,6 +139,24 @@ pub async fn metrics(State(state): State<Arc<AppState>>, call: Call) -> Result<R
             }
         }
     }
+    let members = state.lan.members().await;
+    for status in [
+        crate::gossip::MemberStatus::Alive,
+        crate::gossip::MemberStatus::Failed,
+        crate::gossip::MemberStatus::Left,
+    ] {
+        let count = members.iter().filter(|m| m.status == status).count();
+        gauges.push((
+            GOSSIP_MEMBERS,
+            vec![("status", status.as_str().to_string())],
+            count as f64,
+        ));
+    }
+    counters.push((
+        GOSSIP_DROPPED,
+        Vec::new(),
+        state.lan.dropped_messages() as f64,
+    ));
     gauges.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
     counters.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
     if call.get("format") == Some("prometheus") {

@@ -577,6 +577,18 @@ async fn gossip_encryption_refuses_strangers_and_rotates_keys_without_flapping()
         "{log}"
     );
     drop(stranger);
+    let metrics = get_json(&server, "/v1/agent/metrics").await;
+    let dropped = metrics["Counters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|counter| counter["Name"] == "concord.gossip.dropped_messages")
+        .and_then(|counter| counter["Count"].as_u64());
+    assert!(dropped.is_some_and(|count| count > 0), "{metrics}");
+    assert!(
+        server.log().contains("gossip message dropped"),
+        "the peer is logged"
+    );
 
     // Rotation through the CLI on the client: install, use, remove; nobody flaps.
     let watch_flapping = || async {
