@@ -3,6 +3,7 @@
 //! - `identity`: who a member is (name, gossip address, start time, tags);
 //! - `codec`: foca's headers and member updates on the wire;
 //! - `transport`: UDP on the serf port, or an in-memory network for tests, behind one trait;
+//! - `coordinate`: Vivaldi network coordinates from round trips to other members;
 //! - `keyring`: gossip encryption (AES-GCM with the keyring's keys) and message framing;
 //! - `keyops`: keyring operations run on every member (`keyring -install`, ...);
 //! - `messages`: what the pool spreads beside member updates (leave intents, user events);
@@ -15,6 +16,7 @@
 //! enum; the rest of the agent sees members, events and a join/leave API.
 
 pub mod codec;
+pub mod coordinate;
 pub mod identity;
 pub mod keyops;
 pub mod keyring;

@@ -16,6 +16,7 @@ pub mod apply;
 pub mod chain;
 pub mod config_entry;
 pub mod connect;
+pub mod coordinate;
 pub mod duration;
 pub mod session;
 pub mod txn;
