@@ -242,6 +242,7 @@ pub(super) fn deregister(
             remove_check(tables, index, node, &check_id, touched);
         }
         tables.nodes.remove(node);
+        super::coordinate::forget(tables, index, node, touched);
         touch_node(tables, index, node, touched);
         tables.table_index.nodes = index;
         touched.push(NODES_TOPIC.into());

@@ -12,6 +12,7 @@
 
 pub mod catalog;
 pub mod connect;
+pub mod coordinate;
 pub mod health;
 pub mod kv;
 pub mod session;
@@ -75,6 +76,12 @@ pub struct Tables {
     /// `Store::apply_batch` and never part of a published or snapshotted version.
     #[serde(skip)]
     released_locks: Vec<(String, std::time::Duration)>,
+    /// Node → its network coordinate (`coordinate.rs`). Encoded after the tables by
+    /// `Store::encode`, not by serde, so older snapshots still decode.
+    #[serde(skip)]
+    coordinates: OrdMap<String, crate::types::coordinate::Coordinate>,
+    #[serde(skip)]
+    coordinates_index: u64,
 }
 
 impl Tables {
@@ -142,6 +149,10 @@ impl Tables {
                 *expected_index,
                 touched,
             )),
+            Command::CoordinateBatchUpdate(updates) => {
+                coordinate::update(self, index, updates, touched);
+                CommandResult::Done
+            }
             Command::Batch(commands) => CommandResult::Batch(
                 commands
                     .iter()
@@ -152,8 +163,14 @@ impl Tables {
     }
 }
 
-/// Leads every encoded snapshot; bumped whenever `Tables` changes shape.
-const SNAPSHOT_FORMAT: u8 = 2;
+/// Leads every encoded snapshot; bumped whenever `Tables` changes shape. Format 3 is
+/// format 2's tables, their length first, then the coordinates section; format 2 snapshots
+/// (no coordinates) still restore.
+const SNAPSHOT_FORMAT: u8 = 3;
+const TABLES_ONLY_FORMAT: u8 = 2;
+
+/// The part of `Tables` encoded after its serde fields.
+type CoordinateSection = (Vec<(String, crate::types::coordinate::Coordinate)>, u64);
 
 /// Why a snapshot could not be restored.
 #[derive(Debug, thiserror::Error)]
@@ -302,24 +319,52 @@ impl Store {
 
     /// Serialises one consistent version of every table, behind a format version byte.
     pub fn encode(tables: &Tables) -> Vec<u8> {
-        let mut bytes = vec![SNAPSHOT_FORMAT];
         // Encoding plain owned data into a Vec cannot fail.
-        bincode::serialize_into(&mut bytes, tables).unwrap_or_default();
+        let body = bincode::serialize(tables).unwrap_or_default();
+        let coordinates: CoordinateSection = (
+            tables
+                .coordinates
+                .iter()
+                .map(|(node, coord)| (node.clone(), coord.clone()))
+                .collect(),
+            tables.coordinates_index,
+        );
+        let mut bytes = vec![SNAPSHOT_FORMAT];
+        bytes.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&body);
+        bincode::serialize_into(&mut bytes, &coordinates).unwrap_or_default();
         bytes
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Tables, RestoreError> {
+        let corrupt = |error: bincode::Error| RestoreError(error.to_string());
+        match bytes.split_first() {
+            Some((&TABLES_ONLY_FORMAT, rest)) => bincode::deserialize(rest).map_err(corrupt),
+            Some((&SNAPSHOT_FORMAT, rest)) => {
+                let (length, rest) = rest
+                    .split_first_chunk::<8>()
+                    .ok_or_else(|| RestoreError("truncated snapshot".into()))?;
+                let length = usize::try_from(u64::from_le_bytes(*length))
+                    .ok()
+                    .filter(|length| *length <= rest.len())
+                    .ok_or_else(|| RestoreError("truncated snapshot".into()))?;
+                let (body, section) = rest.split_at(length);
+                let mut tables: Tables = bincode::deserialize(body).map_err(corrupt)?;
+                let (coordinates, index): CoordinateSection =
+                    bincode::deserialize(section).map_err(corrupt)?;
+                tables.coordinates = coordinates.into_iter().collect();
+                tables.coordinates_index = index;
+                Ok(tables)
+            }
+            Some((version, _)) => Err(RestoreError(format!("unknown snapshot format {version}"))),
+            None => Err(RestoreError("empty snapshot".into())),
+        }
     }
 
     /// Replaces every table with a decoded snapshot and wakes every blocking query, since any
     /// answer may have changed (indexes may even go backwards, as in Consul).
     pub fn restore(&self, bytes: &[u8]) -> Result<(), RestoreError> {
-        let mut tables: Tables = match bytes.split_first() {
-            Some((&SNAPSHOT_FORMAT, rest)) => {
-                bincode::deserialize(rest).map_err(|error| RestoreError(error.to_string()))?
-            }
-            Some((version, _)) => {
-                return Err(RestoreError(format!("unknown snapshot format {version}")))
-            }
-            None => return Err(RestoreError("empty snapshot".into())),
-        };
+        let mut tables = Store::decode(bytes)?;
         tables.rebuild_derived_indexes();
         let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         self.publish(tables);

@@ -614,3 +614,55 @@ fn a_live_nodes_name_is_reserved_against_another_node_id() {
     assert!(ok(apply(&store, 4, with_id("id-b", "10.0.0.9", None))));
     assert_eq!(store.snapshot().node("c1").unwrap().id, "id-b");
 }
+
+#[test]
+fn coordinates_follow_their_nodes_and_survive_snapshots_of_both_formats() {
+    use crate::types::coordinate::{Coordinate, NodeCoordinate};
+    let store = Store::new();
+    apply(&store, 1, register("n1", None));
+    let mut coord = Coordinate::default();
+    coord.vec[0] = 0.002;
+    let update = |node: &str, coord: &Coordinate| {
+        Command::CoordinateBatchUpdate(vec![NodeCoordinate {
+            node: node.into(),
+            coord: coord.clone(),
+        }])
+    };
+    apply(&store, 2, update("n1", &coord));
+    apply(&store, 3, update("ghost", &coord));
+    let mut broken = coord.clone();
+    broken.error = f64::NAN;
+    apply(&store, 4, update("n1", &broken));
+    let tables = store.snapshot();
+    assert_eq!(tables.coordinate("n1"), Some(&coord));
+    assert!(
+        tables.coordinate("ghost").is_none(),
+        "unknown nodes are skipped"
+    );
+    assert_eq!(tables.coordinates_index(), 2);
+
+    let bytes = Store::encode(&tables);
+    let restored = Store::new();
+    restored.restore(&bytes).expect("restore");
+    assert_eq!(restored.snapshot().coordinate("n1"), Some(&coord));
+    assert_eq!(Store::encode(&restored.snapshot()), bytes);
+    // A snapshot written before coordinates existed (format 2) still restores.
+    let mut old = vec![2u8];
+    old.extend(bincode::serialize(&*tables).unwrap());
+    let from_old = Store::new();
+    from_old.restore(&old).expect("format 2");
+    assert!(from_old.snapshot().node("n1").is_some());
+    assert!(from_old.snapshot().coordinate("n1").is_none());
+
+    apply(
+        &store,
+        5,
+        Command::CatalogDeregister(DeregisterRequest {
+            node: "n1".into(),
+            service_id: None,
+            check_id: None,
+        }),
+    );
+    assert!(store.snapshot().coordinate("n1").is_none());
+    assert_eq!(store.snapshot().coordinates_index(), 5);
+}

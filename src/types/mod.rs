@@ -210,6 +210,8 @@ pub enum Command {
         state: Box<connect::CaState>,
         expected_index: u64,
     },
+    /// Agents' latest network coordinates for their nodes (unknown nodes are skipped).
+    CoordinateBatchUpdate(Vec<coordinate::NodeCoordinate>),
 }
 
 /// What applying a command produced. Business failures (a CAS mismatch, a rolled-back
