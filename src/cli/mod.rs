@@ -135,6 +135,19 @@ fn command_tree() -> Command {
                 ))
                 .arg(clap::Arg::new("payload").help("The event's payload")),
         ))
+        .subcommand(with_http_flags(
+            Command::new("rtt")
+                .about("Estimates the round trip between two nodes from their coordinates")
+                .arg(goflags::boolean(
+                    "wan",
+                    "Use WAN coordinates (servers only)",
+                ))
+                .arg(
+                    clap::Arg::new("nodes")
+                        .num_args(0..=2)
+                        .help("One or two nodes"),
+                ),
+        ))
         .subcommand(
             Command::new("keygen")
                 .about("Generates a new gossip encryption key (32 bytes, base64)"),
@@ -229,6 +242,7 @@ pub fn main() -> ExitCode {
                 Ok(())
             }
             Some(("keyring", sub)) => keyring(sub).await,
+            Some(("rtt", sub)) => rtt(sub).await,
             Some(("reload", sub)) => reload(sub).await,
             Some(("monitor", sub)) => monitor(sub).await,
             Some(("kv", sub)) => kv::run(sub).await,
@@ -474,6 +488,59 @@ async fn event(matches: &ArgMatches) -> CommandResult {
     }
     let fired = response.json()?;
     println!("Event ID: {}", fired["ID"].as_str().unwrap_or_default());
+    Ok(())
+}
+
+async fn rtt(matches: &ArgMatches) -> CommandResult {
+    use crate::types::coordinate::Coordinate;
+    if get_bool(matches, "wan") {
+        return Err("Error: there is no WAN pool in this release; use LAN coordinates".into());
+    }
+    let client = client(matches)?;
+    let mut nodes: Vec<String> = matches
+        .get_many::<String>("nodes")
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+    match nodes.len() {
+        0 => return Err("One or two node names must be specified".into()),
+        1 => {
+            let own = client.get("/v1/agent/self").await?.json()?;
+            nodes.push(
+                own["Config"]["NodeName"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            );
+        }
+        _ => {}
+    }
+    let listed = client.get("/v1/coordinate/nodes").await?;
+    if !listed.status.is_success() {
+        return Err(format!(
+            "Error getting coordinates: {}",
+            listed.text().trim_end()
+        ));
+    }
+    let listed = listed.json()?;
+    let find = |name: &str| -> Result<Coordinate, String> {
+        listed
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|entry| entry["Node"] == name)
+            .and_then(|entry| serde_json::from_value(entry["Coord"].clone()).ok())
+            .ok_or_else(|| format!("Could not find a coordinate for node {name:?}"))
+    };
+    let (a, b) = (find(&nodes[0])?, find(&nodes[1])?);
+    let rtt = a.distance_to(&b);
+    println!(
+        "Estimated {} <-> {} rtt: {:.3} ms (using LAN coordinates)",
+        nodes[0],
+        nodes[1],
+        rtt.as_secs_f64() * 1000.0
+    );
     Ok(())
 }
 

@@ -58,6 +58,7 @@ pub struct RawConfig {
     pub retry_interval: Option<String>,
     pub retry_max: Option<u32>,
     pub encrypt: Option<String>,
+    pub sync_coordinate_interval_min: Option<String>,
     pub encrypt_verify_incoming: Option<bool>,
     pub encrypt_verify_outgoing: Option<bool>,
     pub leave_on_terminate: Option<bool>,

@@ -267,6 +267,9 @@ pub enum Kind {
     Gossip = 0,
     /// A member's answer to a keyring query (TCP, to the member that asked).
     KeyResponse = 1,
+    /// A round-trip probe for network coordinates, and its answer (UDP).
+    Ping = 2,
+    Pong = 3,
 }
 
 /// Why a message was not accepted.
@@ -349,6 +352,8 @@ impl Encryption {
         let kind = match kind {
             0 => Kind::Gossip,
             1 => Kind::KeyResponse,
+            2 => Kind::Ping,
+            3 => Kind::Pong,
             _ => return Err(Refusal::Garbled),
         };
         Ok((kind, payload.to_vec()))

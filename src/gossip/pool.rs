@@ -34,6 +34,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::codec::Codec;
+use super::coordinate::Vivaldi;
 use super::identity::NodeIdentity;
 use super::keyops::{self, KeyAnswer, KeyOp, KeyQuery, KeySummary};
 use super::keyring::{Encryption, Kind, Refusal};
@@ -41,6 +42,7 @@ use super::messages::{self, Broadcast, Heard, LeaveIntent, UserEvent};
 use super::transport::{Inbound, Received, Transport, MAX_STATE};
 use crate::config::GossipTimings;
 use crate::tasks::Tasks;
+use crate::types::coordinate::Coordinate;
 
 /// foca's configuration for a pool of `size` members with `timings`.
 pub fn foca_config(timings: &GossipTimings, size: usize) -> foca::Config {
@@ -162,7 +164,20 @@ enum Input {
     Fire(UserEvent, oneshot::Sender<Result<UserEvent, FireError>>),
     /// A keyring operation on every member; answers with their answers summed.
     Keyring(KeyOp, oneshot::Sender<KeySummary>),
+    /// This member's network coordinate.
+    Coordinate(oneshot::Sender<Coordinate>),
 }
+
+/// A coordinate probe and its answer: who sends it and where it stands.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Probe {
+    sequence: u64,
+    name: String,
+    coordinate: Coordinate,
+}
+
+/// How long a coordinate probe may go unanswered before it is forgotten.
+const PROBE_FORGET: Duration = Duration::from_secs(10);
 
 /// How often at most a member's dropped messages are logged (each is counted).
 const DROP_LOG_EVERY: Duration = Duration::from_secs(60);
@@ -271,6 +286,9 @@ impl Pool {
             refusals: HashMap::new(),
             dropped: Arc::new(AtomicU64::new(0)),
             drop_logged: HashMap::new(),
+            vivaldi: Vivaldi::default(),
+            probes: HashMap::new(),
+            probe_sequence: 0,
         };
         let dropped = run.dropped.clone();
         let encrypted = run.encrypted;
@@ -293,6 +311,15 @@ impl Pool {
     /// Whether this member started with gossip encryption.
     pub fn encrypted(&self) -> bool {
         self.encrypted
+    }
+
+    /// This member's network coordinate (the origin until it has measured anything).
+    pub async fn coordinate(&self) -> Coordinate {
+        let (reply, answer) = oneshot::channel();
+        if self.inputs.send(Input::Coordinate(reply)).await.is_err() {
+            return Coordinate::default();
+        }
+        answer.await.unwrap_or_default()
     }
 
     /// Runs a keyring operation on every member and sums their answers.
@@ -439,6 +466,10 @@ struct Run<T: Transport> {
     dropped: Arc<AtomicU64>,
     /// When a refusal from each peer was last logged.
     drop_logged: HashMap<SocketAddr, Instant>,
+    vivaldi: Vivaldi,
+    /// Coordinate probes sent and not yet answered: sequence → when.
+    probes: HashMap<u64, Instant>,
+    probe_sequence: u64,
 }
 
 /// What two members exchange in a push-pull.
@@ -457,6 +488,9 @@ impl<T: Transport> Run<T> {
         push_pull.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut reap = tokio::time::interval(REAP_EVERY);
         let mut reconnect = tokio::time::interval(self.timings.reconnect_interval);
+        // One coordinate probe per probe interval, as memberlist piggybacks one on each ping.
+        let mut measure = tokio::time::interval(self.timings.probe_interval);
+        measure.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         reconnect.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -480,6 +514,7 @@ impl<T: Transport> Run<T> {
                 _ = push_pull.tick() => self.push_pull_with_random_member(),
                 _ = reap.tick() => self.reap(),
                 _ = reconnect.tick() => self.reconnect(),
+                _ = measure.tick() => self.send_probe(),
             }
             self.fire_due_timers();
             self.settle_joins();
@@ -505,6 +540,8 @@ impl<T: Transport> Run<T> {
                             Err(error) => tracing::debug!(%from, %error, "gossip packet refused"),
                         }
                     }
+                    Ok((Kind::Ping, body)) => self.answer_probe(from, &body),
+                    Ok((Kind::Pong, body)) => self.probe_answered(from, &body),
                     Ok((Kind::KeyResponse, _)) => self.dropped(from, &Refusal::Garbled),
                     Err(refusal) => self.dropped(from, &refusal),
                 }
@@ -519,6 +556,10 @@ impl<T: Transport> Run<T> {
                         self.key_answer_arrived(from, &answer);
                         self.encryption.frame(Kind::KeyResponse, &[])
                     }
+                    Ok((Kind::Ping | Kind::Pong, _)) => {
+                        self.dropped(from, &Refusal::Garbled);
+                        Encryption::refusal(&Refusal::Garbled)
+                    }
                     Err(refusal) => {
                         self.dropped(from, &refusal);
                         Encryption::refusal(&refusal)
@@ -529,7 +570,9 @@ impl<T: Transport> Run<T> {
             Input::Pulled(from, theirs) => match theirs {
                 Ok(frame) => match self.encryption.unframe(&frame) {
                     Ok((Kind::Gossip, theirs)) => self.apply_state(from, &theirs),
-                    Ok((Kind::KeyResponse, _)) => self.dropped(from, &Refusal::Garbled),
+                    Ok((Kind::KeyResponse | Kind::Ping | Kind::Pong, _)) => {
+                        self.dropped(from, &Refusal::Garbled)
+                    }
                     Err(refusal) => {
                         self.refusals.insert(from, refusal.to_string());
                         self.dropped(from, &refusal);
@@ -561,6 +604,9 @@ impl<T: Transport> Run<T> {
             }
             Input::ForceLeave { name, prune, reply } => {
                 let _ = reply.send(self.force_leave(&name, prune));
+            }
+            Input::Coordinate(reply) => {
+                let _ = reply.send(self.vivaldi.coordinate().clone());
             }
             Input::Keyring(op, reply) => {
                 let members = self.foca.num_members() + 1;
@@ -797,6 +843,71 @@ impl<T: Transport> Run<T> {
                     self.leaving.insert((leave.name, leave.started));
                 }
             }
+        }
+    }
+
+    /// Sends a coordinate probe to a random active member.
+    fn send_probe(&mut self) {
+        let now = Instant::now();
+        self.probes
+            .retain(|_, sent| now.duration_since(*sent) < PROBE_FORGET);
+        let active: Vec<SocketAddr> = self
+            .foca
+            .iter_members()
+            .map(|member| member.id().addr)
+            .collect();
+        if active.is_empty() {
+            return;
+        }
+        let to = active[rand::random::<usize>() % active.len()];
+        self.probe_sequence += 1;
+        let probe = Probe {
+            sequence: self.probe_sequence,
+            name: self.foca.identity().name.clone(),
+            coordinate: self.vivaldi.coordinate().clone(),
+        };
+        let body = bincode::serialize(&probe).unwrap_or_default();
+        self.probes.insert(probe.sequence, now);
+        self.transport
+            .send(to, &self.encryption.frame(Kind::Ping, &body));
+    }
+
+    fn decode_probe(&mut self, from: SocketAddr, body: &[u8]) -> Option<Probe> {
+        use bincode::Options;
+        match bincode::DefaultOptions::new()
+            .with_fixint_encoding()
+            .with_limit(4096)
+            .deserialize::<Probe>(body)
+        {
+            Ok(probe) if probe.coordinate.is_valid() => Some(probe),
+            _ => {
+                self.dropped(from, &Refusal::Garbled);
+                None
+            }
+        }
+    }
+
+    fn answer_probe(&mut self, from: SocketAddr, body: &[u8]) {
+        let Some(probe) = self.decode_probe(from, body) else {
+            return;
+        };
+        let answer = Probe {
+            sequence: probe.sequence,
+            name: self.foca.identity().name.clone(),
+            coordinate: self.vivaldi.coordinate().clone(),
+        };
+        let body = bincode::serialize(&answer).unwrap_or_default();
+        self.transport
+            .send(from, &self.encryption.frame(Kind::Pong, &body));
+    }
+
+    fn probe_answered(&mut self, from: SocketAddr, body: &[u8]) {
+        let Some(answer) = self.decode_probe(from, body) else {
+            return;
+        };
+        if let Some(sent) = self.probes.remove(&answer.sequence) {
+            self.vivaldi
+                .update(&answer.name, &answer.coordinate, sent.elapsed());
         }
     }
 

@@ -96,7 +96,7 @@ pub async fn self_info(
         },
         // Secrets (tokens, keys, passwords) show as "hidden", as in Consul.
         "DebugConfig": crate::config::redact::debug_config(config),
-        "Coord": Value::Null,
+        "Coord": state.lan.coordinate().await,
         "Member": local_member(&state),
         "Stats": {
             "agent": {"services": services.len().to_string(), "checks": checks.len().to_string()},

@@ -95,10 +95,13 @@ pub async fn nodes(State(state): State<Arc<AppState>>, call: Call) -> Result<Res
     let topics = vec![(NODES_TOPIC.to_string(), Match::Exact)];
     reply::blocking(&state, &options, topics, |tables| {
         let nodes = tables.nodes().map(wire::node).collect();
-        Ok((
-            tables.table_index().nodes,
-            Reply::Json(Value::Array(options.filter_list(nodes))),
-        ))
+        let mut nodes = options.filter_list(nodes);
+        if let Some(origin) = super::coordinate::near_coordinate(&state, &call, tables) {
+            super::coordinate::sort_near(&mut nodes, origin, tables, |node| {
+                node["Node"].as_str().unwrap_or_default()
+            });
+        }
+        Ok((tables.table_index().nodes, Reply::Json(Value::Array(nodes))))
     })
     .await
 }
@@ -176,10 +179,13 @@ async fn service_nodes(
             .rows(tables, &tags)
             .map(|(node, service)| wire::service_node(node, service))
             .collect();
-        Ok((
-            which.index(tables),
-            Reply::Json(Value::Array(options.filter_list(instances))),
-        ))
+        let mut instances = options.filter_list(instances);
+        if let Some(origin) = super::coordinate::near_coordinate(state, &call, tables) {
+            super::coordinate::sort_near(&mut instances, origin, tables, |instance| {
+                instance["Node"].as_str().unwrap_or_default()
+            });
+        }
+        Ok((which.index(tables), Reply::Json(Value::Array(instances))))
     })
     .await
 }

@@ -68,10 +68,13 @@ async fn instances(
                 }))
             })
             .collect();
-        Ok((
-            which.index(tables),
-            Reply::Json(Value::Array(options.filter_list(entries))),
-        ))
+        let mut entries = options.filter_list(entries);
+        if let Some(origin) = super::coordinate::near_coordinate(state, &call, tables) {
+            super::coordinate::sort_near(&mut entries, origin, tables, |entry| {
+                entry["Node"]["Node"].as_str().unwrap_or_default()
+            });
+        }
+        Ok((which.index(tables), Reply::Json(Value::Array(entries))))
     })
     .await
 }

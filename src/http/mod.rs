@@ -10,6 +10,7 @@ mod body;
 mod catalog;
 mod config;
 mod connect_ca;
+mod coordinate;
 pub mod error;
 mod event;
 mod health;
@@ -98,6 +99,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/agent/force-leave/{node}", put(agent::force_leave))
         .route("/v1/event/fire/{name}", put(event::fire))
         .route("/v1/event/list", get(event::list))
+        .route("/v1/coordinate/datacenters", get(coordinate::datacenters))
+        .route("/v1/coordinate/nodes", get(coordinate::nodes))
+        .route("/v1/coordinate/node/{node}", get(coordinate::node))
+        .route("/v1/coordinate/update", put(coordinate::update))
         .route(
             "/v1/operator/keyring",
             get(keyring::keyring)

@@ -8,6 +8,7 @@
 //! shutdown token; `run` waits for them (up to a limit) before it returns, so nothing
 //! outlives it.
 
+mod coordinate_sync;
 mod leader;
 pub mod members;
 
@@ -275,6 +276,15 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
                 .await?;
         }
     }
+    tasks.spawn(
+        "agent.coordinate_sync",
+        coordinate_sync::run(
+            cluster.clone(),
+            lan.clone(),
+            config.clone(),
+            tasks.shutdown().clone(),
+        ),
+    );
     if let Some(server) = &server {
         let (rpc, shutdown) = (server.rpc.clone(), tasks.shutdown().clone());
         tasks.spawn("rpc.session_ttl", async move {

@@ -40,6 +40,14 @@ const SERVER: &str = "127.0.10.1";
 const CLIENTS: [&str; 3] = ["127.0.10.2", "127.0.10.3", "127.0.10.4"];
 
 fn placed(node: &str, ip: &str, server: bool, config: Option<String>) -> AgentOptions {
+    // Coordinates reach the catalog every second instead of every 15 s.
+    let mut merged = json!({"sync_coordinate_interval_min": "1s"});
+    if let Some(Value::Object(extra)) = config.and_then(|text| serde_json::from_str(&text).ok()) {
+        for (key, value) in extra {
+            merged[key] = value;
+        }
+    }
+    let config = Some(merged.to_string());
     AgentOptions {
         placement: Some(Placement {
             ip: ip.into(),
@@ -331,6 +339,77 @@ async fn one_server_and_three_clients_on_their_own_addresses() {
     assert!(pay_envoy.stat("connect_authz.rbac.denied").await >= 1);
     assert!(shop_envoy.rejections().await.is_empty());
     drop((pay_envoy, shop_envoy));
+
+    // Network coordinates: every agent measured round trips and sent its coordinate; `rtt`
+    // estimates from them, and `?near=` sorts by them.
+    eventually(
+        "four coordinates in the catalog",
+        Duration::from_secs(20),
+        || async {
+            let listed = get_json(&server, "/v1/coordinate/nodes").await;
+            let nodes: Vec<&str> = listed
+                .as_array()?
+                .iter()
+                .filter(|entry| entry["Coord"]["Vec"].as_array().map(Vec::len) == Some(8))
+                .filter_map(|entry| entry["Node"].as_str())
+                .collect();
+            (nodes == ["c1", "c2", "c3", "s1"]).then_some(())
+        },
+    )
+    .await;
+    let (code, out, err) = cli(&c1, &["rtt", "c3"], None);
+    assert_eq!(code, 0, "{err}");
+    let estimate: f64 = out
+        .trim()
+        .strip_prefix("Estimated c3 <-> c1 rtt: ")
+        .and_then(|rest| rest.strip_suffix(" ms (using LAN coordinates)"))
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!((0.0..1000.0).contains(&estimate), "{out}");
+    let own = get_json(&c1, "/v1/agent/self").await;
+    assert_eq!(
+        own["Coord"]["Vec"].as_array().map(Vec::len),
+        Some(8),
+        "{own}"
+    );
+    for (name, x) in [("near-host", 0.001), ("far-host", 0.5)] {
+        let register = json!({"Node": name, "Address": "10.9.9.9"});
+        let response = c1
+            .client()
+            .put("/v1/catalog/register", register.to_string().into())
+            .await
+            .expect("register");
+        assert_eq!(response.status.as_u16(), 200, "{}", response.text());
+        let mut vec = vec![0.0; 8];
+        vec[0] = x;
+        let update = json!({"Node": name, "Coord": {"Vec": vec, "Error": 0.1, "Adjustment": 0.0, "Height": 0.00001}});
+        let response = c1
+            .client()
+            .put("/v1/coordinate/update", update.to_string().into())
+            .await
+            .expect("update");
+        assert_eq!(response.status.as_u16(), 200, "{}", response.text());
+    }
+    eventually(
+        "?near= to sort by estimated round trip",
+        Duration::from_secs(10),
+        || async {
+            let nodes = get_json(&c3, "/v1/catalog/nodes?near=near-host").await;
+            let order: Vec<&str> = nodes
+                .as_array()?
+                .iter()
+                .filter_map(|n| n["Node"].as_str())
+                .collect();
+            (order.first() == Some(&"near-host") && order.last() == Some(&"far-host")).then_some(())
+        },
+    )
+    .await;
+    let bad = c1
+        .client()
+        .put("/v1/coordinate/update", json!({"Node": "c1", "Coord": {"Vec": [1.0], "Error": 0.1, "Adjustment": 0.0, "Height": 0.0}}).to_string().into())
+        .await
+        .expect("bad update");
+    assert_eq!(bad.status.as_u16(), 400);
 
     // kill -9 a client: every survivor says failed, serfHealth goes critical and its service
     // leaves passing results, within 10 s under LAN timings.
