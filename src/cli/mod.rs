@@ -583,7 +583,10 @@ async fn keyring(matches: &ArgMatches) -> CommandResult {
         let pools = response.json()?;
         for pool in pools.as_array().into_iter().flatten() {
             println!();
-            println!("{} (LAN):", pool["Datacenter"].as_str().unwrap_or_default());
+            match pool["WAN"].as_bool() {
+                Some(true) => println!("WAN:"),
+                _ => println!("{} (LAN):", pool["Datacenter"].as_str().unwrap_or_default()),
+            }
             let total = pool["NumNodes"].as_u64().unwrap_or(0);
             for (key, count) in pool["Keys"].as_object().into_iter().flatten() {
                 println!("  {key} [{}/{total}]", count.as_u64().unwrap_or(0));

@@ -16,8 +16,9 @@ use base64::Engine;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM, AES_256_GCM, NONCE_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
 
-/// Where the keyring is kept, under the data dir.
+/// Where the LAN and WAN pools' keyrings are kept, under the data dir (Consul's names).
 pub const KEYRING_FILE: &str = "serf/local.keyring";
+pub const WAN_KEYRING_FILE: &str = "serf/remote.keyring";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -93,10 +94,14 @@ pub struct Keyring {
 }
 
 impl Keyring {
-    /// The keyring for an agent: the file in `data_dir` when there is one, else `encrypt`
-    /// (written to the file so later rotations persist).
-    pub fn load(data_dir: Option<&Path>, encrypt: Option<&str>) -> Result<Keyring, KeyError> {
-        let file = data_dir.map(|dir| dir.join(KEYRING_FILE));
+    /// A pool's keyring: `file` in `data_dir` when there is one, else `encrypt` (written to
+    /// the file so later rotations persist).
+    pub fn load(
+        data_dir: Option<&Path>,
+        file: &str,
+        encrypt: Option<&str>,
+    ) -> Result<Keyring, KeyError> {
+        let file = data_dir.map(|dir| dir.join(file));
         if let Some(path) = &file {
             if path.exists() {
                 let text = std::fs::read_to_string(path).map_err(|error| KeyError::File {
@@ -433,7 +438,7 @@ mod tests {
     fn rotation_persists_and_refuses_what_consul_refuses() {
         let dir = tempfile::tempdir().unwrap();
         let (one, two) = (generate(), generate());
-        let mut keyring = Keyring::load(Some(dir.path()), Some(&one)).unwrap();
+        let mut keyring = Keyring::load(Some(dir.path()), KEYRING_FILE, Some(&one)).unwrap();
         keyring.install(&two).unwrap();
         assert!(matches!(
             keyring.remove(&one),
@@ -446,7 +451,7 @@ mod tests {
         keyring.use_key(&two).unwrap();
         keyring.remove(&one).unwrap();
         // The file wins over a stale -encrypt after a restart.
-        let reloaded = Keyring::load(Some(dir.path()), Some(&one)).unwrap();
+        let reloaded = Keyring::load(Some(dir.path()), KEYRING_FILE, Some(&one)).unwrap();
         assert_eq!(reloaded.keys(), vec![two]);
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(dir.path().join(KEYRING_FILE))

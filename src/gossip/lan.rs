@@ -50,6 +50,24 @@ pub fn tags(config: &RuntimeConfig, node_id: &str) -> BTreeMap<String, String> {
     tags
 }
 
+/// Which of an agent's pools: the datacenter's LAN pool (every agent) or the WAN pool of
+/// servers across datacenters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Area {
+    Lan,
+    Wan,
+}
+
+impl Area {
+    /// The port a join address without one gets (Consul's defaults).
+    pub fn default_port(self) -> u16 {
+        match self {
+            Area::Lan => 8301,
+            Area::Wan => 8302,
+        }
+    }
+}
+
 /// Binds the LAN gossip port and starts the pool, its keyring kept in `data_dir`.
 pub async fn start(
     config: &RuntimeConfig,
@@ -57,19 +75,64 @@ pub async fn start(
     data_dir: &std::path::Path,
     tasks: &Tasks,
 ) -> anyhow::Result<Pool> {
+    start_area(Area::Lan, config, node_id, data_dir, tasks).await
+}
+
+/// Starts a server's WAN pool (none for clients, or with `ports.serf_wan` at -1): its
+/// members are `<node>.<datacenter>`, with WAN timings (local ones in `-dev`) and its own
+/// keyring file, started from the same `-encrypt`, as Consul's.
+pub async fn start_wan(
+    config: &RuntimeConfig,
+    node_id: &str,
+    data_dir: &std::path::Path,
+    tasks: &Tasks,
+) -> anyhow::Result<Option<Pool>> {
+    if !config.server_mode || config.ports.serf_wan.is_none() {
+        return Ok(None);
+    }
+    start_area(Area::Wan, config, node_id, data_dir, tasks)
+        .await
+        .map(Some)
+}
+
+async fn start_area(
+    area: Area,
+    config: &RuntimeConfig,
+    node_id: &str,
+    data_dir: &std::path::Path,
+    tasks: &Tasks,
+) -> anyhow::Result<Pool> {
     let membership = &config.membership;
-    let keyring = Keyring::load(Some(data_dir), membership.encrypt.as_deref())
+    let file = match area {
+        Area::Lan => super::keyring::KEYRING_FILE,
+        Area::Wan => super::keyring::WAN_KEYRING_FILE,
+    };
+    let keyring = Keyring::load(Some(data_dir), file, membership.encrypt.as_deref())
         .map_err(|error| anyhow::anyhow!("encrypt: {error}"))?;
     let encryption = Encryption {
         keyring,
         verify_incoming: membership.encrypt_verify_incoming,
         verify_outgoing: membership.encrypt_verify_outgoing,
     };
-    let port = config.ports.serf_lan.unwrap_or(8301);
+    let (port, name, timings) = match area {
+        Area::Lan => (
+            config.ports.serf_lan.unwrap_or(8301),
+            config.node_name.clone(),
+            membership.gossip_lan,
+        ),
+        Area::Wan => (
+            config.ports.serf_wan.unwrap_or(8302),
+            format!("{}.{}", config.node_name, config.datacenter),
+            match config.dev_mode {
+                true => crate::config::GossipTimings::LOCAL,
+                false => crate::config::GossipTimings::WAN,
+            },
+        ),
+    };
     let bind = SocketAddr::new(config.bind_addr, port);
     let (transport, inbound) = UdpTransport::bind(bind, tasks)
         .await
-        .with_context(|| format!("cannot listen for LAN gossip on {bind}"))?;
+        .with_context(|| format!("cannot listen for {area:?} gossip on {bind}"))?;
     let transport_port = {
         use super::transport::Transport;
         transport.local_addr().port()
@@ -78,23 +141,18 @@ pub async fn start(
         .duration_since(UNIX_EPOCH)
         .map_or(0, |since| since.as_millis() as u64);
     let identity = NodeIdentity {
-        name: config.node_name.clone(),
+        name,
         // The bound port, so `-serf-lan-port 0` (any free port) advertises the real one.
         addr: SocketAddr::new(config.advertise_addr, transport_port),
         started,
         tags: tags(config, node_id),
     };
-    tracing::info!(address = %identity.addr, "LAN gossip listening");
+    tracing::info!(address = %identity.addr, ?area, "gossip listening");
     if encryption.keyring.enabled() {
         tracing::info!("gossip encryption on");
     }
     Ok(Pool::start_with(
-        identity,
-        config.membership.gossip_lan,
-        encryption,
-        transport,
-        inbound,
-        tasks,
+        identity, timings, encryption, transport, inbound, tasks,
     ))
 }
 
@@ -111,15 +169,19 @@ pub enum LanJoinError {
     Pool(#[from] JoinError),
 }
 
-/// Turns `host`, `host:port`, `ip` or `ip:port` into addresses (8301 when no port is given).
-pub async fn resolve(addresses: &[String]) -> Result<Vec<SocketAddr>, LanJoinError> {
+/// Turns `host`, `host:port`, `ip` or `ip:port` into addresses (`default_port` when no port
+/// is given).
+pub async fn resolve(
+    addresses: &[String],
+    default_port: u16,
+) -> Result<Vec<SocketAddr>, LanJoinError> {
     let mut resolved = Vec::new();
     for address in addresses {
         if address.contains("provider=") {
             return Err(LanJoinError::CloudAutoJoin(address.clone()));
         }
         let with_port = match address.parse::<std::net::IpAddr>() {
-            Ok(ip) => SocketAddr::new(ip, 8301).to_string(),
+            Ok(ip) => SocketAddr::new(ip, default_port).to_string(),
             Err(_)
                 if address
                     .rsplit_once(':')
@@ -127,7 +189,7 @@ pub async fn resolve(addresses: &[String]) -> Result<Vec<SocketAddr>, LanJoinErr
             {
                 address.clone()
             }
-            Err(_) => format!("{address}:8301"),
+            Err(_) => format!("{address}:{default_port}"),
         };
         let found = tokio::net::lookup_host(&with_port)
             .await
@@ -139,7 +201,16 @@ pub async fn resolve(addresses: &[String]) -> Result<Vec<SocketAddr>, LanJoinErr
 
 /// Joins `addresses`; how many answered, or why none did.
 pub async fn join(pool: &Pool, addresses: &[String]) -> Result<usize, LanJoinError> {
-    let resolved = resolve(addresses).await?;
+    join_area(pool, Area::Lan, addresses).await
+}
+
+/// Joins `addresses` in `area`'s pool (`join -wan` for the WAN pool).
+pub async fn join_area(
+    pool: &Pool,
+    area: Area,
+    addresses: &[String],
+) -> Result<usize, LanJoinError> {
+    let resolved = resolve(addresses, area.default_port()).await?;
     if resolved.is_empty() {
         return Err(LanJoinError::Nothing);
     }

@@ -15,6 +15,9 @@ use crate::acl::Access;
 use crate::api::{human_version, CONCORD_VERSION, CONSUL_COMPAT_VERSION};
 use crate::gossip::{Member, MemberStatus};
 
+/// What a client answers for the WAN pool, which only servers are in.
+const NO_WAN: &str = "WAN pool is only available on servers";
+
 /// A LAN member as Consul's `/v1/agent/members` shows it (serf's status numbers: 1 alive,
 /// 2 leaving, 3 left, 4 failed).
 fn member_json(member: &Member) -> Value {
@@ -138,15 +141,13 @@ pub async fn members(State(state): State<Arc<AppState>>, call: Call) -> Result<R
     state
         .authorizer
         .authorize(call.token().as_deref(), Access::NodeRead(""))?;
-    if call.has("wan") {
-        // There is no WAN pool yet: a server is alone in it, a client is not in it.
-        let members = match state.config.server_mode {
-            true => json!([local_member(&state)]),
-            false => json!([]),
-        };
-        return Ok(reply::json(&members, call.pretty(&state)));
-    }
-    let members: Vec<Value> = state.lan.members().await.iter().map(member_json).collect();
+    let pool = match (call.has("wan"), &state.wan) {
+        (false, _) => &state.lan,
+        (true, Some(wan)) => wan,
+        // Clients are in no WAN pool.
+        (true, None) => return Ok(reply::json(&json!([]), call.pretty(&state))),
+    };
+    let members: Vec<Value> = pool.members().await.iter().map(member_json).collect();
     Ok(reply::json(&Value::Array(members), call.pretty(&state)))
 }
 
@@ -158,6 +159,9 @@ pub async fn leave(State(state): State<Arc<AppState>>, call: Call) -> Result<Res
     // As Consul, the reply comes once the leave has gone out; the agent then shuts down.
     tracing::info!("leave requested over HTTP; leaving and shutting down");
     state.lan.leave().await;
+    if let Some(wan) = &state.wan {
+        wan.leave().await;
+    }
     state.stop.cancel();
     Ok(reply::json(&Value::Null, false))
 }
@@ -172,14 +176,12 @@ pub async fn force_leave(
     state
         .authorizer
         .authorize(call.token().as_deref(), Access::OperatorWrite)?;
-    if call.has("wan") {
-        return Err(ApiError::Internal(format!(
-            "cannot force {node} out of the WAN pool: this release has no WAN pool"
-        )));
-    }
-    state
-        .lan
-        .force_leave(&node, call.has("prune"))
+    let pool = match (call.has("wan"), &state.wan) {
+        (false, _) => &state.lan,
+        (true, Some(wan)) => wan,
+        (true, None) => return Err(ApiError::Internal(NO_WAN.into())),
+    };
+    pool.force_leave(&node, call.has("prune"))
         .await
         .map_err(|error| ApiError::Internal(error.to_string()))?;
     tracing::info!(%node, prune = call.has("prune"), "forced a member to leave");
@@ -257,14 +259,15 @@ pub async fn join(
     state
         .authorizer
         .authorize(call.token().as_deref(), Access::AgentWrite)?;
-    if call.has("wan") {
-        return Err(ApiError::Internal(format!(
-            "cannot join {address} over the WAN: this release has no WAN pool"
-        )));
-    }
-    match crate::gossip::lan::join(&state.lan, std::slice::from_ref(&address)).await {
+    use crate::gossip::lan::{join_area, Area};
+    let (pool, area) = match (call.has("wan"), &state.wan) {
+        (false, _) => (&state.lan, Area::Lan),
+        (true, Some(wan)) => (wan, Area::Wan),
+        (true, None) => return Err(ApiError::Internal(NO_WAN.into())),
+    };
+    match join_area(pool, area, std::slice::from_ref(&address)).await {
         Ok(joined) => {
-            tracing::info!(%address, joined, "joined the LAN pool");
+            tracing::info!(%address, joined, ?area, "joined the pool");
             Ok(reply::json(&Value::Null, false))
         }
         Err(error) => Err(ApiError::Internal(format!(

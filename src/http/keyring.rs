@@ -17,9 +17,9 @@ use super::{reply, AppState};
 use crate::acl::Access;
 use crate::gossip::keyops::{KeyOp, KeySummary};
 
-fn summary_json(summary: &KeySummary, datacenter: &str) -> Value {
+fn summary_json(summary: &KeySummary, datacenter: &str, wan: bool) -> Value {
     json!({
-        "WAN": false,
+        "WAN": wan,
         "Datacenter": datacenter,
         "Segment": "",
         "Partition": "",
@@ -68,26 +68,38 @@ pub async fn keyring(
         }
     };
     let listing = op == KeyOp::List;
-    let summary = state
-        .lan
-        .keyring(op)
-        .await
-        .map_err(|error| ApiError::Internal(error.to_string()))?;
-    if summary.num_err > 0 {
-        let mut text = format!(
-            "{}/{} nodes reported failure",
-            summary.num_err, summary.num_nodes
-        );
-        for (node, message) in &summary.messages {
-            text.push_str(&format!("\n  {node}: {message}"));
+    // As Consul: a server's WAN pool first, then the LAN pool, each its own keyring.
+    let mut pools = Vec::new();
+    if let Some(wan) = &state.wan {
+        pools.push((wan, true));
+    }
+    pools.push((&state.lan, false));
+    let mut answers = Vec::new();
+    let mut failures = Vec::new();
+    for (pool, wan) in pools {
+        let summary = pool
+            .keyring(op.clone())
+            .await
+            .map_err(|error| ApiError::Internal(error.to_string()))?;
+        if summary.num_err > 0 {
+            let mut text = format!(
+                "{} error: {}/{} nodes reported failure",
+                if wan { "WAN" } else { "LAN" },
+                summary.num_err,
+                summary.num_nodes
+            );
+            for (node, message) in &summary.messages {
+                text.push_str(&format!("\n  {node}: {message}"));
+            }
+            failures.push(text);
         }
-        return Err(ApiError::Internal(text));
+        answers.push(summary_json(&summary, &state.config.datacenter, wan));
+    }
+    if !failures.is_empty() {
+        return Err(ApiError::Internal(failures.join("\n")));
     }
     match listing {
-        true => Ok(reply::json(
-            &json!([summary_json(&summary, &state.config.datacenter)]),
-            call.pretty(&state),
-        )),
+        true => Ok(reply::json(&Value::Array(answers), call.pretty(&state))),
         false => Ok(reply::json(&Value::Null, false)),
     }
 }

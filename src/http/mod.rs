@@ -55,6 +55,8 @@ pub struct AppState {
     pub node_id: String,
     /// This agent's LAN gossip pool.
     pub lan: crate::gossip::Pool,
+    /// A server's WAN gossip pool (servers of every datacenter); none on clients.
+    pub wan: Option<crate::gossip::Pool>,
     /// The user events this agent kept.
     pub events: Arc<crate::agent::events::EventLog>,
     /// Cancelled to ask the agent to leave and stop (`/v1/agent/leave`).

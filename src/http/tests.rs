@@ -88,6 +88,7 @@ fn harness() -> Harness {
         authorizer: Authorizer,
         node_id,
         lan,
+        wan: None,
         stop: tokio_util::sync::CancellationToken::new(),
         shutdown: tasks.shutdown().clone(),
     });

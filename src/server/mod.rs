@@ -147,6 +147,7 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
     // then shuts its tasks down.
     let stop = CancellationToken::new();
     let lan = crate::gossip::lan::start(&config, &node_id, &data_dir, &tasks).await?;
+    let wan = crate::gossip::lan::start_wan(&config, &node_id, &data_dir, &tasks).await?;
     let server = match config.server_mode {
         true => Some(start_server(&config, &data_dir, &node_id, &tasks).await?),
         false => None,
@@ -213,6 +214,7 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
         node_id: node_id.clone(),
         events: crate::agent::events::EventLog::start(&lan, agent.clone(), &tasks),
         lan: lan.clone(),
+        wan: wan.clone(),
         stop: stop.clone(),
         shutdown: tasks.shutdown().clone(),
     });
@@ -321,6 +323,9 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
     if leave {
         tracing::info!("leaving the LAN pool");
         lan.leave().await;
+        if let Some(wan) = &wan {
+            wan.leave().await;
+        }
     }
     tracing::info!("shutting down");
     if !tasks.stop(SHUTDOWN_LIMIT).await {

@@ -221,7 +221,7 @@ async fn one_server_and_three_clients_on_their_own_addresses() {
         .iter()
         .map(|name| scratch.path().join(format!("{name}.events")))
         .collect();
-    let _watches: Vec<Watch> = [&server, &c1, &c3]
+    let watches: Vec<Watch> = [&server, &c1, &c3]
         .iter()
         .zip(&outputs)
         .map(|(agent, output)| watch_events(agent, "deploy", output))
@@ -273,6 +273,7 @@ async fn one_server_and_three_clients_on_their_own_addresses() {
         .await
         .expect("fire");
     assert_eq!(too_big.status.as_u16(), 413);
+    drop(watches);
 
     // KV through clients: a blocking query on one returns the write made on another.
     let missing = c3.client().get("/v1/kv/cfg/flag").await.expect("get");
@@ -721,4 +722,67 @@ async fn gossip_encryption_refuses_strangers_and_rotates_keys_without_flapping()
     let stats = get_json(&client, "/v1/agent/self").await["Stats"].clone();
     assert_eq!(stats["serf_lan"]["encrypted"], "true", "{stats}");
     watch_flapping().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_of_two_datacenters_meet_in_the_wan_pool() {
+    let server = |node: &str, ip: &str, datacenter: &str| AgentOptions {
+        placement: Some(Placement {
+            ip: ip.into(),
+            node: node.into(),
+            server: true,
+            join: Vec::new(),
+            config: Some(json!({ "datacenter": datacenter }).to_string()),
+        }),
+        ..AgentOptions::default()
+    };
+    let (east, west) = tokio::join!(
+        Agent::start(server("s1", "127.0.13.1", "east")),
+        Agent::start(server("s2", "127.0.13.2", "west")),
+    );
+    let (code, out, err) = cli(&west, &["join", "-wan", "127.0.13.1"], None);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.trim(),
+        "Successfully joined cluster by contacting 1 nodes."
+    );
+    let wan_members = |agent: &Agent| {
+        let agent_address = agent.address();
+        async move {
+            let client = concord::api::client::Client::from_flags(Some(&agent_address), None)
+                .expect("client");
+            let listed = client.get("/v1/agent/members?wan").await.ok()?;
+            let list: Value = serde_json::from_slice(&listed.body).ok()?;
+            let mut names: Vec<(String, u64, String)> = list
+                .as_array()?
+                .iter()
+                .map(|m| {
+                    (
+                        m["Name"].as_str().unwrap_or_default().to_string(),
+                        m["Status"].as_u64().unwrap_or_default(),
+                        m["Tags"]["dc"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect();
+            names.sort();
+            Some(names)
+        }
+    };
+    let expected = vec![
+        ("s1.east".to_string(), 1, "east".to_string()),
+        ("s2.west".to_string(), 1, "west".to_string()),
+    ];
+    for agent in [&east, &west] {
+        eventually(
+            "both servers in the WAN pool",
+            Duration::from_secs(10),
+            || async { (wan_members(agent).await? == expected).then_some(()) },
+        )
+        .await;
+        // Each LAN pool still holds its own datacenter only.
+        assert_eq!(members(agent).await.len(), 1);
+    }
+    let (code, out, _) = cli(&east, &["members", "-wan"], None);
+    assert_eq!(code, 0);
+    assert!(out.contains("s2.west") && out.contains("west"), "{out}");
 }

@@ -158,8 +158,9 @@ impl Agent {
             .args(["-http-port", &http_port.to_string()])
             .args(["-grpc-port", &grpc_port.to_string()])
             .args(["-dns-port", &dns_port.to_string()])
-            // Gossip and the server RPC port too, or parallel agents would all want 8301/8300.
+            // Gossip and the server RPC port too, or parallel agents would all want 8300-8302.
             .args(["-serf-lan-port", &free_port().to_string()])
+            .args(["-serf-wan-port", &free_port().to_string()])
             .args(["-server-port", &server_port.to_string()])
             // A -dev agent's temporary data dir then goes away with the test's workdir, even
             // when the agent is killed.
