@@ -176,6 +176,13 @@ struct Probe {
     coordinate: Coordinate,
 }
 
+/// How many queued inputs are read before due timers fire (bounded, so a flood of packets
+/// cannot hold timers back forever).
+const INPUTS_BEFORE_TIMERS: usize = 1024;
+/// Probe intervals a member that ran late holds off declaring others down (memberlist's
+/// awareness ceiling).
+const MAX_AWARENESS: u32 = 8;
+
 /// How long a coordinate probe may go unanswered before it is forgotten.
 const PROBE_FORGET: Duration = Duration::from_secs(10);
 
@@ -287,6 +294,7 @@ impl Pool {
             dropped: Arc::new(AtomicU64::new(0)),
             drop_logged: HashMap::new(),
             vivaldi: Vivaldi::default(),
+            awareness: 0,
             probes: HashMap::new(),
             probe_sequence: 0,
         };
@@ -467,6 +475,9 @@ struct Run<T: Transport> {
     /// When a refusal from each peer was last logged.
     drop_logged: HashMap<SocketAddr, Instant>,
     vivaldi: Vivaldi,
+    /// Lifeguard-style local health: above 0 after this member's timers ran late, while it
+    /// postpones declaring suspects down; decays by one per probe interval.
+    awareness: u32,
     /// Coordinate probes sent and not yet answered: sequence → when.
     probes: HashMap<u64, Instant>,
     probe_sequence: u64,
@@ -514,7 +525,23 @@ impl<T: Transport> Run<T> {
                 _ = push_pull.tick() => self.push_pull_with_random_member(),
                 _ = reap.tick() => self.reap(),
                 _ = reconnect.tick() => self.reconnect(),
-                _ = measure.tick() => self.send_probe(),
+                _ = measure.tick() => {
+                    self.awareness = self.awareness.saturating_sub(1);
+                    self.send_probe();
+                }
+            }
+            // Lifeguard, in part: what already arrived is read before any timer fires, so a
+            // member that was paused or starved hears the answers it missed before its own
+            // overdue timers can accuse anyone.
+            for _ in 0..INPUTS_BEFORE_TIMERS {
+                match queue.try_recv() {
+                    Ok(input) => {
+                        if !self.handle(input) {
+                            return;
+                        }
+                    }
+                    Err(_) => break,
+                }
             }
             self.fire_due_timers();
             self.settle_joins();
@@ -1069,6 +1096,21 @@ impl<T: Transport> Run<T> {
 
     fn fire_due_timers(&mut self) {
         let now = Instant::now();
+        // A timer this late means this member was not running (paused, starved): it is the
+        // one whose view is stale, so for a while it declares nobody down (Lifeguard's local
+        // health awareness, scaled down: the score decays by one per probe interval).
+        if let Some(Reverse((at, _, _))) = self.timers.peek() {
+            if now.saturating_duration_since(*at) > self.timings.probe_interval {
+                if self.awareness == 0 {
+                    tracing::warn!(
+                        late_ms = now.saturating_duration_since(*at).as_millis() as u64,
+                        "gossip timers ran late; this member holds off declaring others down"
+                    );
+                }
+                self.awareness = MAX_AWARENESS;
+            }
+        }
+        let mut postponed = Vec::new();
         while self
             .timers
             .peek()
@@ -1077,10 +1119,22 @@ impl<T: Transport> Run<T> {
             let Some(Reverse((_, _, TimerSlot(timer)))) = self.timers.pop() else {
                 break;
             };
+            if self.awareness > 0 && matches!(timer, Timer::ChangeSuspectToDown { .. }) {
+                postponed.push(timer);
+                continue;
+            }
             if let Err(error) = self.foca.handle_timer(timer, &mut self.runtime) {
                 tracing::debug!(%error, "gossip timer failed");
             }
             self.drain();
+        }
+        for timer in postponed {
+            self.sequence += 1;
+            self.timers.push(Reverse((
+                now + self.timings.probe_interval,
+                self.sequence,
+                TimerSlot(timer),
+            )));
         }
     }
 
