@@ -25,15 +25,7 @@ pub struct EventLog {
 }
 
 /// The index Consul derives from an event ID: the XOR of the UUID's two 64-bit halves.
-pub fn index_of(id: &str) -> u64 {
-    match uuid::Uuid::parse_str(id) {
-        Ok(uuid) => {
-            let (high, low) = uuid.as_u64_pair();
-            high ^ low
-        }
-        Err(_) => 0,
-    }
-}
+pub use crate::api::watch::event_index as index_of;
 
 /// Whether `event` is meant for this agent: Consul's `shouldProcessUserEvent`. A filter that
 /// is not a valid pattern matches nothing (the firing agent refuses those).

@@ -105,13 +105,28 @@ impl Client {
         path_and_query: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Response, ClientError> {
+        self.request_with_headers(method, path_and_query, &[], body.unwrap_or_default())
+            .await
+    }
+
+    /// A request with extra headers (a watch's HTTP handler sends its configured ones).
+    pub async fn request_with_headers(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        headers: &[(String, String)],
+        body: Vec<u8>,
+    ) -> Result<Response, ClientError> {
         let uri = format!("{}{}", self.base, path_and_query);
         let mut builder = Request::builder().method(method).uri(&uri);
         if let Some(token) = &self.token {
             builder = builder.header("X-Consul-Token", token);
         }
+        for (name, value) in headers {
+            builder = builder.header(name.as_str(), value.as_str());
+        }
         let request = builder
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .body(Full::new(Bytes::from(body)))
             .map_err(|error| ClientError(format!("invalid request to {uri}: {error}")))?;
         let response = self.inner.request(request).await.map_err(|error| {
             ClientError(format!(

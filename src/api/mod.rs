@@ -15,6 +15,7 @@ pub mod definition;
 pub mod intention;
 pub mod kv;
 pub mod session;
+pub mod watch;
 
 pub use decode::DecodeError;
 

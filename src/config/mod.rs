@@ -9,6 +9,7 @@ pub mod dns_config;
 pub mod raw;
 pub mod redact;
 pub mod sources;
+pub mod watches;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -212,6 +213,8 @@ pub struct RuntimeConfig {
     pub client_addrs: Vec<IpAddr>,
     pub ports: Ports,
     pub membership: Membership,
+    /// Watches the agent runs against its own HTTP API.
+    pub watches: Vec<watches::WatchConfig>,
     pub dns: dns_config::DnsConfig,
     pub limits: Limits,
     pub query: QueryLimits,
@@ -523,6 +526,13 @@ fn build(raw: RawConfig) -> Result<RuntimeConfig, String> {
     let dns_source = raw.clone();
     let dev_mode = raw.dev_mode.unwrap_or(false);
     let membership = membership(&raw, dev_mode, raw.server.unwrap_or(false))?;
+    let watches = raw
+        .watches
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(index, value)| watches::parse(index, value))
+        .collect::<Result<Vec<_>, String>>()?;
     let datacenter = raw.datacenter.unwrap_or_else(|| "dc1".into());
     if !valid_datacenter(&datacenter) {
         return Err(format!(
@@ -706,6 +716,7 @@ fn build(raw: RawConfig) -> Result<RuntimeConfig, String> {
         client_addrs,
         ports,
         membership,
+        watches,
         dns,
         limits,
         query,

@@ -59,6 +59,8 @@ pub struct RawConfig {
     pub retry_max: Option<u32>,
     pub encrypt: Option<String>,
     pub sync_coordinate_interval_min: Option<String>,
+    /// Consul's agent watches (see `config::watches`).
+    pub watches: Option<Vec<serde_json::Value>>,
     pub encrypt_verify_incoming: Option<bool>,
     pub encrypt_verify_outgoing: Option<bool>,
     pub leave_on_terminate: Option<bool>,

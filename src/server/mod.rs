@@ -11,6 +11,7 @@
 mod coordinate_sync;
 mod leader;
 pub mod members;
+mod watches;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -237,6 +238,18 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
             });
         }
     }
+    // Watches read this agent's own HTTP API: its first listener, the loopback address when
+    // that listener takes every address.
+    let own_http = config.ports.http.and_then(|port| {
+        config.client_addrs.first().map(|address| {
+            let address = match address.is_unspecified() {
+                true => std::net::IpAddr::from([127, 0, 0, 1]),
+                false => *address,
+            };
+            SocketAddr::new(address, port)
+        })
+    });
+    watches::start(&config.watches, own_http, &tasks);
     if let Some(port) = config.ports.grpc {
         for address in &config.client_addrs {
             let address = SocketAddr::new(*address, port);

@@ -137,14 +137,23 @@ async fn serf_health(agent: &Agent, node: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_server_and_three_clients_on_their_own_addresses() {
     let server = Agent::start(placed("s1", SERVER, true, None)).await;
-    // c1 and c3 serve xDS (the gRPC port is off by default outside -dev, as in Consul).
+    // c1 and c3 serve xDS (the gRPC port is off by default outside -dev, as in Consul); c3
+    // also runs an event watch from its config, as Consul's `watches`.
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let configured_output = scratch.path().join("c3-configured.events");
     let grpc = json!({"ports": {"grpc": 8502}});
+    let mut c3_config = grpc.clone();
+    c3_config["watches"] = json!([{
+        "type": "event",
+        "name": "deploy",
+        "args": ["sh", "-c", format!("cat >> '{}'", configured_output.display())],
+    }]);
     let mut web = grpc.clone();
     web["service"] = json!({"name": "web", "port": 8080});
     let (c1, c2, c3) = tokio::join!(
         Agent::start(placed("c1", CLIENTS[0], false, Some(web.to_string()))),
         Agent::start(placed("c2", CLIENTS[1], false, None)),
-        Agent::start(placed("c3", CLIENTS[2], false, Some(grpc.to_string()))),
+        Agent::start(placed("c3", CLIENTS[2], false, Some(c3_config.to_string()))),
     );
     let everyone = [&server, &c1, &c2, &c3];
     let all_alive: Vec<(String, u64)> = ["c1", "c2", "c3", "s1"]
@@ -215,9 +224,9 @@ async fn one_server_and_three_clients_on_their_own_addresses() {
         "{srv:?}"
     );
 
-    // A user event fired on one client runs an event watch's handler once on every agent.
-    let scratch = tempfile::tempdir().expect("tempdir");
-    let outputs: Vec<std::path::PathBuf> = ["s1", "c1", "c3"]
+    // A user event fired on one client runs an event watch's handler once on every agent
+    // (three `concord watch` processes, and the watch in c3's config).
+    let mut outputs: Vec<std::path::PathBuf> = ["s1", "c1", "c3"]
         .iter()
         .map(|name| scratch.path().join(format!("{name}.events")))
         .collect();
@@ -226,6 +235,7 @@ async fn one_server_and_three_clients_on_their_own_addresses() {
         .zip(&outputs)
         .map(|(agent, output)| watch_events(agent, "deploy", output))
         .collect();
+    outputs.push(configured_output.clone());
     // Each watch has run its handler once for the (empty) list before anything is fired.
     for output in &outputs {
         eventually("the watch to start", Duration::from_secs(10), || async {
