@@ -52,7 +52,7 @@ fn text(value: &Value) -> Option<String> {
 }
 
 /// One `watches` entry, or what is wrong with it.
-pub fn parse(index: usize, value: &Value) -> Result<WatchConfig, String> {
+pub(super) fn parse(index: usize, value: &Value) -> Result<WatchConfig, String> {
     let at = |problem: String| format!("watches[{index}]: {problem}");
     let kind = value["type"]
         .as_str()
