@@ -198,26 +198,25 @@ impl Keyring {
         Ok(())
     }
 
-    /// Makes an installed key the primary.
-    pub fn use_key(&mut self, text: &str) -> Result<(), KeyError> {
+    /// Where an installed key is (0: the primary).
+    fn position(&self, text: &str) -> Result<usize, KeyError> {
         let wanted = validate(text)?;
-        let position = self
-            .keys
+        self.keys
             .iter()
             .position(|key| key.text == wanted)
-            .ok_or(KeyError::NotInstalled)?;
+            .ok_or(KeyError::NotInstalled)
+    }
+
+    /// Makes an installed key the primary.
+    pub fn use_key(&mut self, text: &str) -> Result<(), KeyError> {
+        let position = self.position(text)?;
         let key = self.keys.remove(position);
         self.keys.insert(0, key);
         self.save()
     }
 
     pub fn remove(&mut self, text: &str) -> Result<(), KeyError> {
-        let wanted = validate(text)?;
-        let position = self
-            .keys
-            .iter()
-            .position(|key| key.text == wanted)
-            .ok_or(KeyError::NotInstalled)?;
+        let position = self.position(text)?;
         if position == 0 {
             return Err(KeyError::RemovingPrimary);
         }

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::RuntimeConfig;
 use crate::gossip::{MemberEvent, Pool};
 use crate::rpc::ServerRpc;
-use crate::types::{Check, Command, CommandResult, HealthStatus, RaftIndexes, RegisterRequest};
+use crate::types::{Command, CommandResult, HealthStatus, RegisterRequest};
 
 /// How long a deleted key's tombstone is kept (Consul's TombstoneTTL).
 const TOMBSTONE_TTL: Duration = Duration::from_secs(15 * 60);
@@ -34,21 +34,10 @@ fn self_registration(config: &RuntimeConfig, node_id: &str) -> RegisterRequest {
         node: crate::agent::node_record(config, node_id),
         skip_node_update: false,
         service: None,
-        checks: vec![Check {
-            node: config.node_name.clone(),
-            check_id: "serfHealth".into(),
-            name: "Serf Health Status".into(),
-            status: HealthStatus::Passing,
-            notes: String::new(),
-            output: "Agent alive and reachable".into(),
-            service_id: String::new(),
-            service_name: String::new(),
-            service_tags: Vec::new(),
-            check_type: String::new(),
-            interval: String::new(),
-            timeout: String::new(),
-            indexes: RaftIndexes::default(),
-        }],
+        checks: vec![super::members::serf_check(
+            &config.node_name,
+            HealthStatus::Passing,
+        )],
     }
 }
 

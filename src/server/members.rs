@@ -26,7 +26,8 @@ const SERF_CHECK_NAME: &str = "Serf Health Status";
 const ALIVE_OUTPUT: &str = "Agent alive and reachable";
 const FAILED_OUTPUT: &str = "Agent not live or unreachable";
 
-fn serf_check(node: &str, status: HealthStatus) -> Check {
+/// The `serfHealth` check of `node` in `status`, as Consul's leader writes it.
+pub fn serf_check(node: &str, status: HealthStatus) -> Check {
     Check {
         node: node.to_string(),
         check_id: SERF_CHECK.into(),
