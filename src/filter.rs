@@ -344,45 +344,35 @@ impl<'a> Parser<'a> {
 
     // or := and ("or" and)*
     fn parse_or(&mut self) -> ParseResult<Expr> {
-        let first = self.parse_and()?;
-        let mut terms = Vec::new();
-        loop {
-            let save = self.pos;
-            self.skip_ws();
-            if self.eat_keyword("or") {
-                terms.push(self.parse_and()?);
-            } else {
-                self.pos = save;
-                break;
-            }
-        }
-        if terms.is_empty() {
-            Ok(first)
-        } else {
-            terms.insert(0, first);
-            Ok(Expr::Or(terms))
-        }
+        self.parse_joined("or", Self::parse_and, Expr::Or)
     }
 
     // and := not ("and" not)*
     fn parse_and(&mut self) -> ParseResult<Expr> {
-        let first = self.parse_not()?;
-        let mut terms = Vec::new();
+        self.parse_joined("and", Self::parse_not, Expr::And)
+    }
+
+    /// `term (keyword term)*`: one term alone, or all of them joined by `join`.
+    fn parse_joined(
+        &mut self,
+        keyword: &str,
+        term: fn(&mut Self) -> ParseResult<Expr>,
+        join: fn(Vec<Expr>) -> Expr,
+    ) -> ParseResult<Expr> {
+        let mut terms = vec![term(self)?];
         loop {
             let save = self.pos;
             self.skip_ws();
-            if self.eat_keyword("and") {
-                terms.push(self.parse_not()?);
+            if self.eat_keyword(keyword) {
+                terms.push(term(self)?);
             } else {
                 self.pos = save;
                 break;
             }
         }
-        if terms.is_empty() {
-            Ok(first)
-        } else {
-            terms.insert(0, first);
-            Ok(Expr::And(terms))
+        match terms.len() {
+            1 => Ok(terms.remove(0)),
+            _ => Ok(join(terms)),
         }
     }
 

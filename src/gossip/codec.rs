@@ -86,3 +86,12 @@ impl foca::Codec<NodeIdentity> for Codec {
         decode(buf)
     }
 }
+
+/// Decodes one whole message of ours (a push-pull state, a broadcast, a probe, a keyring
+/// answer): fixed-width bincode, every byte used, never reading past the input.
+pub fn decode_whole<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::Error> {
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .with_limit(bytes.len() as u64)
+        .deserialize(bytes)
+}

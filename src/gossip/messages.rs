@@ -103,12 +103,8 @@ impl BroadcastHandler<NodeIdentity> for Handler {
         data: &[u8],
         _sender: Option<&NodeIdentity>,
     ) -> Result<Option<Key>, BroadcastError> {
-        use bincode::Options;
-        let item: Broadcast = bincode::DefaultOptions::new()
-            .with_fixint_encoding()
-            .with_limit(data.len() as u64)
-            .deserialize(data)
-            .map_err(|error| BroadcastError(error.to_string()))?;
+        let item: Broadcast =
+            super::codec::decode_whole(data).map_err(|error| BroadcastError(error.to_string()))?;
         if !self.seen.insert(item.clone()) {
             return Ok(None);
         }

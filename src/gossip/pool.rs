@@ -39,7 +39,7 @@ use super::identity::NodeIdentity;
 use super::keyops::{self, KeyAnswer, KeyOp, KeyQuery, KeySummary};
 use super::keyring::{Encryption, Kind, Refusal};
 use super::messages::{self, Broadcast, Heard, LeaveIntent, UserEvent};
-use super::transport::{Inbound, Received, Transport, MAX_STATE};
+use super::transport::{Inbound, Received, Transport};
 use crate::config::GossipTimings;
 use crate::tasks::Tasks;
 use crate::types::coordinate::Coordinate;
@@ -712,13 +712,7 @@ impl<T: Transport> Run<T> {
 
     /// Applies another member's table, spreading what was news.
     fn apply_state(&mut self, from: SocketAddr, state: &[u8]) {
-        use bincode::Options;
-        let PoolState { members, intents } = match bincode::DefaultOptions::new()
-            .with_fixint_encoding()
-            .allow_trailing_bytes()
-            .with_limit(MAX_STATE as u64)
-            .deserialize(state)
-        {
+        let PoolState { members, intents } = match super::codec::decode_whole(state) {
             Ok(state) => state,
             Err(error) => {
                 tracing::debug!(%from, %error, "undecodable push-pull state");
@@ -900,12 +894,7 @@ impl<T: Transport> Run<T> {
     }
 
     fn decode_probe(&mut self, from: SocketAddr, body: &[u8]) -> Option<Probe> {
-        use bincode::Options;
-        match bincode::DefaultOptions::new()
-            .with_fixint_encoding()
-            .with_limit(4096)
-            .deserialize::<Probe>(body)
-        {
+        match super::codec::decode_whole::<Probe>(body) {
             Ok(probe) if probe.coordinate.is_valid() => Some(probe),
             _ => {
                 self.dropped(from, &Refusal::Garbled);
@@ -986,12 +975,7 @@ impl<T: Transport> Run<T> {
     }
 
     fn key_answer_arrived(&mut self, from: SocketAddr, body: &[u8]) {
-        use bincode::Options;
-        let answer: KeyAnswer = match bincode::DefaultOptions::new()
-            .with_fixint_encoding()
-            .with_limit(MAX_STATE as u64)
-            .deserialize(body)
-        {
+        let answer: KeyAnswer = match super::codec::decode_whole(body) {
             Ok(answer) => answer,
             Err(_) => return self.dropped(from, &Refusal::Garbled),
         };

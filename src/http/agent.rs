@@ -15,6 +15,18 @@ use crate::acl::Access;
 use crate::api::{human_version, CONCORD_VERSION, CONSUL_COMPAT_VERSION};
 use crate::gossip::{Member, MemberStatus};
 
+/// The pool a request names: the WAN pool with `?wan` (none on a client), else the LAN pool.
+fn pool_for<'s>(
+    state: &'s AppState,
+    call: &Call,
+) -> Option<(&'s crate::gossip::Pool, crate::gossip::lan::Area)> {
+    use crate::gossip::lan::Area;
+    match call.has("wan") {
+        false => Some((&state.lan, Area::Lan)),
+        true => state.wan.as_ref().map(|wan| (wan, Area::Wan)),
+    }
+}
+
 /// What a client answers for the WAN pool, which only servers are in.
 const NO_WAN: &str = "WAN pool is only available on servers";
 
@@ -141,11 +153,9 @@ pub async fn members(State(state): State<Arc<AppState>>, call: Call) -> Result<R
     state
         .authorizer
         .authorize(call.token().as_deref(), Access::NodeRead(""))?;
-    let pool = match (call.has("wan"), &state.wan) {
-        (false, _) => &state.lan,
-        (true, Some(wan)) => wan,
-        // Clients are in no WAN pool.
-        (true, None) => return Ok(reply::json(&json!([]), call.pretty(&state))),
+    // Clients are in no WAN pool.
+    let Some((pool, _)) = pool_for(&state, &call) else {
+        return Ok(reply::json(&json!([]), call.pretty(&state)));
     };
     let members: Vec<Value> = pool.members().await.iter().map(member_json).collect();
     Ok(reply::json(&Value::Array(members), call.pretty(&state)))
@@ -176,11 +186,7 @@ pub async fn force_leave(
     state
         .authorizer
         .authorize(call.token().as_deref(), Access::OperatorWrite)?;
-    let pool = match (call.has("wan"), &state.wan) {
-        (false, _) => &state.lan,
-        (true, Some(wan)) => wan,
-        (true, None) => return Err(ApiError::Internal(NO_WAN.into())),
-    };
+    let (pool, _) = pool_for(&state, &call).ok_or_else(|| ApiError::Internal(NO_WAN.into()))?;
     pool.force_leave(&node, call.has("prune"))
         .await
         .map_err(|error| ApiError::Internal(error.to_string()))?;
@@ -259,13 +265,8 @@ pub async fn join(
     state
         .authorizer
         .authorize(call.token().as_deref(), Access::AgentWrite)?;
-    use crate::gossip::lan::{join_area, Area};
-    let (pool, area) = match (call.has("wan"), &state.wan) {
-        (false, _) => (&state.lan, Area::Lan),
-        (true, Some(wan)) => (wan, Area::Wan),
-        (true, None) => return Err(ApiError::Internal(NO_WAN.into())),
-    };
-    match join_area(pool, area, std::slice::from_ref(&address)).await {
+    let (pool, area) = pool_for(&state, &call).ok_or_else(|| ApiError::Internal(NO_WAN.into()))?;
+    match crate::gossip::lan::join_area(pool, area, std::slice::from_ref(&address)).await {
         Ok(joined) => {
             tracing::info!(%address, joined, ?area, "joined the pool");
             Ok(reply::json(&Value::Null, false))
