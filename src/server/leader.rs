@@ -98,9 +98,17 @@ pub async fn run(
         }
         let unfinished = leader
             && (!registered_as_leader || (config.connect_enabled && !connect_ready) || !reconciled);
+        // A node written to the catalog after its member left or was reaped (its agent's last
+        // anti-entropy pass landing after the leave) is reconciled at once, not a minute later.
+        let nodes = vec![(
+            crate::state::catalog::NODES_TOPIC.to_string(),
+            crate::state::Match::Exact,
+        )];
+        let nodes_changed = rpc.store().watch(&nodes);
         tokio::select! {
             _ = shutdown.cancelled() => return,
             changed = leadership.changed() => if changed.is_err() { return },
+            _ = nodes_changed.changed(), if leader => reconciled = false,
             event = member_events.recv() => {
                 // Lagging only means several events at once; a full pass covers them.
                 match event {
