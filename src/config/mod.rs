@@ -191,6 +191,9 @@ pub struct RaftConfig {
     pub multiplier: u32,
     pub snapshot_threshold: u64,
     pub trailing_logs: u64,
+    /// How long a new server stays caught up before the leader makes it a voter (autopilot's
+    /// `server_stabilization_time`, 10 s).
+    pub server_stabilization_time: Duration,
 }
 
 /// The validated configuration every subsystem reads.
@@ -692,6 +695,13 @@ fn build(raw: RawConfig) -> Result<RuntimeConfig, String> {
             "performance.raft_multiplier: {multiplier} must be between 1 and 10"
         ));
     }
+    let server_stabilization_time = duration(
+        "autopilot.server_stabilization_time",
+        raw.autopilot
+            .as_ref()
+            .and_then(|autopilot| autopilot.server_stabilization_time.as_deref()),
+        Duration::from_secs(10),
+    )?;
     let log_level = raw
         .log_level
         .unwrap_or_else(|| "info".into())
@@ -724,6 +734,7 @@ fn build(raw: RawConfig) -> Result<RuntimeConfig, String> {
             multiplier,
             snapshot_threshold: raw.raft_snapshot_threshold.unwrap_or(16384),
             trailing_logs: raw.raft_trailing_logs.unwrap_or(10240),
+            server_stabilization_time,
         },
         log_level,
         log_json: raw.log_json.unwrap_or(false),

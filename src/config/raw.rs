@@ -24,6 +24,7 @@ pub struct RawConfig {
     pub ports: Option<RawPorts>,
     pub limits: Option<RawLimits>,
     pub performance: Option<RawPerformance>,
+    pub autopilot: Option<RawAutopilot>,
     pub raft_snapshot_threshold: Option<u64>,
     pub raft_trailing_logs: Option<u64>,
     pub default_query_time: Option<String>,
@@ -166,6 +167,13 @@ pub struct RawLimits {
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct RawPerformance {
     pub raft_multiplier: Option<u32>,
+}
+
+/// Consul's `autopilot` stanza; concord reads how long a new server must stay healthy
+/// before it becomes a voter.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct RawAutopilot {
+    pub server_stabilization_time: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

@@ -37,6 +37,7 @@ pub fn tags(config: &RuntimeConfig, node_id: &str) -> BTreeMap<String, String> {
         tags.insert("port".into(), port.to_string());
         tags.insert("raft_vsn".into(), "3".into());
         match config.bootstrap_expect {
+            0 => None,
             1 => tags.insert("bootstrap".into(), "1".into()),
             expect => tags.insert("expect".into(), expect.to_string()),
         };

@@ -1172,6 +1172,7 @@ impl<T: Transport> Run<T> {
             self.transport.send(to.addr, &frame);
         }
         while let Some((after, timer)) = self.runtime.to_schedule() {
+            let after = scaled_by_awareness(after, &timer, self.awareness);
             self.sequence += 1;
             self.timers.push(Reverse((
                 Instant::now() + after,
@@ -1191,6 +1192,22 @@ impl<T: Transport> Run<T> {
             };
             let _ = self.events.send(event);
         }
+    }
+}
+
+/// Lifeguard's local health awareness applied to probing: while this member's own timers run
+/// late (`awareness` above 0), its probe interval and its wait for a direct answer stretch by
+/// `awareness + 1`, as memberlist scales them, so a starved member gives others more time to
+/// answer before it suspects them. Both stretch by the same factor, so foca's probe cycle keeps
+/// its order (the indirect probe still comes before the next round).
+pub(super) fn scaled_by_awareness(
+    after: Duration,
+    timer: &Timer<NodeIdentity>,
+    awareness: u32,
+) -> Duration {
+    match timer {
+        Timer::ProbeRandomMember(_) | Timer::SendIndirectProbe { .. } => after * (awareness + 1),
+        _ => after,
     }
 }
 

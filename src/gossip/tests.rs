@@ -412,3 +412,29 @@ async fn garbage_on_the_gossip_port_is_counted_and_changes_no_membership() {
         .expect("membership unchanged");
     tasks.stop(Duration::from_secs(5)).await;
 }
+
+/// Lifeguard's probe stretching: a member whose timers ran late waits `awareness + 1` times as
+/// long for direct answers and between probe rounds, and nothing else it schedules changes.
+#[test]
+fn a_late_member_stretches_its_probes_not_its_other_timers() {
+    use foca::{Timer, TimerToken};
+
+    use super::pool::scaled_by_awareness;
+
+    let member = identity(1, "127.0.0.1:1".parse().unwrap());
+    let token: TimerToken = 7;
+    let second = Duration::from_secs(1);
+    let probe = Timer::ProbeRandomMember(token);
+    let indirect = Timer::SendIndirectProbe {
+        probed_id: member.clone(),
+        token,
+    };
+    let gossip = Timer::PeriodicGossip(token);
+    assert_eq!(scaled_by_awareness(second, &probe, 0), second);
+    assert_eq!(scaled_by_awareness(second, &probe, 3), 4 * second);
+    assert_eq!(
+        scaled_by_awareness(second / 2, &indirect, 8),
+        second * 9 / 2
+    );
+    assert_eq!(scaled_by_awareness(second, &gossip, 8), second);
+}

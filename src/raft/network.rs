@@ -1,10 +1,14 @@
-//! The Raft network between servers.
-//!
-//! This release runs one voter per datacenter, which never sends a Raft RPC, so every peer is
-//! reported unreachable. The multi-server cluster replaces this with the tonic transport on the
-//! server port; nothing else in the Raft wiring assumes a single node.
+//! The Raft network between servers: each Raft RPC is one `Raft` call on the target server's
+//! RPC port (`rpc::service`), its body the bincode of openraft's own request and answer
+//! (`rpc::wire::RaftRequest`/`RaftReply`). Snapshots travel in openraft's chunks, one call
+//! each. Connections are shared with the server's other calls to its peers.
 
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -13,57 +17,122 @@ use openraft::raft::{
 use openraft::BasicNode;
 
 use super::{NodeId, TypeConfig};
+use crate::rpc::connections::{CallError, Connections};
+use crate::rpc::wire::{self, Frame, RaftReply, RaftRequest};
 
-#[derive(Clone, Default)]
-pub struct Network;
+#[derive(Clone)]
+pub struct Network {
+    connections: Arc<Connections>,
+}
+
+impl Network {
+    pub fn new(connections: Arc<Connections>) -> Network {
+        Network { connections }
+    }
+}
 
 pub struct Connection {
     target: NodeId,
+    /// The target's server RPC address; `None` when its node record holds no address.
+    address: Option<SocketAddr>,
+    connections: Arc<Connections>,
 }
 
+type Failure<E> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
+
 impl Connection {
-    fn unreachable<E: std::error::Error>(&self) -> RPCError<NodeId, BasicNode, E> {
-        let reason = std::io::Error::other(format!(
-            "no server-to-server transport yet; node {} is unreachable",
-            self.target
-        ));
-        RPCError::Unreachable(Unreachable::new(&reason))
+    async fn send<E: std::error::Error>(
+        &self,
+        request: RaftRequest,
+        option: &RPCOption,
+    ) -> Result<RaftReply, Failure<E>> {
+        let Some(address) = self.address else {
+            let reason = std::io::Error::other(format!("node {} has no address", self.target));
+            return Err(RPCError::Unreachable(Unreachable::new(&reason)));
+        };
+        let answer = self
+            .connections
+            .unary(
+                address,
+                wire::RAFT_PATH,
+                Frame::encode(&request),
+                option.hard_ttl(),
+                false,
+            )
+            .await;
+        let frame = match answer {
+            Ok(frame) => frame,
+            Err(CallError::Connect(reason)) => {
+                let reason = std::io::Error::other(format!("{address}: {reason}"));
+                return Err(RPCError::Unreachable(Unreachable::new(&reason)));
+            }
+            Err(CallError::Status(status)) => {
+                let reason = std::io::Error::other(format!("{address}: {}", status.message()));
+                return Err(RPCError::Network(NetworkError::new(&reason)));
+            }
+        };
+        frame.decode::<RaftReply>().map_err(|error| {
+            let reason = std::io::Error::other(format!("{address}: {error}"));
+            RPCError::Network(NetworkError::new(&reason))
+        })
     }
+
+    fn remote<T, E: std::error::Error>(
+        &self,
+        answer: Result<T, RaftError<NodeId, E>>,
+    ) -> Result<T, Failure<E>> {
+        answer.map_err(|error| RPCError::RemoteError(RemoteError::new(self.target, error)))
+    }
+}
+
+fn mismatched<E: std::error::Error>() -> Failure<E> {
+    let reason = std::io::Error::other("the server answered a different Raft request");
+    RPCError::Network(NetworkError::new(&reason))
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
 
-    async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> Connection {
-        Connection { target }
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Connection {
+        Connection {
+            target,
+            address: node.addr.parse().ok(),
+            connections: self.connections.clone(),
+        }
     }
 }
 
 impl RaftNetwork<TypeConfig> for Connection {
     async fn append_entries(
         &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        Err(self.unreachable())
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, Failure<openraft::error::Infallible>> {
+        match self.send(RaftRequest::Append(rpc), &option).await? {
+            RaftReply::Append(answer) => self.remote(answer),
+            _ => Err(mismatched()),
+        }
     }
 
     async fn install_snapshot(
         &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<
-        InstallSnapshotResponse<NodeId>,
-        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
-    > {
-        Err(self.unreachable())
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, Failure<InstallSnapshotError>> {
+        match self.send(RaftRequest::Snapshot(rpc), &option).await? {
+            RaftReply::Snapshot(answer) => self.remote(answer),
+            _ => Err(mismatched()),
+        }
     }
 
     async fn vote(
         &mut self,
-        _rpc: VoteRequest<NodeId>,
-        _option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        Err(self.unreachable())
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, Failure<openraft::error::Infallible>> {
+        match self.send(RaftRequest::Vote(rpc), &option).await? {
+            RaftReply::Vote(answer) => self.remote(answer),
+            _ => Err(mismatched()),
+        }
     }
 }

@@ -21,13 +21,13 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
 
 use super::ca_manager::{CaError, Leaf, SignError};
 use super::codec::SmallCodec;
+use super::connections::{CallError, Connections};
 use super::service::FEED_SILENCE;
 use super::wire::{self, Feed, FollowRequest, Frame, Reply};
-use super::{Consistency, LeaderContact, Leadership, RpcError};
+use super::{mismatched, Consistency, LeaderContact, Leadership, RpcError, RPC_HOLD_TIMEOUT};
 use crate::gossip::{Member, MemberStatus, Pool};
 use crate::state::Store;
 use crate::tasks::Tasks;
@@ -35,10 +35,6 @@ use crate::types::connect::CaConfig;
 use crate::types::session::Session;
 use crate::types::{Command, CommandResult};
 
-/// How long a request keeps trying servers (Consul's `rpc_hold_timeout`).
-const RPC_HOLD_TIMEOUT: Duration = Duration::from_secs(7);
-/// How long connecting to a server may take before the next one is tried.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one request may take on a server (a write waits for its commit).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest feed message accepted (the tables are sent whole).
@@ -46,17 +42,17 @@ const MAX_FEED_MESSAGE: usize = 1 << 30;
 /// How often the server list is refreshed from the pool even without member events.
 const SERVER_REFRESH: Duration = Duration::from_secs(10);
 
-/// Where requests go: servers in the order they are tried, and a connection to each.
+/// Where requests go: servers in the order they are tried.
 #[derive(Default)]
 struct Servers {
     list: Vec<SocketAddr>,
-    channels: std::collections::HashMap<SocketAddr, Channel>,
 }
 
 pub struct ClientRpc {
     node: String,
     store: Arc<Store>,
     servers: Mutex<Servers>,
+    connections: Connections,
     servers_changed: Notify,
     leadership: watch::Sender<Leadership>,
     peers: Mutex<Vec<String>>,
@@ -75,6 +71,7 @@ impl ClientRpc {
             node,
             store: Arc::new(Store::new()),
             servers: Mutex::new(Servers::default()),
+            connections: Connections::default(),
             servers_changed: Notify::new(),
             leadership: watch::Sender::new(Leadership::default()),
             peers: Mutex::new(Vec::new()),
@@ -192,10 +189,7 @@ impl ClientRpc {
     /// had a leader, for up to `RPC_HOLD_TIMEOUT`.
     async fn call(&self, request: wire::Request) -> Result<Reply, RpcError> {
         let deadline = tokio::time::Instant::now() + RPC_HOLD_TIMEOUT;
-        let idempotent = matches!(
-            request,
-            wire::Request::ReadBarrier(_) | wire::Request::RenewSession(_)
-        );
+        let idempotent = request.idempotent();
         let frame = Frame::encode(&request);
         let mut last_error = RpcError::NoServers;
         loop {
@@ -206,42 +200,30 @@ impl ClientRpc {
                 let _ = tokio::time::timeout_at(deadline, self.servers_changed.notified()).await;
                 continue;
             };
-            let channel = match self.channel(server).await {
-                Ok(channel) => channel,
-                Err(error) => {
-                    tracing::debug!(%server, %error, "cannot reach a server; trying the next");
-                    last_error = RpcError::Unreachable(format!("{server}: {error}"));
-                    self.failed(server);
-                    continue;
-                }
-            };
-            let mut grpc = tonic::client::Grpc::new(channel);
-            let sent = async {
-                grpc.ready()
-                    .await
-                    .map_err(|error| tonic::Status::unavailable(error.to_string()))?;
-                let mut message = tonic::Request::new(frame.clone());
-                message.set_timeout(REQUEST_TIMEOUT);
-                grpc.unary(
-                    message,
-                    tonic::codegen::http::uri::PathAndQuery::from_static(wire::CALL_PATH),
-                    SmallCodec::<Frame, Frame>::default(),
+            let sent = self
+                .connections
+                .unary(
+                    server,
+                    wire::CALL_PATH,
+                    frame.clone(),
+                    REQUEST_TIMEOUT,
+                    false,
                 )
-                .await
-            };
-            let reply = match sent.await {
-                Ok(response) => response.into_inner().decode::<Reply>(),
-                Err(status) => {
+                .await;
+            let reply = match sent {
+                Ok(answer) => answer.decode::<Reply>(),
+                Err(error) => {
+                    tracing::debug!(%server, %error, "a server call failed; trying the next");
                     self.failed(server);
-                    last_error = RpcError::Unreachable(format!("{server}: {}", status.message()));
-                    if idempotent {
+                    last_error = RpcError::Unreachable(format!("{server}: {error}"));
+                    if idempotent || matches!(error, CallError::Connect(_)) {
                         continue;
                     }
                     return Err(last_error);
                 }
             };
             match reply {
-                Ok(reply) if reply.no_leader() => {
+                Ok(reply) if reply.refused() => {
                     last_error = RpcError::NoLeader;
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
@@ -256,30 +238,10 @@ impl ClientRpc {
         servers.list.first().copied()
     }
 
-    /// A connection to `server`, made now if there is none.
-    async fn channel(&self, server: SocketAddr) -> Result<Channel, tonic::transport::Error> {
-        let cached = {
-            let servers = self.servers.lock().unwrap_or_else(PoisonError::into_inner);
-            servers.channels.get(&server).cloned()
-        };
-        if let Some(channel) = cached {
-            return Ok(channel);
-        }
-        let endpoint = Endpoint::from_shared(format!("http://{server}"))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10));
-        let channel = endpoint.connect().await?;
-        let mut servers = self.servers.lock().unwrap_or_else(PoisonError::into_inner);
-        servers.channels.insert(server, channel.clone());
-        Ok(channel)
-    }
-
     /// `server` failed a request: drop its connection and try it last from now on.
     fn failed(&self, server: SocketAddr) {
+        self.connections.forget(server);
         let mut servers = self.servers.lock().unwrap_or_else(PoisonError::into_inner);
-        servers.channels.remove(&server);
         if let Some(position) = servers.list.iter().position(|s| *s == server) {
             let failed = servers.list.remove(position);
             servers.list.push(failed);
@@ -303,7 +265,7 @@ impl ClientRpc {
         }
         if list != servers.list {
             tracing::info!(servers = ?list, "servers known from gossip");
-            servers.channels.retain(|server, _| list.contains(server));
+            self.connections.retain(&list);
             servers.list = list;
             drop(servers);
             self.servers_changed.notify_waiters();
@@ -361,6 +323,7 @@ impl ClientRpc {
         stop: &CancellationToken,
     ) -> Result<(), String> {
         let channel = self
+            .connections
             .channel(server)
             .await
             .map_err(|error| error.to_string())?;
@@ -448,24 +411,4 @@ pub fn servers_in(members: &[Member], datacenter: &str) -> Vec<SocketAddr> {
             Some(SocketAddr::new(member.identity.addr.ip(), port))
         })
         .collect()
-}
-
-fn mismatched() -> RpcError {
-    RpcError::Unreachable("the server answered a different request".into())
-}
-
-impl Reply {
-    /// Whether the server refused for want of a leader (nothing was carried out).
-    fn no_leader(&self) -> bool {
-        fn is<T>(result: &Result<T, RpcError>) -> bool {
-            matches!(result, Err(RpcError::NoLeader))
-        }
-        match self {
-            Reply::Write(result) => is(result),
-            Reply::ReadBarrier(result) => is(result),
-            Reply::RenewSession(result) => is(result),
-            Reply::SignLeaf(result) => matches!(result, Err(SignError::Rpc(RpcError::NoLeader))),
-            Reply::SetCaConfig(result) => matches!(result, Err(CaError::Rpc(RpcError::NoLeader))),
-        }
-    }
 }

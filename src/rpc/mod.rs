@@ -18,6 +18,7 @@
 pub mod ca_manager;
 pub mod client;
 pub mod codec;
+pub mod connections;
 #[cfg(test)]
 pub mod memory;
 pub mod server;
@@ -63,6 +64,14 @@ pub enum RpcError {
     /// A failure inside Raft itself (storage, a fatal error), as openraft describes it.
     #[error("rpc error: {0}")]
     Raft(String),
+}
+
+/// How long a request waits for a leader, or keeps trying servers (Consul's
+/// `rpc_hold_timeout`).
+pub const RPC_HOLD_TIMEOUT: Duration = Duration::from_secs(7);
+
+fn mismatched() -> RpcError {
+    RpcError::Unreachable("the server answered a different request".into())
 }
 
 /// How a read must relate to the leader (`?stale`, default, `?consistent`).
@@ -200,7 +209,7 @@ impl Cluster {
     /// Renews a session's TTL on the leader; `Ok(None)` when there is no such session.
     pub async fn renew_session(&self, id: &str) -> Result<Option<Session>, RpcError> {
         match self {
-            Cluster::Server(server) => server.renew_session(id),
+            Cluster::Server(server) => server.renew_session(id).await,
             Cluster::Client(client) => client.renew_session(id).await,
             #[cfg(test)]
             Cluster::Memory(memory) => {
@@ -215,7 +224,7 @@ impl Cluster {
     /// Has the leader sign a leaf CSR for `service`.
     pub async fn sign_leaf(&self, csr_pem: &str, service: &str) -> Result<Leaf, SignError> {
         match self {
-            Cluster::Server(server) => server.ca.sign(csr_pem, service),
+            Cluster::Server(server) => server.sign_leaf(csr_pem, service).await,
             Cluster::Client(client) => client.sign_leaf(csr_pem, service).await,
             #[cfg(test)]
             Cluster::Memory(_) => Err(SignError::Unavailable("no CA in a memory cluster".into())),

@@ -7,17 +7,20 @@
 //! publishes it on a `watch` channel only when it changes; the leader's duties, the session
 //! timers and the CA wait on that channel instead of polling Raft.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use openraft::error::RaftError;
 use tokio::sync::watch;
 
-use super::ca_manager::{CaError, CaManager};
+use super::ca_manager::{CaError, CaManager, Leaf, SignError};
+use super::connections::{CallError, Connections};
 use super::session_ttl::SessionTimers;
+use super::wire::{Frame, Reply, Request, CALL_PATH};
 use super::writes::{WriteOutcome, Writer};
-use super::{Consistency, LeaderContact, Leadership, RpcError};
+use super::{mismatched, Consistency, LeaderContact, Leadership, RpcError, RPC_HOLD_TIMEOUT};
 use crate::raft::{NodeId, Raft};
 use crate::state::Store;
 use crate::tasks::Tasks;
@@ -47,13 +50,25 @@ impl LastContact {
     }
 }
 
+/// How long one forwarded request may take on the leader (a write waits for its commit).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a request waiting for a leader pauses before it tries again, when leadership
+/// does not change sooner.
+const RETRY_PAUSE: Duration = Duration::from_millis(250);
+/// How often at most refused Raft traffic from outside the configuration is logged.
+const STRANGER_LOG_EVERY: Duration = Duration::from_secs(10);
+
 pub struct ServerRpc {
     raft: Raft,
+    /// Connections to the other servers (Raft traffic and forwarded requests).
+    connections: Arc<Connections>,
     store: Arc<Store>,
     node_id: NodeId,
     writer: Writer,
     leadership: watch::Receiver<Leadership>,
     last_contact: LastContact,
+    /// When a Raft message from outside the configuration was last logged (ms after start).
+    stranger_logged_ms: AtomicU64,
     /// Session TTL timers (the leader's).
     pub sessions: SessionTimers,
     /// The built-in CA's leader side.
@@ -64,6 +79,7 @@ impl ServerRpc {
     /// Creates the server handle and starts its write batcher and leadership publisher.
     pub fn start(
         raft: Raft,
+        connections: Arc<Connections>,
         store: Arc<Store>,
         node_id: NodeId,
         datacenter: String,
@@ -83,6 +99,7 @@ impl ServerRpc {
                 datacenter,
             ),
             raft,
+            connections,
             store,
             node_id,
             writer,
@@ -91,6 +108,7 @@ impl ServerRpc {
                 started: Instant::now(),
                 at_ms: AtomicU64::new(0),
             },
+            stranger_logged_ms: AtomicU64::new(0),
             sessions: SessionTimers::default(),
         })
     }
@@ -111,8 +129,87 @@ impl ServerRpc {
         &self.writer
     }
 
+    /// Commits `command` on the leader (this server, or the one it forwards to).
     pub async fn write(&self, command: Command) -> WriteOutcome {
-        self.writer.write(command).await
+        match self.handle(Request::Write(command), false).await {
+            Reply::Write(outcome) => outcome,
+            _ => Err(mismatched()),
+        }
+    }
+
+    /// Answers `request`: this server if it leads (or the request was already forwarded to
+    /// it by another server), otherwise the leader, to which it is forwarded once. While there
+    /// is no leader, or the leader cannot be reached before sending, it waits for one for up
+    /// to `RPC_HOLD_TIMEOUT`, as Consul's servers do; a request that may have reached the
+    /// leader is not sent again unless repeating it is harmless.
+    pub async fn handle(&self, request: Request, forwarded: bool) -> Reply {
+        let deadline = tokio::time::Instant::now() + RPC_HOLD_TIMEOUT;
+        let mut leadership = self.leadership.clone();
+        let frame = Frame::encode(&request);
+        loop {
+            let current = leadership.borrow_and_update().clone();
+            let leader = current.leader_address.parse::<SocketAddr>().ok();
+            let last_error = match leader {
+                _ if current.is_leader || forwarded || request.local() => {
+                    return self.answer(request).await
+                }
+                None => RpcError::NoLeader,
+                Some(leader) => {
+                    let sent = self
+                        .connections
+                        .unary(leader, CALL_PATH, frame.clone(), REQUEST_TIMEOUT, true)
+                        .await;
+                    match sent.map(|answer| answer.decode::<Reply>()) {
+                        Ok(Ok(reply)) if !reply.refused() => return reply,
+                        Ok(Ok(_)) => RpcError::NoLeader,
+                        Ok(Err(error)) => {
+                            return request
+                                .failed(RpcError::Unreachable(format!("{leader}: {error}")))
+                        }
+                        Err(CallError::Status(status)) if !request.idempotent() => {
+                            return request.failed(RpcError::Unreachable(format!(
+                                "{leader}: {}",
+                                status.message()
+                            )))
+                        }
+                        Err(error) => RpcError::Unreachable(format!("{leader}: {error}")),
+                    }
+                }
+            };
+            // Wait for leadership to change (or a moment, for a leader that is still
+            // getting ready), then try again.
+            let retry_at = (tokio::time::Instant::now() + RETRY_PAUSE).min(deadline);
+            if tokio::time::timeout_at(retry_at, leadership.changed())
+                .await
+                .is_ok_and(|changed| changed.is_err())
+            {
+                return request.failed(RpcError::ShutDown);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return request.failed(last_error);
+            }
+        }
+    }
+
+    /// Carries out `request` here.
+    async fn answer(&self, request: Request) -> Reply {
+        match request {
+            Request::Write(command) => Reply::Write(self.writer.write(command).await),
+            Request::ReadBarrier(consistency) => Reply::ReadBarrier(
+                self.local_read_barrier(consistency)
+                    .await
+                    .map(|contact| (contact, self.store.snapshot().last_index())),
+            ),
+            Request::RenewSession(id) => Reply::RenewSession(self.renew_locally(&id)),
+            Request::SignLeaf { csr_pem, service } => {
+                Reply::SignLeaf(self.ca.sign(&csr_pem, &service))
+            }
+            Request::SetCaConfig(config) => Reply::SetCaConfig(match self.require_leader() {
+                Ok(()) => self.ca.set_config(config).await,
+                Err(error) => Err(error.into()),
+            }),
+            Request::Peers => Reply::Peers(self.peer_addresses()),
+        }
     }
 
     /// Leadership as last published; `changed()` on a clone wakes on every change.
@@ -155,13 +252,39 @@ impl ServerRpc {
         }
     }
 
-    /// Prepares a read at `consistency`: a consistent read first confirms leadership with a
-    /// quorum and waits until that commit is applied locally.
+    /// Prepares a read at `consistency` from this server's store. `?stale` reads it as it
+    /// is; otherwise the leader names the index it has applied (a consistent read first
+    /// confirms leadership with a quorum) and a follower waits until it has applied as much,
+    /// so it sees everything committed before the read began.
     pub async fn read_barrier(&self, consistency: Consistency) -> Result<LeaderContact, RpcError> {
+        if consistency == Consistency::Stale || self.is_leader() {
+            return self.local_read_barrier(consistency).await;
+        }
+        let Reply::ReadBarrier(answer) =
+            self.handle(Request::ReadBarrier(consistency), false).await
+        else {
+            return Err(mismatched());
+        };
+        let (contact, index) = answer?;
+        self.raft
+            .wait(Some(RPC_HOLD_TIMEOUT))
+            .applied_index_at_least(Some(index), "read barrier")
+            .await
+            .map_err(|_| RpcError::Timeout)?;
+        Ok(contact)
+    }
+
+    async fn local_read_barrier(
+        &self,
+        consistency: Consistency,
+    ) -> Result<LeaderContact, RpcError> {
         let contact = self.leader_contact();
         match consistency {
             Consistency::Stale => Ok(contact),
-            Consistency::Leader if contact.known_leader => Ok(contact),
+            Consistency::Leader if contact.known_leader => {
+                self.require_leader()?;
+                Ok(contact)
+            }
             Consistency::Leader => Err(RpcError::NoLeader),
             Consistency::Consistent => {
                 self.raft
@@ -184,8 +307,15 @@ impl ServerRpc {
         }
     }
 
-    /// Renews a session's TTL; `Ok(None)` when there is no such session.
-    pub fn renew_session(&self, id: &str) -> Result<Option<Session>, RpcError> {
+    /// Renews a session's TTL on the leader; `Ok(None)` when there is no such session.
+    pub async fn renew_session(&self, id: &str) -> Result<Option<Session>, RpcError> {
+        match self.handle(Request::RenewSession(id.into()), false).await {
+            Reply::RenewSession(answer) => answer,
+            _ => Err(mismatched()),
+        }
+    }
+
+    fn renew_locally(&self, id: &str) -> Result<Option<Session>, RpcError> {
         self.require_leader()?;
         let tables = self.store.snapshot();
         let Some(session) = tables.session(id).cloned() else {
@@ -197,10 +327,70 @@ impl ServerRpc {
         Ok(Some(session))
     }
 
-    /// Applies a new CA configuration; true when it rotated the root.
+    /// Has the leader sign a leaf CSR for `service`.
+    pub async fn sign_leaf(&self, csr_pem: &str, service: &str) -> Result<Leaf, SignError> {
+        let request = Request::SignLeaf {
+            csr_pem: csr_pem.into(),
+            service: service.into(),
+        };
+        match self.handle(request, false).await {
+            Reply::SignLeaf(answer) => answer,
+            _ => Err(mismatched().into()),
+        }
+    }
+
+    /// Applies a new CA configuration on the leader; true when it rotated the root.
     pub async fn set_ca_config(&self, config: CaConfig) -> Result<bool, CaError> {
-        self.require_leader()?;
-        self.ca.set_config(config).await
+        match self.handle(Request::SetCaConfig(config), false).await {
+            Reply::SetCaConfig(answer) => answer,
+            _ => Err(mismatched().into()),
+        }
+    }
+
+    /// The voters another server knows (Consul's `Status.Peers`): empty when it is not part
+    /// of a cluster yet.
+    pub async fn peers_of(&self, server: SocketAddr) -> Result<Vec<String>, String> {
+        let frame = Frame::encode(&Request::Peers);
+        let answer = self
+            .connections
+            .unary(server, CALL_PATH, frame, REQUEST_TIMEOUT, false)
+            .await
+            .map_err(|error| error.to_string())?;
+        match answer.decode::<Reply>() {
+            Ok(Reply::Peers(peers)) => Ok(peers),
+            Ok(_) => Err(mismatched().to_string()),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+
+    /// Whether Raft RPCs from `node` are accepted: a server that belongs to a cluster takes
+    /// them only from members of its configuration, so a server of another cluster (one that
+    /// bootstrapped alone, say) or one removed from this one cannot disrupt it; a server that
+    /// belongs to none yet takes them from any leader that adds it.
+    pub fn knows_raft_member(&self, node: NodeId) -> bool {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        let mut nodes = membership.nodes().map(|(id, _)| *id).peekable();
+        let known = nodes.peek().is_none() || nodes.any(|id| id == node);
+        if !known {
+            self.refused_stranger(node);
+        }
+        known
+    }
+
+    /// Logs a refused stranger at most once every `STRANGER_LOG_EVERY`.
+    fn refused_stranger(&self, node: NodeId) {
+        let now = self.last_contact.started.elapsed().as_millis() as u64;
+        let last = self.stranger_logged_ms.load(Ordering::Relaxed);
+        if last == 0 || now.saturating_sub(last) >= STRANGER_LOG_EVERY.as_millis() as u64 {
+            self.stranger_logged_ms.store(now.max(1), Ordering::Relaxed);
+            tracing::warn!(
+                node,
+                "refused Raft traffic from a server outside this cluster's configuration (it \
+                 belongs to another cluster, or was removed from this one)"
+            );
+        }
     }
 
     /// Server RPC addresses of the voters.

@@ -21,8 +21,9 @@ use tonic::server::{Grpc, NamedService, ServerStreamingService, UnaryService};
 use tonic::{Request, Response, Status};
 
 use super::codec::SmallCodec;
+use super::connections::FORWARDED;
 use super::server::ServerRpc;
-use super::wire::{self, Feed, FollowRequest, Frame, Reply};
+use super::wire::{self, Feed, FollowRequest, Frame, RaftReply, RaftRequest};
 use super::Leadership;
 use crate::state::{Change, Store, Tables};
 
@@ -30,6 +31,10 @@ use crate::state::{Change, Store, Tables};
 /// it has not heard from in `FEED_SILENCE`.
 pub const FEED_HEARTBEAT: Duration = Duration::from_secs(2);
 pub const FEED_SILENCE: Duration = Duration::from_secs(6);
+
+/// The largest Raft message a server accepts: a batch of log entries (each up to about 1 MiB,
+/// see `writes`) or one snapshot chunk.
+const MAX_RAFT_MESSAGE: usize = 1 << 30;
 
 #[derive(Clone)]
 pub struct RpcService {
@@ -47,26 +52,6 @@ impl NamedService for RpcService {
     const NAME: &'static str = wire::SERVICE;
 }
 
-/// Carries out one request.
-async fn answer(server: &ServerRpc, request: wire::Request) -> Reply {
-    match request {
-        wire::Request::Write(command) => Reply::Write(server.write(command).await),
-        wire::Request::ReadBarrier(consistency) => Reply::ReadBarrier(
-            server
-                .read_barrier(consistency)
-                .await
-                .map(|contact| (contact, server.store().snapshot().last_index())),
-        ),
-        wire::Request::RenewSession(id) => Reply::RenewSession(server.renew_session(&id)),
-        wire::Request::SignLeaf { csr_pem, service } => {
-            Reply::SignLeaf(server.ca.sign(&csr_pem, &service))
-        }
-        wire::Request::SetCaConfig(config) => {
-            Reply::SetCaConfig(server.set_ca_config(config).await)
-        }
-    }
-}
-
 struct Call(Arc<ServerRpc>);
 
 impl UnaryService<Frame> for Call {
@@ -76,13 +61,57 @@ impl UnaryService<Frame> for Call {
     fn call(&mut self, request: Request<Frame>) -> Self::Future {
         let server = self.0.clone();
         Box::pin(async move {
+            let forwarded = request.metadata().contains_key(FORWARDED);
             let request: wire::Request = request
                 .into_inner()
                 .decode()
                 .map_err(|error| Status::invalid_argument(error.to_string()))?;
             Ok(Response::new(Frame::encode(
-                &answer(&server, request).await,
+                &server.handle(request, forwarded).await,
             )))
+        })
+    }
+}
+
+/// A Raft RPC from another server, handed to this server's Raft node.
+struct RaftCall(Arc<ServerRpc>);
+
+impl UnaryService<Frame> for RaftCall {
+    type Response = Frame;
+    type Future = BoxFuture<Response<Frame>, Status>;
+
+    fn call(&mut self, request: Request<Frame>) -> Self::Future {
+        let server = self.0.clone();
+        Box::pin(async move {
+            let request: RaftRequest = request
+                .into_inner()
+                .decode()
+                .map_err(|error| Status::invalid_argument(error.to_string()))?;
+            let from = match &request {
+                RaftRequest::Append(append) => append.vote.leader_id().voted_for(),
+                RaftRequest::Vote(vote) => vote.vote.leader_id().voted_for(),
+                RaftRequest::Snapshot(chunk) => chunk.vote.leader_id().voted_for(),
+            };
+            if let Some(stranger) = from.filter(|from| !server.knows_raft_member(*from)) {
+                return Err(Status::permission_denied(format!(
+                    "Raft node {stranger} is not in this server's Raft configuration"
+                )));
+            }
+            let raft = server.raft();
+            let reply = match request {
+                RaftRequest::Append(append) => {
+                    let answer = raft.append_entries(append).await;
+                    if answer.is_ok() {
+                        server.note_leader_contact();
+                    }
+                    RaftReply::Append(answer)
+                }
+                RaftRequest::Vote(vote) => RaftReply::Vote(raft.vote(vote).await),
+                RaftRequest::Snapshot(chunk) => {
+                    RaftReply::Snapshot(raft.install_snapshot(chunk).await)
+                }
+            };
+            Ok(Response::new(Frame::encode(&reply)))
         })
     }
 }
@@ -202,6 +231,11 @@ where
             wire::CALL_PATH => Box::pin(async move {
                 let mut grpc = Grpc::new(SmallCodec::<Frame, Frame>::default());
                 Ok(grpc.unary(Call(service.server), request).await)
+            }),
+            wire::RAFT_PATH => Box::pin(async move {
+                let mut grpc = Grpc::new(SmallCodec::<Frame, Frame>::default())
+                    .max_decoding_message_size(MAX_RAFT_MESSAGE);
+                Ok(grpc.unary(RaftCall(service.server), request).await)
             }),
             wire::FOLLOW_PATH => Box::pin(async move {
                 let mut grpc = Grpc::new(SmallCodec::<Frame, Frame>::default())

@@ -3,11 +3,17 @@
 //! for `Command`.
 
 use bytes::Bytes;
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::ca_manager::{CaError, Leaf, SignError};
 use super::{Consistency, LeaderContact, RpcError};
+use crate::raft::{NodeId, TypeConfig};
 use crate::types::connect::CaConfig;
 use crate::types::session::Session;
 use crate::types::{Command, CommandResult};
@@ -15,6 +21,7 @@ use crate::types::{Command, CommandResult};
 pub const SERVICE: &str = "concord.rpc.v1.Cluster";
 pub const CALL_PATH: &str = "/concord.rpc.v1.Cluster/Call";
 pub const FOLLOW_PATH: &str = "/concord.rpc.v1.Cluster/Follow";
+pub const RAFT_PATH: &str = "/concord.rpc.v1.Cluster/Raft";
 
 /// The body encoding this build speaks.
 const FORMAT: u32 = 1;
@@ -73,6 +80,9 @@ pub enum Request {
         service: String,
     },
     SetCaConfig(CaConfig),
+    /// The Raft voters' server addresses this server knows (Consul's `Status.Peers`);
+    /// answered by the server asked, never forwarded.
+    Peers,
 }
 
 /// The answer to the `Request` of the same name.
@@ -83,6 +93,57 @@ pub enum Reply {
     RenewSession(Result<Option<Session>, RpcError>),
     SignLeaf(Result<Leaf, SignError>),
     SetCaConfig(Result<bool, CaError>),
+    Peers(Vec<String>),
+}
+
+impl Request {
+    /// Whether carrying the request out twice does no harm, so it may be sent again after
+    /// a failure that left unknown whether it arrived.
+    pub fn idempotent(&self) -> bool {
+        matches!(
+            self,
+            Request::ReadBarrier(_) | Request::RenewSession(_) | Request::Peers
+        )
+    }
+
+    /// Whether any server answers this itself rather than the leader.
+    pub fn local(&self) -> bool {
+        matches!(self, Request::Peers)
+    }
+
+    /// The answer that reports `error` for this request.
+    pub fn failed(&self, error: RpcError) -> Reply {
+        match self {
+            Request::Write(_) => Reply::Write(Err(error)),
+            Request::ReadBarrier(_) => Reply::ReadBarrier(Err(error)),
+            Request::RenewSession(_) => Reply::RenewSession(Err(error)),
+            Request::SignLeaf { .. } => Reply::SignLeaf(Err(SignError::Rpc(error))),
+            Request::SetCaConfig(_) => Reply::SetCaConfig(Err(CaError::Rpc(error))),
+            // Answered locally, so it never fails for want of a leader.
+            Request::Peers => Reply::Peers(Vec::new()),
+        }
+    }
+}
+
+impl Reply {
+    /// Whether the server refused because it is not the leader or knows none: nothing was
+    /// carried out, and the request may go elsewhere or wait for a leader.
+    pub fn refused(&self) -> bool {
+        fn not_leader(error: &RpcError) -> bool {
+            matches!(error, RpcError::NoLeader | RpcError::ForwardToLeader { .. })
+        }
+        fn is<T>(result: &Result<T, RpcError>) -> bool {
+            result.as_ref().err().is_some_and(not_leader)
+        }
+        match self {
+            Reply::Write(result) => is(result),
+            Reply::ReadBarrier(result) => is(result),
+            Reply::RenewSession(result) => is(result),
+            Reply::SignLeaf(result) => matches!(result, Err(SignError::Rpc(e)) if not_leader(e)),
+            Reply::SetCaConfig(result) => matches!(result, Err(CaError::Rpc(e)) if not_leader(e)),
+            Reply::Peers(_) => false,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -107,4 +168,21 @@ pub enum Feed {
     },
     /// Nothing changed; the stream is alive.
     Heartbeat,
+}
+
+/// A Raft RPC from one server to another, as openraft hands it to the network.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RaftRequest {
+    Append(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+    /// One chunk of a snapshot.
+    Snapshot(InstallSnapshotRequest<TypeConfig>),
+}
+
+/// The answer to the `RaftRequest` of the same name, as openraft returns it.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RaftReply {
+    Append(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
 }

@@ -60,6 +60,7 @@ pub async fn run(
     let mut connect_ready = false;
     let mut kv_index_history: VecDeque<(Instant, u64)> = VecDeque::new();
     let mut tick = tokio::time::interval(TOMBSTONE_GRANULARITY);
+    let mut promotions = super::servers::Promotions::default();
     loop {
         let leader = leadership.borrow_and_update().is_leader;
         if !leader {
@@ -91,13 +92,19 @@ pub async fn run(
                 reap_unknown: pool_started.elapsed()
                     >= config.membership.gossip_lan.reconnect_timeout,
             };
-            reconciled = reconcile_members(&rpc, &lan, &scope).await;
+            reconciled = reconcile_members(&rpc, &lan, &scope).await
+                & reconcile_servers(&rpc, &lan, &config, &mut promotions).await;
             if reconciled {
                 reaped.clear();
             }
+        } else if promotions.pending() {
+            reconcile_servers(&rpc, &lan, &config, &mut promotions).await;
         }
         let unfinished = leader
-            && (!registered_as_leader || (config.connect_enabled && !connect_ready) || !reconciled);
+            && (!registered_as_leader
+                || (config.connect_enabled && !connect_ready)
+                || !reconciled
+                || promotions.pending());
         // A node written to the catalog after its member left or was reaped (its agent's last
         // anti-entropy pass landing after the leave) is reconciled at once, not a minute later.
         let nodes = vec![(
@@ -132,6 +139,29 @@ pub async fn run(
             }
         }
     }
+}
+
+/// One pass of `servers::plan` on the Raft configuration; whether every change went through.
+async fn reconcile_servers(
+    rpc: &ServerRpc,
+    lan: &Pool,
+    config: &RuntimeConfig,
+    promotions: &mut super::servers::Promotions,
+) -> bool {
+    let members = lan.members().await;
+    let raft = super::servers::Snapshot::of(rpc.raft(), rpc.node_id());
+    let changes = promotions.plan(
+        &members,
+        &config.datacenter,
+        &raft.view(),
+        config.raft.server_stabilization_time,
+        Instant::now(),
+    );
+    let mut done = true;
+    for change in changes {
+        done &= super::servers::apply(rpc, change).await;
+    }
+    done
 }
 
 /// One pass of `members::plan`; whether every write went through.

@@ -9,8 +9,10 @@
 //! outlives it.
 
 mod coordinate_sync;
+pub mod formation;
 mod leader;
 pub mod members;
+pub mod servers;
 mod watches;
 
 use std::collections::BTreeMap;
@@ -19,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use openraft::BasicNode;
 use tokio_util::sync::CancellationToken;
 
@@ -28,6 +30,7 @@ use crate::agent::Agent;
 use crate::config::{LoadOptions, RuntimeConfig};
 use crate::http::{self, AppState};
 use crate::raft::{self, node_id_from_uuid, Network, Raft};
+use crate::rpc::connections::Connections;
 use crate::rpc::service::RpcService;
 use crate::rpc::{ClientRpc, Cluster, ServerRpc};
 use crate::state::Store;
@@ -102,10 +105,11 @@ async fn start_server(
     let raft_id = node_id_from_uuid(node_id);
     let server_address =
         SocketAddr::new(config.advertise_addr, config.ports.server.unwrap_or(8300));
+    let connections = Arc::new(Connections::default());
     let raft = Raft::new(
         raft_id,
         raft::openraft_config(&config.raft)?,
-        Network,
+        Network::new(connections.clone()),
         storage.log_store,
         storage.state_machine,
     )
@@ -120,6 +124,7 @@ async fn start_server(
     }
     let rpc = ServerRpc::start(
         raft.clone(),
+        connections,
         store,
         raft_id,
         config.datacenter.clone(),
@@ -132,13 +137,6 @@ async fn start_server(
 pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Result<()> {
     let started = Instant::now();
     let config = Arc::new(config);
-    if config.bootstrap_expect > 1 {
-        bail!(
-            "bootstrap_expect = {} needs the multi-server cluster, which this release does not \
-             have yet; use -bootstrap-expect=1",
-            config.bootstrap_expect
-        );
-    }
     let (data_dir, temp_dir) = prepare_data_dir(&config)?;
     let node_id = resolve_node_id(&config, &data_dir)?;
 
@@ -171,6 +169,18 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
         tasks.spawn_graceful(
             "rpc.listener",
             crate::rpc::service::serve(listener, service, tasks.shutdown().clone()),
+        );
+    }
+    if let (Some(server), expect @ 2..) = (&server, config.bootstrap_expect) {
+        tasks.spawn(
+            "server.formation",
+            formation::bootstrap_when_expected(
+                server.rpc.clone(),
+                lan.clone(),
+                config.datacenter.clone(),
+                expect,
+                tasks.shutdown().clone(),
+            ),
         );
     }
     crate::gossip::lan::join_configured(&lan, &config, &stop, &tasks).await?;

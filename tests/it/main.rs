@@ -15,6 +15,7 @@ mod health;
 mod kv;
 mod lifecycle;
 mod lock;
+mod raft_cluster;
 mod session;
 mod sim_envoy;
 mod support;

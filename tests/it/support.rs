@@ -201,7 +201,15 @@ impl Agent {
             .arg("-data-dir")
             .arg(workdir.path().join("data"));
         if placement.server {
-            command.args(["-server", "-bootstrap-expect=1"]);
+            command.arg("-server");
+            // A server bootstraps alone unless its config says how many to expect.
+            let expects = placement
+                .config
+                .as_deref()
+                .is_some_and(|config| config.contains("bootstrap_expect"));
+            if !expects {
+                command.arg("-bootstrap-expect=1");
+            }
         }
         for address in &placement.join {
             command.args(["-retry-join", address]);
