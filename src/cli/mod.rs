@@ -10,6 +10,7 @@ mod goflags;
 mod intention;
 mod kv;
 mod lock;
+mod operator;
 mod services;
 mod watch;
 
@@ -186,6 +187,7 @@ fn command_tree() -> Command {
         .subcommand(config::command())
         .subcommand(connect::command())
         .subcommand(intention::command())
+        .subcommand(operator::command())
         .subcommand(lock::command())
         .subcommand(services::services_command())
         .subcommand(services::maint_command())
@@ -250,6 +252,7 @@ pub fn main() -> ExitCode {
             Some(("config", sub)) => config::run(sub).await,
             Some(("connect", sub)) => connect::run(sub).await,
             Some(("intention", sub)) => intention::run(sub).await,
+            Some(("operator", sub)) => operator::run(sub).await,
             Some(("lock", sub)) => lock::run(sub).await,
             Some(("services", sub)) => services::run_services(sub).await,
             Some(("maint", sub)) => services::run_maint(sub).await,
@@ -645,5 +648,15 @@ async fn monitor(matches: &ArgMatches) -> CommandResult {
             let _ = stdout.flush();
         }) => Ok(result?),
         _ = tokio::signal::ctrl_c() => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap checks a command tree's consistency (unique argument names, ...) only when it is
+    /// used; this checks every subcommand at once.
+    #[test]
+    fn the_command_tree_is_consistent() {
+        super::command_tree().debug_assert();
     }
 }

@@ -19,6 +19,7 @@ mod intention;
 mod keyring;
 mod kv;
 mod metrics;
+mod operator;
 mod params;
 mod reply;
 mod session;
@@ -30,7 +31,7 @@ mod xds_status;
 use std::sync::Arc;
 
 use axum::http::StatusCode;
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 
@@ -105,6 +106,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/coordinate/nodes", get(coordinate::nodes))
         .route("/v1/coordinate/node/{node}", get(coordinate::node))
         .route("/v1/coordinate/update", put(coordinate::update))
+        .route(
+            "/v1/operator/raft/configuration",
+            get(operator::configuration),
+        )
+        .route("/v1/operator/raft/peer", delete(operator::remove_peer))
         .route(
             "/v1/operator/keyring",
             get(keyring::keyring)

@@ -173,6 +173,11 @@ impl ClientRpc {
         }
     }
 
+    /// Sends `request` to a server as it is; the caller reads the answer.
+    pub async fn request(&self, request: wire::Request) -> Result<Reply, RpcError> {
+        self.call(request).await
+    }
+
     /// Waits until the replica has applied `index`.
     async fn wait_applied(&self, index: u64) -> Result<(), RpcError> {
         let mut applied = self.applied.subscribe();

@@ -36,6 +36,7 @@ use tokio::sync::watch;
 pub use ca_manager::{CaError, Leaf, SignError};
 pub use client::ClientRpc;
 pub use server::ServerRpc;
+pub use wire::{PeerRef, RaftConfiguration, RaftServer};
 
 use crate::raft::NodeId;
 use crate::state::{Match, Tables, WatchGuard};
@@ -64,6 +65,9 @@ pub enum RpcError {
     /// A failure inside Raft itself (storage, a fatal error), as openraft describes it.
     #[error("rpc error: {0}")]
     Raft(String),
+    /// The request was understood and refused; the text says why.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// How long a request waits for a leader, or keeps trying servers (Consul's
@@ -241,6 +245,33 @@ impl Cluster {
                 let _ = config;
                 Err(CaError::Unavailable("no CA in a memory cluster".into()))
             }
+        }
+    }
+
+    /// The Raft configuration, from the leader unless `stale` (then from the server asked).
+    pub async fn raft_configuration(&self, stale: bool) -> Result<RaftConfiguration, RpcError> {
+        let request = wire::Request::RaftConfiguration { stale };
+        match self.request(request).await? {
+            wire::Reply::RaftConfiguration(answer) => answer,
+            _ => Err(mismatched()),
+        }
+    }
+
+    /// Removes a server from the Raft configuration, on the leader.
+    pub async fn remove_raft_peer(&self, peer: PeerRef) -> Result<(), RpcError> {
+        match self.request(wire::Request::RemovePeer(peer)).await? {
+            wire::Reply::RemovePeer(answer) => answer,
+            _ => Err(mismatched()),
+        }
+    }
+
+    /// Sends `request` where it is answered: this server (or its leader), or a server.
+    async fn request(&self, request: wire::Request) -> Result<wire::Reply, RpcError> {
+        match self {
+            Cluster::Server(server) => Ok(server.handle(request, false).await),
+            Cluster::Client(client) => client.request(request).await,
+            #[cfg(test)]
+            Cluster::Memory(_) => Err(RpcError::Refused("no Raft in a memory cluster".into())),
         }
     }
 

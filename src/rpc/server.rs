@@ -7,6 +7,7 @@
 //! publishes it on a `watch` channel only when it changes; the leader's duties, the session
 //! timers and the CA wait on that channel instead of polling Raft.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use tokio::sync::watch;
 use super::ca_manager::{CaError, CaManager, Leaf, SignError};
 use super::connections::{CallError, Connections};
 use super::session_ttl::SessionTimers;
-use super::wire::{Frame, Reply, Request, CALL_PATH};
+use super::wire::{Frame, PeerRef, RaftConfiguration, RaftServer, Reply, Request, CALL_PATH};
 use super::writes::{WriteOutcome, Writer};
 use super::{mismatched, Consistency, LeaderContact, Leadership, RpcError, RPC_HOLD_TIMEOUT};
 use crate::raft::{NodeId, Raft};
@@ -67,6 +68,9 @@ pub struct ServerRpc {
     writer: Writer,
     leadership: watch::Receiver<Leadership>,
     last_contact: LastContact,
+    /// When a quorum last confirmed this server's leadership (ms after start, 0 never), kept
+    /// fresh by `keep_lease` while it leads.
+    quorum_confirmed_ms: Arc<AtomicU64>,
     /// When a Raft message from outside the configuration was last logged (ms after start).
     stranger_logged_ms: AtomicU64,
     /// Session TTL timers (the leader's).
@@ -86,10 +90,21 @@ impl ServerRpc {
         tasks: &Tasks,
     ) -> Arc<ServerRpc> {
         let writer = Writer::start(raft.clone(), tasks);
+        let started = Instant::now();
+        let quorum_confirmed_ms = Arc::new(AtomicU64::new(0));
         let (publish, leadership) = watch::channel(Leadership::default());
         tasks.spawn(
             "rpc.leadership",
             publish_leadership(raft.clone(), node_id, publish),
+        );
+        tasks.spawn(
+            "rpc.leader_lease",
+            keep_lease(
+                raft.clone(),
+                leadership.clone(),
+                started,
+                quorum_confirmed_ms.clone(),
+            ),
         );
         Arc::new(ServerRpc {
             ca: CaManager::new(
@@ -105,10 +120,11 @@ impl ServerRpc {
             writer,
             leadership,
             last_contact: LastContact {
-                started: Instant::now(),
+                started,
                 at_ms: AtomicU64::new(0),
             },
             stranger_logged_ms: AtomicU64::new(0),
+            quorum_confirmed_ms,
             sessions: SessionTimers::default(),
         })
     }
@@ -209,6 +225,14 @@ impl ServerRpc {
                 Err(error) => Err(error.into()),
             }),
             Request::Peers => Reply::Peers(self.peer_addresses()),
+            Request::RaftConfiguration { stale } => Reply::RaftConfiguration(
+                match stale {
+                    true => Ok(()),
+                    false => self.require_leader(),
+                }
+                .map(|()| self.raft_configuration()),
+            ),
+            Request::RemovePeer(peer) => Reply::RemovePeer(self.remove_peer(peer).await),
         }
     }
 
@@ -283,28 +307,48 @@ impl ServerRpc {
             Consistency::Stale => Ok(contact),
             Consistency::Leader if contact.known_leader => {
                 self.require_leader()?;
+                // The leader's lease: while a quorum confirmed this leadership within the
+                // shortest election timeout, no other leader can have been elected, so a
+                // default read is answered without a round trip. Past it (a leader cut off
+                // from its quorum, or one just elected) the read confirms with a quorum first,
+                // as a consistent read does; a partitioned leader thus stops answering, as
+                // Consul's steps down.
+                let confirmed = self.quorum_confirmed_ms.load(Ordering::Relaxed);
+                let now = self.last_contact.started.elapsed().as_millis() as u64;
+                let lease = self.raft.config().election_timeout_min;
+                if confirmed != 0 && now.saturating_sub(confirmed) <= lease {
+                    return Ok(contact);
+                }
+                self.confirm_leadership().await?;
                 Ok(contact)
             }
             Consistency::Leader => Err(RpcError::NoLeader),
             Consistency::Consistent => {
-                self.raft
-                    .ensure_linearizable()
-                    .await
-                    .map_err(|error| match error {
-                        RaftError::APIError(
-                            openraft::error::CheckIsLeaderError::ForwardToLeader(forward),
-                        ) => RpcError::ForwardToLeader {
-                            leader: forward
-                                .leader_node
-                                .map(|node| node.addr)
-                                .unwrap_or_default(),
-                        },
-                        RaftError::APIError(_) => RpcError::NoLeader,
-                        other => RpcError::Raft(other.to_string()),
-                    })?;
+                self.confirm_leadership().await?;
                 Ok(contact)
             }
         }
+    }
+
+    /// Has a quorum confirm this server still leads and waits until this server has applied
+    /// everything committed before; gives up after `RPC_HOLD_TIMEOUT` (a leader cut off from
+    /// its quorum never hears back).
+    async fn confirm_leadership(&self) -> Result<(), RpcError> {
+        let confirmed = tokio::time::timeout(RPC_HOLD_TIMEOUT, self.raft.ensure_linearizable())
+            .await
+            .map_err(|_| RpcError::NoLeader)?;
+        confirmed.map(|_| ()).map_err(|error| match error {
+            RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(forward)) => {
+                RpcError::ForwardToLeader {
+                    leader: forward
+                        .leader_node
+                        .map(|node| node.addr)
+                        .unwrap_or_default(),
+                }
+            }
+            RaftError::APIError(_) => RpcError::NoLeader,
+            other => RpcError::Raft(other.to_string()),
+        })
     }
 
     /// Renews a session's TTL on the leader; `Ok(None)` when there is no such session.
@@ -393,6 +437,76 @@ impl ServerRpc {
         }
     }
 
+    /// The Raft configuration as this server sees it.
+    pub fn raft_configuration(&self) -> RaftConfiguration {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let matched: BTreeMap<NodeId, u64> = metrics
+            .replication
+            .iter()
+            .flatten()
+            .map(|(id, log)| (*id, log.map_or(0, |log| log.index)))
+            .collect();
+        let servers = membership
+            .nodes()
+            .map(|(id, node)| RaftServer {
+                id: *id,
+                address: node.addr.clone(),
+                voter: voters.contains(id),
+                leader: metrics.current_leader == Some(*id),
+                last_index: match *id == self.node_id {
+                    true => metrics.last_log_index.unwrap_or(0),
+                    false => matched.get(id).copied().unwrap_or(0),
+                },
+            })
+            .collect();
+        RaftConfiguration {
+            servers,
+            index: metrics
+                .membership_config
+                .log_id()
+                .map_or(0, |log| log.index),
+        }
+    }
+
+    /// Removes one server from the Raft configuration; refuses an unknown one and the last
+    /// voter, which would leave nobody to elect a leader.
+    async fn remove_peer(&self, peer: PeerRef) -> Result<(), RpcError> {
+        self.require_leader()?;
+        let configuration = self.raft_configuration();
+        let found = configuration.servers.iter().find(|server| match &peer {
+            PeerRef::Id(id) => server.id == *id,
+            PeerRef::Address(address) => server.address == *address,
+        });
+        let Some(server) = found else {
+            return Err(RpcError::Refused(match peer {
+                PeerRef::Id(id) => format!("id {id:x} was not found in the Raft configuration"),
+                PeerRef::Address(address) => {
+                    format!("address \"{address}\" was not found in the Raft configuration")
+                }
+            }));
+        };
+        let voters = configuration.servers.iter().filter(|s| s.voter).count();
+        if server.voter && voters == 1 {
+            return Err(RpcError::Refused(format!(
+                "{} is the last voter; removing it would leave the cluster unable to elect a \
+                 leader",
+                server.address
+            )));
+        }
+        let ids = BTreeSet::from([server.id]);
+        let change = match server.voter {
+            true => openraft::ChangeMembers::RemoveVoters(ids),
+            false => openraft::ChangeMembers::RemoveNodes(ids),
+        };
+        self.raft
+            .change_membership(change, false)
+            .await
+            .map(|_| tracing::info!(server = %server.address, "removed a server from the Raft configuration"))
+            .map_err(|error| RpcError::Raft(error.to_string()))
+    }
+
     /// Server RPC addresses of the voters.
     pub fn peer_addresses(&self) -> Vec<String> {
         let metrics = self.raft.metrics().borrow().clone();
@@ -401,6 +515,38 @@ impl ServerRpc {
             .voter_ids()
             .filter_map(|id| membership.get_node(&id).map(|node| node.addr.clone()))
             .collect()
+    }
+}
+
+/// While this server leads, has a quorum confirm its leadership every two heartbeats and
+/// records when it last did: the lease default-consistency reads are served under. openraft
+/// 0.9's leader does not step down when it loses its quorum, and its metrics are not
+/// refreshed while nothing answers, so the confirmation is asked for here.
+async fn keep_lease(
+    raft: Raft,
+    mut leadership: watch::Receiver<Leadership>,
+    started: Instant,
+    confirmed_ms: Arc<AtomicU64>,
+) {
+    let every = Duration::from_millis(2 * raft.config().heartbeat_interval);
+    loop {
+        if !leadership.borrow_and_update().is_leader {
+            confirmed_ms.store(0, Ordering::Relaxed);
+            if leadership.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let asked = started.elapsed().as_millis() as u64;
+        let lease = Duration::from_millis(raft.config().election_timeout_min);
+        if let Ok(Ok(_)) = tokio::time::timeout(lease, raft.ensure_linearizable()).await {
+            // The lease runs from when confirmation was asked, not when it arrived.
+            confirmed_ms.store(asked.max(1), Ordering::Relaxed);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            changed = leadership.changed() => if changed.is_err() { return },
+        }
     }
 }
 

@@ -83,6 +83,39 @@ pub enum Request {
     /// The Raft voters' server addresses this server knows (Consul's `Status.Peers`);
     /// answered by the server asked, never forwarded.
     Peers,
+    /// The Raft configuration: from the leader, or from the server asked when `stale`.
+    RaftConfiguration {
+        stale: bool,
+    },
+    /// Removes a server from the Raft configuration (`operator raft remove-peer`).
+    RemovePeer(PeerRef),
+}
+
+/// A server named by its Raft id or its server RPC address.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum PeerRef {
+    Id(NodeId),
+    Address(String),
+}
+
+/// One server of the Raft configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftServer {
+    pub id: NodeId,
+    pub address: String,
+    pub voter: bool,
+    pub leader: bool,
+    /// The last log index the server is known to hold (the leader's own, a follower's as far
+    /// as the leader has matched it; 0 when unknown).
+    pub last_index: u64,
+}
+
+/// The Raft configuration as one server sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftConfiguration {
+    pub servers: Vec<RaftServer>,
+    /// The log index of the configuration.
+    pub index: u64,
 }
 
 /// The answer to the `Request` of the same name.
@@ -94,6 +127,8 @@ pub enum Reply {
     SignLeaf(Result<Leaf, SignError>),
     SetCaConfig(Result<bool, CaError>),
     Peers(Vec<String>),
+    RaftConfiguration(Result<RaftConfiguration, RpcError>),
+    RemovePeer(Result<(), RpcError>),
 }
 
 impl Request {
@@ -102,13 +137,19 @@ impl Request {
     pub fn idempotent(&self) -> bool {
         matches!(
             self,
-            Request::ReadBarrier(_) | Request::RenewSession(_) | Request::Peers
+            Request::ReadBarrier(_)
+                | Request::RenewSession(_)
+                | Request::Peers
+                | Request::RaftConfiguration { .. }
         )
     }
 
     /// Whether any server answers this itself rather than the leader.
     pub fn local(&self) -> bool {
-        matches!(self, Request::Peers)
+        matches!(
+            self,
+            Request::Peers | Request::RaftConfiguration { stale: true }
+        )
     }
 
     /// The answer that reports `error` for this request.
@@ -121,6 +162,8 @@ impl Request {
             Request::SetCaConfig(_) => Reply::SetCaConfig(Err(CaError::Rpc(error))),
             // Answered locally, so it never fails for want of a leader.
             Request::Peers => Reply::Peers(Vec::new()),
+            Request::RaftConfiguration { .. } => Reply::RaftConfiguration(Err(error)),
+            Request::RemovePeer(_) => Reply::RemovePeer(Err(error)),
         }
     }
 }
@@ -142,6 +185,8 @@ impl Reply {
             Reply::SignLeaf(result) => matches!(result, Err(SignError::Rpc(e)) if not_leader(e)),
             Reply::SetCaConfig(result) => matches!(result, Err(CaError::Rpc(e)) if not_leader(e)),
             Reply::Peers(_) => false,
+            Reply::RaftConfiguration(result) => is(result),
+            Reply::RemovePeer(result) => is(result),
         }
     }
 }

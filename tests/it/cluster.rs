@@ -59,6 +59,7 @@ fn placed(node: &str, ip: &str, server: bool, config: Option<String>) -> AgentOp
                 vec![SERVER.into()]
             },
             config,
+            data_dir: None,
         }),
         ..AgentOptions::default()
     }
@@ -521,6 +522,7 @@ async fn a_member_stopped_for_three_seconds_gets_no_other_member_declared_failed
                 vec![IPS[0].into()]
             },
             config: Some(local_timings()),
+            data_dir: None,
         }),
         ..AgentOptions::default()
     };
@@ -631,6 +633,7 @@ async fn gossip_encryption_refuses_strangers_and_rotates_keys_without_flapping()
                 vec![IPS[0].into()]
             },
             config: Some(config.to_string()),
+            data_dir: None,
         }),
         ..AgentOptions::default()
     };
@@ -657,6 +660,7 @@ async fn gossip_encryption_refuses_strangers_and_rotates_keys_without_flapping()
             server: false,
             join: Vec::new(),
             config: Some(json!({"start_join": [IPS[0]]}).to_string()),
+            data_dir: None,
         }),
         ..AgentOptions::default()
     });
@@ -743,6 +747,7 @@ async fn servers_of_two_datacenters_meet_in_the_wan_pool() {
             server: true,
             join: Vec::new(),
             config: Some(json!({ "datacenter": datacenter }).to_string()),
+            data_dir: None,
         }),
         ..AgentOptions::default()
     };

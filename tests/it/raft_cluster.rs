@@ -1,18 +1,22 @@
 //! Three servers on their own loopback addresses with Consul's default ports form one Raft
-//! cluster by themselves (`-bootstrap-expect 3` and a join), every server takes writes and
-//! serves reads in each consistency mode, a fourth server joins as a non-voter and is
-//! promoted, and the cluster keeps taking writes after its leader is killed.
+//! cluster by themselves (`-bootstrap-expect 3` and a join); every server and a client agent
+//! take writes and serve reads in each consistency mode; `operator raft list-peers` shows the
+//! voters; a fourth server joins as a non-voter and is promoted; the cluster keeps taking
+//! writes after its leader is killed, and the old leader, restarted on its data, rejoins as a
+//! follower and catches up.
 
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::support::{eventually, Agent, AgentOptions, Placement};
+use crate::support::{cli, eventually, Agent, AgentOptions, Placement};
 
 /// Addresses no other test uses.
 const SERVERS: [&str; 4] = ["127.0.14.1", "127.0.14.2", "127.0.14.3", "127.0.14.4"];
 
-fn server(index: usize, expect: Option<u32>) -> AgentOptions {
+const CLIENT: &str = "127.0.14.5";
+
+fn server(index: usize, expect: Option<u32>, data_dir: &std::path::Path) -> AgentOptions {
     let mut config = json!({
         // Raft timings as `-dev` has them, so elections take a fraction of a second.
         "performance": {"raft_multiplier": 1},
@@ -28,6 +32,7 @@ fn server(index: usize, expect: Option<u32>) -> AgentOptions {
             // Each joins the first; the first joins the second.
             join: vec![SERVERS[usize::from(index == 0)].into()],
             config: Some(config.to_string()),
+            data_dir: Some(data_dir.to_path_buf()),
         }),
         ..AgentOptions::default()
     }
@@ -99,66 +104,130 @@ async fn read(agent: &Agent, key: &str, mode: &str) -> Option<String> {
     (response.status == 200).then(|| response.text())
 }
 
+fn client() -> AgentOptions {
+    AgentOptions {
+        placement: Some(Placement {
+            ip: CLIENT.into(),
+            node: "c1".into(),
+            server: false,
+            join: vec![SERVERS[0].into()],
+            config: None,
+            data_dir: None,
+        }),
+        ..AgentOptions::default()
+    }
+}
+
+fn rpc_address(agent: &Agent) -> String {
+    format!("{}:8300", agent.host)
+}
+
+/// Reads `key` with `mode` from every agent and expects `value` from each.
+async fn read_everywhere(agents: &[&Agent], key: &str, mode: &str, value: &str) {
+    for agent in agents {
+        assert_eq!(
+            read(agent, key, mode).await.as_deref(),
+            Some(value),
+            "{mode:?} read of {key} on {}",
+            agent.host
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_servers_form_a_cluster_take_a_fourth_and_survive_losing_the_leader() {
+    let data: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().expect("dir")).collect();
     let mut servers: Vec<Option<Agent>> = (0..3)
-        .map(|index| Some(Agent::spawn(server(index, Some(3)))))
+        .map(|index| Some(Agent::spawn(server(index, Some(3), data[index].path()))))
         .collect();
-    let all = |servers: &[Option<Agent>]| -> Vec<String> {
-        servers
-            .iter()
-            .flatten()
-            .map(|agent| format!("{}:8300", agent.host))
-            .collect()
+    let client = Agent::spawn(client());
+    let addresses = |servers: &[Option<Agent>]| -> Vec<String> {
+        let mut all: Vec<String> = servers.iter().flatten().map(rpc_address).collect();
+        all.sort();
+        all
     };
     let first_leader = {
         let agents: Vec<&Agent> = servers.iter().flatten().collect();
         agreed_leader(&agents).await
     };
-    let mut expected = all(&servers);
-    expected.sort();
-    for agent in servers.iter().flatten() {
-        let agent_peers = eventually(
-            "every server to list three peers",
+    let expected = addresses(&servers);
+    for agent in servers.iter().flatten().chain([&client]) {
+        eventually(
+            "every agent to list three peers",
             Duration::from_secs(10),
-            || async {
-                let peers = peers(agent).await;
-                (peers == expected).then_some(peers)
-            },
+            || async { (peers(agent).await == expected).then_some(()) },
         )
         .await;
-        assert_eq!(agent_peers.len(), 3);
-    }
-
-    // A write through each server is committed once and read back from every server in
-    // every consistency mode (a default or consistent read on a follower waits for what the
-    // leader had applied when the read began).
-    for (index, writer) in servers.iter().flatten().enumerate() {
-        let key = format!("formation/{index}");
-        assert_eq!(
-            put(writer, &key, &format!("v{index}")).await,
-            (200, "true".into())
-        );
-        for reader in servers.iter().flatten() {
-            assert_eq!(
-                read(reader, &key, "").await.as_deref(),
-                Some(format!("v{index}").as_str()),
-                "default read on {}",
-                reader.host
-            );
-            assert_eq!(
-                read(reader, &key, "consistent").await.as_deref(),
-                Some(format!("v{index}").as_str()),
-                "consistent read on {}",
-                reader.host
-            );
-        }
     }
     let follower = servers
         .iter()
         .flatten()
-        .find(|agent| format!("{}:8300", agent.host) != first_leader)
+        .find(|agent| rpc_address(agent) != first_leader)
         .expect("a follower");
+
+    // `operator raft list-peers`, asked of a follower, shows three voters and one leader.
+    let (code, out, err) = cli(follower, &["operator", "raft", "list-peers"], None);
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .skip(1)
+        .map(|line| line.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 3, "{out}");
+    assert!(out.starts_with("Node"), "{out}");
+    assert_eq!(
+        rows.iter().filter(|row| row[3] == "leader").count(),
+        1,
+        "{out}"
+    );
+    assert!(rows.iter().all(|row| row[4] == "true"), "all voters: {out}");
+    let mut listed: Vec<String> = rows.iter().map(|row| row[2].to_string()).collect();
+    listed.sort();
+    assert_eq!(listed, expected);
+    let (code, _, err) = cli(
+        follower,
+        &[
+            "operator",
+            "raft",
+            "remove-peer",
+            "-address=127.0.99.1:8300",
+        ],
+        None,
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("was not found in the Raft configuration"),
+        "{err}"
+    );
+
+    // A write through each server and through the client is committed once and read back
+    // from every agent in every consistency mode (a default or consistent read on a follower
+    // or a client waits for what the leader had applied when the read began); it reaches
+    // every server's own store (`?stale`).
+    let everyone: Vec<&Agent> = servers.iter().flatten().chain([&client]).collect();
+    for (index, writer) in everyone.iter().enumerate() {
+        let key = format!("formation/{index}");
+        let value = format!("v{index}");
+        assert_eq!(
+            put(writer, &key, &value).await,
+            (200, "true".into()),
+            "PUT on {}",
+            writer.host
+        );
+        read_everywhere(&everyone, &key, "", &value).await;
+        read_everywhere(&everyone, &key, "consistent", &value).await;
+        for agent in &everyone {
+            eventually(
+                "the write in every store",
+                Duration::from_secs(5),
+                || async {
+                    (read(agent, &key, "stale").await.as_deref() == Some(value.as_str()))
+                        .then_some(())
+                },
+            )
+            .await;
+        }
+    }
     let response = follower
         .client()
         .get("/v1/kv/formation/0?stale")
@@ -172,13 +241,12 @@ async fn three_servers_form_a_cluster_take_a_fourth_and_survive_losing_the_leade
 
     // A fourth server without -bootstrap-expect joins as a non-voter and is promoted once it
     // has caught up and stayed so for the stabilization time.
-    servers.push(Some(Agent::spawn(server(3, None))));
-    let mut expected = all(&servers);
-    expected.sort();
+    servers.push(Some(Agent::spawn(server(3, None, data[3].path()))));
+    let expected = addresses(&servers);
     let leader_agent = servers
         .iter()
         .flatten()
-        .find(|agent| format!("{}:8300", agent.host) == first_leader)
+        .find(|agent| rpc_address(agent) == first_leader)
         .expect("the leader is one of the servers");
     eventually(
         "the fourth server to become a voter",
@@ -194,33 +262,67 @@ async fn three_servers_form_a_cluster_take_a_fourth_and_survive_losing_the_leade
     )
     .await;
 
-    // kill -9 of the leader: the others elect a new one and keep taking writes.
+    // kill -9 of the leader: the others elect a new one and keep taking writes, through
+    // themselves and through the client.
     let position = servers
         .iter()
         .position(|agent| {
             agent
                 .as_ref()
-                .is_some_and(|agent| format!("{}:8300", agent.host) == first_leader)
+                .is_some_and(|agent| rpc_address(agent) == first_leader)
         })
         .expect("leader position");
     drop(servers[position].take());
-    let survivors: Vec<&Agent> = servers.iter().flatten().collect();
-    let second_leader = agreed_leader(&survivors).await;
+    let second_leader = {
+        let survivors: Vec<&Agent> = servers.iter().flatten().collect();
+        agreed_leader(&survivors).await
+    };
     assert_ne!(second_leader, first_leader);
-    for (index, writer) in survivors.iter().enumerate() {
+    let everyone: Vec<&Agent> = servers.iter().flatten().chain([&client]).collect();
+    for (index, writer) in everyone.iter().enumerate() {
         let key = format!("after-failover/{index}");
-        assert_eq!(put(writer, &key, "x").await, (200, "true".into()));
-        for reader in &survivors {
-            assert_eq!(read(reader, &key, "consistent").await.as_deref(), Some("x"));
-        }
+        assert_eq!(
+            put(writer, &key, "x").await,
+            (200, "true".into()),
+            "PUT on {}",
+            writer.host
+        );
+        read_everywhere(&everyone, &key, "consistent", "x").await;
     }
     // Every write acknowledged before the failover is still there.
-    for index in 0..3 {
-        for reader in &survivors {
-            assert_eq!(
-                read(reader, &format!("formation/{index}"), "consistent").await,
-                Some(format!("v{index}"))
-            );
-        }
+    for index in 0..4 {
+        read_everywhere(
+            &everyone,
+            &format!("formation/{index}"),
+            "consistent",
+            &format!("v{index}"),
+        )
+        .await;
     }
+
+    // The old leader, restarted on its data, rejoins as a follower of the new leader and
+    // catches up on what was written while it was down.
+    servers[position] = Some(Agent::spawn(server(
+        position,
+        Some(3),
+        data[position].path(),
+    )));
+    let restarted = servers[position].as_ref().expect("restarted");
+    let all: Vec<&Agent> = servers.iter().flatten().collect();
+    assert_eq!(agreed_leader(&all).await, second_leader);
+    for index in 0..4 {
+        eventually(
+            "the restarted server to catch up",
+            Duration::from_secs(10),
+            || async {
+                (read(restarted, &format!("after-failover/{index}"), "stale")
+                    .await
+                    .as_deref()
+                    == Some("x"))
+                .then_some(())
+            },
+        )
+        .await;
+    }
+    assert_eq!(peers(restarted).await, expected);
 }

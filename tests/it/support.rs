@@ -60,6 +60,8 @@ pub struct Placement {
     pub join: Vec<String>,
     /// A JSON config file to load (`-config-file`).
     pub config: Option<String>,
+    /// The data dir, for an agent restarted on another's data; a fresh one when None.
+    pub data_dir: Option<PathBuf>,
 }
 
 #[derive(Clone)]
@@ -199,7 +201,12 @@ impl Agent {
             .args(["-bind", &placement.ip])
             .args(["-client", &placement.ip])
             .arg("-data-dir")
-            .arg(workdir.path().join("data"));
+            .arg(
+                placement
+                    .data_dir
+                    .clone()
+                    .unwrap_or_else(|| workdir.path().join("data")),
+            );
         if placement.server {
             command.arg("-server");
             // A server bootstraps alone unless its config says how many to expect.
