@@ -65,13 +65,18 @@ pub struct ClientRpc {
 }
 
 impl ClientRpc {
-    /// Starts following whichever server `pool` shows, as `node`.
-    pub fn start(node: String, pool: Pool, tasks: &Tasks) -> Arc<ClientRpc> {
+    /// Starts following whichever server `pool` shows, as `node`, connecting from `bind`.
+    pub fn start(
+        node: String,
+        bind: std::net::IpAddr,
+        pool: Pool,
+        tasks: &Tasks,
+    ) -> Arc<ClientRpc> {
         let client = Arc::new(ClientRpc {
             node,
             store: Arc::new(Store::new()),
             servers: Mutex::new(Servers::default()),
-            connections: Connections::default(),
+            connections: Connections::bound_to(bind),
             servers_changed: Notify::new(),
             leadership: watch::Sender::new(Leadership::default()),
             peers: Mutex::new(Vec::new()),

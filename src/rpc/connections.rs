@@ -3,7 +3,7 @@
 //! for Raft traffic and to forward requests to the leader.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -30,9 +30,20 @@ pub enum CallError {
 #[derive(Default)]
 pub struct Connections {
     channels: Mutex<HashMap<SocketAddr, Channel>>,
+    /// The address connections are made from: the agent's bind address unless that is
+    /// unspecified, so peers (and firewall rules) see the agent's own address.
+    local: Option<IpAddr>,
 }
 
 impl Connections {
+    /// Connections made from `bind` (any local address when it is unspecified).
+    pub fn bound_to(bind: IpAddr) -> Connections {
+        Connections {
+            channels: Mutex::default(),
+            local: (!bind.is_unspecified()).then_some(bind),
+        }
+    }
+
     /// A channel to `server`, connected now if there is none.
     pub async fn channel(&self, server: SocketAddr) -> Result<Channel, CallError> {
         if let Some(channel) = self.lock().get(&server).cloned() {
@@ -43,6 +54,7 @@ impl Connections {
             .map_err(connect)?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
+            .local_address(self.local)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10));
         let channel = endpoint.connect().await.map_err(connect)?;

@@ -264,16 +264,28 @@ impl ServerRpc {
         }
     }
 
+    /// What a read learns about the leader: on a follower, the time since the leader last
+    /// reached it; on the leader, 0 while its lease holds and otherwise the time since a
+    /// quorum last confirmed it (so a leader cut off from its quorum reports a growing
+    /// `X-Consul-LastContact`, as Consul's would once it stepped down).
     pub fn leader_contact(&self) -> LeaderContact {
         let leadership = self.leadership.borrow();
         LeaderContact {
             known_leader: leadership.leader.is_some(),
-            last_contact_ms: if leadership.is_leader {
-                0
-            } else {
-                self.last_contact.since_ms()
+            last_contact_ms: match leadership.is_leader {
+                true => self.lease_age_ms().unwrap_or(0),
+                false => self.last_contact.since_ms(),
             },
         }
+    }
+
+    /// How long ago a quorum last confirmed this leader, once that is beyond its lease;
+    /// `None` while the lease holds.
+    fn lease_age_ms(&self) -> Option<u64> {
+        let confirmed = self.quorum_confirmed_ms.load(Ordering::Relaxed);
+        let now = self.last_contact.started.elapsed().as_millis() as u64;
+        let age = now.saturating_sub(confirmed);
+        (confirmed == 0 || age > self.raft.config().election_timeout_min).then_some(age)
     }
 
     /// Prepares a read at `consistency` from this server's store. `?stale` reads it as it
@@ -313,14 +325,11 @@ impl ServerRpc {
                 // from its quorum, or one just elected) the read confirms with a quorum first,
                 // as a consistent read does; a partitioned leader thus stops answering, as
                 // Consul's steps down.
-                let confirmed = self.quorum_confirmed_ms.load(Ordering::Relaxed);
-                let now = self.last_contact.started.elapsed().as_millis() as u64;
-                let lease = self.raft.config().election_timeout_min;
-                if confirmed != 0 && now.saturating_sub(confirmed) <= lease {
+                if self.lease_age_ms().is_none() {
                     return Ok(contact);
                 }
                 self.confirm_leadership().await?;
-                Ok(contact)
+                Ok(self.leader_contact())
             }
             Consistency::Leader => Err(RpcError::NoLeader),
             Consistency::Consistent => {
@@ -334,9 +343,14 @@ impl ServerRpc {
     /// everything committed before; gives up after `RPC_HOLD_TIMEOUT` (a leader cut off from
     /// its quorum never hears back).
     async fn confirm_leadership(&self) -> Result<(), RpcError> {
+        let asked = self.last_contact.started.elapsed().as_millis() as u64;
         let confirmed = tokio::time::timeout(RPC_HOLD_TIMEOUT, self.raft.ensure_linearizable())
             .await
             .map_err(|_| RpcError::NoLeader)?;
+        if confirmed.is_ok() {
+            self.quorum_confirmed_ms
+                .fetch_max(asked.max(1), Ordering::Relaxed);
+        }
         confirmed.map(|_| ()).map_err(|error| match error {
             RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(forward)) => {
                 RpcError::ForwardToLeader {
@@ -541,7 +555,7 @@ async fn keep_lease(
         let lease = Duration::from_millis(raft.config().election_timeout_min);
         if let Ok(Ok(_)) = tokio::time::timeout(lease, raft.ensure_linearizable()).await {
             // The lease runs from when confirmation was asked, not when it arrived.
-            confirmed_ms.store(asked.max(1), Ordering::Relaxed);
+            confirmed_ms.fetch_max(asked.max(1), Ordering::Relaxed);
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}

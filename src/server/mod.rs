@@ -105,7 +105,7 @@ async fn start_server(
     let raft_id = node_id_from_uuid(node_id);
     let server_address =
         SocketAddr::new(config.advertise_addr, config.ports.server.unwrap_or(8300));
-    let connections = Arc::new(Connections::default());
+    let connections = Arc::new(Connections::bound_to(config.bind_addr));
     let raft = Raft::new(
         raft_id,
         raft::openraft_config(&config.raft)?,
@@ -155,6 +155,7 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
         Some(server) => Cluster::Server(server.rpc.clone()),
         None => Cluster::Client(ClientRpc::start(
             config.node_name.clone(),
+            config.bind_addr,
             lan.clone(),
             &tasks,
         )),

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::support::{cli, eventually, Agent, AgentOptions, Placement};
+use crate::support::{cli, eventually, header, Agent, AgentOptions, Partition, Placement};
 
 /// Addresses no other test uses.
 const SERVERS: [&str; 4] = ["127.0.14.1", "127.0.14.2", "127.0.14.3", "127.0.14.4"];
@@ -17,6 +17,16 @@ const SERVERS: [&str; 4] = ["127.0.14.1", "127.0.14.2", "127.0.14.3", "127.0.14.
 const CLIENT: &str = "127.0.14.5";
 
 fn server(index: usize, expect: Option<u32>, data_dir: &std::path::Path) -> AgentOptions {
+    server_at(&SERVERS, index, expect, data_dir)
+}
+
+/// Server `index` of the servers at `ips`; each joins the first, the first the second.
+fn server_at(
+    ips: &[&str],
+    index: usize,
+    expect: Option<u32>,
+    data_dir: &std::path::Path,
+) -> AgentOptions {
     let mut config = json!({
         // Raft timings as `-dev` has them, so elections take a fraction of a second.
         "performance": {"raft_multiplier": 1},
@@ -26,11 +36,10 @@ fn server(index: usize, expect: Option<u32>, data_dir: &std::path::Path) -> Agen
     config["bootstrap_expect"] = json!(expect.unwrap_or(0));
     AgentOptions {
         placement: Some(Placement {
-            ip: SERVERS[index].into(),
+            ip: ips[index].into(),
             node: format!("s{}", index + 1),
             server: true,
-            // Each joins the first; the first joins the second.
-            join: vec![SERVERS[usize::from(index == 0)].into()],
+            join: vec![ips[usize::from(index == 0)].into()],
             config: Some(config.to_string()),
             data_dir: Some(data_dir.to_path_buf()),
         }),
@@ -325,4 +334,102 @@ async fn three_servers_form_a_cluster_take_a_fourth_and_survive_losing_the_leade
         .await;
     }
     assert_eq!(peers(restarted).await, expected);
+}
+
+/// Addresses no other test uses, for the partition test.
+const PARTITIONED: [&str; 3] = ["127.0.16.1", "127.0.16.2", "127.0.16.3"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_leader_answers_no_consistent_read_and_acknowledges_no_write() {
+    let data: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("dir")).collect();
+    let servers: Vec<Agent> = (0..3)
+        .map(|index| Agent::spawn(server_at(&PARTITIONED, index, Some(3), data[index].path())))
+        .collect();
+    let all: Vec<&Agent> = servers.iter().collect();
+    let old_leader_address = agreed_leader(&all).await;
+    assert_eq!(put(&servers[0], "before", "1").await, (200, "true".into()));
+    let old = servers
+        .iter()
+        .find(|agent| rpc_address(agent) == old_leader_address)
+        .expect("leader");
+    let majority: Vec<&Agent> = servers
+        .iter()
+        .filter(|agent| agent.host != old.host)
+        .collect();
+    let hosts: Vec<&str> = majority.iter().map(|agent| agent.host.as_str()).collect();
+
+    let partition = Partition::isolate(&old.host, &hosts);
+    // A write sent to the old leader now is never acknowledged: it cannot reach a quorum.
+    let old_client = old.client();
+    let cut_off_write = tokio::spawn(async move {
+        old_client
+            .put("/v1/kv/cut-off", b"lost".to_vec())
+            .await
+            .map(|response| response.status.as_u16())
+    });
+    // The majority elects a new leader and takes writes.
+    let new_leader = agreed_leader(&majority).await;
+    assert_ne!(new_leader, old_leader_address);
+    assert_eq!(put(majority[0], "during", "2").await, (200, "true".into()));
+    read_everywhere(&majority, "during", "consistent", "2").await;
+    // The old leader answers no consistent read (it cannot confirm its leadership) and its
+    // stale reads still work, reporting a growing last contact.
+    let response = old
+        .client()
+        .get("/v1/kv/before?consistent")
+        .await
+        .expect("GET");
+    assert_eq!(response.status, 500, "{}", response.text());
+    assert!(
+        response.text().contains("No cluster leader"),
+        "{}",
+        response.text()
+    );
+    assert!(
+        !cut_off_write.is_finished(),
+        "the cut-off write was answered during the partition"
+    );
+    let last_contact = |agent: &Agent| {
+        let client = agent.client();
+        async move {
+            let response = client.get("/v1/kv/before?stale").await.ok()?;
+            (response.status == 200).then_some(())?;
+            header(&response, "X-Consul-LastContact")
+                .parse::<u64>()
+                .ok()
+        }
+    };
+    for agent in &majority {
+        assert!(
+            last_contact(agent).await.is_some(),
+            "stale read on {}",
+            agent.host
+        );
+    }
+    eventually(
+        "the old leader's stale reads to report a growing last contact",
+        Duration::from_secs(10),
+        || async { last_contact(old).await.filter(|ms| *ms > 2000) },
+    )
+    .await;
+
+    // Healed: the old leader follows the new one and catches up; the write it took while cut
+    // off was never acknowledged and is gone.
+    drop(partition);
+    assert_eq!(agreed_leader(&all).await, new_leader);
+    eventually(
+        "the old leader to catch up",
+        Duration::from_secs(10),
+        || async { (read(old, "during", "stale").await.as_deref() == Some("2")).then_some(()) },
+    )
+    .await;
+    let answered = cut_off_write.await.expect("join");
+    assert_ne!(
+        answered.ok(),
+        Some(200),
+        "the cut-off write must not be acknowledged"
+    );
+    for agent in &all {
+        assert_eq!(read(agent, "cut-off", "consistent").await, None);
+    }
 }

@@ -345,3 +345,56 @@ pub fn header(response: &Response, name: &str) -> String {
         .unwrap_or_default()
         .to_string()
 }
+
+/// A network partition between one loopback address and others, made with iptables (every
+/// packet between them dropped, both ways) and healed when dropped. Needs root; `scripts/test`
+/// installs iptables.
+pub struct Partition {
+    rules: Vec<(String, String)>,
+}
+
+impl Partition {
+    pub fn isolate(address: &str, from: &[&str]) -> Partition {
+        let mut partition = Partition { rules: Vec::new() };
+        for other in from {
+            for (source, destination) in [(address, *other), (*other, address)] {
+                assert!(
+                    iptables("-I", source, destination),
+                    "iptables -I INPUT -s {source} -d {destination} -j DROP failed"
+                );
+                partition
+                    .rules
+                    .push((source.to_string(), destination.to_string()));
+            }
+        }
+        partition
+    }
+}
+
+/// Inserts (`-I`) or deletes (`-D`) one DROP rule; whether iptables succeeded.
+fn iptables(action: &str, source: &str, destination: &str) -> bool {
+    Command::new("iptables")
+        .args([
+            action,
+            "INPUT",
+            "-s",
+            source,
+            "-d",
+            destination,
+            "-j",
+            "DROP",
+        ])
+        .status()
+        .expect("iptables runs (scripts/test installs it; partitions need root)")
+        .success()
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        for (source, destination) in &self.rules {
+            if !iptables("-D", source, destination) {
+                eprintln!("could not remove iptables rule {source} -> {destination}");
+            }
+        }
+    }
+}
