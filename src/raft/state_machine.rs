@@ -190,6 +190,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
+        let snapshot_size = data.len();
         self.store
             .restore(&data)
             .map_err(|error| snapshot_error(&self.path, ErrorVerb::Read, error))?;
@@ -200,6 +201,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             data,
         };
         persist(&self.snapshots, &self.path, stored).await?;
+        tracing::info!(
+            index = meta.last_log_id.map_or(0, |log| log.index),
+            bytes = snapshot_size,
+            "installed a snapshot from the leader"
+        );
         Ok(())
     }
 

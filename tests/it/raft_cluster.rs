@@ -31,6 +31,10 @@ fn server_at(
         // Raft timings as `-dev` has them, so elections take a fraction of a second.
         "performance": {"raft_multiplier": 1},
         "autopilot": {"server_stabilization_time": "1s"},
+        // Snapshots every few entries, keeping no log behind them, so a server that joins
+        // late or was down catches up by a snapshot sent over the server port.
+        "raft_snapshot_threshold": 16,
+        "raft_trailing_logs": 0,
     });
     // 0: a server that never bootstraps and waits to be added.
     config["bootstrap_expect"] = json!(expect.unwrap_or(0));
@@ -248,6 +252,15 @@ async fn three_servers_form_a_cluster_take_a_fourth_and_survive_losing_the_leade
         "true"
     );
 
+    // Enough writes that the servers snapshot and purge their logs several times over.
+    for index in 0..48 {
+        let key = format!("bulk/{index}");
+        assert_eq!(
+            put(everyone[index % 3], &key, "b").await,
+            (200, "true".into())
+        );
+    }
+
     // A fourth server without -bootstrap-expect joins as a non-voter and is promoted once it
     // has caught up and stayed so for the stabilization time.
     servers.push(Some(Agent::spawn(server(3, None, data[3].path()))));
@@ -264,6 +277,14 @@ async fn three_servers_form_a_cluster_take_a_fourth_and_survive_losing_the_leade
     )
     .await;
     let fourth = servers[3].as_ref().expect("fourth");
+    assert!(
+        fourth
+            .log()
+            .contains("installed a snapshot from the leader"),
+        "the fourth server caught up from a snapshot:\n{}",
+        fourth.log()
+    );
+    assert_eq!(read(fourth, "bulk/47", "stale").await.as_deref(), Some("b"));
     eventually(
         "the fourth server to read the earlier writes",
         Duration::from_secs(10),
