@@ -13,11 +13,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use openraft::error::RaftError;
 use tokio::sync::watch;
 
 use super::ca_manager::{CaError, CaManager, Leaf, SignError};
 use super::connections::{CallError, Connections};
+use super::lease::Lease;
 use super::session_ttl::SessionTimers;
 use super::wire::{Frame, PeerRef, RaftConfiguration, RaftServer, Reply, Request, CALL_PATH};
 use super::writes::{WriteOutcome, Writer};
@@ -68,9 +68,8 @@ pub struct ServerRpc {
     writer: Writer,
     leadership: watch::Receiver<Leadership>,
     last_contact: LastContact,
-    /// When a quorum last confirmed this server's leadership (ms after start, 0 never), kept
-    /// fresh by `keep_lease` while it leads.
-    quorum_confirmed_ms: Arc<AtomicU64>,
+    /// Grouped confirmations of this server's leadership, and the lease they give it.
+    lease: Lease,
     /// When a Raft message from outside the configuration was last logged (ms after start).
     stranger_logged_ms: AtomicU64,
     /// Session TTL timers (the leader's).
@@ -90,22 +89,12 @@ impl ServerRpc {
         tasks: &Tasks,
     ) -> Arc<ServerRpc> {
         let writer = Writer::start(raft.clone(), tasks);
-        let started = Instant::now();
-        let quorum_confirmed_ms = Arc::new(AtomicU64::new(0));
         let (publish, leadership) = watch::channel(Leadership::default());
         tasks.spawn(
             "rpc.leadership",
             publish_leadership(raft.clone(), node_id, publish),
         );
-        tasks.spawn(
-            "rpc.leader_lease",
-            keep_lease(
-                raft.clone(),
-                leadership.clone(),
-                started,
-                quorum_confirmed_ms.clone(),
-            ),
-        );
+        let lease = Lease::start(raft.clone(), leadership.clone(), tasks);
         Arc::new(ServerRpc {
             ca: CaManager::new(
                 writer.clone(),
@@ -120,11 +109,11 @@ impl ServerRpc {
             writer,
             leadership,
             last_contact: LastContact {
-                started,
+                started: Instant::now(),
                 at_ms: AtomicU64::new(0),
             },
             stranger_logged_ms: AtomicU64::new(0),
-            quorum_confirmed_ms,
+            lease,
             sessions: SessionTimers::default(),
         })
     }
@@ -273,19 +262,10 @@ impl ServerRpc {
         LeaderContact {
             known_leader: leadership.leader.is_some(),
             last_contact_ms: match leadership.is_leader {
-                true => self.lease_age_ms().unwrap_or(0),
+                true => self.lease.age_ms().unwrap_or(0),
                 false => self.last_contact.since_ms(),
             },
         }
-    }
-
-    /// How long ago a quorum last confirmed this leader, once that is beyond its lease;
-    /// `None` while the lease holds.
-    fn lease_age_ms(&self) -> Option<u64> {
-        let confirmed = self.quorum_confirmed_ms.load(Ordering::Relaxed);
-        let now = self.last_contact.started.elapsed().as_millis() as u64;
-        let age = now.saturating_sub(confirmed);
-        (confirmed == 0 || age > self.raft.config().election_timeout_min).then_some(age)
     }
 
     /// Prepares a read at `consistency` from this server's store. `?stale` reads it as it
@@ -325,44 +305,18 @@ impl ServerRpc {
                 // from its quorum, or one just elected) the read confirms with a quorum first,
                 // as a consistent read does; a partitioned leader thus stops answering, as
                 // Consul's steps down.
-                if self.lease_age_ms().is_none() {
+                if self.lease.age_ms().is_none() {
                     return Ok(contact);
                 }
-                self.confirm_leadership().await?;
+                self.lease.confirm().await?;
                 Ok(self.leader_contact())
             }
             Consistency::Leader => Err(RpcError::NoLeader),
             Consistency::Consistent => {
-                self.confirm_leadership().await?;
+                self.lease.confirm().await?;
                 Ok(contact)
             }
         }
-    }
-
-    /// Has a quorum confirm this server still leads and waits until this server has applied
-    /// everything committed before; gives up after `RPC_HOLD_TIMEOUT` (a leader cut off from
-    /// its quorum never hears back).
-    async fn confirm_leadership(&self) -> Result<(), RpcError> {
-        let asked = self.last_contact.started.elapsed().as_millis() as u64;
-        let confirmed = tokio::time::timeout(RPC_HOLD_TIMEOUT, self.raft.ensure_linearizable())
-            .await
-            .map_err(|_| RpcError::NoLeader)?;
-        if confirmed.is_ok() {
-            self.quorum_confirmed_ms
-                .fetch_max(asked.max(1), Ordering::Relaxed);
-        }
-        confirmed.map(|_| ()).map_err(|error| match error {
-            RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(forward)) => {
-                RpcError::ForwardToLeader {
-                    leader: forward
-                        .leader_node
-                        .map(|node| node.addr)
-                        .unwrap_or_default(),
-                }
-            }
-            RaftError::APIError(_) => RpcError::NoLeader,
-            other => RpcError::Raft(other.to_string()),
-        })
     }
 
     /// Renews a session's TTL on the leader; `Ok(None)` when there is no such session.
@@ -529,38 +483,6 @@ impl ServerRpc {
             .voter_ids()
             .filter_map(|id| membership.get_node(&id).map(|node| node.addr.clone()))
             .collect()
-    }
-}
-
-/// While this server leads, has a quorum confirm its leadership every two heartbeats and
-/// records when it last did: the lease default-consistency reads are served under. openraft
-/// 0.9's leader does not step down when it loses its quorum, and its metrics are not
-/// refreshed while nothing answers, so the confirmation is asked for here.
-async fn keep_lease(
-    raft: Raft,
-    mut leadership: watch::Receiver<Leadership>,
-    started: Instant,
-    confirmed_ms: Arc<AtomicU64>,
-) {
-    let every = Duration::from_millis(2 * raft.config().heartbeat_interval);
-    loop {
-        if !leadership.borrow_and_update().is_leader {
-            confirmed_ms.store(0, Ordering::Relaxed);
-            if leadership.changed().await.is_err() {
-                return;
-            }
-            continue;
-        }
-        let asked = started.elapsed().as_millis() as u64;
-        let lease = Duration::from_millis(raft.config().election_timeout_min);
-        if let Ok(Ok(_)) = tokio::time::timeout(lease, raft.ensure_linearizable()).await {
-            // The lease runs from when confirmation was asked, not when it arrived.
-            confirmed_ms.fetch_max(asked.max(1), Ordering::Relaxed);
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            changed = leadership.changed() => if changed.is_err() { return },
-        }
     }
 }
 

@@ -398,3 +398,8 @@ impl Drop for Partition {
         }
     }
 }
+
+/// An API client for the agent on `ip` with the default HTTP port.
+pub fn client_for(ip: &str) -> Client {
+    Client::from_flags(Some(&format!("{ip}:8500")), None).expect("client")
+}
