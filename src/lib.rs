@@ -16,6 +16,7 @@ pub mod proxycfg;
 pub mod raft;
 pub mod rpc;
 pub mod server;
+pub mod snapshot;
 pub mod state;
 pub mod tasks;
 #[cfg(test)]

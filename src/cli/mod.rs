@@ -12,6 +12,7 @@ mod kv;
 mod lock;
 mod operator;
 mod services;
+mod snapshot;
 mod watch;
 
 use std::ffi::OsString;
@@ -89,6 +90,9 @@ fn command_tree() -> Command {
         .disable_version_flag(true)
         .subcommand_required(true)
         .arg_required_else_help(true)
+        // Go's flag package keeps the last of a repeated flag (`-node a -node b` is b), and
+        // scripts rely on appending overrides; repeatable flags (`-retry-join`) still collect.
+        .args_override_self(true)
         .subcommand(agent::command())
         .subcommand(
             Command::new("version")
@@ -188,6 +192,7 @@ fn command_tree() -> Command {
         .subcommand(connect::command())
         .subcommand(intention::command())
         .subcommand(operator::command())
+        .subcommand(snapshot::command())
         .subcommand(lock::command())
         .subcommand(services::services_command())
         .subcommand(services::maint_command())
@@ -253,6 +258,7 @@ pub fn main() -> ExitCode {
             Some(("connect", sub)) => connect::run(sub).await,
             Some(("intention", sub)) => intention::run(sub).await,
             Some(("operator", sub)) => operator::run(sub).await,
+            Some(("snapshot", sub)) => snapshot::run(sub).await,
             Some(("lock", sub)) => lock::run(sub).await,
             Some(("services", sub)) => services::run_services(sub).await,
             Some(("maint", sub)) => services::run_maint(sub).await,
@@ -658,5 +664,34 @@ mod tests {
     #[test]
     fn the_command_tree_is_consistent() {
         super::command_tree().debug_assert();
+    }
+
+    /// As Go's flag package: the last of a repeated flag wins; repeatable flags collect.
+    #[test]
+    fn a_repeated_flag_keeps_its_last_value() {
+        let args = [
+            "concord",
+            "agent",
+            "-node",
+            "a",
+            "-node=b",
+            "-retry-join",
+            "x",
+            "-retry-join",
+            "y",
+        ];
+        let tree = super::command_tree();
+        let args = super::goflags::normalize(&tree, args.iter().map(Into::into).collect());
+        let matches = tree.try_get_matches_from(args).expect("parses");
+        let (_, agent) = matches.subcommand().expect("agent");
+        assert_eq!(
+            agent.get_one::<String>("node").map(String::as_str),
+            Some("b")
+        );
+        let joins: Vec<&String> = agent
+            .get_many::<String>("retry-join")
+            .expect("joins")
+            .collect();
+        assert_eq!(joins, ["x", "y"]);
     }
 }

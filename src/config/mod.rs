@@ -164,6 +164,7 @@ pub struct Limits {
     pub txn_max_req_len: usize,
     pub txn_max_ops: usize,
     pub http_max_body_size: usize,
+    pub snapshot_max_size: usize,
     #[serde(serialize_with = "serialize_duration")]
     pub http_body_timeout: Duration,
     pub xds_max_streams: u32,
@@ -643,6 +644,11 @@ fn build(raw: RawConfig) -> Result<RuntimeConfig, String> {
             "limits.http_max_body_size",
             raw_limits.http_max_body_size,
             4 * 1024 * 1024,
+        )?,
+        snapshot_max_size: size(
+            "limits.snapshot_max_size",
+            raw_limits.snapshot_max_size,
+            1024 * 1024 * 1024,
         )?,
         http_body_timeout: duration(
             "limits.http_body_timeout",

@@ -151,6 +151,8 @@ pub struct RawLimits {
     /// concord's own: the largest request body any endpoint reads (other than KV values and
     /// transactions, which have their own limits).
     pub http_max_body_size: Option<u64>,
+    /// concord's own: the largest snapshot archive `PUT /v1/snapshot` restores.
+    pub snapshot_max_size: Option<u64>,
     /// concord's own: how long a client may take to send a request body.
     pub http_body_timeout: Option<String>,
     /// concord's own: concurrent gRPC streams per connection on the xDS port (Consul: 2048).

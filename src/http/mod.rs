@@ -23,6 +23,7 @@ mod operator;
 mod params;
 mod reply;
 mod session;
+mod snapshot;
 #[cfg(test)]
 mod tests;
 mod txn;
@@ -111,6 +112,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(operator::configuration),
         )
         .route("/v1/operator/raft/peer", delete(operator::remove_peer))
+        .route("/v1/snapshot", get(snapshot::save).put(snapshot::restore))
         .route(
             "/v1/operator/keyring",
             get(keyring::keyring)

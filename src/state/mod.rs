@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use imbl::{OrdMap, OrdSet};
 use serde::{Deserialize, Serialize};
 
-use crate::types::{Check, Command, CommandResult, KvEntry, Node, Service};
+use crate::types::{ApplyError, Check, Command, CommandResult, KvEntry, Node, Service};
 pub use watch::{Match, WatchGuard, WatchRegistry};
 
 /// The last Raft index that changed each table; it answers list queries that have no finer
@@ -82,11 +82,30 @@ pub struct Tables {
     coordinates: OrdMap<String, crate::types::coordinate::Coordinate>,
     #[serde(skip)]
     coordinates_index: u64,
+    /// Set by a `Command::Restore` in the batch being applied: every blocking query is
+    /// woken and followers start over from the tables. Never published set.
+    #[serde(skip)]
+    restored: bool,
 }
 
 impl Tables {
     pub fn last_index(&self) -> u64 {
         self.last_index
+    }
+
+    /// How many entries each replicated table holds, for `snapshot inspect`.
+    pub fn counts(&self) -> Vec<(&'static str, usize)> {
+        vec![
+            ("Node", self.nodes.len()),
+            ("Service", self.services.len()),
+            ("Check", self.checks.len()),
+            ("KVS", self.kv.len()),
+            ("Tombstone", self.tombstones.len()),
+            ("Session", self.sessions.len()),
+            ("ConfigEntry", self.config_entries.len()),
+            ("ConnectCA", usize::from(self.ca.is_some())),
+            ("Coordinate", self.coordinates.len()),
+        ]
     }
 
     pub fn table_index(&self) -> TableIndexes {
@@ -111,6 +130,18 @@ impl Tables {
                 Err(error) => CommandResult::Error(error),
             },
             Command::Txn(ops) => CommandResult::Txn(kv::apply_txn(self, index, ops, touched)),
+            Command::Restore(bytes) => match Store::decode(bytes) {
+                Ok(mut restored) => {
+                    restored.rebuild_derived_indexes();
+                    // Indexes inside may be another cluster's; the store's own position in
+                    // the log never goes back.
+                    restored.last_index = restored.last_index.max(index);
+                    restored.restored = true;
+                    *self = restored;
+                    CommandResult::Done
+                }
+                Err(error) => CommandResult::Error(ApplyError::SnapshotUnreadable(error.0)),
+            },
             Command::CatalogRegister(request) => {
                 let result = catalog::register(self, index, request, touched);
                 session::invalidate_unhealthy(self, index, touched);
@@ -175,7 +206,7 @@ type CoordinateSection = (Vec<(String, crate::types::coordinate::Coordinate)>, u
 /// Why a snapshot could not be restored.
 #[derive(Debug, thiserror::Error)]
 #[error("state snapshot is corrupt: {0}")]
-pub struct RestoreError(String);
+pub struct RestoreError(pub String);
 
 /// What the store published, for replicas (client agents) that follow it (`Store::follow`).
 #[derive(Clone, Debug)]
@@ -275,7 +306,14 @@ impl Store {
             })
             .collect();
         let released = std::mem::take(&mut tables.released_locks);
+        let restored = std::mem::take(&mut tables.restored);
         self.publish(tables);
+        if restored {
+            let _ = self.changes.send(Change::Restored);
+            self.start_lock_delays(released);
+            self.watches.notify_all();
+            return results;
+        }
         if followed {
             let _ = self.changes.send(Change::Applied(Arc::new(copied)));
         }
@@ -359,6 +397,12 @@ impl Store {
             Some((version, _)) => Err(RestoreError(format!("unknown snapshot format {version}"))),
             None => Err(RestoreError("empty snapshot".into())),
         }
+    }
+
+    /// Checks that `bytes` decode to tables, and says how many entries each table holds.
+    pub fn inspect(bytes: &[u8]) -> Result<Vec<(&'static str, usize)>, RestoreError> {
+        let tables = Store::decode(bytes)?;
+        Ok(tables.counts())
     }
 
     /// Replaces every table with a decoded snapshot and wakes every blocking query, since any

@@ -53,6 +53,10 @@ pub enum ApplyError {
     /// A session bound to a check that is critical.
     #[error("Check '{0}' is in critical state")]
     SessionCheckCritical(String),
+    /// A restored snapshot's state could not be decoded (it was checked before it was
+    /// proposed, so this means a damaged log entry).
+    #[error("failed to restore snapshot: {0}")]
+    SnapshotUnreadable(String),
 }
 
 #[cfg(test)]

@@ -212,6 +212,9 @@ pub enum Command {
     },
     /// Agents' latest network coordinates for their nodes (unknown nodes are skipped).
     CoordinateBatchUpdate(Vec<coordinate::NodeCoordinate>),
+    /// Replaces every table with a snapshot's (`state::Store::encode` bytes), as `PUT
+    /// /v1/snapshot` restores one; every server applies it at the same index.
+    Restore(Vec<u8>),
 }
 
 /// What applying a command produced. Business failures (a CAS mismatch, a rolled-back

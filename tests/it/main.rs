@@ -20,6 +20,7 @@ mod nemesis;
 mod raft_cluster;
 mod session;
 mod sim_envoy;
+mod snapshot;
 mod support;
 mod txn;
 mod watch;
