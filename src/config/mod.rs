@@ -194,6 +194,7 @@ pub struct RaftConfig {
     pub trailing_logs: u64,
     /// How long a new server stays caught up before the leader makes it a voter (autopilot's
     /// `server_stabilization_time`, 10 s).
+    #[serde(serialize_with = "serialize_duration")]
     pub server_stabilization_time: Duration,
 }
 

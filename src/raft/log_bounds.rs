@@ -9,7 +9,7 @@ use std::time::Duration;
 use openraft::storage::{RaftLogReader, RaftLogStorage};
 use openraft::BasicNode;
 
-use super::{open_storage, openraft_config, Network, Raft};
+use super::{open_storage, openraft_config, Raft};
 use crate::config::RaftConfig;
 use crate::state::Store;
 use crate::types::{Command, KvOp};
@@ -40,7 +40,7 @@ async fn start(dir: &std::path::Path, store: Arc<Store>) -> (Raft, super::LogSto
     let raft = Raft::new(
         1,
         openraft_config(&tuning).expect("config"),
-        Network::new(Default::default()),
+        NoPeers,
         storage.log_store,
         storage.state_machine,
     )
@@ -106,4 +106,54 @@ async fn snapshots_and_purging_keep_the_log_bounded() {
     assert_eq!(tables.kv_list("key/").count() as u64, writes);
     assert_eq!(tables.kv_get("key/0499").map(|e| e.flags), Some(499));
     raft.shutdown().await.expect("shutdown");
+}
+
+/// The network of a one-voter cluster, which never sends a Raft RPC (the real one, on the
+/// server port, is `rpc::raft_network`, above this module).
+#[derive(Clone)]
+struct NoPeers;
+
+impl openraft::network::RaftNetworkFactory<super::TypeConfig> for NoPeers {
+    type Network = NoPeers;
+
+    async fn new_client(&mut self, _target: u64, _node: &BasicNode) -> NoPeers {
+        NoPeers
+    }
+}
+
+type Failure<E> = openraft::error::RPCError<u64, BasicNode, openraft::error::RaftError<u64, E>>;
+
+fn unreachable<E: std::error::Error>() -> Failure<E> {
+    let reason = std::io::Error::other("a one-voter cluster has no peers");
+    openraft::error::RPCError::Unreachable(openraft::error::Unreachable::new(&reason))
+}
+
+impl openraft::network::RaftNetwork<super::TypeConfig> for NoPeers {
+    async fn append_entries(
+        &mut self,
+        _rpc: openraft::raft::AppendEntriesRequest<super::TypeConfig>,
+        _option: openraft::network::RPCOption,
+    ) -> Result<openraft::raft::AppendEntriesResponse<u64>, Failure<openraft::error::Infallible>>
+    {
+        Err(unreachable())
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        _rpc: openraft::raft::InstallSnapshotRequest<super::TypeConfig>,
+        _option: openraft::network::RPCOption,
+    ) -> Result<
+        openraft::raft::InstallSnapshotResponse<u64>,
+        Failure<openraft::error::InstallSnapshotError>,
+    > {
+        Err(unreachable())
+    }
+
+    async fn vote(
+        &mut self,
+        _rpc: openraft::raft::VoteRequest<u64>,
+        _option: openraft::network::RPCOption,
+    ) -> Result<openraft::raft::VoteResponse<u64>, Failure<openraft::error::Infallible>> {
+        Err(unreachable())
+    }
 }

@@ -13,7 +13,6 @@
 #[cfg(test)]
 mod log_bounds;
 mod log_store;
-mod network;
 mod progress;
 mod snapshot_file;
 mod state_machine;
@@ -27,7 +26,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use log_store::LogStore;
-pub use network::Network;
 pub use state_machine::StateMachine;
 
 use crate::config::RaftConfig;

@@ -22,6 +22,7 @@ pub mod connections;
 pub mod lease;
 #[cfg(test)]
 pub mod memory;
+pub mod raft_network;
 pub mod server;
 pub mod service;
 pub mod session_ttl;

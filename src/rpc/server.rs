@@ -361,17 +361,17 @@ impl ServerRpc {
 
     /// The voters another server knows (Consul's `Status.Peers`): empty when it is not part
     /// of a cluster yet.
-    pub async fn peers_of(&self, server: SocketAddr) -> Result<Vec<String>, String> {
+    pub async fn peers_of(&self, server: SocketAddr) -> Result<Vec<String>, RpcError> {
         let frame = Frame::encode(&Request::Peers);
         let answer = self
             .connections
             .unary(server, CALL_PATH, frame, REQUEST_TIMEOUT, false)
             .await
-            .map_err(|error| error.to_string())?;
+            .map_err(|error| RpcError::Unreachable(format!("{server}: {error}")))?;
         match answer.decode::<Reply>() {
             Ok(Reply::Peers(peers)) => Ok(peers),
-            Ok(_) => Err(mismatched().to_string()),
-            Err(error) => Err(error.to_string()),
+            Ok(_) => Err(mismatched()),
+            Err(error) => Err(RpcError::Unreachable(format!("{server}: {error}"))),
         }
     }
 

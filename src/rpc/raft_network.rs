@@ -16,9 +16,9 @@ use openraft::raft::{
 };
 use openraft::BasicNode;
 
-use super::{NodeId, TypeConfig};
-use crate::rpc::connections::{CallError, Connections};
-use crate::rpc::wire::{self, Frame, RaftReply, RaftRequest};
+use super::connections::{CallError, Connections};
+use super::wire::{self, Frame, RaftReply, RaftRequest};
+use crate::raft::{NodeId, TypeConfig};
 
 #[derive(Clone)]
 pub struct Network {
