@@ -11,7 +11,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::support::{eventually, free_port, Agent, BINARY};
+use crate::support::{free_port, Agent, BINARY};
 
 /// The Envoy binary: on PATH (scripts/test puts .venv/bin there) or in the repo's .venv.
 pub fn envoy_binary() -> String {
@@ -55,37 +55,62 @@ impl Envoy {
             ])
             .arg(&log_path)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(dir.path().join("connect-envoy.err")).expect("stderr file"),
+            ))
             .spawn()
             .expect("spawn connect envoy");
-        let envoy = Envoy {
+        let stderr_path = dir.path().join("connect-envoy.err");
+        let mut envoy = Envoy {
             child,
             admin_port,
             log_path,
             _dir: dir,
         };
-        eventually(
-            "Envoy to take its first configuration",
-            Duration::from_secs(30),
-            || async {
-                let stats = envoy.stats().await;
-                let ok = stats
-                    .get("cluster_manager.cds.update_success")
+        // Generous: on two cores Envoy starts beside every other test's agents.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let stats = envoy.stats().await;
+            let configured = stats
+                .get("cluster_manager.cds.update_success")
+                .copied()
+                .unwrap_or(0)
+                >= 1
+                && stats
+                    .get("listener_manager.lds.update_success")
                     .copied()
                     .unwrap_or(0)
                     >= 1
-                    && stats
-                        .get("listener_manager.lds.update_success")
-                        .copied()
-                        .unwrap_or(0)
-                        >= 1
-                    && stats.get("cluster_manager.warming_clusters") == Some(&0)
-                    && stats.get("listener_manager.total_listeners_warming") == Some(&0);
-                ok.then_some(())
-            },
-        )
-        .await;
-        envoy
+                && stats.get("cluster_manager.warming_clusters") == Some(&0)
+                && stats.get("listener_manager.total_listeners_warming") == Some(&0);
+            if configured {
+                return envoy;
+            }
+            let exited = envoy.child.try_wait().ok().flatten();
+            if exited.is_some() || std::time::Instant::now() > deadline {
+                let log = envoy.log();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                panic!(
+                    "Envoy for {sidecar_for} did not take its first configuration (exited: \
+                     {exited:?}; stats: {} entries; stderr: {}); its log ends:\n{}\nagent \
+                     log ends:\n{}",
+                    stats.len(),
+                    std::fs::read_to_string(&stderr_path).unwrap_or_default(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+                    agent
+                        .log()
+                        .lines()
+                        .rev()
+                        .take(30)
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .rev()
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub fn log(&self) -> String {

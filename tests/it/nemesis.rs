@@ -5,7 +5,7 @@
 //! (`linearizable::check`). A write whose answer did not come back, or came back as an error,
 //! may or may not have happened; the checker allows both.
 //!
-//! The run is bounded for CI (faults for 12 s, at least two); `CONCORD_NEMESIS_SECONDS=600
+//! The run is bounded for CI (faults for 8 s, at least two); `CONCORD_NEMESIS_SECONDS=600
 //! cargo test --test it -- nemesis` is the longer soak.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,7 +22,7 @@ use crate::support::{eventually, Agent, AgentOptions, Partition, Placement};
 /// Addresses no other test uses.
 const SERVERS: [&str; 3] = ["127.0.22.1", "127.0.22.2", "127.0.22.3"];
 const KEYS: usize = 6;
-const CLIENTS: usize = 6;
+const CLIENTS: usize = 4;
 /// How long one request may take before its outcome counts as unknown.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 /// Answered operations the clients get between two faults.
@@ -48,7 +48,7 @@ fn seconds() -> u64 {
     std::env::var("CONCORD_NEMESIS_SECONDS")
         .ok()
         .and_then(|value| value.parse().ok())
-        .unwrap_or(12)
+        .unwrap_or(8)
 }
 
 /// The index of the server every running server names as leader.
