@@ -292,6 +292,22 @@ async fn three_servers_form_a_cluster_take_a_fourth_and_survive_losing_the_leade
     )
     .await;
 
+    // A session with a TTL, created through the client and never renewed: whichever server
+    // leads when its TTL runs out destroys it.
+    let session = client
+        .client()
+        .put(
+            "/v1/session/create",
+            json!({"Name": "unrenewed", "TTL": "10s", "Checks": []})
+                .to_string()
+                .into_bytes(),
+        )
+        .await
+        .expect("session create");
+    assert_eq!(session.status, 200, "{}", session.text());
+    let session: Value = serde_json::from_slice(&session.body).expect("session JSON");
+    let session = session["ID"].as_str().expect("ID").to_string();
+
     // kill -9 of the leader: the others elect a new one and keep taking writes, through
     // themselves and through the client.
     let position = servers
@@ -319,6 +335,33 @@ async fn three_servers_form_a_cluster_take_a_fourth_and_survive_losing_the_leade
         );
         read_everywhere(&everyone, &key, "consistent", "x").await;
     }
+    // The leader's duties moved with leadership: the new leader signs leaf certificates
+    // (asked through a follower and through the client) and runs the session TTL timers.
+    for agent in [
+        servers.iter().flatten().next().expect("a survivor"),
+        &client,
+    ] {
+        let leaf = agent
+            .client()
+            .get("/v1/agent/connect/ca/leaf/after-failover")
+            .await
+            .expect("leaf");
+        assert_eq!(leaf.status, 200, "leaf on {}: {}", agent.host, leaf.text());
+        let leaf: Value = serde_json::from_slice(&leaf.body).expect("leaf JSON");
+        assert!(leaf["CertPEM"]
+            .as_str()
+            .is_some_and(|pem| pem.contains("BEGIN CERTIFICATE")));
+    }
+    eventually(
+        "the new leader to destroy the unrenewed session",
+        Duration::from_secs(40),
+        || async {
+            let info = get(&client, &format!("/v1/session/info/{session}")).await?;
+            (info.1 == json!([]) || info.1 == Value::Null).then_some(())
+        },
+    )
+    .await;
+
     // Every write acknowledged before the failover is still there.
     for index in 0..4 {
         read_everywhere(
