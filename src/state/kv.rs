@@ -13,6 +13,16 @@ pub fn topic(key: &str) -> String {
 }
 
 impl Tables {
+    /// Makes each KV map key share its entry's key allocation again; decoding gives them
+    /// separate copies, which would double the memory held for keys.
+    pub(super) fn share_kv_keys(&mut self) {
+        self.kv = self
+            .kv
+            .values()
+            .map(|entry| (entry.key.clone(), entry.clone()))
+            .collect();
+    }
+
     pub fn kv_get(&self, key: &str) -> Option<&KvEntry> {
         self.kv.get(key).map(|entry| &**entry)
     }
@@ -190,7 +200,7 @@ fn apply_op(
             Ok(None)
         }
         KvOp::DeleteTree { prefix } => {
-            let keys: Vec<String> = tables
+            let keys: Vec<Arc<str>> = tables
                 .kv_list(prefix)
                 .map(|entry| entry.key.clone())
                 .collect();
@@ -311,8 +321,13 @@ fn write(
         LockChange::Acquire(session) => (session.to_string(), lock_index + 1),
         LockChange::Release => (String::new(), lock_index),
     };
+    // The map's key and the entry's share one allocation: a key is stored once.
+    let shared: Arc<str> = match previous {
+        Some(entry) => entry.key.clone(),
+        None => Arc::from(key),
+    };
     let entry = KvEntry {
-        key: key.to_string(),
+        key: shared.clone(),
         value: value.to_vec(),
         flags,
         lock_index,
@@ -323,7 +338,7 @@ fn write(
         },
     };
     let entry = Arc::new(entry);
-    tables.kv.insert(Arc::from(key), entry.clone());
+    tables.kv.insert(shared, entry.clone());
     tables.tombstones.remove(key);
     tables.table_index.kv = index;
     touched.push(topic(key));

@@ -375,6 +375,12 @@ impl Store {
     }
 
     fn decode(bytes: &[u8]) -> Result<Tables, RestoreError> {
+        let mut tables = Store::decode_tables(bytes)?;
+        tables.share_kv_keys();
+        Ok(tables)
+    }
+
+    fn decode_tables(bytes: &[u8]) -> Result<Tables, RestoreError> {
         let corrupt = |error: bincode::Error| RestoreError(error.to_string());
         match bytes.split_first() {
             Some((&TABLES_ONLY_FORMAT, rest)) => bincode::deserialize(rest).map_err(corrupt),

@@ -72,7 +72,7 @@ pub(super) fn destroy(tables: &mut Tables, index: u64, id: &str, touched: &mut V
     };
     tables.table_index.sessions = index;
     touched.push(SESSIONS_TOPIC.into());
-    let held: Vec<String> = tables
+    let held: Vec<std::sync::Arc<str>> = tables
         .kv_list("")
         .filter(|entry| entry.session == id)
         .map(|entry| entry.key.clone())
@@ -82,7 +82,9 @@ pub(super) fn destroy(tables: &mut Tables, index: u64, id: &str, touched: &mut V
             SessionBehavior::Release => kv::release_lock(tables, index, &key, touched),
             SessionBehavior::Delete => kv::delete_key(tables, index, &key, touched),
         }
-        tables.released_locks.push((key, session.lock_delay));
+        tables
+            .released_locks
+            .push((key.to_string(), session.lock_delay));
     }
 }
 

@@ -119,7 +119,7 @@ fn delete_tree_removes_only_the_prefix() {
         }),
     );
     let tables = store.snapshot();
-    let keys: Vec<_> = tables.kv_list("").map(|entry| entry.key.as_str()).collect();
+    let keys: Vec<_> = tables.kv_list("").map(|entry| &*entry.key).collect();
     assert_eq!(keys, ["ab", "b"]);
 }
 
@@ -665,4 +665,26 @@ fn coordinates_follow_their_nodes_and_survive_snapshots_of_both_formats() {
     );
     assert!(store.snapshot().coordinate("n1").is_none());
     assert_eq!(store.snapshot().coordinates_index(), 5);
+}
+
+/// A key is held once: the map's key and the entry's are one allocation, after a write, an
+/// overwrite, and a restore from a snapshot (which decodes them apart).
+#[test]
+fn a_kv_key_is_stored_once() {
+    let store = Store::new();
+    apply(&store, 1, set("shared/key", "v1"));
+    apply(&store, 2, set("shared/key", "v2"));
+    let shared = |tables: &Tables| {
+        tables
+            .kv
+            .iter()
+            .all(|(key, entry)| Arc::ptr_eq(key, &entry.key))
+    };
+    assert!(shared(&store.snapshot()));
+    let restored = Store::new();
+    restored
+        .restore(&Store::encode(&store.snapshot()))
+        .expect("restore");
+    assert_eq!(restored.snapshot().kv.len(), 1);
+    assert!(shared(&restored.snapshot()));
 }

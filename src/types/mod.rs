@@ -139,7 +139,7 @@ pub struct Check {
 /// One KV entry.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KvEntry {
-    pub key: String,
+    pub key: std::sync::Arc<str>,
     pub value: Vec<u8>,
     pub flags: u64,
     pub lock_index: u64,
