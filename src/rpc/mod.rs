@@ -19,6 +19,7 @@ pub mod ca_manager;
 pub mod client;
 pub mod codec;
 pub mod connections;
+pub mod forward;
 pub mod lease;
 #[cfg(test)]
 pub mod memory;

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 
 use super::ca_manager::{CaError, CaManager, Leaf, SignError};
 use super::connections::{CallError, Connections};
+use super::forward::Forwarder;
 use super::lease::Lease;
 use super::session_ttl::SessionTimers;
 use super::wire::{Frame, PeerRef, RaftConfiguration, RaftServer, Reply, Request, CALL_PATH};
@@ -70,6 +71,8 @@ pub struct ServerRpc {
     last_contact: LastContact,
     /// Grouped confirmations of this server's leadership, and the lease they give it.
     lease: Lease,
+    /// Batches this server's writes to the leader while it follows.
+    forwarder: std::sync::OnceLock<Forwarder>,
     /// When a Raft message from outside the configuration was last logged (ms after start).
     stranger_logged_ms: AtomicU64,
     /// Session TTL timers (the leader's).
@@ -95,7 +98,7 @@ impl ServerRpc {
             publish_leadership(raft.clone(), node_id, publish),
         );
         let lease = Lease::start(raft.clone(), leadership.clone(), tasks);
-        Arc::new(ServerRpc {
+        let server = Arc::new(ServerRpc {
             ca: CaManager::new(
                 writer.clone(),
                 store.clone(),
@@ -114,8 +117,12 @@ impl ServerRpc {
             },
             stranger_logged_ms: AtomicU64::new(0),
             lease,
+            forwarder: std::sync::OnceLock::new(),
             sessions: SessionTimers::default(),
-        })
+        });
+        let forwarder = Forwarder::start(Arc::downgrade(&server), tasks);
+        let _ = server.forwarder.set(forwarder);
+        server
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -142,12 +149,24 @@ impl ServerRpc {
         }
     }
 
+    /// The forwarder, once `start` set it (always, outside construction).
+    fn forwarder(&self) -> Option<&Forwarder> {
+        self.forwarder.get()
+    }
+
     /// Answers `request`: this server if it leads (or the request was already forwarded to
     /// it by another server), otherwise the leader, to which it is forwarded once. While there
     /// is no leader, or the leader cannot be reached before sending, it waits for one for up
     /// to `RPC_HOLD_TIMEOUT`, as Consul's servers do; a request that may have reached the
     /// leader is not sent again unless repeating it is harmless.
     pub async fn handle(&self, request: Request, forwarded: bool) -> Reply {
+        // A follower's writes (its own and its clients') go to the leader in batches.
+        let request = match (request, self.forwarder()) {
+            (Request::Write(command), Some(forwarder)) if !forwarded && !self.is_leader() => {
+                return Reply::Write(forwarder.write(command).await)
+            }
+            (request, _) => request,
+        };
         let deadline = tokio::time::Instant::now() + RPC_HOLD_TIMEOUT;
         let mut leadership = self.leadership.clone();
         let frame = Frame::encode(&request);
@@ -200,6 +219,15 @@ impl ServerRpc {
     async fn answer(&self, request: Request) -> Reply {
         match request {
             Request::Write(command) => Reply::Write(self.writer.write(command).await),
+            Request::WriteBatch(commands) => Reply::WriteBatch(match self.require_leader() {
+                Err(error) => Err(error),
+                Ok(()) => Ok(futures::future::join_all(
+                    commands
+                        .into_iter()
+                        .map(|command| self.writer.write(command)),
+                )
+                .await),
+            }),
             Request::ReadBarrier(consistency) => Reply::ReadBarrier(
                 self.local_read_barrier(consistency)
                     .await

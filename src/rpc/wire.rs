@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::ca_manager::{CaError, Leaf, SignError};
+use super::writes::WriteOutcome;
 use super::{Consistency, LeaderContact, RpcError};
 use crate::raft::{NodeId, TypeConfig};
 use crate::types::connect::CaConfig;
@@ -71,6 +72,8 @@ impl Frame {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Request {
     Write(Command),
+    /// Writes a follower passes on together; each gets its own outcome.
+    WriteBatch(Vec<Command>),
     /// Prepare a read at this consistency; the reply carries the index the reader must have
     /// applied before it reads.
     ReadBarrier(Consistency),
@@ -122,6 +125,8 @@ pub struct RaftConfiguration {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Reply {
     Write(Result<(u64, CommandResult), RpcError>),
+    /// `Err` when the batch was refused whole (this server does not lead).
+    WriteBatch(Result<Vec<WriteOutcome>, RpcError>),
     ReadBarrier(Result<(LeaderContact, u64), RpcError>),
     RenewSession(Result<Option<Session>, RpcError>),
     SignLeaf(Result<Leaf, SignError>),
@@ -156,6 +161,7 @@ impl Request {
     pub fn failed(&self, error: RpcError) -> Reply {
         match self {
             Request::Write(_) => Reply::Write(Err(error)),
+            Request::WriteBatch(_) => Reply::WriteBatch(Err(error)),
             Request::ReadBarrier(_) => Reply::ReadBarrier(Err(error)),
             Request::RenewSession(_) => Reply::RenewSession(Err(error)),
             Request::SignLeaf { .. } => Reply::SignLeaf(Err(SignError::Rpc(error))),
@@ -180,6 +186,7 @@ impl Reply {
         }
         match self {
             Reply::Write(result) => is(result),
+            Reply::WriteBatch(result) => is(result),
             Reply::ReadBarrier(result) => is(result),
             Reply::RenewSession(result) => is(result),
             Reply::SignLeaf(result) => matches!(result, Err(SignError::Rpc(e)) if not_leader(e)),
