@@ -414,11 +414,17 @@ pub fn servers_in(members: &[Member], datacenter: &str) -> Vec<SocketAddr> {
     members
         .iter()
         .filter(|member| member.status == MemberStatus::Alive)
-        .filter(|member| member.identity.tag("role") == "consul")
         .filter(|member| member.identity.tag("dc") == datacenter)
-        .filter_map(|member| {
-            let port = member.identity.tag("port").parse().ok()?;
-            Some(SocketAddr::new(member.identity.addr.ip(), port))
-        })
+        .filter_map(server_address)
         .collect()
+}
+
+/// A server member's RPC address (its gossip address with its `port` tag); `None` for a
+/// member that is not a server.
+pub fn server_address(member: &Member) -> Option<SocketAddr> {
+    if member.identity.tag("role") != "consul" {
+        return None;
+    }
+    let port = member.identity.tag("port").parse().ok()?;
+    Some(SocketAddr::new(member.identity.addr.ip(), port))
 }

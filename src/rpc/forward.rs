@@ -7,16 +7,20 @@
 //! Each write gets its own outcome; a batch that could not be delivered fails every write in
 //! it, as a single forwarded write would fail (never re-sent once it may have arrived).
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
+use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use super::server::ServerRpc;
-use super::wire::{Reply, Request};
 use super::writes::WriteOutcome;
 use super::{mismatched, RpcError};
 use crate::tasks::Tasks;
 use crate::types::Command;
+
+/// Delivers one batch to the leader and returns each write's outcome, in order (the server
+/// supplies it, so this module needs nothing of the server's).
+pub type SendBatch =
+    Arc<dyn Fn(Vec<Command>) -> BoxFuture<'static, Vec<WriteOutcome>> + Send + Sync>;
 
 const MAX_BATCH_WRITES: usize = 512;
 const MAX_BATCH_BYTES: u64 = 1024 * 1024;
@@ -33,10 +37,10 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    /// Starts forwarding for `server` (held weakly: the server owns the forwarder).
-    pub fn start(server: Weak<ServerRpc>, tasks: &Tasks) -> Forwarder {
+    /// Starts forwarding batches through `send`.
+    pub fn start(send: SendBatch, tasks: &Tasks) -> Forwarder {
         let (queue, pending) = mpsc::channel(4 * MAX_BATCH_WRITES);
-        tasks.spawn("rpc.forward_writes", forward(server, pending));
+        tasks.spawn("rpc.forward_writes", forward(send, pending, tasks.clone()));
         Forwarder { queue }
     }
 
@@ -51,7 +55,7 @@ impl Forwarder {
     }
 }
 
-async fn forward(server: Weak<ServerRpc>, mut queue: mpsc::Receiver<Pending>) {
+async fn forward(send: SendBatch, mut queue: mpsc::Receiver<Pending>, tasks: Tasks) {
     let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
     loop {
         // Wait for room first, so writes gather in the queue while every slot is busy.
@@ -68,20 +72,17 @@ async fn forward(server: Weak<ServerRpc>, mut queue: mpsc::Receiver<Pending>) {
             bytes += bincode::serialized_size(&next.command).unwrap_or(0);
             batch.push(next);
         }
-        let Some(server) = server.upgrade() else {
-            return;
-        };
-        tokio::spawn(async move {
+        let send = send.clone();
+        tasks.spawn("rpc.forward_batch", async move {
             let (commands, replies): (Vec<Command>, Vec<_>) = batch
                 .into_iter()
                 .map(|pending| (pending.command, pending.reply))
                 .unzip();
             let count = commands.len();
-            let outcomes = match server.handle(Request::WriteBatch(commands), false).await {
-                Reply::WriteBatch(Ok(outcomes)) if outcomes.len() == count => outcomes,
-                Reply::WriteBatch(Err(error)) => vec![Err(error); count],
-                _ => vec![Err(mismatched()); count],
-            };
+            let mut outcomes = send(commands).await;
+            if outcomes.len() != count {
+                outcomes = vec![Err(mismatched()); count];
+            }
             for (reply, outcome) in replies.into_iter().zip(outcomes) {
                 let _ = reply.send(outcome);
             }

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use super::ca_manager::{CaError, CaManager, Leaf, SignError};
 use super::connections::{CallError, Connections};
-use super::forward::Forwarder;
+use super::forward::{Forwarder, SendBatch};
 use super::lease::Lease;
 use super::session_ttl::SessionTimers;
 use super::wire::{Frame, PeerRef, RaftConfiguration, RaftServer, Reply, Request, CALL_PATH};
@@ -120,7 +120,23 @@ impl ServerRpc {
             forwarder: std::sync::OnceLock::new(),
             sessions: SessionTimers::default(),
         });
-        let forwarder = Forwarder::start(Arc::downgrade(&server), tasks);
+        // The server owns the forwarder, so the forwarder holds it weakly.
+        let weak = Arc::downgrade(&server);
+        let send: SendBatch = Arc::new(move |commands: Vec<Command>| {
+            let weak = weak.clone();
+            Box::pin(async move {
+                let count = commands.len();
+                let Some(server) = weak.upgrade() else {
+                    return vec![Err(RpcError::ShutDown); count];
+                };
+                match server.handle(Request::WriteBatch(commands), false).await {
+                    Reply::WriteBatch(Ok(outcomes)) => outcomes,
+                    Reply::WriteBatch(Err(error)) => vec![Err(error); count],
+                    _ => vec![Err(mismatched()); count],
+                }
+            })
+        });
+        let forwarder = Forwarder::start(send, tasks);
         let _ = server.forwarder.set(forwarder);
         server
     }

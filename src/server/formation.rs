@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::gossip::{Member, MemberStatus, Pool};
 use crate::raft::{node_id_from_uuid, NodeId};
-use crate::rpc::client::servers_in;
+use crate::rpc::client::server_address;
 use crate::rpc::ServerRpc;
 
 /// How often the pool is looked at again without a member event.
@@ -56,7 +56,7 @@ pub fn decide(members: &[Member], datacenter: &str, expect: u32) -> Decision {
                 identity.name
             ));
         }
-        let Some(address) = servers_in(std::slice::from_ref(member), datacenter).pop() else {
+        let Some(address) = server_address(member) else {
             continue;
         };
         nodes.insert(

@@ -17,6 +17,7 @@ use openraft::{BasicNode, ChangeMembers};
 
 use crate::gossip::{Member, MemberStatus};
 use crate::raft::{node_id_from_uuid, NodeId, Raft};
+use crate::rpc::client::server_address;
 use crate::rpc::ServerRpc;
 
 /// How far behind the leader's log a learner may be and still count as caught up (autopilot's
@@ -64,13 +65,13 @@ impl Promotions {
         let mut in_pool = BTreeSet::new();
         for member in members {
             let identity = &member.identity;
-            if identity.tag("role") != "consul" || identity.tag("dc") != datacenter {
+            if identity.tag("dc") != datacenter {
                 continue;
             }
-            let id = node_id_from_uuid(identity.tag("id"));
-            let Ok(port) = identity.tag("port").parse::<u16>() else {
+            let Some(address) = server_address(member) else {
                 continue;
             };
+            let id = node_id_from_uuid(identity.tag("id"));
             let known = raft.voters.contains(&id) || raft.learners.contains(&id);
             match member.status {
                 MemberStatus::Left if raft.voters.contains(&id) && id != raft.leader => {
@@ -81,7 +82,6 @@ impl Promotions {
                 }
                 MemberStatus::Left => {}
                 MemberStatus::Alive if !known => {
-                    let address = std::net::SocketAddr::new(identity.addr.ip(), port);
                     changes.push(Change::AddLearner(id, BasicNode::new(address)));
                 }
                 MemberStatus::Alive | MemberStatus::Failed => {
