@@ -1,6 +1,6 @@
 //! A follower's writes go to the leader in batches: every write that arrives while earlier
-//! ones are on their way joins the next `WriteBatch` call (at most `MAX_BATCH_WRITES` writes or
-//! about `MAX_BATCH_BYTES`), so a busy follower sends a few calls per commit instead of one per
+//! ones are on their way joins the next `WriteBatch` call (as many as one Raft entry of the
+//! leader's batcher takes, `writes::gather`), so a busy follower sends a few calls per commit instead of one per
 //! write, and the leader's write batcher still commits them together. A lone write goes at
 //! once. Up to `IN_FLIGHT` batches are on their way at a time.
 //!
@@ -12,7 +12,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use super::writes::WriteOutcome;
+use super::writes::{gather, PendingWrite, WriteOutcome, MAX_BATCH_WRITES};
 use super::{mismatched, RpcError};
 use crate::tasks::Tasks;
 use crate::types::Command;
@@ -22,18 +22,11 @@ use crate::types::Command;
 pub type SendBatch =
     Arc<dyn Fn(Vec<Command>) -> BoxFuture<'static, Vec<WriteOutcome>> + Send + Sync>;
 
-const MAX_BATCH_WRITES: usize = 512;
-const MAX_BATCH_BYTES: u64 = 1024 * 1024;
 const IN_FLIGHT: usize = 4;
-
-struct Pending {
-    command: Command,
-    reply: oneshot::Sender<WriteOutcome>,
-}
 
 #[derive(Clone)]
 pub struct Forwarder {
-    queue: mpsc::Sender<Pending>,
+    queue: mpsc::Sender<PendingWrite>,
 }
 
 impl Forwarder {
@@ -48,14 +41,14 @@ impl Forwarder {
     pub async fn write(&self, command: Command) -> WriteOutcome {
         let (reply, outcome) = oneshot::channel();
         self.queue
-            .send(Pending { command, reply })
+            .send(PendingWrite { command, reply })
             .await
             .map_err(|_| RpcError::ShutDown)?;
         outcome.await.map_err(|_| RpcError::ShutDown)?
     }
 }
 
-async fn forward(send: SendBatch, mut queue: mpsc::Receiver<Pending>, tasks: Tasks) {
+async fn forward(send: SendBatch, mut queue: mpsc::Receiver<PendingWrite>, tasks: Tasks) {
     let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
     loop {
         // Wait for room first, so writes gather in the queue while every slot is busy.
@@ -65,19 +58,9 @@ async fn forward(send: SendBatch, mut queue: mpsc::Receiver<Pending>, tasks: Tas
         let Some(first) = queue.recv().await else {
             return;
         };
-        let mut bytes = bincode::serialized_size(&first.command).unwrap_or(0);
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH_WRITES && bytes < MAX_BATCH_BYTES {
-            let Ok(next) = queue.try_recv() else { break };
-            bytes += bincode::serialized_size(&next.command).unwrap_or(0);
-            batch.push(next);
-        }
+        let (commands, replies) = gather(first, &mut queue);
         let send = send.clone();
         tasks.spawn("rpc.forward_batch", async move {
-            let (commands, replies): (Vec<Command>, Vec<_>) = batch
-                .into_iter()
-                .map(|pending| (pending.command, pending.reply))
-                .unzip();
             let count = commands.len();
             let mut outcomes = send(commands).await;
             if outcomes.len() != count {

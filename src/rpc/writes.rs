@@ -13,14 +13,35 @@ use crate::tasks::Tasks;
 use crate::types::{Command, CommandResult};
 
 /// Most writes one batch entry may carry, and roughly how many bytes.
-const MAX_BATCH_WRITES: usize = 512;
+pub(super) const MAX_BATCH_WRITES: usize = 512;
 const MAX_BATCH_BYTES: u64 = 1024 * 1024;
 
 pub type WriteOutcome = Result<(u64, CommandResult), RpcError>;
 
-struct PendingWrite {
-    command: Command,
-    reply: oneshot::Sender<WriteOutcome>,
+/// A write waiting for its batch, and where its outcome goes.
+pub(super) struct PendingWrite {
+    pub command: Command,
+    pub reply: oneshot::Sender<WriteOutcome>,
+}
+
+/// `first` and whatever else is queued already, up to `MAX_BATCH_WRITES` writes or about
+/// `MAX_BATCH_BYTES`, as commands and the places their outcomes go. Shared by the leader's
+/// batcher and a follower's forwarder (`forward`).
+pub(super) fn gather(
+    first: PendingWrite,
+    queue: &mut mpsc::Receiver<PendingWrite>,
+) -> (Vec<Command>, Vec<oneshot::Sender<WriteOutcome>>) {
+    let mut bytes = bincode::serialized_size(&first.command).unwrap_or(0);
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH_WRITES && bytes < MAX_BATCH_BYTES {
+        let Ok(next) = queue.try_recv() else { break };
+        bytes += bincode::serialized_size(&next.command).unwrap_or(0);
+        batch.push(next);
+    }
+    batch
+        .into_iter()
+        .map(|write| (write.command, write.reply))
+        .unzip()
 }
 
 /// A handle to the write batcher.
@@ -55,17 +76,7 @@ impl Writer {
 /// entry was committing goes into the next one.
 async fn batch_writes(raft: Raft, mut queue: mpsc::Receiver<PendingWrite>) {
     while let Some(first) = queue.recv().await {
-        let mut bytes = bincode::serialized_size(&first.command).unwrap_or(0);
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH_WRITES && bytes < MAX_BATCH_BYTES {
-            let Ok(next) = queue.try_recv() else { break };
-            bytes += bincode::serialized_size(&next.command).unwrap_or(0);
-            batch.push(next);
-        }
-        let (commands, replies): (Vec<Command>, Vec<_>) = batch
-            .into_iter()
-            .map(|write| (write.command, write.reply))
-            .unzip();
+        let (commands, replies) = gather(first, &mut queue);
         let single = commands.len() == 1;
         let command = if single {
             commands

@@ -12,8 +12,10 @@ async fn watch_runs_its_handler_on_each_change_of_a_key() {
     let client = agent.client();
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("journal");
+    // One append per run, data and index together, so a reader that sees a run's data also
+    // sees its index line (two appends raced the run count below).
     let handler = format!(
-        "cat >> {0}; echo \"index=$CONSUL_INDEX\" >> {0}",
+        "data=$(cat); printf '%s\\nindex=%s\\n' \"$data\" \"$CONSUL_INDEX\" >> {0}",
         journal.display()
     );
     let mut watch = Command::new(BINARY)
