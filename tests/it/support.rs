@@ -26,11 +26,33 @@ where
     }
 }
 
+/// A port for an agent or Envoy to listen on. Taken from below the kernel's ephemeral range
+/// (32768 and up here), in turn, so that no outgoing connection of any test (they use
+/// ephemeral ports) can take it between this call and the listener's bind, and no two tests
+/// of this process get the same one; one that something already listens on is skipped.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("free port")
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const FIRST: u16 = 20_000;
+    const LAST: u16 = 32_000;
+    // Start at a spot that depends on the process, so two test binaries running at once
+    // are unlikely to walk the same ports.
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        FIRST + (std::process::id() % 4_000) as u16 * 3,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    loop {
+        let port = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = FIRST + port.saturating_sub(FIRST) % (LAST - FIRST);
+        let free_tcp = std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::TcpListener::bind(("0.0.0.0", port)).is_ok();
+        let free_udp = std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok();
+        if free_tcp && free_udp {
+            return port;
+        }
+    }
 }
 
 /// A running agent. Killed when dropped.
