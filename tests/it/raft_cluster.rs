@@ -398,6 +398,35 @@ async fn three_servers_form_a_cluster_take_a_fourth_and_survive_losing_the_leade
         .await;
     }
     assert_eq!(peers(restarted).await, expected);
+
+    // A snapshot saved through one server and restored through another reaches every
+    // server's own store: a key written after the save is gone everywhere, and the saved
+    // ones are back.
+    let saved = all[0]
+        .client()
+        .get("/v1/snapshot")
+        .await
+        .expect("snapshot save");
+    assert_eq!(saved.status, 200, "{}", saved.text());
+    assert_eq!(put(all[1], "after-save", "y").await, (200, "true".into()));
+    let restored = all[2]
+        .client()
+        .put("/v1/snapshot", saved.body.to_vec())
+        .await
+        .expect("snapshot restore");
+    assert_eq!(restored.status, 200, "{}", restored.text());
+    for agent in &all {
+        eventually(
+            "the restore to reach every server",
+            Duration::from_secs(10),
+            || async {
+                let gone = read(agent, "after-save", "stale").await.is_none();
+                let kept = read(agent, "after-failover/0", "stale").await.as_deref() == Some("x");
+                (gone && kept).then_some(())
+            },
+        )
+        .await;
+    }
 }
 
 /// Addresses no other test uses, for the partition test.
