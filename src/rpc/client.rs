@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::ca_manager::{CaError, Leaf, SignError};
 use super::codec::SmallCodec;
 use super::connections::{CallError, Connections};
 use super::service::FEED_SILENCE;
@@ -31,8 +30,6 @@ use super::{mismatched, Consistency, LeaderContact, Leadership, RpcError, RPC_HO
 use crate::gossip::{Member, MemberStatus, Pool};
 use crate::state::Store;
 use crate::tasks::Tasks;
-use crate::types::connect::CaConfig;
-use crate::types::session::Session;
 use crate::types::{Command, CommandResult};
 
 /// How long one request may take on a server (a write waits for its commit).
@@ -124,7 +121,7 @@ impl ClientRpc {
     }
 
     pub async fn write(&self, command: Command) -> Result<(u64, CommandResult), RpcError> {
-        let Reply::Write(result) = self.call(wire::Request::Write(command)).await? else {
+        let Reply::Write(result) = self.request(wire::Request::Write(command)).await? else {
             return Err(mismatched());
         };
         let (index, result) = result?;
@@ -144,43 +141,15 @@ impl ClientRpc {
                 false => Err(RpcError::NoServers),
             };
         }
-        let Reply::ReadBarrier(result) = self.call(wire::Request::ReadBarrier(consistency)).await?
+        let Reply::ReadBarrier(result) = self
+            .request(wire::Request::ReadBarrier(consistency))
+            .await?
         else {
             return Err(mismatched());
         };
         let (contact, index) = result?;
         self.wait_applied(index).await?;
         Ok(contact)
-    }
-
-    pub async fn renew_session(&self, id: &str) -> Result<Option<Session>, RpcError> {
-        match self.call(wire::Request::RenewSession(id.into())).await? {
-            Reply::RenewSession(result) => result,
-            _ => Err(mismatched()),
-        }
-    }
-
-    pub async fn sign_leaf(&self, csr_pem: &str, service: &str) -> Result<Leaf, SignError> {
-        let request = wire::Request::SignLeaf {
-            csr_pem: csr_pem.into(),
-            service: service.into(),
-        };
-        match self.call(request).await? {
-            Reply::SignLeaf(result) => result,
-            _ => Err(mismatched().into()),
-        }
-    }
-
-    pub async fn set_ca_config(&self, config: CaConfig) -> Result<bool, CaError> {
-        match self.call(wire::Request::SetCaConfig(config)).await? {
-            Reply::SetCaConfig(result) => result,
-            _ => Err(mismatched().into()),
-        }
-    }
-
-    /// Sends `request` to a server as it is; the caller reads the answer.
-    pub async fn request(&self, request: wire::Request) -> Result<Reply, RpcError> {
-        self.call(request).await
     }
 
     /// Waits until the replica has applied `index`.
@@ -197,7 +166,7 @@ impl ClientRpc {
 
     /// Sends `request` to a server, trying others while it could not be sent or no server
     /// had a leader, for up to `RPC_HOLD_TIMEOUT`.
-    async fn call(&self, request: wire::Request) -> Result<Reply, RpcError> {
+    pub async fn request(&self, request: wire::Request) -> Result<Reply, RpcError> {
         let deadline = tokio::time::Instant::now() + RPC_HOLD_TIMEOUT;
         let idempotent = request.idempotent();
         let frame = Frame::encode(&request);

@@ -215,39 +215,44 @@ impl Cluster {
 
     /// Renews a session's TTL on the leader; `Ok(None)` when there is no such session.
     pub async fn renew_session(&self, id: &str) -> Result<Option<Session>, RpcError> {
-        match self {
-            Cluster::Server(server) => server.renew_session(id).await,
-            Cluster::Client(client) => client.renew_session(id).await,
-            #[cfg(test)]
-            Cluster::Memory(memory) => {
-                if !memory.leader_contact().known_leader {
-                    return Err(RpcError::NoLeader);
-                }
-                Ok(memory.store.snapshot().session(id).cloned())
+        #[cfg(test)]
+        if let Cluster::Memory(memory) = self {
+            if !memory.leader_contact().known_leader {
+                return Err(RpcError::NoLeader);
             }
+            return Ok(memory.store.snapshot().session(id).cloned());
+        }
+        match self.request(wire::Request::RenewSession(id.into())).await? {
+            wire::Reply::RenewSession(answer) => answer,
+            _ => Err(mismatched()),
         }
     }
 
     /// Has the leader sign a leaf CSR for `service`.
     pub async fn sign_leaf(&self, csr_pem: &str, service: &str) -> Result<Leaf, SignError> {
-        match self {
-            Cluster::Server(server) => server.sign_leaf(csr_pem, service).await,
-            Cluster::Client(client) => client.sign_leaf(csr_pem, service).await,
-            #[cfg(test)]
-            Cluster::Memory(_) => Err(SignError::Unavailable("no CA in a memory cluster".into())),
+        #[cfg(test)]
+        if let Cluster::Memory(_) = self {
+            return Err(SignError::Unavailable("no CA in a memory cluster".into()));
+        }
+        let request = wire::Request::SignLeaf {
+            csr_pem: csr_pem.into(),
+            service: service.into(),
+        };
+        match self.request(request).await? {
+            wire::Reply::SignLeaf(answer) => answer,
+            _ => Err(mismatched().into()),
         }
     }
 
     /// Applies a new CA configuration on the leader; true when it rotated the root.
     pub async fn set_ca_config(&self, config: CaConfig) -> Result<bool, CaError> {
-        match self {
-            Cluster::Server(server) => server.set_ca_config(config).await,
-            Cluster::Client(client) => client.set_ca_config(config).await,
-            #[cfg(test)]
-            Cluster::Memory(_) => {
-                let _ = config;
-                Err(CaError::Unavailable("no CA in a memory cluster".into()))
-            }
+        #[cfg(test)]
+        if let Cluster::Memory(_) = self {
+            return Err(CaError::Unavailable("no CA in a memory cluster".into()));
+        }
+        match self.request(wire::Request::SetCaConfig(config)).await? {
+            wire::Reply::SetCaConfig(answer) => answer,
+            _ => Err(mismatched().into()),
         }
     }
 

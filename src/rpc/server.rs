@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use super::ca_manager::{CaError, CaManager, Leaf, SignError};
+use super::ca_manager::CaManager;
 use super::connections::{CallError, Connections};
 use super::forward::{Forwarder, SendBatch};
 use super::lease::Lease;
@@ -26,7 +26,6 @@ use super::{mismatched, Consistency, LeaderContact, Leadership, RpcError, RPC_HO
 use crate::raft::{NodeId, Raft};
 use crate::state::Store;
 use crate::tasks::Tasks;
-use crate::types::connect::CaConfig;
 use crate::types::session::Session;
 use crate::types::Command;
 
@@ -72,7 +71,7 @@ pub struct ServerRpc {
     /// Grouped confirmations of this server's leadership, and the lease they give it.
     lease: Lease,
     /// Batches this server's writes to the leader while it follows.
-    forwarder: std::sync::OnceLock<Forwarder>,
+    forwarder: Forwarder,
     /// When a Raft message from outside the configuration was last logged (ms after start).
     stranger_logged_ms: AtomicU64,
     /// Session TTL timers (the leader's).
@@ -98,47 +97,46 @@ impl ServerRpc {
             publish_leadership(raft.clone(), node_id, publish),
         );
         let lease = Lease::start(raft.clone(), leadership.clone(), tasks);
-        let server = Arc::new(ServerRpc {
-            ca: CaManager::new(
-                writer.clone(),
-                store.clone(),
-                leadership.clone(),
-                datacenter,
-            ),
-            raft,
-            connections,
-            store,
-            node_id,
-            writer,
-            leadership,
-            last_contact: LastContact {
-                started: Instant::now(),
-                at_ms: AtomicU64::new(0),
-            },
-            stranger_logged_ms: AtomicU64::new(0),
-            lease,
-            forwarder: std::sync::OnceLock::new(),
-            sessions: SessionTimers::default(),
-        });
-        // The server owns the forwarder, so the forwarder holds it weakly.
-        let weak = Arc::downgrade(&server);
-        let send: SendBatch = Arc::new(move |commands: Vec<Command>| {
+        Arc::new_cyclic(|weak: &std::sync::Weak<ServerRpc>| {
+            // The server owns the forwarder, so the forwarder holds it weakly.
             let weak = weak.clone();
-            Box::pin(async move {
-                let count = commands.len();
-                let Some(server) = weak.upgrade() else {
-                    return vec![Err(RpcError::ShutDown); count];
-                };
-                match server.handle(Request::WriteBatch(commands), false).await {
-                    Reply::WriteBatch(Ok(outcomes)) => outcomes,
-                    Reply::WriteBatch(Err(error)) => vec![Err(error); count],
-                    _ => vec![Err(mismatched()); count],
-                }
-            })
-        });
-        let forwarder = Forwarder::start(send, tasks);
-        let _ = server.forwarder.set(forwarder);
-        server
+            let send: SendBatch = Arc::new(move |commands: Vec<Command>| {
+                let weak = weak.clone();
+                Box::pin(async move {
+                    let count = commands.len();
+                    let Some(server) = weak.upgrade() else {
+                        return vec![Err(RpcError::ShutDown); count];
+                    };
+                    match server.handle(Request::WriteBatch(commands), false).await {
+                        Reply::WriteBatch(Ok(outcomes)) => outcomes,
+                        Reply::WriteBatch(Err(error)) => vec![Err(error); count],
+                        _ => vec![Err(mismatched()); count],
+                    }
+                })
+            });
+            ServerRpc {
+                ca: CaManager::new(
+                    writer.clone(),
+                    store.clone(),
+                    leadership.clone(),
+                    datacenter,
+                ),
+                raft,
+                connections,
+                store,
+                node_id,
+                writer,
+                leadership,
+                last_contact: LastContact {
+                    started: Instant::now(),
+                    at_ms: AtomicU64::new(0),
+                },
+                stranger_logged_ms: AtomicU64::new(0),
+                lease,
+                forwarder: Forwarder::start(send, tasks),
+                sessions: SessionTimers::default(),
+            }
+        })
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -165,11 +163,6 @@ impl ServerRpc {
         }
     }
 
-    /// The forwarder, once `start` set it (always, outside construction).
-    fn forwarder(&self) -> Option<&Forwarder> {
-        self.forwarder.get()
-    }
-
     /// Answers `request`: this server if it leads (or the request was already forwarded to
     /// it by another server), otherwise the leader, to which it is forwarded once. While there
     /// is no leader, or the leader cannot be reached before sending, it waits for one for up
@@ -177,11 +170,11 @@ impl ServerRpc {
     /// leader is not sent again unless repeating it is harmless.
     pub async fn handle(&self, request: Request, forwarded: bool) -> Reply {
         // A follower's writes (its own and its clients') go to the leader in batches.
-        let request = match (request, self.forwarder()) {
-            (Request::Write(command), Some(forwarder)) if !forwarded && !self.is_leader() => {
-                return Reply::Write(forwarder.write(command).await)
+        let request = match request {
+            Request::Write(command) if !forwarded && !self.is_leader() => {
+                return Reply::Write(self.forwarder.write(command).await)
             }
-            (request, _) => request,
+            request => request,
         };
         let deadline = tokio::time::Instant::now() + RPC_HOLD_TIMEOUT;
         let mut leadership = self.leadership.clone();
@@ -363,14 +356,6 @@ impl ServerRpc {
         }
     }
 
-    /// Renews a session's TTL on the leader; `Ok(None)` when there is no such session.
-    pub async fn renew_session(&self, id: &str) -> Result<Option<Session>, RpcError> {
-        match self.handle(Request::RenewSession(id.into()), false).await {
-            Reply::RenewSession(answer) => answer,
-            _ => Err(mismatched()),
-        }
-    }
-
     fn renew_locally(&self, id: &str) -> Result<Option<Session>, RpcError> {
         self.require_leader()?;
         let tables = self.store.snapshot();
@@ -381,26 +366,6 @@ impl ServerRpc {
             self.sessions.renew(id, ttl);
         }
         Ok(Some(session))
-    }
-
-    /// Has the leader sign a leaf CSR for `service`.
-    pub async fn sign_leaf(&self, csr_pem: &str, service: &str) -> Result<Leaf, SignError> {
-        let request = Request::SignLeaf {
-            csr_pem: csr_pem.into(),
-            service: service.into(),
-        };
-        match self.handle(request, false).await {
-            Reply::SignLeaf(answer) => answer,
-            _ => Err(mismatched().into()),
-        }
-    }
-
-    /// Applies a new CA configuration on the leader; true when it rotated the root.
-    pub async fn set_ca_config(&self, config: CaConfig) -> Result<bool, CaError> {
-        match self.handle(Request::SetCaConfig(config), false).await {
-            Reply::SetCaConfig(answer) => answer,
-            _ => Err(mismatched().into()),
-        }
     }
 
     /// The voters another server knows (Consul's `Status.Peers`): empty when it is not part
