@@ -14,6 +14,7 @@
 mod log_bounds;
 mod log_store;
 mod progress;
+mod recovery;
 mod snapshot_file;
 mod state_machine;
 #[cfg(test)]
@@ -26,6 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use log_store::LogStore;
+pub use recovery::{peers_file, recover_from_peers_file};
 pub use state_machine::StateMachine;
 
 use crate::config::RaftConfig;

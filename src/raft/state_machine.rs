@@ -71,6 +71,12 @@ impl StateMachine {
         self.last_applied.map_or(0, |log_id| log_id.index)
     }
 
+    /// Takes `membership` as the applied configuration; only outage recovery does this, on a
+    /// stopped server, before it saves a snapshot carrying it.
+    pub(super) fn replace_membership(&mut self, membership: Membership) {
+        self.last_membership = membership;
+    }
+
     fn snapshots_read(&self) -> Result<Option<StoredSnapshot>, String> {
         Ok(self
             .snapshots

@@ -102,8 +102,9 @@ async fn start_server(
     tasks: &Tasks,
 ) -> anyhow::Result<ServerParts> {
     let store = Arc::new(Store::new());
-    let storage = raft::open_storage(data_dir, store.clone()).await?;
+    let mut storage = raft::open_storage(data_dir, store.clone()).await?;
     let raft_id = node_id_from_uuid(node_id);
+    raft::recover_from_peers_file(data_dir, &mut storage, raft_id).await?;
     let server_address =
         SocketAddr::new(config.advertise_addr, config.ports.server.unwrap_or(8300));
     let connections = Arc::new(Connections::bound_to(config.bind_addr));

@@ -18,6 +18,7 @@ mod linearizable;
 mod lock;
 mod nemesis;
 mod raft_cluster;
+mod recovery;
 mod session;
 mod sim_envoy;
 mod snapshot;

@@ -21,7 +21,7 @@ fn server(index: usize, expect: Option<u32>, data_dir: &std::path::Path) -> Agen
 }
 
 /// Server `index` of the servers at `ips`; each joins the first, the first the second.
-fn server_at(
+pub(crate) fn server_at(
     ips: &[&str],
     index: usize,
     expect: Option<u32>,
@@ -58,7 +58,7 @@ async fn get(agent: &Agent, path: &str) -> Option<(u16, Value)> {
 }
 
 /// The leader's server RPC address as `agent` reports it, once it knows one.
-async fn leader(agent: &Agent) -> Option<String> {
+pub(crate) async fn leader(agent: &Agent) -> Option<String> {
     let (_, leader) = get(agent, "/v1/status/leader").await?;
     leader
         .as_str()
@@ -66,7 +66,7 @@ async fn leader(agent: &Agent) -> Option<String> {
         .map(str::to_string)
 }
 
-async fn peers(agent: &Agent) -> Vec<String> {
+pub(crate) async fn peers(agent: &Agent) -> Vec<String> {
     let mut peers: Vec<String> = match get(agent, "/v1/status/peers").await {
         Some((200, Value::Array(list))) => list
             .iter()
@@ -79,7 +79,7 @@ async fn peers(agent: &Agent) -> Vec<String> {
 }
 
 /// Waits until every one of `agents` names the same leader, which is one of them.
-async fn agreed_leader(agents: &[&Agent]) -> String {
+pub(crate) async fn agreed_leader(agents: &[&Agent]) -> String {
     eventually(
         "the servers to agree on a leader",
         Duration::from_secs(20),
@@ -98,7 +98,7 @@ async fn agreed_leader(agents: &[&Agent]) -> String {
     .await
 }
 
-async fn put(agent: &Agent, key: &str, value: &str) -> (u16, String) {
+pub(crate) async fn put(agent: &Agent, key: &str, value: &str) -> (u16, String) {
     let response = agent
         .client()
         .put(&format!("/v1/kv/{key}"), value.as_bytes().to_vec())
@@ -108,7 +108,7 @@ async fn put(agent: &Agent, key: &str, value: &str) -> (u16, String) {
 }
 
 /// The raw value of `key` read from `agent` with `mode` (`""`, `"consistent"`, `"stale"`).
-async fn read(agent: &Agent, key: &str, mode: &str) -> Option<String> {
+pub(crate) async fn read(agent: &Agent, key: &str, mode: &str) -> Option<String> {
     let path = match mode {
         "" => format!("/v1/kv/{key}?raw"),
         mode => format!("/v1/kv/{key}?raw&{mode}"),
@@ -131,7 +131,7 @@ fn client() -> AgentOptions {
     }
 }
 
-fn rpc_address(agent: &Agent) -> String {
+pub(crate) fn rpc_address(agent: &Agent) -> String {
     format!("{}:8300", agent.host)
 }
 
