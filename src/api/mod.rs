@@ -14,6 +14,7 @@ pub mod decode;
 pub mod definition;
 pub mod intention;
 pub mod kv;
+pub mod operator;
 pub mod session;
 pub mod watch;
 

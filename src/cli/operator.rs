@@ -1,8 +1,10 @@
-//! `concord operator raft list-peers|remove-peer`.
+//! `concord operator raft list-peers|remove-peer` and `concord operator autopilot
+//! get-config|set-config|state`.
 
 use clap::{ArgMatches, Command};
+use serde_json::Value;
 
-use super::goflags::{get_str, value};
+use super::goflags::{boolean, get_str, value};
 use super::{client, print_table, shared_query, with_http_flags, CommandResult};
 use crate::api::client::encode_query;
 
@@ -24,6 +26,55 @@ pub fn command() -> Command {
                         .arg(value("id", "The server's node ID to remove")),
                 )),
         )
+        .subcommand(
+            Command::new("autopilot")
+                .about("Reads and changes autopilot's configuration, and shows its view")
+                .subcommand_required(true)
+                .subcommand(with_http_flags(
+                    Command::new("get-config").about("Shows autopilot's configuration"),
+                ))
+                .subcommand(with_http_flags(
+                    Command::new("set-config")
+                        .about("Changes the settings given, keeping the others")
+                        .arg(boolean(
+                            "cleanup-dead-servers",
+                            "Remove failed servers from the Raft configuration",
+                        ))
+                        .arg(value(
+                            "last-contact-threshold",
+                            "A server not heard from for longer is unhealthy",
+                        ))
+                        .arg(value(
+                            "max-trailing-logs",
+                            "A server further behind the leader's log is unhealthy",
+                        ))
+                        .arg(value(
+                            "min-quorum",
+                            "Dead-server cleanup never leaves fewer voters than this",
+                        ))
+                        .arg(value(
+                            "server-stabilization-time",
+                            "How long a new server stays healthy before it becomes a voter",
+                        ))
+                        .arg(value(
+                            "redundancy-zone-tag",
+                            "Enterprise only; kept, unused",
+                        ))
+                        .arg(boolean(
+                            "disable-upgrade-migration",
+                            "Enterprise only; kept, unused",
+                        ))
+                        .arg(value(
+                            "upgrade-version-tag",
+                            "Enterprise only; kept, unused",
+                        )),
+                ))
+                .subcommand(with_http_flags(
+                    Command::new("state")
+                        .about("Shows autopilot's view of the servers")
+                        .arg(value("format", "Output format: pretty (default) or json")),
+                )),
+        )
 }
 
 pub async fn run(matches: &ArgMatches) -> CommandResult {
@@ -32,6 +83,12 @@ pub async fn run(matches: &ArgMatches) -> CommandResult {
             Some(("list-peers", sub)) => list_peers(sub).await,
             Some(("remove-peer", sub)) => remove_peer(sub).await,
             _ => Err("unknown operator raft command".into()),
+        },
+        Some(("autopilot", autopilot)) => match autopilot.subcommand() {
+            Some(("get-config", sub)) => get_config(sub).await,
+            Some(("set-config", sub)) => set_config(sub).await,
+            Some(("state", sub)) => state(sub).await,
+            _ => Err("unknown operator autopilot command".into()),
         },
         _ => Err("unknown operator command".into()),
     }
@@ -120,4 +177,190 @@ async fn remove_peer(matches: &ArgMatches) -> CommandResult {
     }
     println!("Removed peer with {key} \"{target}\"");
     Ok(())
+}
+
+const AUTOPILOT_PATH: &str = "/v1/operator/autopilot/configuration";
+
+async fn read_config(matches: &ArgMatches) -> Result<Value, String> {
+    let path = format!(
+        "{AUTOPILOT_PATH}?{}",
+        shared_query(matches).trim_start_matches('&')
+    );
+    let response = client(matches)?.get(&path).await?;
+    if !response.status.is_success() {
+        return Err(format!(
+            "Error querying Autopilot configuration: {}",
+            response.text().trim_end()
+        ));
+    }
+    Ok(response.json()?)
+}
+
+/// The configuration's fields in Consul's order, as `get-config` prints them.
+const CONFIG_FIELDS: [&str; 8] = [
+    "CleanupDeadServers",
+    "LastContactThreshold",
+    "MaxTrailingLogs",
+    "MinQuorum",
+    "ServerStabilizationTime",
+    "RedundancyZoneTag",
+    "DisableUpgradeMigration",
+    "UpgradeVersionTag",
+];
+
+async fn get_config(matches: &ArgMatches) -> CommandResult {
+    let config = read_config(matches).await?;
+    for field in CONFIG_FIELDS {
+        let shown = match &config[field] {
+            Value::String(text) if field.ends_with("Tag") => format!("{text:?}"),
+            Value::String(text) => text.clone(),
+            other => other.to_string(),
+        };
+        println!("{field} = {shown}");
+    }
+    Ok(())
+}
+
+/// Reads the configuration, changes the fields whose flags were given, and writes it back
+/// only if nobody changed it in between (`?cas`), as Consul's command does.
+async fn set_config(matches: &ArgMatches) -> CommandResult {
+    let mut config = read_config(matches).await?;
+    let modify_index = config["ModifyIndex"].as_u64().unwrap_or(0);
+    for (flag, field) in [
+        ("cleanup-dead-servers", "CleanupDeadServers"),
+        ("disable-upgrade-migration", "DisableUpgradeMigration"),
+    ] {
+        if let Some(value) = matches.get_one::<bool>(flag) {
+            config[field] = Value::Bool(*value);
+        }
+    }
+    for (flag, field) in [
+        ("max-trailing-logs", "MaxTrailingLogs"),
+        ("min-quorum", "MinQuorum"),
+    ] {
+        if let Some(text) = get_str(matches, flag) {
+            let number: u64 = text
+                .parse()
+                .map_err(|_| format!("Error parsing -{flag}: {text:?} is not a number"))?;
+            config[field] = number.into();
+        }
+    }
+    for (flag, field) in [
+        ("last-contact-threshold", "LastContactThreshold"),
+        ("server-stabilization-time", "ServerStabilizationTime"),
+    ] {
+        if let Some(text) = get_str(matches, flag) {
+            crate::types::duration::parse_go_duration(text)
+                .map_err(|error| format!("Error parsing -{flag}: {error}"))?;
+            config[field] = text.into();
+        }
+    }
+    for (flag, field) in [
+        ("redundancy-zone-tag", "RedundancyZoneTag"),
+        ("upgrade-version-tag", "UpgradeVersionTag"),
+    ] {
+        if let Some(text) = get_str(matches, flag) {
+            config[field] = text.into();
+        }
+    }
+    let path = format!(
+        "{AUTOPILOT_PATH}?cas={modify_index}{}",
+        shared_query(matches)
+    );
+    let body = serde_json::to_vec(&config).unwrap_or_default();
+    let response = client(matches)?.put(&path, body).await?;
+    if !response.status.is_success() {
+        return Err(format!(
+            "Error setting Autopilot configuration: {}",
+            response.text().trim_end()
+        ));
+    }
+    match response.text().trim() {
+        "true" => {
+            println!("Configuration updated!");
+            Ok(())
+        }
+        _ => Err("Configuration could not be atomically updated, please try again".into()),
+    }
+}
+
+async fn state(matches: &ArgMatches) -> CommandResult {
+    let path = format!(
+        "/v1/operator/autopilot/state?{}",
+        shared_query(matches).trim_start_matches('&')
+    );
+    let response = client(matches)?.get(&path).await?;
+    if !response.status.is_success() {
+        return Err(format!(
+            "Error querying Autopilot state: {}",
+            response.text().trim_end()
+        ));
+    }
+    let state = response.json()?;
+    match get_str(matches, "format").unwrap_or("pretty") {
+        "json" => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&state).unwrap_or_default()
+            );
+            Ok(())
+        }
+        "pretty" => {
+            print!("{}", pretty_state(&state));
+            Ok(())
+        }
+        other => Err(format!("Unknown format: {other}")),
+    }
+}
+
+/// Consul's text layout of the autopilot state.
+fn pretty_state(state: &Value) -> String {
+    let text = |value: &Value| match value {
+        Value::String(text) => text.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    let mut out = String::new();
+    out += &format!(
+        "Healthy:                      {}\n",
+        text(&state["Healthy"])
+    );
+    out += &format!(
+        "Failure Tolerance:            {}\n",
+        text(&state["FailureTolerance"])
+    );
+    out += &format!(
+        "Optimistic Failure Tolerance: {}\n",
+        text(&state["OptimisticFailureTolerance"])
+    );
+    out += &format!("Leader:                       {}\n", text(&state["Leader"]));
+    out += "Voters:\n";
+    for voter in state["Voters"].as_array().into_iter().flatten() {
+        out += &format!("   {}\n", text(voter));
+    }
+    out += "\nServers:\n";
+    for (id, server) in state["Servers"].as_object().into_iter().flatten() {
+        out += &format!("   {id}\n");
+        for (label, field) in [
+            ("Name", "Name"),
+            ("Address", "Address"),
+            ("Version", "Version"),
+            ("Status", "Status"),
+            ("Node Type", "NodeType"),
+            ("Node Status", "NodeStatus"),
+            ("Healthy", "Healthy"),
+            ("Last Contact", "LastContact"),
+            ("Last Term", "LastTerm"),
+            ("Last Index", "LastIndex"),
+            ("Stable Since", "StableSince"),
+        ] {
+            out += &format!(
+                "      {:<14} {}\n",
+                format!("{label}:"),
+                text(&server[field])
+            );
+        }
+        out += "\n";
+    }
+    out
 }

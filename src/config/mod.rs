@@ -192,10 +192,6 @@ pub struct RaftConfig {
     pub multiplier: u32,
     pub snapshot_threshold: u64,
     pub trailing_logs: u64,
-    /// How long a new server stays caught up before the leader makes it a voter (autopilot's
-    /// `server_stabilization_time`, 10 s).
-    #[serde(serialize_with = "serialize_duration")]
-    pub server_stabilization_time: Duration,
 }
 
 /// The validated configuration every subsystem reads.
@@ -224,6 +220,9 @@ pub struct RuntimeConfig {
     pub limits: Limits,
     pub query: QueryLimits,
     pub raft: RaftConfig,
+    /// The `autopilot` stanza: what the first leader seeds the cluster's autopilot
+    /// configuration with (later changed only through the API, as in Consul).
+    pub autopilot: crate::types::operator::AutopilotConfig,
     pub log_level: String,
     pub log_json: bool,
     pub ui_enabled: bool,
@@ -254,6 +253,34 @@ fn serialize_ca_config<S: serde::Serializer>(
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
     serde::Serialize::serialize(&crate::api::ca_config::config(config), serializer)
+}
+
+/// The `autopilot` stanza over Consul's defaults.
+fn autopilot_config(
+    raw: raw::RawAutopilot,
+) -> Result<crate::types::operator::AutopilotConfig, String> {
+    let defaults = crate::types::operator::AutopilotConfig::default();
+    Ok(crate::types::operator::AutopilotConfig {
+        cleanup_dead_servers: raw
+            .cleanup_dead_servers
+            .unwrap_or(defaults.cleanup_dead_servers),
+        last_contact_threshold: duration(
+            "autopilot.last_contact_threshold",
+            raw.last_contact_threshold.as_deref(),
+            defaults.last_contact_threshold,
+        )?,
+        max_trailing_logs: raw.max_trailing_logs.unwrap_or(defaults.max_trailing_logs),
+        min_quorum: raw.min_quorum.unwrap_or(defaults.min_quorum),
+        server_stabilization_time: duration(
+            "autopilot.server_stabilization_time",
+            raw.server_stabilization_time.as_deref(),
+            defaults.server_stabilization_time,
+        )?,
+        redundancy_zone_tag: raw.redundancy_zone_tag.unwrap_or_default(),
+        disable_upgrade_migration: raw.disable_upgrade_migration.unwrap_or_default(),
+        upgrade_version_tag: raw.upgrade_version_tag.unwrap_or_default(),
+        indexes: Default::default(),
+    })
 }
 
 fn serialize_duration<S: serde::Serializer>(
@@ -702,13 +729,7 @@ fn build(raw: RawConfig) -> Result<RuntimeConfig, String> {
             "performance.raft_multiplier: {multiplier} must be between 1 and 10"
         ));
     }
-    let server_stabilization_time = duration(
-        "autopilot.server_stabilization_time",
-        raw.autopilot
-            .as_ref()
-            .and_then(|autopilot| autopilot.server_stabilization_time.as_deref()),
-        Duration::from_secs(10),
-    )?;
+    let autopilot = autopilot_config(raw.autopilot.unwrap_or_default())?;
     let log_level = raw
         .log_level
         .unwrap_or_else(|| "info".into())
@@ -741,8 +762,8 @@ fn build(raw: RawConfig) -> Result<RuntimeConfig, String> {
             multiplier,
             snapshot_threshold: raw.raft_snapshot_threshold.unwrap_or(16384),
             trailing_logs: raw.raft_trailing_logs.unwrap_or(10240),
-            server_stabilization_time,
         },
+        autopilot,
         log_level,
         log_json: raw.log_json.unwrap_or(false),
         ui_enabled: raw.ui_config.and_then(|ui| ui.enabled).unwrap_or(dev_mode),

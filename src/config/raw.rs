@@ -171,11 +171,17 @@ pub struct RawPerformance {
     pub raft_multiplier: Option<u32>,
 }
 
-/// Consul's `autopilot` stanza; concord reads how long a new server must stay healthy
-/// before it becomes a voter.
+/// Consul's `autopilot` stanza: the configuration the first leader seeds the cluster with.
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct RawAutopilot {
+    pub cleanup_dead_servers: Option<bool>,
+    pub last_contact_threshold: Option<String>,
+    pub max_trailing_logs: Option<u64>,
+    pub min_quorum: Option<u32>,
     pub server_stabilization_time: Option<String>,
+    pub redundancy_zone_tag: Option<String>,
+    pub disable_upgrade_migration: Option<bool>,
+    pub upgrade_version_tag: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

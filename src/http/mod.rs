@@ -112,6 +112,18 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(operator::configuration),
         )
         .route("/v1/operator/raft/peer", delete(operator::remove_peer))
+        .route(
+            "/v1/operator/autopilot/configuration",
+            get(operator::autopilot_configuration).put(operator::set_autopilot_configuration),
+        )
+        .route(
+            "/v1/operator/autopilot/health",
+            get(operator::autopilot_health),
+        )
+        .route(
+            "/v1/operator/autopilot/state",
+            get(operator::autopilot_state),
+        )
         .route("/v1/snapshot", get(snapshot::save).put(snapshot::restore))
         .route(
             "/v1/operator/keyring",

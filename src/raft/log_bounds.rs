@@ -35,7 +35,6 @@ async fn start(dir: &std::path::Path, store: Arc<Store>) -> (Raft, super::LogSto
         multiplier: 1,
         snapshot_threshold: SNAPSHOT_THRESHOLD,
         trailing_logs: TRAILING_LOGS,
-        server_stabilization_time: std::time::Duration::from_secs(10),
     };
     let raft = Raft::new(
         1,

@@ -58,7 +58,7 @@ pub fn openraft_config(config: &RaftConfig) -> anyhow::Result<Arc<openraft::Conf
     let multiplier = u64::from(config.multiplier.max(1));
     let openraft = openraft::Config {
         cluster_name: "concord".into(),
-        heartbeat_interval: 50 * multiplier,
+        heartbeat_interval: heartbeat_interval(config).as_millis() as u64,
         election_timeout_min: 200 * multiplier,
         election_timeout_max: 400 * multiplier,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_threshold),
@@ -66,6 +66,11 @@ pub fn openraft_config(config: &RaftConfig) -> anyhow::Result<Arc<openraft::Conf
         ..Default::default()
     };
     Ok(Arc::new(openraft.validate()?))
+}
+
+/// How often the leader sends heartbeats: 50 ms scaled by `raft_multiplier`.
+pub fn heartbeat_interval(config: &RaftConfig) -> Duration {
+    Duration::from_millis(50 * u64::from(config.multiplier.max(1)))
 }
 
 /// The files of one server's Raft storage.

@@ -30,6 +30,7 @@ pub mod session_ttl;
 pub mod wire;
 pub mod writes;
 
+use crate::types::operator::AutopilotReport;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -253,6 +254,14 @@ impl Cluster {
         match self.request(wire::Request::SetCaConfig(config)).await? {
             wire::Reply::SetCaConfig(answer) => answer,
             _ => Err(mismatched().into()),
+        }
+    }
+
+    /// The leader's autopilot report.
+    pub async fn autopilot_health(&self) -> Result<AutopilotReport, RpcError> {
+        match self.request(wire::Request::AutopilotHealth).await? {
+            wire::Reply::AutopilotHealth(answer) => answer,
+            _ => Err(mismatched()),
         }
     }
 

@@ -7,8 +7,10 @@
 // helpers that build it return it too.
 #![allow(clippy::result_large_err)]
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -24,14 +26,38 @@ use super::connections::{CallError, Connections};
 use super::wire::{self, Frame, RaftReply, RaftRequest};
 use crate::raft::{NodeId, TypeConfig};
 
+/// When each server last answered this one's Raft traffic: autopilot's `LastContact`, as
+/// the leader sees its followers (openraft 0.9 keeps no such time).
+#[derive(Default)]
+pub struct PeerContacts {
+    answered: Mutex<HashMap<NodeId, Instant>>,
+}
+
+impl PeerContacts {
+    fn note(&self, peer: NodeId) {
+        let mut answered = self.answered.lock().unwrap_or_else(PoisonError::into_inner);
+        answered.insert(peer, Instant::now());
+    }
+
+    /// How long ago `peer` last answered; `None` if it never did.
+    pub fn since(&self, peer: NodeId) -> Option<Duration> {
+        let answered = self.answered.lock().unwrap_or_else(PoisonError::into_inner);
+        answered.get(&peer).map(Instant::elapsed)
+    }
+}
+
 #[derive(Clone)]
 pub struct Network {
     connections: Arc<Connections>,
+    contacts: Arc<PeerContacts>,
 }
 
 impl Network {
-    pub fn new(connections: Arc<Connections>) -> Network {
-        Network { connections }
+    pub fn new(connections: Arc<Connections>, contacts: Arc<PeerContacts>) -> Network {
+        Network {
+            connections,
+            contacts,
+        }
     }
 }
 
@@ -40,6 +66,7 @@ pub struct Connection {
     /// The target's server RPC address; `None` when its node record holds no address.
     address: Option<SocketAddr>,
     connections: Arc<Connections>,
+    contacts: Arc<PeerContacts>,
 }
 
 type Failure<E> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
@@ -75,10 +102,12 @@ impl Connection {
                 return Err(RPCError::Network(NetworkError::new(&reason)));
             }
         };
-        frame.decode::<RaftReply>().map_err(|error| {
+        let reply = frame.decode::<RaftReply>().map_err(|error| {
             let reason = std::io::Error::other(format!("{address}: {error}"));
             RPCError::Network(NetworkError::new(&reason))
-        })
+        })?;
+        self.contacts.note(self.target);
+        Ok(reply)
     }
 
     fn remote<T, E: std::error::Error>(
@@ -102,6 +131,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             address: node.addr.parse().ok(),
             connections: self.connections.clone(),
+            contacts: self.contacts.clone(),
         }
     }
 }

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -19,6 +19,7 @@ use super::ca_manager::CaManager;
 use super::connections::{CallError, Connections};
 use super::forward::{Forwarder, SendBatch};
 use super::lease::Lease;
+use super::raft_network::PeerContacts;
 use super::session_ttl::SessionTimers;
 use super::wire::{Frame, PeerRef, RaftConfiguration, RaftServer, Reply, Request, CALL_PATH};
 use super::writes::{WriteOutcome, Writer};
@@ -26,6 +27,7 @@ use super::{mismatched, Consistency, LeaderContact, Leadership, RpcError, RPC_HO
 use crate::raft::{NodeId, Raft};
 use crate::state::Store;
 use crate::tasks::Tasks;
+use crate::types::operator::AutopilotReport;
 use crate::types::session::Session;
 use crate::types::Command;
 
@@ -74,6 +76,10 @@ pub struct ServerRpc {
     forwarder: Forwarder,
     /// When a Raft message from outside the configuration was last logged (ms after start).
     stranger_logged_ms: AtomicU64,
+    /// When each server last answered this one's Raft traffic.
+    contacts: Arc<PeerContacts>,
+    /// The leader's latest autopilot report; `None` while this server does not lead.
+    autopilot: Mutex<Option<AutopilotReport>>,
     /// Session TTL timers (the leader's).
     pub sessions: SessionTimers,
     /// The built-in CA's leader side.
@@ -88,6 +94,7 @@ impl ServerRpc {
         store: Arc<Store>,
         node_id: NodeId,
         datacenter: String,
+        contacts: Arc<PeerContacts>,
         tasks: &Tasks,
     ) -> Arc<ServerRpc> {
         let writer = Writer::start(raft.clone(), tasks);
@@ -132,6 +139,8 @@ impl ServerRpc {
                     at_ms: AtomicU64::new(0),
                 },
                 stranger_logged_ms: AtomicU64::new(0),
+                contacts,
+                autopilot: Mutex::new(None),
                 lease,
                 forwarder: Forwarder::start(send, tasks),
                 sessions: SessionTimers::default(),
@@ -153,6 +162,27 @@ impl ServerRpc {
 
     pub fn writer(&self) -> &Writer {
         &self.writer
+    }
+
+    pub fn peer_contacts(&self) -> &PeerContacts {
+        &self.contacts
+    }
+
+    /// Publishes the leader's autopilot report (`None` on losing leadership).
+    pub fn set_autopilot_report(&self, report: Option<AutopilotReport>) {
+        *self
+            .autopilot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = report;
+    }
+
+    fn autopilot_report(&self) -> Result<AutopilotReport, RpcError> {
+        self.require_leader()?;
+        self.autopilot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| RpcError::Refused("autopilot has not assessed the servers yet".into()))
     }
 
     /// Commits `command` on the leader (this server, or the one it forwards to).
@@ -259,6 +289,7 @@ impl ServerRpc {
                 .map(|()| self.raft_configuration()),
             ),
             Request::RemovePeer(peer) => Reply::RemovePeer(self.remove_peer(peer).await),
+            Request::AutopilotHealth => Reply::AutopilotHealth(self.autopilot_report()),
         }
     }
 

@@ -16,6 +16,7 @@ use super::writes::WriteOutcome;
 use super::{Consistency, LeaderContact, RpcError};
 use crate::raft::{NodeId, TypeConfig};
 use crate::types::connect::CaConfig;
+use crate::types::operator::AutopilotReport;
 use crate::types::session::Session;
 use crate::types::{Command, CommandResult};
 
@@ -92,6 +93,8 @@ pub enum Request {
     },
     /// Removes a server from the Raft configuration (`operator raft remove-peer`).
     RemovePeer(PeerRef),
+    /// The leader's autopilot report.
+    AutopilotHealth,
 }
 
 /// A server named by its Raft id or its server RPC address.
@@ -134,6 +137,7 @@ pub enum Reply {
     Peers(Vec<String>),
     RaftConfiguration(Result<RaftConfiguration, RpcError>),
     RemovePeer(Result<(), RpcError>),
+    AutopilotHealth(Result<AutopilotReport, RpcError>),
 }
 
 impl Request {
@@ -146,6 +150,7 @@ impl Request {
                 | Request::RenewSession(_)
                 | Request::Peers
                 | Request::RaftConfiguration { .. }
+                | Request::AutopilotHealth
         )
     }
 
@@ -170,6 +175,7 @@ impl Request {
             Request::Peers => Reply::Peers(Vec::new()),
             Request::RaftConfiguration { .. } => Reply::RaftConfiguration(Err(error)),
             Request::RemovePeer(_) => Reply::RemovePeer(Err(error)),
+            Request::AutopilotHealth => Reply::AutopilotHealth(Err(error)),
         }
     }
 }
@@ -194,6 +200,7 @@ impl Reply {
             Reply::Peers(_) => false,
             Reply::RaftConfiguration(result) => is(result),
             Reply::RemovePeer(result) => is(result),
+            Reply::AutopilotHealth(result) => is(result),
         }
     }
 }

@@ -60,13 +60,20 @@ pub async fn run(
     let mut connect_ready = false;
     let mut kv_index_history: VecDeque<(Instant, u64)> = VecDeque::new();
     let mut tick = tokio::time::interval(TOMBSTONE_GRANULARITY);
-    let mut promotions = super::servers::Promotions::default();
+    let mut autopilot = super::autopilot::Autopilot::default();
+    let mut autopilot_seeded = false;
+    let mut health_tick = tokio::time::interval(super::autopilot::HEALTH_INTERVAL);
     loop {
         let leader = leadership.borrow_and_update().is_leader;
         if !leader {
             registered_as_leader = false;
             connect_ready = false;
+            autopilot_seeded = false;
             kv_index_history.clear();
+            rpc.set_autopilot_report(None);
+        }
+        if leader && !autopilot_seeded {
+            autopilot_seeded = seed_autopilot(&rpc, &config).await;
         }
         if leader && !registered_as_leader {
             let request = self_registration(&config, &node_id);
@@ -93,18 +100,19 @@ pub async fn run(
                     >= config.membership.gossip_lan.reconnect_timeout,
             };
             reconciled = reconcile_members(&rpc, &lan, &scope).await
-                & reconcile_servers(&rpc, &lan, &config, &mut promotions).await;
+                & reconcile_servers(&rpc, &lan, &config, &mut autopilot).await;
             if reconciled {
                 reaped.clear();
             }
-        } else if promotions.pending() {
-            reconcile_servers(&rpc, &lan, &config, &mut promotions).await;
+        } else if autopilot.pending() {
+            reconcile_servers(&rpc, &lan, &config, &mut autopilot).await;
         }
         let unfinished = leader
             && (!registered_as_leader
+                || !autopilot_seeded
                 || (config.connect_enabled && !connect_ready)
                 || !reconciled
-                || promotions.pending());
+                || autopilot.pending());
         // A node written to the catalog after its member left or was reaped (its agent's last
         // anti-entropy pass landing after the leave) is reconciled at once, not a minute later.
         let nodes = vec![(
@@ -129,6 +137,9 @@ pub async fn run(
             }
             _ = reconcile_tick.tick() => reconciled = false,
             _ = tokio::time::sleep(DUTY_RETRY), if unfinished => {}
+            _ = health_tick.tick(), if leader => {
+                reconcile_servers(&rpc, &lan, &config, &mut autopilot).await;
+            }
             _ = tick.tick() => {
                 if leader {
                     reap_tombstones(&rpc, &mut kv_index_history).await;
@@ -141,27 +152,57 @@ pub async fn run(
     }
 }
 
-/// One pass of `servers::plan` on the Raft configuration; whether every change went through.
+/// One autopilot pass: publishes the servers' health and carries out the changes it decided;
+/// whether every change went through.
 async fn reconcile_servers(
     rpc: &ServerRpc,
     lan: &Pool,
     config: &RuntimeConfig,
-    promotions: &mut super::servers::Promotions,
+    autopilot: &mut super::autopilot::Autopilot,
 ) -> bool {
     let members = lan.members().await;
-    let raft = super::servers::Snapshot::of(rpc.raft(), rpc.node_id());
-    let changes = promotions.plan(
+    let heartbeat = crate::raft::heartbeat_interval(&config.raft);
+    let raft = super::autopilot::RaftView::of(rpc.raft(), rpc, heartbeat);
+    // Until the seeded configuration is applied here, the agent's own stanza stands in.
+    let settings = rpc
+        .store()
+        .snapshot()
+        .autopilot()
+        .map_or_else(|| config.autopilot.clone(), |stored| (**stored).clone());
+    let (report, changes) = autopilot.pass(
         &members,
         &config.datacenter,
-        &raft.view(),
-        config.raft.server_stabilization_time,
+        &raft,
+        &settings,
         Instant::now(),
+        std::time::SystemTime::now(),
     );
+    rpc.set_autopilot_report(Some(report));
     let mut done = true;
     for change in changes {
-        done &= super::servers::apply(rpc, change).await;
+        done &= super::autopilot::apply(rpc, change).await;
     }
     done
+}
+
+/// On taking office: seeds autopilot's configuration from this server's `autopilot` stanza
+/// if the cluster has none yet (create-only, as Consul's first leader does). Returns whether
+/// that is settled.
+async fn seed_autopilot(rpc: &ServerRpc, config: &RuntimeConfig) -> bool {
+    if rpc.store().snapshot().autopilot().is_some() {
+        return true;
+    }
+    let command = Command::AutopilotSetConfig {
+        config: config.autopilot.clone(),
+        cas: Some(0),
+    };
+    match rpc.write(command).await {
+        Ok(_) => true,
+        Err(error) => {
+            tracing::warn!(%error, "seeding the autopilot configuration failed; will retry");
+            false
+        }
+    }
 }
 
 /// One pass of `members::plan`; whether every write went through.

@@ -8,11 +8,11 @@
 //! shutdown token; `run` waits for them (up to a limit) before it returns, so nothing
 //! outlives it.
 
+pub mod autopilot;
 mod coordinate_sync;
 pub mod formation;
 mod leader;
 pub mod members;
-pub mod servers;
 mod watches;
 
 use std::collections::BTreeMap;
@@ -31,7 +31,7 @@ use crate::config::{LoadOptions, RuntimeConfig};
 use crate::http::{self, AppState};
 use crate::raft::{self, node_id_from_uuid, Raft};
 use crate::rpc::connections::Connections;
-use crate::rpc::raft_network::Network;
+use crate::rpc::raft_network::{Network, PeerContacts};
 use crate::rpc::service::RpcService;
 use crate::rpc::{ClientRpc, Cluster, ServerRpc};
 use crate::state::Store;
@@ -108,10 +108,11 @@ async fn start_server(
     let server_address =
         SocketAddr::new(config.advertise_addr, config.ports.server.unwrap_or(8300));
     let connections = Arc::new(Connections::bound_to(config.bind_addr));
+    let contacts = Arc::new(PeerContacts::default());
     let raft = Raft::new(
         raft_id,
         raft::openraft_config(&config.raft)?,
-        Network::new(connections.clone()),
+        Network::new(connections.clone(), contacts.clone()),
         storage.log_store,
         storage.state_machine,
     )
@@ -130,6 +131,7 @@ async fn start_server(
         store,
         raft_id,
         config.datacenter.clone(),
+        contacts,
         tasks,
     );
     Ok(ServerParts { rpc, raft })

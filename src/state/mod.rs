@@ -15,6 +15,7 @@ pub mod connect;
 pub mod coordinate;
 pub mod health;
 pub mod kv;
+pub mod operator;
 pub mod session;
 pub mod watch;
 
@@ -82,6 +83,9 @@ pub struct Tables {
     coordinates: OrdMap<String, crate::types::coordinate::Coordinate>,
     #[serde(skip)]
     coordinates_index: u64,
+    /// Autopilot's configuration (`operator.rs`), encoded after the coordinates.
+    #[serde(skip)]
+    autopilot: Option<Arc<crate::types::operator::AutopilotConfig>>,
     /// Set by a `Command::Restore` in the batch being applied: every blocking query is
     /// woken and followers start over from the tables. Never published set.
     #[serde(skip)]
@@ -105,6 +109,7 @@ impl Tables {
             ("ConfigEntry", self.config_entries.len()),
             ("ConnectCA", usize::from(self.ca.is_some())),
             ("Coordinate", self.coordinates.len()),
+            ("Autopilot", usize::from(self.autopilot.is_some())),
         ]
     }
 
@@ -184,6 +189,9 @@ impl Tables {
                 coordinate::update(self, index, updates, touched);
                 CommandResult::Done
             }
+            Command::AutopilotSetConfig { config, cas } => {
+                CommandResult::Cas(operator::set_autopilot(self, index, config, *cas, touched))
+            }
             Command::Batch(commands) => CommandResult::Batch(
                 commands
                     .iter()
@@ -194,14 +202,16 @@ impl Tables {
     }
 }
 
-/// Leads every encoded snapshot; bumped whenever `Tables` changes shape. Format 3 is
-/// format 2's tables, their length first, then the coordinates section; format 2 snapshots
-/// (no coordinates) still restore.
-const SNAPSHOT_FORMAT: u8 = 3;
+/// Leads every encoded snapshot; bumped whenever `Tables` changes shape. Format 4 is the
+/// serde tables, their length first, then the coordinates section, then the autopilot
+/// section; format 3 (no autopilot section) and format 2 (tables only) still restore.
+const SNAPSHOT_FORMAT: u8 = 4;
+const COORDINATES_FORMAT: u8 = 3;
 const TABLES_ONLY_FORMAT: u8 = 2;
 
-/// The part of `Tables` encoded after its serde fields.
+/// The parts of `Tables` encoded after its serde fields, in order.
 type CoordinateSection = (Vec<(String, crate::types::coordinate::Coordinate)>, u64);
+type AutopilotSection = Option<crate::types::operator::AutopilotConfig>;
 
 /// Why a snapshot could not be restored.
 #[derive(Debug, thiserror::Error)]
@@ -371,6 +381,8 @@ impl Store {
         bytes.extend_from_slice(&(body.len() as u64).to_le_bytes());
         bytes.extend_from_slice(&body);
         bincode::serialize_into(&mut bytes, &coordinates).unwrap_or_default();
+        let autopilot: AutopilotSection = tables.autopilot.as_deref().cloned();
+        bincode::serialize_into(&mut bytes, &autopilot).unwrap_or_default();
         bytes
     }
 
@@ -384,7 +396,7 @@ impl Store {
         let corrupt = |error: bincode::Error| RestoreError(error.to_string());
         match bytes.split_first() {
             Some((&TABLES_ONLY_FORMAT, rest)) => bincode::deserialize(rest).map_err(corrupt),
-            Some((&SNAPSHOT_FORMAT, rest)) => {
+            Some((&format @ (COORDINATES_FORMAT | SNAPSHOT_FORMAT), rest)) => {
                 let (length, rest) = rest
                     .split_first_chunk::<8>()
                     .ok_or_else(|| RestoreError("truncated snapshot".into()))?;
@@ -392,12 +404,17 @@ impl Store {
                     .ok()
                     .filter(|length| *length <= rest.len())
                     .ok_or_else(|| RestoreError("truncated snapshot".into()))?;
-                let (body, section) = rest.split_at(length);
+                let (body, mut sections) = rest.split_at(length);
                 let mut tables: Tables = bincode::deserialize(body).map_err(corrupt)?;
                 let (coordinates, index): CoordinateSection =
-                    bincode::deserialize(section).map_err(corrupt)?;
+                    bincode::deserialize_from(&mut sections).map_err(corrupt)?;
                 tables.coordinates = coordinates.into_iter().collect();
                 tables.coordinates_index = index;
+                if format == SNAPSHOT_FORMAT {
+                    let autopilot: AutopilotSection =
+                        bincode::deserialize_from(&mut sections).map_err(corrupt)?;
+                    tables.autopilot = autopilot.map(Arc::new);
+                }
                 Ok(tables)
             }
             Some((version, _)) => Err(RestoreError(format!("unknown snapshot format {version}"))),

@@ -18,6 +18,7 @@ pub mod config_entry;
 pub mod connect;
 pub mod coordinate;
 pub mod duration;
+pub mod operator;
 pub mod session;
 pub mod txn;
 
@@ -215,6 +216,12 @@ pub enum Command {
     /// Replaces every table with a snapshot's (`state::Store::encode` bytes), as `PUT
     /// /v1/snapshot` restores one; every server applies it at the same index.
     Restore(Vec<u8>),
+    /// Replaces autopilot's configuration; with `cas`, only if its ModifyIndex is that (0 =
+    /// only if there is none yet, as the first leader seeds it).
+    AutopilotSetConfig {
+        config: operator::AutopilotConfig,
+        cas: Option<u64>,
+    },
 }
 
 /// What applying a command produced. Business failures (a CAS mismatch, a rolled-back
