@@ -24,6 +24,14 @@ pub fn command() -> Command {
                         .about("Removes a server from the Raft configuration")
                         .arg(value("address", "The server's ip:port to remove"))
                         .arg(value("id", "The server's node ID to remove")),
+                ))
+                .subcommand(with_http_flags(
+                    Command::new("transfer-leader")
+                        .about("Hands leadership to another server")
+                        .arg(value(
+                            "id",
+                            "The node ID of the server to hand leadership to",
+                        )),
                 )),
         )
         .subcommand(
@@ -82,6 +90,7 @@ pub async fn run(matches: &ArgMatches) -> CommandResult {
         Some(("raft", raft)) => match raft.subcommand() {
             Some(("list-peers", sub)) => list_peers(sub).await,
             Some(("remove-peer", sub)) => remove_peer(sub).await,
+            Some(("transfer-leader", sub)) => transfer_leader(sub).await,
             _ => Err("unknown operator raft command".into()),
         },
         Some(("autopilot", autopilot)) => match autopilot.subcommand() {
@@ -176,6 +185,24 @@ async fn remove_peer(matches: &ArgMatches) -> CommandResult {
         ));
     }
     println!("Removed peer with {key} \"{target}\"");
+    Ok(())
+}
+
+async fn transfer_leader(matches: &ArgMatches) -> CommandResult {
+    let mut path = String::from("/v1/operator/raft/transfer-leader");
+    if let Some(id) = get_str(matches, "id").filter(|id| !id.is_empty()) {
+        path += &format!("?id={}", encode_query(id));
+    }
+    let response = client(matches)?
+        .request(hyper::Method::POST, &path, None)
+        .await?;
+    if !response.status.is_success() {
+        return Err(format!(
+            "Error transferring leadership: Failed to transfer leadership {}",
+            response.text().trim_end()
+        ));
+    }
+    println!("Success");
     Ok(())
 }
 

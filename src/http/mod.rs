@@ -113,6 +113,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/operator/raft/peer", delete(operator::remove_peer))
         .route(
+            "/v1/operator/raft/transfer-leader",
+            post(operator::transfer_leader),
+        )
+        .route(
             "/v1/operator/autopilot/configuration",
             get(operator::autopilot_configuration).put(operator::set_autopilot_configuration),
         )

@@ -1,6 +1,6 @@
 //! `/v1/operator/raft/*`: the Raft configuration (`GET configuration`, from the leader unless
 //! `?stale`) and removing a server from it (`DELETE peer?id=|address=`), answered by a server
-//! for any agent. Servers are named as Consul names them: the node id (UUID) and node name of
+//! for any agent; handing leadership to another server (`POST transfer-leader?id=`). Servers are named as Consul names them: the node id (UUID) and node name of
 //! the LAN member whose `id` tag maps to the Raft id.
 //!
 //! `/v1/operator/autopilot/*`: autopilot's replicated configuration (GET, and PUT with
@@ -76,6 +76,24 @@ pub async fn remove_peer(
         };
     state.cluster.remove_raft_peer(peer).await?;
     Ok(().into_response())
+}
+
+/// `POST /v1/operator/raft/transfer-leader[?id=<node id>]`: `{"Success": true}` once another
+/// server leads.
+pub async fn transfer_leader(
+    State(state): State<Arc<AppState>>,
+    call: Call,
+) -> Result<Response, ApiError> {
+    call.check_datacenter(&state)?;
+    state
+        .authorizer
+        .authorize(call.token().as_deref(), Access::OperatorWrite)?;
+    let target = call
+        .get("id")
+        .filter(|id| !id.is_empty())
+        .map(|id| PeerRef::Id(node_id_from_uuid(id)));
+    state.cluster.transfer_leader(target).await?;
+    Ok(reply::json(&json!({"Success": true}), call.pretty(&state)))
 }
 
 /// `GET /v1/operator/autopilot/configuration`.

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use openraft::error::{CheckIsLeaderError, RaftError};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::handover::Handover;
 use super::{Leadership, RpcError, RPC_HOLD_TIMEOUT};
 use crate::raft::Raft;
 use crate::tasks::Tasks;
@@ -37,7 +38,14 @@ pub struct Lease {
 
 impl Lease {
     /// Starts the confirmation rounds and the lease keeper for `raft`.
-    pub fn start(raft: Raft, leadership: watch::Receiver<Leadership>, tasks: &Tasks) -> Lease {
+    /// Rounds wait while a leadership `handover` is under way: they would renew the
+    /// followers' vote lease the handover waits out.
+    pub fn start(
+        raft: Raft,
+        leadership: watch::Receiver<Leadership>,
+        handover: Handover,
+        tasks: &Tasks,
+    ) -> Lease {
         let (waiters, queue) = mpsc::unbounded_channel();
         let lease = Lease {
             waiters,
@@ -46,7 +54,10 @@ impl Lease {
             length_ms: raft.config().election_timeout_min,
         };
         let every = Duration::from_millis(2 * raft.config().heartbeat_interval);
-        tasks.spawn("rpc.confirm_rounds", lease.clone().rounds(raft, queue));
+        tasks.spawn(
+            "rpc.confirm_rounds",
+            lease.clone().rounds(raft, queue, handover),
+        );
         tasks.spawn("rpc.leader_lease", lease.clone().keep(leadership, every));
         lease
     }
@@ -71,8 +82,14 @@ impl Lease {
     }
 
     /// Runs rounds back to back while reads wait: each answers every read queued before it.
-    async fn rounds(self, raft: Raft, mut queue: mpsc::UnboundedReceiver<Waiter>) {
+    async fn rounds(
+        self,
+        raft: Raft,
+        mut queue: mpsc::UnboundedReceiver<Waiter>,
+        handover: Handover,
+    ) {
         while let Some(first) = queue.recv().await {
+            handover.passed().await;
             let mut waiting = vec![first];
             while let Ok(next) = queue.try_recv() {
                 waiting.push(next);

@@ -20,6 +20,7 @@ pub mod client;
 pub mod codec;
 pub mod connections;
 pub mod forward;
+pub mod handover;
 pub mod lease;
 #[cfg(test)]
 pub mod memory;
@@ -30,7 +31,6 @@ pub mod session_ttl;
 pub mod wire;
 pub mod writes;
 
-use crate::types::operator::AutopilotReport;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,6 +45,7 @@ pub use wire::{PeerRef, RaftConfiguration, RaftServer};
 use crate::raft::NodeId;
 use crate::state::{Match, Tables, WatchGuard};
 use crate::types::connect::{CaConfig, CaState};
+use crate::types::operator::AutopilotReport;
 use crate::types::session::Session;
 use crate::types::{Command, CommandResult};
 
@@ -261,6 +262,15 @@ impl Cluster {
     pub async fn autopilot_health(&self) -> Result<AutopilotReport, RpcError> {
         match self.request(wire::Request::AutopilotHealth).await? {
             wire::Reply::AutopilotHealth(answer) => answer,
+            _ => Err(mismatched()),
+        }
+    }
+
+    /// Hands leadership to `target` (or the most up-to-date other voter); the new leader's
+    /// server address.
+    pub async fn transfer_leader(&self, target: Option<PeerRef>) -> Result<String, RpcError> {
+        match self.request(wire::Request::TransferLeader(target)).await? {
+            wire::Reply::TransferLeader(answer) => answer,
             _ => Err(mismatched()),
         }
     }

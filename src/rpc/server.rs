@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use super::ca_manager::CaManager;
 use super::connections::{CallError, Connections};
 use super::forward::{Forwarder, SendBatch};
+use super::handover::Handover;
 use super::lease::Lease;
 use super::raft_network::PeerContacts;
 use super::session_ttl::SessionTimers;
@@ -80,6 +81,8 @@ pub struct ServerRpc {
     contacts: Arc<PeerContacts>,
     /// The leader's latest autopilot report; `None` while this server does not lead.
     autopilot: Mutex<Option<AutopilotReport>>,
+    /// Closed while this leader hands leadership over (`handover`).
+    handover: Handover,
     /// Session TTL timers (the leader's).
     pub sessions: SessionTimers,
     /// The built-in CA's leader side.
@@ -103,7 +106,8 @@ impl ServerRpc {
             "rpc.leadership",
             publish_leadership(raft.clone(), node_id, publish),
         );
-        let lease = Lease::start(raft.clone(), leadership.clone(), tasks);
+        let handover = Handover::default();
+        let lease = Lease::start(raft.clone(), leadership.clone(), handover.clone(), tasks);
         Arc::new_cyclic(|weak: &std::sync::Weak<ServerRpc>| {
             // The server owns the forwarder, so the forwarder holds it weakly.
             let weak = weak.clone();
@@ -141,6 +145,7 @@ impl ServerRpc {
                 stranger_logged_ms: AtomicU64::new(0),
                 contacts,
                 autopilot: Mutex::new(None),
+                handover,
                 lease,
                 forwarder: Forwarder::start(send, tasks),
                 sessions: SessionTimers::default(),
@@ -213,6 +218,12 @@ impl ServerRpc {
             let current = leadership.borrow_and_update().clone();
             let leader = current.leader_address.parse::<SocketAddr>().ok();
             let last_error = match leader {
+                // Held while this leader hands over, then looked at again: the request may
+                // now belong to the new leader.
+                _ if current.is_leader && request.uses_raft() && self.handover.in_progress() => {
+                    self.handover.passed().await;
+                    continue;
+                }
                 _ if current.is_leader || forwarded || request.local() => {
                     return self.answer(request).await
                 }
@@ -290,6 +301,10 @@ impl ServerRpc {
             ),
             Request::RemovePeer(peer) => Reply::RemovePeer(self.remove_peer(peer).await),
             Request::AutopilotHealth => Reply::AutopilotHealth(self.autopilot_report()),
+            Request::TransferLeader(target) => {
+                Reply::TransferLeader(self.transfer_leader(target).await)
+            }
+            Request::Elect { from, term } => Reply::Elect(self.elect_when_asked(from, term).await),
         }
     }
 
@@ -342,7 +357,11 @@ impl ServerRpc {
     /// so it sees everything committed before the read began.
     pub async fn read_barrier(&self, consistency: Consistency) -> Result<LeaderContact, RpcError> {
         if consistency == Consistency::Stale || self.is_leader() {
-            return self.local_read_barrier(consistency).await;
+            match self.local_read_barrier(consistency).await {
+                // Leadership moved on while the read waited (a handover): ask the new leader.
+                Err(RpcError::ForwardToLeader { .. }) if consistency != Consistency::Stale => {}
+                answer => return answer,
+            }
         }
         let Reply::ReadBarrier(answer) =
             self.handle(Request::ReadBarrier(consistency), false).await
@@ -515,6 +534,126 @@ impl ServerRpc {
             .map_err(|error| RpcError::Raft(error.to_string()))
     }
 
+    /// Hands leadership to `target`, or to the voter furthest along the log (see
+    /// `handover`); returns the new leader's server address.
+    async fn transfer_leader(&self, target: Option<PeerRef>) -> Result<String, RpcError> {
+        self.require_leader()?;
+        let configuration = self.raft_configuration();
+        let target = match &target {
+            Some(peer) => configuration
+                .servers
+                .iter()
+                .find(|server| match peer {
+                    PeerRef::Id(id) => server.id == *id,
+                    PeerRef::Address(address) => server.address == *address,
+                })
+                .ok_or_else(|| {
+                    RpcError::Refused("cannot find the server to transfer leadership to".into())
+                })?,
+            None => configuration
+                .servers
+                .iter()
+                .filter(|server| server.voter && server.id != self.node_id)
+                .max_by_key(|server| server.last_index)
+                .ok_or_else(|| {
+                    RpcError::Refused("no other voter to transfer leadership to".into())
+                })?,
+        };
+        if target.id == self.node_id {
+            return Err(RpcError::Refused(format!(
+                "{} is already the leader",
+                target.address
+            )));
+        }
+        if !target.voter {
+            return Err(RpcError::Refused(format!(
+                "{} is not a voter; only a voter can lead",
+                target.address
+            )));
+        }
+        let address: SocketAddr = target
+            .address
+            .parse()
+            .map_err(|_| RpcError::Refused(format!("bad server address {}", target.address)))?;
+        let Some(_gate) = self.handover.begin() else {
+            return Err(RpcError::Refused(
+                "a leadership transfer is already in progress".into(),
+            ));
+        };
+        let heartbeats = Heartbeats::stop(&self.raft);
+        let timers = self.raft.config();
+        // The followers' vote lease, counted from the last message they had from us.
+        let lease = Duration::from_millis(timers.election_timeout_max + timers.heartbeat_interval);
+        let term = self.leadership.borrow().term;
+        let target_id = target.id;
+        self.raft
+            .wait(Some(4 * lease))
+            .metrics(
+                |metrics| {
+                    let matched = metrics
+                        .replication
+                        .as_ref()
+                        .and_then(|replication| replication.get(&target_id).copied().flatten());
+                    matched.map(|log| log.index) >= metrics.last_log_index
+                },
+                "the transfer target to catch up",
+            )
+            .await
+            .map_err(|_| {
+                RpcError::Refused(format!(
+                    "{address} did not catch up with the leader's log; leadership stays here"
+                ))
+            })?;
+        tokio::time::sleep(lease).await;
+        let mut leadership = self.leadership.clone();
+        for _ in 0..3 {
+            let elect = Frame::encode(&Request::Elect {
+                from: self.node_id,
+                term,
+            });
+            let asked = self
+                .connections
+                .unary(address, CALL_PATH, elect, REQUEST_TIMEOUT, true)
+                .await;
+            if let Err(error) = asked {
+                tracing::warn!(%address, %error, "could not ask the transfer target to run");
+            }
+            let moved = tokio::time::timeout(
+                4 * lease,
+                leadership.wait_for(|now| now.leader.is_some() && !now.is_leader),
+            )
+            .await;
+            if let Ok(Ok(now)) = moved {
+                let new_leader = now.leader_address.clone();
+                drop(heartbeats);
+                tracing::info!(%new_leader, "handed leadership over");
+                return Ok(new_leader);
+            }
+            if !self.is_leader() {
+                break;
+            }
+        }
+        Err(RpcError::Refused(format!(
+            "{address} did not take over leadership; leadership stays here"
+        )))
+    }
+
+    /// Starts an election when the leader hands over to this server.
+    async fn elect_when_asked(&self, from: NodeId, term: u64) -> Result<(), RpcError> {
+        let leadership = self.leadership.borrow().clone();
+        if leadership.leader != Some(from) || leadership.term != term {
+            return Err(RpcError::Refused(
+                "only the current leader may hand leadership over".into(),
+            ));
+        }
+        tracing::info!(leader = from, "the leader hands over; starting an election");
+        self.raft
+            .trigger()
+            .elect()
+            .await
+            .map_err(|error| RpcError::Raft(error.to_string()))
+    }
+
     /// Server RPC addresses of the voters.
     pub fn peer_addresses(&self) -> Vec<String> {
         let metrics = self.raft.metrics().borrow().clone();
@@ -557,5 +696,21 @@ async fn publish_leadership(raft: Raft, node_id: NodeId, publish: watch::Sender<
         if metrics.changed().await.is_err() {
             return;
         }
+    }
+}
+
+/// Stops the leader's heartbeats until dropped.
+struct Heartbeats(Raft);
+
+impl Heartbeats {
+    fn stop(raft: &Raft) -> Heartbeats {
+        raft.runtime_config().heartbeat(false);
+        Heartbeats(raft.clone())
+    }
+}
+
+impl Drop for Heartbeats {
+    fn drop(&mut self) {
+        self.0.runtime_config().heartbeat(true);
     }
 }

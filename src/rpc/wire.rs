@@ -95,6 +95,14 @@ pub enum Request {
     RemovePeer(PeerRef),
     /// The leader's autopilot report.
     AutopilotHealth,
+    /// Hands leadership to this server, or to the most up-to-date other voter.
+    TransferLeader(Option<PeerRef>),
+    /// From the leader to the server it hands leadership to: start an election now. Obeyed
+    /// only if `from` leads at `term` as this server sees it.
+    Elect {
+        from: NodeId,
+        term: u64,
+    },
 }
 
 /// A server named by its Raft id or its server RPC address.
@@ -138,6 +146,9 @@ pub enum Reply {
     RaftConfiguration(Result<RaftConfiguration, RpcError>),
     RemovePeer(Result<(), RpcError>),
     AutopilotHealth(Result<AutopilotReport, RpcError>),
+    /// The new leader's server address.
+    TransferLeader(Result<String, RpcError>),
+    Elect(Result<(), RpcError>),
 }
 
 impl Request {
@@ -154,11 +165,20 @@ impl Request {
         )
     }
 
+    /// Whether, on the leader, the request goes through Raft (a write, or a read that needs
+    /// its leadership confirmed), and so waits while leadership is being handed over.
+    pub fn uses_raft(&self) -> bool {
+        matches!(
+            self,
+            Request::Write(_) | Request::WriteBatch(_) | Request::ReadBarrier(_)
+        )
+    }
+
     /// Whether any server answers this itself rather than the leader.
     pub fn local(&self) -> bool {
         matches!(
             self,
-            Request::Peers | Request::RaftConfiguration { stale: true }
+            Request::Peers | Request::RaftConfiguration { stale: true } | Request::Elect { .. }
         )
     }
 
@@ -176,6 +196,8 @@ impl Request {
             Request::RaftConfiguration { .. } => Reply::RaftConfiguration(Err(error)),
             Request::RemovePeer(_) => Reply::RemovePeer(Err(error)),
             Request::AutopilotHealth => Reply::AutopilotHealth(Err(error)),
+            Request::TransferLeader(_) => Reply::TransferLeader(Err(error)),
+            Request::Elect { .. } => Reply::Elect(Err(error)),
         }
     }
 }
@@ -201,6 +223,9 @@ impl Reply {
             Reply::RaftConfiguration(result) => is(result),
             Reply::RemovePeer(result) => is(result),
             Reply::AutopilotHealth(result) => is(result),
+            Reply::TransferLeader(result) => is(result),
+            // Answered by the server asked.
+            Reply::Elect(_) => false,
         }
     }
 }

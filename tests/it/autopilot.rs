@@ -2,7 +2,8 @@
 //! stanza and changed with `operator autopilot set-config` (compare-and-set); its health
 //! report counts healthy servers and failure tolerance; a server killed for good is removed
 //! from the Raft configuration only once `min_quorum` allows it, and is added back and
-//! promoted when it returns.
+//! promoted when it returns. Leadership is handed to a named server, and to any other, with
+//! writes going on.
 
 use std::time::Duration;
 
@@ -99,6 +100,86 @@ async fn autopilot_reports_health_and_removes_a_dead_server_only_above_min_quoru
             .count()
     };
     assert_eq!((statuses("leader"), statuses("voter")), (1, 2), "{out}");
+
+    // Leadership handed to a named follower while writes go on through the third server:
+    // every write is acknowledged and kept.
+    let node_id = |agent: &Agent| {
+        let agent = agent.client();
+        async move {
+            let response = agent.get("/v1/agent/self").await.expect("self");
+            let body: Value = serde_json::from_slice(&response.body).expect("JSON");
+            body["Config"]["NodeID"]
+                .as_str()
+                .expect("NodeID")
+                .to_string()
+        }
+    };
+    let old_leader = *all
+        .iter()
+        .find(|agent| rpc_address(agent) == leader)
+        .expect("the leader");
+    let third = *all
+        .iter()
+        .find(|agent| agent.host != old_leader.host && agent.host != follower.host)
+        .expect("the third server");
+    let writes = {
+        let client = third.client();
+        tokio::spawn(async move {
+            let mut answers = Vec::new();
+            for index in 0..20 {
+                let response = client
+                    .put(&format!("/v1/kv/handover/{index}"), b"w".to_vec())
+                    .await
+                    .expect("PUT");
+                answers.push((response.status.as_u16(), response.text()));
+            }
+            answers
+        })
+    };
+    let target = node_id(follower).await;
+    let (code, out, err) = cli(
+        old_leader,
+        &[
+            "operator",
+            "raft",
+            "transfer-leader",
+            &format!("-id={target}"),
+        ],
+        None,
+    );
+    assert_eq!((code, out.trim()), (0, "Success"), "{err}");
+    assert_eq!(agreed_leader(&all).await, rpc_address(follower));
+    for answer in writes.await.expect("writes") {
+        assert_eq!(answer, (200, "true".to_string()));
+    }
+    for index in 0..20 {
+        let response = old_leader
+            .client()
+            .get(&format!("/v1/kv/handover/{index}?raw&consistent"))
+            .await
+            .expect("GET");
+        assert_eq!(
+            (response.status.as_u16(), response.text()),
+            (200, "w".into())
+        );
+    }
+    // Without -id it goes to another voter; an unknown id is refused.
+    let (code, out, err) = cli(third, &["operator", "raft", "transfer-leader"], None);
+    assert_eq!((code, out.trim()), (0, "Success"), "{err}");
+    let leader = agreed_leader(&all).await;
+    assert_ne!(leader, rpc_address(follower));
+    let (code, _, err) = cli(
+        third,
+        &[
+            "operator",
+            "raft",
+            "transfer-leader",
+            "-id=00000000-0000-0000-0000-0000000000aa",
+        ],
+        None,
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("cannot find the server"), "{err}");
 
     // set-config changes the flags given and keeps the rest; a stale cas is refused.
     let (code, out, err) = cli(
