@@ -1,7 +1,8 @@
 //! Jepsen-style: concurrent clients put, read and compare-and-set a few keys through every
-//! server of a three-server cluster while a nemesis kills the leader with SIGKILL and restarts
-//! it, and cuts the leader off from the others with iptables and heals it, one fault at a time;
-//! then the history of what the clients saw is checked for linearizability
+//! server of a three- and a five-server cluster while a nemesis kills the leader with SIGKILL
+//! and restarts it, and cuts the leader off from the others with iptables and heals it; on
+//! five servers it also combines the two (the leader killed while a follower is cut off).
+//! Then the history of what the clients saw is checked for linearizability
 //! (`linearizable::check`). A write whose answer did not come back, or came back as an error,
 //! may or may not have happened; the checker allows both.
 //!
@@ -20,7 +21,14 @@ use crate::linearizable::{check, Action, Operation};
 use crate::support::{eventually, Agent, AgentOptions, Partition, Placement};
 
 /// Addresses no other test uses.
-const SERVERS: [&str; 3] = ["127.0.22.1", "127.0.22.2", "127.0.22.3"];
+const THREE: [&str; 3] = ["127.0.22.1", "127.0.22.2", "127.0.22.3"];
+const FIVE: [&str; 5] = [
+    "127.0.23.1",
+    "127.0.23.2",
+    "127.0.23.3",
+    "127.0.23.4",
+    "127.0.23.5",
+];
 const KEYS: usize = 6;
 const CLIENTS: usize = 4;
 /// How long one request may take before its outcome counts as unknown.
@@ -28,15 +36,16 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 /// Answered operations the clients get between two faults.
 const OPS_BETWEEN_FAULTS: usize = 40;
 
-fn server(index: usize, data: &std::path::Path) -> AgentOptions {
+fn server(servers: &[&str], index: usize, data: &std::path::Path) -> AgentOptions {
     AgentOptions {
         placement: Some(Placement {
-            ip: SERVERS[index].into(),
+            ip: servers[index].into(),
             node: format!("n{}", index + 1),
             server: true,
-            join: vec![SERVERS[usize::from(index == 0)].into()],
+            join: vec![servers[usize::from(index == 0)].into()],
             config: Some(
-                json!({"bootstrap_expect": 3, "performance": {"raft_multiplier": 1}}).to_string(),
+                json!({"bootstrap_expect": servers.len(), "performance": {"raft_multiplier": 1}})
+                    .to_string(),
             ),
             data_dir: Some(data.to_path_buf()),
         }),
@@ -52,10 +61,19 @@ fn seconds() -> u64 {
 }
 
 /// The index of the server every running server names as leader.
-async fn leader(servers: &[Option<Agent>]) -> usize {
+async fn leader(ips: &[&str], servers: &[Option<Agent>]) -> usize {
+    new_leader(ips, servers, None).await
+}
+
+/// The index of the server that every running server except `cut_off` names as leader, and
+/// that is not `cut_off`: after a fault, the leader the others elected.
+async fn new_leader(ips: &[&str], servers: &[Option<Agent>], cut_off: Option<usize>) -> usize {
     eventually("an agreed leader", Duration::from_secs(30), || async {
         let mut named = Vec::new();
-        for agent in servers.iter().flatten() {
+        for (index, agent) in servers.iter().enumerate() {
+            let Some(agent) = agent.as_ref().filter(|_| Some(index) != cut_off) else {
+                continue;
+            };
             let response = agent.client().get("/v1/status/leader").await.ok()?;
             named.push(serde_json::from_slice::<String>(&response.body).ok()?);
         }
@@ -63,7 +81,8 @@ async fn leader(servers: &[Option<Agent>]) -> usize {
         if first.is_empty() || named.iter().any(|leader| *leader != first) {
             return None;
         }
-        SERVERS.iter().position(|ip| format!("{ip}:8300") == first)
+        let index = ips.iter().position(|ip| format!("{ip}:8300") == first)?;
+        (servers[index].is_some() && Some(index) != cut_off).then_some(index)
     })
     .await
 }
@@ -148,13 +167,13 @@ impl Recorder {
 }
 
 /// One client: random operations on random keys through random servers until `stop`.
-async fn client(recorder: Arc<Recorder>, stop: Arc<AtomicBool>) {
+async fn client(ips: &'static [&'static str], recorder: Arc<Recorder>, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
         let (key, server, choice, consistent) = {
             let mut rng = rand::thread_rng();
             (
                 format!("jepsen/{}", rng.gen_range(0..KEYS)),
-                SERVERS[rng.gen_range(0..SERVERS.len())],
+                ips[rng.gen_range(0..ips.len())],
                 rng.gen_range(0..10),
                 rng.gen_bool(0.5),
             )
@@ -208,11 +227,50 @@ async fn client(recorder: Arc<Recorder>, stop: Arc<AtomicBool>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn histories_stay_linearizable_through_leader_kills_and_partitions() {
-    let data: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("dir")).collect();
-    let mut servers: Vec<Option<Agent>> = (0..3)
-        .map(|index| Some(Agent::spawn(server(index, data[index].path()))))
+    run(&THREE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_servers_stay_linearizable_through_kills_and_partitions_alone_and_together() {
+    run(&FIVE).await;
+}
+
+/// Cuts `victim` off from the other servers, waits until the rest have a leader that is not
+/// it, and returns the partition (healed when dropped).
+async fn partition_off(ips: &[&str], servers: &[Option<Agent>], victim: usize) -> Partition {
+    let others: Vec<&str> = ips
+        .iter()
+        .copied()
+        .filter(|ip| *ip != ips[victim])
         .collect();
-    leader(&servers).await;
+    let partition = Partition::isolate(ips[victim], &others);
+    eventually(
+        "a new leader behind the partition",
+        Duration::from_secs(30),
+        || async {
+            let response = servers[(victim + 1) % ips.len()]
+                .as_ref()?
+                .client()
+                .get("/v1/status/leader")
+                .await
+                .ok()?;
+            let named: String = serde_json::from_slice(&response.body).ok()?;
+            (!named.is_empty() && named != format!("{}:8300", ips[victim])).then_some(())
+        },
+    )
+    .await;
+    partition
+}
+
+async fn run(ips: &'static [&'static str]) {
+    let count = ips.len();
+    let data: Vec<tempfile::TempDir> = (0..count)
+        .map(|_| tempfile::tempdir().expect("dir"))
+        .collect();
+    let mut servers: Vec<Option<Agent>> = (0..count)
+        .map(|index| Some(Agent::spawn(server(ips, index, data[index].path()))))
+        .collect();
+    leader(ips, &servers).await;
     let recorder = Arc::new(Recorder {
         started: Instant::now(),
         history: Mutex::new(Vec::new()),
@@ -221,14 +279,16 @@ async fn histories_stay_linearizable_through_leader_kills_and_partitions() {
     let until = Instant::now() + Duration::from_secs(seconds());
     let stop = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..CLIENTS)
-        .map(|_| tokio::spawn(client(recorder.clone(), stop.clone())))
+        .map(|_| tokio::spawn(client(ips, recorder.clone(), stop.clone())))
         .collect();
 
-    // The nemesis, one fault at a time: kill -9 the leader and restart it on its data, then
-    // cut the leader off from the others and heal. Between faults the clients get
+    // The nemesis: kill -9 the leader and restart it on its data; cut the leader off from
+    // the others and heal; with five servers, also both at once (the leader killed while a
+    // follower is cut off, a majority still standing). Between faults the clients get
     // `OPS_BETWEEN_FAULTS` answers, so the history mixes calm and faulty stretches.
+    let kinds = if count >= 5 { 3 } else { 2 };
     let mut faults = 0;
-    while Instant::now() < until || faults < 2 {
+    while Instant::now() < until || faults < kinds {
         let before = recorder.answered();
         eventually(
             "the clients to get answers between faults",
@@ -236,36 +296,26 @@ async fn histories_stay_linearizable_through_leader_kills_and_partitions() {
             || async { (recorder.answered() >= before + OPS_BETWEEN_FAULTS).then_some(()) },
         )
         .await;
-        let victim = leader(&servers).await;
-        if faults % 2 == 0 {
-            drop(servers[victim].take());
-            leader(&servers).await;
-            servers[victim] = Some(Agent::spawn(server(victim, data[victim].path())));
-        } else {
-            let others: Vec<&str> = SERVERS
-                .iter()
-                .copied()
-                .filter(|ip| *ip != SERVERS[victim])
-                .collect();
-            let partition = Partition::isolate(SERVERS[victim], &others);
-            // Wait until the majority has a new leader, then heal.
-            eventually(
-                "a new leader behind the partition",
-                Duration::from_secs(30),
-                || async {
-                    let response = servers[(victim + 1) % 3]
-                        .as_ref()?
-                        .client()
-                        .get("/v1/status/leader")
-                        .await
-                        .ok()?;
-                    let named: String = serde_json::from_slice(&response.body).ok()?;
-                    (!named.is_empty() && named != format!("{}:8300", SERVERS[victim]))
-                        .then_some(())
-                },
-            )
-            .await;
-            drop(partition);
+        let victim = leader(ips, &servers).await;
+        match faults % kinds {
+            0 => {
+                drop(servers[victim].take());
+                new_leader(ips, &servers, None).await;
+                servers[victim] = Some(Agent::spawn(server(ips, victim, data[victim].path())));
+            }
+            1 => {
+                let partition = partition_off(ips, &servers, victim).await;
+                drop(partition);
+            }
+            _ => {
+                let follower = (victim + 1) % count;
+                let partition = partition_off(ips, &servers, follower).await;
+                let victim = new_leader(ips, &servers, Some(follower)).await;
+                drop(servers[victim].take());
+                new_leader(ips, &servers, Some(follower)).await;
+                servers[victim] = Some(Agent::spawn(server(ips, victim, data[victim].path())));
+                drop(partition);
+            }
         }
         faults += 1;
     }
@@ -273,7 +323,7 @@ async fn histories_stay_linearizable_through_leader_kills_and_partitions() {
     for client in clients {
         client.await.expect("client");
     }
-    leader(&servers).await;
+    leader(ips, &servers).await;
 
     let history = recorder
         .history
@@ -281,9 +331,9 @@ async fn histories_stay_linearizable_through_leader_kills_and_partitions() {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
     let answered = history.iter().filter(|op| op.returned.is_some()).count();
-    assert!(faults >= 2, "the nemesis ran {faults} faults");
+    assert!(faults >= kinds, "the nemesis ran {faults} faults");
     println!(
-        "nemesis: {faults} faults, {} operations, {answered} answered",
+        "nemesis on {count} servers: {faults} faults, {} operations, {answered} answered",
         history.len()
     );
     assert!(
@@ -291,6 +341,8 @@ async fn histories_stay_linearizable_through_leader_kills_and_partitions() {
         "only {answered} operations answered:\n{history:?}"
     );
     if let Err(refusal) = check(&history) {
-        panic!("after {faults} faults, {answered} answered operations: {refusal}");
+        panic!(
+            "after {faults} faults on {count} servers, {answered} answered operations: {refusal}"
+        );
     }
 }
