@@ -198,6 +198,15 @@ impl ServerRpc {
         }
     }
 
+    /// Commits `command` only if this server leads when it is proposed, never forwarding it:
+    /// the leader's own duties (session timers, reconciliation, reaping, seeding) then cannot
+    /// be carried out by a server that lost leadership midway, after the new leader did them.
+    pub async fn write_as_leader(&self, command: Command) -> WriteOutcome {
+        self.handover.passed().await;
+        self.require_leader()?;
+        self.writer.write(command).await
+    }
+
     /// Answers `request`: this server if it leads (or the request was already forwarded to
     /// it by another server), otherwise the leader, to which it is forwarded once. While there
     /// is no leader, or the leader cannot be reached before sending, it waits for one for up

@@ -80,7 +80,7 @@ impl SessionTimers {
             for id in expired {
                 tracing::info!(session = %id, "session TTL expired; invalidating");
                 match server
-                    .write(Command::SessionDestroy { id: id.clone() })
+                    .write_as_leader(Command::SessionDestroy { id: id.clone() })
                     .await
                 {
                     Ok(_) => {

@@ -5,6 +5,10 @@
 //!
 //! The tombstone cut is chosen here (with a clock) and replicated as a command, so the FSM
 //! stays deterministic.
+//!
+//! Every write here is `write_as_leader`: proposed only while this server leads, never
+//! forwarded, so a server deposed midway through a duty cannot repeat what the new leader
+//! does.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -77,7 +81,10 @@ pub async fn run(
         }
         if leader && !registered_as_leader {
             let request = self_registration(&config, &node_id);
-            match rpc.write(Command::CatalogRegister(Box::new(request))).await {
+            match rpc
+                .write_as_leader(Command::CatalogRegister(Box::new(request)))
+                .await
+            {
                 Ok((_, CommandResult::Catalog(Ok(())))) => {
                     registered_as_leader = true;
                     tracing::info!(node = %config.node_name, "registered this server in the catalog");
@@ -196,7 +203,7 @@ async fn seed_autopilot(rpc: &ServerRpc, config: &RuntimeConfig) -> bool {
         config: config.autopilot.clone(),
         cas: Some(0),
     };
-    match rpc.write(command).await {
+    match rpc.write_as_leader(command).await {
         Ok(_) => true,
         Err(error) => {
             tracing::warn!(%error, "seeding the autopilot configuration failed; will retry");
@@ -218,7 +225,7 @@ async fn reconcile_members(rpc: &ServerRpc, lan: &Pool, scope: &super::members::
             Command::CatalogDeregister(request) => (request.node.clone(), "deregistered".into()),
             _ => (String::new(), String::new()),
         };
-        match rpc.write(write).await {
+        match rpc.write_as_leader(write).await {
             Ok((_, CommandResult::Catalog(Ok(())))) => {
                 tracing::info!(%node, %change, "member reconciled into the catalog")
             }
@@ -252,7 +259,10 @@ async fn reap_tombstones(rpc: &ServerRpc, history: &mut VecDeque<(Instant, u64)>
     }
     if let Some(up_to_index) = cut {
         if tables.tombstone_count() > 0 {
-            if let Err(error) = rpc.write(Command::ReapTombstones { up_to_index }).await {
+            if let Err(error) = rpc
+                .write_as_leader(Command::ReapTombstones { up_to_index })
+                .await
+            {
                 tracing::warn!(%error, "tombstone reaping failed; will retry");
             }
         }
@@ -290,7 +300,7 @@ async fn connect_duties(rpc: &ServerRpc, config: &RuntimeConfig) -> bool {
             tracing::error!(%kind, %name, %error, "config_entries.bootstrap: entry refused");
             continue;
         }
-        match rpc.write(command).await {
+        match rpc.write_as_leader(command).await {
             Ok((_, CommandResult::Cas(true))) => {
                 tracing::info!(%kind, %name, "wrote bootstrap config entry")
             }

@@ -3,7 +3,7 @@
 //! report counts healthy servers and failure tolerance; a server killed for good is removed
 //! from the Raft configuration only once `min_quorum` allows it, and is added back and
 //! promoted when it returns. Leadership is handed to a named server, and to any other, with
-//! writes going on.
+//! writes going on; the new leaders neither bootstrap the CA again nor re-seed autopilot.
 
 use std::time::Duration;
 
@@ -101,6 +101,24 @@ async fn autopilot_reports_health_and_removes_a_dead_server_only_above_min_quoru
     };
     assert_eq!((statuses("leader"), statuses("voter")), (1, 2), "{out}");
 
+    // What the leader does on taking office is done once for the cluster, not again by each
+    // new leader: the CA root and the seeded autopilot configuration are kept as they are
+    // through the handovers below.
+    let roots = || async {
+        let (_, roots) = get(follower, "/v1/connect/ca/roots").await.expect("roots");
+        let mut ids: Vec<String> = roots["Roots"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|root| root["ID"].as_str().map(str::to_string))
+            .collect();
+        ids.sort();
+        ids
+    };
+    let roots_before = roots().await;
+    assert_eq!(roots_before.len(), 1, "{roots_before:?}");
+    let seeded_at = config["ModifyIndex"].as_u64().expect("ModifyIndex");
+
     // Leadership handed to a named follower while writes go on through the third server:
     // every write is acknowledged and kept.
     let node_id = |agent: &Agent| {
@@ -180,6 +198,11 @@ async fn autopilot_reports_health_and_removes_a_dead_server_only_above_min_quoru
     );
     assert_ne!(code, 0);
     assert!(err.contains("cannot find the server"), "{err}");
+    assert_eq!(roots().await, roots_before);
+    let (_, config) = get(follower, "/v1/operator/autopilot/configuration")
+        .await
+        .expect("config");
+    assert_eq!(config["ModifyIndex"].as_u64(), Some(seeded_at));
 
     // set-config changes the flags given and keeps the rest; a stale cas is refused.
     let (code, out, err) = cli(

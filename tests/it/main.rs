@@ -17,6 +17,7 @@ mod kv;
 mod lifecycle;
 mod linearizable;
 mod lock;
+mod mesh_failover;
 mod nemesis;
 mod raft_cluster;
 mod recovery;

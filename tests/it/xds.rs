@@ -390,7 +390,7 @@ async fn envoy_serials(envoy: &Envoy) -> String {
     envoy.admin("/certs").await.to_lowercase()
 }
 
-async fn leaf_serial(agent: &Agent, service: &str) -> String {
+pub(crate) async fn leaf_serial(agent: &Agent, service: &str) -> String {
     let leaf = json(
         &agent
             .client()
