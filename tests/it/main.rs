@@ -18,6 +18,7 @@ mod lifecycle;
 mod linearizable;
 mod lock;
 mod mesh_failover;
+mod mistakes;
 mod nemesis;
 mod raft_cluster;
 mod recovery;
