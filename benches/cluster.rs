@@ -7,10 +7,11 @@
 //!   that commit. The killed server is restarted on its data and rejoins before the next kill;
 //!   `FAILOVER_KILLS` kills.
 //! * `writes`: `WRITERS` concurrent HTTP/1.1 connections spread over the three members, each
-//!   writing 256-byte keys with 1 KiB values one after another for `LOAD_SECONDS`: concord
-//!   (`PUT /v1/kv`) and etcd (`POST /v3/kv/put` on its gateway); then reads of those keys the
-//!   same way: concord default and `?consistent`, etcd serializable and linearizable; then each
-//!   leader's resident memory.
+//!   writing `WRITES_PER_CONNECTION` 256-byte keys with 1 KiB values one after another: concord
+//!   (`PUT /v1/kv`) and etcd (`POST /v3/kv/put` on its gateway), the same writes to both, so
+//!   the memory compared afterwards holds the same data; then reads of those keys for
+//!   `LOAD_SECONDS` each: concord default and `?consistent`, etcd serializable and
+//!   linearizable; then each leader's resident memory.
 //!
 //! `CONCORD_BENCH=failover cargo bench --bench cluster` runs one section. `cargo test` builds
 //! this target but skips the work (it only runs when cargo passes `--bench`).
@@ -41,6 +42,8 @@ const SECTIONS: &[&str] = &["failover", "writes"];
 const FAILOVER_KILLS: usize = 20;
 const WRITERS: usize = 1000;
 const LOAD_SECONDS: u64 = 10;
+/// 100,000 writes in all: about 6 s for concord here, 15 s for etcd.
+const WRITES_PER_CONNECTION: u64 = 100;
 const KEY_BYTES: usize = 256;
 const VALUE_BYTES: usize = 1024;
 /// How long any one condition may take before the bench gives up.
@@ -401,9 +404,16 @@ struct Load {
     slowest_ms: f64,
 }
 
-/// `WRITERS` connections spread over `ips`, each sending `op` one after another for
-/// `LOAD_SECONDS`; reads go over the keys `keys_per_writer` writes left behind.
-async fn load(ips: &[&str], op: Op, keys_per_writer: u64) -> Result<Load> {
+/// How long a load runs: each connection sends this many requests, or sends for this long.
+#[derive(Clone, Copy)]
+enum Span {
+    Requests(u64),
+    Seconds(u64),
+}
+
+/// `WRITERS` connections spread over `ips`, each sending `op` one after another for `span`;
+/// reads go over the keys `keys_per_writer` writes left behind.
+async fn load(ips: &[&str], op: Op, keys_per_writer: u64, span: Span) -> Result<Load> {
     let value = Bytes::from(vec![b'v'; VALUE_BYTES]);
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
@@ -418,7 +428,10 @@ async fn load(ips: &[&str], op: Op, keys_per_writer: u64) -> Result<Load> {
         );
     }
     let started = Instant::now();
-    let until = started + Duration::from_secs(LOAD_SECONDS);
+    let until = match span {
+        Span::Seconds(seconds) => Some(started + Duration::from_secs(seconds)),
+        Span::Requests(_) => None,
+    };
     let mut tasks = Vec::new();
     for (writer, mut conn) in conns.into_iter().enumerate() {
         let (done, failed, slowest_us, value) = (
@@ -430,7 +443,12 @@ async fn load(ips: &[&str], op: Op, keys_per_writer: u64) -> Result<Load> {
         tasks.push(tokio::spawn(async move {
             let mut n = 0u64;
             let mut succeeded = 0u64;
-            while Instant::now() < until {
+            let more = |n: u64| match (span, until) {
+                (Span::Requests(count), _) => n < count,
+                (Span::Seconds(_), Some(until)) => Instant::now() < until,
+                (Span::Seconds(_), None) => false,
+            };
+            while more(n) {
                 let key = key(
                     writer,
                     if keys_per_writer == 0 {
@@ -480,7 +498,13 @@ async fn writes(table: &mut Table) -> Result<()> {
     let (concord_put, concord_get, concord_consistent, concord_rss) = {
         let members = concord_cluster().await?;
         let ips: Vec<&str> = members.iter().map(|member| member.ip.as_str()).collect();
-        let put = load(&ips, Op::ConcordPut, 0).await?;
+        let put = load(
+            &ips,
+            Op::ConcordPut,
+            0,
+            Span::Requests(WRITES_PER_CONNECTION),
+        )
+        .await?;
         println!(
             "concord PUT: {:.0}/s ({} failed), slowest {:.0} ms",
             put.rate(),
@@ -488,13 +512,25 @@ async fn writes(table: &mut Table) -> Result<()> {
             put.slowest_ms
         );
         let keys = put.fewest_per_connection.max(1);
-        let get = load(&ips, Op::ConcordGet { consistent: false }, keys).await?;
+        let get = load(
+            &ips,
+            Op::ConcordGet { consistent: false },
+            keys,
+            Span::Seconds(LOAD_SECONDS),
+        )
+        .await?;
         println!(
             "concord GET default: {:.0}/s ({} failed)",
             get.rate(),
             get.failed
         );
-        let consistent = load(&ips, Op::ConcordGet { consistent: true }, keys).await?;
+        let consistent = load(
+            &ips,
+            Op::ConcordGet { consistent: true },
+            keys,
+            Span::Seconds(LOAD_SECONDS),
+        )
+        .await?;
         println!(
             "concord GET ?consistent: {:.0}/s ({} failed)",
             consistent.rate(),
@@ -506,7 +542,7 @@ async fn writes(table: &mut Table) -> Result<()> {
     let (etcd_put, etcd_get, etcd_linear, etcd_rss) = {
         let members = etcd_cluster().await?;
         let ips: Vec<&str> = members.iter().map(|member| member.ip.as_str()).collect();
-        let put = load(&ips, Op::EtcdPut, 0).await?;
+        let put = load(&ips, Op::EtcdPut, 0, Span::Requests(WRITES_PER_CONNECTION)).await?;
         println!(
             "etcd put: {:.0}/s ({} failed), slowest {:.0} ms",
             put.rate(),
@@ -514,7 +550,13 @@ async fn writes(table: &mut Table) -> Result<()> {
             put.slowest_ms
         );
         let keys = put.fewest_per_connection.max(1);
-        let get = load(&ips, Op::EtcdGet { serializable: true }, keys).await?;
+        let get = load(
+            &ips,
+            Op::EtcdGet { serializable: true },
+            keys,
+            Span::Seconds(LOAD_SECONDS),
+        )
+        .await?;
         println!(
             "etcd range serializable: {:.0}/s ({} failed)",
             get.rate(),
@@ -526,6 +568,7 @@ async fn writes(table: &mut Table) -> Result<()> {
                 serializable: false,
             },
             keys,
+            Span::Seconds(LOAD_SECONDS),
         )
         .await?;
         println!(
@@ -572,7 +615,7 @@ async fn writes(table: &mut Table) -> Result<()> {
         Some(ratio(&concord_consistent, &etcd_linear) >= 1.5),
     );
     table.row(
-        "leader RSS after the load: concord / largest etcd member",
+        "leader RSS after the same 100,000 writes: concord / largest etcd member",
         format!("{concord_rss:.1} / {etcd_rss:.1} MB"),
         "≤ 0.5× etcd",
         Some(concord_rss <= 0.5 * etcd_rss),

@@ -13,7 +13,7 @@ use crate::raft_cluster::{agreed_leader, get, peers, rpc_address, server_at};
 use crate::support::{cli, eventually, Agent};
 
 /// Addresses no other test uses.
-const SERVERS: [&str; 3] = ["127.0.18.1", "127.0.18.2", "127.0.18.3"];
+const SERVERS: [&str; 3] = ["127.0.26.1", "127.0.26.2", "127.0.26.3"];
 
 fn addresses(servers: &[&Agent]) -> Vec<String> {
     let mut all: Vec<String> = servers.iter().map(|agent| rpc_address(agent)).collect();

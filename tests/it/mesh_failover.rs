@@ -13,8 +13,8 @@ use crate::support::{cli, eventually, free_port, Agent, AgentOptions, Placement}
 use crate::xds::leaf_serial;
 
 /// Addresses no other test uses.
-const SERVERS: [&str; 3] = ["127.0.19.1", "127.0.19.2", "127.0.19.3"];
-const CLIENT: &str = "127.0.19.4";
+const SERVERS: [&str; 3] = ["127.0.27.1", "127.0.27.2", "127.0.27.3"];
+const CLIENT: &str = "127.0.27.4";
 
 /// The serial numbers of the certificates Envoy holds (lowercase hex).
 async fn serials(envoy: &Envoy) -> Vec<String> {
