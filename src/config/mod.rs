@@ -222,6 +222,7 @@ pub struct RuntimeConfig {
     pub raft: RaftConfig,
     /// The `autopilot` stanza: what the first leader seeds the cluster's autopilot
     /// configuration with (later changed only through the API, as in Consul).
+    #[serde(serialize_with = "serialize_autopilot")]
     pub autopilot: crate::types::operator::AutopilotConfig,
     pub log_level: String,
     pub log_json: bool,
@@ -281,6 +282,19 @@ fn autopilot_config(
         upgrade_version_tag: raw.upgrade_version_tag.unwrap_or_default(),
         indexes: Default::default(),
     })
+}
+
+/// As the API shows it, without the Raft indexes a stanza has none of.
+fn serialize_autopilot<S: serde::Serializer>(
+    config: &crate::types::operator::AutopilotConfig,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let mut json = crate::api::operator::config(config);
+    if let Some(fields) = json.as_object_mut() {
+        fields.remove("CreateIndex");
+        fields.remove("ModifyIndex");
+    }
+    serde::Serialize::serialize(&json, serializer)
 }
 
 fn serialize_duration<S: serde::Serializer>(

@@ -153,6 +153,21 @@ pub async fn members(State(state): State<Arc<AppState>>, call: Call) -> Result<R
     state
         .authorizer
         .authorize(call.token().as_deref(), Access::NodeRead(""))?;
+    // Network segments are an Enterprise feature: as Consul's community edition, every member
+    // is in the default segment, and asking for another is an error.
+    match call.get("segment") {
+        None | Some("" | "_all") => {}
+        Some(_) if call.has("wan") => {
+            return Err(ApiError::BadRequest(
+                "Cannot provide a segment with wan=true".into(),
+            ))
+        }
+        Some(_) => {
+            return Err(ApiError::Internal(
+                "Network segments are not supported in this version of Consul".into(),
+            ))
+        }
+    }
     // Clients are in no WAN pool.
     let Some((pool, _)) = pool_for(&state, &call) else {
         return Ok(reply::json(&json!([]), call.pretty(&state)));

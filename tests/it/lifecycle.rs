@@ -27,6 +27,33 @@ async fn dev_agent_serves_and_removes_its_temporary_data_dir_on_sigterm() {
     let members = json(&client.get("/v1/agent/members").await.unwrap());
     assert_eq!(members[0]["Name"], "test-node");
     assert_eq!(members[0]["Tags"]["role"], "consul");
+    // Segments, as in Consul's community edition: the default and `_all` list every member,
+    // another is an error.
+    for segment in ["", "_all"] {
+        let listed = json(
+            &client
+                .get(&format!("/v1/agent/members?segment={segment}"))
+                .await
+                .unwrap(),
+        );
+        assert_eq!(listed, members);
+    }
+    let other = client.get("/v1/agent/members?segment=alpha").await.unwrap();
+    assert_eq!(
+        (other.status.as_u16(), other.text().trim()),
+        (
+            500,
+            "Network segments are not supported in this version of Consul"
+        )
+    );
+    let wan = client
+        .get("/v1/agent/members?wan&segment=alpha")
+        .await
+        .unwrap();
+    assert_eq!(
+        (wan.status.as_u16(), wan.text().trim()),
+        (400, "Cannot provide a segment with wan=true")
+    );
     let own = json(&client.get("/v1/agent/self").await.unwrap());
     assert_eq!(own["Config"]["NodeName"], "test-node");
     assert_eq!(own["Config"]["Datacenter"], "dc1");

@@ -8,4 +8,9 @@ node_meta {
 performance {
   raft_multiplier = 2
 }
+autopilot {
+  min_quorum             = 3
+  last_contact_threshold = "300ms"
+  cleanup_dead_servers   = false
+}
 max_query_time = "2m"
