@@ -19,6 +19,7 @@ pub mod ca_manager;
 pub mod client;
 pub mod codec;
 pub mod connections;
+pub mod election;
 pub mod forward;
 pub mod handover;
 pub mod lease;

@@ -77,6 +77,9 @@ pub struct ServerRpc {
     forwarder: Forwarder,
     /// When a Raft message from outside the configuration was last logged (ms after start).
     stranger_logged_ms: AtomicU64,
+    /// Set while the leader has been silent past the leader lease (`election`); cleared by
+    /// the next message from a leader.
+    leader_silent: watch::Sender<bool>,
     /// When each server last answered this one's Raft traffic.
     contacts: Arc<PeerContacts>,
     /// The leader's latest autopilot report; `None` while this server does not lead.
@@ -102,9 +105,10 @@ impl ServerRpc {
     ) -> Arc<ServerRpc> {
         let writer = Writer::start(raft.clone(), tasks);
         let (publish, leadership) = watch::channel(Leadership::default());
+        let (leader_silent, silent) = watch::channel(false);
         tasks.spawn(
             "rpc.leadership",
-            publish_leadership(raft.clone(), node_id, publish),
+            publish_leadership(raft.clone(), node_id, publish, silent),
         );
         let handover = Handover::default();
         let lease = Lease::start(raft.clone(), leadership.clone(), handover.clone(), tasks);
@@ -143,6 +147,7 @@ impl ServerRpc {
                     at_ms: AtomicU64::new(0),
                 },
                 stranger_logged_ms: AtomicU64::new(0),
+                leader_silent,
                 contacts,
                 autopilot: Mutex::new(None),
                 handover,
@@ -151,6 +156,60 @@ impl ServerRpc {
                 sessions: SessionTimers::default(),
             }
         })
+    }
+
+    pub(super) fn connections(&self) -> &Connections {
+        &self.connections
+    }
+
+    /// Milliseconds since a leader last reached this server (since start, if none has).
+    pub(super) fn millis_since_leader_contact(&self) -> u64 {
+        self.last_contact.since_ms()
+    }
+
+    pub(super) fn last_log_index(&self) -> u64 {
+        self.raft.metrics().borrow().last_log_index.unwrap_or(0)
+    }
+
+    pub(super) fn is_voter(&self) -> bool {
+        let metrics = self.raft.metrics().borrow().clone();
+        let is_voter = metrics
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|id| id == self.node_id);
+        is_voter
+    }
+
+    /// Whether this server is the configuration's only voter, which needs nobody's vote.
+    pub(super) fn lone_voter(&self) -> bool {
+        let metrics = self.raft.metrics().borrow().clone();
+        let voters: Vec<NodeId> = metrics.membership_config.membership().voter_ids().collect();
+        voters == [self.node_id]
+    }
+
+    /// How many voters there are, and the server addresses of the others.
+    pub(super) fn voter_addresses(&self) -> (usize, Vec<SocketAddr>) {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
+        let others = voters
+            .iter()
+            .filter(|id| **id != self.node_id)
+            .filter_map(|id| membership.get_node(id))
+            .filter_map(|node| node.addr.parse().ok())
+            .collect();
+        (voters.len(), others)
+    }
+
+    /// A pre-vote (`election`): whether this server would vote for a candidate whose log
+    /// reaches `last_log_index` now. Not while it leads or has heard from a leader within the
+    /// leader lease, nor for a candidate whose log is shorter than its own.
+    fn would_vote(&self, last_log_index: u64) -> bool {
+        let lease = self.raft.config().election_timeout_max;
+        !self.is_leader()
+            && self.last_contact.since_ms() >= lease
+            && last_log_index >= self.last_log_index()
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -314,6 +373,7 @@ impl ServerRpc {
                 Reply::TransferLeader(self.transfer_leader(target).await)
             }
             Request::Elect { from, term } => Reply::Elect(self.elect_when_asked(from, term).await),
+            Request::PreVote { last_log_index } => Reply::PreVote(self.would_vote(last_log_index)),
         }
     }
 
@@ -329,6 +389,15 @@ impl ServerRpc {
     /// Records that the leader reached this server (the server-to-server transport calls it).
     pub fn note_leader_contact(&self) {
         self.last_contact.note();
+        self.leader_silent
+            .send_if_modified(|silent| std::mem::replace(silent, false));
+    }
+
+    /// Records that the leader has been silent past the leader lease, so this server stops
+    /// naming it (see `publish_leadership`).
+    pub(super) fn note_leader_silent(&self) {
+        self.leader_silent
+            .send_if_modified(|silent| !std::mem::replace(silent, true));
     }
 
     /// Fails with `ForwardToLeader` unless this server is the leader.
@@ -675,13 +744,24 @@ impl ServerRpc {
 }
 
 /// Publishes leadership from openraft's metrics whenever it changes.
-async fn publish_leadership(raft: Raft, node_id: NodeId, publish: watch::Sender<Leadership>) {
+/// A follower whose leader has gone silent past the leader lease (`silent`, set by the
+/// election task) knows no leader, as a Consul server that stopped hearing heartbeats does,
+/// even though openraft still names the last one until an election settles it.
+async fn publish_leadership(
+    raft: Raft,
+    node_id: NodeId,
+    publish: watch::Sender<Leadership>,
+    mut silent: watch::Receiver<bool>,
+) {
     let mut metrics = raft.metrics();
     loop {
         let next = {
             let metrics = metrics.borrow_and_update();
-            let leader_address = metrics
+            let silent = *silent.borrow_and_update();
+            let current_leader = metrics
                 .current_leader
+                .filter(|leader| *leader == node_id || !silent);
+            let leader_address = current_leader
                 .and_then(|leader| {
                     metrics
                         .membership_config
@@ -691,8 +771,8 @@ async fn publish_leadership(raft: Raft, node_id: NodeId, publish: watch::Sender<
                 })
                 .unwrap_or_default();
             Leadership {
-                is_leader: metrics.current_leader == Some(node_id),
-                leader: metrics.current_leader,
+                is_leader: current_leader == Some(node_id),
+                leader: current_leader,
                 leader_address,
                 term: metrics.current_term,
             }
@@ -702,8 +782,9 @@ async fn publish_leadership(raft: Raft, node_id: NodeId, publish: watch::Sender<
             *current = next;
             changed
         });
-        if metrics.changed().await.is_err() {
-            return;
+        tokio::select! {
+            changed = metrics.changed() => if changed.is_err() { return },
+            changed = silent.changed() => if changed.is_err() { return },
         }
     }
 }

@@ -6,6 +6,7 @@
 //! Like the ADS service, it is routed by hand in place of generated code: two methods, one
 //! message type (`wire::Frame`), a codec whose buffers start small.
 
+use openraft::raft::AppendEntriesResponse;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -101,14 +102,22 @@ impl UnaryService<Frame> for RaftCall {
             let reply = match request {
                 RaftRequest::Append(append) => {
                     let answer = raft.append_entries(append).await;
-                    if answer.is_ok() {
+                    // Refused for a higher vote here: not from this server's leader.
+                    let from_leader = answer.as_ref().is_ok_and(|answer| {
+                        !matches!(answer, AppendEntriesResponse::HigherVote(_))
+                    });
+                    if from_leader {
                         server.note_leader_contact();
                     }
                     RaftReply::Append(answer)
                 }
                 RaftRequest::Vote(vote) => RaftReply::Vote(raft.vote(vote).await),
                 RaftRequest::Snapshot(chunk) => {
-                    RaftReply::Snapshot(raft.install_snapshot(chunk).await)
+                    let answer = raft.install_snapshot(chunk).await;
+                    if answer.is_ok() {
+                        server.note_leader_contact();
+                    }
+                    RaftReply::Snapshot(answer)
                 }
             };
             Ok(Response::new(Frame::encode(&reply)))

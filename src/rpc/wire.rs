@@ -103,6 +103,10 @@ pub enum Request {
         from: NodeId,
         term: u64,
     },
+    /// Would the server asked vote for a candidate whose log reaches this index? (`election`)
+    PreVote {
+        last_log_index: u64,
+    },
 }
 
 /// A server named by its Raft id or its server RPC address.
@@ -149,6 +153,7 @@ pub enum Reply {
     /// The new leader's server address.
     TransferLeader(Result<String, RpcError>),
     Elect(Result<(), RpcError>),
+    PreVote(bool),
 }
 
 impl Request {
@@ -178,7 +183,10 @@ impl Request {
     pub fn local(&self) -> bool {
         matches!(
             self,
-            Request::Peers | Request::RaftConfiguration { stale: true } | Request::Elect { .. }
+            Request::Peers
+                | Request::RaftConfiguration { stale: true }
+                | Request::Elect { .. }
+                | Request::PreVote { .. }
         )
     }
 
@@ -198,6 +206,7 @@ impl Request {
             Request::AutopilotHealth => Reply::AutopilotHealth(Err(error)),
             Request::TransferLeader(_) => Reply::TransferLeader(Err(error)),
             Request::Elect { .. } => Reply::Elect(Err(error)),
+            Request::PreVote { .. } => Reply::PreVote(false),
         }
     }
 }
@@ -225,7 +234,7 @@ impl Reply {
             Reply::AutopilotHealth(result) => is(result),
             Reply::TransferLeader(result) => is(result),
             // Answered by the server asked.
-            Reply::Elect(_) => false,
+            Reply::Elect(_) | Reply::PreVote(_) => false,
         }
     }
 }

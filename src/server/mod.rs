@@ -134,6 +134,7 @@ async fn start_server(
         contacts,
         tasks,
     );
+    crate::rpc::election::start(&rpc, tasks);
     Ok(ServerParts { rpc, raft })
 }
 

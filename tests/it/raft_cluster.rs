@@ -533,3 +533,76 @@ async fn a_partitioned_leader_answers_no_consistent_read_and_acknowledges_no_wri
         assert_eq!(read(agent, "cut-off", "consistent").await, None);
     }
 }
+
+/// Addresses no other test uses, for the pre-vote test.
+const PRE_VOTE: [&str; 3] = ["127.0.28.1", "127.0.28.2", "127.0.28.3"];
+
+/// The leader's term, from the autopilot report.
+async fn leader_term(agent: &Agent) -> Option<u64> {
+    let (_, report) = get(agent, "/v1/operator/autopilot/health").await?;
+    report["Servers"]
+        .as_array()?
+        .iter()
+        .find(|server| server["Leader"] == true)?["LastTerm"]
+        .as_u64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_cut_off_and_back_does_not_depose_the_leader() {
+    let data: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("dir")).collect();
+    let servers: Vec<Agent> = (0..3)
+        .map(|index| Agent::spawn(server_at(&PRE_VOTE, index, Some(3), data[index].path())))
+        .collect();
+    let all: Vec<&Agent> = servers.iter().collect();
+    let leader = agreed_leader(&all).await;
+    let leader_agent = *all
+        .iter()
+        .find(|agent| rpc_address(agent) == leader)
+        .expect("leader");
+    let term = eventually("the leader's term", Duration::from_secs(10), || {
+        leader_term(leader_agent)
+    })
+    .await;
+    let follower = *all
+        .iter()
+        .find(|agent| rpc_address(agent) != leader)
+        .expect("a follower");
+    let others: Vec<&str> = all
+        .iter()
+        .filter(|agent| agent.host != follower.host)
+        .map(|agent| agent.host.as_str())
+        .collect();
+
+    // Cut off for several election timeouts (200–400 ms at raft_multiplier 1): without a
+    // pre-vote it would raise its term again and again, and depose the leader on return.
+    let partition = Partition::isolate(&follower.host, &others);
+    eventually(
+        "the follower to notice it is cut off",
+        Duration::from_secs(10),
+        || async {
+            let response = follower.client().get("/v1/kv/x?stale").await.ok()?;
+            let ms: u64 = header(&response, "X-Consul-LastContact").parse().ok()?;
+            (ms > 3000).then_some(())
+        },
+    )
+    .await;
+    drop(partition);
+    assert_eq!(
+        put(leader_agent, "after-heal", "1").await,
+        (200, "true".into())
+    );
+    eventually(
+        "the follower to catch up",
+        Duration::from_secs(10),
+        || async {
+            (read(follower, "after-heal", "stale").await.as_deref() == Some("1")).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(agreed_leader(&all).await, leader, "the same leader");
+    assert_eq!(
+        leader_term(leader_agent).await,
+        Some(term),
+        "at the same term"
+    );
+}
