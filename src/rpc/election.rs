@@ -40,7 +40,19 @@ async fn run(server: Arc<ServerRpc>) {
         .max(1);
     let mut leadership = server.leadership();
     loop {
-        let wait = lease + Duration::from_millis(rand::thread_rng().gen_range(0..spread));
+        let wait = match server.handover_target() {
+            // The leader hands over to this server: it runs as soon as the lease lapses.
+            Some((target, _)) if target == server.node_id() => lease,
+            // To another: hold back until that has had its chance.
+            Some((_, until)) => {
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                match tokio::time::timeout(left, leadership.changed()).await {
+                    Ok(Err(_)) => return,
+                    _ => continue,
+                }
+            }
+            None => lease + Duration::from_millis(rand::thread_rng().gen_range(0..spread)),
+        };
         let quiet = Duration::from_millis(server.millis_since_leader_contact());
         let lone = server.lone_voter();
         if !lone && quiet < wait {
@@ -78,6 +90,7 @@ async fn majority_would_vote(server: &ServerRpc) -> bool {
     let (voters, others) = server.voter_addresses();
     let needed = voters / 2 + 1;
     let request = Frame::encode(&Request::PreVote {
+        candidate: server.node_id(),
         last_log_index: server.last_log_index(),
     });
     let timeout = Duration::from_millis(server.raft().config().election_timeout_min);

@@ -3,11 +3,13 @@
 //!
 //! Followers refuse to elect anyone while the leader's vote lease holds, and every heartbeat,
 //! replicated write or confirmation round renews it. So the leader hands over by going quiet:
-//! it closes the `Handover` gate (new writes and confirmation rounds wait at it), stops its
-//! heartbeats, lets the target catch up, waits out the lease, and asks the target to start an
-//! election, which it wins with the other followers' votes since its log is the longest. The
-//! gate then opens and what waited at it finds the new leader. If no new leader appears after
-//! a few attempts, heartbeats resume and the old leader carries on.
+//! it closes the `Handover` gate (new writes and confirmation rounds wait at it), tells every
+//! other voter which server is to take over (`Request::Handover`: the others then hold their
+//! own elections back and give their pre-vote to the target alone, see `election`), stops
+//! its heartbeats and lets the target catch up. Once the lease lapses the target runs and
+//! wins, its log being the longest. The gate then opens and what waited at it finds the new
+//! leader. If no new leader appears within a few leases, heartbeats resume and the old leader
+//! carries on.
 //!
 //! Reads stay correct throughout: the old leader's own read lease (the shortest election
 //! timeout) ends before the followers' vote lease (the longest), and once it has ended a

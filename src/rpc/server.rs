@@ -59,6 +59,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a request waiting for a leader pauses before it tries again, when leadership
 /// does not change sooner.
 const RETRY_PAUSE: Duration = Duration::from_millis(250);
+/// How many leader leases a leadership handover may take before it is given up.
+const HANDOVER_WINDOW_LEASES: u32 = 4;
 /// How often at most refused Raft traffic from outside the configuration is logged.
 const STRANGER_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -80,6 +82,8 @@ pub struct ServerRpc {
     /// Set while the leader has been silent past the leader lease (`election`); cleared by
     /// the next message from a leader.
     leader_silent: watch::Sender<bool>,
+    /// The server the leader announced it hands leadership to, and until when.
+    handover_expected: Mutex<Option<(NodeId, Instant)>>,
     /// When each server last answered this one's Raft traffic.
     contacts: Arc<PeerContacts>,
     /// The leader's latest autopilot report; `None` while this server does not lead.
@@ -148,6 +152,7 @@ impl ServerRpc {
                 },
                 stranger_logged_ms: AtomicU64::new(0),
                 leader_silent,
+                handover_expected: Mutex::new(None),
                 contacts,
                 autopilot: Mutex::new(None),
                 handover,
@@ -205,9 +210,13 @@ impl ServerRpc {
     /// A pre-vote (`election`): whether this server would vote for a candidate whose log
     /// reaches `last_log_index` now. Not while it leads or has heard from a leader within the
     /// leader lease, nor for a candidate whose log is shorter than its own.
-    fn would_vote(&self, last_log_index: u64) -> bool {
+    fn would_vote(&self, candidate: NodeId, last_log_index: u64) -> bool {
         let lease = self.raft.config().election_timeout_max;
+        let handed_to_another = self
+            .handover_target()
+            .is_some_and(|(target, _)| target != candidate);
         !self.is_leader()
+            && !handed_to_another
             && self.last_contact.since_ms() >= lease
             && last_log_index >= self.last_log_index()
     }
@@ -372,8 +381,13 @@ impl ServerRpc {
             Request::TransferLeader(target) => {
                 Reply::TransferLeader(self.transfer_leader(target).await)
             }
-            Request::Elect { from, term } => Reply::Elect(self.elect_when_asked(from, term).await),
-            Request::PreVote { last_log_index } => Reply::PreVote(self.would_vote(last_log_index)),
+            Request::Handover { from, term, target } => {
+                Reply::Handover(self.expect_handover(from, term, target))
+            }
+            Request::PreVote {
+                candidate,
+                last_log_index,
+            } => Reply::PreVote(self.would_vote(candidate, last_log_index)),
         }
     }
 
@@ -658,12 +672,39 @@ impl ServerRpc {
                 "a leadership transfer is already in progress".into(),
             ));
         };
-        let heartbeats = Heartbeats::stop(&self.raft);
         let timers = self.raft.config();
         // The followers' vote lease, counted from the last message they had from us.
         let lease = Duration::from_millis(timers.election_timeout_max + timers.heartbeat_interval);
         let term = self.leadership.borrow().term;
         let target_id = target.id;
+        // Every other voter learns who is to run (and holds its own elections back), before
+        // the heartbeats stop.
+        let announce = Frame::encode(&Request::Handover {
+            from: self.node_id,
+            term,
+            target: target_id,
+        });
+        let (_, others) = self.voter_addresses();
+        let told = futures::future::join_all(others.iter().map(|peer| {
+            let announce = announce.clone();
+            async move {
+                let answer = self
+                    .connections
+                    .unary(*peer, CALL_PATH, announce, REQUEST_TIMEOUT, true)
+                    .await;
+                (*peer, answer.map(|frame| frame.decode::<Reply>()))
+            }
+        }))
+        .await;
+        let target_told = told.iter().any(|(peer, answer)| {
+            *peer == address && matches!(answer, Ok(Ok(Reply::Handover(Ok(())))))
+        });
+        if !target_told {
+            return Err(RpcError::Refused(format!(
+                "{address} could not be told to take over; leadership stays here"
+            )));
+        }
+        let heartbeats = Heartbeats::stop(&self.raft);
         self.raft
             .wait(Some(4 * lease))
             .metrics(
@@ -682,54 +723,53 @@ impl ServerRpc {
                     "{address} did not catch up with the leader's log; leadership stays here"
                 ))
             })?;
-        tokio::time::sleep(lease).await;
+        // The target runs once the followers' vote lease has lapsed (`election`).
         let mut leadership = self.leadership.clone();
-        for _ in 0..3 {
-            let elect = Frame::encode(&Request::Elect {
-                from: self.node_id,
-                term,
-            });
-            let asked = self
-                .connections
-                .unary(address, CALL_PATH, elect, REQUEST_TIMEOUT, true)
-                .await;
-            if let Err(error) = asked {
-                tracing::warn!(%address, %error, "could not ask the transfer target to run");
-            }
-            let moved = tokio::time::timeout(
-                4 * lease,
-                leadership.wait_for(|now| now.leader.is_some() && !now.is_leader),
-            )
-            .await;
-            if let Ok(Ok(now)) = moved {
+        let moved = tokio::time::timeout(
+            HANDOVER_WINDOW_LEASES * lease,
+            leadership.wait_for(|now| now.leader.is_some() && !now.is_leader),
+        )
+        .await;
+        drop(heartbeats);
+        match moved {
+            Ok(Ok(now)) => {
                 let new_leader = now.leader_address.clone();
-                drop(heartbeats);
                 tracing::info!(%new_leader, "handed leadership over");
-                return Ok(new_leader);
+                Ok(new_leader)
             }
-            if !self.is_leader() {
-                break;
-            }
+            _ => Err(RpcError::Refused(format!(
+                "{address} did not take over leadership; leadership stays here"
+            ))),
         }
-        Err(RpcError::Refused(format!(
-            "{address} did not take over leadership; leadership stays here"
-        )))
     }
 
-    /// Starts an election when the leader hands over to this server.
-    async fn elect_when_asked(&self, from: NodeId, term: u64) -> Result<(), RpcError> {
-        let leadership = self.leadership.borrow().clone();
-        if leadership.leader != Some(from) || leadership.term != term {
+    /// Records that the leader `from` at `term` hands leadership to `target`: until the window
+    /// closes, only `target` runs or gets this server's pre-vote (`election`).
+    fn expect_handover(&self, from: NodeId, term: u64, target: NodeId) -> Result<(), RpcError> {
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.current_leader != Some(from) || metrics.current_term != term {
             return Err(RpcError::Refused(
                 "only the current leader may hand leadership over".into(),
             ));
         }
-        tracing::info!(leader = from, "the leader hands over; starting an election");
-        self.raft
-            .trigger()
-            .elect()
-            .await
-            .map_err(|error| RpcError::Raft(error.to_string()))
+        let timers = self.raft.config();
+        let lease = Duration::from_millis(timers.election_timeout_max + timers.heartbeat_interval);
+        let until = Instant::now() + HANDOVER_WINDOW_LEASES * lease;
+        *self
+            .handover_expected
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some((target, until));
+        tracing::info!(leader = from, target, "the leader is handing over");
+        Ok(())
+    }
+
+    /// The server a leader is handing over to, and until when, while that is so.
+    pub(super) fn handover_target(&self) -> Option<(NodeId, Instant)> {
+        let expected = *self
+            .handover_expected
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        expected.filter(|(_, until)| Instant::now() < *until)
     }
 
     /// Server RPC addresses of the voters.

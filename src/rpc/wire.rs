@@ -97,14 +97,17 @@ pub enum Request {
     AutopilotHealth,
     /// Hands leadership to this server, or to the most up-to-date other voter.
     TransferLeader(Option<PeerRef>),
-    /// From the leader to the server it hands leadership to: start an election now. Obeyed
-    /// only if `from` leads at `term` as this server sees it.
-    Elect {
+    /// From the leader to every other voter: it hands leadership to `target`, which runs
+    /// once the vote lease lapses while the others hold back. Obeyed only if `from` leads at
+    /// `term` as the server asked sees it.
+    Handover {
         from: NodeId,
         term: u64,
+        target: NodeId,
     },
-    /// Would the server asked vote for a candidate whose log reaches this index? (`election`)
+    /// Would the server asked vote for `candidate`, whose log reaches this index? (`election`)
     PreVote {
+        candidate: NodeId,
         last_log_index: u64,
     },
 }
@@ -152,7 +155,7 @@ pub enum Reply {
     AutopilotHealth(Result<AutopilotReport, RpcError>),
     /// The new leader's server address.
     TransferLeader(Result<String, RpcError>),
-    Elect(Result<(), RpcError>),
+    Handover(Result<(), RpcError>),
     PreVote(bool),
 }
 
@@ -185,7 +188,7 @@ impl Request {
             self,
             Request::Peers
                 | Request::RaftConfiguration { stale: true }
-                | Request::Elect { .. }
+                | Request::Handover { .. }
                 | Request::PreVote { .. }
         )
     }
@@ -205,7 +208,7 @@ impl Request {
             Request::RemovePeer(_) => Reply::RemovePeer(Err(error)),
             Request::AutopilotHealth => Reply::AutopilotHealth(Err(error)),
             Request::TransferLeader(_) => Reply::TransferLeader(Err(error)),
-            Request::Elect { .. } => Reply::Elect(Err(error)),
+            Request::Handover { .. } => Reply::Handover(Err(error)),
             Request::PreVote { .. } => Reply::PreVote(false),
         }
     }
@@ -234,7 +237,7 @@ impl Reply {
             Reply::AutopilotHealth(result) => is(result),
             Reply::TransferLeader(result) => is(result),
             // Answered by the server asked.
-            Reply::Elect(_) | Reply::PreVote(_) => false,
+            Reply::Handover(_) | Reply::PreVote(_) => false,
         }
     }
 }
