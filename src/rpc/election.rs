@@ -71,7 +71,10 @@ async fn run(server: Arc<ServerRpc>) {
             }
             continue;
         }
-        if lone || majority_would_vote(&server).await {
+        // A leader elected while the pre-vote was out (another follower's) has reached this
+        // server by now if it is to: then there is nothing to run for.
+        let still_silent = || Duration::from_millis(server.millis_since_leader_contact()) >= lease;
+        if lone || (majority_would_vote(&server).await && still_silent()) {
             tracing::debug!("a majority would vote for this server; starting an election");
             if raft.trigger().elect().await.is_err() {
                 return;
