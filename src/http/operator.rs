@@ -154,11 +154,7 @@ pub async fn autopilot_health(
     State(state): State<Arc<AppState>>,
     call: Call,
 ) -> Result<Response, ApiError> {
-    call.check_datacenter(&state)?;
-    state
-        .authorizer
-        .authorize(call.token().as_deref(), Access::OperatorRead)?;
-    let report = state.cluster.autopilot_health().await?;
+    let report = autopilot_report(&state, &call).await?;
     let mut response = reply::json(&crate::api::operator::health(&report), call.pretty(&state));
     if !report.healthy {
         *response.status_mut() = axum::http::StatusCode::TOO_MANY_REQUESTS;
@@ -171,13 +167,21 @@ pub async fn autopilot_state(
     State(state): State<Arc<AppState>>,
     call: Call,
 ) -> Result<Response, ApiError> {
-    call.check_datacenter(&state)?;
-    state
-        .authorizer
-        .authorize(call.token().as_deref(), Access::OperatorRead)?;
-    let report = state.cluster.autopilot_health().await?;
+    let report = autopilot_report(&state, &call).await?;
     Ok(reply::json(
         &crate::api::operator::state(&report),
         call.pretty(&state),
     ))
+}
+
+/// The leader's autopilot report, for a caller allowed to read it.
+async fn autopilot_report(
+    state: &AppState,
+    call: &Call,
+) -> Result<crate::types::operator::AutopilotReport, ApiError> {
+    call.check_datacenter(state)?;
+    state
+        .authorizer
+        .authorize(call.token().as_deref(), Access::OperatorRead)?;
+    Ok(state.cluster.autopilot_health().await?)
 }

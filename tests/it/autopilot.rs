@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::raft_cluster::{agreed_leader, get, peers, rpc_address, server_at};
+use crate::raft_cluster::{
+    agreed_leader, data_dirs, get, peers, rpc_address, server_at, spawn_servers,
+};
 use crate::support::{cli, eventually, Agent};
 
 /// Addresses no other test uses.
@@ -36,17 +38,8 @@ fn server<'a>(report: &'a Value, address: &str) -> Option<&'a Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn autopilot_reports_health_and_removes_a_dead_server_only_above_min_quorum() {
-    let data: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("dir")).collect();
-    let mut servers: Vec<Option<Agent>> = (0..3)
-        .map(|index| {
-            Some(Agent::spawn(server_at(
-                &SERVERS,
-                index,
-                Some(3),
-                data[index].path(),
-            )))
-        })
-        .collect();
+    let data = data_dirs(3);
+    let mut servers = spawn_servers(&SERVERS, 3, &data);
     let all: Vec<&Agent> = servers.iter().flatten().collect();
     let leader = agreed_leader(&all).await;
     let everyone = addresses(&all);

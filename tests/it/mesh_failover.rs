@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::envoy::{backend, get, register, Envoy};
-use crate::raft_cluster::{agreed_leader, rpc_address, server_at};
+use crate::raft_cluster::{agreed_leader, data_dirs, rpc_address, spawn_servers};
 use crate::support::{cli, eventually, free_port, Agent, AgentOptions, Placement};
 use crate::xds::leaf_serial;
 
@@ -33,17 +33,8 @@ async fn serials(envoy: &Envoy) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sidecars_on_a_client_keep_certificates_and_config_through_a_leader_failover() {
-    let data: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("dir")).collect();
-    let mut servers: Vec<Option<Agent>> = (0..3)
-        .map(|index| {
-            Some(Agent::spawn(server_at(
-                &SERVERS,
-                index,
-                Some(3),
-                data[index].path(),
-            )))
-        })
-        .collect();
+    let data = data_dirs(3);
+    let mut servers = spawn_servers(&SERVERS, 3, &data);
     let client = Agent::spawn(AgentOptions {
         placement: Some(Placement {
             ip: CLIENT.into(),

@@ -51,6 +51,32 @@ pub(crate) fn server_at(
     }
 }
 
+/// A data dir for each of `count` servers.
+pub(crate) fn data_dirs(count: usize) -> Vec<tempfile::TempDir> {
+    (0..count)
+        .map(|_| tempfile::tempdir().expect("dir"))
+        .collect()
+}
+
+/// The first `count` servers of `ips`, each expecting `count` and on its dir of `data`.
+pub(crate) fn spawn_servers(
+    ips: &[&str],
+    count: usize,
+    data: &[tempfile::TempDir],
+) -> Vec<Option<Agent>> {
+    let expect = u32::try_from(count).expect("a small cluster");
+    (0..count)
+        .map(|index| {
+            Some(Agent::spawn(server_at(
+                ips,
+                index,
+                Some(expect),
+                data[index].path(),
+            )))
+        })
+        .collect()
+}
+
 pub(crate) async fn get(agent: &Agent, path: &str) -> Option<(u16, Value)> {
     let response = agent.client().get(path).await.ok()?;
     let body = serde_json::from_slice(&response.body).unwrap_or(Value::Null);

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::raft_cluster::{agreed_leader, leader, peers, put, read, rpc_address, server_at};
+use crate::raft_cluster::{
+    agreed_leader, data_dirs, leader, peers, put, read, rpc_address, server_at, spawn_servers,
+};
 use crate::support::{eventually, Agent};
 
 /// Addresses no other test uses.
@@ -21,17 +23,8 @@ const SERVERS: [&str; 5] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_json_brings_back_a_cluster_that_lost_two_of_three_servers() {
-    let data: Vec<tempfile::TempDir> = (0..5).map(|_| tempfile::tempdir().expect("dir")).collect();
-    let mut servers: Vec<Option<Agent>> = (0..3)
-        .map(|index| {
-            Some(Agent::spawn(server_at(
-                &SERVERS,
-                index,
-                Some(3),
-                data[index].path(),
-            )))
-        })
-        .collect();
+    let data = data_dirs(5);
+    let mut servers = spawn_servers(&SERVERS, 3, &data);
     let first_leader = {
         let all: Vec<&Agent> = servers.iter().flatten().collect();
         agreed_leader(&all).await
