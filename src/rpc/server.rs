@@ -176,33 +176,37 @@ impl ServerRpc {
         self.raft.metrics().borrow().last_log_index.unwrap_or(0)
     }
 
-    pub(super) fn is_voter(&self) -> bool {
+    /// The voters of the current configuration and their server addresses.
+    fn voters(&self) -> Vec<(NodeId, Option<SocketAddr>)> {
         let metrics = self.raft.metrics().borrow().clone();
-        let is_voter = metrics
-            .membership_config
-            .membership()
+        let membership = metrics.membership_config.membership();
+        membership
             .voter_ids()
-            .any(|id| id == self.node_id);
-        is_voter
+            .map(|id| {
+                let address = membership
+                    .get_node(&id)
+                    .and_then(|node| node.addr.parse().ok());
+                (id, address)
+            })
+            .collect()
+    }
+
+    pub(super) fn is_voter(&self) -> bool {
+        self.voters().iter().any(|(id, _)| *id == self.node_id)
     }
 
     /// Whether this server is the configuration's only voter, which needs nobody's vote.
     pub(super) fn lone_voter(&self) -> bool {
-        let metrics = self.raft.metrics().borrow().clone();
-        let voters: Vec<NodeId> = metrics.membership_config.membership().voter_ids().collect();
-        voters == [self.node_id]
+        matches!(self.voters().as_slice(), [(id, _)] if *id == self.node_id)
     }
 
     /// How many voters there are, and the server addresses of the others.
     pub(super) fn voter_addresses(&self) -> (usize, Vec<SocketAddr>) {
-        let metrics = self.raft.metrics().borrow().clone();
-        let membership = metrics.membership_config.membership();
-        let voters: Vec<NodeId> = membership.voter_ids().collect();
+        let voters = self.voters();
         let others = voters
             .iter()
-            .filter(|id| **id != self.node_id)
-            .filter_map(|id| membership.get_node(id))
-            .filter_map(|node| node.addr.parse().ok())
+            .filter(|(id, _)| *id != self.node_id)
+            .filter_map(|(_, address)| *address)
             .collect();
         (voters.len(), others)
     }
@@ -594,11 +598,7 @@ impl ServerRpc {
     async fn remove_peer(&self, peer: PeerRef) -> Result<(), RpcError> {
         self.require_leader()?;
         let configuration = self.raft_configuration();
-        let found = configuration.servers.iter().find(|server| match &peer {
-            PeerRef::Id(id) => server.id == *id,
-            PeerRef::Address(address) => server.address == *address,
-        });
-        let Some(server) = found else {
+        let Some(server) = configuration.find(&peer) else {
             return Err(RpcError::Refused(match peer {
                 PeerRef::Id(id) => format!("id {id:x} was not found in the Raft configuration"),
                 PeerRef::Address(address) => {
@@ -632,16 +632,9 @@ impl ServerRpc {
         self.require_leader()?;
         let configuration = self.raft_configuration();
         let target = match &target {
-            Some(peer) => configuration
-                .servers
-                .iter()
-                .find(|server| match peer {
-                    PeerRef::Id(id) => server.id == *id,
-                    PeerRef::Address(address) => server.address == *address,
-                })
-                .ok_or_else(|| {
-                    RpcError::Refused("cannot find the server to transfer leadership to".into())
-                })?,
+            Some(peer) => configuration.find(peer).ok_or_else(|| {
+                RpcError::Refused("cannot find the server to transfer leadership to".into())
+            })?,
             None => configuration
                 .servers
                 .iter()
@@ -672,9 +665,7 @@ impl ServerRpc {
                 "a leadership transfer is already in progress".into(),
             ));
         };
-        let timers = self.raft.config();
-        // The followers' vote lease, counted from the last message they had from us.
-        let lease = Duration::from_millis(timers.election_timeout_max + timers.heartbeat_interval);
+        let window = self.handover_window();
         let term = self.leadership.borrow().term;
         let target_id = target.id;
         // Every other voter learns who is to run (and holds its own elections back), before
@@ -706,7 +697,7 @@ impl ServerRpc {
         }
         let heartbeats = Heartbeats::stop(&self.raft);
         self.raft
-            .wait(Some(4 * lease))
+            .wait(Some(window))
             .metrics(
                 |metrics| {
                     let matched = metrics
@@ -726,7 +717,7 @@ impl ServerRpc {
         // The target runs once the followers' vote lease has lapsed (`election`).
         let mut leadership = self.leadership.clone();
         let moved = tokio::time::timeout(
-            HANDOVER_WINDOW_LEASES * lease,
+            window,
             leadership.wait_for(|now| now.leader.is_some() && !now.is_leader),
         )
         .await;
@@ -752,15 +743,21 @@ impl ServerRpc {
                 "only the current leader may hand leadership over".into(),
             ));
         }
-        let timers = self.raft.config();
-        let lease = Duration::from_millis(timers.election_timeout_max + timers.heartbeat_interval);
-        let until = Instant::now() + HANDOVER_WINDOW_LEASES * lease;
+        let until = Instant::now() + self.handover_window();
         *self
             .handover_expected
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some((target, until));
         tracing::info!(leader = from, target, "the leader is handing over");
         Ok(())
+    }
+
+    /// How long a handover may take: a few of the followers' vote leases, each counted from
+    /// the last message the leader sent.
+    fn handover_window(&self) -> Duration {
+        let timers = self.raft.config();
+        let lease = Duration::from_millis(timers.election_timeout_max + timers.heartbeat_interval);
+        HANDOVER_WINDOW_LEASES * lease
     }
 
     /// The server a leader is handing over to, and until when, while that is so.

@@ -139,6 +139,16 @@ pub struct RaftConfiguration {
     pub index: u64,
 }
 
+impl RaftConfiguration {
+    /// The server `peer` names, if it is in the configuration.
+    pub fn find(&self, peer: &PeerRef) -> Option<&RaftServer> {
+        self.servers.iter().find(|server| match peer {
+            PeerRef::Id(id) => server.id == *id,
+            PeerRef::Address(address) => server.address == *address,
+        })
+    }
+}
+
 /// The answer to the `Request` of the same name.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Reply {

@@ -148,10 +148,8 @@ impl Autopilot {
                 _ => {}
             }
         }
-        let failed = |id: &NodeId| {
-            pool.get(id)
-                .is_some_and(|member| member.status == MemberStatus::Failed)
-        };
+        let status = |id: &NodeId| pool.get(id).map(|member| member.status);
+        let failed = |id: &NodeId| status(id) == Some(MemberStatus::Failed);
         self.learners = raft.learners().next().is_some();
         for learner in raft.learners() {
             if config.cleanup_dead_servers && failed(&learner) {
@@ -168,7 +166,6 @@ impl Autopilot {
         // Voters that left, then (with cleanup) failed ones: a minority of the voters in one
         // pass, since the rest must still form a majority of the configuration each removal
         // leaves; the next pass takes more. Dead-server cleanup also stops at `min_quorum`.
-        let status = |id: &NodeId| pool.get(id).map(|member| member.status);
         let voters = raft.voters.len();
         let mut removable = voters.saturating_sub(1) / 2;
         let mut cleanable = voters.saturating_sub(config.min_quorum as usize);
