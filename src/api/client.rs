@@ -13,6 +13,7 @@ use hyper_util::rt::TokioExecutor;
 #[error("{0}")]
 pub struct ClientError(String);
 
+#[derive(Clone)]
 pub struct Client {
     /// `http://host:port`, without a trailing slash.
     base: String,
@@ -77,6 +78,25 @@ pub fn normalize_address(address: &str) -> Result<String, ClientError> {
     Ok(with_scheme)
 }
 
+/// The ACL token a command uses, as Consul's CLI picks it: `-token`, `-token-file`,
+/// `CONSUL_HTTP_TOKEN`, then the file `CONSUL_HTTP_TOKEN_FILE` names.
+pub fn token_from(flag: Option<&str>, file_flag: Option<&str>) -> Option<String> {
+    let read = |path: &str| {
+        std::fs::read_to_string(path)
+            .ok()
+            .map(|text| text.trim().to_string())
+    };
+    flag.map(str::to_string)
+        .or_else(|| file_flag.and_then(read))
+        .or_else(|| std::env::var("CONSUL_HTTP_TOKEN").ok())
+        .or_else(|| {
+            std::env::var("CONSUL_HTTP_TOKEN_FILE")
+                .ok()
+                .and_then(|path| read(&path))
+        })
+        .filter(|token| !token.is_empty())
+}
+
 impl Client {
     /// Builds a client from the `-http-addr` flag, else `CONSUL_HTTP_ADDR`, else the default.
     pub fn from_flags(http_addr: Option<&str>, token: Option<&str>) -> Result<Client, ClientError> {
@@ -84,10 +104,7 @@ impl Client {
             .map(str::to_string)
             .or_else(|| std::env::var("CONSUL_HTTP_ADDR").ok())
             .unwrap_or_else(|| "127.0.0.1:8500".to_string());
-        let token = token
-            .map(str::to_string)
-            .or_else(|| std::env::var("CONSUL_HTTP_TOKEN").ok())
-            .filter(|token| !token.is_empty());
+        let token = token_from(token, None);
         Ok(Client {
             base: normalize_address(&address)?,
             token,

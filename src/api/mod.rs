@@ -5,6 +5,7 @@
 //! Architecture invariant: the domain model never derives Consul's JSON. A field renamed on the
 //! wire changes this module only.
 
+pub mod acl;
 pub mod ca_config;
 pub mod catalog;
 pub mod chain;

@@ -129,9 +129,16 @@ fn destination(proxy: &Value) -> String {
 /// its datacenter.
 async fn grpc_address(matches: &ArgMatches) -> Result<(SocketAddr, String), String> {
     let client = client(matches)?;
-    let self_info = client.get("/v1/agent/self").await?.json()?;
+    // A token that may register its service need not read the agent (`agent:read`): then the
+    // datacenter comes from the flag and the gRPC port from the flag or Consul's default.
+    let response = client.get("/v1/agent/self").await?;
+    let self_info = match response.status.as_u16() {
+        403 => Value::Null,
+        _ => response.json()?,
+    };
     let datacenter = self_info["Config"]["Datacenter"]
         .as_str()
+        .or_else(|| get_str(matches, "datacenter"))
         .unwrap_or("dc1")
         .to_string();
     if let Some(address) = env_or(matches, "grpc-addr", "CONSUL_GRPC_ADDR") {
@@ -234,9 +241,8 @@ pub async fn run(matches: &ArgMatches) -> CommandResult {
         get_str(matches, "admin-bind").unwrap_or("localhost:19000"),
         "-admin-bind",
     )?;
-    let token = get_str(matches, "token")
-        .map(str::to_string)
-        .or_else(|| std::env::var("CONSUL_HTTP_TOKEN").ok());
+    let token =
+        crate::api::client::token_from(get_str(matches, "token"), get_str(matches, "token-file"));
     let config = bootstrap(&BootstrapConfig {
         proxy_id: proxy_id.clone(),
         service,

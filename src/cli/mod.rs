@@ -1,6 +1,7 @@
 //! `concord <command>`: the agent itself, and client commands that speak only the HTTP API,
 //! with Consul's command names, Go-style flags, output and exit codes.
 
+mod acl;
 mod agent;
 mod catalog;
 mod config;
@@ -56,6 +57,10 @@ fn with_http_flags(command: Command) -> Command {
         ))
         .arg(value("token", "ACL token (env CONSUL_HTTP_TOKEN)"))
         .arg(value(
+            "token-file",
+            "File holding the ACL token (env CONSUL_HTTP_TOKEN_FILE)",
+        ))
+        .arg(value(
             "datacenter",
             "Datacenter to query (default: the agent's)",
         ))
@@ -66,9 +71,11 @@ fn with_http_flags(command: Command) -> Command {
 }
 
 fn client(matches: &ArgMatches) -> Result<Client, String> {
+    let token =
+        crate::api::client::token_from(get_str(matches, "token"), get_str(matches, "token-file"));
     Ok(Client::from_flags(
         get_str(matches, "http-addr"),
-        get_str(matches, "token"),
+        token.as_deref(),
     )?)
 }
 
@@ -191,6 +198,7 @@ fn command_tree() -> Command {
         .subcommand(config::command())
         .subcommand(connect::command())
         .subcommand(intention::command())
+        .subcommand(acl::command())
         .subcommand(operator::command())
         .subcommand(snapshot::command())
         .subcommand(lock::command())
@@ -257,6 +265,7 @@ pub fn main() -> ExitCode {
             Some(("config", sub)) => config::run(sub).await,
             Some(("connect", sub)) => connect::run(sub).await,
             Some(("intention", sub)) => intention::run(sub).await,
+            Some(("acl", sub)) => acl::run(sub).await,
             Some(("operator", sub)) => operator::run(sub).await,
             Some(("snapshot", sub)) => snapshot::run(sub).await,
             Some(("lock", sub)) => lock::run(sub).await,

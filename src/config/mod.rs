@@ -224,6 +224,9 @@ pub struct RuntimeConfig {
     /// configuration with (later changed only through the API, as in Consul).
     #[serde(serialize_with = "serialize_autopilot")]
     pub autopilot: crate::types::operator::AutopilotConfig,
+    /// The `acl` stanza; left out of the runtime config shown over HTTP (it holds tokens).
+    #[serde(skip)]
+    pub acl: crate::acl::AclConfig,
     pub log_level: String,
     pub log_json: bool,
     pub ui_enabled: bool,
@@ -281,6 +284,50 @@ fn autopilot_config(
         disable_upgrade_migration: raw.disable_upgrade_migration.unwrap_or_default(),
         upgrade_version_tag: raw.upgrade_version_tag.unwrap_or_default(),
         indexes: Default::default(),
+    })
+}
+
+/// The `acl` stanza over Consul's defaults (disabled, default policy allow).
+fn acl_config(raw: raw::RawAcl) -> Result<crate::acl::AclConfig, String> {
+    let default_policy = match raw.default_policy.as_deref().unwrap_or("allow") {
+        "allow" => crate::acl::DefaultPolicy::Allow,
+        "deny" => crate::acl::DefaultPolicy::Deny,
+        other => {
+            return Err(format!(
+                "acl.default_policy: {other:?} must be \"allow\" or \"deny\""
+            ))
+        }
+    };
+    let down_policy = raw.down_policy.unwrap_or_else(|| "extend-cache".into());
+    if !["allow", "deny", "extend-cache", "async-cache"].contains(&down_policy.as_str()) {
+        return Err(format!(
+            "acl.down_policy: {down_policy:?} must be one of allow, deny, extend-cache, async-cache"
+        ));
+    }
+    for (name, value) in [
+        ("acl.token_ttl", &raw.token_ttl),
+        ("acl.policy_ttl", &raw.policy_ttl),
+        ("acl.role_ttl", &raw.role_ttl),
+    ] {
+        duration(name, value.as_deref(), Duration::from_secs(30))?;
+    }
+    let tokens = raw.tokens.unwrap_or_default();
+    let nonempty = |value: Option<String>| value.filter(|value| !value.is_empty());
+    Ok(crate::acl::AclConfig {
+        enabled: raw.enabled.unwrap_or(false),
+        default_policy,
+        down_policy,
+        enable_key_list_policy: raw.enable_key_list_policy.unwrap_or(false),
+        enable_token_persistence: raw.enable_token_persistence.unwrap_or(false),
+        initial_management: nonempty(tokens.initial_management.or(tokens.master)),
+        tokens: crate::acl::AgentTokens {
+            agent: nonempty(tokens.agent),
+            default: nonempty(tokens.default),
+            dns: nonempty(tokens.dns),
+            agent_recovery: nonempty(tokens.agent_recovery.or(tokens.agent_master)),
+            replication: nonempty(tokens.replication),
+            config_file_service_registration: nonempty(tokens.config_file_service_registration),
+        },
     })
 }
 
@@ -744,6 +791,7 @@ fn build(raw: RawConfig) -> Result<RuntimeConfig, String> {
         ));
     }
     let autopilot = autopilot_config(raw.autopilot.unwrap_or_default())?;
+    let acl = acl_config(raw.acl.unwrap_or_default())?;
     let log_level = raw
         .log_level
         .unwrap_or_else(|| "info".into())
@@ -778,6 +826,7 @@ fn build(raw: RawConfig) -> Result<RuntimeConfig, String> {
             trailing_logs: raw.raft_trailing_logs.unwrap_or(10240),
         },
         autopilot,
+        acl,
         log_level,
         log_json: raw.log_json.unwrap_or(false),
         ui_enabled: raw.ui_config.and_then(|ui| ui.enabled).unwrap_or(dev_mode),

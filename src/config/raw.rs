@@ -70,6 +70,37 @@ pub struct RawConfig {
     pub reconnect_timeout: Option<String>,
     /// LAN gossip timings (Consul's `gossip_lan`).
     pub gossip_lan: Option<RawGossip>,
+    pub acl: Option<RawAcl>,
+}
+
+/// Consul's `acl` stanza.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct RawAcl {
+    pub enabled: Option<bool>,
+    pub default_policy: Option<String>,
+    pub down_policy: Option<String>,
+    pub enable_key_list_policy: Option<bool>,
+    pub enable_token_persistence: Option<bool>,
+    /// Cache lifetimes Consul's clients use; concord's agents read the replicated tables and
+    /// drop every cached resolution when they change, so these are accepted and unused.
+    pub token_ttl: Option<String>,
+    pub policy_ttl: Option<String>,
+    pub role_ttl: Option<String>,
+    pub tokens: Option<RawAclTokens>,
+}
+
+/// `acl.tokens`; `master` and `agent_master` are the pre-1.11 names.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct RawAclTokens {
+    pub initial_management: Option<String>,
+    pub master: Option<String>,
+    pub agent: Option<String>,
+    pub default: Option<String>,
+    pub dns: Option<String>,
+    pub agent_recovery: Option<String>,
+    pub agent_master: Option<String>,
+    pub replication: Option<String>,
+    pub config_file_service_registration: Option<String>,
 }
 
 /// Consul's `gossip_lan` block: memberlist's timings.

@@ -48,9 +48,8 @@ pub struct Context {
     pub datacenter: String,
     /// Where the snapshot and the leader's contact come from.
     pub cluster: Cluster,
+    /// Lookups are authorized with the agent's `dns` token, else its default token.
     pub authorizer: Authorizer,
-    /// The token DNS lookups are authorized with (the agent's; none until ACLs).
-    pub token: Option<String>,
     /// What was computed from the last catalog version a query saw (keyed by the node,
     /// service and check tables' indexes, so KV writes do not invalidate it).
     computed: Mutex<Option<Computed>>,
@@ -85,7 +84,6 @@ impl Context {
             datacenter,
             cluster,
             authorizer,
-            token: None,
             computed: Mutex::new(None),
         }
     }
@@ -165,8 +163,8 @@ impl Context {
             _ => return true,
         };
         self.authorizer
-            .authorize(self.token.as_deref(), access)
-            .is_ok()
+            .resolve_dns()
+            .is_ok_and(|identity| identity.allows(access))
     }
 
     /// Whether the local snapshot may answer: with `allow_stale` while the last contact with a

@@ -65,9 +65,10 @@ pub async fn self_info(
     State(state): State<Arc<AppState>>,
     call: Call,
 ) -> Result<Response, ApiError> {
-    state
-        .authorizer
-        .authorize(call.token().as_deref(), Access::AgentRead)?;
+    state.authorizer.authorize(
+        call.token().as_deref(),
+        Access::AgentRead(&state.config.node_name),
+    )?;
     let config = &state.config;
     let members = state.lan.members().await;
     let count = |status: MemberStatus| {
@@ -150,9 +151,7 @@ pub async fn version(State(state): State<Arc<AppState>>, call: Call) -> Response
 }
 
 pub async fn members(State(state): State<Arc<AppState>>, call: Call) -> Result<Response, ApiError> {
-    state
-        .authorizer
-        .authorize(call.token().as_deref(), Access::NodeRead(""))?;
+    let visible = super::reply::Visible::of(&state, &call)?;
     // Network segments are an Enterprise feature: as Consul's community edition, every member
     // is in the default segment, and asking for another is an error.
     match call.get("segment") {
@@ -172,15 +171,22 @@ pub async fn members(State(state): State<Arc<AppState>>, call: Call) -> Result<R
     let Some((pool, _)) = pool_for(&state, &call) else {
         return Ok(reply::json(&json!([]), call.pretty(&state)));
     };
-    let members: Vec<Value> = pool.members().await.iter().map(member_json).collect();
-    Ok(reply::json(&Value::Array(members), call.pretty(&state)))
+    let members: Vec<Value> = pool
+        .members()
+        .await
+        .iter()
+        .filter(|member| visible.node(&member.identity.name))
+        .map(member_json)
+        .collect();
+    Ok(visible.mark(reply::json(&Value::Array(members), call.pretty(&state))))
 }
 
 /// Graceful leave: answers, then shuts the agent down.
 pub async fn leave(State(state): State<Arc<AppState>>, call: Call) -> Result<Response, ApiError> {
-    state
-        .authorizer
-        .authorize(call.token().as_deref(), Access::AgentWrite)?;
+    state.authorizer.authorize(
+        call.token().as_deref(),
+        Access::AgentWrite(&state.config.node_name),
+    )?;
     // As Consul, the reply comes once the leave has gone out; the agent then shuts down.
     tracing::info!("leave requested over HTTP; leaving and shutting down");
     state.lan.leave().await;
@@ -223,9 +229,10 @@ pub async fn peers(State(state): State<Arc<AppState>>, call: Call) -> Response {
 /// `GET /v1/agent/monitor?loglevel=<level>`: streams log lines at or above the level until the
 /// client goes away. A client that falls behind is told how many lines it missed.
 pub async fn monitor(State(state): State<Arc<AppState>>, call: Call) -> Result<Response, ApiError> {
-    state
-        .authorizer
-        .authorize(call.token().as_deref(), Access::AgentRead)?;
+    state.authorizer.authorize(
+        call.token().as_deref(),
+        Access::AgentRead(&state.config.node_name),
+    )?;
     let wanted = match call
         .get("loglevel")
         .unwrap_or("info")
@@ -277,9 +284,10 @@ pub async fn join(
     axum::extract::Path(address): axum::extract::Path<String>,
     call: Call,
 ) -> Result<Response, ApiError> {
-    state
-        .authorizer
-        .authorize(call.token().as_deref(), Access::AgentWrite)?;
+    state.authorizer.authorize(
+        call.token().as_deref(),
+        Access::AgentWrite(&state.config.node_name),
+    )?;
     let (pool, area) = pool_for(&state, &call).ok_or_else(|| ApiError::Internal(NO_WAN.into()))?;
     match crate::gossip::lan::join_area(pool, area, std::slice::from_ref(&address)).await {
         Ok(joined) => {

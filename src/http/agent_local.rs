@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 
 use super::error::ApiError;
 use super::params::Call;
-use super::reply;
+use super::reply::{self, Visible};
 use super::AppState;
 use crate::acl::Access;
 use crate::agent::{is_maintenance, service_maintenance_id, NODE_MAINTENANCE};
@@ -35,14 +35,13 @@ pub async fn services(
     call: Call,
 ) -> Result<Response, ApiError> {
     let options = call.read_options(&state)?;
-    state
-        .authorizer
-        .authorize(call.token().as_deref(), Access::ServiceRead(""))?;
+    let visible = Visible::of(&state, &call)?;
     let datacenter = &state.config.datacenter;
     let services: Map<String, Value> = state
         .agent
         .services()
         .iter()
+        .filter(|service| visible.service(&service.name))
         .map(|service| (service.id.clone(), wire::agent_service(service, datacenter)))
         .filter(|(_, service)| {
             options
@@ -51,7 +50,7 @@ pub async fn services(
                 .is_none_or(|filter| filter.matches(service))
         })
         .collect();
-    Ok(reply::json(&Value::Object(services), options.pretty))
+    Ok(visible.mark(reply::json(&Value::Object(services), options.pretty)))
 }
 
 /// A service's content hash: changes whenever anything in its JSON does.
@@ -109,10 +108,19 @@ pub async fn register_service(
 ) -> Result<Response, ApiError> {
     let value = super::body::read_json(&state, &call, body).await?;
     let definition = definition::service(value.clone(), policy(&state))?;
-    state.authorizer.authorize(
-        call.token().as_deref(),
-        Access::ServiceWrite(&definition.service.name),
-    )?;
+    // The service, its sidecar, and the service each proxy stands for (Consul's rule: a
+    // token that may not write `db` may not register a proxy taking `db`'s traffic).
+    let identity = state.authorizer.resolve(call.token().as_deref())?;
+    let mut services = vec![&definition.service];
+    services.extend(definition.sidecar.as_ref().map(|sidecar| &sidecar.service));
+    for service in services {
+        identity.check(Access::ServiceWrite(&service.name))?;
+        if let Some(proxy) = &service.proxy {
+            if !proxy.destination_service_name.is_empty() {
+                identity.check(Access::ServiceWrite(&proxy.destination_service_name))?;
+            }
+        }
+    }
     state.agent.register_service(value)?;
     Ok(ok())
 }
@@ -134,14 +142,12 @@ pub async fn deregister_service(
 
 pub async fn checks(State(state): State<Arc<AppState>>, call: Call) -> Result<Response, ApiError> {
     let options = call.read_options(&state)?;
-    state.authorizer.authorize(
-        call.token().as_deref(),
-        Access::NodeRead(state.agent.node_name()),
-    )?;
+    let visible = Visible::of(&state, &call)?;
     let checks: Map<String, Value> = state
         .agent
         .checks()
         .iter()
+        .filter(|check| visible.check(check))
         .map(|check| (check.check_id.clone(), wire::health_check(check)))
         .filter(|(_, check)| {
             options
@@ -150,7 +156,7 @@ pub async fn checks(State(state): State<Arc<AppState>>, call: Call) -> Result<Re
                 .is_none_or(|filter| filter.matches(check))
         })
         .collect();
-    Ok(reply::json(&Value::Object(checks), options.pretty))
+    Ok(visible.mark(reply::json(&Value::Object(checks), options.pretty)))
 }
 
 pub async fn register_check(
@@ -396,9 +402,10 @@ pub async fn health_by_name(
 }
 
 pub async fn reload(State(state): State<Arc<AppState>>, call: Call) -> Result<Response, ApiError> {
-    state
-        .authorizer
-        .authorize(call.token().as_deref(), Access::AgentWrite)?;
+    state.authorizer.authorize(
+        call.token().as_deref(),
+        Access::AgentWrite(&state.config.node_name),
+    )?;
     state.agent.reload()?;
     Ok(ok())
 }

@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 use super::error::ApiError;
 use super::instances::Instances;
 use super::params::Call;
-use super::reply::{self, Reply};
+use super::reply::{self, Reply, Visible};
 use super::AppState;
 use crate::acl::Access;
 use crate::api::catalog::{self as wire, DeregisterIn, RegisterContext, RegisterIn};
@@ -43,14 +43,15 @@ pub async fn register(
         datacenter: &state.config.datacenter,
     };
     let request = input.into_request(&context)?;
-    let token = call.token();
-    state
-        .authorizer
-        .authorize(token.as_deref(), Access::NodeWrite(&request.node.name))?;
+    let identity = state.authorizer.resolve(call.token().as_deref())?;
+    identity.check(Access::NodeWrite(&request.node.name))?;
     if let Some(service) = &request.service {
-        state
-            .authorizer
-            .authorize(token.as_deref(), Access::ServiceWrite(&service.name))?;
+        identity.check(Access::ServiceWrite(&service.name))?;
+        if let Some(proxy) = &service.proxy {
+            if !proxy.destination_service_name.is_empty() {
+                identity.check(Access::ServiceWrite(&proxy.destination_service_name))?;
+            }
+        }
     }
     let (_, result) = state
         .cluster
@@ -72,9 +73,20 @@ pub async fn deregister(
         datacenter: &state.config.datacenter,
     };
     let request = input.into_request(&context)?;
-    state
-        .authorizer
-        .authorize(call.token().as_deref(), Access::NodeWrite(&request.node))?;
+    // One service goes with write on it; a check or the whole node needs the node's.
+    let identity = state.authorizer.resolve(call.token().as_deref())?;
+    let tables = state.cluster.snapshot();
+    let service_name = request.service_id.as_ref().and_then(|id| {
+        tables
+            .node_services(&request.node)
+            .find(|service| service.id == *id)
+            .map(|service| service.name.clone())
+    });
+    drop(tables);
+    match service_name {
+        Some(name) => identity.check(Access::ServiceWrite(&name))?,
+        None => identity.check(Access::NodeWrite(&request.node))?,
+    }
     let (_, result) = state
         .cluster
         .write(Command::CatalogDeregister(request))
@@ -89,12 +101,14 @@ pub async fn datacenters(State(state): State<Arc<AppState>>, call: Call) -> Resp
 
 pub async fn nodes(State(state): State<Arc<AppState>>, call: Call) -> Result<Response, ApiError> {
     let options = call.read_options(&state)?;
-    state
-        .authorizer
-        .authorize(call.token().as_deref(), Access::NodeRead(""))?;
+    let visible = Visible::of(&state, &call)?;
     let topics = vec![(NODES_TOPIC.to_string(), Match::Exact)];
-    reply::blocking(&state, &options, topics, |tables| {
-        let nodes = tables.nodes().map(wire::node).collect();
+    reply::blocking_filtered(&state, &options, topics, &visible, |tables| {
+        let nodes = tables
+            .nodes()
+            .filter(|node| visible.node(&node.name))
+            .map(wire::node)
+            .collect();
         let mut nodes = options.filter_list(nodes);
         if let Some(origin) = super::coordinate::near_coordinate(&state, &call, tables) {
             super::coordinate::sort_near(&mut nodes, origin, tables, |node| {
@@ -111,15 +125,16 @@ pub async fn services(
     call: Call,
 ) -> Result<Response, ApiError> {
     let options = call.read_options(&state)?;
-    state
-        .authorizer
-        .authorize(call.token().as_deref(), Access::ServiceRead(""))?;
+    let visible = Visible::of(&state, &call)?;
     let topics = vec![(SERVICES_TOPIC.to_string(), Match::Exact)];
-    reply::blocking(&state, &options, topics, |tables| {
+    reply::blocking_filtered(&state, &options, topics, &visible, |tables| {
         // The filter applies to each instance (as a ServiceNode); the answer is the union of
         // the matching instances' tags per service name.
         let mut names: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for (node_name, service) in tables.all_services() {
+            if !visible.service(&service.name) {
+                continue;
+            }
             if let Some(filter) = &options.filter {
                 let node = tables.node(node_name);
                 let matches =
@@ -169,14 +184,14 @@ async fn service_nodes(
     call: Call,
 ) -> Result<Response, ApiError> {
     let (Instances::Named(name) | Instances::Connect(name)) = which;
+    let _ = name;
     let options = call.read_options(state)?;
-    state
-        .authorizer
-        .authorize(call.token().as_deref(), Access::ServiceRead(name))?;
+    let visible = Visible::of(state, &call)?;
     let tags: Vec<String> = call.all("tag").map(str::to_string).collect();
-    reply::blocking(state, &options, which.topics(), |tables| {
+    reply::blocking_filtered(state, &options, which.topics(), &visible, |tables| {
         let instances = which
             .rows(tables, &tags)
+            .filter(|(node, service)| visible.instance(&node.name, &service.name))
             .map(|(node, service)| wire::service_node(node, service))
             .collect();
         let mut instances = options.filter_list(instances);
@@ -222,21 +237,23 @@ async fn node_view(
     shape: NodeServicesShape,
 ) -> Result<Response, ApiError> {
     let options = call.read_options(state)?;
-    state
-        .authorizer
-        .authorize(call.token().as_deref(), Access::NodeRead(&name))?;
+    let visible = Visible::of(state, &call)?;
     let datacenter = state.config.datacenter.clone();
     let topics = vec![(node_topic(&name), Match::Exact)];
-    reply::blocking(state, &options, topics, |tables| {
-        let body = match tables.node(&name) {
+    reply::blocking_filtered(state, &options, topics, &visible, |tables| {
+        // A node the token may not read is answered as an unknown one, as Consul does.
+        let body = match tables.node(&name).filter(|node| visible.node(&node.name)) {
             None => Value::Null,
             Some(node) => {
-                let services = tables.node_services(&name).map(|service| {
-                    (
-                        service.id.clone(),
-                        wire::agent_service(service, &datacenter),
-                    )
-                });
+                let services = tables
+                    .node_services(&name)
+                    .filter(|service| visible.service(&service.name))
+                    .map(|service| {
+                        (
+                            service.id.clone(),
+                            wire::agent_service(service, &datacenter),
+                        )
+                    });
                 let services = services.filter(|(_, service)| {
                     options
                         .filter

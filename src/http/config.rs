@@ -21,13 +21,25 @@ use crate::types::config_entry::{self as ce, precedence};
 use crate::types::connect::ConfigEntry;
 use crate::types::{Command, CommandResult};
 
-/// The access a config entry of `kind` named `name` needs.
-fn access<'a>(kind: &str, name: &'a str, write: bool) -> Access<'a> {
-    match (kind, write) {
-        (ce::PROXY_DEFAULTS | ce::MESH, true) => Access::OperatorWrite,
-        (ce::PROXY_DEFAULTS | ce::MESH, false) => Access::OperatorRead,
+/// The access a config entry of `kind` named `name` needs (Consul's table): mesh-wide kinds
+/// need `mesh` (falling back to `operator`) to write and nothing to read; intentions need
+/// the destination's `intentions`; the rest the service's own rights.
+fn access<'a>(kind: &str, name: &'a str, write: bool) -> Option<Access<'a>> {
+    Some(match (kind, write) {
+        (ce::PROXY_DEFAULTS | ce::MESH, true) => Access::MeshWrite,
+        (ce::PROXY_DEFAULTS | ce::MESH, false) => return None,
+        (ce::SERVICE_INTENTIONS, true) => Access::IntentionWrite(name),
+        (ce::SERVICE_INTENTIONS, false) => Access::IntentionRead(name),
         (_, true) => Access::ServiceWrite(name),
         (_, false) => Access::ServiceRead(name),
+    })
+}
+
+/// Whether the token may do what `access` asks (anything, when it asks nothing).
+fn allowed(identity: &crate::acl::Identity, access: Option<Access<'_>>) -> Result<(), ApiError> {
+    match access {
+        Some(access) => Ok(identity.check(access)?),
+        None => Ok(()),
     }
 }
 
@@ -100,9 +112,10 @@ pub async fn put(
     };
     let kind = json.get("Kind").and_then(Value::as_str).unwrap_or("");
     let name = json.get("Name").and_then(Value::as_str).unwrap_or("");
-    state
-        .authorizer
-        .authorize(call.token().as_deref(), access(kind, name, true))?;
+    allowed(
+        &*state.authorizer.resolve(call.token().as_deref())?,
+        access(kind, name, true),
+    )?;
     let cas = call.number("cas")?;
     let applied = write_entry(&state, json, cas).await?;
     Ok(reply::json(&Value::Bool(applied), call.pretty(&state)))
@@ -115,9 +128,10 @@ pub async fn get_one(
 ) -> Result<Response, ApiError> {
     known_kind(&kind)?;
     let options = call.read_options(&state)?;
-    state
-        .authorizer
-        .authorize(call.token().as_deref(), access(&kind, &name, false))?;
+    allowed(
+        &*state.authorizer.resolve(call.token().as_deref())?,
+        access(&kind, &name, false),
+    )?;
     let topics = vec![(entry_topic(&kind, &name), Match::Exact)];
     reply::blocking(&state, &options, topics, |tables| {
         match tables.config_entry(&kind, &name) {
@@ -140,16 +154,13 @@ pub async fn list(
 ) -> Result<Response, ApiError> {
     known_kind(&kind)?;
     let options = call.read_options(&state)?;
-    let token = call.token();
+    let visible = super::reply::Visible::of(&state, &call)?;
     let topics = vec![(kind_topic(&kind), Match::Exact)];
-    reply::blocking(&state, &options, topics, |tables| {
+    reply::blocking_filtered(&state, &options, topics, &visible, |tables| {
         let entries: Vec<Value> = tables
             .config_entries_of(&kind)
             .filter(|entry| {
-                state
-                    .authorizer
-                    .authorize(token.as_deref(), access(&kind, &entry.name, false))
-                    .is_ok()
+                access(&kind, &entry.name, false).is_none_or(|access| visible.may(access))
             })
             .map(|entry| entry_json(entry))
             .collect();
@@ -168,9 +179,10 @@ pub async fn delete(
 ) -> Result<Response, ApiError> {
     call.check_datacenter(&state)?;
     known_kind(&kind)?;
-    state
-        .authorizer
-        .authorize(call.token().as_deref(), access(&kind, &name, true))?;
+    allowed(
+        &*state.authorizer.resolve(call.token().as_deref())?,
+        access(&kind, &name, true),
+    )?;
     let cas = call.number("cas")?;
     let command = Command::ConfigEntryDelete { kind, name, cas };
     // A deletion must not strand what depends on the entry (a splitter on a resolver's

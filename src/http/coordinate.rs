@@ -25,13 +25,12 @@ fn entry(node: &str, coord: &Coordinate) -> Value {
 
 pub async fn nodes(State(state): State<Arc<AppState>>, call: Call) -> Result<Response, ApiError> {
     let options = call.read_options(&state)?;
-    state
-        .authorizer
-        .authorize(call.token().as_deref(), Access::NodeRead(""))?;
+    let visible = super::reply::Visible::of(&state, &call)?;
     let topics = vec![(COORDINATES_TOPIC.to_string(), Match::Exact)];
-    reply::blocking(&state, &options, topics, |tables| {
+    reply::blocking_filtered(&state, &options, topics, &visible, |tables| {
         let list = tables
             .coordinates()
+            .filter(|(node, _)| visible.node(node))
             .map(|(node, coord)| entry(node, coord))
             .collect();
         Ok((

@@ -24,7 +24,10 @@ pub enum ApiError {
     PayloadTooLarge(String),
     RequestTimeout(String),
     TooManyRequests(String),
-    PermissionDenied,
+    /// 403 with Consul's text (`Permission denied...`, `ACL not found`).
+    Forbidden(String),
+    /// 401: `ACL support disabled`.
+    Unauthorized(String),
     /// A transaction that rolled back: 409 with a JSON body of errors.
     Conflict(Value),
     Internal(String),
@@ -123,9 +126,14 @@ impl From<ApplyError> for ApiError {
     }
 }
 
-impl From<crate::acl::PermissionDenied> for ApiError {
-    fn from(_: crate::acl::PermissionDenied) -> ApiError {
-        ApiError::PermissionDenied
+/// Consul answers 403 for any error naming a denial or an unknown token, and 500 for the
+/// rest (a root authorizer's name used as a token).
+impl From<crate::acl::AclError> for ApiError {
+    fn from(error: crate::acl::AclError) -> ApiError {
+        match error {
+            crate::acl::AclError::RootToken => ApiError::Internal(error.to_string()),
+            _ => ApiError::Forbidden(error.to_string()),
+        }
     }
 }
 
@@ -137,7 +145,8 @@ impl IntoResponse for ApiError {
             ApiError::PayloadTooLarge(message) => (StatusCode::PAYLOAD_TOO_LARGE, message),
             ApiError::RequestTimeout(message) => (StatusCode::REQUEST_TIMEOUT, message),
             ApiError::TooManyRequests(message) => (StatusCode::TOO_MANY_REQUESTS, message),
-            ApiError::PermissionDenied => (StatusCode::FORBIDDEN, "Permission denied".into()),
+            ApiError::Forbidden(message) => (StatusCode::FORBIDDEN, message),
+            ApiError::Unauthorized(message) => (StatusCode::UNAUTHORIZED, message),
             ApiError::Conflict(body) => {
                 tracing::debug!(%body, "transaction rolled back");
                 return (

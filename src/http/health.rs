@@ -10,9 +10,8 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::instances::Instances;
 use super::params::Call;
-use super::reply::{self, Reply};
+use super::reply::{self, Reply, Visible};
 use super::AppState;
-use crate::acl::Access;
 use crate::api::catalog as wire;
 use crate::state::catalog::{node_topic, service_topic, CHECKS_TOPIC};
 use crate::state::Match;
@@ -44,23 +43,26 @@ async fn instances(
     call: Call,
 ) -> Result<Response, ApiError> {
     let (Instances::Named(name) | Instances::Connect(name)) = which;
+    let _ = name;
     let options = call.read_options(state)?;
-    state
-        .authorizer
-        .authorize(call.token().as_deref(), Access::ServiceRead(name))?;
+    let visible = Visible::of(state, &call)?;
     let passing_only = call.has("passing") && call.get("passing") != Some("false");
     let tags: Vec<String> = call.all("tag").map(str::to_string).collect();
     let datacenter = state.config.datacenter.clone();
-    reply::blocking(state, &options, which.topics(), |tables| {
+    reply::blocking_filtered(state, &options, which.topics(), &visible, |tables| {
         let entries = which
             .rows(tables, &tags)
+            .filter(|(node, service)| visible.instance(&node.name, &service.name))
             .filter_map(|(node, service)| {
                 if passing_only
                     && tables.instance_health(&node.name, &service.id) != HealthStatus::Passing
                 {
                     return None;
                 }
-                let checks: Vec<_> = tables.instance_checks(&node.name, &service.id).collect();
+                let checks: Vec<_> = tables
+                    .instance_checks(&node.name, &service.id)
+                    .filter(|check| visible.check(check))
+                    .collect();
                 Some(json!({
                     "Node": wire::node(node),
                     "Service": wire::agent_service(service, &datacenter),
@@ -86,14 +88,12 @@ pub async fn service_checks(
     call: Call,
 ) -> Result<Response, ApiError> {
     let options = call.read_options(&state)?;
-    state
-        .authorizer
-        .authorize(call.token().as_deref(), Access::ServiceRead(&name))?;
+    let visible = Visible::of(&state, &call)?;
     let topics = vec![(service_topic(&name), Match::Exact)];
-    reply::blocking(&state, &options, topics, |tables| {
+    reply::blocking_filtered(&state, &options, topics, &visible, |tables| {
         let checks = tables
             .all_checks()
-            .filter(|check| check.service_name == name)
+            .filter(|check| check.service_name == name && visible.check(check))
             .map(wire::health_check)
             .collect();
         Ok((
@@ -111,12 +111,14 @@ pub async fn node(
     call: Call,
 ) -> Result<Response, ApiError> {
     let options = call.read_options(&state)?;
-    state
-        .authorizer
-        .authorize(call.token().as_deref(), Access::NodeRead(&name))?;
+    let visible = Visible::of(&state, &call)?;
     let topics = vec![(node_topic(&name), Match::Exact)];
-    reply::blocking(&state, &options, topics, |tables| {
-        let checks = tables.node_checks(&name).map(wire::health_check).collect();
+    reply::blocking_filtered(&state, &options, topics, &visible, |tables| {
+        let checks = tables
+            .node_checks(&name)
+            .filter(|check| visible.check(check))
+            .map(wire::health_check)
+            .collect();
         Ok((
             tables.node_index(&name),
             Reply::Json(Value::Array(options.filter_list(checks))),
@@ -140,14 +142,13 @@ pub async fn in_state(
         ),
     };
     let options = call.read_options(&state)?;
-    state
-        .authorizer
-        .authorize(call.token().as_deref(), Access::NodeRead(""))?;
+    let visible = Visible::of(&state, &call)?;
     let topics = vec![(CHECKS_TOPIC.to_string(), Match::Exact)];
-    reply::blocking(&state, &options, topics, |tables| {
+    reply::blocking_filtered(&state, &options, topics, &visible, |tables| {
         let checks = tables
             .all_checks()
             .filter(|check| filter_status.is_none_or(|status| check.status == status))
+            .filter(|check| visible.check(check))
             .map(wire::health_check)
             .collect();
         Ok((

@@ -382,7 +382,7 @@ pub async fn get_by_id(
                 tables.config_kind_index(SERVICE_INTENTIONS),
                 Reply::Json(crate::api::intention::intention(&found)),
             )),
-            Some(_) => Err(ApiError::PermissionDenied),
+            Some(_) => Err(ApiError::Forbidden("Permission denied".into())),
             None => Err(ApiError::NotFound(format!("Intention not found: {id}"))),
         }
     })

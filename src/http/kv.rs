@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::error::ApiError;
 use super::params::Call;
-use super::reply::{self, Reply};
+use super::reply::{self, Reply, Visible};
 use super::AppState;
 use crate::acl::Access;
 use crate::api::kv::KvPair;
@@ -51,19 +51,27 @@ pub async fn get_root(
 async fn read(state: &AppState, key: String, call: Call) -> Result<Response, ApiError> {
     validate_key(&key)?;
     let options = call.read_options(state)?;
-    state
-        .authorizer
-        .authorize(call.token().as_deref(), Access::KeyRead(&key))?;
     let keys = call.has("keys");
     let recurse = keys || call.has("recurse");
+    // One key is refused outright; a listing is filtered to the keys the token may read
+    // (after `key:list` on the prefix when `acl.enable_key_list_policy` is on), and a listing
+    // filtered to nothing is answered as an empty prefix, as Consul does.
+    let visible = Visible::of(state, &call)?;
+    if !recurse {
+        visible.identity().check(Access::KeyRead(&key))?;
+    } else if state.authorizer.config().enable_key_list_policy {
+        visible.identity().check(Access::KeyList(&key))?;
+    }
     let separator = call.get("separator").unwrap_or("").to_string();
     let raw = call.has("raw");
     let mode = if recurse { Match::Prefix } else { Match::Exact };
-    reply::blocking(state, &options, vec![(topic(&key), mode)], |tables| {
+    let topics = vec![(topic(&key), mode)];
+    reply::blocking_filtered(state, &options, topics, &visible, |tables| {
         let index = tables.kv_index(&key, recurse);
+        let readable = |entry: &&crate::types::KvEntry| visible.may(Access::KeyRead(&entry.key));
         let reply = if keys {
             let mut listed: Vec<String> = Vec::new();
-            for entry in tables.kv_list(&key) {
+            for entry in tables.kv_list(&key).filter(readable) {
                 let name = truncate_at_separator(&entry.key, key.len(), &separator);
                 if listed.last().map(String::as_str) != Some(name) {
                     listed.push(name.to_string());
@@ -77,6 +85,7 @@ async fn read(state: &AppState, key: String, call: Call) -> Result<Response, Api
         } else if recurse {
             let entries: Vec<KvPair> = tables
                 .kv_list(&key)
+                .filter(readable)
                 .map(|entry| KvPair::new(entry, true))
                 .collect();
             if entries.is_empty() {
@@ -212,10 +221,14 @@ pub async fn delete_root(
 async fn remove(state: &AppState, key: String, call: Call) -> Result<Response, ApiError> {
     call.check_datacenter(state)?;
     validate_key(&key)?;
+    let recurse = call.has("recurse");
+    let access = match recurse {
+        true => Access::KeyWritePrefix(&key),
+        false => Access::KeyWrite(&key),
+    };
     state
         .authorizer
-        .authorize(call.token().as_deref(), Access::KeyWrite(&key))?;
-    let recurse = call.has("recurse");
+        .authorize(call.token().as_deref(), access)?;
     if key.is_empty() && !recurse {
         return Err(ApiError::BadRequest("Missing key name".into()));
     }

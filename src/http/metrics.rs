@@ -46,9 +46,10 @@ pub const GOSSIP_DROPPED: &str = "concord.gossip.dropped_messages";
 type Sample = (&'static str, Vec<(&'static str, String)>, f64);
 
 pub async fn metrics(State(state): State<Arc<AppState>>, call: Call) -> Result<Response, ApiError> {
-    state
-        .authorizer
-        .authorize(call.token().as_deref(), Access::AgentRead)?;
+    state.authorizer.authorize(
+        call.token().as_deref(),
+        Access::AgentRead(&state.config.node_name),
+    )?;
     let now = SystemTime::now();
     let mut gauges: Vec<Sample> = state
         .leaves

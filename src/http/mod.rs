@@ -4,6 +4,7 @@
 //! passes the authorization seam (`acl`), reads a state snapshot or writes through `rpc`, and
 //! shapes the answer with `api`. Errors become responses in exactly one place (`error`).
 
+mod acl;
 mod agent;
 mod agent_local;
 mod body;
@@ -78,6 +79,37 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(kv::get).put(kv::put).delete(kv::delete),
         )
         .route("/v1/txn", put(txn::apply))
+        .route("/v1/acl/bootstrap", put(acl::bootstrap))
+        .route("/v1/acl/token", put(acl::create_token))
+        .route("/v1/acl/token/self", get(acl::token_self))
+        .route(
+            "/v1/acl/token/{id}",
+            get(acl::read_token)
+                .put(acl::update_token)
+                .delete(acl::delete_token),
+        )
+        .route("/v1/acl/token/{id}/clone", put(acl::clone_token))
+        .route("/v1/acl/tokens", get(acl::list_tokens))
+        .route("/v1/acl/policy", put(acl::create_policy))
+        .route(
+            "/v1/acl/policy/{id}",
+            get(acl::read_policy)
+                .put(acl::update_policy)
+                .delete(acl::delete_policy),
+        )
+        .route("/v1/acl/policy/name/{name}", get(acl::read_policy_by_name))
+        .route("/v1/acl/policies", get(acl::list_policies))
+        .route("/v1/acl/role", put(acl::create_role))
+        .route(
+            "/v1/acl/role/{id}",
+            get(acl::read_role)
+                .put(acl::update_role)
+                .delete(acl::delete_role),
+        )
+        .route("/v1/acl/role/name/{name}", get(acl::read_role_by_name))
+        .route("/v1/acl/roles", get(acl::list_roles))
+        .route("/v1/acl/templated-policies", get(acl::templated_policies))
+        .route("/v1/agent/token/{kind}", put(acl::set_agent_token))
         .route("/v1/catalog/register", put(catalog::register))
         .route("/v1/catalog/deregister", put(catalog::deregister))
         .route("/v1/catalog/datacenters", get(catalog::datacenters))

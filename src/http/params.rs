@@ -47,9 +47,14 @@ impl Call {
             .collect();
         let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
         let header_token = header("X-Consul-Token").map(str::to_string).or_else(|| {
-            header("Authorization")
-                .and_then(|value| value.strip_prefix("Bearer "))
-                .map(|token| token.trim().to_string())
+            // The scheme is case-insensitive; the token is the first word after it.
+            let value = header("Authorization")?;
+            let (scheme, rest) = value.trim_start().split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| rest.split_whitespace().next())
+                .flatten()
+                .map(str::to_string)
         });
         let content_length = header("Content-Length").and_then(|value| value.parse().ok());
         Call {

@@ -123,3 +123,96 @@ where
         }
     }
 }
+
+/// What a request's token may see of a list, and whether anything was left out of the answer
+/// (Consul filters list reads instead of refusing them, and says so in
+/// `X-Consul-Results-Filtered-By-ACLs` to every token but the anonymous one).
+pub struct Visible {
+    identity: std::sync::Arc<crate::acl::Identity>,
+    dropped: std::sync::atomic::AtomicBool,
+}
+
+impl Visible {
+    pub fn of(state: &AppState, call: &super::params::Call) -> Result<Visible, ApiError> {
+        Ok(Visible::new(
+            state.authorizer.resolve(call.token().as_deref())?,
+        ))
+    }
+
+    pub fn new(identity: std::sync::Arc<crate::acl::Identity>) -> Visible {
+        Visible {
+            identity,
+            dropped: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    pub fn identity(&self) -> &crate::acl::Identity {
+        &self.identity
+    }
+
+    /// Whether the token may see it; a refusal is remembered for the header.
+    pub fn may(&self, access: crate::acl::Access<'_>) -> bool {
+        let allowed = self.identity.allows(access);
+        if !allowed {
+            self.dropped
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        allowed
+    }
+
+    pub fn node(&self, node: &str) -> bool {
+        self.may(crate::acl::Access::NodeRead(node))
+    }
+
+    pub fn service(&self, service: &str) -> bool {
+        self.may(crate::acl::Access::ServiceRead(service))
+    }
+
+    /// A service instance: its node and its service.
+    pub fn instance(&self, node: &str, service: &str) -> bool {
+        self.node(node) && self.service(service)
+    }
+
+    /// A health check: its node, and its service unless it is a node check.
+    pub fn check(&self, check: &crate::types::Check) -> bool {
+        self.node(&check.node)
+            && (check.service_name.is_empty() || self.service(&check.service_name))
+    }
+
+    pub fn dropped(&self) -> bool {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Adds the header when something was left out and the token is told.
+    pub fn mark(&self, mut response: Response) -> Response {
+        if self.dropped() && self.identity.reports_filtering() {
+            response.headers_mut().insert(
+                "X-Consul-Results-Filtered-By-ACLs",
+                HeaderValue::from_static("true"),
+            );
+        }
+        response
+    }
+}
+
+/// `blocking` for a list read filtered by what `visible` may see: each pass starts with
+/// nothing dropped, and the answer says whether its own pass dropped anything.
+pub async fn blocking_filtered<F>(
+    state: &AppState,
+    options: &ReadOptions,
+    topics: Vec<(String, Match)>,
+    visible: &Visible,
+    read: F,
+) -> Result<Response, ApiError>
+where
+    F: Fn(&Tables) -> Result<(u64, Reply), ApiError>,
+{
+    let response = blocking(state, options, topics, |tables| {
+        visible
+            .dropped
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        read(tables)
+    })
+    .await?;
+    Ok(visible.mark(response))
+}

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::params::Call;
-use super::reply::{self, Reply};
+use super::reply::{self, Reply, Visible};
 use super::AppState;
 use crate::acl::Access;
 use crate::api::session as wire;
@@ -35,7 +35,7 @@ pub async fn create(
     let session = wire::create_request(value, id.clone(), state.agent.node_name())?;
     state
         .authorizer
-        .authorize(call.token().as_deref(), Access::NodeWrite(&session.node))?;
+        .authorize(call.token().as_deref(), Access::SessionWrite(&session.node))?;
     // The leader's TTL timer starts when it next looks at its sessions (within 200 ms).
     let (_, result) = state.cluster.write(Command::SessionCreate(session)).await?;
     fsm_result(result)?;
@@ -55,7 +55,7 @@ pub async fn destroy(
         .map(|session| session.node.clone());
     state.authorizer.authorize(
         call.token().as_deref(),
-        Access::NodeWrite(node.as_deref().unwrap_or("")),
+        Access::SessionWrite(node.as_deref().unwrap_or("")),
     )?;
     let (_, result) = state.cluster.write(Command::SessionDestroy { id }).await?;
     fsm_result(result)?;
@@ -77,7 +77,7 @@ pub async fn renew(
         .ok_or_else(not_found)?;
     state
         .authorizer
-        .authorize(call.token().as_deref(), Access::NodeWrite(&node))?;
+        .authorize(call.token().as_deref(), Access::SessionWrite(&node))?;
     // Renewal is the leader's (its TTL timers live there).
     let session = state
         .cluster
@@ -99,13 +99,12 @@ enum Selection {
 
 async fn read(state: &AppState, call: Call, selection: Selection) -> Result<Response, ApiError> {
     let options = call.read_options(state)?;
-    state
-        .authorizer
-        .authorize(call.token().as_deref(), Access::NodeRead(""))?;
+    let visible = Visible::of(state, &call)?;
     let topics = vec![(SESSIONS_TOPIC.to_string(), Match::Exact)];
-    reply::blocking(state, &options, topics, |tables| {
+    reply::blocking_filtered(state, &options, topics, &visible, |tables| {
         let sessions = tables
             .sessions()
+            .filter(|session| visible.may(Access::SessionRead(&session.node)))
             .filter(|session| match &selection {
                 Selection::Id(id) => &session.id == id,
                 Selection::Node(node) => &session.node == node,

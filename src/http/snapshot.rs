@@ -21,7 +21,7 @@ use crate::types::{Command, CommandResult};
 pub async fn save(State(state): State<Arc<AppState>>, call: Call) -> Result<Response, ApiError> {
     state
         .authorizer
-        .authorize(call.token().as_deref(), Access::OperatorRead)?;
+        .authorize(call.token().as_deref(), Access::AclWrite)?;
     let options = call.read_options(&state)?;
     state.cluster.read_barrier(options.consistency).await?;
     let tables = state.cluster.snapshot();
@@ -56,7 +56,7 @@ pub async fn restore(
 ) -> Result<Response, ApiError> {
     state
         .authorizer
-        .authorize(call.token().as_deref(), Access::OperatorWrite)?;
+        .authorize(call.token().as_deref(), Access::AclWrite)?;
     let limits = &state.config.limits;
     let archive = super::body::read(
         body,

@@ -85,7 +85,7 @@ fn harness() -> Harness {
         xds: Arc::new(crate::xds::XdsStatus::default()),
         tasks: tasks.clone(),
         config,
-        authorizer: Authorizer,
+        authorizer: Authorizer::disabled(),
         node_id,
         lan,
         wan: None,

@@ -41,7 +41,7 @@ pub async fn apply(
             limits.txn_max_ops
         )));
     }
-    let token = call.token();
+    let identity = state.authorizer.resolve(call.token().as_deref())?;
     let mut ops = Vec::with_capacity(ops_in.len());
     for (position, op) in ops_in.into_iter().enumerate() {
         let Some(kv) = op.kv else {
@@ -58,10 +58,11 @@ pub async fn apply(
             .into_op()
             .map_err(|error| error.within(format!("operation {position}")))?;
         let access = match &op {
+            KvOp::DeleteTree { prefix } => Access::KeyWritePrefix(prefix),
             op if op.is_read() => Access::KeyRead(op.key()),
             op => Access::KeyWrite(op.key()),
         };
-        state.authorizer.authorize(token.as_deref(), access)?;
+        identity.check(access)?;
         ops.push(op);
     }
     let pretty = call.pretty(&state);

@@ -27,9 +27,10 @@ pub fn type_name(type_url: &str) -> &str {
 }
 
 pub async fn streams(State(state): State<Arc<AppState>>, call: Call) -> Result<Response, ApiError> {
-    state
-        .authorizer
-        .authorize(call.token().as_deref(), Access::AgentRead)?;
+    state.authorizer.authorize(
+        call.token().as_deref(),
+        Access::AgentRead(&state.config.node_name),
+    )?;
     let reports = state.xds.inspect(call.get("proxy"), INSPECT_LIMIT).await;
     let body: Vec<Value> = reports.iter().map(stream_json).collect();
     Ok(reply::json(

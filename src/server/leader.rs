@@ -66,6 +66,7 @@ pub async fn run(
     let mut tick = tokio::time::interval(TOMBSTONE_GRANULARITY);
     let mut autopilot = super::autopilot::Autopilot::default();
     let mut autopilot_seeded = false;
+    let mut acl_ready = false;
     let mut health_tick = tokio::time::interval(super::autopilot::HEALTH_INTERVAL);
     loop {
         let leader = leadership.borrow_and_update().is_leader;
@@ -73,11 +74,15 @@ pub async fn run(
             registered_as_leader = false;
             connect_ready = false;
             autopilot_seeded = false;
+            acl_ready = false;
             kv_index_history.clear();
             rpc.set_autopilot_report(None);
         }
         if leader && !autopilot_seeded {
             autopilot_seeded = seed_autopilot(&rpc, &config).await;
+        }
+        if leader && !acl_ready {
+            acl_ready = super::acl::init(&rpc, &config).await;
         }
         if leader && !registered_as_leader {
             let request = self_registration(&config, &node_id);
@@ -117,6 +122,7 @@ pub async fn run(
         let unfinished = leader
             && (!registered_as_leader
                 || !autopilot_seeded
+                || !acl_ready
                 || (config.connect_enabled && !connect_ready)
                 || !reconciled
                 || autopilot.pending());
@@ -150,6 +156,7 @@ pub async fn run(
             _ = tick.tick() => {
                 if leader {
                     reap_tombstones(&rpc, &mut kv_index_history).await;
+                    super::acl::reap_expired(&rpc).await;
                     if let Err(error) = ca.prune().await {
                         tracing::warn!(%error, "pruning old CA roots failed");
                     }

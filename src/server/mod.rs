@@ -8,6 +8,7 @@
 //! shutdown token; `run` waits for them (up to a limit) before it returns, so nothing
 //! outlives it.
 
+mod acl;
 pub mod autopilot;
 mod coordinate_sync;
 pub mod formation;
@@ -190,6 +191,16 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
         );
     }
     crate::gossip::lan::join_configured(&lan, &config, &stop, &tasks).await?;
+    let authorizer = {
+        let cluster = cluster.clone();
+        Authorizer::new(
+            config.acl.clone(),
+            config.datacenter.clone(),
+            Arc::new(move || cluster.snapshot()),
+        )
+        .persisting_tokens(data_dir.join("acl-tokens.json"))
+        .context("cannot read the persisted agent tokens")?
+    };
 
     let agent = Agent::start(
         config.clone(),
@@ -216,7 +227,7 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
         config.datacenter.clone(),
         crate::connect::intention::DefaultPolicy::new(
             config.default_intention_policy.as_deref(),
-            Authorizer.default_policy(),
+            authorizer.default_policy(),
         ),
         tasks.clone(),
     );
@@ -227,7 +238,7 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
         agent: agent.clone(),
         tasks: tasks.clone(),
         config: config.clone(),
-        authorizer: Authorizer,
+        authorizer: authorizer.clone(),
         node_id: node_id.clone(),
         events: crate::agent::events::EventLog::start(&lan, agent.clone(), &tasks),
         lan: lan.clone(),
@@ -276,7 +287,7 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
             let server = crate::xds::XdsServer {
                 watcher: proxies.clone(),
                 agent: agent.clone(),
-                authorizer: Authorizer,
+                authorizer: authorizer.clone(),
                 status: xds_status.clone(),
                 tasks: tasks.clone(),
             };
@@ -296,7 +307,7 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
             config.dns.clone(),
             config.datacenter.clone(),
             cluster.clone(),
-            Authorizer,
+            authorizer.clone(),
         ));
         let limits = crate::dns::Limits {
             tcp_idle_timeout: config.limits.dns_tcp_idle_timeout,

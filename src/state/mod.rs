@@ -10,6 +10,7 @@
 //! I/O; every write takes the Raft index, which becomes CreateIndex/ModifyIndex. This module
 //! knows nothing of HTTP, Raft, or sled.
 
+pub mod acl;
 pub mod catalog;
 pub mod connect;
 pub mod coordinate;
@@ -86,6 +87,9 @@ pub struct Tables {
     /// Autopilot's configuration (`operator.rs`), encoded after the coordinates.
     #[serde(skip)]
     autopilot: Option<Arc<crate::types::operator::AutopilotConfig>>,
+    /// Tokens, policies and roles (`acl.rs`), encoded after autopilot's section.
+    #[serde(skip)]
+    acl: acl::AclTables,
     /// Set by a `Command::Restore` in the batch being applied: every blocking query is
     /// woken and followers start over from the tables. Never published set.
     #[serde(skip)]
@@ -110,6 +114,9 @@ impl Tables {
             ("ConnectCA", usize::from(self.ca.is_some())),
             ("Coordinate", self.coordinates.len()),
             ("Autopilot", usize::from(self.autopilot.is_some())),
+            ("ACLToken", self.acl_tokens().count()),
+            ("ACLPolicy", self.acl_policies().count()),
+            ("ACLRole", self.acl_roles().count()),
         ]
     }
 
@@ -192,6 +199,7 @@ impl Tables {
             Command::AutopilotSetConfig { config, cas } => {
                 CommandResult::Cas(operator::set_autopilot(self, index, config, *cas, touched))
             }
+            Command::Acl(op) => acl::apply(self, index, op, touched),
             Command::Batch(commands) => CommandResult::Batch(
                 commands
                     .iter()
@@ -202,10 +210,12 @@ impl Tables {
     }
 }
 
-/// Leads every encoded snapshot; bumped whenever `Tables` changes shape. Format 4 is the
-/// serde tables, their length first, then the coordinates section, then the autopilot
-/// section; format 3 (no autopilot section) and format 2 (tables only) still restore.
-const SNAPSHOT_FORMAT: u8 = 4;
+/// Leads every encoded snapshot; bumped whenever `Tables` changes shape. Format 5 is the
+/// serde tables, their length first, then the coordinates section, the autopilot section and
+/// the ACL section; format 4 (no ACL section), 3 (no autopilot section) and 2 (tables only)
+/// still restore.
+const SNAPSHOT_FORMAT: u8 = 5;
+const AUTOPILOT_FORMAT: u8 = 4;
 const COORDINATES_FORMAT: u8 = 3;
 const TABLES_ONLY_FORMAT: u8 = 2;
 
@@ -383,12 +393,14 @@ impl Store {
         bincode::serialize_into(&mut bytes, &coordinates).unwrap_or_default();
         let autopilot: AutopilotSection = tables.autopilot.as_deref().cloned();
         bincode::serialize_into(&mut bytes, &autopilot).unwrap_or_default();
+        bincode::serialize_into(&mut bytes, &tables.acl).unwrap_or_default();
         bytes
     }
 
     fn decode(bytes: &[u8]) -> Result<Tables, RestoreError> {
         let mut tables = Store::decode_tables(bytes)?;
         tables.share_kv_keys();
+        tables.acl.rebuild_secrets();
         Ok(tables)
     }
 
@@ -396,7 +408,7 @@ impl Store {
         let corrupt = |error: bincode::Error| RestoreError(error.to_string());
         match bytes.split_first() {
             Some((&TABLES_ONLY_FORMAT, rest)) => bincode::deserialize(rest).map_err(corrupt),
-            Some((&format @ (COORDINATES_FORMAT | SNAPSHOT_FORMAT), rest)) => {
+            Some((&format @ (COORDINATES_FORMAT | AUTOPILOT_FORMAT | SNAPSHOT_FORMAT), rest)) => {
                 let (length, rest) = rest
                     .split_first_chunk::<8>()
                     .ok_or_else(|| RestoreError("truncated snapshot".into()))?;
@@ -410,10 +422,13 @@ impl Store {
                     bincode::deserialize_from(&mut sections).map_err(corrupt)?;
                 tables.coordinates = coordinates.into_iter().collect();
                 tables.coordinates_index = index;
-                if format == SNAPSHOT_FORMAT {
+                if format >= AUTOPILOT_FORMAT {
                     let autopilot: AutopilotSection =
                         bincode::deserialize_from(&mut sections).map_err(corrupt)?;
                     tables.autopilot = autopilot.map(Arc::new);
+                }
+                if format >= SNAPSHOT_FORMAT {
+                    tables.acl = bincode::deserialize_from(&mut sections).map_err(corrupt)?;
                 }
                 Ok(tables)
             }

@@ -57,6 +57,16 @@ pub enum ApplyError {
     /// proposed, so this means a damaged log entry).
     #[error("failed to restore snapshot: {0}")]
     SnapshotUnreadable(String),
+    /// An ACL token whose AccessorID or SecretID another token has (a race the handler's own
+    /// check could not see).
+    #[error("Invalid Token: {0} is already in use")]
+    AclTokenIdInUse(String),
+    /// A policy or role name another one has.
+    #[error("Invalid {kind}: A {kind} with Name {name:?} already exists")]
+    AclNameInUse { kind: String, name: String },
+    /// A second bootstrap, or a reset with the wrong index.
+    #[error("ACL bootstrap no longer allowed (reset index: {0})")]
+    AclBootstrapDone(u64),
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub mod acl;
 pub mod agent;
 pub mod apply;
 pub mod chain;
@@ -222,6 +223,8 @@ pub enum Command {
         config: operator::AutopilotConfig,
         cas: Option<u64>,
     },
+    /// A change to the ACL tables: a token, policy or role, or the bootstrap.
+    Acl(acl::AclOp),
 }
 
 /// What applying a command produced. Business failures (a CAS mismatch, a rolled-back

@@ -234,9 +234,27 @@ impl StreamContext {
                 "the first request must carry node.id (the proxy's service id)",
             )
         })?;
+        // As Consul: the token must be able to write the service the proxy stands for (its
+        // destination), and an unknown token is a failed authentication, not a denial.
+        let destination = self
+            .agent
+            .service(proxy)
+            .map(|service| match &service.proxy {
+                Some(config) if !config.destination_service_name.is_empty() => {
+                    config.destination_service_name.clone()
+                }
+                _ => service.name.clone(),
+            })
+            .unwrap_or_else(|| proxy.to_string());
         self.authorizer
-            .authorize(self.token.as_deref(), Access::ServiceWrite(proxy))
-            .map_err(|_| Status::permission_denied("Permission denied"))?;
+            .resolve_exact(self.token.as_deref())
+            .and_then(|identity| identity.check(Access::ServiceWrite(&destination)))
+            .map_err(|error| match error {
+                crate::acl::AclError::PermissionDenied(message) => {
+                    Status::permission_denied(message)
+                }
+                other => Status::unauthenticated(format!("unauthenticated: {other}")),
+            })?;
         self.status.update(proxy, |status| status.streams += 1);
         guard.proxy = Some(proxy.to_string());
         self.status

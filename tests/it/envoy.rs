@@ -34,11 +34,21 @@ impl Envoy {
     /// Runs `concord connect envoy -sidecar-for <service>` (which execs Envoy) and waits
     /// until Envoy has accepted its first clusters and listeners.
     pub async fn start(agent: &Agent, sidecar_for: &str) -> Envoy {
+        Envoy::start_with_token(agent, sidecar_for, None).await
+    }
+
+    /// `start` with `-token` (the HTTP lookups and Envoy's xDS stream both use it).
+    pub async fn start_with_token(agent: &Agent, sidecar_for: &str, token: Option<&str>) -> Envoy {
         let dir = tempfile::tempdir().expect("tempdir");
         let admin_port = free_port();
         let log_path = dir.path().join("envoy.log");
+        let token_args: Vec<&str> = match token {
+            Some(token) => vec!["-token", token],
+            None => Vec::new(),
+        };
         let child = Command::new(BINARY)
             .args(["connect", "envoy", "-sidecar-for", sidecar_for])
+            .args(&token_args)
             .args(["-http-addr", &agent.address()])
             .args(["-grpc-addr", &format!("{}:{}", agent.host, agent.grpc_port)])
             .args(["-admin-bind", &format!("127.0.0.1:{admin_port}")])

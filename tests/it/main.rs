@@ -1,6 +1,7 @@
 //! Black-box integration tests: each starts the real `concord` binary and speaks only HTTP
 //! (and the CLI) to it. One test binary keeps the 2-core build fast.
 
+mod acl;
 mod autopilot;
 mod blocking;
 mod catalog;

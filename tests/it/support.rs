@@ -68,6 +68,9 @@ pub struct Agent {
     pub log_path: PathBuf,
     /// The loopback address the agent's HTTP API and DNS listen on.
     pub host: String,
+    /// The token start-up readiness is checked with (an agent with ACLs on and a deny default
+    /// shows an anonymous request nothing).
+    pub ready_token: Option<String>,
     _workdir: Option<tempfile::TempDir>,
 }
 
@@ -97,6 +100,8 @@ pub struct AgentOptions {
     pub dns_port: Option<u16>,
     /// A cluster member on its own address; the other options then do not apply.
     pub placement: Option<Placement>,
+    /// See `Agent::ready_token`.
+    pub ready_token: Option<String>,
 }
 
 impl Default for AgentOptions {
@@ -108,6 +113,7 @@ impl Default for AgentOptions {
             grpc_port: None,
             dns_port: None,
             placement: None,
+            ready_token: None,
         }
     }
 }
@@ -121,6 +127,7 @@ impl Agent {
     pub async fn start(options: AgentOptions) -> Agent {
         for _ in 0..3 {
             let mut agent = Agent::spawn(options.clone());
+            agent.ready_token = options.ready_token.clone();
             if agent.ready_or_exited().await {
                 return agent;
             }
@@ -131,7 +138,8 @@ impl Agent {
     /// Waits until ready (true) or until the process exited (false).
     async fn ready_or_exited(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(20);
-        let client = self.client();
+        let client =
+            Client::from_flags(Some(&self.address()), self.ready_token.as_deref()).expect("client");
         loop {
             if self.child.try_wait().expect("try_wait").is_some() {
                 return false;
@@ -209,6 +217,7 @@ impl Agent {
             server_port,
             log_path,
             host: "127.0.0.1".into(),
+            ready_token: None,
             _workdir: keep_workdir,
         }
     }
@@ -260,6 +269,7 @@ impl Agent {
             server_port: 8300,
             log_path,
             host: placement.ip.clone(),
+            ready_token: None,
             _workdir: Some(workdir),
         }
     }

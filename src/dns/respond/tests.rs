@@ -59,7 +59,12 @@ fn context_with(instances: usize, config: DnsConfig) -> Context {
             .enumerate()
             .map(|(index, command)| (index as u64 + 1, Some(command))),
     );
-    Context::new(config, "dc1".into(), Cluster::Memory(cluster), Authorizer)
+    Context::new(
+        config,
+        "dc1".into(),
+        Cluster::Memory(cluster),
+        Authorizer::disabled(),
+    )
 }
 
 fn query(name: &str, qtype: RecordType, edns: Option<u16>) -> Vec<u8> {
