@@ -8,7 +8,9 @@
 //! * `seq`: 3,000 sequential durable PUTs over one connection (p50/p99/max);
 //! * `get`: 64 connections reading 1,000 preloaded keys at random for 10 s (default consistency);
 //! * `watch`: 10,000 blocking queries on distinct keys, each on its own connection: the agent's
-//!   RSS growth, then write-to-wake latency for 500 sampled watchers woken one at a time.
+//!   RSS growth, then write-to-wake latency for 500 sampled watchers woken one at a time;
+//! * `acl`: the `put` and `get` loads twice, on an agent with ACLs off and on one with ACLs on
+//!   (deny default), every request carrying a token with 100 policies of 20 rules each.
 //!
 //! Run everything with `cargo bench --bench kv`, or a subset with
 //! `CONCORD_BENCH=put,get cargo bench --bench kv`. The client shares the machine's cores with
@@ -41,7 +43,7 @@ use common::process::{own_stat_path, stat_path, CpuMeter};
 use common::{millis, Stats, Table};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_concord");
-const SECTIONS: &[&str] = &["start", "rss", "put", "seq", "get", "watch"];
+const SECTIONS: &[&str] = &["start", "rss", "put", "seq", "get", "watch", "acl"];
 
 const KEY_BYTES: usize = 256;
 const VALUE_BYTES: usize = 1024;
@@ -68,6 +70,7 @@ fn main() -> Result<()> {
             "put" => Box::pin(bench_put(table)),
             "seq" => Box::pin(bench_sequential(table)),
             "get" => Box::pin(bench_get(table)),
+            "acl" => Box::pin(bench_acl(table)),
             _ => Box::pin(bench_watch(table)),
         },
     )
@@ -236,6 +239,142 @@ async fn bench_get(table: &mut Table) -> Result<()> {
     );
     load.rows(table, "GET");
     agent.stop().await;
+    Ok(())
+}
+
+/// The management token of the ACL section's agent, and the token every request carries.
+const ACL_MANAGEMENT: &str = "0b7d2f3a-9c41-4e8f-a6d5-3e2c1b0a9f87";
+const ACL_BENCH_TOKEN: &str = "5e4d3c2b-1a09-4f8e-b7d6-c5b4a3928170";
+const ACL_POLICIES: usize = 100;
+const ACL_RULES_PER_POLICY: usize = 20;
+
+/// PUT then GET loads (as the `put` and `get` sections) with `query` on every path.
+async fn put_and_get(agent: &BenchAgent, query: &'static str) -> Result<(Load, Load)> {
+    let value = value_bytes(VALUE_BYTES);
+    let put = run_load(
+        agent,
+        LOAD_CONNECTIONS,
+        {
+            let value = value.clone();
+            move |worker, n, _rng| {
+                let key = padded_key(&format!("bench/{worker:02}/"), n);
+                (Method::PUT, format!("/v1/kv/{key}{query}"), value.clone())
+            }
+        },
+        |response| response.status == StatusCode::OK && response.body.trim_ascii() == b"true",
+    )
+    .await?;
+    let keys: Vec<String> = (0..GET_KEYS as u64)
+        .map(|n| padded_key("get/", n))
+        .collect();
+    let paths: Arc<Vec<String>> = Arc::new(
+        keys.iter()
+            .map(|key| format!("/v1/kv/{key}{query}"))
+            .collect(),
+    );
+    let mut conn = Conn::connect(agent.http).await?;
+    for path in paths.iter() {
+        let answer = conn.request(Method::PUT, path, value.clone()).await?;
+        if answer.status != StatusCode::OK {
+            bail!("preloading {path} answered {}", answer.status);
+        }
+    }
+    let get = run_load(
+        agent,
+        LOAD_CONNECTIONS,
+        move |_worker, _n, rng| {
+            let path = paths[rng.gen_range(0..paths.len())].clone();
+            (Method::GET, path, Bytes::new())
+        },
+        |response| response.status == StatusCode::OK && response.index.is_some(),
+    )
+    .await?;
+    Ok((put, get))
+}
+
+/// Policies that match nothing the load touches but that every check walks past (prefixes
+/// sharing the load's first bytes), plus the one granting the load's keys.
+async fn acl_setup(agent: &BenchAgent) -> Result<()> {
+    let admin = concord::api::client::Client::from_flags(
+        Some(&agent.http.to_string()),
+        Some(ACL_MANAGEMENT),
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // The leader stores the built-in policies right after it takes office.
+    loop {
+        let listed = admin.get("/v1/acl/policies").await;
+        if listed.is_ok_and(|response| response.text().contains("global-management")) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the ACL system did not initialize");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut links = Vec::new();
+    for policy in 0..ACL_POLICIES {
+        let mut rules = String::new();
+        for rule in 0..ACL_RULES_PER_POLICY {
+            let kind = ["key_prefix", "service_prefix", "node_prefix", "key"][rule % 4];
+            let level = ["read", "write", "deny"][(policy + rule) % 3];
+            rules.push_str(&format!(
+                "{kind} \"bench/team-{policy}/svc-{rule}/\" {{ policy = \"{level}\" }}\n"
+            ));
+        }
+        if policy == 0 {
+            rules.push_str("key_prefix \"bench/\" { policy = \"write\" }\n");
+            rules.push_str("key_prefix \"get/\" { policy = \"write\" }\n");
+        }
+        let name = format!("bench-{policy}");
+        let body = serde_json::json!({"Name": name, "Rules": rules}).to_string();
+        let response = admin.put("/v1/acl/policy", body.into_bytes()).await?;
+        if !response.status.is_success() {
+            bail!("creating {name}: {}", response.text());
+        }
+        links.push(serde_json::json!({"Name": name}));
+    }
+    let body = serde_json::json!({"SecretID": ACL_BENCH_TOKEN, "Policies": links}).to_string();
+    let response = admin.put("/v1/acl/token", body.into_bytes()).await?;
+    if !response.status.is_success() {
+        bail!("creating the bench token: {}", response.text());
+    }
+    Ok(())
+}
+
+async fn bench_acl(table: &mut Table) -> Result<()> {
+    let mut plain = BenchAgent::spawn(None, &[]).await?;
+    plain.wait_writable().await?;
+    let (put_off, get_off) = put_and_get(&plain, "").await?;
+    plain.stop().await;
+    put_off.print("PUT, ACLs off");
+    get_off.print("GET, ACLs off");
+
+    // The bench token is also the agent's default token, so the readiness probe (which
+    // carries none) passes once it exists; the load names it on every request anyway.
+    let hcl = format!(
+        "acl {{\n enabled = true\n default_policy = \"deny\"\n tokens {{\n  initial_management = \"{ACL_MANAGEMENT}\"\n  default = \"{ACL_BENCH_TOKEN}\"\n }}\n}}"
+    );
+    let mut acl = BenchAgent::spawn(None, &["-hcl", &hcl]).await?;
+    acl_setup(&acl).await?;
+    acl.wait_writable().await?;
+    let query: &'static str = Box::leak(format!("?token={ACL_BENCH_TOKEN}").into_boxed_str());
+    let (put_on, get_on) = put_and_get(&acl, query).await?;
+    acl.stop().await;
+    put_on.print("PUT, ACLs on");
+    get_on.print("GET, ACLs on");
+    for (what, off, on) in [("PUT", &put_off, &put_on), ("GET", &get_off, &get_on)] {
+        let ratio = on.rate() / off.rate();
+        table.row(
+            &format!(
+                "{what} with ACLs on / off, 64 conns ({:.0} / {:.0} per s)",
+                on.rate(),
+                off.rate()
+            ),
+            format!("{ratio:.3}"),
+            ">= 0.90",
+            Some(ratio >= 0.90),
+        );
+    }
     Ok(())
 }
 

@@ -411,16 +411,20 @@ impl Authorizer {
         if !self.inner.config.enabled {
             return Ok(self.inner.manage.clone());
         }
-        let given = token.filter(|token| !token.is_empty());
-        match given {
+        match token.filter(|token| !token.is_empty()) {
             Some(secret) => self.resolve_secret(secret),
             None => {
-                let default = self.agent_tokens().default;
-                self.resolve_secret(
-                    default
-                        .as_deref()
-                        .unwrap_or(crate::types::acl::ANONYMOUS_SECRET),
-                )
+                // Read in place: this runs on every request that carries no token.
+                let tokens = self
+                    .inner
+                    .tokens
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner);
+                let secret = tokens
+                    .default
+                    .as_deref()
+                    .unwrap_or(crate::types::acl::ANONYMOUS_SECRET);
+                self.resolve_secret(secret)
             }
         }
     }
@@ -451,6 +455,11 @@ impl Authorizer {
         }
         let now = now_nanos();
         let tables = (self.inner.tables)();
+        if tables.last_index() == 0 {
+            // No state yet (a client agent that has not reached a server): nothing can be
+            // resolved, so `acl.down_policy` decides.
+            return Ok(self.down_identity());
+        }
         {
             let mut cache = self
                 .inner
@@ -483,6 +492,24 @@ impl Authorizer {
                 .insert(secret.to_string(), identity.clone());
         }
         Ok(identity)
+    }
+
+    /// What a token resolves to while the ACL tables are out of reach: `allow` everything,
+    /// `deny` everything, or (`extend-cache`, `async-cache`, with no cache to extend) only
+    /// what the default policy allows.
+    fn down_identity(&self) -> Arc<Identity> {
+        match self.inner.config.down_policy.as_str() {
+            "allow" => self.inner.manage.clone(),
+            policy => Arc::new(Identity {
+                accessor: None,
+                expires_at: 0,
+                authz: Some(authz::Authz::compile(std::iter::empty())),
+                default_policy: match policy {
+                    "deny" => DefaultPolicy::Deny,
+                    _ => self.inner.config.default_policy,
+                },
+            }),
+        }
     }
 
     fn compile(
@@ -609,4 +636,297 @@ fn now_nanos() -> i64 {
         .map_or(0, |elapsed| {
             i64::try_from(elapsed.as_nanos()).unwrap_or(i64::MAX)
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Store;
+    use crate::types::acl::{AclOp, Grants, Policy, Role, ServiceIdentity, TemplatedPolicy, Token};
+    use crate::types::Command;
+
+    fn policy(id: &str, name: &str, rules: &str) -> AclOp {
+        AclOp::PolicySet {
+            policy: Box::new(Policy {
+                id: id.into(),
+                name: name.into(),
+                rules: rules.into(),
+                ..Policy::default()
+            }),
+            cas: None,
+        }
+    }
+
+    fn token(secret: &str, grants: Grants, roles: Vec<String>, expires_at_nanos: i64) -> AclOp {
+        AclOp::TokenSet {
+            token: Box::new(Token {
+                accessor_id: format!("accessor-{secret}"),
+                secret_id: secret.into(),
+                grants,
+                roles,
+                expires_at_nanos,
+                ..Token::default()
+            }),
+            cas: None,
+        }
+    }
+
+    fn apply(store: &Store, ops: Vec<AclOp>) {
+        let index = store.snapshot().last_index() + 1;
+        let commands: Vec<Command> = ops.into_iter().map(Command::Acl).collect();
+        store.apply_batch(
+            commands
+                .iter()
+                .enumerate()
+                .map(|(offset, command)| (index + offset as u64, Some(command))),
+        );
+    }
+
+    fn authorizer(store: &Arc<Store>, default_policy: DefaultPolicy) -> Authorizer {
+        let source = store.clone();
+        Authorizer::new(
+            AclConfig {
+                enabled: true,
+                default_policy,
+                down_policy: "extend-cache".into(),
+                ..AclConfig::default()
+            },
+            "dc1".into(),
+            Arc::new(move || source.snapshot()),
+        )
+    }
+
+    fn grants(policies: &[&str]) -> Grants {
+        Grants {
+            policies: policies.iter().map(|id| id.to_string()).collect(),
+            ..Grants::default()
+        }
+    }
+
+    /// A store with a bootstrap done and a few policies, roles and tokens.
+    fn store() -> Arc<Store> {
+        let store = Arc::new(Store::new());
+        apply(
+            &store,
+            vec![
+                AclOp::Bootstrap {
+                    token: Box::new(Token {
+                        accessor_id: "root".into(),
+                        secret_id: "root-secret".into(),
+                        ..Token::default()
+                    }),
+                    reset_index: 0,
+                },
+                policy("p-app", "app", r#"key_prefix "app/" { policy = "read" }"#),
+                policy("p-ops", "ops", r#"key_prefix "ops/" { policy = "write" }"#),
+                AclOp::RoleSet {
+                    role: Box::new(Role {
+                        id: "r-ops".into(),
+                        name: "ops".into(),
+                        grants: grants(&["p-ops"]),
+                        ..Role::default()
+                    }),
+                    cas: None,
+                },
+                token("app", grants(&["p-app"]), Vec::new(), 0),
+                token("via-role", Grants::default(), vec!["r-ops".into()], 0),
+                token("expired", grants(&["p-app"]), Vec::new(), 1),
+                token(
+                    "web",
+                    Grants {
+                        service_identities: vec![ServiceIdentity {
+                            service_name: "web".into(),
+                            datacenters: Vec::new(),
+                        }],
+                        templated_policies: vec![TemplatedPolicy {
+                            template_name: "builtin/dns".into(),
+                            ..TemplatedPolicy::default()
+                        }],
+                        ..Grants::default()
+                    },
+                    Vec::new(),
+                    0,
+                ),
+            ],
+        );
+        store
+    }
+
+    #[test]
+    fn tokens_grant_their_policies_roles_and_identities() {
+        let store = store();
+        let acl = authorizer(&store, DefaultPolicy::Deny);
+        let app = acl.resolve(Some("app")).unwrap();
+        assert!(app.allows(Access::KeyRead("app/config")));
+        assert!(!app.allows(Access::KeyWrite("app/config")));
+        assert_eq!(app.accessor(), Some("accessor-app"));
+        let ops = acl.resolve(Some("via-role")).unwrap();
+        assert!(ops.allows(Access::KeyWrite("ops/x")));
+        assert!(!ops.allows(Access::KeyRead("app/config")));
+        let web = acl.resolve(Some("web")).unwrap();
+        assert!(web.allows(Access::ServiceWrite("web")));
+        assert!(web.allows(Access::ServiceWrite("web-sidecar-proxy")));
+        assert!(!web.allows(Access::ServiceWrite("db")));
+        assert!(
+            web.allows(Access::QueryRead("anything")),
+            "builtin/dns grants query reads"
+        );
+        let denied = app.check(Access::KeyWrite("app/config")).unwrap_err();
+        assert_eq!(
+            denied.to_string(),
+            "Permission denied: token with AccessorID 'accessor-app' lacks permission 'key:write' on \"app/config\""
+        );
+    }
+
+    #[test]
+    fn unknown_expired_and_root_secrets_are_refused_and_never_anonymous() {
+        let store = store();
+        let acl = authorizer(&store, DefaultPolicy::Allow);
+        assert_eq!(acl.resolve(Some("nope")).unwrap_err(), AclError::NotFound);
+        assert_eq!(
+            acl.resolve(Some("expired")).unwrap_err(),
+            AclError::NotFound
+        );
+        assert_eq!(
+            acl.resolve(Some("manage")).unwrap_err(),
+            AclError::RootToken
+        );
+        // No token: the anonymous token, which the allow default lets read, not manage ACLs.
+        let anonymous = acl.resolve(None).unwrap();
+        assert!(anonymous.allows(Access::KeyRead("x")));
+        assert!(!anonymous.allows(Access::AclRead));
+        assert!(!anonymous.reports_filtering());
+        // Before any bootstrap, an unknown secret says the system needs one.
+        let fresh = Arc::new(Store::new());
+        apply(&fresh, vec![policy("p", "p", "")]);
+        let acl = authorizer(&fresh, DefaultPolicy::Deny);
+        assert_eq!(
+            acl.resolve(Some("nope")).unwrap_err(),
+            AclError::NotBootstrapped
+        );
+    }
+
+    #[test]
+    fn a_change_to_the_tables_takes_effect_on_the_next_resolution() {
+        let store = store();
+        let acl = authorizer(&store, DefaultPolicy::Deny);
+        assert!(!acl
+            .resolve(Some("app"))
+            .unwrap()
+            .allows(Access::KeyRead("ops/x")));
+        apply(
+            &store,
+            vec![policy(
+                "p-app",
+                "app",
+                r#"key_prefix "" { policy = "read" }"#,
+            )],
+        );
+        assert!(acl
+            .resolve(Some("app"))
+            .unwrap()
+            .allows(Access::KeyRead("ops/x")));
+        apply(&store, vec![AclOp::PolicyDelete { id: "p-app".into() }]);
+        assert!(!acl
+            .resolve(Some("app"))
+            .unwrap()
+            .allows(Access::KeyRead("app/config")));
+        apply(
+            &store,
+            vec![AclOp::TokenDelete {
+                accessor_id: "accessor-app".into(),
+            }],
+        );
+        assert_eq!(acl.resolve(Some("app")).unwrap_err(), AclError::NotFound);
+    }
+
+    #[test]
+    fn the_default_token_stands_in_for_none_and_disabled_acls_allow_everything() {
+        let store = store();
+        let acl = authorizer(&store, DefaultPolicy::Deny);
+        assert!(!acl.resolve(None).unwrap().allows(Access::KeyRead("app/x")));
+        assert_eq!(
+            acl.set_agent_token("default", Some("app".into()))
+                .map(|r| r.is_ok()),
+            Some(true)
+        );
+        assert!(acl.resolve(None).unwrap().allows(Access::KeyRead("app/x")));
+        assert!(acl
+            .resolve(Some(""))
+            .unwrap()
+            .allows(Access::KeyRead("app/x")));
+        // xDS has no default-token fallback.
+        assert!(!acl
+            .resolve_exact(None)
+            .unwrap()
+            .allows(Access::KeyRead("app/x")));
+        assert!(acl.set_agent_token("nonsense", None).is_none());
+        let off = Authorizer::disabled();
+        assert!(off
+            .resolve(Some("anything"))
+            .unwrap()
+            .allows(Access::AclWrite));
+        assert_eq!(off.default_policy(), "allow");
+    }
+
+    #[test]
+    fn without_any_state_the_down_policy_decides() {
+        let empty = Arc::new(Store::new());
+        for (down, default, reads) in [
+            ("allow", DefaultPolicy::Deny, true),
+            ("deny", DefaultPolicy::Allow, false),
+            ("extend-cache", DefaultPolicy::Allow, true),
+            ("extend-cache", DefaultPolicy::Deny, false),
+        ] {
+            let source = empty.clone();
+            let acl = Authorizer::new(
+                AclConfig {
+                    enabled: true,
+                    default_policy: default,
+                    down_policy: down.into(),
+                    ..AclConfig::default()
+                },
+                "dc1".into(),
+                Arc::new(move || source.snapshot()),
+            );
+            let identity = acl.resolve(Some("whatever")).unwrap();
+            assert_eq!(identity.allows(Access::KeyRead("k")), reads, "{down}");
+        }
+    }
+
+    #[test]
+    fn agent_tokens_persist_to_a_private_file_and_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("acl-tokens.json");
+        let config = AclConfig {
+            enabled: true,
+            enable_token_persistence: true,
+            tokens: AgentTokens {
+                dns: Some("from-config".into()),
+                ..AgentTokens::default()
+            },
+            ..AclConfig::default()
+        };
+        let tables: TablesSource = Arc::new(|| Arc::new(crate::state::Tables::default()));
+        let acl = Authorizer::new(config.clone(), "dc1".into(), tables.clone())
+            .persisting_tokens(path.clone())
+            .unwrap();
+        acl.set_agent_token("agent", Some("agent-secret".into()))
+            .unwrap()
+            .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let saved: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(
+            saved,
+            serde_json::json!({"agent": "agent-secret", "dns": "from-config"})
+        );
+        let again = Authorizer::new(config, "dc1".into(), tables)
+            .persisting_tokens(path)
+            .unwrap();
+        assert_eq!(again.agent_tokens().agent.as_deref(), Some("agent-secret"));
+        assert!(!format!("{:?}", again.agent_tokens()).contains("agent-secret"));
+    }
 }
