@@ -324,6 +324,9 @@ async fn acl_setup(agent: &BenchAgent) -> Result<()> {
         if policy == 0 {
             rules.push_str("key_prefix \"bench/\" { policy = \"write\" }\n");
             rules.push_str("key_prefix \"get/\" { policy = \"write\" }\n");
+            rules.push_str("key \"probe\" { policy = \"write\" }\n");
+            // The bench stops its agent with `PUT /v1/agent/leave`, carrying no token.
+            rules.push_str("agent_prefix \"\" { policy = \"write\" }\n");
         }
         let name = format!("bench-{policy}");
         let body = serde_json::json!({"Name": name, "Rules": rules}).to_string();

@@ -999,3 +999,142 @@ async fn acl_api_refuses_bad_input_with_consuls_messages() {
         (401, "ACL support disabled".into())
     );
 }
+
+#[tokio::test]
+async fn acl_cli_manages_policies_roles_and_tokens() {
+    let agent = acl_agent("deny").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{MANAGEMENT}\n")).expect("token file");
+    let token_file = token_file.display().to_string();
+    let run = |args: &[&str]| {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["-token-file", token_file.as_str()]);
+        let (code, out, err) = cli(&agent, &all, None);
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+        out
+    };
+    let rules = dir.path().join("rules.hcl");
+    std::fs::write(&rules, "key_prefix \"app/\" {\n  policy = \"write\"\n}\n").expect("rules");
+    let created = run(&[
+        "acl",
+        "policy",
+        "create",
+        "-name",
+        "app",
+        "-rules",
+        &format!("@{}", rules.display()),
+    ]);
+    assert!(created.contains("Name:         app"), "{created}");
+    let read = run(&["acl", "policy", "read", "-name", "app", "-format=json"]);
+    let policy: Value = serde_json::from_str(&read).expect("json");
+    assert!(policy["Rules"]
+        .as_str()
+        .expect("rules")
+        .contains("key_prefix \"app/\""));
+    let role = run(&[
+        "acl",
+        "role",
+        "create",
+        "-name",
+        "app-role",
+        "-policy-name",
+        "app",
+    ]);
+    assert!(role.contains("app-role"), "{role}");
+    let token = run(&[
+        "acl",
+        "token",
+        "create",
+        "-role-name",
+        "app-role",
+        "-description",
+        "via role",
+        "-format=json",
+    ]);
+    let token: Value = serde_json::from_str(&token).expect("json");
+    let secret = token["SecretID"].as_str().expect("secret").to_string();
+    let accessor = token["AccessorID"].as_str().expect("accessor").to_string();
+    assert_eq!(token["Roles"][0]["Name"], "app-role");
+    // The role's policy applies to the token.
+    let holder = client(&agent, Some(&secret));
+    let put = call(&holder, Method::PUT, "/v1/kv/app/x", Some("1")).await;
+    assert_eq!(put.status, 200, "{}", put.text());
+    // `token read -self` with the token's own secret prints Consul's layout.
+    let (code, own, err) = cli(
+        &agent,
+        &["acl", "token", "read", "-self", "-token", &secret],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        own.contains(&format!("AccessorID:       {accessor}")),
+        "{own}"
+    );
+    assert!(own.contains("Description:      via role"), "{own}");
+    assert!(own.contains("Roles:"), "{own}");
+    // Update adds a service identity and keeps the roles only when asked to merge.
+    let updated = run(&[
+        "acl",
+        "token",
+        "update",
+        "-id",
+        &accessor,
+        "-service-identity",
+        "web",
+        "-merge-roles",
+        "-format=json",
+    ]);
+    let updated: Value = serde_json::from_str(&updated).expect("json");
+    assert_eq!(updated["ServiceIdentities"][0]["ServiceName"], "web");
+    assert_eq!(updated["Roles"][0]["Name"], "app-role");
+    assert_eq!(
+        updated["SecretID"], token["SecretID"],
+        "an update keeps the secret"
+    );
+    let cloned = run(&[
+        "acl",
+        "token",
+        "clone",
+        "-id",
+        &accessor,
+        "-description",
+        "copy",
+        "-format=json",
+    ]);
+    let cloned: Value = serde_json::from_str(&cloned).expect("json");
+    assert_ne!(cloned["AccessorID"], updated["AccessorID"]);
+    assert_eq!(cloned["Description"], "copy");
+    assert_eq!(cloned["ServiceIdentities"], updated["ServiceIdentities"]);
+    let listed = run(&["acl", "token", "list", "-format=json"]);
+    let listed: Value = serde_json::from_str(&listed).expect("json");
+    assert!(listed.as_array().expect("list").len() >= 4, "{listed}");
+    // Deleting the role takes its policy away from the token.
+    run(&["acl", "role", "delete", "-name", "app-role"]);
+    let put = call(&holder, Method::PUT, "/v1/kv/app/x", Some("2")).await;
+    assert_eq!(put.status, 403, "{}", put.text());
+    run(&["acl", "token", "delete", "-id", &accessor]);
+    let (code, _, err) = cli(
+        &agent,
+        &["acl", "token", "read", "-self", "-token", &secret],
+        None,
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("ACL not found"), "{err}");
+    run(&["acl", "policy", "delete", "-name", "app"]);
+    let (code, _, err) = cli(
+        &agent,
+        &[
+            "acl",
+            "policy",
+            "read",
+            "-name",
+            "app",
+            "-token-file",
+            &token_file,
+        ],
+        None,
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("Requested policy does not exist"), "{err}");
+}
