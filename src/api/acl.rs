@@ -100,6 +100,34 @@ pub const TEMPLATES: [(&str, &str, bool, &str); 3] = [
     ),
 ];
 
+/// A templated policy's rules as Consul's preview shows them.
+pub fn template_rules_text(template: &str, name: &str) -> String {
+    let block = |kind: &str, label: &str, policy: &str| {
+        format!("{kind} \"{label}\" {{\n\tpolicy = \"{policy}\"\n}}\n")
+    };
+    match template {
+        "builtin/service" => [
+            block("service", name, "write"),
+            block("service", &format!("{name}-sidecar-proxy"), "write"),
+            block("service_prefix", "", "read"),
+            block("node_prefix", "", "read"),
+        ]
+        .concat(),
+        "builtin/node" => [
+            block("node", name, "write"),
+            block("service_prefix", "", "read"),
+        ]
+        .concat(),
+        "builtin/dns" => [
+            block("node_prefix", "", "read"),
+            block("service_prefix", "", "read"),
+            block("query_prefix", "", "read"),
+        ]
+        .concat(),
+        _ => String::new(),
+    }
+}
+
 fn template_id(name: &str) -> &'static str {
     TEMPLATES
         .iter()
@@ -569,6 +597,22 @@ mod tests {
         assert_eq!(parse_rfc3339("1970-01-01T00:00:01Z"), Some(1_000_000_000));
         assert_eq!(parse_rfc3339("not a time"), None);
         assert_eq!(parse_rfc3339("2026-13-01T00:00:00Z"), None);
+    }
+
+    #[test]
+    fn template_texts_parse_to_the_templates_own_rules() {
+        for (template, name) in [
+            ("builtin/service", "web"),
+            ("builtin/node", "n1"),
+            ("builtin/dns", ""),
+        ] {
+            let parsed = crate::acl::rules::parse(&template_rules_text(template, name)).unwrap();
+            assert_eq!(
+                Some(parsed),
+                crate::acl::templated_rules(template, name),
+                "{template}"
+            );
+        }
     }
 
     #[test]

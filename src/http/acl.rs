@@ -929,16 +929,79 @@ pub async fn templated_policies(
         .authorize(call.token().as_deref(), Access::AclRead)?;
     let mut out = serde_json::Map::new();
     for (name, _, needs_name, description) in wire::TEMPLATES {
-        let schema = match needs_name {
-            true => "{\n  \"type\": \"object\",\n  \"properties\": {\n    \"name\": { \"type\": \"string\", \"$ref\": \"#/definitions/min-length-one\" }\n  },\n  \"required\": [\"name\"]\n}",
-            false => "",
-        };
         out.insert(
             name.to_string(),
-            serde_json::json!({"TemplateName": name, "Schema": schema, "Description": description}),
+            template_json(name, needs_name, description),
         );
     }
     Ok(reply::json(&Value::Object(out), call.pretty(&state)))
+}
+
+fn template(name: &str) -> Result<(&'static str, bool, &'static str), ApiError> {
+    wire::TEMPLATES
+        .iter()
+        .find(|(template, ..)| *template == name)
+        .map(|(template, _, needs_name, description)| (*template, *needs_name, *description))
+        .ok_or_else(|| ApiError::NotFound(format!("Invalid templated policy Name: {name}")))
+}
+
+fn template_json(name: &str, needs_name: bool, description: &str) -> Value {
+    let schema = match needs_name {
+        true => "{\n  \"type\": \"object\",\n  \"properties\": {\n    \"name\": { \"type\": \"string\", \"$ref\": \"#/definitions/min-length-one\" }\n  },\n  \"required\": [\"name\"]\n}",
+        false => "",
+    };
+    serde_json::json!({"TemplateName": name, "Schema": schema, "Description": description})
+}
+
+/// `GET /v1/acl/templated-policy/name/:name`.
+pub async fn templated_policy(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    call: Call,
+) -> Result<Response, ApiError> {
+    enabled(&state)?;
+    state
+        .authorizer
+        .authorize(call.token().as_deref(), Access::AclRead)?;
+    let (name, needs_name, description) = template(&name)?;
+    Ok(reply::json(
+        &template_json(name, needs_name, description),
+        call.pretty(&state),
+    ))
+}
+
+/// `POST /v1/acl/templated-policy/preview/:name` with `{"Name": "..."}`: the policy the
+/// template makes for that name.
+pub async fn preview_templated_policy(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    call: Call,
+    body: Body,
+) -> Result<Response, ApiError> {
+    enabled(&state)?;
+    state
+        .authorizer
+        .authorize(call.token().as_deref(), Access::AclRead)?;
+    let (template, needs_name, _) = template(&name)?;
+    let body = body_json(&state, &call, body).await.unwrap_or(Value::Null);
+    let variable = body.get("Name").and_then(Value::as_str).unwrap_or("");
+    if needs_name && variable.is_empty() {
+        return Err(ApiError::BadRequest(format!(
+            "Failed to validate templated policy variables for {template}: name is required"
+        )));
+    }
+    let rules = wire::template_rules_text(template, variable);
+    let mut policy = Policy {
+        name: format!(
+            "synthetic-policy-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..16]
+        ),
+        description: format!("synthetic policy generated from templated policy: {template}"),
+        rules,
+        ..Policy::default()
+    };
+    wire::hash_policy(&mut policy);
+    Ok(reply::json(&wire::policy(&policy), call.pretty(&state)))
 }
 
 /// `PUT /v1/agent/token/:kind` with `{"Token": "..."}`: replaces one of the agent's tokens.

@@ -104,6 +104,7 @@ pub async fn fire(
 
 pub async fn list(State(state): State<Arc<AppState>>, call: Call) -> Result<Response, ApiError> {
     let options = call.read_options(&state)?;
+    let visible = super::reply::Visible::of(&state, &call)?;
     let name = call.get("name").filter(|name| !name.is_empty());
     let deadline = tokio::time::Instant::now() + options.wait;
     let mut changes = state.events.changes();
@@ -116,15 +117,10 @@ pub async fn list(State(state): State<Arc<AppState>>, call: Call) -> Result<Resp
         if options.index == 0 || index != options.index || waited {
             let shown: Vec<Value> = events
                 .iter()
-                .filter(|event| {
-                    state
-                        .authorizer
-                        .authorize(call.token().as_deref(), Access::EventRead(&event.name))
-                        .is_ok()
-                })
+                .filter(|event| visible.may(Access::EventRead(&event.name)))
                 .map(|event| event_json(event, event.ltime))
                 .collect();
-            let mut response = reply::json(&Value::Array(shown), options.pretty);
+            let mut response = visible.mark(reply::json(&Value::Array(shown), options.pretty));
             if let Ok(value) = axum::http::HeaderValue::from_str(&index.to_string()) {
                 response.headers_mut().insert("X-Consul-Index", value);
             }

@@ -109,6 +109,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/acl/role/name/{name}", get(acl::read_role_by_name))
         .route("/v1/acl/roles", get(acl::list_roles))
         .route("/v1/acl/templated-policies", get(acl::templated_policies))
+        .route(
+            "/v1/acl/templated-policy/name/{*name}",
+            get(acl::templated_policy),
+        )
+        .route(
+            "/v1/acl/templated-policy/preview/{*name}",
+            post(acl::preview_templated_policy),
+        )
         .route("/v1/agent/token/{kind}", put(acl::set_agent_token))
         .route("/v1/catalog/register", put(catalog::register))
         .route("/v1/catalog/deregister", put(catalog::deregister))

@@ -28,6 +28,9 @@ async fn acl_agent(default_policy: &str) -> Agent {
             "-hcl".into(),
             acl_config(default_policy),
             "-log-level=debug".into(),
+            // Gossip encryption, so the keyring endpoints answer.
+            "-encrypt".into(),
+            "pUqJrVyVRj5jsiYEkM/tFQYfWyJIv4s3XkvDwy7Cu5s=".into(),
         ],
         ready_token: Some(MANAGEMENT.into()),
         ..AgentOptions::default()
@@ -282,6 +285,70 @@ fn cases() -> Vec<Case> {
             None,
             Refused,
         ),
+        case(
+            "agent check register",
+            r#"node "test-node" { policy = "write" }"#,
+            Method::PUT,
+            "/v1/agent/check/register",
+            Some(r#"{"Name":"mem","TTL":"30s"}"#),
+            Refused,
+        ),
+        case(
+            "agent maintenance",
+            r#"node "test-node" { policy = "write" }"#,
+            Method::PUT,
+            "/v1/agent/maintenance?enable=false",
+            None,
+            Refused,
+        ),
+        case(
+            "catalog deregister",
+            r#"node "gone" { policy = "write" }"#,
+            Method::PUT,
+            "/v1/catalog/deregister",
+            Some(r#"{"Node":"gone"}"#),
+            Refused,
+        ),
+        case(
+            "discovery chain",
+            r#"service "web" { policy = "read" }"#,
+            Method::GET,
+            "/v1/discovery-chain/web",
+            None,
+            Refused,
+        ),
+        case(
+            "connect ca configuration",
+            r#"operator = "read""#,
+            Method::GET,
+            "/v1/connect/ca/configuration",
+            None,
+            Refused,
+        ),
+        case(
+            "autopilot",
+            r#"operator = "read""#,
+            Method::GET,
+            "/v1/operator/autopilot/configuration",
+            None,
+            Refused,
+        ),
+        case(
+            "keyring",
+            r#"keyring = "read""#,
+            Method::GET,
+            "/v1/operator/keyring",
+            None,
+            Refused,
+        ),
+        case(
+            "event list",
+            r#"event_prefix "seed" { policy = "read" }"#,
+            Method::GET,
+            "/v1/event/list",
+            None,
+            Filtered("seed-event"),
+        ),
         Case {
             acl_rights: true,
             ..case(
@@ -319,6 +386,7 @@ async fn seed(agent: &Agent) {
             r#"{"Name":"web","Port":8080}"#,
         ),
         (Method::PUT, "/v1/session/create", "{}"),
+        (Method::PUT, "/v1/event/fire/seed-event", ""),
     ] {
         let response = call(&admin, method, path, Some(body)).await;
         assert_eq!(response.status, 200, "{path}: {}", response.text());
@@ -991,6 +1059,50 @@ async fn acl_api_refuses_bad_input_with_consuls_messages() {
     let too_long = json!({"ExpirationTTL": "48h"}).to_string();
     let response = call(&admin, Method::PUT, "/v1/acl/token", Some(&too_long)).await;
     assert_eq!(response.status, 500, "{}", response.text());
+    // Templated policies: listed, read by their (slashed) name, previewed for a name.
+    let listed = call(&admin, Method::GET, "/v1/acl/templated-policies", None).await;
+    assert!(
+        json(&listed)["builtin/dns"]["Description"].is_string(),
+        "{}",
+        listed.text()
+    );
+    let read = call(
+        &admin,
+        Method::GET,
+        "/v1/acl/templated-policy/name/builtin/service",
+        None,
+    )
+    .await;
+    assert_eq!(
+        json(&read)["TemplateName"],
+        "builtin/service",
+        "{}",
+        read.text()
+    );
+    let preview = call(
+        &admin,
+        Method::POST,
+        "/v1/acl/templated-policy/preview/builtin/service",
+        Some(r#"{"Name":"api"}"#),
+    )
+    .await;
+    let rules = json(&preview)["Rules"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        rules.contains("service \"api-sidecar-proxy\""),
+        "{}",
+        preview.text()
+    );
+    let unnamed = call(
+        &admin,
+        Method::POST,
+        "/v1/acl/templated-policy/preview/builtin/service",
+        Some("{}"),
+    )
+    .await;
+    assert_eq!(unnamed.status, 400, "{}", unnamed.text());
     // With ACLs off, /v1/acl/* says so.
     let plain = Agent::start(AgentOptions::default()).await;
     let response = call(&plain.client(), Method::GET, "/v1/acl/tokens", None).await;
