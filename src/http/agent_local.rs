@@ -273,11 +273,8 @@ fn aggregate(checks: &[crate::types::Check]) -> HealthStatus {
 fn enable_flag(call: &Call) -> Result<bool, ApiError> {
     match call.get("enable") {
         None => Err(ApiError::BadRequest("Missing value for enable".into())),
-        Some("true") => Ok(true),
-        Some("false") => Ok(false),
-        Some(other) => Err(ApiError::BadRequest(format!(
-            "Invalid value for enable: {other:?}"
-        ))),
+        Some(text) => super::params::go_bool(text)
+            .ok_or_else(|| ApiError::BadRequest(format!("Invalid value for enable: {text:?}"))),
     }
 }
 

@@ -46,7 +46,13 @@ async fn instances(
     let _ = name;
     let options = call.read_options(state)?;
     let visible = Visible::of(state, &call)?;
-    let passing_only = call.has("passing") && call.get("passing") != Some("false");
+    // `?passing` alone means yes; a value is read as Go reads a boolean.
+    let passing_only = match call.get("passing") {
+        None => false,
+        Some("") => true,
+        Some(text) => super::params::go_bool(text)
+            .ok_or_else(|| ApiError::BadRequest(format!("Invalid value for ?passing: {text:?}")))?,
+    };
     let tags: Vec<String> = call.all("tag").map(str::to_string).collect();
     let datacenter = state.config.datacenter.clone();
     reply::blocking_filtered(state, &options, which.topics(), &visible, |tables| {

@@ -191,3 +191,29 @@ impl ReadOptions {
         }
     }
 }
+
+/// A boolean as Go's `strconv.ParseBool` reads it, which is how Consul reads every boolean
+/// query parameter (clients send `True`, `1`, `t` as well as `true`).
+pub fn go_bool(text: &str) -> Option<bool> {
+    match text {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod go_bool_tests {
+    #[test]
+    fn booleans_read_as_go_reads_them() {
+        for yes in ["1", "t", "T", "true", "TRUE", "True"] {
+            assert_eq!(super::go_bool(yes), Some(true), "{yes}");
+        }
+        for no in ["0", "f", "F", "false", "FALSE", "False"] {
+            assert_eq!(super::go_bool(no), Some(false), "{no}");
+        }
+        for neither in ["", "yes", "tRUE", "2"] {
+            assert_eq!(super::go_bool(neither), None, "{neither}");
+        }
+    }
+}

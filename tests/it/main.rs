@@ -7,6 +7,7 @@ mod blocking;
 mod catalog;
 mod cli;
 mod cluster;
+mod compat;
 mod connect_ca;
 mod connect_entries;
 mod connect_sidecar;
