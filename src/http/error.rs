@@ -70,10 +70,11 @@ impl From<DecodeError> for ApiError {
     }
 }
 
-/// An invalid `?filter=` expression: 400, not Consul's 500 (ARCHITECTURE.md, deviations).
+/// An invalid `?filter=` expression: a 500 with the evaluator's message, as Consul answers
+/// (clients tell it apart by that status).
 impl From<FilterError> for ApiError {
     fn from(error: FilterError) -> ApiError {
-        ApiError::BadRequest(error.to_string())
+        ApiError::Internal(error.to_string())
     }
 }
 

@@ -69,7 +69,7 @@ pub struct AppState {
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route(
             "/v1/kv/",
             get(kv::get_root).put(kv::put_root).delete(kv::delete_root),
@@ -258,5 +258,48 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/health/node/{node}", get(health::node))
         .route("/v1/health/state/{state}", get(health::in_state))
         .fallback(|| async { (StatusCode::NOT_FOUND, "404 page not found") })
-        .with_state(state)
+        .with_state(state);
+    // Outside the routes: a route's own layers see its 405 before axum adds `Allow`.
+    Router::new()
+        .fallback_service(routes)
+        .layer(axum::middleware::from_fn(methods))
+}
+
+/// Consul's answers about methods: a route asked with a method it does not take is a 405
+/// whose `Allow` lists OPTIONS and the route's methods, with the text `method X not allowed`;
+/// OPTIONS on any route is a 200 carrying that `Allow`.
+async fn methods(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let method = request.method().clone();
+    let mut response = next.run(request).await;
+    if response.status() != StatusCode::METHOD_NOT_ALLOWED {
+        return response;
+    }
+    let allowed = response
+        .headers()
+        .get(axum::http::header::ALLOW)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let allow = std::iter::once("OPTIONS")
+        .chain(allowed.split(',').map(str::trim).filter(|m| !m.is_empty()))
+        .collect::<Vec<_>>()
+        .join(",");
+    let allow = axum::http::HeaderValue::from_str(&allow)
+        .unwrap_or(axum::http::HeaderValue::from_static("OPTIONS"));
+    if method == axum::http::Method::OPTIONS {
+        let mut ok = axum::response::IntoResponse::into_response(StatusCode::OK);
+        ok.headers_mut().insert(axum::http::header::ALLOW, allow);
+        return ok;
+    }
+    response = axum::response::IntoResponse::into_response((
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method {method} not allowed"),
+    ));
+    response
+        .headers_mut()
+        .insert(axum::http::header::ALLOW, allow);
+    response
 }

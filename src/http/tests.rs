@@ -244,3 +244,46 @@ async fn deleting_a_resolver_a_splitter_needs_is_refused_by_the_graph_rules() {
     let (status, _, _) = call(&harness, "GET", "/v1/config/service-resolver/api", "").await;
     assert_eq!(status, StatusCode::OK, "the resolver is still there");
 }
+
+#[tokio::test]
+async fn wrong_methods_are_405_with_allow_and_options_answers_with_it() {
+    let harness = harness();
+    let answer = |method: &str, uri: &str| {
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::empty())
+            .expect("request");
+        let router = harness.router.clone();
+        async move {
+            let response = router.oneshot(request).await.expect("infallible");
+            let allow = response
+                .headers()
+                .get("Allow")
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            let status = response.status();
+            let bytes = response
+                .into_body()
+                .collect()
+                .await
+                .expect("body")
+                .to_bytes();
+            (status, allow, String::from_utf8_lossy(&bytes).into_owned())
+        }
+    };
+    let (status, allow, body) = answer("DELETE", "/v1/agent/self").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(body, "method DELETE not allowed");
+    assert_eq!(allow, "OPTIONS,GET,HEAD");
+    let (status, allow, body) = answer("OPTIONS", "/v1/kv/anything").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, ""));
+    assert_eq!(allow, "OPTIONS,GET,HEAD,PUT,DELETE");
+    // Unknown routes stay 404, whatever the method.
+    let (status, _, body) = answer("OPTIONS", "/v1/no/such/route").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::NOT_FOUND, "404 page not found")
+    );
+}

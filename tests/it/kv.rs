@@ -207,7 +207,7 @@ async fn bad_input_gets_consul_status_codes_and_changes_nothing() {
         (
             "GET",
             "/v1/catalog/nodes?filter=Node%20%3D%3D",
-            400,
+            500,
             "boolean expression",
         ),
     ];
