@@ -670,6 +670,25 @@ impl Agent {
         self.state().services.get(id).cloned()
     }
 
+    /// The services registered with this agent as the agent API shows them: without the
+    /// `consul` service a server carries only so anti-entropy keeps it in the catalog
+    /// (Consul's agent API does not list it either).
+    pub fn registered_services(&self) -> Vec<Service> {
+        let mut services = self.services();
+        services.retain(|service| !self.is_server_service(&service.id));
+        services
+    }
+
+    /// `service`, as the agent API shows it (see `registered_services`).
+    pub fn registered_service(&self, id: &str) -> Option<Service> {
+        self.service(id)
+            .filter(|service| !self.is_server_service(&service.id))
+    }
+
+    fn is_server_service(&self, id: &str) -> bool {
+        self.config.server_mode && id == "consul"
+    }
+
     /// This agent's checks, shaped as the catalog stores them.
     pub fn checks(&self) -> Vec<Check> {
         self.catalog_checks(&self.state())

@@ -14,7 +14,7 @@ use super::catalog::{ServiceAddressIn, WeightsIn};
 use super::decode::{canonicalize, DecodeError};
 use crate::types::agent::{CheckDefinition, CheckKind, ServiceDefinition};
 use crate::types::connect::{ServiceProxy, Upstream};
-use crate::types::duration::parse_go_duration;
+use crate::types::duration::{format_go_duration, parse_go_duration};
 use crate::types::{HealthStatus, RaftIndexes, Service, ServiceAddress, Weights};
 
 /// Consul's floor for check intervals.
@@ -237,9 +237,12 @@ struct CheckIn {
     status: String,
     #[serde(rename = "ServiceID")]
     service_id: String,
+    #[serde(deserialize_with = "duration_text")]
     interval: String,
+    #[serde(deserialize_with = "duration_text")]
     timeout: String,
     #[serde(rename = "TTL")]
+    #[serde(deserialize_with = "duration_text")]
     ttl: String,
     #[serde(rename = "HTTP")]
     http: String,
@@ -260,11 +263,29 @@ struct CheckIn {
     h2ping: String,
     alias_service: String,
     alias_node: String,
+    #[serde(deserialize_with = "duration_text")]
     deregister_critical_service_after: String,
     success_before_passing: u32,
     failures_before_warning: Option<u32>,
     failures_before_critical: u32,
     output_max_size: usize,
+}
+
+/// A duration field as Consul reads it: a Go duration string, or a number of nanoseconds
+/// (which is what Go clients that marshal a `time.Duration` send).
+fn duration_text<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    use serde::de::Error;
+    match Value::deserialize(deserializer)? {
+        Value::Null => Ok(String::new()),
+        Value::String(text) => Ok(text),
+        Value::Number(number) => number
+            .as_u64()
+            .map(|nanos| format_go_duration(Duration::from_nanos(nanos)))
+            .ok_or_else(|| D::Error::custom(format!("invalid duration {number}"))),
+        other => Err(D::Error::custom(format!(
+            "invalid type: {other}, expected a duration"
+        ))),
+    }
 }
 
 fn duration(field: &str, text: &str) -> Result<Option<Duration>, DecodeError> {
@@ -533,6 +554,27 @@ mod tests {
     const SCRIPTS_ON: DefinitionPolicy = DefinitionPolicy {
         enable_script_checks: true,
     };
+
+    #[test]
+    fn durations_are_go_strings_or_nanoseconds() {
+        let check = |value| super::check(value, DefinitionPolicy::default()).unwrap();
+        let from_text =
+            check(json!({"name": "c", "ttl": "30s", "deregister_critical_service_after": "90s"}));
+        let from_nanos = check(
+            json!({"name": "c", "ttl": 30_000_000_000u64, "deregister_critical_service_after": 90_000_000_000u64}),
+        );
+        assert_eq!(from_text.kind, from_nanos.kind);
+        assert_eq!(
+            from_text.deregister_critical_after,
+            from_nanos.deregister_critical_after
+        );
+        let error = super::check(
+            json!({"name": "c", "ttl": true}),
+            DefinitionPolicy::default(),
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("expected a duration"), "{error}");
+    }
 
     #[test]
     fn config_style_service_with_checks() {

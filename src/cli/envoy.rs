@@ -144,7 +144,7 @@ async fn grpc_address(matches: &ArgMatches) -> Result<(SocketAddr, String), Stri
     if let Some(address) = env_or(matches, "grpc-addr", "CONSUL_GRPC_ADDR") {
         return Ok((resolve(&address, "-grpc-addr")?, datacenter));
     }
-    let port = self_info["XDS"]["Port"].as_u64().unwrap_or(8502);
+    let port = self_info["xDS"]["Port"].as_u64().unwrap_or(8502);
     let host = client
         .base()
         .trim_start_matches("http://")

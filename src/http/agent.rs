@@ -128,7 +128,7 @@ pub async fn self_info(
         },
         "Meta": config.node_meta,
         // Where Envoy reaches this agent's xDS server (`connect envoy` reads `XDS.Port`).
-        "XDS": match config.ports.grpc {
+        "xDS": match config.ports.grpc {
             Some(port) => json!({
                 "SupportedProxies": {"envoy": [crate::xds::bootstrap::TESTED_ENVOY]},
                 "Port": port,

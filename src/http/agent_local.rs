@@ -39,7 +39,7 @@ pub async fn services(
     let datacenter = &state.config.datacenter;
     let services: Map<String, Value> = state
         .agent
-        .services()
+        .registered_services()
         .iter()
         .filter(|service| visible.service(&service.name))
         .map(|service| (service.id.clone(), wire::agent_service(service, datacenter)))
@@ -74,7 +74,7 @@ pub async fn service(
         changes.borrow_and_update();
         let service = state
             .agent
-            .service(&id)
+            .registered_service(&id)
             .ok_or_else(|| ApiError::NotFound(format!("unknown service ID: {id}")))?;
         state
             .authorizer
@@ -381,7 +381,7 @@ pub async fn health_by_name(
         .authorize(call.token().as_deref(), Access::ServiceRead(&name))?;
     let entries: Vec<(HealthStatus, Value)> = state
         .agent
-        .services()
+        .registered_services()
         .iter()
         .filter(|service| service.name == name)
         .map(|service| service_health(&state, service))

@@ -82,7 +82,16 @@ def main():
         check(c.agent.service.register(
             "web", service_id="web1", port=8080, tags=["v1"], check=consul.Check.ttl("10s")
         ) is True, "service register")
-        check("web1" in c.agent.services(), "agent services")
+        services = c.agent.services()
+        check("web1" in services, "agent services")
+        check("consul" not in services, "the server's own service is the catalog's: %r" % services)
+        check(isinstance(me.get("xDS"), dict), "self spells xDS as Consul does: %r" % list(me))
+        # Go clients send durations as nanoseconds.
+        check(c.http.put(consul.base.CB.bool(), "/v1/agent/check/register",
+                         data='{"Name": "nanos", "TTL": 30000000000}') is True, "integer TTL")
+        check(c.agent.checks()["nanos"]["Status"] == "critical", "integer TTL check registered")
+        # A critical node check would fail every service on the node.
+        check(c.agent.check.deregister("nanos") is True, "check deregister")
         check("service:web1" in c.agent.checks(), "agent checks")
         check(c.agent.check.ttl_pass("service:web1", notes="fine") is True, "ttl pass")
         members = c.agent.members()
