@@ -1004,6 +1004,88 @@ pub async fn preview_templated_policy(
     Ok(reply::json(&wire::policy(&policy), call.pretty(&state)))
 }
 
+/// Most authorizations one `/v1/internal/acl/authorize` call may ask.
+const MAX_AUTHORIZATIONS: usize = 64;
+
+/// `POST /v1/internal/acl/authorize` (what the UI asks to decide what to show): each
+/// `{Resource, Segment, Access}` answered with `Allow` for the request's token.
+pub async fn authorize_many(
+    State(state): State<Arc<AppState>>,
+    call: Call,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let identity = state.authorizer.resolve(call.token().as_deref())?;
+    let body = body_json(&state, &call, body).await?;
+    let Value::Array(requests) = body else {
+        return Err(ApiError::BadRequest(
+            "Request decode failed: the body must be a JSON array".into(),
+        ));
+    };
+    if requests.len() > MAX_AUTHORIZATIONS {
+        return Err(ApiError::BadRequest(format!(
+            "Refusing to process more than {MAX_AUTHORIZATIONS} authorizations at once"
+        )));
+    }
+    let mut answers = Vec::with_capacity(requests.len());
+    for mut request in requests {
+        let text = |key: &str| {
+            request
+                .get(key)
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string()
+        };
+        let (resource, segment, level) = (text("Resource"), text("Segment"), text("Access"));
+        let access = requested_access(&resource, &segment, &level)?;
+        request["Allow"] = Value::Bool(identity.allows(access));
+        answers.push(request);
+    }
+    Ok(reply::json(&Value::Array(answers), call.pretty(&state)))
+}
+
+/// One authorization the UI asks, as the authorizer check it names.
+fn requested_access<'a>(
+    resource: &str,
+    segment: &'a str,
+    level: &str,
+) -> Result<Access<'a>, ApiError> {
+    let invalid_level = || {
+        ApiError::BadRequest(format!(
+            "Invalid access level for {resource} resource: {level}"
+        ))
+    };
+    let read_write = |read: Access<'a>, write: Access<'a>| match level {
+        "read" => Ok(read),
+        "write" => Ok(write),
+        _ => Err(invalid_level()),
+    };
+    match resource {
+        "acl" => read_write(Access::AclRead, Access::AclWrite),
+        "agent" => read_write(Access::AgentRead(segment), Access::AgentWrite(segment)),
+        "event" => read_write(Access::EventRead(segment), Access::EventWrite(segment)),
+        "intention" => read_write(
+            Access::IntentionRead(segment),
+            Access::IntentionWrite(segment),
+        ),
+        "key" => match level {
+            "list" => Ok(Access::KeyList(segment)),
+            "write-prefix" => Ok(Access::KeyWritePrefix(segment)),
+            _ => read_write(Access::KeyRead(segment), Access::KeyWrite(segment)),
+        },
+        "keyring" => read_write(Access::KeyringRead, Access::KeyringWrite),
+        "mesh" => read_write(Access::MeshRead, Access::MeshWrite),
+        "node" => read_write(Access::NodeRead(segment), Access::NodeWrite(segment)),
+        "operator" => read_write(Access::OperatorRead, Access::OperatorWrite),
+        "peering" => read_write(Access::PeeringRead, Access::PeeringWrite),
+        "query" => read_write(Access::QueryRead(segment), Access::QueryWrite(segment)),
+        "service" => read_write(Access::ServiceRead(segment), Access::ServiceWrite(segment)),
+        "session" => read_write(Access::SessionRead(segment), Access::SessionWrite(segment)),
+        _ => Err(ApiError::BadRequest(format!(
+            "Invalid ACL resource requested: {resource:?}"
+        ))),
+    }
+}
+
 /// `PUT /v1/agent/token/:kind` with `{"Token": "..."}`: replaces one of the agent's tokens.
 pub async fn set_agent_token(
     State(state): State<Arc<AppState>>,

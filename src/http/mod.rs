@@ -118,6 +118,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(acl::preview_templated_policy),
         )
         .route("/v1/agent/token/{kind}", put(acl::set_agent_token))
+        .route("/v1/internal/acl/authorize", post(acl::authorize_many))
         .route("/v1/catalog/register", put(catalog::register))
         .route("/v1/catalog/deregister", put(catalog::deregister))
         .route("/v1/catalog/datacenters", get(catalog::datacenters))

@@ -1059,6 +1059,44 @@ async fn acl_api_refuses_bad_input_with_consuls_messages() {
     let too_long = json!({"ExpirationTTL": "48h"}).to_string();
     let response = call(&admin, Method::PUT, "/v1/acl/token", Some(&too_long)).await;
     assert_eq!(response.status, 500, "{}", response.text());
+    // What the UI asks: several authorizations at once, each answered for the caller.
+    let reader = token_with(
+        &agent,
+        "ui-reader",
+        r#"key_prefix "app/" { policy = "read" }"#,
+    )
+    .await;
+    let asks = r#"[{"Resource":"key","Segment":"app/x","Access":"read"},{"Resource":"key","Segment":"app/x","Access":"write"},{"Resource":"operator","Access":"read"}]"#;
+    let answered = call(
+        &client(&agent, Some(&reader)),
+        Method::POST,
+        "/v1/internal/acl/authorize",
+        Some(asks),
+    )
+    .await;
+    let allows: Vec<Value> = json(&answered)
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|answer| answer["Allow"].clone())
+        .collect();
+    assert_eq!(
+        allows,
+        vec![json!(true), json!(false), json!(false)],
+        "{}",
+        answered.text()
+    );
+    let bad = call(
+        &admin,
+        Method::POST,
+        "/v1/internal/acl/authorize",
+        Some(r#"[{"Resource":"dragons","Access":"read"}]"#),
+    )
+    .await;
+    assert_eq!(
+        (bad.status.as_u16(), bad.text()),
+        (400, r#"Invalid ACL resource requested: "dragons""#.into())
+    );
     // Templated policies: listed, read by their (slashed) name, previewed for a name.
     let listed = call(&admin, Method::GET, "/v1/acl/templated-policies", None).await;
     assert!(
