@@ -104,7 +104,10 @@ async fn config_service_appears_in_catalog_and_health() {
     assert_eq!(passing.as_array().unwrap().len(), 1);
     let local = json(&client.get("/v1/agent/services").await.unwrap());
     assert_eq!(local["web"]["Port"], 80);
-    assert_eq!(local["consul"]["Service"], "consul");
+    // A server's own `consul` service is the catalog's, not the agent API's (as in Consul).
+    assert!(local.get("consul").is_none(), "{local}");
+    let catalog = json(&client.get("/v1/catalog/service/consul").await.unwrap());
+    assert_eq!(catalog[0]["ServiceName"], "consul");
 }
 
 #[tokio::test]
