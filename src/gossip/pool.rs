@@ -297,7 +297,6 @@ impl Pool {
             awareness: 0,
             probes: HashMap::new(),
             probe_sequence: 0,
-            declaring: false,
         };
         let dropped = run.dropped.clone();
         let encrypted = run.encrypted;
@@ -482,9 +481,6 @@ struct Run<T: Transport> {
     /// Coordinate probes sent and not yet answered: sequence → when.
     probes: HashMap<u64, Instant>,
     probe_sequence: u64,
-    /// Set while this member's own suspicion timer runs, so a member it declares down is
-    /// gossiped at once (see `drain`).
-    declaring: bool,
 }
 
 /// What two members exchange in a push-pull.
@@ -1111,12 +1107,10 @@ impl<T: Transport> Run<T> {
                 postponed.push(timer);
                 continue;
             }
-            self.declaring = matches!(timer, Timer::ChangeSuspectToDown { .. });
             if let Err(error) = self.foca.handle_timer(timer, &mut self.runtime) {
                 tracing::debug!(%error, "gossip timer failed");
             }
             self.drain();
-            self.declaring = false;
         }
         for timer in postponed {
             self.sequence += 1;
@@ -1186,32 +1180,17 @@ impl<T: Transport> Run<T> {
                 TimerSlot(timer),
             )));
         }
-        let mut declared = false;
         while let Some(notification) = self.runtime.to_notify() {
             let event = match notification {
                 OwnedNotification::MemberUp(identity) => {
                     self.departed.remove(&identity.name);
                     MemberEvent::Joined(identity)
                 }
-                OwnedNotification::MemberDown(identity) => {
-                    declared |= self.declaring;
-                    self.went_down(identity)
-                }
+                OwnedNotification::MemberDown(identity) => self.went_down(identity),
                 OwnedNotification::Rename(old, new) => MemberEvent::Replaced { old, new },
                 _ => continue,
             };
             let _ = self.events.send(event);
-        }
-        // The member whose suspicion ran out tells a few others now rather than at its next
-        // gossip tick (up to a gossip interval later): the rest of the pool stops routing to
-        // the failed member sooner. Only the declaring member does this, so a failure costs
-        // one extra gossip round, not one per member.
-        if declared {
-            self.declaring = false;
-            if let Err(error) = self.foca.gossip(&mut self.runtime) {
-                tracing::debug!(%error, "cannot gossip a failure");
-            }
-            self.drain();
         }
     }
 }
