@@ -51,19 +51,28 @@ async fn sidecars_on_a_client_keep_certificates_and_config_through_a_leader_fail
         let all: Vec<&Agent> = servers.iter().flatten().collect();
         agreed_leader(&all).await
     };
-    eventually(
-        "the client to reach the servers",
-        Duration::from_secs(20),
-        || async {
-            let response = client
-                .client()
-                .put("/v1/kv/ready", b"1".to_vec())
-                .await
-                .ok()?;
-            (response.status == 200).then_some(())
-        },
-    )
-    .await;
+    // This wait has timed out under the full suite's load (twice in the fourth session, with
+    // no cause found): on failure, say what the client saw.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let response = client.client().put("/v1/kv/ready", b"1".to_vec()).await;
+        if response
+            .as_ref()
+            .is_ok_and(|response| response.status == 200)
+        {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let tail = |log: String| log.lines().rev().take(40).collect::<Vec<_>>().join("\n");
+            panic!(
+                "the client did not reach the servers within 20 s; last answer {:?}; client log \
+                 (newest first):\n{}",
+                response.map(|response| (response.status, response.text())),
+                tail(client.log())
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let api_port = backend("api says hi").await;
     let (api_sidecar, web_sidecar, upstream) = (free_port(), free_port(), free_port());

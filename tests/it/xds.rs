@@ -321,6 +321,10 @@ async fn http_canary_splits_80_20_then_moves_everything_to_v2() {
             .zip(["api-v1-sidecar", "api-v2-sidecar"])
             .map(|(p, n)| (*p, n)),
     );
+    // The route lands before the unsplit cluster's removal does: the golden is what web's
+    // Envoy holds once its stream has converged, not whatever it holds mid-update.
+    web.assert_converges(&agent, "web-sidecar-proxy", Duration::from_secs(10))
+        .await;
     assert_golden(web, "canary-web", &td, &ports).await;
 
     // 1,000 requests: v1's share is binomial(1000, 0.8); 4 sigma is ±51.
