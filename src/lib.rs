@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod connect;
 pub mod dns;
+pub mod files;
 pub mod filter;
 pub mod gossip;
 pub mod http;

@@ -403,7 +403,7 @@ impl Authorizer {
             return Some(Ok(()));
         };
         let text = serde_json::to_vec(&saved).unwrap_or_default();
-        Some(write_private(path, &text))
+        Some(crate::files::write_private(path, &text))
     }
 
     /// A request's token, or the agent's default token, or the anonymous token.
@@ -612,22 +612,6 @@ pub fn templated_rules(template: &str, name: &str) -> Option<rules::Rules> {
         "builtin/dns" => Some(rules::Rules::dns()),
         _ => None,
     }
-}
-
-/// Writes a file only its owner can read, whole or not at all.
-fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let temporary = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temporary)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, path)
 }
 
 fn now_nanos() -> i64 {

@@ -227,23 +227,7 @@ impl LeafCache {
             "ValidBefore": crate::types::duration::unix_secs(cert.valid_before),
             "RootID": cert.root_id,
         });
-        let write = || -> std::io::Result<()> {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            let dir = path.parent().unwrap_or(std::path::Path::new("."));
-            std::fs::create_dir_all(dir)?;
-            let temp = path.with_extension("tmp");
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&temp)?;
-            file.write_all(stored.to_string().as_bytes())?;
-            file.sync_all()?;
-            std::fs::rename(&temp, &path)
-        };
-        if let Err(error) = write() {
+        if let Err(error) = crate::files::write_private(&path, stored.to_string().as_bytes()) {
             tracing::warn!(service = %cert.service, path = %path.display(), %error, "cannot keep the leaf certificate for restarts");
         }
     }

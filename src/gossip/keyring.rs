@@ -166,26 +166,9 @@ impl Keyring {
             path: path.clone(),
             error: error.to_string(),
         };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(failed)?;
-        }
         let text = serde_json::to_string(&self.keys()).unwrap_or_default();
-        // The keys are secrets: owner-only, written whole and renamed into place.
-        let temporary = path.with_extension("tmp");
-        {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&temporary)
-                .map_err(failed)?;
-            file.write_all(text.as_bytes()).map_err(failed)?;
-            file.sync_all().map_err(failed)?;
-        }
-        std::fs::rename(&temporary, path).map_err(failed)
+        // The keys are secrets.
+        crate::files::write_private(path, text.as_bytes()).map_err(failed)
     }
 
     /// Adds a key (not primary); installing one already there is fine, as in Consul.
