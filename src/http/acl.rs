@@ -38,6 +38,15 @@ fn enabled(state: &AppState) -> Result<(), ApiError> {
 
 use crate::api::acl::now_nanos;
 
+/// The prologue of every `/v1/acl/*` handler that needs ACL rights: ACLs on, and the
+/// request's token holding `access`.
+fn acl_rights(state: &AppState, call: &Call, access: Access<'_>) -> Result<(), ApiError> {
+    enabled(state)?;
+    Ok(state
+        .authorizer
+        .authorize(call.token().as_deref(), access)?)
+}
+
 fn acl_topics() -> Vec<(String, Match)> {
     vec![(ACL_TOPIC.to_string(), Match::Exact)]
 }
@@ -248,10 +257,7 @@ pub async fn create_token(
     call: Call,
     body: Body,
 ) -> Result<Response, ApiError> {
-    enabled(&state)?;
-    state
-        .authorizer
-        .authorize(call.token().as_deref(), Access::AclWrite)?;
+    acl_rights(&state, &call, Access::AclWrite)?;
     let body = decode(body_json(&state, &call, body).await?)?;
     if !body.auth_method.is_empty() {
         return Err(ApiError::Internal(
@@ -332,10 +338,7 @@ pub async fn update_token(
     call: Call,
     body: Body,
 ) -> Result<Response, ApiError> {
-    enabled(&state)?;
-    state
-        .authorizer
-        .authorize(call.token().as_deref(), Access::AclWrite)?;
+    acl_rights(&state, &call, Access::AclWrite)?;
     let body = decode(body_json(&state, &call, body).await?)?;
     if !body.accessor_id.is_empty() && body.accessor_id != accessor {
         return Err(ApiError::BadRequest(
@@ -389,10 +392,7 @@ pub async fn clone_token(
     call: Call,
     body: Body,
 ) -> Result<Response, ApiError> {
-    enabled(&state)?;
-    state
-        .authorizer
-        .authorize(call.token().as_deref(), Access::AclWrite)?;
+    acl_rights(&state, &call, Access::AclWrite)?;
     let body = body_json(&state, &call, body).await.unwrap_or(Value::Null);
     let tables = state.cluster.snapshot();
     let source = tables
@@ -575,10 +575,7 @@ pub async fn create_policy(
     call: Call,
     body: Body,
 ) -> Result<Response, ApiError> {
-    enabled(&state)?;
-    state
-        .authorizer
-        .authorize(call.token().as_deref(), Access::AclWrite)?;
+    acl_rights(&state, &call, Access::AclWrite)?;
     let body = wire::decode_policy(body_json(&state, &call, body).await?)
         .map_err(|error| ApiError::BadRequest(error.to_string()))?;
     if !body.id.is_empty() {
@@ -606,10 +603,7 @@ pub async fn update_policy(
     call: Call,
     body: Body,
 ) -> Result<Response, ApiError> {
-    enabled(&state)?;
-    state
-        .authorizer
-        .authorize(call.token().as_deref(), Access::AclWrite)?;
+    acl_rights(&state, &call, Access::AclWrite)?;
     let body = wire::decode_policy(body_json(&state, &call, body).await?)
         .map_err(|error| ApiError::BadRequest(error.to_string()))?;
     if !body.id.is_empty() && body.id != id {
@@ -697,10 +691,7 @@ pub async fn delete_policy(
     Path(id): Path<String>,
     call: Call,
 ) -> Result<Response, ApiError> {
-    enabled(&state)?;
-    state
-        .authorizer
-        .authorize(call.token().as_deref(), Access::AclWrite)?;
+    acl_rights(&state, &call, Access::AclWrite)?;
     if id == GLOBAL_MANAGEMENT_ID {
         return Err(ApiError::Internal(
             "Delete operation not permitted on the builtin global-management policy".into(),
@@ -777,10 +768,7 @@ pub async fn create_role(
     call: Call,
     body: Body,
 ) -> Result<Response, ApiError> {
-    enabled(&state)?;
-    state
-        .authorizer
-        .authorize(call.token().as_deref(), Access::AclWrite)?;
+    acl_rights(&state, &call, Access::AclWrite)?;
     let body = decode(body_json(&state, &call, body).await?)?;
     if !body.id.is_empty() {
         return Err(ApiError::BadRequest(
@@ -807,10 +795,7 @@ pub async fn update_role(
     call: Call,
     body: Body,
 ) -> Result<Response, ApiError> {
-    enabled(&state)?;
-    state
-        .authorizer
-        .authorize(call.token().as_deref(), Access::AclWrite)?;
+    acl_rights(&state, &call, Access::AclWrite)?;
     let body = decode(body_json(&state, &call, body).await?)?;
     if !body.id.is_empty() && body.id != id {
         return Err(ApiError::BadRequest(
@@ -885,10 +870,7 @@ pub async fn delete_role(
     Path(id): Path<String>,
     call: Call,
 ) -> Result<Response, ApiError> {
-    enabled(&state)?;
-    state
-        .authorizer
-        .authorize(call.token().as_deref(), Access::AclWrite)?;
+    acl_rights(&state, &call, Access::AclWrite)?;
     if state.cluster.snapshot().acl_role(&id).is_none() {
         return Err(ApiError::NotFound("Cannot find role to delete".into()));
     }
@@ -923,10 +905,7 @@ pub async fn templated_policies(
     State(state): State<Arc<AppState>>,
     call: Call,
 ) -> Result<Response, ApiError> {
-    enabled(&state)?;
-    state
-        .authorizer
-        .authorize(call.token().as_deref(), Access::AclRead)?;
+    acl_rights(&state, &call, Access::AclRead)?;
     let mut out = serde_json::Map::new();
     for (name, _, needs_name, description) in wire::TEMPLATES {
         out.insert(
@@ -959,10 +938,7 @@ pub async fn templated_policy(
     Path(name): Path<String>,
     call: Call,
 ) -> Result<Response, ApiError> {
-    enabled(&state)?;
-    state
-        .authorizer
-        .authorize(call.token().as_deref(), Access::AclRead)?;
+    acl_rights(&state, &call, Access::AclRead)?;
     let (name, needs_name, description) = template(&name)?;
     Ok(reply::json(
         &template_json(name, needs_name, description),
@@ -978,10 +954,7 @@ pub async fn preview_templated_policy(
     call: Call,
     body: Body,
 ) -> Result<Response, ApiError> {
-    enabled(&state)?;
-    state
-        .authorizer
-        .authorize(call.token().as_deref(), Access::AclRead)?;
+    acl_rights(&state, &call, Access::AclRead)?;
     let (template, needs_name, _) = template(&name)?;
     let body = body_json(&state, &call, body).await.unwrap_or(Value::Null);
     let variable = body.get("Name").and_then(Value::as_str).unwrap_or("");
