@@ -43,7 +43,9 @@ use common::process::{own_stat_path, stat_path, CpuMeter};
 use common::{millis, Stats, Table};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_concord");
-const SECTIONS: &[&str] = &["start", "rss", "put", "seq", "get", "watch", "acl"];
+const SECTIONS: &[&str] = &[
+    "start", "rss", "put", "seq", "get", "watch", "acl", "metrics",
+];
 
 const KEY_BYTES: usize = 256;
 const VALUE_BYTES: usize = 1024;
@@ -71,6 +73,7 @@ fn main() -> Result<()> {
             "seq" => Box::pin(bench_sequential(table)),
             "get" => Box::pin(bench_get(table)),
             "acl" => Box::pin(bench_acl(table)),
+            "metrics" => Box::pin(bench_metrics(table)),
             _ => Box::pin(bench_watch(table)),
         },
     )
@@ -376,6 +379,45 @@ async fn bench_acl(table: &mut Table) -> Result<()> {
             format!("{ratio:.3}"),
             ">= 0.90",
             Some(ratio >= 0.90),
+        );
+    }
+    Ok(())
+}
+
+/// Rounds of the metrics comparison: each runs PUT and GET on an agent with metrics off, then
+/// on a fresh one with them on; the medians are compared, so one noisy round cannot decide.
+const METRICS_ROUNDS: usize = 3;
+
+async fn bench_metrics(table: &mut Table) -> Result<()> {
+    // Off: every metric blocked by the filter (`filter_default = false`, no allow rule), as an
+    // operator turns them off; on: Consul's defaults.
+    let off_hcl = "telemetry { filter_default = false }";
+    let mut rates: [Vec<f64>; 4] = Default::default();
+    for round in 0..METRICS_ROUNDS {
+        for (on, args) in [(false, vec!["-hcl", off_hcl]), (true, vec![])] {
+            let mut agent = BenchAgent::spawn(None, &args).await?;
+            agent.wait_writable().await?;
+            let (put, get) = put_and_get(&agent, "").await?;
+            agent.stop().await;
+            let label = if on { "on" } else { "off" };
+            put.print(&format!("round {round}: PUT, metrics {label}"));
+            get.print(&format!("round {round}: GET, metrics {label}"));
+            let at = usize::from(on) * 2;
+            rates[at].push(put.rate());
+            rates[at + 1].push(get.rate());
+        }
+    }
+    let median = |values: &[f64]| Stats::new(values.to_vec()).pct(0.5);
+    for (what, at) in [("PUT", 0), ("GET", 1)] {
+        let (off, on) = (median(&rates[at]), median(&rates[at + 2]));
+        let ratio = on / off;
+        table.row(
+            &format!(
+                "{what} with metrics on / off, 64 conns, median of {METRICS_ROUNDS} ({on:.0} / {off:.0} per s)"
+            ),
+            format!("{ratio:.3}"),
+            ">= 0.97",
+            Some(ratio >= 0.97),
         );
     }
     Ok(())

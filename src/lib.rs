@@ -20,6 +20,7 @@ pub mod server;
 pub mod snapshot;
 pub mod state;
 pub mod tasks;
+pub mod telemetry;
 #[cfg(test)]
 mod testing;
 #[cfg(test)]

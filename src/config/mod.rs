@@ -194,6 +194,54 @@ pub struct RaftConfig {
     pub trailing_logs: u64,
 }
 
+/// The `telemetry` stanza (see `crate::telemetry`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Telemetry {
+    /// How long a series nobody updates stays in the Prometheus output; zero keeps it forever.
+    #[serde(serialize_with = "serialize_duration")]
+    pub prometheus_retention_time: Duration,
+    /// When false (Consul's default) gauge names carry this machine's hostname.
+    pub disable_hostname: bool,
+    /// The first segment of every metric name (`consul`).
+    pub metrics_prefix: String,
+    /// `+prefix` allows and `-prefix` blocks the metrics whose dotted name (with the
+    /// prefix) starts so; the longest matching prefix decides.
+    pub prefix_filter: Vec<String>,
+    /// Whether a metric no filter matches is kept (Consul: true).
+    pub filter_default: bool,
+}
+
+fn telemetry(raw: raw::RawTelemetry) -> Result<Telemetry, String> {
+    let metrics_prefix = raw.metrics_prefix.unwrap_or_else(|| "consul".to_string());
+    let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | ':');
+    if metrics_prefix.is_empty() || !metrics_prefix.chars().all(valid) {
+        return Err(format!(
+            "telemetry.metrics_prefix {metrics_prefix:?} may hold only letters, digits, '_', '.', '-' and ':'"
+        ));
+    }
+    let prefix_filter = raw.prefix_filter.unwrap_or_default();
+    if let Some(bad) = prefix_filter
+        .iter()
+        .find(|rule| !(rule.starts_with('+') || rule.starts_with('-')) || rule.len() < 2)
+    {
+        return Err(format!(
+            "telemetry.prefix_filter: {bad:?} must be a metric name prefix after '+' (allow) or '-' (block)"
+        ));
+    }
+    Ok(Telemetry {
+        prometheus_retention_time: duration(
+            "telemetry.prometheus_retention_time",
+            raw.prometheus_retention_time.as_deref(),
+            Duration::ZERO,
+        )?,
+        disable_hostname: raw.disable_hostname.unwrap_or(false),
+        metrics_prefix,
+        prefix_filter,
+        filter_default: raw.filter_default.unwrap_or(true),
+    })
+}
+
 /// The validated configuration every subsystem reads.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "PascalCase")]
@@ -230,6 +278,7 @@ pub struct RuntimeConfig {
     pub log_level: String,
     pub log_json: bool,
     pub ui_enabled: bool,
+    pub telemetry: Telemetry,
     /// Pretty-print every HTTP response (Consul does in dev mode).
     pub always_pretty: bool,
     pub enable_script_checks: bool,
@@ -830,6 +879,7 @@ fn build(raw: RawConfig) -> Result<RuntimeConfig, String> {
         log_level,
         log_json: raw.log_json.unwrap_or(false),
         ui_enabled: raw.ui_config.and_then(|ui| ui.enabled).unwrap_or(dev_mode),
+        telemetry: telemetry(raw.telemetry.unwrap_or_default())?,
         always_pretty: dev_mode,
         enable_script_checks: raw.enable_script_checks.unwrap_or(false)
             || raw.enable_local_script_checks.unwrap_or(false),

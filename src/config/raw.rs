@@ -31,6 +31,7 @@ pub struct RawConfig {
     pub max_query_time: Option<String>,
     pub disable_update_check: Option<bool>,
     pub ui_config: Option<RawUi>,
+    pub telemetry: Option<RawTelemetry>,
     pub enable_debug: Option<bool>,
     pub enable_script_checks: Option<bool>,
     pub enable_local_script_checks: Option<bool>,
@@ -218,4 +219,15 @@ pub struct RawAutopilot {
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct RawUi {
     pub enabled: Option<bool>,
+}
+
+/// Consul's `telemetry` stanza, the keys concord acts on. Sinks other than Prometheus (statsd,
+/// dogstatsd, circonus) are not built: their keys draw the unknown-key warning at start.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct RawTelemetry {
+    pub prometheus_retention_time: Option<String>,
+    pub disable_hostname: Option<bool>,
+    pub metrics_prefix: Option<String>,
+    pub prefix_filter: Option<Vec<String>>,
+    pub filter_default: Option<bool>,
 }

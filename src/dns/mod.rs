@@ -53,6 +53,10 @@ pub struct Context {
     /// What was computed from the last catalog version a query saw (keyed by the node,
     /// service and check tables' indexes, so KV writes do not invalidate it).
     computed: Mutex<Option<Computed>>,
+    /// Consul's `dns.domain_query` and `dns.ptr_query` timers, labelled with this node, made
+    /// once so a query records without looking them up.
+    domain_query: metrics::Histogram,
+    ptr_query: metrics::Histogram,
 }
 
 /// Most answers a catalog version keeps; beyond it the cache starts over. A popular name is
@@ -78,13 +82,17 @@ impl Context {
         datacenter: String,
         cluster: Cluster,
         authorizer: Authorizer,
+        node: &str,
     ) -> Context {
+        let node = node.to_string();
         Context {
             config,
             datacenter,
             cluster,
             authorizer,
             computed: Mutex::new(None),
+            domain_query: metrics::histogram!(crate::telemetry::DNS_DOMAIN_QUERY, "node" => node.clone()),
+            ptr_query: metrics::histogram!(crate::telemetry::DNS_PTR_QUERY, "node" => node),
         }
     }
 

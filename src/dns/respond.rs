@@ -149,6 +149,7 @@ pub fn respond(cx: &Context, bytes: &[u8], transport: Transport) -> Outcome {
             reply(ResponseCode::Refused)
         }
     };
+    let started = std::time::Instant::now();
     let tables = cx.cluster.snapshot();
     let answer = if let Some((relative, domain)) = routed {
         if !cx.readable() {
@@ -163,6 +164,7 @@ pub fn respond(cx: &Context, bytes: &[u8], transport: Transport) -> Outcome {
                 zone_of(cx, &tables, health).answer(lookup, query.name(), qtype, domain)
             },
         );
+        cx.domain_query.record(crate::telemetry::ms_since(started));
         if cx.permits(&lookup) {
             answer
         } else {
@@ -181,7 +183,9 @@ pub fn respond(cx: &Context, bytes: &[u8], transport: Transport) -> Outcome {
         }
         let health = cx.health(&tables);
         let zone = zone_of(cx, &tables, &health);
-        match zone.reverse(address, query.name(), qtype) {
+        let reversed = zone.reverse(address, query.name(), qtype);
+        cx.ptr_query.record(crate::telemetry::ms_since(started));
+        match reversed {
             Some(answer) => Arc::new(answer),
             None if recursion => return recurse(),
             None => Arc::new(Answer {

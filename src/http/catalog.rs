@@ -165,6 +165,8 @@ pub async fn service(
     Path(name): Path<String>,
     call: Call,
 ) -> Result<Response, ApiError> {
+    metrics::counter!(crate::telemetry::CATALOG_SERVICE_QUERY, "service" => name.clone())
+        .increment(1);
     service_nodes(&state, Instances::Named(&name), call).await
 }
 

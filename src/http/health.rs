@@ -24,6 +24,8 @@ pub async fn service(
     Path(name): Path<String>,
     call: Call,
 ) -> Result<Response, ApiError> {
+    metrics::counter!(crate::telemetry::HEALTH_SERVICE_QUERY, "service" => name.clone())
+        .increment(1);
     instances(&state, Instances::Named(&name), call).await
 }
 

@@ -258,12 +258,37 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/health/checks/{name}", get(health::service_checks))
         .route("/v1/health/node/{node}", get(health::node))
         .route("/v1/health/state/{state}", get(health::in_state))
+        .route_layer(axum::middleware::from_fn(observe))
         .fallback(|| async { (StatusCode::NOT_FOUND, "404 page not found") })
         .with_state(state);
     // Outside the routes: a route's own layers see its 405 before axum adds `Allow`.
     Router::new()
         .fallback_service(routes)
         .layer(axum::middleware::from_fn(methods))
+}
+
+/// Records each request's latency as Consul's `api.http` timer, labelled with the method and
+/// the route as Consul spells it (`/v1/kv/{*key}` is `v1_kv_`, everything before the first
+/// parameter with `/` as `_`). Blocking queries count their wait, as in Consul.
+async fn observe(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let started = std::time::Instant::now();
+    let method = request.method().as_str().to_string();
+    let path = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|route| {
+            let route = route.as_str();
+            let fixed = &route[..route.find('{').unwrap_or(route.len())];
+            fixed.trim_start_matches('/').replace('/', "_")
+        })
+        .unwrap_or_default();
+    let response = next.run(request).await;
+    ::metrics::histogram!(crate::telemetry::API_HTTP, "method" => method, "path" => path)
+        .record(crate::telemetry::ms_since(started));
+    response
 }
 
 /// Consul's answers about methods: a route asked with a method it does not take is a 405

@@ -173,7 +173,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             };
             (entry.log_id.index, command)
         });
-        Ok(self.store.apply_batch(commands))
+        let started = std::time::Instant::now();
+        let results = self.store.apply_batch(commands);
+        metrics::histogram!(crate::telemetry::RAFT_FSM_APPLY)
+            .record(crate::telemetry::ms_since(started));
+        Ok(results)
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {

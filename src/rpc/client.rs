@@ -167,6 +167,7 @@ impl ClientRpc {
     /// Sends `request` to a server, trying others while it could not be sent or no server
     /// had a leader, for up to `RPC_HOLD_TIMEOUT`.
     pub async fn request(&self, request: wire::Request) -> Result<Reply, RpcError> {
+        metrics::counter!(crate::telemetry::CLIENT_RPC).increment(1);
         let deadline = tokio::time::Instant::now() + RPC_HOLD_TIMEOUT;
         let idempotent = request.idempotent();
         let frame = Frame::encode(&request);

@@ -135,12 +135,18 @@ pub enum Cluster {
 impl Cluster {
     /// Commits `command`; returns its log index and what applying it produced.
     pub async fn write(&self, command: Command) -> Result<(u64, CommandResult), RpcError> {
-        match self {
+        let started = std::time::Instant::now();
+        let timer = command.timer();
+        let outcome = match self {
             Cluster::Server(server) => server.write(command).await,
             Cluster::Client(client) => client.write(command).await,
             #[cfg(test)]
             Cluster::Memory(memory) => Ok(memory.apply(&command)),
+        };
+        if let (Some(timer), Ok(_)) = (timer, &outcome) {
+            metrics::histogram!(timer).record(crate::telemetry::ms_since(started));
         }
+        outcome
     }
 
     /// Prepares a read at `consistency` (see `ServerRpc::read_barrier`).

@@ -815,6 +815,9 @@ async fn publish_leadership(
             }
         };
         publish.send_if_modified(|current| {
+            if next.is_leader && !current.is_leader {
+                metrics::counter!(crate::telemetry::RAFT_STATE_LEADER).increment(1);
+            }
             let changed = *current != next;
             *current = next;
             changed

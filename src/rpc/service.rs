@@ -62,6 +62,7 @@ impl UnaryService<Frame> for Call {
     fn call(&mut self, request: Request<Frame>) -> Self::Future {
         let server = self.0.clone();
         Box::pin(async move {
+            metrics::counter!(crate::telemetry::RPC_REQUEST).increment(1);
             let forwarded = request.metadata().contains_key(FORWARDED);
             let request: wire::Request = request
                 .into_inner()

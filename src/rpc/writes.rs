@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::RpcError;
 use crate::raft::{Raft, WRITE_TIMEOUT};
 use crate::tasks::Tasks;
+use crate::telemetry;
 use crate::types::{Command, CommandResult};
 
 /// Most writes one batch entry may carry, and roughly how many bytes.
@@ -77,7 +78,9 @@ impl Writer {
 async fn batch_writes(raft: Raft, mut queue: mpsc::Receiver<PendingWrite>) {
     while let Some(first) = queue.recv().await {
         let (commands, replies) = gather(first, &mut queue);
-        let single = commands.len() == 1;
+        let started = std::time::Instant::now();
+        let writes = commands.len() as u64;
+        let single = writes == 1;
         let command = if single {
             commands
                 .into_iter()
@@ -99,6 +102,10 @@ async fn batch_writes(raft: Raft, mut queue: mpsc::Receiver<PendingWrite>) {
                 }
                 other => RpcError::Raft(other.to_string()),
             });
+        if outcome.is_ok() {
+            metrics::histogram!(telemetry::RAFT_COMMIT_TIME).record(telemetry::ms_since(started));
+            metrics::counter!(telemetry::RAFT_APPLY).increment(writes);
+        }
         match outcome {
             Ok((index, CommandResult::Batch(results))) if !single => {
                 for (reply, result) in replies.into_iter().zip(results) {

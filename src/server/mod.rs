@@ -142,6 +142,7 @@ async fn start_server(
 /// Runs the agent until it is asked to stop.
 pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Result<()> {
     let started = Instant::now();
+    crate::telemetry::install(&config.telemetry);
     let config = Arc::new(config);
     let (data_dir, temp_dir) = prepare_data_dir(&config)?;
     let node_id = resolve_node_id(&config, &data_dir)?;
@@ -308,6 +309,7 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
             config.datacenter.clone(),
             cluster.clone(),
             authorizer.clone(),
+            &config.node_name,
         ));
         let limits = crate::dns::Limits {
             tcp_idle_timeout: config.limits.dns_tcp_idle_timeout,

@@ -676,7 +676,7 @@ async fn gossip_encryption_refuses_strangers_and_rotates_keys_without_flapping()
         .as_array()
         .into_iter()
         .flatten()
-        .find(|counter| counter["Name"] == "concord.gossip.dropped_messages")
+        .find(|counter| counter["Name"] == "consul.gossip.dropped_messages")
         .and_then(|counter| counter["Count"].as_u64());
     assert!(dropped.is_some_and(|count| count > 0), "{metrics}");
     assert!(

@@ -526,7 +526,7 @@ async fn rate_limited_leaf_issues_are_retried_and_counted() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|counter| counter["Name"] == "concord.connect.leaf.issue_failures")
+        .find(|counter| counter["Name"] == "consul.connect.leaf.issue_failures")
         .unwrap()["Count"]
         .as_u64()
         .unwrap();
@@ -538,7 +538,10 @@ async fn rate_limited_leaf_issues_are_retried_and_counted() {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|gauge| gauge["Name"] == "concord.connect.leaf.seconds_until_expiry")
+        .filter(|gauge| {
+            gauge["Name"]
+                == crate::support::gauge_name("connect.leaf.seconds_until_expiry").as_str()
+        })
         .collect();
     assert_eq!(gauges.len(), 4, "{metrics}");
     for gauge in gauges {
@@ -552,7 +555,7 @@ async fn rate_limited_leaf_issues_are_retried_and_counted() {
         .unwrap()
         .text();
     assert!(
-        text.contains(&format!("concord_connect_leaf_issue_failures {failures}")),
+        text.contains(&format!("consul_connect_leaf_issue_failures {failures}")),
         "{text}"
     );
 }

@@ -20,6 +20,7 @@ mod lifecycle;
 mod linearizable;
 mod lock;
 mod mesh_failover;
+mod metrics;
 mod mistakes;
 mod nemesis;
 mod raft_cluster;

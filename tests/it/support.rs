@@ -435,3 +435,10 @@ impl Drop for Partition {
 pub fn client_for(ip: &str) -> Client {
     Client::from_flags(Some(&format!("{ip}:8500")), None).expect("client")
 }
+
+/// A gauge's name in `/v1/agent/metrics` JSON: Consul's prefix and, since `disable_hostname`
+/// is off by default, this machine's hostname before the name.
+pub fn gauge_name(name: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("consul.{}.{name}", host.trim())
+}

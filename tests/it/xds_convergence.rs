@@ -116,29 +116,32 @@ async fn assert_metrics_show_convergence(agent: &Agent) {
     let gauge = |name: &str, proxy: &str, extra: &[(&str, &str)]| -> Vec<f64> {
         gauges
             .iter()
-            .filter(|g| g["Name"] == name && g["Labels"]["proxy"] == proxy)
+            .filter(|g| {
+                g["Name"] == crate::support::gauge_name(name).as_str()
+                    && g["Labels"]["proxy"] == proxy
+            })
             .filter(|g| extra.iter().all(|(k, v)| g["Labels"][*k] == *v))
             .filter_map(|g| g["Value"].as_f64())
             .collect()
     };
     for proxy in PROXIES {
         assert_eq!(
-            gauge("concord.xds.converged", proxy, &[]),
+            gauge("xds.converged", proxy, &[]),
             [1.0],
             "{proxy}: {metrics:#}"
         );
         let held = gauge(
-            "concord.xds.resources",
+            "xds.resources",
             proxy,
             &[("type", "Cluster"), ("state", "held")],
         );
         assert!(held.iter().sum::<f64>() >= 1.0, "{proxy}: {metrics:#}");
-        let pending = gauge("concord.xds.pending_responses", proxy, &[]);
+        let pending = gauge("xds.pending_responses", proxy, &[]);
         // One per type the stream uses (a proxy without upstreams asks for no endpoints and
         // no routes).
         assert!(pending.len() >= 2, "{proxy}: {metrics:#}");
         assert!(pending.iter().all(|p| *p == 0.0), "{proxy}: {metrics:#}");
-        let nonces = gauge("concord.xds.last_ack_nonce", proxy, &[]);
+        let nonces = gauge("xds.last_ack_nonce", proxy, &[]);
         assert!(
             nonces.len() == pending.len() && nonces.iter().all(|n| *n >= 1.0),
             "{proxy}: {metrics:#}"

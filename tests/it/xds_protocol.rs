@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
 use crate::envoy::register;
-use crate::support::{eventually, free_port, json, Agent, AgentOptions};
+use crate::support::{eventually, free_port, gauge_name, json, Agent, AgentOptions};
 
 const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 
@@ -222,7 +222,7 @@ async fn misbehaving_streams_get_errors_and_do_not_disturb_others() {
         "the rejection in the proxy's metrics",
         Duration::from_secs(10),
         || async {
-            (metric(&agent, "concord.xds.rejected", "web-sidecar-proxy").await == 1).then_some(())
+            (metric(&agent, "consul.xds.rejected", "web-sidecar-proxy").await == 1).then_some(())
         },
     )
     .await;
@@ -260,7 +260,8 @@ async fn misbehaving_streams_get_errors_and_do_not_disturb_others() {
         "dropped streams to be closed",
         Duration::from_secs(30),
         || async {
-            (metric(&agent, "concord.xds.streams", "web-sidecar-proxy").await == 2).then_some(())
+            (metric(&agent, &gauge_name("xds.streams"), "web-sidecar-proxy").await == 2)
+                .then_some(())
         },
     )
     .await;
@@ -286,14 +287,14 @@ async fn misbehaving_streams_get_errors_and_do_not_disturb_others() {
     drop(odd);
 }
 
-/// The agent's tasks by name, from `/v1/agent/metrics` (`concord.tasks{name}`).
+/// The agent's tasks by name, from `/v1/agent/metrics` (`consul.<host>.tasks{name}`).
 async fn task_counts(agent: &Agent) -> std::collections::BTreeMap<String, u64> {
     let metrics = json(&agent.client().get("/v1/agent/metrics").await.unwrap());
     metrics["Gauges"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|g| g["Name"] == "concord.tasks")
+        .filter(|g| g["Name"] == gauge_name("tasks").as_str())
         .map(|g| {
             let name = g["Labels"]["name"].as_str().unwrap_or_default().to_string();
             (name, g["Value"].as_f64().unwrap_or_default() as u64)
@@ -458,7 +459,7 @@ async fn a_stream_that_never_reads_does_not_hold_shutdown() {
         "the stream task blocked on send",
         Duration::from_secs(30),
         || async {
-            let streams = metric(&agent, "concord.xds.streams", "web-sidecar-proxy").await;
+            let streams = metric(&agent, &gauge_name("xds.streams"), "web-sidecar-proxy").await;
             let status = json(
                 &agent
                     .client()

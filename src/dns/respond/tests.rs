@@ -64,6 +64,7 @@ fn context_with(instances: usize, config: DnsConfig) -> Context {
         "dc1".into(),
         Cluster::Memory(cluster),
         Authorizer::disabled(),
+        "node1",
     )
 }
 
