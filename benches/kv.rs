@@ -386,7 +386,7 @@ async fn bench_acl(table: &mut Table) -> Result<()> {
 
 /// Rounds of the metrics comparison: each runs PUT and GET on an agent with metrics off, then
 /// on a fresh one with them on; the medians are compared, so one noisy round cannot decide.
-const METRICS_ROUNDS: usize = 3;
+const METRICS_ROUNDS: usize = 5;
 
 async fn bench_metrics(table: &mut Table) -> Result<()> {
     // Off: every metric blocked by the filter (`filter_default = false`, no allow rule), as an

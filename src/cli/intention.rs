@@ -23,8 +23,13 @@ pub fn command() -> Command {
                     "Replace an existing intention for the pair",
                 ))
                 .arg(repeated("meta", "Metadata as key=value (repeatable)"))
+                .arg(boolean(
+                    "file",
+                    "The arguments are files (or - for stdin) each holding an intention as JSON",
+                ))
                 .arg(Arg::new("source"))
-                .arg(Arg::new("destination")),
+                .arg(Arg::new("destination"))
+                .arg(Arg::new("more").num_args(0..).hide(true)),
         ))
         .subcommand(with_http_flags(
             Command::new("check")
@@ -93,6 +98,9 @@ fn describe(intention: &Value) -> String {
 }
 
 async fn create(matches: &ArgMatches) -> CommandResult {
+    if get_bool(matches, "file") {
+        return create_from_files(matches).await;
+    }
     let (allow, deny) = (get_bool(matches, "allow"), get_bool(matches, "deny"));
     if allow && deny {
         return Err("Only one of -allow or -deny may be specified.".into());
@@ -160,6 +168,54 @@ async fn create(matches: &ArgMatches) -> CommandResult {
         }
     }
     println!("Created: {source} => {destination} ({action})");
+    Ok(())
+}
+
+/// `intention create -file a.json b.json`: each file (or `-`, stdin) holds one intention in
+/// the API's JSON shape; each is created as given, in order.
+async fn create_from_files(matches: &ArgMatches) -> CommandResult {
+    let paths: Vec<&String> = ["source", "destination"]
+        .iter()
+        .filter_map(|name| matches.get_one::<String>(name))
+        .chain(matches.get_many::<String>("more").into_iter().flatten())
+        .collect();
+    if paths.is_empty() {
+        return Err("Error: Must specify at least one file with -file".into());
+    }
+    let client = client(matches)?;
+    for path in paths {
+        let text = if path == "-" {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .map_err(|error| format!("Error reading stdin: {error}"))?;
+            text
+        } else {
+            std::fs::read_to_string(path)
+                .map_err(|error| format!("Error reading file {path:?}: {error}"))?
+        };
+        let intention: Value = serde_json::from_str(&text)
+            .map_err(|error| format!("Error decoding intention in {path:?}: {error}"))?;
+        let response = client
+            .request(
+                hyper::Method::POST,
+                &format!("/v1/connect/intentions?{}", shared_query(matches)),
+                Some(intention.to_string().into_bytes()),
+            )
+            .await?;
+        if response.status != 200 {
+            return Err(format!(
+                "Error creating intention: {}",
+                unexpected(&response)
+            ));
+        }
+        let name = |key: &str| intention[key].as_str().unwrap_or_default().to_string();
+        println!(
+            "Created: {} => {} ({})",
+            name("SourceName"),
+            name("DestinationName"),
+            name("Action")
+        );
+    }
     Ok(())
 }
 

@@ -27,6 +27,8 @@ const SEMAPHORE_FLAG: u64 = 0xe0f6_9a2b_aa41_4de0;
 const SESSION_TTL: &str = "15s";
 const RENEW_EVERY: Duration = Duration::from_millis(7500);
 const WAIT: &str = "15s";
+/// How long a failed check of the lock waits before the next (Consul's MonitorRetryTime).
+const MONITOR_RETRY_PAUSE: Duration = Duration::from_secs(2);
 /// How soon to try again when the lock looked free but acquiring failed (lock-delay).
 const RETRY: Duration = Duration::from_millis(500);
 
@@ -50,6 +52,14 @@ pub fn command() -> Command {
                 "Exit with the command's exit code",
             ))
             .arg(boolean("verbose", "Print what the lock is doing"))
+            .arg(boolean(
+                "pass-stdin",
+                "Pass this command's stdin to the child",
+            ))
+            .arg(value(
+                "monitor-retry",
+                "Times to retry a failed check that the lock is still held (default 3)",
+            ))
             .arg(Arg::new("prefix").required(true))
             .arg(Arg::new("command").num_args(1..).required(true)),
     )
@@ -61,6 +71,8 @@ struct Lock {
     session: String,
     limit: u64,
     verbose: bool,
+    /// Consecutive failed checks of the lock tolerated before it counts as lost.
+    monitor_retries: u32,
 }
 
 impl Lock {
@@ -278,6 +290,10 @@ fn spawn_child(matches: &ArgMatches) -> Result<Child, String> {
         command.args(&words[1..]);
         command
     };
+    // Consul's child reads nothing unless asked to share the lock command's stdin.
+    if !get_bool(matches, "pass-stdin") {
+        command.stdin(std::process::Stdio::null());
+    }
     command
         .kill_on_drop(true)
         .spawn()
@@ -304,6 +320,10 @@ pub async fn run(matches: &ArgMatches) -> CommandResult {
         ),
         None => None,
     };
+    let monitor_retries: u32 = get_str(matches, "monitor-retry")
+        .unwrap_or("3")
+        .parse()
+        .map_err(|_| "Error! -monitor-retry must be a number")?;
     let default_name = if limit == 1 {
         "Consul API Lock"
     } else {
@@ -324,6 +344,7 @@ pub async fn run(matches: &ArgMatches) -> CommandResult {
         session,
         limit,
         verbose: get_bool(matches, "verbose"),
+        monitor_retries,
     };
     lock.log(&format!("created session {}", lock.session));
 
@@ -388,14 +409,26 @@ async fn watch_lock(lock: &Lock) -> String {
     let path = format!("/v1/kv/{}", encode_path(&key));
     let watch = async {
         let mut index = 0;
+        let mut failures = 0;
         loop {
-            match lock.still_held().await {
-                Ok(true) => {}
-                Ok(false) => return "the key is no longer held by this session".to_string(),
-                Err(error) => return error,
-            }
-            match lock.wait_for_change(&path, index).await {
-                Ok(new_index) => index = new_index,
+            let checked = match lock.still_held().await {
+                Ok(true) => lock.wait_for_change(&path, index).await.map(Some),
+                Ok(false) => Ok(None),
+                Err(error) => Err(error),
+            };
+            match checked {
+                Ok(Some(new_index)) => {
+                    index = new_index;
+                    failures = 0;
+                }
+                Ok(None) => return "the key is no longer held by this session".to_string(),
+                // A server busy electing a leader answers 500 for a moment; Consul's lock
+                // retries such a check (`-monitor-retry` times) before giving the lock up.
+                Err(error) if failures < lock.monitor_retries => {
+                    failures += 1;
+                    lock.log(&format!("checking the lock failed ({error}); retrying"));
+                    tokio::time::sleep(MONITOR_RETRY_PAUSE).await;
+                }
                 Err(error) => return error,
             }
         }

@@ -6,6 +6,7 @@ mod agent;
 mod catalog;
 mod config;
 mod connect;
+mod debug;
 mod envoy;
 mod goflags;
 mod intention;
@@ -101,6 +102,8 @@ fn command_tree() -> Command {
         // scripts rely on appending overrides; repeatable flags (`-retry-join`) still collect.
         .args_override_self(true)
         .subcommand(agent::command())
+        .subcommand(debug::info_command())
+        .subcommand(debug::debug_command())
         .subcommand(
             Command::new("version")
                 .about("Prints the version")
@@ -248,6 +251,8 @@ pub fn main() -> ExitCode {
                 Ok(())
             }
             Some(("members", sub)) => members(sub).await,
+            Some(("info", sub)) => debug::info(sub).await,
+            Some(("debug", sub)) => debug::debug(sub).await,
             Some(("join", sub)) => join(sub).await,
             Some(("leave", sub)) => leave(sub).await,
             Some(("force-leave", sub)) => force_leave(sub).await,

@@ -80,6 +80,11 @@ pub async fn self_info(
     };
     let (services, checks) = state.agent.services_and_checks();
     let leadership = state.cluster.leadership().borrow().clone();
+    let acl = if state.authorizer.enabled() {
+        "enabled"
+    } else {
+        "disabled"
+    };
     // Consul's Stats values are all strings.
     let consul = match config.server_mode {
         true => json!({
@@ -88,14 +93,14 @@ pub async fn self_info(
             "leader_addr": leadership.leader_address,
             "bootstrap": (config.bootstrap_expect == 1).to_string(),
             "known_datacenters": "1",
-            "acl": "disabled",
+            "acl": acl,
         }),
         false => json!({
             "server": "false",
             "known_servers": crate::rpc::client::servers_in(&members, &config.datacenter)
                 .len()
                 .to_string(),
-            "acl": "disabled",
+            "acl": acl,
         }),
     };
     let body = json!({
@@ -124,7 +129,14 @@ pub async fn self_info(
                 "encrypted": state.lan.encrypted().to_string(),
             },
             "build": {"version": CONSUL_COMPAT_VERSION, "revision": format!("concord-{CONCORD_VERSION}"), "prerelease": ""},
-            "raft": {"state": if leadership.is_leader { "Leader" } else { "Follower" }},
+            "raft": raft_stats(&state.cluster),
+            "runtime": {
+                "arch": std::env::consts::ARCH,
+                "os": std::env::consts::OS,
+                "cpu_count": std::thread::available_parallelism().map_or(1, |n| n.get()).to_string(),
+                "goroutines": tokio::runtime::Handle::current().metrics().num_alive_tasks().to_string(),
+                "max_procs": tokio::runtime::Handle::current().metrics().num_workers().to_string(),
+            },
         },
         "Meta": config.node_meta,
         // Where Envoy reaches this agent's xDS server (`connect envoy` reads `XDS.Port`).
@@ -138,6 +150,34 @@ pub async fn self_info(
         },
     });
     Ok(reply::json(&body, call.pretty(&state)))
+}
+
+/// Consul's `raft` stats, from this server's Raft node; empty on a client, which has none.
+fn raft_stats(cluster: &crate::rpc::Cluster) -> Value {
+    let crate::rpc::Cluster::Server(server) = cluster else {
+        return json!({});
+    };
+    let metrics = server.raft().metrics().borrow().clone();
+    let voters = metrics.membership_config.membership().voter_ids().count();
+    let state = match metrics.state {
+        openraft::ServerState::Leader => "Leader",
+        openraft::ServerState::Candidate => "Candidate",
+        openraft::ServerState::Learner => "Learner",
+        _ => "Follower",
+    };
+    let last_contact = match metrics.state {
+        openraft::ServerState::Leader => "0".to_string(),
+        _ => format!("{}ms", server.millis_since_leader_contact()),
+    };
+    json!({
+        "state": state,
+        "term": metrics.current_term.to_string(),
+        "last_log_index": metrics.last_log_index.unwrap_or(0).to_string(),
+        "applied_index": metrics.last_applied.map_or(0, |log| log.index).to_string(),
+        "last_snapshot_index": metrics.snapshot.map_or(0, |log| log.index).to_string(),
+        "num_peers": voters.saturating_sub(1).to_string(),
+        "last_contact": last_contact,
+    })
 }
 
 pub async fn version(State(state): State<Arc<AppState>>, call: Call) -> Response {

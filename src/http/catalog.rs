@@ -275,3 +275,32 @@ async fn node_view(
     })
     .await
 }
+
+/// `GET /v1/catalog/gateway-services/:gateway`: the services a terminating or ingress gateway
+/// fronts, from its config entry. concord refuses gateway config entries (no gateway can be
+/// configured yet), so every gateway fronts nothing: `[]`, as Consul answers for a gateway
+/// without an entry, blocking on the two gateway kinds' entries.
+pub async fn gateway_services(
+    State(state): State<Arc<AppState>>,
+    Path(gateway): Path<String>,
+    call: Call,
+) -> Result<Response, ApiError> {
+    state
+        .authorizer
+        .authorize(call.token().as_deref(), Access::ServiceRead(&gateway))?;
+    let options = call.read_options(&state)?;
+    let kinds = ["ingress-gateway", "terminating-gateway"];
+    let topics = kinds
+        .iter()
+        .map(|kind| (crate::state::connect::kind_topic(kind), Match::Exact))
+        .collect();
+    reply::blocking(&state, &options, topics, |tables| {
+        let index = kinds
+            .iter()
+            .map(|kind| tables.config_kind_index(kind))
+            .max()
+            .unwrap_or(0);
+        Ok((index, Reply::Json(Value::Array(Vec::new()))))
+    })
+    .await
+}

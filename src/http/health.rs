@@ -166,3 +166,39 @@ pub async fn in_state(
     })
     .await
 }
+
+/// `GET /v1/health/ingress/:service`: the ingress gateways' instances that expose `service`.
+/// concord refuses ingress-gateway config entries (no gateway can be configured yet), so no
+/// gateway exposes anything: `[]`, blocking on the catalog's services and ingress entries.
+pub async fn ingress(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    call: Call,
+) -> Result<Response, ApiError> {
+    state.authorizer.authorize(
+        call.token().as_deref(),
+        crate::acl::Access::ServiceRead(&name),
+    )?;
+    let options = call.read_options(&state)?;
+    let topics = vec![
+        (
+            crate::state::catalog::SERVICES_TOPIC.to_string(),
+            crate::state::Match::Exact,
+        ),
+        (
+            crate::state::connect::kind_topic("ingress-gateway"),
+            crate::state::Match::Exact,
+        ),
+    ];
+    super::reply::blocking(&state, &options, topics, |tables| {
+        let index = tables
+            .table_index()
+            .services
+            .max(tables.config_kind_index("ingress-gateway"));
+        Ok((
+            index,
+            super::reply::Reply::Json(serde_json::Value::Array(Vec::new())),
+        ))
+    })
+    .await
+}

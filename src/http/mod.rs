@@ -126,6 +126,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/catalog/services", get(catalog::services))
         .route("/v1/catalog/service/{name}", get(catalog::service))
         .route("/v1/catalog/connect/{name}", get(catalog::connect))
+        .route(
+            "/v1/catalog/gateway-services/{gateway}",
+            get(catalog::gateway_services),
+        )
         .route("/v1/catalog/node/{node}", get(catalog::node))
         .route(
             "/v1/catalog/node-services/{node}",
@@ -255,6 +259,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/health/service/{name}", get(health::service))
         .route("/v1/health/connect/{name}", get(health::connect))
+        .route("/v1/health/ingress/{name}", get(health::ingress))
         .route("/v1/health/checks/{name}", get(health::service_checks))
         .route("/v1/health/node/{node}", get(health::node))
         .route("/v1/health/state/{state}", get(health::in_state))
@@ -269,26 +274,54 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 /// Records each request's latency as Consul's `api.http` timer, labelled with the method and
 /// the route as Consul spells it (`/v1/kv/{*key}` is `v1_kv_`, everything before the first
-/// parameter with `/` as `_`). Blocking queries count their wait, as in Consul.
+/// parameter with `/` as `_`). Blocking queries count their wait, as in Consul. Each worker
+/// thread keeps the timer of every route and method it has served, so a request records
+/// without allocating or touching a lock another thread holds.
 async fn observe(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     let started = std::time::Instant::now();
-    let method = request.method().as_str().to_string();
-    let path = request
+    let route = request
         .extensions()
         .get::<axum::extract::MatchedPath>()
-        .map(|route| {
-            let route = route.as_str();
-            let fixed = &route[..route.find('{').unwrap_or(route.len())];
-            fixed.trim_start_matches('/').replace('/', "_")
-        })
-        .unwrap_or_default();
+        .cloned();
+    let method = request.method().clone();
     let response = next.run(request).await;
-    ::metrics::histogram!(crate::telemetry::API_HTTP, "method" => method, "path" => path)
-        .record(crate::telemetry::ms_since(started));
+    if let Some(route) = route {
+        record_http(route.as_str(), &method, crate::telemetry::ms_since(started));
+    }
     response
+}
+
+/// Each route's `api.http` timers, by method.
+type RouteTimers =
+    std::collections::HashMap<Box<str>, Vec<(axum::http::Method, ::metrics::Histogram)>>;
+
+thread_local! {
+    static HTTP_TIMERS: std::cell::RefCell<RouteTimers> = Default::default();
+}
+
+fn record_http(route: &str, method: &axum::http::Method, ms: f64) {
+    HTTP_TIMERS.with_borrow_mut(|timers| {
+        let by_method = match timers.get_mut(route) {
+            Some(by_method) => by_method,
+            None => timers.entry(route.into()).or_default(),
+        };
+        if let Some((_, timer)) = by_method.iter().find(|(m, _)| m == method) {
+            timer.record(ms);
+            return;
+        }
+        let fixed = &route[..route.find('{').unwrap_or(route.len())];
+        let path = fixed.trim_start_matches('/').replace('/', "_");
+        let timer = ::metrics::histogram!(
+            crate::telemetry::API_HTTP,
+            "method" => method.as_str().to_string(),
+            "path" => path
+        );
+        timer.record(ms);
+        by_method.push((method.clone(), timer));
+    });
 }
 
 /// Consul's answers about methods: a route asked with a method it does not take is a 405

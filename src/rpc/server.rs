@@ -168,7 +168,7 @@ impl ServerRpc {
     }
 
     /// Milliseconds since a leader last reached this server (since start, if none has).
-    pub(super) fn millis_since_leader_contact(&self) -> u64 {
+    pub fn millis_since_leader_contact(&self) -> u64 {
         self.last_contact.since_ms()
     }
 

@@ -38,3 +38,42 @@ async fn python_consul_drives_every_api_family() {
             .join("\n")
     );
 }
+
+/// Endpoints clients call for gateways: concord refuses gateway config entries, so no gateway
+/// fronts or exposes anything, and both lists are Consul's empty `[]` with an index to block
+/// on (never a 404 that a client would read as "no such endpoint").
+#[tokio::test]
+async fn gateway_lists_are_empty_arrays_with_an_index() {
+    let agent = Agent::start(AgentOptions::default()).await;
+    let client = agent.client();
+    for path in [
+        "/v1/catalog/gateway-services/ingress",
+        "/v1/health/ingress/web",
+    ] {
+        let response = client.get(path).await.unwrap();
+        assert_eq!(response.status, 200, "{path}: {}", response.text());
+        assert_eq!(
+            crate::support::json(&response),
+            serde_json::json!([]),
+            "{path}"
+        );
+        let index: u64 = crate::support::header(&response, "X-Consul-Index")
+            .parse()
+            .unwrap_or(0);
+        assert!(index >= 1, "{path}: index {index}");
+    }
+    // A gateway entry cannot be written, so there is nothing these lists could be missing.
+    let response = client
+        .put(
+            "/v1/config",
+            br#"{"Kind": "ingress-gateway", "Name": "ingress"}"#.to_vec(),
+        )
+        .await
+        .unwrap();
+    assert!(response.status.is_client_error() || response.status.is_server_error());
+    assert!(
+        response.text().contains("ingress-gateway"),
+        "{}",
+        response.text()
+    );
+}

@@ -559,3 +559,45 @@ async fn rate_limited_leaf_issues_are_retried_and_counted() {
         "{text}"
     );
 }
+
+/// `intention create -file`: each argument is a file (or `-`, stdin) holding one intention in
+/// the API's JSON; each is created as written.
+#[tokio::test]
+async fn intentions_are_created_from_files_and_stdin() {
+    let agent = Agent::start(AgentOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("deny.json");
+    std::fs::write(
+        &file,
+        r#"{"SourceName": "web", "DestinationName": "db", "Action": "deny", "Description": "from a file"}"#,
+    )
+    .unwrap();
+    let path = file.display().to_string();
+    let (code, stdout, stderr) = cli(
+        &agent,
+        &["intention", "create", "-file", &path, "-"],
+        Some(br#"{"SourceName": "api", "DestinationName": "db", "Action": "allow"}"#),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        stdout,
+        "Created: web => db (deny)\nCreated: api => db (allow)\n"
+    );
+    let exact = json(
+        &agent
+            .client()
+            .get("/v1/connect/intentions/exact?source=web&destination=db")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(exact["Description"], "from a file");
+    let (code, _, _) = cli(&agent, &["intention", "check", "web", "db"], None);
+    assert_eq!(code, 1, "web => db is denied");
+    let (code, _, _) = cli(&agent, &["intention", "check", "api", "db"], None);
+    assert_eq!(code, 0, "api => db is allowed");
+    // A file that is not an intention is refused, naming the file.
+    std::fs::write(&file, "not json").unwrap();
+    let (code, _, stderr) = cli(&agent, &["intention", "create", "-file", &path], None);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("deny.json"), "{stderr}");
+}

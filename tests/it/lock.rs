@@ -147,3 +147,31 @@ async fn a_dead_holder_frees_the_lock_only_after_lock_delay() {
     let first_status = first.wait().unwrap();
     assert!(first_status.success(), "{first_status}");
 }
+
+/// The child reads the lock command's stdin only with `-pass-stdin` (Consul's default gives it
+/// none, so a child that reads stdin does not hang on a terminal).
+#[tokio::test]
+async fn the_child_gets_stdin_only_with_pass_stdin() {
+    let agent = Agent::start(AgentOptions::default()).await;
+    let (code, stdout, stderr) = crate::support::cli(
+        &agent,
+        &["lock", "-pass-stdin", "stdin/job", "cat"],
+        Some(b"handed over\n"),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout, "handed over\n");
+    let (code, stdout, stderr) = crate::support::cli(
+        &agent,
+        &["lock", "-monitor-retry=5", "stdin/job", "cat"],
+        Some(b"kept back\n"),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout, "");
+    let (code, _, stderr) = crate::support::cli(
+        &agent,
+        &["lock", "-monitor-retry=many", "stdin/job", "true"],
+        None,
+    );
+    assert_ne!(code, 0);
+    assert!(stderr.contains("-monitor-retry"), "{stderr}");
+}

@@ -14,6 +14,7 @@ mod connect_sidecar;
 mod dns;
 mod durability;
 mod envoy;
+mod errors;
 mod health;
 mod kv;
 mod lifecycle;

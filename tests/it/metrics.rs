@@ -217,3 +217,129 @@ async fn the_telemetry_stanza_names_and_filters_series() {
         refused.log()
     );
 }
+
+/// `concord info` prints the agent's Stats as `consul info` does; `concord debug` bundles
+/// the agent's self, members, host facts, metrics every interval and the logs of the capture
+/// into a `.tar.gz`, and refuses intervals and targets Consul refuses.
+#[tokio::test]
+async fn info_and_debug_give_operators_the_agents_state() {
+    let agent = Agent::start(AgentOptions::default()).await;
+    let (code, stdout, stderr) = crate::support::cli(&agent, &["info"], None);
+    assert_eq!(code, 0, "{stderr}");
+    for line in [
+        "consul:\n",
+        "\tacl = disabled\n",
+        "\tserver = true\n",
+        "raft:\n",
+        "\tstate = Leader\n",
+        "\tnum_peers = 0\n",
+        "runtime:\n",
+        "serf_lan:\n",
+        "\tmembers = 1\n",
+    ] {
+        assert!(stdout.contains(line), "{line:?} missing from:\n{stdout}");
+    }
+    let applied: u64 = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("\tapplied_index = "))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no applied_index in:\n{stdout}"));
+    assert!(applied >= 1, "{stdout}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("bundle");
+    let output_arg = format!("-output={}", output.display());
+    let capture = {
+        let agent_address = agent.address();
+        let output_arg = output_arg.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_concord"))
+                .args([
+                    "debug",
+                    &format!("-http-addr={agent_address}"),
+                    "-duration=5s",
+                    "-interval=5s",
+                    &output_arg,
+                ])
+                .output()
+                .unwrap()
+        })
+    };
+    // Something for the capture's logs: a rejected request is logged at debug level.
+    let bundle = output.with_extension("tar.gz");
+    crate::support::eventually(
+        "the capture to start",
+        std::time::Duration::from_secs(10),
+        || async { output.join("agent.json").exists().then_some(()) },
+    )
+    .await;
+    let response = agent
+        .client()
+        .put("/v1/txn", b"not json".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(response.status, 400);
+    let finished = capture.await.unwrap();
+    assert!(
+        finished.status.success(),
+        "{}",
+        String::from_utf8_lossy(&finished.stderr)
+    );
+    assert!(bundle.exists() && !output.exists(), "{}", bundle.display());
+    let mut files = BTreeMap::new();
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(
+        std::fs::File::open(&bundle).unwrap(),
+    ));
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let path = entry.path().unwrap().to_string_lossy().into_owned();
+        let mut text = String::new();
+        if entry.header().entry_type().is_file() {
+            std::io::Read::read_to_string(&mut entry, &mut text).unwrap();
+            files.insert(path, text);
+        }
+    }
+    let file = |name: &str| {
+        files
+            .get(&format!("bundle/{name}"))
+            .unwrap_or_else(|| panic!("{name} missing: {:?}", files.keys()))
+    };
+    let me: Value = serde_json::from_str(file("agent.json")).unwrap();
+    assert_eq!(me["Config"]["NodeName"], agent_node(&agent.client()).await);
+    let members: Value = serde_json::from_str(file("members.json")).unwrap();
+    assert_eq!(members.as_array().unwrap().len(), 1);
+    let host: Value = serde_json::from_str(file("host.json")).unwrap();
+    assert_eq!(host["Host"]["os"], "linux");
+    let index: Value = serde_json::from_str(file("index.json")).unwrap();
+    assert_eq!(index["Interval"], "5s");
+    assert!(
+        file("consul.log").contains("request rejected"),
+        "{}",
+        file("consul.log")
+    );
+    let snapshots: Vec<&String> = files
+        .iter()
+        .filter(|(name, _)| name.ends_with("/metrics.json"))
+        .map(|(_, body)| body)
+        .collect();
+    assert!(!snapshots.is_empty(), "{:?}", files.keys());
+    let metrics: Value = serde_json::from_str(snapshots[0]).unwrap();
+    assert!(metrics["Samples"].is_array(), "{metrics}");
+
+    // Consul's limits: an interval under 5s, a duration under the interval, unknown targets.
+    for (args, message) in [
+        (
+            &["debug", "-interval=1s"][..],
+            "interval must be longer than 5s",
+        ),
+        (
+            &["debug", "-duration=5s", "-interval=10s"][..],
+            "duration must be longer than interval",
+        ),
+        (&["debug", "-capture=secrets"][..], "Invalid capture target"),
+    ] {
+        let (code, _, stderr) = crate::support::cli(&agent, args, None);
+        assert_ne!(code, 0, "{args:?}");
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+    }
+}
