@@ -384,9 +384,10 @@ async fn bench_acl(table: &mut Table) -> Result<()> {
     Ok(())
 }
 
-/// Rounds of the metrics comparison: each runs PUT and GET on an agent with metrics off, then
-/// on a fresh one with them on; the medians are compared, so one noisy round cannot decide.
-const METRICS_ROUNDS: usize = 5;
+/// Rounds of the metrics comparison: each runs PUT and GET on a fresh agent with metrics off
+/// and on a fresh one with them on (which goes first alternates, so drift over the run does
+/// not favour one); the medians are compared, so one noisy round cannot decide.
+const METRICS_ROUNDS: usize = 7;
 
 async fn bench_metrics(table: &mut Table) -> Result<()> {
     // Off: every metric blocked by the filter (`filter_default = false`, no allow rule), as an
@@ -394,7 +395,11 @@ async fn bench_metrics(table: &mut Table) -> Result<()> {
     let off_hcl = "telemetry { filter_default = false }";
     let mut rates: [Vec<f64>; 4] = Default::default();
     for round in 0..METRICS_ROUNDS {
-        for (on, args) in [(false, vec!["-hcl", off_hcl]), (true, vec![])] {
+        let mut order = [(false, vec!["-hcl", off_hcl]), (true, vec![])];
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for (on, args) in order {
             let mut agent = BenchAgent::spawn(None, &args).await?;
             agent.wait_writable().await?;
             let (put, get) = put_and_get(&agent, "").await?;
