@@ -20,23 +20,44 @@ pub fn is_http_family(protocol: &str) -> bool {
     matches!(protocol, "http" | "http2" | "grpc")
 }
 
-/// Why a config entry, or a change to one, was refused: its decoding, a rule it breaks on its
-/// own (here) or across entries (`graph`). The message is Consul's and names the field; the
-/// HTTP edge answers 400 (a recorded deviation from Consul's 500). Callers only report it,
-/// so it is one kind.
+/// Why a config entry, or a change to one, was refused: its decoding (no or an unknown kind, a
+/// field of the wrong type), or a rule it breaks on its own (here) or across entries (`graph`).
+/// The message is Consul's and names the field. Consul's HTTP edge tells the two apart (a
+/// body it cannot decode is the client's 400, a failed validation its RPC's 500), so this
+/// carries which one it is.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct EntryError(String);
+#[error("{message}")]
+pub struct EntryError {
+    message: String,
+    decoding: bool,
+}
 
 impl EntryError {
+    /// A rule the entry breaks.
     pub(super) fn new(message: impl Into<String>) -> EntryError {
-        EntryError(message.into())
+        EntryError {
+            message: message.into(),
+            decoding: false,
+        }
+    }
+
+    /// A body that is not a config entry at all.
+    pub(super) fn decoding(message: impl Into<String>) -> EntryError {
+        EntryError {
+            message: message.into(),
+            decoding: true,
+        }
+    }
+
+    /// Whether the entry could not be decoded (rather than broke a rule).
+    pub fn is_decoding(&self) -> bool {
+        self.decoding
     }
 }
 
 impl From<ce::ParseError> for EntryError {
     fn from(error: ce::ParseError) -> EntryError {
-        EntryError(error.to_string())
+        EntryError::decoding(error.to_string())
     }
 }
 
@@ -53,10 +74,10 @@ pub fn decode(json: Map<String, Value>) -> Result<ConfigEntry, EntryError> {
         .unwrap_or_default()
         .to_string();
     if kind.is_empty() {
-        return Err(EntryError::new("Kind is required"));
+        return Err(EntryError::decoding("Kind is required"));
     }
     if !ce::KINDS.contains(&kind.as_str()) {
-        return Err(EntryError::new(format!(
+        return Err(EntryError::decoding(format!(
             "invalid config entry kind: {kind:?} (concord stores {})",
             ce::KINDS.join(", ")
         )));

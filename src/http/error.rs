@@ -45,7 +45,8 @@ impl From<RpcError> for ApiError {
 impl From<CaError> for ApiError {
     fn from(error: CaError) -> ApiError {
         match error {
-            CaError::Invalid(message) => ApiError::BadRequest(message),
+            // Consul's RPC refuses a configuration it cannot use with a 500.
+            CaError::Invalid(message) => ApiError::Internal(message),
             CaError::Unavailable(message) => ApiError::Internal(message),
             CaError::Rpc(error) => error.into(),
         }
@@ -78,7 +79,6 @@ impl From<FilterError> for ApiError {
     }
 }
 
-/// A config entry that breaks a rule, alone or across entries: 400, not Consul's 500.
 /// A chain that does not compile: Consul answers the discovery-chain endpoint with a 500.
 impl From<crate::connect::chain::ChainError> for ApiError {
     fn from(error: crate::connect::chain::ChainError) -> ApiError {
@@ -86,16 +86,21 @@ impl From<crate::connect::chain::ChainError> for ApiError {
     }
 }
 
+/// A body that is no config entry: 400 `Request decoding failed: ...`; an entry that breaks a
+/// rule, alone or across entries: Consul's 500 (its RPC's validation error), same text.
 impl From<EntryError> for ApiError {
     fn from(error: EntryError) -> ApiError {
-        ApiError::BadRequest(error.to_string())
+        match error.is_decoding() {
+            true => ApiError::BadRequest(format!("Request decoding failed: {error}")),
+            false => ApiError::Internal(error.to_string()),
+        }
     }
 }
 
-/// An invalid CA configuration: 400, not Consul's 500.
+/// An invalid CA configuration: Consul's 500 (its RPC's validation error).
 impl From<CaConfigError> for ApiError {
     fn from(error: CaConfigError) -> ApiError {
-        ApiError::BadRequest(error.to_string())
+        ApiError::Internal(error.to_string())
     }
 }
 

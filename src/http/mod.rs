@@ -264,7 +264,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/health/node/{node}", get(health::node))
         .route("/v1/health/state/{state}", get(health::in_state))
         .route_layer(axum::middleware::from_fn(observe))
-        .fallback(|| async { (StatusCode::NOT_FOUND, "404 page not found") })
+        .fallback(index)
         .with_state(state);
     // Outside the routes: a route's own layers see its 405 before axum adds `Allow`.
     Router::new()
@@ -322,6 +322,32 @@ fn record_http(route: &str, method: &axum::http::Method, ms: f64) {
         timer.record(ms);
         by_method.push((method.clone(), timer));
     });
+}
+
+/// What Consul's index handler answers for `/` and every path no route takes: a 404 telling
+/// an API caller the endpoint is unknown (or that API paths start with `/v1/`), and for `/` a
+/// line saying what this server is. (Consul redirects `/` to `/ui/` when its UI is on; concord
+/// has no web UI yet, so it says that instead of redirecting to a 404.)
+async fn index(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+    uri: axum::http::Uri,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let path = uri.path();
+    if path != "/" {
+        let text = if path.contains("/v1/") {
+            "Invalid URL path: not a recognized HTTP API endpoint\n"
+        } else {
+            "Invalid URL path: if attempting to use the HTTP API, ensure the path starts with '/v1/'\n"
+        };
+        return (StatusCode::NOT_FOUND, text).into_response();
+    }
+    if !state.config.ui_enabled {
+        return "Consul Agent: UI disabled. To enable, set ui_config.enabled=true in the agent configuration and restart."
+            .into_response();
+    }
+    "Consul Agent (concord): this build has no web UI yet; the HTTP API is under /v1/."
+        .into_response()
 }
 
 /// Consul's answers about methods: a route asked with a method it does not take is a 405

@@ -236,7 +236,7 @@ async fn deleting_a_resolver_a_splitter_needs_is_refused_by_the_graph_rules() {
         assert_eq!(status, StatusCode::OK, "{entry}: {body}");
     }
     let (status, _, body) = call(&harness, "DELETE", "/v1/config/service-resolver/api", "").await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
     assert!(
         body.contains("does not have a subset named \"v1\""),
         "{body}"
@@ -280,10 +280,16 @@ async fn wrong_methods_are_405_with_allow_and_options_answers_with_it() {
     let (status, allow, body) = answer("OPTIONS", "/v1/kv/anything").await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, ""));
     assert_eq!(allow, "OPTIONS,GET,HEAD,PUT,DELETE");
-    // Unknown routes stay 404, whatever the method.
+    // Unknown routes stay 404, whatever the method, with Consul's index handler's text.
     let (status, _, body) = answer("OPTIONS", "/v1/no/such/route").await;
     assert_eq!(
         (status, body.as_str()),
-        (StatusCode::NOT_FOUND, "404 page not found")
+        (
+            StatusCode::NOT_FOUND,
+            "Invalid URL path: not a recognized HTTP API endpoint\n"
+        )
     );
+    let (status, _, body) = answer("GET", "/kv/forgot-the-prefix").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body.contains("ensure the path starts with '/v1/'"), "{body}");
 }
