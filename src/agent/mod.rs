@@ -55,6 +55,9 @@ pub enum AgentError {
         "no port provided for sidecar_service and none left in the configured range [{min}, {max}]"
     )]
     SidecarPortsExhausted { min: u16, max: u16 },
+    /// An update for a check this agent does not have.
+    #[error("Unknown check ID {0:?}. Ensure that the check ID is passed, not the check name.")]
+    UnknownCheck(String),
     /// A TTL update for a check that this agent does not run as a TTL check.
     #[error("CheckID {0:?} does not have associated TTL")]
     NotTtlCheck(String),
@@ -551,10 +554,12 @@ impl Agent {
         output: &str,
     ) -> Result<(), AgentError> {
         let mut state = self.state();
-        let not_ttl = || AgentError::NotTtlCheck(id.to_string());
-        let check = state.checks.get_mut(id).ok_or_else(not_ttl)?;
+        let check = state
+            .checks
+            .get_mut(id)
+            .ok_or_else(|| AgentError::UnknownCheck(id.to_string()))?;
         let CheckKind::Ttl { ttl } = check.definition.kind else {
-            return Err(not_ttl());
+            return Err(AgentError::NotTtlCheck(id.to_string()));
         };
         check.ttl_deadline = Some(Instant::now() + ttl);
         check.wake.notify_one();

@@ -300,7 +300,7 @@ fn duration(field: &str, text: &str) -> Result<Option<Duration>, DecodeError> {
 /// Parses one service definition (a JSON object in any of Consul's spellings).
 pub fn service(value: Value, policy: DefinitionPolicy) -> Result<ServiceDefinition, DecodeError> {
     let input: ServiceIn = serde_json::from_value(canonicalize(value))
-        .map_err(|error| DecodeError::new(format!("Invalid service definition: {error}")))?;
+        .map_err(|error| DecodeError::new(format!("Request decode failed: {error}")))?;
     if input.name.is_empty() {
         return Err(DecodeError::new("Missing service name"));
     }
@@ -388,7 +388,7 @@ pub fn service(value: Value, policy: DefinitionPolicy) -> Result<ServiceDefiniti
 /// Parses one check definition.
 pub fn check(value: Value, policy: DefinitionPolicy) -> Result<CheckDefinition, DecodeError> {
     let input: CheckIn = serde_json::from_value(canonicalize(value))
-        .map_err(|error| DecodeError::new(format!("Invalid check definition: {error}")))?;
+        .map_err(|error| DecodeError::new(format!("Request decode failed: {error}")))?;
     check_definition(input, policy)
 }
 

@@ -93,15 +93,25 @@ fn lock_delay(value: &Value) -> Result<Duration, DecodeError> {
     }
 }
 
+/// Why a create body was refused: it does not decode (Consul's 400), or it decodes to a session
+/// Consul's Session RPC refuses (a bad TTL or behavior: its 500).
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
 /// Parses a create body; `id` and `agent_node` are filled in by the caller.
-pub fn create_request(body: Value, id: String, agent_node: &str) -> Result<Session, DecodeError> {
+pub fn create_request(body: Value, id: String, agent_node: &str) -> Result<Session, CreateError> {
     let input: SessionIn = serde_json::from_value(canonicalize(body))
         .map_err(|error| DecodeError::new(format!("Request decode failed: {error}")))?;
     let behavior = match input.behavior.as_str() {
         "" | "release" => SessionBehavior::Release,
         "delete" => SessionBehavior::Delete,
         other => {
-            return Err(DecodeError::new(format!(
+            return Err(CreateError::Invalid(format!(
                 "Invalid Behavior setting '{other}'"
             )))
         }
@@ -110,12 +120,12 @@ pub fn create_request(body: Value, id: String, agent_node: &str) -> Result<Sessi
         "" => None,
         text => {
             let ttl = parse_go_duration(text).map_err(|error| {
-                DecodeError::new(format!("Request decode failed: TTL: {error}"))
+                CreateError::Invalid(format!("Session TTL '{text}' invalid: {error}"))
             })?;
             if ttl.is_zero() {
                 None
             } else if !(TTL_MIN..=TTL_MAX).contains(&ttl) {
-                return Err(DecodeError::new(format!(
+                return Err(CreateError::Invalid(format!(
                     "Invalid Session TTL '{}', must be between [{}={}]",
                     ttl.as_nanos(),
                     format_go_duration(TTL_MIN),

@@ -130,12 +130,19 @@ pub async fn deregister_service(
     Path(id): Path<String>,
     call: Call,
 ) -> Result<Response, ApiError> {
-    let name = state.agent.service(&id).map(|service| service.name);
-    state.authorizer.authorize(
-        call.token().as_deref(),
-        Access::ServiceWrite(name.as_deref().unwrap_or(&id)),
-    )?;
-    // Deregistering an unknown service is a no-op, as in Consul.
+    // An unknown service is a 404 before any authorization question, as in Consul.
+    let name = state
+        .agent
+        .service(&id)
+        .map(|service| service.name)
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+            "Unknown service ID {id:?}. Ensure that the service ID is passed, not the service name."
+        ))
+        })?;
+    state
+        .authorizer
+        .authorize(call.token().as_deref(), Access::ServiceWrite(&name))?;
     state.agent.deregister_service(&id);
     Ok(ok())
 }
@@ -185,7 +192,9 @@ pub async fn deregister_check(
         Access::NodeWrite(state.agent.node_name()),
     )?;
     if !state.agent.deregister_check(&id) {
-        return Err(ApiError::NotFound(format!("Unknown check ID {id:?}")));
+        return Err(ApiError::NotFound(format!(
+            "Unknown check ID {id:?}. Ensure that the check ID is passed, not the check name."
+        )));
     }
     Ok(ok())
 }

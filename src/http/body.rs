@@ -18,9 +18,9 @@ pub async fn read(
     timeout: Duration,
 ) -> Result<Bytes, ApiError> {
     let too_large = |size: Option<u64>| {
-        let size = size.map_or_else(String::new, |size| format!("({size} bytes) "));
+        let size = size.map_or_else(String::new, |size| format!("({size} bytes)"));
         ApiError::PayloadTooLarge(format!(
-            "Request body {size}too large, max size: {limit} bytes. See {limit_name}."
+            "Request body{size} too large, max size: {limit} bytes. See {limit_name}."
         ))
     };
     if let Some(size) = declared {

@@ -42,7 +42,10 @@ pub async fn register(
     let context = RegisterContext {
         datacenter: &state.config.datacenter,
     };
-    let request = input.into_request(&context)?;
+    // Consul validates a registration in its Catalog RPC: a refusal is that RPC's 500.
+    let request = input
+        .into_request(&context)
+        .map_err(|error| ApiError::Internal(error.to_string()))?;
     let identity = state.authorizer.resolve(call.token().as_deref())?;
     identity.check(Access::NodeWrite(&request.node.name))?;
     if let Some(service) = &request.service {
@@ -72,7 +75,10 @@ pub async fn deregister(
     let context = RegisterContext {
         datacenter: &state.config.datacenter,
     };
-    let request = input.into_request(&context)?;
+    // Consul validates a registration in its Catalog RPC: a refusal is that RPC's 500.
+    let request = input
+        .into_request(&context)
+        .map_err(|error| ApiError::Internal(error.to_string()))?;
     // One service goes with write on it; a check or the whole node needs the node's.
     let identity = state.authorizer.resolve(call.token().as_deref())?;
     let tables = state.cluster.snapshot();

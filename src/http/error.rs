@@ -104,22 +104,36 @@ impl From<CaConfigError> for ApiError {
     }
 }
 
-/// A refused registration is the client's (400); a TTL update of a check that is not a TTL
-/// check is Consul's 404; a failed reload or maintenance check is the agent's (500). A
+/// A refused registration is the client's (400); a check for a service or a TTL update for a
+/// check the agent does not have is Consul's 404; a TTL update of a check that is not a TTL
+/// check, a failed reload or maintenance check is the agent's 500. A
 /// definition that cannot be stored for restarts answers 400 like the rest of a registration,
 /// as it always has here (Consul answers 500).
 impl From<AgentError> for ApiError {
     fn from(error: AgentError) -> ApiError {
         match error {
             AgentError::Definition(_)
-            | AgentError::UnknownService(_)
             | AgentError::SidecarPortsDisabled
             | AgentError::SidecarPortsExhausted { .. }
             | AgentError::Persist(_) => ApiError::BadRequest(error.to_string()),
-            AgentError::NotTtlCheck(_) => ApiError::NotFound(error.to_string()),
-            AgentError::Restored { .. } | AgentError::Config(_) | AgentError::Internal(_) => {
-                ApiError::Internal(error.to_string())
+            AgentError::UnknownService(_) | AgentError::UnknownCheck(_) => {
+                ApiError::NotFound(error.to_string())
             }
+            AgentError::NotTtlCheck(_)
+            | AgentError::Restored { .. }
+            | AgentError::Config(_)
+            | AgentError::Internal(_) => ApiError::Internal(error.to_string()),
+        }
+    }
+}
+
+/// A session body that does not decode is the client's 400; one Consul's Session RPC refuses
+/// (a TTL out of bounds, an unknown behavior) is its 500.
+impl From<crate::api::session::CreateError> for ApiError {
+    fn from(error: crate::api::session::CreateError) -> ApiError {
+        match error {
+            crate::api::session::CreateError::Decode(error) => error.into(),
+            crate::api::session::CreateError::Invalid(message) => ApiError::Internal(message),
         }
     }
 }

@@ -77,7 +77,8 @@ pub async fn fire(
     .await
     .map_err(|error| match error {
         ApiError::PayloadTooLarge(_) => ApiError::PayloadTooLarge(format!(
-            "Event payload too large, max size: {MAX_PAYLOAD} bytes"
+            "Event payload too large, received {} bytes, max size: {MAX_PAYLOAD} bytes. User events should be kept small for efficient gossip propagation.",
+            call.content_length.map_or_else(|| "more than 300".to_string(), |n| n.to_string())
         )),
         other => other,
     })?;

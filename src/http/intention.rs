@@ -40,7 +40,7 @@ pub fn default_policy(state: &AppState) -> DefaultPolicy {
 fn required<'a>(call: &'a Call, name: &str) -> Result<&'a str, ApiError> {
     call.get(name)
         .filter(|value| !value.is_empty())
-        .ok_or_else(|| ApiError::BadRequest(format!("required query parameter '{name}' not set")))
+        .ok_or_else(|| ApiError::Internal(format!("required query parameter '{name}' not set")))
 }
 
 /// Changes the source `source` of `destination`'s intentions entry. `change` sees the current
@@ -176,7 +176,7 @@ pub async fn put_exact(
         call.token().as_deref(),
         Access::IntentionWrite(&destination),
     )?;
-    let body = body_object(super::body::read_json(&state, &call, body).await?)?;
+    let body = body_object(legacy_body(&state, &call, body).await?)?;
     modify_source(&state, &destination, &source, |existing| {
         Ok(Some(replacement(&source, &body, existing, false)))
     })
@@ -325,7 +325,7 @@ pub async fn create(
     body: Body,
 ) -> Result<Response, ApiError> {
     call.check_datacenter(&state)?;
-    let body = body_object(super::body::read_json(&state, &call, body).await?)?;
+    let body = body_object(legacy_body(&state, &call, body).await?)?;
     let text = |key: &str| {
         body.get(key)
             .and_then(Value::as_str)
@@ -396,7 +396,7 @@ pub async fn update_by_id(
     body: Body,
 ) -> Result<Response, ApiError> {
     call.check_datacenter(&state)?;
-    let body = body_object(super::body::read_json(&state, &call, body).await?)?;
+    let body = body_object(legacy_body(&state, &call, body).await?)?;
     let found = by_id(&state.cluster.snapshot(), &id)
         .ok_or_else(|| ApiError::NotFound(format!("Intention not found: {id}")))?;
     let (source, destination) = (found.source(), found.destination().to_string());
@@ -477,4 +477,23 @@ pub async fn authorize(
         &json!({ "Authorized": decision.allowed, "Reason": decision.reason }),
         call.pretty(&state),
     ))
+}
+
+/// The legacy intention API decodes its body itself and answers a body it cannot decode with a
+/// 500 `Failed to decode request body: ...` (Consul's), where other endpoints answer 400.
+async fn legacy_body(
+    state: &AppState,
+    call: &Call,
+    body: axum::body::Body,
+) -> Result<Value, ApiError> {
+    super::body::read_json(state, call, body)
+        .await
+        .map_err(|error| match error {
+            ApiError::BadRequest(message) => ApiError::Internal(message.replacen(
+                "Request decode failed: ",
+                "Failed to decode request body: ",
+                1,
+            )),
+            other => other,
+        })
 }

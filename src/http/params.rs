@@ -82,12 +82,15 @@ impl Call {
             .map(|(_, value)| value.as_str())
     }
 
-    /// A numeric parameter; a malformed value is a 400 naming the parameter.
+    /// A numeric parameter (`cas`, `flags`). Consul passes the parse error of Go's
+    /// `strconv.ParseUint` through as a 500, and clients see exactly that.
     pub fn number(&self, name: &str) -> Result<Option<u64>, ApiError> {
         self.get(name)
             .map(|text| {
                 text.parse::<u64>().map_err(|_| {
-                    ApiError::BadRequest(format!("Invalid {name} value {text:?}: not a number"))
+                    ApiError::Internal(format!(
+                        "strconv.ParseUint: parsing {text:?}: invalid syntax"
+                    ))
                 })
             })
             .transpose()

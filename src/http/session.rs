@@ -38,7 +38,11 @@ pub async fn create(
         .authorize(call.token().as_deref(), Access::SessionWrite(&session.node))?;
     // The leader's TTL timer starts when it next looks at its sessions (within 200 ms).
     let (_, result) = state.cluster.write(Command::SessionCreate(session)).await?;
-    fsm_result(result)?;
+    // Consul's Session.Apply wraps what its state store refused.
+    fsm_result(result).map_err(|error| match error {
+        ApiError::Internal(message) => ApiError::Internal(format!("apply failed: {message}")),
+        other => other,
+    })?;
     Ok(reply::json(&json!({"ID": id}), call.pretty(&state)))
 }
 

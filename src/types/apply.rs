@@ -45,7 +45,7 @@ pub enum ApplyError {
     #[error("Session {0:?} already exists")]
     SessionExists(String),
     /// A session for a node the catalog does not have.
-    #[error("Missing node registration for node {0:?}")]
+    #[error("Missing node registration")]
     SessionNodeMissing(String),
     /// A session bound to a check its node does not have.
     #[error("Missing check '{0}' registration")]
@@ -114,7 +114,7 @@ mod tests {
             ),
             (
                 ApplyError::SessionNodeMissing("n1".into()),
-                r#"Missing node registration for node "n1""#,
+                "Missing node registration",
             ),
             (
                 ApplyError::SessionCheckMissing("serfHealth".into()),

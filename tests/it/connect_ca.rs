@@ -122,7 +122,10 @@ async fn leafs_handshake_and_survive_a_root_rotation() {
         )
         .await
         .unwrap();
-    assert_eq!(bad.status, 500, "Consul's answer to a CA config it cannot use");
+    assert_eq!(
+        bad.status, 500,
+        "Consul's answer to a CA config it cannot use"
+    );
     assert!(
         bad.text()
             .contains("PrivateKeyType \"rsa\" is not supported"),

@@ -1,4 +1,5 @@
-//! Consul's status codes and texts for every error in ARCHITECTURE.md's error table, and a
+//! Consul's status codes and texts for every error in ARCHITECTURE.md's error table (taken
+//! from Consul's source, 1.17–1.21: `agent/http.go` and each endpoint's handler), and a
 //! sweep of every route: a method it does not take, an unknown query parameter and (for
 //! routes with a JSON body) a malformed body each get Consul's answer, never a hang and never
 //! a 5xx Consul would not give.
@@ -134,10 +135,11 @@ async fn every_route_answers_wrong_methods_unknown_parameters_and_bad_bodies_as_
         if *json_body {
             let method = methods.iter().find(|m| **m != "GET").unwrap();
             let response = send(&agent, method, path, b"{not json").await;
-            let expected = if path.starts_with("/v1/acl/") {
-                401
-            } else {
-                400
+            // Consul's legacy intention API decodes its own body and answers a 500.
+            let expected = match *path {
+                p if p.starts_with("/v1/acl/") => 401,
+                "/v1/connect/intentions" => 500,
+                _ => 400,
             };
             assert_eq!(
                 response.status,
@@ -148,4 +150,118 @@ async fn every_route_answers_wrong_methods_unknown_parameters_and_bad_bodies_as_
             assert!(!response.text().is_empty(), "{method} {path}: no message");
         }
     }
+}
+
+/// One row of ARCHITECTURE.md's error table: a request, Consul's status, and text the body
+/// starts with (the whole body where `exact`).
+struct Row {
+    method: &'static str,
+    path: &'static str,
+    body: Vec<u8>,
+    status: u16,
+    text: &'static str,
+}
+
+fn row(
+    method: &'static str,
+    path: &'static str,
+    body: &str,
+    status: u16,
+    text: &'static str,
+) -> Row {
+    Row {
+        method,
+        path,
+        body: body.as_bytes().to_vec(),
+        status,
+        text,
+    }
+}
+
+/// The error table, row by row (the rows that need a cluster or ACLs are in `cluster`,
+/// `raft_cluster`, `acl` and `connect_ca`; the table names them).
+#[tokio::test]
+async fn the_error_table_as_consul_answers_it() {
+    let agent = Agent::start(AgentOptions::default()).await;
+    let many_ops = format!(
+        "[{}]",
+        vec![r#"{"KV":{"Verb":"get","Key":"a"}}"#; 129].join(",")
+    );
+    let rows = [
+        row("PUT", "/v1/agent/service/register", "{not json", 400, "Request decode failed: "),
+        row("PUT", "/v1/agent/service/register", r#"{"Name": "web", "Port": "eighty"}"#, 400, "Request decode failed: "),
+        row("PUT", "/v1/agent/service/register", r#"{"Port": 80}"#, 400, "Missing service name"),
+        row("PUT", "/v1/agent/check/register", r#"{"TTL": "10s"}"#, 400, "Missing check name"),
+        row("PUT", "/v1/agent/check/register", r#"{"Name": "c", "ServiceID": "nope", "TTL": "10s"}"#, 404, "ServiceID \"nope\" does not exist"),
+        row("PUT", "/v1/agent/check/pass/nope", "", 404, "Unknown check ID \"nope\". Ensure that the check ID is passed, not the check name."),
+        row("PUT", "/v1/agent/check/deregister/nope", "", 404, "Unknown check ID \"nope\". Ensure that the check ID is passed, not the check name."),
+        row("PUT", "/v1/agent/service/deregister/nope", "", 404, "Unknown service ID \"nope\". Ensure that the service ID is passed, not the service name."),
+        row("GET", "/v1/agent/service/nope", "", 404, "unknown service ID: nope"),
+        row("GET", "/v1/agent/health/service/name/nope", "", 404, "ServiceName nope Not Found"),
+        row("PUT", "/v1/catalog/register", r#"{"Address": "10.0.0.1"}"#, 500, "Must provide node"),
+        row("PUT", "/v1/catalog/register", r#"{"Node": "n9"}"#, 500, "Must provide address if SkipNodeUpdate is not set"),
+        row("PUT", "/v1/catalog/deregister", r#"{"Node": "never-registered"}"#, 200, "true"),
+        row("PUT", "/v1/txn", &many_ops, 413, "Transaction contains too many operations (129 > 128)"),
+        row("PUT", "/v1/txn", r#"[{"KV":{"Verb":"check-index","Key":"zz","Index":5}}]"#, 409, r#"{"Results":null,"Errors":[{"OpIndex":0,"What":"#),
+        row("PUT", "/v1/txn", "{not json", 400, "Failed to parse body: "),
+        row("PUT", "/v1/kv/a?cas=abc", "v", 500, "strconv.ParseUint: parsing \"abc\": invalid syntax"),
+        row("PUT", "/v1/kv/a?flags=bad", "v", 500, "strconv.ParseUint: parsing \"bad\": invalid syntax"),
+        row("GET", "/v1/kv/missing", "", 404, ""),
+        row("PUT", "/v1/kv/", "v", 400, "Missing key name"),
+        row("PUT", "/v1/event/fire/big", &"x".repeat(301), 413, "Event payload too large, received 301 bytes, max size: 300 bytes. User events should be kept small for efficient gossip propagation."),
+        row("GET", "/v1/kv/a?index=abc", "", 400, "Invalid index"),
+        row("GET", "/v1/kv/a?wait=soon", "", 400, "Invalid wait time"),
+        row("GET", "/v1/kv/a?stale&consistent", "", 400, "Cannot specify ?stale with ?consistent, conflicting semantics."),
+        row("GET", "/v1/catalog/nodes?filter=Node%20===", "", 500, "Failed to create boolean expression evaluator: "),
+        row("GET", "/v1/catalog/nodes?dc=dc9", "", 500, "No path to datacenter"),
+        row("GET", "/v1/acl/tokens", "", 401, "ACL support disabled"),
+        row("PUT", "/v1/acl/bootstrap", "", 401, "ACL support disabled"),
+        row("GET", "/v1/config/service-defaults/nope", "", 404, "Config entry not found for \"service-defaults\" / \"nope\""),
+        row("GET", "/v1/config/bogus-kind", "", 500, "invalid config entry kind: bogus-kind"),
+        row("DELETE", "/v1/config/bogus-kind/x", "", 400, "invalid config entry kind: bogus-kind"),
+        row("DELETE", "/v1/config/service-defaults/nope", "", 200, "{}"),
+        row("PUT", "/v1/config", r#"{"Kind": "ingress-gatway", "Name": "x"}"#, 400, "Request decoding failed: invalid config entry kind"),
+        row("PUT", "/v1/config", r#"{"Kind": "service-defaults", "Name": "web", "Protocol": "smtp"}"#, 500, "Protocol \"smtp\" is not supported"),
+        row("PUT", "/v1/connect/ca/configuration", r#"{"Provider": "consul", "Config": {"LeafCertTTL": "30m"}}"#, 500, "leaf cert TTL must be greater or equal than 1h0m0s"),
+        row("POST", "/v1/connect/intentions", r#"{"SourceName": "a", "DestinationName": "b", "Action": "maybe"}"#, 500, "Sources[0].Action must be set to 'allow' or 'deny'"),
+        row("POST", "/v1/connect/intentions", "{not json", 500, "Failed to decode request body: "),
+        row("GET", "/v1/connect/intentions/exact?source=a", "", 500, "required query parameter 'destination' not set"),
+        row("PUT", "/v1/session/create", r#"{"Node": "nope"}"#, 500, "apply failed: Missing node registration"),
+        row("PUT", "/v1/session/create", r#"{"TTL": "5s"}"#, 500, "Invalid Session TTL '5000000000', must be between [10s=24h0m0s]"),
+        row("PUT", "/v1/session/create", r#"{"TTL": "soon"}"#, 500, "Session TTL 'soon' invalid: "),
+        row("GET", "/v1/session/info/nope", "", 200, "[]"),
+        row("PUT", "/v1/session/renew/nope", "", 404, "Session id 'nope' not found"),
+        row("DELETE", "/v1/operator/raft/peer?address=10.9.9.9:8300", "", 500, "address \"10.9.9.9:8300\" was not found in the Raft configuration"),
+        row("GET", "/v1/no/such/endpoint", "", 404, "Invalid URL path: not a recognized HTTP API endpoint"),
+        row("GET", "/kv/forgot-the-prefix", "", 404, "Invalid URL path: if attempting to use the HTTP API, ensure the path starts with '/v1/'"),
+        row("DELETE", "/v1/agent/self", "", 405, "method DELETE not allowed"),
+    ];
+    for row in rows {
+        let response = send(&agent, row.method, row.path, &row.body).await;
+        let text = response.text();
+        assert_eq!(
+            response.status.as_u16(),
+            row.status,
+            "{} {}: {text}",
+            row.method,
+            row.path
+        );
+        assert!(
+            text.starts_with(row.text),
+            "{} {}: {text:?} does not start with {:?}",
+            row.method,
+            row.path,
+            row.text
+        );
+    }
+    // A KV value over `limits.kv_max_value_size` (512 KiB).
+    let response = send(&agent, "PUT", "/v1/kv/big", &vec![b'x'; 600_000]).await;
+    assert_eq!(response.status, 413);
+    assert!(
+        response
+            .text()
+            .starts_with("Request body(600000 bytes) too large, max size: 524288 bytes."),
+        "{}",
+        response.text()
+    );
 }
