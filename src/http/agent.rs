@@ -154,28 +154,20 @@ pub async fn self_info(
 
 /// Consul's `raft` stats, from this server's Raft node; empty on a client, which has none.
 fn raft_stats(cluster: &crate::rpc::Cluster) -> Value {
-    let crate::rpc::Cluster::Server(server) = cluster else {
+    let Some(raft) = cluster.raft_status() else {
         return json!({});
     };
-    let metrics = server.raft().metrics().borrow().clone();
-    let voters = metrics.membership_config.membership().voter_ids().count();
-    let state = match metrics.state {
-        openraft::ServerState::Leader => "Leader",
-        openraft::ServerState::Candidate => "Candidate",
-        openraft::ServerState::Learner => "Learner",
-        _ => "Follower",
-    };
-    let last_contact = match metrics.state {
-        openraft::ServerState::Leader => "0".to_string(),
-        _ => format!("{}ms", server.millis_since_leader_contact()),
+    let last_contact = match raft.is_leader {
+        true => "0".to_string(),
+        false => format!("{}ms", raft.last_contact_ms),
     };
     json!({
-        "state": state,
-        "term": metrics.current_term.to_string(),
-        "last_log_index": metrics.last_log_index.unwrap_or(0).to_string(),
-        "applied_index": metrics.last_applied.map_or(0, |log| log.index).to_string(),
-        "last_snapshot_index": metrics.snapshot.map_or(0, |log| log.index).to_string(),
-        "num_peers": voters.saturating_sub(1).to_string(),
+        "state": raft.state,
+        "term": raft.term.to_string(),
+        "last_log_index": raft.last_log_index.to_string(),
+        "applied_index": raft.applied_index.to_string(),
+        "last_snapshot_index": raft.last_snapshot_index.to_string(),
+        "num_peers": raft.peers.to_string(),
         "last_contact": last_contact,
     })
 }

@@ -112,7 +112,7 @@ pub async fn nodes(State(state): State<Arc<AppState>>, call: Call) -> Result<Res
     reply::blocking_filtered(&state, &options, topics, &visible, |tables| {
         let nodes = tables
             .nodes()
-            .filter(|node| visible.node(&node.name))
+            .filter(|node| visible.node(&node.name) && options.node_selected(node))
             .map(wire::node)
             .collect();
         let mut nodes = options.filter_list(nodes);
@@ -139,6 +139,12 @@ pub async fn services(
         let mut names: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for (node_name, service) in tables.all_services() {
             if !visible.service(&service.name) {
+                continue;
+            }
+            if !tables
+                .node(node_name)
+                .is_some_and(|node| options.node_selected(node))
+            {
                 continue;
             }
             if let Some(filter) = &options.filter {
@@ -200,6 +206,7 @@ async fn service_nodes(
         let instances = which
             .rows(tables, &tags)
             .filter(|(node, service)| visible.instance(&node.name, &service.name))
+            .filter(|(node, _)| options.node_selected(node))
             .map(|(node, service)| wire::service_node(node, service))
             .collect();
         let mut instances = options.filter_list(instances);

@@ -61,6 +61,7 @@ async fn instances(
         let entries = which
             .rows(tables, &tags)
             .filter(|(node, service)| visible.instance(&node.name, &service.name))
+            .filter(|(node, _)| options.node_selected(node))
             .filter_map(|(node, service)| {
                 if passing_only
                     && tables.instance_health(&node.name, &service.id) != HealthStatus::Passing

@@ -25,7 +25,6 @@ use super::params::Call;
 use super::reply;
 use super::AppState;
 use crate::acl::Access;
-use crate::rpc::Cluster;
 use crate::telemetry::{self as names};
 use crate::types::duration::{format_rfc3339, unix_now};
 
@@ -227,22 +226,21 @@ async fn collect(state: &AppState) {
         );
     }
     // What a server holds: its Raft log's progress, its leadership, the catalog's size.
-    if let Cluster::Server(server) = &state.cluster {
-        let raft = server.raft().metrics().borrow().clone();
+    if let Some(raft) = state.cluster.raft_status() {
         scrape.gauge(
             names::RAFT_LAST_INDEX,
             Vec::new(),
-            raft.last_log_index.unwrap_or(0) as f64,
+            raft.last_log_index as f64,
         );
         scrape.gauge(
             names::RAFT_APPLIED_INDEX,
             Vec::new(),
-            raft.last_applied.map_or(0, |log| log.index) as f64,
+            raft.applied_index as f64,
         );
         scrape.gauge(
             names::SERVER_IS_LEADER,
             Vec::new(),
-            f64::from(u8::from(server.is_leader())),
+            f64::from(u8::from(raft.is_leader)),
         );
         let tables = state.cluster.snapshot();
         for (table, count) in tables.counts() {

@@ -153,12 +153,22 @@ impl Call {
             Some(expression) if !expression.trim().is_empty() => Some(Filter::parse(expression)?),
             _ => None,
         };
+        // `?node-meta=key:value`, repeatable: every pair must be in the node's meta.
+        let node_meta = self
+            .all("node-meta")
+            .map(|pair| {
+                let (key, value) = pair.split_once(':').unwrap_or((pair, ""));
+                (key.to_string(), value.to_string())
+            })
+            .collect();
         Ok(ReadOptions {
             index,
             wait,
             consistency,
             pretty: self.pretty(state),
             filter,
+            node_meta,
+            peer: self.get("peer").unwrap_or_default().to_string(),
         })
     }
 }
@@ -180,9 +190,24 @@ pub struct ReadOptions {
     pub consistency: Consistency,
     pub pretty: bool,
     pub filter: Option<Filter>,
+    /// `?node-meta=key:value` pairs a node must all carry.
+    pub node_meta: Vec<(String, String)>,
+    /// `?peer=`: the cluster peer whose imported data to read. concord has no peerings, so
+    /// only the local data (no peer) exists and any named peer reads empty.
+    pub peer: String,
 }
 
 impl ReadOptions {
+    /// Whether a node's data is in this read: it is local (no peer asked for) and carries
+    /// every `?node-meta` pair.
+    pub fn node_selected(&self, node: &crate::types::Node) -> bool {
+        self.peer.is_empty()
+            && self
+                .node_meta
+                .iter()
+                .all(|(key, value)| node.meta.get(key) == Some(value))
+    }
+
     /// Keeps the elements of a JSON list the filter matches.
     pub fn filter_list(&self, items: Vec<serde_json::Value>) -> Vec<serde_json::Value> {
         match &self.filter {

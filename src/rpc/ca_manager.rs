@@ -33,7 +33,7 @@ pub enum SignError {
     #[error("{0}")]
     Invalid(String),
     /// `CSRMaxPerSecond` or `CSRMaxConcurrent` was reached (429); the caller retries.
-    #[error("rate limit reached, try again later")]
+    #[error("Rate limit reached, try again later")]
     RateLimited,
     /// No CA yet, or no active root (500); the caller retries.
     #[error("{0}")]

@@ -119,6 +119,22 @@ pub struct Leadership {
     pub term: u64,
 }
 
+/// A server's Raft progress as `/v1/agent/self` and `/v1/agent/metrics` show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RaftStatus {
+    /// `Leader`, `Follower`, `Candidate` or `Learner`.
+    pub state: &'static str,
+    pub term: u64,
+    pub last_log_index: u64,
+    pub applied_index: u64,
+    pub last_snapshot_index: u64,
+    /// Voters other than this server.
+    pub peers: usize,
+    /// Milliseconds since the leader last reached this server (0 on the leader).
+    pub last_contact_ms: u64,
+    pub is_leader: bool,
+}
+
 /// Where cluster state is read from and written to. Cheap to clone.
 #[derive(Clone)]
 pub enum Cluster {
@@ -136,7 +152,7 @@ impl Cluster {
     /// Commits `command`; returns its log index and what applying it produced.
     pub async fn write(&self, command: Command) -> Result<(u64, CommandResult), RpcError> {
         let started = std::time::Instant::now();
-        let timer = command.timer();
+        let timer = write_timer(&command);
         let outcome = match self {
             Cluster::Server(server) => server.write(command).await,
             Cluster::Client(client) => client.write(command).await,
@@ -160,6 +176,16 @@ impl Cluster {
                 _ if memory.leader_contact().known_leader => Ok(memory.leader_contact()),
                 _ => Err(RpcError::NoLeader),
             },
+        }
+    }
+
+    /// This server's Raft progress, for stats and metrics; none on a client.
+    pub fn raft_status(&self) -> Option<RaftStatus> {
+        match self {
+            Cluster::Server(server) => Some(server.raft_status()),
+            Cluster::Client(_) => None,
+            #[cfg(test)]
+            Cluster::Memory(_) => None,
         }
     }
 
@@ -323,4 +349,25 @@ impl Cluster {
             Cluster::Memory(_) => None,
         }
     }
+}
+
+/// The timer a client's write of `command` is recorded under (Consul's names), or none for
+/// the writes only the leader's own duties make.
+fn write_timer(command: &Command) -> Option<&'static str> {
+    use crate::telemetry as t;
+    Some(match command {
+        Command::Kv(_) => t::KVS_APPLY,
+        Command::Txn(_) => t::TXN_APPLY,
+        Command::CatalogRegister(_) => t::CATALOG_REGISTER,
+        Command::CatalogDeregister(_) => t::CATALOG_DEREGISTER,
+        Command::SessionCreate(_) | Command::SessionDestroy { .. } => t::SESSION_APPLY,
+        Command::ConfigEntrySet { .. } | Command::ConfigEntryDelete { .. } => t::CONFIG_ENTRY_APPLY,
+        Command::Acl(_) => t::ACL_APPLY,
+        Command::ReapTombstones { .. }
+        | Command::Batch(_)
+        | Command::CaSet { .. }
+        | Command::CoordinateBatchUpdate(_)
+        | Command::Restore(_)
+        | Command::AutopilotSetConfig { .. } => return None,
+    })
 }

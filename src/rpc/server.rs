@@ -167,8 +167,35 @@ impl ServerRpc {
         &self.connections
     }
 
+    /// This server's Raft progress (see `Cluster::raft_status`).
+    pub(super) fn raft_status(&self) -> super::RaftStatus {
+        let metrics = self.raft.metrics().borrow().clone();
+        let voters = metrics.membership_config.membership().voter_ids().count();
+        let state = match metrics.state {
+            openraft::ServerState::Leader => "Leader",
+            openraft::ServerState::Candidate => "Candidate",
+            openraft::ServerState::Learner => "Learner",
+            _ => "Follower",
+        };
+        let is_leader = metrics.state == openraft::ServerState::Leader;
+        super::RaftStatus {
+            state,
+            term: metrics.current_term,
+            last_log_index: metrics.last_log_index.unwrap_or(0),
+            applied_index: metrics.last_applied.map_or(0, |log| log.index),
+            last_snapshot_index: metrics.snapshot.map_or(0, |log| log.index),
+            peers: voters.saturating_sub(1),
+            last_contact_ms: if is_leader {
+                0
+            } else {
+                self.millis_since_leader_contact()
+            },
+            is_leader: self.is_leader(),
+        }
+    }
+
     /// Milliseconds since a leader last reached this server (since start, if none has).
-    pub fn millis_since_leader_contact(&self) -> u64 {
+    pub(super) fn millis_since_leader_contact(&self) -> u64 {
         self.last_contact.since_ms()
     }
 

@@ -227,31 +227,6 @@ pub enum Command {
     Acl(acl::AclOp),
 }
 
-impl Command {
-    /// The timer a client's write of this command is recorded under (Consul's names), or none
-    /// for the writes only the leader's own duties make.
-    pub fn timer(&self) -> Option<&'static str> {
-        use crate::telemetry as t;
-        Some(match self {
-            Command::Kv(_) => t::KVS_APPLY,
-            Command::Txn(_) => t::TXN_APPLY,
-            Command::CatalogRegister(_) => t::CATALOG_REGISTER,
-            Command::CatalogDeregister(_) => t::CATALOG_DEREGISTER,
-            Command::SessionCreate(_) | Command::SessionDestroy { .. } => t::SESSION_APPLY,
-            Command::ConfigEntrySet { .. } | Command::ConfigEntryDelete { .. } => {
-                t::CONFIG_ENTRY_APPLY
-            }
-            Command::Acl(_) => t::ACL_APPLY,
-            Command::ReapTombstones { .. }
-            | Command::Batch(_)
-            | Command::CaSet { .. }
-            | Command::CoordinateBatchUpdate(_)
-            | Command::Restore(_)
-            | Command::AutopilotSetConfig { .. } => return None,
-        })
-    }
-}
-
 /// What applying a command produced. Business failures (a CAS mismatch, a rolled-back
 /// transaction, a missing node) are values here, never errors. Returned from apply only, never
 /// written to the log, so its shape may change.

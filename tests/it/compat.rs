@@ -77,3 +77,75 @@ async fn gateway_lists_are_empty_arrays_with_an_index() {
         response.text()
     );
 }
+
+/// `?node-meta=key:value` (repeatable, all must match) narrows catalog and health reads to
+/// nodes carrying that meta; `?peer=` reads a cluster peer's imported data, and concord has
+/// no peerings, so a named peer reads empty while the local data stays as it was.
+#[tokio::test]
+async fn node_meta_and_peer_narrow_catalog_and_health_reads() {
+    let agent = Agent::start(AgentOptions::default()).await;
+    let client = agent.client();
+    for (node, rack, zone) in [("n1", "r1", "a"), ("n2", "r1", "b"), ("n3", "r2", "a")] {
+        let body = serde_json::json!({
+            "Node": node, "Address": "10.0.0.1",
+            "NodeMeta": {"rack": rack, "zone": zone},
+            "Service": {"Service": "web", "Port": 80},
+        });
+        let response = client
+            .put("/v1/catalog/register", body.to_string().into_bytes())
+            .await
+            .unwrap();
+        assert_eq!(response.status, 200, "{}", response.text());
+    }
+    let names = |value: serde_json::Value, field: &str| -> Vec<String> {
+        let mut names: Vec<String> = value
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|item| {
+                item.pointer(field)
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .filter(|name| name.starts_with('n'))
+            .collect();
+        names.sort();
+        names
+    };
+    let get = |path: &'static str| {
+        let client = client.clone();
+        async move { crate::support::json(&client.get(path).await.unwrap()) }
+    };
+    assert_eq!(
+        names(get("/v1/catalog/nodes?node-meta=rack:r1").await, "/Node"),
+        ["n1", "n2"]
+    );
+    assert_eq!(
+        names(
+            get("/v1/catalog/service/web?node-meta=rack:r1&node-meta=zone:a").await,
+            "/Node"
+        ),
+        ["n1"]
+    );
+    assert_eq!(
+        names(
+            get("/v1/health/service/web?node-meta=zone:a").await,
+            "/Node/Node"
+        ),
+        ["n1", "n3"]
+    );
+    let services = get("/v1/catalog/services?node-meta=rack:r9").await;
+    assert_eq!(services, serde_json::json!({}));
+    for path in [
+        "/v1/catalog/nodes?peer=other",
+        "/v1/catalog/service/web?peer=other",
+        "/v1/health/service/web?peer=other",
+    ] {
+        assert_eq!(get(path).await, serde_json::json!([]), "{path}");
+    }
+    assert_eq!(
+        names(get("/v1/catalog/service/web").await, "/Node"),
+        ["n1", "n2", "n3"]
+    );
+}
