@@ -196,7 +196,13 @@ async fn bad_input_gets_consul_status_codes_and_changes_nothing() {
         ("PUT", "/v1/kv//leading", 400, "must not begin with a '/'"),
         ("PUT", "/v1/kv/nul%00byte", 400, "NUL"),
         ("PUT", "/v1/kv/", 400, "Missing key name"),
-        ("PUT", "/v1/kv/keep?flags=notanumber", 400, "flags"),
+        // Consul passes Go's strconv error through as a 500.
+        (
+            "PUT",
+            "/v1/kv/keep?flags=notanumber",
+            500,
+            "strconv.ParseUint: parsing \"notanumber\"",
+        ),
         (
             "PUT",
             "/v1/kv/keep?cas=1&acquire=abc",

@@ -144,6 +144,7 @@ async fn sessions_refuse_missing_or_critical_checks() {
         )
         .await
         .unwrap();
-    assert_eq!(bad_ttl.status, 400);
+    // Consul's Session RPC refuses it: a 500.
+    assert_eq!(bad_ttl.status, 500);
     assert!(bad_ttl.text().contains("Invalid Session TTL"));
 }

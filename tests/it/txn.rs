@@ -95,7 +95,7 @@ async fn transaction_limits_and_bad_bodies() {
     );
 
     for (body, message) in [
-        ("{not json", "decode"),
+        ("{not json", "Failed to parse body"),
         (
             r#"[{"KV": {"Verb": "explode", "Key": "k"}}]"#,
             "unknown KV verb",
