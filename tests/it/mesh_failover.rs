@@ -33,6 +33,7 @@ async fn serials(envoy: &Envoy) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sidecars_on_a_client_keep_certificates_and_config_through_a_leader_failover() {
+    let _turn = crate::support::timing_sensitive().await;
     let data = data_dirs(3);
     let mut servers = spawn_servers(&SERVERS, 3, &data);
     let client = Agent::spawn(AgentOptions {

@@ -227,11 +227,13 @@ async fn client(ips: &'static [&'static str], recorder: Arc<Recorder>, stop: Arc
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn histories_stay_linearizable_through_leader_kills_and_partitions() {
+    let _turn = crate::support::timing_sensitive().await;
     run(&THREE).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_servers_stay_linearizable_through_kills_and_partitions_alone_and_together() {
+    let _turn = crate::support::timing_sensitive().await;
     run(&FIVE).await;
 }
 

@@ -175,6 +175,7 @@ async fn read_everywhere(agents: &[&Agent], key: &str, mode: &str, value: &str) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_servers_form_a_cluster_take_a_fourth_and_survive_losing_the_leader() {
+    let _turn = crate::support::timing_sensitive().await;
     let data: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().expect("dir")).collect();
     let mut servers: Vec<Option<Agent>> = (0..3)
         .map(|index| Some(Agent::spawn(server(index, Some(3), data[index].path()))))
@@ -467,6 +468,7 @@ const PARTITIONED: [&str; 3] = ["127.0.16.1", "127.0.16.2", "127.0.16.3"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_leader_answers_no_consistent_read_and_acknowledges_no_write() {
+    let _turn = crate::support::timing_sensitive().await;
     let data: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("dir")).collect();
     let servers: Vec<Agent> = (0..3)
         .map(|index| Agent::spawn(server_at(&PARTITIONED, index, Some(3), data[index].path())))
@@ -575,6 +577,7 @@ async fn leader_term(agent: &Agent) -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_cut_off_and_back_does_not_depose_the_leader() {
+    let _turn = crate::support::timing_sensitive().await;
     let data: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("dir")).collect();
     let servers: Vec<Agent> = (0..3)
         .map(|index| Agent::spawn(server_at(&PRE_VOTE, index, Some(3), data[index].path())))

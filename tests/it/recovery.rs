@@ -23,6 +23,7 @@ const SERVERS: [&str; 5] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_json_brings_back_a_cluster_that_lost_two_of_three_servers() {
+    let _turn = crate::support::timing_sensitive().await;
     let data = data_dirs(5);
     let mut servers = spawn_servers(&SERVERS, 3, &data);
     let first_leader = {

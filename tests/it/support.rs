@@ -442,3 +442,12 @@ pub fn gauge_name(name: &str) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     format!("consul.{}.{name}", host.trim())
 }
+
+/// Held for the whole of a test whose clusters must elect leaders within deadlines while
+/// servers are killed or cut off (nemesis, failover, recovery). On a 2-core machine two such
+/// tests side by side starve each other's agents of CPU until elections miss the deadlines;
+/// holding this, they take turns while lighter tests still run beside them.
+pub async fn timing_sensitive() -> tokio::sync::MutexGuard<'static, ()> {
+    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    TURN.lock().await
+}
