@@ -153,21 +153,27 @@ async fn create(matches: &ArgMatches) -> CommandResult {
             "Action": action,
             "Meta": meta,
         });
-        let response = client
-            .request(
-                hyper::Method::POST,
-                &format!("/v1/connect/intentions?{}", shared_query(matches)),
-                Some(body.to_string().into_bytes()),
-            )
-            .await?;
-        if response.status != 200 {
-            return Err(format!(
-                "Error creating intention: {}",
-                unexpected(&response)
-            ));
-        }
+        post(&client, matches, &body).await?;
     }
     println!("Created: {source} => {destination} ({action})");
+    Ok(())
+}
+
+/// Creates `intention` (the API's JSON shape) through the legacy create endpoint.
+async fn post(client: &Client, matches: &ArgMatches, intention: &Value) -> CommandResult {
+    let response = client
+        .request(
+            hyper::Method::POST,
+            &format!("/v1/connect/intentions?{}", shared_query(matches)),
+            Some(intention.to_string().into_bytes()),
+        )
+        .await?;
+    if response.status != 200 {
+        return Err(format!(
+            "Error creating intention: {}",
+            unexpected(&response)
+        ));
+    }
     Ok(())
 }
 
@@ -195,19 +201,7 @@ async fn create_from_files(matches: &ArgMatches) -> CommandResult {
         };
         let intention: Value = serde_json::from_str(&text)
             .map_err(|error| format!("Error decoding intention in {path:?}: {error}"))?;
-        let response = client
-            .request(
-                hyper::Method::POST,
-                &format!("/v1/connect/intentions?{}", shared_query(matches)),
-                Some(intention.to_string().into_bytes()),
-            )
-            .await?;
-        if response.status != 200 {
-            return Err(format!(
-                "Error creating intention: {}",
-                unexpected(&response)
-            ));
-        }
+        post(&client, matches, &intention).await?;
         let name = |key: &str| intention[key].as_str().unwrap_or_default().to_string();
         println!(
             "Created: {} => {} ({})",
