@@ -394,6 +394,9 @@ async fn bench_metrics(table: &mut Table) -> Result<()> {
     // operator turns them off; on: Consul's defaults.
     let off_hcl = "telemetry { filter_default = false }";
     let mut rates: [Vec<f64>; 4] = Default::default();
+    // Agent CPU per request, beside throughput: it moves less with the client's share of
+    // the two cores, so a real cost shows in it first.
+    let mut cpu: [Vec<f64>; 4] = Default::default();
     for round in 0..METRICS_ROUNDS {
         let mut order = [(false, vec!["-hcl", off_hcl]), (true, vec![])];
         if round % 2 == 1 {
@@ -410,6 +413,8 @@ async fn bench_metrics(table: &mut Table) -> Result<()> {
             let at = usize::from(on) * 2;
             rates[at].push(put.rate());
             rates[at + 1].push(get.rate());
+            cpu[at].push(put.agent_us_per_op());
+            cpu[at + 1].push(get.agent_us_per_op());
         }
     }
     let median = |values: &[f64]| Stats::new(values.to_vec()).pct(0.5);
@@ -423,6 +428,15 @@ async fn bench_metrics(table: &mut Table) -> Result<()> {
             format!("{ratio:.3}"),
             ">= 0.97",
             Some(ratio >= 0.97),
+        );
+        let (off, on) = (median(&cpu[at]), median(&cpu[at + 2]));
+        table.row(
+            &format!(
+                "{what} agent CPU per request on / off, median ({on:.1} / {off:.1} us)"
+            ),
+            format!("{:.3}", on / off),
+            "-",
+            None,
         );
     }
     Ok(())
