@@ -431,9 +431,7 @@ async fn bench_metrics(table: &mut Table) -> Result<()> {
         );
         let (off, on) = (median(&cpu[at]), median(&cpu[at + 2]));
         table.row(
-            &format!(
-                "{what} agent CPU per request on / off, median ({on:.1} / {off:.1} us)"
-            ),
+            &format!("{what} agent CPU per request on / off, median ({on:.1} / {off:.1} us)"),
             format!("{:.3}", on / off),
             "-",
             None,
