@@ -149,6 +149,12 @@ impl Call {
             (false, true) => Consistency::Consistent,
             (false, false) => Consistency::Leader,
         };
+        let cached = self.has("cached");
+        if cached && consistency == Consistency::Consistent {
+            return Err(ApiError::BadRequest(
+                "Cannot specify ?cached with ?consistent, conflicting semantics.".into(),
+            ));
+        }
         let filter = match self.get("filter") {
             Some(expression) if !expression.trim().is_empty() => Some(Filter::parse(expression)?),
             _ => None,
@@ -169,6 +175,7 @@ impl Call {
             filter,
             node_meta,
             peer: self.get("peer").unwrap_or_default().to_string(),
+            cached,
         })
     }
 }
@@ -195,6 +202,8 @@ pub struct ReadOptions {
     /// `?peer=`: the cluster peer whose imported data to read. concord has no peerings, so
     /// only the local data (no peer) exists and any named peer reads empty.
     pub peer: String,
+    /// `?cached`: the answer carries Consul's `X-Cache` and `Age` (see `reply`).
+    pub cached: bool,
 }
 
 impl ReadOptions {

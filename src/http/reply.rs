@@ -85,6 +85,13 @@ fn with_headers(
         "X-Consul-Default-ACL-Policy",
         HeaderValue::from_static(state.authorizer.default_policy()),
     );
+    // Every read is served from this agent's own copy of the state (a server's store, a
+    // client's replica), which is what Consul's agent cache is for: a hit, as old as the
+    // copy's last word from the leader.
+    if options.cached {
+        headers.insert("X-Cache", HeaderValue::from_static("HIT"));
+        headers.insert("Age", HeaderValue::from(contact.last_contact_ms / 1000));
+    }
     response
 }
 

@@ -149,3 +149,31 @@ async fn node_meta_and_peer_narrow_catalog_and_health_reads() {
         ["n1", "n2", "n3"]
     );
 }
+
+/// `?cached`: every read is served from the agent's own copy of the state, so a cached read
+/// is Consul's hit (`X-Cache: HIT`) with an `Age` in seconds; without it, no cache headers.
+#[tokio::test]
+async fn cached_reads_say_hit_with_an_age() {
+    let agent = Agent::start(AgentOptions::default()).await;
+    let client = agent.client();
+    for path in [
+        "/v1/health/service/consul?cached",
+        "/v1/catalog/services?cached",
+        "/v1/catalog/service/consul?cached&stale",
+    ] {
+        let response = client.get(path).await.unwrap();
+        assert_eq!(response.status, 200, "{path}: {}", response.text());
+        assert_eq!(
+            crate::support::header(&response, "X-Cache"),
+            "HIT",
+            "{path}"
+        );
+        let age: u64 = crate::support::header(&response, "Age")
+            .parse()
+            .unwrap_or_else(|_| panic!("{path}: no numeric Age"));
+        assert!(age < 60, "{path}: Age {age}");
+    }
+    let plain = client.get("/v1/health/service/consul").await.unwrap();
+    assert!(plain.headers.get("X-Cache").is_none());
+    assert!(plain.headers.get("Age").is_none());
+}

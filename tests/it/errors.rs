@@ -212,6 +212,7 @@ async fn the_error_table_as_consul_answers_it() {
         row("GET", "/v1/kv/a?index=abc", "", 400, "Invalid index"),
         row("GET", "/v1/kv/a?wait=soon", "", 400, "Invalid wait time"),
         row("GET", "/v1/kv/a?stale&consistent", "", 400, "Cannot specify ?stale with ?consistent, conflicting semantics."),
+        row("GET", "/v1/health/service/web?cached&consistent", "", 400, "Cannot specify ?cached with ?consistent, conflicting semantics."),
         row("GET", "/v1/catalog/nodes?filter=Node%20===", "", 500, "Failed to create boolean expression evaluator: "),
         row("GET", "/v1/catalog/nodes?dc=dc9", "", 500, "No path to datacenter"),
         row("GET", "/v1/acl/tokens", "", 401, "ACL support disabled"),
