@@ -223,8 +223,10 @@ impl Agent {
     }
 
     fn policy(&self) -> DefinitionPolicy {
+        // Everything the agent registers itself came over the API (now, or restored).
         DefinitionPolicy {
             enable_script_checks: self.config.enable_script_checks,
+            remote: true,
         }
     }
 

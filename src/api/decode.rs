@@ -143,26 +143,49 @@ fn keep_keys(value: Value) -> Value {
 /// the field; the client sent it, so the HTTP edge answers 400 (config loading reports it
 /// naming the file). Callers only report it, so it is one kind.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct DecodeError(String);
+#[error("{message}")]
+pub struct DecodeError {
+    message: String,
+    /// A well-formed definition this agent's policy refuses (a script check with scripts
+    /// off), which Consul answers with a 500 rather than the client's 400.
+    refused_by_agent: bool,
+}
 
 impl DecodeError {
     pub(crate) fn new(message: impl Into<String>) -> DecodeError {
-        DecodeError(message.into())
+        DecodeError {
+            message: message.into(),
+            refused_by_agent: false,
+        }
+    }
+
+    pub(crate) fn refused_by_agent(message: impl Into<String>) -> DecodeError {
+        DecodeError {
+            message: message.into(),
+            refused_by_agent: true,
+        }
+    }
+
+    /// Whether the definition is well formed and this agent's policy refuses it.
+    pub fn is_refused_by_agent(&self) -> bool {
+        self.refused_by_agent
     }
 
     /// The same error located inside a larger request: `"<place>: <message>"`.
     pub fn within(self, place: impl std::fmt::Display) -> DecodeError {
-        DecodeError(format!("{place}: {}", self.0))
+        DecodeError {
+            message: format!("{place}: {}", self.message),
+            ..self
+        }
     }
 }
 
 /// Parses a JSON request body with Consul's field-name leniency.
 pub fn from_slice<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
     let value: Value = serde_json::from_slice(bytes)
-        .map_err(|error| DecodeError(format!("Request decode failed: {error}")))?;
+        .map_err(|error| DecodeError::new(format!("Request decode failed: {error}")))?;
     serde_json::from_value(canonicalize(value))
-        .map_err(|error| DecodeError(format!("Request decode failed: {error}")))
+        .map_err(|error| DecodeError::new(format!("Request decode failed: {error}")))
 }
 
 #[cfg(test)]

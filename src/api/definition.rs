@@ -29,6 +29,9 @@ const MIN_DEREGISTER_AFTER: Duration = Duration::from_secs(60);
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DefinitionPolicy {
     pub enable_script_checks: bool,
+    /// The definition came over the HTTP API (else from a config file): Consul refuses a
+    /// script check there with its own words and a 500.
+    pub remote: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -457,10 +460,16 @@ fn check_definition(
     }
     if !args.is_empty() {
         if !policy.enable_script_checks {
-            return Err(DecodeError::new(format!(
-                "Invalid check {id:?}: Scripts are disabled on this agent; to enable, configure \
-                 'enable_script_checks' to true"
-            )));
+            return Err(match policy.remote {
+                true => DecodeError::refused_by_agent(
+                    "Scripts are disabled on this agent from remote calls; to enable, configure \
+                     'enable_script_checks' to true",
+                ),
+                false => DecodeError::new(format!(
+                    "Invalid check {id:?}: Scripts are disabled on this agent; to enable, \
+                     configure 'enable_script_checks' or 'enable_local_script_checks' to true"
+                )),
+            });
         }
         kinds.push(CheckKind::Script { args });
     }
@@ -553,6 +562,7 @@ mod tests {
 
     const SCRIPTS_ON: DefinitionPolicy = DefinitionPolicy {
         enable_script_checks: true,
+        remote: true,
     };
 
     #[test]

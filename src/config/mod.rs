@@ -281,7 +281,11 @@ pub struct RuntimeConfig {
     pub telemetry: Telemetry,
     /// Pretty-print every HTTP response (Consul does in dev mode).
     pub always_pretty: bool,
+    /// Script checks registered over the HTTP API (`enable_script_checks`).
     pub enable_script_checks: bool,
+    /// Script checks defined in config files: `enable_local_script_checks` or
+    /// `enable_script_checks`. The local flag alone keeps the API from running scripts.
+    pub enable_local_script_checks: bool,
     #[serde(serialize_with = "serialize_duration")]
     pub ae_interval: Duration,
     #[serde(serialize_with = "serialize_duration")]
@@ -504,7 +508,8 @@ pub fn load(options: &LoadOptions) -> Result<Loaded, ConfigError> {
         serde_json::from_value(merged).map_err(|error| ConfigError::new(error.to_string()))?;
     let mut config = build(raw).map_err(ConfigError::new)?;
     let policy = DefinitionPolicy {
-        enable_script_checks: config.enable_script_checks,
+        enable_script_checks: config.enable_local_script_checks,
+        remote: false,
     };
     for (source, key, value) in definitions {
         for (position, item) in definition::one_or_many(value).into_iter().enumerate() {
@@ -881,7 +886,8 @@ fn build(raw: RawConfig) -> Result<RuntimeConfig, String> {
         ui_enabled: raw.ui_config.and_then(|ui| ui.enabled).unwrap_or(dev_mode),
         telemetry: telemetry(raw.telemetry.unwrap_or_default())?,
         always_pretty: dev_mode,
-        enable_script_checks: raw.enable_script_checks.unwrap_or(false)
+        enable_script_checks: raw.enable_script_checks.unwrap_or(false),
+        enable_local_script_checks: raw.enable_script_checks.unwrap_or(false)
             || raw.enable_local_script_checks.unwrap_or(false),
         ae_interval: duration(
             "ae_interval",

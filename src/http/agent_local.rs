@@ -23,6 +23,7 @@ use crate::types::HealthStatus;
 fn policy(state: &AppState) -> DefinitionPolicy {
     DefinitionPolicy {
         enable_script_checks: state.config.enable_script_checks,
+        remote: true,
     }
 }
 

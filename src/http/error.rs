@@ -64,10 +64,14 @@ impl From<SignError> for ApiError {
     }
 }
 
-/// A request body or field that breaks Consul's wire rules is the client's error.
+/// A request body or field that breaks Consul's wire rules is the client's error (400); a
+/// well-formed one this agent's policy refuses is Consul's 500.
 impl From<DecodeError> for ApiError {
     fn from(error: DecodeError) -> ApiError {
-        ApiError::BadRequest(error.to_string())
+        match error.is_refused_by_agent() {
+            true => ApiError::Internal(error.to_string()),
+            false => ApiError::BadRequest(error.to_string()),
+        }
     }
 }
 
@@ -112,8 +116,8 @@ impl From<CaConfigError> for ApiError {
 impl From<AgentError> for ApiError {
     fn from(error: AgentError) -> ApiError {
         match error {
-            AgentError::Definition(_)
-            | AgentError::SidecarPortsDisabled
+            AgentError::Definition(error) => error.into(),
+            AgentError::SidecarPortsDisabled
             | AgentError::SidecarPortsExhausted { .. }
             | AgentError::Persist(_) => ApiError::BadRequest(error.to_string()),
             AgentError::UnknownService(_) | AgentError::UnknownCheck(_) => {

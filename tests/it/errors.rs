@@ -192,6 +192,7 @@ async fn the_error_table_as_consul_answers_it() {
         row("PUT", "/v1/agent/service/register", r#"{"Name": "web", "Port": "eighty"}"#, 400, "Request decode failed: "),
         row("PUT", "/v1/agent/service/register", r#"{"Port": 80}"#, 400, "Missing service name"),
         row("PUT", "/v1/agent/check/register", r#"{"TTL": "10s"}"#, 400, "Missing check name"),
+        row("PUT", "/v1/agent/check/register", r#"{"Name": "s", "Args": ["true"], "Interval": "10s"}"#, 500, "Scripts are disabled on this agent from remote calls; to enable, configure 'enable_script_checks' to true"),
         row("PUT", "/v1/agent/check/register", r#"{"Name": "c", "ServiceID": "nope", "TTL": "10s"}"#, 404, "ServiceID \"nope\" does not exist"),
         row("PUT", "/v1/agent/check/pass/nope", "", 404, "Unknown check ID \"nope\". Ensure that the check ID is passed, not the check name."),
         row("PUT", "/v1/agent/check/deregister/nope", "", 404, "Unknown check ID \"nope\". Ensure that the check ID is passed, not the check name."),

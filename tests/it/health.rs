@@ -327,8 +327,13 @@ async fn invalid_definitions_are_rejected_with_the_field_named() {
     ];
     for (path, body, message) in cases {
         let response = client.put(path, body.to_string().into()).await.unwrap();
-        // A check for a service the agent does not have is Consul's 404; the rest are 400s.
-        let status = if message == "ghost" { 404 } else { 400 };
+        // A check for a service the agent does not have is Consul's 404; a script check while
+        // scripts are off is its 500 (the agent's policy refuses it); the rest are 400s.
+        let status = match message {
+            "ghost" => 404,
+            "enable_script_checks" => 500,
+            _ => 400,
+        };
         assert_eq!(response.status, status, "{body}: {}", response.text());
         assert!(
             response.text().contains(message),
@@ -909,4 +914,45 @@ async fn alias_check_mirrors_another_service() {
         .as_str()
         .unwrap()
         .contains("not found"));
+}
+
+/// `enable_local_script_checks` lets config files define script checks and still refuses
+/// them over the HTTP API (Consul's hardening setting: the API cannot run a command).
+#[tokio::test]
+async fn local_script_checks_run_from_config_but_not_from_the_api() {
+    let agent = Agent::start(AgentOptions {
+        extra_args: vec![
+            "-hcl".into(),
+            r#"enable_local_script_checks = true
+               check {
+                 id = "local"
+                 name = "local"
+                 args = ["true"]
+                 interval = "10s"
+               }"#
+            .into(),
+        ],
+        ..AgentOptions::default()
+    })
+    .await;
+    let client = agent.client();
+    let checks = json(&client.get("/v1/agent/checks").await.unwrap());
+    assert!(checks.get("local").is_some(), "{checks}");
+    let response = client
+        .put(
+            "/v1/agent/check/register",
+            json!({"Name": "remote", "Args": ["true"], "Interval": "10s"})
+                .to_string()
+                .into(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status, 500, "{}", response.text());
+    assert!(
+        response.text().contains("from remote calls"),
+        "{}",
+        response.text()
+    );
+    let checks = json(&client.get("/v1/agent/checks").await.unwrap());
+    assert!(checks.get("remote").is_none(), "{checks}");
 }
