@@ -375,17 +375,18 @@ impl Telemetry {
                     "Value": sample.value,
                     "Labels": label_map(&sample.labels),
                 })),
-                "counter" => counters.push(json!({
-                    "Name": name(&sample.family),
-                    "Count": sample.value as u64,
-                    "Rate": 0.0,
-                    "Sum": sample.value,
-                    "Min": 1.0,
-                    "Max": 1.0,
-                    "Mean": 1.0,
-                    "Stddev": 0.0,
-                    "Labels": label_map(&sample.labels),
-                })),
+                // Cumulative: as if each increment were one of 1.
+                "counter" => counters.push(aggregate(
+                    name(&sample.family),
+                    &sample.labels,
+                    Summary {
+                        count: sample.value,
+                        sum: sample.value,
+                        min: 1.0,
+                        max: 1.0,
+                    },
+                    1.0,
+                )),
                 "summary" => {
                     let entry = summaries
                         .entry((sample.family.clone(), labels("quantile")))
@@ -414,17 +415,8 @@ impl Telemetry {
         let samples: Vec<Value> = summaries
             .into_iter()
             .map(|((family, labels), s)| {
-                json!({
-                    "Name": name(&family),
-                    "Count": s.count as u64,
-                    "Rate": 0.0,
-                    "Sum": s.sum,
-                    "Min": s.min,
-                    "Max": s.max,
-                    "Mean": if s.count > 0.0 { s.sum / s.count } else { 0.0 },
-                    "Stddev": 0.0,
-                    "Labels": label_map(&labels),
-                })
+                let mean = if s.count > 0.0 { s.sum / s.count } else { 0.0 };
+                aggregate(name(&family), &labels, s, mean)
             })
             .collect();
         json!({
@@ -443,6 +435,22 @@ struct Summary {
     sum: f64,
     min: f64,
     max: f64,
+}
+
+/// One entry of Consul's `Counters` or `Samples`: an aggregate over its interval (here, since
+/// start); `Rate` and `Stddev` are not kept.
+fn aggregate(name: String, labels: &[(String, String)], s: Summary, mean: f64) -> Value {
+    json!({
+        "Name": name,
+        "Count": s.count as u64,
+        "Rate": 0.0,
+        "Sum": s.sum,
+        "Min": s.min,
+        "Max": s.max,
+        "Mean": mean,
+        "Stddev": 0.0,
+        "Labels": label_map(labels),
+    })
 }
 
 fn label_map(labels: &[(String, String)]) -> Value {

@@ -182,10 +182,18 @@ impl DecodeError {
 
 /// Parses a JSON request body with Consul's field-name leniency.
 pub fn from_slice<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
-    let value: Value = serde_json::from_slice(bytes)
-        .map_err(|error| DecodeError::new(format!("Request decode failed: {error}")))?;
-    serde_json::from_value(canonicalize(value))
-        .map_err(|error| DecodeError::new(format!("Request decode failed: {error}")))
+    from_slice_worded(bytes, "Request decode failed")
+}
+
+/// `from_slice` for an endpoint whose failures Consul words its own way: `<wording>: <reason>`
+/// (the txn endpoint's `Failed to parse body`).
+pub fn from_slice_worded<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    wording: &str,
+) -> Result<T, DecodeError> {
+    let refuse = |reason: &dyn std::fmt::Display| DecodeError::new(format!("{wording}: {reason}"));
+    let value: Value = serde_json::from_slice(bytes).map_err(|error| refuse(&error))?;
+    serde_json::from_value(canonicalize(value)).map_err(|error| refuse(&error))
 }
 
 #[cfg(test)]

@@ -60,15 +60,30 @@ pub async fn read_general(
 }
 
 /// Reads a JSON body under the general limit; an empty body is `{}`, as Consul treats it.
+/// A body that is not JSON is Consul's usual 400 `Request decode failed: ...`.
 pub async fn read_json(
     state: &super::AppState,
     call: &super::params::Call,
     body: Body,
 ) -> Result<serde_json::Value, ApiError> {
+    read_json_or(state, call, body, |reason| {
+        ApiError::BadRequest(format!("Request decode failed: {reason}"))
+    })
+    .await
+}
+
+/// `read_json` for the endpoints that word a body that is not JSON their own way (Consul's
+/// legacy intentions API: a 500 `Failed to decode request body: ...`); `refuse` makes the
+/// error from the parser's reason.
+pub async fn read_json_or(
+    state: &super::AppState,
+    call: &super::params::Call,
+    body: Body,
+    refuse: impl FnOnce(serde_json::Error) -> ApiError,
+) -> Result<serde_json::Value, ApiError> {
     let bytes = read_general(state, call, body).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(serde_json::Value::Object(serde_json::Map::new()));
     }
-    serde_json::from_slice(&bytes)
-        .map_err(|error| ApiError::BadRequest(format!("Request decode failed: {error}")))
+    serde_json::from_slice(&bytes).map_err(refuse)
 }

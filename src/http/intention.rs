@@ -486,14 +486,8 @@ async fn legacy_body(
     call: &Call,
     body: axum::body::Body,
 ) -> Result<Value, ApiError> {
-    super::body::read_json(state, call, body)
-        .await
-        .map_err(|error| match error {
-            ApiError::BadRequest(message) => ApiError::Internal(message.replacen(
-                "Request decode failed: ",
-                "Failed to decode request body: ",
-                1,
-            )),
-            other => other,
-        })
+    super::body::read_json_or(state, call, body, |reason| {
+        ApiError::Internal(format!("Failed to decode request body: {reason}"))
+    })
+    .await
 }

@@ -34,13 +34,7 @@ pub async fn apply(
     )
     .await?;
     // Consul's txn endpoint words a body it cannot parse its own way.
-    let ops_in: Vec<TxnOpIn> = decode::from_slice(&bytes).map_err(|error| {
-        ApiError::BadRequest(error.to_string().replacen(
-            "Request decode failed: ",
-            "Failed to parse body: ",
-            1,
-        ))
-    })?;
+    let ops_in: Vec<TxnOpIn> = decode::from_slice_worded(&bytes, "Failed to parse body")?;
     if ops_in.len() > limits.txn_max_ops {
         return Err(ApiError::PayloadTooLarge(format!(
             "Transaction contains too many operations ({} > {})",
