@@ -222,6 +222,8 @@ pub struct ServiceIn {
     pub tagged_addresses: BTreeMap<String, ServiceAddressIn>,
     pub weights: Option<WeightsIn>,
     pub enable_tag_override: bool,
+    /// A transaction's CAS index (`/v1/txn`); a registration ignores it.
+    pub modify_index: u64,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -254,6 +256,8 @@ pub struct CheckIn {
     pub check_type: String,
     pub interval: String,
     pub timeout: String,
+    /// A transaction's CAS index (`/v1/txn`); a registration ignores it.
+    pub modify_index: u64,
 }
 
 /// The node and datacenter a registration is checked against.
@@ -301,7 +305,7 @@ impl RegisterIn {
 }
 
 impl ServiceIn {
-    fn into_service(self) -> Result<Service, DecodeError> {
+    pub(super) fn into_service(self) -> Result<Service, DecodeError> {
         if self.service.is_empty() {
             return Err(DecodeError::new(
                 "Must provide service name (Service.Service) with Service",
@@ -352,7 +356,7 @@ impl ServiceIn {
 }
 
 impl CheckIn {
-    fn into_check(self, node: &str) -> Result<Check, DecodeError> {
+    pub(super) fn into_check(self, node: &str) -> Result<Check, DecodeError> {
         if !self.node.is_empty() && self.node != node {
             return Err(DecodeError::new(format!(
                 "Check node {:?} does not match registration node {node:?}",

@@ -53,6 +53,7 @@ const FIELDS: &[&str] = &[
     "Kind",
     "Meta",
     "Method",
+    "ModifyIndex",
     "Name",
     "Node",
     "NodeChecks",

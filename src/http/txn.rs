@@ -1,5 +1,8 @@
-//! `PUT /v1/txn`: an atomic list of KV operations. Read-only transactions are answered from a
-//! local snapshot; anything that writes goes through Raft as one command.
+//! `PUT /v1/txn`: an atomic list of KV, node, service and check operations. Every operation
+//! is checked first (verb, required names, the token's write rights), and any failure is
+//! reported against its position without applying anything. Read-only transactions are
+//! answered from a local snapshot; anything that writes goes through Raft as one command.
+//! Entries the token may not read are left out of the results, as Consul filters them.
 
 use std::sync::Arc;
 
@@ -10,13 +13,15 @@ use axum::response::Response;
 
 use super::error::ApiError;
 use super::params::Call;
-use super::reply;
+use super::reply::{self, Visible};
 use super::AppState;
 use crate::acl::Access;
 use crate::api::decode;
-use crate::api::kv::{txn_errors, txn_results, TxnOpIn};
-use crate::state::kv::read_txn;
-use crate::types::{Command, CommandResult, KvOp, TxnOutcome};
+use crate::api::txn::{self as wire, TxnOpIn};
+use crate::state::{txn, Tables};
+use crate::types::{
+    CatalogVerb, Command, CommandResult, KvOp, TxnError, TxnOp, TxnOutcome, TxnResult,
+};
 
 pub async fn apply(
     State(state): State<Arc<AppState>>,
@@ -42,39 +47,22 @@ pub async fn apply(
             limits.txn_max_ops
         )));
     }
-    let identity = state.authorizer.resolve(call.token().as_deref())?;
-    let mut ops = Vec::with_capacity(ops_in.len());
-    for (position, op) in ops_in.into_iter().enumerate() {
-        let Some(kv) = op.kv else {
-            let what = if op.node.is_some() || op.service.is_some() || op.check.is_some() {
-                "only KV operations are supported in transactions so far"
-            } else {
-                "operation has no KV, Node, Service or Check member"
-            };
-            return Err(ApiError::BadRequest(format!(
-                "operation {position}: {what}"
-            )));
-        };
-        let op = kv
-            .into_op()
-            .map_err(|error| error.within(format!("operation {position}")))?;
-        let access = match &op {
-            KvOp::DeleteTree { prefix } => Access::KeyWritePrefix(prefix),
-            op if op.is_read() => Access::KeyRead(op.key()),
-            op => Access::KeyWrite(op.key()),
-        };
-        identity.check(access)?;
-        ops.push(op);
+    let datacenter = &state.config.datacenter;
+    let visible = Visible::of(&state, &call)?;
+    let (ops, refused) = pre_check(ops_in, datacenter, &visible, &state.cluster.snapshot());
+    if !refused.is_empty() {
+        return Err(ApiError::Conflict(wire::errors(&refused)));
     }
     let pretty = call.pretty(&state);
-    let (index, outcome) = if ops.iter().all(KvOp::is_read) {
+    let read_only = ops.iter().all(TxnOp::is_read);
+    let (index, outcome, contact) = if read_only {
         let options = call.read_options(&state)?;
-        state.cluster.read_barrier(options.consistency).await?;
+        let contact = state.cluster.read_barrier(options.consistency).await?;
         let tables = state.cluster.snapshot();
-        (tables.last_index(), read_txn(&tables, &ops))
+        (tables.last_index(), txn::read(&tables, &ops), Some(contact))
     } else {
-        match state.cluster.write(Command::Txn(ops)).await? {
-            (index, CommandResult::Txn(outcome)) => (index, outcome),
+        match state.cluster.write(command(ops)).await? {
+            (index, CommandResult::Txn(outcome)) => (index, outcome, None),
             (_, other) => {
                 return Err(ApiError::Internal(format!(
                     "unexpected transaction result {other:?}"
@@ -82,14 +70,128 @@ pub async fn apply(
             }
         }
     };
-    match outcome {
-        TxnOutcome::Committed(results) => {
-            let mut response = reply::json(&txn_results(&results), pretty);
-            response
-                .headers_mut()
-                .insert("X-Consul-Index", HeaderValue::from(index.max(1)));
-            Ok(response)
-        }
-        TxnOutcome::RolledBack(errors) => Err(ApiError::Conflict(txn_errors(&errors))),
+    let results = match outcome {
+        TxnOutcome::Committed(results) => results,
+        TxnOutcome::RolledBack(errors) => return Err(ApiError::Conflict(wire::errors(&errors))),
+    };
+    let results: Vec<TxnResult> = results
+        .into_iter()
+        .filter(|result| readable(&visible, result))
+        .collect();
+    let mut response = reply::json(&wire::results(&results, datacenter), pretty);
+    let headers = response.headers_mut();
+    headers.insert("X-Consul-Index", HeaderValue::from(index.max(1)));
+    // Only the read path reports leader contact and filtering, as Consul's Txn.Read does.
+    if let Some(contact) = contact {
+        let known = if contact.known_leader {
+            "true"
+        } else {
+            "false"
+        };
+        headers.insert("X-Consul-KnownLeader", HeaderValue::from_static(known));
+        headers.insert(
+            "X-Consul-LastContact",
+            HeaderValue::from(contact.last_contact_ms),
+        );
+        response = visible.mark(response);
     }
+    Ok(response)
+}
+
+/// Converts and checks every operation, collecting each one's failure by position.
+fn pre_check(
+    ops_in: Vec<TxnOpIn>,
+    datacenter: &str,
+    visible: &Visible,
+    tables: &Tables,
+) -> (Vec<TxnOp>, Vec<TxnError>) {
+    let mut ops = Vec::with_capacity(ops_in.len());
+    let mut refused = Vec::new();
+    for (op_index, op_in) in ops_in.into_iter().enumerate() {
+        match op_in.into_op(datacenter) {
+            Ok(op) => {
+                let denied = required(&op, tables, &ops)
+                    .and_then(|access| visible.identity().check(access).err());
+                if let Some(denied) = denied {
+                    refused.push(TxnError {
+                        op_index,
+                        what: denied.to_string(),
+                    });
+                }
+                ops.push(op);
+            }
+            Err(what) => refused.push(TxnError { op_index, what }),
+        }
+    }
+    (ops, refused)
+}
+
+/// The right an operation needs before it runs (Consul's `Txn.preCheck`). Plain reads need
+/// none: what they return is filtered instead. Checks that could reveal a key through the
+/// outcome need read on it; every other KV verb needs write, as in Consul.
+fn required<'a>(op: &'a TxnOp, tables: &'a Tables, earlier: &'a [TxnOp]) -> Option<Access<'a>> {
+    match op {
+        TxnOp::Kv(op) => match op {
+            KvOp::DeleteTree { prefix } => Some(Access::KeyWritePrefix(prefix)),
+            KvOp::Get { .. } | KvOp::GetTree { .. } => None,
+            KvOp::CheckSession { key, .. } | KvOp::CheckIndex { key, .. } => {
+                Some(Access::KeyRead(key))
+            }
+            op => Some(Access::KeyWrite(op.key())),
+        },
+        _ if op.is_read() => None,
+        TxnOp::Node { node, .. } => Some(Access::NodeWrite(&node.name)),
+        TxnOp::Service { service, .. } => Some(Access::ServiceWrite(&service.name)),
+        TxnOp::Check { check, .. } if check.service_id.is_empty() => {
+            Some(Access::NodeWrite(&check.node))
+        }
+        // A service check needs write on its service, named by the catalog (or by the
+        // transaction registering it), never by the request's own say-so.
+        TxnOp::Check { check, .. } => {
+            let registered = tables
+                .service(&check.node, &check.service_id)
+                .map(|service| service.name.as_str());
+            let in_this_txn = || {
+                earlier.iter().rev().find_map(|op| match op {
+                    TxnOp::Service {
+                        verb: CatalogVerb::Set | CatalogVerb::Cas { .. },
+                        node,
+                        service,
+                    } if *node == check.node && service.id == check.service_id => {
+                        Some(service.name.as_str())
+                    }
+                    _ => None,
+                })
+            };
+            let name = registered.or_else(in_this_txn).unwrap_or(&check.service_id);
+            Some(Access::ServiceWrite(name))
+        }
+    }
+}
+
+/// Whether the token may see a result (Consul's `FilterTxnResults`).
+fn readable(visible: &Visible, result: &TxnResult) -> bool {
+    visible.may(match result {
+        TxnResult::Kv { entry, .. } => Access::KeyRead(&entry.key),
+        TxnResult::Node(node) => Access::NodeRead(&node.name),
+        TxnResult::Service(service) => Access::ServiceRead(&service.name),
+        TxnResult::Check(check) if check.service_name.is_empty() => Access::NodeRead(&check.node),
+        TxnResult::Check(check) => Access::ServiceRead(&check.service_name),
+    })
+}
+
+/// KV-only transactions keep their original log entry, so older servers in a rolling upgrade
+/// still apply them; any catalog operation needs the newer one.
+fn command(ops: Vec<TxnOp>) -> Command {
+    if !ops.iter().all(|op| matches!(op, TxnOp::Kv(_))) {
+        return Command::Transaction(ops);
+    }
+    Command::Txn(
+        ops.into_iter()
+            .filter_map(|op| match op {
+                TxnOp::Kv(op) => Some(op),
+                _ => None,
+            })
+            .collect(),
+    )
 }

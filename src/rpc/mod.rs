@@ -357,7 +357,7 @@ fn write_timer(command: &Command) -> Option<&'static str> {
     use crate::telemetry as t;
     Some(match command {
         Command::Kv(_) => t::KVS_APPLY,
-        Command::Txn(_) => t::TXN_APPLY,
+        Command::Txn(_) | Command::Transaction(_) => t::TXN_APPLY,
         Command::CatalogRegister(_) => t::CATALOG_REGISTER,
         Command::CatalogDeregister(_) => t::CATALOG_DEREGISTER,
         Command::SessionCreate(_) | Command::SessionDestroy { .. } => t::SESSION_APPLY,

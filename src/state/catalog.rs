@@ -135,23 +135,17 @@ impl Tables {
     }
 }
 
-/// Registers a node and optionally a service and checks, as one atomic change.
-pub(super) fn register(
-    tables: &mut Tables,
-    index: u64,
-    request: &RegisterRequest,
-    touched: &mut Vec<String>,
-) -> Result<(), ApplyError> {
-    // Validate everything before changing anything, so a failed register changes nothing.
-    let node_name = &request.node.name;
-    if !request.node.id.is_empty() {
+/// Refuses a node whose id another node has, or whose name a live node with another id holds.
+fn check_node(tables: &Tables, node: &Node) -> Result<(), ApplyError> {
+    let node_name = &node.name;
+    if !node.id.is_empty() {
         if let Some(other) = tables
             .nodes
             .values()
-            .find(|other| other.id == request.node.id && &other.name != node_name)
+            .find(|other| other.id == node.id && &other.name != node_name)
         {
             return Err(ApplyError::NodeIdTaken {
-                id: request.node.id.clone(),
+                id: node.id.clone(),
                 node: node_name.clone(),
                 existing: other.name.clone(),
             });
@@ -160,9 +154,7 @@ pub(super) fn register(
     // Consul's reservation of a live node's name: another node id may take the name only
     // once the node holding it is known to have failed (or gossip never managed it).
     if let Some(existing) = tables.nodes.get(node_name) {
-        let other_id = !existing.id.is_empty()
-            && !request.node.id.is_empty()
-            && existing.id != request.node.id;
+        let other_id = !existing.id.is_empty() && !node.id.is_empty() && existing.id != node.id;
         let healthy = tables
             .node_checks(node_name)
             .find(|check| check.check_id == "serfHealth")
@@ -175,6 +167,31 @@ pub(super) fn register(
             });
         }
     }
+    Ok(())
+}
+
+/// Writes a node alone (a transaction's node `set`), refused where a registration would be.
+pub(super) fn ensure_node(
+    tables: &mut Tables,
+    index: u64,
+    node: &Node,
+    touched: &mut Vec<String>,
+) -> Result<(), ApplyError> {
+    check_node(tables, node)?;
+    upsert_node(tables, index, node, touched);
+    Ok(())
+}
+
+/// Registers a node and optionally a service and checks, as one atomic change.
+pub(super) fn register(
+    tables: &mut Tables,
+    index: u64,
+    request: &RegisterRequest,
+    touched: &mut Vec<String>,
+) -> Result<(), ApplyError> {
+    // Validate everything before changing anything, so a failed register changes nothing.
+    let node_name = &request.node.name;
+    check_node(tables, &request.node)?;
     let node_known = tables.nodes.contains_key(node_name);
     if request.skip_node_update && !node_known && request.node.address.is_empty() {
         return Err(ApplyError::NodeNotRegistered(node_name.clone()));
@@ -227,27 +244,35 @@ pub(super) fn deregister(
         remove_service(tables, index, node, service_id, touched);
     }
     if request.check_id.is_none() && request.service_id.is_none() {
-        let service_ids: Vec<String> = tables
-            .node_services(node)
-            .map(|service| service.id.clone())
-            .collect();
-        for service_id in service_ids {
-            remove_service(tables, index, node, &service_id, touched);
-        }
-        let check_ids: Vec<String> = tables
-            .node_checks(node)
-            .map(|check| check.check_id.clone())
-            .collect();
-        for check_id in check_ids {
-            remove_check(tables, index, node, &check_id, touched);
-        }
-        tables.nodes.remove(node);
-        super::coordinate::forget(tables, index, node, touched);
-        touch_node(tables, index, node, touched);
-        tables.table_index.nodes = index;
-        touched.push(NODES_TOPIC.into());
+        remove_node(tables, index, node, touched);
     }
     Ok(())
+}
+
+/// Removes a node with everything registered on it; an unknown node is left alone.
+pub(super) fn remove_node(tables: &mut Tables, index: u64, node: &str, touched: &mut Vec<String>) {
+    if !tables.nodes.contains_key(node) {
+        return;
+    }
+    let service_ids: Vec<String> = tables
+        .node_services(node)
+        .map(|service| service.id.clone())
+        .collect();
+    for service_id in service_ids {
+        remove_service(tables, index, node, &service_id, touched);
+    }
+    let check_ids: Vec<String> = tables
+        .node_checks(node)
+        .map(|check| check.check_id.clone())
+        .collect();
+    for check_id in check_ids {
+        remove_check(tables, index, node, &check_id, touched);
+    }
+    tables.nodes.remove(node);
+    super::coordinate::forget(tables, index, node, touched);
+    touch_node(tables, index, node, touched);
+    tables.table_index.nodes = index;
+    touched.push(NODES_TOPIC.into());
 }
 
 fn touch_node(tables: &mut Tables, index: u64, node: &str, touched: &mut Vec<String>) {
@@ -291,7 +316,7 @@ fn upsert_node(tables: &mut Tables, index: u64, node: &Node, touched: &mut Vec<S
     }
 }
 
-fn upsert_service(
+pub(super) fn upsert_service(
     tables: &mut Tables,
     index: u64,
     node: &str,
@@ -373,7 +398,7 @@ fn connect_destination(service: &Service) -> Option<&str> {
     }
 }
 
-fn upsert_check(
+pub(super) fn upsert_check(
     tables: &mut Tables,
     index: u64,
     node: &str,
@@ -413,7 +438,7 @@ fn upsert_check(
     }
 }
 
-fn remove_check(
+pub(super) fn remove_check(
     tables: &mut Tables,
     index: u64,
     node: &str,
@@ -439,7 +464,7 @@ fn remove_check(
     }
 }
 
-fn remove_service(
+pub(super) fn remove_service(
     tables: &mut Tables,
     index: u64,
     node: &str,

@@ -1,11 +1,11 @@
 //! The KV table: reads with Consul's index rules, and the one implementation of every KV verb,
-//! used by single-key writes and transactions alike.
+//! used by single-key writes and transactions (`txn.rs`) alike.
 
 use std::ops::Bound;
 use std::sync::Arc;
 
 use super::Tables;
-use crate::types::{ApplyError, KvEntry, KvOp, RaftIndexes, TxnError, TxnOutcome, TxnResult};
+use crate::types::{ApplyError, KvEntry, KvOp, RaftIndexes, TxnResult};
 
 /// The watch topic of one key; prefix watches use the same form with the prefix.
 pub fn topic(key: &str) -> String {
@@ -74,43 +74,6 @@ pub(super) fn apply_single(
     }
 }
 
-/// Applies every op or none: the ops run against a copy of the tables (an O(1) clone of the
-/// persistent maps), which replaces the original only if all of them succeeded.
-pub(super) fn apply_txn(
-    tables: &mut Tables,
-    index: u64,
-    ops: &[KvOp],
-    touched: &mut Vec<String>,
-) -> TxnOutcome {
-    let mut working = tables.clone();
-    let mut working_touched = Vec::new();
-    let mut results = Vec::new();
-    let mut errors = Vec::new();
-    for (op_index, op) in ops.iter().enumerate() {
-        match apply_op(&mut working, index, op, &mut working_touched) {
-            Ok(Some(result)) => results.extend(result),
-            Ok(None) => {}
-            Err(OpFailure::Mismatch(what)) => errors.push(TxnError { op_index, what }),
-            Err(OpFailure::Invalid(error)) => errors.push(TxnError {
-                op_index,
-                what: error.to_string(),
-            }),
-        }
-    }
-    if !errors.is_empty() {
-        return TxnOutcome::RolledBack(errors);
-    }
-    *tables = working;
-    touched.extend(working_touched);
-    TxnOutcome::Committed(results)
-}
-
-/// Runs a read-only transaction against a snapshot, without Raft.
-pub fn read_txn(tables: &Tables, ops: &[KvOp]) -> TxnOutcome {
-    let mut scratch = tables.clone();
-    apply_txn(&mut scratch, tables.last_index, ops, &mut Vec::new())
-}
-
 pub(super) fn reap_tombstones(tables: &mut Tables, up_to_index: u64) {
     let reaped: Vec<Arc<str>> = tables
         .tombstones
@@ -123,16 +86,26 @@ pub(super) fn reap_tombstones(tables: &mut Tables, up_to_index: u64) {
     }
 }
 
-enum OpFailure {
+pub(super) enum OpFailure {
     /// A condition did not hold (CAS index, existence); not an error of the request.
     Mismatch(String),
     Invalid(ApplyError),
 }
 
-/// The results one op contributes to a transaction's `Results`.
-type OpResults = Option<Vec<TxnResult>>;
+impl OpFailure {
+    /// The failure as a transaction reports it (`Errors[].What`).
+    pub(super) fn what(self) -> String {
+        match self {
+            OpFailure::Mismatch(what) => what,
+            OpFailure::Invalid(error) => error.to_string(),
+        }
+    }
+}
 
-fn apply_op(
+/// The results one op contributes to a transaction's `Results`.
+pub(super) type OpResults = Option<Vec<TxnResult>>;
+
+pub(super) fn apply_op(
     tables: &mut Tables,
     index: u64,
     op: &KvOp,
@@ -373,7 +346,7 @@ fn delete(tables: &mut Tables, index: u64, key: &str, touched: &mut Vec<String>)
 }
 
 fn with_value(entry: KvEntry) -> TxnResult {
-    TxnResult {
+    TxnResult::Kv {
         entry,
         with_value: true,
     }
@@ -381,7 +354,7 @@ fn with_value(entry: KvEntry) -> TxnResult {
 
 /// A result that reports an entry's metadata; its value is not returned, so not copied.
 fn without_value(entry: &KvEntry) -> TxnResult {
-    TxnResult {
+    TxnResult::Kv {
         entry: KvEntry {
             key: entry.key.clone(),
             value: Vec::new(),

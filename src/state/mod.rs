@@ -18,6 +18,7 @@ pub mod health;
 pub mod kv;
 pub mod operator;
 pub mod session;
+pub mod txn;
 pub mod watch;
 
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -141,7 +142,8 @@ impl Tables {
                 Ok(applied) => CommandResult::Kv(applied),
                 Err(error) => CommandResult::Error(error),
             },
-            Command::Txn(ops) => CommandResult::Txn(kv::apply_txn(self, index, ops, touched)),
+            Command::Txn(ops) => CommandResult::Txn(txn::apply(self, index, ops, touched)),
+            Command::Transaction(ops) => CommandResult::Txn(txn::apply(self, index, ops, touched)),
             Command::Restore(bytes) => match Store::decode(bytes) {
                 Ok(mut restored) => {
                     restored.rebuild_derived_indexes();

@@ -176,10 +176,169 @@ fn committed_transaction_returns_values_only_for_reads() {
         panic!("expected commit");
     };
     assert_eq!(results.len(), 2);
-    assert!(!results[0].with_value);
-    assert_eq!(results[0].entry.flags, 3);
-    assert!(results[1].with_value);
-    assert_eq!(results[1].entry.value, b"read-me");
+    let TxnResult::Kv { entry, with_value } = &results[0] else {
+        panic!("{results:?}");
+    };
+    assert!(!with_value);
+    assert_eq!(entry.flags, 3);
+    let TxnResult::Kv { entry, with_value } = &results[1] else {
+        panic!("{results:?}");
+    };
+    assert!(with_value);
+    assert_eq!(entry.value, b"read-me");
+}
+
+fn catalog_txn(store: &Store, index: u64, ops: Vec<TxnOp>) -> TxnOutcome {
+    match apply(store, index, Command::Transaction(ops)) {
+        CommandResult::Txn(outcome) => outcome,
+        other => panic!("expected a transaction outcome, got {other:?}"),
+    }
+}
+
+fn a_check(node_name: &str, id: &str, service_id: &str, status: HealthStatus) -> Check {
+    let Command::CatalogRegister(request) = node_check(node_name, status) else {
+        unreachable!()
+    };
+    Check {
+        check_id: id.into(),
+        name: id.into(),
+        service_id: service_id.into(),
+        ..request.checks[0].clone()
+    }
+}
+
+#[test]
+fn a_transaction_writes_nodes_services_checks_and_keys_together_or_not_at_all() {
+    let store = Store::new();
+    let ops = vec![
+        TxnOp::Node {
+            verb: CatalogVerb::Set,
+            node: node("n1"),
+        },
+        TxnOp::Service {
+            verb: CatalogVerb::Set,
+            node: "n1".into(),
+            service: service("web-1", "web"),
+        },
+        TxnOp::Check {
+            verb: CatalogVerb::Set,
+            check: a_check("n1", "web-alive", "web-1", HealthStatus::Passing),
+        },
+        TxnOp::Kv(KvOp::Set {
+            key: "web/leader".into(),
+            value: b"n1".to_vec(),
+            flags: 0,
+        }),
+    ];
+    let TxnOutcome::Committed(results) = catalog_txn(&store, 5, ops) else {
+        panic!("expected a commit");
+    };
+    assert_eq!(results.len(), 4);
+    let TxnResult::Check(check) = &results[2] else {
+        panic!("{results:?}");
+    };
+    assert_eq!(
+        check.service_name, "web",
+        "the check learns its service's name"
+    );
+    assert_eq!(check.indexes.modify, 5);
+    let tables = store.snapshot();
+    assert_eq!(tables.service_nodes("web").count(), 1);
+    assert_eq!(tables.service_index("web"), 5);
+    assert_eq!(tables.node("n1").unwrap().indexes.create, 5);
+
+    // One stale CAS among good writes rolls every one of them back, with Consul's texts.
+    let ops = vec![
+        TxnOp::Service {
+            verb: CatalogVerb::Set,
+            node: "n1".into(),
+            service: service("db-1", "db"),
+        },
+        TxnOp::Node {
+            verb: CatalogVerb::DeleteCas { index: 4 },
+            node: node("n1"),
+        },
+        TxnOp::Service {
+            verb: CatalogVerb::Set,
+            node: "ghost".into(),
+            service: service("x", "x"),
+        },
+        TxnOp::Check {
+            verb: CatalogVerb::Get,
+            check: a_check("n1", "nope", "", HealthStatus::Passing),
+        },
+    ];
+    let TxnOutcome::RolledBack(errors) = catalog_txn(&store, 6, ops) else {
+        panic!("expected a rollback");
+    };
+    let errors: Vec<(usize, &str)> = errors
+        .iter()
+        .map(|error| (error.op_index, error.what.as_str()))
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            (1, "failed to delete node \"n1\", index is stale"),
+            (2, "Missing node registration"),
+            (3, "check \"nope\" on node \"n1\" doesn't exist"),
+        ]
+    );
+    let tables = store.snapshot();
+    assert!(tables.service("n1", "db-1").is_none());
+    assert_eq!(tables.service_index("db"), tables.table_index().services);
+
+    // CAS on the current index succeeds; delete takes the node's services and checks along.
+    let ops = vec![
+        TxnOp::Service {
+            verb: CatalogVerb::Cas { index: 5 },
+            node: "n1".into(),
+            service: Service {
+                port: 8080,
+                ..service("web-1", "web")
+            },
+        },
+        TxnOp::Service {
+            verb: CatalogVerb::Cas { index: 0 },
+            node: "n1".into(),
+            service: service("web-1", "web"),
+        },
+    ];
+    let TxnOutcome::RolledBack(errors) = catalog_txn(&store, 7, ops) else {
+        panic!("cas 0 on an existing service must fail");
+    };
+    assert_eq!(
+        errors[0].what,
+        "failed to set service \"web-1\" on node \"n1\", index is stale"
+    );
+    let ops = vec![TxnOp::Node {
+        verb: CatalogVerb::Delete,
+        node: node("n1"),
+    }];
+    assert!(matches!(
+        catalog_txn(&store, 8, ops),
+        TxnOutcome::Committed(results) if results.is_empty()
+    ));
+    let tables = store.snapshot();
+    assert!(tables.node("n1").is_none());
+    assert_eq!(tables.service_nodes("web").count(), 0);
+    assert_eq!(tables.all_checks().count(), 0);
+}
+
+#[test]
+fn a_transaction_failing_a_check_ends_the_sessions_bound_to_it() {
+    use crate::types::session::SessionBehavior::Release;
+    let store = Store::new();
+    apply(&store, 2, node_check("n1", HealthStatus::Passing));
+    apply(&store, 3, session("s1", "n1", Release));
+    let ops = vec![TxnOp::Check {
+        verb: CatalogVerb::Set,
+        check: a_check("n1", "alive", "", HealthStatus::Critical),
+    }];
+    assert!(matches!(
+        catalog_txn(&store, 4, ops),
+        TxnOutcome::Committed(_)
+    ));
+    assert!(store.snapshot().session("s1").is_none());
 }
 
 #[test]

@@ -24,7 +24,7 @@ pub mod session;
 pub mod txn;
 
 pub use apply::ApplyError;
-pub use txn::{KvOp, TxnError, TxnOutcome, TxnResult};
+pub use txn::{CatalogVerb, KvOp, TxnError, TxnOp, TxnOutcome, TxnResult};
 
 /// Consul's health states, in the order a list of checks aggregates them (worst wins).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -225,6 +225,10 @@ pub enum Command {
     },
     /// A change to the ACL tables: a token, policy or role, or the bootstrap.
     Acl(acl::AclOp),
+    /// An atomic list of KV and catalog operations (`/v1/txn` with a Node, Service or Check
+    /// operation; KV-only transactions stay `Txn`, so servers of an older version still
+    /// read them during a rolling upgrade).
+    Transaction(Vec<TxnOp>),
 }
 
 /// What applying a command produced. Business failures (a CAS mismatch, a rolled-back

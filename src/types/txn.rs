@@ -1,8 +1,9 @@
-//! KV operations, shared by single KV writes and transactions, and transaction outcomes.
+//! KV operations, shared by single KV writes and transactions; the catalog operations a
+//! transaction may also carry; and transaction outcomes.
 
 use serde::{Deserialize, Serialize};
 
-use super::KvEntry;
+use super::{Check, KvEntry, Node, Service};
 
 /// One KV verb of Consul's transaction API. Single-key HTTP writes use the same verbs so there
 /// is exactly one implementation of each.
@@ -99,12 +100,60 @@ impl KvOp {
     }
 }
 
+/// What a catalog operation of a transaction does to its node, service or check. The CAS
+/// verbs compare against the entry's ModifyIndex; 0 means "only if absent" for `Cas`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CatalogVerb {
+    Set,
+    Cas { index: u64 },
+    Get,
+    Delete,
+    DeleteCas { index: u64 },
+}
+
+/// One operation of a `/v1/txn` transaction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnOp {
+    Kv(KvOp),
+    /// Found by `node.id` when it is set, else by name, as Consul looks nodes up.
+    Node {
+        verb: CatalogVerb,
+        node: Node,
+    },
+    Service {
+        verb: CatalogVerb,
+        node: String,
+        service: Service,
+    },
+    /// The check's own `node` names the node it is on.
+    Check {
+        verb: CatalogVerb,
+        check: Check,
+    },
+}
+
+impl TxnOp {
+    pub fn is_read(&self) -> bool {
+        match self {
+            TxnOp::Kv(op) => op.is_read(),
+            TxnOp::Node { verb, .. } | TxnOp::Service { verb, .. } | TxnOp::Check { verb, .. } => {
+                *verb == CatalogVerb::Get
+            }
+        }
+    }
+}
+
 /// One entry of a successful transaction's `Results`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TxnResult {
-    pub entry: KvEntry,
-    /// Whether the value is returned (only `get`, `get-or-empty` and `get-tree` return values).
-    pub with_value: bool,
+pub enum TxnResult {
+    Kv {
+        entry: KvEntry,
+        /// Whether the value is returned (only `get`, `get-or-empty` and `get-tree` do).
+        with_value: bool,
+    },
+    Node(Node),
+    Service(Service),
+    Check(Check),
 }
 
 /// Why a transaction rolled back, pointing at the failing operation.

@@ -69,6 +69,9 @@ async fn token_with(agent: &Agent, name: &str, rules: &str) -> String {
 enum Without {
     /// 403.
     Refused,
+    /// 409 with the refusal in the transaction's `Errors` (Consul checks every operation of
+    /// a transaction before applying any and reports each by position).
+    RefusedInTxn,
     /// 200 (or 404 for a KV listing filtered to nothing) without the marker.
     Filtered(&'static str),
 }
@@ -105,7 +108,7 @@ fn case(
 
 /// One request per endpoint family in Consul's permission table.
 fn cases() -> Vec<Case> {
-    use Without::{Filtered, Refused};
+    use Without::{Filtered, Refused, RefusedInTxn};
     vec![
         case(
             "kv read",
@@ -145,7 +148,27 @@ fn cases() -> Vec<Case> {
             Method::PUT,
             "/v1/txn",
             Some(r#"[{"KV":{"Verb":"set","Key":"app/txn","Value":"dg=="}}]"#),
-            Refused,
+            RefusedInTxn,
+        ),
+        case(
+            "txn read",
+            r#"key_prefix "app/" { policy = "read" }"#,
+            Method::PUT,
+            "/v1/txn",
+            Some(r#"[{"KV":{"Verb":"get-tree","Key":"app/"}}]"#),
+            Filtered("app/config"),
+        ),
+        case(
+            "txn catalog",
+            r#"node "txn-node" { policy = "write" } service "txn-svc" { policy = "write" }"#,
+            Method::PUT,
+            "/v1/txn",
+            Some(
+                r#"[{"Node":{"Verb":"set","Node":{"Node":"txn-node","Address":"10.0.0.8"}}},
+                    {"Service":{"Verb":"set","Node":"txn-node","Service":{"Service":"txn-svc"}}},
+                    {"Check":{"Verb":"set","Check":{"Node":"txn-node","CheckID":"c","ServiceID":"txn-svc"}}}]"#,
+            ),
+            RefusedInTxn,
         ),
         case(
             "catalog services",
@@ -409,7 +432,7 @@ fn succeeded(case: &Case, response: &Response) -> bool {
     let body = response.text();
     match case.without {
         Without::Filtered(marker) => response.status == 200 && body.contains(marker),
-        Without::Refused => response.status == 200,
+        Without::Refused | Without::RefusedInTxn => response.status == 200,
     }
 }
 
@@ -449,6 +472,24 @@ async fn matrix(default_policy: &str) -> (Agent, Vec<String>) {
                     "{}: {}",
                     case.family,
                     refused.text()
+                );
+            }
+            (true, Without::RefusedInTxn) => {
+                assert_eq!(refused.status, 409, "{}: {}", case.family, refused.text());
+                let errors = json(&refused)["Errors"].clone();
+                let whats: Vec<&str> = errors
+                    .as_array()
+                    .expect("Errors")
+                    .iter()
+                    .map(|error| error["What"].as_str().unwrap_or_default())
+                    .collect();
+                assert!(
+                    !whats.is_empty()
+                        && whats.iter().all(|what| {
+                            what.starts_with("Permission denied: token with AccessorID '")
+                        }),
+                    "{}: {errors}",
+                    case.family
                 );
             }
             (true, Without::Filtered(marker)) => {

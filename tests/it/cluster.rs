@@ -10,7 +10,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::envoy::{backend, get, register, Envoy};
-use crate::support::{cli, eventually, free_port, json, Agent, AgentOptions, Placement, BINARY};
+use crate::support::{
+    cli, dig_short, eventually, free_port, json, Agent, AgentOptions, Placement, BINARY,
+};
 
 /// A `concord watch` process, killed when dropped.
 struct Watch(std::process::Child);
@@ -89,20 +91,6 @@ async fn members(agent: &Agent) -> Vec<(String, u64)> {
 async fn get_json(agent: &Agent, path: &str) -> Value {
     let response = agent.client().get(path).await.expect("request");
     json(&response)
-}
-
-/// `dig +short` against `agent`'s DNS on the default port.
-fn dig_short(agent: &Agent, name: &str, kind: &str) -> Vec<String> {
-    let output = Command::new("dig")
-        .arg(format!("@{}", agent.host))
-        .args(["-p", &agent.dns_port.to_string()])
-        .args(["+tries=1", "+time=2", "+short", name, kind])
-        .output()
-        .expect("dig runs (install bind9-dnsutils)");
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
 }
 
 async fn passing_nodes(agent: &Agent, service: &str) -> Vec<(String, String)> {

@@ -205,6 +205,8 @@ async fn the_error_table_as_consul_answers_it() {
         row("PUT", "/v1/txn", &many_ops, 413, "Transaction contains too many operations (129 > 128)"),
         row("PUT", "/v1/txn", r#"[{"KV":{"Verb":"check-index","Key":"zz","Index":5}}]"#, 409, r#"{"Results":null,"Errors":[{"OpIndex":0,"What":"#),
         row("PUT", "/v1/txn", "{not json", 400, "Failed to parse body: "),
+        row("PUT", "/v1/txn", r#"[{"Node":{"Verb":"set","Node":{}}}]"#, 409, r#"{"Results":null,"Errors":[{"OpIndex":0,"What":"Must provide node"}]}"#),
+        row("PUT", "/v1/txn", r#"[{"KV":{"Verb":"set","Key":"k","Value":"%%"}}]"#, 400, "Failed to parse body: failed to decode value: "),
         row("PUT", "/v1/kv/a?cas=abc", "v", 500, "strconv.ParseUint: parsing \"abc\": invalid syntax"),
         row("PUT", "/v1/kv/a?flags=bad", "v", 500, "strconv.ParseUint: parsing \"bad\": invalid syntax"),
         row("GET", "/v1/kv/missing", "", 404, ""),

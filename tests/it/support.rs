@@ -451,3 +451,17 @@ pub async fn timing_sensitive() -> tokio::sync::MutexGuard<'static, ()> {
     static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     TURN.lock().await
 }
+
+/// `dig +short` against `agent`'s DNS: the answer's records, one per line.
+pub fn dig_short(agent: &Agent, name: &str, kind: &str) -> Vec<String> {
+    let output = Command::new("dig")
+        .arg(format!("@{}", agent.host))
+        .args(["-p", &agent.dns_port.to_string()])
+        .args(["+tries=1", "+time=2", "+short", name, kind])
+        .output()
+        .expect("dig runs (install bind9-dnsutils)");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
