@@ -1,4 +1,5 @@
-//! Test support shared by the connect, proxycfg and xds unit tests: a `World` that applies Raft
+//! Test support shared by unit tests: a registration command for the storage-format tests, and
+//! for the connect, proxycfg and xds tests a `World` that applies Raft
 //! commands (config entries, catalog registrations, the CA's state) to a real `state::Store` in
 //! log order, as the FSM does, and computes a sidecar's proxycfg snapshot from the result, as
 //! the agent's watcher does. Everything is synchronous and fixed (ids, addresses, ports,
@@ -118,6 +119,7 @@ impl World {
                 tagged_addresses: BTreeMap::new(),
                 meta: BTreeMap::new(),
                 indexes: RaftIndexes::default(),
+                locality: None,
             },
             skip_node_update: false,
             service: Some(service),
@@ -257,4 +259,26 @@ pub fn leaf(serial: &str) -> IssuedCert {
         root_id: "root-0".into(),
         index: 1,
     }
+}
+
+/// Registers node `n1` with service `web-1`, both at `locality`: a command touching every
+/// field the storage shapes differ in.
+pub fn registration(locality: Option<crate::types::Locality>) -> Command {
+    Command::CatalogRegister(Box::new(RegisterRequest {
+        node: Node {
+            name: "n1".into(),
+            address: "10.0.0.1".into(),
+            locality: locality.clone(),
+            ..Node::default()
+        },
+        skip_node_update: false,
+        service: Some(Service {
+            id: "web-1".into(),
+            name: "web".into(),
+            port: 80,
+            locality,
+            ..Service::default()
+        }),
+        checks: Vec::new(),
+    }))
 }

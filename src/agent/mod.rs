@@ -813,6 +813,7 @@ pub fn node_record(config: &RuntimeConfig, node_id: &str) -> crate::types::Node 
         tagged_addresses,
         meta,
         indexes: RaftIndexes::default(),
+        locality: config.locality.clone(),
     }
 }
 

@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 
 use super::decode::DecodeError;
 use crate::types::{
-    Check, DeregisterRequest, HealthStatus, Node, RaftIndexes, RegisterRequest, Service,
+    Check, DeregisterRequest, HealthStatus, Locality, Node, RaftIndexes, RegisterRequest, Service,
     ServiceAddress, Weights,
 };
 
@@ -38,7 +38,7 @@ fn service_addresses(map: &BTreeMap<String, ServiceAddress>) -> Value {
 }
 
 pub fn node(node: &Node) -> Value {
-    json!({
+    let mut value = json!({
         "ID": node.id,
         "Node": node.name,
         "Address": node.address,
@@ -47,7 +47,27 @@ pub fn node(node: &Node) -> Value {
         "Meta": string_map(&node.meta),
         "CreateIndex": node.indexes.create,
         "ModifyIndex": node.indexes.modify,
-    })
+    });
+    with_locality(&mut value, "Locality", node.locality.as_ref());
+    value
+}
+
+/// Consul omits an unset locality (`Locality *Locality json:",omitempty"`).
+fn with_locality(value: &mut Value, field: &str, locality: Option<&Locality>) {
+    if let Some(locality) = locality {
+        value[field] = locality_json(locality);
+    }
+}
+
+/// `{"Region", "Zone"}`, each left out when empty (`json:",omitempty"`).
+fn locality_json(locality: &Locality) -> Value {
+    let mut value = Map::new();
+    for (name, text) in [("Region", &locality.region), ("Zone", &locality.zone)] {
+        if !text.is_empty() {
+            value.insert(name.into(), json!(text));
+        }
+    }
+    Value::Object(value)
 }
 
 /// The shape of a service in `/v1/catalog/node/*` and `/v1/agent/services`.
@@ -75,6 +95,7 @@ pub fn agent_service(service: &Service, datacenter: &str) -> Value {
     if service.connect_native {
         value["Connect"] = json!({"Native": true});
     }
+    with_locality(&mut value, "Locality", service.locality.as_ref());
     value
 }
 
@@ -146,7 +167,7 @@ pub fn proxy_json(service: &Service) -> Value {
 
 /// The shape of one instance in `/v1/catalog/service/:name`.
 pub fn service_node(node: &Node, service: &Service) -> Value {
-    json!({
+    let mut value = json!({
         "ID": node.id,
         "Node": node.name,
         "Address": node.address,
@@ -168,7 +189,10 @@ pub fn service_node(node: &Node, service: &Service) -> Value {
         "ServiceConnect": if service.connect_native { json!({"Native": true}) } else { json!({}) },
         "CreateIndex": service.indexes.create,
         "ModifyIndex": service.indexes.modify,
-    })
+    });
+    // Consul's ServiceNode always carries this one, `null` when unset.
+    value["ServiceLocality"] = service.locality.as_ref().map_or(Value::Null, locality_json);
+    value
 }
 
 pub fn health_check(check: &Check) -> Value {
@@ -206,6 +230,7 @@ pub struct RegisterIn {
     pub check: Option<CheckIn>,
     pub checks: Vec<CheckIn>,
     pub skip_node_update: bool,
+    pub locality: Option<Locality>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -224,6 +249,7 @@ pub struct ServiceIn {
     pub enable_tag_override: bool,
     /// A transaction's CAS index (`/v1/txn`); a registration ignores it.
     pub modify_index: u64,
+    pub locality: Option<Locality>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -296,6 +322,7 @@ impl RegisterIn {
                 tagged_addresses: self.tagged_addresses,
                 meta: self.node_meta,
                 indexes: RaftIndexes::default(),
+                locality: self.locality,
             },
             skip_node_update: self.skip_node_update,
             service,
@@ -310,6 +337,12 @@ impl ServiceIn {
             return Err(DecodeError::new(
                 "Must provide service name (Service.Service) with Service",
             ));
+        }
+        if let Some(Err(error)) = self.locality.as_ref().map(Locality::check) {
+            // Consul's NodeService.Validate, whose errors are a multierror list.
+            return Err(DecodeError::new(format!(
+                "1 error occurred:\n\t* {error}\n\n"
+            )));
         }
         let weights = match self.weights {
             Some(weights) if weights.passing == 0 => {
@@ -351,6 +384,7 @@ impl ServiceIn {
             proxy: None,
             connect_native: false,
             indexes: RaftIndexes::default(),
+            locality: self.locality,
         })
     }
 }

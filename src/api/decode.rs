@@ -50,6 +50,7 @@ const FIELDS: &[&str] = &[
     "KV",
     "Key",
     "LockDelay",
+    "Locality",
     "Kind",
     "Meta",
     "Method",
@@ -62,6 +63,7 @@ const FIELDS: &[&str] = &[
     "Output",
     "OutputMaxSize",
     "Passing",
+    "Region",
     "Port",
     "ScriptArgs",
     "Service",
@@ -85,6 +87,7 @@ const FIELDS: &[&str] = &[
     "Verb",
     "Warning",
     "Weights",
+    "Zone",
 ];
 
 /// Fields whose object value is a map of user-chosen keys.

@@ -15,7 +15,7 @@ use super::decode::{canonicalize, DecodeError};
 use crate::types::agent::{CheckDefinition, CheckKind, ServiceDefinition};
 use crate::types::connect::{ServiceProxy, Upstream};
 use crate::types::duration::{format_go_duration, parse_go_duration};
-use crate::types::{HealthStatus, RaftIndexes, Service, ServiceAddress, Weights};
+use crate::types::{HealthStatus, Locality, RaftIndexes, Service, ServiceAddress, Weights};
 
 /// Consul's floor for check intervals.
 const MIN_INTERVAL: Duration = Duration::from_secs(1);
@@ -52,6 +52,7 @@ struct ServiceIn {
     checks: Vec<CheckIn>,
     proxy: Option<ProxyIn>,
     connect: Option<ConnectIn>,
+    locality: Option<Locality>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -167,6 +168,9 @@ fn sidecar(
     }
     if proxy_service.meta.is_empty() {
         proxy_service.meta = parent.meta.clone();
+    }
+    if proxy_service.locality.is_none() {
+        proxy_service.locality = parent.locality.clone();
     }
     let proxy = proxy_service
         .proxy
@@ -324,6 +328,12 @@ pub fn service(value: Value, policy: DefinitionPolicy) -> Result<ServiceDefiniti
         },
         None => Weights::default(),
     };
+    if let Some(Err(error)) = input.locality.as_ref().map(Locality::check) {
+        // Consul's NodeService.Validate, whose errors are a multierror list.
+        return Err(DecodeError::new(format!(
+            "Validation failed: 1 error occurred:\n\t* {error}\n\n"
+        )));
+    }
     let service = Service {
         id: id.clone(),
         name: input.name.clone(),
@@ -348,6 +358,7 @@ pub fn service(value: Value, policy: DefinitionPolicy) -> Result<ServiceDefiniti
         proxy: input.proxy.map(proxy).transpose()?,
         connect_native: input.connect.as_ref().is_some_and(|connect| connect.native),
         indexes: RaftIndexes::default(),
+        locality: input.locality,
     };
     if service.kind == "connect-proxy"
         && service

@@ -14,7 +14,9 @@ use serde_json::{json, Value};
 
 use super::catalog::{self as wire, CheckIn, ServiceIn};
 use super::kv::{base64_engine, kv_pair};
-use crate::types::{CatalogVerb, KvOp, Node, RaftIndexes, Service, TxnError, TxnOp, TxnResult};
+use crate::types::{
+    CatalogVerb, KvOp, Locality, Node, OpFailure, RaftIndexes, Service, TxnError, TxnOp, TxnResult,
+};
 
 /// One element of a `PUT /v1/txn` body.
 #[derive(Debug, Deserialize)]
@@ -71,6 +73,7 @@ struct NodeIn {
     tagged_addresses: BTreeMap<String, String>,
     meta: BTreeMap<String, String>,
     modify_index: u64,
+    locality: Option<Locality>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -88,8 +91,12 @@ struct CheckOpIn {
     check: CheckIn,
 }
 
+fn refuse<T>(what: impl Into<String>) -> Result<T, OpFailure> {
+    Err(OpFailure(what.into()))
+}
+
 /// Parses a catalog verb; `modify_index` is the entry's `ModifyIndex`, the CAS verbs' index.
-fn catalog_verb(kind: &str, verb: &str, modify_index: u64) -> Result<CatalogVerb, String> {
+fn catalog_verb(kind: &str, verb: &str, modify_index: u64) -> Result<CatalogVerb, OpFailure> {
     Ok(match verb {
         "set" => CatalogVerb::Set,
         "cas" => CatalogVerb::Cas {
@@ -100,14 +107,14 @@ fn catalog_verb(kind: &str, verb: &str, modify_index: u64) -> Result<CatalogVerb
         "delete-cas" => CatalogVerb::DeleteCas {
             index: modify_index,
         },
-        other => return Err(format!("unknown {kind} operation: {other}")),
+        other => return refuse(format!("unknown {kind} operation: {other}")),
     })
 }
 
 impl TxnOpIn {
     /// The domain operation, or what Consul's pre-check reports against it. `datacenter` is
     /// the agent's, given to nodes that name none.
-    pub fn into_op(self, datacenter: &str) -> Result<TxnOp, String> {
+    pub fn into_op(self, datacenter: &str) -> Result<TxnOp, OpFailure> {
         if let Some(kv) = self.kv {
             kv.into_op().map(TxnOp::Kv)
         } else if let Some(node) = self.node {
@@ -117,13 +124,13 @@ impl TxnOpIn {
         } else if let Some(check) = self.check {
             check.into_op()
         } else {
-            Err("unknown operation type".into())
+            refuse("unknown operation type")
         }
     }
 }
 
 impl KvOpIn {
-    fn into_op(self) -> Result<KvOp, String> {
+    fn into_op(self) -> Result<KvOp, OpFailure> {
         let KvOpIn {
             verb,
             key,
@@ -133,7 +140,7 @@ impl KvOpIn {
             session,
         } = self;
         if key.is_empty() && verb != "delete-tree" {
-            return Err("Must provide key".into());
+            return refuse("Must provide key");
         }
         Ok(match verb.as_str() {
             "set" => KvOp::Set { key, value, flags },
@@ -152,7 +159,7 @@ impl KvOpIn {
             "delete-tree" => KvOp::DeleteTree { prefix: key },
             "delete-cas" => KvOp::DeleteCas { key, index },
             "lock" | "unlock" | "check-session" if session.is_empty() => {
-                return Err(format!("verb {verb:?} needs a Session"))
+                return refuse(format!("verb {verb:?} needs a Session"))
             }
             "lock" => KvOp::Lock {
                 key,
@@ -167,21 +174,21 @@ impl KvOpIn {
                 session,
             },
             "check-session" => KvOp::CheckSession { key, session },
-            other => return Err(format!("unknown KV verb {other:?}")),
+            other => return refuse(format!("unknown KV verb {other:?}")),
         })
     }
 }
 
 impl NodeOpIn {
-    fn into_op(self, datacenter: &str) -> Result<TxnOp, String> {
+    fn into_op(self, datacenter: &str) -> Result<TxnOp, OpFailure> {
         let node = self.node;
         let verb = catalog_verb("node", &self.verb, node.modify_index)?;
         if verb != CatalogVerb::Get {
             if node.node.is_empty() {
-                return Err("Must provide node".into());
+                return refuse("Must provide node");
             }
             if !node.id.is_empty() && uuid::Uuid::parse_str(&node.id).is_err() {
-                return Err(format!("Bad node ID: invalid UUID {:?}", node.id));
+                return refuse(format!("Bad node ID: invalid UUID {:?}", node.id));
             }
         }
         Ok(TxnOp::Node {
@@ -198,13 +205,14 @@ impl NodeOpIn {
                 tagged_addresses: node.tagged_addresses,
                 meta: node.meta,
                 indexes: RaftIndexes::default(),
+                locality: node.locality,
             },
         })
     }
 }
 
 impl ServiceOpIn {
-    fn into_op(self) -> Result<TxnOp, String> {
+    fn into_op(self) -> Result<TxnOp, OpFailure> {
         let verb = catalog_verb("service", &self.verb, self.service.modify_index)?;
         let service = if verb == CatalogVerb::Get {
             // A read names the instance by id alone.
@@ -213,11 +221,11 @@ impl ServiceOpIn {
                 ..Service::default()
             }
         } else if self.service.service.is_empty() {
-            return Err("Must provide service name with ID".into());
+            return refuse("Must provide service name with ID");
         } else {
             self.service
                 .into_service()
-                .map_err(|error| error.to_string())?
+                .map_err(|error| OpFailure(error.to_string()))?
         };
         Ok(TxnOp::Service {
             verb,
@@ -228,13 +236,13 @@ impl ServiceOpIn {
 }
 
 impl CheckOpIn {
-    fn into_op(self) -> Result<TxnOp, String> {
+    fn into_op(self) -> Result<TxnOp, OpFailure> {
         let verb = catalog_verb("check", &self.verb, self.check.modify_index)?;
         let node = self.check.node.clone();
         let check = self
             .check
             .into_check(&node)
-            .map_err(|error| error.to_string())?;
+            .map_err(|error| OpFailure(error.to_string()))?;
         Ok(TxnOp::Check { verb, check })
     }
 }

@@ -254,6 +254,8 @@ pub struct RuntimeConfig {
     #[serde(rename = "NodeID")]
     pub node_id: Option<String>,
     pub node_meta: BTreeMap<String, String>,
+    /// `locality { region zone }`: the node's, and the default of services registered here.
+    pub locality: Option<crate::types::Locality>,
     pub data_dir: Option<PathBuf>,
     pub server_mode: bool,
     pub bootstrap_expect: u32,
@@ -855,6 +857,13 @@ fn build(raw: RawConfig) -> Result<RuntimeConfig, String> {
             "log_level: {log_level:?} must be one of trace, debug, info, warn, error"
         ));
     }
+    let locality = raw.locality.map(|locality| crate::types::Locality {
+        region: locality.region.unwrap_or_default(),
+        zone: locality.zone.unwrap_or_default(),
+    });
+    if let Some(Err(error)) = locality.as_ref().map(crate::types::Locality::check) {
+        return Err(format!("locality is invalid: {error}"));
+    }
     Ok(RuntimeConfig {
         dev_mode,
         primary_datacenter: raw.primary_datacenter.unwrap_or_else(|| datacenter.clone()),
@@ -862,6 +871,7 @@ fn build(raw: RawConfig) -> Result<RuntimeConfig, String> {
         node_name: raw.node_name.unwrap_or_else(default_node_name),
         node_id: raw.node_id,
         node_meta: raw.node_meta.unwrap_or_default(),
+        locality,
         data_dir,
         server_mode,
         bootstrap_expect,

@@ -13,6 +13,8 @@ pub struct RawConfig {
     pub node_name: Option<String>,
     pub node_id: Option<String>,
     pub node_meta: Option<BTreeMap<String, String>>,
+    /// Where this agent runs; its node and the services registered with it carry it.
+    pub locality: Option<RawLocality>,
     pub server: Option<bool>,
     pub bootstrap: Option<bool>,
     pub bootstrap_expect: Option<u32>,
@@ -214,6 +216,12 @@ pub struct RawAutopilot {
     pub redundancy_zone_tag: Option<String>,
     pub disable_upgrade_migration: Option<bool>,
     pub upgrade_version_tag: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct RawLocality {
+    pub region: Option<String>,
+    pub zone: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

@@ -124,6 +124,10 @@ fn invalid_values_are_errors_naming_the_key() {
             json!({"data_dir": "/x", "addresses": {"dns": "here"}}),
             "addresses.dns",
         ),
+        (
+            json!({"data_dir": "/x", "locality": {"zone": "us-east-1a"}}),
+            "locality is invalid: zone cannot be set without region",
+        ),
     ];
     for (flags, key) in cases {
         let error = load(&LoadOptions {

@@ -120,7 +120,7 @@ fn pre_check(
                 }
                 ops.push(op);
             }
-            Err(what) => refused.push(TxnError { op_index, what }),
+            Err(failure) => refused.push(failure.at(op_index)),
         }
     }
     (ops, refused)

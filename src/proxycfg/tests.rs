@@ -30,6 +30,7 @@ fn node_check(world: &mut World, node: &str, status: HealthStatus) {
             tagged_addresses: BTreeMap::new(),
             meta: BTreeMap::new(),
             indexes: RaftIndexes::default(),
+            locality: None,
         },
         skip_node_update: false,
         service: None,

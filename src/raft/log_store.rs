@@ -25,11 +25,14 @@ use serde::Serialize;
 use super::progress::ProgressMarker;
 use super::wal::Wal;
 use super::{LogId, NodeId, StorageError, TypeConfig};
+use crate::types::shape::{with_shape, Shape};
 
 /// Bumped if the encoding of stored records ever changes; checked on every read.
 /// Version 2: services carry Connect fields, and config entries and CA state exist. Version 1
-/// was never released, so it is refused rather than translated.
-const FORMAT_VERSION: u8 = 2;
+/// was never released, so it is refused rather than translated. Version 3: nodes and services
+/// carry a locality; version 2 records still decode (`types::shape`).
+const FORMAT_VERSION: u8 = 3;
+const BEFORE_LOCALITY: u8 = 2;
 
 const VOTE_KEY: &[u8] = b"vote";
 const COMMITTED_KEY: &[u8] = b"committed";
@@ -62,6 +65,9 @@ pub(super) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 pub(super) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     match bytes.split_first() {
         Some((&FORMAT_VERSION, rest)) => bincode::deserialize(rest).map_err(|e| e.to_string()),
+        Some((&BEFORE_LOCALITY, rest)) => with_shape(Shape::BeforeLocality, || {
+            bincode::deserialize(rest).map_err(|e| e.to_string())
+        }),
         Some((version, _)) => Err(format!("unknown storage format version {version}")),
         None => Err("empty record".into()),
     }
@@ -348,5 +354,36 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.wal()
             .purge_through(log_id.index)
             .map_err(|error| io_error(ErrorSubject::Logs, ErrorVerb::Delete, &self.path, error))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::registration;
+    use crate::types::{Command, Locality};
+
+    #[test]
+    fn records_written_before_localities_existed_still_decode() {
+        let command = registration(None);
+        let mut old = vec![BEFORE_LOCALITY];
+        old.extend(
+            with_shape(Shape::BeforeLocality, || bincode::serialize(&command)).expect("encode"),
+        );
+        assert_ne!(old[1..], encode(&command)[1..], "the shapes differ");
+        assert_eq!(decode::<Command>(&old).expect("format 2"), command);
+
+        let located = registration(Some(Locality {
+            region: "eu-west-1".into(),
+            zone: "eu-west-1b".into(),
+        }));
+        assert_eq!(
+            decode::<Command>(&encode(&located)).expect("format 3"),
+            located
+        );
+        assert!(
+            decode::<Command>(&[1, 0]).is_err(),
+            "format 1 was never released"
+        );
     }
 }

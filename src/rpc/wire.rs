@@ -18,6 +18,7 @@ use crate::raft::{NodeId, TypeConfig};
 use crate::types::connect::CaConfig;
 use crate::types::operator::AutopilotReport;
 use crate::types::session::Session;
+use crate::types::shape::{with_shape, Shape};
 use crate::types::{Command, CommandResult};
 
 pub const SERVICE: &str = "concord.rpc.v1.Cluster";
@@ -25,8 +26,10 @@ pub const CALL_PATH: &str = "/concord.rpc.v1.Cluster/Call";
 pub const FOLLOW_PATH: &str = "/concord.rpc.v1.Cluster/Follow";
 pub const RAFT_PATH: &str = "/concord.rpc.v1.Cluster/Raft";
 
-/// The body encoding this build speaks.
-const FORMAT: u32 = 1;
+/// The body encoding this build writes. Format 1 (before nodes and services carried a
+/// locality) is still read, so a server of the previous version can feed this one.
+const FORMAT: u32 = 2;
+const BEFORE_LOCALITY: u32 = 1;
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Frame {
@@ -56,16 +59,20 @@ impl Frame {
 
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, FrameError> {
         use bincode::Options;
-        if self.format != FORMAT {
-            return Err(FrameError::Format(self.format));
-        }
+        let shape = match self.format {
+            FORMAT => Shape::Current,
+            BEFORE_LOCALITY => Shape::BeforeLocality,
+            other => return Err(FrameError::Format(other)),
+        };
         // The limit bounds what a garbled length prefix can make bincode allocate.
-        bincode::DefaultOptions::new()
-            .with_fixint_encoding()
-            .allow_trailing_bytes()
-            .with_limit(self.body.len() as u64)
-            .deserialize(&self.body)
-            .map_err(|error| FrameError::Body(error.to_string()))
+        with_shape(shape, || {
+            bincode::DefaultOptions::new()
+                .with_fixint_encoding()
+                .allow_trailing_bytes()
+                .with_limit(self.body.len() as u64)
+                .deserialize(&self.body)
+        })
+        .map_err(|error| FrameError::Body(error.to_string()))
     }
 }
 
@@ -291,4 +298,38 @@ pub enum RaftReply {
     Append(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
     Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::registration;
+    use crate::types::Locality;
+
+    #[test]
+    fn frames_from_the_previous_version_decode_and_unknown_formats_are_refused() {
+        let command = registration(None);
+        let old = Frame {
+            format: BEFORE_LOCALITY,
+            body: Bytes::from(
+                with_shape(Shape::BeforeLocality, || bincode::serialize(&command)).expect("encode"),
+            ),
+        };
+        assert_eq!(old.decode::<Command>().expect("format 1"), command);
+        let located = registration(Some(Locality {
+            region: "r".into(),
+            zone: "z".into(),
+        }));
+        let frame = Frame::encode(&located);
+        assert_eq!(frame.format, FORMAT);
+        assert_eq!(frame.decode::<Command>().expect("format 2"), located);
+        let future = Frame {
+            format: FORMAT + 1,
+            ..frame
+        };
+        assert!(matches!(
+            future.decode::<Command>(),
+            Err(FrameError::Format(_))
+        ));
+    }
 }

@@ -112,6 +112,7 @@ pub fn plan(members: &[Member], tables: &Tables, scope: &Scope) -> Vec<Command> 
                         tagged_addresses: Default::default(),
                         meta: Default::default(),
                         indexes: RaftIndexes::default(),
+                        locality: None,
                     },
                 };
                 // A node the catalog does not have yet is created with skip_node_update: the
@@ -329,6 +330,7 @@ mod tests {
             tagged_addresses: Default::default(),
             meta: Default::default(),
             indexes: RaftIndexes::default(),
+            locality: None,
         };
         node.meta.insert("rack".into(), "r1".into());
         node.tagged_addresses
@@ -376,6 +378,7 @@ mod tests {
                     tagged_addresses: Default::default(),
                     meta: Default::default(),
                     indexes: RaftIndexes::default(),
+                    locality: None,
                 },
                 skip_node_update: false,
                 service: None,

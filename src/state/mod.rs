@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use imbl::{OrdMap, OrdSet};
 use serde::{Deserialize, Serialize};
 
+use crate::types::shape::{with_shape, Shape};
 use crate::types::{ApplyError, Check, Command, CommandResult, KvEntry, Node, Service};
 pub use watch::{Match, WatchGuard, WatchRegistry};
 
@@ -212,11 +213,12 @@ impl Tables {
     }
 }
 
-/// Leads every encoded snapshot; bumped whenever `Tables` changes shape. Format 5 is the
+/// Leads every encoded snapshot; bumped whenever `Tables` changes shape. Format 6 is the
 /// serde tables, their length first, then the coordinates section, the autopilot section and
-/// the ACL section; format 4 (no ACL section), 3 (no autopilot section) and 2 (tables only)
-/// still restore.
-const SNAPSHOT_FORMAT: u8 = 5;
+/// the ACL section; format 5 (nodes and services without a locality), 4 (no ACL section),
+/// 3 (no autopilot section) and 2 (tables only) still restore.
+const SNAPSHOT_FORMAT: u8 = 6;
+const ACL_FORMAT: u8 = 5;
 const AUTOPILOT_FORMAT: u8 = 4;
 const COORDINATES_FORMAT: u8 = 3;
 const TABLES_ONLY_FORMAT: u8 = 2;
@@ -407,10 +409,23 @@ impl Store {
     }
 
     fn decode_tables(bytes: &[u8]) -> Result<Tables, RestoreError> {
+        // Formats before 6 hold nodes and services without a locality.
+        match bytes.first() {
+            Some(&format) if format < SNAPSHOT_FORMAT => {
+                with_shape(Shape::BeforeLocality, || Store::decode_sections(bytes))
+            }
+            _ => Store::decode_sections(bytes),
+        }
+    }
+
+    fn decode_sections(bytes: &[u8]) -> Result<Tables, RestoreError> {
         let corrupt = |error: bincode::Error| RestoreError(error.to_string());
         match bytes.split_first() {
             Some((&TABLES_ONLY_FORMAT, rest)) => bincode::deserialize(rest).map_err(corrupt),
-            Some((&format @ (COORDINATES_FORMAT | AUTOPILOT_FORMAT | SNAPSHOT_FORMAT), rest)) => {
+            Some((
+                &format @ (COORDINATES_FORMAT | AUTOPILOT_FORMAT | ACL_FORMAT | SNAPSHOT_FORMAT),
+                rest,
+            )) => {
                 let (length, rest) = rest
                     .split_first_chunk::<8>()
                     .ok_or_else(|| RestoreError("truncated snapshot".into()))?;
@@ -429,7 +444,7 @@ impl Store {
                         bincode::deserialize_from(&mut sections).map_err(corrupt)?;
                     tables.autopilot = autopilot.map(Arc::new);
                 }
-                if format >= SNAPSHOT_FORMAT {
+                if format >= ACL_FORMAT {
                     tables.acl = bincode::deserialize_from(&mut sections).map_err(corrupt)?;
                 }
                 Ok(tables)

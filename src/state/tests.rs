@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
+use crate::types::shape;
 use crate::types::*;
 
 fn set(key: &str, value: &str) -> Command {
@@ -26,6 +27,7 @@ fn node(name: &str) -> Node {
         tagged_addresses: BTreeMap::new(),
         meta: BTreeMap::new(),
         indexes: RaftIndexes::default(),
+        locality: None,
     }
 }
 
@@ -807,7 +809,12 @@ fn coordinates_follow_their_nodes_and_survive_snapshots_of_both_formats() {
     assert_eq!(Store::encode(&restored.snapshot()), bytes);
     // A snapshot written before coordinates existed (format 2) still restores.
     let mut old = vec![2u8];
-    old.extend(bincode::serialize(&*tables).unwrap());
+    old.extend(
+        shape::with_shape(shape::Shape::BeforeLocality, || {
+            bincode::serialize(&*tables)
+        })
+        .unwrap(),
+    );
     let from_old = Store::new();
     from_old.restore(&old).expect("format 2");
     assert!(from_old.snapshot().node("n1").is_some());

@@ -6,11 +6,11 @@
 
 use super::{catalog, kv, session, Tables};
 use crate::types::{
-    CatalogVerb, Check, KvOp, Node, Service, TxnError, TxnOp, TxnOutcome, TxnResult,
+    CatalogVerb, Check, KvOp, Node, OpFailure, Service, TxnOp, TxnOutcome, TxnResult,
 };
 
 /// The results one operation contributes, or what went wrong with it.
-type Outcome = Result<Option<Vec<TxnResult>>, String>;
+type Outcome = Result<Option<Vec<TxnResult>>, OpFailure>;
 
 /// One operation of a transaction: a bare KV op (`Command::Txn`) or any `TxnOp`.
 pub(super) trait Step {
@@ -21,7 +21,7 @@ pub(super) trait Step {
 
 impl Step for KvOp {
     fn apply(&self, tables: &mut Tables, index: u64, touched: &mut Vec<String>) -> Outcome {
-        kv::apply_op(tables, index, self, touched).map_err(kv::OpFailure::what)
+        kv::apply_op(tables, index, self, touched).map_err(|failure| OpFailure(failure.what()))
     }
 
     fn touches_catalog(&self) -> bool {
@@ -48,6 +48,10 @@ impl Step for TxnOp {
     }
 }
 
+fn fail(what: String) -> Outcome {
+    Err(OpFailure(what))
+}
+
 /// Applies every op or none, reporting each failing op by its position.
 pub(super) fn apply<S: Step>(
     tables: &mut Tables,
@@ -62,7 +66,7 @@ pub(super) fn apply<S: Step>(
     for (op_index, op) in ops.iter().enumerate() {
         match op.apply(&mut working, index, &mut working_touched) {
             Ok(result) => results.extend(result.into_iter().flatten()),
-            Err(what) => errors.push(TxnError { op_index, what }),
+            Err(failure) => errors.push(failure.at(op_index)),
         }
     }
     if !errors.is_empty() {
@@ -108,17 +112,19 @@ fn node_op(
     match verb {
         CatalogVerb::Get => find(tables)
             .map(Some)
-            .ok_or_else(|| format!("node {name:?} doesn't exist")),
+            .ok_or_else(|| OpFailure(format!("node {name:?} doesn't exist"))),
         CatalogVerb::Set => {
-            catalog::ensure_node(tables, index, node, touched).map_err(|e| e.to_string())?;
+            catalog::ensure_node(tables, index, node, touched)
+                .map_err(|e| OpFailure(e.to_string()))?;
             Ok(find(tables))
         }
         CatalogVerb::Cas { index: expected } => {
             let current = tables.node(name).map(|node| node.indexes.modify);
             if !cas_holds(expected, current) {
-                return Err(format!("failed to set node {name:?}, index is stale"));
+                return fail(format!("failed to set node {name:?}, index is stale"));
             }
-            catalog::ensure_node(tables, index, node, touched).map_err(|e| e.to_string())?;
+            catalog::ensure_node(tables, index, node, touched)
+                .map_err(|e| OpFailure(e.to_string()))?;
             Ok(find(tables))
         }
         CatalogVerb::Delete => {
@@ -128,7 +134,7 @@ fn node_op(
         CatalogVerb::DeleteCas { index: expected } => {
             let current = tables.node(name).map(|node| node.indexes.modify);
             if current != Some(expected) {
-                return Err(format!("failed to delete node {name:?}, index is stale"));
+                return fail(format!("failed to delete node {name:?}, index is stale"));
             }
             catalog::remove_node(tables, index, name, touched);
             Ok(None)
@@ -155,17 +161,17 @@ fn service_op(
     match verb {
         CatalogVerb::Get => find(tables)
             .map(Some)
-            .ok_or_else(|| format!("service {id:?} on node {node:?} doesn't exist")),
+            .ok_or_else(|| OpFailure(format!("service {id:?} on node {node:?} doesn't exist"))),
         CatalogVerb::Set | CatalogVerb::Cas { .. } => {
             if let CatalogVerb::Cas { index: expected } = verb {
                 if !cas_holds(expected, current) {
-                    return Err(format!(
+                    return fail(format!(
                         "failed to set service {id:?} on node {node:?}, index is stale"
                     ));
                 }
             }
             if tables.node(node).is_none() {
-                return Err("Missing node registration".into());
+                return Err(OpFailure("Missing node registration".into()));
             }
             catalog::upsert_service(tables, index, node, service, touched);
             Ok(find(tables))
@@ -176,7 +182,7 @@ fn service_op(
         }
         CatalogVerb::DeleteCas { index: expected } => {
             if current != Some(expected) {
-                return Err(format!(
+                return fail(format!(
                     "failed to delete service {id:?} on node {node:?}, index is stale"
                 ));
             }
@@ -208,20 +214,20 @@ fn check_op(
     match verb {
         CatalogVerb::Get => find(tables)
             .map(Some)
-            .ok_or_else(|| format!("check {id:?} on node {node:?} doesn't exist")),
+            .ok_or_else(|| OpFailure(format!("check {id:?} on node {node:?} doesn't exist"))),
         CatalogVerb::Set | CatalogVerb::Cas { .. } => {
             if let CatalogVerb::Cas { index: expected } = verb {
                 if !cas_holds(expected, current) {
-                    return Err(format!(
+                    return fail(format!(
                         "failed to set check {id:?} on node {node:?}, index is stale"
                     ));
                 }
             }
             if tables.node(node).is_none() {
-                return Err("Missing node registration".into());
+                return Err(OpFailure("Missing node registration".into()));
             }
             if !check.service_id.is_empty() && tables.service(node, &check.service_id).is_none() {
-                return Err("Missing service registration".into());
+                return Err(OpFailure("Missing service registration".into()));
             }
             catalog::upsert_check(tables, index, node, check, touched);
             Ok(find(tables))
@@ -232,7 +238,7 @@ fn check_op(
         }
         CatalogVerb::DeleteCas { index: expected } => {
             if current != Some(expected) {
-                return Err(format!(
+                return fail(format!(
                     "failed to delete check {id:?} on node {node:?}, index is stale"
                 ));
             }

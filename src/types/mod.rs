@@ -21,10 +21,11 @@ pub mod coordinate;
 pub mod duration;
 pub mod operator;
 pub mod session;
+pub mod shape;
 pub mod txn;
 
 pub use apply::ApplyError;
-pub use txn::{CatalogVerb, KvOp, TxnError, TxnOp, TxnOutcome, TxnResult};
+pub use txn::{CatalogVerb, KvOp, OpFailure, TxnError, TxnOp, TxnOutcome, TxnResult};
 
 /// Consul's health states, in the order a list of checks aggregates them (worst wins).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -74,7 +75,37 @@ pub struct Node {
     pub tagged_addresses: BTreeMap<String, String>,
     pub meta: BTreeMap<String, String>,
     pub indexes: RaftIndexes,
+    /// From the agent's `locality` config (storage shape `Current` on).
+    #[serde(
+        serialize_with = "shape::write_locality",
+        deserialize_with = "shape::read_locality"
+    )]
+    pub locality: Option<Locality>,
 }
+
+/// Where a node or service runs, for locality-aware routing. Requests name its fields as
+/// Consul does (`Region`, `Zone`); responses are written by `api::catalog`, which leaves an
+/// empty one out as Consul does (bincode needs every field, so serde may not skip any).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Locality {
+    pub region: String,
+    pub zone: String,
+}
+
+impl Locality {
+    /// Consul's one rule: a zone belongs to a region.
+    pub fn check(&self) -> Result<(), LocalityError> {
+        if self.region.is_empty() && !self.zone.is_empty() {
+            return Err(LocalityError);
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("zone cannot be set without region")]
+pub struct LocalityError;
 
 /// An address a service can also be reached at (`TaggedAddresses` entries of a service).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,6 +149,14 @@ pub struct Service {
     /// `Connect.Native`: the application speaks mTLS itself.
     pub connect_native: bool,
     pub indexes: RaftIndexes,
+    /// As registered; a sidecar without one takes its service's. Routing falls back to the
+    /// node's, as Consul's does, but the service's own stays unset (storage shape `Current`
+    /// on).
+    #[serde(
+        serialize_with = "shape::write_locality",
+        deserialize_with = "shape::read_locality"
+    )]
+    pub locality: Option<Locality>,
 }
 
 /// A health check as the catalog stores it. Node-level checks have an empty `service_id`.

@@ -156,6 +156,21 @@ pub enum TxnResult {
     Check(Check),
 }
 
+/// Why one operation of a transaction failed, in Consul's words (`Errors[].What`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct OpFailure(pub String);
+
+impl OpFailure {
+    /// The failure reported against the operation at `op_index`.
+    pub fn at(self, op_index: usize) -> TxnError {
+        TxnError {
+            op_index,
+            what: self.0,
+        }
+    }
+}
+
 /// Why a transaction rolled back, pointing at the failing operation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TxnError {

@@ -217,3 +217,116 @@ async fn invalid_registrations_are_rejected_and_change_nothing() {
     let nodes = json(&client.get("/v1/catalog/nodes").await.unwrap());
     assert_eq!(nodes.as_array().unwrap().len(), 1, "{nodes}");
 }
+
+#[tokio::test]
+async fn localities_come_from_the_definition_or_the_parent_service_and_nodes_from_the_agent() {
+    let agent = Agent::start(AgentOptions {
+        extra_args: vec![
+            "-hcl".into(),
+            "locality {\n  region = \"us-east-1\"\n  zone = \"us-east-1a\"\n}".into(),
+        ],
+        ..AgentOptions::default()
+    })
+    .await;
+    let client = agent.client();
+    let eu = json!({"Region": "eu-west-1", "Zone": "eu-west-1c"});
+    let us = json!({"Region": "us-east-1", "Zone": "us-east-1a"});
+    let api = json!({
+        "Name": "api", "Port": 9000,
+        "Locality": {"region": "eu-west-1", "zone": "eu-west-1c"},
+        "Connect": {"SidecarService": {}},
+    });
+    for body in [api, json!({"Name": "plain", "Port": 9001})] {
+        let response = client
+            .put("/v1/agent/service/register", body.to_string().into())
+            .await
+            .unwrap();
+        assert_eq!(response.status, 200, "{}", response.text());
+    }
+    let local = json(&client.get("/v1/agent/services").await.unwrap());
+    assert_eq!(local["api"]["Locality"], eu, "as registered");
+    assert_eq!(
+        local["api-sidecar-proxy"]["Locality"], eu,
+        "the sidecar's is its service's"
+    );
+    assert!(
+        local["plain"].get("Locality").is_none(),
+        "a service naming none has none (routing falls back to the node's): {}",
+        local["plain"]
+    );
+
+    // The catalog, health and the agent's own node carry them once anti-entropy has synced.
+    crate::support::eventually(
+        "all three in the catalog",
+        std::time::Duration::from_secs(10),
+        || {
+            let client = client.clone();
+            async move {
+                let node = json(&client.get("/v1/catalog/node/test-node").await.ok()?);
+                let services = node["Services"].as_object()?;
+                ["api", "api-sidecar-proxy", "plain"]
+                    .iter()
+                    .all(|id| services.contains_key(*id))
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    let catalog = json(&client.get("/v1/catalog/service/api").await.unwrap());
+    assert_eq!(catalog[0]["ServiceLocality"], eu);
+    let health = json(
+        &client
+            .get("/v1/health/service/api-sidecar-proxy")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(health[0]["Service"]["Locality"], eu);
+    assert_eq!(health[0]["Node"]["Locality"], us);
+    let node = json(&client.get("/v1/catalog/node/test-node").await.unwrap());
+    assert_eq!(node["Node"]["Locality"], us);
+    assert!(node["Services"]["plain"].get("Locality").is_none());
+    let plain = json(&client.get("/v1/catalog/service/plain").await.unwrap());
+    assert_eq!(
+        plain[0]["ServiceLocality"],
+        json!(null),
+        "Consul always sends this one"
+    );
+
+    // A catalog registration carries its own, or none: Consul omits an unset locality.
+    let registration = json!({
+        "Node": "ext", "Address": "10.2.0.1",
+        "Service": {"Service": "db", "Port": 5432, "Locality": {"Region": "ap-south-1"}},
+    });
+    let response = client
+        .put("/v1/catalog/register", registration.to_string().into())
+        .await
+        .unwrap();
+    assert_eq!(response.status, 200, "{}", response.text());
+    let db = json(&client.get("/v1/catalog/service/db").await.unwrap());
+    assert_eq!(db[0]["ServiceLocality"], json!({"Region": "ap-south-1"}));
+    let ext = json(&client.get("/v1/catalog/node/ext").await.unwrap());
+    assert!(ext["Node"].get("Locality").is_none(), "{ext}");
+
+    // A zone needs a region: the agent refuses with Consul's 400, the catalog with its 500.
+    let zone_only = json!({"Name": "bad", "Locality": {"Zone": "z"}});
+    let response = client
+        .put("/v1/agent/service/register", zone_only.to_string().into())
+        .await
+        .unwrap();
+    assert_eq!(response.status, 400);
+    assert_eq!(
+        &response.body[..],
+        b"Validation failed: 1 error occurred:\n\t* zone cannot be set without region\n\n"
+    );
+    let zone_only = json!({"Node": "ext", "Address": "10.2.0.1",
+        "Service": {"Service": "bad", "Locality": {"Zone": "z"}}});
+    let response = client
+        .put("/v1/catalog/register", zone_only.to_string().into())
+        .await
+        .unwrap();
+    assert_eq!(response.status, 500);
+    assert_eq!(
+        &response.body[..],
+        b"1 error occurred:\n\t* zone cannot be set without region\n\n"
+    );
+}

@@ -14,3 +14,7 @@ autopilot {
   cleanup_dead_servers   = false
 }
 max_query_time = "2m"
+locality {
+  region = "us-east-1"
+  zone   = "us-east-1a"
+}
