@@ -8,19 +8,26 @@ use serde_json::{json, Value};
 use crate::types::connect::CaConfig;
 use crate::types::duration::format_go_duration;
 
-/// The `Config` map `GET /v1/connect/ca/configuration` shows. Durations are written as people
-/// write them (`72h`, `1h30m`), not Go's `72h0m0s`: Consul echoes the string it was given, and
-/// clients compare against what they set.
+/// The `Config` map `GET /v1/connect/ca/configuration` shows. Durations are shown as they were
+/// given (Consul echoes the string it was sent, and clients compare against what they set);
+/// one never given as text is written as people write them (`72h`, `1h30m`), not Go's
+/// `72h0m0s`.
 pub fn config(config: &CaConfig) -> Value {
-    let ttl = |secs: u64| short_duration(Duration::from_secs(secs));
+    let given = config.durations_as_given.as_ref();
+    let ttl = |key: &str, secs: u64| {
+        given
+            .and_then(|given| given.get(key))
+            .cloned()
+            .unwrap_or_else(|| short_duration(Duration::from_secs(secs)))
+    };
     json!({
         "CSRMaxConcurrent": config.csr_max_concurrent,
         "CSRMaxPerSecond": config.csr_max_per_second,
-        "IntermediateCertTTL": ttl(config.intermediate_cert_ttl_secs),
-        "LeafCertTTL": ttl(config.leaf_cert_ttl_secs),
+        "IntermediateCertTTL": ttl("IntermediateCertTTL", config.intermediate_cert_ttl_secs),
+        "LeafCertTTL": ttl("LeafCertTTL", config.leaf_cert_ttl_secs),
         "PrivateKeyBits": config.private_key_bits,
         "PrivateKeyType": config.private_key_type,
-        "RootCertTTL": ttl(config.root_cert_ttl_secs),
+        "RootCertTTL": ttl("RootCertTTL", config.root_cert_ttl_secs),
     })
 }
 

@@ -303,10 +303,7 @@ impl RegisterIn {
             ));
         }
         if !self.datacenter.is_empty() && self.datacenter != context.datacenter {
-            return Err(DecodeError::new(format!(
-                "No path to datacenter {:?}",
-                self.datacenter
-            )));
+            return Err(DecodeError::new("No path to datacenter"));
         }
         let service = self.service.map(ServiceIn::into_service).transpose()?;
         let mut checks = Vec::new();
@@ -452,10 +449,7 @@ impl DeregisterIn {
             return Err(DecodeError::new("Must provide node"));
         }
         if !self.datacenter.is_empty() && self.datacenter != context.datacenter {
-            return Err(DecodeError::new(format!(
-                "No path to datacenter {:?}",
-                self.datacenter
-            )));
+            return Err(DecodeError::new("No path to datacenter"));
         }
         Ok(DeregisterRequest {
             node: self.node,

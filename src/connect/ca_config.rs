@@ -88,10 +88,23 @@ pub fn apply(base: &CaConfig, config: &Map<String, Value>) -> Result<CaConfig, C
                 KEYS.join(", ")
             )));
         };
+        let seconds = match known {
+            "LeafCertTTL" => Some(&mut out.leaf_cert_ttl_secs),
+            "IntermediateCertTTL" => Some(&mut out.intermediate_cert_ttl_secs),
+            "RootCertTTL" => Some(&mut out.root_cert_ttl_secs),
+            _ => None,
+        };
+        if let Some(seconds) = seconds {
+            *seconds = ttl(known, value)?.as_secs();
+            // Kept as written, to be shown back as Consul does; a number is shown computed.
+            let given = out.durations_as_given.get_or_insert_with(Default::default);
+            match value.as_str() {
+                Some(text) => given.insert(known.to_string(), text.trim().to_string()),
+                None => given.remove(known),
+            };
+            continue;
+        }
         match known {
-            "LeafCertTTL" => out.leaf_cert_ttl_secs = ttl(known, value)?.as_secs(),
-            "IntermediateCertTTL" => out.intermediate_cert_ttl_secs = ttl(known, value)?.as_secs(),
-            "RootCertTTL" => out.root_cert_ttl_secs = ttl(known, value)?.as_secs(),
             "PrivateKeyType" => {
                 out.private_key_type = value
                     .as_str()

@@ -9,18 +9,25 @@ use hyper::body::Bytes;
 
 use super::error::ApiError;
 
-/// Reads the whole body; `limit_name` is the config key that sets `limit`, named in the error.
+/// Consul's pointers for the limits it shares with concord, named in its 413 texts.
+pub const KV_MAX_VALUE_SIZE_DOCS: &str =
+    "https://developer.hashicorp.com/docs/agent/config/config-files#kv_max_value_size";
+pub const TXN_MAX_REQ_LEN_DOCS: &str =
+    "https://developer.hashicorp.com/docs/agent/config/config-files#txn_max_req_len";
+
+/// Reads the whole body; `see` is where the 413 points: Consul's documentation of a limit
+/// Consul has (its exact text), else the concord config key that sets `limit`.
 pub async fn read(
     body: Body,
     declared: Option<u64>,
     limit: usize,
-    limit_name: &str,
+    see: &str,
     timeout: Duration,
 ) -> Result<Bytes, ApiError> {
     let too_large = |size: Option<u64>| {
         let size = size.map_or_else(String::new, |size| format!("({size} bytes)"));
         ApiError::PayloadTooLarge(format!(
-            "Request body{size} too large, max size: {limit} bytes. See {limit_name}."
+            "Request body{size} too large, max size: {limit} bytes. See {see}."
         ))
     };
     if let Some(size) = declared {

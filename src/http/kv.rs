@@ -163,7 +163,7 @@ async fn write(
         body,
         call.content_length,
         limits.kv_max_value_size,
-        "limits.kv_max_value_size",
+        super::body::KV_MAX_VALUE_SIZE_DOCS,
         limits.http_body_timeout,
     )
     .await?

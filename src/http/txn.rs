@@ -34,7 +34,7 @@ pub async fn apply(
         body,
         call.content_length,
         limits.txn_max_req_len,
-        "limits.txn_max_req_len",
+        super::body::TXN_MAX_REQ_LEN_DOCS,
         limits.http_body_timeout,
     )
     .await?;

@@ -32,7 +32,8 @@ use crate::types::shape::{with_shape, Shape};
 /// was never released, so it is refused rather than translated. Version 3: nodes and services
 /// carry a locality; version 2 records still decode (`types::shape`).
 const FORMAT_VERSION: u8 = 3;
-const BEFORE_LOCALITY: u8 = 2;
+/// Records of shape V1, before localities, which this build still reads.
+const SHAPE_V1: u8 = 2;
 
 const VOTE_KEY: &[u8] = b"vote";
 const COMMITTED_KEY: &[u8] = b"committed";
@@ -65,7 +66,7 @@ pub(super) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 pub(super) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     match bytes.split_first() {
         Some((&FORMAT_VERSION, rest)) => bincode::deserialize(rest).map_err(|e| e.to_string()),
-        Some((&BEFORE_LOCALITY, rest)) => with_shape(Shape::BeforeLocality, || {
+        Some((&SHAPE_V1, rest)) => with_shape(Shape::V1, || {
             bincode::deserialize(rest).map_err(|e| e.to_string())
         }),
         Some((version, _)) => Err(format!("unknown storage format version {version}")),
@@ -366,10 +367,8 @@ mod tests {
     #[test]
     fn records_written_before_localities_existed_still_decode() {
         let command = registration(None);
-        let mut old = vec![BEFORE_LOCALITY];
-        old.extend(
-            with_shape(Shape::BeforeLocality, || bincode::serialize(&command)).expect("encode"),
-        );
+        let mut old = vec![SHAPE_V1];
+        old.extend(with_shape(Shape::V1, || bincode::serialize(&command)).expect("encode"));
         assert_ne!(old[1..], encode(&command)[1..], "the shapes differ");
         assert_eq!(decode::<Command>(&old).expect("format 2"), command);
 

@@ -29,7 +29,8 @@ pub const RAFT_PATH: &str = "/concord.rpc.v1.Cluster/Raft";
 /// The body encoding this build writes. Format 1 (before nodes and services carried a
 /// locality) is still read, so a server of the previous version can feed this one.
 const FORMAT: u32 = 2;
-const BEFORE_LOCALITY: u32 = 1;
+/// Frames of shape V1, before localities, which this build still reads.
+const SHAPE_V1: u32 = 1;
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Frame {
@@ -60,8 +61,8 @@ impl Frame {
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, FrameError> {
         use bincode::Options;
         let shape = match self.format {
-            FORMAT => Shape::Current,
-            BEFORE_LOCALITY => Shape::BeforeLocality,
+            FORMAT => Shape::V2,
+            SHAPE_V1 => Shape::V1,
             other => return Err(FrameError::Format(other)),
         };
         // The limit bounds what a garbled length prefix can make bincode allocate.
@@ -310,9 +311,9 @@ mod tests {
     fn frames_from_the_previous_version_decode_and_unknown_formats_are_refused() {
         let command = registration(None);
         let old = Frame {
-            format: BEFORE_LOCALITY,
+            format: SHAPE_V1,
             body: Bytes::from(
-                with_shape(Shape::BeforeLocality, || bincode::serialize(&command)).expect("encode"),
+                with_shape(Shape::V1, || bincode::serialize(&command)).expect("encode"),
             ),
         };
         assert_eq!(old.decode::<Command>().expect("format 1"), command);

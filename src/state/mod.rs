@@ -412,7 +412,7 @@ impl Store {
         // Formats before 6 hold nodes and services without a locality.
         match bytes.first() {
             Some(&format) if format < SNAPSHOT_FORMAT => {
-                with_shape(Shape::BeforeLocality, || Store::decode_sections(bytes))
+                with_shape(Shape::V1, || Store::decode_sections(bytes))
             }
             _ => Store::decode_sections(bytes),
         }

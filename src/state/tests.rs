@@ -809,12 +809,7 @@ fn coordinates_follow_their_nodes_and_survive_snapshots_of_both_formats() {
     assert_eq!(Store::encode(&restored.snapshot()), bytes);
     // A snapshot written before coordinates existed (format 2) still restores.
     let mut old = vec![2u8];
-    old.extend(
-        shape::with_shape(shape::Shape::BeforeLocality, || {
-            bincode::serialize(&*tables)
-        })
-        .unwrap(),
-    );
+    old.extend(shape::with_shape(shape::Shape::V1, || bincode::serialize(&*tables)).unwrap());
     let from_old = Store::new();
     from_old.restore(&old).expect("format 2");
     assert!(from_old.snapshot().node("n1").is_some());

@@ -5,6 +5,7 @@
 //! and bincode cannot hold a `serde_json::Value`; the text keeps every field a user wrote, and
 //! `config_entry` parses it into a typed view once, on first use.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
@@ -110,6 +111,10 @@ pub struct CaConfig {
     /// 0 turns the limit off.
     pub csr_max_per_second: u32,
     pub csr_max_concurrent: u32,
+    /// The TTLs as the operator wrote them (`LeafCertTTL` → `"1440m"`), which Consul shows
+    /// back unchanged; keys absent here are shown in their shortest form.
+    #[serde(with = "super::shape::added_in_v2")]
+    pub durations_as_given: Option<BTreeMap<String, String>>,
 }
 
 impl Default for CaConfig {
@@ -122,6 +127,7 @@ impl Default for CaConfig {
             private_key_bits: 256,
             csr_max_per_second: 50,
             csr_max_concurrent: 0,
+            durations_as_given: None,
         }
     }
 }

@@ -75,11 +75,8 @@ pub struct Node {
     pub tagged_addresses: BTreeMap<String, String>,
     pub meta: BTreeMap<String, String>,
     pub indexes: RaftIndexes,
-    /// From the agent's `locality` config (storage shape `Current` on).
-    #[serde(
-        serialize_with = "shape::write_locality",
-        deserialize_with = "shape::read_locality"
-    )]
+    /// From the agent's `locality` config (storage shape V2 on).
+    #[serde(with = "shape::added_in_v2")]
     pub locality: Option<Locality>,
 }
 
@@ -150,12 +147,9 @@ pub struct Service {
     pub connect_native: bool,
     pub indexes: RaftIndexes,
     /// As registered; a sidecar without one takes its service's. Routing falls back to the
-    /// node's, as Consul's does, but the service's own stays unset (storage shape `Current`
+    /// node's, as Consul's does, but the service's own stays unset (storage shape V2
     /// on).
-    #[serde(
-        serialize_with = "shape::write_locality",
-        deserialize_with = "shape::read_locality"
-    )]
+    #[serde(with = "shape::added_in_v2")]
     pub locality: Option<Locality>,
 }
 

@@ -1,26 +1,29 @@
 //! Which shape of stored data is being encoded or decoded. bincode writes fields by position,
 //! so a struct that gains a field cannot read bytes written before it had it. Instead of
 //! keeping a frozen copy of every enclosing type (`Command`, `RegisterRequest`, `Tables`),
-//! a field added later reads and writes itself through this gate: code decoding an older
-//! log record, snapshot or frame runs inside [`with_shape`], and the field then neither
-//! reads nor writes bytes, taking its default. Self-describing formats (JSON) always carry
-//! the field.
+//! a field added later reads and writes itself through this gate
+//! (`#[serde(with = "shape::added_in_v2")]`): code decoding an older log record, snapshot or
+//! frame runs inside [`with_shape`], and the field then neither reads nor writes bytes,
+//! taking its default. Self-describing formats (JSON) always carry the field.
 
 use std::cell::Cell;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-/// Shapes of stored data, oldest first; each is named for the change that ended it.
+/// Shapes of stored data, oldest first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Shape {
-    /// Storage format 2 log records, snapshot formats 2–5, wire format 1: services and nodes
-    /// carry no `Locality`.
-    BeforeLocality,
-    Current,
+    /// Log format 2, snapshot formats 2–5, RPC frame format 1.
+    V1,
+    /// Adds `Locality` to nodes and services and the durations as written to the CA
+    /// configuration. Log format 3, snapshot format 6, frame format 2.
+    V2,
+}
+
+impl Shape {
+    pub const CURRENT: Shape = Shape::V2;
 }
 
 thread_local! {
-    static SHAPE: Cell<Shape> = const { Cell::new(Shape::Current) };
+    static SHAPE: Cell<Shape> = const { Cell::new(Shape::CURRENT) };
 }
 
 /// Runs `f` (an encode or decode) with data of `shape`, restoring the previous shape after.
@@ -35,42 +38,50 @@ pub fn with_shape<T>(shape: Shape, f: impl FnOnce() -> T) -> T {
     f()
 }
 
-fn has_locality() -> bool {
-    SHAPE.with(Cell::get) > Shape::BeforeLocality
-}
+/// An `Option` field that shapes before V2 lack: written and read only where it exists,
+/// else absent from the bytes and `None`.
+pub mod added_in_v2 {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// `serialize_with` for a field that older shapes lack: written only where it exists.
-pub fn write_locality<T: Serialize, S: Serializer>(
-    value: &Option<T>,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    if serializer.is_human_readable() || has_locality() {
-        value.serialize(serializer)
-    } else {
-        // bincode writes a unit as nothing, which is what the old shape holds here.
-        serializer.serialize_unit()
+    use super::{Shape, SHAPE};
+
+    fn present() -> bool {
+        SHAPE.with(std::cell::Cell::get) >= Shape::V2
     }
-}
 
-/// `deserialize_with` for the same field: read only where it exists, else `None`.
-pub fn read_locality<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<T>, D::Error> {
-    if deserializer.is_human_readable() || has_locality() {
-        Option::deserialize(deserializer)
-    } else {
-        Ok(None)
+    pub fn serialize<T: Serialize, S: Serializer>(
+        value: &Option<T>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() || present() {
+            value.serialize(serializer)
+        } else {
+            // bincode writes a unit as nothing, which is what the old shape holds here.
+            serializer.serialize_unit()
+        }
+    }
+
+    pub fn deserialize<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<T>, D::Error> {
+        if deserializer.is_human_readable() || present() {
+            Option::deserialize(deserializer)
+        } else {
+            Ok(None)
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use serde::{Deserialize, Serialize};
+
     use super::*;
 
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
     struct Grown {
         name: String,
-        #[serde(serialize_with = "write_locality", deserialize_with = "read_locality")]
+        #[serde(with = "added_in_v2")]
         added: Option<String>,
         after: u32,
     }
@@ -88,8 +99,7 @@ mod tests {
             after: 7,
         })
         .unwrap();
-        let decoded: Grown =
-            with_shape(Shape::BeforeLocality, || bincode::deserialize(&old)).unwrap();
+        let decoded: Grown = with_shape(Shape::V1, || bincode::deserialize(&old)).unwrap();
         assert_eq!(
             decoded,
             Grown {
@@ -99,7 +109,7 @@ mod tests {
             }
         );
         // Writing in the old shape gives the old bytes back.
-        let rewritten = with_shape(Shape::BeforeLocality, || bincode::serialize(&decoded)).unwrap();
+        let rewritten = with_shape(Shape::V1, || bincode::serialize(&decoded)).unwrap();
         assert_eq!(rewritten, old);
         // The current shape carries the field, and the gate is restored after use.
         let grown = Grown {
@@ -110,8 +120,7 @@ mod tests {
         assert_ne!(bytes, old);
         assert_eq!(bincode::deserialize::<Grown>(&bytes).unwrap(), grown);
         let json = serde_json::to_string(&grown).unwrap();
-        let from_json: Grown =
-            with_shape(Shape::BeforeLocality, || serde_json::from_str(&json)).unwrap();
+        let from_json: Grown = with_shape(Shape::V1, || serde_json::from_str(&json)).unwrap();
         assert_eq!(from_json, grown);
     }
 }

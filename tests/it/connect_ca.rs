@@ -604,3 +604,42 @@ async fn intentions_are_created_from_files_and_stdin() {
     assert_eq!(code, 1);
     assert!(stderr.contains("deny.json"), "{stderr}");
 }
+
+#[tokio::test]
+async fn ca_configuration_shows_durations_as_they_were_given() {
+    let agent = Agent::start(AgentOptions::default()).await;
+    ca_ready(&agent).await;
+    let client = agent.client();
+    let shown = || async {
+        json(&client.get("/v1/connect/ca/configuration").await.unwrap())["Config"].clone()
+    };
+    assert_eq!(
+        shown().await["LeafCertTTL"],
+        "72h",
+        "the default, as people write it"
+    );
+    let set = |config: Value| {
+        let client = client.clone();
+        async move {
+            let body = json!({"Provider": "consul", "Config": config}).to_string();
+            let response = client
+                .put("/v1/connect/ca/configuration", body.into())
+                .await
+                .unwrap();
+            assert_eq!(response.status, 200, "{}", response.text());
+        }
+    };
+    set(json!({"LeafCertTTL": "1440m", "RootCertTTL": "87600h0m0s"})).await;
+    let config = shown().await;
+    assert_eq!(config["LeafCertTTL"], "1440m");
+    assert_eq!(config["RootCertTTL"], "87600h0m0s");
+    assert_eq!(config["IntermediateCertTTL"], "8760h");
+    // A number (nanoseconds) has no text to echo: it is shown computed.
+    set(json!({"LeafCertTTL": 7_200_000_000_000u64})).await;
+    let config = shown().await;
+    assert_eq!(config["LeafCertTTL"], "2h");
+    assert_eq!(
+        config["RootCertTTL"], "87600h0m0s",
+        "untouched keys keep their text"
+    );
+}

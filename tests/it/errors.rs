@@ -264,7 +264,7 @@ async fn the_error_table_as_consul_answers_it() {
     assert!(
         response
             .text()
-            .starts_with("Request body(600000 bytes) too large, max size: 524288 bytes."),
+            == "Request body(600000 bytes) too large, max size: 524288 bytes. See https://developer.hashicorp.com/docs/agent/config/config-files#kv_max_value_size.",
         "{}",
         response.text()
     );

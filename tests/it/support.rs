@@ -252,6 +252,12 @@ impl Agent {
         for address in &placement.join {
             command.args(["-retry-join", address]);
         }
+        // Agents of a test start together, so a first join attempt can find its peer not yet
+        // listening; Consul's 30 s retry interval would then outlast every formation deadline
+        // (what made cluster tests fail under the full suite's load).
+        if !placement.join.is_empty() {
+            command.arg("-retry-interval=1s");
+        }
         if let Some(config) = &placement.config {
             let path = workdir.path().join("config.json");
             std::fs::write(&path, config).expect("config file");
