@@ -47,6 +47,8 @@ pub const CATALOG_REGISTER: &str = "catalog.register";
 pub const CATALOG_DEREGISTER: &str = "catalog.deregister";
 pub const CONFIG_ENTRY_APPLY: &str = "config_entry.apply";
 pub const ACL_APPLY: &str = "acl.apply";
+pub const PREPARED_QUERY_APPLY: &str = "prepared-query.apply";
+pub const PREPARED_QUERY_EXECUTE: &str = "prepared-query.execute";
 pub const CATALOG_SERVICE_QUERY: &str = "catalog.service.query";
 pub const HEALTH_SERVICE_QUERY: &str = "health.service.query";
 pub const STATE_NODES: &str = "state.nodes";
@@ -157,6 +159,16 @@ pub const METRICS: &[(Kind, &str, &str)] = &[
         Kind::Timer,
         ACL_APPLY,
         "Time to commit an ACL token, policy or role change, in ms.",
+    ),
+    (
+        Kind::Timer,
+        PREPARED_QUERY_APPLY,
+        "Time to commit a prepared query write or delete, in ms.",
+    ),
+    (
+        Kind::Timer,
+        PREPARED_QUERY_EXECUTE,
+        "Time to run a prepared query, in ms.",
     ),
     (
         Kind::Counter,

@@ -8,6 +8,19 @@ use serde_json::{Map, Value};
 
 /// Canonical field names, matched ignoring case and underscores.
 const FIELDS: &[&str] = &[
+    "Enabled",
+    "DNS",
+    "Token",
+    "Template",
+    "ServiceMeta",
+    "RemoveEmptyTags",
+    "Regexp",
+    "OnlyPassing",
+    "Near",
+    "NearestN",
+    "IgnoreCheckIDs",
+    "Failover",
+    "Datacenters",
     "Address",
     "AliasNode",
     "AliasService",
@@ -91,7 +104,14 @@ const FIELDS: &[&str] = &[
 ];
 
 /// Fields whose object value is a map of user-chosen keys.
-const FREE_FORM_MAPS: &[&str] = &["Meta", "NodeMeta", "TaggedAddresses", "Header", "Config"];
+const FREE_FORM_MAPS: &[&str] = &[
+    "Meta",
+    "NodeMeta",
+    "ServiceMeta",
+    "TaggedAddresses",
+    "Header",
+    "Config",
+];
 
 fn fold(name: &str) -> String {
     name.chars()

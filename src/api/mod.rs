@@ -16,6 +16,7 @@ pub mod definition;
 pub mod intention;
 pub mod kv;
 pub mod operator;
+pub mod query;
 pub mod session;
 pub mod txn;
 pub mod watch;

@@ -38,8 +38,8 @@ use crate::tasks::Tasks;
 pub use respond::{respond, Outcome, Transport};
 use zone::Answer;
 
-/// The node, service and check tables' indexes: a catalog version.
-type CatalogVersion = (u64, u64, u64);
+/// The node, service, check and prepared-query tables' indexes: a catalog version.
+type CatalogVersion = (u64, u64, u64, u64);
 
 /// Everything a query needs: the DNS config, this datacenter, the store, and how recent our
 /// view of the leader is (for `allow_stale`/`max_stale`).
@@ -98,7 +98,12 @@ impl Context {
 
     fn version(tables: &Tables) -> CatalogVersion {
         let indexes = tables.table_index();
-        (indexes.nodes, indexes.services, indexes.checks)
+        (
+            indexes.nodes,
+            indexes.services,
+            indexes.checks,
+            tables.queries_index(),
+        )
     }
 
     /// The health index for `tables`, rebuilt only when the catalog changed.
@@ -168,6 +173,7 @@ impl Context {
             name::Lookup::Service { name, .. } | name::Lookup::Connect { name } => {
                 Access::ServiceRead(name)
             }
+            name::Lookup::Query { name } => Access::QueryRead(name),
             _ => return true,
         };
         self.authorizer

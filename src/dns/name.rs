@@ -13,7 +13,7 @@ pub enum Lookup {
     Service { name: String, tag: Option<String> },
     /// `<service>.connect[.<dc>]`: the instances that take mesh traffic for the service.
     Connect { name: String },
-    /// `<query>.query[.<dc>]`: prepared queries (none exist yet).
+    /// `<query>.query[.<dc>]`: a prepared query by ID or name.
     Query { name: String },
     /// `<hex>.addr[.<dc>]`
     Addr { hex: String },

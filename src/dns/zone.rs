@@ -17,7 +17,8 @@ use rand::seq::SliceRandom;
 
 use super::name::{address_hex, hex_address, Lookup};
 use crate::config::dns_config::DnsConfig;
-use crate::state::Tables;
+use crate::state::{query, Tables};
+use crate::types::duration::parse_go_duration;
 use crate::types::{HealthStatus, Node, Service};
 
 /// One answer record and the additional records that exist only for it (an SRV target's
@@ -117,12 +118,24 @@ impl Zone<'_> {
             Lookup::Node { name } => self.node(name, qname, qtype),
             Lookup::Service { name, tag } => {
                 let instances = self.healthy(self.tables.service_nodes(name), tag.as_deref());
-                self.instances(instances, name, qname, qtype, domain)
+                let ttl = seconds(self.config.service_ttl(name));
+                self.instances(instances, ttl, qname, qtype, domain)
             }
             Lookup::Connect { name } => {
                 let instances = self.healthy(self.tables.connect_nodes(name), None);
-                self.instances(instances, name, qname, qtype, domain)
+                let ttl = seconds(self.config.service_ttl(name));
+                self.instances(instances, ttl, qname, qtype, domain)
             }
+            Lookup::Query { name } => match query::resolve(self.tables, name) {
+                Ok(Some(query)) => {
+                    let instances = query::instances(self.tables, &query, false);
+                    // The query's own TTL, else the agent's for its service.
+                    let ttl = parse_go_duration(&query.dns_ttl)
+                        .unwrap_or_else(|_| self.config.service_ttl(&query.service.service));
+                    self.instances(instances, seconds(ttl), qname, qtype, domain)
+                }
+                Ok(None) | Err(_) => self.not_found(),
+            },
             Lookup::Addr { hex } => match hex_address(hex) {
                 Some(address) => {
                     let ttl = seconds(self.config.node_ttl);
@@ -137,7 +150,7 @@ impl Zone<'_> {
                 }
                 None => self.not_found(),
             },
-            Lookup::Query { .. } | Lookup::Invalid => self.not_found(),
+            Lookup::Invalid => self.not_found(),
         };
         self.with_soa(answer, domain)
     }
@@ -293,7 +306,7 @@ impl Zone<'_> {
     fn instances(
         &self,
         instances: Vec<(&Node, &Service, HealthStatus)>,
-        service_name: &str,
+        ttl: u32,
         qname: &Name,
         qtype: RecordType,
         domain: &str,
@@ -301,7 +314,6 @@ impl Zone<'_> {
         if instances.is_empty() {
             return self.not_found();
         }
-        let ttl = seconds(self.config.service_ttl(service_name));
         if qtype == RecordType::SRV {
             return Answer::records(self.srv_records(&instances, qname, ttl, domain));
         }

@@ -22,6 +22,7 @@ mod kv;
 mod metrics;
 mod operator;
 mod params;
+mod query;
 mod reply;
 mod session;
 mod snapshot;
@@ -215,6 +216,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/agent/check/warn/{id}", put(agent_local::warn))
         .route("/v1/agent/check/fail/{id}", put(agent_local::fail))
         .route("/v1/agent/check/update/{id}", put(agent_local::update))
+        .route("/v1/query", get(query::list).post(query::create))
+        .route(
+            "/v1/query/{id}",
+            get(query::read).put(query::update).delete(query::delete),
+        )
+        .route("/v1/query/{id}/execute", get(query::execute))
+        .route("/v1/query/{id}/explain", get(query::explain))
         .route("/v1/session/create", put(session::create))
         .route("/v1/session/destroy/{id}", put(session::destroy))
         .route("/v1/session/renew/{id}", put(session::renew))

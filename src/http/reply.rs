@@ -47,7 +47,8 @@ pub fn json(value: &Value, pretty: bool) -> Response {
         .into_response()
 }
 
-fn with_headers(
+/// A read's answer with the headers every read carries, for reads that do not block.
+pub(super) fn with_headers(
     reply: Reply,
     index: u64,
     contact: LeaderContact,

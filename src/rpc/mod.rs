@@ -363,6 +363,7 @@ fn write_timer(command: &Command) -> Option<&'static str> {
         Command::SessionCreate(_) | Command::SessionDestroy { .. } => t::SESSION_APPLY,
         Command::ConfigEntrySet { .. } | Command::ConfigEntryDelete { .. } => t::CONFIG_ENTRY_APPLY,
         Command::Acl(_) => t::ACL_APPLY,
+        Command::PreparedQuery(_) => t::PREPARED_QUERY_APPLY,
         Command::ReapTombstones { .. }
         | Command::Batch(_)
         | Command::CaSet { .. }

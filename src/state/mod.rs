@@ -17,6 +17,7 @@ pub mod coordinate;
 pub mod health;
 pub mod kv;
 pub mod operator;
+pub mod query;
 pub mod session;
 pub mod txn;
 pub mod watch;
@@ -92,6 +93,12 @@ pub struct Tables {
     /// Tokens, policies and roles (`acl.rs`), encoded after autopilot's section.
     #[serde(skip)]
     acl: acl::AclTables,
+    /// Prepared queries by ID (`query.rs`) and the last index that changed them, encoded
+    /// after the ACL section.
+    #[serde(skip)]
+    queries: OrdMap<String, Arc<crate::types::query::PreparedQuery>>,
+    #[serde(skip)]
+    queries_index: u64,
     /// Set by a `Command::Restore` in the batch being applied: every blocking query is
     /// woken and followers start over from the tables. Never published set.
     #[serde(skip)]
@@ -119,6 +126,7 @@ impl Tables {
             ("ACLToken", self.acl_tokens().count()),
             ("ACLPolicy", self.acl_policies().count()),
             ("ACLRole", self.acl_roles().count()),
+            ("PreparedQuery", self.queries.len()),
         ]
     }
 
@@ -203,6 +211,10 @@ impl Tables {
                 CommandResult::Cas(operator::set_autopilot(self, index, config, *cas, touched))
             }
             Command::Acl(op) => acl::apply(self, index, op, touched),
+            Command::PreparedQuery(op) => match query::apply(self, index, op, touched) {
+                Ok(()) => CommandResult::Done,
+                Err(error) => CommandResult::Error(error),
+            },
             Command::Batch(commands) => CommandResult::Batch(
                 commands
                     .iter()
@@ -214,8 +226,8 @@ impl Tables {
 }
 
 /// Leads every encoded snapshot; bumped whenever `Tables` changes shape. Format 6 is the
-/// serde tables, their length first, then the coordinates section, the autopilot section and
-/// the ACL section; format 5 (nodes and services without a locality), 4 (no ACL section),
+/// serde tables, their length first, then the coordinates, autopilot, ACL and prepared-query
+/// sections; format 5 (nodes and services without a locality, no queries), 4 (no ACL section),
 /// 3 (no autopilot section) and 2 (tables only) still restore.
 const SNAPSHOT_FORMAT: u8 = 6;
 const ACL_FORMAT: u8 = 5;
@@ -226,6 +238,7 @@ const TABLES_ONLY_FORMAT: u8 = 2;
 /// The parts of `Tables` encoded after its serde fields, in order.
 type CoordinateSection = (Vec<(String, crate::types::coordinate::Coordinate)>, u64);
 type AutopilotSection = Option<crate::types::operator::AutopilotConfig>;
+type QuerySection = (Vec<crate::types::query::PreparedQuery>, u64);
 
 /// Why a snapshot could not be restored.
 #[derive(Debug, thiserror::Error)]
@@ -398,6 +411,11 @@ impl Store {
         let autopilot: AutopilotSection = tables.autopilot.as_deref().cloned();
         bincode::serialize_into(&mut bytes, &autopilot).unwrap_or_default();
         bincode::serialize_into(&mut bytes, &tables.acl).unwrap_or_default();
+        let queries: QuerySection = (
+            tables.prepared_queries().cloned().collect(),
+            tables.queries_index,
+        );
+        bincode::serialize_into(&mut bytes, &queries).unwrap_or_default();
         bytes
     }
 
@@ -446,6 +464,15 @@ impl Store {
                 }
                 if format >= ACL_FORMAT {
                     tables.acl = bincode::deserialize_from(&mut sections).map_err(corrupt)?;
+                }
+                if format >= SNAPSHOT_FORMAT {
+                    let (queries, index): QuerySection =
+                        bincode::deserialize_from(&mut sections).map_err(corrupt)?;
+                    tables.queries = queries
+                        .into_iter()
+                        .map(|query| (query.id.clone(), Arc::new(query)))
+                        .collect();
+                    tables.queries_index = index;
                 }
                 Ok(tables)
             }

@@ -72,6 +72,7 @@ pub(super) fn destroy(tables: &mut Tables, index: u64, id: &str, touched: &mut V
     };
     tables.table_index.sessions = index;
     touched.push(SESSIONS_TOPIC.into());
+    super::query::forget_session(tables, index, id, touched);
     let held: Vec<std::sync::Arc<str>> = tables
         .kv_list("")
         .filter(|entry| entry.session == id)

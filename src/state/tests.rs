@@ -998,3 +998,119 @@ fn acl_tables_check_ids_names_and_bootstrap_and_survive_snapshots() {
     assert!(from_old.snapshot().acl_token_by_secret("s1").is_none());
     assert_eq!(from_old.snapshot().acl_bootstrap_index(), 0);
 }
+
+fn prepared(
+    id: &str,
+    name: &str,
+    template: &str,
+    service: &str,
+) -> crate::types::query::PreparedQuery {
+    crate::types::query::PreparedQuery {
+        id: id.into(),
+        name: name.into(),
+        template: crate::types::query::QueryTemplate {
+            kind: template.into(),
+            ..Default::default()
+        },
+        service: crate::types::query::ServiceQuery {
+            service: service.into(),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+fn set_query(query: crate::types::query::PreparedQuery) -> Command {
+    Command::PreparedQuery(crate::types::query::QueryOp::Set(Box::new(query)))
+}
+
+#[test]
+fn prepared_queries_keep_consuls_rules_resolve_by_id_name_then_prefix_and_survive_snapshots() {
+    use super::query::{resolve, ResolveError};
+    use crate::types::query::NAME_PREFIX_MATCH;
+    let store = Store::new();
+    assert_eq!(
+        apply(&store, 2, set_query(prepared("q1", "web", "", "web"))),
+        CommandResult::Done
+    );
+    let refusals = [
+        (
+            prepared("q2", "web", "", "x"),
+            "name 'web' aliases an existing query name",
+        ),
+        (
+            prepared("q2", "q1", "", "x"),
+            "name 'q1' aliases an existing query ID",
+        ),
+        (
+            crate::types::query::PreparedQuery {
+                session: "gone".into(),
+                ..prepared("q2", "other", "", "x")
+            },
+            "invalid session \"gone\"",
+        ),
+    ];
+    for (query, text) in refusals {
+        match apply(&store, 3, set_query(query)) {
+            CommandResult::Error(error) => assert_eq!(error.to_string(), text),
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+    apply(
+        &store,
+        4,
+        set_query(prepared("t0", "", NAME_PREFIX_MATCH, "${name.suffix}")),
+    );
+    match apply(
+        &store,
+        5,
+        set_query(prepared("t1", "", NAME_PREFIX_MATCH, "x")),
+    ) {
+        CommandResult::Error(error) => {
+            assert_eq!(
+                error.to_string(),
+                "a query template with an empty name already exists"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    apply(
+        &store,
+        6,
+        set_query(prepared(
+            "t2",
+            "db-",
+            NAME_PREFIX_MATCH,
+            "${name.suffix}-primary",
+        )),
+    );
+    let tables = store.snapshot();
+    let service_of = |name: &str| {
+        resolve(&tables, name)
+            .unwrap()
+            .map(|query| query.service.service)
+    };
+    assert_eq!(service_of("q1").as_deref(), Some("web"), "by ID");
+    assert_eq!(
+        service_of("web").as_deref(),
+        Some("web"),
+        "by name, before any template"
+    );
+    assert_eq!(
+        service_of("db-orders").as_deref(),
+        Some("orders-primary"),
+        "the longest prefix"
+    );
+    assert_eq!(
+        service_of("cache").as_deref(),
+        Some("cache"),
+        "the catch-all"
+    );
+    assert_eq!(resolve(&tables, "t2"), Err(ResolveError::TemplateById));
+    assert_eq!(tables.prepared_query("t2").unwrap().indexes.create, 6);
+
+    let restored = Store::new();
+    restored.restore(&Store::encode(&tables)).expect("restore");
+    assert_eq!(restored.snapshot().prepared_queries().count(), 3);
+    assert_eq!(restored.snapshot().queries_index(), 6);
+}

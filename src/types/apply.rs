@@ -67,6 +67,18 @@ pub enum ApplyError {
     /// A second bootstrap, or a reset with the wrong index.
     #[error("ACL bootstrap no longer allowed (reset index: {0})")]
     AclBootstrapDone(u64),
+    /// A prepared query named as another one is.
+    #[error("name '{0}' aliases an existing query name")]
+    QueryNameTaken(String),
+    /// A prepared query named as another one's ID (it could shadow that query).
+    #[error("name '{0}' aliases an existing query ID")]
+    QueryNameIsAnId(String),
+    /// A second template with the empty name (it would match every name).
+    #[error("a query template with an empty name already exists")]
+    QueryCatchAllTaken,
+    /// A prepared query bound to a session that does not exist.
+    #[error("invalid session {0:?}")]
+    QuerySessionInvalid(String),
 }
 
 #[cfg(test)]

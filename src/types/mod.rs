@@ -20,6 +20,7 @@ pub mod connect;
 pub mod coordinate;
 pub mod duration;
 pub mod operator;
+pub mod query;
 pub mod session;
 pub mod shape;
 pub mod txn;
@@ -262,6 +263,8 @@ pub enum Command {
     /// operation; KV-only transactions stay `Txn`, so servers of an older version still
     /// read them during a rolling upgrade).
     Transaction(Vec<TxnOp>),
+    /// Creates, replaces or deletes a prepared query.
+    PreparedQuery(query::QueryOp),
 }
 
 /// What applying a command produced. Business failures (a CAS mismatch, a rolled-back

@@ -24,6 +24,7 @@ mod mesh_failover;
 mod metrics;
 mod mistakes;
 mod nemesis;
+mod query;
 mod raft_cluster;
 mod recovery;
 mod session;

@@ -1,0 +1,312 @@
+//! `/v1/query`: prepared queries. Create, list, read, update and delete through Raft with
+//! Consul's checks and texts (its `PreparedQuery.Apply` answers every refusal with a 500),
+//! and `execute`/`explain` by ID or name, answered from the local state.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::response::Response;
+use rand::seq::SliceRandom;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::params::Call;
+use super::reply::{self, Reply, Visible};
+use super::AppState;
+use crate::acl::{Access, Identity};
+use crate::api::catalog as catalog_wire;
+use crate::api::decode;
+use crate::api::query::{self as wire, QueryIn};
+use crate::state::query::{self as queries, QUERIES_TOPIC};
+use crate::state::{Match, Tables};
+use crate::types::query::{PreparedQuery, QueryOp};
+use crate::types::{Command, CommandResult};
+
+const NOT_FOUND: &str = "Query not found";
+
+/// The name a query's ACL rules match (`query_prefix`), if it has one: anonymous queries are
+/// guarded by their session instead.
+fn acl_name(query: &PreparedQuery) -> Option<&str> {
+    (!query.name.is_empty() || query.is_template()).then_some(query.name.as_str())
+}
+
+async fn write(state: &AppState, op: QueryOp) -> Result<(), ApiError> {
+    match state.cluster.write(Command::PreparedQuery(op)).await? {
+        (_, CommandResult::Error(error)) => Err(ApiError::Internal(error.to_string())),
+        _ => Ok(()),
+    }
+}
+
+/// Parses and checks a body into the query with ID `id`, as Consul's `parseQuery` and the
+/// template compile in its state store do.
+fn parse(value: Value, id: String) -> Result<PreparedQuery, ApiError> {
+    let input: QueryIn = serde_json::from_value(decode::canonicalize(value))
+        .map_err(|error| ApiError::BadRequest(format!("Request decode failed: {error}")))?;
+    let query = input
+        .into_query(id)
+        .map_err(|error| ApiError::Internal(format!("Invalid prepared query: {error}")))?;
+    if query.is_template() {
+        queries::compile(&query)
+            .map_err(|error| ApiError::Internal(format!("failed compiling template: {error}")))?;
+    }
+    Ok(query)
+}
+
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    call: Call,
+    body: Body,
+) -> Result<Response, ApiError> {
+    call.check_datacenter(&state)?;
+    let value = super::body::read_json(&state, &call, body).await?;
+    let id = uuid::Uuid::new_v4().to_string();
+    let query = parse(value, id.clone())?;
+    let identity = state.authorizer.resolve(call.token().as_deref())?;
+    if let Some(name) = acl_name(&query) {
+        identity.check(Access::QueryWrite(name))?;
+    }
+    write(&state, QueryOp::Set(Box::new(query))).await?;
+    Ok(reply::json(&json!({"ID": id}), call.pretty(&state)))
+}
+
+pub async fn update(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    call: Call,
+    body: Body,
+) -> Result<Response, ApiError> {
+    call.check_datacenter(&state)?;
+    let value = super::body::read_json(&state, &call, body).await?;
+    let query = parse(value, id.clone())?;
+    existing_writable(&state, &call, &id, Some(&query))?;
+    write(&state, QueryOp::Set(Box::new(query))).await?;
+    Ok(reply::json(&Value::Null, call.pretty(&state)))
+}
+
+pub async fn delete(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    call: Call,
+) -> Result<Response, ApiError> {
+    call.check_datacenter(&state)?;
+    existing_writable(&state, &call, &id, None)?;
+    write(&state, QueryOp::Delete { id }).await?;
+    Ok(reply::json(&Value::Null, call.pretty(&state)))
+}
+
+/// Consul's order for a change to an existing query: write on the new definition's name,
+/// the query must exist, then write on its current name.
+fn existing_writable(
+    state: &AppState,
+    call: &Call,
+    id: &str,
+    new: Option<&PreparedQuery>,
+) -> Result<(), ApiError> {
+    let identity = state.authorizer.resolve(call.token().as_deref())?;
+    if let Some(name) = new.and_then(acl_name) {
+        identity.check(Access::QueryWrite(name))?;
+    }
+    let tables = state.cluster.snapshot();
+    let current = tables.prepared_query(id).ok_or_else(|| {
+        ApiError::Internal(format!("Cannot modify non-existent prepared query: '{id}'"))
+    })?;
+    if let Some(name) = acl_name(current) {
+        identity.check(Access::QueryWrite(name))?;
+    }
+    Ok(())
+}
+
+/// Whether the caller may see a query, and its token: read on its name for the one, write for
+/// the other, as Consul's ACL filter decides. An anonymous query has no name to match, so
+/// only a management token sees it (Consul assumes one set it up).
+fn visibility(identity: &Identity, query: &PreparedQuery) -> (bool, bool) {
+    match acl_name(query) {
+        Some(name) => (
+            identity.allows(Access::QueryRead(name)),
+            identity.allows(Access::QueryWrite(name)),
+        ),
+        None => {
+            let manage = identity.allows(Access::AclWrite);
+            (manage, manage)
+        }
+    }
+}
+
+pub async fn list(State(state): State<Arc<AppState>>, call: Call) -> Result<Response, ApiError> {
+    let options = call.read_options(&state)?;
+    let visible = Visible::of(&state, &call)?;
+    let topics = vec![(QUERIES_TOPIC.to_string(), Match::Exact)];
+    reply::blocking_filtered(&state, &options, topics, &visible, |tables| {
+        let listed: Vec<Value> = tables
+            .prepared_queries()
+            .filter_map(|query| {
+                let (read, token) = visibility(visible.identity(), query);
+                if !read {
+                    visible.may(Access::QueryRead(&query.name));
+                }
+                read.then(|| wire::query_json(query, token))
+            })
+            .collect();
+        Ok((tables.queries_index(), Reply::Json(Value::Array(listed))))
+    })
+    .await
+}
+
+pub async fn read(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    call: Call,
+) -> Result<Response, ApiError> {
+    let options = call.read_options(&state)?;
+    let identity = state.authorizer.resolve(call.token().as_deref())?;
+    let topics = vec![(QUERIES_TOPIC.to_string(), Match::Exact)];
+    reply::blocking(&state, &options, topics, |tables| {
+        let query = tables
+            .prepared_query(&id)
+            .ok_or_else(|| ApiError::NotFound(NOT_FOUND.into()))?;
+        let (read, token) = visibility(&identity, query);
+        if !read {
+            identity.check(Access::QueryRead(&query.name))?;
+        }
+        Ok((
+            tables.queries_index(),
+            Reply::Json(json!([wire::query_json(query, token)])),
+        ))
+    })
+    .await
+}
+
+/// Finds the query `id_or_name` runs (rendered, for a template) or Consul's 404.
+fn resolve(tables: &Tables, id_or_name: &str) -> Result<PreparedQuery, ApiError> {
+    match queries::resolve(tables, id_or_name) {
+        Ok(Some(query)) => Ok(query),
+        Ok(None) => Err(ApiError::NotFound(NOT_FOUND.into())),
+        Err(error) => Err(ApiError::Internal(error.to_string())),
+    }
+}
+
+pub async fn execute(
+    State(state): State<Arc<AppState>>,
+    Path(id_or_name): Path<String>,
+    call: Call,
+) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
+    call.check_datacenter(&state)?;
+    let options = call.read_options(&state)?;
+    let limit = match call.get("limit") {
+        None | Some("") => None,
+        Some(text) => Some(
+            text.parse::<usize>()
+                .map_err(|error| ApiError::Internal(format!("Bad limit: {error}")))?,
+        ),
+    };
+    let connect = match call.get("connect") {
+        None | Some("") => false,
+        Some(text) => super::params::go_bool(text).ok_or_else(|| {
+            ApiError::Internal(format!(
+                "Error parsing 'connect' value: strconv.ParseBool: parsing {text:?}: invalid syntax"
+            ))
+        })?,
+    };
+    let contact = state.cluster.read_barrier(options.consistency).await?;
+    let tables = state.cluster.snapshot();
+    let query = resolve(&tables, &id_or_name)?;
+    // The query's own token, when it has one, decides what the answer may show.
+    let token = if query.token.is_empty() {
+        call.token()
+    } else {
+        Some(query.token.clone())
+    };
+    let visible = Visible::new(state.authorizer.resolve(token.as_deref())?);
+    let mut rows: Vec<_> = queries::instances(&tables, &query, connect)
+        .into_iter()
+        .filter(|(node, service, _)| visible.instance(&node.name, &service.name))
+        .collect();
+    rows.shuffle(&mut rand::thread_rng());
+    // Consul's order: `?near=` first, else the query's own `Near`; `_agent` is this agent.
+    let near = call
+        .get("near")
+        .filter(|near| !near.is_empty())
+        .map(str::to_string)
+        .or_else(|| (!query.service.near.is_empty()).then(|| query.service.near.clone()));
+    if let Some(near) = near {
+        let node = if near == "_agent" {
+            state.config.node_name.clone()
+        } else {
+            near
+        };
+        if let Some(origin) = tables.coordinate(&node) {
+            super::coordinate::sort_near(&mut rows, origin, &tables, |row| &row.0.name);
+        }
+        if let Some(position) = rows
+            .iter()
+            .take(10)
+            .position(|row| row.0.name.eq_ignore_ascii_case(&node))
+        {
+            rows.swap(0, position);
+        }
+    }
+    if let Some(limit) = limit.filter(|limit| *limit > 0) {
+        rows.truncate(limit);
+    }
+    let datacenter = &state.config.datacenter;
+    let nodes: Vec<Value> = rows
+        .iter()
+        .map(|(node, service, _)| {
+            let checks: Vec<Value> = tables
+                .instance_checks(&node.name, &service.id)
+                .filter(|check| visible.check(check))
+                .map(catalog_wire::health_check)
+                .collect();
+            json!({
+                "Node": catalog_wire::node(node),
+                "Service": catalog_wire::agent_service(service, datacenter),
+                "Checks": checks,
+            })
+        })
+        .collect();
+    let body = json!({
+        "Service": query.service.service,
+        "Namespace": "",
+        "Nodes": nodes,
+        "DNS": {"TTL": query.dns_ttl},
+        "Datacenter": datacenter,
+        "Failovers": 0,
+    });
+    let response = reply::with_headers(
+        Reply::Json(body),
+        tables.last_index(),
+        contact,
+        &options,
+        &state,
+    );
+    metrics::histogram!(crate::telemetry::PREPARED_QUERY_EXECUTE)
+        .record(started.elapsed().as_secs_f64() * 1000.0);
+    Ok(visible.mark(response))
+}
+
+pub async fn explain(
+    State(state): State<Arc<AppState>>,
+    Path(id_or_name): Path<String>,
+    call: Call,
+) -> Result<Response, ApiError> {
+    call.check_datacenter(&state)?;
+    let options = call.read_options(&state)?;
+    let contact = state.cluster.read_barrier(options.consistency).await?;
+    let tables = state.cluster.snapshot();
+    let query = resolve(&tables, &id_or_name)?;
+    let identity = state.authorizer.resolve(call.token().as_deref())?;
+    let (read, token) = visibility(&identity, &query);
+    if !read {
+        identity.check(Access::QueryRead(&query.name))?;
+    }
+    let body = json!({"Query": wire::query_json(&query, token)});
+    Ok(reply::with_headers(
+        Reply::Json(body),
+        tables.last_index(),
+        contact,
+        &options,
+        &state,
+    ))
+}
