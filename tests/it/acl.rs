@@ -1329,3 +1329,69 @@ async fn acl_cli_manages_policies_roles_and_tokens() {
     assert_ne!(code, 0);
     assert!(err.contains("Requested policy does not exist"), "{err}");
 }
+
+#[tokio::test]
+async fn prepared_queries_are_guarded_by_query_rules_and_hide_their_tokens() {
+    let agent = acl_agent("deny").await;
+    seed(&agent).await;
+    let writer = token_with(
+        &agent,
+        "query-writer",
+        r#"query_prefix "web-" { policy = "write" }
+           service_prefix "" { policy = "read" }
+           node_prefix "" { policy = "read" }"#,
+    )
+    .await;
+    let reader = token_with(
+        &agent,
+        "query-reader",
+        r#"query_prefix "web-" { policy = "read" }"#,
+    )
+    .await;
+    let (as_writer, as_reader) = (client(&agent, Some(&writer)), client(&agent, Some(&reader)));
+    let body = json!({"Name": "web-q", "Token": writer, "Service": {"Service": "web"}}).to_string();
+    let refused = call(&as_reader, Method::POST, "/v1/query", Some(&body)).await;
+    assert_eq!(refused.status, 403, "{}", refused.text());
+    assert!(
+        refused
+            .text()
+            .ends_with("lacks permission 'query:write' on \"web-q\""),
+        "{}",
+        refused.text()
+    );
+    let created = call(&as_writer, Method::POST, "/v1/query", Some(&body)).await;
+    assert_eq!(created.status, 200, "{}", created.text());
+    let id = json(&created)["ID"].as_str().unwrap().to_string();
+    let elsewhere = json!({"Name": "db-q", "Service": {"Service": "db"}}).to_string();
+    let refused = call(&as_writer, Method::POST, "/v1/query", Some(&elsewhere)).await;
+    assert_eq!(refused.status, 403, "{}", refused.text());
+
+    // The reader lists and reads it without its token; the writer sees the token.
+    let listed = json(&call(&as_reader, Method::GET, "/v1/query", None).await);
+    assert_eq!(listed[0]["Name"], "web-q");
+    assert_eq!(listed[0]["Token"], "<hidden>");
+    let read = json(&call(&as_writer, Method::GET, &format!("/v1/query/{id}"), None).await);
+    assert_eq!(read[0]["Token"], writer);
+    // A token with no query rule sees nothing (and is told so).
+    let nobody = token_with(&agent, "nobody", r#"key "x" { policy = "read" }"#).await;
+    let hidden = call(
+        &client(&agent, Some(&nobody)),
+        Method::GET,
+        "/v1/query",
+        None,
+    )
+    .await;
+    assert_eq!(json(&hidden), json!([]));
+    assert_eq!(
+        crate::support::header(&hidden, "X-Consul-Results-Filtered-By-ACLs"),
+        "true"
+    );
+    // Executing runs with the query's own token: the reader, who may not read `web`, gets
+    // the instances the writer's token may see.
+    let executed = json(&call(&as_reader, Method::GET, "/v1/query/web-q/execute", None).await);
+    assert_eq!(
+        executed["Nodes"].as_array().map(Vec::len),
+        Some(1),
+        "{executed}"
+    );
+}

@@ -246,22 +246,45 @@ async fn partition_off(ips: &[&str], servers: &[Option<Agent>], victim: usize) -
         .filter(|ip| *ip != ips[victim])
         .collect();
     let partition = Partition::isolate(ips[victim], &others);
-    eventually(
-        "a new leader behind the partition",
-        Duration::from_secs(30),
-        || async {
-            let response = servers[(victim + 1) % ips.len()]
-                .as_ref()?
+    let asked = (victim + 1) % ips.len();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let named = match servers[asked].as_ref() {
+            Some(server) => server
                 .client()
                 .get("/v1/status/leader")
                 .await
-                .ok()?;
-            let named: String = serde_json::from_slice(&response.body).ok()?;
-            (!named.is_empty() && named != format!("{}:8300", ips[victim])).then_some(())
-        },
-    )
-    .await;
-    partition
+                .ok()
+                .and_then(|response| serde_json::from_slice::<String>(&response.body).ok()),
+            None => None,
+        };
+        if named
+            .as_deref()
+            .is_some_and(|named| !named.is_empty() && named != format!("{}:8300", ips[victim]))
+        {
+            return partition;
+        }
+        if Instant::now() > deadline {
+            // This wait timed out once in the sixth session's full run; say what each server
+            // saw, so the next failure can be read rather than guessed at.
+            let logs: Vec<String> = servers
+                .iter()
+                .zip(ips)
+                .filter_map(|(server, ip)| {
+                    let log = server.as_ref()?.log();
+                    let tail: Vec<&str> = log.lines().rev().take(25).collect();
+                    Some(format!("--- {ip} (newest first)\n{}", tail.join("\n")))
+                })
+                .collect();
+            panic!(
+                "no new leader behind the partition of {} within 30 s; {} last named {named:?}\n{}",
+                ips[victim],
+                ips[asked],
+                logs.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn run(ips: &'static [&'static str]) {
