@@ -10,7 +10,9 @@
 //! * `watch`: 10,000 blocking queries on distinct keys, each on its own connection: the agent's
 //!   RSS growth, then write-to-wake latency for 500 sampled watchers woken one at a time;
 //! * `acl`: the `put` and `get` loads twice, on an agent with ACLs off and on one with ACLs on
-//!   (deny default), every request carrying a token with 100 policies of 20 rules each.
+//!   (deny default), every request carrying a token with 100 policies of 20 rules each;
+//! * `metrics`: the `put` and `get` loads with metrics off and on, seven alternating rounds;
+//! * `query`: 64 connections executing one prepared query (10 passing instances) by name.
 //!
 //! Run everything with `cargo bench --bench kv`, or a subset with
 //! `CONCORD_BENCH=put,get cargo bench --bench kv`. The client shares the machine's cores with
@@ -44,7 +46,7 @@ use common::{millis, Stats, Table};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_concord");
 const SECTIONS: &[&str] = &[
-    "start", "rss", "put", "seq", "get", "watch", "acl", "metrics",
+    "start", "rss", "put", "seq", "get", "watch", "acl", "metrics", "query",
 ];
 
 const KEY_BYTES: usize = 256;
@@ -74,6 +76,7 @@ fn main() -> Result<()> {
             "get" => Box::pin(bench_get(table)),
             "acl" => Box::pin(bench_acl(table)),
             "metrics" => Box::pin(bench_metrics(table)),
+            "query" => Box::pin(bench_query(table)),
             _ => Box::pin(bench_watch(table)),
         },
     )
@@ -241,6 +244,66 @@ async fn bench_get(table: &mut Table) -> Result<()> {
         Some(load.rate() >= 60_000.0),
     );
     load.rows(table, "GET");
+    agent.stop().await;
+    Ok(())
+}
+
+/// Instances of the service the `query` section's prepared query returns.
+const QUERY_INSTANCES: usize = 10;
+
+/// Prepared-query execution (issue 16): one query over a service with `QUERY_INSTANCES`
+/// passing instances on as many nodes, executed by name from 64 connections.
+async fn bench_query(table: &mut Table) -> Result<()> {
+    let mut agent = BenchAgent::spawn(None, &[]).await?;
+    agent.wait_writable().await?;
+    let mut conn = Conn::connect(agent.http).await?;
+    for n in 0..QUERY_INSTANCES {
+        let body = format!(
+            r#"{{"Node":"node-{n}","Address":"10.9.0.{n}","Service":{{"ID":"web","Service":"web","Port":80}},"Check":{{"CheckID":"alive","Name":"alive","Status":"passing","ServiceID":"web"}}}}"#
+        );
+        let answer = conn
+            .request(Method::PUT, "/v1/catalog/register", Bytes::from(body))
+            .await?;
+        anyhow::ensure!(
+            answer.status == StatusCode::OK,
+            "register: {}",
+            answer.status
+        );
+    }
+    let query = r#"{"Name":"web-q","Service":{"Service":"web","OnlyPassing":true}}"#;
+    let answer = conn
+        .request(
+            Method::POST,
+            "/v1/query",
+            Bytes::from_static(query.as_bytes()),
+        )
+        .await?;
+    anyhow::ensure!(
+        answer.status == StatusCode::OK,
+        "query create: {}",
+        answer.status
+    );
+    let load = run_load(
+        &agent,
+        LOAD_CONNECTIONS,
+        |_worker, _n, _rng| {
+            (
+                Method::GET,
+                "/v1/query/web-q/execute".to_string(),
+                Bytes::new(),
+            )
+        },
+        |response| response.status == StatusCode::OK && response.index.is_some(),
+    )
+    .await?;
+    load.print("prepared-query execute");
+    table.row(
+        "prepared-query execute, 10 instances, 64 conns (/s)",
+        format!("{:.0}", load.rate()),
+        ">= 20,000",
+        Some(load.rate() >= 20_000.0),
+    );
+    load.rows(table, "execute");
     agent.stop().await;
     Ok(())
 }

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::response::Response;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use rand::seq::SliceRandom;
 use serde_json::{json, Value};
 
@@ -81,7 +82,8 @@ pub async fn update(
     let query = parse(value, id.clone())?;
     existing_writable(&state, &call, &id, Some(&query))?;
     write(&state, QueryOp::Set(Box::new(query))).await?;
-    Ok(reply::json(&Value::Null, call.pretty(&state)))
+    // Consul's handler returns nothing: a 200 with an empty body.
+    Ok(StatusCode::OK.into_response())
 }
 
 pub async fn delete(
@@ -92,7 +94,7 @@ pub async fn delete(
     call.check_datacenter(&state)?;
     existing_writable(&state, &call, &id, None)?;
     write(&state, QueryOp::Delete { id }).await?;
-    Ok(reply::json(&Value::Null, call.pretty(&state)))
+    Ok(StatusCode::OK.into_response())
 }
 
 /// Consul's order for a change to an existing query: write on the new definition's name,

@@ -113,6 +113,25 @@ def main():
         index, on_node = c.health.node(node)
         check(len(on_node) >= 2, "health node: %r" % on_node)
 
+        step = "query"
+        # python-consul always sends a name_prefix_match template, so queries run by name.
+        created = c.query.create("web", name="compat-q", tags=["v1"], ttl="10s")
+        query_id = created["ID"]
+        listed = c.query.list()
+        check([q["ID"] for q in listed] == [query_id], "query list: %r" % listed)
+        got = c.query.get(query_id)
+        check(got[0]["Service"]["Tags"] == ["v1"] and got[0]["DNS"]["TTL"] == "10s",
+              "query get: %r" % got)
+        executed = c.query.execute("compat-q")
+        check([e["Service"]["ID"] for e in executed["Nodes"]] == ["web1"],
+              "query execute: %r" % executed)
+        explained = c.query.explain("compat-q-more")
+        check(explained["Query"]["Service"]["Service"] == "web", "query explain: %r" % explained)
+        c.query.update(query_id, "web", name="compat-q", tags=["v2"])
+        check(c.query.execute("compat-q")["Nodes"] == [], "updated query: no v2 instance")
+        check(c.query.delete(query_id) is True, "query delete")
+        check(c.query.list() == [], "query deleted")
+
         step = "catalog"
         check(c.catalog.register("ext", "10.0.0.9", service={"Service": "ext-svc", "Port": 80})
               is True, "catalog register")
