@@ -12,7 +12,8 @@
 //! * `acl`: the `put` and `get` loads twice, on an agent with ACLs off and on one with ACLs on
 //!   (deny default), every request carrying a token with 100 policies of 20 rules each;
 //! * `metrics`: the `put` and `get` loads with metrics off and on, seven alternating rounds;
-//! * `query`: 64 connections executing one prepared query (10 passing instances) by name.
+//! * `query`: 64 connections executing one prepared query (10 passing instances) by name, then
+//!   reading the same instances from `/v1/health/service` for comparison.
 //!
 //! Run everything with `cargo bench --bench kv`, or a subset with
 //! `CONCORD_BENCH=put,get cargo bench --bench kv`. The client shares the machine's cores with
@@ -304,6 +305,29 @@ async fn bench_query(table: &mut Table) -> Result<()> {
         Some(load.rate() >= 20_000.0),
     );
     load.rows(table, "execute");
+    // The same instances through the health endpoint, which shapes the same JSON: what
+    // execution itself adds over a plain catalog read.
+    let health = run_load(
+        &agent,
+        LOAD_CONNECTIONS,
+        |_worker, _n, _rng| {
+            (
+                Method::GET,
+                "/v1/health/service/web?passing".to_string(),
+                Bytes::new(),
+            )
+        },
+        |response| response.status == StatusCode::OK && response.index.is_some(),
+    )
+    .await?;
+    health.print("health/service (same instances)");
+    table.row(
+        "health/service, same 10 instances, 64 conns (/s)",
+        format!("{:.0}", health.rate()),
+        "-",
+        None,
+    );
+    health.rows(table, "health");
     agent.stop().await;
     Ok(())
 }

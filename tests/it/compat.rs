@@ -1,7 +1,7 @@
 //! A published Consul client library driving a real agent: python-consul (PyPI, installed into
 //! ./.venv by scripts/test) runs tests/compat/python_consul.py against a fresh dev agent,
-//! through KV, txn, agent, health, catalog, session, event, coordinate, operator, config,
-//! connect and snapshot calls, asserting on what each returns.
+//! through KV, txn, agent, health, prepared query, catalog, session, event, coordinate,
+//! operator, config, connect and snapshot calls, asserting on what each returns.
 
 use std::path::PathBuf;
 
