@@ -30,6 +30,8 @@ const VALUE_FLAGS: &[(&str, &str, Kind)] = &[
     ("max-query-time", "max_query_time", Kind::Text),
     ("retry-interval", "retry_interval", Kind::Text),
     ("retry-max", "retry_max", Kind::Number),
+    ("retry-interval-wan", "retry_interval_wan", Kind::Text),
+    ("retry-max-wan", "retry_max_wan", Kind::Number),
     ("encrypt", "encrypt", Kind::Text),
 ];
 
@@ -81,6 +83,14 @@ pub fn command() -> Command {
         .arg(repeated(
             "retry-join",
             "An agent to join, retried until one answers (repeatable)",
+        ))
+        .arg(repeated(
+            "join-wan",
+            "A server of another datacenter to join at start (servers; repeatable)",
+        ))
+        .arg(repeated(
+            "retry-join-wan",
+            "A server of another datacenter to join, retried until one answers (repeatable)",
         ));
     for (flag, key, _) in VALUE_FLAGS {
         command = command.arg(value(flag, key));
@@ -132,7 +142,12 @@ pub fn load_options(matches: &ArgMatches) -> Result<LoadOptions, String> {
     if !recursors.is_empty() {
         merge(&mut flags, json!({"recursors": recursors}));
     }
-    for (flag, key) in [("join", "start_join"), ("retry-join", "retry_join")] {
+    for (flag, key) in [
+        ("join", "start_join"),
+        ("retry-join", "retry_join"),
+        ("join-wan", "start_join_wan"),
+        ("retry-join-wan", "retry_join_wan"),
+    ] {
         let addresses: Vec<&String> = matches
             .get_many::<String>(flag)
             .into_iter()

@@ -115,7 +115,21 @@ impl GossipTimings {
     };
 }
 
-/// How this agent joins the LAN pool and leaves it.
+/// Which members of a pool to join, and how persistently.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Joins {
+    /// Joined at start; if none answers, the agent does not start.
+    pub start_join: Vec<String>,
+    /// Joined in the background, every `retry_interval`, until one answers.
+    pub retry_join: Vec<String>,
+    #[serde(serialize_with = "serialize_duration")]
+    pub retry_interval: Duration,
+    /// Attempts before giving up (and stopping the agent); 0 retries forever.
+    pub retry_max: u32,
+}
+
+/// How this agent joins the LAN pool (and a server the WAN pool) and leaves it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct Membership {
@@ -127,6 +141,8 @@ pub struct Membership {
     pub retry_interval: Duration,
     /// Attempts before giving up (and stopping the agent); 0 retries forever.
     pub retry_max: u32,
+    /// A server's joins of the WAN pool (`start_join_wan`, `retry_join_wan`, ...).
+    pub wan: Joins,
     /// Leave the pool on SIGTERM (clients by default).
     pub leave_on_terminate: bool,
     /// Do not leave on SIGINT (servers by default).
@@ -140,6 +156,18 @@ pub struct Membership {
     /// `sync_coordinate_interval_min`, 15 s; longer in large pools, 64 updates/s in all).
     #[serde(serialize_with = "serialize_duration")]
     pub sync_coordinate_interval: Duration,
+}
+
+impl Membership {
+    /// The LAN pool's joins (kept as Consul's top-level keys).
+    pub fn lan(&self) -> Joins {
+        Joins {
+            start_join: self.start_join.clone(),
+            retry_join: self.retry_join.clone(),
+            retry_interval: self.retry_interval,
+            retry_max: self.retry_max,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -627,6 +655,16 @@ fn membership(raw: &RawConfig, dev_mode: bool, server: bool) -> Result<Membershi
             Duration::from_secs(30),
         )?,
         retry_max: raw.retry_max.unwrap_or(0),
+        wan: Joins {
+            start_join: raw.start_join_wan.clone().unwrap_or_default(),
+            retry_join: raw.retry_join_wan.clone().unwrap_or_default(),
+            retry_interval: duration(
+                "retry_interval_wan",
+                raw.retry_interval_wan.as_deref(),
+                Duration::from_secs(30),
+            )?,
+            retry_max: raw.retry_max_wan.unwrap_or(0),
+        },
         leave_on_terminate: raw.leave_on_terminate.unwrap_or(!server),
         skip_leave_on_interrupt: raw.skip_leave_on_interrupt.unwrap_or(server),
         gossip_lan,

@@ -61,6 +61,11 @@ pub struct RawConfig {
     pub retry_join: Option<Vec<String>>,
     pub retry_interval: Option<String>,
     pub retry_max: Option<u32>,
+    /// The same for a server's WAN pool (servers of other datacenters).
+    pub start_join_wan: Option<Vec<String>>,
+    pub retry_join_wan: Option<Vec<String>>,
+    pub retry_interval_wan: Option<String>,
+    pub retry_max_wan: Option<u32>,
     pub encrypt: Option<String>,
     pub sync_coordinate_interval_min: Option<String>,
     /// Consul's agent watches (see `config::watches`).

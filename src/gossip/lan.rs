@@ -218,41 +218,45 @@ pub async fn join_area(
     Ok(pool.join(resolved).await?)
 }
 
-/// Carries out `start_join` now and `retry_join` in the background.
-/// An exhausted `retry_join` cancels `stop`.
+/// Carries out `start_join` now and `retry_join` in the background, in `pool`, which is
+/// `area`'s. An exhausted `retry_join` cancels `stop`.
 pub async fn join_configured(
     pool: &Pool,
-    config: &RuntimeConfig,
+    joins: &crate::config::Joins,
+    area: Area,
     stop: &tokio_util::sync::CancellationToken,
     tasks: &Tasks,
 ) -> anyhow::Result<()> {
-    let membership = &config.membership;
-    if !membership.start_join.is_empty() {
-        let joined = join(pool, &membership.start_join)
+    let name = match area {
+        Area::Lan => "LAN",
+        Area::Wan => "WAN",
+    };
+    if !joins.start_join.is_empty() {
+        let joined = join_area(pool, area, &joins.start_join)
             .await
-            .map_err(|error| anyhow::anyhow!("start_join failed: {error}"))?;
-        tracing::info!(joined, "joined the LAN pool (start_join)");
+            .map_err(|error| anyhow::anyhow!("start_join failed ({name}): {error}"))?;
+        tracing::info!(joined, "joined the {name} pool (start_join)");
     }
-    if membership.retry_join.is_empty() {
+    if joins.retry_join.is_empty() {
         return Ok(());
     }
-    let (pool, addresses) = (pool.clone(), membership.retry_join.clone());
-    let (interval, max) = (membership.retry_interval, membership.retry_max);
+    let (pool, addresses) = (pool.clone(), joins.retry_join.clone());
+    let (interval, max) = (joins.retry_interval, joins.retry_max);
     let stop = stop.clone();
     tasks.spawn("gossip.retry_join", async move {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            match join(&pool, &addresses).await {
+            match join_area(&pool, area, &addresses).await {
                 Ok(joined) => {
-                    return tracing::info!(joined, attempt, "joined the LAN pool (retry_join)")
+                    return tracing::info!(joined, attempt, "joined the {name} pool (retry_join)")
                 }
                 Err(error) if max != 0 && attempt >= max => {
-                    tracing::error!(%error, attempt, "retry_join gave up; stopping the agent");
+                    tracing::error!(%error, attempt, "retry_join ({name}) gave up; stopping the agent");
                     return stop.cancel();
                 }
                 Err(error) => {
-                    tracing::warn!(%error, attempt, "retry_join failed; retrying in {interval:?}")
+                    tracing::warn!(%error, attempt, "retry_join ({name}) failed; retrying in {interval:?}")
                 }
             }
             tokio::select! {

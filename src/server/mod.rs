@@ -191,7 +191,31 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
             ),
         );
     }
-    crate::gossip::lan::join_configured(&lan, &config, &stop, &tasks).await?;
+    let membership = &config.membership;
+    crate::gossip::lan::join_configured(
+        &lan,
+        &membership.lan(),
+        crate::gossip::lan::Area::Lan,
+        &stop,
+        &tasks,
+    )
+    .await?;
+    match &wan {
+        Some(wan) => {
+            crate::gossip::lan::join_configured(
+                wan,
+                &membership.wan,
+                crate::gossip::lan::Area::Wan,
+                &stop,
+                &tasks,
+            )
+            .await?
+        }
+        None if !membership.wan.start_join.is_empty() || !membership.wan.retry_join.is_empty() => {
+            tracing::warn!("start_join_wan and retry_join_wan apply to servers only; ignored")
+        }
+        None => {}
+    }
     let authorizer = {
         let cluster = cluster.clone();
         Authorizer::new(

@@ -727,7 +727,7 @@ async fn gossip_encryption_refuses_strangers_and_rotates_keys_without_flapping()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn servers_of_two_datacenters_meet_in_the_wan_pool() {
+async fn servers_of_three_datacenters_meet_in_the_wan_pool_by_join_and_retry_join_wan() {
     let server = |node: &str, ip: &str, datacenter: &str| AgentOptions {
         placement: Some(Placement {
             ip: ip.into(),
@@ -739,9 +739,24 @@ async fn servers_of_two_datacenters_meet_in_the_wan_pool() {
         }),
         ..AgentOptions::default()
     };
-    let (east, west) = tokio::join!(
+    // A third datacenter's server finds the WAN pool by itself (`retry_join_wan`).
+    let north = AgentOptions {
+        placement: Some(Placement {
+            config: Some(
+                json!({"datacenter": "north", "retry_join_wan": ["127.0.13.1"],
+                       "retry_interval_wan": "1s"})
+                .to_string(),
+            ),
+            ..server("s3", "127.0.13.3", "north")
+                .placement
+                .expect("placement")
+        }),
+        ..AgentOptions::default()
+    };
+    let (east, west, north) = tokio::join!(
         Agent::start(server("s1", "127.0.13.1", "east")),
         Agent::start(server("s2", "127.0.13.2", "west")),
+        Agent::start(north),
     );
     let (code, out, err) = cli(&west, &["join", "-wan", "127.0.13.1"], None);
     assert_eq!(code, 0, "{err}");
@@ -774,10 +789,11 @@ async fn servers_of_two_datacenters_meet_in_the_wan_pool() {
     let expected = vec![
         ("s1.east".to_string(), 1, "east".to_string()),
         ("s2.west".to_string(), 1, "west".to_string()),
+        ("s3.north".to_string(), 1, "north".to_string()),
     ];
-    for agent in [&east, &west] {
+    for agent in [&east, &west, &north] {
         eventually(
-            "both servers in the WAN pool",
+            "all three servers in the WAN pool",
             Duration::from_secs(10),
             || async { (wan_members(agent).await? == expected).then_some(()) },
         )

@@ -18,3 +18,5 @@ locality {
   region = "us-east-1"
   zone   = "us-east-1a"
 }
+retry_join_wan     = ["10.9.0.1"]
+retry_interval_wan = "15s"
