@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
@@ -101,8 +101,40 @@ pub async fn deregister(
     Ok(reply::json(&Value::Bool(true), call.pretty(&state)))
 }
 
+/// Every datacenter the WAN pool knows (this one first, then by name); a client agent, which
+/// is in no WAN pool, asks one of its servers.
 pub async fn datacenters(State(state): State<Arc<AppState>>, call: Call) -> Response {
-    reply::json(&json!([state.config.datacenter]), call.pretty(&state))
+    let local = state.config.datacenter.clone();
+    let Some(wan) = &state.wan else {
+        let forward = crate::rpc::wire::HttpForward {
+            datacenter: local.clone(),
+            method: "GET".into(),
+            path_and_query: "/v1/catalog/datacenters".into(),
+            headers: Vec::new(),
+            body: Vec::new(),
+            timeout_ms: 10_000,
+        };
+        return match state.cluster.forward_http(forward).await {
+            Ok(answer) if answer.status == 200 => (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                answer.body,
+            )
+                .into_response(),
+            // No server to ask: this agent's own datacenter is all it knows.
+            _ => reply::json(&json!([local]), call.pretty(&state)),
+        };
+    };
+    let mut others: Vec<String> = wan
+        .members()
+        .await
+        .into_iter()
+        .filter_map(|member| member.identity.tags.get("dc").cloned())
+        .filter(|dc| *dc != local)
+        .collect();
+    others.sort();
+    others.dedup();
+    let all: Vec<String> = std::iter::once(local).chain(others).collect();
+    reply::json(&json!(all), call.pretty(&state))
 }
 
 pub async fn nodes(State(state): State<Arc<AppState>>, call: Call) -> Result<Response, ApiError> {

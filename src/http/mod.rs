@@ -14,6 +14,7 @@ mod connect_ca;
 mod coordinate;
 pub mod error;
 mod event;
+mod forward;
 mod health;
 mod instances;
 mod intention;
@@ -70,6 +71,7 @@ pub struct AppState {
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
+    let state_for_forwarding = state.clone();
     let routes = Router::new()
         .route(
             "/v1/kv/",
@@ -278,6 +280,11 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .fallback_service(routes)
         .layer(axum::middleware::from_fn(methods))
+        // Outermost: a request for another datacenter goes there before anything here runs.
+        .layer(axum::middleware::from_fn_with_state(
+            state_for_forwarding,
+            forward::to_datacenter,
+        ))
 }
 
 /// Records each request's latency as Consul's `api.http` timer, labelled with the method and

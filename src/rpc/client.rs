@@ -167,6 +167,16 @@ impl ClientRpc {
     /// Sends `request` to a server, trying others while it could not be sent or no server
     /// had a leader, for up to `RPC_HOLD_TIMEOUT`.
     pub async fn request(&self, request: wire::Request) -> Result<Reply, RpcError> {
+        self.request_within(request, REQUEST_TIMEOUT).await
+    }
+
+    /// `request`, waiting up to `timeout` for each server's answer (a forwarded blocking
+    /// query may take its whole wait).
+    pub async fn request_within(
+        &self,
+        request: wire::Request,
+        timeout: Duration,
+    ) -> Result<Reply, RpcError> {
         metrics::counter!(crate::telemetry::CLIENT_RPC).increment(1);
         let deadline = tokio::time::Instant::now() + RPC_HOLD_TIMEOUT;
         let idempotent = request.idempotent();
@@ -182,13 +192,7 @@ impl ClientRpc {
             };
             let sent = self
                 .connections
-                .unary(
-                    server,
-                    wire::CALL_PATH,
-                    frame.clone(),
-                    REQUEST_TIMEOUT,
-                    false,
-                )
+                .unary(server, wire::CALL_PATH, frame.clone(), timeout, false)
                 .await;
             let reply = match sent {
                 Ok(answer) => answer.decode::<Reply>(),

@@ -20,6 +20,7 @@ pub mod client;
 pub mod codec;
 pub mod connections;
 pub mod election;
+pub mod federation;
 pub mod forward;
 pub mod handover;
 pub mod lease;
@@ -74,6 +75,9 @@ pub enum RpcError {
     /// The request was understood and refused; the text says why.
     #[error("{0}")]
     Refused(String),
+    /// No server of the datacenter a request names is known (Consul's `ErrNoDCPath`).
+    #[error("No path to datacenter")]
+    NoPathToDatacenter,
 }
 
 /// How long a request waits for a leader, or keeps trying servers (Consul's
@@ -321,6 +325,29 @@ impl Cluster {
     pub async fn remove_raft_peer(&self, peer: PeerRef) -> Result<(), RpcError> {
         match self.request(wire::Request::RemovePeer(peer)).await? {
             wire::Reply::RemovePeer(answer) => answer,
+            _ => Err(mismatched()),
+        }
+    }
+
+    /// Carries an HTTP request to the datacenter it names (`federation`): from a server
+    /// directly, from a client through one of its servers.
+    pub async fn forward_http(
+        &self,
+        forward: wire::HttpForward,
+    ) -> Result<wire::HttpAnswer, RpcError> {
+        let reply = match self {
+            Cluster::Server(server) => server.handle(wire::Request::Http(forward), false).await,
+            Cluster::Client(client) => {
+                let timeout = Duration::from_millis(forward.timeout_ms);
+                client
+                    .request_within(wire::Request::Http(forward), timeout)
+                    .await?
+            }
+            #[cfg(test)]
+            Cluster::Memory(_) => return Err(RpcError::NoPathToDatacenter),
+        };
+        match reply {
+            wire::Reply::Http(answer) => answer,
             _ => Err(mismatched()),
         }
     }

@@ -94,6 +94,8 @@ pub struct ServerRpc {
     pub sessions: SessionTimers,
     /// The built-in CA's leader side.
     pub ca: CaManager,
+    /// Requests for other datacenters (`?dc=`), and this one's answers to them.
+    pub federation: super::federation::Federation,
 }
 
 impl ServerRpc {
@@ -134,6 +136,7 @@ impl ServerRpc {
                 })
             });
             ServerRpc {
+                federation: super::federation::Federation::new(datacenter.clone()),
                 ca: CaManager::new(
                     writer.clone(),
                     store.clone(),
@@ -419,6 +422,9 @@ impl ServerRpc {
                 candidate,
                 last_log_index,
             } => Reply::PreVote(self.would_vote(candidate, last_log_index)),
+            Request::Http(forward) => {
+                Reply::Http(self.federation.answer(&self.connections, forward).await)
+            }
         }
     }
 

@@ -118,6 +118,31 @@ pub enum Request {
         candidate: NodeId,
         last_log_index: u64,
     },
+    /// An HTTP API request for another datacenter (`?dc=`), carried to a server there and
+    /// answered by its own HTTP API (`federation`).
+    Http(HttpForward),
+}
+
+/// An HTTP request on its way to the datacenter it names.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HttpForward {
+    pub datacenter: String,
+    pub method: String,
+    /// As the client sent it, `?dc=` included.
+    pub path_and_query: String,
+    /// The headers the answer depends on (token, content type).
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// How long each hop waits for the answer: a blocking query may take its whole wait.
+    pub timeout_ms: u64,
+}
+
+/// What the datacenter's server answered.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HttpAnswer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
 }
 
 /// A server named by its Raft id or its server RPC address.
@@ -175,6 +200,7 @@ pub enum Reply {
     TransferLeader(Result<String, RpcError>),
     Handover(Result<(), RpcError>),
     PreVote(bool),
+    Http(Result<HttpAnswer, RpcError>),
 }
 
 impl Request {
@@ -188,7 +214,7 @@ impl Request {
                 | Request::Peers
                 | Request::RaftConfiguration { .. }
                 | Request::AutopilotHealth
-        )
+        ) || matches!(self, Request::Http(forward) if forward.method == "GET")
     }
 
     /// Whether, on the leader, the request goes through Raft (a write, or a read that needs
@@ -208,6 +234,7 @@ impl Request {
                 | Request::RaftConfiguration { stale: true }
                 | Request::Handover { .. }
                 | Request::PreVote { .. }
+                | Request::Http(_)
         )
     }
 
@@ -228,6 +255,7 @@ impl Request {
             Request::TransferLeader(_) => Reply::TransferLeader(Err(error)),
             Request::Handover { .. } => Reply::Handover(Err(error)),
             Request::PreVote { .. } => Reply::PreVote(false),
+            Request::Http(_) => Reply::Http(Err(error)),
         }
     }
 }
@@ -255,7 +283,7 @@ impl Reply {
             Reply::AutopilotHealth(result) => is(result),
             Reply::TransferLeader(result) => is(result),
             // Answered by the server asked.
-            Reply::Handover(_) | Reply::PreVote(_) => false,
+            Reply::Handover(_) | Reply::PreVote(_) | Reply::Http(_) => false,
         }
     }
 }

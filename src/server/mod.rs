@@ -271,6 +271,14 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
         stop: stop.clone(),
         shutdown: tasks.shutdown().clone(),
     });
+    // A server answers other datacenters' requests with its own HTTP API, and finds theirs
+    // in the WAN pool (whether or not it listens for HTTP itself).
+    if let Some(server) = &server {
+        server.rpc.federation.set_http(http::router(state.clone()));
+        if let Some(wan) = &wan {
+            server.rpc.federation.set_wan(wan.clone());
+        }
+    }
     if let Some(port) = config.ports.http {
         for address in &config.client_addrs {
             let address = SocketAddr::new(*address, port);

@@ -15,6 +15,7 @@ mod dns;
 mod durability;
 mod envoy;
 mod errors;
+mod federation;
 mod health;
 mod kv;
 mod lifecycle;

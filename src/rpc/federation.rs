@@ -1,0 +1,137 @@
+//! Requests for other datacenters. An HTTP API request naming another datacenter (`?dc=`)
+//! travels whole, as a `Request::Http`, to a server of that datacenter (found in the WAN
+//! pool), which answers it with its own HTTP API; a client agent first hands it to one of its
+//! servers. So every endpoint forwards the same way, blocking queries and consistency modes
+//! included, and the remote datacenter applies its own ACLs to the token the request carries.
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use axum::body::Body;
+use tower::ServiceExt;
+
+use super::connections::Connections;
+use super::wire::{self, Frame, HttpAnswer, HttpForward, Reply, Request};
+use super::RpcError;
+use crate::gossip::{MemberStatus, Pool};
+
+/// The largest answer a forwarded request may bring back.
+const MAX_ANSWER_BYTES: usize = 64 << 20;
+
+/// A server's side of federation: its datacenter, the WAN pool it finds other datacenters'
+/// servers in, and the HTTP API that answers requests for its own datacenter. Both are set
+/// once the agent has built them.
+pub struct Federation {
+    datacenter: String,
+    wan: OnceLock<Pool>,
+    http: OnceLock<axum::Router>,
+}
+
+impl Federation {
+    pub fn new(datacenter: String) -> Federation {
+        Federation {
+            datacenter,
+            wan: OnceLock::new(),
+            http: OnceLock::new(),
+        }
+    }
+
+    pub fn set_wan(&self, wan: Pool) {
+        let _ = self.wan.set(wan);
+    }
+
+    pub fn set_http(&self, http: axum::Router) {
+        let _ = self.http.set(http);
+    }
+
+    /// Answers a forwarded request: here when it names this datacenter, else on a server of
+    /// the one it names.
+    pub async fn answer(
+        &self,
+        connections: &Connections,
+        forward: HttpForward,
+    ) -> Result<HttpAnswer, RpcError> {
+        if forward.datacenter == self.datacenter {
+            return self.answer_here(forward).await;
+        }
+        let servers = self.servers_of(&forward.datacenter).await;
+        if servers.is_empty() {
+            return Err(RpcError::NoPathToDatacenter);
+        }
+        let timeout = Duration::from_millis(forward.timeout_ms);
+        let frame = Frame::encode(&Request::Http(forward));
+        let mut last_error = RpcError::NoPathToDatacenter;
+        for server in servers {
+            match connections
+                .unary(server, wire::CALL_PATH, frame.clone(), timeout, false)
+                .await
+                .map(|answer| answer.decode::<Reply>())
+            {
+                Ok(Ok(Reply::Http(answer))) => return answer,
+                Ok(Ok(_)) => last_error = super::mismatched(),
+                Ok(Err(error)) => last_error = RpcError::Unreachable(error.to_string()),
+                Err(error) => {
+                    tracing::debug!(%server, %error, "a remote datacenter's server failed; trying the next");
+                    last_error = RpcError::Unreachable(format!("{server}: {error}"));
+                }
+            }
+        }
+        Err(last_error)
+    }
+
+    /// The server RPC addresses of `datacenter`'s live servers, as the WAN pool lists them.
+    async fn servers_of(&self, datacenter: &str) -> Vec<SocketAddr> {
+        let Some(wan) = self.wan.get() else {
+            return Vec::new();
+        };
+        wan.members()
+            .await
+            .into_iter()
+            .filter(|member| member.status == MemberStatus::Alive)
+            .filter(|member| {
+                let tags = &member.identity.tags;
+                tags.get("dc").map(String::as_str) == Some(datacenter)
+                    && tags.get("role").map(String::as_str) == Some("consul")
+            })
+            .filter_map(|member| {
+                let port = member.identity.tags.get("port")?.parse().ok()?;
+                Some(SocketAddr::new(member.identity.addr.ip(), port))
+            })
+            .collect()
+    }
+
+    async fn answer_here(&self, forward: HttpForward) -> Result<HttpAnswer, RpcError> {
+        let http = self
+            .http
+            .get()
+            .ok_or_else(|| RpcError::Refused("this server's HTTP API is not running".into()))?;
+        let mut request = axum::http::Request::builder()
+            .method(forward.method.as_str())
+            .uri(forward.path_and_query.as_str());
+        for (name, value) in &forward.headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        let request = request
+            .body(Body::from(forward.body))
+            .map_err(|error| RpcError::Refused(format!("malformed forwarded request: {error}")))?;
+        let response = match http.clone().oneshot(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        };
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_string())))
+            .collect();
+        let body = axum::body::to_bytes(response.into_body(), MAX_ANSWER_BYTES)
+            .await
+            .map_err(|error| RpcError::Unreachable(format!("reading the answer: {error}")))?;
+        Ok(HttpAnswer {
+            status,
+            headers,
+            body: body.to_vec(),
+        })
+    }
+}

@@ -1,0 +1,141 @@
+//! Two datacenters, one server each plus a client agent in the first, joined in the WAN pool
+//! by `retry_join_wan`: `?dc=` requests from the first datacenter (to its server or its client
+//! agent) are answered by the second, reads, writes, blocking queries and the CLI alike.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::support::{cli, eventually, json, Agent, AgentOptions, Placement};
+
+const DC1_SERVER: &str = "127.0.36.1";
+const DC2_SERVER: &str = "127.0.36.2";
+const DC1_CLIENT: &str = "127.0.36.3";
+
+fn agent(node: &str, ip: &str, server: bool, config: Value) -> AgentOptions {
+    AgentOptions {
+        placement: Some(Placement {
+            ip: ip.into(),
+            node: node.into(),
+            server,
+            join: if server {
+                Vec::new()
+            } else {
+                vec![DC1_SERVER.into()]
+            },
+            config: Some(config.to_string()),
+            data_dir: None,
+        }),
+        ..AgentOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_naming_another_datacenter_are_answered_there() {
+    let (dc1, dc2, client) = tokio::join!(
+        Agent::start(agent("s1", DC1_SERVER, true, json!({"datacenter": "dc1"}))),
+        Agent::start(agent(
+            "s2",
+            DC2_SERVER,
+            true,
+            json!({"datacenter": "dc2", "retry_join_wan": [DC1_SERVER], "retry_interval_wan": "1s"}),
+        )),
+        Agent::start(agent("c1", DC1_CLIENT, false, json!({"datacenter": "dc1"}))),
+    );
+    eventually(
+        "dc2 in dc1's datacenters",
+        Duration::from_secs(20),
+        || async {
+            let listed = json(&dc1.client().get("/v1/catalog/datacenters").await.ok()?);
+            (listed == json!(["dc1", "dc2"])).then_some(())
+        },
+    )
+    .await;
+    // A client agent knows the datacenters through its server.
+    eventually(
+        "dc2 in the client's datacenters",
+        Duration::from_secs(20),
+        || async {
+            let listed = json(&client.client().get("/v1/catalog/datacenters").await.ok()?);
+            (listed == json!(["dc1", "dc2"])).then_some(())
+        },
+    )
+    .await;
+
+    // A service only dc2 has, found from dc1's server and from dc1's client agent.
+    let registration = json!({"Node": "db-host", "Address": "10.36.0.9",
+        "Service": {"Service": "only-in-dc2", "Port": 5432}});
+    let response = dc2
+        .client()
+        .put("/v1/catalog/register", registration.to_string().into())
+        .await
+        .unwrap();
+    assert_eq!(response.status, 200, "{}", response.text());
+    for asker in [&dc1, &client] {
+        let services = json(
+            &asker
+                .client()
+                .get("/v1/catalog/services?dc=dc2")
+                .await
+                .unwrap(),
+        );
+        assert!(services.get("only-in-dc2").is_some(), "{services}");
+        let local = json(&asker.client().get("/v1/catalog/services").await.unwrap());
+        assert!(local.get("only-in-dc2").is_none(), "{local}");
+        let health = json(
+            &asker
+                .client()
+                .get("/v1/health/service/only-in-dc2?dc=dc2")
+                .await
+                .unwrap(),
+        );
+        assert_eq!(health[0]["Node"]["Datacenter"], "dc2", "{health}");
+    }
+    let (code, out, err) = cli(&dc1, &["catalog", "services", "-datacenter", "dc2"], None);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().any(|line| line == "only-in-dc2"), "{out}");
+
+    // A KV write with ?dc=dc2 lands in dc2 only; a blocking read there wakes for it.
+    let index = dc1
+        .client()
+        .get("/v1/kv/shared?dc=dc2")
+        .await
+        .unwrap()
+        .headers
+        .get("X-Consul-Index")
+        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok())
+        .expect("an index from dc2");
+    let watcher = {
+        let client = client.client();
+        tokio::spawn(async move {
+            client
+                .get(&format!("/v1/kv/shared?dc=dc2&index={index}&wait=20s"))
+                .await
+                .unwrap()
+        })
+    };
+    let written = dc1
+        .client()
+        .put("/v1/kv/shared?dc=dc2", b"from-dc1".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(written.text(), "true");
+    let woke = watcher.await.unwrap();
+    assert_eq!(woke.status, 200);
+    assert_eq!(json(&woke)[0]["Key"], "shared");
+    assert_eq!(
+        &dc2.client().get("/v1/kv/shared?raw").await.unwrap().body[..],
+        b"from-dc1"
+    );
+    assert_eq!(dc1.client().get("/v1/kv/shared").await.unwrap().status, 404);
+
+    // A datacenter nobody knows is Consul's 500.
+    let unknown = dc1.client().get("/v1/kv/shared?dc=dc9").await.unwrap();
+    assert_eq!(
+        (unknown.status.as_u16(), unknown.text()),
+        (500, "No path to datacenter".to_string())
+    );
+    // The agent's own endpoints never travel.
+    let own = json(&dc1.client().get("/v1/agent/self?dc=dc2").await.unwrap());
+    assert_eq!(own["Config"]["Datacenter"], "dc1");
+}
