@@ -128,11 +128,14 @@ fn canonical_name(name: &str) -> String {
         .map_or_else(|| name.to_string(), |field| field.to_string())
 }
 
-/// Rewrites field names throughout `value` to their canonical spelling.
+/// Rewrites field names throughout `value` to their canonical spelling, and drops fields set
+/// to `null`: Go's decoder leaves such a field at its zero value, as if it were absent (so
+/// `"Tags": null`, Go's own encoding of an empty list, reads as no tags).
 pub fn canonicalize(value: Value) -> Value {
     match value {
         Value::Object(map) => Value::Object(
             map.into_iter()
+                .filter(|(_, value)| !value.is_null())
                 .map(|(key, value)| {
                     let key = canonical_name(&key);
                     let value = if FREE_FORM_MAPS.contains(&key.as_str()) {
@@ -224,6 +227,19 @@ pub fn from_slice_worded<T: serde::de::DeserializeOwned>(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn null_fields_read_as_absent_as_go_reads_them() {
+        #[derive(Debug, Default, serde::Deserialize)]
+        #[serde(rename_all = "PascalCase", default)]
+        struct Shape {
+            tags: Vec<String>,
+            name: String,
+        }
+        let shape: Shape = from_slice(br#"{"Tags": null, "name": "web"}"#).unwrap();
+        assert!(shape.tags.is_empty());
+        assert_eq!(shape.name, "web");
+    }
 
     #[test]
     fn any_case_and_snake_case_become_pascal_case_but_meta_keys_stay() {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
@@ -101,9 +101,14 @@ pub async fn deregister(
     Ok(reply::json(&Value::Bool(true), call.pretty(&state)))
 }
 
-/// Every datacenter the WAN pool knows (this one first, then by name); a client agent, which
-/// is in no WAN pool, asks one of its servers.
+/// Every datacenter the WAN pool knows (this one first, then by name).
 pub async fn datacenters(State(state): State<Arc<AppState>>, call: Call) -> Response {
+    reply::json(&json!(known_datacenters(&state).await), call.pretty(&state))
+}
+
+/// The datacenters `/v1/catalog/datacenters` lists. A client agent, which is in no WAN pool,
+/// asks one of its servers.
+pub async fn known_datacenters(state: &AppState) -> Vec<String> {
     let local = state.config.datacenter.clone();
     let Some(wan) = &state.wan else {
         let forward = crate::rpc::wire::HttpForward {
@@ -115,13 +120,12 @@ pub async fn datacenters(State(state): State<Arc<AppState>>, call: Call) -> Resp
             timeout_ms: 10_000,
         };
         return match state.cluster.forward_http(forward).await {
-            Ok(answer) if answer.status == 200 => (
-                [(axum::http::header::CONTENT_TYPE, "application/json")],
-                answer.body,
-            )
-                .into_response(),
+            Ok(answer) if answer.status == 200 => serde_json::from_slice(&answer.body)
+                .ok()
+                .filter(|known: &Vec<String>| !known.is_empty())
+                .unwrap_or_else(|| vec![local]),
             // No server to ask: this agent's own datacenter is all it knows.
-            _ => reply::json(&json!([local]), call.pretty(&state)),
+            _ => vec![local],
         };
     };
     let mut others: Vec<String> = wan
@@ -133,8 +137,7 @@ pub async fn datacenters(State(state): State<Arc<AppState>>, call: Call) -> Resp
         .collect();
     others.sort();
     others.dedup();
-    let all: Vec<String> = std::iter::once(local).chain(others).collect();
-    reply::json(&json!(all), call.pretty(&state))
+    std::iter::once(local).chain(others).collect()
 }
 
 pub async fn nodes(State(state): State<Arc<AppState>>, call: Call) -> Result<Response, ApiError> {

@@ -214,47 +214,97 @@ pub async fn execute(
     let contact = state.cluster.read_barrier(options.consistency).await?;
     let tables = state.cluster.snapshot();
     let query = resolve(&tables, &id_or_name)?;
-    // The query's own token, when it has one, decides what the answer may show.
-    let token = if query.token.is_empty() {
-        call.token()
-    } else {
-        Some(query.token.clone())
-    };
-    let visible = Visible::new(state.authorizer.resolve(token.as_deref())?);
-    let mut rows: Vec<_> = queries::instances(&tables, &query, connect)
-        .into_iter()
-        .filter(|(node, service, _)| visible.instance(&node.name, &service.name))
-        .collect();
-    rows.shuffle(&mut rand::thread_rng());
+    let visible = Visible::new(
+        state
+            .authorizer
+            .resolve(query_token(&query, &call).as_deref())?,
+    );
     // Consul's order: `?near=` first, else the query's own `Near`; `_agent` is this agent.
     let near = call
         .get("near")
         .filter(|near| !near.is_empty())
         .map(str::to_string)
         .or_else(|| (!query.service.near.is_empty()).then(|| query.service.near.clone()));
+    let mut nodes = answer_here(&state, &tables, &query, connect, &visible, near.as_deref());
+    let mut datacenter = state.config.datacenter.clone();
+    let mut failovers = 0;
+    if nodes.is_empty() {
+        for target in failover_targets(&state, &query).await {
+            failovers += 1;
+            if let Some(found) = answer_there(&state, &call, &query, connect, &target).await {
+                if !found.is_empty() {
+                    (nodes, datacenter) = (found, target);
+                    break;
+                }
+            }
+        }
+    }
+    if let Some(limit) = limit.filter(|limit| *limit > 0) {
+        nodes.truncate(limit);
+    }
+    let body = json!({
+        "Service": query.service.service,
+        "Namespace": "",
+        "Nodes": nodes,
+        "DNS": {"TTL": query.dns_ttl},
+        "Datacenter": datacenter,
+        "Failovers": failovers,
+    });
+    let response = reply::with_headers(
+        Reply::Json(body),
+        tables.last_index(),
+        contact,
+        &options,
+        &state,
+    );
+    metrics::histogram!(crate::telemetry::PREPARED_QUERY_EXECUTE)
+        .record(started.elapsed().as_secs_f64() * 1000.0);
+    Ok(visible.mark(response))
+}
+
+/// The token a query runs with: its own, when it has one, else the caller's.
+fn query_token(query: &PreparedQuery, call: &Call) -> Option<String> {
+    if query.token.is_empty() {
+        call.token()
+    } else {
+        Some(query.token.clone())
+    }
+}
+
+/// The query's instances in this datacenter as `CheckServiceNode`s: shuffled, sorted by
+/// distance from `near` when given (that node first), without what the token may not see.
+fn answer_here(
+    state: &AppState,
+    tables: &Tables,
+    query: &PreparedQuery,
+    connect: bool,
+    visible: &Visible,
+    near: Option<&str>,
+) -> Vec<Value> {
+    let mut rows: Vec<_> = queries::instances(tables, query, connect)
+        .into_iter()
+        .filter(|(node, service, _)| visible.instance(&node.name, &service.name))
+        .collect();
+    rows.shuffle(&mut rand::thread_rng());
     if let Some(near) = near {
         let node = if near == "_agent" {
-            state.config.node_name.clone()
+            state.config.node_name.as_str()
         } else {
             near
         };
-        if let Some(origin) = tables.coordinate(&node) {
-            super::coordinate::sort_near(&mut rows, origin, &tables, |row| &row.0.name);
+        if let Some(origin) = tables.coordinate(node) {
+            super::coordinate::sort_near(&mut rows, origin, tables, |row| &row.0.name);
         }
         if let Some(position) = rows
             .iter()
             .take(10)
-            .position(|row| row.0.name.eq_ignore_ascii_case(&node))
+            .position(|row| row.0.name.eq_ignore_ascii_case(node))
         {
             rows.swap(0, position);
         }
     }
-    if let Some(limit) = limit.filter(|limit| *limit > 0) {
-        rows.truncate(limit);
-    }
     let datacenter = &state.config.datacenter;
-    let nodes: Vec<Value> = rows
-        .iter()
+    rows.iter()
         .map(|(node, service, _)| {
             let checks: Vec<Value> = tables
                 .instance_checks(&node.name, &service.id)
@@ -267,25 +317,100 @@ pub async fn execute(
                 "Checks": checks,
             })
         })
-        .collect();
-    let body = json!({
-        "Service": query.service.service,
-        "Namespace": "",
-        "Nodes": nodes,
-        "DNS": {"TTL": query.dns_ttl},
-        "Datacenter": datacenter,
-        "Failovers": 0,
-    });
-    let response = reply::with_headers(
-        Reply::Json(body),
-        tables.last_index(),
-        contact,
-        &options,
-        &state,
+        .collect()
+}
+
+/// The datacenters a query with no instances here fails over to, in order: the `NearestN`
+/// nearest other datacenters (by name: concord keeps no WAN coordinates yet), then its
+/// `Datacenters` list, each once and never this one.
+async fn failover_targets(state: &AppState, query: &PreparedQuery) -> Vec<String> {
+    let service = &query.service;
+    if service.nearest_n == 0 && service.datacenters.is_empty() {
+        return Vec::new();
+    }
+    let local = &state.config.datacenter;
+    let mut targets: Vec<String> = Vec::new();
+    if service.nearest_n > 0 {
+        let known = super::catalog::known_datacenters(state).await;
+        targets.extend(
+            known
+                .into_iter()
+                .filter(|dc| dc != local)
+                .take(service.nearest_n as usize),
+        );
+    }
+    for dc in &service.datacenters {
+        if dc != local && !targets.contains(dc) {
+            targets.push(dc.clone());
+        }
+    }
+    targets
+}
+
+/// Runs the query in `datacenter` (its definition travels, as Consul's `ExecuteRemote`
+/// sends it): that datacenter's instances, or `None` when it could not be asked.
+async fn answer_there(
+    state: &AppState,
+    call: &Call,
+    query: &PreparedQuery,
+    connect: bool,
+    datacenter: &str,
+) -> Option<Vec<Value>> {
+    let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
+    if let Some(token) = call.token() {
+        headers.push(("x-consul-token".to_string(), token));
+    }
+    let forward = crate::rpc::wire::HttpForward {
+        datacenter: datacenter.to_string(),
+        method: "POST".into(),
+        path_and_query: format!("/v1/internal/query/execute?dc={datacenter}&connect={connect}"),
+        headers,
+        body: wire::query_json(query, true).to_string().into_bytes(),
+        timeout_ms: 10_000,
+    };
+    match state.cluster.forward_http(forward).await {
+        Ok(answer) if answer.status == 200 => {
+            let body: Value = serde_json::from_slice(&answer.body).ok()?;
+            body["Nodes"].as_array().cloned()
+        }
+        Ok(answer) => {
+            tracing::warn!(
+                datacenter,
+                status = answer.status,
+                "prepared query failover refused"
+            );
+            None
+        }
+        Err(error) => {
+            tracing::warn!(datacenter, %error, "prepared query failover failed");
+            None
+        }
+    }
+}
+
+/// `POST /v1/internal/query/execute`: runs a query definition another datacenter sends when
+/// its own instances are gone (its failover), answering `{"Nodes": [...]}`.
+pub async fn execute_sent(
+    State(state): State<Arc<AppState>>,
+    call: Call,
+    body: Body,
+) -> Result<Response, ApiError> {
+    call.check_datacenter(&state)?;
+    let value = super::body::read_json(&state, &call, body).await?;
+    let id = value["ID"].as_str().unwrap_or_default().to_string();
+    let query = parse(value, id)?;
+    let connect = call
+        .get("connect")
+        .and_then(super::params::go_bool)
+        .unwrap_or(false);
+    let tables = state.cluster.snapshot();
+    let visible = Visible::new(
+        state
+            .authorizer
+            .resolve(query_token(&query, &call).as_deref())?,
     );
-    metrics::histogram!(crate::telemetry::PREPARED_QUERY_EXECUTE)
-        .record(started.elapsed().as_secs_f64() * 1000.0);
-    Ok(visible.mark(response))
+    let nodes = answer_here(&state, &tables, &query, connect, &visible, None);
+    Ok(reply::json(&json!({"Nodes": nodes}), false))
 }
 
 pub async fn explain(

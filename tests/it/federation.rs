@@ -129,6 +129,72 @@ async fn requests_naming_another_datacenter_are_answered_there() {
     );
     assert_eq!(dc1.client().get("/v1/kv/shared").await.unwrap().status, 404);
 
+    // A prepared query fails over to the nearest other datacenter while its own instances
+    // are critical, and comes back when they recover.
+    let web = |status: &str| {
+        json!({"Node": "web-host", "Address": "10.36.0.1",
+            "Service": {"ID": "web", "Service": "web", "Port": 80},
+            "Check": {"CheckID": "web-alive", "Name": "alive", "Status": status, "ServiceID": "web"}})
+        .to_string()
+    };
+    for (server, status) in [(&dc1, "passing"), (&dc2, "passing")] {
+        let response = server
+            .client()
+            .put("/v1/catalog/register", web(status).into())
+            .await
+            .unwrap();
+        assert_eq!(response.status, 200, "{}", response.text());
+    }
+    let created = dc1
+        .client()
+        .request(
+            hyper::Method::POST,
+            "/v1/query",
+            Some(
+                json!({"Name": "web-fo", "Service": {"Service": "web", "Failover": {"NearestN": 1}}})
+                    .to_string()
+                    .into_bytes(),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.status, 200, "{}", created.text());
+    let executed = || async {
+        let answer = json(
+            &client
+                .client()
+                .get("/v1/query/web-fo/execute")
+                .await
+                .unwrap(),
+        );
+        (
+            answer["Datacenter"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            answer["Failovers"].as_u64().unwrap_or(99),
+            answer["Nodes"][0]["Node"]["Datacenter"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        )
+    };
+    assert_eq!(executed().await, ("dc1".into(), 0, "dc1".into()));
+    let failing = dc1
+        .client()
+        .put("/v1/catalog/register", web("critical").into())
+        .await
+        .unwrap();
+    assert_eq!(failing.status, 200);
+    assert_eq!(executed().await, ("dc2".into(), 1, "dc2".into()));
+    let recovered = dc1
+        .client()
+        .put("/v1/catalog/register", web("passing").into())
+        .await
+        .unwrap();
+    assert_eq!(recovered.status, 200);
+    assert_eq!(executed().await, ("dc1".into(), 0, "dc1".into()));
+
     // A datacenter nobody knows is Consul's 500.
     let unknown = dc1.client().get("/v1/kv/shared?dc=dc9").await.unwrap();
     assert_eq!(
