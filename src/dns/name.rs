@@ -17,8 +17,10 @@ pub enum Lookup {
     Query { name: String },
     /// `<hex>.addr[.<dc>]`
     Addr { hex: String },
-    /// A name in the domain that no form matches, or another datacenter: NXDOMAIN.
+    /// A name in the domain that no form matches: NXDOMAIN.
     Invalid,
+    /// A name in another datacenter (`web.service.dc2.consul`): a server there answers it.
+    Elsewhere { datacenter: String },
 }
 
 const KEYWORDS: [&str; 7] = [
@@ -77,8 +79,10 @@ pub fn parse(relative: &str, srv: bool, datacenter: &str) -> Lookup {
         [dc, suffix] if suffix.eq_ignore_ascii_case("dc") => Some(*dc),
         _ => return Lookup::Invalid,
     };
-    if asked_datacenter.is_some_and(|dc| !dc.eq_ignore_ascii_case(datacenter)) {
-        return Lookup::Invalid;
+    if let Some(other) = asked_datacenter.filter(|dc| !dc.eq_ignore_ascii_case(datacenter)) {
+        return Lookup::Elsewhere {
+            datacenter: other.to_ascii_lowercase(),
+        };
     }
     if parts.is_empty() {
         return Lookup::Invalid;
@@ -247,7 +251,12 @@ mod tests {
     #[test]
     fn other_datacenters_extra_labels_and_unknown_forms_are_invalid() {
         let dc = "dc1";
-        assert_eq!(parse("web.service.dc2", false, dc), Lookup::Invalid);
+        assert_eq!(
+            parse("web.service.dc2", false, dc),
+            Lookup::Elsewhere {
+                datacenter: "dc2".into()
+            }
+        );
         assert_eq!(parse("web.service.a.b", false, dc), Lookup::Invalid);
         assert_eq!(parse("a.b.web.service", false, dc), Lookup::Invalid);
         assert_eq!(parse("service", false, dc), Lookup::Invalid);

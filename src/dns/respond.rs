@@ -42,6 +42,14 @@ pub enum Outcome {
     /// Not a query (too short for a header, or a response): say nothing, so the server can
     /// never be used to reflect traffic.
     Drop,
+    /// A name in another datacenter: send the query to a server there and relay its answer.
+    /// `unknown` is the NXDOMAIN to send when no server of it is known (Consul's answer to
+    /// `ErrNoDCPath`), `failed` the SERVFAIL when none answers.
+    Elsewhere {
+        datacenter: String,
+        unknown: Vec<u8>,
+        failed: Vec<u8>,
+    },
 }
 
 /// A FORMERR for bytes that carry a header but do not decode: the id and opcode are echoed,
@@ -165,6 +173,14 @@ pub fn respond(cx: &Context, bytes: &[u8], transport: Transport) -> Outcome {
             },
         );
         cx.domain_query.record(crate::telemetry::ms_since(started));
+        if let Lookup::Elsewhere { datacenter } = &*lookup {
+            // The zone's answer to such a name is NXDOMAIN with the SOA.
+            return Outcome::Elsewhere {
+                datacenter: datacenter.clone(),
+                unknown: sized(cx, &request, query, &answer, transport),
+                failed: encode(&response_to(&request, ResponseCode::ServFail, recursion)),
+            };
+        }
         if cx.permits(&lookup) {
             answer
         } else {

@@ -76,6 +76,49 @@ async fn serve_udp(
                     let _ = socket.send_to(&reply, peer).await;
                 });
             }
+            // Bounded like recursion: both wait on another machine.
+            Outcome::Elsewhere {
+                datacenter,
+                unknown,
+                failed,
+            } => {
+                let Ok(permit) = recursions.clone().try_acquire_owned() else {
+                    let _ = socket.send_to(&failed, peer).await;
+                    continue;
+                };
+                let (cx, socket, query) = (cx.clone(), socket.clone(), query.to_vec());
+                tasks.spawn("dns.elsewhere", async move {
+                    let _permit = permit;
+                    let reply =
+                        elsewhere(&cx, datacenter, query, Transport::Udp, unknown, failed).await;
+                    let _ = socket.send_to(&reply, peer).await;
+                });
+            }
+        }
+    }
+}
+
+/// The answer a server of `datacenter` gives to `query` (`rpc::federation`): `unknown` when
+/// no server of it is known, `failed` when none answers.
+async fn elsewhere(
+    cx: &Context,
+    datacenter: String,
+    query: Vec<u8>,
+    transport: Transport,
+    unknown: Vec<u8>,
+    failed: Vec<u8>,
+) -> Vec<u8> {
+    let forward = crate::rpc::wire::DnsForward {
+        datacenter,
+        message: query,
+        tcp: transport == Transport::Tcp,
+    };
+    match cx.cluster.forward_dns(forward).await {
+        Ok(reply) => reply,
+        Err(crate::rpc::RpcError::NoPathToDatacenter) => unknown,
+        Err(error) => {
+            tracing::debug!(%error, "a DNS query for another datacenter went unanswered");
+            failed
         }
     }
 }
@@ -156,6 +199,24 @@ async fn connection(cx: &Context, mut stream: TcpStream, limits: Limits, recursi
             Outcome::Drop => return,
             Outcome::Recurse { failed } => match recursions.try_acquire() {
                 Ok(_permit) => recurse(cx, &query, Transport::Tcp).await.unwrap_or(failed),
+                Err(_) => failed,
+            },
+            Outcome::Elsewhere {
+                datacenter,
+                unknown,
+                failed,
+            } => match recursions.try_acquire() {
+                Ok(_permit) => {
+                    elsewhere(
+                        cx,
+                        datacenter,
+                        query.clone(),
+                        Transport::Tcp,
+                        unknown,
+                        failed,
+                    )
+                    .await
+                }
                 Err(_) => failed,
             },
         };

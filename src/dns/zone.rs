@@ -150,7 +150,8 @@ impl Zone<'_> {
                 }
                 None => self.not_found(),
             },
-            Lookup::Invalid => self.not_found(),
+            // Answered by the datacenter named (`respond` sends it there), never from here.
+            Lookup::Invalid | Lookup::Elsewhere { .. } => self.not_found(),
         };
         self.with_soa(answer, domain)
     }

@@ -3,21 +3,26 @@
 //! pool), which answers it with its own HTTP API; a client agent first hands it to one of its
 //! servers. So every endpoint forwards the same way, blocking queries and consistency modes
 //! included, and the remote datacenter applies its own ACLs to the token the request carries.
+//! A DNS query naming another datacenter (`web.service.dc2.consul`) travels the same way and
+//! is answered by that datacenter's DNS zone.
 
 use std::net::SocketAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::body::Body;
 use tower::ServiceExt;
 
 use super::connections::Connections;
-use super::wire::{self, Frame, HttpAnswer, HttpForward, Reply, Request};
+use super::wire::{self, DnsForward, Frame, HttpAnswer, HttpForward, Reply, Request};
 use super::RpcError;
+use crate::dns::{Outcome, Transport};
 use crate::gossip::{MemberStatus, Pool};
 
 /// The largest answer a forwarded request may bring back.
 const MAX_ANSWER_BYTES: usize = 64 << 20;
+/// How long a DNS query for another datacenter may wait for its answer.
+const DNS_TIMEOUT_MS: u64 = 2_000;
 
 /// A server's side of federation: its datacenter, the WAN pool it finds other datacenters'
 /// servers in, and the HTTP API that answers requests for its own datacenter. Both are set
@@ -26,6 +31,7 @@ pub struct Federation {
     datacenter: String,
     wan: OnceLock<Pool>,
     http: OnceLock<axum::Router>,
+    dns: OnceLock<Arc<crate::dns::Context>>,
 }
 
 impl Federation {
@@ -34,6 +40,7 @@ impl Federation {
             datacenter,
             wan: OnceLock::new(),
             http: OnceLock::new(),
+            dns: OnceLock::new(),
         }
     }
 
@@ -45,8 +52,12 @@ impl Federation {
         let _ = self.http.set(http);
     }
 
-    /// Answers a forwarded request: here when it names this datacenter, else on a server of
-    /// the one it names.
+    pub fn set_dns(&self, dns: Arc<crate::dns::Context>) {
+        let _ = self.dns.set(dns);
+    }
+
+    /// Answers a forwarded HTTP request: here when it names this datacenter, else on a
+    /// server of the one it names.
     pub async fn answer(
         &self,
         connections: &Connections,
@@ -55,12 +66,69 @@ impl Federation {
         if forward.datacenter == self.datacenter {
             return self.answer_here(forward).await;
         }
-        let servers = self.servers_of(&forward.datacenter).await;
+        let (datacenter, timeout) = (forward.datacenter.clone(), forward.timeout_ms);
+        let request = Request::Http(forward);
+        match self
+            .send(connections, &datacenter, request, timeout)
+            .await?
+        {
+            Reply::Http(answer) => answer,
+            _ => Err(super::mismatched()),
+        }
+    }
+
+    /// Answers a forwarded DNS query the same way, with this datacenter's DNS zone.
+    pub async fn answer_dns(
+        &self,
+        connections: &Connections,
+        forward: DnsForward,
+    ) -> Result<Vec<u8>, RpcError> {
+        if forward.datacenter == self.datacenter {
+            let dns = self
+                .dns
+                .get()
+                .ok_or_else(|| RpcError::Refused("this server's DNS is not running".into()))?;
+            let transport = if forward.tcp {
+                Transport::Tcp
+            } else {
+                Transport::Udp
+            };
+            return match crate::dns::respond(dns, &forward.message, transport) {
+                Outcome::Reply(reply) => Ok(reply),
+                _ => Err(RpcError::Refused(
+                    "not a query this datacenter answers".into(),
+                )),
+            };
+        }
+        let datacenter = forward.datacenter.clone();
+        match self
+            .send(
+                connections,
+                &datacenter,
+                Request::Dns(forward),
+                DNS_TIMEOUT_MS,
+            )
+            .await?
+        {
+            Reply::Dns(answer) => answer,
+            _ => Err(super::mismatched()),
+        }
+    }
+
+    /// Sends `request` to a live server of `datacenter`, trying each until one answers.
+    async fn send(
+        &self,
+        connections: &Connections,
+        datacenter: &str,
+        request: Request,
+        timeout_ms: u64,
+    ) -> Result<Reply, RpcError> {
+        let servers = self.servers_of(datacenter).await;
         if servers.is_empty() {
             return Err(RpcError::NoPathToDatacenter);
         }
-        let timeout = Duration::from_millis(forward.timeout_ms);
-        let frame = Frame::encode(&Request::Http(forward));
+        let timeout = Duration::from_millis(timeout_ms);
+        let frame = Frame::encode(&request);
         let mut last_error = RpcError::NoPathToDatacenter;
         for server in servers {
             match connections
@@ -68,8 +136,7 @@ impl Federation {
                 .await
                 .map(|answer| answer.decode::<Reply>())
             {
-                Ok(Ok(Reply::Http(answer))) => return answer,
-                Ok(Ok(_)) => last_error = super::mismatched(),
+                Ok(Ok(reply)) => return Ok(reply),
                 Ok(Err(error)) => last_error = RpcError::Unreachable(error.to_string()),
                 Err(error) => {
                     tracing::debug!(%server, %error, "a remote datacenter's server failed; trying the next");

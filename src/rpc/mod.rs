@@ -352,6 +352,14 @@ impl Cluster {
         }
     }
 
+    /// Carries a DNS query to the datacenter it names, as `forward_http` an HTTP request.
+    pub async fn forward_dns(&self, forward: wire::DnsForward) -> Result<Vec<u8>, RpcError> {
+        match self.request(wire::Request::Dns(forward)).await? {
+            wire::Reply::Dns(answer) => answer,
+            _ => Err(mismatched()),
+        }
+    }
+
     /// Sends `request` where it is answered: this server (or its leader), or a server.
     async fn request(&self, request: wire::Request) -> Result<wire::Reply, RpcError> {
         match self {

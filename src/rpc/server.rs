@@ -425,6 +425,9 @@ impl ServerRpc {
             Request::Http(forward) => {
                 Reply::Http(self.federation.answer(&self.connections, forward).await)
             }
+            Request::Dns(forward) => {
+                Reply::Dns(self.federation.answer_dns(&self.connections, forward).await)
+            }
         }
     }
 

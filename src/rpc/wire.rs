@@ -121,6 +121,18 @@ pub enum Request {
     /// An HTTP API request for another datacenter (`?dc=`), carried to a server there and
     /// answered by its own HTTP API (`federation`).
     Http(HttpForward),
+    /// A DNS query naming another datacenter, answered by a server there.
+    Dns(DnsForward),
+}
+
+/// A DNS query on its way to the datacenter it names.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DnsForward {
+    pub datacenter: String,
+    /// The query as the client sent it.
+    pub message: Vec<u8>,
+    /// Whether the client asked over TCP (which sizes the answer).
+    pub tcp: bool,
 }
 
 /// An HTTP request on its way to the datacenter it names.
@@ -201,6 +213,8 @@ pub enum Reply {
     Handover(Result<(), RpcError>),
     PreVote(bool),
     Http(Result<HttpAnswer, RpcError>),
+    /// The encoded DNS response.
+    Dns(Result<Vec<u8>, RpcError>),
 }
 
 impl Request {
@@ -215,6 +229,7 @@ impl Request {
                 | Request::RaftConfiguration { .. }
                 | Request::AutopilotHealth
         ) || matches!(self, Request::Http(forward) if forward.method == "GET")
+            || matches!(self, Request::Dns(_))
     }
 
     /// Whether, on the leader, the request goes through Raft (a write, or a read that needs
@@ -235,6 +250,7 @@ impl Request {
                 | Request::Handover { .. }
                 | Request::PreVote { .. }
                 | Request::Http(_)
+                | Request::Dns(_)
         )
     }
 
@@ -256,6 +272,7 @@ impl Request {
             Request::Handover { .. } => Reply::Handover(Err(error)),
             Request::PreVote { .. } => Reply::PreVote(false),
             Request::Http(_) => Reply::Http(Err(error)),
+            Request::Dns(_) => Reply::Dns(Err(error)),
         }
     }
 }
@@ -283,7 +300,7 @@ impl Reply {
             Reply::AutopilotHealth(result) => is(result),
             Reply::TransferLeader(result) => is(result),
             // Answered by the server asked.
-            Reply::Handover(_) | Reply::PreVote(_) | Reply::Http(_) => false,
+            Reply::Handover(_) | Reply::PreVote(_) | Reply::Http(_) | Reply::Dns(_) => false,
         }
     }
 }

@@ -343,6 +343,9 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
             authorizer.clone(),
             &config.node_name,
         ));
+        if let Some(server) = &server {
+            server.rpc.federation.set_dns(dns.clone());
+        }
         let limits = crate::dns::Limits {
             tcp_idle_timeout: config.limits.dns_tcp_idle_timeout,
             max_tcp_connections: config.limits.dns_max_tcp_connections,

@@ -1,6 +1,7 @@
 //! Two datacenters, one server each plus a client agent in the first, joined in the WAN pool
 //! by `retry_join_wan`: `?dc=` requests from the first datacenter (to its server or its client
-//! agent) are answered by the second, reads, writes, blocking queries and the CLI alike.
+//! agent) are answered by the second, reads, writes, blocking queries and the CLI alike, and
+//! so are DNS names of the second (`<svc>.service.dc2.consul`) and a prepared query's failover.
 
 use std::time::Duration;
 
@@ -194,6 +195,19 @@ async fn requests_naming_another_datacenter_are_answered_there() {
         .unwrap();
     assert_eq!(recovered.status, 200);
     assert_eq!(executed().await, ("dc1".into(), 0, "dc1".into()));
+
+    // DNS names of dc2 are answered by dc2, asked at dc1's server or its client agent.
+    for asker in [&dc1, &client] {
+        assert_eq!(
+            crate::support::dig_short(asker, "only-in-dc2.service.dc2.consul", "A"),
+            ["10.36.0.9"]
+        );
+        assert_eq!(
+            crate::support::dig_short(asker, "web.service.dc2.dc.consul", "A"),
+            ["10.36.0.1"]
+        );
+        assert!(crate::support::dig_short(asker, "only-in-dc2.service.consul", "A").is_empty());
+    }
 
     // A datacenter nobody knows is Consul's 500.
     let unknown = dc1.client().get("/v1/kv/shared?dc=dc9").await.unwrap();
