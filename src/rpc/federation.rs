@@ -16,13 +16,17 @@ use tower::ServiceExt;
 use super::connections::Connections;
 use super::wire::{self, DnsForward, Frame, HttpAnswer, HttpForward, Reply, Request};
 use super::RpcError;
-use crate::dns::{Outcome, Transport};
 use crate::gossip::{MemberStatus, Pool};
 
 /// The largest answer a forwarded request may bring back.
 const MAX_ANSWER_BYTES: usize = 64 << 20;
 /// How long a DNS query for another datacenter may wait for its answer.
 const DNS_TIMEOUT_MS: u64 = 2_000;
+
+/// This server's DNS, answering a query (as sent, and whether over TCP) with the encoded
+/// response, or `None` for what it would not answer. Given by the agent, which has the DNS
+/// module (it comes after `rpc`).
+pub type DnsAnswerer = Arc<dyn Fn(&[u8], bool) -> Option<Vec<u8>> + Send + Sync>;
 
 /// A server's side of federation: its datacenter, the WAN pool it finds other datacenters'
 /// servers in, and the HTTP API that answers requests for its own datacenter. Both are set
@@ -31,7 +35,7 @@ pub struct Federation {
     datacenter: String,
     wan: OnceLock<Pool>,
     http: OnceLock<axum::Router>,
-    dns: OnceLock<Arc<crate::dns::Context>>,
+    dns: OnceLock<DnsAnswerer>,
 }
 
 impl Federation {
@@ -52,7 +56,7 @@ impl Federation {
         let _ = self.http.set(http);
     }
 
-    pub fn set_dns(&self, dns: Arc<crate::dns::Context>) {
+    pub fn set_dns(&self, dns: DnsAnswerer) {
         let _ = self.dns.set(dns);
     }
 
@@ -88,17 +92,8 @@ impl Federation {
                 .dns
                 .get()
                 .ok_or_else(|| RpcError::Refused("this server's DNS is not running".into()))?;
-            let transport = if forward.tcp {
-                Transport::Tcp
-            } else {
-                Transport::Udp
-            };
-            return match crate::dns::respond(dns, &forward.message, transport) {
-                Outcome::Reply(reply) => Ok(reply),
-                _ => Err(RpcError::Refused(
-                    "not a query this datacenter answers".into(),
-                )),
-            };
+            return dns(&forward.message, forward.tcp)
+                .ok_or_else(|| RpcError::Refused("not a query this datacenter answers".into()));
         }
         let datacenter = forward.datacenter.clone();
         match self

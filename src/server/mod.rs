@@ -344,7 +344,17 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
             &config.node_name,
         ));
         if let Some(server) = &server {
-            server.rpc.federation.set_dns(dns.clone());
+            let dns = dns.clone();
+            server.rpc.federation.set_dns(Arc::new(move |message, tcp| {
+                let transport = match tcp {
+                    true => crate::dns::Transport::Tcp,
+                    false => crate::dns::Transport::Udp,
+                };
+                match crate::dns::respond(&dns, message, transport) {
+                    crate::dns::Outcome::Reply(reply) => Some(reply),
+                    _ => None,
+                }
+            }));
         }
         let limits = crate::dns::Limits {
             tcp_idle_timeout: config.limits.dns_tcp_idle_timeout,
