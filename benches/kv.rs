@@ -13,7 +13,9 @@
 //!   (deny default), every request carrying a token with 100 policies of 20 rules each;
 //! * `metrics`: the `put` and `get` loads with metrics off and on, seven alternating rounds;
 //! * `query`: 64 connections executing one prepared query (10 passing instances) by name, then
-//!   reading the same instances from `/v1/health/service` for comparison.
+//!   reading the same instances from `/v1/health/service` for comparison;
+//! * `federation`: two `-dev` servers of two datacenters joined in the WAN pool; sequential
+//!   GETs of one key in each, from the first: the latency `?dc=` adds.
 //!
 //! Run everything with `cargo bench --bench kv`, or a subset with
 //! `CONCORD_BENCH=put,get cargo bench --bench kv`. The client shares the machine's cores with
@@ -47,7 +49,16 @@ use common::{millis, Stats, Table};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_concord");
 const SECTIONS: &[&str] = &[
-    "start", "rss", "put", "seq", "get", "watch", "acl", "metrics", "query",
+    "start",
+    "rss",
+    "put",
+    "seq",
+    "get",
+    "watch",
+    "acl",
+    "metrics",
+    "query",
+    "federation",
 ];
 
 const KEY_BYTES: usize = 256;
@@ -78,6 +89,7 @@ fn main() -> Result<()> {
             "acl" => Box::pin(bench_acl(table)),
             "metrics" => Box::pin(bench_metrics(table)),
             "query" => Box::pin(bench_query(table)),
+            "federation" => Box::pin(bench_federation(table)),
             _ => Box::pin(bench_watch(table)),
         },
     )
@@ -330,6 +342,84 @@ async fn bench_query(table: &mut Table) -> Result<()> {
     health.rows(table, "health");
     agent.stop().await;
     Ok(())
+}
+
+/// Sequential reads per side in the `federation` section.
+const FEDERATION_READS: usize = 2_000;
+
+/// Cross-datacenter reads (issue 16): `GET /v1/kv/<key>` answered by the agent asked, against
+/// the same through it with `?dc=` naming the other datacenter (over the server RPC port).
+async fn bench_federation(table: &mut Table) -> Result<()> {
+    let (dc1_ip, dc2_ip) = ("127.0.38.1", "127.0.38.2");
+    let mut dc1 = BenchAgent::spawn(Some("warn"), &["-datacenter", "dc1", "-bind", dc1_ip]).await?;
+    let mut dc2 = BenchAgent::spawn(
+        Some("warn"),
+        &[
+            "-datacenter",
+            "dc2",
+            "-bind",
+            dc2_ip,
+            "-retry-join-wan",
+            dc1_ip,
+            "-retry-interval-wan",
+            "1s",
+        ],
+    )
+    .await?;
+    dc1.wait_writable().await?;
+    dc2.wait_writable().await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let listed = dc1.client().get("/v1/catalog/datacenters").await;
+        if listed.is_ok_and(|answer| answer.text().contains("dc2")) {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "dc2 never joined dc1's WAN pool");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let value = value_bytes(VALUE_BYTES);
+    let mut conn = Conn::connect(dc1.http).await?;
+    for path in ["/v1/kv/fed", "/v1/kv/fed?dc=dc2"] {
+        let answer = conn.request(Method::PUT, path, value.clone()).await?;
+        anyhow::ensure!(answer.status == StatusCode::OK, "{path}: {}", answer.status);
+    }
+    let local = sequential_gets(&mut conn, "/v1/kv/fed").await?;
+    let remote = sequential_gets(&mut conn, "/v1/kv/fed?dc=dc2").await?;
+    let overhead = remote.pct(0.5) - local.pct(0.5);
+    println!(
+        "local GET p50 {:.3} ms p99 {:.3} ms; ?dc=dc2 GET p50 {:.3} ms p99 {:.3} ms",
+        local.pct(0.5),
+        local.pct(0.99),
+        remote.pct(0.5),
+        remote.pct(0.99)
+    );
+    table.row(
+        "cross-DC ?dc= GET, p50 above a local read (ms)",
+        format!("{overhead:.3}"),
+        "<= 1",
+        Some(overhead <= 1.0),
+    );
+    table.row(
+        "local / ?dc= GET p50, sequential (ms)",
+        format!("{:.3} / {:.3}", local.pct(0.5), remote.pct(0.5)),
+        "-",
+        None,
+    );
+    dc1.stop().await;
+    dc2.stop().await;
+    Ok(())
+}
+
+/// `FEDERATION_READS` GETs of `path` one after another on `conn`: their latencies in ms.
+async fn sequential_gets(conn: &mut Conn, path: &str) -> Result<Stats> {
+    let mut samples = Vec::with_capacity(FEDERATION_READS);
+    for _ in 0..FEDERATION_READS {
+        let sent = Instant::now();
+        let answer = conn.request(Method::GET, path, Bytes::new()).await?;
+        anyhow::ensure!(answer.status == StatusCode::OK, "{path}: {}", answer.status);
+        samples.push(millis(sent.elapsed()));
+    }
+    Ok(Stats::new(samples))
 }
 
 /// The management token of the ACL section's agent, and the token every request carries.
