@@ -133,14 +133,9 @@ pub struct Joins {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct Membership {
-    /// Joined at start; if none answers, the agent does not start.
-    pub start_join: Vec<String>,
-    /// Joined in the background, every `retry_interval`, until one answers.
-    pub retry_join: Vec<String>,
-    #[serde(serialize_with = "serialize_duration")]
-    pub retry_interval: Duration,
-    /// Attempts before giving up (and stopping the agent); 0 retries forever.
-    pub retry_max: u32,
+    /// The LAN pool's joins (Consul's top-level `start_join`, `retry_join`, ...).
+    #[serde(flatten)]
+    pub lan: Joins,
     /// A server's joins of the WAN pool (`start_join_wan`, `retry_join_wan`, ...).
     pub wan: Joins,
     /// Leave the pool on SIGTERM (clients by default).
@@ -156,18 +151,6 @@ pub struct Membership {
     /// `sync_coordinate_interval_min`, 15 s; longer in large pools, 64 updates/s in all).
     #[serde(serialize_with = "serialize_duration")]
     pub sync_coordinate_interval: Duration,
-}
-
-impl Membership {
-    /// The LAN pool's joins (kept as Consul's top-level keys).
-    pub fn lan(&self) -> Joins {
-        Joins {
-            start_join: self.start_join.clone(),
-            retry_join: self.retry_join.clone(),
-            retry_interval: self.retry_interval,
-            retry_max: self.retry_max,
-        }
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -647,14 +630,16 @@ fn membership(raw: &RawConfig, dev_mode: bool, server: bool) -> Result<Membershi
         return Err("gossip_lan.probe_timeout: must be less than probe_interval".into());
     }
     Ok(Membership {
-        start_join: raw.start_join.clone().unwrap_or_default(),
-        retry_join: raw.retry_join.clone().unwrap_or_default(),
-        retry_interval: duration(
-            "retry_interval",
-            raw.retry_interval.as_deref(),
-            Duration::from_secs(30),
-        )?,
-        retry_max: raw.retry_max.unwrap_or(0),
+        lan: Joins {
+            start_join: raw.start_join.clone().unwrap_or_default(),
+            retry_join: raw.retry_join.clone().unwrap_or_default(),
+            retry_interval: duration(
+                "retry_interval",
+                raw.retry_interval.as_deref(),
+                Duration::from_secs(30),
+            )?,
+            retry_max: raw.retry_max.unwrap_or(0),
+        },
         wan: Joins {
             start_join: raw.start_join_wan.clone().unwrap_or_default(),
             retry_join: raw.retry_join_wan.clone().unwrap_or_default(),

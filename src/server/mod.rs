@@ -194,7 +194,7 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
     let membership = &config.membership;
     crate::gossip::lan::join_configured(
         &lan,
-        &membership.lan(),
+        &membership.lan,
         crate::gossip::lan::Area::Lan,
         &stop,
         &tasks,
