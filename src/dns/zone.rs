@@ -293,12 +293,8 @@ impl Zone<'_> {
             })
             .filter_map(|(node, service)| {
                 let health = self.health.instance_health(&node.name, &service.id);
-                let wanted = match health {
-                    HealthStatus::Passing => true,
-                    HealthStatus::Warning => !self.config.only_passing,
-                    HealthStatus::Critical | HealthStatus::Maintenance => false,
-                };
-                wanted.then_some((node, service, health))
+                crate::state::health::answers(health, self.config.only_passing)
+                    .then_some((node, service, health))
             })
             .collect();
         instances

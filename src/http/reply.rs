@@ -162,10 +162,15 @@ impl Visible {
     pub fn may(&self, access: crate::acl::Access<'_>) -> bool {
         let allowed = self.identity.allows(access);
         if !allowed {
-            self.dropped
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+            self.left_out();
         }
         allowed
+    }
+
+    /// Remembers that something was left out, for a reader that decided so itself.
+    pub fn left_out(&self) {
+        self.dropped
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn node(&self, node: &str) -> bool {

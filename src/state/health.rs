@@ -13,14 +13,31 @@ pub fn severity(status: HealthStatus) -> u8 {
     }
 }
 
+/// The worst of `statuses`; `Passing` when there are none.
+pub fn worst(statuses: impl Iterator<Item = HealthStatus>) -> HealthStatus {
+    statuses
+        .max_by_key(|status| severity(*status))
+        .unwrap_or(HealthStatus::Passing)
+}
+
+/// Whether an instance this healthy answers a lookup: passing always, warning unless only
+/// passing ones may (DNS `only_passing`, a prepared query's `OnlyPassing`), critical never.
+pub fn answers(health: HealthStatus, only_passing: bool) -> bool {
+    match health {
+        HealthStatus::Passing => true,
+        HealthStatus::Warning => !only_passing,
+        HealthStatus::Critical | HealthStatus::Maintenance => false,
+    }
+}
+
 impl Tables {
     /// The worst status among the instance's checks and its node's checks; `Passing` when
     /// there are none.
     pub fn instance_health(&self, node: &str, service_id: &str) -> HealthStatus {
-        self.instance_checks(node, service_id)
-            .map(|check| check.status)
-            .max_by_key(|status| severity(*status))
-            .unwrap_or(HealthStatus::Passing)
+        worst(
+            self.instance_checks(node, service_id)
+                .map(|check| check.status),
+        )
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::Tables;
+use super::{health, Tables};
 use crate::types::query::{PreparedQuery, QueryOp};
 use crate::types::{ApplyError, HealthStatus, Node, RaftIndexes, Service};
 
@@ -275,21 +275,13 @@ pub fn instances<'t>(
     };
     rows.into_iter()
         .filter_map(|(node, instance)| {
-            let health = tables
-                .instance_checks(&node.name, &instance.id)
-                .filter(|check| !service.ignore_check_ids.contains(&check.check_id))
-                .map(|check| check.status)
-                .max_by_key(|status| match status {
-                    HealthStatus::Passing => 0,
-                    HealthStatus::Warning => 1,
-                    HealthStatus::Critical | HealthStatus::Maintenance => 2,
-                })
-                .unwrap_or(HealthStatus::Passing);
-            let healthy = match health {
-                HealthStatus::Passing => true,
-                HealthStatus::Warning => !service.only_passing,
-                HealthStatus::Critical | HealthStatus::Maintenance => false,
-            };
+            let health = health::worst(
+                tables
+                    .instance_checks(&node.name, &instance.id)
+                    .filter(|check| !service.ignore_check_ids.contains(&check.check_id))
+                    .map(|check| check.status),
+            );
+            let healthy = health::answers(health, service.only_passing);
             let tags: Vec<String> = instance.tags.iter().map(|tag| tag.to_lowercase()).collect();
             let tagged = required.iter().all(|tag| tags.contains(tag))
                 && !excluded.iter().any(|tag| tags.contains(tag));
