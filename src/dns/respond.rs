@@ -13,6 +13,8 @@ use rand::seq::SliceRandom;
 use super::name::{parse, reverse_address, strip_domain, Lookup};
 use super::zone::{Answer, Entry, Zone};
 use super::Context;
+use crate::state::query as queries;
+use crate::types::query::PreparedQuery;
 
 /// The classic DNS message limit over UDP without EDNS (RFC 1035 4.2.1).
 pub const UDP_DEFAULT_SIZE: usize = 512;
@@ -49,6 +51,12 @@ pub enum Outcome {
         datacenter: String,
         unknown: Vec<u8>,
         failed: Vec<u8>,
+    },
+    /// A prepared query with no instance here that fails over: ask the datacenters it names
+    /// (`rpc::federation`), and send `local`, this datacenter's answer, when none has one.
+    Failover {
+        query: Box<PreparedQuery>,
+        local: Vec<u8>,
     },
 }
 
@@ -112,11 +120,32 @@ fn zone_of<'a>(
         datacenter: &cx.datacenter,
         tables,
         health,
+        sent: None,
     }
 }
 
 /// Answers one raw DNS message.
 pub fn respond(cx: &Context, bytes: &[u8], transport: Transport) -> Outcome {
+    respond_to(cx, bytes, transport, None)
+}
+
+/// Answers a prepared query's lookup that another datacenter sent with the query's
+/// definition (its failover), running that definition against this datacenter's catalog.
+pub fn respond_sent(
+    cx: &Context,
+    bytes: &[u8],
+    transport: Transport,
+    query: &PreparedQuery,
+) -> Outcome {
+    respond_to(cx, bytes, transport, Some(query))
+}
+
+fn respond_to(
+    cx: &Context,
+    bytes: &[u8],
+    transport: Transport,
+    sent: Option<&PreparedQuery>,
+) -> Outcome {
     if bytes.len() < 12 {
         return Outcome::Drop;
     }
@@ -163,15 +192,26 @@ pub fn respond(cx: &Context, bytes: &[u8], transport: Transport) -> Outcome {
         if !cx.readable() {
             return reply(ResponseCode::ServFail);
         }
-        let key = (qname.clone(), u16::from(qtype), domain.to_string());
-        let (lookup, answer) = cx.answer(
-            &tables,
-            key,
-            || parse(relative, qtype == RecordType::SRV, &cx.datacenter),
-            |lookup, health| {
-                zone_of(cx, &tables, health).answer(lookup, query.name(), qtype, domain)
-            },
-        );
+        let parsed = || parse(relative, qtype == RecordType::SRV, &cx.datacenter);
+        let (lookup, answer) = match sent {
+            // A sent definition is answered afresh, never from or into the cache.
+            Some(sent) => {
+                let lookup = Arc::new(parsed());
+                let health = cx.health(&tables);
+                let zone = Zone {
+                    sent: Some(sent),
+                    ..zone_of(cx, &tables, &health)
+                };
+                let answer = zone.answer(&lookup, query.name(), qtype, domain);
+                (lookup, Arc::new(answer))
+            }
+            None => {
+                let key = (qname.clone(), u16::from(qtype), domain.to_string());
+                cx.answer(&tables, key, parsed, |lookup, health| {
+                    zone_of(cx, &tables, health).answer(lookup, query.name(), qtype, domain)
+                })
+            }
+        };
         cx.domain_query.record(crate::telemetry::ms_since(started));
         if let Lookup::Elsewhere { datacenter } = &*lookup {
             // The zone's answer to such a name is NXDOMAIN with the SOA.
@@ -182,6 +222,12 @@ pub fn respond(cx: &Context, bytes: &[u8], transport: Transport) -> Outcome {
             };
         }
         if cx.permits(&lookup) {
+            if let Some(definition) = failing_over(&tables, &lookup, &answer, sent) {
+                return Outcome::Failover {
+                    query: Box::new(definition),
+                    local: sized(cx, &request, query, &answer, transport),
+                };
+            }
             answer
         } else {
             // What a name that does not exist gets, never a cached answer for the name.
@@ -215,6 +261,26 @@ pub fn respond(cx: &Context, bytes: &[u8], transport: Transport) -> Outcome {
         return recurse();
     };
     Outcome::Reply(sized(cx, &request, query, &answer, transport))
+}
+
+/// The prepared query to run in other datacenters when a lookup of it found no instance
+/// here and it names somewhere to fail over to (never for a definition another datacenter
+/// sent, which fails over only from where it was asked).
+fn failing_over(
+    tables: &crate::state::Tables,
+    lookup: &Lookup,
+    answer: &Answer,
+    sent: Option<&PreparedQuery>,
+) -> Option<PreparedQuery> {
+    let Lookup::Query { name } = lookup else {
+        return None;
+    };
+    if sent.is_some() || !answer.answers.is_empty() {
+        return None;
+    }
+    let query = queries::resolve(tables, name).ok()??;
+    (queries::fails_over(&query) && queries::instances(tables, &query, false).is_empty())
+        .then_some(query)
 }
 
 /// The order one response lists the answers in: shuffled (Consul's per-response random

@@ -1,7 +1,7 @@
 //! The DNS listeners. UDP: a few tasks share the socket, each receiving a datagram and
 //! answering it inline (an answer is a synchronous read of the snapshot, so there is nothing to
-//! wait for); only recursion, which waits on the network, runs in its own task, at most
-//! `MAX_RECURSIONS_IN_FLIGHT` at once. TCP: at most `max_tcp_connections` connections, each a
+//! wait for); only what waits on another machine (recursion, another datacenter's answer, a
+//! prepared query's failover) runs in its own task, at most `MAX_RECURSIONS_IN_FLIGHT` at once. TCP: at most `max_tcp_connections` connections, each a
 //! task reading length-prefixed queries; a connection that does not finish a query within
 //! `tcp_idle_timeout` (half a length prefix, a short body, or nothing) is closed.
 
@@ -64,37 +64,56 @@ async fn serve_udp(
                 let _ = socket.send_to(&reply, peer).await;
             }
             Outcome::Drop => {}
-            Outcome::Recurse { failed } => {
+            waiting => {
                 let Ok(permit) = recursions.clone().try_acquire_owned() else {
-                    let _ = socket.send_to(&failed, peer).await;
+                    let _ = socket.send_to(&busy(waiting), peer).await;
                     continue;
                 };
                 let (cx, socket, query) = (cx.clone(), socket.clone(), query.to_vec());
-                tasks.spawn("dns.recursion", async move {
+                tasks.spawn("dns.remote", async move {
                     let _permit = permit;
-                    let reply = recurse(&cx, &query, Transport::Udp).await.unwrap_or(failed);
-                    let _ = socket.send_to(&reply, peer).await;
-                });
-            }
-            // Bounded like recursion: both wait on another machine.
-            Outcome::Elsewhere {
-                datacenter,
-                unknown,
-                failed,
-            } => {
-                let Ok(permit) = recursions.clone().try_acquire_owned() else {
-                    let _ = socket.send_to(&failed, peer).await;
-                    continue;
-                };
-                let (cx, socket, query) = (cx.clone(), socket.clone(), query.to_vec());
-                tasks.spawn("dns.elsewhere", async move {
-                    let _permit = permit;
-                    let reply =
-                        elsewhere(&cx, datacenter, query, Transport::Udp, unknown, failed).await;
+                    let reply = settle(&cx, waiting, query, Transport::Udp).await;
                     let _ = socket.send_to(&reply, peer).await;
                 });
             }
         }
+    }
+}
+
+/// The reply to an outcome that waits on another machine when no slot is free to wait in:
+/// the failure it carries, or for a failover this datacenter's own answer.
+fn busy(outcome: Outcome) -> Vec<u8> {
+    match outcome {
+        Outcome::Reply(reply) => reply,
+        Outcome::Drop => Vec::new(),
+        Outcome::Recurse { failed } | Outcome::Elsewhere { failed, .. } => failed,
+        Outcome::Failover { local, .. } => local,
+    }
+}
+
+/// The reply to `query` once what `outcome` waits on has answered (or failed).
+async fn settle(cx: &Context, outcome: Outcome, query: Vec<u8>, transport: Transport) -> Vec<u8> {
+    match outcome {
+        Outcome::Recurse { failed } => recurse(cx, &query, transport).await.unwrap_or(failed),
+        Outcome::Elsewhere {
+            datacenter,
+            unknown,
+            failed,
+        } => elsewhere(cx, datacenter, query, transport, unknown, failed).await,
+        Outcome::Failover {
+            query: definition,
+            local,
+        } => {
+            let forward = crate::rpc::wire::QueryDnsForward {
+                datacenter: None,
+                query: *definition,
+                message: query,
+                tcp: transport == Transport::Tcp,
+            };
+            // Nowhere else having an instance leaves this datacenter's answer standing.
+            cx.cluster.failover_dns(forward).await.unwrap_or(local)
+        }
+        other => busy(other),
     }
 }
 
@@ -197,27 +216,9 @@ async fn connection(cx: &Context, mut stream: TcpStream, limits: Limits, recursi
         let reply = match respond(cx, &query, Transport::Tcp) {
             Outcome::Reply(reply) => reply,
             Outcome::Drop => return,
-            Outcome::Recurse { failed } => match recursions.try_acquire() {
-                Ok(_permit) => recurse(cx, &query, Transport::Tcp).await.unwrap_or(failed),
-                Err(_) => failed,
-            },
-            Outcome::Elsewhere {
-                datacenter,
-                unknown,
-                failed,
-            } => match recursions.try_acquire() {
-                Ok(_permit) => {
-                    elsewhere(
-                        cx,
-                        datacenter,
-                        query.clone(),
-                        Transport::Tcp,
-                        unknown,
-                        failed,
-                    )
-                    .await
-                }
-                Err(_) => failed,
+            waiting => match recursions.try_acquire() {
+                Ok(_permit) => settle(cx, waiting, query, Transport::Tcp).await,
+                Err(_) => busy(waiting),
             },
         };
         let Ok(length) = u16::try_from(reply.len()) else {

@@ -19,6 +19,7 @@ use super::name::{address_hex, hex_address, Lookup};
 use crate::config::dns_config::DnsConfig;
 use crate::state::{query, Tables};
 use crate::types::duration::parse_go_duration;
+use crate::types::query::PreparedQuery;
 use crate::types::{HealthStatus, Node, Service};
 
 /// One answer record and the additional records that exist only for it (an SRV target's
@@ -55,6 +56,9 @@ pub struct Zone<'a> {
     pub datacenter: &'a str,
     pub tables: &'a Tables,
     pub health: &'a crate::state::health::HealthIndex,
+    /// The definition another datacenter sent with a prepared query's lookup (its failover):
+    /// answered in place of the query the name resolves to here.
+    pub sent: Option<&'a PreparedQuery>,
 }
 
 fn seconds(duration: std::time::Duration) -> u32 {
@@ -126,15 +130,12 @@ impl Zone<'_> {
                 let ttl = seconds(self.config.service_ttl(name));
                 self.instances(instances, ttl, qname, qtype, domain)
             }
-            Lookup::Query { name } => match query::resolve(self.tables, name) {
-                Ok(Some(query)) => {
-                    let instances = query::instances(self.tables, &query, false);
-                    // The query's own TTL, else the agent's for its service.
-                    let ttl = parse_go_duration(&query.dns_ttl)
-                        .unwrap_or_else(|_| self.config.service_ttl(&query.service.service));
-                    self.instances(instances, seconds(ttl), qname, qtype, domain)
-                }
-                Ok(None) | Err(_) => self.not_found(),
+            Lookup::Query { name } => match self.sent {
+                Some(query) => self.query(query, qname, qtype, domain),
+                None => match query::resolve(self.tables, name) {
+                    Ok(Some(query)) => self.query(&query, qname, qtype, domain),
+                    Ok(None) | Err(_) => self.not_found(),
+                },
             },
             Lookup::Addr { hex } => match hex_address(hex) {
                 Some(address) => {
@@ -154,6 +155,20 @@ impl Zone<'_> {
             Lookup::Invalid | Lookup::Elsewhere { .. } => self.not_found(),
         };
         self.with_soa(answer, domain)
+    }
+
+    fn query(
+        &self,
+        query: &PreparedQuery,
+        qname: &Name,
+        qtype: RecordType,
+        domain: &str,
+    ) -> Answer {
+        let instances = query::instances(self.tables, query, false);
+        // The query's own TTL, else the agent's for its service.
+        let ttl = parse_go_duration(&query.dns_ttl)
+            .unwrap_or_else(|_| self.config.service_ttl(&query.service.service));
+        self.instances(instances, seconds(ttl), qname, qtype, domain)
     }
 
     fn not_found(&self) -> Answer {

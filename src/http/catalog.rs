@@ -109,35 +109,26 @@ pub async fn datacenters(State(state): State<Arc<AppState>>, call: Call) -> Resp
 /// The datacenters `/v1/catalog/datacenters` lists. A client agent, which is in no WAN pool,
 /// asks one of its servers.
 pub async fn known_datacenters(state: &AppState) -> Vec<String> {
+    if let Some(server) = state.cluster.server() {
+        return server.federation.datacenters().await;
+    }
     let local = state.config.datacenter.clone();
-    let Some(wan) = &state.wan else {
-        let forward = crate::rpc::wire::HttpForward {
-            datacenter: local.clone(),
-            method: "GET".into(),
-            path_and_query: "/v1/catalog/datacenters".into(),
-            headers: Vec::new(),
-            body: Vec::new(),
-            timeout_ms: 10_000,
-        };
-        return match state.cluster.forward_http(forward).await {
-            Ok(answer) if answer.status == 200 => serde_json::from_slice(&answer.body)
-                .ok()
-                .filter(|known: &Vec<String>| !known.is_empty())
-                .unwrap_or_else(|| vec![local]),
-            // No server to ask: this agent's own datacenter is all it knows.
-            _ => vec![local],
-        };
+    let forward = crate::rpc::wire::HttpForward {
+        datacenter: local.clone(),
+        method: "GET".into(),
+        path_and_query: "/v1/catalog/datacenters".into(),
+        headers: Vec::new(),
+        body: Vec::new(),
+        timeout_ms: 10_000,
     };
-    let mut others: Vec<String> = wan
-        .members()
-        .await
-        .into_iter()
-        .filter_map(|member| member.identity.tags.get("dc").cloned())
-        .filter(|dc| *dc != local)
-        .collect();
-    others.sort();
-    others.dedup();
-    std::iter::once(local).chain(others).collect()
+    match state.cluster.forward_http(forward).await {
+        Ok(answer) if answer.status == 200 => serde_json::from_slice(&answer.body)
+            .ok()
+            .filter(|known: &Vec<String>| !known.is_empty())
+            .unwrap_or_else(|| vec![local]),
+        // No server to ask: this agent's own datacenter is all it knows.
+        _ => vec![local],
+    }
 }
 
 pub async fn nodes(State(state): State<Arc<AppState>>, call: Call) -> Result<Response, ApiError> {

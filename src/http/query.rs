@@ -320,31 +320,14 @@ fn answer_here(
         .collect()
 }
 
-/// The datacenters a query with no instances here fails over to, in order: the `NearestN`
-/// nearest other datacenters (by name: concord keeps no WAN coordinates yet), then its
-/// `Datacenters` list, each once and never this one.
+/// The datacenters a query with no instances here fails over to (`state::query`), from the
+/// datacenters this agent knows.
 async fn failover_targets(state: &AppState, query: &PreparedQuery) -> Vec<String> {
-    let service = &query.service;
-    if service.nearest_n == 0 && service.datacenters.is_empty() {
+    if !queries::fails_over(query) {
         return Vec::new();
     }
-    let local = &state.config.datacenter;
-    let mut targets: Vec<String> = Vec::new();
-    if service.nearest_n > 0 {
-        let known = super::catalog::known_datacenters(state).await;
-        targets.extend(
-            known
-                .into_iter()
-                .filter(|dc| dc != local)
-                .take(service.nearest_n as usize),
-        );
-    }
-    for dc in &service.datacenters {
-        if dc != local && !targets.contains(dc) {
-            targets.push(dc.clone());
-        }
-    }
-    targets
+    let known = super::catalog::known_datacenters(state).await;
+    queries::failover_targets(query, &state.config.datacenter, &known)
 }
 
 /// Runs the query in `datacenter` (its definition travels, as Consul's `ExecuteRemote`

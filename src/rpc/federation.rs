@@ -14,9 +14,13 @@ use axum::body::Body;
 use tower::ServiceExt;
 
 use super::connections::Connections;
-use super::wire::{self, DnsForward, Frame, HttpAnswer, HttpForward, Reply, Request};
+use super::wire::{
+    self, DnsForward, Frame, HttpAnswer, HttpForward, QueryDnsForward, Reply, Request,
+};
 use super::RpcError;
 use crate::gossip::{MemberStatus, Pool};
+use crate::state::query::failover_targets;
+use crate::types::query::PreparedQuery;
 
 /// The largest answer a forwarded request may bring back.
 const MAX_ANSWER_BYTES: usize = 64 << 20;
@@ -24,9 +28,11 @@ const MAX_ANSWER_BYTES: usize = 64 << 20;
 const DNS_TIMEOUT_MS: u64 = 2_000;
 
 /// This server's DNS, answering a query (as sent, and whether over TCP) with the encoded
-/// response, or `None` for what it would not answer. Given by the agent, which has the DNS
-/// module (it comes after `rpc`).
-pub type DnsAnswerer = Arc<dyn Fn(&[u8], bool) -> Option<Vec<u8>> + Send + Sync>;
+/// response, or `None` for what it would not answer; a prepared query's lookup is answered
+/// with the definition given, when one is. Given by the agent, which has the DNS module (it
+/// comes after `rpc`).
+pub type DnsAnswerer =
+    Arc<dyn Fn(&[u8], bool, Option<&PreparedQuery>) -> Option<Vec<u8>> + Send + Sync>;
 
 /// A server's side of federation: its datacenter, the WAN pool it finds other datacenters'
 /// servers in, and the HTTP API that answers requests for its own datacenter. Both are set
@@ -88,12 +94,7 @@ impl Federation {
         forward: DnsForward,
     ) -> Result<Vec<u8>, RpcError> {
         if forward.datacenter == self.datacenter {
-            let dns = self
-                .dns
-                .get()
-                .ok_or_else(|| RpcError::Refused("this server's DNS is not running".into()))?;
-            return dns(&forward.message, forward.tcp)
-                .ok_or_else(|| RpcError::Refused("not a query this datacenter answers".into()));
+            return self.dns_here(&forward.message, forward.tcp, None);
         }
         let datacenter = forward.datacenter.clone();
         match self
@@ -108,6 +109,85 @@ impl Federation {
             Reply::Dns(answer) => answer,
             _ => Err(super::mismatched()),
         }
+    }
+
+    /// Answers a prepared query's DNS lookup: unaddressed, from the first datacenter it fails
+    /// over to whose answer has records; addressed, in that datacenter with the definition
+    /// sent.
+    pub async fn answer_query_dns(
+        &self,
+        connections: &Connections,
+        forward: QueryDnsForward,
+    ) -> Result<Vec<u8>, RpcError> {
+        let Some(datacenter) = forward.datacenter.clone() else {
+            let known = self.datacenters().await;
+            for target in failover_targets(&forward.query, &self.datacenter, &known) {
+                let hop = QueryDnsForward {
+                    datacenter: Some(target.clone()),
+                    ..forward.clone()
+                };
+                match self
+                    .send(connections, &target, Request::QueryDns(hop), DNS_TIMEOUT_MS)
+                    .await
+                {
+                    Ok(Reply::Dns(Ok(answer))) if answer_count(&answer) > 0 => return Ok(answer),
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::debug!(datacenter = target, %error, "prepared query failover failed");
+                    }
+                }
+            }
+            return Err(RpcError::NoPathToDatacenter);
+        };
+        if datacenter == self.datacenter {
+            return self.dns_here(&forward.message, forward.tcp, Some(&forward.query));
+        }
+        match self
+            .send(
+                connections,
+                &datacenter,
+                Request::QueryDns(forward),
+                DNS_TIMEOUT_MS,
+            )
+            .await?
+        {
+            Reply::Dns(answer) => answer,
+            _ => Err(super::mismatched()),
+        }
+    }
+
+    fn dns_here(
+        &self,
+        message: &[u8],
+        tcp: bool,
+        query: Option<&PreparedQuery>,
+    ) -> Result<Vec<u8>, RpcError> {
+        let dns = self
+            .dns
+            .get()
+            .ok_or_else(|| RpcError::Refused("this server's DNS is not running".into()))?;
+        dns(message, tcp, query)
+            .ok_or_else(|| RpcError::Refused("not a query this datacenter answers".into()))
+    }
+
+    /// Every datacenter the WAN pool knows: this one first, then the others by name (concord
+    /// keeps no WAN coordinates, so name order stands in for distance).
+    pub async fn datacenters(&self) -> Vec<String> {
+        let mut others: Vec<String> = match self.wan.get() {
+            Some(wan) => wan
+                .members()
+                .await
+                .into_iter()
+                .filter_map(|member| member.identity.tags.get("dc").cloned())
+                .filter(|dc| *dc != self.datacenter)
+                .collect(),
+            None => Vec::new(),
+        };
+        others.sort();
+        others.dedup();
+        std::iter::once(self.datacenter.clone())
+            .chain(others)
+            .collect()
     }
 
     /// Sends `request` to a live server of `datacenter`, trying each until one answers.
@@ -195,5 +275,13 @@ impl Federation {
             headers,
             body: body.to_vec(),
         })
+    }
+}
+
+/// The answer count of an encoded DNS response (its header's ANCOUNT).
+fn answer_count(message: &[u8]) -> u16 {
+    match message {
+        [_, _, _, _, _, _, high, low, ..] => u16::from_be_bytes([*high, *low]),
+        _ => 0,
     }
 }

@@ -360,6 +360,15 @@ impl Cluster {
         }
     }
 
+    /// Carries a prepared query's DNS lookup to the datacenters it fails over to; the first
+    /// answer with records, or an error when none had any.
+    pub async fn failover_dns(&self, forward: wire::QueryDnsForward) -> Result<Vec<u8>, RpcError> {
+        match self.request(wire::Request::QueryDns(forward)).await? {
+            wire::Reply::Dns(answer) => answer,
+            _ => Err(mismatched()),
+        }
+    }
+
     /// Sends `request` where it is answered: this server (or its leader), or a server.
     async fn request(&self, request: wire::Request) -> Result<wire::Reply, RpcError> {
         match self {

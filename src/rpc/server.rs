@@ -428,6 +428,11 @@ impl ServerRpc {
             Request::Dns(forward) => {
                 Reply::Dns(self.federation.answer_dns(&self.connections, forward).await)
             }
+            Request::QueryDns(forward) => Reply::Dns(
+                self.federation
+                    .answer_query_dns(&self.connections, forward)
+                    .await,
+            ),
         }
     }
 

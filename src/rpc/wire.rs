@@ -123,6 +123,23 @@ pub enum Request {
     Http(HttpForward),
     /// A DNS query naming another datacenter, answered by a server there.
     Dns(DnsForward),
+    /// A DNS lookup of a prepared query that has no instances here, to be answered by the
+    /// datacenters it fails over to (appended last, so older servers still decode the rest).
+    QueryDns(QueryDnsForward),
+}
+
+/// A prepared query's DNS lookup on its way elsewhere: with `datacenter` unset, to a server
+/// of this datacenter, which tries each failover datacenter in turn; with it set, to a server
+/// of that datacenter, which answers with the definition sent (as Consul's `ExecuteRemote`
+/// sends it, so the remote datacenter need not have the query).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct QueryDnsForward {
+    pub datacenter: Option<String>,
+    pub query: crate::types::query::PreparedQuery,
+    /// The lookup as the client sent it.
+    pub message: Vec<u8>,
+    /// Whether the client asked over TCP (which sizes the answer).
+    pub tcp: bool,
 }
 
 /// A DNS query on its way to the datacenter it names.
@@ -229,7 +246,7 @@ impl Request {
                 | Request::RaftConfiguration { .. }
                 | Request::AutopilotHealth
         ) || matches!(self, Request::Http(forward) if forward.method == "GET")
-            || matches!(self, Request::Dns(_))
+            || matches!(self, Request::Dns(_) | Request::QueryDns(_))
     }
 
     /// Whether, on the leader, the request goes through Raft (a write, or a read that needs
@@ -251,6 +268,7 @@ impl Request {
                 | Request::PreVote { .. }
                 | Request::Http(_)
                 | Request::Dns(_)
+                | Request::QueryDns(_)
         )
     }
 
@@ -272,7 +290,7 @@ impl Request {
             Request::Handover { .. } => Reply::Handover(Err(error)),
             Request::PreVote { .. } => Reply::PreVote(false),
             Request::Http(_) => Reply::Http(Err(error)),
-            Request::Dns(_) => Reply::Dns(Err(error)),
+            Request::Dns(_) | Request::QueryDns(_) => Reply::Dns(Err(error)),
         }
     }
 }

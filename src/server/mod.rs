@@ -345,16 +345,27 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
         ));
         if let Some(server) = &server {
             let dns = dns.clone();
-            server.rpc.federation.set_dns(Arc::new(move |message, tcp| {
-                let transport = match tcp {
-                    true => crate::dns::Transport::Tcp,
-                    false => crate::dns::Transport::Udp,
-                };
-                match crate::dns::respond(&dns, message, transport) {
-                    crate::dns::Outcome::Reply(reply) => Some(reply),
-                    _ => None,
-                }
-            }));
+            server
+                .rpc
+                .federation
+                .set_dns(Arc::new(move |message, tcp, sent| {
+                    let transport = match tcp {
+                        true => crate::dns::Transport::Tcp,
+                        false => crate::dns::Transport::Udp,
+                    };
+                    let outcome = match sent {
+                        Some(query) => {
+                            crate::dns::respond::respond_sent(&dns, message, transport, query)
+                        }
+                        None => crate::dns::respond(&dns, message, transport),
+                    };
+                    // A query asked from elsewhere fails over only where it was asked.
+                    match outcome {
+                        crate::dns::Outcome::Reply(reply)
+                        | crate::dns::Outcome::Failover { local: reply, .. } => Some(reply),
+                        _ => None,
+                    }
+                }));
         }
         let limits = crate::dns::Limits {
             tcp_idle_timeout: config.limits.dns_tcp_idle_timeout,

@@ -299,3 +299,27 @@ pub fn instances<'t>(
         })
         .collect()
 }
+
+/// The datacenters a query with no instances in `local` fails over to, in order: the
+/// `NearestN` nearest of the `known` datacenters (`known` comes nearest first), then its
+/// `Datacenters` list, each once and never `local`. HTTP and DNS execution share it.
+pub fn failover_targets(query: &PreparedQuery, local: &str, known: &[String]) -> Vec<String> {
+    let service = &query.service;
+    let mut targets: Vec<String> = known
+        .iter()
+        .filter(|dc| *dc != local)
+        .take(service.nearest_n as usize)
+        .cloned()
+        .collect();
+    for dc in &service.datacenters {
+        if dc != local && !targets.contains(dc) {
+            targets.push(dc.clone());
+        }
+    }
+    targets
+}
+
+/// Whether the query names anywhere to fail over to.
+pub fn fails_over(query: &PreparedQuery) -> bool {
+    query.service.nearest_n > 0 || !query.service.datacenters.is_empty()
+}

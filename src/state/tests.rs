@@ -1114,3 +1114,26 @@ fn prepared_queries_keep_consuls_rules_resolve_by_id_name_then_prefix_and_surviv
     assert_eq!(restored.snapshot().prepared_queries().count(), 3);
     assert_eq!(restored.snapshot().queries_index(), 6);
 }
+
+#[test]
+fn failover_targets_take_the_nearest_n_known_then_the_listed_datacenters_once_never_local() {
+    use super::query::{failover_targets, fails_over};
+    let known: Vec<String> = ["dc1", "dc2", "dc3", "dc4"].map(String::from).to_vec();
+    let mut query = prepared("q", "web", "", "web");
+    assert!(!fails_over(&query));
+    assert!(failover_targets(&query, "dc1", &known).is_empty());
+    query.service.nearest_n = 2;
+    assert!(fails_over(&query));
+    assert_eq!(failover_targets(&query, "dc1", &known), ["dc2", "dc3"]);
+    // The listed ones follow, without repeating a nearest one or naming this datacenter.
+    query.service.datacenters = ["dc3", "dc1", "dc9"].map(String::from).to_vec();
+    assert_eq!(
+        failover_targets(&query, "dc1", &known),
+        ["dc2", "dc3", "dc9"]
+    );
+    query.service.nearest_n = 0;
+    assert_eq!(
+        failover_targets(&query, "dc2", &known),
+        ["dc3", "dc1", "dc9"]
+    );
+}

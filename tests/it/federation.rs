@@ -132,16 +132,16 @@ async fn requests_naming_another_datacenter_are_answered_there() {
 
     // A prepared query fails over to the nearest other datacenter while its own instances
     // are critical, and comes back when they recover.
-    let web = |status: &str| {
-        json!({"Node": "web-host", "Address": "10.36.0.1",
+    let web = |address: &str, status: &str| {
+        json!({"Node": "web-host", "Address": address,
             "Service": {"ID": "web", "Service": "web", "Port": 80},
             "Check": {"CheckID": "web-alive", "Name": "alive", "Status": status, "ServiceID": "web"}})
         .to_string()
     };
-    for (server, status) in [(&dc1, "passing"), (&dc2, "passing")] {
+    for (server, address) in [(&dc1, "10.36.0.1"), (&dc2, "10.36.0.2")] {
         let response = server
             .client()
-            .put("/v1/catalog/register", web(status).into())
+            .put("/v1/catalog/register", web(address, "passing").into())
             .await
             .unwrap();
         assert_eq!(response.status, 200, "{}", response.text());
@@ -180,21 +180,32 @@ async fn requests_naming_another_datacenter_are_answered_there() {
                 .to_string(),
         )
     };
+    // The DNS form agrees, asked at dc1's server or its client agent.
+    let looked_up = |asker| crate::support::dig_short(asker, "web-fo.query.consul", "A");
     assert_eq!(executed().await, ("dc1".into(), 0, "dc1".into()));
+    for asker in [&dc1, &client] {
+        assert_eq!(looked_up(asker), ["10.36.0.1"]);
+    }
     let failing = dc1
         .client()
-        .put("/v1/catalog/register", web("critical").into())
+        .put("/v1/catalog/register", web("10.36.0.1", "critical").into())
         .await
         .unwrap();
     assert_eq!(failing.status, 200);
     assert_eq!(executed().await, ("dc2".into(), 1, "dc2".into()));
+    for asker in [&dc1, &client] {
+        assert_eq!(looked_up(asker), ["10.36.0.2"]);
+    }
     let recovered = dc1
         .client()
-        .put("/v1/catalog/register", web("passing").into())
+        .put("/v1/catalog/register", web("10.36.0.1", "passing").into())
         .await
         .unwrap();
     assert_eq!(recovered.status, 200);
     assert_eq!(executed().await, ("dc1".into(), 0, "dc1".into()));
+    for asker in [&dc1, &client] {
+        assert_eq!(looked_up(asker), ["10.36.0.1"]);
+    }
 
     // DNS names of dc2 are answered by dc2, asked at dc1's server or its client agent.
     for asker in [&dc1, &client] {
@@ -204,7 +215,7 @@ async fn requests_naming_another_datacenter_are_answered_there() {
         );
         assert_eq!(
             crate::support::dig_short(asker, "web.service.dc2.dc.consul", "A"),
-            ["10.36.0.1"]
+            ["10.36.0.2"]
         );
         assert!(crate::support::dig_short(asker, "only-in-dc2.service.consul", "A").is_empty());
     }

@@ -143,7 +143,9 @@ fn random_and_mutated_bytes_never_panic_and_replies_decode() {
                     }
                 }
                 Outcome::Drop => {}
-                Outcome::Recurse { failed } | Outcome::Elsewhere { failed, .. } => {
+                Outcome::Recurse { failed }
+                | Outcome::Elsewhere { failed, .. }
+                | Outcome::Failover { local: failed, .. } => {
                     assert!(failed.len() >= 12)
                 }
             }
@@ -459,4 +461,67 @@ fn cached_answers_are_shuffled_per_response_and_follow_catalog_changes() {
     let after = srv_ports(&cx);
     assert_eq!(after.len(), 19);
     assert!(!after.contains(&8003));
+}
+
+#[test]
+fn a_prepared_query_without_instances_fails_over_and_a_sent_definition_is_answered_here() {
+    use crate::types::query::{PreparedQuery, QueryOp, ServiceQuery};
+    let cx = context_with(2, default_dns_config());
+    let definition = |id: &str, name: &str, service: &str, nearest_n: u32| PreparedQuery {
+        id: id.into(),
+        name: name.into(),
+        service: ServiceQuery {
+            service: service.into(),
+            nearest_n,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    for query in [
+        definition("q1", "gone-fo", "gone", 1),
+        definition("q2", "gone-here", "gone", 0),
+        definition("q3", "web-fo", "web", 1),
+    ] {
+        memory(&cx).apply(&Command::PreparedQuery(QueryOp::Set(Box::new(query))));
+    }
+    // No instance and somewhere to go: the definition travels, with the local answer kept
+    // for when nowhere else has one.
+    match respond(
+        &cx,
+        &query("gone-fo.query.consul.", RecordType::A, None),
+        Transport::Udp,
+    ) {
+        Outcome::Failover { query, local } => {
+            assert_eq!(query.name, "gone-fo");
+            let local = Message::from_vec(&local).unwrap();
+            assert!(local.answers().is_empty());
+        }
+        other => panic!("expected a failover, got {other:?}"),
+    }
+    // Nowhere to go, or instances here: answered here.
+    let (_, here) = reply(respond(
+        &cx,
+        &query("gone-here.query.consul.", RecordType::A, None),
+        Transport::Udp,
+    ));
+    assert!(here.answers().is_empty());
+    assert_eq!(a_answers(&cx, "web-fo.query.consul.").len(), 2);
+    // Another datacenter's definition runs against this catalog whatever the name resolves
+    // to here, and never fails over again.
+    let sent = definition("elsewhere", "gone-fo", "web", 1);
+    let (_, answered) = reply(respond_sent(
+        &cx,
+        &query("gone-fo.query.consul.", RecordType::A, None),
+        Transport::Udp,
+        &sent,
+    ));
+    assert_eq!(answered.answers().len(), 2);
+    let nothing = definition("elsewhere", "gone-fo", "gone", 1);
+    let (_, empty) = reply(respond_sent(
+        &cx,
+        &query("gone-fo.query.consul.", RecordType::A, None),
+        Transport::Udp,
+        &nothing,
+    ));
+    assert!(empty.answers().is_empty());
 }
