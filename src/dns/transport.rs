@@ -106,7 +106,7 @@ async fn settle(cx: &Context, outcome: Outcome, query: Vec<u8>, transport: Trans
         } => {
             let forward = crate::rpc::wire::QueryDnsForward {
                 datacenter: None,
-                query: *definition,
+                query: definition,
                 message: query,
                 tcp: transport == Transport::Tcp,
             };

@@ -135,7 +135,7 @@ pub enum Request {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct QueryDnsForward {
     pub datacenter: Option<String>,
-    pub query: crate::types::query::PreparedQuery,
+    pub query: Box<crate::types::query::PreparedQuery>,
     /// The lookup as the client sent it.
     pub message: Vec<u8>,
     /// Whether the client asked over TCP (which sizes the answer).
