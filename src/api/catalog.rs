@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{json, Map, Value};
 
 use super::decode::DecodeError;
@@ -37,66 +37,185 @@ fn service_addresses(map: &BTreeMap<String, ServiceAddress>) -> Value {
     )
 }
 
-pub fn node(node: &Node) -> Value {
-    let mut value = json!({
-        "ID": node.id,
-        "Node": node.name,
-        "Address": node.address,
-        "Datacenter": node.datacenter,
-        "TaggedAddresses": string_map(&node.tagged_addresses),
-        "Meta": string_map(&node.meta),
-        "CreateIndex": node.indexes.create,
-        "ModifyIndex": node.indexes.modify,
-    });
-    with_locality(&mut value, "Locality", node.locality.as_ref());
-    value
+/// A string map as Go encodes Consul's usually-nil maps: `null` when empty.
+struct NilMap<'a>(&'a BTreeMap<String, String>);
+
+impl Serialize for NilMap<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if self.0.is_empty() {
+            serializer.serialize_none()
+        } else {
+            self.0.serialize(serializer)
+        }
+    }
 }
 
-/// Consul omits an unset locality (`Locality *Locality json:",omitempty"`).
-fn with_locality(value: &mut Value, field: &str, locality: Option<&Locality>) {
-    if let Some(locality) = locality {
-        value[field] = locality_json(locality);
+/// A service's `TaggedAddresses`: `null` when empty, else name -> `{"Address", "Port"}`.
+struct AddressMap<'a>(&'a BTreeMap<String, ServiceAddress>);
+
+impl Serialize for AddressMap<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if self.0.is_empty() {
+            return serializer.serialize_none();
+        }
+        serializer.collect_map(self.0.iter().map(|(name, address)| {
+            (
+                name,
+                AddressJson {
+                    address: &address.address,
+                    port: address.port,
+                },
+            )
+        }))
     }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct AddressJson<'a> {
+    address: &'a str,
+    port: u16,
 }
 
 /// `{"Region", "Zone"}`, each left out when empty (`json:",omitempty"`).
-fn locality_json(locality: &Locality) -> Value {
-    let mut value = Map::new();
-    for (name, text) in [("Region", &locality.region), ("Zone", &locality.zone)] {
-        if !text.is_empty() {
-            value.insert(name.into(), json!(text));
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct LocalityJson<'a> {
+    #[serde(skip_serializing_if = "str::is_empty")]
+    region: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    zone: &'a str,
+}
+
+impl<'a> LocalityJson<'a> {
+    fn of(locality: &'a Locality) -> LocalityJson<'a> {
+        LocalityJson {
+            region: &locality.region,
+            zone: &locality.zone,
         }
     }
-    Value::Object(value)
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct WeightsJson {
+    passing: u32,
+    warning: u32,
+}
+
+/// An empty JSON object (`{}`), for Consul's always-present empty structs.
+#[derive(Serialize)]
+struct Empty {}
+
+/// A node as Consul's `Node` (borrowed: hot paths serialise it without building a `Value`).
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NodeJson<'a> {
+    #[serde(rename = "ID")]
+    id: &'a str,
+    node: &'a str,
+    address: &'a str,
+    datacenter: &'a str,
+    tagged_addresses: NilMap<'a>,
+    meta: NilMap<'a>,
+    create_index: u64,
+    modify_index: u64,
+    /// Consul omits an unset locality (`Locality *Locality json:",omitempty"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    locality: Option<LocalityJson<'a>>,
+}
+
+impl<'a> NodeJson<'a> {
+    pub fn of(node: &'a Node) -> NodeJson<'a> {
+        NodeJson {
+            id: &node.id,
+            node: &node.name,
+            address: &node.address,
+            datacenter: &node.datacenter,
+            tagged_addresses: NilMap(&node.tagged_addresses),
+            meta: NilMap(&node.meta),
+            create_index: node.indexes.create,
+            modify_index: node.indexes.modify,
+            locality: node.locality.as_ref().map(LocalityJson::of),
+        }
+    }
+}
+
+pub fn node(node: &Node) -> Value {
+    to_value(NodeJson::of(node))
+}
+
+/// Serialising our own borrowed shapes to a `Value` cannot fail (string keys, finite
+/// numbers); `Null` stands in for the impossible.
+fn to_value(shape: impl Serialize) -> Value {
+    serde_json::to_value(shape).unwrap_or(Value::Null)
+}
+
+/// A service as Consul's `AgentService`, as `/v1/catalog/node/*`, `/v1/agent/services` and the
+/// health endpoints show it.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AgentServiceJson<'a> {
+    #[serde(rename = "ID")]
+    id: &'a str,
+    service: &'a str,
+    tags: &'a [String],
+    meta: NilMap<'a>,
+    port: u16,
+    address: &'a str,
+    tagged_addresses: AddressMap<'a>,
+    weights: WeightsJson,
+    enable_tag_override: bool,
+    datacenter: &'a str,
+    create_index: u64,
+    modify_index: u64,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    kind: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    proxy: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    connect: Option<NativeJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    locality: Option<LocalityJson<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct NativeJson {
+    native: bool,
+}
+
+impl<'a> AgentServiceJson<'a> {
+    pub fn of(service: &'a Service, datacenter: &'a str) -> AgentServiceJson<'a> {
+        AgentServiceJson {
+            id: &service.id,
+            service: &service.name,
+            tags: &service.tags,
+            meta: NilMap(&service.meta),
+            port: service.port,
+            address: &service.address,
+            tagged_addresses: AddressMap(&service.tagged_addresses),
+            weights: WeightsJson {
+                passing: service.weights.passing,
+                warning: service.weights.warning,
+            },
+            enable_tag_override: service.enable_tag_override,
+            datacenter,
+            create_index: service.indexes.create,
+            modify_index: service.indexes.modify,
+            kind: &service.kind,
+            proxy: service.proxy.is_some().then(|| proxy_json(service)),
+            connect: service
+                .connect_native
+                .then_some(NativeJson { native: true }),
+            locality: service.locality.as_ref().map(LocalityJson::of),
+        }
+    }
 }
 
 /// The shape of a service in `/v1/catalog/node/*` and `/v1/agent/services`.
 pub fn agent_service(service: &Service, datacenter: &str) -> Value {
-    let mut value = json!({
-        "ID": service.id,
-        "Service": service.name,
-        "Tags": service.tags,
-        "Meta": string_map(&service.meta),
-        "Port": service.port,
-        "Address": service.address,
-        "TaggedAddresses": service_addresses(&service.tagged_addresses),
-        "Weights": {"Passing": service.weights.passing, "Warning": service.weights.warning},
-        "EnableTagOverride": service.enable_tag_override,
-        "Datacenter": datacenter,
-        "CreateIndex": service.indexes.create,
-        "ModifyIndex": service.indexes.modify,
-    });
-    if !service.kind.is_empty() {
-        value["Kind"] = Value::String(service.kind.clone());
-    }
-    if service.proxy.is_some() {
-        value["Proxy"] = proxy_json(service);
-    }
-    if service.connect_native {
-        value["Connect"] = json!({"Native": true});
-    }
-    with_locality(&mut value, "Locality", service.locality.as_ref());
-    value
+    to_value(AgentServiceJson::of(service, datacenter))
 }
 
 fn opaque(text: &str) -> Option<Value> {
@@ -191,29 +310,92 @@ pub fn service_node(node: &Node, service: &Service) -> Value {
         "ModifyIndex": service.indexes.modify,
     });
     // Consul's ServiceNode always carries this one, `null` when unset.
-    value["ServiceLocality"] = service.locality.as_ref().map_or(Value::Null, locality_json);
+    value["ServiceLocality"] = service
+        .locality
+        .as_ref()
+        .map_or(Value::Null, |locality| to_value(LocalityJson::of(locality)));
     value
 }
 
+/// A check as Consul's `HealthCheck`.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct HealthCheckJson<'a> {
+    node: &'a str,
+    #[serde(rename = "CheckID")]
+    check_id: &'a str,
+    name: &'a str,
+    status: &'a str,
+    notes: &'a str,
+    output: &'a str,
+    #[serde(rename = "ServiceID")]
+    service_id: &'a str,
+    service_name: &'a str,
+    service_tags: &'a [String],
+    r#type: &'a str,
+    interval: &'a str,
+    timeout: &'a str,
+    exposed_port: u16,
+    definition: Empty,
+    create_index: u64,
+    modify_index: u64,
+}
+
+impl<'a> HealthCheckJson<'a> {
+    pub fn of(check: &'a Check) -> HealthCheckJson<'a> {
+        HealthCheckJson {
+            node: &check.node,
+            check_id: &check.check_id,
+            name: &check.name,
+            status: check.status.as_str(),
+            notes: &check.notes,
+            output: &check.output,
+            service_id: &check.service_id,
+            service_name: &check.service_name,
+            service_tags: &check.service_tags,
+            r#type: &check.check_type,
+            interval: &check.interval,
+            timeout: &check.timeout,
+            exposed_port: 0,
+            definition: Empty {},
+            create_index: check.indexes.create,
+            modify_index: check.indexes.modify,
+        }
+    }
+}
+
 pub fn health_check(check: &Check) -> Value {
-    json!({
-        "Node": check.node,
-        "CheckID": check.check_id,
-        "Name": check.name,
-        "Status": check.status.as_str(),
-        "Notes": check.notes,
-        "Output": check.output,
-        "ServiceID": check.service_id,
-        "ServiceName": check.service_name,
-        "ServiceTags": check.service_tags,
-        "Type": check.check_type,
-        "Interval": check.interval,
-        "Timeout": check.timeout,
-        "ExposedPort": 0,
-        "Definition": {},
-        "CreateIndex": check.indexes.create,
-        "ModifyIndex": check.indexes.modify,
-    })
+    to_value(HealthCheckJson::of(check))
+}
+
+/// One instance with its node and checks, as Consul's `CheckServiceNode` (the health
+/// endpoints and prepared queries).
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CheckServiceNodeJson<'a> {
+    pub node: NodeJson<'a>,
+    pub service: AgentServiceJson<'a>,
+    pub checks: Vec<HealthCheckJson<'a>>,
+}
+
+impl<'a> CheckServiceNodeJson<'a> {
+    pub fn of(
+        node: &'a Node,
+        service: &'a Service,
+        datacenter: &'a str,
+        checks: impl Iterator<Item = &'a Check>,
+    ) -> CheckServiceNodeJson<'a> {
+        CheckServiceNodeJson {
+            node: NodeJson::of(node),
+            service: AgentServiceJson::of(service, datacenter),
+            checks: checks.map(HealthCheckJson::of).collect(),
+        }
+    }
+
+    /// The node's name, which `?near=` sorts by.
+    pub fn node_name(&self) -> &'a str {
+        self.node.node
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]

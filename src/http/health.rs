@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::response::Response;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::error::ApiError;
 use super::instances::Instances;
@@ -58,34 +58,25 @@ async fn instances(
     let tags: Vec<String> = call.all("tag").map(str::to_string).collect();
     let datacenter = state.config.datacenter.clone();
     reply::blocking_filtered(state, &options, which.topics(), &visible, |tables| {
-        let entries = which
+        let mut entries: Vec<_> = which
             .rows(tables, &tags)
             .filter(|(node, service)| visible.instance(&node.name, &service.name))
             .filter(|(node, _)| options.node_selected(node))
-            .filter_map(|(node, service)| {
-                if passing_only
-                    && tables.instance_health(&node.name, &service.id) != HealthStatus::Passing
-                {
-                    return None;
-                }
-                let checks: Vec<_> = tables
+            .filter(|(node, service)| {
+                !passing_only
+                    || tables.instance_health(&node.name, &service.id) == HealthStatus::Passing
+            })
+            .map(|(node, service)| {
+                let checks = tables
                     .instance_checks(&node.name, &service.id)
-                    .filter(|check| visible.check(check))
-                    .collect();
-                Some(json!({
-                    "Node": wire::node(node),
-                    "Service": wire::agent_service(service, &datacenter),
-                    "Checks": checks.into_iter().map(wire::health_check).collect::<Vec<_>>(),
-                }))
+                    .filter(|check| visible.check(check));
+                wire::CheckServiceNodeJson::of(node, service, &datacenter, checks)
             })
             .collect();
-        let mut entries = options.filter_list(entries);
         if let Some(origin) = super::coordinate::near_coordinate(state, &call, tables) {
-            super::coordinate::sort_near(&mut entries, origin, tables, |entry| {
-                entry["Node"]["Node"].as_str().unwrap_or_default()
-            });
+            super::coordinate::sort_near(&mut entries, origin, tables, |entry| entry.node_name());
         }
-        Ok((which.index(tables), Reply::Json(Value::Array(entries))))
+        Ok((which.index(tables), reply::list(&options, &entries)))
     })
     .await
 }

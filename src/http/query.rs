@@ -9,6 +9,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use rand::seq::SliceRandom;
+use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
@@ -16,7 +17,7 @@ use super::params::Call;
 use super::reply::{self, Reply, Visible};
 use super::AppState;
 use crate::acl::{Access, Identity};
-use crate::api::catalog as catalog_wire;
+use crate::api::catalog::CheckServiceNodeJson;
 use crate::api::decode;
 use crate::api::query::{self as wire, QueryIn};
 use crate::state::query::{self as queries, QUERIES_TOPIC};
@@ -225,33 +226,38 @@ pub async fn execute(
         .filter(|near| !near.is_empty())
         .map(str::to_string)
         .or_else(|| (!query.service.near.is_empty()).then(|| query.service.near.clone()));
-    let mut nodes = answer_here(&state, &tables, &query, connect, &visible, near.as_deref());
-    let mut datacenter = state.config.datacenter.clone();
+    let here = answer_here(&state, &tables, &query, connect, &visible, near.as_deref());
+    let mut nodes = Nodes::Here(here);
+    let mut datacenter = state.config.datacenter.as_str();
     let mut failovers = 0;
-    if nodes.is_empty() {
-        for target in failover_targets(&state, &query).await {
-            failovers += 1;
-            if let Some(found) = answer_there(&state, &call, &query, connect, &target).await {
-                if !found.is_empty() {
-                    (nodes, datacenter) = (found, target);
-                    break;
-                }
+    let targets = match nodes.is_empty() {
+        true => failover_targets(&state, &query).await,
+        false => Vec::new(),
+    };
+    for target in &targets {
+        failovers += 1;
+        if let Some(found) = answer_there(&state, &call, &query, connect, target).await {
+            if !found.is_empty() {
+                (nodes, datacenter) = (Nodes::There(found), target);
+                break;
             }
         }
     }
     if let Some(limit) = limit.filter(|limit| *limit > 0) {
         nodes.truncate(limit);
     }
-    let body = json!({
-        "Service": query.service.service,
-        "Namespace": "",
-        "Nodes": nodes,
-        "DNS": {"TTL": query.dns_ttl},
-        "Datacenter": datacenter,
-        "Failovers": failovers,
-    });
+    let body = Executed {
+        service: &query.service.service,
+        namespace: "",
+        nodes,
+        dns: DnsJson {
+            ttl: &query.dns_ttl,
+        },
+        datacenter,
+        failovers,
+    };
     let response = reply::with_headers(
-        Reply::Json(body),
+        Reply::JsonBytes(reply::json_body(&body, options.pretty)),
         tables.last_index(),
         contact,
         &options,
@@ -271,16 +277,60 @@ fn query_token(query: &PreparedQuery, call: &Call) -> Option<String> {
     }
 }
 
+/// An execution's answer (Consul's `PreparedQueryExecuteResponse`).
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct Executed<'a> {
+    service: &'a str,
+    namespace: &'a str,
+    nodes: Nodes<'a>,
+    #[serde(rename = "DNS")]
+    dns: DnsJson<'a>,
+    datacenter: &'a str,
+    failovers: u32,
+}
+
+#[derive(Serialize)]
+struct DnsJson<'a> {
+    #[serde(rename = "TTL")]
+    ttl: &'a str,
+}
+
+/// The instances an execution found: here, borrowed from the snapshot, or as another
+/// datacenter answered them.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Nodes<'a> {
+    Here(Vec<CheckServiceNodeJson<'a>>),
+    There(Vec<Value>),
+}
+
+impl Nodes<'_> {
+    fn is_empty(&self) -> bool {
+        match self {
+            Nodes::Here(nodes) => nodes.is_empty(),
+            Nodes::There(nodes) => nodes.is_empty(),
+        }
+    }
+
+    fn truncate(&mut self, limit: usize) {
+        match self {
+            Nodes::Here(nodes) => nodes.truncate(limit),
+            Nodes::There(nodes) => nodes.truncate(limit),
+        }
+    }
+}
+
 /// The query's instances in this datacenter as `CheckServiceNode`s: shuffled, sorted by
 /// distance from `near` when given (that node first), without what the token may not see.
-fn answer_here(
-    state: &AppState,
-    tables: &Tables,
+fn answer_here<'t>(
+    state: &'t AppState,
+    tables: &'t Tables,
     query: &PreparedQuery,
     connect: bool,
     visible: &Visible,
     near: Option<&str>,
-) -> Vec<Value> {
+) -> Vec<CheckServiceNodeJson<'t>> {
     let mut rows: Vec<_> = queries::instances(tables, query, connect)
         .into_iter()
         .filter(|(node, service, _)| visible.instance(&node.name, &service.name))
@@ -304,18 +354,12 @@ fn answer_here(
         }
     }
     let datacenter = &state.config.datacenter;
-    rows.iter()
+    rows.into_iter()
         .map(|(node, service, _)| {
-            let checks: Vec<Value> = tables
+            let checks = tables
                 .instance_checks(&node.name, &service.id)
-                .filter(|check| visible.check(check))
-                .map(catalog_wire::health_check)
-                .collect();
-            json!({
-                "Node": catalog_wire::node(node),
-                "Service": catalog_wire::agent_service(service, datacenter),
-                "Checks": checks,
-            })
+                .filter(|check| visible.check(check));
+            CheckServiceNodeJson::of(node, service, datacenter, checks)
         })
         .collect()
 }
@@ -393,7 +437,17 @@ pub async fn execute_sent(
             .resolve(query_token(&query, &call).as_deref())?,
     );
     let nodes = answer_here(&state, &tables, &query, connect, &visible, None);
-    Ok(reply::json(&json!({"Nodes": nodes}), false))
+    #[derive(Serialize)]
+    struct Sent<'a> {
+        #[serde(rename = "Nodes")]
+        nodes: Vec<CheckServiceNodeJson<'a>>,
+    }
+    let body = reply::json_body(&Sent { nodes }, false);
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response())
 }
 
 pub async fn explain(

@@ -38,6 +38,19 @@ pub fn json_body<T: serde::Serialize + ?Sized>(value: &T, pretty: bool) -> Vec<u
     body
 }
 
+/// A list answer from typed shapes: serialised straight to bytes, or, under `?filter` (which
+/// reads JSON values), as the values the filter keeps.
+pub fn list<T: serde::Serialize>(options: &ReadOptions, items: &[T]) -> Reply {
+    if options.filter.is_none() {
+        return Reply::JsonBytes(json_body(items, options.pretty));
+    }
+    let values = items
+        .iter()
+        .filter_map(|item| serde_json::to_value(item).ok())
+        .collect();
+    Reply::Json(Value::Array(options.filter_list(values)))
+}
+
 /// A JSON response with no index headers (writes and agent endpoints).
 pub fn json(value: &Value, pretty: bool) -> Response {
     (

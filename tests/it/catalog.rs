@@ -108,6 +108,20 @@ async fn register_list_and_deregister() {
             .unwrap(),
     );
     assert_eq!(filtered.as_array().unwrap().len(), 1);
+    // The health endpoint filters its CheckServiceNodes the same way.
+    let healthy = json(
+        &client
+            .get("/v1/health/service/web?filter=Service.Port%20%3D%3D%208080")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(healthy.as_array().unwrap().len(), 1, "{healthy}");
+    assert_eq!(healthy[0]["Service"]["ID"], "web-1");
+    assert_eq!(
+        healthy[0]["Service"]["Weights"],
+        json!({"Passing": 3, "Warning": 1})
+    );
+    assert_eq!(healthy[0]["Node"]["Node"], "web-host");
     let by_meta = json(
         &client
             .get("/v1/catalog/nodes?filter=Meta.rack%20%3D%3D%20r1")
