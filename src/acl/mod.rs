@@ -93,6 +93,9 @@ pub struct AclConfig {
     pub down_policy: String,
     pub enable_key_list_policy: bool,
     pub enable_token_persistence: bool,
+    /// Whether a secondary datacenter's servers replicate the primary's global tokens (its
+    /// policies and roles always replicate).
+    pub enable_token_replication: bool,
     /// The secret the leader makes a global-management token for (`acl.tokens.initial_management`).
     pub initial_management: Option<String>,
     pub tokens: AgentTokens,
@@ -106,6 +109,7 @@ impl std::fmt::Debug for AclConfig {
             .field("down_policy", &self.down_policy)
             .field("enable_key_list_policy", &self.enable_key_list_policy)
             .field("enable_token_persistence", &self.enable_token_persistence)
+            .field("enable_token_replication", &self.enable_token_replication)
             .field(
                 "initial_management",
                 &self.initial_management.as_ref().map(|_| "<hidden>"),

@@ -17,6 +17,7 @@ pub mod intention;
 pub mod kv;
 pub mod operator;
 pub mod query;
+pub mod replicate;
 pub mod session;
 pub mod txn;
 pub mod watch;

@@ -385,6 +385,7 @@ fn acl_config(raw: raw::RawAcl) -> Result<crate::acl::AclConfig, String> {
         down_policy,
         enable_key_list_policy: raw.enable_key_list_policy.unwrap_or(false),
         enable_token_persistence: raw.enable_token_persistence.unwrap_or(false),
+        enable_token_replication: raw.enable_token_replication.unwrap_or(false),
         initial_management: nonempty(tokens.initial_management.or(tokens.master)),
         tokens: crate::acl::AgentTokens {
             agent: nonempty(tokens.agent),

@@ -89,6 +89,7 @@ pub struct RawAcl {
     pub down_policy: Option<String>,
     pub enable_key_list_policy: Option<bool>,
     pub enable_token_persistence: Option<bool>,
+    pub enable_token_replication: Option<bool>,
     /// Cache lifetimes Consul's clients use; concord's agents read the replicated tables and
     /// drop every cached resolution when they change, so these are accepted and unused.
     pub token_ttl: Option<String>,

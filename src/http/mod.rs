@@ -24,6 +24,7 @@ mod metrics;
 mod operator;
 mod params;
 mod query;
+mod replicate;
 mod reply;
 mod session;
 mod snapshot;
@@ -226,6 +227,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/query/{id}/execute", get(query::execute))
         .route("/v1/query/{id}/explain", get(query::explain))
         .route("/v1/internal/query/execute", post(query::execute_sent))
+        .route("/v1/internal/replicate/{kind}", get(replicate::list))
         .route("/v1/session/create", put(session::create))
         .route("/v1/session/destroy/{id}", put(session::destroy))
         .route("/v1/session/renew/{id}", put(session::renew))

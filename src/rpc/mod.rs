@@ -384,6 +384,11 @@ impl Cluster {
         self.snapshot().ca().cloned()
     }
 
+    /// Whether this agent is a client (which keeps no Raft state and asks its servers).
+    pub fn is_client(&self) -> bool {
+        matches!(self, Cluster::Client(_))
+    }
+
     /// The server handle, for code that only runs on servers.
     pub fn server(&self) -> Option<&Arc<ServerRpc>> {
         match self {

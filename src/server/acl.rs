@@ -67,7 +67,10 @@ pub async fn init(rpc: &ServerRpc, config: &RuntimeConfig) -> bool {
             cas: Some(0),
         });
     }
-    if let Some(secret) = &config.acl.initial_management {
+    // Consul makes the initial management token in the primary only; a secondary gets the
+    // primary's through replication.
+    let primary = config.primary_datacenter == config.datacenter;
+    if let (Some(secret), true) = (&config.acl.initial_management, primary) {
         if tables.acl_token_by_secret(secret).is_none() {
             let token = Box::new(system_token(
                 uuid::Uuid::new_v4().to_string(),

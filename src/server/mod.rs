@@ -14,6 +14,7 @@ mod coordinate_sync;
 pub mod formation;
 mod leader;
 pub mod members;
+mod replication;
 mod watches;
 
 use std::collections::BTreeMap;
@@ -390,6 +391,17 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
         tasks.spawn("rpc.session_ttl", async move {
             rpc.sessions.run(&rpc, shutdown).await
         });
+        for kind in replication::kinds(&config) {
+            tasks.spawn(
+                "server.replication",
+                replication::run(
+                    server.rpc.clone(),
+                    config.clone(),
+                    kind,
+                    tasks.shutdown().clone(),
+                ),
+            );
+        }
         tasks.spawn(
             "server.leader",
             leader::run(

@@ -41,6 +41,16 @@ impl Tables {
             .map(|(_, entry)| entry)
     }
 
+    /// Every entry of every kind, ordered by kind then name.
+    pub fn config_entries(&self) -> impl Iterator<Item = &Arc<ConfigEntry>> {
+        self.config_entries.values()
+    }
+
+    /// Index of the last change to any entry, deletes included.
+    pub fn config_entries_index(&self) -> u64 {
+        self.config_index.values().copied().max().unwrap_or(0)
+    }
+
     /// Index of the last change to any entry of `kind`, deletes included.
     pub fn config_kind_index(&self, kind: &str) -> u64 {
         self.config_index.get(kind).copied().unwrap_or(0)

@@ -230,3 +230,187 @@ async fn requests_naming_another_datacenter_are_answered_there() {
     let own = json(&dc1.client().get("/v1/agent/self?dc=dc2").await.unwrap());
     assert_eq!(own["Config"]["Datacenter"], "dc1");
 }
+
+const PRIMARY: &str = "127.0.37.1";
+const SECONDARY: &str = "127.0.37.2";
+const MANAGEMENT: &str = "0d2f6b1e-8c47-4a9b-b3e5-5a7c9d1f2e30";
+
+/// A server of `datacenter` with ACLs on (deny by default) whose primary is dc1: dc1 makes
+/// the management token, dc2 replicates tokens with it.
+fn acl_server(node: &str, ip: &str, datacenter: &str) -> AgentOptions {
+    let tokens = match datacenter {
+        "dc1" => json!({"initial_management": MANAGEMENT}),
+        _ => json!({"replication": MANAGEMENT}),
+    };
+    let mut config = json!({
+        "datacenter": datacenter,
+        "primary_datacenter": "dc1",
+        "acl": {"enabled": true, "default_policy": "deny", "enable_token_replication": true,
+                "tokens": tokens},
+    });
+    if datacenter != "dc1" {
+        config["retry_join_wan"] = json!([PRIMARY]);
+        config["retry_interval_wan"] = json!("1s");
+    }
+    AgentOptions {
+        ready_token: Some(MANAGEMENT.into()),
+        ..agent(node, ip, true, config)
+    }
+}
+
+async fn call(
+    agent: &Agent,
+    method: hyper::Method,
+    path: &str,
+    body: Option<Value>,
+) -> concord::api::client::Response {
+    concord::api::client::Client::from_flags(Some(&agent.address()), Some(MANAGEMENT))
+        .expect("client")
+        .request(method, path, body.map(|body| body.to_string().into_bytes()))
+        .await
+        .expect("request")
+}
+
+/// What the primary owns (ACL policies and global tokens, config entries, intentions) is
+/// replicated to the secondary, writes of it made at the secondary land in the primary, and
+/// a local token stays where it was made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_primarys_global_objects_replicate_and_writes_of_them_go_to_the_primary() {
+    use hyper::Method;
+    // The secondary is ready only once the management token made in dc1 resolves there.
+    let (dc1, dc2) = tokio::join!(
+        Agent::start(acl_server("p1", PRIMARY, "dc1")),
+        Agent::start(acl_server("s1", SECONDARY, "dc2")),
+    );
+    let own = json(&call(&dc1, Method::GET, "/v1/acl/token/self", None).await);
+    let replicated = json(&call(&dc2, Method::GET, "/v1/acl/token/self", None).await);
+    assert_eq!(own["AccessorID"], replicated["AccessorID"], "{replicated}");
+
+    // A policy and a global token made in dc1 work in dc2.
+    let policy = call(
+        &dc1,
+        Method::PUT,
+        "/v1/acl/policy",
+        Some(json!({"Name": "app-reader", "Rules": "key_prefix \"app/\" { policy = \"read\" }"})),
+    )
+    .await;
+    assert_eq!(policy.status, 200, "{}", policy.text());
+    let policy_id = json(&policy)["ID"].as_str().unwrap().to_string();
+    let token = call(
+        &dc1,
+        Method::PUT,
+        "/v1/acl/token",
+        Some(json!({"Description": "reader", "Policies": [{"Name": "app-reader"}]})),
+    )
+    .await;
+    assert_eq!(token.status, 200, "{}", token.text());
+    let reader = json(&token)["SecretID"].as_str().unwrap().to_string();
+    let written = call(&dc2, Method::PUT, "/v1/kv/app/x", Some(json!("v"))).await;
+    assert_eq!(written.status, 200, "{}", written.text());
+    let as_reader = concord::api::client::Client::from_flags(Some(&dc2.address()), Some(&reader))
+        .expect("client");
+    eventually(
+        "the reader token works in dc2",
+        Duration::from_secs(20),
+        || async { (as_reader.get("/v1/kv/app/x").await.ok()?.status == 200).then_some(()) },
+    )
+    .await;
+
+    // A local token made in dc2 stays there.
+    let local = call(
+        &dc2,
+        Method::PUT,
+        "/v1/acl/token",
+        Some(json!({"Description": "dc2 only", "Local": true})),
+    )
+    .await;
+    assert_eq!(local.status, 200, "{}", local.text());
+    let local_path = format!(
+        "/v1/acl/token/{}",
+        json(&local)["AccessorID"].as_str().unwrap()
+    );
+    assert_eq!(call(&dc1, Method::GET, &local_path, None).await.status, 403);
+
+    // A config entry and a policy written at dc2 are written in dc1, and come back.
+    let entry = json!({"Kind": "service-defaults", "Name": "web", "Protocol": "http"});
+    let set = call(&dc2, Method::PUT, "/v1/config", Some(entry)).await;
+    assert_eq!((set.status.as_u16(), set.text()), (200, "true".to_string()));
+    let in_primary = call(&dc1, Method::GET, "/v1/config/service-defaults/web", None).await;
+    assert_eq!(
+        json(&in_primary)["Protocol"],
+        "http",
+        "{}",
+        in_primary.text()
+    );
+    let made_here = call(
+        &dc2,
+        Method::PUT,
+        "/v1/acl/policy",
+        Some(json!({"Name": "from-dc2", "Rules": "node_prefix \"\" { policy = \"read\" }"})),
+    )
+    .await;
+    assert_eq!(made_here.status, 200, "{}", made_here.text());
+    let in_primary = call(&dc1, Method::GET, "/v1/acl/policy/name/from-dc2", None).await;
+    assert_eq!(in_primary.status, 200, "{}", in_primary.text());
+    eventually(
+        "the config entry back in dc2",
+        Duration::from_secs(20),
+        || async {
+            let read = call(&dc2, Method::GET, "/v1/config/service-defaults/web", None).await;
+            (json(&read)["Protocol"] == "http").then_some(())
+        },
+    )
+    .await;
+
+    // An intention made in dc1 decides in dc2 (a deny default says no until it arrives).
+    let allow = call(
+        &dc1,
+        Method::PUT,
+        "/v1/connect/intentions/exact?source=web&destination=db",
+        Some(json!({"Action": "allow"})),
+    )
+    .await;
+    assert_eq!(allow.status, 200, "{}", allow.text());
+    eventually(
+        "the intention decides in dc2",
+        Duration::from_secs(20),
+        || async {
+            let check = call(
+                &dc2,
+                Method::GET,
+                "/v1/connect/intentions/check?source=web&destination=db",
+                None,
+            )
+            .await;
+            (json(&check)["Allowed"] == true).then_some(())
+        },
+    )
+    .await;
+
+    // Deleting the policy in dc1 deletes it in dc2; the local token outlives every round.
+    let deleted = call(
+        &dc1,
+        Method::DELETE,
+        &format!("/v1/acl/policy/{policy_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(deleted.status, 200, "{}", deleted.text());
+    eventually(
+        "the policy gone from dc2",
+        Duration::from_secs(20),
+        || async {
+            let read = call(
+                &dc2,
+                Method::GET,
+                &format!("/v1/acl/policy/{policy_id}"),
+                None,
+            )
+            .await;
+            (read.status != 200).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(as_reader.get("/v1/kv/app/x").await.unwrap().status, 403);
+    assert_eq!(call(&dc2, Method::GET, &local_path, None).await.status, 200);
+}
