@@ -166,6 +166,8 @@ enum Input {
     Keyring(KeyOp, oneshot::Sender<KeySummary>),
     /// This member's network coordinate.
     Coordinate(oneshot::Sender<Coordinate>),
+    /// Every active member's last known coordinate, this one's included.
+    Coordinates(oneshot::Sender<Vec<(String, Coordinate)>>),
 }
 
 /// A coordinate probe and its answer: who sends it and where it stands.
@@ -297,6 +299,7 @@ impl Pool {
             awareness: 0,
             probes: HashMap::new(),
             probe_sequence: 0,
+            coordinates: HashMap::new(),
         };
         let dropped = run.dropped.clone();
         let encrypted = run.encrypted;
@@ -319,6 +322,15 @@ impl Pool {
     /// Whether this member started with gossip encryption.
     pub fn encrypted(&self) -> bool {
         self.encrypted
+    }
+
+    /// This member's coordinate and every active member's last known one, by member name.
+    pub async fn coordinates(&self) -> Vec<(String, Coordinate)> {
+        let (reply, answer) = oneshot::channel();
+        if self.inputs.send(Input::Coordinates(reply)).await.is_err() {
+            return Vec::new();
+        }
+        answer.await.unwrap_or_default()
     }
 
     /// This member's network coordinate (the origin until it has measured anything).
@@ -481,6 +493,9 @@ struct Run<T: Transport> {
     /// Coordinate probes sent and not yet answered: sequence → when.
     probes: HashMap<u64, Instant>,
     probe_sequence: u64,
+    /// The coordinate each member last reported in a probe or its answer (Serf's coordinate
+    /// cache), by member name.
+    coordinates: HashMap<String, Coordinate>,
 }
 
 /// What two members exchange in a push-pull.
@@ -631,6 +646,9 @@ impl<T: Transport> Run<T> {
             }
             Input::ForceLeave { name, prune, reply } => {
                 let _ = reply.send(self.force_leave(&name, prune));
+            }
+            Input::Coordinates(reply) => {
+                let _ = reply.send(self.coordinates());
             }
             Input::Coordinate(reply) => {
                 let _ = reply.send(self.vivaldi.coordinate().clone());
@@ -907,6 +925,8 @@ impl<T: Transport> Run<T> {
         let Some(probe) = self.decode_probe(from, body) else {
             return;
         };
+        self.coordinates
+            .insert(probe.name.clone(), probe.coordinate.clone());
         let answer = Probe {
             sequence: probe.sequence,
             name: self.foca.identity().name.clone(),
@@ -925,6 +945,29 @@ impl<T: Transport> Run<T> {
             self.vivaldi
                 .update(&answer.name, &answer.coordinate, sent.elapsed());
         }
+        self.coordinates.insert(answer.name, answer.coordinate);
+    }
+
+    /// This member's coordinate and every active member's last known one; members that are
+    /// gone are forgotten here.
+    fn coordinates(&mut self) -> Vec<(String, Coordinate)> {
+        let active: std::collections::HashSet<String> = self
+            .foca
+            .iter_members()
+            .map(|member| member.id().name.clone())
+            .collect();
+        self.coordinates.retain(|name, _| active.contains(name));
+        let own = (
+            self.foca.identity().name.clone(),
+            self.vivaldi.coordinate().clone(),
+        );
+        std::iter::once(own)
+            .chain(
+                self.coordinates
+                    .iter()
+                    .map(|(name, coordinate)| (name.clone(), coordinate.clone())),
+            )
+            .collect()
     }
 
     /// Counts a refused message and logs it, at most once a minute per peer.

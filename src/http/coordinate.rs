@@ -61,29 +61,41 @@ pub async fn node(
     .await
 }
 
-/// The servers' coordinates, as the one datacenter's WAN area (there is no WAN pool yet, so
-/// these are the servers' LAN coordinates, named `<node>.<dc>` as Consul's WAN members are).
+/// The WAN pool's servers by datacenter with their coordinates (`<node>.<dc>`), one WAN area
+/// per datacenter as Consul lists them; a client agent asks one of its servers.
 pub async fn datacenters(
     State(state): State<Arc<AppState>>,
     call: Call,
 ) -> Result<Response, ApiError> {
-    let tables = state.cluster.snapshot();
-    let datacenter = &state.config.datacenter;
-    let coordinates: Vec<Value> = tables
-        .service_nodes("consul")
-        .filter_map(|(node, _)| {
-            let name = &node.name;
-            tables
-                .coordinate(name)
-                .map(|coord| json!({"Node": format!("{name}.{datacenter}"), "Coord": coord}))
+    let Some(server) = state.cluster.server() else {
+        let forward = crate::rpc::wire::HttpForward {
+            datacenter: state.config.datacenter.clone(),
+            method: "GET".into(),
+            path_and_query: "/v1/coordinate/datacenters".into(),
+            headers: Vec::new(),
+            body: Vec::new(),
+            timeout_ms: 10_000,
+        };
+        let answer = state.cluster.forward_http(forward).await?;
+        let body: Value = serde_json::from_slice(&answer.body)
+            .map_err(|error| ApiError::Internal(format!("a server's answer: {error}")))?;
+        return Ok(reply::json(&body, call.pretty(&state)));
+    };
+    let mut areas: std::collections::BTreeMap<String, Vec<Value>> = Default::default();
+    areas.entry(state.config.datacenter.clone()).or_default();
+    for wan_server in server.federation.wan_servers().await {
+        let coordinates = areas.entry(wan_server.datacenter).or_default();
+        if let Some(coord) = wan_server.coordinate {
+            coordinates.push(json!({"Node": wan_server.name, "Coord": coord}));
+        }
+    }
+    let body: Vec<Value> = areas
+        .into_iter()
+        .map(|(datacenter, coordinates)| {
+            json!({"Datacenter": datacenter, "AreaID": "wan", "Coordinates": coordinates})
         })
         .collect();
-    let body = json!([{
-        "Datacenter": datacenter,
-        "AreaID": "wan",
-        "Coordinates": coordinates,
-    }]);
-    Ok(reply::json(&body, call.pretty(&state)))
+    Ok(reply::json(&Value::Array(body), call.pretty(&state)))
 }
 
 pub async fn update(

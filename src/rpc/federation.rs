@@ -20,6 +20,7 @@ use super::wire::{
 use super::RpcError;
 use crate::gossip::{MemberStatus, Pool};
 use crate::state::query::failover_targets;
+use crate::types::coordinate::Coordinate;
 use crate::types::query::PreparedQuery;
 
 /// The largest answer a forwarded request may bring back.
@@ -170,23 +171,43 @@ impl Federation {
             .ok_or_else(|| RpcError::Refused("not a query this datacenter answers".into()))
     }
 
-    /// Every datacenter the WAN pool knows: this one first, then the others by name (concord
-    /// keeps no WAN coordinates, so name order stands in for distance).
+    /// Every datacenter with a server in the WAN pool that has not left: this one first, then
+    /// the others by the median estimated round trip from this server to theirs (Consul's
+    /// order), those without a coordinate last, ties by name.
     pub async fn datacenters(&self) -> Vec<String> {
-        let mut others: Vec<String> = match self.wan.get() {
-            Some(wan) => wan
-                .members()
-                .await
-                .into_iter()
-                .filter_map(|member| member.identity.tags.get("dc").cloned())
-                .filter(|dc| *dc != self.datacenter)
-                .collect(),
-            None => Vec::new(),
+        let servers: Vec<(String, Option<Coordinate>)> = self
+            .wan_servers()
+            .await
+            .into_iter()
+            .map(|server| (server.datacenter, server.coordinate))
+            .collect();
+        let own = match self.wan.get() {
+            Some(wan) => Some(wan.coordinate().await),
+            None => None,
         };
-        others.sort();
-        others.dedup();
-        std::iter::once(self.datacenter.clone())
-            .chain(others)
+        by_distance(&self.datacenter, own.as_ref(), servers)
+    }
+
+    /// The servers in the WAN pool that have not left, with their last known coordinates
+    /// (this server's own included).
+    pub async fn wan_servers(&self) -> Vec<WanServer> {
+        let Some(wan) = self.wan.get() else {
+            return Vec::new();
+        };
+        let coordinates: std::collections::HashMap<String, Coordinate> =
+            wan.coordinates().await.into_iter().collect();
+        wan.members()
+            .await
+            .into_iter()
+            .filter(|member| member.status != MemberStatus::Left)
+            .filter_map(|member| {
+                let datacenter = member.identity.tags.get("dc")?.clone();
+                Some(WanServer {
+                    datacenter,
+                    coordinate: coordinates.get(&member.identity.name).cloned(),
+                    name: member.identity.name,
+                })
+            })
             .collect()
     }
 
@@ -278,10 +299,95 @@ impl Federation {
     }
 }
 
+/// A server in the WAN pool: its member name (`<node>.<dc>`), datacenter and coordinate.
+#[derive(Clone, Debug)]
+pub struct WanServer {
+    pub name: String,
+    pub datacenter: String,
+    pub coordinate: Option<Coordinate>,
+}
+
+/// `local` first, then the other datacenters of `servers` by the median distance from `own`
+/// to their servers' coordinates; a datacenter with no coordinate known sorts last; ties by
+/// name.
+fn by_distance(
+    local: &str,
+    own: Option<&Coordinate>,
+    servers: Vec<(String, Option<Coordinate>)>,
+) -> Vec<String> {
+    let mut rtts: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+    for (datacenter, coordinate) in servers {
+        let samples = rtts.entry(datacenter).or_default();
+        if let (Some(own), Some(coordinate)) = (own, coordinate) {
+            samples.push(own.distance_to(&coordinate).as_secs_f64());
+        }
+    }
+    rtts.remove(local);
+    let mut others: Vec<(f64, String)> = rtts
+        .into_iter()
+        .map(|(datacenter, mut samples)| (median(&mut samples), datacenter))
+        .collect();
+    others.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+    std::iter::once(local.to_string())
+        .chain(others.into_iter().map(|(_, datacenter)| datacenter))
+        .collect()
+}
+
+/// The median of `samples` (the mean of the middle two for an even count), `f64::MAX` for none.
+fn median(samples: &mut [f64]) -> f64 {
+    if samples.is_empty() {
+        return f64::MAX;
+    }
+    samples.sort_by(f64::total_cmp);
+    let middle = samples.len() / 2;
+    if samples.len().is_multiple_of(2) {
+        (samples[middle - 1] + samples[middle]) / 2.0
+    } else {
+        samples[middle]
+    }
+}
+
 /// The answer count of an encoded DNS response (its header's ANCOUNT).
 fn answer_count(message: &[u8]) -> u16 {
     match message {
         [_, _, _, _, _, _, high, low, ..] => u16::from_be_bytes([*high, *low]),
         _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(x: f64) -> Option<Coordinate> {
+        let mut coordinate = Coordinate::default();
+        coordinate.vec[0] = x;
+        Some(coordinate)
+    }
+
+    #[test]
+    fn datacenters_sort_by_the_median_distance_to_their_servers_unknown_last() {
+        let servers = vec![
+            ("dc1".to_string(), at(0.0)),
+            // Median of 0.010, 0.020 and 0.300: 0.020.
+            ("far".to_string(), at(0.010)),
+            ("far".to_string(), at(0.300)),
+            ("far".to_string(), at(0.020)),
+            // Median of 0.005 and 0.025: 0.015.
+            ("near".to_string(), at(0.005)),
+            ("near".to_string(), at(0.025)),
+            ("blind".to_string(), None),
+            ("also-near".to_string(), at(0.015)),
+        ];
+        let own = Coordinate::default();
+        assert_eq!(
+            by_distance("dc1", Some(&own), servers.clone()),
+            ["dc1", "also-near", "near", "far", "blind"]
+        );
+        // Without a coordinate of its own, this server orders the others by name.
+        assert_eq!(
+            by_distance("dc1", None, servers),
+            ["dc1", "also-near", "blind", "far", "near"]
+        );
     }
 }

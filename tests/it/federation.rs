@@ -52,6 +52,32 @@ async fn requests_naming_another_datacenter_are_answered_there() {
         },
     )
     .await;
+    // Each datacenter's server is a WAN area member with a coordinate, named `<node>.<dc>`.
+    for asker in [&dc1, &client] {
+        eventually(
+            "both servers' WAN coordinates",
+            Duration::from_secs(20),
+            || async {
+                let areas = json(
+                    &asker
+                        .client()
+                        .get("/v1/coordinate/datacenters")
+                        .await
+                        .ok()?,
+                );
+                let named = |index: usize| areas[index]["Coordinates"][0]["Node"].clone();
+                let listed = (
+                    areas[0]["Datacenter"].clone(),
+                    named(0),
+                    areas[1]["Datacenter"].clone(),
+                    named(1),
+                );
+                (listed == (json!("dc1"), json!("s1.dc1"), json!("dc2"), json!("s2.dc2")))
+                    .then_some(())
+            },
+        )
+        .await;
+    }
     // A client agent knows the datacenters through its server.
     eventually(
         "dc2 in the client's datacenters",
