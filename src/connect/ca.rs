@@ -371,6 +371,92 @@ pub fn leaf_key_and_csr(spiffe_uri: &str, service: &str) -> Result<LeafRequest, 
     })
 }
 
+/// A secondary datacenter's side: a fresh P-256 key and a CSR for a signing intermediate
+/// of `trust_domain` (the primary's), which the primary's active root signs.
+pub fn intermediate_request(trust_domain: &str) -> Result<LeafRequest, CaError> {
+    let key_pair = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| CaError::new(format!("generating intermediate private key: {e}")))?;
+    let mut params = CertificateParams::default();
+    let cluster = trust_domain.split('.').next().unwrap_or(trust_domain);
+    let mut dn = DistinguishedName::new();
+    dn.push(
+        DnType::CommonName,
+        format!("sec.consul.ca.{}.consul", &cluster[..cluster.len().min(8)]),
+    );
+    params.distinguished_name = dn;
+    params.subject_alt_names = vec![uri_san(&format!("spiffe://{trust_domain}"))?];
+    let csr = params
+        .serialize_request(&key_pair)
+        .map_err(|e| CaError::new(format!("creating intermediate CSR: {e}")))?;
+    let csr_pem = csr
+        .pem()
+        .map_err(|e| CaError::new(format!("encoding intermediate CSR: {e}")))?;
+    Ok(LeafRequest {
+        key_pem: key_pair.serialize_pem(),
+        csr_pem,
+    })
+}
+
+/// The primary's side: `root` certifies a secondary's intermediate key from `csr_pem`, which
+/// must name exactly `spiffe://<trust_domain>`. The intermediate may sign leaves only (path
+/// length 0) and expires with the root at the latest.
+pub fn sign_intermediate(
+    csr_pem: &str,
+    root: &RootCert,
+    trust_domain: &str,
+    serial: u64,
+    ttl: Duration,
+    now: SystemTime,
+) -> Result<String, CaError> {
+    let issuer = load_issuer(root)?;
+    let der = pem_block(csr_pem, "CERTIFICATE REQUEST")?;
+    let csr = match X509CertificationRequest::from_der(&der) {
+        Ok(([], csr)) => csr,
+        Ok(_) => {
+            return Err(CaError::new(
+                "CSR is malformed: trailing data after the request",
+            ))
+        }
+        Err(e) => return Err(CaError::new(format!("CSR is malformed: {e}"))),
+    };
+    csr.verify_signature()
+        .map_err(|e| CaError::new(format!("CSR signature is invalid: {e}")))?;
+    let uri = single_spiffe_uri(&csr)?;
+    let wanted = format!("spiffe://{trust_domain}");
+    if !uri.eq_ignore_ascii_case(&wanted) {
+        return Err(CaError::new(format!(
+            "an intermediate CSR must name {wanted:?}, not {uri:?}"
+        )));
+    }
+    let spki = &csr.certification_request_info.subject_pki;
+    let subject_key = SpkiKey::from_spki(spki)?;
+    let now_s = unix_secs(now)?;
+    let not_before = now_s
+        .checked_sub(BACKDATE_SECS)
+        .ok_or_else(|| CaError::new("now is too close to the Unix epoch"))?;
+    let root_expiry = unix_secs(root.not_after)?;
+    let not_after = add_secs(now_s, ttl)?.min(root_expiry);
+    if not_after <= not_before {
+        return Err(CaError::new(
+            "the root has expired; refusing to sign an intermediate",
+        ));
+    }
+    let mut params = CertificateParams::default();
+    params.distinguished_name = dn_from_x509(&csr.certification_request_info.subject)?;
+    params.subject_alt_names = vec![uri_san(uri)?];
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = root_key_usages();
+    params.serial_number = Some(SerialNumber::from_slice(&serial_bytes(serial)?));
+    params.not_before = to_offset(not_before)?;
+    params.not_after = to_offset(not_after)?;
+    params.key_identifier_method = KeyIdMethod::PreSpecified(key_id(spki.raw));
+    params.use_authority_key_identifier_extension = true;
+    let cert = params
+        .signed_by(&subject_key, &issuer)
+        .map_err(|e| CaError::new(format!("signing the intermediate: {e}")))?;
+    Ok(cert.pem())
+}
+
 /// Holds the parsed CA key and issuer name so that each signature costs only
 /// the CSR check and one ECDSA signing operation.
 #[derive(Debug)]
@@ -878,6 +964,44 @@ mod tests {
     ) -> ServerSaw {
         client.unwrap_or_else(|e| panic!("client failed: {e}"));
         server.unwrap_or_else(|e| panic!("server failed: {e}"))
+    }
+
+    #[test]
+    fn a_secondarys_intermediate_signs_leaves_the_primarys_root_trusts() {
+        let now = SystemTime::now();
+        let root = generate_root(TD, 1, KeyType::Ec256, DEFAULT_ROOT_TTL, now).unwrap();
+        let request = intermediate_request(TD).unwrap();
+        let intermediate =
+            sign_intermediate(&request.csr_pem, &root, TD, 2, DEFAULT_ROOT_TTL, now).unwrap();
+        let info = cert_info(&intermediate).unwrap();
+        assert!(info.is_ca);
+        assert_eq!(info.uris, vec![format!("spiffe://{TD}")]);
+        assert!(info.not_after <= root.not_after);
+        // The secondary signs with its intermediate and sends it along.
+        let secondary = Signer::new(&RootCert {
+            cert_pem: intermediate.clone(),
+            key_pem: request.key_pem.clone(),
+            ..root.clone()
+        })
+        .unwrap();
+        let web = issue(&secondary, "web", 10, now).with_intermediate(&intermediate);
+        let api = issue(&Signer::new(&root).unwrap(), "api", 11, now);
+        let (server, client) = exchange(
+            server_config(trust(&[&root]), &api),
+            client_config(trust(&[&root]), &uri("api"), &web),
+        );
+        assert_eq!(assert_exchanged(server, client).peer_uris, vec![uri("web")]);
+        // Without the intermediate the chain does not reach the root.
+        let bare = issue(&secondary, "web", 12, now);
+        let (server, client) = exchange(
+            server_config(trust(&[&root]), &api),
+            client_config(trust(&[&root]), &uri("api"), &bare),
+        );
+        assert!(server.is_err() || client.is_err());
+        // An intermediate CSR for another trust domain is refused.
+        let foreign = intermediate_request("other.consul").unwrap();
+        let refused = sign_intermediate(&foreign.csr_pem, &root, TD, 3, DEFAULT_ROOT_TTL, now);
+        assert!(refused.unwrap_err().message().contains("must name"));
     }
 
     #[test]

@@ -207,3 +207,27 @@ pub async fn leaf(
         .insert("X-Consul-Index", header::HeaderValue::from(cert.index));
     Ok(response)
 }
+
+/// `POST /v1/internal/ca/sign-intermediate` (`{"CSR": pem}`): the primary datacenter's active
+/// root certifies a secondary's intermediate (`server::replication`), answering
+/// `{"Certificate": pem}`. Takes `operator:write`, as the replication token has.
+pub async fn sign_intermediate(
+    State(state): State<Arc<AppState>>,
+    call: Call,
+    body: Body,
+) -> Result<Response, ApiError> {
+    call.check_datacenter(&state)?;
+    state
+        .authorizer
+        .authorize(call.token().as_deref(), Access::OperatorWrite)?;
+    let value = super::body::read_json(&state, &call, body).await?;
+    let csr = value["CSR"]
+        .as_str()
+        .ok_or_else(|| ApiError::BadRequest("Missing CSR".into()))?;
+    let server = state
+        .cluster
+        .server()
+        .ok_or_else(|| ApiError::Internal("only servers sign intermediates".into()))?;
+    let certificate = server.ca.sign_intermediate(csr)?;
+    Ok(reply::json(&json!({ "Certificate": certificate }), false))
+}

@@ -228,6 +228,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/query/{id}/explain", get(query::explain))
         .route("/v1/internal/query/execute", post(query::execute_sent))
         .route("/v1/internal/replicate/{kind}", get(replicate::list))
+        .route(
+            "/v1/internal/ca/sign-intermediate",
+            post(connect_ca::sign_intermediate),
+        )
         .route("/v1/session/create", put(session::create))
         .route("/v1/session/destroy/{id}", put(session::destroy))
         .route("/v1/session/renew/{id}", put(session::renew))

@@ -80,7 +80,12 @@ pub struct CaManager {
     store: Arc<Store>,
     leadership: watch::Receiver<Leadership>,
     datacenter: String,
-    /// The signer for the active root, rebuilt when the root changes.
+    /// Whether this is the primary datacenter's CA, which has its own roots. A secondary's
+    /// state mirrors the primary's roots (without their keys) and signs with an intermediate
+    /// the primary's active root certified: the first of that root's intermediate
+    /// certificates, whose key it keeps in the root's `key_pem` (`server::replication`).
+    primary: bool,
+    /// The signer for the active issuer, keyed by its certificate, rebuilt when it changes.
     signer: Mutex<Option<(String, Arc<Signer>)>>,
     /// `(term, counter)` of the last leaf serial.
     serial: Mutex<(u64, u64)>,
@@ -138,12 +143,14 @@ impl CaManager {
         store: Arc<Store>,
         leadership: watch::Receiver<Leadership>,
         datacenter: String,
+        primary: bool,
     ) -> CaManager {
         CaManager {
             writer,
             store,
             leadership,
             datacenter,
+            primary,
             signer: Mutex::new(None),
             serial: Mutex::new((0, 0)),
             bucket: Mutex::new(Bucket {
@@ -156,6 +163,12 @@ impl CaManager {
 
     pub fn state(&self) -> Option<Arc<CaState>> {
         self.store.snapshot().ca().cloned()
+    }
+
+    /// Replaces the CA's state if it was last written at `expected_index` (a secondary's
+    /// replication writes the primary's roots this way).
+    pub async fn replace(&self, state: CaState, expected_index: u64) -> Result<(), CaError> {
+        self.write(state, expected_index).await
     }
 
     async fn write(&self, state: CaState, expected_index: u64) -> Result<(), CaError> {
@@ -174,7 +187,8 @@ impl CaManager {
 
     /// On leadership: creates the cluster id and first root if there is none yet.
     pub async fn bootstrap(&self, config: &CaConfig) -> Result<(), CaError> {
-        if self.state().is_some() {
+        // A secondary's CA comes from the primary.
+        if self.state().is_some() || !self.primary {
             return Ok(());
         }
         let cluster_id = uuid::Uuid::new_v4().to_string();
@@ -210,8 +224,10 @@ impl CaManager {
             .active_root()
             .ok_or_else(|| CaError::Unavailable("the CA has no active root".into()))?
             .clone();
-        let rotate = config.private_key_type != active.key_type
-            || config.private_key_bits != active.key_bits;
+        // A secondary never makes roots of its own: only the primary's rotation changes them.
+        let rotate = self.primary
+            && (config.private_key_type != active.key_type
+                || config.private_key_bits != active.key_bits);
         state.config = config.clone();
         if rotate {
             let now = SystemTime::now();
@@ -243,7 +259,8 @@ impl CaManager {
     /// Drops inactive roots once every leaf they signed has expired: two leaf lifetimes after
     /// they were rotated out (Consul's rule).
     pub async fn prune(&self) -> Result<(), CaError> {
-        let Some(current) = self.state() else {
+        // A secondary's roots follow the primary's, which prunes them.
+        let Some(current) = self.state().filter(|_| self.primary) else {
             return Ok(());
         };
         let keep_for = 2 * current.config.leaf_cert_ttl_secs as i64;
@@ -259,18 +276,58 @@ impl CaManager {
         Ok(())
     }
 
+    /// The signer for leaves under `root`: the root itself in the primary, the intermediate
+    /// the primary certified in a secondary.
     fn signer_for(&self, root: &CaRoot) -> Result<Arc<Signer>, SignError> {
+        let issuer = if self.primary {
+            from_stored(root)
+        } else {
+            let intermediate = root.intermediate_certs.first().ok_or_else(|| {
+                SignError::Unavailable(
+                    "the primary has not signed this datacenter's intermediate yet".into(),
+                )
+            })?;
+            RootCert {
+                cert_pem: intermediate.clone(),
+                ..from_stored(root)
+            }
+        };
         let mut cached = self.signer.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((id, signer)) = cached.as_ref() {
-            if *id == root.id {
+        if let Some((pem, signer)) = cached.as_ref() {
+            if *pem == issuer.cert_pem {
                 return Ok(signer.clone());
             }
         }
-        let signer = Arc::new(
-            Signer::new(&from_stored(root)).map_err(|e| SignError::Unavailable(e.to_string()))?,
-        );
-        *cached = Some((root.id.clone(), signer.clone()));
+        let signer =
+            Arc::new(Signer::new(&issuer).map_err(|e| SignError::Unavailable(e.to_string()))?);
+        *cached = Some((issuer.cert_pem.clone(), signer.clone()));
         Ok(signer)
+    }
+
+    /// The primary's side of federation: certifies a secondary's intermediate key with the
+    /// active root. Any server of the primary can, since every one holds the roots.
+    pub fn sign_intermediate(&self, csr_pem: &str) -> Result<String, CaError> {
+        if !self.primary {
+            return Err(CaError::Invalid(
+                "only the primary datacenter signs intermediates".into(),
+            ));
+        }
+        let state = self
+            .state()
+            .ok_or_else(|| CaError::Unavailable("Connect CA is not initialized yet".into()))?;
+        let root = state
+            .active_root()
+            .ok_or_else(|| CaError::Unavailable("the CA has no active root".into()))?;
+        let now = SystemTime::now();
+        ca::sign_intermediate(
+            csr_pem,
+            &from_stored(root),
+            &state.trust_domain(),
+            root_serial(now),
+            Duration::from_secs(state.config.intermediate_cert_ttl_secs),
+            now,
+        )
+        .map_err(|error| CaError::Invalid(error.to_string()))
     }
 
     fn next_serial(&self) -> u64 {

@@ -400,6 +400,20 @@ impl Cluster {
     }
 }
 
+/// A server's datacenter and the primary one (`primary_datacenter`), which owns what every
+/// datacenter shares.
+#[derive(Clone, Debug)]
+pub struct Datacenters {
+    pub local: String,
+    pub primary: String,
+}
+
+impl Datacenters {
+    pub fn is_primary(&self) -> bool {
+        self.local == self.primary
+    }
+}
+
 /// The timer a client's write of `command` is recorded under (Consul's names), or none for
 /// the writes only the leader's own duties make.
 fn write_timer(command: &Command) -> Option<&'static str> {

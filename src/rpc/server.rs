@@ -105,7 +105,7 @@ impl ServerRpc {
         connections: Arc<Connections>,
         store: Arc<Store>,
         node_id: NodeId,
-        datacenter: String,
+        datacenters: super::Datacenters,
         contacts: Arc<PeerContacts>,
         tasks: &Tasks,
     ) -> Arc<ServerRpc> {
@@ -136,12 +136,13 @@ impl ServerRpc {
                 })
             });
             ServerRpc {
-                federation: super::federation::Federation::new(datacenter.clone()),
+                federation: super::federation::Federation::new(datacenters.local.clone()),
                 ca: CaManager::new(
                     writer.clone(),
                     store.clone(),
                     leadership.clone(),
-                    datacenter,
+                    datacenters.local.clone(),
+                    datacenters.is_primary(),
                 ),
                 raft,
                 connections,

@@ -132,7 +132,10 @@ async fn start_server(
         connections,
         store,
         raft_id,
-        config.datacenter.clone(),
+        crate::rpc::Datacenters {
+            local: config.datacenter.clone(),
+            primary: config.primary_datacenter.clone(),
+        },
         contacts,
         tasks,
     );
@@ -391,13 +394,13 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
         tasks.spawn("rpc.session_ttl", async move {
             rpc.sessions.run(&rpc, shutdown).await
         });
-        for kind in replication::kinds(&config) {
+        for job in replication::jobs(&config) {
             tasks.spawn(
                 "server.replication",
                 replication::run(
                     server.rpc.clone(),
                     config.clone(),
-                    kind,
+                    job,
                     tasks.shutdown().clone(),
                 ),
             );

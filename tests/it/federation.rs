@@ -273,6 +273,7 @@ fn acl_server(node: &str, ip: &str, datacenter: &str) -> AgentOptions {
         "primary_datacenter": "dc1",
         "acl": {"enabled": true, "default_policy": "deny", "enable_token_replication": true,
                 "tokens": tokens},
+        "connect": {"enabled": true},
     });
     if datacenter != "dc1" {
         config["retry_join_wan"] = json!([PRIMARY]);
@@ -412,6 +413,61 @@ async fn the_primarys_global_objects_replicate_and_writes_of_them_go_to_the_prim
         },
     )
     .await;
+
+    // One trust domain: dc2 lists dc1's roots and signs leaves with an intermediate dc1's
+    // active root certified, so a dc2 leaf verifies against dc1's root alone.
+    let primary_roots = json(&call(&dc1, Method::GET, "/v1/connect/ca/roots", None).await);
+    let secondary_roots = eventually("dc2 has dc1's roots", Duration::from_secs(20), || async {
+        let roots = json(&call(&dc2, Method::GET, "/v1/connect/ca/roots", None).await);
+        (roots["ActiveRootID"] == primary_roots["ActiveRootID"]).then_some(roots)
+    })
+    .await;
+    assert_eq!(secondary_roots["TrustDomain"], primary_roots["TrustDomain"]);
+    assert_eq!(
+        secondary_roots["Roots"][0]["RootCert"],
+        primary_roots["Roots"][0]["RootCert"]
+    );
+    let leaf = json(&call(&dc2, Method::GET, "/v1/agent/connect/ca/leaf/web", None).await);
+    let service_uri = leaf["ServiceURI"].as_str().unwrap_or_default();
+    let trust_domain = primary_roots["TrustDomain"].as_str().unwrap();
+    assert_eq!(
+        service_uri,
+        format!("spiffe://{trust_domain}/ns/default/dc/dc2/svc/web")
+    );
+    let chain = leaf["CertPEM"].as_str().expect("a leaf");
+    let end = "-----END CERTIFICATE-----";
+    let cut = chain.find(end).expect("a certificate") + end.len();
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let root = write(
+        "root.pem",
+        primary_roots["Roots"][0]["RootCert"].as_str().unwrap(),
+    );
+    let leaf_only = write("leaf.pem", &chain[..cut]);
+    let rest = write("rest.pem", chain[cut..].trim_start());
+    let verify = |untrusted: Option<&str>| {
+        let mut command = std::process::Command::new("openssl");
+        command.args(["verify", "-CAfile", &root]);
+        if let Some(untrusted) = untrusted {
+            command.args(["-untrusted", untrusted]);
+        }
+        command.arg(&leaf_only).output().expect("openssl runs")
+    };
+    let verified = verify(Some(&rest));
+    assert!(
+        verified.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&verified.stdout),
+        String::from_utf8_lossy(&verified.stderr)
+    );
+    assert!(
+        !verify(None).status.success(),
+        "the leaf needs its intermediate"
+    );
 
     // Deleting the policy in dc1 deletes it in dc2; the local token outlives every round.
     let deleted = call(
