@@ -243,12 +243,17 @@ impl Federation {
         Err(last_error)
     }
 
-    /// The server RPC addresses of `datacenter`'s live servers, as the WAN pool lists them.
+    /// The server RPC addresses of `datacenter`'s live servers, nearest first by their WAN
+    /// coordinates (those without one last), as Consul's router tries them.
     async fn servers_of(&self, datacenter: &str) -> Vec<SocketAddr> {
         let Some(wan) = self.wan.get() else {
             return Vec::new();
         };
-        wan.members()
+        let own = wan.coordinate().await;
+        let coordinates: std::collections::HashMap<String, Coordinate> =
+            wan.coordinates().await.into_iter().collect();
+        let mut servers: Vec<(f64, SocketAddr)> = wan
+            .members()
             .await
             .into_iter()
             .filter(|member| member.status == MemberStatus::Alive)
@@ -259,9 +264,16 @@ impl Federation {
             })
             .filter_map(|member| {
                 let port = member.identity.tags.get("port")?.parse().ok()?;
-                Some(SocketAddr::new(member.identity.addr.ip(), port))
+                let distance = coordinates
+                    .get(&member.identity.name)
+                    .map_or(f64::MAX, |coordinate| {
+                        own.distance_to(coordinate).as_secs_f64()
+                    });
+                Some((distance, SocketAddr::new(member.identity.addr.ip(), port)))
             })
-            .collect()
+            .collect();
+        servers.sort_by(|a, b| a.0.total_cmp(&b.0));
+        servers.into_iter().map(|(_, address)| address).collect()
     }
 
     async fn answer_here(&self, forward: HttpForward) -> Result<HttpAnswer, RpcError> {

@@ -804,4 +804,23 @@ async fn servers_of_three_datacenters_meet_in_the_wan_pool_by_join_and_retry_joi
     let (code, out, _) = cli(&east, &["members", "-wan"], None);
     assert_eq!(code, 0);
     assert!(out.contains("s2.west") && out.contains("west"), "{out}");
+
+    // A server of a cluster with a gossip key is refused, and the WAN pool stays as it was.
+    let keyed = AgentOptions {
+        placement: Some(Placement {
+            config: Some(
+                json!({"datacenter": "south", "encrypt": "pUqJrVyVRj5jsiYEkM/tFQYfWyJIv4s3XkvDwy7Cu5s="})
+                    .to_string(),
+            ),
+            ..server("s4", "127.0.13.4", "south")
+                .placement
+                .expect("placement")
+        }),
+        ..AgentOptions::default()
+    };
+    let south = Agent::start(keyed).await;
+    let (code, out, err) = cli(&south, &["join", "-wan", "127.0.13.1"], None);
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("encrypt"), "{err}");
+    assert_eq!(wan_members(&east).await, Some(expected));
 }

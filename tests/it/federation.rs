@@ -384,7 +384,7 @@ async fn the_primarys_global_objects_replicate_and_writes_of_them_go_to_the_prim
         Duration::from_secs(20),
         || async {
             let read = call(&dc2, Method::GET, "/v1/config/service-defaults/web", None).await;
-            (json(&read)["Protocol"] == "http").then_some(())
+            (read.status == 200 && json(&read)["Protocol"] == "http").then_some(())
         },
     )
     .await;
@@ -418,7 +418,9 @@ async fn the_primarys_global_objects_replicate_and_writes_of_them_go_to_the_prim
     // active root certified, so a dc2 leaf verifies against dc1's root alone.
     let primary_roots = json(&call(&dc1, Method::GET, "/v1/connect/ca/roots", None).await);
     let secondary_roots = eventually("dc2 has dc1's roots", Duration::from_secs(20), || async {
-        let roots = json(&call(&dc2, Method::GET, "/v1/connect/ca/roots", None).await);
+        // A 500 until the CA has its roots.
+        let read = call(&dc2, Method::GET, "/v1/connect/ca/roots", None).await;
+        let roots = (read.status == 200).then(|| json(&read))?;
         (roots["ActiveRootID"] == primary_roots["ActiveRootID"]).then_some(roots)
     })
     .await;
