@@ -31,6 +31,7 @@ mod snapshot;
 #[cfg(test)]
 mod tests;
 mod txn;
+mod ui;
 mod xds_status;
 
 use std::sync::Arc;
@@ -228,6 +229,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/query/{id}/explain", get(query::explain))
         .route("/v1/internal/query/execute", post(query::execute_sent))
         .route("/v1/internal/replicate/{kind}", get(replicate::list))
+        .route("/v1/internal/ui/services", get(ui::services))
+        .route("/v1/internal/ui/nodes", get(ui::nodes))
+        .route("/v1/internal/ui/node/{node}", get(ui::node))
         .route(
             "/v1/internal/ca/sign-intermediate",
             post(connect_ca::sign_intermediate),

@@ -33,6 +33,7 @@ mod sim_envoy;
 mod snapshot;
 mod support;
 mod txn;
+mod ui;
 mod watch;
 mod xds;
 mod xds_convergence;
