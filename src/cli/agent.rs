@@ -33,6 +33,8 @@ const VALUE_FLAGS: &[(&str, &str, Kind)] = &[
     ("retry-interval-wan", "retry_interval_wan", Kind::Text),
     ("retry-max-wan", "retry_max_wan", Kind::Number),
     ("encrypt", "encrypt", Kind::Text),
+    ("ui-dir", "ui_config.dir", Kind::Text),
+    ("ui-content-path", "ui_config.content_path", Kind::Text),
 ];
 
 const BOOL_FLAGS: &[(&str, &str)] = &[

@@ -291,6 +291,10 @@ pub struct RuntimeConfig {
     pub log_level: String,
     pub log_json: bool,
     pub ui_enabled: bool,
+    /// `ui_config.dir`: the UI's files from disk instead of the built-in copy.
+    pub ui_dir: Option<std::path::PathBuf>,
+    /// `ui_config.content_path` (default `/ui/`), always with a leading and trailing slash.
+    pub ui_content_path: String,
     pub telemetry: Telemetry,
     /// Pretty-print every HTTP response (Consul does in dev mode).
     pub always_pretty: bool,
@@ -396,6 +400,16 @@ fn acl_config(raw: raw::RawAcl) -> Result<crate::acl::AclConfig, String> {
             config_file_service_registration: nonempty(tokens.config_file_service_registration),
         },
     })
+}
+
+/// `ui_config.content_path` with the slashes Consul adds: `ui` and `/ui` both mean `/ui/`.
+fn content_path(given: Option<&str>) -> String {
+    let trimmed = given.unwrap_or("/ui/").trim_matches('/');
+    if trimmed.is_empty() {
+        "/".into()
+    } else {
+        format!("/{trimmed}/")
+    }
 }
 
 /// As the API shows it, without the Raft indexes a stanza has none of.
@@ -917,7 +931,22 @@ fn build(raw: RawConfig) -> Result<RuntimeConfig, String> {
         acl,
         log_level,
         log_json: raw.log_json.unwrap_or(false),
-        ui_enabled: raw.ui_config.and_then(|ui| ui.enabled).unwrap_or(dev_mode),
+        ui_enabled: raw
+            .ui_config
+            .as_ref()
+            .and_then(|ui| ui.enabled)
+            .unwrap_or(dev_mode),
+        ui_dir: raw
+            .ui_config
+            .as_ref()
+            .and_then(|ui| ui.dir.clone())
+            .filter(|dir| !dir.is_empty())
+            .map(std::path::PathBuf::from),
+        ui_content_path: content_path(
+            raw.ui_config
+                .as_ref()
+                .and_then(|ui| ui.content_path.as_deref()),
+        ),
         telemetry: telemetry(raw.telemetry.unwrap_or_default())?,
         always_pretty: dev_mode,
         enable_script_checks: raw.enable_script_checks.unwrap_or(false),

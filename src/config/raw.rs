@@ -233,6 +233,9 @@ pub struct RawLocality {
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct RawUi {
     pub enabled: Option<bool>,
+    /// Serve the UI's files from this directory instead of the copy built into the binary.
+    pub dir: Option<String>,
+    pub content_path: Option<String>,
 }
 
 /// Consul's `telemetry` stanza, the keys concord acts on. Sinks other than Prometheus (statsd,

@@ -32,6 +32,7 @@ mod snapshot;
 mod tests;
 mod txn;
 mod ui;
+mod ui_assets;
 mod xds_status;
 
 use std::sync::Arc;
@@ -350,16 +351,29 @@ fn record_http(route: &str, method: &axum::http::Method, ms: f64) {
     });
 }
 
-/// What Consul's index handler answers for `/` and every path no route takes: a 404 telling
-/// an API caller the endpoint is unknown (or that API paths start with `/v1/`), and for `/` a
-/// line saying what this server is. (Consul redirects `/` to `/ui/` when its UI is on; concord
-/// has no web UI yet, so it says that instead of redirecting to a 404.)
+/// What Consul's index handler answers for `/` and every path no route takes: with the UI on,
+/// `/` redirects to it (301) and the content path serves it (`ui_assets`); otherwise a 404
+/// telling an API caller the endpoint is unknown (or that API paths start with `/v1/`), and
+/// for `/` a line saying the UI is off.
 async fn index(
     axum::extract::State(state): axum::extract::State<Arc<AppState>>,
     uri: axum::http::Uri,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     let path = uri.path();
+    let content_path = state.config.ui_content_path.as_str();
+    if state.config.ui_enabled && !path.starts_with("/v1/") {
+        if let Some(rest) = path.strip_prefix(content_path) {
+            return ui_assets::serve(&state, rest).await;
+        }
+        if path == "/" || path == content_path.trim_end_matches('/') {
+            return (
+                StatusCode::MOVED_PERMANENTLY,
+                [(axum::http::header::LOCATION, content_path)],
+            )
+                .into_response();
+        }
+    }
     if path != "/" {
         let text = if path.contains("/v1/") {
             "Invalid URL path: not a recognized HTTP API endpoint\n"
@@ -368,11 +382,7 @@ async fn index(
         };
         return (StatusCode::NOT_FOUND, text).into_response();
     }
-    if !state.config.ui_enabled {
-        return "Consul Agent: UI disabled. To enable, set ui_config.enabled=true in the agent configuration and restart."
-            .into_response();
-    }
-    "Consul Agent (concord): this build has no web UI yet; the HTTP API is under /v1/."
+    "Consul Agent: UI disabled. To enable, set ui_config.enabled=true in the agent configuration and restart."
         .into_response()
 }
 

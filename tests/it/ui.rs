@@ -134,3 +134,59 @@ async fn ui_summaries_count_instances_and_checks_and_block_on_changes() {
     let missing = client.get("/v1/internal/ui/node/nowhere").await.unwrap();
     assert_eq!(missing.status, 404);
 }
+
+/// Runs one scenario of `tests/ui/browser.py` (Playwright driving Debian's Chromium) against
+/// `agent`; screenshots land in `target/ui-screenshots/`.
+async fn browser(scenario: &'static str, agent: &Agent, token: Option<&'static str>) {
+    let base = format!("http://{}", agent.address());
+    let ran = tokio::task::spawn_blocking(move || {
+        let root = env!("CARGO_MANIFEST_DIR");
+        let mut command = std::process::Command::new("python");
+        command.arg(format!("{root}/tests/ui/browser.py")).args([
+            scenario,
+            &base,
+            &format!("{root}/target/ui-screenshots"),
+        ]);
+        if let Some(token) = token {
+            command.arg(token);
+        }
+        command
+            .output()
+            .expect("python runs (scripts/test installs Playwright into .venv)")
+    })
+    .await
+    .unwrap();
+    assert!(
+        ran.status.success(),
+        "the {scenario} browser scenario failed:\n{}{}",
+        String::from_utf8_lossy(&ran.stdout),
+        String::from_utf8_lossy(&ran.stderr)
+    );
+}
+
+/// The UI served by a `-dev` agent, in a real browser: a service turning critical without a
+/// reload, KV create/edit/delete with a CAS conflict reported, a deny intention listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ui_in_a_real_browser_follows_the_catalog_and_edits_kv_and_intentions() {
+    let agent = Agent::start(AgentOptions::default()).await;
+    browser("plain", &agent, None).await;
+}
+
+/// With ACLs on and a deny default the UI shows nothing until a token is entered, then what
+/// the token may see.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ui_logs_in_with_a_token_when_acls_are_on() {
+    const MANAGEMENT: &str = "3b1f0a9c-5d2e-4f7a-8c6b-1e2d3f4a5b6c";
+    let agent = Agent::start(AgentOptions {
+        extra_args: vec![
+            "-hcl".into(),
+            format!(
+                "acl {{\n enabled = true\n default_policy = \"deny\"\n tokens {{ initial_management = \"{MANAGEMENT}\" }}\n}}"
+            ),
+        ],
+        ready_token: Some(MANAGEMENT.into()),
+        ..AgentOptions::default()
+    })
+    .await;
+    browser("acl", &agent, Some(MANAGEMENT)).await;
+}
