@@ -137,7 +137,7 @@ async fn ui_summaries_count_instances_and_checks_and_block_on_changes() {
 
 /// Runs one scenario of `tests/ui/browser.py` (Playwright driving Debian's Chromium) against
 /// `agent`; screenshots land in `target/ui-screenshots/`.
-async fn browser(scenario: &'static str, agent: &Agent, token: Option<&'static str>) {
+async fn browser(scenario: &'static str, agent: &Agent, argument: String) {
     let base = format!("http://{}", agent.address());
     let ran = tokio::task::spawn_blocking(move || {
         let root = env!("CARGO_MANIFEST_DIR");
@@ -147,10 +147,8 @@ async fn browser(scenario: &'static str, agent: &Agent, token: Option<&'static s
             &base,
             &format!("{root}/target/ui-screenshots"),
         ]);
-        if let Some(token) = token {
-            command.arg(token);
-        }
         command
+            .arg(argument)
             .output()
             .expect("python runs (scripts/test installs Playwright into .venv)")
     })
@@ -165,11 +163,13 @@ async fn browser(scenario: &'static str, agent: &Agent, token: Option<&'static s
 }
 
 /// The UI served by a `-dev` agent, in a real browser: a service turning critical without a
-/// reload, KV create/edit/delete with a CAS conflict reported, a deny intention listed.
+/// reload, KV create/edit/delete with a CAS conflict reported, a binary value, a deny
+/// intention listed, and the agent killed mid-edit without losing the text.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ui_in_a_real_browser_follows_the_catalog_and_edits_kv_and_intentions() {
     let agent = Agent::start(AgentOptions::default()).await;
-    browser("plain", &agent, None).await;
+    // The scenario ends by killing the agent mid-edit.
+    browser("plain", &agent, agent.child.id().to_string()).await;
 }
 
 /// With ACLs on and a deny default the UI shows nothing until a token is entered, then what
@@ -188,5 +188,5 @@ async fn the_ui_logs_in_with_a_token_when_acls_are_on() {
         ..AgentOptions::default()
     })
     .await;
-    browser("acl", &agent, Some(MANAGEMENT)).await;
+    browser("acl", &agent, MANAGEMENT.to_string()).await;
 }

@@ -2,17 +2,20 @@
 
 Run by tests/it/ui.rs against agents it started:
 
-    python tests/ui/browser.py <scenario> <agent base URL> <screenshot dir> [token]
+    python tests/ui/browser.py <scenario> <agent base URL> <screenshot dir> <token or pid>
 
 `plain`: services go from passing to critical without a reload, a KV key is created, edited
-(a CAS conflict is reported and the edit kept), and deleted, a deny intention is listed.
-`acl`: with ACLs on and a deny default, the services page shows nothing until a token is
-entered on the login page. Each step waits for what the page shows, never for a fixed time;
+(a CAS conflict is reported and the edit kept), and deleted, a binary value is shown as such,
+a deny intention is listed; last, the agent (its pid given) is killed mid-edit and saving
+reports it with the text kept. `acl`: with ACLs on and a deny default, a page the anonymous
+token may not read says so, the services page shows nothing until a token is entered on the
+login page. Each step waits for what the page shows, never for a fixed time;
 a failure exits non-zero with the reason.
 """
 
 import json
 import os
+import signal
 import sys
 import urllib.request
 
@@ -56,7 +59,7 @@ def web(status):
     }
 
 
-def plain(page, base, shots):
+def plain(page, base, shots, agent_pid):
     api(base, "PUT", "/v1/catalog/register", web("passing"))
     page.goto(base + "/")
     # `/` redirects to the UI, which opens on the services page.
@@ -121,8 +124,29 @@ def plain(page, base, shots):
     expect(listed).to_contain_text("deny", timeout=SHOWN)
     page.screenshot(path=os.path.join(shots, "intentions.png"))
 
+    # 512 KiB of binary data is shown as such, not as text to edit.
+    api(base, "PUT", "/v1/kv/blob", bytes(range(256)) * 2048)
+    page.goto(base + "/ui/#/kv-edit/blob")
+    expect(page.get_by_role("alert")).to_contain_text("524288 bytes of binary data")
+
+    # The agent goes away while a key is open: saving says so, and the text stays.
+    api(base, "PUT", "/v1/kv/last", b"before")
+    page.goto(base + "/ui/#/kv-edit/last")
+    value = page.get_by_label("Value")
+    expect(value).to_have_value("before")
+    os.kill(agent_pid, signal.SIGKILL)
+    value.fill("typed after the agent died")
+    page.get_by_role("button", name="Save").click()
+    expect(page.locator("main").get_by_role("alert")).to_contain_text("unreachable")
+    expect(page.locator("#banner")).to_be_visible()
+    expect(value).to_have_value("typed after the agent died")
+    page.screenshot(path=os.path.join(shots, "unreachable.png"))
+
 
 def acl(page, base, shots, token):
+    # A page the anonymous token may not read says why.
+    page.goto(base + "/ui/#/acls")
+    expect(page.get_by_role("alert")).to_contain_text("Permission denied")
     page.goto(base + "/ui/#/services")
     # The anonymous token sees no services; the ACL page is offered.
     expect(page.locator("#nav-acls")).to_be_visible()
@@ -151,7 +175,7 @@ def main():
         page.on("pageerror", lambda error: errors.append(str(error)))
         try:
             if scenario == "plain":
-                plain(page, base, shots)
+                plain(page, base, shots, int(sys.argv[4]))
             else:
                 acl(page, base, shots, sys.argv[4])
         except Exception:
