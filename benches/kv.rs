@@ -15,7 +15,10 @@
 //! * `query`: 64 connections executing one prepared query (10 passing instances) by name, then
 //!   reading the same instances from `/v1/health/service` for comparison;
 //! * `federation`: two `-dev` servers of two datacenters joined in the WAN pool; sequential
-//!   GETs of one key in each, from the first: the latency `?dc=` adds.
+//!   GETs of one key in each, from the first: the latency `?dc=` adds;
+//! * `ui`: 1,000 services registered, then the web UI loaded ten times in Debian's Chromium
+//!   (`tests/ui/bench.py`, Playwright): first contentful paint of `/ui/`, and the services
+//!   page's time from its data's arrival to the next frame drawn with it.
 //!
 //! Run everything with `cargo bench --bench kv`, or a subset with
 //! `CONCORD_BENCH=put,get cargo bench --bench kv`. The client shares the machine's cores with
@@ -59,6 +62,7 @@ const SECTIONS: &[&str] = &[
     "metrics",
     "query",
     "federation",
+    "ui",
 ];
 
 const KEY_BYTES: usize = 256;
@@ -90,6 +94,7 @@ fn main() -> Result<()> {
             "metrics" => Box::pin(bench_metrics(table)),
             "query" => Box::pin(bench_query(table)),
             "federation" => Box::pin(bench_federation(table)),
+            "ui" => Box::pin(bench_ui(table)),
             _ => Box::pin(bench_watch(table)),
         },
     )
@@ -349,6 +354,80 @@ const FEDERATION_READS: usize = 2_000;
 
 /// Cross-datacenter reads (issue 16): `GET /v1/kv/<key>` answered by the agent asked, against
 /// the same through it with `?dc=` naming the other datacenter (over the server RPC port).
+/// Services registered for the `ui` section.
+const UI_SERVICES: usize = 1_000;
+/// Fresh page loads the `ui` section times.
+const UI_LOADS: usize = 10;
+
+/// The web UI with 1,000 services (issue 17): first paint and the services page's render.
+async fn bench_ui(table: &mut Table) -> Result<()> {
+    let mut agent = BenchAgent::spawn(Some("warn"), &[]).await?;
+    agent.wait_writable().await?;
+    let mut conn = Conn::connect(agent.http).await?;
+    for n in 0..UI_SERVICES {
+        let body = format!(
+            r#"{{"Node":"node-{}","Address":"10.8.{}.{}","Service":{{"ID":"svc-{n}","Service":"svc-{n}","Port":80,"Tags":["v1"]}},"Check":{{"CheckID":"alive-{n}","Name":"alive","Status":"passing","ServiceID":"svc-{n}"}}}}"#,
+            n / 10,
+            n / 256,
+            n % 256
+        );
+        let answer = conn
+            .request(Method::PUT, "/v1/catalog/register", Bytes::from(body))
+            .await?;
+        anyhow::ensure!(
+            answer.status == StatusCode::OK,
+            "register: {}",
+            answer.status
+        );
+    }
+    let root = env!("CARGO_MANIFEST_DIR");
+    let venv = format!("{root}/.venv/bin/python");
+    let python = if std::path::Path::new(&venv).exists() {
+        venv
+    } else {
+        "python3".into()
+    };
+    let base = format!("http://{}", agent.http);
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(format!("{root}/tests/ui/bench.py"))
+            .args([base, UI_LOADS.to_string(), UI_SERVICES.to_string()])
+            .current_dir(format!("{root}/tests/ui"))
+            .output()
+    })
+    .await?
+    .context("running tests/ui/bench.py (scripts/test installs Playwright and Chromium)")?;
+    agent.stop().await;
+    anyhow::ensure!(
+        output.status.success(),
+        "tests/ui/bench.py failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let figures: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    println!("ui: {figures}");
+    let paint = figures["first_paint_ms"].as_f64().unwrap_or(f64::MAX);
+    let render = figures["render_ms"].as_f64().unwrap_or(f64::MAX);
+    table.row(
+        "/ui/ first contentful paint, 1,000 services, median of 10 (ms)",
+        format!(
+            "{paint:.0} (max {:.0})",
+            figures["first_paint_max_ms"].as_f64().unwrap_or(0.0)
+        ),
+        "<= 300",
+        Some(paint <= 300.0),
+    );
+    table.row(
+        "services page: data to drawn frame, 1,000 services, median of 10 (ms)",
+        format!(
+            "{render:.0} (max {:.0})",
+            figures["render_max_ms"].as_f64().unwrap_or(0.0)
+        ),
+        "<= 200",
+        Some(render <= 200.0),
+    );
+    Ok(())
+}
+
 async fn bench_federation(table: &mut Table) -> Result<()> {
     let (dc1_ip, dc2_ip) = ("127.0.38.1", "127.0.38.2");
     let mut dc1 = BenchAgent::spawn(Some("warn"), &["-datacenter", "dc1", "-bind", dc1_ip]).await?;
