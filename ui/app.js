@@ -130,28 +130,35 @@ function status(text) {
 function servicesPage() {
   const search = h("input", { class: "search", type: "search", placeholder: "Filter by name or tag",
     "aria-label": "Filter services" });
-  const table = h("tbody");
+  // A grid of rows rather than a table: rows off screen then skip rendering (CSS containment
+  // does not apply to table rows), which keeps 1,000 services quick to draw.
+  const rows = h("div", { role: "rowgroup" });
   let all = [];
+  const cell = (...children) => h("div", { role: "cell" }, ...children);
   const draw = () => {
     const wanted = search.value.trim().toLowerCase();
-    const rows = all.filter((service) => !wanted || service.Name.toLowerCase().includes(wanted)
+    const shown = all.filter((service) => !wanted || service.Name.toLowerCase().includes(wanted)
       || (service.Tags || []).some((tag) => tag.toLowerCase().includes(wanted)));
-    table.replaceChildren(...rows.map((service) => {
+    rows.replaceChildren(...shown.map((service) => {
       const health = service.ChecksCritical ? "critical" : service.ChecksWarning ? "warning" : "passing";
-      return h("tr", { "data-service": service.Name },
-        h("td", {}, h("a", { href: `#/services/${encodeURIComponent(service.Name)}` }, service.Name),
+      return h("div", { role: "row", class: "row", "data-service": service.Name },
+        cell(h("a", { href: `#/services/${encodeURIComponent(service.Name)}` }, service.Name),
           service.Kind ? h("span", { class: "tag" }, service.Kind) : null),
-        h("td", {}, status(health), " ",
+        cell(status(health), " ",
           h("span", { class: "muted" },
             `${service.ChecksPassing} passing, ${service.ChecksWarning} warning, ${service.ChecksCritical} critical`)),
-        h("td", {}, `${service.InstanceCount} instance${service.InstanceCount === 1 ? "" : "s"}`),
-        h("td", { class: "optional" }, (service.Tags || []).map((tag) => h("span", { class: "tag" }, tag))));
+        cell(`${service.InstanceCount} instance${service.InstanceCount === 1 ? "" : "s"}`),
+        h("div", { role: "cell", class: "optional" },
+          (service.Tags || []).map((tag) => h("span", { class: "tag" }, tag))));
     }));
   };
   search.addEventListener("input", draw);
+  const header = (text, optional) => h("div", { role: "columnheader", class: optional ? "optional" : null }, text);
   show(h("h1", {}, "Services"), search,
-    h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "Service"), h("th", {}, "Health"),
-      h("th", {}, "Instances"), h("th", { class: "optional" }, "Tags"))), table));
+    h("div", { role: "table", class: "listing", "aria-label": "Services" },
+      h("div", { role: "rowgroup" }, h("div", { role: "row", class: "row head" },
+        header("Service"), header("Health"), header("Instances"), header("Tags", true))),
+      rows));
   live("/v1/internal/ui/services", (services) => { all = services; draw(); });
 }
 
@@ -163,8 +170,23 @@ function checkList(checks) {
 
 function servicePage(name) {
   const body = h("tbody");
+  const topology = h("div");
   show(h("h1", {}, name), h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "Node"),
-    h("th", {}, "Address"), h("th", {}, "Health checks"))), body));
+    h("th", {}, "Address"), h("th", {}, "Health checks"))), body),
+  h("h2", {}, "Topology"), topology);
+  const neighbours = (title, list, direction) => h("section", { "data-topology": direction },
+    h("h3", {}, title),
+    list.length ? h("ul", {}, list.map((other) => h("li", { "data-neighbour": other.Name },
+      h("a", { href: `#/services/${encodeURIComponent(other.Name)}` }, other.Name), " ",
+      status2(other.Intention.Allowed ? "allow" : "deny"),
+      h("span", { class: "muted" }, ` (${other.Source}${other.Intention.HasPermissions ? ", L7 permissions" : ""})`))))
+      : h("p", { class: "muted" }, "None."));
+  live(`/v1/internal/ui/service-topology/${encodeURIComponent(name)}?kind=`, (found) => {
+    topology.replaceChildren(
+      h("p", { class: "muted" }, `Protocol ${found.Protocol}`),
+      neighbours("Downstreams (call this service)", found.Downstreams, "downstreams"),
+      neighbours("Upstreams (called by this service)", found.Upstreams, "upstreams"));
+  });
   live(`/v1/health/service/${encodeURIComponent(name)}`, (instances) => {
     if (!instances.length) {
       body.replaceChildren(h("tr", {}, h("td", { colspan: 3 }, "No instances.")));

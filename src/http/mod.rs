@@ -234,6 +234,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/internal/ui/nodes", get(ui::nodes))
         .route("/v1/internal/ui/node/{node}", get(ui::node))
         .route(
+            "/v1/internal/ui/service-topology/{service}",
+            get(ui::topology),
+        )
+        .route(
             "/v1/internal/ca/sign-intermediate",
             post(connect_ca::sign_intermediate),
         )

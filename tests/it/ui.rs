@@ -42,7 +42,8 @@ async fn ui_summaries_count_instances_and_checks_and_block_on_changes() {
     // A sidecar for web, registered with the agent (on its own node).
     let sidecar = json!({"ID": "web-1-sidecar", "Name": "web-sidecar-proxy",
         "Kind": "connect-proxy", "Port": 21000,
-        "Proxy": {"DestinationServiceName": "web", "DestinationServiceID": "web-1"},
+        "Proxy": {"DestinationServiceName": "web", "DestinationServiceID": "web-1",
+                  "Upstreams": [{"DestinationName": "db", "LocalBindPort": 9191}]},
         "Check": {"CheckID": "sidecar-alive", "Name": "sidecar", "TTL": "30s",
                   "Status": "passing"}});
     let response = client
@@ -133,6 +134,54 @@ async fn ui_summaries_count_instances_and_checks_and_block_on_changes() {
     assert_eq!(one["Checks"][0]["Status"], "passing");
     let missing = client.get("/v1/internal/ui/node/nowhere").await.unwrap();
     assert_eq!(missing.status, 404);
+
+    // Topology: web's sidecar declares db upstream; an exact intention makes api downstream.
+    for (source, destination, action) in [("web", "db", "deny"), ("api", "web", "allow")] {
+        let made = client
+            .put(
+                &format!("/v1/connect/intentions/exact?source={source}&destination={destination}"),
+                json!({"Action": action}).to_string().into(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(made.status, 200, "{}", made.text());
+    }
+    let topology = json(
+        &client
+            .get("/v1/internal/ui/service-topology/web?kind=")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(topology["Protocol"], "tcp");
+    let db = &topology["Upstreams"][0];
+    assert_eq!(
+        (&db["Name"], &db["Source"], &db["InstanceCount"]),
+        (&json!("db"), &json!("proxy-registration"), &json!(0))
+    );
+    assert_eq!(
+        db["Intention"],
+        json!({"Allowed": false, "HasPermissions": false, "ExternalSource": "",
+               "HasExact": true, "DefaultAllow": true})
+    );
+    let api = &topology["Downstreams"][0];
+    assert_eq!(
+        (&api["Name"], &api["Source"]),
+        (&json!("api"), &json!("specific-intention"))
+    );
+    assert_eq!(api["Intention"]["Allowed"], true);
+    for (query, text) in [
+        ("", "Missing service kind"),
+        ("?kind=bogus", "Unsupported service kind \"bogus\""),
+    ] {
+        let refused = client
+            .get(&format!("/v1/internal/ui/service-topology/web{query}"))
+            .await
+            .unwrap();
+        assert_eq!(
+            (refused.status.as_u16(), refused.text()),
+            (400, text.to_string())
+        );
+    }
 }
 
 /// Runs one scenario of `tests/ui/browser.py` (Playwright driving Debian's Chromium) against

@@ -22,7 +22,7 @@ def main():
         for _ in range(loads):
             page = browser.new_page(viewport={"width": 1280, "height": 800})
             page.goto(base + "/ui/#/services")
-            page.locator("tr[data-service]").nth(expected - 1).wait_for()
+            page.locator("[data-service]").nth(expected - 1).wait_for(state="attached")
             page.wait_for_function(
                 "performance.getEntriesByName('render /v1/internal/ui/services').length > 0")
             paint = page.evaluate(

@@ -64,7 +64,7 @@ def plain(page, base, shots, agent_pid):
     page.goto(base + "/")
     # `/` redirects to the UI, which opens on the services page.
     expect(page).to_have_url(base + "/ui/")
-    row = page.locator('tr[data-service="web"]')
+    row = page.locator('[data-service="web"]')
     expect(row.locator(".status")).to_have_text("passing", timeout=SHOWN)
     page.screenshot(path=os.path.join(shots, "services.png"))
     api(base, "PUT", "/v1/catalog/register", web("critical"))
@@ -74,6 +74,13 @@ def plain(page, base, shots, agent_pid):
     row.locator("a").first.click()
     instance = page.locator('tr[data-instance="web-1"]')
     expect(instance.locator('[data-check="web-alive"] pre')).to_have_text("HTTP GET: critical")
+    # A sidecar declaring an upstream shows in the topology without a reload.
+    api(base, "PUT", "/v1/agent/service/register", {
+        "ID": "web-1-sidecar", "Name": "web-sidecar-proxy", "Kind": "connect-proxy",
+        "Port": 21000, "Proxy": {"DestinationServiceName": "web",
+                                 "Upstreams": [{"DestinationName": "db", "LocalBindPort": 9191}]}})
+    expect(page.locator('[data-topology="upstreams"] [data-neighbour="db"]')).to_be_visible(
+        timeout=SHOWN)
     page.screenshot(path=os.path.join(shots, "service.png"))
     page.goto(base + "/ui/#/nodes")
     expect(page.locator('tr[data-node="web-host"] .status')).to_have_text("critical")
@@ -150,7 +157,7 @@ def acl(page, base, shots, token):
     page.goto(base + "/ui/#/services")
     # The anonymous token sees no services; the ACL page is offered.
     expect(page.locator("#nav-acls")).to_be_visible()
-    expect(page.locator('tr[data-service="consul"]')).to_have_count(0)
+    expect(page.locator('[data-service="consul"]')).to_have_count(0)
     page.goto(base + "/ui/#/login")
     page.get_by_label("Token SecretID").fill("not-a-token")
     page.get_by_role("button", name="Log in").click()
@@ -159,7 +166,7 @@ def acl(page, base, shots, token):
     page.get_by_role("button", name="Log in").click()
     expect(page.get_by_role("status")).to_contain_text("Logged in")
     page.goto(base + "/ui/#/services")
-    expect(page.locator('tr[data-service="consul"]')).to_have_count(1, timeout=SHOWN)
+    expect(page.locator('[data-service="consul"]')).to_have_count(1, timeout=SHOWN)
     page.goto(base + "/ui/#/acls")
     expect(page.locator("main tbody tr").first).to_be_visible()
     page.screenshot(path=os.path.join(shots, "acl-tokens.png"))
