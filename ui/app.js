@@ -380,15 +380,23 @@ function status2(action) {
 }
 
 function aclsPage() {
-  const body = h("tbody");
-  show(h("h1", {}, "ACL tokens"), h("table", {}, h("thead", {}, h("tr", {},
+  const tokens = h("tbody");
+  const policies = h("tbody");
+  show(h("h1", {}, "ACL tokens"), h("table", { "aria-label": "Tokens" }, h("thead", {}, h("tr", {},
     h("th", {}, "AccessorID"), h("th", {}, "Description"), h("th", {}, "Policies"),
-    h("th", {}, "Scope"))), body));
-  live("/v1/acl/tokens", (tokens) => {
-    body.replaceChildren(...tokens.map((entry) => h("tr", {},
+    h("th", {}, "Scope"))), tokens),
+  h("h2", {}, "Policies"), h("table", { "aria-label": "Policies" }, h("thead", {}, h("tr", {},
+    h("th", {}, "Name"), h("th", {}, "Description"), h("th", { class: "optional" }, "Datacenters"))), policies));
+  live("/v1/acl/tokens", (listed) => {
+    tokens.replaceChildren(...listed.map((entry) => h("tr", { "data-token": entry.AccessorID },
       h("td", {}, entry.AccessorID), h("td", {}, entry.Description),
       h("td", {}, (entry.Policies || []).map((policy) => h("span", { class: "tag" }, policy.Name))),
       h("td", {}, entry.Local ? "local" : "global"))));
+  });
+  live("/v1/acl/policies", (listed) => {
+    policies.replaceChildren(...listed.map((policy) => h("tr", { "data-policy": policy.Name },
+      h("td", {}, policy.Name), h("td", {}, policy.Description),
+      h("td", { class: "optional" }, (policy.Datacenters || []).join(", ") || "all"))));
   });
 }
 

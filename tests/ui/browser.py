@@ -67,6 +67,18 @@ def plain(page, base, shots, agent_pid):
     row = page.locator('[data-service="web"]')
     expect(row.locator(".status")).to_have_text("passing", timeout=SHOWN)
     page.screenshot(path=os.path.join(shots, "services.png"))
+    # The search keeps what matches a name or a tag.
+    page.get_by_label("Filter services").fill("v1")
+    expect(page.locator('[data-service="consul"]')).to_have_count(0)
+    expect(row).to_have_count(1)
+    page.get_by_label("Filter services").fill("")
+    # On a phone the page still fits its width.
+    page.set_viewport_size({"width": 390, "height": 844})
+    expect(page.locator('[data-service="consul"]')).to_have_count(1)
+    overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0, f"the services page is {overflow}px wider than a phone"
+    page.screenshot(path=os.path.join(shots, "services-phone.png"))
+    page.set_viewport_size({"width": 1280, "height": 800})
     api(base, "PUT", "/v1/catalog/register", web("critical"))
     expect(row.locator(".status")).to_have_text("critical", timeout=SHOWN)
 
@@ -168,7 +180,8 @@ def acl(page, base, shots, token):
     page.goto(base + "/ui/#/services")
     expect(page.locator('[data-service="consul"]')).to_have_count(1, timeout=SHOWN)
     page.goto(base + "/ui/#/acls")
-    expect(page.locator("main tbody tr").first).to_be_visible()
+    expect(page.locator('[data-policy="global-management"]')).to_be_visible(timeout=SHOWN)
+    expect(page.locator("[data-token]").first).to_be_visible()
     page.screenshot(path=os.path.join(shots, "acl-tokens.png"))
 
 
