@@ -87,6 +87,9 @@ async function api(path, { method = "GET", body, index, signal = page.signal, mi
 async function live(path, draw, missing) {
   const signal = page.signal;
   let index = 0;
+  // After a failure, the next try waits 2 s, doubling to 30 s: a page left open on a stopped
+  // agent never asks faster than that.
+  let pause = 2000;
   while (!signal.aborted) {
     try {
       const answer = await api(path, { index: index || undefined, signal, missing });
@@ -95,6 +98,7 @@ async function live(path, draw, missing) {
       index = answer.index < index ? 0 : answer.index;
       const arrived = performance.now();
       draw(answer.body);
+      pause = 2000;
       // How long from the data's arrival to the next frame drawn with it (the UI bench reads
       // these entries).
       requestAnimationFrame(() => setTimeout(() =>
@@ -104,7 +108,8 @@ async function live(path, draw, missing) {
       if (error.status && error.status !== 0) {
         show(message("error", describe(error)));
       }
-      await new Promise((resolve) => setTimeout(resolve, 2000));
+      await new Promise((resolve) => setTimeout(resolve, pause));
+      pause = Math.min(pause * 2, 30000);
     }
   }
 }
