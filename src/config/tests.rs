@@ -84,6 +84,36 @@ fn dev_mode_needs_no_data_dir_and_uses_consul_dev_ports() {
 }
 
 #[test]
+fn the_ui_is_on_in_dev_mode_and_its_content_path_gets_consuls_slashes() {
+    let load_with = |dev: bool, hcl: &str| {
+        load(&LoadOptions {
+            dev,
+            hcl_fragments: vec![hcl.to_string()],
+            flags: json!({"data_dir": "/tmp/concord-ui-config"}),
+            ..LoadOptions::default()
+        })
+        .expect("load")
+        .config
+    };
+    let dev = load_with(true, "");
+    assert!(dev.ui_enabled);
+    assert_eq!(dev.ui_content_path, "/ui/");
+    assert!(!load_with(false, "").ui_enabled);
+    for (given, expected) in [("console", "/console/"), ("/a/b", "/a/b/"), ("/", "/")] {
+        let config = load_with(
+            false,
+            &format!("ui_config {{\n enabled = true\n content_path = \"{given}\"\n dir = \"/srv/ui\"\n}}"),
+        );
+        assert!(config.ui_enabled);
+        assert_eq!(config.ui_content_path, expected);
+        assert_eq!(
+            config.ui_dir.as_deref(),
+            Some(std::path::Path::new("/srv/ui"))
+        );
+    }
+}
+
+#[test]
 fn invalid_values_are_errors_naming_the_key() {
     let cases = [
         (
