@@ -432,6 +432,16 @@ pub struct ServiceIn {
     /// A transaction's CAS index (`/v1/txn`); a registration ignores it.
     pub modify_index: u64,
     pub locality: Option<Locality>,
+    /// A `connect-proxy` service's proxy settings, as the agent API takes them.
+    proxy: Option<super::definition::ProxyIn>,
+    connect: Option<ConnectIn>,
+}
+
+/// A catalog service's `Connect` block: whether it speaks mTLS itself.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ConnectIn {
+    pub native: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -523,6 +533,13 @@ impl ServiceIn {
                 "1 error occurred:\n\t* {error}\n\n"
             )));
         }
+        // Only a proxy keeps proxy settings, as Consul's catalog does.
+        let proxy = match (self.kind.as_str(), self.proxy) {
+            ("connect-proxy", Some(proxy)) => {
+                Some(super::definition::proxy(proxy).map_err(|error| error.within("Service"))?)
+            }
+            _ => None,
+        };
         let weights = match self.weights {
             Some(weights) if weights.passing == 0 => {
                 return Err(DecodeError::new("Passing must be greater than 0"))
@@ -560,8 +577,8 @@ impl ServiceIn {
                 .collect(),
             weights,
             enable_tag_override: self.enable_tag_override,
-            proxy: None,
-            connect_native: false,
+            proxy,
+            connect_native: self.connect.is_some_and(|connect| connect.native),
             indexes: RaftIndexes::default(),
             locality: self.locality,
         })

@@ -57,7 +57,7 @@ struct ServiceIn {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
-struct ProxyIn {
+pub(super) struct ProxyIn {
     destination_service_name: String,
     #[serde(rename = "DestinationServiceID")]
     destination_service_id: String,
@@ -93,7 +93,7 @@ fn json_text(value: Option<Value>) -> String {
         .unwrap_or_default()
 }
 
-fn proxy(input: ProxyIn) -> Result<ServiceProxy, DecodeError> {
+pub(super) fn proxy(input: ProxyIn) -> Result<ServiceProxy, DecodeError> {
     let mut upstreams = Vec::with_capacity(input.upstreams.len());
     for (i, upstream) in input.upstreams.into_iter().enumerate() {
         if upstream.destination_name.is_empty() {

@@ -344,3 +344,55 @@ async fn localities_come_from_the_definition_or_the_parent_service_and_nodes_fro
         b"1 error occurred:\n\t* zone cannot be set without region\n\n"
     );
 }
+
+/// A proxy registered through the catalog keeps its proxy settings, as Consul's catalog does,
+/// and takes its destination's mesh traffic; a malformed upstream is refused naming it.
+#[tokio::test]
+async fn a_proxy_registered_in_the_catalog_keeps_its_proxy_settings() {
+    let agent = Agent::start(AgentOptions::default()).await;
+    let client = agent.client();
+    let registration = json!({
+        "Node": "mesh-host", "Address": "10.3.0.1",
+        "Service": {"ID": "web-proxy", "Service": "web-sidecar-proxy", "Kind": "connect-proxy",
+            "Port": 21000,
+            "Proxy": {"DestinationServiceName": "web", "DestinationServiceID": "web-1",
+                      "Upstreams": [{"DestinationName": "db", "LocalBindPort": 9191}]}}
+    });
+    let response = client
+        .put("/v1/catalog/register", registration.to_string().into())
+        .await
+        .unwrap();
+    assert_eq!(response.status, 200, "{}", response.text());
+    let listed = json(
+        &client
+            .get("/v1/catalog/service/web-sidecar-proxy")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(listed[0]["ServiceKind"], "connect-proxy");
+    assert_eq!(listed[0]["ServiceProxy"]["DestinationServiceName"], "web");
+    assert_eq!(
+        listed[0]["ServiceProxy"]["Upstreams"][0]["DestinationName"],
+        "db"
+    );
+    let connect = json(&client.get("/v1/catalog/connect/web").await.unwrap());
+    assert_eq!(connect[0]["ServiceID"], "web-proxy");
+
+    let bad = json!({
+        "Node": "mesh-host", "Address": "10.3.0.1",
+        "Service": {"Service": "bad-proxy", "Kind": "connect-proxy",
+            "Proxy": {"DestinationServiceName": "web", "Upstreams": [{"LocalBindPort": 1}]}}
+    });
+    let refused = client
+        .put("/v1/catalog/register", bad.to_string().into())
+        .await
+        .unwrap();
+    assert_ne!(refused.status, 200);
+    assert!(
+        refused
+            .text()
+            .contains("Upstreams[0]: DestinationName is required"),
+        "{}",
+        refused.text()
+    );
+}
