@@ -433,7 +433,7 @@ pub struct ServiceIn {
     pub modify_index: u64,
     pub locality: Option<Locality>,
     /// A `connect-proxy` service's proxy settings, as the agent API takes them.
-    proxy: Option<super::definition::ProxyIn>,
+    proxy: Option<super::proxy::ProxyIn>,
     connect: Option<ConnectIn>,
 }
 
@@ -536,7 +536,7 @@ impl ServiceIn {
         // Only a proxy keeps proxy settings, as Consul's catalog does.
         let proxy = match (self.kind.as_str(), self.proxy) {
             ("connect-proxy", Some(proxy)) => {
-                Some(super::definition::proxy(proxy).map_err(|error| error.within("Service"))?)
+                Some(super::proxy::proxy(proxy).map_err(|error| error.within("Service"))?)
             }
             _ => None,
         };

@@ -12,8 +12,9 @@ use serde_json::Value;
 
 use super::catalog::{ServiceAddressIn, WeightsIn};
 use super::decode::{canonicalize, DecodeError};
+use super::proxy::{proxy, ProxyIn};
 use crate::types::agent::{CheckDefinition, CheckKind, ServiceDefinition};
-use crate::types::connect::{ServiceProxy, Upstream};
+use crate::types::connect::ServiceProxy;
 use crate::types::duration::{format_go_duration, parse_go_duration};
 use crate::types::{HealthStatus, Locality, RaftIndexes, Service, ServiceAddress, Weights};
 
@@ -57,77 +58,9 @@ struct ServiceIn {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
-pub(super) struct ProxyIn {
-    destination_service_name: String,
-    #[serde(rename = "DestinationServiceID")]
-    destination_service_id: String,
-    local_service_address: String,
-    local_service_port: u16,
-    mode: String,
-    config: Option<Value>,
-    upstreams: Vec<UpstreamIn>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "PascalCase", default)]
-struct UpstreamIn {
-    destination_type: String,
-    destination_name: String,
-    datacenter: String,
-    local_bind_address: String,
-    local_bind_port: u16,
-    config: Option<Value>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "PascalCase", default)]
 struct ConnectIn {
     native: bool,
     sidecar_service: Option<Value>,
-}
-
-fn json_text(value: Option<Value>) -> String {
-    value
-        .filter(|value| !value.is_null())
-        .map(|value| value.to_string())
-        .unwrap_or_default()
-}
-
-pub(super) fn proxy(input: ProxyIn) -> Result<ServiceProxy, DecodeError> {
-    let mut upstreams = Vec::with_capacity(input.upstreams.len());
-    for (i, upstream) in input.upstreams.into_iter().enumerate() {
-        if upstream.destination_name.is_empty() {
-            return Err(DecodeError::new(format!(
-                "Proxy.Upstreams[{i}]: DestinationName is required"
-            )));
-        }
-        let kind = match upstream.destination_type.as_str() {
-            "" | "service" => "service",
-            "prepared_query" => "prepared_query",
-            other => {
-                return Err(DecodeError::new(format!(
-                "Proxy.Upstreams[{i}]: DestinationType {other:?} must be service or prepared_query"
-            )))
-            }
-        };
-        upstreams.push(Upstream {
-            destination_type: kind.into(),
-            destination_name: upstream.destination_name,
-            datacenter: upstream.datacenter,
-            local_bind_address: upstream.local_bind_address,
-            local_bind_port: upstream.local_bind_port,
-            config_json: json_text(upstream.config),
-        });
-    }
-    Ok(ServiceProxy {
-        destination_service_name: input.destination_service_name,
-        destination_service_id: input.destination_service_id,
-        local_service_address: input.local_service_address,
-        local_service_port: input.local_service_port,
-        mode: input.mode,
-        config_json: json_text(input.config),
-        upstreams,
-    })
 }
 
 /// Expands `connect { sidecar_service {} }` as Consul does: a `connect-proxy` service named

@@ -16,6 +16,7 @@ pub mod definition;
 pub mod intention;
 pub mod kv;
 pub mod operator;
+pub mod proxy;
 pub mod query;
 pub mod replicate;
 pub mod session;
