@@ -410,17 +410,7 @@ pub fn sign_intermediate(
 ) -> Result<String, CaError> {
     let issuer = load_issuer(root)?;
     let der = pem_block(csr_pem, "CERTIFICATE REQUEST")?;
-    let csr = match X509CertificationRequest::from_der(&der) {
-        Ok(([], csr)) => csr,
-        Ok(_) => {
-            return Err(CaError::new(
-                "CSR is malformed: trailing data after the request",
-            ))
-        }
-        Err(e) => return Err(CaError::new(format!("CSR is malformed: {e}"))),
-    };
-    csr.verify_signature()
-        .map_err(|e| CaError::new(format!("CSR signature is invalid: {e}")))?;
+    let csr = verified_csr(&der)?;
     let uri = single_spiffe_uri(&csr)?;
     let wanted = format!("spiffe://{trust_domain}");
     if !uri.eq_ignore_ascii_case(&wanted) {
@@ -485,17 +475,7 @@ impl Signer {
         }
 
         let der = pem_block(csr_pem, "CERTIFICATE REQUEST")?;
-        let csr = match X509CertificationRequest::from_der(&der) {
-            Ok(([], csr)) => csr,
-            Ok(_) => {
-                return Err(CaError::new(
-                    "CSR is malformed: trailing data after the request",
-                ))
-            }
-            Err(e) => return Err(CaError::new(format!("CSR is malformed: {e}"))),
-        };
-        csr.verify_signature()
-            .map_err(|e| CaError::new(format!("CSR signature is invalid: {e}")))?;
+        let csr = verified_csr(&der)?;
 
         let uri = single_spiffe_uri(&csr)?;
         let id = parse_spiffe_service_id(uri).ok_or_else(|| {
@@ -604,6 +584,22 @@ fn key_id(spki_der: &[u8]) -> Vec<u8> {
     ring::digest::digest(&ring::digest::SHA256, spki_der)
         .as_ref()
         .to_vec()
+}
+
+/// A CSR that decodes whole and is signed by the key it presents.
+fn verified_csr(der: &[u8]) -> Result<X509CertificationRequest<'_>, CaError> {
+    let csr = match X509CertificationRequest::from_der(der) {
+        Ok(([], csr)) => csr,
+        Ok(_) => {
+            return Err(CaError::new(
+                "CSR is malformed: trailing data after the request",
+            ))
+        }
+        Err(e) => return Err(CaError::new(format!("CSR is malformed: {e}"))),
+    };
+    csr.verify_signature()
+        .map_err(|e| CaError::new(format!("CSR signature is invalid: {e}")))?;
+    Ok(csr)
 }
 
 fn load_issuer(root: &RootCert) -> Result<Issuer<'static, KeyPair>, CaError> {
