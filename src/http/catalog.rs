@@ -113,14 +113,7 @@ pub async fn known_datacenters(state: &AppState) -> Vec<String> {
         return server.federation.datacenters().await;
     }
     let local = state.config.datacenter.clone();
-    let forward = crate::rpc::wire::HttpForward {
-        datacenter: local.clone(),
-        method: "GET".into(),
-        path_and_query: "/v1/catalog/datacenters".into(),
-        headers: Vec::new(),
-        body: Vec::new(),
-        timeout_ms: 10_000,
-    };
+    let forward = crate::rpc::wire::HttpForward::get(&local, "/v1/catalog/datacenters", 10_000);
     match state.cluster.forward_http(forward).await {
         Ok(answer) if answer.status == 200 => serde_json::from_slice(&answer.body)
             .ok()

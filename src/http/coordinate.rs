@@ -68,14 +68,11 @@ pub async fn datacenters(
     call: Call,
 ) -> Result<Response, ApiError> {
     let Some(server) = state.cluster.server() else {
-        let forward = crate::rpc::wire::HttpForward {
-            datacenter: state.config.datacenter.clone(),
-            method: "GET".into(),
-            path_and_query: "/v1/coordinate/datacenters".into(),
-            headers: Vec::new(),
-            body: Vec::new(),
-            timeout_ms: 10_000,
-        };
+        let forward = crate::rpc::wire::HttpForward::get(
+            &state.config.datacenter,
+            "/v1/coordinate/datacenters",
+            10_000,
+        );
         let answer = state.cluster.forward_http(forward).await?;
         let body: Value = serde_json::from_slice(&answer.body)
             .map_err(|error| ApiError::Internal(format!("a server's answer: {error}")))?;

@@ -166,6 +166,20 @@ pub struct HttpForward {
     pub timeout_ms: u64,
 }
 
+impl HttpForward {
+    /// A plain GET of `path_and_query` in `datacenter`: no token, no body.
+    pub fn get(datacenter: &str, path_and_query: &str, timeout_ms: u64) -> HttpForward {
+        HttpForward {
+            datacenter: datacenter.to_string(),
+            method: "GET".into(),
+            path_and_query: path_and_query.to_string(),
+            headers: Vec::new(),
+            body: Vec::new(),
+            timeout_ms,
+        }
+    }
+}
+
 /// What the datacenter's server answered.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct HttpAnswer {
