@@ -350,47 +350,39 @@ pub fn leaf_key_and_csr(spiffe_uri: &str, service: &str) -> Result<LeafRequest, 
             "CSR URI {spiffe_uri:?} is not a spiffe:// URI"
         )));
     }
-    let key_pair = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .map_err(|e| CaError::new(format!("generating leaf private key: {e}")))?;
-    let mut params = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    if !service.is_empty() {
-        dn.push(DnType::CommonName, service);
-    }
-    params.distinguished_name = dn;
-    params.subject_alt_names = vec![uri_san(spiffe_uri)?];
-    let csr = params
-        .serialize_request(&key_pair)
-        .map_err(|e| CaError::new(format!("creating CSR: {e}")))?;
-    let csr_pem = csr
-        .pem()
-        .map_err(|e| CaError::new(format!("encoding CSR: {e}")))?;
-    Ok(LeafRequest {
-        key_pem: key_pair.serialize_pem(),
-        csr_pem,
-    })
+    key_and_csr("leaf", service, spiffe_uri)
 }
 
 /// A secondary datacenter's side: a fresh P-256 key and a CSR for a signing intermediate
 /// of `trust_domain` (the primary's), which the primary's active root signs.
 pub fn intermediate_request(trust_domain: &str) -> Result<LeafRequest, CaError> {
-    let key_pair = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .map_err(|e| CaError::new(format!("generating intermediate private key: {e}")))?;
-    let mut params = CertificateParams::default();
     let cluster = trust_domain.split('.').next().unwrap_or(trust_domain);
+    let common_name = format!("sec.consul.ca.{}.consul", &cluster[..cluster.len().min(8)]);
+    key_and_csr(
+        "intermediate",
+        &common_name,
+        &format!("spiffe://{trust_domain}"),
+    )
+}
+
+/// A fresh P-256 key and a CSR for it naming `uri`, with `common_name` unless empty; `what`
+/// names the certificate in errors.
+fn key_and_csr(what: &str, common_name: &str, uri: &str) -> Result<LeafRequest, CaError> {
+    let key_pair = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| CaError::new(format!("generating {what} private key: {e}")))?;
+    let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
-    dn.push(
-        DnType::CommonName,
-        format!("sec.consul.ca.{}.consul", &cluster[..cluster.len().min(8)]),
-    );
+    if !common_name.is_empty() {
+        dn.push(DnType::CommonName, common_name);
+    }
     params.distinguished_name = dn;
-    params.subject_alt_names = vec![uri_san(&format!("spiffe://{trust_domain}"))?];
+    params.subject_alt_names = vec![uri_san(uri)?];
     let csr = params
         .serialize_request(&key_pair)
-        .map_err(|e| CaError::new(format!("creating intermediate CSR: {e}")))?;
+        .map_err(|e| CaError::new(format!("creating {what} CSR: {e}")))?;
     let csr_pem = csr
         .pem()
-        .map_err(|e| CaError::new(format!("encoding intermediate CSR: {e}")))?;
+        .map_err(|e| CaError::new(format!("encoding {what} CSR: {e}")))?;
     Ok(LeafRequest {
         key_pem: key_pair.serialize_pem(),
         csr_pem,

@@ -175,40 +175,51 @@ impl Federation {
     /// the others by the median estimated round trip from this server to theirs (Consul's
     /// order), those without a coordinate last, ties by name.
     pub async fn datacenters(&self) -> Vec<String> {
-        let servers: Vec<(String, Option<Coordinate>)> = self
-            .wan_servers()
-            .await
+        let (own, servers) = self.wan_view().await;
+        let servers = servers
             .into_iter()
             .map(|server| (server.datacenter, server.coordinate))
             .collect();
-        let own = match self.wan.get() {
-            Some(wan) => Some(wan.coordinate().await),
-            None => None,
-        };
         by_distance(&self.datacenter, own.as_ref(), servers)
     }
 
     /// The servers in the WAN pool that have not left, with their last known coordinates
     /// (this server's own included).
     pub async fn wan_servers(&self) -> Vec<WanServer> {
+        self.wan_view().await.1
+    }
+
+    /// This server's WAN coordinate and the WAN pool's servers that have not left, from one
+    /// read of the members and one of the coordinates.
+    async fn wan_view(&self) -> (Option<Coordinate>, Vec<WanServer>) {
         let Some(wan) = self.wan.get() else {
-            return Vec::new();
+            return (None, Vec::new());
         };
         let coordinates: std::collections::HashMap<String, Coordinate> =
             wan.coordinates().await.into_iter().collect();
-        wan.members()
+        let servers = wan
+            .members()
             .await
             .into_iter()
             .filter(|member| member.status != MemberStatus::Left)
             .filter_map(|member| {
-                let datacenter = member.identity.tags.get("dc")?.clone();
+                let tags = &member.identity.tags;
+                let datacenter = tags.get("dc")?.clone();
+                let rpc = tags
+                    .get("port")
+                    .and_then(|port| port.parse().ok())
+                    .filter(|_| tags.get("role").map(String::as_str) == Some("consul"))
+                    .map(|port| SocketAddr::new(member.identity.addr.ip(), port));
                 Some(WanServer {
                     datacenter,
                     coordinate: coordinates.get(&member.identity.name).cloned(),
+                    alive: member.status == MemberStatus::Alive,
+                    rpc,
                     name: member.identity.name,
                 })
             })
-            .collect()
+            .collect();
+        (coordinates.get(&wan.identity().name).cloned(), servers)
     }
 
     /// Sends `request` to a live server of `datacenter`, trying each until one answers.
@@ -246,30 +257,16 @@ impl Federation {
     /// The server RPC addresses of `datacenter`'s live servers, nearest first by their WAN
     /// coordinates (those without one last), as Consul's router tries them.
     async fn servers_of(&self, datacenter: &str) -> Vec<SocketAddr> {
-        let Some(wan) = self.wan.get() else {
-            return Vec::new();
-        };
-        let own = wan.coordinate().await;
-        let coordinates: std::collections::HashMap<String, Coordinate> =
-            wan.coordinates().await.into_iter().collect();
-        let mut servers: Vec<(f64, SocketAddr)> = wan
-            .members()
-            .await
+        let (own, servers) = self.wan_view().await;
+        let mut servers: Vec<(f64, SocketAddr)> = servers
             .into_iter()
-            .filter(|member| member.status == MemberStatus::Alive)
-            .filter(|member| {
-                let tags = &member.identity.tags;
-                tags.get("dc").map(String::as_str) == Some(datacenter)
-                    && tags.get("role").map(String::as_str) == Some("consul")
-            })
-            .filter_map(|member| {
-                let port = member.identity.tags.get("port")?.parse().ok()?;
-                let distance = coordinates
-                    .get(&member.identity.name)
-                    .map_or(f64::MAX, |coordinate| {
-                        own.distance_to(coordinate).as_secs_f64()
-                    });
-                Some((distance, SocketAddr::new(member.identity.addr.ip(), port)))
+            .filter(|server| server.alive && server.datacenter == datacenter)
+            .filter_map(|server| {
+                let distance = match (&own, &server.coordinate) {
+                    (Some(own), Some(theirs)) => own.distance_to(theirs).as_secs_f64(),
+                    _ => f64::MAX,
+                };
+                Some((distance, server.rpc?))
             })
             .collect();
         servers.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -311,12 +308,15 @@ impl Federation {
     }
 }
 
-/// A server in the WAN pool: its member name (`<node>.<dc>`), datacenter and coordinate.
+/// A server in the WAN pool: its member name (`<node>.<dc>`), datacenter, coordinate,
+/// whether it is alive, and its server RPC address (when it is a server that gave one).
 #[derive(Clone, Debug)]
 pub struct WanServer {
     pub name: String,
     pub datacenter: String,
     pub coordinate: Option<Coordinate>,
+    pub alive: bool,
+    pub rpc: Option<SocketAddr>,
 }
 
 /// `local` first, then the other datacenters of `servers` by the median distance from `own`

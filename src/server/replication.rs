@@ -372,13 +372,21 @@ fn diff<T: Replica>(
 }
 
 /// An object kind the primary owns.
-trait Replica: DeserializeOwned + Clone {
+trait Replica: DeserializeOwned + Clone + PartialEq {
     const NAME: &'static str;
     /// This datacenter's copies (for tokens, only the global ones).
     fn held(tables: &Tables) -> Vec<Self>;
     fn key(&self) -> (String, String);
-    /// Equal apart from Raft indexes.
-    fn same(&self, other: &Self) -> bool;
+    fn indexes(&mut self) -> &mut RaftIndexes;
+    /// Equal apart from Raft indexes, which are each datacenter's own.
+    fn same(&self, other: &Self) -> bool {
+        let plain = |object: &Self| {
+            let mut copy = object.clone();
+            *copy.indexes() = RaftIndexes::default();
+            copy
+        };
+        plain(self) == plain(other)
+    }
     fn set(self) -> Command;
     fn delete(&self) -> Command;
 }
@@ -394,8 +402,8 @@ impl Replica for ConfigEntry {
     fn key(&self) -> (String, String) {
         (self.kind.clone(), self.name.clone())
     }
-    fn same(&self, other: &Self) -> bool {
-        self.json == other.json
+    fn indexes(&mut self) -> &mut RaftIndexes {
+        &mut self.indexes
     }
     fn set(self) -> Command {
         Command::ConfigEntrySet {
@@ -423,12 +431,8 @@ impl Replica for Policy {
     fn key(&self) -> (String, String) {
         (self.id.clone(), String::new())
     }
-    fn same(&self, other: &Self) -> bool {
-        let plain = |policy: &Policy| Policy {
-            indexes: RaftIndexes::default(),
-            ..policy.clone()
-        };
-        plain(self) == plain(other)
+    fn indexes(&mut self) -> &mut RaftIndexes {
+        &mut self.indexes
     }
     fn set(self) -> Command {
         Command::Acl(AclOp::PolicySet {
@@ -451,12 +455,8 @@ impl Replica for Role {
     fn key(&self) -> (String, String) {
         (self.id.clone(), String::new())
     }
-    fn same(&self, other: &Self) -> bool {
-        let plain = |role: &Role| Role {
-            indexes: RaftIndexes::default(),
-            ..role.clone()
-        };
-        plain(self) == plain(other)
+    fn indexes(&mut self) -> &mut RaftIndexes {
+        &mut self.indexes
     }
     fn set(self) -> Command {
         Command::Acl(AclOp::RoleSet {
@@ -483,12 +483,8 @@ impl Replica for Token {
     fn key(&self) -> (String, String) {
         (self.accessor_id.clone(), String::new())
     }
-    fn same(&self, other: &Self) -> bool {
-        let plain = |token: &Token| Token {
-            indexes: RaftIndexes::default(),
-            ..token.clone()
-        };
-        plain(self) == plain(other)
+    fn indexes(&mut self) -> &mut RaftIndexes {
+        &mut self.indexes
     }
     fn set(self) -> Command {
         Command::Acl(AclOp::TokenSet {
