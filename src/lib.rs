@@ -25,5 +25,6 @@ pub mod telemetry;
 mod testing;
 #[cfg(test)]
 mod tidy;
+pub mod tls;
 pub mod types;
 pub mod xds;

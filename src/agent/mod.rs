@@ -71,6 +71,9 @@ pub enum AgentError {
     /// A reload could not load the config files.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A reload's certificate files could not be used; the running ones stay.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// A change the agent made itself was refused (a reload's definitions, a maintenance
     /// check): whatever refused it, the client did not send it.
     #[error(transparent)]
@@ -126,6 +129,8 @@ pub struct Agent {
     persisted: persist::Persisted,
     node_id: String,
     cluster: Cluster,
+    /// The agent's TLS, whose certificate files a reload reads again.
+    tls: std::sync::OnceLock<Arc<crate::tls::Tls>>,
     state: Mutex<LocalState>,
     /// Wakes the sync task after a local change.
     sync_needed: Notify,
@@ -149,6 +154,7 @@ impl Agent {
             config: config.clone(),
             load_options,
             persisted: persist::Persisted::new(data_dir),
+            tls: std::sync::OnceLock::new(),
             node_id,
             cluster,
             state: Mutex::new(LocalState::default()),
@@ -295,12 +301,21 @@ impl Agent {
             .is_some_and(|check| &check.definition == definition)
     }
 
+    /// Has `reload` read `tls`'s certificate files again too.
+    pub fn reload_tls_with(&self, tls: Arc<crate::tls::Tls>) {
+        let _ = self.tls.set(tls);
+    }
+
     /// Re-reads the config files (SIGHUP, `/v1/agent/reload`, `concord reload`) and applies
-    /// their services and checks. Other settings take effect at the next restart.
+    /// their services, checks and TLS certificate files (a bad file keeps the running ones
+    /// and fails the reload). Other settings take effect at the next restart.
     pub fn reload(self: &Arc<Self>) -> Result<(), AgentError> {
         let loaded = crate::config::load(&self.load_options)?;
         for warning in &loaded.warnings {
             tracing::warn!("{warning}");
+        }
+        if let Some(tls) = self.tls.get() {
+            tls.reload(&loaded.config.tls)?;
         }
         self.apply_config(&loaded.config.services, &loaded.config.checks)
             .map_err(AgentError::internal)?;

@@ -1,11 +1,15 @@
 //! The HTTP client the CLI uses to talk to an agent, honouring `-http-addr`,
-//! `CONSUL_HTTP_ADDR` and `CONSUL_HTTP_TOKEN` like Consul's own CLI.
+//! `CONSUL_HTTP_ADDR` and `CONSUL_HTTP_TOKEN` like Consul's own CLI, and for HTTPS
+//! `CONSUL_HTTP_SSL`, `CONSUL_CACERT`, `CONSUL_CAPATH`, `CONSUL_CLIENT_CERT`,
+//! `CONSUL_CLIENT_KEY`, `CONSUL_TLS_SERVER_NAME` and `CONSUL_HTTP_SSL_VERIFY` (each after its
+//! flag).
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{HeaderMap, Method, Request, StatusCode};
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+
+use crate::tls::connect::HttpConnector;
 
 /// Why a request to the agent failed: the address, the connection, or a non-2xx answer,
 /// with the text the CLI prints. The CLI only reports it, so it is one kind.
@@ -19,6 +23,31 @@ pub struct Client {
     base: String,
     token: Option<String>,
     inner: hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>,
+}
+
+/// The HTTPS flags every HTTP command takes; each falls back to its environment variable.
+#[derive(Clone, Debug, Default)]
+pub struct TlsFlags {
+    pub ca_file: Option<String>,
+    pub ca_path: Option<String>,
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
+    pub tls_server_name: Option<String>,
+}
+
+fn flag_or_env(flag: &Option<String>, env: &str) -> Option<String> {
+    flag.clone()
+        .or_else(|| std::env::var(env).ok())
+        .filter(|value| !value.is_empty())
+}
+
+fn env_true(name: &str) -> Option<bool> {
+    std::env::var(name).ok().map(|value| {
+        matches!(
+            value.trim().to_ascii_lowercase().as_str(),
+            "1" | "true" | "t"
+        )
+    })
 }
 
 pub struct Response {
@@ -57,10 +86,11 @@ impl Response {
 /// Normalises `127.0.0.1:8500`, `http://host:port` or `host:port/` to `http://host:port`.
 pub fn normalize_address(address: &str) -> Result<String, ClientError> {
     let address = address.trim().trim_end_matches('/');
-    if let Some(rest) = address.strip_prefix("https://") {
-        return Err(ClientError(format!(
-            "https://{rest}: HTTPS to the agent is not supported yet; use http://"
-        )));
+    if address.starts_with("https://") {
+        address
+            .parse::<hyper::Uri>()
+            .map_err(|error| ClientError(format!("invalid HTTP address {address:?}: {error}")))?;
+        return Ok(address.to_string());
     }
     if address.starts_with("unix://") {
         return Err(ClientError(format!(
@@ -100,15 +130,54 @@ pub fn token_from(flag: Option<&str>, file_flag: Option<&str>) -> Option<String>
 impl Client {
     /// Builds a client from the `-http-addr` flag, else `CONSUL_HTTP_ADDR`, else the default.
     pub fn from_flags(http_addr: Option<&str>, token: Option<&str>) -> Result<Client, ClientError> {
+        Client::with_tls(http_addr, token, &TlsFlags::default())
+    }
+
+    /// `from_flags` with the HTTPS flags: an `https://` address, or `CONSUL_HTTP_SSL=true`
+    /// with a bare one, speaks TLS, checking the agent's certificate against `-ca-file`
+    /// (else the system's bundle) and presenting `-client-cert` when given.
+    pub fn with_tls(
+        http_addr: Option<&str>,
+        token: Option<&str>,
+        flags: &TlsFlags,
+    ) -> Result<Client, ClientError> {
         let address = http_addr
             .map(str::to_string)
             .or_else(|| std::env::var("CONSUL_HTTP_ADDR").ok())
             .unwrap_or_else(|| "127.0.0.1:8500".to_string());
         let token = token_from(token, None);
+        let mut base = normalize_address(&address)?;
+        if env_true("CONSUL_HTTP_SSL") == Some(true) {
+            if let Some(rest) = base.strip_prefix("http://") {
+                base = format!("https://{rest}");
+            }
+        }
+        let tls = match base.starts_with("https://") {
+            false => None,
+            true => {
+                let files = crate::tls::ClientFiles {
+                    ca_file: flag_or_env(&flags.ca_file, "CONSUL_CACERT").map(Into::into),
+                    ca_path: flag_or_env(&flags.ca_path, "CONSUL_CAPATH").map(Into::into),
+                    cert_file: flag_or_env(&flags.client_cert, "CONSUL_CLIENT_CERT")
+                        .map(Into::into),
+                    key_file: flag_or_env(&flags.client_key, "CONSUL_CLIENT_KEY").map(Into::into),
+                    skip_verify: env_true("CONSUL_HTTP_SSL_VERIFY") == Some(false),
+                };
+                Some(
+                    crate::tls::client_config_from_files(&files)
+                        .map_err(|error| ClientError(error.to_string()))?,
+                )
+            }
+        };
+        let connector = HttpConnector {
+            tls,
+            server_name: flag_or_env(&flags.tls_server_name, "CONSUL_TLS_SERVER_NAME"),
+        };
         Ok(Client {
-            base: normalize_address(&address)?,
+            base,
             token,
-            inner: hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http(),
+            inner: hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+                .build(connector),
         })
     }
 

@@ -20,6 +20,8 @@ const VALUE_FLAGS: &[(&str, &str, Kind)] = &[
     ("http-port", "ports.http", Kind::Number),
     ("dns-port", "ports.dns", Kind::Number),
     ("grpc-port", "ports.grpc", Kind::Number),
+    ("https-port", "ports.https", Kind::Number),
+    ("grpc-tls-port", "ports.grpc_tls", Kind::Number),
     ("serf-lan-port", "ports.serf_lan", Kind::Number),
     ("serf-wan-port", "ports.serf_wan", Kind::Number),
     ("server-port", "ports.server", Kind::Number),

@@ -34,7 +34,11 @@ pub fn command() -> Command {
             ))
             .arg(value(
                 "grpc-addr",
-                "The agent's gRPC (xDS) address (env CONSUL_GRPC_ADDR; default from the agent)",
+                "The agent's gRPC (xDS) address; https:// for its TLS port (env CONSUL_GRPC_ADDR; default from the agent)",
+            ))
+            .arg(value(
+                "grpc-ca-file",
+                "CA certificate Envoy checks the agent's gRPC-TLS certificate with (env CONSUL_GRPC_CACERT; default -ca-file)",
             ))
             .arg(value(
                 "envoy-binary",
@@ -64,9 +68,9 @@ fn resolve(address: &str, what: &str) -> Result<SocketAddr, String> {
         .strip_prefix("http://")
         .or_else(|| address.strip_prefix("https://"))
         .unwrap_or(address);
-    if address.starts_with("https://") || address.starts_with("unix://") {
+    if address.starts_with("unix://") {
         return Err(format!(
-            "{what} {address:?}: TLS and unix sockets to the agent's gRPC port are not supported yet"
+            "{what} {address:?}: unix sockets to the agent's gRPC port are not supported yet"
         ));
     }
     bare.to_socket_addrs()
@@ -125,9 +129,17 @@ fn destination(proxy: &Value) -> String {
         .to_string()
 }
 
-/// The agent's gRPC address (the flag, the environment, or the agent's own `XDS.Port`) and
+/// Where Envoy reaches the agent's xDS server.
+struct AgentGrpc {
+    address: SocketAddr,
+    datacenter: String,
+    /// The TLS port (`https://`, or the agent has only that one).
+    tls: bool,
+}
+
+/// The agent's gRPC address (the flag, the environment, or the agent's own `xDS.Ports`) and
 /// its datacenter.
-async fn grpc_address(matches: &ArgMatches) -> Result<(SocketAddr, String), String> {
+async fn grpc_address(matches: &ArgMatches) -> Result<AgentGrpc, String> {
     let client = client(matches)?;
     // A token that may register its service need not read the agent (`agent:read`): then the
     // datacenter comes from the flag and the gRPC port from the flag or Consul's default.
@@ -142,19 +154,41 @@ async fn grpc_address(matches: &ArgMatches) -> Result<(SocketAddr, String), Stri
         .unwrap_or("dc1")
         .to_string();
     if let Some(address) = env_or(matches, "grpc-addr", "CONSUL_GRPC_ADDR") {
-        return Ok((resolve(&address, "-grpc-addr")?, datacenter));
+        return Ok(AgentGrpc {
+            address: resolve(&address, "-grpc-addr")?,
+            datacenter,
+            tls: address.starts_with("https://"),
+        });
     }
-    let port = self_info["xDS"]["Port"].as_u64().unwrap_or(8502);
+    let ports = &self_info["xDS"]["Ports"];
+    let plaintext = ports["Plaintext"].as_i64().filter(|port| *port > 0);
+    let tls_port = ports["TLS"].as_i64().filter(|port| *port > 0);
+    let (port, tls) = match (plaintext, tls_port) {
+        (None, Some(port)) => (port, true),
+        (Some(port), _) => (port, false),
+        (None, None) => (self_info["xDS"]["Port"].as_i64().unwrap_or(8502), false),
+    };
     let host = client
         .base()
         .trim_start_matches("http://")
+        .trim_start_matches("https://")
         .rsplit_once(':')
         .map(|(host, _)| host.to_string())
         .unwrap_or_else(|| "127.0.0.1".into());
-    Ok((
-        resolve(&format!("{host}:{port}"), "agent gRPC address")?,
+    Ok(AgentGrpc {
+        address: resolve(&format!("{host}:{port}"), "agent gRPC address")?,
         datacenter,
-    ))
+        tls,
+    })
+}
+
+/// The CA Envoy checks the agent's gRPC-TLS certificate with, inlined into the bootstrap.
+fn grpc_ca(matches: &ArgMatches) -> Result<String, String> {
+    let path = env_or(matches, "grpc-ca-file", "CONSUL_GRPC_CACERT")
+        .or_else(|| env_or(matches, "ca-file", "CONSUL_CACERT"))
+        .ok_or("the agent's gRPC port is TLS: set -grpc-ca-file (or CONSUL_GRPC_CACERT)")?;
+    std::fs::read_to_string(&path)
+        .map_err(|error| format!("cannot read the CA file {path}: {error}"))
 }
 
 /// Warns when Envoy is not the tested release; fails only when it cannot run at all.
@@ -236,7 +270,11 @@ pub fn pipe_bootstrap(matches: &ArgMatches) -> CommandResult {
 
 pub async fn run(matches: &ArgMatches) -> CommandResult {
     let (proxy_id, service) = find_proxy(matches).await?;
-    let (agent_grpc, datacenter) = grpc_address(matches).await?;
+    let agent = grpc_address(matches).await?;
+    let agent_ca_pem = match agent.tls {
+        true => Some(grpc_ca(matches)?),
+        false => None,
+    };
     let admin = resolve(
         get_str(matches, "admin-bind").unwrap_or("localhost:19000"),
         "-admin-bind",
@@ -246,9 +284,10 @@ pub async fn run(matches: &ArgMatches) -> CommandResult {
     let config = bootstrap(&BootstrapConfig {
         proxy_id: proxy_id.clone(),
         service,
-        datacenter,
+        datacenter: agent.datacenter,
         admin,
-        agent_grpc,
+        agent_grpc: agent.address,
+        agent_ca_pem,
         token,
     });
     let text = serde_json::to_string_pretty(&config).map_err(|error| error.to_string())?;

@@ -15,6 +15,7 @@ mod lock;
 mod operator;
 mod services;
 mod snapshot;
+mod tls;
 mod watch;
 
 use std::ffi::OsString;
@@ -69,14 +70,43 @@ fn with_http_flags(command: Command) -> Command {
             "stale",
             "Allow any server to answer reads",
         ))
+        .arg(value(
+            "ca-file",
+            "CA certificate to check the agent's HTTPS certificate with (env CONSUL_CACERT)",
+        ))
+        .arg(value(
+            "ca-path",
+            "Directory of CA certificates (env CONSUL_CAPATH)",
+        ))
+        .arg(value(
+            "client-cert",
+            "Client certificate for an agent that verifies incoming HTTPS (env CONSUL_CLIENT_CERT)",
+        ))
+        .arg(value(
+            "client-key",
+            "The client certificate's key (env CONSUL_CLIENT_KEY)",
+        ))
+        .arg(value(
+            "tls-server-name",
+            "Name to check the agent's certificate for (env CONSUL_TLS_SERVER_NAME)",
+        ))
 }
 
 fn client(matches: &ArgMatches) -> Result<Client, String> {
     let token =
         crate::api::client::token_from(get_str(matches, "token"), get_str(matches, "token-file"));
-    Ok(Client::from_flags(
+    let flag = |name: &str| get_str(matches, name).map(str::to_string);
+    let tls = crate::api::client::TlsFlags {
+        ca_file: flag("ca-file"),
+        ca_path: flag("ca-path"),
+        client_cert: flag("client-cert"),
+        client_key: flag("client-key"),
+        tls_server_name: flag("tls-server-name"),
+    };
+    Ok(Client::with_tls(
         get_str(matches, "http-addr"),
         token.as_deref(),
+        &tls,
     )?)
 }
 
@@ -197,6 +227,7 @@ fn command_tree() -> Command {
                 .arg(value("log-level", "Lowest level to show (default info)")),
         ))
         .subcommand(kv::command())
+        .subcommand(tls::command())
         .subcommand(catalog::command())
         .subcommand(config::command())
         .subcommand(connect::command())
@@ -266,6 +297,7 @@ pub fn main() -> ExitCode {
             Some(("reload", sub)) => reload(sub).await,
             Some(("monitor", sub)) => monitor(sub).await,
             Some(("kv", sub)) => kv::run(sub).await,
+            Some(("tls", sub)) => tls::run(sub),
             Some(("catalog", sub)) => catalog::run(sub).await,
             Some(("config", sub)) => config::run(sub).await,
             Some(("connect", sub)) => connect::run(sub).await,

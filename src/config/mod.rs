@@ -9,6 +9,7 @@ pub mod dns_config;
 pub mod raw;
 pub mod redact;
 pub mod sources;
+mod tls_config;
 pub mod watches;
 
 use std::collections::BTreeMap;
@@ -159,6 +160,11 @@ pub struct Ports {
     pub http: Option<u16>,
     pub dns: Option<u16>,
     pub grpc: Option<u16>,
+    /// The HTTPS API (`ports.https`, off by default; 8501 by convention).
+    pub https: Option<u16>,
+    /// xDS over TLS (`ports.grpc_tls`): 8503 when `tls.grpc` has a certificate, else off.
+    #[serde(rename = "GRPCTLS")]
+    pub grpc_tls: Option<u16>,
     pub serf_lan: Option<u16>,
     pub serf_wan: Option<u16>,
     pub server: Option<u16>,
@@ -285,6 +291,9 @@ pub struct RuntimeConfig {
     /// configuration with (later changed only through the API, as in Consul).
     #[serde(serialize_with = "serialize_autopilot")]
     pub autopilot: crate::types::operator::AutopilotConfig,
+    /// The `tls` and `auto_encrypt` stanzas, resolved per protocol.
+    #[serde(rename = "TLS")]
+    pub tls: crate::tls::TlsConfig,
     /// The `acl` stanza; left out of the runtime config shown over HTTP (it holds tokens).
     #[serde(skip)]
     pub acl: crate::acl::AclConfig,
@@ -757,17 +766,31 @@ fn build(raw: RawConfig) -> Result<RuntimeConfig, String> {
         return Err("client_addr: at least one address is required".into());
     }
     let dns = dns_config::build(&dns_source, &client_addrs)?;
+    let tls = tls_config::build(&dns_source, raw.server.unwrap_or(false))?;
     let raw_ports = raw.ports.unwrap_or_default();
+    let grpc_tls_default = match tls.grpc.has_certificate() {
+        true => 8503,
+        false => -1,
+    };
     let ports = Ports {
         http: port("http", raw_ports.http, 8500)?,
         dns: port("dns", raw_ports.dns, 8600)?,
         grpc: port("grpc", raw_ports.grpc, -1)?,
+        https: port("https", raw_ports.https, -1)?,
+        grpc_tls: port("grpc_tls", raw_ports.grpc_tls, grpc_tls_default)?,
         serf_lan: port("serf_lan", raw_ports.serf_lan, 8301)?,
         serf_wan: port("serf_wan", raw_ports.serf_wan, 8302)?,
         server: port("server", raw_ports.server, 8300)?,
         sidecar_min_port: port("sidecar_min_port", raw_ports.sidecar_min_port, 21000)?,
         sidecar_max_port: port("sidecar_max_port", raw_ports.sidecar_max_port, 21255)?,
     };
+    if ports.grpc.is_some() && ports.grpc_tls.is_none() && tls.grpc.has_certificate() {
+        return Err(
+            "the `ports.grpc` listener no longer supports TLS. Use `ports.grpc_tls` instead. \
+                    See the Consul 1.14 upgrade notes"
+                .into(),
+        );
+    }
     if let (Some(min), Some(max)) = (ports.sidecar_min_port, ports.sidecar_max_port) {
         if min > max {
             return Err(format!(
@@ -903,6 +926,7 @@ fn build(raw: RawConfig) -> Result<RuntimeConfig, String> {
         return Err(format!("locality is invalid: {error}"));
     }
     Ok(RuntimeConfig {
+        tls,
         dev_mode,
         primary_datacenter: raw.primary_datacenter.unwrap_or_else(|| datacenter.clone()),
         datacenter,

@@ -79,6 +79,56 @@ pub struct RawConfig {
     /// LAN gossip timings (Consul's `gossip_lan`).
     pub gossip_lan: Option<RawGossip>,
     pub acl: Option<RawAcl>,
+    /// Consul's `tls` stanza (see `config::tls_config`).
+    pub tls: Option<RawTls>,
+    pub auto_encrypt: Option<RawAutoEncrypt>,
+    /// The flat TLS keys from before Consul 1.12, mapped onto `tls`.
+    pub ca_file: Option<String>,
+    pub ca_path: Option<String>,
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+    pub verify_incoming: Option<bool>,
+    pub verify_incoming_rpc: Option<bool>,
+    pub verify_incoming_https: Option<bool>,
+    pub verify_outgoing: Option<bool>,
+    pub verify_server_hostname: Option<bool>,
+    pub tls_min_version: Option<String>,
+    pub tls_cipher_suites: Option<String>,
+    /// Ignored by Go since 1.17 and by rustls; accepted so old files load.
+    pub tls_prefer_server_cipher_suites: Option<bool>,
+}
+
+/// `tls { defaults internal_rpc https grpc }`.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct RawTls {
+    pub defaults: Option<RawTlsProtocol>,
+    pub internal_rpc: Option<RawTlsProtocol>,
+    pub https: Option<RawTlsProtocol>,
+    pub grpc: Option<RawTlsProtocol>,
+}
+
+/// One `tls` sub-stanza; which keys each allows is checked when it is resolved.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct RawTlsProtocol {
+    pub ca_file: Option<String>,
+    pub ca_path: Option<String>,
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+    pub verify_incoming: Option<bool>,
+    pub verify_outgoing: Option<bool>,
+    pub verify_server_hostname: Option<bool>,
+    pub tls_min_version: Option<String>,
+    pub tls_cipher_suites: Option<String>,
+    pub use_auto_cert: Option<bool>,
+}
+
+/// `auto_encrypt { tls allow_tls dns_san ip_san }`.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct RawAutoEncrypt {
+    pub tls: Option<bool>,
+    pub allow_tls: Option<bool>,
+    pub dns_san: Option<Vec<String>>,
+    pub ip_san: Option<Vec<String>>,
 }
 
 /// Consul's `acl` stanza.

@@ -324,3 +324,122 @@ fn a_ca_private_key_in_config_is_refused_without_echoing_it() {
     assert!(error.contains("PrivateKey is not supported"), "{error}");
     assert!(!error.contains("PRIVATE KEY-----"), "{error}");
 }
+
+fn tls_of(flags: serde_json::Value) -> Result<crate::tls::TlsConfig, String> {
+    load(&LoadOptions {
+        flags,
+        ..LoadOptions::default()
+    })
+    .map(|loaded| loaded.config.tls)
+    .map_err(|error| error.to_string())
+}
+
+#[test]
+fn tls_sub_stanzas_inherit_defaults_and_deprecated_keys_map_onto_them() {
+    let tls = tls_of(json!({
+        "data_dir": "/x",
+        "ca_file": "/old/ca.pem",
+        "cert_file": "/old/cert.pem",
+        "key_file": "/old/key.pem",
+        "verify_incoming": true,
+        "verify_incoming_https": false,
+        "tls_min_version": "tls13",
+        "tls": {
+            "defaults": {"cert_file": "/new/cert.pem"},
+            "https": {"ca_file": "/https/ca.pem"},
+        },
+    }))
+    .expect("loads");
+    // The stanza wins over the flat key; each unset field comes from defaults.
+    assert_eq!(
+        tls.internal_rpc.cert_file.as_deref(),
+        Some(Path::new("/new/cert.pem"))
+    );
+    assert_eq!(
+        tls.internal_rpc.key_file.as_deref(),
+        Some(Path::new("/old/key.pem"))
+    );
+    assert_eq!(
+        tls.https.ca_file.as_deref(),
+        Some(Path::new("/https/ca.pem"))
+    );
+    assert_eq!(tls.grpc.ca_file.as_deref(), Some(Path::new("/old/ca.pem")));
+    assert_eq!(tls.grpc.tls_min_version, crate::tls::TlsVersion::V1_3);
+    // The flat verify_incoming reaches the server port but, as before Consul 1.12, not gRPC;
+    // verify_incoming_https turns it off for HTTPS.
+    assert!(tls.internal_rpc.verify_incoming);
+    assert!(!tls.grpc.verify_incoming);
+    assert!(!tls.https.verify_incoming);
+    // No verify_outgoing anywhere: plaintext to servers.
+    assert!(!tls.internal_rpc.verify_outgoing);
+}
+
+#[test]
+fn verify_server_hostname_turns_on_verify_outgoing() {
+    let tls = tls_of(json!({
+        "data_dir": "/x",
+        "tls": {"internal_rpc": {"verify_server_hostname": true}},
+    }))
+    .expect("loads");
+    assert!(tls.internal_rpc.verify_server_hostname);
+    assert!(tls.internal_rpc.verify_outgoing);
+}
+
+#[test]
+fn misplaced_tls_keys_are_consuls_errors() {
+    let cases = [
+        (
+            json!({"tls": {"grpc": {"verify_outgoing": true}}}),
+            "verify_outgoing is not valid in the tls.grpc stanza",
+        ),
+        (
+            json!({"tls": {"https": {"verify_server_hostname": true}}}),
+            "verify_server_hostname is only valid in the tls.defaults and tls.internal_rpc stanzas",
+        ),
+        (
+            json!({"tls": {"defaults": {"use_auto_cert": true}}}),
+            "use_auto_cert is only valid in the tls.grpc stanza",
+        ),
+        (
+            json!({"tls": {"defaults": {"tls_min_version": "SSLv3"}}}),
+            "tls.internal_rpc.tls_min_version: invalid value \"SSLv3\"",
+        ),
+        (
+            json!({"tls": {"defaults": {"tls_min_version": "TLSv1_3",
+                "tls_cipher_suites": "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"}}}),
+            "cipher suites are not configurable",
+        ),
+        (
+            json!({"ports": {"grpc": 8502, "grpc_tls": -1},
+                "tls": {"grpc": {"cert_file": "/c.pem", "key_file": "/k.pem"}}}),
+            "Use `ports.grpc_tls` instead",
+        ),
+        (
+            json!({"server": true, "auto_encrypt": {"tls": true}}),
+            "auto_encrypt.tls can only be used on client agents",
+        ),
+    ];
+    for (mut flags, expected) in cases {
+        flags["data_dir"] = json!("/x");
+        let error = tls_of(flags.clone()).expect_err(&flags.to_string());
+        assert!(error.contains(expected), "{error} should say {expected}");
+    }
+}
+
+#[test]
+fn grpc_tls_listens_on_8503_once_grpc_has_a_certificate() {
+    let load_ports = |flags: serde_json::Value| {
+        load(&LoadOptions {
+            flags,
+            ..LoadOptions::default()
+        })
+        .expect("loads")
+        .config
+        .ports
+    };
+    let plain = load_ports(json!({"data_dir": "/x"}));
+    assert_eq!((plain.https, plain.grpc_tls), (None, None));
+    let tls = load_ports(json!({"data_dir": "/x", "ports": {"https": 8501},
+        "tls": {"defaults": {"cert_file": "/c.pem", "key_file": "/k.pem"}}}));
+    assert_eq!((tls.https, tls.grpc_tls), (Some(8501), Some(8503)));
+}

@@ -595,9 +595,15 @@ fn verified_csr(der: &[u8]) -> Result<X509CertificationRequest<'_>, CaError> {
 }
 
 fn load_issuer(root: &RootCert) -> Result<Issuer<'static, KeyPair>, CaError> {
-    let key_pair = KeyPair::from_pem(&root.key_pem)
+    issuer_from_pem(&root.cert_pem, &root.key_pem)
+}
+
+/// A signer from a CA certificate and its key (PEM), refusing a key that is not the
+/// certificate's. `concord tls cert create` signs with the agent CA's files through it.
+pub fn issuer_from_pem(cert_pem: &str, key_pem: &str) -> Result<Issuer<'static, KeyPair>, CaError> {
+    let key_pair = KeyPair::from_pem(key_pem)
         .map_err(|e| CaError::new(format!("parsing CA private key: {e}")))?;
-    let der = pem_block(&root.cert_pem, "CERTIFICATE")?;
+    let der = pem_block(cert_pem, "CERTIFICATE")?;
     let (_, cert) = x509_parser::parse_x509_certificate(&der)
         .map_err(|e| CaError::new(format!("parsing CA certificate: {e}")))?;
     // A mismatched pair would sign leafs that silently fail verification

@@ -140,13 +140,17 @@ pub async fn self_info(
         },
         "Meta": config.node_meta,
         // Where Envoy reaches this agent's xDS server (`connect envoy` reads `XDS.Port`).
-        "xDS": match config.ports.grpc {
-            Some(port) => json!({
+        // Consul's shape: `Port` is the plaintext port, else the TLS one.
+        "xDS": match (config.ports.grpc, config.ports.grpc_tls) {
+            (None, None) => Value::Null,
+            (plaintext, tls) => json!({
                 "SupportedProxies": {"envoy": [crate::xds::bootstrap::TESTED_ENVOY]},
-                "Port": port,
-                "Ports": {"Plaintext": port, "TLS": -1},
+                "Port": plaintext.or(tls),
+                "Ports": {
+                    "Plaintext": plaintext.map_or(-1, i32::from),
+                    "TLS": tls.map_or(-1, i32::from),
+                },
             }),
-            None => Value::Null,
         },
     });
     Ok(reply::json(&body, call.pretty(&state)))

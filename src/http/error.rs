@@ -126,6 +126,7 @@ impl From<AgentError> for ApiError {
             AgentError::NotTtlCheck(_)
             | AgentError::Restored { .. }
             | AgentError::Config(_)
+            | AgentError::Tls(_)
             | AgentError::Internal(_) => ApiError::Internal(error.to_string()),
         }
     }

@@ -66,6 +66,7 @@ impl ClientRpc {
     pub fn start(
         node: String,
         bind: std::net::IpAddr,
+        tls: Arc<crate::tls::Tls>,
         pool: Pool,
         tasks: &Tasks,
     ) -> Arc<ClientRpc> {
@@ -73,7 +74,7 @@ impl ClientRpc {
             node,
             store: Arc::new(Store::new()),
             servers: Mutex::new(Servers::default()),
-            connections: Connections::bound_to(bind),
+            connections: Connections::new(bind, tls),
             servers_changed: Notify::new(),
             leadership: watch::Sender::new(Leadership::default()),
             peers: Mutex::new(Vec::new()),

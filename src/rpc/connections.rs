@@ -1,14 +1,18 @@
 //! Connections to other servers' RPC ports, one HTTP/2 channel per address, made on first use
 //! and dropped when a call on it fails. Client agents use it to reach servers; servers use it
-//! for Raft traffic and to forward requests to the leader.
+//! for Raft traffic and to forward requests to the leader. Over TLS with `verify_outgoing`
+//! (`tls::connect::RpcConnector`).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::{Channel, Endpoint};
+
+use crate::tls::connect::RpcConnector;
+use crate::tls::Tls;
 
 use super::codec::SmallCodec;
 use super::wire::Frame;
@@ -27,20 +31,21 @@ pub enum CallError {
     Status(tonic::Status),
 }
 
-#[derive(Default)]
 pub struct Connections {
     channels: Mutex<HashMap<SocketAddr, Channel>>,
-    /// The address connections are made from: the agent's bind address unless that is
-    /// unspecified, so peers (and firewall rules) see the agent's own address.
-    local: Option<IpAddr>,
+    connector: RpcConnector,
 }
 
 impl Connections {
-    /// Connections made from `bind` (any local address when it is unspecified).
-    pub fn bound_to(bind: IpAddr) -> Connections {
+    /// Connections made from `bind` (any local address when it is unspecified, else the
+    /// agent's own, so peers and firewall rules see it), over TLS as `tls` says.
+    pub fn new(bind: IpAddr, tls: Arc<Tls>) -> Connections {
         Connections {
             channels: Mutex::default(),
-            local: (!bind.is_unspecified()).then_some(bind),
+            connector: RpcConnector {
+                local: (!bind.is_unspecified()).then_some(bind),
+                tls,
+            },
         }
     }
 
@@ -53,11 +58,12 @@ impl Connections {
         let endpoint = Endpoint::from_shared(format!("http://{server}"))
             .map_err(connect)?
             .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .local_address(self.local)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10));
-        let channel = endpoint.connect().await.map_err(connect)?;
+        let channel = endpoint
+            .connect_with_connector(self.connector.clone())
+            .await
+            .map_err(connect)?;
         self.lock().insert(server, channel.clone());
         Ok(channel)
     }

@@ -23,6 +23,9 @@ use tonic::{Request, Response, Status};
 
 use super::codec::SmallCodec;
 use super::connections::FORWARDED;
+use crate::tls::listen::{self, Peer};
+use crate::tls::Tls;
+
 use super::server::ServerRpc;
 use super::wire::{self, Feed, FollowRequest, Frame, RaftReply, RaftRequest};
 use super::Leadership;
@@ -40,13 +43,27 @@ const MAX_RAFT_MESSAGE: usize = 1 << 30;
 #[derive(Clone)]
 pub struct RpcService {
     server: Arc<ServerRpc>,
+    tls: Arc<Tls>,
     shutdown: CancellationToken,
 }
 
 impl RpcService {
-    pub fn new(server: Arc<ServerRpc>, shutdown: CancellationToken) -> RpcService {
-        RpcService { server, shutdown }
+    pub fn new(server: Arc<ServerRpc>, tls: Arc<Tls>, shutdown: CancellationToken) -> RpcService {
+        RpcService {
+            server,
+            tls,
+            shutdown,
+        }
     }
+}
+
+/// The connection a request came over (see `tls::listen`).
+fn peer<T>(request: &Request<T>) -> Option<Peer> {
+    request
+        .extensions()
+        .get::<Option<Peer>>()
+        .cloned()
+        .flatten()
 }
 
 impl NamedService for RpcService {
@@ -75,8 +92,10 @@ impl UnaryService<Frame> for Call {
     }
 }
 
-/// A Raft RPC from another server, handed to this server's Raft node.
-struct RaftCall(Arc<ServerRpc>);
+/// A Raft RPC from another server, handed to this server's Raft node. With
+/// `verify_server_hostname` only a peer whose certificate names `server.<dc>.<domain>` may
+/// send one: a client agent's certificate from the same CA does not make it a server.
+struct RaftCall(Arc<ServerRpc>, Arc<Tls>);
 
 impl UnaryService<Frame> for RaftCall {
     type Response = Frame;
@@ -84,7 +103,24 @@ impl UnaryService<Frame> for RaftCall {
 
     fn call(&mut self, request: Request<Frame>) -> Self::Future {
         let server = self.0.clone();
+        let tls = self.1.clone();
         Box::pin(async move {
+            if tls.verify_server_hostname() {
+                let peer = peer(&request);
+                if !peer
+                    .as_ref()
+                    .is_some_and(|peer| peer.certified_as(tls.server_name()))
+                {
+                    let from = peer
+                        .map(|peer| peer.address.to_string())
+                        .unwrap_or_default();
+                    tracing::warn!(%from, "refused Raft traffic from a peer without a server certificate");
+                    return Err(Status::permission_denied(format!(
+                        "Raft traffic needs a TLS certificate for {}; {from} has none",
+                        tls.server_name()
+                    )));
+                }
+            }
             let request: RaftRequest = request
                 .into_inner()
                 .decode()
@@ -138,7 +174,7 @@ impl ServerStreamingService<Frame> for Follow {
     fn call(&mut self, request: Request<Frame>) -> Self::Future {
         let service = self.0.clone();
         Box::pin(async move {
-            let peer = request.remote_addr();
+            let peer = peer(&request).map(|peer| peer.address);
             let follower: FollowRequest = request
                 .into_inner()
                 .decode()
@@ -245,7 +281,9 @@ where
             wire::RAFT_PATH => Box::pin(async move {
                 let mut grpc = Grpc::new(SmallCodec::<Frame, Frame>::default())
                     .max_decoding_message_size(MAX_RAFT_MESSAGE);
-                Ok(grpc.unary(RaftCall(service.server), request).await)
+                Ok(grpc
+                    .unary(RaftCall(service.server, service.tls), request)
+                    .await)
             }),
             wire::FOLLOW_PATH => Box::pin(async move {
                 let mut grpc = Grpc::new(SmallCodec::<Frame, Frame>::default())
@@ -257,23 +295,29 @@ where
     }
 }
 
-/// Serves the RPC service on `listener` until shutdown.
+/// Serves the RPC service on `listener` until shutdown, TLS as `service.tls` says.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     service: RpcService,
     shutdown: CancellationToken,
 ) {
     let address = listener.local_addr().ok();
-    let incoming = tonic::transport::server::TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(Duration::from_secs(30)));
-    let served = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .add_service(service)
-        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
-        .await;
-    if let Err(error) = served {
-        tracing::error!(?address, %error, "server RPC listener failed");
-    }
+    let (incoming, accepting) = listen::accept(
+        listener,
+        listen::Kind::ServerRpc,
+        service.tls.clone(),
+        shutdown.clone(),
+    );
+    let serving = async {
+        let served = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming.into_stream(), shutdown.cancelled_owned())
+            .await;
+        if let Err(error) = served {
+            tracing::error!(?address, %error, "server RPC listener failed");
+        }
+    };
+    tokio::join!(accepting, serving);
 }

@@ -101,6 +101,7 @@ async fn start_server(
     config: &RuntimeConfig,
     data_dir: &Path,
     node_id: &str,
+    tls: &Arc<crate::tls::Tls>,
     tasks: &Tasks,
 ) -> anyhow::Result<ServerParts> {
     let store = Arc::new(Store::new());
@@ -109,7 +110,7 @@ async fn start_server(
     raft::recover_from_peers_file(data_dir, &mut storage, raft_id).await?;
     let server_address =
         SocketAddr::new(config.advertise_addr, config.ports.server.unwrap_or(8300));
-    let connections = Arc::new(Connections::bound_to(config.bind_addr));
+    let connections = Arc::new(Connections::new(config.bind_addr, tls.clone()));
     let contacts = Arc::new(PeerContacts::default());
     let raft = Raft::new(
         raft_id,
@@ -150,6 +151,14 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
     let config = Arc::new(config);
     let (data_dir, temp_dir) = prepare_data_dir(&config)?;
     let node_id = resolve_node_id(&config, &data_dir)?;
+    // Bad certificate files stop the agent here, named in the error.
+    let tls = crate::tls::Tls::load(
+        &config.tls,
+        &config.datacenter,
+        &config.dns.domain,
+        config.ports.https.is_some(),
+        config.ports.grpc_tls.is_some(),
+    )?;
 
     // Every long-lived task below is spawned through `tasks`, under its shutdown token.
     let tasks = Tasks::new();
@@ -159,7 +168,7 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
     let lan = crate::gossip::lan::start(&config, &node_id, &data_dir, &tasks).await?;
     let wan = crate::gossip::lan::start_wan(&config, &node_id, &data_dir, &tasks).await?;
     let server = match config.server_mode {
-        true => Some(start_server(&config, &data_dir, &node_id, &tasks).await?),
+        true => Some(start_server(&config, &data_dir, &node_id, &tls, &tasks).await?),
         false => None,
     };
     let cluster = match &server {
@@ -167,6 +176,7 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
         None => Cluster::Client(ClientRpc::start(
             config.node_name.clone(),
             config.bind_addr,
+            tls.clone(),
             lan.clone(),
             &tasks,
         )),
@@ -177,7 +187,7 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
             .await
             .with_context(|| format!("cannot listen for server RPC on {address}"))?;
         tracing::info!(%address, "server RPC listening");
-        let service = RpcService::new(server.rpc.clone(), tasks.shutdown().clone());
+        let service = RpcService::new(server.rpc.clone(), tls.clone(), tasks.shutdown().clone());
         tasks.spawn_graceful(
             "rpc.listener",
             crate::rpc::service::serve(listener, service, tasks.shutdown().clone()),
@@ -240,6 +250,7 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
         tasks.clone(),
     )
     .map_err(|error| anyhow::anyhow!("cannot register the configured services: {error}"))?;
+    agent.reload_tls_with(tls.clone());
     let leaves = crate::agent::leaf::LeafCache::new(
         cluster.clone(),
         agent.clone(),
@@ -302,6 +313,32 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
             });
         }
     }
+    if let Some(port) = config.ports.https {
+        for address in &config.client_addrs {
+            let address = SocketAddr::new(*address, port);
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen for HTTPS on {address}"))?;
+            let (incoming, accepting) = crate::tls::listen::accept(
+                listener,
+                crate::tls::listen::Kind::Https,
+                tls.clone(),
+                tasks.shutdown().clone(),
+            );
+            let app = http::router(state.clone());
+            let stop = tasks.shutdown().clone();
+            tracing::info!(%address, "HTTPS API listening");
+            tasks.spawn("https.accept", accepting);
+            tasks.spawn_graceful("https.listener", async move {
+                let served = axum::serve(incoming, app)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await;
+                if let Err(error) = served {
+                    tracing::error!(%error, "HTTPS server failed");
+                }
+            });
+        }
+    }
     // Watches read this agent's own HTTP API: its first listener, the loopback address when
     // that listener takes every address.
     let own_http = config.ports.http.and_then(|port| {
@@ -314,13 +351,18 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
         })
     });
     watches::start(&config.watches, own_http, &tasks);
-    if let Some(port) = config.ports.grpc {
+    let grpc_ports = [
+        (config.ports.grpc, None, "gRPC (xDS)"),
+        (config.ports.grpc_tls, Some(tls.clone()), "gRPC-TLS (xDS)"),
+    ];
+    for (port, tls, what) in grpc_ports {
+        let Some(port) = port else { continue };
         for address in &config.client_addrs {
             let address = SocketAddr::new(*address, port);
             let listener = tokio::net::TcpListener::bind(address)
                 .await
-                .with_context(|| format!("cannot listen for gRPC (xDS) on {address}"))?;
-            tracing::info!(%address, "gRPC (xDS) listening");
+                .with_context(|| format!("cannot listen for {what} on {address}"))?;
+            tracing::info!(%address, "{what} listening");
             let server = crate::xds::XdsServer {
                 watcher: proxies.clone(),
                 agent: agent.clone(),
@@ -332,6 +374,7 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
                 "xds.listener",
                 crate::xds::serve(
                     listener,
+                    tls.clone(),
                     server,
                     config.limits.xds_max_streams,
                     tasks.shutdown().clone(),

@@ -2,7 +2,8 @@
 //! id, node cluster = destination service, a static `local_agent` cluster speaking HTTP/2 to
 //! the agent's gRPC port, delta ADS carrying the token), written with the fields Envoy 1.40
 //! has not deprecated (`typed_extension_protocol_options` instead of
-//! `http2_protocol_options`, no `admin.access_log_path`).
+//! `http2_protocol_options`, no `admin.access_log_path`). To the agent's gRPC-TLS port the
+//! cluster carries Consul's `tls` transport socket trusting the agent CA, inlined.
 
 use std::net::SocketAddr;
 
@@ -19,6 +20,8 @@ pub struct BootstrapConfig {
     pub datacenter: String,
     pub admin: SocketAddr,
     pub agent_grpc: SocketAddr,
+    /// The agent CA (PEM) when `agent_grpc` is the TLS port.
+    pub agent_ca_pem: Option<String>,
     pub token: Option<String>,
 }
 
@@ -27,6 +30,33 @@ pub fn bootstrap(config: &BootstrapConfig) -> Value {
         Some(token) if !token.is_empty() => json!([{"key": "x-consul-token", "value": token}]),
         _ => json!([]),
     };
+    let mut local_agent = json!({
+        "name": "local_agent",
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "ignore_health_on_host_removal": false,
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            },
+        },
+        "load_assignment": {
+            "cluster_name": "local_agent",
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket(config.agent_grpc)}}]}],
+        },
+    });
+    if let Some(ca) = &config.agent_ca_pem {
+        local_agent["transport_socket"] = json!({
+            "name": "tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "common_tls_context": {
+                    "validation_context": {"trusted_ca": {"inline_string": ca}},
+                },
+            },
+        });
+    }
     let ads = json!({"ads": {}, "initial_fetch_timeout": "0s", "resource_api_version": "V3"});
     json!({
         "admin": {
@@ -44,22 +74,7 @@ pub fn bootstrap(config: &BootstrapConfig) -> Value {
             }],
         },
         "static_resources": {
-            "clusters": [{
-                "name": "local_agent",
-                "type": "STATIC",
-                "connect_timeout": "1s",
-                "ignore_health_on_host_removal": false,
-                "typed_extension_protocol_options": {
-                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                        "explicit_http_config": {"http2_protocol_options": {}},
-                    },
-                },
-                "load_assignment": {
-                    "cluster_name": "local_agent",
-                    "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket(config.agent_grpc)}}]}],
-                },
-            }],
+            "clusters": [local_agent],
         },
         "stats_config": {
             "stats_tags": [

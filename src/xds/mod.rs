@@ -34,17 +34,57 @@ pub use server::{XdsServer, XdsStatus};
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
 /// Serves ADS on `listener` until `shutdown`, then lets connections drain for up to
-/// `DRAIN_LIMIT`.
+/// `DRAIN_LIMIT`; over TLS (`ports.grpc_tls`) when `tls` is given.
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    tls: Option<Arc<crate::tls::Tls>>,
     server: XdsServer,
     max_streams: u32,
     shutdown: CancellationToken,
 ) {
     let address: Option<SocketAddr> = listener.local_addr().ok();
-    let incoming = tonic::transport::server::TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(Duration::from_secs(30)));
+    match tls {
+        None => {
+            let incoming = tonic::transport::server::TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(Duration::from_secs(30)));
+            serve_incoming(incoming, address, server, max_streams, shutdown).await
+        }
+        Some(tls) => {
+            let (incoming, accepting) = crate::tls::listen::accept(
+                listener,
+                crate::tls::listen::Kind::Grpc,
+                tls,
+                shutdown.clone(),
+            );
+            let serving = serve_incoming(
+                incoming.into_stream(),
+                address,
+                server,
+                max_streams,
+                shutdown,
+            );
+            tokio::join!(accepting, serving);
+        }
+    }
+}
+
+async fn serve_incoming<I, IO, IE>(
+    incoming: I,
+    address: Option<SocketAddr>,
+    server: XdsServer,
+    max_streams: u32,
+    shutdown: CancellationToken,
+) where
+    I: futures::Stream<Item = Result<IO, IE>>,
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let drain_deadline = async {
         shutdown.cancelled().await;
         tokio::time::sleep(DRAIN_LIMIT).await;

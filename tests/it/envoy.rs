@@ -39,18 +39,25 @@ impl Envoy {
 
     /// `start` with `-token` (the HTTP lookups and Envoy's xDS stream both use it).
     pub async fn start_with_token(agent: &Agent, sidecar_for: &str, token: Option<&str>) -> Envoy {
+        let mut args: Vec<String> = vec![
+            "-grpc-addr".into(),
+            format!("{}:{}", agent.host, agent.grpc_port),
+        ];
+        if let Some(token) = token {
+            args.extend(["-token".into(), token.into()]);
+        }
+        Envoy::start_with_args(agent, sidecar_for, &args).await
+    }
+
+    /// `start` with more `concord connect envoy` flags (`-grpc-addr` among them).
+    pub async fn start_with_args(agent: &Agent, sidecar_for: &str, args: &[String]) -> Envoy {
         let dir = tempfile::tempdir().expect("tempdir");
         let admin_port = free_port();
         let log_path = dir.path().join("envoy.log");
-        let token_args: Vec<&str> = match token {
-            Some(token) => vec!["-token", token],
-            None => Vec::new(),
-        };
         let child = Command::new(BINARY)
             .args(["connect", "envoy", "-sidecar-for", sidecar_for])
-            .args(&token_args)
+            .args(args)
             .args(["-http-addr", &agent.address()])
-            .args(["-grpc-addr", &format!("{}:{}", agent.host, agent.grpc_port)])
             .args(["-admin-bind", &format!("127.0.0.1:{admin_port}")])
             .args(["-envoy-binary", &envoy_binary()])
             // CONCORD_ENVOY_LOG=debug makes Envoy's log (`Envoy::log`) say what it did with
