@@ -16,6 +16,9 @@
 //!   reading the same instances from `/v1/health/service` for comparison;
 //! * `federation`: two `-dev` servers of two datacenters joined in the WAN pool; sequential
 //!   GETs of one key in each, from the first: the latency `?dc=` adds;
+//! * `tls`: the `get` load over plaintext HTTP and over HTTPS (keep-alive, TLS 1.3) on one
+//!   agent, alternating three rounds each: the HTTPS/plaintext throughput ratio; then 2,000
+//!   new TLS connections, each a full handshake, from 4 workers: agent CPU per handshake;
 //! * `ui`: 1,000 services registered, then the web UI loaded ten times in Debian's Chromium
 //!   (`tests/ui/bench.py`, Playwright): first contentful paint of `/ui/`, and the services
 //!   page's time from its data's arrival to the next frame drawn with it.
@@ -62,6 +65,7 @@ const SECTIONS: &[&str] = &[
     "metrics",
     "query",
     "federation",
+    "tls",
     "ui",
 ];
 
@@ -95,6 +99,7 @@ fn main() -> Result<()> {
             "query" => Box::pin(bench_query(table)),
             "federation" => Box::pin(bench_federation(table)),
             "ui" => Box::pin(bench_ui(table)),
+            "tls" => Box::pin(bench_tls(table)),
             _ => Box::pin(bench_watch(table)),
         },
     )
@@ -262,6 +267,169 @@ async fn bench_get(table: &mut Table) -> Result<()> {
         Some(load.rate() >= 60_000.0),
     );
     load.rows(table, "GET");
+    agent.stop().await;
+    Ok(())
+}
+
+/// TLS rounds per side in the `tls` section, and the handshakes it counts.
+const TLS_ROUNDS: usize = 3;
+const TLS_HANDSHAKES: usize = 2_000;
+
+/// Agent TLS (issue 18): keep-alive GET throughput over HTTPS against plaintext on the same
+/// agent and run, and the agent CPU one new TLS connection costs.
+async fn bench_tls(table: &mut Table) -> Result<()> {
+    use concord::tls::generate::{self, CaOptions, CertOptions, Role};
+    let files = tempfile::tempdir()?;
+    let ca = generate::ca(&CaOptions {
+        days: 30,
+        domain: "consul".into(),
+        name_constraint: false,
+        additional_name_constraints: Vec::new(),
+        cluster_id: None,
+        common_name: None,
+    })?;
+    let server = generate::cert(
+        &ca.cert_pem,
+        &ca.key_pem,
+        &CertOptions {
+            role: Role::Server,
+            datacenter: "dc1".into(),
+            domain: "consul".into(),
+            node: None,
+            days: 30,
+            dns_names: Vec::new(),
+            ip_addresses: Vec::new(),
+        },
+    )?;
+    let path = |name: &str| files.path().join(name).display().to_string();
+    std::fs::write(path("ca.pem"), &ca.cert_pem)?;
+    std::fs::write(path("server.pem"), &server.cert_pem)?;
+    std::fs::write(path("server-key.pem"), &server.key_pem)?;
+    let config = serde_json::json!({"tls": {"defaults": {
+        "ca_file": path("ca.pem"), "cert_file": path("server.pem"), "key_file": path("server-key.pem"),
+    }}});
+    std::fs::write(path("tls.json"), config.to_string())?;
+    let https_port = common::process::free_ports(1)?[0];
+    let mut agent = BenchAgent::spawn(
+        Some("warn"),
+        &[
+            "-config-file",
+            &path("tls.json"),
+            "-https-port",
+            &https_port.to_string(),
+        ],
+    )
+    .await?;
+    agent.wait_writable().await?;
+    let https = SocketAddr::from(([127, 0, 0, 1], https_port));
+    let client_config = concord::tls::client_config_from_files(&concord::tls::ClientFiles {
+        ca_file: Some(path("ca.pem").into()),
+        ..Default::default()
+    })?;
+    let value = value_bytes(VALUE_BYTES);
+    let keys: Vec<String> = (0..GET_KEYS as u64)
+        .map(|n| padded_key("get/", n))
+        .collect();
+    preload(
+        agent.http,
+        keys.iter()
+            .map(|key| (key.clone(), value.clone()))
+            .collect(),
+    )
+    .await?;
+    let paths: Arc<Vec<String>> =
+        Arc::new(keys.iter().map(|key| format!("/v1/kv/{key}")).collect());
+    let mut plain_rates = Vec::new();
+    let mut tls_rates = Vec::new();
+    for round in 0..TLS_ROUNDS * 2 {
+        let endpoint = match round % 2 {
+            0 => Endpoint::Plain(agent.http),
+            _ => Endpoint::Tls(https, client_config.clone()),
+        };
+        let paths = paths.clone();
+        let load = run_load_on(
+            agent.pid,
+            endpoint,
+            LOAD_CONNECTIONS,
+            move |_worker, _n, rng| {
+                let path = paths[rng.gen_range(0..paths.len())].clone();
+                (Method::GET, path, Bytes::new())
+            },
+            |response| response.status == StatusCode::OK && response.index.is_some(),
+        )
+        .await?;
+        let what = if round % 2 == 0 {
+            "GET plaintext"
+        } else {
+            "GET HTTPS"
+        };
+        load.print(what);
+        match round % 2 {
+            0 => plain_rates.push(load.rate()),
+            _ => tls_rates.push(load.rate()),
+        }
+    }
+    let median = |rates: &mut Vec<f64>| {
+        rates.sort_by(f64::total_cmp);
+        rates[rates.len() / 2]
+    };
+    let (plain, tls) = (median(&mut plain_rates), median(&mut tls_rates));
+    table.row(
+        "GET plaintext, 64 keep-alive conns (reads/s, median of 3)",
+        format!("{plain:.0}"),
+        "-",
+        None,
+    );
+    table.row(
+        "GET HTTPS, 64 keep-alive conns (reads/s, median of 3)",
+        format!("{tls:.0}"),
+        "-",
+        None,
+    );
+    table.row(
+        "HTTPS / plaintext GET throughput",
+        format!("{:.2}", tls / plain),
+        ">= 0.70",
+        Some(tls / plain >= 0.70),
+    );
+
+    // New connections, each a full handshake and nothing else.
+    let cpu = agent_and_client_cpu(agent.pid);
+    let started = Instant::now();
+    let mut workers = JoinSet::new();
+    for _ in 0..4 {
+        let config = client_config.clone();
+        workers.spawn(async move {
+            let name = rustls::pki_types::ServerName::try_from("localhost")?;
+            for _ in 0..TLS_HANDSHAKES / 4 {
+                let tcp = TcpStream::connect(https).await?;
+                tcp.set_nodelay(true)?;
+                let mut stream = tokio_rustls::TlsConnector::from(config.clone())
+                    .connect(name.clone(), tcp)
+                    .await?;
+                stream.shutdown().await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        });
+    }
+    while let Some(done) = workers.join_next().await {
+        done??;
+    }
+    let elapsed = started.elapsed();
+    let cpu = CpuUse::from(cpu.finish());
+    let agent_ms = cpu.agent * elapsed.as_secs_f64() * 1e3 / TLS_HANDSHAKES as f64;
+    println!(
+        "{TLS_HANDSHAKES} handshakes in {:.2} s: agent {:.2} cores, client {:.2} cores",
+        elapsed.as_secs_f64(),
+        cpu.agent,
+        cpu.client
+    );
+    table.row(
+        "agent CPU per new TLS connection (ms)",
+        format!("{agent_ms:.3}"),
+        "<= 1",
+        Some(agent_ms <= 1.0),
+    );
     agent.stop().await;
     Ok(())
 }
@@ -1006,7 +1174,30 @@ enum Conn {
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 const MAX_BODY_BYTES: usize = 256 * 1024 * 1024;
 
+/// Where a load's connections go.
+#[derive(Clone)]
+enum Endpoint {
+    Plain(SocketAddr),
+    /// HTTPS, checking the agent's certificate (named `localhost`) with this configuration.
+    Tls(SocketAddr, Arc<rustls::ClientConfig>),
+}
+
 impl Conn {
+    async fn open(endpoint: &Endpoint) -> Result<Conn> {
+        match endpoint {
+            Endpoint::Plain(addr) => Conn::connect(*addr).await,
+            Endpoint::Tls(addr, config) => {
+                let tcp = TcpStream::connect(addr).await?;
+                tcp.set_nodelay(true)?;
+                let name = rustls::pki_types::ServerName::try_from("localhost")?;
+                let stream = tokio_rustls::TlsConnector::from(config.clone())
+                    .connect(name, tcp)
+                    .await?;
+                Ok(Conn::Hyper(common::http::Conn::over(stream).await?))
+            }
+        }
+    }
+
     async fn connect(addr: SocketAddr) -> Result<Conn> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
@@ -1242,15 +1433,37 @@ where
     M: Fn(usize, u64, &mut StdRng) -> (Method, String, Bytes) + Send + Sync + 'static,
     A: Fn(&Answer) -> bool + Send + Sync + Copy + 'static,
 {
+    run_load_on(
+        agent.pid,
+        Endpoint::Plain(agent.http),
+        connections,
+        make,
+        accept,
+    )
+    .await
+}
+
+/// `run_load` against `endpoint` of the agent whose process is `pid`.
+async fn run_load_on<M, A>(
+    pid: u32,
+    endpoint: Endpoint,
+    connections: usize,
+    make: M,
+    accept: A,
+) -> Result<Load>
+where
+    M: Fn(usize, u64, &mut StdRng) -> (Method, String, Bytes) + Send + Sync + 'static,
+    A: Fn(&Answer) -> bool + Send + Sync + Copy + 'static,
+{
     let make = Arc::new(make);
     let start = Arc::new(Barrier::new(connections + 1));
     let mut workers = JoinSet::new();
     for worker in 0..connections {
         let make = make.clone();
         let start = start.clone();
-        let addr = agent.http;
+        let endpoint = endpoint.clone();
         workers.spawn(async move {
-            let connected = Conn::connect(addr).await;
+            let connected = Conn::open(&endpoint).await;
             start.wait().await;
             let mut conn = connected?;
             let deadline = Instant::now() + LOAD_DURATION;
@@ -1268,7 +1481,7 @@ where
                     Ok(_) => errors += 1,
                     Err(_) => {
                         errors += 1;
-                        conn = Conn::connect(addr).await?;
+                        conn = Conn::open(&endpoint).await?;
                     }
                 }
             }
@@ -1276,7 +1489,7 @@ where
         });
     }
     start.wait().await;
-    let cpu = agent_and_client_cpu(agent.pid);
+    let cpu = agent_and_client_cpu(pid);
     let started = Instant::now();
     let mut all = Vec::new();
     let mut errors = 0;

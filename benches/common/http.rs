@@ -54,8 +54,11 @@ impl Conn {
         Conn::over(stream).await
     }
 
-    /// An HTTP/1.1 client over an open connection.
-    pub async fn over(stream: TcpStream) -> Result<Conn> {
+    /// An HTTP/1.1 client over an open connection (TCP, or TLS over it).
+    pub async fn over<S>(stream: S) -> Result<Conn>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
         let driver = tokio::spawn(async move {
             let _ = connection.await;

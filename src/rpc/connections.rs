@@ -34,6 +34,9 @@ pub enum CallError {
 pub struct Connections {
     channels: Mutex<HashMap<SocketAddr, Channel>>,
     connector: RpcConnector,
+    /// The last reason connecting to each server failed, so a changed reason is logged once
+    /// rather than at every retry (Raft retries every heartbeat).
+    failures: Mutex<HashMap<SocketAddr, String>>,
 }
 
 impl Connections {
@@ -42,6 +45,7 @@ impl Connections {
     pub fn new(bind: IpAddr, tls: Arc<Tls>) -> Connections {
         Connections {
             channels: Mutex::default(),
+            failures: Mutex::default(),
             connector: RpcConnector {
                 local: (!bind.is_unspecified()).then_some(bind),
                 tls,
@@ -60,10 +64,31 @@ impl Connections {
             .connect_timeout(CONNECT_TIMEOUT)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10));
-        let channel = endpoint
+        let channel = match endpoint
             .connect_with_connector(self.connector.clone())
             .await
-            .map_err(connect)?;
+        {
+            Ok(channel) => channel,
+            Err(error) => {
+                // tonic's own text is "transport error"; the connector's reason is below it.
+                let mut reason = error.to_string();
+                let mut source = std::error::Error::source(&error);
+                while let Some(cause) = source {
+                    reason = format!("{reason}: {cause}");
+                    source = cause.source();
+                }
+                let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+                if failures.get(&server) != Some(&reason) {
+                    tracing::warn!(%server, %reason, "cannot connect to server");
+                    failures.insert(server, reason);
+                }
+                return Err(connect(error));
+            }
+        };
+        self.failures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&server);
         self.lock().insert(server, channel.clone());
         Ok(channel)
     }

@@ -49,7 +49,10 @@ pub fn decide(members: &[Member], datacenter: &str, expect: u32) -> Decision {
                 identity.name
             ));
         }
-        if identity.tag("expect") != expect.to_string() {
+        // A server started without bootstrap_expect carries no `expect` and does not stop
+        // the others (Consul counts it among the servers, as here).
+        let theirs = identity.tag("expect");
+        if !theirs.is_empty() && theirs != expect.to_string() {
             return Decision::Conflict(format!(
                 "Member {} has a conflicting expect value. All nodes should expect the same \
                  number.",
@@ -225,6 +228,17 @@ mod tests {
             .collect();
         expected.sort();
         assert_eq!(addresses, expected);
+    }
+
+    #[test]
+    fn a_server_without_expect_is_no_conflict() {
+        let mut members: Vec<Member> = (0..2)
+            .map(|index| server(index, &[("expect", "3")], MemberStatus::Alive))
+            .collect();
+        members.push(server(2, &[], MemberStatus::Alive));
+        assert!(
+            matches!(decide(&members, "dc1", 3), Decision::Bootstrap(nodes) if nodes.len() == 3)
+        );
     }
 
     #[test]
