@@ -71,8 +71,19 @@ pub async fn run(probe: &Probe, timeout: Duration, max_output: usize) -> ProbeRe
             method,
             headers,
             body,
-            tls_skip_verify: _,
-        } => http_probe(url, method, headers, body, timeout, max_output).await,
+            tls_skip_verify,
+        } => {
+            http_probe(
+                url,
+                method,
+                headers,
+                body,
+                *tls_skip_verify,
+                timeout,
+                max_output,
+            )
+            .await
+        }
         Probe::Tcp { address } => tcp_probe(address, timeout).await,
         Probe::Udp { address } => udp_probe(address, timeout).await,
         Probe::Script { args } => script_probe(args, timeout, max_output).await,
@@ -93,6 +104,7 @@ async fn http_probe(
     method: &str,
     headers: &[(String, String)],
     body: &str,
+    tls_skip_verify: bool,
     timeout: Duration,
     max_output: usize,
 ) -> ProbeResult {
@@ -106,16 +118,17 @@ async fn http_probe(
         Ok(uri) => uri,
         Err(error) => return ProbeResult::critical(format!("parse \"{url}\": {error}")),
     };
-    match uri.scheme_str() {
-        Some(scheme) if scheme.eq_ignore_ascii_case("http") => {}
+    // HTTPS checks trust the system's CA bundle, or nothing at all with `tls_skip_verify`.
+    let tls = match uri.scheme_str() {
+        Some(scheme) if scheme.eq_ignore_ascii_case("http") => None,
         Some(scheme) if scheme.eq_ignore_ascii_case("https") => {
-            // Said plainly rather than guessed at: reporting passing (or trying plain HTTP on
-            // the TLS port) would hide a real outage or invent one.
-            return fail(
-                "HTTPS checks need TLS support, which this build of concord does not have yet; \
-                 the endpoint was not contacted"
-                    .to_owned(),
-            );
+            match crate::tls::client_config_from_files(&crate::tls::ClientFiles {
+                skip_verify: tls_skip_verify,
+                ..crate::tls::ClientFiles::default()
+            }) {
+                Ok(config) => Some(config),
+                Err(error) => return fail(error.to_string()),
+            }
         }
         other => {
             return fail(format!(
@@ -123,7 +136,7 @@ async fn http_probe(
                 other.unwrap_or("")
             ))
         }
-    }
+    };
     let Some(host) = uri.host().filter(|host| !host.is_empty()) else {
         return fail("http: no Host in request URL".to_owned());
     };
@@ -133,7 +146,9 @@ async fn http_probe(
         .and_then(|inner| inner.strip_suffix(']'))
         .unwrap_or(host)
         .to_owned();
-    let port = uri.port_u16().unwrap_or(80);
+    let port = uri
+        .port_u16()
+        .unwrap_or(if tls.is_some() { 443 } else { 80 });
 
     let request = match build_request(&uri, method, headers, body) {
         Ok(request) => request,
@@ -143,19 +158,21 @@ async fn http_probe(
     // The connection is driven by a task in this set; dropping the set (on any return, or if
     // this future is cancelled) aborts it, so nothing outlives the probe.
     let mut connection = JoinSet::new();
-    let response =
-        match tokio::time::timeout(timeout, send_request(&host, port, request, &mut connection))
-            .await
-        {
-            Ok(Ok(response)) => response,
-            Ok(Err(error)) => return fail(error),
-            Err(_) => {
-                return fail(format!(
+    let response = match tokio::time::timeout(
+        timeout,
+        send_request(&host, port, tls, request, &mut connection),
+    )
+    .await
+    {
+        Ok(Ok(response)) => response,
+        Ok(Err(error)) => return fail(error),
+        Err(_) => {
+            return fail(format!(
                 "context deadline exceeded (Client.Timeout of {} exceeded while awaiting headers)",
                 format_go_duration(timeout)
             ))
-            }
-        };
+        }
+    };
 
     let code = response.status();
     // Go prints the status line as the server sent it ("200 OK"); hyper keeps a non-canonical
@@ -253,11 +270,25 @@ fn build_request(
 async fn send_request(
     host: &str,
     port: u16,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     request: Request<Full<Bytes>>,
     connection: &mut JoinSet<()>,
 ) -> Result<Response<Incoming>, String> {
+    use crate::tls::connect::ClientStream;
     let addresses = resolve("tcp", host, port).await?;
-    let stream = connect_tcp(&addresses).await?;
+    let tcp = connect_tcp(&addresses).await?;
+    let stream = match tls {
+        None => ClientStream::Plain(tcp),
+        Some(config) => {
+            let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+                .map_err(|error| format!("tls: {error}"))?;
+            let stream = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+                .map_err(|error| format!("tls: {error}"))?;
+            ClientStream::Tls(Box::new(stream))
+        }
+    };
     let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
         // Go sends canonical header names ("User-Agent"); some servers are picky about it.
         .title_case_headers(true)
@@ -888,21 +919,78 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn https_is_critical_and_says_tls_is_missing() {
-        let probe = Probe::Http {
-            url: "https://127.0.0.1:1/health".to_owned(),
+    async fn https_checks_speak_tls_and_verify_unless_told_not_to() {
+        // A TLS server with a certificate no system CA signed.
+        let files = tempfile::tempdir().expect("dir");
+        let ca = crate::tls::generate::ca(&crate::tls::generate::CaOptions {
+            days: 1,
+            domain: "consul".into(),
+            name_constraint: false,
+            additional_name_constraints: Vec::new(),
+            cluster_id: None,
+            common_name: None,
+        })
+        .expect("CA");
+        let cert = crate::tls::generate::cert(
+            &ca.cert_pem,
+            &ca.key_pem,
+            &crate::tls::generate::CertOptions {
+                role: crate::tls::generate::Role::Server,
+                datacenter: "dc1".into(),
+                domain: "consul".into(),
+                node: None,
+                days: 1,
+                dns_names: Vec::new(),
+                ip_addresses: Vec::new(),
+            },
+        )
+        .expect("cert");
+        std::fs::write(files.path().join("c.pem"), &cert.cert_pem).expect("write");
+        std::fs::write(files.path().join("k.pem"), &cert.key_pem).expect("write");
+        let config = crate::tls::TlsConfig {
+            https: crate::tls::ProtocolConfig {
+                cert_file: Some(files.path().join("c.pem")),
+                key_file: Some(files.path().join("k.pem")),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let tls = crate::tls::Tls::load(&config, "dc1", "consul", true, false).expect("tls");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let (incoming, accepting) = crate::tls::listen::accept(
+            listener,
+            crate::tls::listen::Kind::Https,
+            tls,
+            shutdown.clone(),
+        );
+        tokio::spawn(accepting);
+        let app = axum::Router::new().route("/health", axum::routing::get(|| async { "fine" }));
+        tokio::spawn(async move { axum::serve(incoming, app).await });
+        let probe = |skip: bool| Probe::Http {
+            url: format!("https://localhost:{port}/health"),
             method: String::new(),
             headers: Vec::new(),
             body: String::new(),
-            tls_skip_verify: true,
+            tls_skip_verify: skip,
         };
-        let result = run(&probe, 5 * SECOND, 4096).await;
-        assert_eq!(result.status, HealthStatus::Critical);
-        assert_eq!(
-            result.output,
-            "Get \"https://127.0.0.1:1/health\": HTTPS checks need TLS support, which this \
-             build of concord does not have yet; the endpoint was not contacted"
+        let result = run(&probe(true), 5 * SECOND, 4096).await;
+        assert_eq!(result.status, HealthStatus::Passing, "{}", result.output);
+        assert!(
+            result.output.ends_with("200 OK Output: fine"),
+            "{}",
+            result.output
         );
+        // Verified against the system's CAs, which never signed this certificate.
+        let result = run(&probe(false), 5 * SECOND, 4096).await;
+        assert_eq!(result.status, HealthStatus::Critical);
+        assert!(
+            result.output.contains("tls: invalid peer certificate"),
+            "{}",
+            result.output
+        );
+        shutdown.cancel();
     }
 
     #[tokio::test]

@@ -119,7 +119,12 @@ fn certificates(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, 
     Ok(certs)
 }
 
+/// The system's CA bundle, where Debian keeps it.
+const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
 /// The trust store of `ca_file` and every file in `ca_path`; `None` when neither is set.
+/// A CA outside its validity window is an error, except in the system's bundle, which
+/// carries expired roots that simply trust nothing.
 fn roots(stanza: &str, config: &ProtocolConfig) -> Result<Option<Arc<RootCertStore>>, TlsError> {
     let mut files: Vec<(String, PathBuf)> = Vec::new();
     if let Some(file) = &config.ca_file {
@@ -141,8 +146,12 @@ fn roots(stanza: &str, config: &ProtocolConfig) -> Result<Option<Arc<RootCertSto
     }
     let mut store = RootCertStore::empty();
     for (key, path) in files {
+        let system = path == Path::new(SYSTEM_BUNDLE);
         for cert in certificates(&key, &path)? {
-            check_validity(&key, &path, &cert)?;
+            match check_validity(&key, &path, &cert) {
+                Err(_) if system => continue,
+                checked => checked?,
+            }
             store.add(cert).map_err(|error| {
                 TlsError::new(format!(
                     "{key} {}: bad CA certificate: {error}",
@@ -304,7 +313,7 @@ pub fn client_config_from_files(files: &ClientFiles) -> Result<Arc<ClientConfig>
     let stanza = "client";
     let config = ProtocolConfig {
         ca_file: files.ca_file.clone().or_else(|| {
-            let system = PathBuf::from("/etc/ssl/certs/ca-certificates.crt");
+            let system = PathBuf::from(SYSTEM_BUNDLE);
             (files.ca_path.is_none() && system.exists()).then_some(system)
         }),
         ca_path: files.ca_path.clone(),
@@ -317,7 +326,11 @@ pub fn client_config_from_files(files: &ClientFiles) -> Result<Arc<ClientConfig>
         true => Some(identity(stanza, &config, &provider)?),
         false => None,
     };
-    let verifier: Arc<dyn ServerCertVerifier> = match (files.skip_verify, roots(stanza, &config)?) {
+    let roots = match files.skip_verify {
+        true => None,
+        false => roots(stanza, &config)?,
+    };
+    let verifier: Arc<dyn ServerCertVerifier> = match (files.skip_verify, roots) {
         (true, _) => Arc::new(Unverified(provider.clone())),
         (false, Some(roots)) => {
             WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
