@@ -222,6 +222,12 @@ pub fn parse_spiffe_service_id(uri: &str) -> Option<ServiceId> {
     }
 }
 
+/// A client agent's identity, `spiffe://<td>/agent/client/dc/<dc>/id/<node-id>`: what the
+/// certificates auto_encrypt hands client agents carry. Never a service identity.
+pub fn spiffe_agent_id(trust_domain: &str, dc: &str, node_id: &str) -> String {
+    format!("spiffe://{trust_domain}/agent/client/dc/{dc}/id/{node_id}")
+}
+
 fn valid_segment(s: &str) -> bool {
     !s.is_empty() && !s.contains(['?', '#', '%'])
 }
@@ -483,6 +489,64 @@ impl Signer {
             )));
         }
 
+        let (cert_pem, not_before, not_after) =
+            self.issue(&csr, uri, &id.service, &serial, ttl, now)?;
+        Ok(SignedLeaf {
+            cert_pem,
+            serial: colon_hex(&serial),
+            service_uri: uri.to_string(),
+            service: id.service,
+            namespace: id.namespace,
+            datacenter: id.datacenter,
+            valid_after: from_secs(not_before)?,
+            valid_before: from_secs(not_after)?,
+        })
+    }
+
+    /// A client agent's certificate (auto_encrypt) for the CSR's key, with the identity the
+    /// server decides (`agent_uri`, see `spiffe_agent_id`): the CSR's own names are not
+    /// trusted, only its key and signature.
+    pub fn sign_agent(
+        &self,
+        csr_pem: &str,
+        agent_uri: &str,
+        node_id: &str,
+        datacenter: &str,
+        serial: u64,
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<SignedLeaf, CaError> {
+        let serial = serial_bytes(serial)?;
+        if ttl.is_zero() {
+            return Err(CaError::new("leaf certificate TTL must be positive"));
+        }
+        let der = pem_block(csr_pem, "CERTIFICATE REQUEST")?;
+        let csr = verified_csr(&der)?;
+        let (cert_pem, not_before, not_after) =
+            self.issue(&csr, agent_uri, node_id, &serial, ttl, now)?;
+        Ok(SignedLeaf {
+            cert_pem,
+            serial: colon_hex(&serial),
+            service_uri: agent_uri.to_string(),
+            service: String::new(),
+            namespace: String::new(),
+            datacenter: datacenter.to_string(),
+            valid_after: from_secs(not_before)?,
+            valid_before: from_secs(not_after)?,
+        })
+    }
+
+    /// Certifies the CSR's key for `uri` (the only SAN) under `common_name`; the PEM and
+    /// the validity window in Unix seconds.
+    fn issue(
+        &self,
+        csr: &X509CertificationRequest<'_>,
+        uri: &str,
+        common_name: &str,
+        serial: &[u8],
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<(String, u64, u64), CaError> {
         let spki = &csr.certification_request_info.subject_pki;
         let subject_key = SpkiKey::from_spki(spki)?;
 
@@ -493,7 +557,7 @@ impl Signer {
         let not_after = add_secs(not_before, ttl)?;
 
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, id.service.as_str());
+        dn.push(DnType::CommonName, common_name);
 
         let mut params = CertificateParams::default();
         params.distinguished_name = dn;
@@ -510,7 +574,7 @@ impl Signer {
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
-        params.serial_number = Some(SerialNumber::from_slice(&serial));
+        params.serial_number = Some(SerialNumber::from_slice(serial));
         params.not_before = to_offset(not_before)?;
         params.not_after = to_offset(not_after)?;
         params.key_identifier_method = KeyIdMethod::PreSpecified(key_id(spki.raw));
@@ -519,17 +583,7 @@ impl Signer {
         let cert = params
             .signed_by(&subject_key, &self.issuer)
             .map_err(|e| CaError::new(format!("signing leaf certificate: {e}")))?;
-
-        Ok(SignedLeaf {
-            cert_pem: cert.pem(),
-            serial: colon_hex(&serial),
-            service_uri: uri.to_string(),
-            service: id.service,
-            namespace: id.namespace,
-            datacenter: id.datacenter,
-            valid_after: from_secs(not_before)?,
-            valid_before: from_secs(not_after)?,
-        })
+        Ok((cert.pem(), not_before, not_after))
     }
 }
 

@@ -361,6 +361,46 @@ impl CaManager {
 
     /// Signs a leaf CSR for `service` with the active root. Only the leader signs.
     pub fn sign(&self, csr_pem: &str, service: &str) -> Result<Leaf, SignError> {
+        self.sign_checked(|signer, trust_domain, serial, ttl| {
+            let signed = signer
+                .sign(csr_pem, trust_domain, serial, ttl, SystemTime::now())
+                .map_err(|error| SignError::Invalid(error.to_string()))?;
+            if signed.service != service {
+                return Err(SignError::Invalid(format!(
+                    "the CSR is for service {:?}, not {service:?}",
+                    signed.service
+                )));
+            }
+            Ok(signed)
+        })
+    }
+
+    /// Signs a client agent's CSR for `spiffe://<td>/agent/client/dc/<dc>/id/<node_id>`
+    /// (auto_encrypt). Only the leader signs.
+    pub fn sign_agent(&self, csr_pem: &str, node_id: &str) -> Result<Leaf, SignError> {
+        let datacenter = self.datacenter.clone();
+        self.sign_checked(|signer, trust_domain, serial, ttl| {
+            let uri = ca::spiffe_agent_id(trust_domain, &datacenter, node_id);
+            signer
+                .sign_agent(
+                    csr_pem,
+                    &uri,
+                    node_id,
+                    &datacenter,
+                    serial,
+                    ttl,
+                    SystemTime::now(),
+                )
+                .map_err(|error| SignError::Invalid(error.to_string()))
+        })
+    }
+
+    /// Signs with the active root through `sign` (given the signer, trust domain, serial and
+    /// lifetime), under the rate and concurrency limits; only the leader signs.
+    fn sign_checked(
+        &self,
+        sign: impl FnOnce(&Signer, &str, u64, Duration) -> Result<ca::SignedLeaf, SignError>,
+    ) -> Result<Leaf, SignError> {
         {
             let leadership = self.leadership.borrow();
             if !leadership.is_leader {
@@ -388,21 +428,12 @@ impl CaManager {
             .active_root()
             .ok_or_else(|| SignError::Unavailable("the CA has no active root".into()))?;
         let signer = self.signer_for(root)?;
-        let signed = signer
-            .sign(
-                csr_pem,
-                &state.trust_domain(),
-                self.next_serial(),
-                Duration::from_secs(config.leaf_cert_ttl_secs),
-                SystemTime::now(),
-            )
-            .map_err(|error| SignError::Invalid(error.to_string()))?;
-        if signed.service != service {
-            return Err(SignError::Invalid(format!(
-                "the CSR is for service {:?}, not {service:?}",
-                signed.service
-            )));
-        }
+        let signed = sign(
+            &signer,
+            &state.trust_domain(),
+            self.next_serial(),
+            Duration::from_secs(config.leaf_cert_ttl_secs),
+        )?;
         if signed.datacenter != self.datacenter {
             return Err(SignError::Invalid(format!(
                 "the CSR is for datacenter {:?}, not {:?}",

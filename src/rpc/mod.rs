@@ -15,6 +15,7 @@
 //! `ForwardToLeader { leader }`, which the server-to-server transport will act on. Only
 //! `http::error` turns them into status codes.
 
+pub mod auto_encrypt;
 pub mod ca_manager;
 pub mod client;
 pub mod codec;

@@ -396,6 +396,9 @@ impl ServerRpc {
                     .map(|contact| (contact, self.store.snapshot().last_index())),
             ),
             Request::RenewSession(id) => Reply::RenewSession(self.renew_locally(&id)),
+            Request::SignAgent { csr_pem, node_id } => {
+                Reply::SignLeaf(self.ca.sign_agent(&csr_pem, &node_id))
+            }
             Request::SignLeaf { csr_pem, service } => {
                 Reply::SignLeaf(self.ca.sign(&csr_pem, &service))
             }

@@ -9,7 +9,7 @@
 use openraft::raft::AppendEntriesResponse;
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -23,11 +23,14 @@ use tonic::{Request, Response, Status};
 
 use super::codec::SmallCodec;
 use super::connections::FORWARDED;
+use crate::acl::{Access, Authorizer};
 use crate::tls::listen::{self, Peer};
 use crate::tls::Tls;
 
 use super::server::ServerRpc;
-use super::wire::{self, Feed, FollowRequest, Frame, RaftReply, RaftRequest};
+use super::wire::{
+    self, AutoEncryptReply, AutoEncryptRequest, Feed, FollowRequest, Frame, RaftReply, RaftRequest,
+};
 use super::Leadership;
 use crate::state::{Change, Store, Tables};
 
@@ -44,16 +47,82 @@ const MAX_RAFT_MESSAGE: usize = 1 << 30;
 pub struct RpcService {
     server: Arc<ServerRpc>,
     tls: Arc<Tls>,
+    /// Checks auto_encrypt's tokens; set once the agent has built it (until then the
+    /// request is refused as not ready).
+    authorizer: Arc<OnceLock<Authorizer>>,
     shutdown: CancellationToken,
 }
 
 impl RpcService {
-    pub fn new(server: Arc<ServerRpc>, tls: Arc<Tls>, shutdown: CancellationToken) -> RpcService {
+    /// `authorizer` is filled in by the agent once it has built it.
+    pub fn new(
+        server: Arc<ServerRpc>,
+        tls: Arc<Tls>,
+        authorizer: Arc<OnceLock<Authorizer>>,
+        shutdown: CancellationToken,
+    ) -> RpcService {
         RpcService {
             server,
             tls,
+            authorizer,
             shutdown,
         }
+    }
+}
+
+/// A client agent's auto_encrypt request: its token must grant `node:write` on its node;
+/// the leader signs its CSR for its agent identity.
+struct AutoEncryptCall(RpcService);
+
+impl UnaryService<Frame> for AutoEncryptCall {
+    type Response = Frame;
+    type Future = BoxFuture<Response<Frame>, Status>;
+
+    fn call(&mut self, request: Request<Frame>) -> Self::Future {
+        let service = self.0.clone();
+        Box::pin(async move {
+            if !service.tls.auto_encrypt_server() {
+                return Err(Status::permission_denied(
+                    "auto_encrypt is not allowed on this server (auto_encrypt.allow_tls)",
+                ));
+            }
+            let asked: AutoEncryptRequest = request
+                .into_inner()
+                .decode()
+                .map_err(|error| Status::invalid_argument(error.to_string()))?;
+            let authorizer = service
+                .authorizer
+                .get()
+                .ok_or_else(|| Status::unavailable("the server is starting"))?;
+            authorizer
+                .authorize(Some(&asked.token), Access::NodeWrite(&asked.node))
+                .map_err(|error| Status::permission_denied(error.to_string()))?;
+            let sign = wire::Request::SignAgent {
+                csr_pem: asked.csr_pem,
+                node_id: asked.node_id,
+            };
+            let leaf = match service.server.handle(sign, false).await {
+                wire::Reply::SignLeaf(Ok(leaf)) => leaf,
+                wire::Reply::SignLeaf(Err(error)) => {
+                    return Err(Status::failed_precondition(error.to_string()))
+                }
+                _ => return Err(Status::internal("mismatched reply")),
+            };
+            let mut ca_pems = service.tls.rpc_ca_pems();
+            if let Some(ca) = service.server.store().snapshot().ca() {
+                ca_pems.extend(ca.roots.iter().map(|root| root.cert_pem.clone()));
+            }
+            let valid_before = leaf
+                .valid_before
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |age| age.as_secs());
+            tracing::info!(node = %asked.node, "signed a client agent's certificate (auto_encrypt)");
+            Ok(Response::new(Frame::encode(&AutoEncryptReply {
+                cert_pem: leaf.cert_pem,
+                ca_pems,
+                valid_before,
+            })))
+        })
     }
 }
 
@@ -273,7 +342,25 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let service = self.clone();
+        // verify_incoming, where the handshake let a connection without a client
+        // certificate through (auto_encrypt.allow_tls): only auto_encrypt's request.
+        if request.uri().path() != wire::AUTO_ENCRYPT_PATH && self.tls.rpc_requires_client_cert() {
+            let certified = request
+                .extensions()
+                .get::<Option<Peer>>()
+                .and_then(Option::as_ref)
+                .is_some_and(|peer| peer.certificate.is_some());
+            if !certified {
+                return Box::pin(async move {
+                    Ok(Status::unauthenticated("a client certificate is required").into_http())
+                });
+            }
+        }
         match request.uri().path() {
+            wire::AUTO_ENCRYPT_PATH => Box::pin(async move {
+                let mut grpc = Grpc::new(SmallCodec::<Frame, Frame>::default());
+                Ok(grpc.unary(AutoEncryptCall(service), request).await)
+            }),
             wire::CALL_PATH => Box::pin(async move {
                 let mut grpc = Grpc::new(SmallCodec::<Frame, Frame>::default());
                 Ok(grpc.unary(Call(service.server), request).await)

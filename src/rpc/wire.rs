@@ -25,6 +25,9 @@ pub const SERVICE: &str = "concord.rpc.v1.Cluster";
 pub const CALL_PATH: &str = "/concord.rpc.v1.Cluster/Call";
 pub const FOLLOW_PATH: &str = "/concord.rpc.v1.Cluster/Follow";
 pub const RAFT_PATH: &str = "/concord.rpc.v1.Cluster/Raft";
+/// A client agent asking for its TLS certificate (auto_encrypt); the one call a server that
+/// verifies incoming connections takes without a client certificate.
+pub const AUTO_ENCRYPT_PATH: &str = "/concord.rpc.v1.Cluster/AutoEncrypt";
 
 /// The body encoding this build writes. Format 1 (before nodes and services carried a
 /// locality) is still read, so a server of the previous version can feed this one.
@@ -126,6 +129,31 @@ pub enum Request {
     /// A DNS lookup of a prepared query that has no instances here, to be answered by the
     /// datacenters it fails over to (appended last, so older servers still decode the rest).
     QueryDns(QueryDnsForward),
+    /// Sign a client agent's CSR for its agent identity (auto_encrypt), on the leader.
+    SignAgent {
+        csr_pem: String,
+        node_id: String,
+    },
+}
+
+/// A client agent's auto_encrypt request: its CSR, and the token that must grant
+/// `node:write` on its node.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AutoEncryptRequest {
+    pub node: String,
+    pub node_id: String,
+    pub csr_pem: String,
+    pub token: String,
+}
+
+/// What a client agent gets back: its certificate (chain), and the CA certificates it
+/// should trust: the servers' own (`ca_file`) and the Connect CA's roots.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AutoEncryptReply {
+    pub cert_pem: String,
+    pub ca_pems: Vec<String>,
+    /// Seconds since the Unix epoch when the certificate expires.
+    pub valid_before: u64,
 }
 
 /// A prepared query's DNS lookup on its way elsewhere: with `datacenter` unset, to a server
@@ -293,7 +321,9 @@ impl Request {
             Request::WriteBatch(_) => Reply::WriteBatch(Err(error)),
             Request::ReadBarrier(_) => Reply::ReadBarrier(Err(error)),
             Request::RenewSession(_) => Reply::RenewSession(Err(error)),
-            Request::SignLeaf { .. } => Reply::SignLeaf(Err(SignError::Rpc(error))),
+            Request::SignLeaf { .. } | Request::SignAgent { .. } => {
+                Reply::SignLeaf(Err(SignError::Rpc(error)))
+            }
             Request::SetCaConfig(_) => Reply::SetCaConfig(Err(CaError::Rpc(error))),
             // Answered locally, so it never fails for want of a leader.
             Request::Peers => Reply::Peers(Vec::new()),

@@ -144,6 +144,92 @@ async fn start_server(
     Ok(ServerParts { rpc, raft })
 }
 
+/// A client agent under auto_encrypt: gets its certificate from a server at one of its join
+/// addresses (on this agent's server port, as Consul asks) before anything else talks to
+/// the servers, then keeps it renewed.
+async fn auto_encrypt_client(
+    config: &RuntimeConfig,
+    node_id: &str,
+    tls: &Arc<crate::tls::Tls>,
+    tasks: &Tasks,
+) -> anyhow::Result<()> {
+    use crate::rpc::auto_encrypt;
+    let port = config.ports.server.unwrap_or(8300);
+    let lan = &config.membership.lan;
+    let mut servers = Vec::new();
+    for address in lan.start_join.iter().chain(&lan.retry_join) {
+        // `host`, `host:port` (the gossip port, replaced by the server port) or `[v6]:port`.
+        let host = match (
+            address.parse::<SocketAddr>(),
+            address.parse::<std::net::IpAddr>(),
+        ) {
+            (Ok(socket), _) => socket.ip().to_string(),
+            (_, Ok(ip)) => ip.to_string(),
+            _ => address
+                .rsplit_once(':')
+                .map_or(address.as_str(), |(host, _)| host)
+                .to_string(),
+        };
+        let found = tokio::net::lookup_host((host.as_str(), port)).await;
+        match found {
+            Ok(found) => servers.extend(found),
+            Err(error) => tracing::warn!(%address, %error, "auto_encrypt: cannot resolve"),
+        }
+    }
+    let tokens = &config.acl.tokens;
+    let requester = auto_encrypt::Requester {
+        node: config.node_name.clone(),
+        node_id: node_id.to_string(),
+        datacenter: config.datacenter.clone(),
+        token: tokens
+            .agent
+            .clone()
+            .or_else(|| tokens.default.clone())
+            .unwrap_or_default(),
+        bind: config.bind_addr,
+    };
+    let shutdown = tasks.shutdown().clone();
+    let Some(expires) =
+        auto_encrypt::obtain_until_given(tls, &servers, &requester, &shutdown).await
+    else {
+        anyhow::bail!("stopped before auto_encrypt got a certificate");
+    };
+    tasks.spawn(
+        "auto_encrypt.renew",
+        auto_encrypt::keep_renewed(tls.clone(), servers, requester, expires, shutdown),
+    );
+    Ok(())
+}
+
+/// A server with auto_encrypt.allow_tls trusts the Connect CA's roots (its client agents'
+/// certificates chain to them) on the server port, following every change of them.
+async fn trust_connect_roots(
+    cluster: Cluster,
+    tls: Arc<crate::tls::Tls>,
+    shutdown: CancellationToken,
+) {
+    let topic = crate::state::connect::CA_TOPIC.to_string();
+    let mut trusted: Vec<String> = Vec::new();
+    loop {
+        let guard = cluster.watch(&[(topic.clone(), crate::state::Match::Exact)]);
+        let roots: Vec<String> = cluster
+            .snapshot()
+            .ca()
+            .map(|ca| ca.roots.iter().map(|root| root.cert_pem.clone()).collect())
+            .unwrap_or_default();
+        if roots != trusted {
+            match tls.set_connect_roots(roots.clone()) {
+                Ok(()) => trusted = roots,
+                Err(error) => tracing::warn!(%error, "cannot trust the Connect CA's roots"),
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = guard.changed() => {}
+        }
+    }
+}
+
 /// Runs the agent until it is asked to stop.
 pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -171,6 +257,9 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
         true => Some(start_server(&config, &data_dir, &node_id, &tls, &tasks).await?),
         false => None,
     };
+    if server.is_none() && config.tls.auto_encrypt.tls {
+        auto_encrypt_client(&config, &node_id, &tls, &tasks).await?;
+    }
     let cluster = match &server {
         Some(server) => Cluster::Server(server.rpc.clone()),
         None => Cluster::Client(ClientRpc::start(
@@ -181,13 +270,20 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
             &tasks,
         )),
     };
+    // Filled in once the ACL authorizer exists, for auto_encrypt's token checks.
+    let rpc_authorizer = std::sync::Arc::new(std::sync::OnceLock::new());
     if let (Some(server), Some(port)) = (&server, config.ports.server) {
         let address = SocketAddr::new(config.bind_addr, port);
         let listener = tokio::net::TcpListener::bind(address)
             .await
             .with_context(|| format!("cannot listen for server RPC on {address}"))?;
         tracing::info!(%address, "server RPC listening");
-        let service = RpcService::new(server.rpc.clone(), tls.clone(), tasks.shutdown().clone());
+        let service = RpcService::new(
+            server.rpc.clone(),
+            tls.clone(),
+            rpc_authorizer.clone(),
+            tasks.shutdown().clone(),
+        );
         tasks.spawn_graceful(
             "rpc.listener",
             crate::rpc::service::serve(listener, service, tasks.shutdown().clone()),
@@ -241,6 +337,13 @@ pub async fn run(config: RuntimeConfig, load_options: LoadOptions) -> anyhow::Re
         .context("cannot read the persisted agent tokens")?
     };
 
+    let _ = rpc_authorizer.set(authorizer.clone());
+    if let (Some(_), true) = (&server, config.tls.auto_encrypt.allow_tls) {
+        tasks.spawn(
+            "tls.connect_roots",
+            trust_connect_roots(cluster.clone(), tls.clone(), tasks.shutdown().clone()),
+        );
+    }
     let agent = Agent::start(
         config.clone(),
         load_options,

@@ -126,6 +126,16 @@ const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// A CA outside its validity window is an error, except in the system's bundle, which
 /// carries expired roots that simply trust nothing.
 fn roots(stanza: &str, config: &ProtocolConfig) -> Result<Option<Arc<RootCertStore>>, TlsError> {
+    roots_with(stanza, config, &[])
+}
+
+/// `roots` and the CA certificates in `extra` (PEM; the Connect CA's roots a server trusts
+/// for auto_encrypt, the CAs a client agent was handed); `None` when there are none.
+fn roots_with(
+    stanza: &str,
+    config: &ProtocolConfig,
+    extra: &[String],
+) -> Result<Option<Arc<RootCertStore>>, TlsError> {
     let mut files: Vec<(String, PathBuf)> = Vec::new();
     if let Some(file) = &config.ca_file {
         files.push((format!("{stanza}.ca_file"), file.clone()));
@@ -141,10 +151,17 @@ fn roots(stanza: &str, config: &ProtocolConfig) -> Result<Option<Arc<RootCertSto
         paths.sort();
         files.extend(paths.into_iter().map(|path| (key.clone(), path)));
     }
-    if files.is_empty() {
+    if files.is_empty() && extra.is_empty() {
         return Ok(None);
     }
     let mut store = RootCertStore::empty();
+    for pem in extra {
+        for cert in CertificateDer::pem_slice_iter(pem.as_bytes()).flatten() {
+            // Handed over by a server or read from the state: one that does not parse is
+            // skipped rather than stopping the rest.
+            let _ = store.add(cert);
+        }
+    }
     for (key, path) in files {
         let system = path == Path::new(SYSTEM_BUNDLE);
         for cert in certificates(&key, &path)? {
@@ -179,23 +196,58 @@ fn identity(
     let chain = certificates(&cert_key, cert_file)?;
     check_validity(&cert_key, cert_file, &chain[0])?;
     let key_key = format!("{stanza}.key_file");
-    let key = PrivateKeyDer::from_pem_slice(&read(&key_key, key_file)?).map_err(|error| {
-        TlsError::new(format!(
-            "{key_key} {}: no private key: {error}",
-            key_file.display()
-        ))
-    })?;
+    let key_pem = read(&key_key, key_file)?;
+    checked_identity(
+        chain,
+        &key_pem,
+        provider,
+        &format!("{key_key} {}", key_file.display()),
+        &cert_file.display().to_string(),
+    )
+}
+
+/// An identity from PEM in memory (auto_encrypt's certificate and key).
+pub(super) fn identity_from_pem(
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| TlsError::new(format!("auto_encrypt certificate: {error}")))?;
+    if chain.is_empty() {
+        return Err(TlsError::new(
+            "auto_encrypt certificate: none in the answer",
+        ));
+    }
+    let provider = rustls::crypto::ring::default_provider();
+    checked_identity(
+        chain,
+        key_pem.as_bytes(),
+        &provider,
+        "auto_encrypt key",
+        "the auto_encrypt certificate",
+    )
+}
+
+/// The key parsed and checked against the chain's leaf; errors name `key_what`/`cert_what`.
+fn checked_identity(
+    chain: Vec<CertificateDer<'static>>,
+    key_pem: &[u8],
+    provider: &CryptoProvider,
+    key_what: &str,
+    cert_what: &str,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|error| TlsError::new(format!("{key_what}: no private key: {error}")))?;
     let signing = provider
         .key_provider
         .load_private_key(key.clone_key())
-        .map_err(|error| TlsError::new(format!("{key_key} {}: {error}", key_file.display())))?;
+        .map_err(|error| TlsError::new(format!("{key_what}: {error}")))?;
     if let Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) =
         CertifiedKey::new(chain.clone(), signing).keys_match()
     {
         return Err(TlsError::new(format!(
-            "{key_key} {}: the key does not match the certificate in {}",
-            key_file.display(),
-            cert_file.display()
+            "{key_what}: the key does not match the certificate in {cert_what}"
         )));
     }
     Ok((chain, key))
@@ -208,10 +260,11 @@ pub(super) fn server_config(
     config: &ProtocolConfig,
     alpn: &[Vec<u8>],
     auth: ClientAuth,
+    extra_roots: &[String],
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = provider(stanza, &config.cipher_suites)?;
     let (chain, key) = identity(stanza, config, &provider)?;
-    let roots = roots(stanza, config)?;
+    let roots = roots_with(stanza, config, extra_roots)?;
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions(config.tls_min_version))
         .map_err(|error| TlsError::new(format!("{stanza}: {error}")))?;
@@ -245,24 +298,38 @@ pub(super) fn server_config(
 /// Outgoing server RPC: the server's chain checked against the CA and, with
 /// `verify_server_hostname`, its name against `server.<dc>.<domain>`; this agent's own
 /// certificate presented when it has one.
-pub(super) fn rpc_client_config(config: &ProtocolConfig) -> Result<Arc<ClientConfig>, TlsError> {
+/// With `auto` (a client agent under auto_encrypt) the CAs and certificate it was handed
+/// join the configured ones; before it has them, with no CA configured either, the servers
+/// go unchecked for the one request that asks for them, as Consul's auto_encrypt does.
+pub(super) fn rpc_client_config(
+    config: &ProtocolConfig,
+    auto: Option<&super::AutoCert>,
+    bootstrapping: bool,
+) -> Result<Arc<ClientConfig>, TlsError> {
     let stanza = "tls.internal_rpc";
     let provider = provider(stanza, &config.cipher_suites)?;
-    let Some(roots) = roots(stanza, config)? else {
-        return Err(TlsError::new(format!(
-            "{stanza}: verify_outgoing is set, and no CA certificate (ca_file or ca_path) is provided"
-        )));
+    let handed: &[String] = auto.map_or(&[], |auto| &auto.ca_pems);
+    let identity = match (config.has_certificate(), auto) {
+        (true, _) => Some(identity(stanza, config, &provider)?),
+        (false, Some(auto)) => Some(identity_from_pem(&auto.cert_pem, &auto.key_pem)?),
+        (false, None) => None,
     };
-    let identity = match config.has_certificate() {
-        true => Some(identity(stanza, config, &provider)?),
-        false => None,
-    };
-    let verifier = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
-        .build()
-        .map_err(|error| TlsError::new(format!("{stanza}: {error}")))?;
-    let verifier: Arc<dyn ServerCertVerifier> = match config.verify_server_hostname {
-        true => verifier,
-        false => Arc::new(AnyName(verifier)),
+    let verifier: Arc<dyn ServerCertVerifier> = match roots_with(stanza, config, handed)? {
+        Some(roots) => {
+            let verifier = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+                .build()
+                .map_err(|error| TlsError::new(format!("{stanza}: {error}")))?;
+            match config.verify_server_hostname {
+                true => verifier,
+                false => Arc::new(AnyName(verifier)),
+            }
+        }
+        None if bootstrapping => Arc::new(Unverified(provider.clone())),
+        None => {
+            return Err(TlsError::new(format!(
+                "{stanza}: verify_outgoing is set, and no CA certificate (ca_file or ca_path) is provided"
+            )))
+        }
     };
     client_config(
         stanza,

@@ -119,6 +119,15 @@ pub struct TlsConfig {
     pub auto_encrypt: AutoEncrypt,
 }
 
+/// The certificate a client agent got from the servers (auto_encrypt), with the CAs they
+/// said to trust.
+#[derive(Clone, Debug)]
+pub struct AutoCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub ca_pems: Vec<String>,
+}
+
 /// The rustls configurations built from the files, swapped whole on reload.
 #[derive(Default)]
 struct Material {
@@ -146,6 +155,11 @@ pub struct Tls {
     /// Whether HTTPS and gRPC-TLS listeners are configured, so their certificates are loaded.
     https_port: bool,
     grpc_tls_port: bool,
+    /// A server with `auto_encrypt.allow_tls`: the Connect CA's roots, whose client agent
+    /// certificates the server port accepts beside the configured CA's.
+    connect_roots: RwLock<Vec<String>>,
+    /// A client agent with `auto_encrypt.tls`: what the servers handed it.
+    auto_cert: RwLock<Option<AutoCert>>,
 }
 
 impl Tls {
@@ -164,6 +178,8 @@ impl Tls {
             server_name,
             https_port,
             grpc_tls_port,
+            connect_roots: RwLock::default(),
+            auto_cert: RwLock::default(),
         };
         tls.reload(config)?;
         Ok(Arc::new(tls))
@@ -177,11 +193,26 @@ impl Tls {
             material: RwLock::default(),
             https_port: false,
             grpc_tls_port: false,
+            connect_roots: RwLock::default(),
+            auto_cert: RwLock::default(),
         })
     }
 
     /// Reads the files again (SIGHUP, `concord reload`); on any error the running ones stay.
     pub fn reload(&self, config: &TlsConfig) -> Result<(), TlsError> {
+        let connect_roots = match config.auto_encrypt.allow_tls {
+            true => self
+                .connect_roots
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+            false => Vec::new(),
+        };
+        let auto_cert = self
+            .auto_cert
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         let material = Material {
             https: match self.https_port {
                 true => Some(files::server_config(
@@ -189,6 +220,7 @@ impl Tls {
                     &config.https,
                     &[b"http/1.1".to_vec()],
                     files::ClientAuth::from_verify(config.https.verify_incoming),
+                    &[],
                 )?),
                 false => None,
             },
@@ -198,26 +230,38 @@ impl Tls {
                     &config.grpc,
                     &[b"h2".to_vec()],
                     files::ClientAuth::from_verify(config.grpc.verify_incoming),
+                    &[],
                 )?),
                 false => None,
             },
             rpc_server: match config.internal_rpc.has_certificate() {
                 // Without verify_incoming a client certificate is still asked for, so that
-                // a peer server can show who it is (Raft traffic needs a server's).
+                // a peer server can show who it is (Raft traffic needs a server's). With
+                // auto_encrypt.allow_tls a client agent without one yet may connect to ask
+                // for it: the service then refuses every other request without one.
                 true => Some(files::server_config(
                     "tls.internal_rpc",
                     &config.internal_rpc,
                     &[b"h2".to_vec()],
-                    match config.internal_rpc.verify_incoming {
-                        true => files::ClientAuth::Required,
-                        false => files::ClientAuth::Optional,
+                    match (
+                        config.internal_rpc.verify_incoming,
+                        config.auto_encrypt.allow_tls,
+                    ) {
+                        (true, false) => files::ClientAuth::Required,
+                        _ => files::ClientAuth::Optional,
                     },
+                    &connect_roots,
                 )?),
                 false => None,
             },
-            rpc_client: match config.internal_rpc.verify_outgoing {
-                true => Some(files::rpc_client_config(&config.internal_rpc)?),
-                false => None,
+            rpc_client: match (config.internal_rpc.verify_outgoing, config.auto_encrypt.tls) {
+                (_, true) => Some(files::rpc_client_config(
+                    &config.internal_rpc,
+                    auto_cert.as_ref(),
+                    auto_cert.is_none(),
+                )?),
+                (true, false) => Some(files::rpc_client_config(&config.internal_rpc, None, false)?),
+                (false, false) => None,
             },
         };
         *self
@@ -258,6 +302,83 @@ impl Tls {
     /// The configuration outgoing server RPC uses, when `verify_outgoing` is set.
     pub fn rpc_outgoing(&self) -> Option<Arc<ClientConfig>> {
         self.material().rpc_client.clone()
+    }
+
+    fn current(&self) -> TlsConfig {
+        self.config
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// A server with auto_encrypt: the Connect CA's roots changed; its client agents'
+    /// certificates chain to them.
+    pub fn set_connect_roots(&self, pems: Vec<String>) -> Result<(), TlsError> {
+        *self
+            .connect_roots
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = pems;
+        self.reload(&self.current())
+    }
+
+    /// A client agent got its certificate (auto_encrypt): new server connections use it.
+    pub fn set_auto_cert(&self, cert: AutoCert) -> Result<(), TlsError> {
+        let previous = self
+            .auto_cert
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .replace(cert);
+        let reloaded = self.reload(&self.current());
+        if reloaded.is_err() {
+            *self
+                .auto_cert
+                .write()
+                .unwrap_or_else(PoisonError::into_inner) = previous;
+        }
+        reloaded
+    }
+
+    /// Whether a client agent asks the servers for its certificate.
+    pub fn auto_encrypt_client(&self) -> bool {
+        self.current().auto_encrypt.tls
+    }
+
+    /// Whether this server signs client agents' certificates.
+    pub fn auto_encrypt_server(&self) -> bool {
+        self.current().auto_encrypt.allow_tls
+    }
+
+    /// The extra names and addresses a client agent asks to have in its certificate.
+    pub fn auto_encrypt_sans(&self) -> (Vec<String>, Vec<String>) {
+        let auto = self.current().auto_encrypt;
+        (auto.dns_san, auto.ip_san)
+    }
+
+    /// Whether the server port requires a client certificate for everything but
+    /// auto_encrypt's request (`verify_incoming`).
+    pub fn rpc_requires_client_cert(&self) -> bool {
+        self.current().internal_rpc.verify_incoming
+    }
+
+    /// The configured CA certificates of the server port (PEM), which a server hands client
+    /// agents under auto_encrypt so they can check it.
+    pub fn rpc_ca_pems(&self) -> Vec<String> {
+        let config = self.current().internal_rpc;
+        let mut paths: Vec<PathBuf> = config.ca_file.into_iter().collect();
+        if let Some(dir) = config.ca_path {
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                let mut more: Vec<PathBuf> = entries
+                    .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+                    .filter(|path| path.is_file())
+                    .collect();
+                more.sort();
+                paths.extend(more);
+            }
+        }
+        paths
+            .iter()
+            .filter_map(|path| std::fs::read_to_string(path).ok())
+            .collect()
     }
 
     /// `server.<dc>.<domain>`.

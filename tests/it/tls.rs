@@ -3,7 +3,8 @@
 //! form a cluster and serve over mutual TLS, while a server holding a client certificate
 //! never gets into Raft; HTTPS needs a client certificate; Envoy takes its configuration
 //! from the gRPC-TLS port; a certificate rotated under load is picked up by `concord reload`
-//! with no failed request, and a reload with a broken file keeps the running one.
+//! with no failed request, and a reload with a broken file keeps the running one. A client
+//! agent with only the CA file gets its certificate from the servers (auto_encrypt).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,6 +22,8 @@ use crate::support::{eventually, free_port, Agent, AgentOptions, Placement, BINA
 const SERVERS: [&str; 3] = ["127.0.40.1", "127.0.40.2", "127.0.40.3"];
 const CLIENT: &str = "127.0.40.4";
 const ROGUE: &str = "127.0.40.5";
+/// A client agent with no certificate of its own: auto_encrypt gets it one.
+const AUTO: &str = "127.0.40.6";
 
 /// Runs `concord <args>` in `dir`, expecting success; its stdout.
 fn concord_in(dir: &Path, args: &[&str]) -> String {
@@ -153,11 +156,13 @@ async fn a_cluster_on_concord_tls_files_serves_over_mutual_tls_and_keeps_a_clien
     let servers: Vec<Agent> = (0..3)
         .map(|index| {
             let prefix = format!("dc1-server-consul-{index}");
+            let mut config = tls_config(dir, &prefix);
+            config["auto_encrypt"] = json!({"allow_tls": true});
             Agent::spawn(member(
                 SERVERS[index],
                 &format!("s{}", index + 1),
                 Some(3),
-                tls_config(dir, &prefix),
+                config,
             ))
         })
         .collect();
@@ -166,6 +171,21 @@ async fn a_cluster_on_concord_tls_files_serves_over_mutual_tls_and_keeps_a_clien
         "c1",
         None,
         tls_config(dir, "dc1-client-consul-0"),
+    ));
+    let auto = Agent::spawn(member(
+        AUTO,
+        "c2",
+        None,
+        json!({
+            "tls": {
+                "defaults": {
+                    "ca_file": dir.join("consul-agent-ca.pem").display().to_string(),
+                    "verify_outgoing": true,
+                },
+                "internal_rpc": {"verify_server_hostname": true},
+            },
+            "auto_encrypt": {"tls": true},
+        }),
     ));
     let all: Vec<&Agent> = servers.iter().collect();
     let leader = match tokio::time::timeout(Duration::from_secs(15), agreed_leader(&all)).await {
@@ -204,6 +224,74 @@ async fn a_cluster_on_concord_tls_files_serves_over_mutual_tls_and_keeps_a_clien
             Some("sealed")
         );
     }
+
+    // The auto_encrypt client got a certificate from the Connect CA and, with it, reaches
+    // servers that refuse any connection without one.
+    eventually(
+        "a write through the auto_encrypt client",
+        Duration::from_secs(30),
+        || async {
+            let response = auto
+                .client()
+                .put("/v1/kv/auto-key", b"granted".to_vec())
+                .await
+                .ok()?;
+            (response.status == 200).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        read(leader_agent, "auto-key", "consistent")
+            .await
+            .as_deref(),
+        Some("granted")
+    );
+    assert!(
+        servers.iter().any(|server| server
+            .log()
+            .contains("signed a client agent's certificate (auto_encrypt) node=c2")),
+        "a server signed c2's certificate"
+    );
+    assert!(auto
+        .log()
+        .contains("auto_encrypt: got this agent's TLS certificate"));
+
+    // Without a certificate, TLS to a server gets exactly that one request answered.
+    let bare = concord::tls::Tls::load(
+        &concord::tls::TlsConfig {
+            internal_rpc: concord::tls::ProtocolConfig {
+                ca_file: Some(dir.join("consul-agent-ca.pem")),
+                verify_outgoing: true,
+                verify_server_hostname: true,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        "dc1",
+        "consul",
+        false,
+        false,
+    )
+    .expect("TLS without a certificate");
+    let connections =
+        concord::rpc::connections::Connections::new("127.0.40.7".parse().expect("ip"), bare);
+    let refused = connections
+        .unary(
+            format!("{}:8300", SERVERS[0]).parse().expect("address"),
+            concord::rpc::wire::CALL_PATH,
+            concord::rpc::wire::Frame::encode(&concord::rpc::wire::Request::Peers),
+            Duration::from_secs(5),
+            false,
+        )
+        .await
+        .err()
+        .expect("refused without a client certificate");
+    assert!(
+        refused
+            .to_string()
+            .contains("a client certificate is required"),
+        "{refused}"
+    );
 
     // HTTPS with the CLI's certificate; without one it is refused (verify_incoming).
     let ca = dir.join("consul-agent-ca.pem").display().to_string();
