@@ -222,6 +222,14 @@ pub fn parse_spiffe_service_id(uri: &str) -> Option<ServiceId> {
     }
 }
 
+/// Who a client agent's certificate is for: its URI (`spiffe_agent_id`), node id and
+/// datacenter.
+pub struct AgentIdentity<'a> {
+    pub uri: &'a str,
+    pub node_id: &'a str,
+    pub datacenter: &'a str,
+}
+
 /// A client agent's identity, `spiffe://<td>/agent/client/dc/<dc>/id/<node-id>`: what the
 /// certificates auto_encrypt hands client agents carry. Never a service identity.
 pub fn spiffe_agent_id(trust_domain: &str, dc: &str, node_id: &str) -> String {
@@ -509,9 +517,7 @@ impl Signer {
     pub fn sign_agent(
         &self,
         csr_pem: &str,
-        agent_uri: &str,
-        node_id: &str,
-        datacenter: &str,
+        agent: &AgentIdentity<'_>,
         serial: u64,
         ttl: Duration,
         now: SystemTime,
@@ -523,14 +529,14 @@ impl Signer {
         let der = pem_block(csr_pem, "CERTIFICATE REQUEST")?;
         let csr = verified_csr(&der)?;
         let (cert_pem, not_before, not_after) =
-            self.issue(&csr, agent_uri, node_id, &serial, ttl, now)?;
+            self.issue(&csr, agent.uri, agent.node_id, &serial, ttl, now)?;
         Ok(SignedLeaf {
             cert_pem,
             serial: colon_hex(&serial),
-            service_uri: agent_uri.to_string(),
+            service_uri: agent.uri.to_string(),
             service: String::new(),
             namespace: String::new(),
-            datacenter: datacenter.to_string(),
+            datacenter: agent.datacenter.to_string(),
             valid_after: from_secs(not_before)?,
             valid_before: from_secs(not_after)?,
         })

@@ -384,9 +384,11 @@ impl CaManager {
             signer
                 .sign_agent(
                     csr_pem,
-                    &uri,
-                    node_id,
-                    &datacenter,
+                    &ca::AgentIdentity {
+                        uri: &uri,
+                        node_id,
+                        datacenter: &datacenter,
+                    },
                     serial,
                     ttl,
                     SystemTime::now(),

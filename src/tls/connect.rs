@@ -23,6 +23,15 @@ pub enum ClientStream {
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
+impl std::fmt::Debug for ClientStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ClientStream::Plain(_) => "ClientStream::Plain",
+            ClientStream::Tls(_) => "ClientStream::Tls",
+        })
+    }
+}
+
 impl AsyncRead for ClientStream {
     fn poll_read(
         self: Pin<&mut Self>,

@@ -162,6 +162,15 @@ pub struct Tls {
     auto_cert: RwLock<Option<AutoCert>>,
 }
 
+/// Names what it is for, never its keys.
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Tls {
     /// Loads every configured file; an unreadable or invalid one is an error naming it.
     pub fn load(

@@ -142,8 +142,7 @@ fn bad_files_are_refused_naming_the_file() {
 
     // A key that is not the certificate's.
     let error = load(protocol(&files, &(good.0.clone(), other.1.clone()), true))
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .to_string();
     assert!(
         error.contains("other-key.pem") && error.contains("does not match"),
@@ -157,7 +156,7 @@ fn bad_files_are_refused_naming_the_file() {
     );
     let mut garbage = protocol(&files, &good, true);
     garbage.ca_file = Some(files.path("garbage.pem"));
-    let error = load(garbage).err().expect("refused").to_string();
+    let error = load(garbage).expect_err("refused").to_string();
     assert!(
         error.contains("tls.internal_rpc.ca_file") && error.contains("garbage.pem"),
         "{error}"
@@ -167,7 +166,7 @@ fn bad_files_are_refused_naming_the_file() {
     files.write("empty.pem", "nothing here\n");
     let mut empty = protocol(&files, &good, true);
     empty.ca_file = Some(files.path("empty.pem"));
-    let error = load(empty).err().expect("refused").to_string();
+    let error = load(empty).expect_err("refused").to_string();
     assert!(
         error.contains("empty.pem") && error.contains("no certificate"),
         "{error}"
@@ -175,7 +174,7 @@ fn bad_files_are_refused_naming_the_file() {
 
     // A missing certificate file.
     let missing = protocol(&files, &(files.path("absent.pem"), good.1.clone()), true);
-    let error = load(missing).err().expect("refused").to_string();
+    let error = load(missing).expect_err("refused").to_string();
     assert!(
         error.contains("tls.internal_rpc.cert_file") && error.contains("absent.pem"),
         "{error}"
@@ -184,7 +183,7 @@ fn bad_files_are_refused_naming_the_file() {
     // verify_incoming without a CA to check client certificates with.
     let mut no_ca = protocol(&files, &good, true);
     no_ca.ca_file = None;
-    let error = load(no_ca).err().expect("refused").to_string();
+    let error = load(no_ca).expect_err("refused").to_string();
     assert!(error.contains("no CA certificate"), "{error}");
 }
 
@@ -212,8 +211,7 @@ fn certificates_outside_their_validity_window_are_refused() {
         .as_secs() as i64;
     let expired = dated(&files, "expired", now - 7200, now - 3600);
     let error = load(protocol(&files, &expired, false))
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .to_string();
     assert!(
         error.contains("expired.pem") && error.contains("expired at"),
@@ -221,8 +219,7 @@ fn certificates_outside_their_validity_window_are_refused() {
     );
     let early = dated(&files, "early", now + 3600, now + 7200);
     let error = load(protocol(&files, &early, false))
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .to_string();
     assert!(
         error.contains("early.pem") && error.contains("not valid before"),
@@ -344,7 +341,7 @@ async fn a_client_checks_the_servers_name_only_with_verify_server_hostname() {
     let shutdown = CancellationToken::new();
     let (_incoming, address) = server_port(rogue, &shutdown).await;
     let checking = load(protocol(&files, &files.cert(&ca, Role::Server, "s"), false)).expect("tls");
-    let error = dial(address, Some(&checking)).await.err().expect("refused");
+    let error = dial(address, Some(&checking)).await.expect_err("refused");
     assert!(
         error
             .to_string()

@@ -284,8 +284,7 @@ async fn a_cluster_on_concord_tls_files_serves_over_mutual_tls_and_keeps_a_clien
             false,
         )
         .await
-        .err()
-        .expect("refused without a client certificate");
+        .expect_err("refused without a client certificate");
     assert!(
         refused
             .to_string()
