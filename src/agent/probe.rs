@@ -274,11 +274,11 @@ async fn send_request(
     request: Request<Full<Bytes>>,
     connection: &mut JoinSet<()>,
 ) -> Result<Response<Incoming>, String> {
-    use crate::tls::connect::ClientStream;
+    use crate::tls::connect::Stream;
     let addresses = resolve("tcp", host, port).await?;
     let tcp = connect_tcp(&addresses).await?;
     let stream = match tls {
-        None => ClientStream::Plain(tcp),
+        None => Stream::Plain(tcp),
         Some(config) => {
             let name = rustls::pki_types::ServerName::try_from(host.to_owned())
                 .map_err(|error| format!("tls: {error}"))?;
@@ -286,7 +286,7 @@ async fn send_request(
                 .connect(name, tcp)
                 .await
                 .map_err(|error| format!("tls: {error}"))?;
-            ClientStream::Tls(Box::new(stream))
+            Stream::Tls(Box::new(stream.into()))
         }
     };
     let (mut sender, conn) = hyper::client::conn::http1::Builder::new()

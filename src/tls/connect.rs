@@ -10,73 +10,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use hyper::Uri;
-use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
 
-/// A connection this agent made, plain or TLS.
-pub enum ClientStream {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-impl std::fmt::Debug for ClientStream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            ClientStream::Plain(_) => "ClientStream::Plain",
-            ClientStream::Tls(_) => "ClientStream::Tls",
-        })
-    }
-}
-
-impl AsyncRead for ClientStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
-            ClientStream::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for ClientStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ClientStream::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
-            ClientStream::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
-            ClientStream::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
-            ClientStream::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
-
-impl Connection for ClientStream {
-    fn connected(&self) -> Connected {
-        Connected::new()
-    }
-}
+pub use super::stream::Stream;
 
 /// Connects to `address` (from `local` when given), then runs a TLS handshake naming
 /// `server_name` when `tls` is set.
@@ -84,7 +23,7 @@ pub async fn connect(
     address: SocketAddr,
     local: Option<IpAddr>,
     tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
-) -> io::Result<ClientStream> {
+) -> io::Result<Stream> {
     let socket = match address {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
@@ -95,7 +34,7 @@ pub async fn connect(
     let tcp = socket.connect(address).await?;
     tcp.set_nodelay(true)?;
     match tls {
-        None => Ok(ClientStream::Plain(tcp)),
+        None => Ok(Stream::Plain(tcp)),
         Some((config, name)) => {
             let stream = tokio_rustls::TlsConnector::from(config)
                 .connect(name, tcp)
@@ -103,12 +42,12 @@ pub async fn connect(
                 .map_err(|error| {
                     io::Error::new(error.kind(), format!("TLS to {address}: {error}"))
                 })?;
-            Ok(ClientStream::Tls(Box::new(stream)))
+            Ok(Stream::Tls(Box::new(stream.into())))
         }
     }
 }
 
-type Connecting = Pin<Box<dyn Future<Output = io::Result<TokioIo<ClientStream>>> + Send>>;
+type Connecting = Pin<Box<dyn Future<Output = io::Result<TokioIo<Stream>>> + Send>>;
 
 /// Server RPC connections: from the agent's bind address; TLS with the configuration current
 /// when the connection is made, naming `server.<dc>.<domain>`.
@@ -119,7 +58,7 @@ pub struct RpcConnector {
 }
 
 impl tower::Service<Uri> for RpcConnector {
-    type Response = TokioIo<ClientStream>;
+    type Response = TokioIo<Stream>;
     type Error = io::Error;
     type Future = Connecting;
 
@@ -150,7 +89,7 @@ pub struct HttpConnector {
 }
 
 impl tower::Service<Uri> for HttpConnector {
-    type Response = TokioIo<ClientStream>;
+    type Response = TokioIo<Stream>;
     type Error = io::Error;
     type Future = Connecting;
 

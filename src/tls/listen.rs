@@ -7,19 +7,17 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
-use rustls::pki_types::CertificateDer;
 use rustls::ServerConfig;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+pub use super::stream::{Peer, Stream};
 use super::{RpcIncoming, Tls};
 
 /// How long a client may take to finish its handshake.
@@ -45,116 +43,6 @@ impl Kind {
             Kind::Grpc => "gRPC-TLS",
             Kind::ServerRpc => "server RPC",
         }
-    }
-}
-
-/// An accepted connection, plain or TLS.
-pub enum Stream {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
-}
-
-/// Who is on the other end, for handlers that decide by it (Raft traffic needs a server).
-#[derive(Clone, Debug)]
-pub struct Peer {
-    pub address: SocketAddr,
-    /// The client certificate's leaf, when the peer sent one over TLS.
-    pub certificate: Option<CertificateDer<'static>>,
-}
-
-impl Peer {
-    /// Whether the peer's certificate is valid for `name` (`server.<dc>.<domain>`).
-    pub fn certified_as(&self, name: &str) -> bool {
-        self.certificate
-            .as_ref()
-            .is_some_and(|cert| super::files::names(cert, name))
-    }
-}
-
-impl Stream {
-    pub fn peer(&self) -> Option<Peer> {
-        match self {
-            Stream::Plain(tcp) => tcp.peer_addr().ok().map(|address| Peer {
-                address,
-                certificate: None,
-            }),
-            Stream::Tls(tls) => {
-                let (tcp, session) = tls.get_ref();
-                tcp.peer_addr().ok().map(|address| Peer {
-                    address,
-                    certificate: session
-                        .peer_certificates()
-                        .and_then(|chain| chain.first())
-                        .map(|cert| cert.clone().into_owned()),
-                })
-            }
-        }
-    }
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
-            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
-            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
-            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Stream::Plain(tcp) => tcp.is_write_vectored(),
-            Stream::Tls(tls) => tls.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
-            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
-            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
-
-impl tonic::transport::server::Connected for Stream {
-    type ConnectInfo = Option<Peer>;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.peer()
     }
 }
 
@@ -291,5 +179,5 @@ async fn handshake(
 
 async fn tls_accept(tcp: TcpStream, config: Arc<ServerConfig>) -> io::Result<Stream> {
     let stream = tokio_rustls::TlsAcceptor::from(config).accept(tcp).await?;
-    Ok(Stream::Tls(Box::new(stream)))
+    Ok(Stream::Tls(Box::new(stream.into())))
 }

@@ -11,6 +11,7 @@ pub mod connect;
 mod files;
 pub mod generate;
 pub mod listen;
+pub mod stream;
 #[cfg(test)]
 mod tests;
 

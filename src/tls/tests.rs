@@ -245,7 +245,7 @@ async fn server_port(
 async fn dial(
     address: std::net::SocketAddr,
     tls: Option<&Tls>,
-) -> std::io::Result<super::connect::ClientStream> {
+) -> std::io::Result<super::connect::Stream> {
     let config = tls.and_then(|tls| {
         tls.rpc_outgoing().map(|config| {
             (

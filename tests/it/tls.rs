@@ -655,4 +655,25 @@ async fn https_grpc_tls_for_envoy_and_a_certificate_rotated_under_load() {
     .await;
     drop(envoy);
     let _ = agent.child.kill();
+
+    // An agent whose certificate file is missing does not start, and says which file.
+    let mut broken = Agent::spawn(AgentOptions {
+        extra_args: vec![
+            "-hcl".into(),
+            format!(
+                "tls {{\n defaults {{\n cert_file = \"{0}/absent.pem\"\n key_file = \"{0}/live-key.pem\"\n }}\n }}",
+                files.dir.path().display()
+            ),
+            "-https-port".into(),
+            free_port().to_string(),
+        ],
+        ..AgentOptions::default()
+    });
+    let code = broken.wait_exit(Duration::from_secs(20)).await;
+    assert!(code.is_some_and(|code| code != 0), "exit code {code:?}");
+    assert!(
+        broken.log().contains("tls.https.cert_file") && broken.log().contains("absent.pem"),
+        "{}",
+        broken.log()
+    );
 }
