@@ -27,7 +27,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
 };
 
-use super::resources::{Resources, CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPES};
+use super::resources::{Resources, CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, ROUTE, TYPES};
 
 /// What an Envoy rejected, for logs, metrics and the proxy's status.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -275,7 +275,9 @@ impl DeltaStream {
             return true;
         }
         match (type_url, upsert) {
-            (LISTENER | ROUTE, _) => self.pending(CLUSTER) || self.pending(ENDPOINT),
+            (LISTENER | ROUTE | EXTENSION_CONFIG, _) => {
+                self.pending(CLUSTER) || self.pending(ENDPOINT)
+            }
             (CLUSTER | ENDPOINT, false) => {
                 !self.settled(LISTENER, resources)
                     || !self.settled(ROUTE, resources)
@@ -288,11 +290,12 @@ impl DeltaStream {
     /// One send pass: the responses to send now, in order.
     pub fn responses(&mut self, resources: &Resources) -> Vec<DeltaDiscoveryResponse> {
         let mut out = Vec::new();
-        let steps: [(&'static str, bool, bool); 6] = [
+        let steps: [(&'static str, bool, bool); 7] = [
             (CLUSTER, true, false),
             (ENDPOINT, true, false),
             (LISTENER, true, true),
             (ROUTE, true, true),
+            (EXTENSION_CONFIG, true, true),
             (CLUSTER, false, true),
             (ENDPOINT, false, true),
         ];

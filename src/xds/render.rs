@@ -13,6 +13,7 @@
 use std::sync::LazyLock;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
@@ -28,7 +29,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 
-use super::resources::{Resources, CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use super::resources::{Resources, CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, ROUTE};
 
 /// Values joined onto their parent's line only while the result stays this short.
 const ONE_LINE_LIMIT: usize = 100;
@@ -91,6 +92,7 @@ pub fn resources(resources: &Resources, placeholders: &Placeholders) -> String {
         (ENDPOINT, "endpoints"),
         (LISTENER, "listeners"),
         (ROUTE, "routes"),
+        (EXTENSION_CONFIG, "extension configs"),
     ] {
         out.push_str(&format!("== {heading} ==\n"));
         let named = resources.of(type_url).filter(|named| !named.is_empty());
@@ -207,6 +209,7 @@ fn decode(any: &Any) -> (String, String) {
         ClusterLoadAssignment,
         Listener,
         RouteConfiguration,
+        TypedExtensionConfig,
         HttpConnectionManager,
         Router,
         TcpProxy,

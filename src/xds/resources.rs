@@ -15,8 +15,8 @@ use std::collections::BTreeMap;
 use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
 use envoy_types::pb::envoy::config::core::v3::{
     address, config_source, data_source, socket_address, transport_socket, Address,
-    AggregatedConfigSource, ApiVersion, ConfigSource, DataSource, Http2ProtocolOptions,
-    SocketAddress, TrafficDirection, TransportSocket,
+    AggregatedConfigSource, ApiVersion, ConfigSource, DataSource, ExtensionConfigSource,
+    Http2ProtocolOptions, SocketAddress, TrafficDirection, TransportSocket, TypedExtensionConfig,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
@@ -57,9 +57,13 @@ pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+/// A filter's configuration on its own (ECDS): the public listener's HTTP RBAC filter, so an
+/// intention change reaches the next request on a connection Envoy already holds.
+pub const EXTENSION_CONFIG: &str = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig";
+const HTTP_RBAC: &str = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC";
 
-/// The four resource types, in the order a pass sends upserts.
-pub const TYPES: [&str; 4] = [CLUSTER, ENDPOINT, LISTENER, ROUTE];
+/// The resource types, in the order a pass sends upserts.
+pub const TYPES: [&str; 5] = [CLUSTER, ENDPOINT, LISTENER, ROUTE, EXTENSION_CONFIG];
 
 const LOCAL_APP: &str = "local_app";
 const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
@@ -357,6 +361,12 @@ pub fn generate(snapshot: &Snapshot, previous: Option<(&Snapshot, &Resources)>) 
         && previous.as_ref().is_some_and(|previous| {
             previous.take(&mut resources, CLUSTER, LOCAL_APP)
                 && previous.take(&mut resources, LISTENER, &public_listener_name(snapshot))
+                && (!is_http(&snapshot.public.protocol)
+                    || previous.take(
+                        &mut resources,
+                        EXTENSION_CONFIG,
+                        &public_rbac_name(snapshot),
+                    ))
         }))
     {
         public_listener(snapshot, &mut resources);
@@ -410,6 +420,11 @@ fn public_listener_name(snapshot: &Snapshot) -> String {
     )
 }
 
+/// The public listener's HTTP RBAC filter, by which ECDS names its configuration.
+fn public_rbac_name(snapshot: &Snapshot) -> String {
+    format!("{}:rbac", public_listener_name(snapshot))
+}
+
 fn public_listener(snapshot: &Snapshot, resources: &mut Resources) {
     let public = &snapshot.public;
     let local_app = Cluster {
@@ -433,13 +448,37 @@ fn public_listener(snapshot: &Snapshot, resources: &mut Resources) {
 
     let http = is_http(&public.protocol);
     let rules = rbac::rules(&snapshot.intentions, &snapshot.trust_domain, http);
+    let name = public_listener_name(snapshot);
     let filters = if http {
         let routes = http_connection_manager::RouteSpecifier::RouteConfig(single_route(
             "public_listener",
             LOCAL_APP,
             None,
         ));
-        let rbac = http_filter("envoy.filters.http.rbac", rbac::encode_filter(&rules, None));
+        // The RBAC filter by reference (ECDS): HTTP connection managers build each request's
+        // filters from the latest configuration, so a changed intention applies to the next
+        // request on every open connection, and the listener itself does not change. Until
+        // the configuration arrives the listener stays warming (no default: closed).
+        let rbac_name = public_rbac_name(snapshot);
+        resources.add(
+            EXTENSION_CONFIG,
+            rbac_name.clone(),
+            TypedExtensionConfig {
+                name: rbac_name.clone(),
+                typed_config: Some(rbac::encode_filter(&rules, None)),
+            },
+        );
+        let rbac = HttpFilter {
+            name: rbac_name,
+            config_type: Some(http_filter::ConfigType::ConfigDiscovery(
+                ExtensionConfigSource {
+                    config_source: ads(),
+                    type_urls: vec![HTTP_RBAC.into()],
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        };
         vec![http_connection_manager(
             "public_listener",
             &public.protocol,
@@ -465,7 +504,6 @@ fn public_listener(snapshot: &Snapshot, resources: &mut Resources) {
         require_client_certificate: Some(BoolValue { value: true }),
         ..Default::default()
     };
-    let name = public_listener_name(snapshot);
     let listener = Listener {
         name: name.clone(),
         address: socket(&public.address, public.port),

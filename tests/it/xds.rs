@@ -352,9 +352,9 @@ async fn http_canary_splits_80_20_then_moves_everything_to_v2() {
         assert_eq!(get(upstream).await, Ok((200, "v2".into())));
     }
 
-    // An L7 deny answers 403 from api's HTTP RBAC filter on new connections. (Connections
-    // web's Envoy already pooled to api keep the policy they were opened under until Envoy
-    // drains them, as with Consul.)
+    // An L7 deny answers 403 from api's HTTP RBAC filter, on new connections and on the
+    // connections web's Envoy already pooled to api: the filter's configuration arrives by
+    // ECDS, and every request builds its filters from the latest one.
     let roots = roots_pem(&agent).await;
     let api_uri = format!("spiffe://{td}/ns/default/dc/dc1/svc/api");
     let web_identity = leaf_identity(&agent, "web").await;
@@ -378,6 +378,32 @@ async fn http_canary_splits_80_20_then_moves_everything_to_v2() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(envoys[1].stat("http.public_listener.rbac.denied").await >= 1);
+    until_within(
+        "a 403 through web's pooled connections",
+        since,
+        upstream,
+        |result| matches!(result, Ok((403, body)) if body == "RBAC: access denied"),
+    )
+    .await;
+    // Allowed again: the next request through the same pool passes.
+    let (code, _, stderr) = cli(
+        &agent,
+        &["intention", "create", "-replace", "-allow", "web", "api"],
+        None,
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let allowed = Instant::now();
+    until_within(
+        "a 200 again after the allow",
+        allowed,
+        upstream,
+        |result| matches!(result, Ok((200, body)) if body == "v2"),
+    )
+    .await;
+    // api's listeners stayed as they were: only the filter's configuration changed.
+    for envoy in &envoys[..2] {
+        assert_eq!(envoy.stat("listener_manager.listener_modified").await, 0);
+    }
 
     for envoy in &envoys {
         assert_eq!(
