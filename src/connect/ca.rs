@@ -228,6 +228,10 @@ pub struct AgentIdentity<'a> {
     pub uri: &'a str,
     pub node_id: &'a str,
     pub datacenter: &'a str,
+    /// Names and addresses the agent asked for (`auto_encrypt.dns_san`, `ip_san`), for when
+    /// it serves with the certificate (`tls.grpc.use_auto_cert`).
+    pub dns_names: &'a [String],
+    pub ip_addresses: &'a [std::net::IpAddr],
 }
 
 /// A client agent's identity, `spiffe://<td>/agent/client/dc/<dc>/id/<node-id>`: what the
@@ -498,7 +502,7 @@ impl Signer {
         }
 
         let (cert_pem, not_before, not_after) =
-            self.issue(&csr, uri, &id.service, &serial, ttl, now)?;
+            self.issue(&csr, &id.service, vec![uri_san(uri)?], &serial, ttl, now)?;
         Ok(SignedLeaf {
             cert_pem,
             serial: colon_hex(&serial),
@@ -528,8 +532,17 @@ impl Signer {
         }
         let der = pem_block(csr_pem, "CERTIFICATE REQUEST")?;
         let csr = verified_csr(&der)?;
+        let mut sans = vec![uri_san(agent.uri)?];
+        for name in agent.dns_names {
+            sans.push(
+                Ia5String::try_from(name.as_str())
+                    .map(SanType::DnsName)
+                    .map_err(|e| CaError::new(format!("DNS SAN {name:?} is not valid: {e}")))?,
+            );
+        }
+        sans.extend(agent.ip_addresses.iter().copied().map(SanType::IpAddress));
         let (cert_pem, not_before, not_after) =
-            self.issue(&csr, agent.uri, agent.node_id, &serial, ttl, now)?;
+            self.issue(&csr, agent.node_id, sans, &serial, ttl, now)?;
         Ok(SignedLeaf {
             cert_pem,
             serial: colon_hex(&serial),
@@ -542,13 +555,13 @@ impl Signer {
         })
     }
 
-    /// Certifies the CSR's key for `uri` (the only SAN) under `common_name`; the PEM and
-    /// the validity window in Unix seconds.
+    /// Certifies the CSR's key for `sans` (a SPIFFE URI first) under `common_name`; the PEM
+    /// and the validity window in Unix seconds.
     fn issue(
         &self,
         csr: &X509CertificationRequest<'_>,
-        uri: &str,
         common_name: &str,
+        sans: Vec<SanType>,
         serial: &[u8],
         ttl: Duration,
         now: SystemTime,
@@ -567,7 +580,7 @@ impl Signer {
 
         let mut params = CertificateParams::default();
         params.distinguished_name = dn;
-        params.subject_alt_names = vec![uri_san(uri)?];
+        params.subject_alt_names = sans;
         // ExplicitNoCa both writes CA:FALSE and makes rcgen emit the SKID.
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![

@@ -49,11 +49,14 @@ pub async fn obtain(
     );
     let request = crate::connect::ca::leaf_key_and_csr(&placeholder, &requester.node)
         .map_err(|error| AutoEncryptError(error.to_string()))?;
+    let (dns_san, ip_san) = tls.auto_encrypt_sans();
     let asked = Frame::encode(&AutoEncryptRequest {
         node: requester.node.clone(),
         node_id: requester.node_id.clone(),
         csr_pem: request.csr_pem.clone(),
         token: requester.token.clone(),
+        dns_san,
+        ip_san,
     });
     // Fresh connections: whatever was connected before used the previous certificate.
     let connections = Connections::new(requester.bind, tls.clone());

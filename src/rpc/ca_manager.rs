@@ -377,7 +377,13 @@ impl CaManager {
 
     /// Signs a client agent's CSR for `spiffe://<td>/agent/client/dc/<dc>/id/<node_id>`
     /// (auto_encrypt). Only the leader signs.
-    pub fn sign_agent(&self, csr_pem: &str, node_id: &str) -> Result<Leaf, SignError> {
+    pub fn sign_agent(
+        &self,
+        csr_pem: &str,
+        node_id: &str,
+        dns_names: &[String],
+        ip_addresses: &[std::net::IpAddr],
+    ) -> Result<Leaf, SignError> {
         let datacenter = self.datacenter.clone();
         self.sign_checked(|signer, trust_domain, serial, ttl| {
             let uri = ca::spiffe_agent_id(trust_domain, &datacenter, node_id);
@@ -388,6 +394,8 @@ impl CaManager {
                         uri: &uri,
                         node_id,
                         datacenter: &datacenter,
+                        dns_names,
+                        ip_addresses,
                     },
                     serial,
                     ttl,

@@ -396,9 +396,12 @@ impl ServerRpc {
                     .map(|contact| (contact, self.store.snapshot().last_index())),
             ),
             Request::RenewSession(id) => Reply::RenewSession(self.renew_locally(&id)),
-            Request::SignAgent { csr_pem, node_id } => {
-                Reply::SignLeaf(self.ca.sign_agent(&csr_pem, &node_id))
-            }
+            Request::SignAgent {
+                csr_pem,
+                node_id,
+                dns_san,
+                ip_san,
+            } => Reply::SignLeaf(self.ca.sign_agent(&csr_pem, &node_id, &dns_san, &ip_san)),
             Request::SignLeaf { csr_pem, service } => {
                 Reply::SignLeaf(self.ca.sign(&csr_pem, &service))
             }

@@ -97,9 +97,22 @@ impl UnaryService<Frame> for AutoEncryptCall {
             authorizer
                 .authorize(Some(&asked.token), Access::NodeWrite(&asked.node))
                 .map_err(|error| Status::permission_denied(error.to_string()))?;
+            let ip_san = asked
+                .ip_san
+                .iter()
+                .map(|ip| {
+                    ip.parse().map_err(|_| {
+                        Status::invalid_argument(format!(
+                            "auto_encrypt.ip_san: {ip:?} is not an IP address"
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             let sign = wire::Request::SignAgent {
                 csr_pem: asked.csr_pem,
                 node_id: asked.node_id,
+                dns_san: asked.dns_san,
+                ip_san,
             };
             let leaf = match service.server.handle(sign, false).await {
                 wire::Reply::SignLeaf(Ok(leaf)) => leaf,

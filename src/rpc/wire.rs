@@ -133,6 +133,8 @@ pub enum Request {
     SignAgent {
         csr_pem: String,
         node_id: String,
+        dns_san: Vec<String>,
+        ip_san: Vec<std::net::IpAddr>,
     },
 }
 
@@ -144,6 +146,9 @@ pub struct AutoEncryptRequest {
     pub node_id: String,
     pub csr_pem: String,
     pub token: String,
+    /// `auto_encrypt.dns_san` and `ip_san`: extra names for the certificate.
+    pub dns_san: Vec<String>,
+    pub ip_san: Vec<String>,
 }
 
 /// What a client agent gets back: its certificate (chain), and the CA certificates it

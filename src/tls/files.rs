@@ -261,9 +261,14 @@ pub(super) fn server_config(
     alpn: &[Vec<u8>],
     auth: ClientAuth,
     extra_roots: &[String],
+    auto: Option<&super::AutoCert>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = provider(stanza, &config.cipher_suites)?;
-    let (chain, key) = identity(stanza, config, &provider)?;
+    let (chain, key) = match auto {
+        // `tls.grpc.use_auto_cert`: the certificate auto_encrypt got.
+        Some(auto) => identity_from_pem(&auto.cert_pem, &auto.key_pem)?,
+        None => identity(stanza, config, &provider)?,
+    };
     let roots = roots_with(stanza, config, extra_roots)?;
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions(config.tls_min_version))

@@ -231,18 +231,34 @@ impl Tls {
                     &[b"http/1.1".to_vec()],
                     files::ClientAuth::from_verify(config.https.verify_incoming),
                     &[],
+                    None,
                 )?),
                 false => None,
             },
-            grpc: match self.grpc_tls_port {
-                true => Some(files::server_config(
+            grpc: match (
+                self.grpc_tls_port,
+                config.grpc.use_auto_cert,
+                auto_cert.as_ref(),
+            ) {
+                (false, _, _) => None,
+                // Until auto_encrypt has the certificate, the port closes connections.
+                (true, true, None) => None,
+                (true, true, Some(auto)) => Some(files::server_config(
+                    "tls.grpc",
+                    &config.grpc,
+                    &[b"h2".to_vec()],
+                    files::ClientAuth::from_verify(config.grpc.verify_incoming),
+                    &auto.ca_pems,
+                    Some(auto),
+                )?),
+                (true, false, _) => Some(files::server_config(
                     "tls.grpc",
                     &config.grpc,
                     &[b"h2".to_vec()],
                     files::ClientAuth::from_verify(config.grpc.verify_incoming),
                     &[],
+                    None,
                 )?),
-                false => None,
             },
             rpc_server: match config.internal_rpc.has_certificate() {
                 // Without verify_incoming a client certificate is still asked for, so that
@@ -261,6 +277,7 @@ impl Tls {
                         _ => files::ClientAuth::Optional,
                     },
                     &connect_roots,
+                    None,
                 )?),
                 false => None,
             },

@@ -183,8 +183,11 @@ async fn a_cluster_on_concord_tls_files_serves_over_mutual_tls_and_keeps_a_clien
                     "verify_outgoing": true,
                 },
                 "internal_rpc": {"verify_server_hostname": true},
+                // Its xDS port serves with the certificate it is given.
+                "grpc": {"use_auto_cert": true},
             },
-            "auto_encrypt": {"tls": true},
+            "ports": {"grpc_tls": 8503},
+            "auto_encrypt": {"tls": true, "dns_san": ["c2.example"], "ip_san": [AUTO]},
         }),
     ));
     let all: Vec<&Agent> = servers.iter().collect();
@@ -255,6 +258,29 @@ async fn a_cluster_on_concord_tls_files_serves_over_mutual_tls_and_keeps_a_clien
     assert!(auto
         .log()
         .contains("auto_encrypt: got this agent's TLS certificate"));
+    // That certificate, on its gRPC-TLS port: the agent identity and the names it asked for,
+    // from the Connect CA.
+    let roots = client
+        .client()
+        .get("/v1/connect/ca/roots?pem")
+        .await
+        .expect("roots")
+        .text();
+    let roots_path = dir.join("connect-roots.pem");
+    std::fs::write(&roots_path, roots).expect("write roots");
+    let shown = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect {AUTO}:8503 -CAfile {} -verify_return_error </dev/null 2>/dev/null \
+             | openssl x509 -noout -ext subjectAltName",
+            roots_path.display()
+        ))
+        .output()
+        .expect("openssl");
+    let sans = String::from_utf8_lossy(&shown.stdout);
+    assert!(sans.contains("DNS:c2.example"), "{sans}");
+    assert!(sans.contains(&format!("IP Address:{AUTO}")), "{sans}");
+    assert!(sans.contains("/agent/client/dc/dc1/id/"), "{sans}");
 
     // Without a certificate, TLS to a server gets exactly that one request answered.
     let bare = concord::tls::Tls::load(
