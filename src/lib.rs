@@ -21,6 +21,7 @@ pub mod snapshot;
 pub mod state;
 pub mod tasks;
 pub mod telemetry;
+pub mod template;
 #[cfg(test)]
 mod testing;
 #[cfg(test)]
