@@ -15,6 +15,7 @@ mod lock;
 mod operator;
 mod services;
 mod snapshot;
+mod template;
 mod tls;
 mod watch;
 
@@ -93,8 +94,20 @@ fn with_http_flags(command: Command) -> Command {
 }
 
 fn client(matches: &ArgMatches) -> Result<Client, String> {
-    let token =
-        crate::api::client::token_from(get_str(matches, "token"), get_str(matches, "token-file"));
+    client_or(matches, None, None)
+}
+
+/// `client`, with an address and token to use when no flag gives them (before the
+/// environment): `concord template`'s `consul { address token }` block.
+fn client_or(
+    matches: &ArgMatches,
+    address: Option<&str>,
+    token: Option<&str>,
+) -> Result<Client, String> {
+    let token = crate::api::client::token_from(
+        get_str(matches, "token").or(token),
+        get_str(matches, "token-file"),
+    );
     let flag = |name: &str| get_str(matches, name).map(str::to_string);
     let tls = crate::api::client::TlsFlags {
         ca_file: flag("ca-file"),
@@ -104,7 +117,7 @@ fn client(matches: &ArgMatches) -> Result<Client, String> {
         tls_server_name: flag("tls-server-name"),
     };
     Ok(Client::with_tls(
-        get_str(matches, "http-addr"),
+        get_str(matches, "http-addr").or(address),
         token.as_deref(),
         &tls,
     )?)
@@ -228,6 +241,7 @@ fn command_tree() -> Command {
         ))
         .subcommand(kv::command())
         .subcommand(tls::command())
+        .subcommand(template::command())
         .subcommand(catalog::command())
         .subcommand(config::command())
         .subcommand(connect::command())
@@ -298,6 +312,7 @@ pub fn main() -> ExitCode {
             Some(("monitor", sub)) => monitor(sub).await,
             Some(("kv", sub)) => kv::run(sub).await,
             Some(("tls", sub)) => tls::run(sub),
+            Some(("template", sub)) => template::run(sub).await,
             Some(("catalog", sub)) => catalog::run(sub).await,
             Some(("config", sub)) => config::run(sub).await,
             Some(("connect", sub)) => connect::run(sub).await,

@@ -3,8 +3,11 @@
 //! would make output, and so reloads, change at random); consul-template's functions over
 //! the agent's HTTP API come on top.
 
+pub mod deps;
 pub mod exec;
+pub mod funcs;
 pub mod parse;
+pub mod run;
 #[cfg(test)]
 mod tests;
 

@@ -32,6 +32,7 @@ mod session;
 mod sim_envoy;
 mod snapshot;
 mod support;
+mod template;
 mod tls;
 mod txn;
 mod ui;

@@ -1,0 +1,379 @@
+//! Rendering templates to files and keeping them current: every render notes the
+//! dependencies it used; one without data is fetched at once and the templates rendered
+//! again, until each is complete. Then (unless `-once`) each dependency in use is watched
+//! with one blocking query, shared by every template that uses it; a change re-renders only
+//! the templates that use it. A file is written (temporary file, then rename, permissions
+//! kept) and its command run only when its content changed.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::deps::Dependency;
+use super::funcs::Render;
+use super::Template;
+use crate::api::client::Client;
+use crate::tasks::Tasks;
+
+/// One `-template "source:destination[:command]"` or `template { }` block.
+#[derive(Clone, Debug, Default)]
+pub struct Spec {
+    pub source: PathBuf,
+    pub destination: PathBuf,
+    pub command: Option<String>,
+    /// Octal file mode; by default the existing file's, else 0644.
+    pub perms: Option<u32>,
+    pub backup: bool,
+    pub delimiters: Option<(String, String)>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Render once every template is complete, then exit.
+    pub once: bool,
+    /// Print to stdout instead of writing files or running commands.
+    pub dry: bool,
+    /// Quiescence: after a change, wait this long for more (up to the second figure).
+    pub wait: Option<(Duration, Duration)>,
+}
+
+/// Why rendering stopped: a template that does not parse, a failed write or command in
+/// `-once`, or an agent that stayed unreachable.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RunError(String);
+
+/// How long one blocking query waits at the agent.
+const WATCH_WAIT: &str = "60s";
+/// Attempts to reach the agent before `-once` gives up.
+const ONCE_ATTEMPTS: u32 = 5;
+
+struct Loaded {
+    spec: Spec,
+    template: Template,
+    /// What the last render used; a change to any of these renders it again.
+    used: BTreeSet<Dependency>,
+    rendered: bool,
+}
+
+/// A dependency's new data from its watcher.
+struct Update {
+    dependency: Dependency,
+    value: Value,
+}
+
+/// Runs until `shutdown` (or, with `-once`, until every template is rendered).
+pub async fn run(
+    client: Client,
+    specs: Vec<Spec>,
+    options: Options,
+    tasks: &Tasks,
+) -> Result<(), RunError> {
+    let mut loaded = Vec::new();
+    for spec in specs {
+        let source = std::fs::read_to_string(&spec.source)
+            .map_err(|error| RunError(format!("{}: {error}", spec.source.display())))?;
+        let delimiters = spec
+            .delimiters
+            .as_ref()
+            .map(|(left, right)| (left.as_str(), right.as_str()));
+        let template = Template::parse(&spec.source.display().to_string(), &source, delimiters)
+            .map_err(|error| RunError(error.to_string()))?;
+        loaded.push(Loaded {
+            spec,
+            template,
+            used: BTreeSet::new(),
+            rendered: false,
+        });
+    }
+    let agent_node = agent_node(&client, options.once).await?;
+    let mut data: HashMap<Dependency, Value> = HashMap::new();
+    let (updates, mut changed) = mpsc::channel::<Update>(256);
+    let mut watched: HashMap<Dependency, CancellationToken> = HashMap::new();
+    let shutdown = tasks.shutdown().clone();
+    let mut dirty: BTreeSet<usize> = (0..loaded.len()).collect();
+    loop {
+        // Render what changed; fetch what a render lacked, and render again.
+        loop {
+            let mut missing = BTreeSet::new();
+            for index in std::mem::take(&mut dirty) {
+                let entry = &mut loaded[index];
+                let mut render = Render::new(&data);
+                let output = entry
+                    .template
+                    .render(&Value::Null, &mut render)
+                    .map_err(|error| RunError(error.to_string()));
+                entry.used = std::mem::take(&mut render.used);
+                missing.extend(
+                    entry
+                        .used
+                        .iter()
+                        .filter(|d| !data.contains_key(*d))
+                        .cloned(),
+                );
+                match (output, render.incomplete) {
+                    (Err(error), _) if options.once => return Err(error),
+                    (Err(error), _) => tracing::error!(%error, "template failed to render"),
+                    (Ok(_), Some(reason)) => {
+                        tracing::debug!(template = %entry.spec.source.display(), %reason, "not complete yet");
+                    }
+                    (Ok(text), None) => {
+                        let written = deliver(&entry.spec, &text, options.dry).await;
+                        match written {
+                            Err(error) if options.once => return Err(error),
+                            Err(error) => tracing::error!(%error, "cannot deliver a template"),
+                            Ok(()) => entry.rendered = true,
+                        }
+                    }
+                }
+            }
+            if missing.is_empty() {
+                break;
+            }
+            for dependency in &missing {
+                let value = fetch(&client, dependency, agent_node.as_deref(), options.once).await?;
+                data.insert(dependency.clone(), value);
+            }
+            dirty = (0..loaded.len())
+                .filter(|index| loaded[*index].used.iter().any(|d| missing.contains(d)))
+                .collect();
+        }
+        if options.once {
+            if loaded.iter().all(|entry| entry.rendered) {
+                return Ok(());
+            }
+            let waiting: Vec<String> = loaded
+                .iter()
+                .filter(|entry| !entry.rendered)
+                .map(|entry| entry.spec.source.display().to_string())
+                .collect();
+            return Err(RunError(format!(
+                "templates could not be completed (a key that does not exist, or an empty safeLs): {}",
+                waiting.join(", ")
+            )));
+        }
+        // Watch exactly what the templates use now.
+        let in_use: BTreeSet<Dependency> = loaded.iter().flat_map(|e| e.used.clone()).collect();
+        watched.retain(|dependency, stop| {
+            let keep = in_use.contains(dependency);
+            if !keep {
+                stop.cancel();
+            }
+            keep
+        });
+        for dependency in in_use {
+            if watched.contains_key(&dependency) {
+                continue;
+            }
+            let stop = shutdown.child_token();
+            watched.insert(dependency.clone(), stop.clone());
+            tasks.spawn(
+                "template.watch",
+                watch(
+                    client.clone(),
+                    dependency,
+                    agent_node.clone(),
+                    updates.clone(),
+                    stop,
+                ),
+            );
+        }
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            update = changed.recv() => update,
+        };
+        let Some(first) = first else { return Ok(()) };
+        let mut batch = vec![first];
+        if let Some((min, max)) = options.wait {
+            let deadline = tokio::time::Instant::now() + max;
+            loop {
+                let quiet = (tokio::time::Instant::now() + min).min(deadline);
+                match tokio::time::timeout_at(quiet, changed.recv()).await {
+                    Ok(Some(update)) => batch.push(update),
+                    _ => break,
+                }
+            }
+        }
+        while let Ok(update) = changed.try_recv() {
+            batch.push(update);
+        }
+        for Update { dependency, value } in batch {
+            if data.get(&dependency) == Some(&value) {
+                continue;
+            }
+            dirty.extend(
+                (0..loaded.len()).filter(|index| loaded[*index].used.contains(&dependency)),
+            );
+            data.insert(dependency, value);
+        }
+    }
+}
+
+/// The agent's node name, for `node` without a name.
+async fn agent_node(client: &Client, once: bool) -> Result<Option<String>, RunError> {
+    let value = fetch(client, &Dependency::AgentSelf, None, once).await?;
+    Ok(value["Config"]["NodeName"].as_str().map(str::to_string))
+}
+
+/// One non-blocking read, retried with backoff while the agent cannot be reached (for
+/// `-once`, a few times; otherwise until it answers).
+async fn fetch(
+    client: &Client,
+    dependency: &Dependency,
+    agent_node: Option<&str>,
+    once: bool,
+) -> Result<Value, RunError> {
+    let Some(path) = dependency.path(agent_node) else {
+        return Ok(Value::Null);
+    };
+    let mut backoff = Duration::from_millis(250);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let outcome = match client.get(&path).await {
+            Ok(response) => dependency
+                .decode(response.status.as_u16(), &response.body)
+                .map_err(|error| format!("{path}: {error}")),
+            Err(error) => Err(error.to_string()),
+        };
+        match outcome {
+            Ok(value) => return Ok(value),
+            Err(error) if once && attempt >= ONCE_ATTEMPTS => return Err(RunError(error)),
+            Err(error) => {
+                tracing::warn!(%error, "cannot read from the agent; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+/// Follows one dependency with blocking queries, sending each new answer.
+async fn watch(
+    client: Client,
+    dependency: Dependency,
+    agent_node: Option<String>,
+    updates: mpsc::Sender<Update>,
+    stop: CancellationToken,
+) {
+    let Some(path) = dependency.path(agent_node.as_deref()) else {
+        return;
+    };
+    let separator = if path.contains('?') { '&' } else { '?' };
+    let mut index = 0u64;
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let url = match dependency.blocks() {
+            true => format!("{path}{separator}index={index}&wait={WATCH_WAIT}"),
+            false => path.clone(),
+        };
+        let answer = tokio::select! {
+            _ = stop.cancelled() => return,
+            answer = client.get(&url) => answer,
+        };
+        let decoded = answer
+            .map_err(|error| error.to_string())
+            .and_then(|response| {
+                let next = response.index();
+                dependency
+                    .decode(response.status.as_u16(), &response.body)
+                    .map(|value| (value, next))
+                    .map_err(|error| format!("{path}: {error}"))
+            });
+        match decoded {
+            Ok((value, next)) => {
+                backoff = Duration::from_millis(250);
+                // An index that went backwards (a restored snapshot) starts over.
+                index = if next < index { 0 } else { next };
+                if updates
+                    .send(Update {
+                        dependency: dependency.clone(),
+                        value,
+                    })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                if !dependency.blocks() {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "watch failed; retrying (the last rendered files stay)");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+/// Writes `text` to the destination when it differs from what is there, then runs the
+/// command; with `dry`, prints it instead.
+async fn deliver(spec: &Spec, text: &str, dry: bool) -> Result<(), RunError> {
+    let destination = &spec.destination;
+    if dry {
+        println!("> {}\n{text}", destination.display());
+        return Ok(());
+    }
+    if std::fs::read_to_string(destination).is_ok_and(|current| current == text) {
+        return Ok(());
+    }
+    write_atomically(spec, text)
+        .map_err(|error| RunError(format!("{}: {error}", destination.display())))?;
+    tracing::info!(destination = %destination.display(), "rendered");
+    if let Some(command) = &spec.command {
+        let status = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .status()
+            .await
+            .map_err(|error| RunError(format!("{command}: {error}")))?;
+        if !status.success() {
+            return Err(RunError(format!("{command}: exited with {status}")));
+        }
+    }
+    Ok(())
+}
+
+fn write_atomically(spec: &Spec, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let destination = &spec.destination;
+    let dir = destination
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let existing = std::fs::metadata(destination).ok();
+    let mode = spec
+        .perms
+        .or_else(|| {
+            existing
+                .as_ref()
+                .map(|meta| meta.permissions().mode() & 0o7777)
+        })
+        .unwrap_or(0o644);
+    let mut staged = tempfile::Builder::new()
+        .prefix(".concord-template-")
+        .tempfile_in(dir)?;
+    staged.write_all(text.as_bytes())?;
+    staged.as_file().sync_all()?;
+    std::fs::set_permissions(staged.path(), std::fs::Permissions::from_mode(mode))?;
+    if spec.backup && existing.is_some() {
+        let mut backup = destination.as_os_str().to_owned();
+        backup.push(".bak");
+        std::fs::copy(destination, PathBuf::from(backup))?;
+    }
+    staged.persist(destination).map_err(|error| error.error)?;
+    Ok(())
+}
