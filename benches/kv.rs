@@ -19,6 +19,9 @@
 //! * `tls`: the `get` load over plaintext HTTP and over HTTPS (keep-alive, TLS 1.3) on one
 //!   agent, alternating three rounds each: the HTTPS/plaintext throughput ratio; then 2,000
 //!   new TLS connections, each a full handshake, from 4 workers: agent CPU per handshake;
+//! * `template`: 1,000 services, each with one instance, and one `concord template` process
+//!   rendering 100 templates of 10 services each; 200 catalog changes (a service's port), each
+//!   timed from the write's answer to the affected file's new content; then the process's RSS;
 //! * `ui`: 1,000 services registered, then the web UI loaded ten times in Debian's Chromium
 //!   (`tests/ui/bench.py`, Playwright): first contentful paint of `/ui/`, and the services
 //!   page's time from its data's arrival to the next frame drawn with it.
@@ -66,6 +69,7 @@ const SECTIONS: &[&str] = &[
     "query",
     "federation",
     "tls",
+    "template",
     "ui",
 ];
 
@@ -100,6 +104,7 @@ fn main() -> Result<()> {
             "federation" => Box::pin(bench_federation(table)),
             "ui" => Box::pin(bench_ui(table)),
             "tls" => Box::pin(bench_tls(table)),
+            "template" => Box::pin(bench_template(table)),
             _ => Box::pin(bench_watch(table)),
         },
     )
@@ -430,6 +435,135 @@ async fn bench_tls(table: &mut Table) -> Result<()> {
         "<= 1",
         Some(agent_ms <= 1.0),
     );
+    agent.stop().await;
+    Ok(())
+}
+
+const TEMPLATE_SERVICES: usize = 1_000;
+const TEMPLATES: usize = 100;
+const TEMPLATE_CHANGES: usize = 200;
+
+/// `concord template` (issue 19): how soon a catalog change reaches the file of the template
+/// that shows it, with 100 templates watching 1,000 services, and the process's memory.
+async fn bench_template(table: &mut Table) -> Result<()> {
+    let mut agent = BenchAgent::spawn(Some("warn"), &[]).await?;
+    agent.wait_writable().await?;
+    let register = |service: usize, port: usize| {
+        serde_json::json!({
+            "Node": format!("node-{}", service % 50),
+            "Address": format!("10.0.{}.{}", service / 250, service % 250),
+            "Service": {"ID": format!("svc-{service}"), "Service": format!("svc-{service}"), "Port": port},
+        })
+        .to_string()
+    };
+    let mut conn = Conn::connect(agent.http).await?;
+    for service in 0..TEMPLATE_SERVICES {
+        let answer = conn
+            .request(
+                Method::PUT,
+                "/v1/catalog/register",
+                Bytes::from(register(service, 8000)),
+            )
+            .await?;
+        if answer.status != StatusCode::OK {
+            bail!("register svc-{service}: {}", answer.status);
+        }
+    }
+    let dir = tempfile::tempdir()?;
+    let per = TEMPLATE_SERVICES / TEMPLATES;
+    let mut args = vec!["template".to_string()];
+    for template in 0..TEMPLATES {
+        let mut text = String::new();
+        for service in template * per..(template + 1) * per {
+            text.push_str(&format!(
+                "{{{{ range service \"svc-{service}\" }}}}server {{{{ .Address }}}}:{{{{ .Port }}}};\n{{{{ end }}}}"
+            ));
+        }
+        let source = dir.path().join(format!("t{template}.ctmpl"));
+        std::fs::write(&source, text)?;
+        args.push("-template".into());
+        args.push(format!(
+            "{}:{}",
+            source.display(),
+            dir.path().join(format!("t{template}.out")).display()
+        ));
+    }
+    let mut renderer = tokio::process::Command::new(BINARY)
+        .args(&args)
+        .env("CONSUL_HTTP_ADDR", agent.http.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = renderer.id().ok_or_else(|| anyhow!("no pid"))?;
+    let started = Instant::now();
+    let out = |template: usize| dir.path().join(format!("t{template}.out"));
+    while !(0..TEMPLATES).all(|template| out(template).exists()) {
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("templates not rendered within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!(
+        "{TEMPLATES} templates over {TEMPLATE_SERVICES} services rendered in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    let mut rng = StdRng::seed_from_u64(19);
+    let mut latencies = Vec::with_capacity(TEMPLATE_CHANGES);
+    for change in 0..TEMPLATE_CHANGES {
+        let service = rng.gen_range(0..TEMPLATE_SERVICES);
+        let port = 10_000 + change;
+        let expected = format!(":{port};");
+        let answer = conn
+            .request(
+                Method::PUT,
+                "/v1/catalog/register",
+                Bytes::from(register(service, port)),
+            )
+            .await?;
+        if answer.status != StatusCode::OK {
+            bail!("change svc-{service}: {}", answer.status);
+        }
+        let written = Instant::now();
+        let path = out(service / per);
+        loop {
+            if std::fs::read_to_string(&path).is_ok_and(|text| text.contains(&expected)) {
+                break;
+            }
+            if written.elapsed() > Duration::from_secs(10) {
+                bail!("change {change} not rendered within 10 s");
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        latencies.push(millis(written.elapsed()));
+    }
+    let rss_mb = common::process::proc_status_kb(pid, "VmRSS").unwrap_or(0) as f64 / 1024.0;
+    let stats = Stats::new(latencies);
+    println!(
+        "change to file: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; renderer RSS {rss_mb:.1} MB",
+        stats.pct(0.5),
+        stats.pct(0.99),
+        stats.max()
+    );
+    table.row(
+        "catalog change to re-rendered file, p99 (ms)",
+        format!("{:.2}", stats.pct(0.99)),
+        "<= 50",
+        Some(stats.pct(0.99) <= 50.0),
+    );
+    table.row(
+        "change to file, p50 / max (ms)",
+        format!("{:.2} / {:.2}", stats.pct(0.5), stats.max()),
+        "-",
+        None,
+    );
+    table.row(
+        "concord template RSS, 100 templates / 1,000 services (MB)",
+        format!("{rss_mb:.1}"),
+        "<= 30",
+        Some(rss_mb <= 30.0),
+    );
+    let _ = renderer.kill().await;
     agent.stop().await;
     Ok(())
 }
