@@ -176,7 +176,11 @@ impl Client {
         Ok(Client {
             base,
             token,
+            // Idle connections beyond a few are closed: `concord template` runs a blocking
+            // query per dependency, and after a burst of them the pool would otherwise keep
+            // one idle connection (and its buffers) for each.
             inner: hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(16)
                 .build(connector),
         })
     }

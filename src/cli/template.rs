@@ -28,6 +28,26 @@ pub fn command() -> Command {
             .arg(boolean("once", "Render once and exit"))
             .arg(boolean("dry", "Print to stdout instead of writing files"))
             .arg(value(
+                "exec",
+                "A command to run once every template is rendered, and to reload on changes",
+            ))
+            .arg(value(
+                "exec-reload-signal",
+                "Signal for the -exec child on a change (default: restart it)",
+            ))
+            .arg(value(
+                "exec-kill-signal",
+                "Signal that stops the -exec child (default SIGINT)",
+            ))
+            .arg(value(
+                "exec-kill-timeout",
+                "How long the -exec child may take to stop (default 30s)",
+            ))
+            .arg(value(
+                "exec-splay",
+                "Random delay up to this before a reload (default 0s)",
+            ))
+            .arg(value(
                 "wait",
                 "Quiescence after a change before rendering: min[:max] (default max 4 × min)",
             )),
@@ -70,6 +90,32 @@ fn spec(text: &str) -> Result<Spec, String> {
 }
 
 /// The `template` blocks and `consul` block of a consul-template config file.
+/// consul-template's `exec` block, or the `-exec*` flags over it.
+fn exec(matches: &ArgMatches, block: &Value) -> Result<Option<run::Exec>, String> {
+    let pick = |flag: &str, key: &str| {
+        get_str(matches, flag)
+            .map(str::to_string)
+            .or_else(|| block[key].as_str().map(str::to_string))
+            .filter(|text| !text.is_empty())
+    };
+    let Some(command) = pick("exec", "command") else {
+        return Ok(None);
+    };
+    let duration = |flag: &str, key: &str, default: Duration| {
+        pick(flag, key)
+            .map(|text| parse_go_duration(&text).map_err(|error| format!("-{flag}: {error}")))
+            .transpose()
+            .map(|parsed| parsed.unwrap_or(default))
+    };
+    Ok(Some(run::Exec {
+        command,
+        reload_signal: pick("exec-reload-signal", "reload_signal"),
+        kill_signal: pick("exec-kill-signal", "kill_signal").unwrap_or_else(|| "SIGINT".into()),
+        kill_timeout: duration("exec-kill-timeout", "kill_timeout", Duration::from_secs(30))?,
+        splay: duration("exec-splay", "splay", Duration::ZERO)?,
+    }))
+}
+
 fn config_file(path: &str) -> Result<(Vec<Spec>, Option<Duration>, Value), String> {
     let text = std::fs::read_to_string(path).map_err(|error| format!("{path}: {error}"))?;
     let config: Value = match path.ends_with(".json") {
@@ -116,7 +162,11 @@ fn config_file(path: &str) -> Result<(Vec<Spec>, Option<Duration>, Value), Strin
         .as_str()
         .map(|min| parse_go_duration(min).map_err(|error| format!("{path}: wait.min: {error}")))
         .transpose()?;
-    Ok((specs, wait, config["consul"].clone()))
+    Ok((
+        specs,
+        wait,
+        serde_json::json!({"consul": config["consul"], "exec": config["exec"]}),
+    ))
 }
 
 pub async fn run(matches: &ArgMatches) -> CommandResult {
@@ -125,21 +175,27 @@ pub async fn run(matches: &ArgMatches) -> CommandResult {
         once: get_bool(matches, "once"),
         dry: get_bool(matches, "dry"),
         wait: get_str(matches, "wait").map(wait).transpose()?,
+        exec: None,
     };
     let mut consul = Value::Null;
+    let mut exec_block = Value::Null;
     for path in matches.get_many::<String>("config").into_iter().flatten() {
         let (more, config_wait, config_consul) = config_file(path)?;
         specs.extend(more);
         if options.wait.is_none() {
             options.wait = config_wait.map(|min| (min, min * 4));
         }
-        if !config_consul.is_null() {
-            consul = config_consul;
+        if !config_consul["consul"].is_null() {
+            consul = config_consul["consul"].clone();
+        }
+        if !config_consul["exec"].is_null() {
+            exec_block = config_consul["exec"].clone();
         }
     }
     for text in matches.get_many::<String>("template").into_iter().flatten() {
         specs.push(spec(text)?);
     }
+    options.exec = exec(matches, &exec_block)?;
     if specs.is_empty() {
         return Err("at least one -template or a -config with a template block is required".into());
     }
@@ -157,5 +213,9 @@ pub async fn run(matches: &ArgMatches) -> CommandResult {
     });
     let result = run::run(client, specs, options, &tasks).await;
     tasks.shutdown().cancel();
-    result.map_err(|error| error.to_string())
+    match result.map_err(|error| error.to_string())? {
+        // The -exec child's exit is this command's, as consul-template's.
+        Some(code) if code != 0 => std::process::exit(code),
+        _ => Ok(()),
+    }
 }

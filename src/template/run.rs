@@ -39,6 +39,80 @@ pub struct Options {
     pub dry: bool,
     /// Quiescence: after a change, wait this long for more (up to the second figure).
     pub wait: Option<(Duration, Duration)>,
+    /// `-exec`: a child started once every template is rendered, told of changes.
+    pub exec: Option<Exec>,
+}
+
+/// consul-template's `exec { command reload_signal kill_signal kill_timeout splay }`.
+#[derive(Clone, Debug)]
+pub struct Exec {
+    pub command: String,
+    /// Sent on a change; `None` restarts the child instead (consul-template's default).
+    pub reload_signal: Option<String>,
+    pub kill_signal: String,
+    pub kill_timeout: Duration,
+    /// A random delay up to this before a reload, so many hosts do not reload at once.
+    pub splay: Duration,
+}
+
+/// The supervised child of `-exec`.
+struct Supervised {
+    exec: Exec,
+    child: tokio::process::Child,
+}
+
+impl Supervised {
+    fn start(exec: &Exec) -> Result<Supervised, RunError> {
+        let child = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(&exec.command)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|error| RunError(format!("-exec {}: {error}", exec.command)))?;
+        tracing::info!(command = %exec.command, "started the -exec child");
+        Ok(Supervised {
+            exec: exec.clone(),
+            child,
+        })
+    }
+
+    fn signal(&self, signal: &str) {
+        if let Some(pid) = self.child.id() {
+            // `kill(1)` rather than raw syscalls: the crate has no unsafe code.
+            let sent = std::process::Command::new("kill")
+                .args(["-s", signal.trim_start_matches("SIG"), &pid.to_string()])
+                .status();
+            if !sent.is_ok_and(|status| status.success()) {
+                tracing::warn!(%signal, pid, "could not signal the -exec child");
+            }
+        }
+    }
+
+    /// A template changed: signal the child, or stop it and start a new one.
+    async fn reload(&mut self) -> Result<(), RunError> {
+        if !self.exec.splay.is_zero() {
+            let splay = rand::random::<f64>() * self.exec.splay.as_secs_f64();
+            tokio::time::sleep(Duration::from_secs_f64(splay)).await;
+        }
+        match self.exec.reload_signal.clone() {
+            Some(signal) => self.signal(&signal),
+            None => {
+                self.stop().await;
+                *self = Supervised::start(&self.exec)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn stop(&mut self) {
+        self.signal(&self.exec.kill_signal.clone());
+        if tokio::time::timeout(self.exec.kill_timeout, self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+    }
 }
 
 /// Why rendering stopped: a template that does not parse, a failed write or command in
@@ -66,13 +140,14 @@ struct Update {
     value: Value,
 }
 
-/// Runs until `shutdown` (or, with `-once`, until every template is rendered).
+/// Runs until `shutdown` (or, with `-once`, until every template is rendered; with `-exec`,
+/// until the child exits, whose exit code is returned).
 pub async fn run(
     client: Client,
     specs: Vec<Spec>,
     options: Options,
     tasks: &Tasks,
-) -> Result<(), RunError> {
+) -> Result<Option<i32>, RunError> {
     let mut loaded = Vec::new();
     for spec in specs {
         let source = std::fs::read_to_string(&spec.source)
@@ -92,11 +167,15 @@ pub async fn run(
     }
     let agent_node = agent_node(&client, options.once).await?;
     let mut data: HashMap<Dependency, Value> = HashMap::new();
+    // The index each dependency's data is at, so its watch starts there.
+    let mut indexes: HashMap<Dependency, u64> = HashMap::new();
     let (updates, mut changed) = mpsc::channel::<Update>(256);
     let mut watched: HashMap<Dependency, CancellationToken> = HashMap::new();
     let shutdown = tasks.shutdown().clone();
     let mut dirty: BTreeSet<usize> = (0..loaded.len()).collect();
+    let mut supervised: Option<Supervised> = None;
     loop {
+        let mut changed_files = false;
         // Render what changed; fetch what a render lacked, and render again.
         loop {
             let mut missing = BTreeSet::new();
@@ -126,7 +205,10 @@ pub async fn run(
                         match written {
                             Err(error) if options.once => return Err(error),
                             Err(error) => tracing::error!(%error, "cannot deliver a template"),
-                            Ok(()) => entry.rendered = true,
+                            Ok(changed) => {
+                                entry.rendered = true;
+                                changed_files |= changed;
+                            }
                         }
                     }
                 }
@@ -135,8 +217,10 @@ pub async fn run(
                 break;
             }
             for dependency in &missing {
-                let value = fetch(&client, dependency, agent_node.as_deref(), options.once).await?;
+                let (value, index) =
+                    fetch(&client, dependency, agent_node.as_deref(), options.once).await?;
                 data.insert(dependency.clone(), value);
+                indexes.insert(dependency.clone(), index);
             }
             dirty = (0..loaded.len())
                 .filter(|index| loaded[*index].used.iter().any(|d| missing.contains(d)))
@@ -144,7 +228,7 @@ pub async fn run(
         }
         if options.once {
             if loaded.iter().all(|entry| entry.rendered) {
-                return Ok(());
+                return Ok(None);
             }
             let waiting: Vec<String> = loaded
                 .iter()
@@ -155,6 +239,15 @@ pub async fn run(
                 "templates could not be completed (a key that does not exist, or an empty safeLs): {}",
                 waiting.join(", ")
             )));
+        }
+        if let Some(exec) = &options.exec {
+            match supervised.as_mut() {
+                None if loaded.iter().all(|entry| entry.rendered) => {
+                    supervised = Some(Supervised::start(exec)?);
+                }
+                Some(child) if changed_files => child.reload().await?,
+                _ => {}
+            }
         }
         // Watch exactly what the templates use now.
         let in_use: BTreeSet<Dependency> = loaded.iter().flat_map(|e| e.used.clone()).collect();
@@ -171,22 +264,40 @@ pub async fn run(
             }
             let stop = shutdown.child_token();
             watched.insert(dependency.clone(), stop.clone());
+            let index = indexes.get(&dependency).copied().unwrap_or(0);
             tasks.spawn(
                 "template.watch",
                 watch(
                     client.clone(),
                     dependency,
                     agent_node.clone(),
+                    index,
                     updates.clone(),
                     stop,
                 ),
             );
         }
+        let child_exit = async {
+            match supervised.as_mut() {
+                Some(supervised) => supervised.child.wait().await.ok(),
+                None => std::future::pending().await,
+            }
+        };
         let first = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = shutdown.cancelled() => {
+                if let Some(mut supervised) = supervised.take() {
+                    supervised.stop().await;
+                }
+                return Ok(None);
+            }
+            status = child_exit => {
+                let code = status.and_then(|status| status.code()).unwrap_or(1);
+                tracing::info!(code, "the -exec child exited");
+                return Ok(Some(code));
+            }
             update = changed.recv() => update,
         };
-        let Some(first) = first else { return Ok(()) };
+        let Some(first) = first else { return Ok(None) };
         let mut batch = vec![first];
         if let Some((min, max)) = options.wait {
             let deadline = tokio::time::Instant::now() + max;
@@ -215,20 +326,20 @@ pub async fn run(
 
 /// The agent's node name, for `node` without a name.
 async fn agent_node(client: &Client, once: bool) -> Result<Option<String>, RunError> {
-    let value = fetch(client, &Dependency::AgentSelf, None, once).await?;
+    let (value, _) = fetch(client, &Dependency::AgentSelf, None, once).await?;
     Ok(value["Config"]["NodeName"].as_str().map(str::to_string))
 }
 
-/// One non-blocking read, retried with backoff while the agent cannot be reached (for
-/// `-once`, a few times; otherwise until it answers).
+/// One non-blocking read and the index it is at, retried with backoff while the agent
+/// cannot be reached (for `-once`, a few times; otherwise until it answers).
 async fn fetch(
     client: &Client,
     dependency: &Dependency,
     agent_node: Option<&str>,
     once: bool,
-) -> Result<Value, RunError> {
+) -> Result<(Value, u64), RunError> {
     let Some(path) = dependency.path(agent_node) else {
-        return Ok(Value::Null);
+        return Ok((Value::Null, 0));
     };
     let mut backoff = Duration::from_millis(250);
     let mut attempt = 0;
@@ -237,6 +348,7 @@ async fn fetch(
         let outcome = match client.get(&path).await {
             Ok(response) => dependency
                 .decode(response.status.as_u16(), &response.body)
+                .map(|value| (value, response.index()))
                 .map_err(|error| format!("{path}: {error}")),
             Err(error) => Err(error.to_string()),
         };
@@ -252,11 +364,13 @@ async fn fetch(
     }
 }
 
-/// Follows one dependency with blocking queries, sending each new answer.
+/// Follows one dependency with blocking queries from `index` (that of the data the renders
+/// have), sending each new answer.
 async fn watch(
     client: Client,
     dependency: Dependency,
     agent_node: Option<String>,
+    mut index: u64,
     updates: mpsc::Sender<Update>,
     stop: CancellationToken,
 ) {
@@ -264,7 +378,6 @@ async fn watch(
         return;
     };
     let separator = if path.contains('?') { '&' } else { '?' };
-    let mut index = 0u64;
     let mut backoff = Duration::from_millis(250);
     loop {
         let url = match dependency.blocks() {
@@ -319,15 +432,15 @@ async fn watch(
 }
 
 /// Writes `text` to the destination when it differs from what is there, then runs the
-/// command; with `dry`, prints it instead.
-async fn deliver(spec: &Spec, text: &str, dry: bool) -> Result<(), RunError> {
+/// command; with `dry`, prints it instead. Whether the file changed.
+async fn deliver(spec: &Spec, text: &str, dry: bool) -> Result<bool, RunError> {
     let destination = &spec.destination;
     if dry {
         println!("> {}\n{text}", destination.display());
-        return Ok(());
+        return Ok(false);
     }
     if std::fs::read_to_string(destination).is_ok_and(|current| current == text) {
-        return Ok(());
+        return Ok(false);
     }
     write_atomically(spec, text)
         .map_err(|error| RunError(format!("{}: {error}", destination.display())))?;
@@ -343,7 +456,7 @@ async fn deliver(spec: &Spec, text: &str, dry: bool) -> Result<(), RunError> {
             return Err(RunError(format!("{command}: exited with {status}")));
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 fn write_atomically(spec: &Spec, text: &str) -> std::io::Result<()> {

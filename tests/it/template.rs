@@ -1,7 +1,8 @@
 //! `concord template` against a real agent: consul-template's documented examples rendered
 //! with `-once`, a template that does not parse named with its line, and an nginx upstream
 //! block kept current: a third `web` instance re-renders it within a second and runs its
-//! command once, and a change that leaves the output alone runs nothing.
+//! command once, and a change that leaves the output alone runs nothing; `-exec` starts a
+//! child once the files are rendered and signals it on a change.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -155,7 +156,18 @@ exists production=2
 struct Watching(Child);
 
 impl Drop for Watching {
+    /// SIGINT first, so an `-exec` child is stopped with it; SIGKILL if it lingers.
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.0.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -259,4 +271,60 @@ async fn an_nginx_upstream_follows_web_instances_and_reloads_only_on_change() {
         std::fs::read_to_string(&conf).expect("conf"),
         "upstream web {\n  server 10.0.0.1:8080;\n  server 10.0.0.2:8080;\n  server 10.0.0.3:8080;\n}\n"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_starts_its_child_after_the_first_render_and_signals_it_on_change() {
+    let agent = Agent::start(AgentOptions::default()).await;
+    put_key(&agent, "app/color", "blue").await;
+    let dir = tempfile::tempdir().expect("dir");
+    let source = dir.path().join("app.ctmpl");
+    std::fs::write(&source, "color={{ key \"app/color\" }}\n").expect("write");
+    let conf = dir.path().join("app.conf");
+    let log = dir.path().join("child.log");
+    // The child reads its config at start and on SIGHUP, noting each read.
+    let child_script = format!(
+        "trap 'cat {conf} >> {log}' HUP; cat {conf} >> {log}; while true; do sleep 0.05; done",
+        conf = conf.display(),
+        log = log.display()
+    );
+    let child = Command::new(BINARY)
+        .arg("template")
+        .args([
+            "-template",
+            &format!("{}:{}", source.display(), conf.display()),
+            "-exec",
+            &child_script,
+            "-exec-reload-signal",
+            "SIGHUP",
+            "-exec-kill-signal",
+            "SIGTERM",
+        ])
+        .env("CONSUL_HTTP_ADDR", agent.address())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn concord template");
+    let _watching = Watching(child);
+    eventually(
+        "the child's first read",
+        Duration::from_secs(10),
+        || async {
+            std::fs::read_to_string(&log)
+                .ok()
+                .filter(|text| text == "color=blue\n")
+        },
+    )
+    .await;
+    put_key(&agent, "app/color", "green").await;
+    eventually(
+        "the child's read after SIGHUP",
+        Duration::from_secs(10),
+        || async {
+            std::fs::read_to_string(&log)
+                .ok()
+                .filter(|text| text == "color=blue\ncolor=green\n")
+        },
+    )
+    .await;
 }
