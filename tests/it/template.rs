@@ -138,6 +138,32 @@ exists production=2
     );
     assert!(!bad_out.exists());
 
+    // An unwritable destination (its directory does not exist): an error naming it.
+    let missing_dir = dir.path().join("no/such/dir/out.conf");
+    let run = concord_template(
+        &agent,
+        &[
+            "-once",
+            "-template",
+            &format!("{}:{}", source.display(), missing_dir.display()),
+        ],
+    );
+    assert!(!run.status.success());
+    assert!(String::from_utf8_lossy(&run.stderr).contains("no/such/dir/out.conf"));
+
+    // An agent that does not answer: retried, then a clear error.
+    let down = Command::new(BINARY)
+        .args(["template", "-once", "-template", &spec])
+        .env("CONSUL_HTTP_ADDR", "127.0.0.1:1")
+        .output()
+        .expect("run");
+    assert!(!down.status.success());
+    assert!(
+        String::from_utf8_lossy(&down.stderr).contains("127.0.0.1:1"),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+
     // A function called with the wrong arguments.
     std::fs::write(&bad, "{{ keyOrDefault \"a\" }}\n").expect("write");
     let run = concord_template(
