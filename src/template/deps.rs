@@ -69,7 +69,7 @@ fn at_dc(text: &str) -> (String, Option<String>, Option<String>) {
 
 impl Dependency {
     /// `service "<tag>.<name>@<dc>~<near>|<filter>"` (and `connect`).
-    pub fn service(spec: &str, connect: bool) -> Result<Dependency, String> {
+    pub(super) fn service(spec: &str, connect: bool) -> Result<Dependency, String> {
         let (spec, filter) = match spec.split_once('|') {
             Some((spec, filter)) => (spec, Some(filter)),
             None => (spec, None),
@@ -234,7 +234,7 @@ impl Dependency {
     }
 
     /// The answer as template data. A 404 of a key or prefix is "no data" (`Null`).
-    pub fn decode(&self, status: u16, body: &[u8]) -> Result<Value, String> {
+    pub(super) fn decode(&self, status: u16, body: &[u8]) -> Result<Value, String> {
         if status == 404 && matches!(self, Dependency::Key { .. } | Dependency::Prefix { .. }) {
             return Ok(Value::Null);
         }
