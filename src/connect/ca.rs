@@ -479,11 +479,7 @@ impl Signer {
         ttl: Duration,
         now: SystemTime,
     ) -> Result<SignedLeaf, CaError> {
-        let serial = serial_bytes(serial)?;
-        if ttl.is_zero() {
-            return Err(CaError::new("leaf certificate TTL must be positive"));
-        }
-
+        let serial = leaf_serial(serial, ttl)?;
         let der = pem_block(csr_pem, "CERTIFICATE REQUEST")?;
         let csr = verified_csr(&der)?;
 
@@ -526,10 +522,7 @@ impl Signer {
         ttl: Duration,
         now: SystemTime,
     ) -> Result<SignedLeaf, CaError> {
-        let serial = serial_bytes(serial)?;
-        if ttl.is_zero() {
-            return Err(CaError::new("leaf certificate TTL must be positive"));
-        }
+        let serial = leaf_serial(serial, ttl)?;
         let der = pem_block(csr_pem, "CERTIFICATE REQUEST")?;
         let csr = verified_csr(&der)?;
         let mut sans = vec![uri_san(agent.uri)?];
@@ -873,6 +866,14 @@ fn cert_uris(cert: &x509_parser::certificate::X509Certificate<'_>) -> Result<Vec
                 .collect()
         })
         .unwrap_or_default())
+}
+
+/// A leaf's serial bytes, once its lifetime is known to be positive.
+fn leaf_serial(serial: u64, ttl: Duration) -> Result<Vec<u8>, CaError> {
+    if ttl.is_zero() {
+        return Err(CaError::new("leaf certificate TTL must be positive"));
+    }
+    serial_bytes(serial)
 }
 
 fn uri_san(uri: &str) -> Result<SanType, CaError> {

@@ -140,39 +140,27 @@ impl State<'_> {
                     self.out.push_str(&print(&value));
                 }
             }
-            Node::If(Branch {
-                pipe,
-                list,
-                otherwise,
-            }) => {
-                let mark = self.vars.len();
-                let value = self.pipe(dot, pipe)?;
-                let flow = match truth(&value) {
-                    true => self.scoped(dot, list),
-                    false => self.scoped(dot, otherwise),
-                };
-                self.vars.truncate(mark);
-                return flow;
-            }
-            Node::With(Branch {
-                pipe,
-                list,
-                otherwise,
-            }) => {
-                let mark = self.vars.len();
-                let value = self.pipe(dot, pipe)?;
-                let flow = match truth(&value) {
-                    true => self.scoped(&value, list),
-                    false => self.scoped(dot, otherwise),
-                };
-                self.vars.truncate(mark);
-                return flow;
-            }
+            Node::If(branch) => return self.choose(dot, branch, false),
+            Node::With(branch) => return self.choose(dot, branch, true),
             Node::Range(branch) => return self.range(dot, branch),
             Node::Break(_) => return Ok(Flow::Break),
             Node::Continue(_) => return Ok(Flow::Continue),
         }
         Ok(Flow::Normal)
+    }
+
+    /// `if` and `with`: the body when the pipeline's value is true (with it as the dot for
+    /// `with`), else the `else` part; variables the pipeline declared end with the block.
+    fn choose(&mut self, dot: &Value, branch: &Branch, with: bool) -> Result<Flow, TemplateError> {
+        let mark = self.vars.len();
+        let value = self.pipe(dot, &branch.pipe)?;
+        let flow = match (truth(&value), with) {
+            (true, true) => self.scoped(&value, &branch.list),
+            (true, false) => self.scoped(dot, &branch.list),
+            (false, _) => self.scoped(dot, &branch.otherwise),
+        };
+        self.vars.truncate(mark);
+        flow
     }
 
     fn range(&mut self, dot: &Value, branch: &Branch) -> Result<Flow, TemplateError> {
