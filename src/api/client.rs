@@ -23,6 +23,7 @@ pub struct Client {
     base: String,
     token: Option<String>,
     inner: hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>,
+    connector: HttpConnector,
 }
 
 /// The HTTPS flags every HTTP command takes; each falls back to its environment variable.
@@ -181,7 +182,26 @@ impl Client {
             // one idle connection (and its buffers) for each.
             inner: hyper_util::client::legacy::Client::builder(TokioExecutor::new())
                 .pool_max_idle_per_host(16)
-                .build(connector),
+                .build(connector.clone()),
+            connector,
+        })
+    }
+
+    /// The same agent over one HTTP/2 connection of its own (prior knowledge, plain HTTP
+    /// only): many concurrent requests, such as blocking queries, then share it. `None` for
+    /// HTTPS (its listener offers HTTP/1.1). The agent must speak h2c; a Consul agent does
+    /// not, so callers check with a request first.
+    pub fn http2(&self) -> Option<Client> {
+        if !self.base.starts_with("http://") {
+            return None;
+        }
+        Some(Client {
+            base: self.base.clone(),
+            token: self.token.clone(),
+            inner: hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build(self.connector.clone()),
+            connector: self.connector.clone(),
         })
     }
 

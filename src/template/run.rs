@@ -125,6 +125,66 @@ pub struct RunError(String);
 const WATCH_WAIT: &str = "60s";
 /// Attempts to reach the agent before `-once` gives up.
 const ONCE_ATTEMPTS: u32 = 5;
+/// Blocking queries sharing one HTTP/2 connection: below the streams an agent's connection
+/// takes at once (hyper's server default, 200).
+const WATCHES_PER_CONNECTION: usize = 150;
+
+/// The connections watches run on: HTTP/2 ones shared by up to `WATCHES_PER_CONNECTION`
+/// watches each when the agent speaks h2c (concord's does; a Consul agent does not), else
+/// the HTTP/1.1 client, one connection per watch.
+struct Connections {
+    http2: Option<Client>,
+    shards: Vec<(Client, usize)>,
+    fallback: Client,
+}
+
+impl Connections {
+    async fn new(client: &Client) -> Connections {
+        let http2 = match client.http2() {
+            Some(http2) => match http2.get("/v1/agent/self").await {
+                Ok(_) => Some(http2),
+                Err(error) => {
+                    tracing::debug!(%error, "no HTTP/2 to the agent; one connection per watch");
+                    None
+                }
+            },
+            None => None,
+        };
+        Connections {
+            http2,
+            shards: Vec::new(),
+            fallback: client.clone(),
+        }
+    }
+
+    /// A client for one more watch, and its shard (to give back).
+    fn take(&mut self) -> (Client, Option<usize>) {
+        let Some(http2) = &self.http2 else {
+            return (self.fallback.clone(), None);
+        };
+        let shard = match self
+            .shards
+            .iter()
+            .position(|(_, count)| *count < WATCHES_PER_CONNECTION)
+        {
+            Some(shard) => shard,
+            None => {
+                // A client of its own is a connection of its own.
+                let fresh = http2.http2().unwrap_or_else(|| http2.clone());
+                self.shards.push((fresh, 0));
+                self.shards.len() - 1
+            }
+        };
+        self.shards[shard].1 += 1;
+        (self.shards[shard].0.clone(), Some(shard))
+    }
+
+    fn give_back(&mut self, shard: Option<usize>) {
+        if let Some((_, count)) = shard.and_then(|shard| self.shards.get_mut(shard)) {
+            *count = count.saturating_sub(1);
+        }
+    }
+}
 
 struct Loaded {
     spec: Spec,
@@ -170,7 +230,8 @@ pub async fn run(
     // The index each dependency's data is at, so its watch starts there.
     let mut indexes: HashMap<Dependency, u64> = HashMap::new();
     let (updates, mut changed) = mpsc::channel::<Update>(256);
-    let mut watched: HashMap<Dependency, CancellationToken> = HashMap::new();
+    let mut watched: HashMap<Dependency, (CancellationToken, Option<usize>)> = HashMap::new();
+    let mut connections: Option<Connections> = None;
     let shutdown = tasks.shutdown().clone();
     let mut dirty: BTreeSet<usize> = (0..loaded.len()).collect();
     let mut supervised: Option<Supervised> = None;
@@ -251,10 +312,17 @@ pub async fn run(
         }
         // Watch exactly what the templates use now.
         let in_use: BTreeSet<Dependency> = loaded.iter().flat_map(|e| e.used.clone()).collect();
-        watched.retain(|dependency, stop| {
+        if connections.is_none() {
+            connections = Some(Connections::new(&client).await);
+        }
+        let Some(connections) = connections.as_mut() else {
+            return Ok(None);
+        };
+        watched.retain(|dependency, (stop, shard)| {
             let keep = in_use.contains(dependency);
             if !keep {
                 stop.cancel();
+                connections.give_back(*shard);
             }
             keep
         });
@@ -263,12 +331,13 @@ pub async fn run(
                 continue;
             }
             let stop = shutdown.child_token();
-            watched.insert(dependency.clone(), stop.clone());
+            let (watch_client, shard) = connections.take();
+            watched.insert(dependency.clone(), (stop.clone(), shard));
             let index = indexes.get(&dependency).copied().unwrap_or(0);
             tasks.spawn(
                 "template.watch",
                 watch(
-                    client.clone(),
+                    watch_client,
                     dependency,
                     agent_node.clone(),
                     index,
