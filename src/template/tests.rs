@@ -184,3 +184,72 @@ fn custom_delimiters() {
         "1 {{ .A }}"
     );
 }
+
+#[test]
+fn service_specs_parse_as_consul_template_reads_them() {
+    use super::deps::{Dependency, Health};
+    let parsed =
+        Dependency::service("release.web@east~_agent|passing,warning", false).expect("parses");
+    assert_eq!(
+        parsed,
+        Dependency::Service {
+            name: "web".into(),
+            tag: Some("release".into()),
+            dc: Some("east".into()),
+            near: Some("_agent".into()),
+            health: Health::States(vec!["passing".into(), "warning".into()]),
+            connect: false,
+        }
+    );
+    assert_eq!(
+        parsed.path(None).as_deref(),
+        Some("/v1/health/service/web?dc=east&tag=release&near=_agent")
+    );
+    let healthy = Dependency::service("web", true).expect("parses");
+    assert_eq!(
+        healthy.path(None).as_deref(),
+        Some("/v1/health/connect/web?passing")
+    );
+    assert!(Dependency::service("web|sleepy", false).is_err());
+    assert!(Dependency::service("tag.@dc1", false).is_err());
+}
+
+#[test]
+fn helpers_take_the_piped_value_last() {
+    use std::collections::HashMap;
+    let data = HashMap::new();
+    let mut functions = super::funcs::Render::new(&data);
+    let render = |src: &str, functions: &mut super::funcs::Render<'_>| {
+        Template::parse("t", src, None)
+            .expect("parses")
+            .render(&json!({"Tags": ["a", "production"]}), functions)
+            .expect("renders")
+    };
+    assert_eq!(
+        render(
+            "{{ 5 | subtract 2 }} {{ 2 | add 3 }} {{ 7 | divide 2 }}",
+            &mut functions
+        ),
+        "3 5 3"
+    );
+    assert_eq!(
+        render(
+            "{{ if .Tags | contains \"production\" }}prod{{ end }} {{ in .Tags \"b\" }}",
+            &mut functions
+        ),
+        "prod false"
+    );
+    assert_eq!(
+        render("{{ \"a,b\" | split \",\" | join \"-\" }}", &mut functions),
+        "a-b"
+    );
+    assert_eq!(
+        render(
+            "{{ \"foo.bar\" | regexMatch \"foo([.a-z]+)\" }}",
+            &mut functions
+        ),
+        "true"
+    );
+    // No API data was asked for, so the render is complete.
+    assert!(functions.incomplete.is_none());
+}
