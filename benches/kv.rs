@@ -233,16 +233,15 @@ async fn bench_sequential(table: &mut Table) -> Result<()> {
     Ok(())
 }
 
-async fn bench_get(table: &mut Table) -> Result<()> {
-    let mut agent = BenchAgent::spawn(None, &[]).await?;
-    agent.wait_writable().await?;
+/// The `get` load's data: `GET_KEYS` keys with 1 KiB values; their read paths.
+async fn preload_get_keys(addr: SocketAddr) -> Result<Arc<Vec<String>>> {
     let value = value_bytes(VALUE_BYTES);
     let keys: Vec<String> = (0..GET_KEYS as u64)
         .map(|n| padded_key("get/", n))
         .collect();
     let preload_started = Instant::now();
     preload(
-        agent.http,
+        addr,
         keys.iter()
             .map(|key| (key.clone(), value.clone()))
             .collect(),
@@ -252,8 +251,15 @@ async fn bench_get(table: &mut Table) -> Result<()> {
         "preloaded {GET_KEYS} keys in {:.2} s",
         preload_started.elapsed().as_secs_f64()
     );
-    let paths: Arc<Vec<String>> =
-        Arc::new(keys.iter().map(|key| format!("/v1/kv/{key}")).collect());
+    Ok(Arc::new(
+        keys.iter().map(|key| format!("/v1/kv/{key}")).collect(),
+    ))
+}
+
+async fn bench_get(table: &mut Table) -> Result<()> {
+    let mut agent = BenchAgent::spawn(None, &[]).await?;
+    agent.wait_writable().await?;
+    let paths = preload_get_keys(agent.http).await?;
     let load = run_load(
         &agent,
         LOAD_CONNECTIONS,
@@ -331,19 +337,7 @@ async fn bench_tls(table: &mut Table) -> Result<()> {
         ca_file: Some(path("ca.pem").into()),
         ..Default::default()
     })?;
-    let value = value_bytes(VALUE_BYTES);
-    let keys: Vec<String> = (0..GET_KEYS as u64)
-        .map(|n| padded_key("get/", n))
-        .collect();
-    preload(
-        agent.http,
-        keys.iter()
-            .map(|key| (key.clone(), value.clone()))
-            .collect(),
-    )
-    .await?;
-    let paths: Arc<Vec<String>> =
-        Arc::new(keys.iter().map(|key| format!("/v1/kv/{key}")).collect());
+    let paths = preload_get_keys(agent.http).await?;
     let mut plain_rates = Vec::new();
     let mut tls_rates = Vec::new();
     for round in 0..TLS_ROUNDS * 2 {

@@ -158,21 +158,10 @@ async fn auto_encrypt_client(
     let lan = &config.membership.lan;
     let mut servers = Vec::new();
     for address in lan.start_join.iter().chain(&lan.retry_join) {
-        // `host`, `host:port` (the gossip port, replaced by the server port) or `[v6]:port`.
-        let host = match (
-            address.parse::<SocketAddr>(),
-            address.parse::<std::net::IpAddr>(),
-        ) {
-            (Ok(socket), _) => socket.ip().to_string(),
-            (_, Ok(ip)) => ip.to_string(),
-            _ => address
-                .rsplit_once(':')
-                .map_or(address.as_str(), |(host, _)| host)
-                .to_string(),
-        };
-        let found = tokio::net::lookup_host((host.as_str(), port)).await;
-        match found {
-            Ok(found) => servers.extend(found),
+        // Resolved as joins are, one at a time (an unresolvable one skips only itself), then
+        // asked on the server port.
+        match crate::gossip::lan::resolve(std::slice::from_ref(address), port).await {
+            Ok(found) => servers.extend(found.into_iter().map(|at| SocketAddr::new(at.ip(), port))),
             Err(error) => tracing::warn!(%address, %error, "auto_encrypt: cannot resolve"),
         }
     }

@@ -132,14 +132,14 @@ const WATCHES_PER_CONNECTION: usize = 150;
 /// The connections watches run on: HTTP/2 ones shared by up to `WATCHES_PER_CONNECTION`
 /// watches each when the agent speaks h2c (concord's does; a Consul agent does not), else
 /// the HTTP/1.1 client, one connection per watch.
-struct Connections {
+struct WatchClients {
     http2: Option<Client>,
     shards: Vec<(Client, usize)>,
     fallback: Client,
 }
 
-impl Connections {
-    async fn new(client: &Client) -> Connections {
+impl WatchClients {
+    async fn new(client: &Client) -> WatchClients {
         let http2 = match client.http2() {
             Some(http2) => match http2.get("/v1/agent/self").await {
                 Ok(_) => Some(http2),
@@ -150,7 +150,7 @@ impl Connections {
             },
             None => None,
         };
-        Connections {
+        WatchClients {
             http2,
             shards: Vec::new(),
             fallback: client.clone(),
@@ -231,7 +231,7 @@ pub async fn run(
     let mut indexes: HashMap<Dependency, u64> = HashMap::new();
     let (updates, mut changed) = mpsc::channel::<Update>(256);
     let mut watched: HashMap<Dependency, (CancellationToken, Option<usize>)> = HashMap::new();
-    let mut connections: Option<Connections> = None;
+    let mut watch_clients: Option<WatchClients> = None;
     let shutdown = tasks.shutdown().clone();
     let mut dirty: BTreeSet<usize> = (0..loaded.len()).collect();
     let mut supervised: Option<Supervised> = None;
@@ -312,17 +312,17 @@ pub async fn run(
         }
         // Watch exactly what the templates use now.
         let in_use: BTreeSet<Dependency> = loaded.iter().flat_map(|e| e.used.clone()).collect();
-        if connections.is_none() {
-            connections = Some(Connections::new(&client).await);
+        if watch_clients.is_none() {
+            watch_clients = Some(WatchClients::new(&client).await);
         }
-        let Some(connections) = connections.as_mut() else {
+        let Some(watch_clients) = watch_clients.as_mut() else {
             return Ok(None);
         };
         watched.retain(|dependency, (stop, shard)| {
             let keep = in_use.contains(dependency);
             if !keep {
                 stop.cancel();
-                connections.give_back(*shard);
+                watch_clients.give_back(*shard);
             }
             keep
         });
@@ -331,7 +331,7 @@ pub async fn run(
                 continue;
             }
             let stop = shutdown.child_token();
-            let (watch_client, shard) = connections.take();
+            let (watch_client, shard) = watch_clients.take();
             watched.insert(dependency.clone(), (stop.clone(), shard));
             let index = indexes.get(&dependency).copied().unwrap_or(0);
             tasks.spawn(

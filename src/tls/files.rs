@@ -136,21 +136,7 @@ fn roots_with(
     config: &ProtocolConfig,
     extra: &[String],
 ) -> Result<Option<Arc<RootCertStore>>, TlsError> {
-    let mut files: Vec<(String, PathBuf)> = Vec::new();
-    if let Some(file) = &config.ca_file {
-        files.push((format!("{stanza}.ca_file"), file.clone()));
-    }
-    if let Some(dir) = &config.ca_path {
-        let key = format!("{stanza}.ca_path");
-        let entries = std::fs::read_dir(dir)
-            .map_err(|error| TlsError::new(format!("{key} {}: {error}", dir.display())))?;
-        let mut paths: Vec<PathBuf> = entries
-            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-            .filter(|path| path.is_file())
-            .collect();
-        paths.sort();
-        files.extend(paths.into_iter().map(|path| (key.clone(), path)));
-    }
+    let files = ca_files(stanza, config)?;
     if files.is_empty() && extra.is_empty() {
         return Ok(None);
     }
@@ -178,6 +164,37 @@ fn roots_with(
         }
     }
     Ok(Some(Arc::new(store)))
+}
+
+/// `ca_file` and every file in `ca_path`, with the key that names them in errors.
+fn ca_files(stanza: &str, config: &ProtocolConfig) -> Result<Vec<(String, PathBuf)>, TlsError> {
+    let mut files: Vec<(String, PathBuf)> = Vec::new();
+    if let Some(file) = &config.ca_file {
+        files.push((format!("{stanza}.ca_file"), file.clone()));
+    }
+    if let Some(dir) = &config.ca_path {
+        let key = format!("{stanza}.ca_path");
+        let entries = std::fs::read_dir(dir)
+            .map_err(|error| TlsError::new(format!("{key} {}: {error}", dir.display())))?;
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .filter(|path| path.is_file())
+            .collect();
+        paths.sort();
+        files.extend(paths.into_iter().map(|path| (key.clone(), path)));
+    }
+    Ok(files)
+}
+
+/// The CA certificates' text (PEM) of `ca_file` and `ca_path`, for handing on.
+pub(super) fn ca_pems(stanza: &str, config: &ProtocolConfig) -> Result<Vec<String>, TlsError> {
+    ca_files(stanza, config)?
+        .into_iter()
+        .map(|(key, path)| {
+            std::fs::read_to_string(&path)
+                .map_err(|error| TlsError::new(format!("{key} {}: {error}", path.display())))
+        })
+        .collect()
 }
 
 /// The certificate chain and key, checked: the leaf within its validity window and the key

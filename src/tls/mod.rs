@@ -136,6 +136,8 @@ struct Material {
     grpc: Option<Arc<ServerConfig>>,
     rpc_server: Option<Arc<ServerConfig>>,
     rpc_client: Option<Arc<ClientConfig>>,
+    /// The server port's CA certificates (PEM), read with the rest, for auto_encrypt.
+    rpc_ca_pems: Vec<String>,
 }
 
 /// What the server port accepts.
@@ -240,25 +242,19 @@ impl Tls {
                 config.grpc.use_auto_cert,
                 auto_cert.as_ref(),
             ) {
-                (false, _, _) => None,
                 // Until auto_encrypt has the certificate, the port closes connections.
-                (true, true, None) => None,
-                (true, true, Some(auto)) => Some(files::server_config(
-                    "tls.grpc",
-                    &config.grpc,
-                    &[b"h2".to_vec()],
-                    files::ClientAuth::from_verify(config.grpc.verify_incoming),
-                    &auto.ca_pems,
-                    Some(auto),
-                )?),
-                (true, false, _) => Some(files::server_config(
-                    "tls.grpc",
-                    &config.grpc,
-                    &[b"h2".to_vec()],
-                    files::ClientAuth::from_verify(config.grpc.verify_incoming),
-                    &[],
-                    None,
-                )?),
+                (false, _, _) | (true, true, None) => None,
+                (true, use_auto_cert, auto) => {
+                    let auto = auto.filter(|_| use_auto_cert);
+                    Some(files::server_config(
+                        "tls.grpc",
+                        &config.grpc,
+                        &[b"h2".to_vec()],
+                        files::ClientAuth::from_verify(config.grpc.verify_incoming),
+                        auto.map_or(&[][..], |auto| &auto.ca_pems),
+                        auto,
+                    )?)
+                }
             },
             rpc_server: match config.internal_rpc.has_certificate() {
                 // Without verify_incoming a client certificate is still asked for, so that
@@ -281,14 +277,19 @@ impl Tls {
                 )?),
                 false => None,
             },
-            rpc_client: match (config.internal_rpc.verify_outgoing, config.auto_encrypt.tls) {
-                (_, true) => Some(files::rpc_client_config(
+            // A client agent under auto_encrypt uses what it was handed, and until then
+            // asks for it without checking servers it has no CA for.
+            rpc_client: match config.internal_rpc.verify_outgoing || config.auto_encrypt.tls {
+                true => Some(files::rpc_client_config(
                     &config.internal_rpc,
-                    auto_cert.as_ref(),
-                    auto_cert.is_none(),
+                    auto_cert.as_ref().filter(|_| config.auto_encrypt.tls),
+                    config.auto_encrypt.tls && auto_cert.is_none(),
                 )?),
-                (true, false) => Some(files::rpc_client_config(&config.internal_rpc, None, false)?),
-                (false, false) => None,
+                false => None,
+            },
+            rpc_ca_pems: match config.auto_encrypt.allow_tls {
+                true => files::ca_pems("tls.internal_rpc", &config.internal_rpc)?,
+                false => Vec::new(),
             },
         };
         *self
@@ -317,12 +318,7 @@ impl Tls {
     pub fn rpc_incoming(&self) -> RpcIncoming {
         RpcIncoming {
             tls: self.material().rpc_server.clone(),
-            plaintext: !self
-                .config
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .internal_rpc
-                .verify_incoming,
+            plaintext: !self.rpc_requires_client_cert(),
         }
     }
 
@@ -331,11 +327,13 @@ impl Tls {
         self.material().rpc_client.clone()
     }
 
+    /// Reads the settings without copying them (the server port asks on every request).
+    fn read<T>(&self, f: impl FnOnce(&TlsConfig) -> T) -> T {
+        f(&self.config.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
     fn current(&self) -> TlsConfig {
-        self.config
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.read(TlsConfig::clone)
     }
 
     /// A server with auto_encrypt: the Connect CA's roots changed; its client agents'
@@ -365,47 +363,31 @@ impl Tls {
         reloaded
     }
 
-    /// Whether a client agent asks the servers for its certificate.
-    pub fn auto_encrypt_client(&self) -> bool {
-        self.current().auto_encrypt.tls
-    }
-
     /// Whether this server signs client agents' certificates.
     pub fn auto_encrypt_server(&self) -> bool {
-        self.current().auto_encrypt.allow_tls
+        self.read(|config| config.auto_encrypt.allow_tls)
     }
 
     /// The extra names and addresses a client agent asks to have in its certificate.
     pub fn auto_encrypt_sans(&self) -> (Vec<String>, Vec<String>) {
-        let auto = self.current().auto_encrypt;
-        (auto.dns_san, auto.ip_san)
+        self.read(|config| {
+            (
+                config.auto_encrypt.dns_san.clone(),
+                config.auto_encrypt.ip_san.clone(),
+            )
+        })
     }
 
     /// Whether the server port requires a client certificate for everything but
     /// auto_encrypt's request (`verify_incoming`).
     pub fn rpc_requires_client_cert(&self) -> bool {
-        self.current().internal_rpc.verify_incoming
+        self.read(|config| config.internal_rpc.verify_incoming)
     }
 
     /// The configured CA certificates of the server port (PEM), which a server hands client
     /// agents under auto_encrypt so they can check it.
     pub fn rpc_ca_pems(&self) -> Vec<String> {
-        let config = self.current().internal_rpc;
-        let mut paths: Vec<PathBuf> = config.ca_file.into_iter().collect();
-        if let Some(dir) = config.ca_path {
-            if let Ok(entries) = std::fs::read_dir(dir) {
-                let mut more: Vec<PathBuf> = entries
-                    .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-                    .filter(|path| path.is_file())
-                    .collect();
-                more.sort();
-                paths.extend(more);
-            }
-        }
-        paths
-            .iter()
-            .filter_map(|path| std::fs::read_to_string(path).ok())
-            .collect()
+        self.material().rpc_ca_pems.clone()
     }
 
     /// `server.<dc>.<domain>`.
@@ -415,10 +397,6 @@ impl Tls {
 
     /// Whether Raft traffic must come from a peer whose certificate names a server.
     pub fn verify_server_hostname(&self) -> bool {
-        self.config
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .internal_rpc
-            .verify_server_hostname
+        self.read(|config| config.internal_rpc.verify_server_hostname)
     }
 }
