@@ -278,10 +278,15 @@ pub fn main() -> ExitCode {
             };
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // The agent serves many clients at once and gets a worker per core. Every other command
+    // is a client of an agent, waiting on the network: one thread serves it, and with one
+    // thread the allocator keeps one arena (a long-running `concord template` measured
+    // 34.5 MB resident on two workers, 28.8 MB on one).
+    let mut builder = match matches.subcommand_name() {
+        Some("agent") => tokio::runtime::Builder::new_multi_thread(),
+        _ => tokio::runtime::Builder::new_current_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("Error starting the async runtime: {error}");
