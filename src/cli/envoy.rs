@@ -318,6 +318,12 @@ pub async fn run(matches: &ArgMatches) -> CommandResult {
         .any(|arg| hot_restart_flags.contains(&arg.as_str()))
     {
         args.push("--disable-hot-restart".into());
+        // A filter chain that changes is drained, and its connections closed, after the drain
+        // time (600 s by default): for a TCP destination that is how a new deny intention ends
+        // the connections it forbids (xds::resources::public_listener), within the second
+        // rather than ten minutes. concord changes a listener only when what it does changes
+        // (certificates come by SDS, HTTP RBAC by ECDS, HTTP routes by RDS).
+        args.extend(["--drain-time-s".into(), "0".into()]);
     }
     args.extend(extra);
     use std::os::unix::process::CommandExt;

@@ -52,6 +52,10 @@ pub struct Snapshot {
     /// by every snapshot made from the same tables.
     pub roots_pem: Arc<Vec<String>>,
     pub intentions: Intentions,
+    /// For a TCP destination, every service in the mesh: each gets a filter chain of its own
+    /// on the public listener, so an intention change drains only the connections of the
+    /// sources it affects. Empty for HTTP-family destinations (their RBAC is per request).
+    pub mesh_sources: Arc<Vec<String>>,
     pub upstreams: Vec<UpstreamSnapshot>,
 }
 
@@ -158,6 +162,7 @@ pub struct Shared {
     chains: HashMap<(String, chain::Overrides), Result<Arc<Chain>, chain::ChainError>>,
     endpoints: HashMap<String, Arc<Vec<Endpoint>>>,
     roots_pem: Option<Arc<Vec<String>>>,
+    mesh_sources: Option<Arc<Vec<String>>>,
 }
 
 impl Shared {
@@ -300,6 +305,16 @@ pub fn compute(
             })
             .clone()
     };
+    let mesh_sources = if matches!(public.protocol.as_str(), "http" | "http2" | "grpc") {
+        Arc::default()
+    } else {
+        let mut shared = shared.lock().unwrap_or_else(PoisonError::into_inner);
+        shared.for_tables(tables);
+        shared
+            .mesh_sources
+            .get_or_insert_with(|| Arc::new(tables.mesh_services().map(str::to_string).collect()))
+            .clone()
+    };
     Ok(Snapshot {
         proxy_id: proxy_id.to_string(),
         service: destination.clone(),
@@ -312,6 +327,7 @@ pub fn compute(
         },
         roots_pem,
         intentions: intentions(tables, &destination, context.default_policy),
+        mesh_sources,
         upstreams,
     })
 }

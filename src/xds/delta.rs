@@ -27,7 +27,9 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
 };
 
-use super::resources::{Resources, CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, ROUTE, TYPES};
+use super::resources::{
+    Resources, CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, ROUTE, SECRET, TYPES,
+};
 
 /// What an Envoy rejected, for logs, metrics and the proxy's status.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -290,7 +292,9 @@ impl DeltaStream {
     /// One send pass: the responses to send now, in order.
     pub fn responses(&mut self, resources: &Resources) -> Vec<DeltaDiscoveryResponse> {
         let mut out = Vec::new();
-        let steps: [(&'static str, bool, bool); 7] = [
+        // Secrets first: clusters and listeners warm until the secrets they name arrive.
+        let steps: [(&'static str, bool, bool); 8] = [
+            (SECRET, true, true),
             (CLUSTER, true, false),
             (ENDPOINT, true, false),
             (LISTENER, true, true),

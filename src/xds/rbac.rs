@@ -21,7 +21,7 @@ use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 
 use super::matchers::{header_matcher, regex_matcher, string_exact, string_prefix, HeaderRule};
-use crate::proxycfg::{Intentions, Permission as Rule, RuleAction};
+use crate::proxycfg::{IntentionRule, Intentions, Permission as Rule, RuleAction};
 
 pub const NETWORK_RBAC_TYPE: &str =
     "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC";
@@ -130,6 +130,37 @@ fn l7_permission(rule: &Rule) -> Permission {
 
 /// The RBAC rules for the destination's intentions. `http` says whether L7 permissions can be
 /// evaluated; on a TCP listener an L7 intention denies, as in Consul.
+/// Whether `source`'s connections are allowed at L4: the first intention naming it or `*`
+/// decides (an L7 one denies, as in `rules` for TCP), else the default.
+pub fn allows(intentions: &Intentions, source: &str) -> bool {
+    match intentions
+        .rules
+        .iter()
+        .find(|rule| rule.source == source || rule.source == "*")
+    {
+        Some(rule) => rule.action == RuleAction::Allow,
+        None => intentions.default_allow,
+    }
+}
+
+/// The L4 RBAC for connections from `source` alone: its SPIFFE ID when `allows` says so,
+/// nobody otherwise. It changes only when `source`'s own outcome does.
+pub fn source_rules(intentions: &Intentions, trust_domain: &str, source: &str) -> Rbac {
+    let rules = match allows(intentions, source) {
+        true => vec![IntentionRule {
+            source: source.to_string(),
+            precedence: 0,
+            action: RuleAction::Allow,
+        }],
+        false => Vec::new(),
+    };
+    let only = Intentions {
+        default_allow: false,
+        rules,
+    };
+    self::rules(&only, trust_domain, false)
+}
+
 pub fn rules(intentions: &Intentions, trust_domain: &str, http: bool) -> Rbac {
     let default_allow = intentions.default_allow;
     let mut l4_principals = Vec::new();

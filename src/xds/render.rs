@@ -19,17 +19,18 @@ use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    DownstreamTlsContext, UpstreamTlsContext,
+    DownstreamTlsContext, Secret, UpstreamTlsContext,
 };
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 
-use super::resources::{Resources, CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, ROUTE};
+use super::resources::{Resources, CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, ROUTE, SECRET};
 
 /// Values joined onto their parent's line only while the result stays this short.
 const ONE_LINE_LIMIT: usize = 100;
@@ -43,7 +44,7 @@ static ZERO_ENUMS: LazyLock<Vec<String>> = LazyLock::new(|| {
     use envoy_types::pb::envoy::config::core::v3::{
         socket_address, RoutingPriority, TrafficDirection,
     };
-    use envoy_types::pb::envoy::config::listener::v3::listener;
+    use envoy_types::pb::envoy::config::listener::v3::{filter_chain_match, listener};
     use envoy_types::pb::envoy::config::route::v3::route_action;
     use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager as hcm;
     use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::rbac as network_rbac;
@@ -66,6 +67,7 @@ static ZERO_ENUMS: LazyLock<Vec<String>> = LazyLock::new(|| {
         zero::<cluster::ClusterProtocolSelection>("protocol_selection"),
         zero::<socket_address::Protocol>("protocol"),
         zero::<listener::DrainType>("drain_type"),
+        zero::<filter_chain_match::ConnectionSourceType>("source_type"),
         zero::<TrafficDirection>("traffic_direction"),
         zero::<RoutingPriority>("priority"),
         zero::<route_action::ClusterNotFoundResponseCode>("cluster_not_found_response_code"),
@@ -88,6 +90,7 @@ static ZERO_ENUMS: LazyLock<Vec<String>> = LazyLock::new(|| {
 pub fn resources(resources: &Resources, placeholders: &Placeholders) -> String {
     let mut out = String::new();
     for (type_url, heading) in [
+        (SECRET, "secrets"),
         (CLUSTER, "clusters"),
         (ENDPOINT, "endpoints"),
         (LISTENER, "listeners"),
@@ -218,6 +221,8 @@ fn decode(any: &Any) -> (String, String) {
         DownstreamTlsContext,
         UpstreamTlsContext,
         HttpProtocolOptions,
+        Secret,
+        TlsInspector,
     );
     panic!(
         "no decoder for {}: add it to xds/render.rs so its payload shows in golden files",

@@ -2,9 +2,12 @@
 //! names them: `public_listener:<ip>:<port>` (mTLS requiring a mesh client certificate, RBAC
 //! first, then tcp_proxy or an HTTP connection manager to `local_app`), one listener per
 //! upstream `<id>:<ip>:<port>`, an EDS cluster per discovery-chain target named by its SNI
-//! (with upstream mTLS checking the target's SPIFFE ID), its endpoints, and for HTTP chains
-//! that are not the default a route configuration named after the upstream (splits become
-//! weighted clusters, router routes ordered matches). Certificates are inline.
+//! (with upstream mTLS checking the target's SPIFFE ID), its endpoints, and for HTTP chains a
+//! route configuration named after the upstream (splits become weighted clusters, router
+//! routes ordered matches). A TCP public listener has a filter chain per mesh source (see
+//! `public_listener`). Certificates are by reference (SDS over
+//! the same stream): the leaf and the trusted roots are two secrets, so a renewed leaf or a
+//! rotated root changes no listener or cluster and drains no connection.
 //!
 //! Versions are content hashes of each resource's encoding. Every map field this module fills
 //! has at most one entry except RBAC policies, which `rbac` encodes in order, so the encoding
@@ -21,20 +24,24 @@ use envoy_types::pb::envoy::config::core::v3::{
 use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
 };
-use envoy_types::pb::envoy::config::listener::v3::{filter, Filter, FilterChain, Listener};
+use envoy_types::pb::envoy::config::listener::v3::{
+    filter, listener_filter, Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter,
+};
 use envoy_types::pb::envoy::config::route::v3::{
     header_matcher, query_parameter_matcher, route, route_action, route_match, weighted_cluster,
     HeaderMatcher, QueryParameterMatcher, RetryPolicy, Route, RouteAction, RouteConfiguration,
     RouteMatch, VirtualHost, WeightedCluster,
 };
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager, http_filter, HttpConnectionManager, HttpFilter, Rds,
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    common_tls_context, subject_alt_name_matcher, CertificateValidationContext, CommonTlsContext,
-    DownstreamTlsContext, SubjectAltNameMatcher, TlsCertificate, TlsParameters, UpstreamTlsContext,
+    common_tls_context, secret, subject_alt_name_matcher, CertificateValidationContext,
+    CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, Secret, SubjectAltNameMatcher,
+    TlsCertificate, TlsParameters, UpstreamTlsContext,
 };
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     http_protocol_options, HttpProtocolOptions,
@@ -61,9 +68,15 @@ pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfigur
 /// intention change reaches the next request on a connection Envoy already holds.
 pub const EXTENSION_CONFIG: &str = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig";
 const HTTP_RBAC: &str = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC";
+/// Certificates by reference (SDS): the proxy's leaf and the roots it trusts.
+pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 
 /// The resource types, in the order a pass sends upserts.
-pub const TYPES: [&str; 5] = [CLUSTER, ENDPOINT, LISTENER, ROUTE, EXTENSION_CONFIG];
+pub const TYPES: [&str; 6] = [SECRET, CLUSTER, ENDPOINT, LISTENER, ROUTE, EXTENSION_CONFIG];
+
+/// The two secrets every TLS context refers to.
+const LEAF_SECRET: &str = "concord:leaf";
+const ROOTS_SECRET: &str = "concord:roots";
 
 const LOCAL_APP: &str = "local_app";
 const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
@@ -217,8 +230,9 @@ fn http2_upstream_options() -> std::collections::HashMap<String, Any> {
     [(HTTP_PROTOCOL_OPTIONS.to_string(), pack_any(options))].into()
 }
 
-/// The proxy's own certificate and the roots it trusts.
-fn common_tls(snapshot: &Snapshot, san: Option<String>, alpn: Vec<String>) -> CommonTlsContext {
+/// The proxy's own certificate and the roots it trusts, both by reference to the secrets
+/// `secrets` makes; `san` is the peer's SPIFFE ID to require (upstreams).
+fn common_tls(san: Option<String>, alpn: Vec<String>) -> CommonTlsContext {
     let match_typed_subject_alt_names = san
         .map(|uri| {
             vec![SubjectAltNameMatcher {
@@ -230,16 +244,16 @@ fn common_tls(snapshot: &Snapshot, san: Option<String>, alpn: Vec<String>) -> Co
         .unwrap_or_default();
     CommonTlsContext {
         tls_params: Some(TlsParameters::default()),
-        tls_certificates: vec![TlsCertificate {
-            certificate_chain: inline(&snapshot.leaf.cert_pem),
-            private_key: inline(&snapshot.leaf.private_key_pem),
-            ..Default::default()
-        }],
+        tls_certificate_sds_secret_configs: vec![sds(LEAF_SECRET)],
         validation_context_type: Some(
-            common_tls_context::ValidationContextType::ValidationContext(
-                CertificateValidationContext {
-                    trusted_ca: inline(&snapshot.roots_pem.join("\n")),
-                    match_typed_subject_alt_names,
+            common_tls_context::ValidationContextType::CombinedValidationContext(
+                common_tls_context::CombinedCertificateValidationContext {
+                    // Required by Envoy even when it checks nothing beyond the roots.
+                    default_validation_context: Some(CertificateValidationContext {
+                        match_typed_subject_alt_names,
+                        ..Default::default()
+                    }),
+                    validation_context_sds_secret_config: Some(sds(ROOTS_SECRET)),
                     ..Default::default()
                 },
             ),
@@ -247,6 +261,47 @@ fn common_tls(snapshot: &Snapshot, san: Option<String>, alpn: Vec<String>) -> Co
         alpn_protocols: alpn,
         ..Default::default()
     }
+}
+
+fn sds(name: &str) -> SdsSecretConfig {
+    SdsSecretConfig {
+        name: name.into(),
+        sds_config: ads(),
+    }
+}
+
+/// The leaf certificate and the trusted roots, as the secrets every TLS context names.
+fn secrets(snapshot: &Snapshot, resources: &mut Resources) {
+    let leaf = TlsCertificate {
+        certificate_chain: inline(&snapshot.leaf.cert_pem),
+        private_key: inline(&snapshot.leaf.private_key_pem),
+        ..Default::default()
+    };
+    let roots = CertificateValidationContext {
+        trusted_ca: inline(&snapshot.roots_pem.join("\n")),
+        ..Default::default()
+    };
+    for (name, secret) in [
+        (LEAF_SECRET, secret::Type::TlsCertificate(leaf)),
+        (ROOTS_SECRET, secret::Type::ValidationContext(roots)),
+    ] {
+        resources.add(
+            SECRET,
+            name.into(),
+            Secret {
+                name: name.into(),
+                r#type: Some(secret),
+            },
+        );
+    }
+}
+
+/// The ALPN protocol a source's sidecar offers on TCP connections into the mesh, naming the
+/// source service: the destination's public listener picks the source's own filter chain by
+/// it. Only a grouping: every chain's RBAC still checks the client certificate, so a client
+/// naming another service gains nothing (see `public_listener`).
+fn source_alpn(service: &str) -> String {
+    format!("concord-source:{service}")
 }
 
 fn transport_socket<T: Message + Name>(context: T) -> Option<TransportSocket> {
@@ -340,22 +395,29 @@ fn prefix_match(prefix: &str) -> RouteMatch {
 /// `previous` is the snapshot a stream last generated from, with what it generated. A
 /// resource whose inputs are equal in both snapshots is taken over as it is rather than built,
 /// encoded and hashed again: a change (one config entry, one instance's health) touches few
-/// of a proxy's resources, and the rest carry its certificates and keys inline, so rebuilding
-/// them is most of the cost of an update.
+/// of a proxy's resources, so rebuilding the rest would be most of the cost of an update.
 pub fn generate(snapshot: &Snapshot, previous: Option<(&Snapshot, &Resources)>) -> Resources {
     let mut resources = Resources::default();
     let previous = previous.map(|(snapshot_before, resources_before)| Previous {
         snapshot: snapshot_before,
         resources: resources_before,
-        same_identity: snapshot_before.leaf == snapshot.leaf
-            && snapshot_before.roots_pem == snapshot.roots_pem
-            && snapshot_before.trust_domain == snapshot.trust_domain
+        same_place: snapshot_before.trust_domain == snapshot.trust_domain
             && snapshot_before.datacenter == snapshot.datacenter,
     });
+    let secrets_unchanged = previous.as_ref().is_some_and(|previous| {
+        previous.snapshot.leaf == snapshot.leaf
+            && previous.snapshot.roots_pem == snapshot.roots_pem
+            && previous.take(&mut resources, SECRET, LEAF_SECRET)
+            && previous.take(&mut resources, SECRET, ROOTS_SECRET)
+    });
+    if !secrets_unchanged {
+        secrets(snapshot, &mut resources);
+    }
     let public_unchanged = previous.as_ref().is_some_and(|previous| {
-        previous.same_identity
+        previous.same_place
             && previous.snapshot.public == snapshot.public
             && previous.snapshot.intentions == snapshot.intentions
+            && previous.snapshot.mesh_sources == snapshot.mesh_sources
     });
     if !(public_unchanged
         && previous.as_ref().is_some_and(|previous| {
@@ -393,9 +455,9 @@ pub fn generate(snapshot: &Snapshot, previous: Option<(&Snapshot, &Resources)>) 
 struct Previous<'a> {
     snapshot: &'a Snapshot,
     resources: &'a Resources,
-    /// The proxy's certificate, trusted roots, trust domain and datacenter are unchanged:
-    /// every resource that embeds them may be reused.
-    same_identity: bool,
+    /// The trust domain and datacenter are unchanged: every resource that embeds them (SPIFFE
+    /// IDs, stat prefixes) may be reused.
+    same_place: bool,
 }
 
 impl Previous<'_> {
@@ -486,13 +548,7 @@ fn public_listener(snapshot: &Snapshot, resources: &mut Resources) {
             vec![rbac],
         )]
     } else {
-        vec![
-            network_filter(
-                "envoy.filters.network.rbac",
-                rbac::encode_filter(&rules, Some("connect_authz")),
-            ),
-            tcp_proxy("public_listener", LOCAL_APP),
-        ]
+        tcp_filters(&rules)
     };
     let alpn = match public.protocol.as_str() {
         "http" => vec!["http/1.1".to_string()],
@@ -500,22 +556,67 @@ fn public_listener(snapshot: &Snapshot, resources: &mut Resources) {
         _ => Vec::new(),
     };
     let tls = DownstreamTlsContext {
-        common_tls_context: Some(common_tls(snapshot, None, alpn)),
+        common_tls_context: Some(common_tls(None, alpn)),
         require_client_certificate: Some(BoolValue { value: true }),
         ..Default::default()
     };
+    let mut filter_chains = vec![FilterChain {
+        filters,
+        transport_socket: transport_socket(tls.clone()),
+        ..Default::default()
+    }];
+    // TCP: Envoy's network RBAC keeps the configuration a connection started with, so a deny
+    // can only end established connections by draining their filter chain. Each mesh source
+    // gets a chain of its own, picked by the ALPN its sidecar offers (`source_alpn`) and
+    // holding only that source's outcome, so an intention change drains exactly the
+    // connections of the sources whose outcome changed. The chain without a match serves
+    // everything else (Connect-native clients, other meshes' proxies) with the full rules and
+    // drains on any change. A client offering another service's name lands in a chain whose
+    // RBAC admits only that service's certificate.
+    let mut listener_filters = Vec::new();
+    if !http {
+        filter_chains.extend(snapshot.mesh_sources.iter().map(|source| FilterChain {
+            name: format!("source:{source}"),
+            filter_chain_match: Some(FilterChainMatch {
+                application_protocols: vec![source_alpn(source)],
+                ..Default::default()
+            }),
+            filters: tcp_filters(&rbac::source_rules(
+                &snapshot.intentions,
+                &snapshot.trust_domain,
+                source,
+            )),
+            transport_socket: transport_socket(tls.clone()),
+            ..Default::default()
+        }));
+        listener_filters.push(ListenerFilter {
+            name: "envoy.filters.listener.tls_inspector".into(),
+            config_type: Some(listener_filter::ConfigType::TypedConfig(pack_any(
+                TlsInspector::default(),
+            ))),
+            ..Default::default()
+        });
+    }
     let listener = Listener {
         name: name.clone(),
         address: socket(&public.address, public.port),
-        filter_chains: vec![FilterChain {
-            filters,
-            transport_socket: transport_socket(tls),
-            ..Default::default()
-        }],
+        filter_chains,
+        listener_filters,
         traffic_direction: TrafficDirection::Inbound as i32,
         ..Default::default()
     };
     resources.add(LISTENER, name, listener);
+}
+
+/// A TCP public listener chain's filters: RBAC, then the local app.
+fn tcp_filters(rules: &envoy_types::pb::envoy::config::rbac::v3::Rbac) -> Vec<Filter> {
+    vec![
+        network_filter(
+            "envoy.filters.network.rbac",
+            rbac::encode_filter(rules, Some("connect_authz")),
+        ),
+        tcp_proxy("public_listener", LOCAL_APP),
+    ]
 }
 
 fn load_assignment(cluster: &str, endpoints: &[(&str, u16, u32)]) -> ClusterLoadAssignment {
@@ -580,7 +681,7 @@ fn upstream_resources(
             );
         }
         let cluster_unchanged = target_before.is_some_and(|(previous, upstream_before, before)| {
-            previous.same_identity
+            previous.same_place
                 && before == target
                 && upstream_before.chain.protocol == chain.protocol
                 && previous.take(resources, CLUSTER, &target.sni)
@@ -613,13 +714,17 @@ fn upstream_resources(
             },
             transport_socket: transport_socket(UpstreamTlsContext {
                 common_tls_context: Some(common_tls(
-                    snapshot,
                     Some(spiffe_service_id(
                         &snapshot.trust_domain,
                         &target.datacenter,
                         &target.service,
                     )),
-                    Vec::new(),
+                    // TCP: name this source to the destination (see `source_alpn`).
+                    if is_http(&chain.protocol) {
+                        Vec::new()
+                    } else {
+                        vec![source_alpn(&snapshot.service)]
+                    },
                 )),
                 sni: target.sni.clone(),
                 ..Default::default()
@@ -638,10 +743,9 @@ fn upstream_resources(
         "{}:{}:{}",
         upstream.id, upstream.bind_address, upstream.bind_port
     );
-    // The listener and route depend on the chain and the binding only (and the datacenter,
-    // part of the identity); `take` brings the route along only when the chain has one.
+    // The listener and route depend on the chain and the binding only (and the datacenter); `take` brings the route along only when the chain has one.
     let listener_unchanged = before.is_some_and(|(previous, upstream_before)| {
-        previous.same_identity
+        previous.same_place
             && upstream_before.bind_address == upstream.bind_address
             && upstream_before.bind_port == upstream.bind_port
             && upstream_before.chain == upstream.chain
@@ -660,27 +764,20 @@ fn upstream_resources(
     let start_cluster = start_target(chain).unwrap_or_default();
     let (filter, children) = if !is_http(&chain.protocol) {
         (tcp_proxy(&stat_prefix, &start_cluster), Vec::new())
-    } else if chain.default {
-        let timeout = chain_request_timeout(chain);
-        let routes = http_connection_manager::RouteSpecifier::RouteConfig(single_route(
-            &upstream.id,
-            &start_cluster,
-            timeout,
-        ));
-        (
-            http_connection_manager(&stat_prefix, &chain.protocol, routes, Vec::new()),
-            Vec::new(),
-        )
     } else {
+        // By RDS even for a plain chain: a splitter or router written later changes the route
+        // configuration, which applies to open connections, never the listener, whose change
+        // would drain them.
         let routes = http_connection_manager::RouteSpecifier::Rds(Rds {
             config_source: ads(),
             route_config_name: upstream.id.clone(),
         });
-        resources.add(
-            ROUTE,
-            upstream.id.clone(),
-            chain_routes(&upstream.id, chain),
-        );
+        let route_config = if chain.default {
+            single_route(&upstream.id, &start_cluster, chain_request_timeout(chain))
+        } else {
+            chain_routes(&upstream.id, chain)
+        };
+        resources.add(ROUTE, upstream.id.clone(), route_config);
         (
             http_connection_manager(&stat_prefix, &chain.protocol, routes, Vec::new()),
             vec![upstream.id.clone()],

@@ -319,7 +319,9 @@ pub trait Protocol: Default + Send + 'static {
     fn node_id(request: &Self::Request) -> Option<&str>;
     fn on_request(&mut self, request: &Self::Request) -> Result<Received, BadRequest>;
     fn responses(&mut self, resources: &Resources) -> Vec<Self::Response>;
-    /// Whether Envoy has ACKed listeners on this stream (it is up and listening).
+    /// Whether Envoy has ACKed listeners and the secrets they name on this stream (it is up
+    /// and listening: a listener warms until its certificates arrive, and with SDS they can
+    /// come after the listener's own ACK).
     fn holds_listeners(&self) -> bool;
     /// The protocol's name in reports.
     const NAME: &'static str;
@@ -343,7 +345,7 @@ impl Protocol for DeltaStream {
         DeltaStream::responses(self, resources)
     }
     fn holds_listeners(&self) -> bool {
-        DeltaStream::holds(self, resources::LISTENER)
+        DeltaStream::holds(self, resources::LISTENER) && DeltaStream::holds(self, resources::SECRET)
     }
     const NAME: &'static str = "delta";
     fn report(&self, resources: &Resources) -> Vec<TypeReport> {
@@ -396,7 +398,7 @@ impl Protocol for SotwStream {
         SotwStream::responses(self, resources)
     }
     fn holds_listeners(&self) -> bool {
-        SotwStream::holds(self, resources::LISTENER)
+        SotwStream::holds(self, resources::LISTENER) && SotwStream::holds(self, resources::SECRET)
     }
     const NAME: &'static str = "sotw";
     fn report(&self, resources: &Resources) -> Vec<TypeReport> {

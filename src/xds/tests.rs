@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use serde_json::json;
 
-use super::resources::{self, Resources, CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use super::resources::{self, Resources, CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET};
 use crate::proxycfg::Shared;
 use crate::testing::{leaf, proxy, upstream, World};
 use crate::types::HealthStatus;
@@ -99,13 +99,14 @@ fn incremental_generation_equals_generation_from_nothing_through_every_change() 
         ),
         (
             "the leaf is reissued",
+            // By SDS: no cluster or listener embeds it, so none changes.
             Box::new(|w| w.leaf = leaf("2")),
-            &[CLUSTER, LISTENER],
+            &[SECRET],
         ),
         (
             "a new root",
             Box::new(|w| w.ca(&["ROOT A", "ROOT B"])),
-            &[CLUSTER, LISTENER],
+            &[SECRET],
         ),
         (
             "the api protocol becomes http2",
@@ -142,4 +143,66 @@ fn incremental_generation_equals_generation_from_nothing_through_every_change() 
         snapshot = next;
         generated = incremental;
     }
+}
+
+/// A TCP destination's per-source chains: each source's outcome is the first intention
+/// naming it or `*`, else the default; its RBAC admits that source alone, or nobody.
+#[test]
+fn each_source_gets_its_own_outcome_and_only_its_own_principal() {
+    use super::rbac;
+    use crate::proxycfg::{IntentionRule, Intentions, RuleAction};
+    let rule = |source: &str, action: RuleAction| IntentionRule {
+        source: source.into(),
+        precedence: 0,
+        action,
+    };
+    // Highest precedence first, as proxycfg orders them.
+    let intentions = Intentions {
+        default_allow: true,
+        rules: vec![
+            rule("legacy", RuleAction::Deny),
+            rule("frontend", RuleAction::Allow),
+            rule("*", RuleAction::Deny),
+        ],
+    };
+    assert!(rbac::allows(&intentions, "frontend"));
+    assert!(!rbac::allows(&intentions, "legacy"));
+    assert!(!rbac::allows(&intentions, "other"), "the wildcard decides");
+    let open = Intentions {
+        default_allow: true,
+        rules: vec![rule("legacy", RuleAction::Deny)],
+    };
+    assert!(rbac::allows(&open, "other"), "no intention: the default");
+    assert!(!rbac::allows(
+        &Intentions {
+            default_allow: true,
+            rules: vec![rule("x", RuleAction::Permissions(Vec::new()))],
+        },
+        "x"
+    ));
+
+    let td = "11111111-2222-3333-4444-555555555555.consul";
+    let frontend_rules = rbac::source_rules(&intentions, td, "frontend");
+    assert_eq!(frontend_rules.action, 0, "ALLOW");
+    assert_eq!(frontend_rules.policies.len(), 1);
+    let frontend = format!("{frontend_rules:?}");
+    assert!(frontend.contains("svc/frontend$"), "{frontend}");
+    assert!(!frontend.contains("legacy"), "{frontend}");
+    let legacy = rbac::source_rules(&intentions, td, "legacy");
+    assert!(
+        legacy.policies.is_empty(),
+        "an ALLOW filter with no policy admits nobody"
+    );
+    assert_eq!(legacy.action, 0, "ALLOW");
+    // Another source's change leaves a source's rules as they were.
+    let mut changed = intentions.clone();
+    changed.rules[0].action = RuleAction::Allow;
+    assert_eq!(
+        rbac::source_rules(&changed, td, "frontend"),
+        rbac::source_rules(&intentions, td, "frontend")
+    );
+    assert_ne!(
+        rbac::source_rules(&changed, td, "legacy"),
+        rbac::source_rules(&intentions, td, "legacy")
+    );
 }

@@ -1,6 +1,7 @@
 //! The xDS server driving real Envoy sidecars: mTLS between two Envoys, intentions as RBAC,
-//! canary splits, endpoint health, CA rotation and agent restarts. Every change is followed
-//! with new connections, since Envoy applies policy changes to new connections only.
+//! canary splits, endpoint health, CA rotation and agent restarts. Most changes are followed
+//! with new connections; the intention tests also hold connections open through them (an
+//! HTTP keep-alive pool, a TCP deny that must close only the denied source's connection).
 
 use std::time::{Duration, Instant};
 
@@ -228,6 +229,177 @@ async fn tcp_traffic_flows_over_mtls_and_follows_intentions() {
     assert_eq!(get(upstream).await, Ok((200, "api says hi".into())));
 
     for envoy in [&api_envoy, &web_envoy] {
+        assert_eq!(
+            envoy.rejections().await,
+            Vec::<(String, u64)>::new(),
+            "{}",
+            envoy.log()
+        );
+    }
+}
+
+/// A TCP backend that echoes what it reads, keeping each connection open.
+async fn echo_backend() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut read, mut write) = socket.split();
+                let _ = tokio::io::copy(&mut read, &mut write).await;
+            });
+        }
+    });
+    port
+}
+
+/// Sends `text` on an open connection and reads it back.
+async fn echo(conn: &mut tokio::net::TcpStream, text: &str) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let round = async {
+        conn.write_all(text.as_bytes()).await?;
+        let mut back = vec![0u8; text.len()];
+        conn.read_exact(&mut back).await?;
+        Ok::<_, std::io::Error>(back)
+    };
+    match tokio::time::timeout(Duration::from_secs(2), round).await {
+        Ok(Ok(back)) if back == text.as_bytes() => Ok(()),
+        Ok(Ok(back)) => Err(format!("echoed {:?}", String::from_utf8_lossy(&back))),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err("no echo within 2 s".into()),
+    }
+}
+
+/// A connection through an upstream listener that echoes once it is through both Envoys.
+async fn echo_connection(port: u16) -> tokio::net::TcpStream {
+    eventually(
+        "an echo through the mesh",
+        Duration::from_secs(10),
+        || async {
+            let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()?;
+            echo(&mut conn, "hello").await.ok()?;
+            Some(conn)
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_deny_closes_that_sources_open_connections_and_no_others() {
+    use tokio::io::AsyncReadExt;
+    let agent = Agent::start(AgentOptions::default()).await;
+    trust_domain(&agent).await;
+    let api_port = echo_backend().await;
+    let (web_upstream, admin_upstream) = (free_port(), free_port());
+    register(&agent, "api", "api", api_port, free_port(), &[], json!({})).await;
+    for (name, upstream) in [("web", web_upstream), ("admin", admin_upstream)] {
+        register(
+            &agent,
+            name,
+            name,
+            free_port(),
+            free_port(),
+            &[("api", upstream)],
+            json!({}),
+        )
+        .await;
+    }
+    let api_envoy = Envoy::start(&agent, "api").await;
+    let web_envoy = Envoy::start(&agent, "web").await;
+    let admin_envoy = Envoy::start(&agent, "admin").await;
+    let mut web_conn = echo_connection(web_upstream).await;
+    let mut admin_conn = echo_connection(admin_upstream).await;
+
+    // Deny web: web's open connection is closed within the bound, admin's stays up.
+    let (code, _, stderr) = cli(
+        &agent,
+        &["intention", "create", "-deny", "web", "api"],
+        None,
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let since = Instant::now();
+    let mut buffer = [0u8; 16];
+    let closed = tokio::time::timeout(PROPAGATION, web_conn.read(&mut buffer)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "web's established connection was not closed within {PROPAGATION:?}: {closed:?}"
+    );
+    assert!(since.elapsed() < PROPAGATION);
+    echo(&mut admin_conn, "still here")
+        .await
+        .expect("admin's connection survives web's deny");
+    let mut refused = tokio::net::TcpStream::connect(("127.0.0.1", web_upstream))
+        .await
+        .unwrap();
+    assert!(
+        echo(&mut refused, "again").await.is_err(),
+        "a new web connection got through"
+    );
+
+    // A root rotation replaces every certificate: admin's connection stays up through it.
+    let old_admin = leaf_serial(&agent, "admin").await;
+    let old_api = leaf_serial(&agent, "api").await;
+    let config =
+        json!({"Provider": "consul", "Config": {"PrivateKeyType": "ec", "PrivateKeyBits": 384}});
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), config.to_string()).unwrap();
+    let path = file.path().display().to_string();
+    let (code, _, stderr) = cli(
+        &agent,
+        &["connect", "ca", "set-config", "-config-file", &path],
+        None,
+    );
+    assert_eq!(code, 0, "{stderr}");
+    eventually(
+        "both Envoys on leafs from the new root",
+        Duration::from_secs(30),
+        || async {
+            let (admin_serial, api_serial) = (
+                leaf_serial(&agent, "admin").await,
+                leaf_serial(&agent, "api").await,
+            );
+            (admin_serial != old_admin
+                && api_serial != old_api
+                && envoy_serials(&admin_envoy).await.contains(&admin_serial)
+                && envoy_serials(&api_envoy).await.contains(&api_serial))
+            .then_some(())
+        },
+    )
+    .await;
+    echo(&mut admin_conn, "after rotation")
+        .await
+        .expect("admin's connection survives the rotation");
+    let mut fresh = echo_connection(admin_upstream).await;
+    echo(&mut fresh, "new root").await.unwrap();
+
+    // Allow web again: its new connections get through within the bound.
+    let (code, _, stderr) = cli(
+        &agent,
+        &["intention", "create", "-replace", "-allow", "web", "api"],
+        None,
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let since = Instant::now();
+    loop {
+        let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", web_upstream))
+            .await
+            .unwrap();
+        if echo(&mut conn, "back").await.is_ok() {
+            break;
+        }
+        assert!(
+            since.elapsed() < PROPAGATION,
+            "web not let back in within {PROPAGATION:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    echo(&mut admin_conn, "to the end")
+        .await
+        .expect("admin's connection survives web's allow");
+    assert!(api_envoy.stat("connect_authz.rbac.denied").await >= 1);
+    for envoy in [&api_envoy, &web_envoy, &admin_envoy] {
         assert_eq!(
             envoy.rejections().await,
             Vec::<(String, u64)>::new(),

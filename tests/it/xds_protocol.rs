@@ -436,9 +436,10 @@ async fn a_stream_that_never_reads_does_not_hold_shutdown() {
         .await
         .unwrap();
     next(&mut ready).await.unwrap();
-    // Every request names different clusters, so each is answered with every cluster (a few
-    // KB of certificates each) whether or not the last answer was read.
-    let requests = futures::stream::iter((0..400).map(|i| DiscoveryRequest {
+    // Every request names different clusters, so each is answered with every cluster (about
+    // 2 KB for the five) whether or not the last answer was read: enough requests to fill the
+    // HTTP/2 windows and the socket buffers.
+    let requests = futures::stream::iter((0..4000).map(|i| DiscoveryRequest {
         node: Some(Node {
             id: "web-sidecar-proxy".into(),
             ..Default::default()
