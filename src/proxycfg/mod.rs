@@ -52,9 +52,10 @@ pub struct Snapshot {
     /// by every snapshot made from the same tables.
     pub roots_pem: Arc<Vec<String>>,
     pub intentions: Intentions,
-    /// For a TCP destination, every service in the mesh: each gets a filter chain of its own
-    /// on the public listener, so an intention change drains only the connections of the
-    /// sources it affects. Empty for HTTP-family destinations (their RBAC is per request).
+    /// For a TCP destination, the services whose sidecars reach it through an upstream, in
+    /// name order: each gets a filter chain of its own on the public listener, so an intention
+    /// change drains only the connections of the sources it affects. Empty for HTTP-family
+    /// destinations (their RBAC is per request).
     pub mesh_sources: Arc<Vec<String>>,
     pub upstreams: Vec<UpstreamSnapshot>,
 }
@@ -162,7 +163,8 @@ pub struct Shared {
     chains: HashMap<(String, chain::Overrides), Result<Arc<Chain>, chain::ChainError>>,
     endpoints: HashMap<String, Arc<Vec<Endpoint>>>,
     roots_pem: Option<Arc<Vec<String>>>,
-    mesh_sources: Option<Arc<Vec<String>>>,
+    /// Per destination service, the services whose sidecars reach it through an upstream.
+    sources: Option<Arc<HashMap<String, Arc<Vec<String>>>>>,
 }
 
 impl Shared {
@@ -178,6 +180,80 @@ impl Shared {
                 ..Shared::default()
             };
         }
+    }
+
+    /// An upstream's compiled chain, compiled once per version of the tables.
+    fn chain(
+        &mut self,
+        tables: &Tables,
+        context: &chain::Context<'_>,
+        upstream: &crate::types::connect::Upstream,
+    ) -> Result<Arc<Chain>, chain::ChainError> {
+        let config = parse_config(&upstream.config_json);
+        let overrides = chain::Overrides {
+            protocol: config_str(&config, "protocol")
+                .unwrap_or_default()
+                .to_string(),
+            connect_timeout: config_u64(&config, "connect_timeout_ms")
+                .map(std::time::Duration::from_millis),
+            mesh_gateway_mode: String::new(),
+        };
+        self.chains
+            .entry((upstream.destination_name.clone(), overrides))
+            .or_insert_with_key(|(name, overrides)| {
+                chain::compile(tables, name, context, overrides).map(Arc::new)
+            })
+            .clone()
+    }
+
+    /// For each service, the services whose sidecars reach it: every connect proxy's
+    /// upstreams, followed through their chains to the services they target (a redirect or
+    /// failover reaches another service than the one named). An upstream whose chain does
+    /// not compile counts for the service it names.
+    fn sources(
+        &mut self,
+        tables: &Arc<Tables>,
+        context: &chain::Context<'_>,
+    ) -> Arc<HashMap<String, Arc<Vec<String>>>> {
+        if let Some(sources) = &self.sources {
+            return sources.clone();
+        }
+        let mut by_destination: HashMap<String, std::collections::BTreeSet<String>> =
+            HashMap::new();
+        for (_, service) in tables.all_services() {
+            let Some(proxy) = service
+                .proxy
+                .as_ref()
+                .filter(|_| service.kind == "connect-proxy")
+            else {
+                continue;
+            };
+            for upstream in &proxy.upstreams {
+                if upstream.destination_type == "prepared_query" {
+                    continue;
+                }
+                let targets: Vec<String> = match self.chain(tables, context, upstream) {
+                    Ok(chain) => chain.targets.values().map(|t| t.service.clone()).collect(),
+                    Err(_) => vec![upstream.destination_name.clone()],
+                };
+                for target in targets {
+                    by_destination
+                        .entry(target)
+                        .or_default()
+                        .insert(proxy.destination_service_name.clone());
+                }
+            }
+        }
+        let sources: Arc<HashMap<_, _>> = Arc::new(
+            by_destination
+                .into_iter()
+                .map(|(destination, sources)| {
+                    (destination, Arc::new(sources.into_iter().collect()))
+                })
+                .collect(),
+        );
+        self.sources = Some(sources.clone());
+        sources
     }
 }
 
@@ -249,24 +325,10 @@ pub fn compute(
             // Prepared queries do not exist yet; such an upstream gets no listener.
             continue;
         }
-        let upstream_config = parse_config(&upstream.config_json);
-        let overrides = chain::Overrides {
-            protocol: config_str(&upstream_config, "protocol")
-                .unwrap_or_default()
-                .to_string(),
-            connect_timeout: config_u64(&upstream_config, "connect_timeout_ms")
-                .map(std::time::Duration::from_millis),
-            mesh_gateway_mode: String::new(),
-        };
         let mut shared = shared.lock().unwrap_or_else(PoisonError::into_inner);
         shared.for_tables(tables);
         let chain = shared
-            .chains
-            .entry((upstream.destination_name.clone(), overrides))
-            .or_insert_with_key(|(name, overrides)| {
-                chain::compile(tables, name, &chain_context, overrides).map(Arc::new)
-            })
-            .clone()
+            .chain(tables, &chain_context, upstream)
             .map_err(NotReady::Chain)?;
         let endpoints = chain
             .targets
@@ -305,15 +367,16 @@ pub fn compute(
             })
             .clone()
     };
-    let mesh_sources = if matches!(public.protocol.as_str(), "http" | "http2" | "grpc") {
+    let mesh_sources = if is_http(&public.protocol) {
         Arc::default()
     } else {
         let mut shared = shared.lock().unwrap_or_else(PoisonError::into_inner);
         shared.for_tables(tables);
         shared
-            .mesh_sources
-            .get_or_insert_with(|| Arc::new(tables.mesh_services().map(str::to_string).collect()))
-            .clone()
+            .sources(tables, &chain_context)
+            .get(&destination)
+            .cloned()
+            .unwrap_or_default()
     };
     Ok(Snapshot {
         proxy_id: proxy_id.to_string(),
@@ -330,6 +393,11 @@ pub fn compute(
         mesh_sources,
         upstreams,
     })
+}
+
+/// Whether a service protocol is HTTP-family (HTTP connection managers, L7 intentions).
+pub fn is_http(protocol: &str) -> bool {
+    matches!(protocol, "http" | "http2" | "grpc")
 }
 
 fn non_empty(value: &str, default: &str) -> String {

@@ -81,12 +81,6 @@ impl Tables {
             })
     }
 
-    /// The names of the services in the mesh: those with a sidecar proxy or a Connect-native
-    /// instance, in name order.
-    pub fn mesh_services(&self) -> impl Iterator<Item = &str> {
-        self.connect_instances.keys().map(String::as_str)
-    }
-
     /// Recomputes the indexes that the snapshot encoding leaves out.
     pub(super) fn rebuild_derived_indexes(&mut self) {
         let mut connect = OrdMap::new();

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use super::render::{self, Placeholders};
 use super::resources::generate;
 use crate::proxycfg::{RuleAction, Shared, Snapshot};
-use crate::testing::{upstream, World};
+use crate::testing::{proxy, upstream, World};
 use crate::types::{HealthStatus, Weights};
 
 fn protocol(world: &mut World, service: &str, protocol: &str) {
@@ -162,12 +162,31 @@ fn rbac_with_a_deny_intention() {
             {"Name": "billing", "Action": "allow"},
         ]),
     );
+    // api's and billing's sidecars have web as an upstream: each gets its own chain.
+    for (source, port) in [("api", 21001), ("billing", 21002)] {
+        world.register(
+            "node-2",
+            "10.0.0.2",
+            proxy(
+                &format!("{source}-sidecar-proxy"),
+                source,
+                port,
+                "",
+                vec![upstream("web", 9000)],
+            ),
+            HealthStatus::Passing,
+        );
+    }
     check(
         "rbac_deny_intention",
-        "web speaks tcp; default allow. Intentions on web: api deny, billing allow.
+        "web speaks tcp; default allow. Intentions on web: api deny, billing allow; api's and
+        billing's sidecars have web as an upstream.
         Look for: the network RBAC filter (stat prefix connect_authz) before tcp_proxy to
-        local_app; action DENY (the opposite of the default) with one policy whose only
-        principal is api's SPIFFE ID; billing's allow equals the default and is left out.",
+        local_app; on the unmatched chain, action DENY (the opposite of the default) with one
+        policy whose only principal is api's SPIFFE ID; billing's allow equals the default and
+        is left out. A tls_inspector, then one chain per source matched on its ALPN
+        (concord-source:api, concord-source:billing), each an ALLOW filter: api's with no
+        policy (nobody), billing's admitting billing's SPIFFE ID alone.",
         &world,
     );
 }

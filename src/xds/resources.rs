@@ -57,7 +57,7 @@ use super::matchers::{header_matcher, regex_matcher, string_exact, HeaderRule};
 use super::rbac;
 use crate::connect::ca::spiffe_service_id;
 use crate::connect::chain::{Chain, Node};
-use crate::proxycfg::{Snapshot, UpstreamSnapshot};
+use crate::proxycfg::{is_http, Snapshot, UpstreamSnapshot};
 use crate::types::config_entry::HttpMatch;
 
 pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
@@ -202,10 +202,6 @@ fn duration(value: std::time::Duration) -> Option<Duration> {
         seconds: value.as_secs() as i64,
         nanos: value.subsec_nanos() as i32,
     })
-}
-
-fn is_http(protocol: &str) -> bool {
-    matches!(protocol, "http" | "http2" | "grpc")
 }
 
 fn is_http2(protocol: &str) -> bool {

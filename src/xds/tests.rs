@@ -98,6 +98,25 @@ fn incremental_generation_equals_generation_from_nothing_through_every_change() 
             &[LISTENER],
         ),
         (
+            "a new source reaches web",
+            // web speaks tcp: billing gets a chain of its own on web's public listener.
+            Box::new(|w| {
+                w.register(
+                    "n4",
+                    "10.0.0.4",
+                    proxy(
+                        "billing-sidecar-proxy",
+                        "billing",
+                        21000,
+                        "",
+                        vec![upstream("web", 9292)],
+                    ),
+                    HealthStatus::Passing,
+                )
+            }),
+            &[LISTENER],
+        ),
+        (
             "the leaf is reissued",
             // By SDS: no cluster or listener embeds it, so none changes.
             Box::new(|w| w.leaf = leaf("2")),
