@@ -244,6 +244,15 @@ async fn tcp_traffic_flows_over_mtls_and_follows_intentions() {
     }
 }
 
+/// A CA configuration file for `connect ca set-config` whose key type forces a new root.
+fn new_root_config() -> tempfile::NamedTempFile {
+    let config =
+        json!({"Provider": "consul", "Config": {"PrivateKeyType": "ec", "PrivateKeyBits": 384}});
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), config.to_string()).unwrap();
+    file
+}
+
 /// A TCP backend that echoes what it reads, keeping each connection open.
 async fn echo_backend() -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -347,10 +356,7 @@ async fn a_tcp_deny_closes_that_sources_open_connections_and_no_others() {
     // A root rotation replaces every certificate: admin's connection stays up through it.
     let old_admin = leaf_serial(&agent, "admin").await;
     let old_api = leaf_serial(&agent, "api").await;
-    let config =
-        json!({"Provider": "consul", "Config": {"PrivateKeyType": "ec", "PrivateKeyBits": 384}});
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), config.to_string()).unwrap();
+    let file = new_root_config();
     let path = file.path().display().to_string();
     let (code, _, stderr) = cli(
         &agent,
@@ -692,10 +698,7 @@ async fn critical_instances_leave_endpoints_and_a_root_rotation_drops_no_request
     // Rotate the root while requests keep flowing: none may fail.
     let old_web = leaf_serial(&agent, "web").await;
     let old_api = leaf_serial(&agent, "api").await;
-    let config =
-        json!({"Provider": "consul", "Config": {"PrivateKeyType": "ec", "PrivateKeyBits": 384}});
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), config.to_string()).unwrap();
+    let file = new_root_config();
     let path = file.path().display().to_string();
     let rotate = tokio::task::spawn_blocking({
         let address = agent.address();
