@@ -4,7 +4,7 @@
 //! upstream `<id>:<ip>:<port>`, an EDS cluster per discovery-chain target named by its SNI
 //! (with upstream mTLS checking the target's SPIFFE ID), its endpoints, and for HTTP chains a
 //! route configuration named after the upstream (splits become weighted clusters, router
-//! routes ordered matches). A TCP public listener has a filter chain per mesh source (see
+//! routes ordered matches). A TCP public listener has a filter chain per source service (see
 //! `public_listener`). Certificates are by reference (SDS over
 //! the same stream): the leaf and the trusted roots are two secrets, so a renewed leaf or a
 //! rotated root changes no listener or cluster and drains no connection.
@@ -562,8 +562,8 @@ fn public_listener(snapshot: &Snapshot, resources: &mut Resources) {
         ..Default::default()
     }];
     // TCP: Envoy's network RBAC keeps the configuration a connection started with, so a deny
-    // can only end established connections by draining their filter chain. Each mesh source
-    // gets a chain of its own, picked by the ALPN its sidecar offers (`source_alpn`) and
+    // can only end established connections by draining their filter chain. Each source (a
+    // service whose sidecar reaches this one, `Snapshot::mesh_sources`) gets a chain of its own, picked by the ALPN its sidecar offers (`source_alpn`) and
     // holding only that source's outcome, so an intention change drains exactly the
     // connections of the sources whose outcome changed. The chain without a match serves
     // everything else (Connect-native clients, other meshes' proxies) with the full rules and
