@@ -128,8 +128,6 @@ fn l7_permission(rule: &Rule) -> Permission {
     and_rules(parts)
 }
 
-/// The RBAC rules for the destination's intentions. `http` says whether L7 permissions can be
-/// evaluated; on a TCP listener an L7 intention denies, as in Consul.
 /// Whether `source`'s connections are allowed at L4: the first intention naming it or `*`
 /// decides (an L7 one denies, as in `rules` for TCP), else the default.
 pub fn allows(intentions: &Intentions, source: &str) -> bool {
@@ -161,6 +159,8 @@ pub fn source_rules(intentions: &Intentions, trust_domain: &str, source: &str) -
     self::rules(&only, trust_domain, false)
 }
 
+/// The RBAC rules for the destination's intentions. `http` says whether L7 permissions can be
+/// evaluated; on a TCP listener an L7 intention denies, as in Consul.
 pub fn rules(intentions: &Intentions, trust_domain: &str, http: bool) -> Rbac {
     let default_allow = intentions.default_allow;
     let mut l4_principals = Vec::new();

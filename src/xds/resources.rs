@@ -563,9 +563,10 @@ fn public_listener(snapshot: &Snapshot, resources: &mut Resources) {
     }];
     // TCP: Envoy's network RBAC keeps the configuration a connection started with, so a deny
     // can only end established connections by draining their filter chain. Each source (a
-    // service whose sidecar reaches this one, `Snapshot::mesh_sources`) gets a chain of its own, picked by the ALPN its sidecar offers (`source_alpn`) and
-    // holding only that source's outcome, so an intention change drains exactly the
-    // connections of the sources whose outcome changed. The chain without a match serves
+    // service whose sidecar reaches this one, `Snapshot::mesh_sources`) gets a chain of its
+    // own, picked by the ALPN its sidecar offers (`source_alpn`) and holding only that
+    // source's outcome, so an intention change drains exactly the connections of the
+    // sources whose outcome changed. The chain without a match serves
     // everything else (Connect-native clients, other meshes' proxies) with the full rules and
     // drains on any change. A client offering another service's name lands in a chain whose
     // RBAC admits only that service's certificate.
@@ -739,7 +740,8 @@ fn upstream_resources(
         "{}:{}:{}",
         upstream.id, upstream.bind_address, upstream.bind_port
     );
-    // The listener and route depend on the chain and the binding only (and the datacenter); `take` brings the route along only when the chain has one.
+    // The listener and route depend on the chain and the binding only (and the datacenter);
+    // `take` brings the route along for an HTTP chain (a TCP one has none).
     let listener_unchanged = before.is_some_and(|(previous, upstream_before)| {
         previous.same_place
             && upstream_before.bind_address == upstream.bind_address
