@@ -39,6 +39,14 @@ const VOTE_KEY: &[u8] = b"vote";
 const COMMITTED_KEY: &[u8] = b"committed";
 const LAST_PURGED_KEY: &[u8] = b"last_purged";
 
+/// About the most bytes of entries one read for replication returns (always at least one
+/// entry), so about the most one AppendEntries call carries. openraft alone bounds a call by
+/// entry count (`max_payload_entries`, 300), and concord's entries are group-committed batches
+/// of up to about 1 MiB each: a follower that had fallen behind was sent hundreds of MB in one
+/// call that could not finish within the call's deadline (the heartbeat interval), so it
+/// never caught up, while the leader re-read and re-encoded that range on every retry.
+const REPLICATION_READ_BYTES: u64 = 2 * 1024 * 1024;
+
 /// An append waiting for its fsync: openraft's callback, the last index it wrote, and the
 /// segment files it wrote to.
 type FlushRequest = (LogFlushed<TypeConfig>, u64, Vec<Arc<File>>);
@@ -180,9 +188,29 @@ impl LogStore {
     }
 
     fn read_entries(&self, start: u64, end: u64) -> Result<Vec<Entry<TypeConfig>>, StorageError> {
+        self.read_entries_within(start, end, u64::MAX)
+    }
+
+    /// The entries in `start..end`, stopping before the one that would take their records past
+    /// `budget` bytes; the first is returned whatever its size.
+    fn read_entries_within(
+        &self,
+        start: u64,
+        end: u64,
+        budget: u64,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError> {
         let read_error =
             |error: String| io_error(ErrorSubject::Logs, ErrorVerb::Read, &self.path, error);
-        let locations = self.wal().locate(start, end);
+        let mut locations = self.wal().locate(start, end);
+        let mut total = 0u64;
+        let within = locations
+            .iter()
+            .position(|location| {
+                total = total.saturating_add(location.len());
+                total > budget
+            })
+            .unwrap_or(locations.len());
+        locations.truncate(within.max(1));
         locations
             .iter()
             .map(|location| decode(&location.read().map_err(read_error)?).map_err(read_error))
@@ -265,6 +293,16 @@ impl RaftLogReader<TypeConfig> for LogStore {
         // Entries at or below the purge point may still sit in a kept segment; they are gone.
         let first_kept = self.last_purged()?.map_or(0, |log_id| log_id.index + 1);
         self.read_entries(start.max(first_kept), end)
+    }
+
+    /// What replication sends in one call: see `REPLICATION_READ_BYTES`.
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError> {
+        let first_kept = self.last_purged()?.map_or(0, |log_id| log_id.index + 1);
+        self.read_entries_within(start.max(first_kept), end, REPLICATION_READ_BYTES)
     }
 }
 
@@ -383,6 +421,56 @@ mod tests {
         assert!(
             decode::<Command>(&[1, 0]).is_err(),
             "format 1 was never released"
+        );
+    }
+
+    /// Entries of 600 KiB values: a replication read stops before 2 MiB, but never returns
+    /// nothing, and a plain read returns the whole range.
+    #[tokio::test]
+    async fn replication_reads_are_bounded_in_bytes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = super::super::open_storage(dir.path(), Arc::new(crate::state::Store::new()))
+            .await
+            .expect("storage");
+        let mut store = storage.log_store;
+        let entry = |index: u64, bytes: usize| Entry::<TypeConfig> {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: openraft::EntryPayload::Normal(Command::Kv(crate::types::KvOp::Set {
+                key: format!("k{index}"),
+                value: vec![b'v'; bytes],
+                flags: 0,
+            })),
+        };
+        let records: Vec<(u64, Vec<u8>)> = (1..=10)
+            .map(|index| (index, encode(&entry(index, 600 * 1024))))
+            .collect();
+        store.wal().append(&records).expect("append");
+
+        let limited = store.limited_get_log_entries(1, 11).await.expect("read");
+        let indexes: Vec<u64> = limited.iter().map(|entry| entry.log_id.index).collect();
+        assert_eq!(
+            indexes,
+            vec![1, 2, 3],
+            "three records fit in 2 MiB, four do not"
+        );
+        let rest = store.limited_get_log_entries(9, 11).await.expect("read");
+        assert_eq!(rest.len(), 2);
+        assert_eq!(
+            store.try_get_log_entries(1..11).await.expect("read").len(),
+            10
+        );
+
+        store
+            .wal()
+            .append(&[(11, encode(&entry(11, 3 * 1024 * 1024)))])
+            .expect("append");
+        let large = store.limited_get_log_entries(11, 12).await.expect("read");
+        assert_eq!(large.len(), 1, "an entry over the budget still goes, alone");
+        let after = store.limited_get_log_entries(10, 12).await.expect("read");
+        assert_eq!(
+            after.len(),
+            1,
+            "the large entry waits for a call of its own"
         );
     }
 }

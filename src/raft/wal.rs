@@ -56,6 +56,11 @@ pub struct RecordLocation {
 }
 
 impl RecordLocation {
+    /// The record's size on disk, header included.
+    pub(super) fn len(&self) -> u64 {
+        self.len
+    }
+
     /// Reads and verifies the record, returning its payload.
     pub(super) fn read(&self) -> Result<Vec<u8>, String> {
         let mut record = vec![0u8; self.len as usize];

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 pub mod acl;
 pub mod agent;
 pub mod apply;
+pub mod bytes;
 pub mod chain;
 pub mod config_entry;
 pub mod connect;
@@ -176,6 +177,7 @@ pub struct Check {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KvEntry {
     pub key: std::sync::Arc<str>,
+    #[serde(with = "bytes")]
     pub value: Vec<u8>,
     pub flags: u64,
     pub lock_index: u64,

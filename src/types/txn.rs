@@ -11,12 +11,14 @@ use super::{Check, KvEntry, Node, Service};
 pub enum KvOp {
     Set {
         key: String,
+        #[serde(with = "super::bytes")]
         value: Vec<u8>,
         flags: u64,
     },
     /// Write only if the key's ModifyIndex equals `index` (0: only if absent).
     Cas {
         key: String,
+        #[serde(with = "super::bytes")]
         value: Vec<u8>,
         flags: u64,
         index: u64,
@@ -50,6 +52,7 @@ pub enum KvOp {
     /// Acquire: write and take the lock if it is free or already held by `session`.
     Lock {
         key: String,
+        #[serde(with = "super::bytes")]
         value: Vec<u8>,
         flags: u64,
         session: String,
@@ -57,6 +60,7 @@ pub enum KvOp {
     /// Release: write and free the lock if `session` holds it.
     Unlock {
         key: String,
+        #[serde(with = "super::bytes")]
         value: Vec<u8>,
         flags: u64,
         session: String,

@@ -637,3 +637,91 @@ async fn a_follower_cut_off_and_back_does_not_depose_the_leader() {
         "at the same term"
     );
 }
+
+const CATCH_UP: [&str; 3] = ["127.0.29.1", "127.0.29.2", "127.0.29.3"];
+
+/// A follower cut off while the others commit 40 MB catches up by the log once back: the
+/// leader sends it about 2 MiB per AppendEntries call (`raft::log_store`), where it used to
+/// send everything missed in one call, which could not finish within the call's deadline
+/// (the heartbeat interval), so the follower never caught up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_missed_tens_of_megabytes_of_log_catches_up() {
+    let _turn = crate::support::timing_sensitive().await;
+    let data = data_dirs(3);
+    let servers: Vec<Agent> = (0..3)
+        .map(|index| {
+            let mut options = server_at(&CATCH_UP, index, Some(3), data[index].path());
+            if let Some(placement) = options.placement.as_mut() {
+                // Consul's snapshot defaults: the missed entries stay in the leader's log, so
+                // the follower must take them by replication, not by a snapshot.
+                let mut config: Value =
+                    serde_json::from_str(placement.config.as_deref().unwrap_or("{}"))
+                        .expect("config");
+                config["raft_snapshot_threshold"] = json!(16384);
+                config["raft_trailing_logs"] = json!(10240);
+                placement.config = Some(config.to_string());
+            }
+            Agent::spawn(options)
+        })
+        .collect();
+    let all: Vec<&Agent> = servers.iter().collect();
+    let leader = agreed_leader(&all).await;
+    let leader_agent = *all
+        .iter()
+        .find(|agent| rpc_address(agent) == leader)
+        .expect("leader");
+    let follower = *all
+        .iter()
+        .find(|agent| rpc_address(agent) != leader)
+        .expect("a follower");
+    let others: Vec<&str> = all
+        .iter()
+        .filter(|agent| agent.host != follower.host)
+        .map(|agent| agent.host.as_str())
+        .collect();
+
+    let partition = Partition::isolate(&follower.host, &others);
+    // 160 values of 256 KiB, 32 at a time, so the leader commits them in entries of about
+    // 1 MiB each (its write batcher's bound).
+    const VALUES: usize = 160;
+    for wave in 0..VALUES / 32 {
+        let writes = (0..32).map(|n| {
+            let client = leader_agent.client();
+            let key = format!("/v1/kv/big/{:03}", wave * 32 + n);
+            async move {
+                let response = client.put(&key, vec![b'v'; 256 * 1024]).await;
+                response.map(|response| response.status.as_u16()).ok()
+            }
+        });
+        for status in futures::future::join_all(writes).await {
+            assert_eq!(status, Some(200), "a write through the leader");
+        }
+    }
+    assert_eq!(
+        read(follower, "big/159", "stale").await,
+        None,
+        "the cut-off follower has not seen the writes"
+    );
+    drop(partition);
+    let keys = eventually(
+        "the follower to catch up on all 40 MB",
+        Duration::from_secs(60),
+        || async {
+            let (status, keys) = get(follower, "/v1/kv/big/?keys&stale").await?;
+            let count = keys.as_array().map_or(0, Vec::len);
+            (status == 200 && count == VALUES).then_some(count)
+        },
+    )
+    .await;
+    assert_eq!(keys, VALUES);
+    assert_eq!(
+        read(follower, "big/159", "stale")
+            .await
+            .map(|value| value.len()),
+        Some(256 * 1024)
+    );
+    assert!(
+        !follower.log().contains("installed a snapshot"),
+        "caught up by the log, not by a snapshot"
+    );
+}
