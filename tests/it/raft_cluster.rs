@@ -568,6 +568,27 @@ async fn a_partitioned_leader_answers_no_consistent_read_and_acknowledges_no_wri
 const PRE_VOTE: [&str; 3] = ["127.0.28.1", "127.0.28.2", "127.0.28.3"];
 
 /// The leader's term, from the autopilot report.
+/// The server at `leader`, one of the others, and the addresses of all but that follower.
+fn leader_and_a_follower<'a>(
+    all: &[&'a Agent],
+    leader: &str,
+) -> (&'a Agent, &'a Agent, Vec<&'a str>) {
+    let leader_agent = *all
+        .iter()
+        .find(|agent| rpc_address(agent) == leader)
+        .expect("leader");
+    let follower = *all
+        .iter()
+        .find(|agent| rpc_address(agent) != leader)
+        .expect("a follower");
+    let others = all
+        .iter()
+        .filter(|agent| agent.host != follower.host)
+        .map(|agent| agent.host.as_str())
+        .collect();
+    (leader_agent, follower, others)
+}
+
 async fn leader_term(agent: &Agent) -> Option<u64> {
     let (_, report) = get(agent, "/v1/operator/autopilot/health").await?;
     report["Servers"]
@@ -586,23 +607,11 @@ async fn a_follower_cut_off_and_back_does_not_depose_the_leader() {
         .collect();
     let all: Vec<&Agent> = servers.iter().collect();
     let leader = agreed_leader(&all).await;
-    let leader_agent = *all
-        .iter()
-        .find(|agent| rpc_address(agent) == leader)
-        .expect("leader");
+    let (leader_agent, follower, others) = leader_and_a_follower(&all, &leader);
     let term = eventually("the leader's term", Duration::from_secs(10), || {
         leader_term(leader_agent)
     })
     .await;
-    let follower = *all
-        .iter()
-        .find(|agent| rpc_address(agent) != leader)
-        .expect("a follower");
-    let others: Vec<&str> = all
-        .iter()
-        .filter(|agent| agent.host != follower.host)
-        .map(|agent| agent.host.as_str())
-        .collect();
 
     // Cut off for several election timeouts (200–400 ms at raft_multiplier 1): without a
     // pre-vote it would raise its term again and again, and depose the leader on return.
@@ -666,19 +675,7 @@ async fn a_follower_that_missed_tens_of_megabytes_of_log_catches_up() {
         .collect();
     let all: Vec<&Agent> = servers.iter().collect();
     let leader = agreed_leader(&all).await;
-    let leader_agent = *all
-        .iter()
-        .find(|agent| rpc_address(agent) == leader)
-        .expect("leader");
-    let follower = *all
-        .iter()
-        .find(|agent| rpc_address(agent) != leader)
-        .expect("a follower");
-    let others: Vec<&str> = all
-        .iter()
-        .filter(|agent| agent.host != follower.host)
-        .map(|agent| agent.host.as_str())
-        .collect();
+    let (leader_agent, follower, others) = leader_and_a_follower(&all, &leader);
 
     let partition = Partition::isolate(&follower.host, &others);
     // 160 values of 256 KiB, 32 at a time, so the leader commits them in entries of about
