@@ -201,16 +201,8 @@ impl LogStore {
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError> {
         let read_error =
             |error: String| io_error(ErrorSubject::Logs, ErrorVerb::Read, &self.path, error);
-        let mut locations = self.wal().locate(start, end);
-        let mut total = 0u64;
-        let within = locations
-            .iter()
-            .position(|location| {
-                total = total.saturating_add(location.len());
-                total > budget
-            })
-            .unwrap_or(locations.len());
-        locations.truncate(within.max(1));
+        // Located under the WAL's lock, read after it is released.
+        let locations = self.wal().locate_within(start, end, budget);
         locations
             .iter()
             .map(|location| decode(&location.read().map_err(read_error)?).map_err(read_error))

@@ -56,11 +56,6 @@ pub struct RecordLocation {
 }
 
 impl RecordLocation {
-    /// The record's size on disk, header included.
-    pub(super) fn len(&self) -> u64 {
-        self.len
-    }
-
     /// Reads and verifies the record, returning its payload.
     pub(super) fn read(&self) -> Result<Vec<u8>, String> {
         let mut record = vec![0u8; self.len as usize];
@@ -177,7 +172,14 @@ impl Wal {
 
     /// Where each entry in `start..end` is, for entries that exist.
     pub fn locate(&self, start: u64, end: u64) -> Vec<RecordLocation> {
+        self.locate_within(start, end, u64::MAX)
+    }
+
+    /// As `locate`, stopping before the entry that would take the records past `budget`
+    /// bytes; the first entry is located whatever its size.
+    pub fn locate_within(&self, start: u64, end: u64, budget: u64) -> Vec<RecordLocation> {
         let mut found = Vec::new();
+        let mut total = 0u64;
         let first_segment = self
             .segments
             .range(..=start)
@@ -191,10 +193,15 @@ impl Wal {
             let to = end.min(segment.next_index());
             for index in from..to {
                 let position = (index - segment.first_index) as usize;
+                let len = segment.record_len(position);
+                total = total.saturating_add(len);
+                if total > budget && !found.is_empty() {
+                    return found;
+                }
                 found.push(RecordLocation {
                     file: segment.file.clone(),
                     offset: segment.offsets[position],
-                    len: segment.record_len(position),
+                    len,
                     path: segment.path.clone(),
                 });
             }

@@ -567,7 +567,6 @@ async fn a_partitioned_leader_answers_no_consistent_read_and_acknowledges_no_wri
 /// Addresses no other test uses, for the pre-vote test.
 const PRE_VOTE: [&str; 3] = ["127.0.28.1", "127.0.28.2", "127.0.28.3"];
 
-/// The leader's term, from the autopilot report.
 /// The server at `leader`, one of the others, and the addresses of all but that follower.
 fn leader_and_a_follower<'a>(
     all: &[&'a Agent],
@@ -589,6 +588,7 @@ fn leader_and_a_follower<'a>(
     (leader_agent, follower, others)
 }
 
+/// The leader's term, from the autopilot report.
 async fn leader_term(agent: &Agent) -> Option<u64> {
     let (_, report) = get(agent, "/v1/operator/autopilot/health").await?;
     report["Servers"]
