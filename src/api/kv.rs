@@ -27,23 +27,35 @@ pub struct KvPair<'a> {
 }
 
 impl<'a> KvPair<'a> {
-    pub fn new(entry: &'a KvEntry, with_value: bool) -> KvPair<'a> {
-        KvPair {
+    /// Fails only when the value cannot be read back from the server's value file.
+    pub fn new(entry: &'a KvEntry, with_value: bool) -> Result<KvPair<'a>, ValueUnreadable> {
+        let value = match with_value && !entry.value.is_empty() {
+            true => Some(base64_engine().encode(entry.value.read().map_err(|error| {
+                ValueUnreadable(format!("cannot read the value of {:?}: {error}", entry.key))
+            })?)),
+            false => None,
+        };
+        Ok(KvPair {
             lock_index: entry.lock_index,
             key: &entry.key,
             flags: entry.flags,
-            value: (with_value && !entry.value.is_empty())
-                .then(|| base64_engine().encode(&entry.value)),
+            value,
             create_index: entry.indexes.create,
             modify_index: entry.indexes.modify,
             session: &entry.session,
-        }
+        })
     }
 }
 
+/// A stored KV value could not be read (an I/O error on the value file): a server fault,
+/// answered with a 500 and this message.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ValueUnreadable(pub String);
+
 /// A `KVPair` as a JSON value, for responses that embed it.
-pub fn kv_pair(entry: &KvEntry, with_value: bool) -> Value {
-    serde_json::to_value(KvPair::new(entry, with_value)).unwrap_or(Value::Null)
+pub fn kv_pair(entry: &KvEntry, with_value: bool) -> Result<Value, ValueUnreadable> {
+    Ok(serde_json::to_value(KvPair::new(entry, with_value)?).unwrap_or(Value::Null))
 }
 
 /// One entry of `concord kv export` / `kv import`.

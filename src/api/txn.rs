@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::catalog::{self as wire, CheckIn, ServiceIn};
-use super::kv::{base64_engine, kv_pair};
+use super::kv::{base64_engine, kv_pair, ValueUnreadable};
 use crate::types::{
     CatalogVerb, KvOp, Locality, Node, OpFailure, RaftIndexes, Service, TxnError, TxnOp, TxnResult,
 };
@@ -249,21 +249,21 @@ impl CheckOpIn {
 
 /// `{"Results": [...], "Errors": null}` of a committed transaction. Services are shown as
 /// Consul's `NodeService`, which carries no datacenter; `datacenter` fills the agent shape's.
-pub fn results(results: &[TxnResult], datacenter: &str) -> Value {
-    json!({
-        "Results": results
-            .iter()
-            .map(|result| match result {
-                TxnResult::Kv { entry, with_value } => json!({"KV": kv_pair(entry, *with_value)}),
+pub fn results(results: &[TxnResult], datacenter: &str) -> Result<Value, ValueUnreadable> {
+    let results = results
+        .iter()
+        .map(|result| {
+            Ok(match result {
+                TxnResult::Kv { entry, with_value } => json!({"KV": kv_pair(entry, *with_value)?}),
                 TxnResult::Node(node) => json!({"Node": wire::node(node)}),
                 TxnResult::Service(service) => {
                     json!({"Service": wire::agent_service(service, datacenter)})
                 }
                 TxnResult::Check(check) => json!({"Check": wire::health_check(check)}),
             })
-            .collect::<Vec<_>>(),
-        "Errors": Value::Null,
-    })
+        })
+        .collect::<Result<Vec<_>, ValueUnreadable>>()?;
+    Ok(json!({"Results": results, "Errors": Value::Null}))
 }
 
 /// `{"Results": null, "Errors": [{"OpIndex", "What"}]}` of a rolled-back or refused one.

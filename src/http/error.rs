@@ -36,6 +36,12 @@ pub enum ApiError {
 /// Consul answers a server-side failure to reach or be the leader with a 500 and its message
 /// ("No cluster leader"); until writes are forwarded between servers, a follower asked for a
 /// leader's work says who the leader is.
+impl From<crate::api::kv::ValueUnreadable> for ApiError {
+    fn from(error: crate::api::kv::ValueUnreadable) -> ApiError {
+        ApiError::Internal(error.0)
+    }
+}
+
 impl From<RpcError> for ApiError {
     fn from(error: RpcError) -> ApiError {
         ApiError::Internal(error.to_string())

@@ -87,7 +87,7 @@ async fn read(state: &AppState, key: String, call: Call) -> Result<Response, Api
                 .kv_list(&key)
                 .filter(readable)
                 .map(|entry| KvPair::new(entry, true))
-                .collect();
+                .collect::<Result<_, _>>()?;
             if entries.is_empty() {
                 Reply::NotFound
             } else {
@@ -96,9 +96,17 @@ async fn read(state: &AppState, key: String, call: Call) -> Result<Response, Api
         } else {
             match tables.kv_get(&key) {
                 None => Reply::NotFound,
-                Some(entry) if raw => Reply::Raw(entry.value.clone()),
+                Some(entry) if raw => Reply::Raw(
+                    entry
+                        .value
+                        .read()
+                        .map_err(|error| {
+                            ApiError::Internal(format!("cannot read the value of {key:?}: {error}"))
+                        })?
+                        .into_owned(),
+                ),
                 Some(entry) => Reply::JsonBytes(reply::json_body(
-                    &[KvPair::new(entry, true)],
+                    &[KvPair::new(entry, true)?],
                     options.pretty,
                 )),
             }

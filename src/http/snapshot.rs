@@ -32,9 +32,10 @@ pub async fn save(State(state): State<Arc<AppState>>, call: Call) -> Result<Resp
         .map_or(0, |since| since.as_millis());
     // Encoding and compressing a large state is CPU work; keep it off the async workers.
     let archive = tokio::task::spawn_blocking(move || {
-        crate::snapshot::write(&Store::encode(&tables), index, term, taken)
+        Store::encode(&tables).map(|state| crate::snapshot::write(&state, index, term, taken))
     })
     .await
+    .map_err(|error| ApiError::Internal(format!("failed to build the snapshot: {error}")))?
     .map_err(|error| ApiError::Internal(format!("failed to build the snapshot: {error}")))?;
     Ok((
         [

@@ -78,7 +78,7 @@ pub async fn apply(
         .into_iter()
         .filter(|result| readable(&visible, result))
         .collect();
-    let mut response = reply::json(&wire::results(&results, datacenter), pretty);
+    let mut response = reply::json(&wire::results(&results, datacenter)?, pretty);
     let headers = response.headers_mut();
     headers.insert("X-Consul-Index", HeaderValue::from(index.max(1)));
     // Only the read path reports leader contact and filtering, as Consul's Txn.Read does.

@@ -130,6 +130,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         // Encoding a large state is CPU work; keep it off the async workers.
         let data = tokio::task::spawn_blocking(move || Store::encode(&tables))
             .await
+            .map_err(|error| snapshot_error(&self.path, ErrorVerb::Write, error))?
             .map_err(|error| snapshot_error(&self.path, ErrorVerb::Write, error))?;
         let snapshot_id = match self.last_applied {
             Some(log_id) => format!("{}-{}", log_id.leader_id, log_id.index),

@@ -315,7 +315,7 @@ impl Feeder {
             return Some(self.leader());
         }
         if let Some(tables) = self.tables.take() {
-            return Some(Feed::Tables(Store::encode(&tables)));
+            return tables_feed(&tables);
         }
         tokio::select! {
             biased;
@@ -331,11 +331,23 @@ impl Feeder {
                 Ok(Change::Restored) | Err(RecvError::Lagged(_)) => {
                     let (tables, changes) = self.store.follow();
                     self.changes = changes;
-                    Some(Feed::Tables(Store::encode(&tables)))
+                    tables_feed(&tables)
                 }
                 Err(RecvError::Closed) => None,
             },
             _ = self.heartbeat.tick() => Some(Feed::Heartbeat),
+        }
+    }
+}
+
+/// The tables as a feed message; a state that cannot be encoded (a value file that cannot be
+/// read) ends the feed, and the follower reconnects and asks again.
+fn tables_feed(tables: &crate::state::Tables) -> Option<Feed> {
+    match Store::encode(tables) {
+        Ok(bytes) => Some(Feed::Tables(bytes)),
+        Err(error) => {
+            tracing::warn!(%error, "cannot send the tables to a follower");
+            None
         }
     }
 }

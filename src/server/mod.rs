@@ -104,7 +104,7 @@ async fn start_server(
     tls: &Arc<crate::tls::Tls>,
     tasks: &Tasks,
 ) -> anyhow::Result<ServerParts> {
-    let store = Arc::new(Store::new());
+    let store = Arc::new(Store::keeping_values_in(data_dir));
     let mut storage = raft::open_storage(data_dir, store.clone()).await?;
     let raft_id = node_id_from_uuid(node_id);
     raft::recover_from_peers_file(data_dir, &mut storage, raft_id).await?;

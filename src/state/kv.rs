@@ -5,6 +5,7 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use super::Tables;
+use crate::types::value::Value;
 use crate::types::{ApplyError, KvEntry, KvOp, RaftIndexes, TxnResult};
 
 /// The watch topic of one key; prefix watches use the same form with the prefix.
@@ -202,6 +203,7 @@ pub(super) fn apply_op(
                 )));
             }
             let lock = LockChange::Acquire(session);
+            let value = tables.values.keep(value);
             let entry = write(tables, index, key, value, *flags, lock, touched);
             Ok(Some(vec![without_value(&entry)]))
         }
@@ -219,6 +221,7 @@ pub(super) fn apply_op(
                     "key {key:?} is not locked by session {session:?}"
                 )));
             }
+            let value = tables.values.keep(value);
             let entry = write(
                 tables,
                 index,
@@ -272,19 +275,25 @@ fn set(
     flags: u64,
     touched: &mut Vec<String>,
 ) -> Arc<KvEntry> {
+    let value = tables.values.keep(value);
     write(tables, index, key, value, flags, LockChange::Keep, touched)
 }
 
+/// Replaces `key`'s entry; `value` is already in the value store (`values.rs`).
 fn write(
     tables: &mut Tables,
     index: u64,
     key: &str,
-    value: &[u8],
+    value: Value,
     flags: u64,
     lock: LockChange,
     touched: &mut Vec<String>,
 ) -> Arc<KvEntry> {
-    let previous = tables.kv_get(key);
+    let previous = tables.kv.get(key).cloned();
+    let previous = previous.as_deref();
+    if let Some(previous) = previous {
+        tables.values.forget(&previous.value);
+    }
     let held_by = previous.map_or("", |entry| entry.session.as_str());
     let lock_index = previous.map_or(0, |entry| entry.lock_index);
     let (session, lock_index) = match lock {
@@ -301,7 +310,7 @@ fn write(
     };
     let entry = KvEntry {
         key: shared.clone(),
-        value: value.to_vec(),
+        value,
         flags,
         lock_index,
         session,
@@ -315,17 +324,19 @@ fn write(
     tables.tombstones.remove(key);
     tables.table_index.kv = index;
     touched.push(topic(key));
+    tables.compact_values_if_due();
     entry
 }
 
 /// Frees a key's lock, keeping its value (a released session with behavior "release").
 pub(super) fn release_lock(tables: &mut Tables, index: u64, key: &str, touched: &mut Vec<String>) {
     if let Some(entry) = tables.kv_get(key).cloned() {
+        tables.values.reuse(&entry.value);
         write(
             tables,
             index,
             key,
-            &entry.value,
+            entry.value,
             entry.flags,
             LockChange::Release,
             touched,
@@ -338,7 +349,8 @@ pub(super) fn delete_key(tables: &mut Tables, index: u64, key: &str, touched: &m
 }
 
 fn delete(tables: &mut Tables, index: u64, key: &str, touched: &mut Vec<String>) {
-    if tables.kv.remove(key).is_some() {
+    if let Some(entry) = tables.kv.remove(key) {
+        tables.values.forget(&entry.value);
         tables.tombstones.insert(Arc::from(key), index);
         tables.table_index.kv = index;
         touched.push(topic(key));
@@ -357,7 +369,7 @@ fn without_value(entry: &KvEntry) -> TxnResult {
     TxnResult::Kv {
         entry: KvEntry {
             key: entry.key.clone(),
-            value: Vec::new(),
+            value: Value::default(),
             flags: entry.flags,
             lock_index: entry.lock_index,
             session: entry.session.clone(),

@@ -1,14 +1,16 @@
 //! The in-memory state store: indexed tables of nodes, services, checks and KV entries, applied
-//! from the Raft log and read by every protocol edge.
+//! from the Raft log and read by every protocol edge. KV values are the one thing kept outside
+//! the heap, in an unlinked value file (`values.rs`); the tables hold handles to them.
 //!
 //! Readers never wait for writers: the tables are persistent maps (`imbl`), so a reader clones
 //! one `Arc<Tables>` and keeps a consistent view for as long as it likes, while the single
 //! writer (the Raft state machine) clones the tables in O(1), applies a batch of commands and
 //! publishes the result with one pointer swap. A Raft snapshot is just one more reader.
 //!
-//! Architecture invariant: `apply` is deterministic. It reads no clock, config, randomness or
-//! I/O; every write takes the Raft index, which becomes CreateIndex/ModifyIndex. This module
-//! knows nothing of HTTP, Raft, or sled.
+//! Architecture invariant: `apply` is deterministic. It reads no clock, config or randomness;
+//! its only I/O is the value file, which decides where a value is held, never what it is (a
+//! value the file cannot take stays in memory). Every write takes the Raft index, which becomes
+//! CreateIndex/ModifyIndex. This module knows nothing of HTTP, Raft, or sled.
 
 pub mod acl;
 pub mod catalog;
@@ -20,6 +22,7 @@ pub mod operator;
 pub mod query;
 pub mod session;
 pub mod txn;
+mod values;
 pub mod watch;
 
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -60,7 +63,7 @@ pub struct Tables {
     checks: OrdMap<(String, String), Check>,
     /// Keys and entries sit behind `Arc` so that the copy-on-write of a B-tree node clones
     /// pointers, not 1 KiB values: a write copies a few nodes of 64 entries each.
-    kv: OrdMap<Arc<str>, Arc<KvEntry>>,
+    kv: KvMap,
     /// Deleted keys and the index that deleted them, so a blocking read of a prefix sees
     /// deletes. Reaped through Raft (`Command::ReapTombstones`).
     tombstones: OrdMap<Arc<str>, u64>,
@@ -103,7 +106,12 @@ pub struct Tables {
     /// woken and followers start over from the tables. Never published set.
     #[serde(skip)]
     restored: bool,
+    /// Where KV values are kept (`values.rs`): local to this process, never encoded.
+    #[serde(skip)]
+    values: values::ValueStore,
 }
+
+type KvMap = OrdMap<Arc<str>, Arc<KvEntry>>;
 
 impl Tables {
     pub fn last_index(&self) -> u64 {
@@ -156,6 +164,8 @@ impl Tables {
             Command::Restore(bytes) => match Store::decode(bytes) {
                 Ok(mut restored) => {
                     restored.rebuild_derived_indexes();
+                    restored.values = self.values.fresh();
+                    restored.move_values_to_fresh_file();
                     // Indexes inside may be another cluster's; the store's own position in
                     // the log never goes back.
                     restored.last_index = restored.last_index.max(index);
@@ -245,6 +255,11 @@ type QuerySection = (Vec<crate::types::query::PreparedQuery>, u64);
 #[error("state snapshot is corrupt: {0}")]
 pub struct RestoreError(pub String);
 
+/// Why the tables could not be encoded.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot encode the state: {0}")]
+pub struct EncodeError(pub String);
+
 /// What the store published, for replicas (client agents) that follow it (`Store::follow`).
 #[derive(Clone, Debug)]
 pub enum Change {
@@ -279,9 +294,21 @@ impl Default for Store {
 }
 
 impl Store {
+    /// A store that keeps KV values in the system's temporary directory.
     pub fn new() -> Store {
+        Store::with_tables(Tables::default())
+    }
+
+    /// A store that keeps KV values in files created in `dir` (a server's data directory).
+    pub fn keeping_values_in(dir: &std::path::Path) -> Store {
+        let mut tables = Tables::default();
+        tables.keep_values_in(dir);
+        Store::with_tables(tables)
+    }
+
+    fn with_tables(tables: Tables) -> Store {
         Store {
-            current: RwLock::new(Arc::new(Tables::default())),
+            current: RwLock::new(Arc::new(tables)),
             lock_delays: Mutex::new(std::collections::HashMap::new()),
             writer: Mutex::new(()),
             watches: Arc::new(WatchRegistry::default()),
@@ -392,10 +419,11 @@ impl Store {
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(tables);
     }
 
-    /// Serialises one consistent version of every table, behind a format version byte.
-    pub fn encode(tables: &Tables) -> Vec<u8> {
-        // Encoding plain owned data into a Vec cannot fail.
-        let body = bincode::serialize(tables).unwrap_or_default();
+    /// Serialises one consistent version of every table, behind a format version byte. Fails
+    /// only when a KV value cannot be read back from the value file.
+    pub fn encode(tables: &Tables) -> Result<Vec<u8>, EncodeError> {
+        let body = bincode::serialize(tables).map_err(|error| EncodeError(error.to_string()))?;
+        // The sections after the tables are plain owned data: encoding them cannot fail.
         let coordinates: CoordinateSection = (
             tables
                 .coordinates
@@ -416,7 +444,7 @@ impl Store {
             tables.queries_index,
         );
         bincode::serialize_into(&mut bytes, &queries).unwrap_or_default();
-        bytes
+        Ok(bytes)
     }
 
     fn decode(bytes: &[u8]) -> Result<Tables, RestoreError> {
@@ -493,6 +521,8 @@ impl Store {
         let mut tables = Store::decode(bytes)?;
         tables.rebuild_derived_indexes();
         let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        tables.values = self.snapshot().values.fresh();
+        tables.move_values_to_fresh_file();
         self.publish(tables);
         let _ = self.changes.send(Change::Restored);
         self.watches.notify_all();

@@ -442,11 +442,11 @@ fn snapshot_restore_round_trips_every_table() {
     apply(&store, 2, set("a", "1"));
     apply(&store, 3, register("n1", Some(service("web-1", "web"))));
     apply(&store, 4, Command::Kv(KvOp::Delete { key: "a".into() }));
-    let bytes = Store::encode(&store.snapshot());
+    let bytes = Store::encode(&store.snapshot()).unwrap();
 
     let restored = Store::new();
     restored.restore(&bytes).expect("restore");
-    assert_eq!(Store::encode(&restored.snapshot()), bytes);
+    assert_eq!(Store::encode(&restored.snapshot()).unwrap(), bytes);
     assert_eq!(restored.snapshot().kv_index("a", false), 4);
     assert!(restored.restore(&bytes[..bytes.len() / 2]).is_err());
 }
@@ -470,8 +470,8 @@ fn apply_is_deterministic() {
         second.apply_batch([(*index, Some(command))]);
     }
     assert_eq!(
-        Store::encode(&first.snapshot()),
-        Store::encode(&second.snapshot())
+        Store::encode(&first.snapshot()).unwrap(),
+        Store::encode(&second.snapshot()).unwrap()
     );
 }
 
@@ -617,7 +617,7 @@ fn locks_follow_consul_semantics_and_die_with_their_session() {
         (
             entry.session.as_str(),
             entry.lock_index,
-            entry.value.as_slice()
+            &*entry.value.read().unwrap()
         ),
         ("a", 1, &b"2"[..])
     );
@@ -703,7 +703,9 @@ fn connect_instances_follow_proxies_and_native_services_through_every_change() {
 
     // The index is not encoded, so a restore must rebuild it.
     let restored = Store::new();
-    restored.restore(&Store::encode(&tables)).expect("restore");
+    restored
+        .restore(&Store::encode(&tables).unwrap())
+        .expect("restore");
     assert_eq!(connect_ids(&restored.snapshot(), "api"), ["n1/p1"]);
     assert_eq!(connect_ids(&restored.snapshot(), "web"), ["n2/p2"]);
 
@@ -802,11 +804,11 @@ fn coordinates_follow_their_nodes_and_survive_snapshots_of_both_formats() {
     );
     assert_eq!(tables.coordinates_index(), 2);
 
-    let bytes = Store::encode(&tables);
+    let bytes = Store::encode(&tables).unwrap();
     let restored = Store::new();
     restored.restore(&bytes).expect("restore");
     assert_eq!(restored.snapshot().coordinate("n1"), Some(&coord));
-    assert_eq!(Store::encode(&restored.snapshot()), bytes);
+    assert_eq!(Store::encode(&restored.snapshot()).unwrap(), bytes);
     // A snapshot written before coordinates existed (format 2) still restores.
     let mut old = vec![2u8];
     old.extend(shape::with_shape(shape::Shape::V1, || bincode::serialize(&*tables)).unwrap());
@@ -844,7 +846,7 @@ fn a_kv_key_is_stored_once() {
     assert!(shared(&store.snapshot()));
     let restored = Store::new();
     restored
-        .restore(&Store::encode(&store.snapshot()))
+        .restore(&Store::encode(&store.snapshot()).unwrap())
         .expect("restore");
     assert_eq!(restored.snapshot().kv.len(), 1);
     assert!(shared(&restored.snapshot()));
@@ -886,7 +888,7 @@ fn autopilot_configuration_is_compare_and_set_and_survives_snapshots_of_every_fo
     assert_eq!(apply(&store, 7, set(&seed, None)), CommandResult::Cas(true));
 
     let tables = store.snapshot();
-    let bytes = Store::encode(&tables);
+    let bytes = Store::encode(&tables).unwrap();
     let restored = Store::new();
     restored.restore(&bytes).expect("restore");
     assert_eq!(restored.snapshot().autopilot(), tables.autopilot());
@@ -977,7 +979,7 @@ fn acl_tables_check_ids_names_and_bootstrap_and_survive_snapshots() {
     );
     assert_eq!(tables.acl_index(), 8, "refused writes change nothing");
 
-    let bytes = Store::encode(&tables);
+    let bytes = Store::encode(&tables).unwrap();
     let restored = Store::new();
     restored.restore(&bytes).expect("restore");
     let copy = restored.snapshot();
@@ -1110,7 +1112,9 @@ fn prepared_queries_keep_consuls_rules_resolve_by_id_name_then_prefix_and_surviv
     assert_eq!(tables.prepared_query("t2").unwrap().indexes.create, 6);
 
     let restored = Store::new();
-    restored.restore(&Store::encode(&tables)).expect("restore");
+    restored
+        .restore(&Store::encode(&tables).unwrap())
+        .expect("restore");
     assert_eq!(restored.snapshot().prepared_queries().count(), 3);
     assert_eq!(restored.snapshot().queries_index(), 6);
 }

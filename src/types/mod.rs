@@ -25,6 +25,7 @@ pub mod query;
 pub mod session;
 pub mod shape;
 pub mod txn;
+pub mod value;
 
 pub use apply::ApplyError;
 pub use txn::{CatalogVerb, KvOp, OpFailure, TxnError, TxnOp, TxnOutcome, TxnResult};
@@ -177,8 +178,7 @@ pub struct Check {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KvEntry {
     pub key: std::sync::Arc<str>,
-    #[serde(with = "bytes")]
-    pub value: Vec<u8>,
+    pub value: value::Value,
     pub flags: u64,
     pub lock_index: u64,
     pub session: String,
