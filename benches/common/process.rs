@@ -21,6 +21,23 @@ pub fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
     })
 }
 
+/// Bytes in the files `pid` holds open that have no name any more (concord's KV value
+/// files are created unlinked): memory that lives in the page cache, not in VmRSS.
+pub fn unlinked_file_bytes(pid: u32) -> u64 {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    fds.flatten()
+        .filter(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|target| target.to_string_lossy().ends_with(" (deleted)"))
+        })
+        .filter_map(|fd| std::fs::metadata(fd.path()).ok())
+        .filter(|meta| meta.is_file())
+        .map(|meta| meta.len())
+        .sum()
+}
+
 pub fn stat_path(pid: u32) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/stat"))
 }

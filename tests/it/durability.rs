@@ -142,3 +142,63 @@ async fn kill_9_during_writes_loses_no_acknowledged_write() {
         &lost[..lost.len().min(5)]
     );
 }
+
+/// Bytes in the unlinked files under `dir` that process `pid` holds open: a server's KV
+/// value files (`state::values`).
+fn value_file_bytes(pid: u32, dir: &std::path::Path) -> u64 {
+    let dir = dir.canonicalize().unwrap();
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|target| {
+                target.starts_with(&dir) && target.to_string_lossy().ends_with(" (deleted)")
+            })
+        })
+        .filter_map(|fd| std::fs::metadata(fd.path()).ok())
+        .map(|meta| meta.len())
+        .sum()
+}
+
+#[tokio::test]
+async fn values_live_in_an_unlinked_file_whose_garbage_is_reclaimed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let mut agent = Agent::start(persistent(&data_dir)).await;
+    let pid = agent.child.id();
+    let client = agent.client();
+    let value = |n: usize| vec![b'a' + (n % 26) as u8; 500 * 1024];
+    client.put("/v1/kv/small", b"kept".to_vec()).await.unwrap();
+    client.put("/v1/kv/big", value(0)).await.unwrap();
+    let stored = value_file_bytes(pid, &data_dir);
+    assert!(
+        stored >= 500 * 1024 + 4,
+        "values are not in a file in the data dir ({stored} bytes)"
+    );
+
+    // 200 overwrites write ~100 MB; past 64 MiB of garbage the live values move to a fresh
+    // file and the old one goes.
+    for n in 1..=200 {
+        let response = client.put("/v1/kv/big", value(n)).await.unwrap();
+        assert_eq!(json(&response), json!(true));
+    }
+    eventually("old value files to go", Duration::from_secs(10), || {
+        let stored = value_file_bytes(pid, &data_dir);
+        async move { (stored < 70 * 1024 * 1024).then_some(()) }
+    })
+    .await;
+    let big = client.get("/v1/kv/big?raw").await.unwrap();
+    assert_eq!(big.body, value(200));
+    let small = client.get("/v1/kv/small?raw").await.unwrap();
+    assert_eq!(small.body, b"kept".to_vec());
+
+    // The file is a cache: after a restart the values come back from the snapshot and log.
+    agent.signal("INT");
+    assert_eq!(agent.wait_exit(Duration::from_secs(20)).await, Some(0));
+    let agent = Agent::start(persistent(&data_dir)).await;
+    let client = agent.client();
+    let big = client.get("/v1/kv/big?raw").await.unwrap();
+    assert_eq!(big.body, value(200));
+    let pid = agent.child.id();
+    assert!(value_file_bytes(pid, &data_dir) >= 500 * 1024 + 4);
+}
