@@ -1,7 +1,8 @@
 //! `/v1/snapshot`: GET saves the state store as a snapshot archive (`crate::snapshot`), read
 //! in the consistency the request asks for; PUT restores one: the archive's checksums and its
-//! state are checked first, then the state goes through Raft as one `Command::Restore`, so
-//! every server applies it at the same index and every blocking query wakes.
+//! state are checked first, then the state goes through Raft in pieces
+//! (`Command::RestoreChunk`, each a write of its own) and one `Command::RestoreCommit`, so every
+//! server replaces its tables at the same index and every blocking query wakes.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -17,6 +18,10 @@ use super::AppState;
 use crate::acl::Access;
 use crate::state::Store;
 use crate::types::{Command, CommandResult};
+
+/// The most state bytes one restore piece carries: one log entry of about the write batcher's
+/// size, well inside a server RPC message (4 MiB) and a replication call (about 2 MiB).
+const RESTORE_PIECE_BYTES: usize = 1024 * 1024;
 
 pub async fn save(State(state): State<Arc<AppState>>, call: Call) -> Result<Response, ApiError> {
     state
@@ -77,7 +82,22 @@ pub async fn restore(
     .await
     .map_err(|error| ApiError::Internal(error.to_string()))?;
     let tables = checked.map_err(ApiError::Internal)?;
-    match state.cluster.write(Command::Restore(tables)).await? {
+    let id = uuid::Uuid::new_v4().to_string();
+    for (n, piece) in tables.chunks(RESTORE_PIECE_BYTES).enumerate() {
+        let piece = Command::RestoreChunk {
+            id: id.clone(),
+            offset: (n * RESTORE_PIECE_BYTES) as u64,
+            bytes: piece.to_vec(),
+        };
+        if let (_, CommandResult::Error(error)) = state.cluster.write(piece).await? {
+            return Err(error.into());
+        }
+    }
+    let commit = Command::RestoreCommit {
+        id,
+        len: tables.len() as u64,
+    };
+    match state.cluster.write(commit).await? {
         (_, CommandResult::Error(error)) => Err(error.into()),
         _ => Ok(().into_response()),
     }

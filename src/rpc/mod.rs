@@ -433,6 +433,8 @@ fn write_timer(command: &Command) -> Option<&'static str> {
         | Command::CaSet { .. }
         | Command::CoordinateBatchUpdate(_)
         | Command::Restore(_)
+        | Command::RestoreChunk { .. }
+        | Command::RestoreCommit { .. }
         | Command::AutopilotSetConfig { .. } => return None,
     })
 }

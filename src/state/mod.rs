@@ -20,6 +20,7 @@ pub mod health;
 pub mod kv;
 pub mod operator;
 pub mod query;
+mod restore;
 pub mod session;
 pub mod txn;
 mod values;
@@ -31,7 +32,7 @@ use imbl::{OrdMap, OrdSet};
 use serde::{Deserialize, Serialize};
 
 use crate::types::shape::{with_shape, Shape};
-use crate::types::{ApplyError, Check, Command, CommandResult, KvEntry, Node, Service};
+use crate::types::{Check, Command, CommandResult, KvEntry, Node, Service};
 pub use watch::{Match, WatchGuard, WatchRegistry};
 
 /// The last Raft index that changed each table; it answers list queries that have no finer
@@ -106,6 +107,10 @@ pub struct Tables {
     /// woken and followers start over from the tables. Never published set.
     #[serde(skip)]
     restored: bool,
+    /// A restore whose pieces are arriving (`restore.rs`), encoded after the prepared
+    /// queries (format 7).
+    #[serde(skip)]
+    staged_restore: Option<Arc<restore::StagedRestore>>,
     /// Where KV values are kept (`values.rs`): local to this process, never encoded.
     #[serde(skip)]
     values: values::ValueStore,
@@ -161,20 +166,9 @@ impl Tables {
             },
             Command::Txn(ops) => CommandResult::Txn(txn::apply(self, index, ops, touched)),
             Command::Transaction(ops) => CommandResult::Txn(txn::apply(self, index, ops, touched)),
-            Command::Restore(bytes) => match Store::decode(bytes) {
-                Ok(mut restored) => {
-                    restored.rebuild_derived_indexes();
-                    restored.values = self.values.fresh();
-                    restored.move_values_to_fresh_file();
-                    // Indexes inside may be another cluster's; the store's own position in
-                    // the log never goes back.
-                    restored.last_index = restored.last_index.max(index);
-                    restored.restored = true;
-                    *self = restored;
-                    CommandResult::Done
-                }
-                Err(error) => CommandResult::Error(ApplyError::SnapshotUnreadable(error.0)),
-            },
+            Command::Restore(bytes) => self.replace_with(index, bytes),
+            Command::RestoreChunk { id, offset, bytes } => self.stage_restore(id, *offset, bytes),
+            Command::RestoreCommit { id, len } => self.commit_restore(index, id, *len),
             Command::CatalogRegister(request) => {
                 let result = catalog::register(self, index, request, touched);
                 session::invalidate_unhealthy(self, index, touched);
@@ -235,11 +229,12 @@ impl Tables {
     }
 }
 
-/// Leads every encoded snapshot; bumped whenever `Tables` changes shape. Format 6 is the
-/// serde tables, their length first, then the coordinates, autopilot, ACL and prepared-query
-/// sections; format 5 (nodes and services without a locality, no queries), 4 (no ACL section),
+/// Leads every encoded snapshot; bumped whenever `Tables` changes shape. Format 7 is the
+/// serde tables, their length first, then the coordinates, autopilot, ACL, prepared-query and
+/// staged-restore sections; format 6 (no staged restore), 5 (nodes and services without a locality, no queries), 4 (no ACL section),
 /// 3 (no autopilot section) and 2 (tables only) still restore.
-const SNAPSHOT_FORMAT: u8 = 6;
+const SNAPSHOT_FORMAT: u8 = 7;
+const QUERIES_FORMAT: u8 = 6;
 const ACL_FORMAT: u8 = 5;
 const AUTOPILOT_FORMAT: u8 = 4;
 const COORDINATES_FORMAT: u8 = 3;
@@ -444,6 +439,11 @@ impl Store {
             tables.queries_index,
         );
         bincode::serialize_into(&mut bytes, &queries).unwrap_or_default();
+        let staged = tables
+            .staged_restore
+            .as_deref()
+            .map(restore::StagedRestore::section);
+        bincode::serialize_into(&mut bytes, &staged).unwrap_or_default();
         Ok(bytes)
     }
 
@@ -457,7 +457,7 @@ impl Store {
     fn decode_tables(bytes: &[u8]) -> Result<Tables, RestoreError> {
         // Formats before 6 hold nodes and services without a locality.
         match bytes.first() {
-            Some(&format) if format < SNAPSHOT_FORMAT => {
+            Some(&format) if format < QUERIES_FORMAT => {
                 with_shape(Shape::V1, || Store::decode_sections(bytes))
             }
             _ => Store::decode_sections(bytes),
@@ -469,7 +469,8 @@ impl Store {
         match bytes.split_first() {
             Some((&TABLES_ONLY_FORMAT, rest)) => bincode::deserialize(rest).map_err(corrupt),
             Some((
-                &format @ (COORDINATES_FORMAT | AUTOPILOT_FORMAT | ACL_FORMAT | SNAPSHOT_FORMAT),
+                &format @ (COORDINATES_FORMAT | AUTOPILOT_FORMAT | ACL_FORMAT | QUERIES_FORMAT
+                | SNAPSHOT_FORMAT),
                 rest,
             )) => {
                 let (length, rest) = rest
@@ -493,7 +494,7 @@ impl Store {
                 if format >= ACL_FORMAT {
                     tables.acl = bincode::deserialize_from(&mut sections).map_err(corrupt)?;
                 }
-                if format >= SNAPSHOT_FORMAT {
+                if format >= QUERIES_FORMAT {
                     let (queries, index): QuerySection =
                         bincode::deserialize_from(&mut sections).map_err(corrupt)?;
                     tables.queries = queries
@@ -501,6 +502,12 @@ impl Store {
                         .map(|query| (query.id.clone(), Arc::new(query)))
                         .collect();
                     tables.queries_index = index;
+                }
+                if format >= SNAPSHOT_FORMAT {
+                    let staged: Option<restore::StagedSection> =
+                        bincode::deserialize_from(&mut sections).map_err(corrupt)?;
+                    tables.staged_restore = staged
+                        .map(|section| Arc::new(restore::StagedRestore::from_section(section)));
                 }
                 Ok(tables)
             }

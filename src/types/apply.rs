@@ -57,6 +57,10 @@ pub enum ApplyError {
     /// proposed, so this means a damaged log entry).
     #[error("failed to restore snapshot: {0}")]
     SnapshotUnreadable(String),
+    /// A piece or the commit of a restore that is not the one being staged, or not next in
+    /// it: another restore started meanwhile.
+    #[error("failed to restore snapshot: {0}")]
+    RestoreInterrupted(String),
     /// An ACL token whose AccessorID or SecretID another token has (a race the handler's own
     /// check could not see).
     #[error("Invalid Token: {0} is already in use")]

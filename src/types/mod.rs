@@ -267,6 +267,22 @@ pub enum Command {
     Transaction(Vec<TxnOp>),
     /// Creates, replaces or deletes a prepared query.
     PreparedQuery(query::QueryOp),
+    /// One piece of a snapshot being restored: `state::Store::encode` bytes from `offset`.
+    /// Every server stages the pieces until `RestoreCommit`, so a large state crosses the log
+    /// in entries that fit a replication call's deadline and a server RPC's message limit,
+    /// where one `Restore` entry of the whole state could not. A piece at offset 0 starts
+    /// restore `id`, dropping any unfinished one.
+    RestoreChunk {
+        id: String,
+        offset: u64,
+        #[serde(with = "bytes")]
+        bytes: Vec<u8>,
+    },
+    /// Replaces every table with restore `id`'s staged state, if all `len` bytes arrived.
+    RestoreCommit {
+        id: String,
+        len: u64,
+    },
 }
 
 /// What applying a command produced. Business failures (a CAS mismatch, a rolled-back

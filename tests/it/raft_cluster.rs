@@ -721,4 +721,39 @@ async fn a_follower_that_missed_tens_of_megabytes_of_log_catches_up() {
         !follower.log().contains("installed a snapshot"),
         "caught up by the log, not by a snapshot"
     );
+
+    // A restore of that 40 MB state reaches every server too. It is committed through the
+    // log like any write, so it must cross to the followers in pieces that fit the same
+    // deadline.
+    let saved = leader_agent
+        .client()
+        .get("/v1/snapshot")
+        .await
+        .expect("snapshot save");
+    assert_eq!(saved.status, 200, "{}", saved.text());
+    assert_eq!(put(follower, "after-save", "y").await, (200, "true".into()));
+    let restored = follower
+        .client()
+        .put("/v1/snapshot", saved.body.to_vec())
+        .await
+        .expect("snapshot restore");
+    assert_eq!(restored.status, 200, "{}", restored.text());
+    for agent in &all {
+        eventually(
+            "the 40 MB restore to reach every server",
+            Duration::from_secs(30),
+            || async {
+                let gone = read(agent, "after-save", "stale").await.is_none();
+                let kept = read(agent, "big/159", "stale")
+                    .await
+                    .map(|value| value.len());
+                (gone && kept == Some(256 * 1024)).then_some(())
+            },
+        )
+        .await;
+    }
+    assert_eq!(
+        put(leader_agent, "after-restore", "z").await,
+        (200, "true".into())
+    );
 }
