@@ -133,14 +133,19 @@ mod tests {
         store.apply_batch([(index, Some(command))]).remove(0)
     }
 
-    #[test]
-    fn pieces_replace_the_tables_at_the_commit_and_survive_a_snapshot_between() {
+    /// A saved state holding `saved = 1`, and a store holding `key = value` to restore it into.
+    fn saved_state_and_a_store(key: &str, value: &str) -> (Vec<u8>, Store) {
         let source = Store::new();
         apply(&source, 1, &set("saved", "1"));
         let state = Store::encode(&source.snapshot()).unwrap();
-
         let store = Store::new();
-        apply(&store, 1, &set("later", "2"));
+        apply(&store, 1, &set(key, value));
+        (state, store)
+    }
+
+    #[test]
+    fn pieces_replace_the_tables_at_the_commit_and_survive_a_snapshot_between() {
+        let (state, store) = saved_state_and_a_store("later", "2");
         let mut index = 2;
         let pieces = pieces("r1", &state, 7);
         let (first, rest) = pieces.split_at(pieces.len() / 2);
@@ -179,11 +184,7 @@ mod tests {
 
     #[test]
     fn a_second_restore_interrupts_the_first_and_a_short_commit_changes_nothing() {
-        let source = Store::new();
-        apply(&source, 1, &set("saved", "1"));
-        let state = Store::encode(&source.snapshot()).unwrap();
-        let store = Store::new();
-        apply(&store, 1, &set("kept", "k"));
+        let (state, store) = saved_state_and_a_store("kept", "k");
 
         let first = pieces("r1", &state, 16);
         apply(&store, 2, &first[0]);

@@ -438,19 +438,7 @@ async fn three_servers_form_a_cluster_take_a_fourth_and_survive_losing_the_leade
     // A snapshot saved through one server and restored through another reaches every
     // server's own store: a key written after the save is gone everywhere, and the saved
     // ones are back.
-    let saved = all[0]
-        .client()
-        .get("/v1/snapshot")
-        .await
-        .expect("snapshot save");
-    assert_eq!(saved.status, 200, "{}", saved.text());
-    assert_eq!(put(all[1], "after-save", "y").await, (200, "true".into()));
-    let restored = all[2]
-        .client()
-        .put("/v1/snapshot", saved.body.to_vec())
-        .await
-        .expect("snapshot restore");
-    assert_eq!(restored.status, 200, "{}", restored.text());
+    save_write_restore(all[0], all[1], all[2]).await;
     for agent in &all {
         eventually(
             "the restore to reach every server",
@@ -463,6 +451,24 @@ async fn three_servers_form_a_cluster_take_a_fourth_and_survive_losing_the_leade
         )
         .await;
     }
+}
+
+/// Saves a snapshot through `saver`, writes `after-save` through `writer`, and restores the
+/// snapshot through `restorer`; the caller checks that `after-save` is gone everywhere.
+async fn save_write_restore(saver: &Agent, writer: &Agent, restorer: &Agent) {
+    let saved = saver
+        .client()
+        .get("/v1/snapshot")
+        .await
+        .expect("snapshot save");
+    assert_eq!(saved.status, 200, "{}", saved.text());
+    assert_eq!(put(writer, "after-save", "y").await, (200, "true".into()));
+    let restored = restorer
+        .client()
+        .put("/v1/snapshot", saved.body.to_vec())
+        .await
+        .expect("snapshot restore");
+    assert_eq!(restored.status, 200, "{}", restored.text());
 }
 
 /// Addresses no other test uses, for the partition test.
@@ -725,19 +731,7 @@ async fn a_follower_that_missed_tens_of_megabytes_of_log_catches_up() {
     // A restore of that 40 MB state reaches every server too. It is committed through the
     // log like any write, so it must cross to the followers in pieces that fit the same
     // deadline.
-    let saved = leader_agent
-        .client()
-        .get("/v1/snapshot")
-        .await
-        .expect("snapshot save");
-    assert_eq!(saved.status, 200, "{}", saved.text());
-    assert_eq!(put(follower, "after-save", "y").await, (200, "true".into()));
-    let restored = follower
-        .client()
-        .put("/v1/snapshot", saved.body.to_vec())
-        .await
-        .expect("snapshot restore");
-    assert_eq!(restored.status, 200, "{}", restored.text());
+    save_write_restore(leader_agent, follower, follower).await;
     for agent in &all {
         eventually(
             "the 40 MB restore to reach every server",
